@@ -1,0 +1,53 @@
+# The whole set-up is `make demo` and `make test`; both bootstrap .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+B ?=
+
+# Debian packages: libgmp-dev builds fastecdsa (a libp2p dependency); prometheus, docker-compose
+# and iproute2 are used by tests, which skip with a message naming the package when it is missing.
+APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2
+
+.PHONY: all demo test bench lint sim system-deps clean
+
+all: test
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing Debian packages:$$missing (run 'sudo apt-get install$$missing'; tests needing them skip)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m scheduler.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(PY) -m bench $(B)
+
+sim: $(STAMP)
+	$(PY) -m scheduler.sim
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mesh scheduler worker tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info
