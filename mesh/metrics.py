@@ -1,4 +1,4 @@
-"""Prometheus metrics of the mesh layer (identity, gossip, membership, devices).
+"""Prometheus metrics of the mesh layer (build, gossip, membership, the mesh-wide view).
 
 Module-level objects on the default registry: several nodes may share one test process, so nothing is
 registered per instance. Transport metrics live in `mesh/transport_metrics.py`.
@@ -24,16 +24,7 @@ GOSSIP_PUBLISH_ERRORS = Counter("gpumesh_gossip_publish_errors_total", "Advert p
 MEMBERSHIP_EVENTS = Counter("gpumesh_membership_events_total", "Join/update/leave events", ["event"])
 LIBP2P_CONNECTED = Gauge("gpumesh_libp2p_connected_peers", "Peers with an open libp2p connection")
 
-DEVICES = Gauge("gpumesh_devices", "Local compute devices advertised, by kind", ["kind"])
-DEVICE_INFO = Gauge(
-    "gpumesh_device_info", "Local device (value 1), labelled with what it is", ["device", "kind", "vendor", "name"]
-)
-DEVICE_MEMORY = Gauge("gpumesh_device_global_memory_bytes", "Global memory of a local device", ["device"])
-DEVICE_COMPUTE_UNITS = Gauge("gpumesh_device_compute_units", "Compute units of a local device", ["device"])
-DEVICE_MULMOD = Gauge(
-    "gpumesh_device_mulmod_ops_per_second", "Calibrated Goldilocks mul-mod throughput", ["device"]
-)
-DEVICE_F32 = Gauge("gpumesh_device_f32_flops", "Calibrated float32 FMA throughput (FLOP/s)", ["device"])
+# Local device gauges (memory, compute units, calibration) are exported by worker/devices.py.
 MESH_DEVICES = Gauge("gpumesh_mesh_devices", "Devices in the whole mesh view (self included), by kind", ["kind"])
 MESH_FREE_SLOTS = Gauge("gpumesh_mesh_free_slots", "Free job slots in the whole mesh view, by device kind", ["kind"])
 PEER_STANDING = Gauge("gpumesh_peer_standing", "Reputation of a peer in placement (1 trusted .. 0 never)", ["peer"])
