@@ -1,0 +1,599 @@
+"""The AR scene format: a JSON-able dict <-> typed, validated dataclasses, plus a canonical content hash.
+
+Validation happens once, here, so renderers can trust every field; each error names the path of the bad field
+(`objects[2].material.albedo: expected 3 numbers in [0, 1]`). The format is specified in docs/scene-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.render.camera import Pose, Quat, Vec3, quat_to_matrix
+from worker.render.errors import SceneError
+
+FORMAT_VERSION = 1
+
+# Limits: keep one scene's upload, BVH build and per-ray work bounded on any worker.
+MAX_WIDTH = 4096
+MAX_HEIGHT = 4096
+MAX_PIXELS = 3840 * 2160
+MAX_OBJECTS = 256
+MAX_LIGHTS = 16
+MAX_TRIANGLES = 262_144
+MAX_VERTICES = 3 * MAX_TRIANGLES
+MAX_MATERIALS = 256
+MAX_NAME = 128
+QUAT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Material:
+    """Surface response: colours are linear RGB in [0, 1]; emission is added light, unbounded above."""
+
+    albedo: Vec3 = (0.8, 0.8, 0.8)
+    emission: Vec3 = (0.0, 0.0, 0.0)
+    metallic: float = 0.0
+    roughness: float = 0.5
+    opacity: float = 1.0
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera: the default pose plus intrinsics that stay fixed for a stream of poses."""
+
+    position: Vec3
+    orientation: Quat
+    fov_y: float
+    width: int
+    height: int
+    near: float
+    far: float
+
+    @property
+    def pose(self) -> Pose:
+        return Pose(self.position, self.orientation)
+
+
+@dataclass(frozen=True)
+class Sphere:
+    center: Vec3
+    radius: float
+    material: Material = field(default_factory=Material)
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Box:
+    """An oriented box: `size` is the full edge lengths along the box's own axes, turned by `rotation`."""
+
+    center: Vec3
+    size: Vec3
+    rotation: Quat = (0.0, 0.0, 0.0, 1.0)
+    material: Material = field(default_factory=Material)
+    name: str = ""
+
+    def axes(self) -> np.ndarray:
+        """World directions (3, 3) of the box's local x, y, z axes, as rows."""
+        return quat_to_matrix(self.rotation).T.copy()
+
+
+@dataclass(frozen=True)
+class Plane:
+    """An infinite plane through `point`; `normal` need not be unit length (it is normalised on use)."""
+
+    point: Vec3
+    normal: Vec3
+    material: Material = field(default_factory=Material)
+    name: str = ""
+
+    def unit_normal(self) -> np.ndarray:
+        n = np.asarray(self.normal, dtype=np.float64)
+        return n / np.linalg.norm(n)
+
+
+@dataclass(frozen=True, eq=False)
+class Mesh:
+    """A triangle mesh in its own frame, placed by position, rotation and uniform scale (flat-shaded)."""
+
+    vertices: np.ndarray  # (N, 3) float64, read-only
+    indices: np.ndarray  # (M, 3) int64, read-only, each in [0, N)
+    material: Material = field(default_factory=Material)
+    position: Vec3 = (0.0, 0.0, 0.0)
+    rotation: Quat = (0.0, 0.0, 0.0, 1.0)
+    scale: float = 1.0
+    name: str = ""
+
+    @property
+    def triangle_count(self) -> int:
+        return int(self.indices.shape[0])
+
+    def world_vertices(self) -> np.ndarray:
+        """Vertices (N, 3) float64 in world space: scale, then rotate, then translate."""
+        r = quat_to_matrix(self.rotation)
+        return (self.vertices * self.scale) @ r.T + np.asarray(self.position, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class PointLight:
+    position: Vec3
+    color: Vec3 = (1.0, 1.0, 1.0)
+    intensity: float = 1.0
+
+
+@dataclass(frozen=True)
+class DirectionalLight:
+    """Light from infinitely far away travelling along `direction` (e.g. [0, -1, 0] shines straight down)."""
+
+    direction: Vec3
+    color: Vec3 = (1.0, 1.0, 1.0)
+    intensity: float = 1.0
+
+    def unit_direction(self) -> np.ndarray:
+        d = np.asarray(self.direction, dtype=np.float64)
+        return d / np.linalg.norm(d)
+
+
+Object = Sphere | Box | Plane | Mesh
+Light = PointLight | DirectionalLight
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A whole scene. `background` None means transparent (AR passthrough: alpha 0 where nothing is hit)."""
+
+    camera: Camera
+    objects: tuple[Object, ...]
+    lights: tuple[Light, ...]
+    background: Vec3 | None = None
+    ambient: Vec3 = (0.05, 0.05, 0.05)
+    environment: Vec3 = (0.2, 0.2, 0.2)
+
+    @property
+    def triangle_count(self) -> int:
+        return sum(o.triangle_count for o in self.objects if isinstance(o, Mesh))
+
+    def miss_color(self) -> Vec3:
+        """What a reflected ray that hits nothing sees: the background colour, else the environment."""
+        return self.background if self.background is not None else self.environment
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Field checkers: each returns a canonical Python value or raises SceneError naming the path.
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fmt_range(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return f" in [{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f" >= {lo:g}"
+    if hi is not None:
+        return f" <= {hi:g}"
+    return ""
+
+
+def _clean(x: float) -> float:
+    return float(x) + 0.0  # drops the sign of -0.0 so equal scenes hash equal
+
+
+def _number(v: Any, path: str, lo: float | None = None, hi: float | None = None) -> float:
+    if not _is_num(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise SceneError(f"{path}: expected a number{_fmt_range(lo, hi)}, got {v!r}")
+    return _clean(v)
+
+
+def _positive(v: Any, path: str, hi: float | None = None) -> float:
+    if not _is_num(v) or v <= 0 or (hi is not None and v > hi):
+        extra = f" and <= {hi:g}" if hi is not None else ""
+        raise SceneError(f"{path}: expected a number > 0{extra}, got {v!r}")
+    return _clean(v)
+
+
+def _integer(v: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise SceneError(f"{path}: expected an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _vec3(v: Any, path: str, lo: float | None = None, hi: float | None = None, nonzero: bool = False) -> Vec3:
+    ok = isinstance(v, list | tuple) and len(v) == 3 and all(_is_num(c) for c in v)
+    if ok and lo is not None:
+        ok = all(c >= lo for c in v)
+    if ok and hi is not None:
+        ok = all(c <= hi for c in v)
+    if not ok:
+        raise SceneError(f"{path}: expected 3 numbers{_fmt_range(lo, hi)}, got {v!r}")
+    if nonzero and all(c == 0 for c in v):
+        raise SceneError(f"{path}: must not be the zero vector")
+    return (_clean(v[0]), _clean(v[1]), _clean(v[2]))
+
+
+def _quat(v: Any, path: str) -> Quat:
+    if not (isinstance(v, list | tuple) and len(v) == 4 and all(_is_num(c) for c in v)):
+        raise SceneError(f"{path}: expected a quaternion [x, y, z, w] of 4 numbers, got {v!r}")
+    n = math.sqrt(sum(c * c for c in v))
+    if abs(n - 1.0) > QUAT_TOLERANCE:
+        raise SceneError(f"{path}: quaternion must have unit length (within {QUAT_TOLERANCE:g}), has {n:.6g}")
+    return (_clean(v[0]), _clean(v[1]), _clean(v[2]), _clean(v[3]))
+
+
+def _name(v: Any, path: str) -> str:
+    if not isinstance(v, str) or len(v) > MAX_NAME:
+        raise SceneError(f"{path}: expected a string of at most {MAX_NAME} characters, got {v!r}")
+    return v
+
+
+def _fields(d: Any, path: str, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
+    if not isinstance(d, dict):
+        raise SceneError(f"{path}: expected an object, got {type(d).__name__}")
+    for k in required:
+        if k not in d:
+            raise SceneError(f"{path}.{k}: missing required field")
+    allowed = set(required) | set(optional)
+    for k in d:
+        if k not in allowed:
+            raise SceneError(f"{path}: unknown field {k!r} (allowed: {', '.join(sorted(allowed))})")
+    return d
+
+
+def _material(v: Any, path: str, named: dict[str, Material]) -> Material:
+    if isinstance(v, str):
+        if v not in named:
+            known = ", ".join(sorted(named)) or "none defined"
+            raise SceneError(f"{path}: unknown material {v!r} (materials: {known})")
+        return named[v]
+    d = _fields(v, path, (), ("albedo", "emission", "metallic", "roughness", "opacity"))
+    m = Material()
+    return Material(
+        albedo=_vec3(d["albedo"], f"{path}.albedo", 0, 1) if "albedo" in d else m.albedo,
+        emission=_vec3(d["emission"], f"{path}.emission", 0) if "emission" in d else m.emission,
+        metallic=_number(d["metallic"], f"{path}.metallic", 0, 1) if "metallic" in d else m.metallic,
+        roughness=_number(d["roughness"], f"{path}.roughness", 0, 1) if "roughness" in d else m.roughness,
+        opacity=_number(d["opacity"], f"{path}.opacity", 0, 1) if "opacity" in d else m.opacity,
+    )
+
+
+def _camera(v: Any, path: str) -> Camera:
+    d = _fields(v, path, ("position", "orientation", "fov_y", "width", "height"), ("near", "far"))
+    width = _integer(d["width"], f"{path}.width", 1, MAX_WIDTH)
+    height = _integer(d["height"], f"{path}.height", 1, MAX_HEIGHT)
+    if width * height > MAX_PIXELS:
+        raise SceneError(f"{path}: resolution {width}x{height} exceeds the limit of {MAX_PIXELS} pixels")
+    near = _positive(d.get("near", 0.01), f"{path}.near")
+    far = _positive(d.get("far", 1000.0), f"{path}.far")
+    if far <= near:
+        raise SceneError(f"{path}.far: must be greater than near ({near:g}), got {far:g}")
+    fov = d["fov_y"]
+    if not _is_num(fov) or not 0 < fov < 180:
+        raise SceneError(f"{path}.fov_y: expected a vertical field of view in degrees in (0, 180), got {fov!r}")
+    return Camera(
+        position=_vec3(d["position"], f"{path}.position"),
+        orientation=_quat(d["orientation"], f"{path}.orientation"),
+        fov_y=_clean(fov),
+        width=width,
+        height=height,
+        near=near,
+        far=far,
+    )
+
+
+def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int) -> np.ndarray:
+    """A (K, 3) array from nested lists, a numpy array, or little-endian bytes (the compact wire form)."""
+    if isinstance(v, bytes | bytearray | memoryview):
+        raw = bytes(v)
+        item = np.dtype(raw_dtype).itemsize * 3
+        if len(raw) % item:
+            raise SceneError(f"{path}: {len(raw)} bytes is not a whole number of {raw_dtype} triples")
+        a = np.frombuffer(raw, dtype=raw_dtype).reshape(-1, 3)
+    else:
+        if not isinstance(v, list | tuple | np.ndarray):
+            raise SceneError(f"{path}: expected a list of {what}, got {type(v).__name__}")
+        if len(v) > limit:
+            raise SceneError(f"{path}: {len(v)} entries exceeds the limit of {limit}")
+        if len(v) == 0:
+            v = np.zeros((0, 3))
+        try:
+            a = np.asarray(v)
+        except (ValueError, TypeError):
+            a = None
+        if a is None or a.ndim != 2 or (a.size and a.shape[1] != 3) or a.dtype.kind not in "iuf":
+            for i, row in enumerate(v):
+                if not (isinstance(row, list | tuple | np.ndarray) and len(row) == 3):
+                    raise SceneError(f"{path}[{i}]: expected {what}, got {row!r}")
+                for j, c in enumerate(row):
+                    if not (isinstance(c, int | float | np.number) and not isinstance(c, bool)):
+                        raise SceneError(f"{path}[{i}][{j}]: expected a number, got {c!r}")
+            raise SceneError(f"{path}: expected a list of {what}")
+        a = a.reshape(-1, 3)
+    if a.shape[0] > limit:
+        raise SceneError(f"{path}: {a.shape[0]} entries exceeds the limit of {limit}")
+    if dtype is np.int64:
+        if a.dtype.kind == "f":
+            bad = np.argwhere(a != np.floor(a))
+            if bad.size:
+                i, j = bad[0]
+                raise SceneError(f"{path}[{i}][{j}]: expected an integer index, got {a[i, j]!r}")
+        out = a.astype(np.int64)
+    else:
+        out = a.astype(np.float64)
+        bad = np.argwhere(~np.isfinite(out))
+        if bad.size:
+            i, j = bad[0]
+            raise SceneError(f"{path}[{i}][{j}]: expected a finite number, got {out[i, j]!r}")
+    out = out + 0 if dtype is np.int64 else out + 0.0  # a fresh array; +0.0 also folds -0.0
+    out.setflags(write=False)
+    return out
+
+
+def _mesh(d: dict, path: str, named: dict[str, Material], budget: int) -> Mesh:
+    if "obj" in d:
+        raise SceneError(
+            f"{path}.obj: OBJ references are resolved by load_scene_file(); a scene dict needs inline vertices"
+        )
+    _fields(d, path, ("type", "vertices", "indices"), ("material", "position", "rotation", "scale", "name"))
+    verts = _array(d["vertices"], f"{path}.vertices", np.float64, "[x, y, z] vertices", "<f8", MAX_VERTICES)
+    idx = _array(d["indices"], f"{path}.indices", np.int64, "[i, j, k] triangles", "<u4", MAX_TRIANGLES)
+    if idx.shape[0] > budget:
+        raise SceneError(
+            f"{path}.indices: {idx.shape[0]} triangles takes the scene over the limit of {MAX_TRIANGLES}"
+        )
+    bad = np.argwhere((idx < 0) | (idx >= verts.shape[0]))
+    if bad.size:
+        i, j = bad[0]
+        raise SceneError(
+            f"{path}.indices[{i}][{j}]: index {idx[i, j]} out of range (mesh has {verts.shape[0]} vertices)"
+        )
+    return Mesh(
+        vertices=verts,
+        indices=idx,
+        material=_material(d.get("material", {}), f"{path}.material", named),
+        position=_vec3(d.get("position", [0, 0, 0]), f"{path}.position"),
+        rotation=_quat(d.get("rotation", [0, 0, 0, 1]), f"{path}.rotation"),
+        scale=_positive(d.get("scale", 1.0), f"{path}.scale"),
+        name=_name(d.get("name", ""), f"{path}.name"),
+    )
+
+
+def _object(v: Any, path: str, named: dict[str, Material], budget: int) -> Object:
+    if not isinstance(v, dict):
+        raise SceneError(f"{path}: expected an object, got {type(v).__name__}")
+    kind = v.get("type")
+    if kind == "sphere":
+        d = _fields(v, path, ("type", "center", "radius"), ("material", "name"))
+        return Sphere(
+            center=_vec3(d["center"], f"{path}.center"),
+            radius=_positive(d["radius"], f"{path}.radius"),
+            material=_material(d.get("material", {}), f"{path}.material", named),
+            name=_name(d.get("name", ""), f"{path}.name"),
+        )
+    if kind == "box":
+        d = _fields(v, path, ("type", "center", "size"), ("rotation", "material", "name"))
+        size = _vec3(d["size"], f"{path}.size", 0)
+        if min(size) <= 0:
+            raise SceneError(f"{path}.size: expected 3 numbers > 0, got {d['size']!r}")
+        return Box(
+            center=_vec3(d["center"], f"{path}.center"),
+            size=size,
+            rotation=_quat(d.get("rotation", [0, 0, 0, 1]), f"{path}.rotation"),
+            material=_material(d.get("material", {}), f"{path}.material", named),
+            name=_name(d.get("name", ""), f"{path}.name"),
+        )
+    if kind == "plane":
+        d = _fields(v, path, ("type", "point", "normal"), ("material", "name"))
+        return Plane(
+            point=_vec3(d["point"], f"{path}.point"),
+            normal=_vec3(d["normal"], f"{path}.normal", nonzero=True),
+            material=_material(d.get("material", {}), f"{path}.material", named),
+            name=_name(d.get("name", ""), f"{path}.name"),
+        )
+    if kind == "mesh":
+        return _mesh(v, path, named, budget)
+    raise SceneError(f"{path}.type: expected 'sphere', 'box', 'plane' or 'mesh', got {kind!r}")
+
+
+def _light(v: Any, path: str) -> Light:
+    if not isinstance(v, dict):
+        raise SceneError(f"{path}: expected an object, got {type(v).__name__}")
+    kind = v.get("type")
+    if kind == "point":
+        d = _fields(v, path, ("type", "position"), ("color", "intensity"))
+        return PointLight(
+            position=_vec3(d["position"], f"{path}.position"),
+            color=_vec3(d.get("color", [1, 1, 1]), f"{path}.color", 0, 1),
+            intensity=_number(d.get("intensity", 1.0), f"{path}.intensity", 0),
+        )
+    if kind == "directional":
+        d = _fields(v, path, ("type", "direction"), ("color", "intensity"))
+        return DirectionalLight(
+            direction=_vec3(d["direction"], f"{path}.direction", nonzero=True),
+            color=_vec3(d.get("color", [1, 1, 1]), f"{path}.color", 0, 1),
+            intensity=_number(d.get("intensity", 1.0), f"{path}.intensity", 0),
+        )
+    raise SceneError(f"{path}.type: expected 'point' or 'directional', got {kind!r}")
+
+
+def from_dict(d: Any) -> Scene:
+    """Validate a scene dict (parsed JSON or msgpack) and build the Scene; raises SceneError naming the field."""
+    d = _fields(
+        d,
+        "scene",
+        ("camera", "objects"),
+        ("version", "lights", "background", "ambient", "environment", "materials"),
+    )
+    if "version" in d and d["version"] != FORMAT_VERSION:
+        raise SceneError(f"version: this renderer reads version {FORMAT_VERSION}, got {d['version']!r}")
+    camera = _camera(d["camera"], "camera")
+    named: dict[str, Material] = {}
+    mats = d.get("materials", {})
+    if not isinstance(mats, dict):
+        raise SceneError(f"materials: expected an object mapping names to materials, got {type(mats).__name__}")
+    if len(mats) > MAX_MATERIALS:
+        raise SceneError(f"materials: {len(mats)} materials exceeds the limit of {MAX_MATERIALS}")
+    for k, mv in mats.items():
+        named[_name(k, "materials")] = _material(mv, f"materials.{k}", {})
+    objs = d["objects"]
+    if not isinstance(objs, list | tuple):
+        raise SceneError(f"objects: expected a list, got {type(objs).__name__}")
+    if len(objs) > MAX_OBJECTS:
+        raise SceneError(f"objects: {len(objs)} objects exceeds the limit of {MAX_OBJECTS}")
+    objects: list[Object] = []
+    budget = MAX_TRIANGLES
+    for i, ov in enumerate(objs):
+        o = _object(ov, f"objects[{i}]", named, budget)
+        if isinstance(o, Mesh):
+            budget -= o.triangle_count
+        objects.append(o)
+    lights_v = d.get("lights", [])
+    if not isinstance(lights_v, list | tuple):
+        raise SceneError(f"lights: expected a list, got {type(lights_v).__name__}")
+    if len(lights_v) > MAX_LIGHTS:
+        raise SceneError(f"lights: {len(lights_v)} lights exceeds the limit of {MAX_LIGHTS}")
+    lights = tuple(_light(lv, f"lights[{i}]") for i, lv in enumerate(lights_v))
+    bg = d.get("background", "transparent")
+    if bg == "transparent":
+        background = None
+    elif isinstance(bg, list | tuple):
+        background = _vec3(bg, "background", 0, 1)
+    else:
+        raise SceneError(f"background: expected 'transparent' or 3 numbers in [0, 1], got {bg!r}")
+    return Scene(
+        camera=camera,
+        objects=tuple(objects),
+        lights=lights,
+        background=background,
+        ambient=_vec3(d.get("ambient", [0.05, 0.05, 0.05]), "ambient", 0, 1),
+        environment=_vec3(d.get("environment", [0.2, 0.2, 0.2]), "environment", 0, 1),
+    )
+
+
+def pose_from_dict(d: Any, path: str = "pose") -> Pose:
+    """Validate one pose of a stream: {"position": [x, y, z], "orientation": [x, y, z, w]}."""
+    d = _fields(d, path, ("position", "orientation"), ())
+    return Pose(_vec3(d["position"], f"{path}.position"), _quat(d["orientation"], f"{path}.orientation"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Canonical form and content hash.
+
+
+def _material_dict(m: Material) -> dict:
+    return {
+        "albedo": list(m.albedo),
+        "emission": list(m.emission),
+        "metallic": m.metallic,
+        "roughness": m.roughness,
+        "opacity": m.opacity,
+    }
+
+
+def _object_dict(o: Object, binary: bool) -> dict:
+    if isinstance(o, Sphere):
+        d: dict = {"type": "sphere", "center": list(o.center), "radius": o.radius}
+    elif isinstance(o, Box):
+        d = {"type": "box", "center": list(o.center), "size": list(o.size), "rotation": list(o.rotation)}
+    elif isinstance(o, Plane):
+        d = {"type": "plane", "point": list(o.point), "normal": list(o.normal)}
+    else:
+        if binary:
+            verts: Any = o.vertices.astype("<f8").tobytes()
+            idx: Any = o.indices.astype("<u4").tobytes()
+        else:
+            verts, idx = o.vertices.tolist(), o.indices.tolist()
+        d = {
+            "type": "mesh",
+            "vertices": verts,
+            "indices": idx,
+            "position": list(o.position),
+            "rotation": list(o.rotation),
+            "scale": o.scale,
+        }
+    d["material"] = _material_dict(o.material)
+    d["name"] = o.name
+    return d
+
+
+def _light_dict(light: Light) -> dict:
+    if isinstance(light, PointLight):
+        d: dict = {"type": "point", "position": list(light.position)}
+    else:
+        d = {"type": "directional", "direction": list(light.direction)}
+    d["color"] = list(light.color)
+    d["intensity"] = light.intensity
+    return d
+
+
+def _camera_dict(c: Camera) -> dict:
+    return {
+        "position": list(c.position),
+        "orientation": list(c.orientation),
+        "fov_y": c.fov_y,
+        "width": c.width,
+        "height": c.height,
+        "near": c.near,
+        "far": c.far,
+    }
+
+
+def to_dict(scene: Scene, *, binary: bool = False) -> dict:
+    """The canonical dict: every default written out, materials inline. `binary=True` packs mesh arrays as
+    little-endian bytes (float64 vertices, uint32 indices) for msgpack; from_dict reads both forms."""
+    return {
+        "version": FORMAT_VERSION,
+        "camera": _camera_dict(scene.camera),
+        "background": "transparent" if scene.background is None else list(scene.background),
+        "ambient": list(scene.ambient),
+        "environment": list(scene.environment),
+        "objects": [_object_dict(o, binary) for o in scene.objects],
+        "lights": [_light_dict(li) for li in scene.lights],
+    }
+
+
+def _digest(a: np.ndarray, dtype: str) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=dtype).tobytes()).hexdigest()
+
+
+def content_hash(scene: Scene) -> str:
+    """sha256 (hex) of the canonical form: equal for equal scenes however they were written (key order, 1 vs
+    1.0, named vs inline materials, list vs bytes meshes), so workers can cache uploaded scenes by it."""
+    d = to_dict(scene)
+    for o, od in zip(scene.objects, d["objects"], strict=True):
+        if isinstance(o, Mesh):
+            od["vertices"] = "sha256:" + _digest(o.vertices, "<f8")
+            od["indices"] = "sha256:" + _digest(o.indices, "<u4")
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_scene_file(path: str | Path) -> Scene:
+    """Read a scene JSON file; meshes may name an OBJ file (`"obj": "model.obj"`, relative to the JSON file),
+    which is loaded and inlined here, on the client, so the scene that travels is self-contained."""
+    from worker.render.obj import load_obj
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SceneError(f"{path}: not valid JSON: {e}") from None
+    if isinstance(d, dict) and isinstance(d.get("objects"), list):
+        for i, o in enumerate(d["objects"]):
+            if isinstance(o, dict) and o.get("type") == "mesh" and "obj" in o:
+                if "vertices" in o or "indices" in o:
+                    raise SceneError(f"objects[{i}]: give either obj or vertices/indices, not both")
+                ref = o.pop("obj")
+                if not isinstance(ref, str):
+                    raise SceneError(f"objects[{i}].obj: expected a file name, got {ref!r}")
+                verts, idx = load_obj(path.parent / ref)
+                o["vertices"], o["indices"] = verts, idx
+    return from_dict(d)
