@@ -205,7 +205,7 @@ class GossipService:
         name = {Joined: "join", Updated: "update", Left: "leave"}[type(ev)]
         metrics.MEMBERSHIP_EVENTS.labels(name).inc()
         metrics.PEERS_KNOWN.set(len(self.view.peers(include_self=False)))
-        if isinstance(ev, Joined | Left):
+        if isinstance(ev, Joined | Left) and ev.peer_id != self.identity.peer_id_str:
             log.info("peer %s %s", ev.peer_id, name if isinstance(ev, Joined) else f"left ({ev.reason})")
         self._on_event(ev)
 

@@ -1,0 +1,242 @@
+"""`mesh-node`: the daemon and its command-line tools.
+
+`run` starts the daemon in the foreground; the other commands ask a running node through its local control
+socket (same user only) or, for jobs, through the client API of the data plane.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from scheduler.config import ConfigError, NodeSettings, default_data_dir, load_settings
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+
+
+# ---- logging ---------------------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+             "msg": record.getMessage()}
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # libraries stay quiet unless asked
+    logging.getLogger("gpumesh").setLevel(level.upper())
+    if level == "debug":
+        root.setLevel(logging.DEBUG)
+
+
+# ---- argument parsing ------------------------------------------------------------------------------------
+def _add_settings_options(p: argparse.ArgumentParser) -> None:
+    """One flag per NodeSettings field: --help documents every option, with its env var and default."""
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML config file (keys as the long options, e.g. advert_interval = 2.0). "
+                        "Precedence: flags > GPUMESH_* environment > config file > defaults")
+    for name, f in NodeSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = "GPUMESH_" + name.upper()
+        default = f.default_factory() if f.default_factory else f.default  # type: ignore[call-arg]
+        helptext = f"{f.description} [env {env}; default: {default if default not in (None, '', []) else 'none'}]"
+        ann = f.annotation
+        if ann is bool:
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=helptext)
+        elif get_origin(ann) is list:
+            p.add_argument(flag, action="append", default=argparse.SUPPRESS, metavar="VALUE", help=helptext)
+        else:
+            choices = get_args(ann) if str(get_origin(ann)) == "typing.Literal" else None
+            p.add_argument(flag, default=argparse.SUPPRESS, choices=choices, metavar=None if choices else "VALUE",
+                           help=helptext)
+
+
+def settings_from_args(args: argparse.Namespace) -> NodeSettings:
+    flags = {k: v for k, v in vars(args).items() if k in NodeSettings.model_fields}
+    return load_settings(flags, args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mesh-node",
+        description="gpumesh node: share this host's OpenCL devices with a peer-to-peer mesh and run jobs on it.",
+        epilog="Run `mesh-node COMMAND --help` for the options of each command.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the node daemon in the foreground",
+                         description="Run the node daemon in the foreground. SIGINT/SIGTERM stop it cleanly.")
+    _add_settings_options(run)
+
+    def client_cmd(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
+                       help="data dir of the node to ask (default: $GPUMESH_DATA_DIR or the XDG data dir)")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    client_cmd("id", "print this node's peer id (creates the identity on first use)")
+    client_cmd("status", "ask the running node for its status; exit 0 when it answers (a health check)")
+    client_cmd("peers", "list the peers the running node sees, with their capacity and standing")
+    client_cmd("devices", "list the compute devices the running node offers")
+    return parser
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    import trio
+
+    from scheduler.node import Node
+
+    settings = settings_from_args(args)
+    setup_logging(settings.log_level, settings.log_format)
+    log = logging.getLogger("gpumesh.node")
+    node = Node(settings)  # identity errors surface here, before any network I/O
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+
+                async def stop_on_signal() -> None:
+                    async for sig in signals:
+                        log.info("received %s, shutting down", signal.Signals(sig).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+
+    trio.run(main)
+    log.info("node stopped")
+    return EXIT_OK
+
+
+def _print(obj: Any, as_json: bool, render) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str))
+    else:
+        render(obj)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from mesh import control
+
+    peers = control.call(args.data_dir, "peers")
+
+    def render(rows: list[dict]) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"{len(rows)} node(s) in view")
+        for col in ("peer", "data plane", "devices", "free slots", "queue", "standing", "advert age", "software"):
+            t.add_column(col)
+        for r in rows:
+            kinds: dict[str, int] = {}
+            for d in r["devices"]:
+                kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
+            t.add_row(r["peer_id"] + (" (self)" if r["self"] else ""), r["data_addr"],
+                      ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none",
+                      str(r["free_slots"]), str(r["queue_depth"]), f"{r['standing']:.2f}",
+                      f"{r['age_s']:.1f} s", r["software"])
+        Console().print(t)
+
+    _print(peers, args.json, render)
+    return EXIT_OK
+
+
+def device_table(rows: list[tuple[str, dict]], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
+        t.add_column(col)
+    for owner, d in rows:
+        f32 = d.get("fma_gflops", d.get("f32_gflops")) or 0.0
+        t.add_row(owner, d["id"], d["kind"], d["name"], str(d["compute_units"]), _human_bytes(d["global_mem_bytes"]),
+                  "yes" if d["fp64"] else "no", f"{d.get('mulmod_mops') or 0:.0f} M/s", f"{f32:.1f} GFLOP/s")
+    return t
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from mesh import control
+
+    res = control.call(args.data_dir, "devices")
+
+    def render(r: dict) -> None:
+        Console().print(device_table([("local", d) for d in r["devices"]], "devices offered by this node"))
+        if r["problem"]:
+            print(f"note: {r['problem']}")
+
+    _print(res, args.json, render)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mesh import control
+
+    st = control.call(args.data_dir, "status", timeout=5.0)
+    _print(st, args.json, lambda s: print("\n".join(f"{k}: {v}" for k, v in s.items())))
+    return EXIT_OK
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from mesh.identity import load_or_create
+
+    ident, _ = load_or_create(args.data_dir)
+    _print({"peer_id": ident.peer_id_str}, args.json, lambda d: print(d["peer_id"]))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mesh.control import ControlError
+    from mesh.identity import IdentityError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, IdentityError) as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ControlError as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OSError as e:
+        print(f"mesh-node: {e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    sys.exit(main())

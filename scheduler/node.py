@@ -1,0 +1,188 @@
+"""The composition root: builds a node from its settings and runs every part in one nursery.
+
+The one place that imports mesh/, worker/ and scheduler/ together. Each background task is owned by the
+node's nursery and stops when it is cancelled (SIGINT/SIGTERM or the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mesh import __version__, control, metrics, metrics_http
+from mesh.advert import Advert, DeviceAdvert
+from mesh.gossip import GossipConfig, GossipService
+from mesh.identity import Identity, load_or_create
+from mesh.membership import Event, MembershipView
+from scheduler.config import NodeSettings, parse_hostport
+from worker import devices as worker_devices
+from worker.devices import Device, DeviceWatcher, DiscoveryResult
+
+log = logging.getLogger("gpumesh.node")
+
+
+def read_allow_list(path) -> set[str]:
+    ids = set()
+    for n, line in enumerate(open(path), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            if not line.startswith(("12D3KooW", "Qm")):
+                raise ValueError(f"{path}:{n}: {line!r} is not a peer id")
+            ids.add(line)
+    return ids
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    identity: Identity = field(init=False)
+    view: MembershipView = field(init=False)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.identity, created = load_or_create(self.settings.data_dir)
+        if created:
+            log.info("created identity %s in %s", self.identity.peer_id_str, self.settings.data_dir)
+        allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
+        admit = (lambda pid: pid in allow) if allow is not None else None
+        self.view = MembershipView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        self.devices: tuple[Device, ...] = ()
+        self.device_problem: str | None = None
+        self.watcher: DeviceWatcher | None = None
+        self.gossip: GossipService | None = None
+        self.metrics_port: int | None = None
+        self.data_addr = ""
+        self.ready = trio.Event()
+        self._event_listeners: list = []
+
+    # ---- state that goes into the advert ---------------------------------------------------------------
+    def capacity(self, device: Device) -> tuple[int, int, int]:
+        """(slots, free slots, queue depth) of a local device; the executor refines this."""
+        slots = self.settings.slots_per_device
+        return slots, slots, 0
+
+    def snapshot(self) -> Advert:
+        devs = []
+        for d in self.devices:
+            slots, free, depth = self.capacity(d)
+            devs.append(DeviceAdvert(
+                id=d.id, kind=d.kind, vendor=d.vendor, name=d.name, compute_units=d.compute_units,
+                global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
+                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
+                slots=slots, free_slots=free, queue_depth=depth))
+        return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
+                      devices=tuple(devs), software=f"gpumesh/{__version__}")
+
+    def _on_event(self, ev: Event) -> None:
+        self._update_mesh_gauges()
+        for fn in self._event_listeners:
+            fn(ev)
+
+    def _update_mesh_gauges(self) -> None:
+        by_kind: dict[str, int] = {}
+        free: dict[str, int] = {}
+        for p in self.view.peers():
+            for d in p.devices():
+                by_kind[d.kind] = by_kind.get(d.kind, 0) + 1
+                free[d.kind] = free.get(d.kind, 0) + d.free_slots
+        for kind in ("gpu", "cpu", "accelerator"):
+            metrics.MESH_DEVICES.labels(kind).set(by_kind.get(kind, 0))
+            metrics.MESH_FREE_SLOTS.labels(kind).set(free.get(kind, 0))
+        known = {p.peer_id for p in self.view.peers(include_self=False)}
+        for pid in known:
+            metrics.PEER_STANDING.labels(pid).set(self.view.standing(pid))
+        metrics.reset_peer_labels(known)
+
+    # ---- devices ---------------------------------------------------------------------------------------
+    def _set_devices(self, result: DiscoveryResult) -> None:
+        self.devices = tuple(self._calibrate(list(result.devices)))
+        self.device_problem = result.problem
+        if result.problem:
+            log.warning("no compute devices: %s", result.problem)
+        worker_devices.publish_metrics(self.devices, result.problem)
+        if self.gossip is not None:
+            self.gossip.changed()
+
+    def _calibrate(self, devs: list[Device]) -> list[Device]:
+        return devs  # TODO(issue 4): wire worker.calibration once it lands
+
+    async def _on_devices_changed(self, result: DiscoveryResult) -> None:
+        await trio.to_thread.run_sync(self._set_devices, result)
+
+    # ---- control endpoint ------------------------------------------------------------------------------
+    async def _c_status(self, _p: dict[str, Any]) -> dict[str, Any]:
+        return {"peer_id": self.identity.peer_id_str, "version": __version__,
+                "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
+                "devices": len(self.devices), "device_problem": self.device_problem,
+                "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
+                "metrics_port": self.metrics_port}
+
+    async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        out = []
+        for p in sorted(self.view.peers(), key=lambda p: p.peer_id):
+            out.append({
+                "peer_id": p.peer_id, "self": p.peer_id == self.identity.peer_id_str,
+                "addrs": list(p.advert.addrs), "data_addr": p.advert.data_addr,
+                "software": p.advert.software, "seq": p.advert.seq, "age_s": round(now - p.last_seen, 3),
+                "standing": self.view.standing(p.peer_id),
+                "free_slots": sum(d.free_slots for d in p.devices()),
+                "queue_depth": sum(d.queue_depth for d in p.devices()),
+                "devices": [d.__dict__ for d in p.devices()],
+            })
+        return out
+
+    async def _c_devices(self, _p: dict[str, Any]) -> dict[str, Any]:
+        return {"devices": [d.to_dict() for d in self.devices], "problem": self.device_problem}
+
+    def control_methods(self) -> dict[str, Any]:
+        return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices}
+
+    def _advertised_host(self) -> str:
+        """Where peers should dial our data plane: --advertise-host, the bound host, or our libp2p address."""
+        if self.settings.advertise_host:
+            return self.settings.advertise_host
+        if self._data_host not in ("0.0.0.0", "::", ""):
+            return self._data_host
+        ips = [a.split("/")[2] for a in (self.gossip.addrs if self.gossip else []) if a.startswith("/ip4/")]
+        public = [ip for ip in ips if not ip.startswith("127.")]
+        return (public or ips or ["127.0.0.1"])[0]
+
+    # ---- run -------------------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        psk = None
+        if s.mesh_key_file:
+            psk = open(s.mesh_key_file).read().strip()
+        initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
+        for w in initial.warnings:
+            log.info("devices: %s", w)
+        await trio.to_thread.run_sync(self._set_devices, initial)
+        self.watcher = DeviceWatcher(s.devices, s.rescan_interval, initial=initial,
+                                     on_change=self._on_devices_changed)
+        host, port = parse_hostport(s.data_listen, "data-listen")
+        self._data_host, self._data_port = host, port
+        self.gossip = GossipService(
+            self.identity,
+            GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
+                         interval_s=s.advert_interval, psk=psk),
+            self.view, self.snapshot, on_event=self._on_event)
+        async with trio.open_nursery() as nursery:
+            if s.metrics_listen != "off":
+                mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+                self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
+            await nursery.start(self.gossip.run)
+            self.data_addr = f"{self._advertised_host()}:{self._data_port}"
+            self.gossip.changed()
+            await nursery.start(self.watcher.run)
+            await nursery.start(control.serve, s.data_dir, self.control_methods())
+            log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
+                     " ".join(self.gossip.addrs), self.data_addr,
+                     f"{s.metrics_listen.rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else "off")
+            self.ready.set()
+            task_status.started(self)
+            await trio.sleep_forever()
