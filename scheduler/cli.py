@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("status", "ask the running node for its status; exit 0 when it answers (a health check)")
     client_cmd("peers", "list the peers the running node sees, with their capacity and standing")
     client_cmd("devices", "list the compute devices the running node offers")
+    lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
+    lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     return parser
 
 
@@ -124,6 +126,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def console():
+    """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
+    import shutil
+
+    from rich.console import Console
+
+    return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))
+
+
 def _print(obj: Any, as_json: bool, render) -> None:
     if as_json:
         print(json.dumps(obj, indent=2, default=str))
@@ -145,7 +156,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
     peers = control.call(args.data_dir, "peers")
 
     def render(rows: list[dict]) -> None:
-        from rich.console import Console
         from rich.table import Table
 
         t = Table(title=f"{len(rows)} node(s) in view")
@@ -159,7 +169,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
                       ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none",
                       str(r["free_slots"]), str(r["queue_depth"]), f"{r['standing']:.2f}",
                       f"{r['age_s']:.1f} s", r["software"])
-        Console().print(t)
+        console().print(t)
 
     _print(peers, args.json, render)
     return EXIT_OK
@@ -179,14 +189,12 @@ def device_table(rows: list[tuple[str, dict]], title: str):
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from mesh import control
 
     res = control.call(args.data_dir, "devices")
 
     def render(r: dict) -> None:
-        Console().print(device_table([("local", d) for d in r["devices"]], "devices offered by this node"))
+        console().print(device_table([("local", d) for d in r["devices"]], "devices offered by this node"))
         if r["problem"]:
             print(f"note: {r['problem']}")
 
@@ -210,7 +218,22 @@ def cmd_id(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+def cmd_label(args: argparse.Namespace) -> int:
+    from mesh import control
+
+    set_, unset = {}, []
+    for item in args.labels:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            print(f"mesh-node: label {item!r} must be KEY=VALUE (KEY= removes it)", file=sys.stderr)
+            return EXIT_USAGE
+        (set_.__setitem__(k, v) if v else unset.append(k))
+    labels = control.call(args.data_dir, "label", {"set": set_, "unset": unset})
+    _print(labels, args.json, lambda d: print("\n".join(f"{k}={v}" for k, v in sorted(d.items())) or "(no labels)"))
+    return EXIT_OK
+
+
+COMMANDS = {"label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ class Node:
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
+        self.labels: dict[str, str] = {}
 
     # ---- state that goes into the advert ---------------------------------------------------------------
     def capacity(self, device: Device) -> tuple[int, int, int]:
@@ -75,7 +76,8 @@ class Node:
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
                 slots=slots, free_slots=free, queue_depth=depth))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
-                      devices=tuple(devs), software=f"gpumesh/{__version__}")
+                      devices=tuple(devs), software=f"gpumesh/{__version__}",
+                      labels=dict(self.labels))
 
     def _on_event(self, ev: Event) -> None:
         self._update_mesh_gauges()
@@ -132,15 +134,30 @@ class Node:
                 "standing": self.view.standing(p.peer_id),
                 "free_slots": sum(d.free_slots for d in p.devices()),
                 "queue_depth": sum(d.queue_depth for d in p.devices()),
-                "devices": [d.__dict__ for d in p.devices()],
+                "devices": [d.__dict__ for d in p.devices()], "labels": dict(p.advert.labels),
             })
         return out
 
     async def _c_devices(self, _p: dict[str, Any]) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "problem": self.device_problem}
 
+    async def _c_label(self, p: dict[str, Any]) -> dict[str, str]:
+        """Operator labels (e.g. zone=rack1) travel in the advert; a change is published at once."""
+        for k, v in (p.get("set") or {}).items():
+            if not (isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 64 and len(v) <= 256):
+                raise ValueError("labels are KEY=VALUE strings (key 1..64 chars, value up to 256)")
+            self.labels[k] = v
+        for k in p.get("unset") or []:
+            self.labels.pop(k, None)
+        if len(self.labels) > 32:
+            raise ValueError("at most 32 labels")
+        if self.gossip is not None:
+            self.gossip.changed()
+        return dict(self.labels)
+
     def control_methods(self) -> dict[str, Any]:
-        return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices}
+        return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
+                "label": self._c_label}
 
     def _advertised_host(self) -> str:
         """Where peers should dial our data plane: --advertise-host, the bound host, or our libp2p address."""

@@ -19,7 +19,10 @@ async def start(nursery, n: int, interval: float = 0.3, ttl: float = 1.2):
         ident = Identity.generate()
         view = MembershipView(ident.peer_id_str, ttl)
         boot = [services[0][0].addrs[0]] if services else []
-        snap = (lambda i=i: Advert("", b"", 0, 0.0, data_addr=f"127.0.0.1:{5000 + i}", devices=(device(i),)))
+
+        def snap(i=i):
+            return Advert("", b"", 0, 0.0, data_addr=f"127.0.0.1:{5000 + i}", devices=(device(i),))
+
         svc = GossipService(ident, GossipConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=boot, interval_s=interval),
                             view, snap)
         scope = trio.CancelScope()
