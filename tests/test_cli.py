@@ -75,6 +75,19 @@ def test_peers_without_a_node_says_so(tmp_path):
     assert r.returncode == 3 and "no node running" in r.stderr
 
 
+def scrape(port: int) -> dict:
+    """Unlabelled samples of a node's /metrics as {name: value}, plus the raw text."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict = {"_text": text}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def test_three_processes_see_each_other_and_stop_cleanly(tmp_path):
     nodes = start_mesh(tmp_path, 3, extra=["--advert-interval", "0.5"])
     try:
@@ -87,6 +100,12 @@ def test_three_processes_see_each_other_and_stop_cleanly(tmp_path):
         other = next(row for row in rows if row["peer_id"] == nodes[0].peer_id)
         assert [d["id"] for d in other["devices"]] == [d["id"] for d in local["devices"]]
         assert all(row["data_addr"].startswith("127.0.0.1:") for row in rows)
+        metrics = scrape(nodes[1].metrics_port)
+        assert metrics["gpumesh_peers_known"] == 2
+        assert metrics["gpumesh_adverts_sent_total"] >= 1
+        assert metrics["gpumesh_adverts_received_total"] >= 2
+        assert metrics["gpumesh_devices"] == len(local["devices"])
+        assert 'gpumesh_build_info{version="0.1.0"}' in metrics["_text"]
         # a node that stops expires from the others' views
         assert nodes[2].stop(signal.SIGTERM) == 0
         assert "node stopped" in nodes[2].log_tail()
