@@ -1,0 +1,598 @@
+"""The job model and the claim protocol's messages: typed, versioned, msgpack-able.
+
+Every message is a dataclass with `to_wire()` -> a msgpack-able map (string keys, `"v"` the wire version,
+`"t"` the message type) and `from_wire(map)` -> the dataclass, which raises `WireError` (never anything
+else) for a map of another version, of the wrong type, with missing or ill-typed fields, or with values
+out of range. `decode_message(map)` dispatches on `"t"`.
+
+Times: a realtime job's `deadline` is absolute on the *coordinator's* clock (whatever clock the caller
+passes as `now`); on the wire it travels as milliseconds remaining (`deadline_ms`), because peers' clocks
+are not comparable. `Job.to_wire(now)` and `Job.from_wire(d, now)` convert.
+
+`attempt` numbers key everything about one placement of a job (offer, accept/reject, lease, result,
+cancel): the coordinator starts a new attempt whenever an earlier one may still be alive somewhere
+(a lost worker, an expired lease, an offer that was never answered), so any message carrying an older
+attempt is stale by construction and is dropped.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import re
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+WIRE_VERSION = 1
+INLINE_INPUT_LIMIT = 1 << 20  # bytes; larger inputs are streamed (input_size + input_sha256)
+MAX_JOB_ID_LEN = 128
+MAX_KIND_LEN = 64
+MAX_REASON_LEN = 1024
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+DEFAULT_TIMEOUT_S = 3600.0
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS_LIMIT = 20
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DEVICE_KINDS = ("gpu", "cpu", "accelerator", "reference")
+
+
+class WireError(ValueError):
+    """A message that cannot be accepted; `reason` is a short label for metrics and client errors:
+    version, malformed, invalid, input_too_large."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- small checked accessors ------------------------------------------------------------------------------
+
+def _check_version(d: Any, type_: str) -> None:
+    if not isinstance(d, dict):
+        raise WireError("malformed", f"{type_}: expected a map, got {type(d).__name__}")
+    v = d.get("v")
+    if v != WIRE_VERSION:
+        raise WireError("version", f"{type_}: wire version {v!r} not supported (this node speaks {WIRE_VERSION})")
+    t = d.get("t")
+    if t != type_:
+        raise WireError("malformed", f"expected a {type_!r} message, got type {t!r}")
+
+
+def _get(d: dict, key: str, types: type | tuple[type, ...], what: str, default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise WireError("malformed", f"{what}: missing field {key!r}")
+        return default
+    v = d[key]
+    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise WireError("malformed", f"{what}: field {key!r} must be {_tname(types)}, not bool")
+    if not isinstance(v, types):
+        raise WireError("malformed", f"{what}: field {key!r} must be {_tname(types)}, not {type(v).__name__}")
+    return v
+
+
+def _tname(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in ts)
+
+
+def _num(d: dict, key: str, what: str, default: Any = ...) -> float:
+    v = _get(d, key, (int, float), what, default)
+    if v is not None and not math.isfinite(v):
+        raise WireError("invalid", f"{what}: field {key!r} must be finite")
+    return v
+
+
+def _job_id(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not v or len(v) > MAX_JOB_ID_LEN or not _JOB_ID_RE.match(v):
+        raise WireError("invalid", f"{what}: job id must be 1..{MAX_JOB_ID_LEN} characters of letters, digits, "
+                                   f"'.', '_', ':', '-' (got {str(v)[:40]!r})")
+    return v
+
+
+def _reason(v: str) -> str:
+    return v if len(v) <= MAX_REASON_LEN else v[:MAX_REASON_LEN - 3] + "..."
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+# --- requirements ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a job needs of a device; None/0/False mean "no constraint".
+
+    Same field names as `worker.kinds.Requirements`, so `Requirements.from_wire(kind_req.to_dict())` works
+    (a kind's own needs merged with the client's by `merged`). `opencl=True` excludes the CPU reference
+    pseudo-device (device kind "reference" in adverts).
+    """
+
+    device_kind: str | None = None
+    min_memory_bytes: int = 0
+    fp64: bool = False
+    int64: bool = False
+    min_mulmod_mops: float = 0.0
+    min_fma_gflops: float = 0.0
+    opencl: bool = False
+
+    def __post_init__(self) -> None:
+        if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
+            raise WireError("invalid", f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
+                                       f"not {self.device_kind!r}")
+        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
+            raise WireError("invalid", "requirements must not be negative")
+
+    def describe(self) -> str:
+        """Human phrase: 'a gpu with >= 16 GiB and fp64'."""
+        kind = self.device_kind or ("OpenCL device" if self.opencl else "device")
+        parts = []
+        if self.min_memory_bytes:
+            parts.append(f">= {fmt_bytes(self.min_memory_bytes)}")
+        if self.fp64:
+            parts.append("fp64")
+        if self.int64:
+            parts.append("int64")
+        if self.min_mulmod_mops:
+            parts.append(f">= {self.min_mulmod_mops:g} M mulmod/s")
+        if self.min_fma_gflops:
+            parts.append(f">= {self.min_fma_gflops:g} GFLOP/s")
+        return f"a {kind}" + (" with " + " and ".join(parts) if parts else "")
+
+    def merged(self, other: Requirements) -> Requirements:
+        """The stricter of two (a kind's own needs and the client's)."""
+        if self.device_kind and other.device_kind and self.device_kind != other.device_kind:
+            raise WireError("invalid", f"conflicting device kinds {self.device_kind!r} and {other.device_kind!r}")
+        return Requirements(
+            device_kind=self.device_kind or other.device_kind,
+            min_memory_bytes=max(self.min_memory_bytes, other.min_memory_bytes),
+            fp64=self.fp64 or other.fp64,
+            int64=self.int64 or other.int64,
+            min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
+            min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
+            opencl=self.opencl or other.opencl,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for k, default in _REQ_DEFAULTS.items():
+            v = getattr(self, k)
+            if v != default:
+                d[k] = v
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Requirements:
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise WireError("malformed", "requirements must be a map")
+        unknown = set(d) - set(_REQ_DEFAULTS)
+        if unknown:
+            raise WireError("invalid", f"requirements: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        w = "requirements"
+        return cls(
+            device_kind=_get(d, "device_kind", (str, type(None)), w, None),
+            min_memory_bytes=_get(d, "min_memory_bytes", int, w, 0),
+            fp64=_get(d, "fp64", bool, w, False),
+            int64=_get(d, "int64", bool, w, False),
+            min_mulmod_mops=float(_num(d, "min_mulmod_mops", w, 0.0)),
+            min_fma_gflops=float(_num(d, "min_fma_gflops", w, 0.0)),
+            opencl=_get(d, "opencl", bool, w, False),
+        )
+
+
+_REQ_DEFAULTS = {"device_kind": None, "min_memory_bytes": 0, "fp64": False, "int64": False,
+                 "min_mulmod_mops": 0.0, "min_fma_gflops": 0.0, "opencl": False}
+
+
+# --- job -------------------------------------------------------------------------------------------------
+
+class Priority(enum.StrEnum):
+    REALTIME = "realtime"  # has a deadline; earliest deadline first; rejected at once if it cannot be met
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+    @property
+    def rank(self) -> int:
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.REALTIME: 0, Priority.INTERACTIVE: 1, Priority.BATCH: 2}
+
+
+class WhenSaturated(enum.StrEnum):
+    QUEUE = "queue"  # wait at the coordinator (answer: "queued (position N)")
+    REJECT = "reject"  # answer "rejected: saturated" at once
+
+
+class JobState(enum.StrEnum):
+    SUBMITTED = "submitted"  # accepted by the coordinator; queued there or being offered
+    PLACED = "placed"  # a worker accepted it (queued on its device)
+    RUNNING = "running"  # the worker reported it started
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A unit of work. `job_id` is client-chosen for idempotency (resubmitting the same id returns the same
+    job), or assigned by the coordinator. Inputs up to `INLINE_INPUT_LIMIT` ride inline in `input`; larger
+    ones are streamed and described by `input_size` and `input_sha256` (content address)."""
+
+    kind: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    job_id: str = ""
+    input: bytes | None = None
+    input_size: int = 0
+    input_sha256: str = ""
+    requirements: Requirements = field(default_factory=Requirements)
+    priority: Priority = Priority.BATCH
+    deadline: float | None = None  # absolute, coordinator's clock; required for realtime
+    timeout_s: float = DEFAULT_TIMEOUT_S  # end to end: from acceptance by the coordinator to the result
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    submitted_by: str = ""  # API token name ("" = local user)
+    when_saturated: WhenSaturated = WhenSaturated.QUEUE
+
+    def __post_init__(self) -> None:
+        if self.input is not None:
+            if self.input_size == 0 and self.input:
+                object.__setattr__(self, "input_size", len(self.input))
+            if self.input_size != len(self.input):
+                raise WireError("invalid", f"job: input_size {self.input_size} != inline input length {len(self.input)}")
+        object.__setattr__(self, "priority", Priority(self.priority))
+        object.__setattr__(self, "when_saturated", WhenSaturated(self.when_saturated))
+
+    @property
+    def inline(self) -> bool:
+        return self.input is not None
+
+    def with_id(self) -> Job:
+        return self if self.job_id else replace(self, job_id=new_job_id())
+
+    def validate(self, inline_limit: int = INLINE_INPUT_LIMIT) -> Job:
+        """Raise WireError unless the job is well-formed; returns self."""
+        w = "job"
+        if self.job_id:
+            _job_id(self.job_id, w)
+        if not isinstance(self.kind, str) or not self.kind or len(self.kind) > MAX_KIND_LEN:
+            raise WireError("invalid", f"job: kind must be 1..{MAX_KIND_LEN} characters")
+        if not isinstance(self.spec, dict) or not all(isinstance(k, str) for k in self.spec):
+            raise WireError("invalid", "job: spec must be a map with string keys")
+        if self.input is not None and len(self.input) > inline_limit:
+            raise WireError("input_too_large", f"job: inline input of {len(self.input)} bytes exceeds the "
+                                               f"{inline_limit}-byte limit; stream it instead")
+        if self.input_size < 0:
+            raise WireError("invalid", "job: input_size must not be negative")
+        if self.input is None and self.input_size > 0 and not _SHA256_RE.match(self.input_sha256):
+            raise WireError("invalid", "job: a streamed input needs input_sha256 (64 lowercase hex digits)")
+        if self.priority is Priority.REALTIME and self.deadline is None:
+            raise WireError("invalid", "job: a realtime job needs a deadline")
+        if self.priority is not Priority.REALTIME and self.deadline is not None:
+            raise WireError("invalid", "job: only realtime jobs have a deadline")
+        if not (0 < self.timeout_s <= MAX_TIMEOUT_S):
+            raise WireError("invalid", f"job: timeout_s must be in (0, {MAX_TIMEOUT_S:g}]")
+        if not (1 <= self.max_attempts <= MAX_ATTEMPTS_LIMIT):
+            raise WireError("invalid", f"job: max_attempts must be in 1..{MAX_ATTEMPTS_LIMIT}")
+        return self
+
+    def sha256(self) -> str:
+        """Content address of the input (computed for inline input)."""
+        if self.input is not None:
+            return hashlib.sha256(self.input).hexdigest()
+        return self.input_sha256
+
+    def to_wire(self, now: float | None = None, *, with_input: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {"v": WIRE_VERSION, "t": "job", "kind": self.kind, "spec": self.spec}
+        if self.job_id:
+            d["id"] = self.job_id
+        if self.input is not None and with_input:
+            d["input"] = self.input
+        else:
+            if self.input_size:
+                d["input_size"] = self.input_size
+                d["input_sha256"] = self.sha256()
+        req = self.requirements.to_wire()
+        if req:
+            d["req"] = req
+        d["prio"] = self.priority.value
+        if self.deadline is not None:
+            if now is None:
+                raise ValueError("Job.to_wire needs `now` to send a deadline (relative on the wire)")
+            d["deadline_ms"] = (self.deadline - now) * 1000.0
+        d["timeout_s"] = self.timeout_s
+        d["max_attempts"] = self.max_attempts
+        if self.submitted_by:
+            d["by"] = self.submitted_by
+        if self.when_saturated is not WhenSaturated.QUEUE:
+            d["sat"] = self.when_saturated.value
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any, now: float = 0.0, *, inline_limit: int = INLINE_INPUT_LIMIT) -> Job:
+        _check_version(d, "job")
+        w = "job"
+        try:
+            prio = Priority(_get(d, "prio", str, w, "batch"))
+        except ValueError:
+            raise WireError("invalid", f"job: priority must be one of {', '.join(p.value for p in Priority)}, "
+                                       f"not {d.get('prio')!r}") from None
+        try:
+            sat = WhenSaturated(_get(d, "sat", str, w, "queue"))
+        except ValueError:
+            raise WireError("invalid", f"job: when_saturated must be queue or reject, not {d.get('sat')!r}") from None
+        inp = _get(d, "input", (bytes, type(None)), w, None)
+        deadline_ms = _num(d, "deadline_ms", w, None)
+        jid = _get(d, "id", str, w, "")
+        try:
+            job = cls(
+                kind=_get(d, "kind", str, w),
+                spec=_get(d, "spec", dict, w, {}),
+                job_id=jid,
+                input=inp,
+                input_size=_get(d, "input_size", int, w, len(inp) if inp is not None else 0),
+                input_sha256=_get(d, "input_sha256", str, w, ""),
+                requirements=Requirements.from_wire(d.get("req")),
+                priority=prio,
+                deadline=None if deadline_ms is None else now + deadline_ms / 1000.0,
+                timeout_s=float(_num(d, "timeout_s", w, DEFAULT_TIMEOUT_S)),
+                max_attempts=_get(d, "max_attempts", int, w, DEFAULT_MAX_ATTEMPTS),
+                submitted_by=_get(d, "by", str, w, ""),
+                when_saturated=sat,
+            )
+        except WireError:
+            raise
+        except (TypeError, ValueError) as e:
+            raise WireError("invalid", f"job: {e}") from None
+        return job.validate(inline_limit)
+
+
+# --- results ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one attempt, as the worker reports it. `ok=False` with `retryable=True` means the
+    worker could not run it (device lost, shutting down): the coordinator places it again; `ok=False`,
+    `retryable=False` is the job's own failure (bad input, kernel error, timed out), delivered as is."""
+
+    job_id: str
+    attempt: int
+    ok: bool
+    body: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    retryable: bool = False
+    output_size: int = 0
+    output_sha256: str = ""
+    worker: str = ""  # peer id of the worker that ran it
+    device: str = ""
+    timings: dict[str, float] = field(default_factory=dict)  # queue_s, run_s, input_s, ... (worker clock)
+
+    TYPE: ClassVar[str] = "result"
+
+    def to_wire(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
+                             "ok": self.ok, "body": self.body}
+        if self.error:
+            d["error"] = self.error
+        if self.retryable:
+            d["retryable"] = True
+        if self.output_size:
+            d["out_size"] = self.output_size
+            d["out_sha256"] = self.output_sha256
+        if self.worker:
+            d["worker"] = self.worker
+        if self.device:
+            d["device"] = self.device
+        if self.timings:
+            d["timings"] = self.timings
+        return d
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Result:
+        _check_version(d, cls.TYPE)
+        w = "result"
+        timings = _get(d, "timings", dict, w, {})
+        if not all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                   for k, v in timings.items()):
+            raise WireError("malformed", "result: timings must map names to numbers")
+        body = _get(d, "body", dict, w, {})
+        return cls(
+            job_id=_job_id(_get(d, "id", str, w), w),
+            attempt=_attempt(d, w),
+            ok=_get(d, "ok", bool, w),
+            body=body,
+            error=_reason(_get(d, "error", str, w, "")),
+            retryable=_get(d, "retryable", bool, w, False),
+            output_size=_get(d, "out_size", int, w, 0),
+            output_sha256=_get(d, "out_sha256", str, w, ""),
+            worker=_get(d, "worker", str, w, ""),
+            device=_get(d, "device", str, w, ""),
+            timings={k: float(v) for k, v in timings.items()},
+        )
+
+
+def _attempt(d: dict, w: str) -> int:
+    a = _get(d, "attempt", int, w)
+    if a < 1:
+        raise WireError("invalid", f"{w}: attempt must be >= 1")
+    return a
+
+
+# --- claim protocol --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Offer:
+    """Coordinator -> worker: run `job` (attempt `attempt`) on device `device_id`. The worker accepts only if
+    it has a free slot, or if its queue on that device is no deeper than `max_queue_depth` (what the
+    coordinator assumed when it ranked this device; 0 = only a free slot will do). `lease_s`: the worker
+    renews at least every lease_s/3 or the coordinator presumes it lost."""
+
+    job: Job
+    attempt: int
+    device_id: str
+    lease_s: float
+    max_queue_depth: int = 0
+    coordinator: str = ""  # peer id of the coordinator
+
+    TYPE: ClassVar[str] = "offer"
+
+    def to_wire(self, now: float | None = None) -> dict[str, Any]:
+        return {"v": WIRE_VERSION, "t": self.TYPE, "job": self.job.to_wire(now), "attempt": self.attempt,
+                "device": self.device_id, "lease_s": self.lease_s, "max_queue": self.max_queue_depth,
+                "coord": self.coordinator}
+
+    @classmethod
+    def from_wire(cls, d: Any, now: float = 0.0) -> Offer:
+        _check_version(d, cls.TYPE)
+        w = "offer"
+        lease = float(_num(d, "lease_s", w))
+        if lease <= 0:
+            raise WireError("invalid", "offer: lease_s must be positive")
+        job = Job.from_wire(_get(d, "job", dict, w), now)
+        if not job.job_id:
+            raise WireError("invalid", "offer: the job has no id")
+        return cls(job=job, attempt=_attempt(d, w), device_id=_get(d, "device", str, w), lease_s=lease,
+                   max_queue_depth=max(0, _get(d, "max_queue", int, w, 0)), coordinator=_get(d, "coord", str, w, ""))
+
+
+DeviceLoad = dict[str, tuple[int, int]]  # device id -> (free_slots, queue_depth)
+
+
+def _load_from_wire(v: Any, w: str) -> DeviceLoad:
+    if not isinstance(v, dict):
+        raise WireError("malformed", f"{w}: load must be a map")
+    out: DeviceLoad = {}
+    for k, x in v.items():
+        if not (isinstance(k, str) and isinstance(x, list | tuple) and len(x) == 2
+                and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in x)):
+            raise WireError("malformed", f"{w}: load entries must be device -> [free_slots, queue_depth]")
+        out[k] = (x[0], x[1])
+    return out
+
+
+@dataclass(frozen=True)
+class Accept:
+    job_id: str
+    attempt: int
+    device_id: str
+    queue_position: int = 0  # 0 = starts now; N = N jobs ahead of it on that device
+
+    TYPE: ClassVar[str] = "accept"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
+                "device": self.device_id, "pos": self.queue_position}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Accept:
+        _check_version(d, cls.TYPE)
+        w = "accept"
+        return cls(_job_id(_get(d, "id", str, w), w), _attempt(d, w), _get(d, "device", str, w),
+                   max(0, _get(d, "pos", int, w, 0)))
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Worker -> coordinator: not taking it. `load` is the worker's own current load per device, which
+    replaces the coordinator's (possibly stale) gossip view of it until the worker's next advert."""
+
+    job_id: str
+    attempt: int
+    reason: str
+    load: DeviceLoad = field(default_factory=dict)
+
+    TYPE: ClassVar[str] = "reject"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
+                "reason": self.reason, "load": {k: list(v) for k, v in self.load.items()}}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Reject:
+        _check_version(d, cls.TYPE)
+        w = "reject"
+        return cls(_job_id(_get(d, "id", str, w), w), _attempt(d, w), _reason(_get(d, "reason", str, w, "")),
+                   _load_from_wire(d.get("load", {}), w))
+
+
+@dataclass(frozen=True)
+class LeaseEntry:
+    job_id: str
+    attempt: int
+    running: bool  # False: still queued on the worker's device
+
+
+@dataclass(frozen=True)
+class LeaseRenew:
+    """Worker -> coordinator, every lease_s/3: the jobs of that coordinator it still holds (batched)."""
+
+    entries: tuple[LeaseEntry, ...]
+
+    TYPE: ClassVar[str] = "lease"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": WIRE_VERSION, "t": self.TYPE, "jobs": [[e.job_id, e.attempt, e.running] for e in self.entries]}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> LeaseRenew:
+        _check_version(d, cls.TYPE)
+        jobs = _get(d, "jobs", list, "lease")
+        out = []
+        for x in jobs:
+            if not (isinstance(x, list | tuple) and len(x) == 3 and isinstance(x[1], int) and isinstance(x[2], bool)):
+                raise WireError("malformed", "lease: entries must be [job_id, attempt, running]")
+            out.append(LeaseEntry(_job_id(x[0], "lease"), x[1], x[2]))
+        return cls(tuple(out))
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Coordinator -> worker: stop this attempt (reaches the kernel at its next chunk boundary)."""
+
+    job_id: str
+    attempt: int
+    reason: str = ""
+
+    TYPE: ClassVar[str] = "cancel"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt, "reason": self.reason}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> Cancel:
+        _check_version(d, cls.TYPE)
+        w = "cancel"
+        return cls(_job_id(_get(d, "id", str, w), w), _attempt(d, w), _reason(_get(d, "reason", str, w, "")))
+
+
+Message = Offer | Accept | Reject | LeaseRenew | Cancel | Result
+_MESSAGES: dict[str, Any] = {c.TYPE: c for c in (Offer, Accept, Reject, LeaseRenew, Cancel, Result)}
+
+
+def decode_message(d: Any, now: float = 0.0) -> Message:
+    """Any claim-protocol message from its wire map (an Offer's deadline is rebased on `now`)."""
+    if not isinstance(d, dict):
+        raise WireError("malformed", f"expected a map, got {type(d).__name__}")
+    cls = _MESSAGES.get(d.get("t"))  # type: ignore[arg-type]
+    if cls is None:
+        raise WireError("malformed", f"unknown message type {d.get('t')!r}")
+    if cls is Offer:
+        return Offer.from_wire(d, now)
+    return cls.from_wire(d)
