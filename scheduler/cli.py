@@ -94,6 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("devices", "list the compute devices the running node offers")
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    tok = sub.add_parser("token", help="create, list or revoke API tokens for clients",
+                         description="API tokens let clients submit jobs. Stored hashed in the node's data dir; "
+                                     "a running node picks up changes at once.")
+    tsub = tok.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    for name, help_ in (("create", "create a token and print it once"), ("list", "list tokens"),
+                        ("revoke", "revoke a token by name or id")):
+        tp = tsub.add_parser(name, help=help_, description=help_)
+        tp.add_argument("--data-dir", type=Path,
+                        default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
+                        help="data dir of the node (default: $GPUMESH_DATA_DIR or the XDG data dir)")
+        tp.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "create":
+            tp.add_argument("--name", required=True, help="who or what the token is for (unique among live tokens)")
+            tp.add_argument("--scope", action="append", choices=("read", "submit", "compute", "admin"),
+                            help="what it may do (repeatable; default submit). compute = raw OpenCL kernels")
+            tp.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 12h or 30d (default: no expiry)")
+        if name == "revoke":
+            tp.add_argument("token", metavar="NAME_OR_ID")
     return parser
 
 
@@ -233,12 +251,39 @@ def cmd_label(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+def cmd_token(args: argparse.Namespace) -> int:
+    from scheduler.tokens import TokenStore, parse_duration
+
+    store = TokenStore(args.data_dir)
+    try:
+        if args.token_command == "create":
+            expires = parse_duration(args.expires) if args.expires else None
+            token, rec = store.create(args.name, args.scope or ["submit"], expires)
+            _print({"token": token, "id": rec.id, "name": rec.name, "scopes": rec.scopes, "expires": rec.expires},
+                   args.json, lambda d: print(f"{d['token']}\n(token {d['name']!r}, scopes {','.join(d['scopes'])};"
+                                              " shown once: store it now)", file=sys.stdout))
+        elif args.token_command == "list":
+            rows = [{"id": r.id, "name": r.name, "scopes": r.scopes, "created": r.created, "expires": r.expires,
+                     "revoked": r.revoked} for r in store.records()]
+            _print(rows, args.json, lambda rs: print("\n".join(
+                f"{r['id']}  {r['name']:<20} {','.join(r['scopes']):<16} "
+                f"{'revoked' if r['revoked'] else 'live'}" for r in rs) or "(no tokens)"))
+        else:
+            rec = store.revoke(args.token)
+            _print({"revoked": rec.id, "name": rec.name}, args.json, lambda d: print(f"revoked {d['name']} ({d['revoked']})"))
+    except ValueError as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+COMMANDS = {"token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
     from mesh.control import ControlError
     from mesh.identity import IdentityError
+    from scheduler.tokens import TokenError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -247,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, IdentityError) as e:
+    except (ConfigError, IdentityError, TokenError) as e:
         print(f"mesh-node: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ControlError as e:
