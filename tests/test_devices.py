@@ -188,7 +188,7 @@ def test_device_record_round_trips_and_cpu_reference():
     with pytest.raises(ValueError, match="lacks"):
         Device.from_dict({"id": "0:0"})
     ref = Device.cpu_reference()
-    assert ref.id == CPU_REFERENCE_ID and not ref.opencl and ref.kind == "cpu"
+    assert ref.id == CPU_REFERENCE_ID and not ref.opencl and ref.kind == "reference"
 
 
 def test_device_metrics_are_published_and_removed():

@@ -27,7 +27,7 @@ from prometheus_client import Gauge
 
 log = logging.getLogger(__name__)
 
-DEVICE_KINDS = ("gpu", "cpu", "accelerator")
+DEVICE_KINDS = ("gpu", "cpu", "accelerator", "reference")  # "reference": only the cpu-reference pseudo-device
 CPU_REFERENCE_ID = "cpu-reference"
 
 # --- metrics (default registry, module-level) -----------------------------------------------------------
@@ -78,7 +78,7 @@ class Device:
     platform: str
     vendor: str
     name: str
-    kind: str  # "gpu" | "cpu" | "accelerator"
+    kind: str  # "gpu" | "cpu" | "accelerator" ("reference" for the cpu-reference pseudo-device)
     compute_units: int
     global_mem_bytes: int
     max_work_group_size: int
@@ -126,7 +126,7 @@ class Device:
             platform="",
             vendor="",
             name="CPU reference path (no OpenCL)",
-            kind="cpu",
+            kind="reference",
             compute_units=os.cpu_count() or 1,
             global_mem_bytes=int(mem),
             max_work_group_size=1,
