@@ -1,0 +1,361 @@
+"""The job-kind registry: what a job of each kind needs, costs, and how it runs.
+
+A `JobKind` is a stateless object registered under its `name`:
+- `validate(spec, input_size)` raises `SpecError` naming the offending field;
+- `requirements(spec)` -> `Requirements` (device kind, memory, fp64/int64, minimum calibrated speed, whether
+  it needs a real OpenCL device or also has a CPU path);
+- `cost_s(spec, input_size, device)` estimates seconds of run time on `device` from its calibration
+  (`device=None`: a typical figure, for a node that has not calibrated);
+- `chunk_s(spec, input_size, device)` bounds the time between two `checkpoint()` calls (what a realtime job
+  waiting behind this one may have to wait);
+- `async run(ctx)` does the work; `ctx.cl` is the device's OpenCL context/queue/program cache, or None on the
+  CPU reference pseudo-device, where the kind runs its CPU path;
+- `reference(spec, input_bytes)` is the plain-CPU oracle of the result (tests, verification by recomputation).
+
+`run` reads its input with `async for chunk in ctx.input` (streamed, in chunks) and calls
+`await ctx.checkpoint()` at chunk boundaries: that is where cancel and preemption by a more urgent job reach
+it. `ctx.progress(fraction, message)` reports progress.
+
+Kinds register with `register(kind)`; `get(name)` raises `UnknownKind` listing the known names.
+`load_builtin_kinds()` registers echo, sleep and checksum (worker.kinds_basic).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgpack
+import trio
+
+from worker.devices import DEVICE_KINDS, Device
+
+if TYPE_CHECKING:
+    from worker.opencl import DeviceContext
+
+# Figures assumed for a device that has not been calibrated (or device=None): a modest CPU.
+DEFAULT_MULMOD_MOPS = 100.0
+DEFAULT_FMA_GFLOPS = 5.0
+
+
+class SpecError(ValueError):
+    """A job spec is invalid; `field` names the offending field ('' for the spec as a whole)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"spec field {field!r}: {message}" if field else f"spec: {message}")
+
+
+class UnknownKind(LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown job kind {name!r}; known kinds: {', '.join(known) or '(none registered)'}")
+
+    def __str__(self) -> str:  # LookupError would repr() the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a job needs of a device. None/0/False mean "no constraint"."""
+
+    device_kind: str | None = None  # "gpu" | "cpu" | "accelerator"
+    min_memory_bytes: int = 0
+    fp64: bool = False
+    int64: bool = False
+    min_mulmod_mops: float = 0.0
+    min_fma_gflops: float = 0.0
+    opencl: bool = False  # needs a real OpenCL device (no CPU path)
+
+    def __post_init__(self) -> None:
+        if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
+            raise ValueError(f"device_kind must be one of {', '.join(DEVICE_KINDS)} or None, not {self.device_kind!r}")
+        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
+            raise ValueError("requirements must not be negative")
+
+    def unmet(self, device: Device) -> str | None:
+        """Why `device` does not meet these requirements, or None when it does."""
+        if self.opencl and not device.opencl:
+            return "needs an OpenCL device"
+        if self.device_kind is not None and device.kind != self.device_kind:
+            return f"needs a {self.device_kind} device, this is a {device.kind}"
+        if device.global_mem_bytes < self.min_memory_bytes:
+            return f"needs {self.min_memory_bytes} bytes of device memory, has {device.global_mem_bytes}"
+        if self.fp64 and not device.fp64:
+            return "needs fp64"
+        if self.int64 and not device.int64:
+            return "needs 64-bit integers"
+        if self.min_mulmod_mops > 0 and (device.mulmod_mops or 0.0) < self.min_mulmod_mops:
+            return f"needs {self.min_mulmod_mops:g} M mulmod/s, has {device.mulmod_mops or 0:g}"
+        if self.min_fma_gflops > 0 and (device.fma_gflops or 0.0) < self.min_fma_gflops:
+            return f"needs {self.min_fma_gflops:g} GFLOP/s, has {device.fma_gflops or 0:g}"
+        return None
+
+    def satisfied_by(self, device: Device) -> bool:
+        return self.unmet(device) is None
+
+    def merged(self, other: Requirements) -> Requirements:
+        """The stricter of two (a kind's own needs and the client's)."""
+        if self.device_kind and other.device_kind and self.device_kind != other.device_kind:
+            raise ValueError(f"conflicting device kinds {self.device_kind!r} and {other.device_kind!r}")
+        return Requirements(
+            device_kind=self.device_kind or other.device_kind,
+            min_memory_bytes=max(self.min_memory_bytes, other.min_memory_bytes),
+            fp64=self.fp64 or other.fp64,
+            int64=self.int64 or other.int64,
+            min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
+            min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
+            opencl=self.opencl or other.opencl,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Requirements:
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown requirement fields: {', '.join(sorted(extra))}")
+        return cls(**d)
+
+
+@dataclass
+class Result:
+    """A job's result: a msgpack-able `body` and optional bulk `output` bytes."""
+
+    body: dict[str, Any]
+    output: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, dict):
+            raise TypeError("Result.body must be a dict")
+        if self.output is not None and not isinstance(self.output, bytes | bytearray | memoryview):
+            raise TypeError("Result.output must be bytes or None")
+
+
+ProgressFn = Callable[[float, str | None], None]
+
+
+def _no_progress(fraction: float, message: str | None = None) -> None:
+    pass
+
+
+async def _no_checkpoint() -> None:
+    await trio.lowlevel.checkpoint()
+
+
+class InputReader:
+    """The job's input: an async iterator of non-empty bytes chunks, read once.
+
+    Counts bytes and refuses more than the declared size (a stream that lies about its size is an error,
+    not a memory leak).
+    """
+
+    def __init__(self, source: AsyncIterable[bytes] | bytes | None, size: int, chunk_size: int = 1 << 20) -> None:
+        self.size = size
+        self.read = 0
+        self._chunk_size = chunk_size
+        self._source = source
+        self._used = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._used:
+            raise RuntimeError("the job input can be read only once")
+        self._used = True
+        return self._gen()
+
+    async def _gen(self) -> AsyncIterator[bytes]:
+        src = self._source
+        if src is None:
+            src = b""
+        if isinstance(src, bytes | bytearray | memoryview):
+            mv = memoryview(src)
+            chunks: AsyncIterable[bytes] = _iter_bytes(mv, self._chunk_size)
+        else:
+            chunks = src
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            self.read += len(chunk)
+            if self.read > self.size:
+                raise ValueError(f"job input longer than its declared size of {self.size} bytes")
+            yield bytes(chunk) if not isinstance(chunk, bytes) else chunk
+        if self.read != self.size:
+            raise ValueError(f"job input ended after {self.read} of {self.size} declared bytes")
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """The whole input (refusing more than `limit` bytes, default the declared size)."""
+        lim = self.size if limit is None else limit
+        if self.size > lim:
+            raise ValueError(f"job input of {self.size} bytes exceeds the limit of {lim}")
+        parts = [c async for c in self]
+        return b"".join(parts)
+
+
+async def _iter_bytes(mv: memoryview, chunk_size: int) -> AsyncIterator[bytes]:
+    for off in range(0, len(mv), chunk_size):
+        yield bytes(mv[off:off + chunk_size])
+
+
+@dataclass
+class RunContext:
+    """Everything a running job sees. Built by the executor (or by a test)."""
+
+    job_id: str
+    spec: dict[str, Any]
+    input: InputReader
+    device: Device | None = None
+    cl: DeviceContext | None = None  # None: the CPU reference path
+    checkpoint: Callable[[], Awaitable[None]] = _no_checkpoint
+    progress: ProgressFn = _no_progress
+    cancel_scope: trio.CancelScope | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return self.input.size
+
+    @property
+    def context(self) -> Any:
+        """The pyopencl Context (None on the CPU path)."""
+        return self.cl.context if self.cl else None
+
+    @property
+    def queue(self) -> Any:
+        """The pyopencl CommandQueue (None on the CPU path)."""
+        return self.cl.queue if self.cl else None
+
+
+class JobKind:
+    """Base class of job kinds. Subclasses set `name` and override what they need."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    max_input_bytes: ClassVar[int] = 0  # 0: no input accepted
+    max_spec_bytes: ClassVar[int] = 64 * 1024
+
+    def validate(self, spec: dict[str, Any], input_size: int) -> None:
+        """Raise SpecError unless `spec` (and an input of `input_size` bytes) is acceptable."""
+        check_spec_dict(spec, self.max_spec_bytes)
+        if input_size < 0:
+            raise SpecError("input", "size must not be negative")
+        if input_size > self.max_input_bytes:
+            if self.max_input_bytes == 0:
+                raise SpecError("input", f"kind {self.name!r} takes no input, got {input_size} bytes")
+            raise SpecError("input", f"{input_size} bytes exceeds the {self.max_input_bytes}-byte limit of kind {self.name!r}")
+
+    def requirements(self, spec: dict[str, Any]) -> Requirements:
+        return Requirements()
+
+    def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
+        raise NotImplementedError
+
+    def chunk_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
+        """Longest expected time between two checkpoints; by default the whole run (no chunking)."""
+        return self.cost_s(spec, input_size, device)
+
+    async def run(self, ctx: RunContext) -> Result:
+        raise NotImplementedError
+
+    def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
+        raise NotImplementedError
+
+
+def check_spec_dict(spec: Any, max_bytes: int) -> None:
+    if not isinstance(spec, dict):
+        raise SpecError("", f"must be a map, not {type(spec).__name__}")
+    for k in spec:
+        if not isinstance(k, str):
+            raise SpecError(repr(k), "spec keys must be strings")
+    try:
+        packed = msgpack.packb(spec, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise SpecError("", f"not msgpack-serialisable: {e}") from e
+    if len(packed) > max_bytes:
+        raise SpecError("", f"{len(packed)} bytes encoded exceeds the limit of {max_bytes}")
+
+
+def field_number(spec: dict[str, Any], name: str, *, default: float | None = None, minimum: float | None = None,
+                 maximum: float | None = None, integer: bool = False) -> float:
+    """A numeric spec field, checked; raises SpecError naming it."""
+    if name not in spec:
+        if default is None:
+            raise SpecError(name, "required")
+        return default
+    v = spec[name]
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise SpecError(name, f"must be a number, not {type(v).__name__}")
+    if integer and not isinstance(v, int):
+        raise SpecError(name, "must be an integer")
+    if not math.isfinite(v):
+        raise SpecError(name, "must be finite")
+    if minimum is not None and v < minimum:
+        raise SpecError(name, f"must be at least {minimum:g}, got {v:g}")
+    if maximum is not None and v > maximum:
+        raise SpecError(name, f"must be at most {maximum:g}, got {v:g}")
+    return v
+
+
+def reject_unknown_fields(spec: dict[str, Any], allowed: set[str]) -> None:
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise SpecError(extra[0], f"unknown field (allowed: {', '.join(sorted(allowed)) or 'none'})")
+
+
+# --- registry -------------------------------------------------------------------------------------------
+
+
+class KindRegistry:
+    def __init__(self) -> None:
+        self._kinds: dict[str, JobKind] = {}
+
+    def register(self, kind: JobKind, *, replace: bool = False) -> JobKind:
+        if not isinstance(kind, JobKind):
+            raise TypeError(f"register() takes a JobKind instance, got {kind!r}")
+        if not kind.name or not kind.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"job kind name {kind.name!r} must be non-empty, letters, digits, '-', '_', '.'")
+        if kind.name in self._kinds and not replace and self._kinds[kind.name] is not kind:
+            raise ValueError(f"job kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = kind
+        return kind
+
+    def unregister(self, name: str) -> None:
+        self._kinds.pop(name, None)
+
+    def get(self, name: str) -> JobKind:
+        try:
+            return self._kinds[name]
+        except (KeyError, TypeError):
+            raise UnknownKind(str(name), self.names()) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+
+REGISTRY = KindRegistry()
+
+
+def register(kind: JobKind, *, replace: bool = False) -> JobKind:
+    return REGISTRY.register(kind, replace=replace)
+
+
+def get(name: str) -> JobKind:
+    return REGISTRY.get(name)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
+
+
+def load_builtin_kinds() -> KindRegistry:
+    """Register the kinds shipped in worker/ that register themselves on import (echo, sleep, checksum)."""
+    import worker.kinds_basic  # noqa: F401
+
+    return REGISTRY
