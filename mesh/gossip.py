@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import multiaddr
 import trio
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -64,6 +65,25 @@ class GossipConfig:
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
 
 
+class _AdmissionNotifee(INotifee):
+    """Hands every new libp2p connection's peer id to the gossip service, which drops peers not admitted."""
+
+    def __init__(self, send: trio.MemorySendChannel) -> None:
+        self._send = send
+
+    async def connected(self, network, conn) -> None:
+        try:
+            self._send.send_nowait(conn.muxed_conn.peer_id)
+        except (trio.WouldBlock, trio.ClosedResourceError, AttributeError):
+            pass
+
+    async def opened_stream(self, network, stream) -> None: ...
+    async def closed_stream(self, network, stream) -> None: ...
+    async def disconnected(self, network, conn) -> None: ...
+    async def listen(self, network, multiaddr) -> None: ...
+    async def listen_close(self, network, multiaddr) -> None: ...
+
+
 class GossipService:
     """Publishes this node's advert and keeps `view` up to date from everyone else's."""
 
@@ -74,12 +94,14 @@ class GossipService:
         view: MembershipView,
         snapshot: Callable[[], Advert],
         on_event: Callable[[Event], None] | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
         self.view = view
         self._snapshot = snapshot  # the node's current state; seq, timestamp and addrs are filled in here
         self._on_event = on_event or (lambda _e: None)
+        self._admit = admit  # allow list: peers it refuses are disconnected as soon as they connect
         self._changed = trio.Event()
         self._seq = int(time.time() * 1000)  # a restarted node's adverts are newer than its old ones
         self._last_key: tuple | None = None
@@ -126,6 +148,10 @@ class GossipService:
             sub = await pubsub.subscribe(TOPIC)
             self.addrs = self._dialable_addrs()
             async with trio.open_nursery() as nursery:
+                if self._admit is not None:
+                    send, recv = trio.open_memory_channel(256)
+                    host.get_network().register_notifee(_AdmissionNotifee(send))
+                    nursery.start_soon(self._refuse_loop, recv)
                 nursery.start_soon(self._receive_loop, sub)
                 nursery.start_soon(self._publish_loop)
                 nursery.start_soon(self._expire_loop)
@@ -191,6 +217,17 @@ class GossipService:
             else:
                 metrics.ADVERTS_RECEIVED.inc()
             self._deliver(ev)
+
+    async def _refuse_loop(self, recv: trio.MemoryReceiveChannel) -> None:
+        async for peer_id in recv:
+            if not self._admit(peer_id.to_base58()):
+                metrics.PEERS_REFUSED.labels("libp2p").inc()
+                log.info("refused libp2p connection from %s: not on the allow list", peer_id)
+                with trio.move_on_after(5):
+                    try:
+                        await self.host.disconnect(peer_id)
+                    except Exception as e:
+                        log.debug("disconnect %s: %s", peer_id, e)
 
     async def _expire_loop(self) -> None:
         while True:

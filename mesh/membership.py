@@ -71,6 +71,10 @@ class MembershipView:
         self.refused = 0  # adverts from peers not admitted to this mesh
         self.expired = 0
 
+    @property
+    def admit(self) -> Callable[[str], bool] | None:
+        return self._admit
+
     def __len__(self) -> int:
         return len(self._peers)
 

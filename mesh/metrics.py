@@ -22,6 +22,7 @@ ADVERTS_REJECTED = Counter(
 ADVERTS_EXPIRED = Counter("gpumesh_adverts_expired_total", "Peers expired from the view after their TTL")
 GOSSIP_PUBLISH_ERRORS = Counter("gpumesh_gossip_publish_errors_total", "Advert publishes that raised")
 MEMBERSHIP_EVENTS = Counter("gpumesh_membership_events_total", "Join/update/leave events", ["event"])
+PEERS_REFUSED = Counter("gpumesh_peers_refused_total", "Connections refused by mesh admission", ["plane"])
 LIBP2P_CONNECTED = Gauge("gpumesh_libp2p_connected_peers", "Peers with an open libp2p connection")
 
 # Local device gauges (memory, compute units, calibration) are exported by worker/devices.py.

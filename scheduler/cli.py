@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
             tp.add_argument("--expires", metavar="DURATION", help="lifetime, e.g. 12h or 30d (default: no expiry)")
         if name == "revoke":
             tp.add_argument("token", metavar="NAME_OR_ID")
+    sub.add_parser("mesh-key", help="print a new private-network key (swarm.key format) for --mesh-key-file",
+                   description="Print a new 32-byte mesh key. Give the same file (mode 0600) to every node with "
+                               "--mesh-key-file; nodes without it cannot connect.")
     return parser
 
 
@@ -277,10 +280,18 @@ def cmd_token(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+def cmd_mesh_key(args: argparse.Namespace) -> int:
+    from mesh.admission import generate_mesh_key
+
+    sys.stdout.write(generate_mesh_key())
+    return EXIT_OK
+
+
+COMMANDS = {"mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mesh.admission import AdmissionError
     from mesh.control import ControlError
     from mesh.identity import IdentityError
     from scheduler.tokens import TokenError
@@ -292,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, IdentityError, TokenError) as e:
+    except (ConfigError, IdentityError, TokenError, AdmissionError) as e:
         print(f"mesh-node: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ControlError as e:

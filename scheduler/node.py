@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from mesh import __version__, control, metrics, metrics_http
+from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
@@ -23,17 +24,6 @@ from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
 
 log = logging.getLogger("gpumesh.node")
-
-
-def read_allow_list(path) -> set[str]:
-    ids = set()
-    for n, line in enumerate(open(path), 1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            if not line.startswith(("12D3KooW", "Qm")):
-                raise ValueError(f"{path}:{n}: {line!r} is not a peer id")
-            ids.add(line)
-    return ids
 
 
 @dataclass
@@ -47,8 +37,10 @@ class Node:
         self.identity, created = load_or_create(self.settings.data_dir)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_str, self.settings.data_dir)
-        allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
-        admit = (lambda pid: pid in allow) if allow is not None else None
+        self.psk = read_mesh_key(self.settings.mesh_key_file) if self.settings.mesh_key_file else None
+        self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
+        allow = self.allow
+        admit = allow.__contains__ if allow is not None else None
         self.view = MembershipView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
@@ -172,9 +164,6 @@ class Node:
     # ---- run -------------------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        psk = None
-        if s.mesh_key_file:
-            psk = open(s.mesh_key_file).read().strip()
         initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
         for w in initial.warnings:
             log.info("devices: %s", w)
@@ -186,8 +175,8 @@ class Node:
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
-                         interval_s=s.advert_interval, psk=psk),
-            self.view, self.snapshot, on_event=self._on_event)
+                         interval_s=s.advert_interval, psk=self.psk),
+            self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
         async with trio.open_nursery() as nursery:
             if s.metrics_listen != "off":
                 mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
