@@ -1,0 +1,176 @@
+"""Each kernel against its reference: numpy against Python-int ground truth, OpenCL against numpy, on random
+inputs of several sizes."""
+
+import numpy as np
+import pytest
+
+from worker.zk import field as F
+from worker.zk import fri_math as FM
+from worker.zk import gpu
+from worker.zk import merkle as MK
+from worker.zk import ntt as NT
+from worker.zk import poseidon as PS
+from worker.zk.backend import Backend
+
+NP = Backend()
+
+
+@pytest.fixture(scope="module")
+def cl_backend():
+    pair = gpu.default_queue()
+    if pair is None:
+        pytest.skip("no OpenCL device (install pocl-binary-distribution)")
+    from worker.zk.clbackend import OpenCLBackend
+
+    return OpenCLBackend(*pair)
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).integers(0, F.P, shape, dtype=np.uint64)
+
+
+def ints(a):
+    return [int(v) for v in np.asarray(a).reshape(-1)]
+
+
+# ---------------------------------------------------------------- numpy reference vs Python ints
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 32, 64])
+def test_ntt_numpy_vs_naive_dft(n):
+    a = rand(n, n)
+    assert ints(NT.ntt(a)) == NT.naive_dft(ints(a))
+    assert ints(NT.intt(a)) == NT.naive_dft(ints(a), inverse=True)
+    assert ints(NT.coset_ntt(a, 7)) == NT.naive_dft(ints(a), shift=7)
+
+
+def test_lde_evaluates_the_same_polynomial_on_the_coset():
+    n, blowup = 16, 4
+    coeffs = rand(n, 5)
+    ext = NT.lde(coeffs, blowup, 7)
+    h = F.root_of_unity(n * blowup)
+    for i in (0, 1, 17, 63):
+        x = 7 * pow(h, i, F.P) % F.P
+        assert int(ext[i]) == sum(int(c) * pow(x, j, F.P) for j, c in enumerate(coeffs)) % F.P
+    assert ints(NT.coset_intt(ext, 7)) == ints(coeffs) + [0] * (n * (blowup - 1))
+
+
+def test_fold4_matches_pointwise_and_halves_degree():
+    n, deg = 64, 16
+    coeffs = np.zeros((2, n), dtype=np.uint64)
+    coeffs[:, :deg] = rand((2, deg), 9)
+    values = np.stack([NT.coset_ntt(coeffs[0], 7), NT.coset_ntt(coeffs[1], 7)])
+    beta = (12345, 678)
+    folded = FM.fold4_np(values, beta, 7)
+    # the folded values are a polynomial of degree < deg/4 on the domain 7^4 * <w_{n/4}>
+    back = NT.coset_intt(folded, pow(7, 4, F.P))
+    assert not back[:, deg // 4 :].any()
+    h = F.root_of_unity(n)
+    r = pow(h, n // 4, F.P)
+    for j in (0, 5, 15):
+        vals = [(int(values[0, j + t * n // 4]), int(values[1, j + t * n // 4])) for t in range(4)]
+        x = 7 * pow(h, j, F.P) % F.P
+        assert FM.fold4_point(vals, x, r, beta) == (int(folded[0, j]), int(folded[1, j]))
+
+
+def test_deep_numpy_matches_pointwise():
+    n = 32
+    trace, comp = rand((2, n), 1), rand((3, n), 2)
+    k = FM.DeepCoeffs(a_trace=((1, 2), (3, 4)), b_trace=((5, 6), (7, 8)), e_comp=((9, 1), (2, 3), (4, 5)),
+                      const_z=(6, 7), const_gz=(8, 9), z=(10, 11), gz=(12, 13))
+    got = FM.deep_np(trace, comp, k, 7)
+    h = F.root_of_unity(n)
+    for i in (0, 3, 31):
+        x = 7 * pow(h, i, F.P) % F.P
+        want = FM.deep_point(ints(trace[:, i]), ints(comp[:, i]), x, k)
+        assert (int(got[0, i]), int(got[1, i])) == want
+
+
+def test_merkle_paths_and_tampering():
+    cols = rand((3, 64), 4)
+    tree = NP.commit(cols)
+    assert tree.depth == 4 and tree.leaves.shape == (16, 12)
+    root = tuple(int(v) for v in tree.root)
+    for j in (0, 7, 15):
+        leaf = ints(tree.leaves[j])
+        path = [tuple(int(v) for v in node) for node in tree.path(j)]
+        assert MK.verify_path(root, j, leaf, path)
+        assert not MK.verify_path(root, j ^ 1, leaf, path)
+        assert not MK.verify_path(root, j, [leaf[0] ^ 1, *leaf[1:]], path)
+    idx = np.array([3, 9, 9, 0])
+    leaves = tree.leaves[idx]
+    paths = np.stack([tree.path(j) for j in idx])
+    assert MK.verify_batch(tree.root, idx, leaves, paths).all()
+    paths[1, 2, 0] ^= 1  # flip one bit of one sibling
+    assert MK.verify_batch(tree.root, idx, leaves, paths).tolist() == [True, False, True, True]
+    # the documented leaf layout: leaf j = rows j, j + n/4, j + n/2, j + 3n/4, columns inner
+    assert ints(tree.leaves[5][:3]) == ints(cols[:, 5]) and ints(tree.leaves[5][3:6]) == ints(cols[:, 21])
+
+
+# ---------------------------------------------------------------- OpenCL vs numpy
+
+
+@pytest.mark.parametrize("log_n", [1, 4, 5, 10, 11, 13])
+def test_cl_ntt_and_round_trip(cl_backend, log_n):
+    a = rand((2, 1 << log_n), log_n)
+    fwd = cl_backend.ntt(a)
+    assert np.array_equal(fwd, NP.ntt(a))
+    assert np.array_equal(cl_backend.intt(a), NP.intt(a))
+    assert np.array_equal(cl_backend.intt(fwd), a)
+
+
+@pytest.mark.parametrize("max_radix", [2, 4, 8, 32])
+def test_cl_ntt_every_radix(max_radix):
+    pair = gpu.default_queue()
+    if pair is None:
+        pytest.skip("no OpenCL device")
+    from worker.zk.clbackend import OpenCLBackend
+
+    be = OpenCLBackend(*pair, max_radix=max_radix)
+    a = rand(1 << 11, max_radix)
+    assert np.array_equal(be.ntt(a), NP.ntt(a))
+    assert np.array_equal(be.intt(a), NP.intt(a))
+
+
+@pytest.mark.parametrize("log_n,blowup", [(3, 2), (6, 4), (10, 8), (12, 2)])
+def test_cl_lde_and_coset_interpolation(cl_backend, log_n, blowup):
+    coeffs = rand((3, 1 << log_n), log_n + blowup)
+    ext = cl_backend.lde(coeffs, blowup, 7)
+    assert np.array_equal(ext, NP.lde(coeffs, blowup, 7))
+    back = cl_backend.coset_intt(ext, 7)
+    assert np.array_equal(back[:, : 1 << log_n], coeffs) and not back[:, 1 << log_n :].any()
+
+
+def test_cl_poseidon_vectors(cl_backend):
+    states = np.array([v[0] for v in PS.params().test_vectors], dtype=np.uint64).T
+    got = cl_backend.permute(states)
+    assert [tuple(int(x) for x in col) for col in got.T] == [v[1] for v in PS.params().test_vectors]
+
+
+@pytest.mark.parametrize("length,n", [(0, 3), (4, 70), (8, 5), (12, 33), (16, 64)])
+def test_cl_sponge_matches_numpy(cl_backend, length, n):
+    rows = rand((n, length), length + n)
+    assert np.array_equal(cl_backend.hash_rows(rows), NP.hash_rows(rows))
+
+
+@pytest.mark.parametrize("n_leaves", [1, 2, 64, 256])
+def test_cl_merkle_levels(cl_backend, n_leaves):
+    leaves = rand((n_leaves, 4), n_leaves)
+    got, want = cl_backend.merkle_levels(leaves), NP.merkle_levels(leaves)
+    assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("n", [16, 256, 4096])
+def test_cl_fold4(cl_backend, n):
+    values = rand((2, n), n)
+    beta = (int(rand(1, 1)[0]), int(rand(1, 2)[0]))
+    assert np.array_equal(cl_backend.fold4(values, beta, 7), NP.fold4(values, beta, 7))
+
+
+@pytest.mark.parametrize("n", [128, 2048])
+def test_cl_deep(cl_backend, n):
+    trace, comp = rand((2, n), 3), rand((4, n), 4)
+    r = [(int(a), int(b)) for a, b in rand((11, 2), 5)]
+    k = FM.DeepCoeffs(a_trace=tuple(r[0:2]), b_trace=tuple(r[2:4]), e_comp=tuple(r[4:8]), const_z=r[8],
+                      const_gz=r[9], z=r[10], gz=F.emul(r[10], (F.root_of_unity(64), 0)))
+    assert np.array_equal(cl_backend.deep(trace, comp, k, 7), NP.deep(trace, comp, k, 7))

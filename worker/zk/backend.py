@@ -1,0 +1,99 @@
+"""Prover backends: the same operations on numpy (CPU reference, no device) or OpenCL.
+
+The prover is written against `Backend`; everything else it does (trace generation, constraint evaluation,
+transcript) is host numpy/Python. Each backend adds up wall time per operation in `timings` so the node can
+export kernel time by kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import field as F
+from . import fri_math as FM
+from . import merkle as MK
+from . import ntt as NT
+from . import poseidon as PS
+
+
+@dataclass
+class Backend:
+    """Numpy implementation; subclasses override the heavy operations."""
+
+    name: str = "numpy"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, op: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[op] = self.timings.get(op, 0.0) + time.perf_counter() - t0
+
+    def ntt(self, a: np.ndarray) -> np.ndarray:
+        with self.timed("ntt"):
+            return NT.ntt(a)
+
+    def intt(self, a: np.ndarray) -> np.ndarray:
+        with self.timed("ntt"):
+            return NT.intt(a)
+
+    def coset_intt(self, values: np.ndarray, shift: int) -> np.ndarray:
+        with self.timed("ntt"):
+            return NT.coset_intt(values, shift)
+
+    def lde(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
+        with self.timed("lde"):
+            return NT.lde(coeffs, blowup, shift)
+
+    def hash_rows(self, rows: np.ndarray) -> np.ndarray:
+        with self.timed("poseidon"):
+            return PS.hash_rows_np(rows)
+
+    def merkle_levels(self, leaf_digests: np.ndarray) -> list[np.ndarray]:
+        with self.timed("poseidon"):
+            return MK.levels_np(leaf_digests)
+
+    def permute(self, states: np.ndarray) -> np.ndarray:
+        """Poseidon on (12, n) lane-major states."""
+        with self.timed("poseidon"):
+            return PS.permute_np(states)
+
+    def commit(self, cols: np.ndarray) -> MK.MerkleTree:
+        """Merkle tree over the rows of (c, n) columns, one leaf per arity-4 coset."""
+        rows = MK.leaf_rows(cols)
+        return MK.MerkleTree(levels=self.merkle_levels(self.hash_rows(rows)), leaves=rows)
+
+    def fold4(self, values: np.ndarray, beta: F.Ext, shift: int) -> np.ndarray:
+        with self.timed("fri_fold"):
+            return FM.fold4_np(values, beta, shift)
+
+    def deep(self, trace: np.ndarray, comp: np.ndarray, coeffs: FM.DeepCoeffs, shift: int) -> np.ndarray:
+        with self.timed("deep"):
+            return FM.deep_np(trace, comp, coeffs, shift)
+
+
+def resolve(backend) -> Backend:
+    """"numpy" | "opencl" (first OpenCL device) | a Backend | a (Context, CommandQueue) pair."""
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None or backend == "numpy":
+        return Backend()
+    if backend == "opencl":
+        from . import gpu
+        from .clbackend import OpenCLBackend
+
+        pair = gpu.default_queue()
+        if pair is None:
+            raise RuntimeError("backend 'opencl' requested but no OpenCL device is available")
+        return OpenCLBackend(*pair)
+    if isinstance(backend, tuple) and len(backend) == 2:
+        from .clbackend import OpenCLBackend
+
+        return OpenCLBackend(*backend)
+    raise ValueError(f"unknown backend {backend!r}: use 'numpy', 'opencl', a Backend or (context, queue)")

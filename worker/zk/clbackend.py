@@ -1,0 +1,171 @@
+"""The prover backend on OpenCL: NTT/LDE, Poseidon leaf hashing and Merkle levels, FRI folding and the DEEP
+composition run as kernels; host arrays in and out (on the CPU device a copy is a memcpy, cheap next to
+the kernels, and it keeps the prover's host code identical for both backends)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import field as F
+from . import fri_math as FM
+from . import gpu
+from . import ntt as NT
+from . import poseidon as PS
+from .backend import Backend
+from .ntt_cl import DEFAULT_MAX_RADIX, ClNtt
+
+try:
+    import pyopencl as cl
+except ImportError:  # pragma: no cover
+    cl = None
+
+MF = cl.mem_flags if cl is not None else None
+DEEP_CHUNK = 32
+_SMALL = 64  # below this many nodes a Merkle level is cheaper on the host than a launch
+
+
+class OpenCLBackend(Backend):
+    """Takes the caller's pyopencl Context and CommandQueue; programs are built once per context."""
+
+    def __init__(self, ctx, queue, max_radix: int = DEFAULT_MAX_RADIX):
+        super().__init__(name="opencl")
+        if cl is None:
+            raise RuntimeError("pyopencl is not installed")
+        self.ctx, self.queue, self.max_radix = ctx, queue, max_radix
+        self.program = gpu.zk_program(ctx, max_radix)
+        self._ntt = ClNtt(ctx, queue, self.program, max_radix=max_radix)
+        self._tables: dict = {}
+
+    # ------------------------------------------------------------ buffers
+    def _to_dev(self, a: np.ndarray):
+        a = gpu.u64(a)
+        return cl.Buffer(self.ctx, MF.READ_WRITE | MF.COPY_HOST_PTR, hostbuf=a if a.size else np.zeros(1, np.uint64))
+
+    def _empty(self, count: int):
+        return cl.Buffer(self.ctx, MF.READ_WRITE, max(count, 1) * 8)
+
+    def _to_host(self, buf, shape) -> np.ndarray:
+        out = np.empty(shape, dtype=np.uint64)
+        cl.enqueue_copy(self.queue, out, buf)
+        return out
+
+    def _k(self, name: str):
+        return self.program.kernel(name)
+
+    # ------------------------------------------------------------ NTT family
+    def _transform(self, a: np.ndarray, inverse: bool) -> np.ndarray:
+        a = gpu.u64(a)
+        n = a.shape[-1]
+        NT._check_size(n)
+        cols = a.size // n
+        src, tmp = self._to_dev(a), self._empty(a.size)
+        res = self._ntt.transform(src, tmp, n, cols, inverse)
+        return self._to_host(res, a.shape)
+
+    def ntt(self, a: np.ndarray) -> np.ndarray:
+        with self.timed("ntt"):
+            return self._transform(a, False)
+
+    def intt(self, a: np.ndarray) -> np.ndarray:
+        with self.timed("ntt"):
+            return self._transform(a, True)
+
+    def coset_intt(self, values: np.ndarray, shift: int) -> np.ndarray:
+        with self.timed("ntt"):
+            values = gpu.u64(values)
+            n = values.shape[-1]
+            cols = values.size // n
+            src, tmp = self._to_dev(values), self._empty(values.size)
+            res = self._ntt.transform(src, tmp, n, cols, True)
+            gpu.launch(self._k("scale_table"), self.queue, n, res, self._ntt.coset_table(n, F.inv(shift)),
+                       np.uint32(n), cols=cols)
+            return self._to_host(res, values.shape)
+
+    def lde(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
+        with self.timed("lde"):
+            coeffs = gpu.u64(coeffs)
+            n = coeffs.shape[-1]
+            cols = coeffs.size // n
+            m = n * blowup
+            NT._check_size(m)
+            src, a, b = self._to_dev(coeffs), self._empty(cols * m), self._empty(cols * m)
+            gpu.launch(self._k("scale_pad"), self.queue, m, src, self._ntt.coset_table(n, shift), a,
+                       np.uint32(n), np.uint32(m), cols=cols)
+            res = self._ntt.transform(a, b, m, cols, False)
+            return self._to_host(res, (*coeffs.shape[:-1], m))
+
+    # ------------------------------------------------------------ Poseidon
+    def permute(self, states: np.ndarray) -> np.ndarray:
+        with self.timed("poseidon"):
+            rows = np.ascontiguousarray(np.asarray(states, dtype=np.uint64).T)
+            n = rows.shape[0]
+            buf = self._to_dev(rows)
+            gpu.launch(self._k("poseidon_perm"), self.queue, n, buf, np.uint32(n))
+            return np.ascontiguousarray(self._to_host(buf, rows.shape).T)
+
+    def hash_rows(self, rows: np.ndarray) -> np.ndarray:
+        with self.timed("poseidon"):
+            rows = gpu.u64(rows)
+            n, length = rows.shape
+            src, out = self._to_dev(rows), self._empty(n * PS.DIGEST)
+            gpu.launch(self._k("hash_rows"), self.queue, n, src, np.uint32(length), np.uint32(n), out)
+            return self._to_host(out, (n, PS.DIGEST))
+
+    def merkle_levels(self, leaf_digests: np.ndarray) -> list[np.ndarray]:
+        with self.timed("poseidon"):
+            cur_host = gpu.u64(leaf_digests)
+            levels = [cur_host]
+            cur = self._to_dev(cur_host)
+            n = cur_host.shape[0]
+            dev_levels = []
+            while n > _SMALL:
+                nxt = self._empty((n // 2) * PS.DIGEST)
+                gpu.launch(self._k("merkle_level"), self.queue, n // 2, cur, np.uint32(n // 2), nxt)
+                dev_levels.append((nxt, n // 2))
+                cur, n = nxt, n // 2
+            for buf, count in dev_levels:
+                levels.append(self._to_host(buf, (count, PS.DIGEST)))
+            while levels[-1].shape[0] > 1:
+                top = levels[-1]
+                levels.append(PS.compress_np(top[0::2], top[1::2]))
+            return levels
+
+    # ------------------------------------------------------------ FRI and DEEP
+    def fold4(self, values: np.ndarray, beta: F.Ext, shift: int) -> np.ndarray:
+        with self.timed("fri_fold"):
+            n = values.shape[1]
+            if n < 16:
+                return FM.fold4_np(values, beta, shift)
+            ta = self._table(("inv2x", n, shift), lambda: FM.inv_two_x(n, shift))
+            s2 = shift * shift % F.P
+            tb = self._table(("inv2x", n // 2, s2), lambda: FM.inv_two_x(n // 2, s2))
+            src, dst = self._to_dev(values), self._empty(n // 2)
+            gpu.launch(self._k("fri_fold4"), self.queue, n // 4, src, dst, ta, tb, np.uint32(n),
+                       np.uint64(beta[0]), np.uint64(beta[1]))
+            return self._to_host(dst, (2, n // 4))
+
+    def deep(self, trace: np.ndarray, comp: np.ndarray, coeffs: FM.DeepCoeffs, shift: int) -> np.ndarray:
+        with self.timed("deep"):
+            trace, comp = gpu.u64(trace), gpu.u64(comp)
+            w, n = trace.shape
+            cc = comp.shape[0]
+            if n < DEEP_CHUNK * 4:
+                return FM.deep_np(trace, comp, coeffs, shift)
+            k = coeffs
+            coef = np.array([v for pair in (*k.a_trace, *k.b_trace, *k.e_comp) for v in pair], dtype=np.uint64)
+            z, gz = k.z, k.gz
+            prm = np.array([*k.const_z, *k.const_gz, *z, *gz, 7 * z[1] * z[1] % F.P, 7 * gz[1] * gz[1] % F.P],
+                           dtype=np.uint64)
+            h = F.root_of_unity(n)
+            chunk_x = F.np_powers(pow(h, DEEP_CHUNK, F.P), n // DEEP_CHUNK, start=shift)
+            out = self._empty(2 * n)
+            gpu.launch(self._k("deep"), self.queue, n // DEEP_CHUNK, self._to_dev(trace), np.uint32(w),
+                            self._to_dev(comp), np.uint32(cc), self._to_dev(coef), self._to_dev(prm),
+                            self._to_dev(chunk_x), np.uint64(h), np.uint32(n), out)
+            return self._to_host(out, (2, n))
+
+    def _table(self, key, make):
+        buf = self._tables.get(key)
+        if buf is None:
+            buf = self._tables[key] = self._to_dev(make())
+        return buf

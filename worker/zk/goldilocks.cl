@@ -1,0 +1,56 @@
+// Goldilocks field p = 2^64 - 2^32 + 1 on OpenCL. 128-bit products come from mul_hi; the reduction uses
+// 2^64 = 2^32 - 1 and 2^96 = -1 (mod p). Every function takes and returns canonical values (< p).
+#define GL_P 0xFFFFFFFF00000001UL
+#define GL_EPS 0xFFFFFFFFUL
+
+inline ulong gl_add(ulong a, ulong b) {
+    ulong s = a + b;
+    s += (s < a) ? GL_EPS : 0UL;          // wrapped past 2^64: add back 2^64 mod p
+    return (s >= GL_P) ? s - GL_P : s;
+}
+
+inline ulong gl_sub(ulong a, ulong b) {
+    ulong d = a - b;
+    return (a < b) ? d - GL_EPS : d;      // wrapped below 0: a - b + 2^64 -> a - b + p
+}
+
+inline ulong gl_neg(ulong a) { return a ? GL_P - a : 0UL; }
+
+inline ulong gl_reduce128(ulong hi, ulong lo) {
+    ulong hi_hi = hi >> 32;
+    ulong hi_lo = hi & GL_EPS;
+    ulong t0 = lo - hi_hi;
+    t0 -= (lo < hi_hi) ? GL_EPS : 0UL;
+    ulong t1 = hi_lo * GL_EPS;
+    ulong t2 = t0 + t1;
+    t2 += (t2 < t1) ? GL_EPS : 0UL;
+    return (t2 >= GL_P) ? t2 - GL_P : t2;
+}
+
+inline ulong gl_mul(ulong a, ulong b) { return gl_reduce128(mul_hi(a, b), a * b); }
+
+inline ulong gl_sqr(ulong a) { return gl_mul(a, a); }
+
+// x * 2^k for 0 <= k < 64
+inline ulong gl_mul_pow2_lt64(ulong x, uint k) {
+    return k ? gl_reduce128(x >> (64 - k), x << k) : x;
+}
+
+// x * 2^e for 0 <= e < 192 (the powers of two hold every 64th root of unity; 2^96 = -1, 2^192 = 1).
+// Meant for compile-time-known e, where it compiles to shifts and one or two reductions.
+inline ulong gl_mul_pow2(ulong x, uint e) {
+    uint k = e % 96;
+    ulong r = (k < 64) ? gl_mul_pow2_lt64(x, k) : gl_reduce128(gl_mul_pow2_lt64(x, k - 64), 0UL);
+    return (e >= 96) ? gl_neg(r) : r;
+}
+
+// quadratic extension F_p[X]/(X^2 - 7), values as (c0, c1)
+inline ulong2 gle_mul(ulong2 a, ulong2 b) {
+    ulong2 r;
+    r.x = gl_add(gl_mul(a.x, b.x), gl_mul(gl_mul(a.y, b.y), 7UL));
+    r.y = gl_add(gl_mul(a.x, b.y), gl_mul(a.y, b.x));
+    return r;
+}
+inline ulong2 gle_add(ulong2 a, ulong2 b) { return (ulong2)(gl_add(a.x, b.x), gl_add(a.y, b.y)); }
+inline ulong2 gle_sub(ulong2 a, ulong2 b) { return (ulong2)(gl_sub(a.x, b.x), gl_sub(a.y, b.y)); }
+inline ulong2 gle_scale(ulong2 a, ulong s) { return (ulong2)(gl_mul(a.x, s), gl_mul(a.y, s)); }
