@@ -424,7 +424,10 @@ class DeviceWatcher:
 
     async def rescan(self) -> bool:
         """One discovery now; True when the device set changed."""
-        result = await trio.to_thread.run_sync(lambda: self._discover(self.selection, strict=False))
+        from worker.opencl import blocking_limiter  # (worker.opencl imports this module)
+
+        result = await trio.to_thread.run_sync(lambda: self._discover(self.selection, strict=False),
+                                               limiter=blocking_limiter())
         self.scans += 1
         old = self.result
         changed = old is None or device_set_key(old.devices) != device_set_key(result.devices)
@@ -460,7 +463,7 @@ class DeviceWatcher:
         """Wait for the next completed scan (changed or not)."""
         await self._scanned.wait()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Scan at once when no initial result was given, then every `interval_s`; runs until cancelled."""
         if self.result is None:
             await self.rescan()

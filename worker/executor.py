@@ -38,6 +38,7 @@ import logging
 import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -417,6 +418,11 @@ class PriorityQueues:
     def running(self, device_id: str) -> list[Entry]:
         return list(self._devices[device_id].running.values())
 
+    def counts(self, device_id: str) -> tuple[int, int, int]:
+        """(running, waiting, free slots) of a device; cheap."""
+        dq = self._devices[device_id]
+        return len(dq.running), len(dq.queued), dq.free_slots
+
     def load(self, device_id: str, now: float) -> DeviceLoad:
         dq = self._devices[device_id]
         work = sum(e.remaining(now) for e in dq.running.values()) + sum(e.remaining(now) for e in dq.queued)
@@ -460,6 +466,10 @@ class JobRequest:
                 self.input_size = len(self.input)
             else:
                 raise ValueError("input_size is required with a streamed input")
+        elif isinstance(self.input, bytes | bytearray | memoryview) and len(self.input) != self.input_size:
+            raise ValueError(f"input_size {self.input_size} does not match the {len(self.input)}-byte input")
+        if self.input_size < 0:
+            raise ValueError("input_size must not be negative")
         if self.priority is Priority.REALTIME and self.deadline is None:
             raise ValueError("a realtime job needs a deadline")
         if self.timeout_s is not None and not self.timeout_s > 0:
@@ -609,6 +619,7 @@ class Executor:
         self._jobs: dict[str, _Job] = {}
         self._nursery: trio.Nursery | None = None
         self._stopped = False
+        self._gauges: dict[str, tuple[Any, Any, Any]] = {}
         self.set_devices(devices)
 
     # devices
@@ -646,6 +657,7 @@ class Executor:
             else:
                 job.fail_reason = reason
                 job.scope.cancel()
+        self._gauges.pop(dev_id, None)
         for g in (QUEUE_DEPTH, RUNNING, FREE_SLOTS):
             try:
                 g.remove(dev_id)
@@ -653,7 +665,7 @@ class Executor:
                 pass
 
     # running
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run job tasks until cancelled; then every job still here ends as cancelled ("executor stopped")."""
         try:
             async with trio.open_nursery() as nursery:
@@ -672,10 +684,12 @@ class Executor:
 
     def _changed(self) -> None:
         for dev_id in self._core.devices():
-            ld = self._core.load(dev_id, 0.0)
-            QUEUE_DEPTH.labels(dev_id).set(ld.queued)
-            RUNNING.labels(dev_id).set(ld.running)
-            FREE_SLOTS.labels(dev_id).set(ld.free_slots)
+            gauges = self._gauges.get(dev_id)
+            if gauges is None:
+                gauges = self._gauges[dev_id] = (RUNNING.labels(dev_id), QUEUE_DEPTH.labels(dev_id),
+                                                 FREE_SLOTS.labels(dev_id))
+            for g, v in zip(gauges, self._core.counts(dev_id), strict=True):
+                g.set(v)
         if self._on_change is not None:
             try:
                 self._on_change()
@@ -849,8 +863,8 @@ class Executor:
                     input=InputReader(job.req.input, job.req.input_size or 0, self._input_chunk),
                     device=job.device,
                     cl=dctx,
-                    checkpoint=lambda: self._checkpoint(job),
-                    progress=lambda f, m=None: self._progress(job, f, m),
+                    checkpoint=partial(self._checkpoint, job),
+                    progress=partial(self._progress, job),
                     cancel_scope=job.scope,
                 )
                 result = await job.kind.run(ctx)
@@ -865,8 +879,8 @@ class Executor:
                     state, error = "cancelled", job.cancel_reason
                 else:
                     state, error = "failed", f"timeout: ran longer than {job.req.timeout_s} s"
-        except Exception as e:
-            state, error = "failed", f"{type(e).__name__}: {e}"
+        except Exception as exc:
+            state, error = "failed", f"{type(exc).__name__}: {exc}"
             log.info("job %s (%s) failed: %s", jid, job.kind.name, error)
         finally:
             now = trio.current_time()

@@ -252,8 +252,21 @@ def device_context(device: Device, *, max_programs: int = DEFAULT_MAX_PROGRAMS) 
         return dctx
 
 
+def cached_device_context(device: Device) -> DeviceContext | None:
+    """The DeviceContext of `device` if one was created already (never blocks), else None."""
+    with _device_contexts_lock:
+        dctx = _device_contexts.get((device.id, device.fingerprint))
+        if dctx is not None and dctx.device != device:
+            dctx.device = device
+        return dctx
+
+
 async def open_device(device: Device) -> DeviceContext:
-    """`device_context()` off the trio thread."""
+    """`device_context()`, off the trio thread unless the context exists already."""
+    dctx = cached_device_context(device)
+    if dctx is not None:
+        await trio.lowlevel.checkpoint()
+        return dctx
     return await run_blocking(device_context, device)
 
 
