@@ -136,6 +136,17 @@ def _plane(o, d, tmin, tmax, p0, n):
     return np.where((den != 0) & (t > tmin) & (t < tmax), t, np.inf)
 
 
+def _overlaps(o, d, tmin, tmax, lo, hi) -> np.ndarray:
+    """Whether each ray segment (tmin, tmax) passes through the box [lo, hi] (padded): mesh culling only."""
+    pad = 1e-6 * (1.0 + np.abs(np.concatenate([lo, hi])).max())
+    dd = np.where(d == 0, 1e-30, d)
+    t1 = (lo - pad - o) / dd
+    t2 = (hi + pad - o) / dd
+    tn = np.minimum(t1, t2).max(axis=1)
+    tf = np.maximum(t1, t2).min(axis=1)
+    return (tn <= tf) & (tf >= tmin) & (tn <= tmax)
+
+
 def _triangles(o, d, tmin, tmax, v0, e1, e2):
     """Möller-Trumbore for N rays x C triangles at once: t (N, C)."""
     d3, o3 = d[:, None, :], o[:, None, :]
@@ -148,7 +159,7 @@ def _triangles(o, d, tmin, tmax, v0, e1, e2):
         qvec = np.cross(tvec, e1[None])
         v = np.einsum("nk,nck->nc", d, qvec) * inv
         t = np.einsum("ck,nck->nc", e2, qvec) * inv
-    ok = (det != 0) & (u >= 0) & (u <= 1) & (v >= 0) & (u + v <= 1) & (t > tmin[:, None]) & (t < tmax[:, None])
+        ok = (det != 0) & (u >= 0) & (u <= 1) & (v >= 0) & (u + v <= 1) & (t > tmin[:, None]) & (t < tmax[:, None])
     return np.where(ok, t, np.inf)
 
 
@@ -169,7 +180,7 @@ def _closest(ps: Prepared, o, d, tmin, tmax):
         upd = t < best
         best[upd], kind[upd], idx[upd] = t[upd], 1, i
     for start, end, lo, hi in ps.mesh_ranges:
-        rays = np.flatnonzero(_box(o, d, tmin, best, (lo + hi) / 2, (hi - lo) / 2 + 1e-9, np.eye(3)) < np.inf)
+        rays = np.flatnonzero(_overlaps(o, d, tmin, best, lo, hi))
         if rays.size == 0:
             continue
         step = max(1, CHUNK_ELEMS // rays.size)
@@ -182,6 +193,32 @@ def _closest(ps: Prepared, o, d, tmin, tmax):
             r = rays[upd]
             best[r], kind[r], idx[r] = tj[upd], 2, c0 + j[upd]
     return np.where(kind > 0, best, np.inf), kind, idx
+
+
+def _occlusion(ps: Prepared, o, d, tmax) -> np.ndarray:
+    """Largest opacity among everything a shadow ray (0, tmax) hits, 0 where it hits nothing."""
+    n = o.shape[0]
+    tmin = np.zeros(n)
+    occ = np.zeros(n)
+    for i, prim in enumerate(ps.prims):
+        if prim[0] == "sphere":
+            t = _sphere(o, d, tmin, tmax, prim[1], prim[2])
+        elif prim[0] == "box":
+            t = _box(o, d, tmin, tmax, prim[1], prim[2], prim[3])
+        else:
+            t = _plane(o, d, tmin, tmax, prim[1], prim[2])
+        occ = np.where(t < np.inf, np.maximum(occ, ps.opacity[ps.prim_mat[i]]), occ)
+    for start, end, lo, hi in ps.mesh_ranges:
+        rays = np.flatnonzero(_overlaps(o, d, tmin, tmax, lo, hi))
+        if rays.size == 0:
+            continue
+        step = max(1, CHUNK_ELEMS // rays.size)
+        for c0 in range(start, end, step):
+            c1 = min(end, c0 + step)
+            t = _triangles(o[rays], d[rays], tmin[rays], tmax[rays], ps.v0[c0:c1], ps.e1[c0:c1], ps.e2[c0:c1])
+            op = np.where(t < np.inf, ps.opacity[ps.tri_mat[c0:c1]][None, :], 0.0).max(axis=1)
+            occ[rays] = np.maximum(occ[rays], op)
+    return occ
 
 
 def _surface(ps: Prepared, o, d, t, kind, idx):
@@ -214,20 +251,18 @@ def _surface(ps: Prepared, o, d, t, kind, idx):
     return p, n, mat
 
 
-def _material_of(ps: Prepared, kind: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    mat = np.zeros(kind.shape[0], np.int64)
-    mat[kind == 1] = ps.prim_mat[idx[kind == 1]]
-    mat[kind == 2] = ps.tri_mat[idx[kind == 2]]
-    return mat
-
-
 def _offset(p: np.ndarray) -> np.ndarray:
     return OFFSET * (1.0 + np.abs(p).max(axis=1))
 
 
+def schlick_pow(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """Schlick's rational stand-in for x**e on [0, 1]: the highlight shape of the model (cheap on devices)."""
+    return x / (e - e * x + x)
+
+
 def _shade_direct(ps: Prepared, p, n, d, mat):
-    """Emission + ambient + each light (Lambert diffuse + Blinn-Phong specular), shadowed by the nearest
-    occluder's opacity."""
+    """Emission + ambient + each light (Lambert diffuse + Blinn-Phong specular), dimmed by the largest opacity
+    among the occluders between the surface and the light."""
     sc = ps.scene
     alb, met, rough = ps.albedo[mat], ps.metallic[mat], ps.roughness[mat]
     kd = alb * (1 - met)[:, None]
@@ -252,12 +287,11 @@ def _shade_direct(ps: Prepared, p, n, d, mat):
         lit = np.flatnonzero(ndotl > 0)
         if lit.size == 0:
             continue
-        st, sk, si = _closest(ps, os_[lit], lv[lit], np.zeros(lit.size), dist[lit])
-        trans = np.where(sk > 0, 1.0 - ps.opacity[_material_of(ps, sk, si)], 1.0)
+        trans = 1.0 - _occlusion(ps, os_[lit], lv[lit], dist[lit])
         h = lv[lit] - d[lit]
         h = h / np.linalg.norm(h, axis=1, keepdims=True)
         ndoth = np.maximum(_dot(n[lit], h), 0.0)
-        spec = f0[lit] * (ndoth ** shin[lit])[:, None]
+        spec = f0[lit] * schlick_pow(ndoth, shin[lit])[:, None]
         c[lit] += radiance[lit] * (trans * ndotl[lit])[:, None] * (kd[lit] + spec)
     return c
 
@@ -350,5 +384,5 @@ def render_pixels(scene: Scene | Prepared, pose: Pose | None, pixels) -> tuple[n
     bad = np.flatnonzero((xy[:, 0] < 0) | (xy[:, 0] >= cam.width) | (xy[:, 1] < 0) | (xy[:, 1] >= cam.height))
     if bad.size:
         i = int(bad[0])
-        raise SceneError(f"pixels[{i}]: {tuple(xy[i])} lies outside the {cam.width}x{cam.height} frame")
+        raise SceneError(f"pixels[{i}]: ({int(xy[i, 0])}, {int(xy[i, 1])}) lies outside the {cam.width}x{cam.height} frame")
     return _render_rays(ps, pose or cam.pose, xy[:, 0], xy[:, 1])

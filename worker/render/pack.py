@@ -1,0 +1,99 @@
+"""Packing a Scene into the flat float32/int32 arrays raytrace.cl reads (no OpenCL here, so it is testable
+and reusable by any device backend). Layouts are described next to each field and mirrored in raytrace.cl."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from worker.render import bvh as bvh_mod
+from worker.render.scene import Box, DirectionalLight, Mesh, Plane, PointLight, Scene, Sphere
+
+PRIM_SPHERE, PRIM_BOX, PRIM_PLANE = 0, 1, 2
+LIGHT_POINT, LIGHT_DIRECTIONAL = 0, 1
+SPEC_MIN = 1e-3  # keep equal to reference.SPEC_MIN
+
+
+@dataclass(frozen=True)
+class PackedScene:
+    prim: np.ndarray  # (P, 4, 4) float32: sphere [c, r]; box [c, 0], [axis_x, hx], [axis_y, hy], [axis_z, hz];
+    #                   plane [point, 0], [unit normal, 0]
+    prim_info: np.ndarray  # (P, 4) int32: (type, material, 0, 0)
+    v0: np.ndarray  # (M, 4) float32, triangles in BVH leaf order
+    e1: np.ndarray  # (M, 4) float32: v1 - v0 (computed in float64)
+    e2: np.ndarray  # (M, 4) float32: v2 - v0
+    tri_mat: np.ndarray  # (M,) int32
+    bvh: bvh_mod.FlatBVH
+    material: np.ndarray  # (K, 3, 4) float32: [albedo, metallic], [emission, roughness], [opacity, shininess, 0, 0]
+    light: np.ndarray  # (L, 2, 4) float32: [position or direction *towards* the light, type], [colour*intensity, 0]
+    ambient: np.ndarray  # (4,) float32
+    miss: np.ndarray  # (4,) float32: what reflection rays see when they hit nothing
+    background: np.ndarray  # (4,) float32: rgb, w = 1 for a colour, 0 for transparent
+
+    @property
+    def triangle_count(self) -> int:
+        return int(self.tri_mat.shape[0])
+
+
+def _f4(v, w: float = 0.0) -> list[float]:
+    return [float(v[0]), float(v[1]), float(v[2]), float(w)]
+
+
+def pack(scene: Scene) -> PackedScene:
+    """Flatten a validated scene; builds the BVH over all meshes' world-space triangles."""
+    prims, infos, mats = [], [], []
+    tris, tri_mats = [], []
+    for o in scene.objects:
+        mid = len(mats)
+        m = o.material
+        shin = 2.0 / max(m.roughness**4, SPEC_MIN)
+        mats.append([_f4(m.albedo, m.metallic), _f4(m.emission, m.roughness), [m.opacity, shin, 0.0, 0.0]])
+        if isinstance(o, Sphere):
+            prims.append([_f4(o.center, o.radius), [0.0] * 4, [0.0] * 4, [0.0] * 4])
+            infos.append([PRIM_SPHERE, mid, 0, 0])
+        elif isinstance(o, Box):
+            ax = o.axes()
+            h = np.asarray(o.size, np.float64) / 2
+            prims.append([_f4(o.center), _f4(ax[0], h[0]), _f4(ax[1], h[1]), _f4(ax[2], h[2])])
+            infos.append([PRIM_BOX, mid, 0, 0])
+        elif isinstance(o, Plane):
+            prims.append([_f4(o.point), _f4(o.unit_normal()), [0.0] * 4, [0.0] * 4])
+            infos.append([PRIM_PLANE, mid, 0, 0])
+        elif isinstance(o, Mesh):
+            w = o.world_vertices()
+            tris.append(w[o.indices])
+            tri_mats.append(np.full(o.triangle_count, mid, np.int32))
+    all_tris = np.concatenate(tris) if tris else np.zeros((0, 3, 3))
+    all_mats = np.concatenate(tri_mats) if tri_mats else np.zeros(0, np.int32)
+    tree = bvh_mod.build(all_tris)
+    t = all_tris[tree.order]
+
+    def col4(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((a.shape[0], 4), np.float32)
+        out[:, :3] = a
+        return out
+
+    lights = []
+    for light in scene.lights:
+        rad = np.asarray(light.color, np.float64) * light.intensity
+        if isinstance(light, PointLight):
+            lights.append([_f4(light.position, LIGHT_POINT), _f4(rad)])
+        else:
+            assert isinstance(light, DirectionalLight)
+            lights.append([_f4(-light.unit_direction(), LIGHT_DIRECTIONAL), _f4(rad)])
+    bg = scene.background
+    return PackedScene(
+        prim=np.asarray(prims, np.float32).reshape(-1, 4, 4),
+        prim_info=np.asarray(infos, np.int32).reshape(-1, 4),
+        v0=col4(t[:, 0]),
+        e1=col4(t[:, 1] - t[:, 0]),
+        e2=col4(t[:, 2] - t[:, 0]),
+        tri_mat=all_mats[tree.order].astype(np.int32),
+        bvh=tree,
+        material=np.asarray(mats, np.float32).reshape(-1, 3, 4),
+        light=np.asarray(lights, np.float32).reshape(-1, 2, 4),
+        ambient=np.asarray(_f4(scene.ambient), np.float32),
+        miss=np.asarray(_f4(scene.miss_color()), np.float32),
+        background=np.asarray(_f4((0, 0, 0), 0.0) if bg is None else _f4(bg, 1.0), np.float32),
+    )
