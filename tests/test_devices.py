@@ -330,3 +330,28 @@ def test_find_cl_device_checks_the_fingerprint():
         opencl.find_cl_device(replace(d, fingerprint="0000000000000000"))
     with pytest.raises(DeviceGone):
         opencl.find_cl_device(Device.cpu_reference())
+
+
+async def test_async_cache_paths_never_block_the_trio_thread():
+    import threading
+
+    d = discover("all").devices[0]
+    dctx = opencl.device_context(d)
+    knl = dctx.kernel(SRC, "add1", "-DADD=9")
+    held, release = threading.Event(), threading.Event()
+
+    def hold():  # a build in progress elsewhere holds the cache lock
+        with dctx.programs._lock:
+            held.set()
+            release.wait()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(trio.to_thread.run_sync, hold)
+        try:
+            await trio.to_thread.run_sync(held.wait)
+            assert dctx.programs.cached_kernel(SRC, "add1", "-DADD=9") is None  # at once, no deadlock
+            assert dctx.programs.cached_program(SRC, "-DADD=9") is None
+        finally:
+            release.set()
+    assert await dctx.akernel(SRC, "add1", "-DADD=9") is knl
+    assert opencl.cached_device_context(d) is dctx

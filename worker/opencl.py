@@ -130,26 +130,41 @@ class ProgramCache:
             return knl
 
     def cached_kernel(self, source: str, name: str, options: str | Sequence[str] | None = None) -> Any | None:
-        """The kernel if its program is already built (never blocks on a build), else None."""
+        """The kernel if its program is built and the cache is not busy building; else None. Never blocks
+        (safe on the trio thread: a build in a worker thread holds the lock for up to a second)."""
         key = program_key(source, options)
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             if key not in self._programs:
                 return None
             return self.kernel(source, name, options)
+        finally:
+            self._lock.release()
 
-    async def abuild(self, source: str, options: str | Sequence[str] | None = None) -> Any:
-        """`program()` with the build (if any) in a worker thread."""
+    def cached_program(self, source: str, options: str | Sequence[str] | None = None) -> Any | None:
+        """The program if built and the cache is not busy; else None. Never blocks."""
         key = program_key(source, options)
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             prg = self._programs.get(key)
             if prg is not None:
                 self._programs.move_to_end(key)
                 self.stats.hits += 1
-                return prg
+            return prg
+        finally:
+            self._lock.release()
+
+    async def abuild(self, source: str, options: str | Sequence[str] | None = None) -> Any:
+        """`program()`, with the build (or a wait for a busy cache) in a worker thread."""
+        prg = self.cached_program(source, options)
+        if prg is not None:
+            return prg
         return await run_blocking(self.program, source, options)
 
     async def akernel(self, source: str, name: str, options: str | Sequence[str] | None = None) -> Any:
-        """`kernel()` with the build (if any) in a worker thread."""
+        """`kernel()`, with the build (or a wait for a busy cache) in a worker thread."""
         knl = self.cached_kernel(source, name, options)
         if knl is not None:
             return knl
@@ -253,12 +268,17 @@ def device_context(device: Device, *, max_programs: int = DEFAULT_MAX_PROGRAMS) 
 
 
 def cached_device_context(device: Device) -> DeviceContext | None:
-    """The DeviceContext of `device` if one was created already (never blocks), else None."""
-    with _device_contexts_lock:
+    """The DeviceContext of `device` if one was created already, else None. Never blocks (None while
+    another thread is creating a context)."""
+    if not _device_contexts_lock.acquire(blocking=False):
+        return None
+    try:
         dctx = _device_contexts.get((device.id, device.fingerprint))
         if dctx is not None and dctx.device != device:
             dctx.device = device
         return dctx
+    finally:
+        _device_contexts_lock.release()
 
 
 async def open_device(device: Device) -> DeviceContext:
