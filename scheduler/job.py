@@ -489,23 +489,28 @@ def _load_from_wire(v: Any, w: str) -> DeviceLoad:
 
 @dataclass(frozen=True)
 class Accept:
+    """Worker -> coordinator: taken. `load` is the worker's load right after taking it (fed into the
+    coordinator's view, so its next decisions see this job without waiting for the next advert)."""
+
     job_id: str
     attempt: int
     device_id: str
     queue_position: int = 0  # 0 = starts now; N = N jobs ahead of it on that device
+    load: DeviceLoad = field(default_factory=dict)
 
     TYPE: ClassVar[str] = "accept"
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
-                "device": self.device_id, "pos": self.queue_position}
+                "device": self.device_id, "pos": self.queue_position,
+                "load": {k: list(v) for k, v in self.load.items()}}
 
     @classmethod
     def from_wire(cls, d: Any) -> Accept:
         _check_version(d, cls.TYPE)
         w = "accept"
         return cls(_job_id(_get(d, "id", str, w), w), _attempt(d, w), _get(d, "device", str, w),
-                   max(0, _get(d, "pos", int, w, 0)))
+                   max(0, _get(d, "pos", int, w, 0)), _load_from_wire(d.get("load", {}), w))
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,7 @@ def test_requirements_describe_and_merge():
 def test_messages_roundtrip_through_decode_message():
     job = Job("echo", {"k": "v"}, job_id="j1", priority="realtime", deadline=12.0)
     msgs = [
-        Accept("j1", 2, "0:1", queue_position=3),
+        Accept("j1", 2, "0:1", queue_position=3, load={"0:1": (0, 4)}),
         Reject("j1", 2, "queue full", {"0:0": (0, 9), "0:1": (1, 0)}),
         LeaseRenew((LeaseEntry("j1", 2, True), LeaseEntry("j2", 1, False))),
         Cancel("j1", 2, "cancelled by client"),
