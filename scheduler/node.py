@@ -20,6 +20,7 @@ from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event, MembershipView
 from scheduler.config import NodeSettings, parse_hostport
+from worker import calibration
 from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
 
@@ -92,20 +93,18 @@ class Node:
         metrics.reset_peer_labels(known)
 
     # ---- devices ---------------------------------------------------------------------------------------
-    def _set_devices(self, result: DiscoveryResult) -> None:
-        self.devices = tuple(self._calibrate(list(result.devices)))
+    async def _set_devices(self, result: DiscoveryResult) -> None:
+        """Calibrate (cached per device fingerprint in the data dir) and offer the discovered devices."""
+        outcome = await calibration.calibrate(result.devices, self.settings.data_dir)
+        for dev_id, reason in outcome.failed.items():
+            log.error("device %s not offered: %s", dev_id, reason)
+        self.devices = outcome.devices
         self.device_problem = result.problem
         if result.problem:
             log.warning("no compute devices: %s", result.problem)
         worker_devices.publish_metrics(self.devices, result.problem)
         if self.gossip is not None:
             self.gossip.changed()
-
-    def _calibrate(self, devs: list[Device]) -> list[Device]:
-        return devs  # TODO(issue 4): wire worker.calibration once it lands
-
-    async def _on_devices_changed(self, result: DiscoveryResult) -> None:
-        await trio.to_thread.run_sync(self._set_devices, result)
 
     # ---- control endpoint ------------------------------------------------------------------------------
     async def _c_status(self, _p: dict[str, Any]) -> dict[str, Any]:
@@ -167,9 +166,9 @@ class Node:
         initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
         for w in initial.warnings:
             log.info("devices: %s", w)
-        await trio.to_thread.run_sync(self._set_devices, initial)
+        await self._set_devices(initial)
         self.watcher = DeviceWatcher(s.devices, s.rescan_interval, initial=initial,
-                                     on_change=self._on_devices_changed)
+                                     on_change=self._set_devices)
         host, port = parse_hostport(s.data_listen, "data-listen")
         self._data_host, self._data_port = host, port
         self.gossip = GossipService(
