@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import field as F
+from . import ntt as NT
 
 INV2 = F.inv(2)
 
@@ -85,7 +86,7 @@ class DeepCoeffs:
 def deep_np(trace: np.ndarray, comp: np.ndarray, k: DeepCoeffs, shift: int) -> np.ndarray:
     """DEEP composition on the LDE domain shift * <w_n>: trace (w, n), comp (cc, n) -> (2, n)."""
     n = trace.shape[1]
-    x = F.np_powers(F.root_of_unity(n), n, start=shift)
+    x = NT.domain(n, shift)
     out = np.zeros((2, n), dtype=np.uint64)
     terms_z = list(zip(k.a_trace, trace, strict=True)) + list(zip(k.e_comp, comp, strict=True))
     terms_gz = list(zip(k.b_trace, trace, strict=True))

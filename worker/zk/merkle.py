@@ -75,6 +75,33 @@ def verify_batch(root: np.ndarray, indices: np.ndarray, leaves: np.ndarray, path
     return np.all(node == np.asarray(root, dtype=np.uint64)[None, :], axis=1)
 
 
+def verify_many(checks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """verify_batch for several trees at once: (root, indices, leaves, paths) each. Levels of all trees are
+    compressed together, one batched permutation per level, because the verifier's cost is dominated by
+    per-call overhead at its small batch sizes."""
+    nodes = [PS.hash_rows_np(leaves) if leaves.shape[0] else np.zeros((0, PS.DIGEST), np.uint64)
+             for _, _, leaves, _ in checks]
+    depth = max((paths.shape[1] for *_, paths in checks), default=0)
+    for k in range(depth):
+        active = [i for i, c in enumerate(checks) if c[3].shape[1] > k and c[3].shape[0]]
+        if not active:
+            continue
+        lefts, rights = [], []
+        for i in active:
+            _, idx, _, paths = checks[i]
+            is_right = ((np.asarray(idx, dtype=np.int64) >> k) & 1).astype(bool)[:, None]
+            sib = paths[:, k, :]
+            lefts.append(np.where(is_right, sib, nodes[i]))
+            rights.append(np.where(is_right, nodes[i], sib))
+        out = PS.compress_np(np.concatenate(lefts), np.concatenate(rights))
+        start = 0
+        for i in active:
+            cnt = nodes[i].shape[0]
+            nodes[i] = out[start : start + cnt]
+            start += cnt
+    return [np.all(nodes[i] == np.asarray(c[0], dtype=np.uint64)[None, :], axis=1) for i, c in enumerate(checks)]
+
+
 def verify_path(root: tuple[int, ...], index: int, leaf: list[int], path: list[tuple[int, ...]]) -> bool:
     """Python-int check of one opening (ground truth for the batched check)."""
     node = PS.hash_elements(leaf)

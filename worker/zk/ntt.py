@@ -49,6 +49,14 @@ def coset_powers(n: int, shift: int) -> np.ndarray:
     return t
 
 
+@lru_cache(maxsize=8)
+def domain(n: int, shift: int) -> np.ndarray:
+    """The points shift * w_n^i for i < n (cached; read-only)."""
+    t = F.np_powers(F.root_of_unity(n), n, start=shift)
+    t.setflags(write=False)
+    return t
+
+
 def _transform(a: np.ndarray, inverse: bool) -> np.ndarray:
     a = np.asarray(a, dtype=np.uint64)
     n = a.shape[-1]

@@ -11,7 +11,7 @@ reduction; only the R - 1 inter-pass twiddles per group need a full multiply (pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -23,7 +23,7 @@ DEFAULT_MAX_RADIX = 16
 LOCAL = 64  # one fixed work-group size: PoCL compiles a kernel once per local size it sees
 
 
-@lru_cache(maxsize=None)
+@cache
 def _log2_of_power_of_two(target: int) -> int:
     """e with 2^e = target (mod p), target a 2^k-th root of unity, k <= 6."""
     for e in range(192):
