@@ -23,6 +23,7 @@ from scheduler.config import NodeSettings, parse_hostport
 from worker import calibration
 from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
+from worker.executor import Executor
 
 log = logging.getLogger("gpumesh.node")
 
@@ -51,26 +52,28 @@ class Node:
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
+        self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
+                                 on_change=self._capacity_changed)
         self.labels: dict[str, str] = {}
 
     # ---- state that goes into the advert ---------------------------------------------------------------
-    def capacity(self, device: Device) -> tuple[int, int, int]:
-        """(slots, free slots, queue depth) of a local device; the executor refines this."""
-        slots = self.settings.slots_per_device
-        return slots, slots, 0
-
     def snapshot(self) -> Advert:
+        """This node's advert content: every device the executor runs jobs on, with its live load."""
+        cap = {c.device_id: c for c in self.executor.capacity().devices}
         devs = []
-        for d in self.devices:
-            slots, free, depth = self.capacity(d)
+        for d in self.executor.devices:
+            c = cap[d.id]
             devs.append(DeviceAdvert(
-                id=d.id, kind=d.kind, vendor=d.vendor, name=d.name, compute_units=d.compute_units,
-                global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
+                id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
+                compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
-                slots=slots, free_slots=free, queue_depth=depth))
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
-                      devices=tuple(devs), software=f"gpumesh/{__version__}",
-                      labels=dict(self.labels))
+                      devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
+
+    def _capacity_changed(self) -> None:
+        if self.gossip is not None:
+            self.gossip.changed()
 
     def _on_event(self, ev: Event) -> None:
         self._update_mesh_gauges()
@@ -99,6 +102,7 @@ class Node:
         for dev_id, reason in outcome.failed.items():
             log.error("device %s not offered: %s", dev_id, reason)
         self.devices = outcome.devices
+        self.executor.set_devices(self.devices)
         self.device_problem = result.problem
         if result.problem:
             log.warning("no compute devices: %s", result.problem)
@@ -180,6 +184,7 @@ class Node:
             if s.metrics_listen != "off":
                 mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
+            await nursery.start(self.executor.run)
             await nursery.start(self.gossip.run)
             self.data_addr = f"{self._advertised_host()}:{self._data_port}"
             self.gossip.changed()
