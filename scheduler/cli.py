@@ -180,7 +180,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         t = Table(title=f"{len(rows)} node(s) in view")
-        for col in ("peer", "data plane", "devices", "free slots", "queue", "standing", "advert age", "software"):
+        t.add_column("peer", overflow="fold", min_width=52)
+        for col in ("data plane", "devices", "free slots", "queue", "standing", "advert age", "software"):
             t.add_column(col)
         for r in rows:
             kinds: dict[str, int] = {}
