@@ -52,7 +52,10 @@ SCENES = {
     "spheres-57x31": lambda: example("spheres", 57, 31),
     "mesh-80x60": lambda: example("mesh", 80, 60),
     **{f"random{seed}-64x48": (lambda seed=seed: random_scene(seed)) for seed in range(10)},
-    **{f"random{seed}-128x96-400tri": (lambda seed=seed: random_scene(seed, 128, 96, 400)) for seed in (20, 21)},
+    **{
+        f"random{seed}-128x96-400tri": (lambda seed=seed: random_scene(seed, 128, 96, 400))
+        for seed in (20, 21)
+    },
 }
 
 
@@ -122,14 +125,20 @@ def test_bvh_structure():
             seen[first : first + count] += 1
             return 1
         assert axis in (0, 1, 2) and first > i + 1
-        return 1 + walk(i + 1, tree.bmin[i], tree.bmax[i], depth + 1) + walk(first, tree.bmin[i], tree.bmax[i], depth + 1)
+        return (
+            1
+            + walk(i + 1, tree.bmin[i], tree.bmax[i], depth + 1)
+            + walk(first, tree.bmin[i], tree.bmax[i], depth + 1)
+        )
 
     assert walk(0, np.full(3, -np.inf), np.full(3, np.inf), 0) == tree.node_count
     assert (seen == 1).all() and tree.depth <= bvh.MAX_DEPTH
     assert bvh.build(np.zeros((0, 3, 3))).node_count == 0
 
 
-@pytest.mark.parametrize("tile", [Tile(0, 0, 20, 15), Tile(13, 7, 31, 17), Tile(63, 47, 1, 1), Tile(0, 20, 64, 9)])
+@pytest.mark.parametrize(
+    "tile", [Tile(0, 0, 20, 15), Tile(13, 7, 31, 17), Tile(63, 47, 1, 1), Tile(0, 20, 64, 9)]
+)
 def test_tile_equals_crop_of_full_frame(cl_queue, tile):
     scene = random_scene(3)
     dev = SceneOnDevice(*cl_queue, scene)
@@ -149,7 +158,9 @@ def test_tiles_assemble_into_the_frame(cl_queue):
     rgba = np.zeros_like(full_rgba)
     depth = np.zeros_like(full_depth)
     for t in Tile.grid(70, 50, 3, 2):
-        rgba[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w], depth[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] = dev.render(tile=t)
+        rgba[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w], depth[t.y0 : t.y0 + t.h, t.x0 : t.x0 + t.w] = dev.render(
+            tile=t
+        )
     assert np.array_equal(rgba, full_rgba) and np.array_equal(depth, full_depth)
     with pytest.raises(SceneError, match="outside"):
         dev.render(tile=Tile(60, 0, 20, 10))

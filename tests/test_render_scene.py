@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from worker.render import scene as sc
-from worker.render.camera import Pose, Tile, camera_frame, look_at, matrix_to_quat, primary_directions, quat_to_matrix
+from worker.render.camera import (
+    Pose,
+    Tile,
+    camera_frame,
+    look_at,
+    matrix_to_quat,
+    primary_directions,
+    quat_to_matrix,
+)
 from worker.render.errors import SceneError
 from worker.render.obj import load_obj, parse_obj
 from worker.render.png import decode_png, encode_png, write_png
@@ -19,7 +27,13 @@ from worker.render.samples import EXAMPLES, example, random_scene_dict
 
 def base() -> dict:
     return {
-        "camera": {"position": [0, 1, 3], "orientation": [0, 0, 0, 1], "fov_y": 60, "width": 32, "height": 24},
+        "camera": {
+            "position": [0, 1, 3],
+            "orientation": [0, 0, 0, 1],
+            "fov_y": 60,
+            "width": 32,
+            "height": 24,
+        },
         "materials": {"red": {"albedo": [1, 0, 0]}},
         "objects": [
             {"type": "plane", "point": [0, 0, 0], "normal": [0, 1, 0]},
@@ -27,7 +41,10 @@ def base() -> dict:
             {"type": "box", "center": [1, 0.5, 0], "size": [0.5, 0.5, 0.5]},
             {"type": "mesh", "vertices": [[0, 0, 0], [1, 0, 0], [0, 1, 0]], "indices": [[0, 1, 2]]},
         ],
-        "lights": [{"type": "point", "position": [1, 3, 1]}, {"type": "directional", "direction": [0, -1, 0]}],
+        "lights": [
+            {"type": "point", "position": [1, 3, 1]},
+            {"type": "directional", "direction": [0, -1, 0]},
+        ],
     }
 
 
@@ -51,7 +68,11 @@ BAD = [
     ("objects.2.material", {"metallic": "shiny"}, "objects[2].material.metallic: expected a number"),
     ("objects.2.material", {"opacity": 1.5}, "objects[2].material.opacity: expected a number in [0, 1]"),
     ("objects.2.material", {"emission": [-1, 0, 0]}, "objects[2].material.emission: expected 3 numbers >= 0"),
-    ("objects.2.material", {"albedo": [0.5, 0.5, 0.5], "shine": 1}, "objects[2].material: unknown field 'shine'"),
+    (
+        "objects.2.material",
+        {"albedo": [0.5, 0.5, 0.5], "shine": 1},
+        "objects[2].material: unknown field 'shine'",
+    ),
     ("objects.1.material", "blue", "objects[1].material: unknown material 'blue'"),
     ("objects.1.radius", 0, "objects[1].radius: expected a number > 0"),
     ("objects.1.radius", float("nan"), "objects[1].radius: expected a number > 0"),
@@ -61,12 +82,28 @@ BAD = [
     ("objects.2.size", [1, 0, 1], "objects[2].size: expected 3 numbers > 0"),
     ("objects.2.rotation", [0, 0, 0, 2], "objects[2].rotation: quaternion must have unit length"),
     ("objects.0.normal", [0, 0, 0], "objects[0].normal: must not be the zero vector"),
-    ("objects.3.indices", [[0, 1, 5]], "objects[3].indices[0][2]: index 5 out of range (mesh has 3 vertices)"),
+    (
+        "objects.3.indices",
+        [[0, 1, 5]],
+        "objects[3].indices[0][2]: index 5 out of range (mesh has 3 vertices)",
+    ),
     ("objects.3.indices", [[0, 1, -1]], "objects[3].indices[0][2]: index -1 out of range"),
     ("objects.3.indices", [[0, 1.5, 2]], "objects[3].indices[0][1]: expected an integer index"),
-    ("objects.3.vertices", [[0, 0, 0], [1, 0], [0, 1, 0]], "objects[3].vertices[1]: expected [x, y, z] vertices"),
-    ("objects.3.vertices", [[0, 0, 0], [1, "a", 0], [0, 1, 0]], "objects[3].vertices[1][1]: expected a number"),
-    ("objects.3.vertices", [[0, 0, 0], [1, float("inf"), 0], [0, 1, 0]], "objects[3].vertices[1][1]: expected a finite"),
+    (
+        "objects.3.vertices",
+        [[0, 0, 0], [1, 0], [0, 1, 0]],
+        "objects[3].vertices[1]: expected [x, y, z] vertices",
+    ),
+    (
+        "objects.3.vertices",
+        [[0, 0, 0], [1, "a", 0], [0, 1, 0]],
+        "objects[3].vertices[1][1]: expected a number",
+    ),
+    (
+        "objects.3.vertices",
+        [[0, 0, 0], [1, float("inf"), 0], [0, 1, 0]],
+        "objects[3].vertices[1][1]: expected a finite",
+    ),
     ("objects.3.vertices", b"\x00" * 25, "objects[3].vertices: 25 bytes is not a whole number"),
     ("objects.3.scale", -1, "objects[3].scale: expected a number > 0"),
     ("objects.3.obj", "x.obj", "objects[3].obj: OBJ references are resolved by load_scene_file()"),
@@ -102,9 +139,13 @@ def test_each_bad_field_is_named_in_the_error(path, value, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("path", ["camera", "objects", "camera.width", "objects.1.radius", "objects.3.indices"])
+@pytest.mark.parametrize(
+    "path", ["camera", "objects", "camera.width", "objects.1.radius", "objects.3.indices"]
+)
 def test_missing_required_field_is_named(path):
-    with pytest.raises(SceneError, match=re.escape(path.replace(".1.", "[1].").replace(".3.", "[3].")) + ": missing"):
+    with pytest.raises(
+        SceneError, match=re.escape(path.replace(".1.", "[1].").replace(".3.", "[3].")) + ": missing"
+    ):
         sc.from_dict(mutate(path, delete=True))
 
 
@@ -133,7 +174,9 @@ def test_limits(monkeypatch):
     d["objects"].append(copy.deepcopy(d["objects"][3]))
     d["objects"][3]["indices"] = [[0, 1, 2]] * 2
     d["objects"][4]["indices"] = [[0, 1, 2]] * 2
-    with pytest.raises(SceneError, match=r"objects\[4\].indices: 2 triangles takes the scene over the limit of 3"):
+    with pytest.raises(
+        SceneError, match=r"objects\[4\].indices: 2 triangles takes the scene over the limit of 3"
+    ):
         sc.from_dict(d)
 
 
@@ -235,7 +278,10 @@ def test_obj_parse_triangulates_and_resolves_indices():
         ("v 0 0 0\nv nan 0 0\n", "m.obj:2: vertex coordinates must be finite"),
         ("v 0 0 0\nv 1 0 0\nf 1 2\n", "m.obj:3: a face needs at least 3 vertices, got 2"),
         ("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 0\n", "m.obj:4: vertex index 0 is invalid"),
-        ("v 0 0 0\nv 1 0 0\nv 0 1 0\n\nf 1 2 9\n", "m.obj:5: vertex index 9 out of range (file has 3 vertices)"),
+        (
+            "v 0 0 0\nv 1 0 0\nv 0 1 0\n\nf 1 2 9\n",
+            "m.obj:5: vertex index 9 out of range (file has 3 vertices)",
+        ),
         ("v 0 0 0\nf -1 -2 -3\n", "m.obj:2: relative index -2 reaches before the first vertex"),
         ("v 0 0 0\nf 1 a 2\n", "m.obj:2: bad vertex index 'a'"),
         ("v 0 0 0\n", "m.obj: no faces"),

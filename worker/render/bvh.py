@@ -46,7 +46,12 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _split(
-    perm: np.ndarray, tmin: np.ndarray, tmax: np.ndarray, cent: np.ndarray, starts: np.ndarray, counts: np.ndarray
+    perm: np.ndarray,
+    tmin: np.ndarray,
+    tmax: np.ndarray,
+    cent: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Binned-SAH split of every segment at once; reorders perm in place. Returns (left counts, axes)."""
     s = starts.shape[0]
@@ -74,7 +79,8 @@ def _split(
         blo, bhi = blo.T.reshape(s, BINS, 3), bhi.T.reshape(s, BINS, 3)
         l_area = _area(np.minimum.accumulate(blo, axis=1), np.maximum.accumulate(bhi, axis=1))[:, :-1]
         r_area = _area(
-            np.minimum.accumulate(blo[:, ::-1], axis=1)[:, ::-1], np.maximum.accumulate(bhi[:, ::-1], axis=1)[:, ::-1]
+            np.minimum.accumulate(blo[:, ::-1], axis=1)[:, ::-1],
+            np.maximum.accumulate(bhi[:, ::-1], axis=1)[:, ::-1],
         )[:, 1:]
         nl = np.cumsum(n, axis=1)[:, :-1]
         nr = counts[:, None] - nl

@@ -48,7 +48,9 @@ def _f4(v: np.ndarray) -> np.ndarray:
 class SceneOnDevice:
     """One scene's buffers on one device; render any pose or tile of it. Not safe to share between threads."""
 
-    def __init__(self, ctx: cl.Context, queue: cl.CommandQueue, scene: Scene, *, use_bvh: bool = True) -> None:
+    def __init__(
+        self, ctx: cl.Context, queue: cl.CommandQueue, scene: Scene, *, use_bvh: bool = True
+    ) -> None:
         self.ctx, self.queue, self.scene = ctx, queue, scene
         self.use_bvh = use_bvh
         self.hash = content_hash(scene)

@@ -17,16 +17,19 @@ SPEC_MIN = 1e-3  # keep equal to reference.SPEC_MIN
 
 @dataclass(frozen=True)
 class PackedScene:
-    prim: np.ndarray  # (P, 4, 4) float32: sphere [c, r]; box [c, 0], [axis_x, hx], [axis_y, hy], [axis_z, hz];
-    #                   plane [point, 0], [unit normal, 0]
+    # (P, 4, 4) float32: sphere [c, r]; box [c, 0], [axis_x, hx], [axis_y, hy], [axis_z, hz];
+    # plane [point, 0], [unit normal, 0]
+    prim: np.ndarray
     prim_info: np.ndarray  # (P, 4) int32: (type, material, 0, 0)
     v0: np.ndarray  # (M, 4) float32, triangles in BVH leaf order
     e1: np.ndarray  # (M, 4) float32: v1 - v0 (computed in float64)
     e2: np.ndarray  # (M, 4) float32: v2 - v0
     tri_mat: np.ndarray  # (M,) int32
     bvh: bvh_mod.FlatBVH
-    material: np.ndarray  # (K, 3, 4) float32: [albedo, metallic], [emission, roughness], [opacity, shininess, 0, 0]
-    light: np.ndarray  # (L, 2, 4) float32: [position or direction *towards* the light, type], [colour*intensity, 0]
+    # (K, 3, 4) float32: [albedo, metallic], [emission, roughness], [opacity, shininess, 0, 0]
+    material: np.ndarray
+    # (L, 2, 4) float32: [position or direction *towards* the light, type], [colour * intensity, 0]
+    light: np.ndarray
     ambient: np.ndarray  # (4,) float32
     miss: np.ndarray  # (4,) float32: what reflection rays see when they hit nothing
     background: np.ndarray  # (4,) float32: rgb, w = 1 for a colour, 0 for transparent
@@ -42,8 +45,11 @@ def _f4(v, w: float = 0.0) -> list[float]:
 
 def pack(scene: Scene) -> PackedScene:
     """Flatten a validated scene; builds the BVH over all meshes' world-space triangles."""
-    prims, infos, mats = [], [], []
-    tris, tri_mats = [], []
+    prims: list[list[list[float]]] = []
+    infos: list[list[int]] = []
+    mats: list[list[list[float]]] = []
+    tris: list[np.ndarray] = []
+    tri_mats: list[np.ndarray] = []
     for o in scene.objects:
         mid = len(mats)
         m = o.material

@@ -159,7 +159,15 @@ def _triangles(o, d, tmin, tmax, v0, e1, e2):
         qvec = np.cross(tvec, e1[None])
         v = np.einsum("nk,nck->nc", d, qvec) * inv
         t = np.einsum("ck,nck->nc", e2, qvec) * inv
-        ok = (det != 0) & (u >= 0) & (u <= 1) & (v >= 0) & (u + v <= 1) & (t > tmin[:, None]) & (t < tmax[:, None])
+        ok = (
+            (det != 0)
+            & (u >= 0)
+            & (u <= 1)
+            & (v >= 0)
+            & (u + v <= 1)
+            & (t > tmin[:, None])
+            & (t < tmax[:, None])
+        )
     return np.where(ok, t, np.inf)
 
 
@@ -384,5 +392,7 @@ def render_pixels(scene: Scene | Prepared, pose: Pose | None, pixels) -> tuple[n
     bad = np.flatnonzero((xy[:, 0] < 0) | (xy[:, 0] >= cam.width) | (xy[:, 1] < 0) | (xy[:, 1] >= cam.height))
     if bad.size:
         i = int(bad[0])
-        raise SceneError(f"pixels[{i}]: ({int(xy[i, 0])}, {int(xy[i, 1])}) lies outside the {cam.width}x{cam.height} frame")
+        raise SceneError(
+            f"pixels[{i}]: ({int(xy[i, 0])}, {int(xy[i, 1])}) lies outside the {cam.width}x{cam.height} frame"
+        )
     return _render_rays(ps, pose or cam.pose, xy[:, 0], xy[:, 1])

@@ -29,7 +29,10 @@ def example(name: str, width: int | None = None, height: int | None = None) -> S
 
 
 def _material(rng: np.random.Generator) -> dict:
-    m: dict = {"albedo": rng.uniform(0.05, 1.0, 3).round(3).tolist(), "roughness": round(float(rng.uniform()), 3)}
+    m: dict = {
+        "albedo": rng.uniform(0.05, 1.0, 3).round(3).tolist(),
+        "roughness": round(float(rng.uniform()), 3),
+    }
     if rng.uniform() < 0.35:
         m["metallic"] = round(float(rng.uniform(0.2, 1.0)), 3)
     if rng.uniform() < 0.25:
@@ -47,7 +50,9 @@ def _unit_quat(rng: np.random.Generator) -> list[float]:
 def random_scene_dict(seed: int, width: int = 64, height: int = 48, triangles: int = 60) -> dict:
     """A seeded random scene dict: a ground plane, spheres, boxes, a triangle mesh, point + directional lights."""
     rng = np.random.default_rng(seed)
-    objects: list[dict] = [{"type": "plane", "point": [0, 0, 0], "normal": [0, 1, 0], "material": _material(rng)}]
+    objects: list[dict] = [
+        {"type": "plane", "point": [0, 0, 0], "normal": [0, 1, 0], "material": _material(rng)}
+    ]
     for _ in range(int(rng.integers(1, 4))):
         r = float(rng.uniform(0.15, 0.6))
         c = [float(rng.uniform(-1.5, 1.5)), r + float(rng.uniform(0, 0.5)), float(rng.uniform(-1.5, 1.5))]
@@ -56,7 +61,11 @@ def random_scene_dict(seed: int, width: int = 64, height: int = 48, triangles: i
         objects.append(
             {
                 "type": "box",
-                "center": [float(rng.uniform(-1.5, 1.5)), float(rng.uniform(0.2, 0.8)), float(rng.uniform(-1.5, 1.5))],
+                "center": [
+                    float(rng.uniform(-1.5, 1.5)),
+                    float(rng.uniform(0.2, 0.8)),
+                    float(rng.uniform(-1.5, 1.5)),
+                ],
                 "size": rng.uniform(0.15, 0.7, 3).tolist(),
                 "rotation": _unit_quat(rng),
                 "material": _material(rng),
@@ -91,8 +100,16 @@ def random_scene_dict(seed: int, width: int = 64, height: int = 48, triangles: i
         "background": "transparent" if rng.uniform() < 0.5 else rng.uniform(0, 1, 3).tolist(),
         "objects": objects,
         "lights": [
-            {"type": "point", "position": [float(rng.uniform(-2, 2)), 3.0, float(rng.uniform(-2, 2))], "intensity": 8.0},
-            {"type": "directional", "direction": [-0.3, -1.0, -0.2], "intensity": float(rng.uniform(0.2, 1.0))},
+            {
+                "type": "point",
+                "position": [float(rng.uniform(-2, 2)), 3.0, float(rng.uniform(-2, 2))],
+                "intensity": 8.0,
+            },
+            {
+                "type": "directional",
+                "direction": [-0.3, -1.0, -0.2],
+                "intensity": float(rng.uniform(0.2, 1.0)),
+            },
         ],
     }
 

@@ -277,7 +277,9 @@ def _camera(v: Any, path: str) -> Camera:
         raise SceneError(f"{path}.far: must be greater than near ({near:g}), got {far:g}")
     fov = d["fov_y"]
     if not _is_num(fov) or not 0 < fov < 180:
-        raise SceneError(f"{path}.fov_y: expected a vertical field of view in degrees in (0, 180), got {fov!r}")
+        raise SceneError(
+            f"{path}.fov_y: expected a vertical field of view in degrees in (0, 180), got {fov!r}"
+        )
     return Camera(
         position=_vec3(d["position"], f"{path}.position"),
         orientation=_quat(d["orientation"], f"{path}.orientation"),
@@ -305,10 +307,15 @@ def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int
         if len(v) == 0:
             v = np.zeros((0, 3))
         try:
-            a = np.asarray(v)
+            parsed: np.ndarray | None = np.asarray(v)
         except (ValueError, TypeError):
-            a = None
-        if a is None or a.ndim != 2 or (a.size and a.shape[1] != 3) or a.dtype.kind not in "iuf":
+            parsed = None
+        if (
+            parsed is None
+            or parsed.ndim != 2
+            or (parsed.size and parsed.shape[1] != 3)
+            or parsed.dtype.kind not in "iuf"
+        ):
             for i, row in enumerate(v):
                 if not (isinstance(row, list | tuple | np.ndarray) and len(row) == 3):
                     raise SceneError(f"{path}[{i}]: expected {what}, got {row!r}")
@@ -316,16 +323,17 @@ def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int
                     if not (isinstance(c, int | float | np.number) and not isinstance(c, bool)):
                         raise SceneError(f"{path}[{i}][{j}]: expected a number, got {c!r}")
             raise SceneError(f"{path}: expected a list of {what}")
-        a = a.reshape(-1, 3)
+        a = parsed.reshape(-1, 3)
     if a.shape[0] > limit:
         raise SceneError(f"{path}: {a.shape[0]} entries exceeds the limit of {limit}")
     if dtype is np.int64:
         if a.dtype.kind == "f":
-            bad = np.argwhere(a != np.floor(a))
+            with np.errstate(invalid="ignore"):
+                bad = np.argwhere(~np.isfinite(a) | (a != np.floor(a)))
             if bad.size:
                 i, j = bad[0]
                 raise SceneError(f"{path}[{i}][{j}]: expected an integer index, got {a[i, j]!r}")
-        out = a.astype(np.int64)
+        out: np.ndarray = a.astype(np.int64)
     else:
         out = a.astype(np.float64)
         bad = np.argwhere(~np.isfinite(out))
@@ -438,7 +446,9 @@ def from_dict(d: Any) -> Scene:
     named: dict[str, Material] = {}
     mats = d.get("materials", {})
     if not isinstance(mats, dict):
-        raise SceneError(f"materials: expected an object mapping names to materials, got {type(mats).__name__}")
+        raise SceneError(
+            f"materials: expected an object mapping names to materials, got {type(mats).__name__}"
+        )
     if len(mats) > MAX_MATERIALS:
         raise SceneError(f"materials: {len(mats)} materials exceeds the limit of {MAX_MATERIALS}")
     for k, mv in mats.items():
