@@ -1,0 +1,57 @@
+"""Prometheus metrics of the scheduler (coordinator and worker claim cores, placement).
+
+Module-level objects on the default registry, updated by the pure cores themselves (a counter increment is
+not I/O); several cores in one process (tests, the simulation) add up into the same series. Latencies are
+histograms in seconds, per priority class where the issue asks for it. Label values are bounded: job kinds
+are capped (`kind_label`), reasons are fixed short codes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+_DECISION_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3)
+
+JOBS_SUBMITTED = Counter("gpumesh_jobs_submitted_total", "Jobs accepted by this node as coordinator",
+                         ["kind", "priority"])
+JOBS_REFUSED = Counter("gpumesh_jobs_refused_total", "Submissions refused at once, by reason",
+                       ["reason"])  # saturated, no_match, deadline, invalid, conflict
+JOBS_FINISHED = Counter("gpumesh_jobs_finished_total", "Jobs that reached a final state, by kind and state",
+                        ["kind", "state"])
+JOBS_ACTIVE = Gauge("gpumesh_jobs_active", "Jobs held by this coordinator and not finished, by state", ["state"])
+COORDINATOR_QUEUE = Gauge("gpumesh_coordinator_queued_jobs", "Jobs waiting at this coordinator for capacity")
+PLACEMENT_SECONDS = Histogram("gpumesh_placement_decision_seconds", "Time to rank candidates for one job",
+                              buckets=_DECISION_BUCKETS)
+QUEUE_WAIT_SECONDS = Histogram("gpumesh_job_queue_wait_seconds",
+                               "Submission to start of the attempt that ran it, per priority class", ["priority"],
+                               buckets=_LAT_BUCKETS)
+RUN_SECONDS = Histogram("gpumesh_job_run_seconds", "Start to result of the attempt that finished, per priority class",
+                        ["priority"], buckets=_LAT_BUCKETS)
+LATENCY_SECONDS = Histogram("gpumesh_job_latency_seconds", "Submission to final state (end to end), per priority class",
+                            ["priority"], buckets=_LAT_BUCKETS)
+RETRIES = Counter("gpumesh_job_retries_total", "Attempts lost and placed again, by reason",
+                  ["reason"])  # worker_lost, lease_expired, advert_expired, retryable_error, verification
+RESULTS_DROPPED = Counter("gpumesh_results_dropped_total", "Results not delivered: late duplicates and stale attempts",
+                          ["reason"])  # duplicate, stale_attempt, unknown_job
+CLAIMS = Counter("gpumesh_claims_total", "Offers answered (or not) by workers, seen by the coordinator",
+                 ["outcome"])  # accepted, rejected, timeout, stale
+DEADLINE_MISSES = Counter("gpumesh_deadline_misses_total",
+                          "Realtime jobs that missed their deadline after acceptance (refused ones are not counted)")
+WORKER_OFFERS = Counter("gpumesh_worker_offers_total", "Offers received by this node as worker, by answer",
+                        ["answer"])  # accepted, rejected
+WORKER_JOBS = Gauge("gpumesh_worker_claimed_jobs", "Jobs this node as worker holds under lease")
+WORKER_CANCELS = Counter("gpumesh_worker_cancels_total", "Cancels that reached a job held by this worker")
+
+_MAX_KINDS = 64
+_kinds: set[str] = set()
+
+
+def kind_label(kind: str) -> str:
+    """The job kind as a label value, "other" beyond the first 64 distinct kinds (bounded cardinality)."""
+    if kind in _kinds:
+        return kind
+    if len(_kinds) < _MAX_KINDS:
+        _kinds.add(kind)
+        return kind
+    return "other"
