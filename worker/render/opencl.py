@@ -1,23 +1,30 @@
 """The OpenCL renderer: a scene uploaded once per context (`SceneOnDevice`), then any number of poses/tiles.
 
-The caller owns the pyopencl Context and CommandQueue (the worker picks the device). Programs are built once
-per context and the kernel object fetched once per program; scene buffers live as long as the SceneOnDevice,
-output buffers are reused per tile size, so a pose stream costs one kernel launch and one read per frame.
+The caller owns the pyopencl Context and an in-order CommandQueue (the worker picks the device). The program
+is built once per context through worker.opencl's shared program cache; each SceneOnDevice fetches its own
+kernel object once, so scenes rendered from different threads never share kernel arguments. Scene buffers
+live as long as the SceneOnDevice and output buffers are reused per tile size, so a pose stream costs one
+kernel launch and one read-back per frame.
+
+Blocking: the constructor (BVH build, upload, first program build), `render` and `PendingFrame.wait` block;
+under trio run them through `worker.opencl.run_blocking`. `enqueue` does not block.
 """
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyopencl as cl
 
+from worker.opencl import programs_for
 from worker.render.camera import Pose, Tile, camera_frame
 from worker.render.pack import PackedScene, pack
 from worker.render.scene import Scene, content_hash
 
 KERNEL_SOURCE = Path(__file__).with_name("raytrace.cl")
+_SOURCE = KERNEL_SOURCE.read_text()
 POCL_OPTIONS = ["-DGPUMESH_CLANG_BUILTINS"]  # see raytrace.cl: PoCL's builtins are out-of-line calls
 
 # A fixed work-group shape: PoCL compiles a work-group function per local size, so letting the runtime pick
@@ -25,18 +32,29 @@ POCL_OPTIONS = ["-DGPUMESH_CLANG_BUILTINS"]  # see raytrace.cl: PoCL's builtins 
 # the kernel ignores work-items outside the tile.
 LOCAL_SIZE = (8, 8)
 
-_programs: weakref.WeakKeyDictionary[cl.Context, tuple[cl.Program, cl.Kernel]] = weakref.WeakKeyDictionary()
+
+def build_options(ctx: cl.Context) -> list[str]:
+    pocl = all("Portable Computing Language" in d.platform.name for d in ctx.devices)
+    return POCL_OPTIONS if pocl else []
 
 
-def kernel_for(ctx: cl.Context) -> cl.Kernel:
-    """The `render` kernel for a context, built on first use and cached for the context's lifetime."""
-    entry = _programs.get(ctx)
-    if entry is None:
-        pocl = all("Portable Computing Language" in d.platform.name for d in ctx.devices)
-        prg = cl.Program(ctx, KERNEL_SOURCE.read_text()).build(options=POCL_OPTIONS if pocl else [])
-        entry = (prg, cl.Kernel(prg, "render"))
-        _programs[ctx] = entry
-    return entry[1]
+def render_program(ctx: cl.Context) -> cl.Program:
+    """The built ray-tracing program of a context (built on first use, cached with the context)."""
+    return programs_for(ctx).program(_SOURCE, build_options(ctx))
+
+
+@dataclass
+class PendingFrame:
+    """A launched frame or tile; its host arrays are filled when `wait()` returns."""
+
+    tile: Tile
+    rgba: np.ndarray  # (h, w, 4) uint8
+    depth: np.ndarray  # (h, w) float32
+    done: cl.Event
+
+    def wait(self) -> tuple[np.ndarray, np.ndarray]:
+        self.done.wait()
+        return self.rgba, self.depth
 
 
 def _f4(v: np.ndarray) -> np.ndarray:
@@ -55,7 +73,7 @@ class SceneOnDevice:
         self.use_bvh = use_bvh
         self.hash = content_hash(scene)
         self.packed: PackedScene = pack(scene)
-        self._kernel = kernel_for(ctx)
+        self._kernel = cl.Kernel(render_program(ctx), "render")
         p = self.packed
         self._bufs = {
             "prim": self._upload(p.prim),
@@ -83,8 +101,17 @@ class SceneOnDevice:
     def device_bytes(self) -> int:
         return sum(b.size for b in self._bufs.values())
 
-    def render(self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None):
+    def render(
+        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Render a frame or tile: (rgba (h, w, 4) uint8, depth (h, w) float32, +inf where nothing is hit)."""
+        return self.enqueue(pose, tile, use_bvh=use_bvh).wait()
+
+    def enqueue(
+        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None
+    ) -> PendingFrame:
+        """Launch a frame or tile without waiting. Frames of one tile size share output buffers, which is
+        safe on an in-order queue (each read-back precedes the next launch)."""
         cam = self.scene.camera
         tile = tile or Tile.full(cam.width, cam.height)
         tile.check(cam.width, cam.height)
@@ -111,8 +138,8 @@ class SceneOnDevice:
         rgba = np.empty((tile.h, tile.w, 4), np.uint8)
         depth = np.empty((tile.h, tile.w), np.float32)
         cl.enqueue_copy(self.queue, rgba, rgba_buf, is_blocking=False)
-        cl.enqueue_copy(self.queue, depth, depth_buf, is_blocking=True)
-        return rgba, depth
+        done = cl.enqueue_copy(self.queue, depth, depth_buf, is_blocking=False)
+        return PendingFrame(tile, rgba, depth, done)
 
     def _outputs(self, w: int, h: int) -> tuple[cl.Buffer, cl.Buffer]:
         out = self._out.get((w, h))
@@ -153,11 +180,11 @@ def _pad4(a: np.ndarray) -> np.ndarray:
 
 
 def default_queue() -> tuple[cl.Context, cl.CommandQueue]:
-    """A context and queue on the first OpenCL device found, for tests, benchmarks and tools."""
-    platforms = cl.get_platforms()
-    for pl in platforms:
-        devs = pl.get_devices()
-        if devs:
-            ctx = cl.Context([devs[0]])
-            return ctx, cl.CommandQueue(ctx)
-    raise RuntimeError("no OpenCL device found")
+    """A context and in-order queue on the first GPU found, else the first OpenCL device: for tests,
+    benchmarks and tools (the worker uses its own device selection)."""
+    devices = [d for p in cl.get_platforms() for d in p.get_devices()]
+    if not devices:
+        raise RuntimeError("no OpenCL device found")
+    gpus = [d for d in devices if d.type & cl.device_type.GPU]
+    ctx = cl.Context([(gpus or devices)[0]])
+    return ctx, cl.CommandQueue(ctx)
