@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Generate the gpumesh Grafana dashboards with grafana-foundation-sdk.
+
+    .venv/bin/python deploy/grafana/generate.py           # (re)write deploy/grafana/dashboards/*.json
+    .venv/bin/python deploy/grafana/generate.py --check   # exit 1 if a committed file differs from the code
+
+The JSON files are committed (Grafana's file provisioning reads them; operators need no Python). Every panel
+queries only metrics a real node exports: tests/test_deploy.py scrapes a running node and compares, checks that
+the files are what this script generates, and loads each into the SDK's dashboard model.
+
+Dashboards share a `datasource` variable (default: the provisioned "gpumesh-prometheus") and a `job` variable,
+so they also work when imported into another Grafana with a differently named Prometheus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus as prom
+from grafana_foundation_sdk.builders import stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
+
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+DATASOURCE_UID = "gpumesh-prometheus"  # deploy/grafana/provisioning/datasources/prometheus.yml
+DS = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
+J = 'job=~"$job"'  # every query is scoped to the chosen scrape job(s)
+RATE = "$__rate_interval"
+
+
+# ---- small vocabulary over the SDK builders ------------------------------------------------------------------
+def q(expr: str, legend: str = "", *, instant: bool = False, table_fmt: bool = False) -> prom.Dataquery:
+    t = prom.Dataquery().expr(expr).datasource(DS)
+    if legend:
+        t = t.legend_format(legend)
+    if instant:
+        t = t.instant()
+    else:
+        t = t.range()
+    if table_fmt:
+        t = t.format(pm.PromQueryFormat.TABLE)
+    return t
+
+
+def _with_refs(panel, targets: list[prom.Dataquery]):
+    for i, t in enumerate(targets):
+        panel = panel.with_target(t.ref_id(chr(ord("A") + i)))
+    return panel
+
+
+def ts(title: str, description: str, targets: list[prom.Dataquery], *, unit: str = "short", w: int = 12,
+       h: int = 8, stacked: bool = False, min_zero: bool = True) -> timeseries.Panel:
+    p = (timeseries.Panel().title(title).description(description).datasource(DS).unit(unit).span(w).height(h)
+         .line_width(1).fill_opacity(10 if not stacked else 40).show_points(cm.VisibilityMode.NEVER)
+         .legend(cb.VizLegendOptions().display_mode(cm.LegendDisplayMode.LIST)
+                 .placement(cm.LegendPlacement.BOTTOM).show_legend(True))
+         .tooltip(cb.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)))
+    if min_zero:
+        p = p.min(0)
+    if stacked:
+        p = p.stacking(cb.StackingConfig().mode(cm.StackingMode.NORMAL))
+    return _with_refs(p, targets)
+
+
+def st(title: str, description: str, target: prom.Dataquery, *, unit: str = "short", w: int = 4, h: int = 4,
+       red_below: float | None = None, red_above: float | None = None) -> stat.Panel:
+    steps = [dm.Threshold(value=None, color="green")]
+    if red_below is not None:
+        steps = [dm.Threshold(value=None, color="red"), dm.Threshold(value=red_below, color="green")]
+    if red_above is not None:
+        steps.append(dm.Threshold(value=red_above, color="red"))
+    p = (stat.Panel().title(title).description(description).datasource(DS).unit(unit).span(w).height(h)
+         .graph_mode(cm.BigValueGraphMode.AREA).color_mode(cm.BigValueColorMode.VALUE)
+         .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+         .thresholds(db.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(steps)))
+    return _with_refs(p, [target])
+
+
+def tbl(title: str, description: str, targets: list[prom.Dataquery], *, w: int = 12, h: int = 8,
+        hide: tuple[str, ...] = ("Time", "__name__", "job")) -> table.Panel:
+    p = (table.Panel().title(title).description(description).datasource(DS).span(w).height(h)
+         .show_header(True).cell_height(cm.TableCellHeight.SM)
+         .with_transformation(dm.DataTransformerConfig(
+             id_val="organize", options={"excludeByName": {k: True for k in hide}})))
+    return _with_refs(p, targets)
+
+
+def variables(node_var: bool = False) -> list:
+    out = [
+        db.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        .current(dm.VariableOption(selected=True, text="Prometheus (gpumesh)", value=DATASOURCE_UID)),
+        db.QueryVariable("job").label("Job").datasource(DS)
+        .query({"query": "label_values(gpumesh_build_info, job)", "refId": "job"})
+        .refresh(dm.VariableRefresh.ON_DASHBOARD_LOAD).sort(dm.VariableSort.ALPHABETICAL_ASC)
+        .multi(True).include_all(True).all_value(".+")
+        .current(dm.VariableOption(selected=True, text="gpumesh", value="gpumesh")),
+    ]
+    if node_var:
+        out.append(
+            db.QueryVariable("instance").label("Node").datasource(DS)
+            .query({"query": 'label_values(gpumesh_build_info{job=~"$job"}, instance)', "refId": "instance"})
+            .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC))
+    return out
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list]], *, node_var: bool = False):
+    d = (db.Dashboard(title).uid(uid).description(description).tags(["gpumesh"]).editable()
+         .tooltip(dm.DashboardCursorSync.CROSSHAIR).time("now-1h", "now").refresh("30s").timezone("browser")
+         .variables(variables(node_var))
+         .link(db.DashboardLink("gpumesh").type(dm.DashboardLinkType.DASHBOARDS).tags(["gpumesh"])
+               .as_dropdown(True).include_vars(True).keep_time(True)))
+    for title_, panels in rows:
+        d = d.with_row(db.Row(title_))
+        for p in panels:
+            d = d.with_panel(p)
+    model = d.build()
+    for i, panel in enumerate(model.panels or [], 1):  # stable, unique panel ids (links and alerts use them)
+        panel.id_val = i
+    return model
+
+
+# ---- the dashboards ------------------------------------------------------------------------------------------
+def mesh_overview():
+    return dashboard(
+        "gpumesh-overview", "gpumesh / Mesh overview",
+        "Who is in the mesh, what it can compute, how healthy its gossip is. Mesh-wide gauges are each node's "
+        "own view, so they are shown as the max over nodes.",
+        [
+            ("Mesh", [
+                st("Nodes up", "Nodes Prometheus scrapes successfully.",
+                   q(f'count(up{{{J}}} == 1)', instant=True), red_below=1),
+                st("Nodes in view", "Largest membership view (self included).",
+                   q(f"max(gpumesh_peers_known{{{J}}}) + 1", instant=True), red_below=1),
+                st("Devices", "Compute devices in the mesh (largest view).",
+                   q(f"sum(max by (kind) (gpumesh_mesh_devices{{{J}}}))", instant=True)),
+                st("Free slots", "Job slots free in the mesh (largest view).",
+                   q(f"sum(max by (kind) (gpumesh_mesh_free_slots{{{J}}}))", instant=True), red_below=1),
+                st("Nodes down", "Scrape targets that do not answer.",
+                   q(f'count(up{{{J}}} == 0) or vector(0)', instant=True), red_above=1),
+                st("Software versions", "Distinct versions running (more than one during an upgrade).",
+                   q(f"count(count by (version) (gpumesh_build_info{{{J}}}))", instant=True), red_above=2),
+            ]),
+            ("Capacity", [
+                ts("Devices by kind", "Devices in the mesh by kind (gpu, cpu, accelerator), largest view.",
+                   [q(f"max by (kind) (gpumesh_mesh_devices{{{J}}})", "{{kind}}")], stacked=True, w=8),
+                ts("Free slots by kind", "Free job slots by device kind, largest view.",
+                   [q(f"max by (kind) (gpumesh_mesh_free_slots{{{J}}})", "{{kind}}")], stacked=True, w=8),
+                ts("Peers in each node's view", "Peers each node knows (self excluded). Nodes that disagree "
+                   "for long point at partitions or a blocked port.",
+                   [q(f"gpumesh_peers_known{{{J}}}", "{{instance}}")], w=8),
+            ]),
+            ("Gossip", [
+                ts("Adverts sent / received", "Capacity adverts published and accepted, per second, mesh total.",
+                   [q(f"sum(rate(gpumesh_adverts_sent_total{{{J}}}[{RATE}]))", "sent"),
+                    q(f"sum(rate(gpumesh_adverts_received_total{{{J}}}[{RATE}]))", "received")], unit="ops"),
+                ts("Adverts rejected by reason", "Adverts dropped: malformed, signature, oversized, version, "
+                   "stale, not_admitted. Anything but stale deserves a look.",
+                   [q(f"sum by (reason) (rate(gpumesh_adverts_rejected_total{{{J}}}[{RATE}]))", "{{reason}}")],
+                   unit="ops"),
+                ts("Membership events", "Join / update / leave events in the nodes' views, per second.",
+                   [q(f"sum by (event) (rate(gpumesh_membership_events_total{{{J}}}[{RATE}]))", "{{event}}"),
+                    q(f"sum(rate(gpumesh_adverts_expired_total{{{J}}}[{RATE}]))", "expired")], unit="ops"),
+                ts("libp2p connections", "Open libp2p connections per node.",
+                   [q(f"gpumesh_libp2p_connected_peers{{{J}}}", "{{instance}}")]),
+                ts("Gossip publish errors", "Advert publishes that raised, per second, per node.",
+                   [q(f"rate(gpumesh_gossip_publish_errors_total{{{J}}}[{RATE}])", "{{instance}}")], unit="ops"),
+                tbl("Peer standing (lowest rating any node gives)", "1 = trusted, 0 = never placed on. "
+                    "Falls when results fail verification or adverts lie.",
+                    [q(f"min by (peer) (gpumesh_peer_standing{{{J}}})", instant=True, table_fmt=True)]),
+            ]),
+        ])
+
+
+def node_detail():
+    N = f'{J}, instance="$instance"'
+    return dashboard(
+        "gpumesh-node", "gpumesh / Node detail",
+        "One node: its devices and calibration, its view of the mesh, its gossip and its process.",
+        [
+            ("Node", [
+                st("Up", "1 when Prometheus scrapes the node.", q(f"up{{{N}}}", instant=True), red_below=1),
+                st("Peers known", "Peers in this node's view (self excluded).",
+                   q(f"gpumesh_peers_known{{{N}}}", instant=True)),
+                st("libp2p connections", "Open libp2p connections.",
+                   q(f"gpumesh_libp2p_connected_peers{{{N}}}", instant=True)),
+                st("Devices offered", "OpenCL devices this node offers.",
+                   q(f"gpumesh_devices{{{N}}}", instant=True)),
+                st("Discovery problem", "1 while device discovery reports a problem (see the node's log).",
+                   q(f"gpumesh_device_discovery_problem{{{N}}}", instant=True), red_above=1),
+                st("Resident memory", "Resident memory of the node process.",
+                   q(f"process_resident_memory_bytes{{{N}}}", instant=True), unit="bytes"),
+            ]),
+            ("Devices", [
+                tbl("Devices", "Devices this node offers, with their identity labels.",
+                    [q(f"gpumesh_device_info{{{N}}}", instant=True, table_fmt=True)], w=24, h=6,
+                    hide=("Time", "__name__", "job", "instance", "Value")),
+                ts("Global memory", "Global memory of each device.",
+                   [q(f"gpumesh_device_global_memory_bytes{{{N}}}", "{{device}}")], unit="bytes", w=6),
+                ts("Compute units", "Compute units of each device.",
+                   [q(f"gpumesh_device_compute_units{{{N}}}", "{{device}}")], w=6),
+                ts("Calibration: Goldilocks mul-mod", "Calibrated 64-bit modular multiplications per second.",
+                   [q(f"gpumesh_device_goldilocks_mulmod_ops_per_second{{{N}}}", "{{device}}")], unit="ops", w=6),
+                ts("Calibration: fp32", "Calibrated float32 FMA throughput (flops).",
+                   [q(f"gpumesh_device_fp32_flops_per_second{{{N}}}", "{{device}}")], unit="flops", w=6),
+            ]),
+            ("Gossip and view", [
+                ts("Adverts", "Adverts this node published, accepted, and peers it expired, per second.",
+                   [q(f"rate(gpumesh_adverts_sent_total{{{N}}}[{RATE}])", "sent"),
+                    q(f"rate(gpumesh_adverts_received_total{{{N}}}[{RATE}])", "received"),
+                    q(f"rate(gpumesh_adverts_expired_total{{{N}}}[{RATE}])", "expired")], unit="ops", w=8),
+                ts("Adverts rejected", "Adverts this node dropped, by reason.",
+                   [q(f"rate(gpumesh_adverts_rejected_total{{{N}}}[{RATE}])", "{{reason}}")], unit="ops", w=8),
+                ts("Peers and connections", "Peers in the view and open libp2p connections.",
+                   [q(f"gpumesh_peers_known{{{N}}}", "peers known"),
+                    q(f"gpumesh_libp2p_connected_peers{{{N}}}", "libp2p connections")], w=8),
+                tbl("Standing of peers, as this node rates them", "1 = trusted, 0 = never placed on.",
+                    [q(f"gpumesh_peer_standing{{{N}}}", instant=True, table_fmt=True)],
+                    hide=("Time", "__name__", "job", "instance"), w=24, h=6),
+            ]),
+            ("Process", [
+                ts("CPU", "CPU time used by the node process (1 = one core).",
+                   [q(f"rate(process_cpu_seconds_total{{{N}}}[{RATE}])", "cpu")], unit="percentunit", w=8),
+                ts("Memory", "Resident and virtual memory of the node process.",
+                   [q(f"process_resident_memory_bytes{{{N}}}", "resident")], unit="bytes", w=8),
+                ts("Open file descriptors", "Sockets and files the node holds open, and its limit.",
+                   [q(f"process_open_fds{{{N}}}", "open"), q(f"process_max_fds{{{N}}}", "limit")], w=8),
+            ]),
+        ], node_var=True)
+
+
+DASHBOARDS = {
+    "mesh-overview.json": mesh_overview,
+    "node-detail.json": node_detail,
+}
+
+
+def render(build) -> str:
+    return json.dumps(json.loads(json.dumps(build(), cls=JSONEncoder)), indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    ap.add_argument("--out", type=Path, default=OUT_DIR)
+    args = ap.parse_args(argv)
+    stale = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, build in DASHBOARDS.items():
+        text = render(build)
+        path = args.out / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+    extra = sorted(p.name for p in args.out.glob("*.json") if p.name not in DASHBOARDS)
+    if stale or (args.check and extra):
+        print(f"out of date: {', '.join(stale)}; not generated here: {', '.join(extra)}; "
+              f"run {Path(__file__).name} to regenerate", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
