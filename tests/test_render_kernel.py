@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from worker.render import bvh, reference
-from worker.render.camera import Tile, look_at, orbit
+from worker.render.camera import Pose, Tile, look_at, orbit
 from worker.render.errors import SceneError
 from worker.render.opencl import SceneOnDevice, default_queue
 from worker.render.pack import SPEC_MIN
@@ -253,3 +253,28 @@ def test_enqueued_frames_complete_in_order(cl_queue):
         rgba, depth = frame.wait()
         ref = dev.render(p)
         assert np.array_equal(rgba, ref[0]) and np.array_equal(depth, ref[1])
+
+
+@pytest.mark.parametrize(
+    "pose",
+    [
+        Pose((0.05, 0.45, -0.35), (0.0, 0.0, 0.0, 1.0)),  # inside the mirror sphere: sees its inner surface
+        Pose((0.15, 0.15, 0.65), (0.0, 0.0, 0.0, 1.0)),  # inside the rotated box
+        Pose((0.0, -1.0, 3.0), (0.0, 0.0, 0.0, 1.0)),  # below the ground plane (two-sided)
+        look_at((0.0, 5.0, 0.001), (0.0, 0.0, 0.0)),  # straight down
+    ],
+    ids=["in-sphere", "in-box", "below-plane", "top-down"],
+)
+def test_unusual_poses_agree(cl_queue, pose):
+    scene = example("spheres", 48, 36)
+    assert_agree(SceneOnDevice(*cl_queue, scene).render(pose), reference.render(scene, pose))
+
+
+def test_near_far_clip_by_view_depth(cl_queue):
+    scene = example("spheres", 48, 36)
+    clipped = dataclasses.replace(scene, camera=dataclasses.replace(scene.camera, near=2.0, far=2.6))
+    k = SceneOnDevice(*cl_queue, clipped).render()
+    assert_agree(k, reference.render(clipped))
+    hit = np.isfinite(k[1])
+    assert hit.any() and (~hit).any()
+    assert ((k[1][hit] >= 2.0) & (k[1][hit] <= 2.6)).all()
