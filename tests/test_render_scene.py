@@ -224,6 +224,13 @@ def test_pose_and_tile_validation():
         Tile(30, 0, 8, 8).check(32, 24)
     with pytest.raises(SceneError, match=r"tile: empty tile 0x8"):
         Tile(0, 0, 0, 8).check(32, 24)
+    assert sc.tile_from_dict(Tile(1, 2, 3, 4).to_dict(), 32, 24) == Tile(1, 2, 3, 4)
+    with pytest.raises(SceneError, match=r"tiles\[2\].w: expected an integer"):
+        sc.tile_from_dict({"x0": 0, "y0": 0, "w": "8", "h": 8}, 32, 24, "tiles[2]")
+    with pytest.raises(SceneError, match=r"tile: unknown field 'z'"):
+        sc.tile_from_dict({"x0": 0, "y0": 0, "w": 8, "h": 8, "z": 1}, 32, 24)
+    with pytest.raises(SceneError, match=r"tile: \(0, 20, 8x8\) lies outside"):
+        sc.tile_from_dict({"x0": 0, "y0": 20, "w": 8, "h": 8}, 32, 24)
     tiles = Tile.grid(37, 23, 3, 2)
     cover = np.zeros((23, 37), int)
     for t in tiles:

@@ -154,6 +154,9 @@ class Tile:
                 f"{path}: ({self.x0}, {self.y0}, {self.w}x{self.h}) lies outside the {width}x{height} frame"
             )
 
+    def to_dict(self) -> dict:
+        return {"x0": self.x0, "y0": self.y0, "w": self.w, "h": self.h}
+
     @staticmethod
     def full(width: int, height: int) -> Tile:
         return Tile(0, 0, width, height)

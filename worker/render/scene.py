@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.render.camera import Pose, Quat, Vec3, quat_to_matrix
+from worker.render.camera import Pose, Quat, Tile, Vec3, quat_to_matrix
 from worker.render.errors import SceneError
 
 FORMAT_VERSION = 1
@@ -492,6 +492,14 @@ def pose_from_dict(d: Any, path: str = "pose") -> Pose:
     """Validate one pose of a stream: {"position": [x, y, z], "orientation": [x, y, z, w]}."""
     d = _fields(d, path, ("position", "orientation"), ())
     return Pose(_vec3(d["position"], f"{path}.position"), _quat(d["orientation"], f"{path}.orientation"))
+
+
+def tile_from_dict(d: Any, width: int, height: int, path: str = "tile") -> Tile:
+    """Validate a tile {"x0", "y0", "w", "h"} (full-frame pixels) against a width x height frame."""
+    d = _fields(d, path, ("x0", "y0", "w", "h"), ())
+    t = Tile(*(_integer(d[k], f"{path}.{k}", 0, max(MAX_WIDTH, MAX_HEIGHT)) for k in ("x0", "y0", "w", "h")))
+    t.check(width, height, path)
+    return t
 
 
 # --------------------------------------------------------------------------------------------------------------
