@@ -1,0 +1,25 @@
+"""Generic compute jobs (`compute.opencl`): user OpenCL C kernels with their buffers and launch sizes.
+
+- `worker.compute.spec`: the spec (typed dataclasses, `parse_spec`, `validate`, `SpecError`);
+- `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine), `ComputeResult`;
+- `worker.compute.api`: building specs from numpy arrays (`make_job`, `In`, `Out`, `InOut`, `Local`, `Scalar`)
+  and running them on this machine (`run_local`);
+- `worker.compute.kind`: the JobKind (importing it registers `compute.opencl`).
+
+See docs/compute.md.
+"""
+
+from worker.compute.errors import (
+    BuildError,
+    ComputeError,
+    DeviceUnavailable,
+    KernelFailed,
+    OutOfDeviceMemory,
+    TimeLimitExceeded,
+)
+from worker.compute.spec import ComputeSpec, DeviceLimits, SourceNotCached, SpecError, parse_spec, validate
+
+__all__ = [
+    "BuildError", "ComputeError", "ComputeSpec", "DeviceLimits", "DeviceUnavailable", "KernelFailed",
+    "OutOfDeviceMemory", "SourceNotCached", "SpecError", "TimeLimitExceeded", "parse_spec", "validate",
+]

@@ -1,0 +1,164 @@
+"""The `compute.opencl` job kind: user OpenCL kernels through the job-kind registry.
+
+Importing this module registers the kind in `worker.kinds.REGISTRY` (the daemon imports it next to
+`worker.kinds_basic`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
+concatenation of the blobs the spec's args name by SHA-256 (`ComputeSpec.stream_layout()`), checked against
+their hashes while they are read. The result body is `ComputeResult.to_wire()`'s body (outputs with their
+offsets, timings, warnings); the result's output bytes are the output buffers concatenated in arg order.
+
+There is no CPU reference path: an arbitrary OpenCL kernel has no numpy equivalent (`reference()` says so),
+and the kind requires an OpenCL device (`Requirements.opencl`). The examples in `examples/compute/` carry
+their own numpy references.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+from worker.compute.errors import ComputeError
+from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
+from worker.compute.spec import (
+    MAX_INLINE_BYTES,
+    MAX_SOURCE_BYTES,
+    ComputeSpec,
+    SpecError,
+    parse_spec,
+)
+from worker.devices import Device
+from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, Requirements, Result, RunContext, register
+
+DEFAULT_FLOPS_PER_ITEM = 32.0  # cost model when the spec gives no `flops_per_item`
+LAUNCH_OVERHEAD_S = 20e-6
+BUILD_ESTIMATE_S = 0.5  # a cold build on PoCL; a cached program costs nothing
+GPU_TRANSFER_BPS = 10e9  # PCIe-ish
+HOST_TRANSFER_BPS = 5e9  # CPU devices: a memcpy
+
+
+class NoOpenCLDevice(ComputeError):
+    reason = "device"
+
+
+class ComputeOpenCL(JobKind):
+    name = "compute.opencl"
+    description = "user OpenCL C kernels: source, buffers and launch sizes in; output buffers out"
+    max_input_bytes = 1 << 40  # the real bound is the spec's memory (checked against the device at run time)
+    max_spec_bytes = MAX_SOURCE_BYTES + MAX_INLINE_BYTES + (256 << 10)
+
+    def __init__(self) -> None:
+        self._parsed: OrderedDict[int, tuple[Any, ComputeSpec]] = OrderedDict()
+
+    def spec_of(self, spec: Any) -> ComputeSpec:
+        """The parsed spec (memoised per spec object: validate, requirements, cost and run all need it)."""
+        if isinstance(spec, ComputeSpec):
+            return spec
+        key = id(spec)
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] is spec:
+            return hit[1]
+        parsed = parse_spec(spec)
+        self._parsed[key] = (spec, parsed)
+        while len(self._parsed) > 16:
+            self._parsed.popitem(last=False)
+        return parsed
+
+    def validate(self, spec: dict[str, Any], input_size: int) -> None:
+        super().validate(spec, input_size)
+        s = self.spec_of(spec)
+        if input_size != s.input_size:
+            raise SpecError("input", f"the streamed input must be {s.input_size} bytes (the blobs the args name by "
+                                     f"sha256, concatenated), got {input_size}")
+
+    def requirements(self, spec: dict[str, Any]) -> Requirements:
+        r = self.spec_of(spec).requirements()
+        return Requirements(device_kind=r.device_kind, min_memory_bytes=r.min_memory_bytes, fp64=r.fp64,
+                            int64=r.int64, opencl=True)
+
+    def _rates(self, device: Device | None) -> tuple[float, float]:
+        gflops = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+        bps = GPU_TRANSFER_BPS if device is not None and device.kind == "gpu" else HOST_TRANSFER_BPS
+        return gflops * 1e9, bps
+
+    def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
+        """Work items x flops per item at the device's calibrated float32 rate, plus transfers, launch overhead
+        and a build if the source is new here; never more than the job's time limit."""
+        from worker.compute.cache import SOURCES
+
+        s = self.spec_of(spec)
+        flops, bps = self._rates(device)
+        fpi = s.flops_per_item if s.flops_per_item is not None else DEFAULT_FLOPS_PER_ITEM
+        t = s.work_items * fpi / flops + (s.bytes_in + s.bytes_out) / bps + s.total_launches * LAUNCH_OVERHEAD_S
+        if s.source_sha256 not in SOURCES:
+            t += BUILD_ESTIMATE_S
+        return min(t, s.time_limit_s)
+
+    def chunk_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
+        """Checkpoints fall between launches (at most every CHECKPOINT_INTERVAL_S): the longest launch."""
+        s = self.spec_of(spec)
+        flops, _ = self._rates(device)
+        fpi = s.flops_per_item if s.flops_per_item is not None else DEFAULT_FLOPS_PER_ITEM
+        longest = max(ln.work_items for ln in s.launches) * fpi / flops
+        return min(self.cost_s(spec, input_size, device), longest + CHECKPOINT_INTERVAL_S)
+
+    async def run(self, ctx: RunContext) -> Result:
+        if ctx.cl is None:
+            raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
+        runner = runner_for(ctx.cl)
+
+        async def fetch(s: ComputeSpec) -> dict[str, bytes]:
+            return await read_blobs(ctx, s)
+
+        res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
+                               progress=ctx.progress, verified=True)
+        body, out = res.to_wire()
+        return Result(body, out or None)
+
+    def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
+        raise NotImplementedError("compute.opencl has no CPU reference path: an arbitrary OpenCL kernel has no "
+                                  "numpy equivalent (verify with a redundant run on a second device instead)")
+
+
+async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytes]:
+    """The job's streamed input split into the spec's blobs, each checked against its SHA-256."""
+    layout = s.stream_layout()
+    out: dict[str, bytes] = {}
+    if not layout:
+        async for _ in ctx.input:
+            raise SpecError("input", "this spec streams no blobs, but the job has input bytes")
+        return out
+    idx = 0
+    sha, need = layout[0]
+    buf = bytearray(need)
+    filled = 0
+    h = hashlib.sha256()
+
+    def finish() -> None:
+        nonlocal idx, sha, need, buf, filled, h
+        got = h.hexdigest()
+        if got != sha:
+            raise SpecError("input", f"blob {idx} of the input hashes to {got[:16]}..., the spec names {sha[:16]}...")
+        out[sha] = bytes(buf)
+        idx += 1
+        if idx < len(layout):
+            sha, need = layout[idx]
+            buf, filled, h = bytearray(need), 0, hashlib.sha256()
+
+    async for chunk in ctx.input:
+        mv = memoryview(chunk)
+        while len(mv):
+            if idx >= len(layout):
+                raise SpecError("input", "more input bytes than the blobs the spec names")
+            take = min(need - filled, len(mv))
+            buf[filled:filled + take] = mv[:take]
+            h.update(mv[:take])
+            filled += take
+            mv = mv[take:]
+            if filled == need:
+                finish()
+    if idx < len(layout):
+        raise SpecError("input", f"the input ended inside blob {idx} of {len(layout)}")
+    return out
+
+
+COMPUTE_OPENCL = register(ComputeOpenCL())

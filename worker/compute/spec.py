@@ -1,0 +1,851 @@
+"""The `compute.opencl` job spec: typed, validated before anything is transferred.
+
+A spec is a msgpack-able dict (wire version 1)::
+
+    {
+      "v": 1,
+      "source": "<OpenCL C>",             # or "source_sha256": "<hex>" of a source the worker has cached
+      "kernel": "saxpy",                  # the kernel of the single launch (and the default for launches)
+      "build_options": ["-DTILE=16", "-cl-mad-enable"],   # allow-listed; a string is split on spaces
+      "args": [                           # the kernel's arguments, in order
+        {"kind": "scalar", "dtype": "float32", "value": 2.0},
+        {"kind": "in", "dtype": "float32", "data": b"..."},                     # inline bytes
+        {"kind": "in", "dtype": "float32", "sha256": "<hex>", "nbytes": 4096},  # streamed blob
+        {"kind": "inout", "dtype": "float32", "data": b"..."},                  # uploaded and read back
+        {"kind": "out", "dtype": "float32", "count": 1024},                     # zero-filled, read back
+        {"kind": "local", "nbytes": 1024},                                      # __local scratch per group
+      ],
+      "global_size": [1024], "local_size": [64],  # 1..3 dims; local_size optional (runtime picks)
+      "launches": [                       # optional: a sequence over the same buffers
+        {"kernel": "step", "global_size": [n], "args": [0, 1, {"kind": "scalar", ...}], "repeat": 10},
+      ],
+      "repeat": 1,                        # the whole launch sequence, repeated
+      "time_limit_s": 10.0, "memory_limit_bytes": 1 << 28,
+      "device_kind": "gpu",               # optional placement constraint
+      "flops_per_item": 2.0,              # optional cost hint: work per work item per launch
+    }
+
+A launch's `args`, when given, lists for each kernel parameter either an integer (the index of an entry of
+the spec's `args`: buffers are shared between launches) or an inline scalar/local arg; when omitted the
+launch uses the spec's `args` in order. Any arg may carry a `name` (used in messages and results).
+
+Streamed inputs: the job's input stream is the concatenation, in order of first appearance in `args`, of the
+distinct blobs the args name by `sha256` (`ComputeSpec.stream_layout()`); inline `data` rides in the spec.
+
+`parse_spec(d)` checks the structure and returns a frozen `ComputeSpec`; `validate(spec, device_info)` also
+checks it against a device's limits (work-group sizes, allocation size, memory) and the job's own limits.
+Both raise `SpecError` (a ValueError) naming the field, before any transfer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:  # the job-kind registry's error type, so the executor and scheduler treat ours like any kind's
+    from worker.kinds import SpecError as _BaseSpecError
+except ImportError:  # pragma: no cover - only while worker.kinds does not exist
+    class _BaseSpecError(ValueError):  # type: ignore[no-redef]
+        def __init__(self, field: str, message: str) -> None:
+            self.field = field
+            super().__init__(f"spec field {field!r}: {message}" if field else f"spec: {message}")
+
+
+SPEC_VERSION = 1
+
+# --- limits (worker-side caps; a spec may ask for less, never more) -------------------------------------
+MAX_SOURCE_BYTES = 512 * 1024
+MAX_ARGS = 64
+MAX_LAUNCH_ENTRIES = 256  # entries in "launches"
+MAX_TOTAL_LAUNCHES = 100_000  # after expanding repeats
+MAX_INLINE_BYTES = 1 << 20  # all inline `data` of one spec together (larger inputs stream)
+MAX_BUFFER_BYTES = 1 << 40
+MAX_WORK_ITEMS = 1 << 40  # per launch
+MAX_TIME_LIMIT_S = 3600.0
+DEFAULT_TIME_LIMIT_S = 60.0
+MAX_NAME_LEN = 64
+MAX_DEFINE_VALUE_LEN = 128
+
+BUFFER_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name)
+    for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
+}
+SCALAR_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name) for name in ("int32", "uint32", "int64", "uint64", "float32", "float64")
+}
+# OpenCL C spelling of each dtype (to check a kernel's declared parameter types where the runtime reports them)
+CL_TYPE_NAMES = {
+    "int8": "char", "uint8": "uchar", "int16": "short", "uint16": "ushort", "int32": "int", "uint32": "uint",
+    "int64": "long", "uint64": "ulong", "float32": "float", "float64": "double",
+}
+BUFFER_KINDS = ("in", "out", "inout")
+ARG_KINDS = (*BUFFER_KINDS, "scalar", "local")
+DEVICE_KINDS = ("gpu", "cpu", "accelerator")
+
+SPEC_FIELDS = {
+    "v", "source", "source_sha256", "kernel", "build_options", "args", "global_size", "local_size", "launches",
+    "repeat", "time_limit_s", "memory_limit_bytes", "device_kind", "flops_per_item",
+}
+
+# Build options: anything not listed is refused (no -I, no @file, nothing that names a path or an output).
+ALLOWED_FLAGS = frozenset({
+    "-cl-mad-enable", "-cl-fast-relaxed-math", "-cl-finite-math-only", "-cl-unsafe-math-optimizations",
+    "-cl-no-signed-zeros", "-cl-denorms-are-zero", "-cl-single-precision-constant", "-cl-opt-disable",
+    "-cl-strict-aliasing", "-cl-fp32-correctly-rounded-divide-sqrt", "-cl-uniform-work-group-size",
+    "-cl-no-subgroup-ifp", "-w", "-Werror",
+})
+ALLOWED_CL_STD = ("CL1.0", "CL1.1", "CL1.2", "CL2.0", "CL3.0")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DEFINE_VALUE = re.compile(r"[A-Za-z0-9_.+\-*/()<>|&^~%!]*\Z")
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class SpecError(_BaseSpecError):
+    """The spec is invalid; `field` names the offending field (e.g. "args[2].dtype"), '' for the whole spec."""
+
+
+class SourceNotCached(SpecError):
+    """`source_sha256` names a source this worker does not have: send the full source."""
+
+    def __init__(self, sha256: str) -> None:
+        self.sha256 = sha256
+        super().__init__("source_sha256", f"source {sha256[:16]}... is not cached on this worker; send `source`")
+
+
+# --- the typed spec -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BufferArg:
+    """A global-memory buffer. `in`: uploaded; `out`: zero-filled, read back; `inout`: uploaded, read back."""
+
+    kind: str
+    dtype: str
+    count: int  # elements
+    data: bytes | None = field(default=None, repr=False)  # inline content (in / inout)
+    sha256: str | None = None  # content address of a streamed blob (in / inout)
+    name: str = ""
+
+    @property
+    def itemsize(self) -> int:
+        return BUFFER_DTYPES[self.dtype].itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.count * self.itemsize
+
+    @property
+    def uploads(self) -> bool:
+        return self.kind in ("in", "inout")
+
+    @property
+    def returned(self) -> bool:
+        return self.kind in ("out", "inout")
+
+
+@dataclass(frozen=True)
+class ScalarArg:
+    dtype: str
+    value: int | float
+    name: str = ""
+
+    def numpy(self) -> np.generic:
+        return SCALAR_DTYPES[self.dtype].type(self.value)
+
+
+@dataclass(frozen=True)
+class LocalArg:
+    """`__local` scratch memory of `nbytes` per work-group (CUDA's dynamic shared memory)."""
+
+    nbytes: int
+    name: str = ""
+
+
+Arg = BufferArg | ScalarArg | LocalArg
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch; `args` holds, per kernel parameter, an index into the spec's args or an inline arg."""
+
+    kernel: str
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    args: tuple[int | ScalarArg | LocalArg, ...]
+    repeat: int = 1
+
+    @property
+    def work_items(self) -> int:
+        return math.prod(self.global_size)
+
+
+@dataclass(frozen=True)
+class ComputeRequirements:
+    """What the program needs of a device (derived from the source and the args)."""
+
+    fp64: bool = False
+    int64: bool = False
+    min_memory_bytes: int = 0
+    device_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class ComputeSpec:
+    source: str | None
+    source_sha256: str
+    kernel: str
+    build_options: tuple[str, ...]
+    args: tuple[Arg, ...]
+    launches: tuple[Launch, ...]
+    repeat: int = 1
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    memory_limit_bytes: int | None = None
+    device_kind: str | None = None
+    flops_per_item: float | None = None
+
+    # derived figures
+    @property
+    def buffers(self) -> list[tuple[int, BufferArg]]:
+        return [(i, a) for i, a in enumerate(self.args) if isinstance(a, BufferArg)]
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Device memory the job's buffers need (its minimum memory)."""
+        return sum(a.nbytes for _, a in self.buffers)
+
+    @property
+    def bytes_in(self) -> int:
+        return sum(a.nbytes for _, a in self.buffers if a.uploads)
+
+    @property
+    def bytes_out(self) -> int:
+        return sum(a.nbytes for _, a in self.buffers if a.returned)
+
+    @property
+    def total_launches(self) -> int:
+        return self.repeat * sum(ln.repeat for ln in self.launches)
+
+    @property
+    def work_items(self) -> int:
+        """Work items over all launches (repeats included)."""
+        return self.repeat * sum(ln.work_items * ln.repeat for ln in self.launches)
+
+    def stream_layout(self) -> list[tuple[str, int]]:
+        """[(sha256, nbytes)] of the streamed blobs, in the order the job's input stream carries them."""
+        seen: dict[str, int] = {}
+        for _, a in self.buffers:
+            if a.sha256 is not None and a.sha256 not in seen:
+                seen[a.sha256] = a.nbytes
+        return list(seen.items())
+
+    @property
+    def input_size(self) -> int:
+        """Bytes of the job's streamed input."""
+        return sum(n for _, n in self.stream_layout())
+
+    @property
+    def single_launch(self) -> bool:
+        """The plain form: one launch of `kernel` over `args` in order (no `launches` list)."""
+        ln = self.launches[0]
+        return (len(self.launches) == 1 and ln.kernel == self.kernel and ln.repeat == 1
+                and ln.args == tuple(range(len(self.args))))
+
+    def kernels(self) -> list[str]:
+        """Distinct kernel names, in order of first launch."""
+        return list(dict.fromkeys(ln.kernel for ln in self.launches))
+
+    def requirements(self) -> ComputeRequirements:
+        src = strip_comments(self.source) if self.source is not None else ""
+        fp64 = bool(_FP64_RE.search(src)) or any(
+            (isinstance(a, ScalarArg) and a.dtype == "float64") for a in self._all_args())
+        int64 = bool(_INT64_RE.search(src)) or any(
+            (isinstance(a, ScalarArg) and a.dtype in ("int64", "uint64")) for a in self._all_args())
+        return ComputeRequirements(fp64=fp64, int64=int64, min_memory_bytes=self.buffer_bytes,
+                                   device_kind=self.device_kind)
+
+    def _all_args(self) -> Iterable[Arg]:
+        yield from self.args
+        for ln in self.launches:
+            for a in ln.args:
+                if not isinstance(a, int):
+                    yield a
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (what `parse_spec` reads back to an equal spec)."""
+        d: dict[str, Any] = {"v": SPEC_VERSION, "kernel": self.kernel}
+        if self.source is not None:
+            d["source"] = self.source
+        else:
+            d["source_sha256"] = self.source_sha256
+        if self.build_options:
+            d["build_options"] = list(self.build_options)
+        d["args"] = [_arg_to_dict(a) for a in self.args]
+        if self.single_launch:
+            ln = self.launches[0]
+            d["global_size"] = list(ln.global_size)
+            if ln.local_size is not None:
+                d["local_size"] = list(ln.local_size)
+        else:
+            d["launches"] = [
+                {"kernel": ln.kernel, "global_size": list(ln.global_size),
+                 **({"local_size": list(ln.local_size)} if ln.local_size is not None else {}),
+                 "args": [a if isinstance(a, int) else _arg_to_dict(a) for a in ln.args],
+                 **({"repeat": ln.repeat} if ln.repeat != 1 else {})}
+                for ln in self.launches
+            ]
+        if self.repeat != 1:
+            d["repeat"] = self.repeat
+        d["time_limit_s"] = self.time_limit_s
+        if self.memory_limit_bytes is not None:
+            d["memory_limit_bytes"] = self.memory_limit_bytes
+        if self.device_kind is not None:
+            d["device_kind"] = self.device_kind
+        if self.flops_per_item is not None:
+            d["flops_per_item"] = self.flops_per_item
+        return d
+
+
+def _arg_to_dict(a: Arg) -> dict[str, Any]:
+    if isinstance(a, BufferArg):
+        d: dict[str, Any] = {"kind": a.kind, "dtype": a.dtype}
+        if a.data is not None:
+            d["data"] = a.data
+        elif a.sha256 is not None:
+            d["sha256"] = a.sha256
+            d["nbytes"] = a.nbytes
+        else:
+            d["count"] = a.count
+    elif isinstance(a, ScalarArg):
+        d = {"kind": "scalar", "dtype": a.dtype, "value": a.value}
+    else:
+        d = {"kind": "local", "nbytes": a.nbytes}
+    if a.name:
+        d["name"] = a.name
+    return d
+
+
+# --- source checks --------------------------------------------------------------------------------------
+
+_FP64_RE = re.compile(r"\bdouble(?:2|3|4|8|16)?\b|\bcl_khr_fp64\b")
+_INT64_RE = re.compile(r"\bu?long(?:2|3|4|8|16)?\b|\bcl_khr_int64")
+# After trigraph replacement, line splicing and comment removal: a directive that reads a file.
+_FILE_DIRECTIVE = re.compile(r"(?:#|%:)\s*(?:include|import|embed|pragma\s+include_alias)|__has_include|__has_embed")
+_KERNEL_DECL = re.compile(r"\b(?:__kernel|kernel)\b(?:\s+__attribute__\s*\(\(.*?\)\))?\s+void\s+([A-Za-z_]\w*)\s*\(",
+                          re.S)
+
+
+def _translation_phases(src: str) -> str:
+    """C translation phases 1-2: trigraphs (a conforming compiler may honour them) and line splicing."""
+    for tri, ch in (("??=", "#"), ("??/", "\\"), ("??(", "["), ("??)", "]"), ("??<", "{"), ("??>", "}"),
+                    ("??!", "|"), ("??'", "^"), ("??-", "~")):
+        src = src.replace(tri, ch)
+    return re.sub(r"\\[ \t]*\r?\n", "", src)
+
+
+_LEX = re.compile(r"""//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?|[^/"']+|/""", re.S)
+
+
+def strip_comments(src: str) -> str:
+    """The source after phases 1-3 as the preprocessor sees it: comments become one space; string and
+    character literals are kept whole (so a '/*' inside a string does not hide what follows)."""
+    s = _translation_phases(src)
+    return "".join(" " if m.startswith(("//", "/*")) else m for m in _LEX.findall(s))
+
+
+def check_source(src: Any, fieldname: str = "source") -> str:
+    if isinstance(src, bytes | bytearray):
+        try:
+            src = bytes(src).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(fieldname, f"not valid UTF-8 ({e})") from None
+    if not isinstance(src, str):
+        raise SpecError(fieldname, f"must be a string of OpenCL C, not {type(src).__name__}")
+    if not src.strip():
+        raise SpecError(fieldname, "is empty")
+    nbytes = len(src.encode("utf-8"))
+    if nbytes > MAX_SOURCE_BYTES:
+        raise SpecError(fieldname, f"{nbytes} bytes exceeds the limit of {MAX_SOURCE_BYTES}")
+    if "\x00" in src:
+        raise SpecError(fieldname, "contains a NUL character")
+    m = _FILE_DIRECTIVE.search(strip_comments(src))
+    if m:
+        raise SpecError(fieldname, f"{m.group(0).strip()!r} is not allowed: a program must be one self-contained "
+                                   "source (the worker's files are not readable); inline what you include")
+    return src
+
+
+def kernel_names_in(src: str) -> list[str]:
+    """Kernel functions declared in `src` (a best-effort scan; the built program is the authority)."""
+    return list(dict.fromkeys(_KERNEL_DECL.findall(strip_comments(src))))
+
+
+def source_sha256(src: str) -> str:
+    return hashlib.sha256(src.encode("utf-8")).hexdigest()
+
+
+def parse_build_options(opts: Any, fieldname: str = "build_options") -> tuple[str, ...]:
+    """Allow-listed build options as normalised tokens ("-D NAME=V" becomes "-DNAME=V")."""
+    if opts is None:
+        return ()
+    if isinstance(opts, str):
+        tokens = opts.split()
+    elif isinstance(opts, list | tuple) and all(isinstance(t, str) for t in opts):
+        tokens = [t for o in opts for t in o.split()]
+    else:
+        raise SpecError(fieldname, "must be a string or a list of strings")
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        where = f"{fieldname}[{i}]"
+        if t == "-D":
+            if i + 1 >= len(tokens):
+                raise SpecError(where, "'-D' needs a NAME or NAME=VALUE after it")
+            i += 1
+            t = "-D" + tokens[i]
+        if t.startswith("-D"):
+            name, _, value = t[2:].partition("=")
+            if not _IDENT.match(name):
+                raise SpecError(where, f"macro name {name!r} in {t!r} is not a C identifier")
+            if len(value) > MAX_DEFINE_VALUE_LEN or not _DEFINE_VALUE.match(value):
+                raise SpecError(where, f"macro value in {t!r} may hold only letters, digits and _.+-*/()<>|&^~%! "
+                                       f"(at most {MAX_DEFINE_VALUE_LEN} characters)")
+            out.append(t)
+        elif t.startswith("-cl-std="):
+            if t[len("-cl-std="):] not in ALLOWED_CL_STD:
+                raise SpecError(where, f"{t!r}: -cl-std must be one of {', '.join(ALLOWED_CL_STD)}")
+            out.append(t)
+        elif t in ALLOWED_FLAGS:
+            out.append(t)
+        else:
+            why = ("include paths and anything that reads or writes files are not allowed"
+                   if t.startswith(("-I", "@", "-include", "-o", "-x", "-save", "-emit", "-MF", "-M", "-isystem",
+                                    "-iquote", "-idirafter", "--"))
+                   else "not an allowed option")
+            raise SpecError(where, f"{t!r}: {why} (allowed: -D NAME[=VALUE], -cl-std=CL1.x|CL2.0|CL3.0, "
+                                   f"{', '.join(sorted(ALLOWED_FLAGS))})")
+        i += 1
+    return tuple(out)
+
+
+# --- parsing --------------------------------------------------------------------------------------------
+
+
+def _int(v: Any, where: str, *, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise SpecError(where, f"must be an integer, not {type(v).__name__}")
+    v = int(v)
+    if v < minimum:
+        raise SpecError(where, f"must be at least {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise SpecError(where, f"must be at most {maximum}, got {v}")
+    return v
+
+
+def _name(d: Mapping[str, Any], where: str) -> str:
+    nm = d.get("name", "")
+    if not isinstance(nm, str) or len(nm) > MAX_NAME_LEN:
+        raise SpecError(f"{where}.name", f"must be a string of at most {MAX_NAME_LEN} characters")
+    return nm
+
+
+def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for k in d:
+        if k not in allowed:
+            raise SpecError(f"{where}.{k}" if where else str(k),
+                            f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _dtype(v: Any, table: Mapping[str, np.dtype], where: str) -> str:
+    if not isinstance(v, str) or v not in table:
+        raise SpecError(where, f"unknown dtype {v!r} (one of {', '.join(table)})")
+    return v
+
+
+def _scalar_value(dtype: str, v: Any, where: str) -> int | float:
+    dt = SCALAR_DTYPES[dtype]
+    if dt.kind == "f":
+        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
+            raise SpecError(where, f"a {dtype} scalar needs a number, not {type(v).__name__}")
+        v = float(v)
+        if dtype == "float32" and math.isfinite(v) and abs(v) > float(np.finfo(np.float32).max):
+            raise SpecError(where, f"{v!r} overflows float32")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise SpecError(where, f"a {dtype} scalar needs an integer, not {type(v).__name__}")
+    v = int(v)
+    info = np.iinfo(dt)
+    if not info.min <= v <= info.max:
+        raise SpecError(where, f"{v} is out of range for {dtype} [{info.min}, {info.max}]")
+    return v
+
+
+def _parse_arg(d: Any, where: str, *, allow_buffers: bool = True) -> Arg:
+    if not isinstance(d, Mapping):
+        raise SpecError(where, f"must be a map with a 'kind' ({', '.join(ARG_KINDS)}), not {type(d).__name__}")
+    kind = d.get("kind")
+    if kind not in ARG_KINDS:
+        raise SpecError(f"{where}.kind", f"must be one of {', '.join(ARG_KINDS)}, not {kind!r}")
+    name = _name(d, where)
+    if kind == "scalar":
+        _check_keys(d, {"kind", "dtype", "value", "name"}, where)
+        dt = _dtype(d.get("dtype"), SCALAR_DTYPES, f"{where}.dtype")
+        if "value" not in d:
+            raise SpecError(f"{where}.value", "required")
+        return ScalarArg(dt, _scalar_value(dt, d["value"], f"{where}.value"), name)
+    if kind == "local":
+        _check_keys(d, {"kind", "nbytes", "name"}, where)
+        return LocalArg(_int(d.get("nbytes"), f"{where}.nbytes", minimum=1, maximum=1 << 30), name)
+    if not allow_buffers:
+        raise SpecError(where, "a launch may only add scalar or local args inline; refer to buffers by their index "
+                               "in the spec's args")
+    dt = _dtype(d.get("dtype", "uint8" if kind != "out" else None), BUFFER_DTYPES, f"{where}.dtype")
+    itemsize = BUFFER_DTYPES[dt].itemsize
+    if kind == "out":
+        _check_keys(d, {"kind", "dtype", "count", "nbytes", "name"}, where)
+        count = _count(d, where, itemsize)
+        return BufferArg("out", dt, count, name=name)
+    _check_keys(d, {"kind", "dtype", "data", "sha256", "count", "nbytes", "name"}, where)
+    if ("data" in d) == ("sha256" in d):
+        raise SpecError(where, f"an {kind} buffer needs exactly one of 'data' (inline bytes) or 'sha256' "
+                               "(a streamed blob)")
+    if "data" in d:
+        data = d["data"]
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SpecError(f"{where}.data", f"must be bytes, not {type(data).__name__}")
+        data = bytes(data)
+        if len(data) == 0:
+            raise SpecError(f"{where}.data", "is empty (a buffer needs at least one element)")
+        if len(data) % itemsize:
+            raise SpecError(f"{where}.data", f"{len(data)} bytes is not a whole number of {dt} elements "
+                                             f"({itemsize} bytes each)")
+        if "count" in d or "nbytes" in d:
+            n = _count(d, where, itemsize)
+            if n * itemsize != len(data):
+                raise SpecError(where, f"declares {n} elements but 'data' holds {len(data) // itemsize}")
+        return BufferArg(kind, dt, len(data) // itemsize, data=data, name=name)
+    sha = d["sha256"]
+    if not isinstance(sha, str) or not _HEX64.match(sha):
+        raise SpecError(f"{where}.sha256", "must be 64 lowercase hex digits (SHA-256 of the blob)")
+    return BufferArg(kind, dt, _count(d, where, itemsize), sha256=sha, name=name)
+
+
+def _count(d: Mapping[str, Any], where: str, itemsize: int) -> int:
+    if ("count" in d) == ("nbytes" in d):
+        raise SpecError(where, "needs exactly one of 'count' (elements) or 'nbytes'")
+    if "count" in d:
+        return _int(d["count"], f"{where}.count", minimum=1, maximum=MAX_BUFFER_BYTES // itemsize)
+    nb = _int(d["nbytes"], f"{where}.nbytes", minimum=1, maximum=MAX_BUFFER_BYTES)
+    if nb % itemsize:
+        raise SpecError(f"{where}.nbytes", f"{nb} is not a multiple of the element size {itemsize}")
+    return nb // itemsize
+
+
+def _sizes(v: Any, where: str, *, what: str) -> tuple[int, ...]:
+    if isinstance(v, int | np.integer) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list | tuple) or not 1 <= len(v) <= 3:
+        raise SpecError(where, f"{what} must be a list of 1 to 3 positive integers, got {v!r}")
+    out = tuple(_int(x, f"{where}[{i}]", minimum=1, maximum=MAX_WORK_ITEMS) for i, x in enumerate(v))
+    if math.prod(out) > MAX_WORK_ITEMS:
+        raise SpecError(where, f"{math.prod(out)} work items exceeds the limit of {MAX_WORK_ITEMS}")
+    return out
+
+
+def _check_local(gsize: tuple[int, ...], lsize: tuple[int, ...] | None, where: str) -> None:
+    if lsize is None:
+        return
+    fld = f"{where}.local_size" if where else "local_size"
+    if len(lsize) != len(gsize):
+        raise SpecError(fld, f"has {len(lsize)} dimensions but global_size has {len(gsize)}")
+    for dim, (g, loc) in enumerate(zip(gsize, lsize, strict=True)):
+        if g % loc:
+            raise SpecError(fld, f"local size {loc} does not divide global size {g} in dimension "
+                                                   f"{dim} (round the global size up to a multiple of {loc} and "
+                                                   f"guard the extra work items in the kernel)")
+
+
+def parse_spec(d: Any) -> ComputeSpec:
+    """The typed spec from its wire dict (structure, types, ranges; no device limits). Raises SpecError."""
+    if isinstance(d, ComputeSpec):
+        return d
+    if not isinstance(d, Mapping):
+        raise SpecError("", f"must be a map, not {type(d).__name__}")
+    for k in d:
+        if not isinstance(k, str):
+            raise SpecError(repr(k), "spec keys must be strings")
+    _check_keys(d, SPEC_FIELDS, "")
+    v = d.get("v", SPEC_VERSION)
+    if v != SPEC_VERSION:
+        raise SpecError("v", f"spec version {v!r} is not supported (this worker reads version {SPEC_VERSION})")
+
+    # source
+    if ("source" in d) == ("source_sha256" in d):
+        raise SpecError("source", "give exactly one of 'source' (OpenCL C) or 'source_sha256' (a cached source)")
+    source: str | None = None
+    if "source" in d:
+        source = check_source(d["source"])
+        sha = source_sha256(source)
+    else:
+        sha = d["source_sha256"]
+        if not isinstance(sha, str) or not _HEX64.match(sha):
+            raise SpecError("source_sha256", "must be 64 lowercase hex digits")
+
+    kernel = d.get("kernel")
+    if not isinstance(kernel, str) or not _IDENT.match(kernel):
+        raise SpecError("kernel", f"must be the kernel's name (a C identifier), not {kernel!r}")
+    options = parse_build_options(d.get("build_options"))
+
+    # args
+    raw_args = d.get("args", [])
+    if not isinstance(raw_args, list | tuple):
+        raise SpecError("args", "must be a list")
+    if len(raw_args) > MAX_ARGS:
+        raise SpecError("args", f"{len(raw_args)} args exceeds the limit of {MAX_ARGS}")
+    args = tuple(_parse_arg(a, f"args[{i}]") for i, a in enumerate(raw_args))
+    inline = sum(len(a.data) for a in args if isinstance(a, BufferArg) and a.data is not None)
+    if inline > MAX_INLINE_BYTES:
+        raise SpecError("args", f"{inline} bytes of inline data exceeds the limit of {MAX_INLINE_BYTES}; "
+                                "stream large inputs by sha256")
+    blobs: dict[str, int] = {}
+    for i, a in enumerate(args):
+        if isinstance(a, BufferArg) and a.sha256 is not None:
+            if blobs.setdefault(a.sha256, a.nbytes) != a.nbytes:
+                raise SpecError(f"args[{i}].nbytes", f"blob {a.sha256[:16]}... is declared with two different sizes")
+
+    # launches
+    top_g = _sizes(d["global_size"], "global_size", what="global_size") if "global_size" in d else None
+    top_l = _sizes(d["local_size"], "local_size", what="local_size") if d.get("local_size") is not None else None
+    if top_g is not None:
+        _check_local(top_g, top_l, "")
+    elif top_l is not None:
+        raise SpecError("local_size", "given without global_size")
+    if "launches" in d:
+        raw_l = d["launches"]
+        if not isinstance(raw_l, list | tuple) or not raw_l:
+            raise SpecError("launches", "must be a non-empty list")
+        if len(raw_l) > MAX_LAUNCH_ENTRIES:
+            raise SpecError("launches", f"{len(raw_l)} entries exceeds the limit of {MAX_LAUNCH_ENTRIES}")
+        launches = tuple(_parse_launch(ln, f"launches[{i}]", kernel, args, top_g, top_l)
+                         for i, ln in enumerate(raw_l))
+    else:
+        if top_g is None:
+            raise SpecError("global_size", "required (or give 'launches')")
+        launches = (Launch(kernel, top_g, top_l, tuple(range(len(args))), 1),)
+    repeat = _int(d.get("repeat", 1), "repeat", minimum=1, maximum=MAX_TOTAL_LAUNCHES)
+    total = repeat * sum(ln.repeat for ln in launches)
+    if total > MAX_TOTAL_LAUNCHES:
+        raise SpecError("repeat", f"{total} launches in all exceeds the limit of {MAX_TOTAL_LAUNCHES}")
+    used = {a for ln in launches for a in ln.args if isinstance(a, int)}
+    for i, a in enumerate(args):
+        if isinstance(a, BufferArg) and i not in used:
+            raise SpecError(f"args[{i}]", "a buffer that no launch uses")
+
+    # limits and hints
+    tl = d.get("time_limit_s", DEFAULT_TIME_LIMIT_S)
+    if isinstance(tl, bool) or not isinstance(tl, int | float) or not math.isfinite(tl) or tl <= 0:
+        raise SpecError("time_limit_s", f"must be a positive number of seconds, not {tl!r}")
+    if tl > MAX_TIME_LIMIT_S:
+        raise SpecError("time_limit_s", f"{tl:g} s exceeds the limit of {MAX_TIME_LIMIT_S:g} s")
+    mem = d.get("memory_limit_bytes")
+    if mem is not None:
+        mem = _int(mem, "memory_limit_bytes", minimum=1, maximum=MAX_BUFFER_BYTES)
+    dk = d.get("device_kind")
+    if dk is not None and dk not in DEVICE_KINDS:
+        raise SpecError("device_kind", f"must be one of {', '.join(DEVICE_KINDS)}, not {dk!r}")
+    fpi = d.get("flops_per_item")
+    if fpi is not None and (isinstance(fpi, bool) or not isinstance(fpi, int | float) or not math.isfinite(fpi)
+                            or fpi < 0):
+        raise SpecError("flops_per_item", f"must be a non-negative number, not {fpi!r}")
+
+    spec = ComputeSpec(source, sha, kernel, options, args, launches, repeat, float(tl), mem, dk,
+                       None if fpi is None else float(fpi))
+    if source is not None:
+        declared = kernel_names_in(source)
+        tokens = set(re.findall(r"[A-Za-z_]\w*", strip_comments(source)))
+        for k in spec.kernels():
+            if k not in declared and k not in tokens:
+                raise SpecError("kernel", f"no kernel named {k!r} in the source (kernels found: "
+                                          f"{', '.join(declared) or 'none'})")
+    if mem is not None and spec.buffer_bytes > mem:
+        raise SpecError("memory_limit_bytes", f"the buffers need {spec.buffer_bytes} bytes, more than the job's "
+                                              f"memory limit of {mem}")
+    return spec
+
+
+def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], top_g: tuple[int, ...] | None,
+                  top_l: tuple[int, ...] | None) -> Launch:
+    if not isinstance(d, Mapping):
+        raise SpecError(where, f"must be a map, not {type(d).__name__}")
+    _check_keys(d, {"kernel", "global_size", "local_size", "args", "repeat"}, where)
+    k = d.get("kernel", kernel)
+    if not isinstance(k, str) or not _IDENT.match(k):
+        raise SpecError(f"{where}.kernel", f"must be a kernel name, not {k!r}")
+    if "global_size" in d:
+        g = _sizes(d["global_size"], f"{where}.global_size", what="global_size")
+        lsz = _sizes(d["local_size"], f"{where}.local_size", what="local_size") if d.get("local_size") is not None else None
+    elif top_g is not None:
+        g = top_g
+        lsz = (_sizes(d["local_size"], f"{where}.local_size", what="local_size")
+               if d.get("local_size") is not None else top_l)
+    else:
+        raise SpecError(f"{where}.global_size", "required (no top-level global_size to default to)")
+    _check_local(g, lsz, where)
+    if "args" in d:
+        raw = d["args"]
+        if not isinstance(raw, list | tuple):
+            raise SpecError(f"{where}.args", "must be a list")
+        if len(raw) > MAX_ARGS:
+            raise SpecError(f"{where}.args", f"{len(raw)} args exceeds the limit of {MAX_ARGS}")
+        refs: list[int | ScalarArg | LocalArg] = []
+        for j, r in enumerate(raw):
+            w = f"{where}.args[{j}]"
+            if isinstance(r, int | np.integer) and not isinstance(r, bool):
+                if not 0 <= int(r) < len(args):
+                    raise SpecError(w, f"refers to args[{int(r)}], but the spec has {len(args)} args")
+                refs.append(int(r))
+            else:
+                a = _parse_arg(r, w, allow_buffers=False)
+                assert not isinstance(a, BufferArg)
+                refs.append(a)
+        ref_t = tuple(refs)
+    else:
+        ref_t = tuple(range(len(args)))
+    rep = _int(d.get("repeat", 1), f"{where}.repeat", minimum=1, maximum=MAX_TOTAL_LAUNCHES)
+    return Launch(k, g, lsz, ref_t, rep)
+
+
+# --- device limits --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What `validate` checks a spec against. Unknown figures (None) are not checked."""
+
+    global_mem_bytes: int | None = None
+    max_alloc_bytes: int | None = None
+    max_work_group_size: int | None = None
+    max_work_item_sizes: tuple[int, ...] | None = None
+    local_mem_bytes: int | None = None
+    max_constant_bytes: int | None = None
+    fp64: bool | None = None
+    int64: bool | None = None
+    kind: str | None = None
+
+    @classmethod
+    def from_device(cls, dev: Any) -> DeviceLimits:
+        """From a worker.devices.Device record (or anything with those attributes, or a dict)."""
+        if isinstance(dev, DeviceLimits):
+            return dev
+        if isinstance(dev, Mapping):
+            known = set(cls.__dataclass_fields__)
+            vals = {k: v for k, v in dev.items() if k in known}
+            if vals.get("max_work_item_sizes") is not None:
+                vals["max_work_item_sizes"] = tuple(vals["max_work_item_sizes"])
+            return cls(**vals)
+        return cls(
+            global_mem_bytes=getattr(dev, "global_mem_bytes", None),
+            max_alloc_bytes=getattr(dev, "max_alloc_bytes", None),
+            max_work_group_size=getattr(dev, "max_work_group_size", None),
+            fp64=getattr(dev, "fp64", None),
+            int64=getattr(dev, "int64", None),
+            kind=getattr(dev, "kind", None),
+        )
+
+    @classmethod
+    def from_cl_device(cls, d: Any) -> DeviceLimits:
+        """From a pyopencl Device (the authoritative figures, at run time)."""
+        import pyopencl as cl
+
+        ext = str(d.extensions)
+        return cls(
+            global_mem_bytes=int(d.global_mem_size),
+            max_alloc_bytes=int(d.max_mem_alloc_size),
+            max_work_group_size=int(d.max_work_group_size),
+            max_work_item_sizes=tuple(int(x) for x in d.max_work_item_sizes),
+            local_mem_bytes=int(d.local_mem_size),
+            max_constant_bytes=int(d.max_constant_buffer_size),
+            fp64="cl_khr_fp64" in ext or bool(getattr(d, "double_fp_config", 0)),
+            int64=str(d.profile) == "FULL_PROFILE" or "cles_khr_int64" in ext,
+            kind=("gpu" if int(d.type) & cl.device_type.GPU else
+                  "cpu" if int(d.type) & cl.device_type.CPU else "accelerator"),
+        )
+
+
+def validate(spec: ComputeSpec | Mapping[str, Any], device_info: Any = None, *,
+             max_memory_bytes: int | None = None, max_time_limit_s: float | None = None) -> ComputeSpec:
+    """Parse (if needed) and check `spec` against a device and the worker's caps. Raises SpecError.
+
+    `device_info`: a `DeviceLimits`, a `worker.devices.Device`, a dict of DeviceLimits fields, or None (only
+    the structure and the job's own limits are checked). `max_memory_bytes` / `max_time_limit_s`: the worker's
+    caps for one job.
+    """
+    s = parse_spec(spec)
+    lim = DeviceLimits.from_device(device_info) if device_info is not None else DeviceLimits()
+    if max_time_limit_s is not None and s.time_limit_s > max_time_limit_s:
+        raise SpecError("time_limit_s", f"{s.time_limit_s:g} s exceeds this worker's limit of "
+                                        f"{max_time_limit_s:g} s per job")
+    need = s.buffer_bytes
+    if max_memory_bytes is not None and need > max_memory_bytes:
+        raise SpecError("memory_limit_bytes", f"the buffers need {need} bytes, more than this worker's limit of "
+                                              f"{max_memory_bytes} bytes per job")
+    req = s.requirements()
+    if lim.fp64 is False and req.fp64:
+        raise SpecError("source", "the program uses double precision (fp64) and this device has no fp64")
+    if lim.int64 is False and req.int64:
+        raise SpecError("source", "the program uses 64-bit integers and this device has none")
+    if s.device_kind is not None and lim.kind is not None and lim.kind != s.device_kind:
+        raise SpecError("device_kind", f"needs a {s.device_kind} device, this is a {lim.kind}")
+    for i, a in s.buffers:
+        if lim.max_alloc_bytes is not None and a.nbytes > lim.max_alloc_bytes:
+            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes exceeds the device's largest allocation "
+                                          f"of {lim.max_alloc_bytes} bytes")
+        if lim.global_mem_bytes is not None and a.nbytes > lim.global_mem_bytes:
+            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes is larger than the device's memory of "
+                                          f"{lim.global_mem_bytes} bytes")
+    if lim.global_mem_bytes is not None and need > lim.global_mem_bytes:
+        raise SpecError("args", f"the buffers need {need} bytes, more than the device's memory of "
+                                f"{lim.global_mem_bytes} bytes")
+    for li, ln in enumerate(s.launches):
+        where = f"launches[{li}]" if len(s.launches) > 1 or ln.kernel != s.kernel else "local_size"
+        local = sum(_local_nbytes(s, a) for a in ln.args)
+        if lim.local_mem_bytes is not None and local > lim.local_mem_bytes:
+            raise SpecError(where, f"local args need {local} bytes per work-group, the device has "
+                                   f"{lim.local_mem_bytes}")
+        if ln.local_size is None:
+            continue
+        wg = math.prod(ln.local_size)
+        if lim.max_work_group_size is not None and wg > lim.max_work_group_size:
+            raise SpecError(where, f"work-group of {wg} work items exceeds the device's maximum of "
+                                   f"{lim.max_work_group_size}")
+        if lim.max_work_item_sizes is not None:
+            for dim, (loc, mx) in enumerate(zip(ln.local_size, lim.max_work_item_sizes, strict=False)):
+                if loc > mx:
+                    raise SpecError(where, f"local size {loc} in dimension {dim} exceeds the device's maximum "
+                                           f"of {mx}")
+    return s
+
+
+def _local_nbytes(s: ComputeSpec, a: int | ScalarArg | LocalArg) -> int:
+    if isinstance(a, int):
+        a2 = s.args[a]
+        return a2.nbytes if isinstance(a2, LocalArg) else 0
+    return a.nbytes if isinstance(a, LocalArg) else 0
+
+
+def resolve_launch_args(spec: ComputeSpec, launch: Launch) -> list[tuple[str, Arg]]:
+    """[(label, arg)] of one launch, labels naming where each came from (for messages)."""
+    out: list[tuple[str, Arg]] = []
+    for j, a in enumerate(launch.args):
+        if isinstance(a, int):
+            arg = spec.args[a]
+            out.append((f"args[{a}]" + (f" ({arg.name!r})" if arg.name else ""), arg))
+        else:
+            out.append((f"launch arg {j}" + (f" ({a.name!r})" if a.name else ""), a))
+    return out
