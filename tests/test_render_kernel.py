@@ -17,6 +17,7 @@ from worker.render.errors import SceneError
 from worker.render.opencl import SceneOnDevice, default_queue
 from worker.render.pack import SPEC_MIN
 from worker.render.samples import at_resolution, example, random_scene
+from worker.render.scene import from_dict
 
 PIXEL_TOL = 2
 DEPTH_RTOL = 1e-4
@@ -278,3 +279,52 @@ def test_near_far_clip_by_view_depth(cl_queue):
     hit = np.isfinite(k[1])
     assert hit.any() and (~hit).any()
     assert ((k[1][hit] >= 2.0) & (k[1][hit] <= 2.6)).all()
+
+
+def _flat_grid_and_cube(eye) -> dict:
+    """Axis-aligned geometry: a triangle grid in y = 0 (zero-thickness BVH boxes) and a cube mesh."""
+    n = 12
+    xs = np.linspace(-2, 2, n + 1)
+    verts = [[x, 0.0, z] for z in xs for x in xs]
+    tris = []
+    for j in range(n):
+        for i in range(n):
+            a = j * (n + 1) + i
+            tris += [[a, a + 1, a + n + 2], [a, a + n + 2, a + n + 1]]
+    cube = [[x * 0.6 - 0.3, y * 0.6, z * 0.6 - 0.3] for x in (0, 1) for y in (0, 1) for z in (0, 1)]
+    faces = [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1]]
+    faces += [[2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]]
+    pose = look_at(eye, (0.0, 0.2, 0.0))
+    return {
+        "camera": {
+            "position": list(pose.position),
+            "orientation": list(pose.orientation),
+            "fov_y": 60,
+            "width": 96,
+            "height": 72,
+        },
+        "objects": [
+            {"type": "mesh", "vertices": verts, "indices": tris, "material": {"albedo": [0.5, 0.6, 0.5]}},
+            {
+                "type": "mesh",
+                "vertices": cube,
+                "indices": faces,
+                "material": {"albedo": [0.9, 0.3, 0.2], "metallic": 0.5},
+            },
+        ],
+        "lights": [
+            {"type": "point", "position": [1, 3, 1], "intensity": 8},
+            {"type": "directional", "direction": [0.2, -1, 0.1]},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "eye", [(2.0, 1.5, 2.5), (0.0, 3.0, 0.01), (3.0, 0.01, 0.2)], ids=["oblique", "top", "grazing"]
+)
+def test_axis_aligned_meshes_bvh_exact_and_match_reference(cl_queue, eye):
+    scene = from_dict(_flat_grid_and_cube(eye))
+    dev = SceneOnDevice(*cl_queue, scene)
+    a, b = dev.render(use_bvh=True), dev.render(use_bvh=False)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert_agree(a, reference.render(scene))
