@@ -119,7 +119,7 @@ def test_cl_ntt_and_round_trip(cl_backend, log_n):
     assert np.array_equal(cl_backend.intt(fwd), a)
 
 
-@pytest.mark.parametrize("max_radix", [2, 4, 8, 32])
+@pytest.mark.parametrize("max_radix", [2, 4, 8])
 def test_cl_ntt_every_radix(max_radix):
     pair = gpu.default_queue()
     if pair is None:
@@ -127,9 +127,10 @@ def test_cl_ntt_every_radix(max_radix):
     from worker.zk.clbackend import OpenCLBackend
 
     be = OpenCLBackend(*pair, max_radix=max_radix)
-    a = rand(1 << 11, max_radix)
-    assert np.array_equal(be.ntt(a), NP.ntt(a))
-    assert np.array_equal(be.intt(a), NP.intt(a))
+    for log_n in (3, 11):  # scalar passes only / vectorised passes
+        a = rand(1 << log_n, max_radix)
+        assert np.array_equal(be.ntt(a), NP.ntt(a))
+        assert np.array_equal(be.intt(a), NP.intt(a))
 
 
 @pytest.mark.parametrize("log_n,blowup", [(3, 2), (6, 4), (10, 8), (12, 2)])

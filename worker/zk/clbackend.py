@@ -32,7 +32,7 @@ class OpenCLBackend(Backend):
         if cl is None:
             raise RuntimeError("pyopencl is not installed")
         self.ctx, self.queue, self.max_radix = ctx, queue, max_radix
-        self.program = gpu.zk_program(ctx, max_radix)
+        self.program = gpu.zk_program(ctx)
         self._ntt = ClNtt(ctx, queue, self.program, max_radix=max_radix)
         self._tables: dict = {}
 
@@ -100,7 +100,7 @@ class OpenCLBackend(Backend):
             rows = np.ascontiguousarray(np.asarray(states, dtype=np.uint64).T)
             n = rows.shape[0]
             buf = self._to_dev(rows)
-            gpu.launch(self._k("poseidon_perm"), self.queue, n, buf, np.uint32(n))
+            gpu.launch(self._k("poseidon_perm"), self.queue, -(-n // 4), buf, np.uint32(n))
             return np.ascontiguousarray(self._to_host(buf, rows.shape).T)
 
     def hash_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ class OpenCLBackend(Backend):
             rows = gpu.u64(rows)
             n, length = rows.shape
             src, out = self._to_dev(rows), self._empty(n * PS.DIGEST)
-            gpu.launch(self._k("hash_rows"), self.queue, n, src, np.uint32(length), np.uint32(n), out)
+            gpu.launch(self._k("hash_rows"), self.queue, -(-n // 4), src, np.uint32(length), np.uint32(n), out)
             return self._to_host(out, (n, PS.DIGEST))
 
     def merkle_levels(self, leaf_digests: np.ndarray) -> list[np.ndarray]:
@@ -120,7 +120,7 @@ class OpenCLBackend(Backend):
             dev_levels = []
             while n > _SMALL:
                 nxt = self._empty((n // 2) * PS.DIGEST)
-                gpu.launch(self._k("merkle_level"), self.queue, n // 2, cur, np.uint32(n // 2), nxt)
+                gpu.launch(self._k("merkle_level"), self.queue, -(-(n // 2) // 4), cur, np.uint32(n // 2), nxt)
                 dev_levels.append((nxt, n // 2))
                 cur, n = nxt, n // 2
             for buf, count in dev_levels:

@@ -54,3 +54,36 @@ inline ulong2 gle_mul(ulong2 a, ulong2 b) {
 inline ulong2 gle_add(ulong2 a, ulong2 b) { return (ulong2)(gl_add(a.x, b.x), gl_add(a.y, b.y)); }
 inline ulong2 gle_sub(ulong2 a, ulong2 b) { return (ulong2)(gl_sub(a.x, b.x), gl_sub(a.y, b.y)); }
 inline ulong2 gle_scale(ulong2 a, ulong s) { return (ulong2)(gl_mul(a.x, s), gl_mul(a.y, s)); }
+
+// ---- 4-wide versions (ulong4 lanes are independent field elements): on the CPU device these become AVX2
+// code, where the 32x32->64 products of the Poseidon MDS and the reductions run four at a time.
+#define GLV_MASK(c) as_ulong4(c)
+inline ulong4 glv_add(ulong4 a, ulong4 b) {
+    ulong4 s = a + b;
+    s += GLV_MASK(s < a) & GL_EPS;
+    return s - (GLV_MASK(s >= GL_P) & GL_P);
+}
+inline ulong4 glv_reduce128(ulong4 hi, ulong4 lo) {
+    ulong4 hh = hi >> 32;
+    ulong4 hl = hi & GL_EPS;
+    ulong4 t0 = lo - hh;
+    t0 -= GLV_MASK(lo < hh) & GL_EPS;
+    ulong4 t1 = hl * GL_EPS;
+    ulong4 t2 = t0 + t1;
+    t2 += GLV_MASK(t2 < t1) & GL_EPS;
+    return t2 - (GLV_MASK(t2 >= GL_P) & GL_P);
+}
+inline ulong4 glv_mul(ulong4 a, ulong4 b) { return glv_reduce128(mul_hi(a, b), a * b); }
+inline ulong4 glv_sub(ulong4 a, ulong4 b) {
+    ulong4 d = a - b;
+    return d - (GLV_MASK(a < b) & GL_EPS);
+}
+inline ulong4 glv_neg(ulong4 a) { return (GL_P - a) & GLV_MASK(a != 0UL); }
+inline ulong4 glv_mul_pow2_lt64(ulong4 x, uint k) {
+    return k ? glv_reduce128(x >> (64 - k), x << k) : x;
+}
+inline ulong4 glv_mul_pow2(ulong4 x, uint e) {
+    uint k = e % 96;
+    ulong4 r = (k < 64) ? glv_mul_pow2_lt64(x, k) : glv_reduce128(glv_mul_pow2_lt64(x, k - 64), (ulong4)0UL);
+    return (e >= 96) ? glv_neg(r) : r;
+}

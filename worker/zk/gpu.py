@@ -98,12 +98,11 @@ def build(ctx, source: str, options: tuple[str, ...] = ()) -> Program:
     return prog
 
 
-def zk_program(ctx, max_radix: int | None = None) -> Program:
+def zk_program(ctx) -> Program:
     """All zk kernels in one program: field, NTT, Poseidon, FRI."""
     from . import ntt_cl
 
-    radix = max_radix or ntt_cl.DEFAULT_MAX_RADIX
-    parts = [_source("goldilocks.cl"), poseidon_header(), _source("poseidon.cl"), ntt_cl.kernel_source(radix)]
+    parts = [_source("goldilocks.cl"), poseidon_header(), _source("poseidon.cl"), ntt_cl.kernel_source()]
     if (HERE / "fri.cl").exists():
         parts.append(_source("fri.cl"))
     return build(ctx, "\n".join(parts))
