@@ -69,6 +69,7 @@ async def test_matmul_other_tile_shapes(runner):
     a = rng.uniform(-1, 1, (40, 33)).astype(np.float32)
     b = rng.uniform(-1, 1, (33, 50)).astype(np.float32)
     res = await arun_local(ex.job(a, b, ts=16, wpt=4), runner)
+    assert res.launches == 1
     np.testing.assert_allclose(res["C"], ex.reference(a, b), **ex.tolerance(33))
 
 

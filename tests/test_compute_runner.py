@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from worker.compute import metrics
 from worker.compute.api import InOut, Local, Out, arun_local, local_runner, make_job
 from worker.compute.errors import BuildError, TimeLimitExceeded
-from worker.compute.runner import ComputeResult, ComputeRunner, quarantined_devices
+from worker.compute.runner import ComputeResult, ComputeRunner, add_quarantine_listener, quarantined_devices
 from worker.compute.spec import SourceNotCached, SpecError
 
 
@@ -214,6 +214,8 @@ async def test_kernel_past_its_limit_fails_and_the_next_job_runs(runner):
     await runner.prepare(spin_job(0.05).spec)  # build outside the timed part
     quarantines = runner.stats.quarantines
     timeouts = sample("gpumesh_compute_jobs_total", outcome="time_limit")
+    seen = []
+    remove = add_quarantine_listener(lambda dev, info: seen.append((dev, info is not None)))
     with pytest.raises(TimeLimitExceeded, match=r"exceeded time limit of 0\.05 s \(kernel 'spin', launch 1 of 1, "
                                                 r"still running\)") as e:
         await runner.run(spin_job(0.05).spec)
@@ -223,6 +225,8 @@ async def test_kernel_past_its_limit_fails_and_the_next_job_runs(runner):
     # The worker is healthy: the next job waits for the runaway kernel to end, then runs correctly.
     await run_saxpy_ok(runner, seed=1)
     assert not runner.quarantined and runner.device_id not in quarantined_devices()
+    remove()
+    assert seen == [(runner.device_id, True), (runner.device_id, False)]  # quarantined, then freed
     # and a spin that fits its limit completes with the right value
     res = await runner.run(spin_job(60, iters=1000).spec)
     x = 88172645463325252

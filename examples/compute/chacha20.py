@@ -31,11 +31,12 @@ def params(key: bytes, nonce: bytes, counter: int) -> np.ndarray:
     return np.array(words, dtype=np.uint32)
 
 
-def job(key: bytes, nonce: bytes, data: bytes, counter: int = 1, local_size: int = 64) -> ComputeJob:
+def job(key: bytes, nonce: bytes, data: bytes, counter: int = 1, local_size: int | None = None) -> ComputeJob:
+    """One work item per 64-byte block; `local_size` None lets the device's runtime pick the work-group size."""
     blocks = -(-len(data) // BLOCK)
     if counter + blocks > 2 ** 32:
         raise ValueError("message too long for one nonce: the 32-bit block counter would wrap")
-    gsize = max(1, -(-blocks // local_size)) * local_size
+    gsize = blocks if local_size is None else -(-blocks // local_size) * local_size
     return make_job(SOURCE, "chacha20_xor",
                     [In(np.frombuffer(data, dtype=np.uint8), "plaintext"), Out(len(data), np.uint8, "ciphertext"),
                      np.uint64(len(data)), In(params(key, nonce, counter), "params")],

@@ -1,4 +1,5 @@
-"""Tiled float32 matrix multiply (local-memory tiles, WPT outputs per work item), checked against numpy.
+"""Tiled float32 matrix multiply (local-memory tiles, a WPT x 8 register block per work item), checked
+against numpy.
 
     python examples/compute/matmul.py [SIZE] [--bench]
 
@@ -19,21 +20,21 @@ SOURCE = (Path(__file__).resolve().parent / "matmul_tiled.cl").read_text()
 
 
 def job(a: np.ndarray, b: np.ndarray, ts: int = 32, wpt: int = 8, time_limit_s: float = 60.0) -> ComputeJob:
-    """C = A @ B for float32 A (M x K), B (K x N)."""
+    """C = A @ B for float32 A (M x K), B (K x N): TS x TS tiles, each work item a WPT x 8 block."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"shapes {a.shape} and {b.shape} do not multiply")
-    if ts % wpt:
-        raise ValueError("ts must be a multiple of wpt")
+    if ts % 8 or ts % wpt:
+        raise ValueError("ts must be a multiple of 8 and of wpt")
     m, k = a.shape
     n = b.shape[1]
-    gx = -(-n // ts) * ts
-    gy = -(-m // ts) * ts // wpt
+    local = [ts // 8, ts // wpt]
+    gsize = [-(-n // ts) * local[0], -(-m // ts) * local[1]]
     return make_job(SOURCE, "matmul",
                     [np.int32(m), np.int32(n), np.int32(k), a.astype(np.float32), b.astype(np.float32),
                      Out((m, n), np.float32, "C")],
-                    global_size=[gx, gy], local_size=[ts, ts // wpt],
+                    global_size=gsize, local_size=local,
                     build_options=[f"-DTS={ts}", f"-DWPT={wpt}", "-cl-mad-enable"],
-                    flops_per_item=2.0 * k * wpt, time_limit_s=time_limit_s)
+                    flops_per_item=2.0 * k * wpt * 8, time_limit_s=time_limit_s)
 
 
 def reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ A quarantined runner takes no new job: `execute` waits for it to clear (at most 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -70,6 +71,8 @@ from worker.compute.spec import (
     resolve_launch_args,
     validate,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_IN_FLIGHT = 4
 DEFAULT_BUILD_TIMEOUT_S = 120.0
@@ -191,12 +194,49 @@ class RunnerStats:
 
 _quarantined: dict[str, QuarantineInfo] = {}
 _quarantined_lock = threading.Lock()
+QuarantineListener = Callable[[str, "QuarantineInfo | None"], None]
+_listeners: list[QuarantineListener] = []
 
 
 def quarantined_devices() -> dict[str, QuarantineInfo]:
     """Devices (by id) on which a kernel of a failed or cancelled compute job still runs."""
     with _quarantined_lock:
         return dict(_quarantined)
+
+
+def add_quarantine_listener(fn: QuarantineListener) -> Callable[[], None]:
+    """Call `fn(device_id, info)` when a device is quarantined and `fn(device_id, None)` when it is free again.
+
+    Called from any thread (an OpenCL callback thread when a quarantine clears): a trio consumer should hop
+    with `trio.from_thread` / `TrioToken.run_sync_soon`. Returns a function that removes the listener.
+    The executor uses this to hold back a quarantined device's slots so it is not double-booked.
+    """
+    with _quarantined_lock:
+        _listeners.append(fn)
+
+    def remove() -> None:
+        with _quarantined_lock:
+            if fn in _listeners:
+                _listeners.remove(fn)
+
+    return remove
+
+
+def _set_quarantine(device_id: str, info: QuarantineInfo | None, expect: QuarantineInfo | None = None) -> None:
+    with _quarantined_lock:
+        if info is None:
+            if _quarantined.get(device_id) is not expect:
+                return
+            del _quarantined[device_id]
+        else:
+            _quarantined[device_id] = info
+        metrics.QUARANTINED.set(len(_quarantined))
+        listeners = list(_listeners)
+    for fn in listeners:
+        try:
+            fn(device_id, info)
+        except Exception:  # noqa: BLE001 - a listener must not break the runner (or the OpenCL callback thread)
+            log.exception("quarantine listener failed")
 
 
 class _TimedOut(Exception):
@@ -307,20 +347,16 @@ class ComputeRunner:
             self._keepalive = keepalive
         self.stats.quarantines += 1
         metrics.QUARANTINES.inc()
-        with _quarantined_lock:
-            _quarantined[self.device_id] = info
-            metrics.QUARANTINED.set(len(_quarantined))
+        _set_quarantine(self.device_id, info)
 
         def clear(_status: int) -> None:
+            # the registry first, so that whoever wakes below already sees the device free everywhere
+            _set_quarantine(self.device_id, None, expect=info)
             with self._state:
                 if self._quarantine is info:
                     self._quarantine = None
                     self._keepalive = None
                 self._notify()
-            with _quarantined_lock:
-                if _quarantined.get(self.device_id) is info:
-                    del _quarantined[self.device_id]
-                metrics.QUARANTINED.set(len(_quarantined))
 
         event.set_callback(cl.command_execution_status.COMPLETE, clear)
         return True
@@ -712,5 +748,6 @@ def runner_for(dctx: Any, **kwargs: Any) -> ComputeRunner:
 
 __all__ = [
     "BuildError", "ComputeResult", "ComputeRunner", "DeviceUnavailable", "KernelFailed", "OutOfDeviceMemory",
-    "OutputBuffer", "Prepared", "QuarantineInfo", "TimeLimitExceeded", "quarantined_devices", "runner_for",
+    "OutputBuffer", "Prepared", "QuarantineInfo", "TimeLimitExceeded", "add_quarantine_listener", "quarantined_devices",
+    "runner_for",
 ]
