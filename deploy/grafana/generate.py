@@ -171,6 +171,10 @@ def mesh_overview():
                    [q(f"gpumesh_libp2p_connected_peers{{{J}}}", "{{instance}}")]),
                 ts("Gossip publish errors", "Advert publishes that raised, per second, per node.",
                    [q(f"rate(gpumesh_gossip_publish_errors_total{{{J}}}[{RATE}])", "{{instance}}")], unit="ops"),
+                ts("Admission refusals", "Connections refused because the peer lacks the mesh key or is not on "
+                   "the allow list, by plane (libp2p, data plane).",
+                   [q(f"sum by (plane) (rate(gpumesh_peers_refused_total{{{J}}}[{RATE}]))", "{{plane}}")],
+                   unit="ops"),
                 tbl("Peer standing (lowest rating any node gives)", "1 = trusted, 0 = never placed on. "
                     "Falls when results fail verification or adverts lie.",
                     [q(f"min by (peer) (gpumesh_peer_standing{{{J}}})", instant=True, table_fmt=True)]),
@@ -224,6 +228,17 @@ def node_detail():
                     [q(f"gpumesh_peer_standing{{{N}}}", instant=True, table_fmt=True)],
                     hide=("Time", "__name__", "job", "instance"), w=24, h=6),
             ]),
+            ("Executor", [
+                ts("Jobs finished", "Jobs this node's executor finished, by outcome, per second.",
+                   [q(f"sum by (outcome) (rate(gpumesh_executor_jobs_total{{{N}}}[{RATE}]))", "{{outcome}}")],
+                   unit="ops", w=8),
+                ts("Slots by device", "Running jobs, queued jobs and free slots on each device.",
+                   [q(f"gpumesh_executor_running_jobs{{{N}}}", "running {{device}}"),
+                    q(f"gpumesh_executor_queue_depth{{{N}}}", "queued {{device}}"),
+                    q(f"gpumesh_executor_free_slots{{{N}}}", "free {{device}}")], w=8),
+                ts("Queue wait by priority class", "Admission to first start, p50 and p99.",
+                   p_quantiles("gpumesh_executor_queue_wait_seconds", "priority", scope=N), unit="s", w=8),
+            ]),
             ("Process", [
                 ts("CPU", "CPU time used by the node process (1 = one core).",
                    [q(f"rate(process_cpu_seconds_total{{{N}}}[{RATE}])", "cpu")], unit="percentunit", w=8),
@@ -235,8 +250,61 @@ def node_detail():
         ], node_var=True)
 
 
+def p_quantiles(metric: str, by: str, scope: str = J, qs: tuple[float, ...] = (0.5, 0.99)) -> list:
+    return [q(f"histogram_quantile({x}, sum by (le, {by}) (rate({metric}_bucket{{{scope}}}[{RATE}])))",
+              f"p{int(x * 100)} {{{{{by}}}}}") for x in qs]
+
+
+def jobs():
+    EX = "gpumesh_executor"
+    return dashboard(
+        "gpumesh-jobs", "gpumesh / Jobs",
+        "Jobs as the workers' executors run them: throughput and outcomes, queue wait and run time per "
+        "priority class and kind, deadline misses, refusals, and the slots they hold.",
+        [
+            ("Throughput and outcomes", [
+                st("Jobs finished /s", "Jobs the executors finished, per second, all outcomes.",
+                   q(f"sum(rate({EX}_jobs_total{{{J}}}[{RATE}]))", instant=True), unit="ops"),
+                st("Failure ratio", "Failed jobs over all finished jobs, last 10 minutes.",
+                   q(f'sum(rate({EX}_jobs_total{{{J}, outcome="failed"}}[10m])) / '
+                     f"sum(rate({EX}_jobs_total{{{J}}}[10m]))", instant=True), unit="percentunit", red_above=0.1),
+                st("Deadline misses (1h)", "Realtime jobs that expired in a queue or finished after their deadline.",
+                   q(f"sum(increase({EX}_deadline_misses_total{{{J}}}[1h]))", instant=True), red_above=1),
+                st("Running", "Jobs holding a slot now.", q(f"sum({EX}_running_jobs{{{J}}})", instant=True)),
+                st("Queued", "Jobs waiting for a slot now.", q(f"sum({EX}_queue_depth{{{J}}})", instant=True)),
+                st("Free slots", "Slots not held by a job.", q(f"sum({EX}_free_slots{{{J}}})", instant=True),
+                   red_below=1),
+                ts("Jobs finished by outcome", "done / failed / cancelled, per second.",
+                   [q(f"sum by (outcome) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{outcome}}")], unit="ops"),
+                ts("Jobs finished by kind", "Per job kind, per second.",
+                   [q(f"sum by (kind) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{kind}}")], unit="ops"),
+            ]),
+            ("Latency", [
+                ts("Queue wait by priority class", "Admission to first start on a device, p50 and p99.",
+                   p_quantiles(f"{EX}_queue_wait_seconds", "priority"), unit="s"),
+                ts("Run time by kind", "First start to end on a device, p50 and p99.",
+                   p_quantiles(f"{EX}_run_seconds", "kind"), unit="s"),
+            ]),
+            ("Pressure", [
+                ts("Deadline misses", "Realtime jobs that missed their deadline, per second.",
+                   [q(f"sum(rate({EX}_deadline_misses_total{{{J}}}[{RATE}]))", "misses")], unit="ops", w=8),
+                ts("Refused at submit", "Jobs an executor refused (saturated queue, deadline, invalid...).",
+                   [q(f"sum by (reason) (rate({EX}_refused_total{{{J}}}[{RATE}]))", "{{reason}}")], unit="ops", w=8),
+                ts("Preemptions", "Running batch/interactive jobs that gave their slot to a more urgent one.",
+                   [q(f"sum(rate({EX}_preemptions_total{{{J}}}[{RATE}]))", "preemptions")], unit="ops", w=8),
+                ts("Queue depth by node", "Jobs waiting for a slot, per node.",
+                   [q(f"sum by (instance) ({EX}_queue_depth{{{J}}})", "{{instance}}")], w=8),
+                ts("Running jobs by node", "Jobs holding a slot, per node.",
+                   [q(f"sum by (instance) ({EX}_running_jobs{{{J}}})", "{{instance}}")], w=8),
+                ts("Free slots by node", "Slots not held by a job, per node.",
+                   [q(f"sum by (instance) ({EX}_free_slots{{{J}}})", "{{instance}}")], w=8),
+            ]),
+        ])
+
+
 DASHBOARDS = {
     "mesh-overview.json": mesh_overview,
+    "jobs.json": jobs,
     "node-detail.json": node_detail,
 }
 
