@@ -9,7 +9,7 @@ GOOD = {"air": "cubic", "public_inputs": {"x0": 2, "c": 9}, "steps": 1024}
 
 def test_defaults_filled_in():
     spec = zk.validate_spec(GOOD)
-    assert spec == {**GOOD, "blowup": 4, "queries": 40}
+    assert spec == {**GOOD, "blowup": 4, "queries": 41}
     assert zk.validate_spec({**GOOD, "blowup": 8, "queries": 27})["queries"] == 27
 
 

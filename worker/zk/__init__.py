@@ -3,7 +3,7 @@
 Public API (used by the zk.prove / zk.verify job kinds and `mesh-node prove/verify`):
 
     validate_spec(spec) -> dict          # ValueError with a clear message for a bad zk.prove spec
-    prove(air, public_inputs, steps, blowup=4, queries=40, backend="numpy") -> bytes
+    prove(air, public_inputs, steps, blowup=4, queries=41, backend="numpy") -> bytes
     prove_spec(spec, backend="numpy") -> bytes
     verify(proof_bytes, expect=None, min_security_bits=0) -> Verdict(ok, reason, security_bits, air, steps, public)
     inspect(proof_bytes) -> dict         # what a proof claims, without verifying it

@@ -12,7 +12,7 @@ MIN_STEPS = 8
 MAX_STEPS = 1 << 22
 MAX_LDE = 1 << 24  # the largest transform the kernels are sized and tested for
 MAX_QUERIES = 128
-DEFAULTS = {"blowup": 4, "queries": 40}
+DEFAULTS = {"blowup": 4, "queries": 41}  # 81 bits conjectured
 SPEC_KEYS = ("air", "public_inputs", "steps", "blowup", "queries")
 
 

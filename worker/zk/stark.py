@@ -168,7 +168,7 @@ def _opening(tree: MK.MerkleTree, indices: list[int]) -> PF.Opening:
     )
 
 
-def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int = 4, queries: int = 40,
+def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int = 4, queries: int = 41,
           backend: object = "numpy") -> bytes:
     """Prove the AIR's computation for `steps` rows; returns the proof bytes (docs/proof-format.md).
     `backend`: "numpy", "opencl", a Backend, or a (pyopencl.Context, CommandQueue) pair."""

@@ -1,0 +1,162 @@
+"""zk benchmark (issue 8): Goldilocks NTT on OpenCL vs the numpy reference, Poseidon permutations/s on every
+path, and full prove/verify time and proof size per trace length.
+
+Everything runs on the machine's one OpenCL device (PoCL on the CPU here). The machine is shared: each
+comparison is interleaved so both sides see the same load, and the process CPU time (PoCL's worker threads
+count towards it) is reported beside wall time as a cross-check that depends less on other processes. The
+load average at start and end is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+from worker import zk
+from worker.zk import field as F
+from worker.zk import gpu
+from worker.zk import ntt as NT
+from worker.zk import poseidon as PS
+from worker.zk.backend import Backend
+
+NTT_LOGS = (16, 20, 22)
+PROVE_LOGS = tuple(range(12, 19))  # 2^12 .. 2^18 steps
+NUMPY_PROVE_MAX_LOG = 14  # numpy proving grows to minutes beyond this on 2 cores
+AIR, INPUTS, BLOWUP, QUERIES = "cubic", {"x0": 3, "c": 5}, 4, 41
+
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of `repeats` calls."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def bench_ntt(be) -> dict:
+    import pyopencl as cl
+
+    out = {}
+    rng = np.random.default_rng(1)
+    for log_n in NTT_LOGS:
+        n = 1 << log_n
+        a = rng.integers(0, F.P, n, dtype=np.uint64)
+        src = cl.Buffer(be.ctx, cl.mem_flags.READ_WRITE, a.nbytes)
+        tmp = cl.Buffer(be.ctx, cl.mem_flags.READ_WRITE, a.nbytes)
+        cl.enqueue_copy(be.queue, src, a)
+
+        def device(src=src, tmp=tmp, n=n):
+            be._ntt.transform(src, tmp, n, 1, False)
+            be.queue.finish()
+
+        device()  # warm-up: twiddle tables, first launch
+        check = be.ntt(a)
+        numpy_runs = 3 if log_n <= 20 else 1
+        d_wall, d_cpu, n_wall, n_cpu = [], [], [], []
+        for _ in range(numpy_runs):  # interleaved: device repeats around each numpy run
+            w, c = _timed(device, 5)
+            d_wall.append(w)
+            d_cpu.append(c)
+            w, c = _timed(lambda: NT.ntt(a), 1)  # noqa: B023 - evaluated immediately
+            n_wall.append(w)
+            n_cpu.append(c)
+        if not np.array_equal(check, NT.ntt(a)):
+            raise AssertionError(f"OpenCL NTT 2^{log_n} disagrees with numpy")
+        with_copies, _ = _timed(lambda: be.ntt(a), 3)  # noqa: B023
+        out[str(log_n)] = {
+            "opencl_ms": statistics.median(d_wall) * 1e3,
+            "opencl_with_copies_ms": with_copies * 1e3,
+            "numpy_ms": statistics.median(n_wall) * 1e3,
+            "speedup": statistics.median(n_wall) / statistics.median(d_wall),
+            "speedup_cpu_time": statistics.median(n_cpu) / statistics.median(d_cpu),
+        }
+    return out
+
+
+def bench_poseidon(be) -> dict:
+    rng = np.random.default_rng(2)
+    n_cl, n_np, n_py = 1 << 16, 1 << 12, 100
+    states = rng.integers(0, F.P, (12, n_cl), dtype=np.uint64)
+    be.permute(states[:, :64])
+    cl_wall, _ = _timed(lambda: be.permute(states), 3)
+    np_wall, _ = _timed(lambda: PS.permute_np(states[:, :n_np]), 2)
+    py_wall, _ = _timed(lambda: [PS.permute(list(range(12))) for _ in range(n_py)], 1)
+    return {"opencl": n_cl / cl_wall, "numpy": n_np / np_wall, "python": n_py / py_wall}
+
+
+def bench_prove(be) -> tuple[dict, dict, dict, dict, dict]:
+    prove_s, verify_s, sizes, numpy_s, breakdown = {}, {}, {}, {}, {}
+    zk.prove(AIR, INPUTS, 1 << 10, BLOWUP, QUERIES, be)  # warm-up: kernel builds, tables
+    for log_n in PROVE_LOGS:
+        be.timings.clear()
+        t = time.perf_counter()
+        proof = zk.prove(AIR, INPUTS, 1 << log_n, BLOWUP, QUERIES, be)
+        prove_s[str(log_n)] = time.perf_counter() - t
+        breakdown[str(log_n)] = {k: round(v, 3) for k, v in be.timings.items()}
+        t = time.perf_counter()
+        verdict = zk.verify(proof)
+        verify_s[str(log_n)] = time.perf_counter() - t
+        if not verdict.ok:
+            raise AssertionError(f"2^{log_n}: {verdict.reason}")
+        sizes[str(log_n)] = len(proof)
+        if log_n <= NUMPY_PROVE_MAX_LOG:
+            t = time.perf_counter()
+            same = zk.prove(AIR, INPUTS, 1 << log_n, BLOWUP, QUERIES, Backend())
+            numpy_s[str(log_n)] = time.perf_counter() - t
+            if same != proof:
+                raise AssertionError("numpy and OpenCL backends produced different proofs")
+    return prove_s, verify_s, sizes, numpy_s, breakdown
+
+
+def run() -> dict:
+    pair = gpu.default_queue()
+    if pair is None:
+        raise SystemExit("zk bench needs an OpenCL device (pocl-binary-distribution)")
+    from worker.zk.clbackend import OpenCLBackend
+
+    be = OpenCLBackend(*pair)
+    load_start = os.getloadavg()[0]
+    ntt = bench_ntt(be)
+    perms = bench_poseidon(be)
+    prove_s, verify_s, sizes, numpy_s, breakdown = bench_prove(be)
+    dev = pair[1].device
+    return {
+        "device": f"{dev.platform.name} / {dev.name}",
+        "ntt_2_20_speedup_vs_numpy": ntt["20"]["speedup"] if "20" in ntt else None,
+        "ntt": ntt,
+        "poseidon_perm_per_s": perms,
+        "prove_s": prove_s,
+        "verify_s": verify_s,
+        "proof_bytes": sizes,
+        "prove_s_numpy_backend": numpy_s,
+        "prove_breakdown_s": breakdown,
+        "params": {"air": AIR, "blowup": BLOWUP, "queries": QUERIES,
+                   "security_bits": zk.security_bits(BLOWUP, QUERIES, BLOWUP << max(PROVE_LOGS)),
+                   "backend": "opencl"},
+        "load_average": {"start": load_start, "end": os.getloadavg()[0]},
+    }
+
+
+def table(r: dict) -> list[tuple[str, str]]:
+    rows = [("device", r["device"])]
+    for log_n, v in r["ntt"].items():
+        rows.append((f"NTT 2^{log_n} OpenCL / numpy",
+                     f"{v['opencl_ms']:.1f} ms / {v['numpy_ms']:.0f} ms = {v['speedup']:.0f}x "
+                     f"(CPU-time ratio {v['speedup_cpu_time']:.0f}x; with host copies {v['opencl_with_copies_ms']:.1f} ms)"))
+    p = r["poseidon_perm_per_s"]
+    rows.append(("Poseidon permutations/s", f"OpenCL {p['opencl']:,.0f}, numpy {p['numpy']:,.0f}, Python {p['python']:,.0f}"))
+    prm = r["params"]
+    for log_n in r["prove_s"]:
+        np_part = r["prove_s_numpy_backend"].get(log_n)
+        rows.append((f"2^{log_n} steps ({prm['air']}, blowup {prm['blowup']}, {prm['queries']} queries)",
+                     f"prove {r['prove_s'][log_n]:.2f} s" + (f" (numpy backend {np_part:.2f} s)" if np_part else "")
+                     + f", verify {r['verify_s'][log_n] * 1e3:.0f} ms, proof {r['proof_bytes'][log_n] / 1024:.0f} KiB"))
+    la = r["load_average"]
+    rows.append(("load average (shared machine)", f"{la['start']:.1f} at start, {la['end']:.1f} at end"))
+    return rows
