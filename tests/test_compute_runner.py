@@ -369,3 +369,28 @@ async def test_compute_kind_through_the_executor():
         nursery.cancel_scope.cancel()
     assert compute_kind.COMPUTE_OPENCL is k
     assert metrics.JOBS.labels("ok")._value.get() >= 1
+
+
+async def test_kind_checks_streamed_input_against_the_spec():
+    from worker.compute.kind import COMPUTE_OPENCL
+    from worker.devices import discover
+    from worker.kinds import InputReader, RunContext
+    from worker.opencl import open_device
+
+    dctx = await open_device(discover().devices[0])
+    x = np.arange(1024, dtype=np.float32)
+    job = make_job(SAXPY, "saxpy", [np.uint32(1024), np.float32(3), x, InOut(np.ones_like(x), "y")],
+                   global_size=1024, inline_limit=0)
+
+    def ctx(data, job_id):
+        return RunContext(job_id, job.spec, InputReader(data, len(data), chunk_size=1000), cl=dctx)
+
+    res = await COMPUTE_OPENCL.run(ctx(job.input, "k-ok"))
+    np.testing.assert_allclose(job.decode(res.body, res.output)["y"], 3 * x + 1)
+    corrupt = bytearray(job.input)
+    corrupt[5] ^= 1
+    with pytest.raises(SpecError, match="blob 0 of the input hashes to"):
+        await COMPUTE_OPENCL.run(ctx(bytes(corrupt), "k-bad"))
+    with pytest.raises(SpecError, match="ended inside blob 1"):
+        await COMPUTE_OPENCL.run(RunContext("k-short", job.spec, InputReader(job.input[:-4], len(job.input) - 4),
+                                            cl=dctx))

@@ -315,3 +315,26 @@ def test_fuzzed_specs_raise_only_spec_error(d):
     except SpecError:
         return
     assert parse_spec(s.to_dict()) == s
+
+
+def test_kind_requirements_and_cost_from_calibration():
+    from dataclasses import replace
+
+    from worker.compute.kind import COMPUTE_OPENCL as k
+
+    dev = Device(id="0:0", fingerprint="f", platform="p", vendor="v", name="d", kind="gpu", compute_units=8,
+                 global_mem_bytes=1 << 30, max_work_group_size=256, fp64=True, int64=True)
+    small = saxpy_spec(n=256)
+    big = saxpy_spec(n=256, global_size=[1 << 24], local_size=[64], time_limit_s=3600)
+    req = k.requirements(small)
+    assert req.opencl and req.min_memory_bytes == 2048 and not req.fp64
+    k.validate(small, 0)
+    with pytest.raises(SpecError, match="streamed input must be 0 bytes"):
+        k.validate(small, 10)
+    slow, fast = replace(dev, fma_gflops=1.0), replace(dev, fma_gflops=1000.0)
+    assert k.cost_s(big, 0, slow) > k.cost_s(big, 0, fast) > 0
+    assert k.cost_s(big, 0, slow) > k.cost_s(small, 0, slow)
+    assert k.cost_s(saxpy_spec(global_size=[1 << 30], local_size=None, time_limit_s=2.0), 0, slow) == 2.0
+    assert 0 < k.chunk_s(big, 0, slow) <= k.cost_s(big, 0, slow)
+    with pytest.raises(NotImplementedError, match="no CPU reference path"):
+        k.reference(small, b"")

@@ -106,7 +106,7 @@ class ComputeOpenCL(JobKind):
             raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
         runner = runner_for(ctx.cl)
 
-        async def fetch(s: ComputeSpec) -> dict[str, bytes]:
+        async def fetch(s: ComputeSpec) -> dict[str, bytearray]:
             return await read_blobs(ctx, s)
 
         res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
@@ -119,10 +119,10 @@ class ComputeOpenCL(JobKind):
                                   "numpy equivalent (verify with a redundant run on a second device instead)")
 
 
-async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytes]:
+async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
     """The job's streamed input split into the spec's blobs, each checked against its SHA-256."""
     layout = s.stream_layout()
-    out: dict[str, bytes] = {}
+    out: dict[str, bytearray] = {}
     if not layout:
         async for _ in ctx.input:
             raise SpecError("input", "this spec streams no blobs, but the job has input bytes")
@@ -138,7 +138,7 @@ async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytes]:
         got = h.hexdigest()
         if got != sha:
             raise SpecError("input", f"blob {idx} of the input hashes to {got[:16]}..., the spec names {sha[:16]}...")
-        out[sha] = bytes(buf)
+        out[sha] = buf  # no copy: the runner uploads straight from it
         idx += 1
         if idx < len(layout):
             sha, need = layout[idx]
