@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
-COMPOSE_FILES = ["docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.intel.yml"]
+COMPOSE_FILES = ["docker-compose.yml", "docker-compose.gpu.yml", "docker-compose.intel.yml",
+                 "docker-compose.meshkey.yml"]
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added",
                         "scrape_samples_post_metric_relabeling", "ALERTS", "ALERTS_FOR_STATE"}
 
@@ -57,7 +58,7 @@ def exported() -> set[str]:
 
 
 # ---- compose ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("override", [None, "docker-compose.gpu.yml", "docker-compose.intel.yml"])
+@pytest.mark.parametrize("override", [None, *COMPOSE_FILES[1:]])
 def test_compose_files_validate_with_docker_compose(override):
     dc = need("docker-compose", "docker-compose")
     files = ["-f", str(DEPLOY / "docker-compose.yml")] + (["-f", str(DEPLOY / override)] if override else [])
@@ -79,18 +80,18 @@ def test_compose_file_that_is_broken_is_refused():
     assert r.returncode != 0 and "retries" in r.stderr
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def compose(*extra: str) -> dict:
+    """The compose files merged as compose merges mappings (override files extend the base file)."""
     data: dict = {}
     for name in ("docker-compose.yml", *extra):
-        doc = yaml.safe_load((DEPLOY / name).read_text())
-        for k, v in doc.items():
-            if isinstance(v, dict):
-                for kk, vv in v.items():
-                    data.setdefault(k, {}).setdefault(kk, {})
-                    if isinstance(vv, dict):
-                        data[k][kk].update(vv)
-            else:
-                data[k] = v
+        data = _merge(data, yaml.safe_load((DEPLOY / name).read_text()))
     return data
 
 
@@ -128,6 +129,14 @@ def test_compose_topology_scales_and_is_wired():
                 assert (DEPLOY / src).exists(), f"{name}: {src} does not exist"
 
 
+def test_mesh_key_override_gives_every_node_the_key():
+    c = compose("docker-compose.meshkey.yml")
+    for name in ("bootstrap", "worker"):
+        assert c["services"][name]["secrets"] == ["gpumesh_mesh_key"]
+        assert c["services"][name]["environment"]["GPUMESH_MESH_KEY_FILE"] == "/run/secrets/gpumesh_mesh_key"
+        assert "MESH_ROLE" in c["services"][name]["environment"]  # merged with, not replacing, the base file
+
+
 def test_prometheus_discovers_the_compose_services_by_dns():
     cfg = yaml.safe_load((PROM / "prometheus.yml").read_text())
     c = compose("docker-compose.gpu.yml")
@@ -153,7 +162,7 @@ def test_environment_variables_in_deploy_files_are_real_node_settings():
     used = set(re.findall(r"\b(GPUMESH_[A-Z_]+)\b", text))
     # variables that only parameterise the compose file itself (${GPUMESH_IMAGE:-...}) are not node settings
     compose_only = {"GPUMESH_IMAGE", "GPUMESH_GPU_IMAGE", "GPUMESH_P2P_PORT", "GPUMESH_DATA_PORT",
-                    "GPUMESH_GPU_DEVICES", "GPUMESH_SUBNET", "GPUMESH_BOOTSTRAP_IP"}
+                    "GPUMESH_GPU_DEVICES", "GPUMESH_SUBNET", "GPUMESH_BOOTSTRAP_IP", "GPUMESH_MESH_KEY"}
     assert used - compose_only <= known, f"not NodeSettings fields: {sorted(used - compose_only - known)}"
 
 
