@@ -38,6 +38,8 @@ MAGIC = b"BTCP"
 VERSION = 1
 HEADER = struct.Struct(">4sBBBBIII")
 HEADER_SIZE = HEADER.size  # 20
+_pack = HEADER.pack
+_unpack_from = HEADER.unpack_from
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_STREAM_ID = 2**32 - 1
 
@@ -68,6 +70,8 @@ _ALLOWED_FLAGS = {
     FrameType.GOAWAY: 0,
 }
 _TYPES = {int(t): t for t in FrameType}
+# per type (by int): (allowed flag bits, must be on stream 0)
+_SHAPE = {int(t): (_ALLOWED_FLAGS[t], t in _CONNECTION_TYPES) for t in FrameType}
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -93,7 +97,7 @@ class PeerProtocolError(TransportError):
 # ---------------------------------------------------------------------------------------------- frames
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
     type: FrameType
     flags: int
@@ -109,29 +113,30 @@ class Frame:
         return bool(self.flags & FLAG_ACK)
 
 
-def _check_shape(ftype: FrameType, flags: int, stream_id: int) -> str | None:
+def _check_shape(ftype: int, flags: int, stream_id: int) -> str | None:
     """None if (type, flags, stream id) is a legal combination, else the reason."""
-    if flags & ~_ALLOWED_FLAGS[ftype]:
-        return f"flags 0x{flags:02x} not allowed on {ftype.name}"
-    if ftype in _CONNECTION_TYPES:
+    allowed, on_zero = _SHAPE[ftype]
+    if flags & ~allowed:
+        return f"flags 0x{flags:02x} not allowed on {FrameType(ftype).name}"
+    if on_zero:
         if stream_id != 0:
-            return f"{ftype.name} must be on stream 0, got {stream_id}"
+            return f"{FrameType(ftype).name} must be on stream 0, got {stream_id}"
     elif stream_id == 0:
-        return f"{ftype.name} needs a stream id, got 0"
+        return f"{FrameType(ftype).name} needs a stream id, got 0"
     return None
 
 
 def encode_header(ftype: FrameType, flags: int, stream_id: int, payload: bytes | bytearray | memoryview) -> bytes:
     """The 20-byte header for `payload` (CRC included). Raises LocalProtocolError on an illegal frame."""
-    if not 0 <= stream_id <= MAX_STREAM_ID:
-        raise LocalProtocolError(f"stream id {stream_id} out of range")
-    why = _check_shape(FrameType(ftype), flags, stream_id)
-    if why:
-        raise LocalProtocolError(why)
+    shape = _SHAPE.get(ftype)
+    if shape is None:
+        raise LocalProtocolError(f"unknown frame type {ftype}")
+    if flags & ~shape[0] or (stream_id != 0) == shape[1] or not 0 <= stream_id <= MAX_STREAM_ID:
+        raise LocalProtocolError(_check_shape(ftype, flags, stream_id) or f"stream id {stream_id} out of range")
     n = payload.nbytes if isinstance(payload, memoryview) else len(payload)
     if n > 0xFFFFFFFF:
         raise LocalProtocolError(f"payload of {n} bytes does not fit a frame")
-    return HEADER.pack(MAGIC, VERSION, ftype, flags, 0, stream_id, n, crc32c(payload))
+    return _pack(MAGIC, VERSION, ftype, flags, 0, stream_id, n, crc32c(payload))
 
 
 def encode_frame(
@@ -244,19 +249,11 @@ class FrameDecoder:
         buf, view = self._buf, self._view
         while self._end - self._start >= HEADER_SIZE:
             s = self._start
-            magic, version, ftype, flags, reserved, sid, length, crc = HEADER.unpack_from(buf, s)
-            if magic != MAGIC:
-                self._fail("bad_magic", f"bad magic {bytes(magic)!r} (not a bigtcp peer?)")
-            if version != VERSION:
-                self._fail("bad_version", f"unsupported protocol version {version} (we speak {VERSION})")
+            magic, version, ftype, flags, reserved, sid, length, crc = _unpack_from(buf, s)
             t = _TYPES.get(ftype)
-            if t is None:
-                self._fail("unknown_type", f"unknown frame type {ftype}")
-            if reserved:
-                self._fail("bad_header", "reserved header byte is not zero")
-            why = _check_shape(t, flags, sid)  # type: ignore[arg-type]
-            if why:
-                self._fail("bad_header", why)
+            shape = _SHAPE.get(ftype)
+            if magic != MAGIC or version != VERSION or t is None or reserved or flags & ~shape[0] or (sid != 0) == shape[1]:  # type: ignore[index]
+                self._header_error(magic, version, ftype, flags, reserved, sid)
             if length > self.max_frame:
                 self._fail("oversized", f"{t.name} frame of {length} bytes exceeds max frame {self.max_frame}")  # type: ignore[union-attr]
             avail = self._end - s - HEADER_SIZE
@@ -279,6 +276,17 @@ class FrameDecoder:
                 self._got = avail
                 self._state = _PAYLOAD
             return
+
+    def _header_error(self, magic: bytes, version: int, ftype: int, flags: int, reserved: int, sid: int) -> None:
+        if magic != MAGIC:
+            self._fail("bad_magic", f"bad magic {bytes(magic)!r} (not a bigtcp peer?)")
+        if version != VERSION:
+            self._fail("bad_version", f"unsupported protocol version {version} (we speak {VERSION})")
+        if ftype not in _TYPES:
+            self._fail("unknown_type", f"unknown frame type {ftype}")
+        if reserved:
+            self._fail("bad_header", "reserved header byte is not zero")
+        self._fail("bad_header", _check_shape(ftype, flags, sid) or "bad header")
 
     def _finish_direct(self) -> Frame:
         assert self._hdr is not None and self._payload is not None

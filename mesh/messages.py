@@ -51,6 +51,7 @@ class Hello:
     max_streams: int
     version: int = VERSION
     agent: str = "gpumesh"
+    extra: dict[str, Any] = field(default_factory=dict)  # application data, e.g. an admission proof
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,10 @@ def encode_control(msg: Control) -> tuple[FrameType, bytes]:
     if isinstance(msg, WindowUpdate):  # hot path first
         return FrameType.WINDOW, _pack({"c": msg.credit})
     if isinstance(msg, Hello):
-        return FrameType.HELLO, _pack(
-            {"v": msg.version, "id": msg.peer_id, "mf": msg.max_frame, "w": msg.window, "ms": msg.max_streams, "a": msg.agent}
-        )
+        d = {"v": msg.version, "id": msg.peer_id, "mf": msg.max_frame, "w": msg.window, "ms": msg.max_streams, "a": msg.agent}
+        if msg.extra:
+            d["x"] = msg.extra
+        return FrameType.HELLO, _pack(d)
     if isinstance(msg, Open):
         return FrameType.OPEN, _pack({"m": msg.meta} if msg.meta else {})
     if isinstance(msg, Reset):
@@ -150,6 +152,7 @@ def decode_control(frame: Frame) -> Control:
             window=_uint(d, "w", what, lo=1, hi=2**32),
             max_streams=_uint(d, "ms", what, lo=1, hi=2**32),
             agent=_get(d, "a", str, what, ""),
+            extra=_get(d, "x", dict, what, {}),
         )
     if t is FrameType.OPEN:
         return Open(meta=_get(d, "m", dict, what, {}))

@@ -70,73 +70,73 @@ class ConnectionClosing(TransportError):
 # ---------------------------------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HelloReceived:
     hello: m.Hello
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamOpened:
     stream_id: int
     meta: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataReceived:
     stream_id: int
     data: bytes | bytearray
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class MessageReceived:
     stream_id: int
     message: dict[str, Any]
     size: int  # payload bytes (what `consumed` must be told once the application took it)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamEnded:
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamResetReceived:
     stream_id: int
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CreditReceived:
     stream_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PongReceived:
     nonce: int
     sent_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class GoAwayReceived:
     last_stream_id: int
     code: int
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ConnectionEnded:
     """The peer's byte stream ended. `clean`: it said GOAWAY first."""
 
     clean: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeepaliveTimeout:
     silent_for: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IdleTimeout:
     idle_for: float
 
@@ -186,12 +186,15 @@ class Mux:
         dead_after: float | None = 45.0,
         idle_close: float | None = None,
         scratch: int = 64 * 1024,
+        hello_extra: dict[str, Any] | None = None,
     ) -> None:
         window = max(max_frame, DEFAULT_WINDOW) if window is None else window
         if window < max_frame:
             raise LocalProtocolError(f"window ({window}) must be at least max_frame ({max_frame})")
         self.client = client
-        self.local_hello = m.Hello(peer_id=peer_id, max_frame=max_frame, window=window, max_streams=max_streams)
+        self.local_hello = m.Hello(
+            peer_id=peer_id, max_frame=max_frame, window=window, max_streams=max_streams, extra=hello_extra or {}
+        )
         self.peer_hello: m.Hello | None = None
         self._decoder = FrameDecoder(max_frame, scratch=scratch)
         self._out: list[bytes | bytearray | memoryview] = []
@@ -620,12 +623,16 @@ class Mux:
         return events
 
     def next_deadline(self, now: float) -> float:
-        """When `handle_timers` has something to do next (an upper bound; calling earlier is harmless)."""
+        """When `handle_timers` has something to do next (calling earlier is harmless)."""
+        if self.error is not None or self.ended:
+            return now + 3600.0
+        if self._rx_mark < 0:
+            return now
         cands = [now + 3600.0]
         if self.keepalive is not None:
-            cands.append(self._last_rx + self.keepalive if self._rx_mark >= 0 else now)
+            cands.append((self._ping_out[1] if self._ping_out is not None else self._last_rx) + self.keepalive)
         if self.dead_after is not None:
-            cands.append(self._last_rx + self.dead_after if self._rx_mark >= 0 else now)
-        if self.idle_close is not None:
-            cands.append(self._idle_since + self.idle_close if self._idle_since is not None else now + self.idle_close)
+            cands.append(self._last_rx + self.dead_after)
+        if self.idle_close is not None and not self._idle_reported:
+            cands.append((self._idle_since if self._idle_since is not None else now) + self.idle_close)
         return max(now, min(cands))
