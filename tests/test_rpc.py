@@ -1,0 +1,233 @@
+"""RPC layer (mesh/rpc.py): unary and streaming calls, error mapping, deadlines, cancellation, sync client."""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from prometheus_client import REGISTRY
+
+from mesh.identity import Identity
+from mesh.rpc import Call, MeshClient, RpcError, RpcServer, SyncMeshClient
+from mesh.transport import PeerIdMismatch, Transport
+
+KiB = 1024
+
+
+def build_server(events: dict) -> RpcServer:
+    rpc = RpcServer()
+
+    @rpc.method("echo")
+    async def _echo(call: Call):
+        return {"body": call.body, "peer": call.peer_id}
+
+    @rpc.method("fail")
+    async def _fail(call: Call):
+        raise RpcError("not_found", f"no job {call.body['id']}", data={"id": call.body["id"]})
+
+    @rpc.method("crash")
+    async def _crash(call: Call):
+        raise ValueError("broken invariant")
+
+    @rpc.method("download")
+    async def _download(call: Call):
+        n = call.body["n"]
+        for i in range(n):
+            await call.send({"i": i})
+            await call.send_bytes(bytes([i]) * (100 * KiB))
+        return {"count": n}
+
+    @rpc.method("upload")
+    async def _upload(call: Call):
+        h = hashlib.sha256()
+        items = []
+        async for item in call:
+            if isinstance(item, dict):
+                items.append(item)
+            else:
+                h.update(item)
+        return {"sha256": h.hexdigest(), "items": items}
+
+    @rpc.method("hang")
+    async def _hang(call: Call):
+        try:
+            events["hang_started"].set()
+            await trio.sleep_forever()
+        finally:
+            events["hang_cancelled"].set()
+
+    return rpc
+
+
+@asynccontextmanager
+async def rpc_server(insecure=False):
+    events = {"hang_started": trio.Event(), "hang_cancelled": trio.Event()}
+    rpc = build_server(events)
+    t = Transport(Identity.generate(), host="127.0.0.1", port=0, insecure=insecure, handler=rpc.handle_stream)
+    async with trio.open_nursery() as n:
+        await n.start(t.serve)
+        yield t, events
+        await t.aclose()
+
+
+def count(method, code) -> float:
+    return REGISTRY.get_sample_value("gpumesh_dataplane_rpc_requests_total", {"method": method, "code": code}) or 0.0
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+async def test_unary_call(insecure):
+    async with rpc_server(insecure) as (t, _ev):
+        before = count("echo", "ok")
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id, insecure=insecure) as c:
+            me = c.transport.peer_id
+            assert await c.call("echo", {"x": [1, 2], "s": "é"}) == {"body": {"x": [1, 2], "s": "é"}, "peer": me}
+            assert await c.call("echo") == {"body": {}, "peer": me}
+            assert c.peer_id == t.peer_id
+        assert count("echo", "ok") == before + 2
+
+
+async def test_address_string_and_identity_pinning():
+    async with rpc_server() as (t, _ev):
+        ident = Identity.generate()
+        async with MeshClient.connect(f"127.0.0.1:{t.port}", identity=ident) as c:
+            assert c.peer_id == t.peer_id  # learned from the server's certificate, then pinned
+            assert (await c.call("echo"))["peer"] == ident.peer_id_str
+        with pytest.raises(PeerIdMismatch):
+            async with MeshClient.connect("127.0.0.1", t.port, peer_id=Identity.generate().peer_id_str):
+                pass
+        with pytest.raises(KeyError):  # the caller's exceptions come out as they went in (no group)
+            async with MeshClient.connect("127.0.0.1", t.port):
+                raise KeyError("mine")
+
+
+async def test_error_mapping():
+    async with rpc_server() as (t, _ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            with pytest.raises(RpcError) as ei:
+                await c.call("fail", {"id": 7})
+            assert (ei.value.code, ei.value.message, ei.value.data) == ("not_found", "no job 7", {"id": 7})
+            with pytest.raises(RpcError) as ei:
+                await c.call("crash")
+            assert ei.value.code == "internal" and "ValueError: broken invariant" in ei.value.message
+            with pytest.raises(RpcError) as ei:
+                await c.call("no.such.method")
+            assert ei.value.code == "unknown_method"
+            assert await c.call("echo", {"still": "fine"})  # errors do not hurt the connection
+    assert count("fail", "not_found") >= 1 and count("crash", "internal") >= 1
+
+
+async def test_streamed_download():
+    async with rpc_server() as (t, _ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            async with c.open("download", {"n": 5}) as call:
+                got = [item async for item in call]
+                assert await call.result() == {"count": 5}
+            assert [x for x in got if isinstance(x, dict)] == [{"i": i} for i in range(5)]
+            assert [bytes(x[:1]) for x in got if not isinstance(x, dict)] == [bytes([i]) for i in range(5)]
+            # call() on a streaming method skips the items and returns the final body
+            assert await c.call("download", {"n": 3}) == {"count": 3}
+
+
+async def test_streamed_upload():
+    async with rpc_server() as (t, _ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            blobs = [bytes([i]) * (300 * KiB) for i in range(4)]
+            async with c.open("upload", uploads=True) as call:
+                for b in blobs:
+                    await call.send_bytes(b)
+                await call.send({"name": "scene.obj"})
+                await call.done_sending()
+                res = await call.result()
+            assert res == {"sha256": hashlib.sha256(b"".join(blobs)).hexdigest(), "items": [{"name": "scene.obj"}]}
+
+
+async def test_many_concurrent_calls_share_one_connection():
+    async with rpc_server() as (t, _ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            results = []
+
+            async def one(i):
+                results.append((await c.call("echo", {"i": i}))["body"]["i"])
+
+            async with trio.open_nursery() as n:
+                for i in range(50):
+                    n.start_soon(one, i)
+            assert sorted(results) == list(range(50))
+            assert len(c.transport.connections()) == 1
+
+
+async def test_deadline_cancels_the_handler():
+    async with rpc_server() as (t, ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            with pytest.raises(RpcError) as ei:
+                await c.call("hang", timeout=0.3)
+            assert ei.value.code == "deadline_exceeded"
+            with trio.fail_after(10):
+                await ev["hang_cancelled"].wait()
+
+
+async def test_abandoning_a_streaming_call_cancels_the_handler():
+    async with rpc_server() as (t, ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            with pytest.raises(KeyError):
+                async with c.open("hang"):
+                    await ev["hang_started"].wait()
+                    raise KeyError("client gives up")
+            with trio.fail_after(10):
+                await ev["hang_cancelled"].wait()
+
+
+async def test_connection_loss_is_unavailable():
+    async with rpc_server() as (t, ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            async with trio.open_nursery() as n:
+                async def kill():
+                    await ev["hang_started"].wait()
+                    for conn in t.connections():
+                        conn.abort()
+
+                n.start_soon(kill)
+                with pytest.raises(RpcError) as ei:
+                    await c.call("hang")
+            assert ei.value.code == "unavailable" and ei.value.__cause__ is not None
+            # the next call dials a new connection
+            assert (await c.call("echo"))["body"] == {}
+
+
+async def test_sync_client():
+    async with rpc_server() as (t, _ev):
+        def blocking_user():
+            with SyncMeshClient(f"127.0.0.1:{t.port}", peer_id=t.peer_id) as c:
+                assert c.peer_id == t.peer_id
+                assert c.call("echo", {"a": 1})["body"] == {"a": 1}
+                with pytest.raises(RpcError) as ei:
+                    c.call("fail", {"id": 3})
+                assert ei.value.code == "not_found"
+                with c.open("download", {"n": 3}) as call:
+                    items = list(call)
+                    assert call.result() == {"count": 3}
+                assert len(items) == 6
+                with c.open("upload", uploads=True) as call:
+                    call.send_bytes(b"abc")
+                    call.send({"k": 1})
+                    call.done_sending()
+                    assert call.result()["items"] == [{"k": 1}]
+                with pytest.raises(RpcError) as ei:
+                    c.call("hang", timeout=0.2)
+                assert ei.value.code == "deadline_exceeded"
+            with pytest.raises(RuntimeError, match="closed"):
+                c.call("echo")
+
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(blocking_user)
+
+
+async def test_sync_client_reports_connect_errors():
+    async with rpc_server() as (t, _ev):
+        def wrong_id():
+            with pytest.raises(PeerIdMismatch):
+                SyncMeshClient("127.0.0.1", t.port, peer_id=Identity.generate().peer_id_str)
+
+        await trio.to_thread.run_sync(wrong_id)
