@@ -257,8 +257,25 @@ def render_config_reference() -> str:
     return "\n".join(rows)
 
 
-def cli_help(*args: str) -> str:
-    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(REPO)}
+HELP_ENV = {"COLUMNS": "100", "XDG_DATA_HOME": "$XDG_DATA_HOME"}  # same text on every machine
+
+
+@contextlib.contextmanager
+def _help_env() -> Iterator[None]:
+    saved = dict(os.environ)
+    for k in [k for k in os.environ if k.startswith("GPUMESH_")]:
+        del os.environ[k]
+    os.environ.update(HELP_ENV)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def cli_help_subprocess(*args: str) -> str:
+    """`mesh-node ARGS --help` as a user sees it (a real process)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPUMESH_")} | HELP_ENV | {"PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "scheduler.cli", *args, "--help"], capture_output=True, text=True,
                        env=env, cwd=REPO, timeout=60)
     if r.returncode != 0:
@@ -266,35 +283,110 @@ def cli_help(*args: str) -> str:
     return r.stdout.rstrip()
 
 
-def cli_commands() -> list[str]:
+def cli_parsers() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every (sub)parser of mesh-node by command path, depth first; () is the top level."""
     sys.path.insert(0, str(REPO))
     from scheduler.cli import build_parser
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")  # noqa: SLF001
-    return list(sub.choices)
+    out: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, prefix: tuple[str, ...]) -> None:
+        out[prefix] = parser
+        for action in parser._actions:  # noqa: SLF001 - argparse has no public API for subcommands
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for name, sub in action.choices.items():
+                    walk(sub, (*prefix, name))
+
+    with _help_env():
+        walk(build_parser(), ())
+    return out
+
+
+def cli_help(*path: str) -> str:
+    """The help text of `mesh-node PATH --help`, rendered in this process (the same argparse formatting)."""
+    parsers = cli_parsers()
+    with _help_env():
+        return parsers[tuple(path)].format_help().rstrip()
+
+
+def cli_commands() -> list[list[str]]:
+    return [list(p) for p in cli_parsers() if p]
 
 
 def render_cli_reference() -> str:
-    parts = ["```text", "$ mesh-node --help", cli_help(), "```"]
-    for cmd in cli_commands():
-        parts += ["", f"### mesh-node {cmd}", "", "```text", f"$ mesh-node {cmd} --help", cli_help(cmd), "```"]
+    parsers = cli_parsers()
+    with _help_env():
+        parts = ["```text", "$ mesh-node --help", parsers[()].format_help().rstrip(), "```"]
+        for path, parser in parsers.items():
+            if path:
+                cmd = " ".join(path)
+                parts += ["", f"### mesh-node {cmd}", "", "```text", f"$ mesh-node {cmd} --help",
+                          parser.format_help().rstrip(), "```"]
     return "\n".join(parts)
 
 
+def registry_labels() -> dict[str, list[str]]:
+    """Label names of every metric family registered by the modules a node imports (scrapes only show the
+    labels of families that already have a child)."""
+    sys.path.insert(0, str(REPO))
+    from prometheus_client import REGISTRY
+
+    import scheduler.node  # noqa: F401 - registers the node's metrics on the default registry
+
+    out: dict[str, list[str]] = {}
+    for name, collector in REGISTRY._names_to_collectors.items():  # noqa: SLF001
+        out[name] = list(getattr(collector, "_labelnames", ()))
+    return out
+
+
 def render_metrics_catalogue(fams: dict[str, Family]) -> str:
+    reg = registry_labels()
     rows = ["| metric | type | labels | description |", "|---|---|---|---|"]
     for name in sorted(own_families(fams)):
         f = fams[name]
-        labels = ", ".join(f"`{x}`" for x in sorted(f.labels)) or "—"
+        label_names = set(f.labels) | set(reg.get(name, ())) | set(reg.get(name.removesuffix("_total"), ()))
+        labels = ", ".join(f"`{x}`" for x in sorted(label_names)) or "—"
         rows.append(f"| `{name}` | {f.type} | {labels} | {_md_escape(f.help)} |")
     return "\n".join(rows)
+
+
+def render_advert_reference() -> str:
+    sys.path.insert(0, str(REPO))
+    from dataclasses import fields
+
+    from mesh import advert, gossip
+
+    lines = [f"Topic `{gossip.TOPIC}`, advert version {advert.ADVERT_VERSION}, at most {advert.MAX_ADVERT_BYTES} bytes "
+             f"and {advert.MAX_DEVICES} devices.", "", "| advert field | type |", "|---|---|"]
+    lines += [f"| `{f.name}` | `{f.type}` |" for f in fields(advert.Advert)]
+    lines += ["", "| device field (in order) | type |", "|---|---|"]
+    lines += [f"| `{f.name}` | `{f.type}` |" for f in fields(advert.DeviceAdvert)]
+    return "\n".join(lines)
+
+
+def render_frame_reference() -> str:
+    sys.path.insert(0, str(REPO))
+    from mesh import framing, messages
+
+    lines = [f"Magic `{framing.MAGIC.decode()}`, version {framing.VERSION}, header {framing.HEADER_SIZE} bytes, "
+             f"default maximum frame {framing.DEFAULT_MAX_FRAME // (1024 * 1024)} MiB.", "",
+             "| frame type | value | stream | flags allowed |", "|---|---|---|---|"]
+    for t in framing.FrameType:
+        flags = framing._ALLOWED_FLAGS[t]  # noqa: SLF001
+        names = [n for n, bit in (("END", framing.FLAG_END), ("ACK", framing.FLAG_ACK)) if flags & bit] or ["none"]
+        where = "0 (connection)" if t in framing._CONNECTION_TYPES else "non-zero"  # noqa: SLF001
+        lines.append(f"| `{t.name}` | {int(t)} | {where} | {', '.join(names)} |")
+    lines += ["", "| RESET / GOAWAY code | value |", "|---|---|"]
+    lines += [f"| `{name}` | {code} |" for code, name in sorted(messages.CODE_NAMES.items())]
+    return "\n".join(lines)
 
 
 def generated_blocks(fams: dict[str, Family] | None) -> dict[tuple[str, str], str]:
     """(docs file, block name) -> generated text."""
     blocks = {("configuration.md", "config"): render_config_reference(),
-              ("cli.md", "cli"): render_cli_reference()}
+              ("cli.md", "cli"): render_cli_reference(),
+              ("protocol.md", "advert"): render_advert_reference(),
+              ("protocol.md", "frames"): render_frame_reference()}
     if fams is not None:
         blocks[("metrics.md", "metrics")] = render_metrics_catalogue(fams)
     return blocks
@@ -319,7 +411,7 @@ def docs_command(check: bool) -> int:
     bad = []
     for (fname, block), body in generated_blocks(fams).items():
         path = DOCS / fname
-        text = path.read_text()
+        text = path.read_text() if path.exists() else ""
         current = read_block(text, block)
         if current is None:
             bad.append(f"{fname}: no generated block {block!r}")
