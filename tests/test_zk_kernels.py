@@ -175,3 +175,29 @@ def test_cl_deep(cl_backend, n):
     k = FM.DeepCoeffs(a_trace=tuple(r[0:2]), b_trace=tuple(r[2:4]), e_comp=tuple(r[4:8]), const_z=r[8],
                       const_gz=r[9], z=r[10], gz=F.emul(r[10], (F.root_of_unity(64), 0)))
     assert np.array_equal(cl_backend.deep(trace, comp, k, 7), NP.deep(trace, comp, k, 7))
+
+
+@pytest.mark.parametrize("n", [1, 31, 32, 1000])
+def test_cl_batch_inv(cl_backend, n):
+    a = rand(n, n)
+    a[a == 0] = 1
+    got = cl_backend.batch_inv(a)
+    assert np.array_equal(got, NP.batch_inv(a))
+    assert all(int(x) * int(y) % F.P == 1 for x, y in zip(a[:50], got[:50], strict=True))
+    a[n // 2] = 0
+    with pytest.raises(ZeroDivisionError):
+        cl_backend.batch_inv(a)
+
+
+@pytest.mark.parametrize("air_name", ["fibonacci", "cubic"])
+@pytest.mark.parametrize("log_n,blowup", [(4, 4), (7, 2), (8, 8)])
+def test_cl_composition(cl_backend, air_name, log_n, blowup):
+    from worker.zk import air as A
+
+    air = A.get(air_name)
+    n = 1 << log_n
+    lde = rand((air.width, n * blowup), log_n)  # arbitrary values: the arithmetic must agree regardless
+    public = {k: int(v) for k, v in zip(air.public_names, rand(len(air.public_names), 9), strict=True)}
+    alphas = [tuple(int(v) for v in pair) for pair in rand((air.n_transitions + len(air.boundaries), 2), 10)]
+    want = NP.composition(air, public, lde, n, blowup, alphas)
+    assert np.array_equal(cl_backend.composition(air, public, lde, n, blowup, alphas), want)

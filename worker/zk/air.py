@@ -3,8 +3,8 @@
 An AIR gives the execution trace (columns over the trace domain of n = steps rows), transition constraints
 between row i and row i+1 (required on rows 0..n-2) and boundary constraints (a column equals a public value
 on a given row). Constraints are written once against a small arithmetic interface so the same code evaluates
-them on numpy vectors over the LDE domain (prover) and on extension-field scalars at the out-of-domain point
-(verifier).
+them on numpy vectors over the LDE domain (prover, numpy backend), on extension-field scalars at the
+out-of-domain point (verifier) and as generated OpenCL C (prover, OpenCL backend).
 """
 
 from __future__ import annotations
@@ -40,6 +40,27 @@ class ExtOps:
     @staticmethod
     def const(v: int):
         return (v % F.P, 0)
+
+
+class CodegenOps:
+    """OpenCL C expressions (the prover's composition kernel is generated from the same constraint code).
+    Public values arrive as C expressions (e.g. "pub[1]") so one compiled kernel serves every input."""
+
+    @staticmethod
+    def add(a: str, b: str) -> str:
+        return f"gl_add({a}, {b})"
+
+    @staticmethod
+    def sub(a: str, b: str) -> str:
+        return f"gl_sub({a}, {b})"
+
+    @staticmethod
+    def mul(a: str, b: str) -> str:
+        return f"gl_mul({a}, {b})"
+
+    @staticmethod
+    def const(v) -> str:
+        return v if isinstance(v, str) else f"{v % F.P}UL"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import composition as CP
 from . import field as F
 from . import fri_math as FM
 from . import merkle as MK
@@ -25,15 +26,17 @@ class Backend:
     """Numpy implementation; subclasses override the heavy operations."""
 
     name: str = "numpy"
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per operation
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # process CPU seconds (device threads count)
 
     @contextmanager
     def timed(self, op: str):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.timings[op] = self.timings.get(op, 0.0) + time.perf_counter() - t0
+            self.cpu_timings[op] = self.cpu_timings.get(op, 0.0) + time.process_time() - c0
 
     def ntt(self, a: np.ndarray) -> np.ndarray:
         with self.timed("ntt"):
@@ -50,6 +53,17 @@ class Backend:
     def lde(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
         with self.timed("lde"):
             return NT.lde(coeffs, blowup, shift)
+
+    def batch_inv(self, a: np.ndarray) -> np.ndarray:
+        """Element-wise inverses (ZeroDivisionError on a zero)."""
+        with self.timed("batch_inv"):
+            return F.batch_inv_np(a)
+
+    def composition(self, air, public: dict[str, int], lde: np.ndarray, n: int, blowup: int,
+                    alphas: list[F.Ext]) -> np.ndarray:
+        """The composition polynomial on the LDE domain, (2, n * blowup)."""
+        with self.timed("constraints"):
+            return CP.composition_np(air, public, lde, n, blowup, alphas, self.batch_inv)
 
     def hash_rows(self, rows: np.ndarray) -> np.ndarray:
         with self.timed("poseidon"):

@@ -4,8 +4,11 @@ the kernels, and it keeps the prover's host code identical for both backends).""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
+from . import composition as CP
 from . import field as F
 from . import fri_math as FM
 from . import gpu
@@ -21,7 +24,9 @@ except ImportError:  # pragma: no cover
 
 MF = cl.mem_flags if cl is not None else None
 DEEP_CHUNK = 32
-_SMALL = 64  # below this many nodes a Merkle level is cheaper on the host than a launch
+INV_CHUNK = 32
+POW_CHUNK = 64
+TABLE_CACHE = 32  # device tables kept (domains, folding tables) across proofs
 
 
 class OpenCLBackend(Backend):
@@ -34,7 +39,7 @@ class OpenCLBackend(Backend):
         self.ctx, self.queue, self.max_radix = ctx, queue, max_radix
         self.program = gpu.zk_program(ctx)
         self._ntt = ClNtt(ctx, queue, self.program, max_radix=max_radix)
-        self._tables: dict = {}
+        self._tables: OrderedDict = OrderedDict()  # device tables by key, least recently used first
 
     # ------------------------------------------------------------ buffers
     def _to_dev(self, a: np.ndarray):
@@ -94,6 +99,52 @@ class OpenCLBackend(Backend):
             res = self._ntt.transform(a, b, m, cols, False)
             return self._to_host(res, (*coeffs.shape[:-1], m))
 
+    def batch_inv(self, a: np.ndarray) -> np.ndarray:
+        with self.timed("batch_inv"):
+            a = gpu.u64(a)
+            if not np.all(a):
+                raise ZeroDivisionError("inverse of zero in Goldilocks")
+            return self._to_host(self._batch_inv_dev(self._to_dev(a), a.size), a.shape)
+
+    def _batch_inv_dev(self, src, n: int):
+        """Inverses of n non-zero elements already on the device."""
+        out = self._empty(n)
+        gpu.launch(self._k("batch_inv"), self.queue, -(-n // INV_CHUNK), src, out, np.uint32(n))
+        return out
+
+    def _powers_dev(self, start: int, base: int, n: int):
+        """Device buffer [start * base^i for i < n], cached (domains and folding tables recur)."""
+        key = ("powers", start, base, n)
+        buf = self._tables.get(key)
+        if buf is None:
+            buf = self._tables[key] = self._empty(n)
+            gpu.launch(self._k("powers"), self.queue, -(-n // POW_CHUNK), buf, np.uint64(start), np.uint64(base),
+                       np.uint32(n))
+            while len(self._tables) > TABLE_CACHE:
+                self._tables.popitem(last=False)
+        self._tables.move_to_end(key)
+        return buf
+
+    def composition(self, air, public, lde, n, blowup, alphas) -> np.ndarray:
+        with self.timed("constraints"):
+            m = n * blowup
+            lde = gpu.u64(lde)
+            prog = gpu.build(self.ctx, gpu.source("goldilocks.cl") + CP.kernel_source(air))
+            g = F.root_of_unity(n)
+            xs = self._powers_dev(CP.SHIFT, F.root_of_unity(m), m)
+            rows = self._to_dev(np.array([pow(g, r % n, F.P) for r in CP.symbolic_rows(air)], dtype=np.uint64))
+            prod = self._empty(m)
+            gpu.launch(prog.kernel(f"boundary_prod_{air.name}"), self.queue, m, xs, rows, np.uint32(m), prod)
+            inv_prod = self._batch_inv_dev(prod, m)
+            pub = np.array([public[k] for k in air.public_names], dtype=np.uint64)
+            alpha = np.array([v for a in alphas for v in a], dtype=np.uint64)
+            xn_inv = np.array(CP.xn_minus_one_inverses(n, blowup), dtype=np.uint64)
+            out = self._empty(2 * m)
+            gpu.launch(prog.kernel(f"composition_{air.name}"), self.queue, m, self._to_dev(lde), np.uint32(m),
+                       np.uint32(blowup), self._to_dev(pub), self._to_dev(alpha), xs, self._to_dev(xn_inv),
+                       np.uint64(pow(g, n - 1, F.P)), rows, inv_prod, out)
+            return self._to_host(out, (2, m))
+
     # ------------------------------------------------------------ Poseidon
     def permute(self, states: np.ndarray) -> np.ndarray:
         with self.timed("poseidon"):
@@ -118,16 +169,13 @@ class OpenCLBackend(Backend):
             cur = self._to_dev(cur_host)
             n = cur_host.shape[0]
             dev_levels = []
-            while n > _SMALL:
+            while n > 1:
                 nxt = self._empty((n // 2) * PS.DIGEST)
                 gpu.launch(self._k("merkle_level"), self.queue, -(-(n // 2) // 4), cur, np.uint32(n // 2), nxt)
                 dev_levels.append((nxt, n // 2))
                 cur, n = nxt, n // 2
             for buf, count in dev_levels:
                 levels.append(self._to_host(buf, (count, PS.DIGEST)))
-            while levels[-1].shape[0] > 1:
-                top = levels[-1]
-                levels.append(PS.compress_np(top[0::2], top[1::2]))
             return levels
 
     # ------------------------------------------------------------ FRI and DEEP
@@ -136,9 +184,10 @@ class OpenCLBackend(Backend):
             n = values.shape[1]
             if n < 16:
                 return FM.fold4_np(values, beta, shift)
-            ta = self._table(("inv2x", n, shift), lambda: FM.inv_two_x(n, shift))
+            # 1/(2x) on the first half of shift * <w_n>: inv(2 shift) * w_n^-i
             s2 = shift * shift % F.P
-            tb = self._table(("inv2x", n // 2, s2), lambda: FM.inv_two_x(n // 2, s2))
+            ta = self._powers_dev(F.inv(2 * shift % F.P), F.inv(F.root_of_unity(n)), n // 2)
+            tb = self._powers_dev(F.inv(2 * s2 % F.P), F.inv(F.root_of_unity(n // 2)), n // 4)
             src, dst = self._to_dev(values), self._empty(n // 2)
             gpu.launch(self._k("fri_fold4"), self.queue, n // 4, src, dst, ta, tb, np.uint32(n),
                        np.uint64(beta[0]), np.uint64(beta[1]))
@@ -163,9 +212,3 @@ class OpenCLBackend(Backend):
                             self._to_dev(comp), np.uint32(cc), self._to_dev(coef), self._to_dev(prm),
                             self._to_dev(chunk_x), np.uint64(h), np.uint32(n), out)
             return self._to_host(out, (2, n))
-
-    def _table(self, key, make):
-        buf = self._tables.get(key)
-        if buf is None:
-            buf = self._tables[key] = self._to_dev(make())
-        return buf

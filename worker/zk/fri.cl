@@ -86,3 +86,35 @@ __kernel void deep(__global const ulong *tr, const uint w, __global const ulong 
         out[n + i] = r.y;
     }
 }
+
+#define INV_CHUNK 32
+// Batch inversion, INV_CHUNK elements per work-item sharing one exponentiation (Montgomery's trick).
+// Inputs must be non-zero (the host checks).
+__kernel void batch_inv(__global const ulong *a, __global ulong *out, const uint n) {
+    uint i0 = get_global_id(0) * INV_CHUNK;
+    if (i0 >= n) return;
+    uint cnt = min((uint)INV_CHUNK, n - i0);
+    ulong pre[INV_CHUNK];
+    ulong acc = 1UL;
+    for (uint k = 0; k < cnt; k++) { pre[k] = acc; acc = gl_mul(acc, a[i0 + k]); }
+    ulong inv = gl_pow_pm2(acc);
+    for (int k = (int)cnt - 1; k >= 0; k--) {
+        out[i0 + k] = gl_mul(inv, pre[k]);
+        inv = gl_mul(inv, a[i0 + k]);
+    }
+}
+
+#define POW_CHUNK 64
+// out[i] = start * base^i; one exponentiation per POW_CHUNK outputs
+__kernel void powers(__global ulong *out, const ulong start, const ulong base, const uint n) {
+    uint i0 = get_global_id(0) * POW_CHUNK;
+    if (i0 >= n) return;
+    ulong r = 1UL, b = base;
+    for (uint e = i0; e; e >>= 1) {
+        if (e & 1u) r = gl_mul(r, b);
+        b = gl_sqr(b);
+    }
+    ulong v = gl_mul(start, r);
+    uint end = min(i0 + POW_CHUNK, n);
+    for (uint i = i0; i < end; i++) { out[i] = v; v = gl_mul(v, base); }
+}

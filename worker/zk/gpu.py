@@ -48,27 +48,82 @@ def default_queue():
     return None
 
 
-def _source(name: str) -> str:
+def source(name: str) -> str:
     return (HERE / name).read_text()
+
+
+def mds_frequency_constants() -> tuple[list[int], list[int], list[tuple[int, int]]]:
+    """The circulant MDS in the "frequency domain" of a length-4 transform over Z[i] (as Plonky2 does):
+    K1 = C(1)/4, K3 = C(-1)/4, K2 = C(i)/2 per residue class b = index mod 3, where C_b(t) = sum_a c'[b+3a] t^a
+    and c'[k] = circ[-k mod 12]. For the Goldilocks matrix these are small and mostly powers of two, so the
+    MDS becomes shifts and adds on 32-bit limbs instead of 144 products. Raises if not integral."""
+    circ = PS.params().mds_circ
+    cp = [circ[(-k) % 12] for k in range(12)]
+
+    def ev(b: int, w: complex) -> complex:
+        return sum(cp[b + 3 * a] * w**a for a in range(4))
+
+    k1 = [ev(b, 1) / 4 for b in range(3)]
+    k3 = [ev(b, -1) / 4 for b in range(3)]
+    k2 = [ev(b, 1j) / 2 for b in range(3)]
+    flat = [*k1, *k3, *(z.real for z in k2), *(z.imag for z in k2)]
+    if any(abs(v - round(v.real if isinstance(v, complex) else v)) > 1e-9 for v in flat):
+        raise ValueError("MDS frequency constants are not integral: use the direct MDS")
+    return ([int(round(v.real)) for v in k1], [int(round(v.real)) for v in k3],
+            [(int(round(z.real)), int(round(z.imag))) for z in k2])
+
+
+def _mds_half_code() -> str:
+    """Straight-line C: y = circulant part of the MDS applied to x (12 long4 limbs, < 2^32), exact integers.
+    y[b + 3a] = Y1_b + (-1)^a Y3_b + Re(i^-a Y2_b), with Y1 = K1 (*)cyclic S(1), Y3 = K3 (*)negacyclic S(-1),
+    Y2 = K2 (*)[x^3 = i] S(i), and S(w)_b = sum_a x[b + 3a] w^a. The kernel tests compare it with the direct
+    matrix (numpy path) on random states and the four reference vectors."""
+    k1, k3, k2 = mds_frequency_constants()
+    out = []
+    for b in range(3):
+        out.append(f"long4 e0_{b} = x[{b}] + x[{b + 6}], e1_{b} = x[{b + 3}] + x[{b + 9}];")
+        out.append(f"long4 A{b} = e0_{b} + e1_{b}, B{b} = e0_{b} - e1_{b}, "
+                   f"Cr{b} = x[{b}] - x[{b + 6}], Ci{b} = x[{b + 3}] - x[{b + 9}];")
+    for k in range(3):
+        t1, t3, tr, ti = [], [], [], []
+        for j in range(3):
+            for lo in range(3):
+                if (j + lo) % 3 != k:
+                    continue
+                wrap = j + lo >= 3
+                t1.append(f"A{lo} * {k1[j]}L")
+                t3.append(f"{'-' if wrap else '+'} B{lo} * {k3[j]}L")
+                re = f"(Cr{lo} * {k2[j][0]}L - Ci{lo} * {k2[j][1]}L)"
+                im = f"(Cr{lo} * {k2[j][1]}L + Ci{lo} * {k2[j][0]}L)"
+                if wrap:  # times i: (re + i im) * i = -im + i re
+                    re, im = f"-{im}", re
+                tr.append(re)
+                ti.append(im)
+        out.append(f"long4 Y1_{k} = {' + '.join(t1)};")
+        out.append(f"long4 Y3_{k} = 0 {' '.join(t3)};")
+        out.append(f"long4 Y2r{k} = {' + '.join(tr)}, Y2i{k} = {' + '.join(ti)};")
+    for b in range(3):
+        out.append(f"y[{b}] = Y1_{b} + Y3_{b} + Y2r{b}; y[{b + 3}] = Y1_{b} - Y3_{b} + Y2i{b};")
+        out.append(f"y[{b + 6}] = Y1_{b} + Y3_{b} - Y2r{b}; y[{b + 9}] = Y1_{b} - Y3_{b} - Y2i{b};")
+    for r, d in enumerate(PS.params().mds_diag):
+        if d:
+            out.append(f"y[{r}] += x[{r}] * {d}L;")
+    return "\n    ".join(out)
 
 
 @lru_cache(maxsize=1)
 def poseidon_header() -> str:
-    """Constants and the unrolled MDS as C source generated from the parameter file."""
+    """Constants and the MDS as C source generated from the parameter file."""
     prm = PS.params()
     rc = ", ".join(f"0x{c:016x}UL" for c in prm.round_constants)
-    lines = [
+    return "\n".join([
         f"#define POSEIDON_HALF {prm.full_rounds_half}",
         f"#define POSEIDON_PARTIAL {prm.partial_rounds}",
         f"__constant ulong POSEIDON_RC[{len(prm.round_constants)}] = {{{rc}}};",
-    ]
-    body = []
-    for r, row in enumerate(prm.mds_matrix()):
-        terms_lo = " + ".join(f"lo[{i}] * {m}UL" for i, m in enumerate(row) if m)
-        terms_hi = " + ".join(f"hi[{i}] * {m}UL" for i, m in enumerate(row) if m)
-        body.append(f"s[{r}] = reduce_small({terms_lo}, {terms_hi});")
-    lines.append("#define POSEIDON_MDS_ALL " + " ".join(body))
-    return "\n".join(lines) + "\n"
+        "inline void mds_half(const long4 *x, long4 *y) {",
+        "    " + _mds_half_code(),
+        "}",
+    ]) + "\n"
 
 
 _PROGRAMS: dict[tuple[int, str], object] = {}
@@ -102,9 +157,9 @@ def zk_program(ctx) -> Program:
     """All zk kernels in one program: field, NTT, Poseidon, FRI."""
     from . import ntt_cl
 
-    parts = [_source("goldilocks.cl"), poseidon_header(), _source("poseidon.cl"), ntt_cl.kernel_source()]
+    parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), ntt_cl.kernel_source()]
     if (HERE / "fri.cl").exists():
-        parts.append(_source("fri.cl"))
+        parts.append(source("fri.cl"))
     return build(ctx, "\n".join(parts))
 
 

@@ -1,7 +1,7 @@
 // Poseidon over Goldilocks, width 12, x^7. Each work-item permutes FOUR states, one per ulong4 lane, so the
 // arithmetic vectorises on CPU devices (measured ~2x over one state per work-item on PoCL/AVX2). The host
-// prepends goldilocks.cl and a generated header: POSEIDON_RC (round constants), POSEIDON_MDS_ALL (the MDS
-// rows on 32-bit limbs, small entries as literals), POSEIDON_HALF and POSEIDON_PARTIAL.
+// prepends goldilocks.cl and a generated header: POSEIDON_RC (round constants), mds_half (the circulant
+// MDS on 32-bit limbs), POSEIDON_HALF and POSEIDON_PARTIAL.
 
 inline ulong4 sbox7(ulong4 x) {
     ulong4 x2 = glv_mul(x, x);
@@ -15,10 +15,14 @@ inline ulong4 reduce_small(ulong4 a, ulong4 b) {
     return glv_add(t, (b & GL_EPS) << 32);       // (b & EPS) << 32 < p
 }
 
+// MDS on 32-bit limbs with exact (signed) integer arithmetic, then one reduction per lane: the generated
+// mds_half uses the matrix's frequency-domain form (shifts and adds, see gpu.mds_frequency_constants).
 inline void mds(ulong4 s[12]) {
-    ulong4 lo[12], hi[12];
-    for (int i = 0; i < 12; i++) { lo[i] = s[i] & GL_EPS; hi[i] = s[i] >> 32; }
-    POSEIDON_MDS_ALL
+    long4 lo[12], hi[12], ylo[12], yhi[12];
+    for (int i = 0; i < 12; i++) { lo[i] = as_long4(s[i] & GL_EPS); hi[i] = as_long4(s[i] >> 32); }
+    mds_half(lo, ylo);
+    mds_half(hi, yhi);
+    for (int i = 0; i < 12; i++) s[i] = reduce_small(as_ulong4(ylo[i]), as_ulong4(yhi[i]));
 }
 
 inline void poseidon_permute(ulong4 s[12]) {

@@ -16,6 +16,7 @@ Hashing conventions (documented in docs/proof-format.md):
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -92,25 +93,26 @@ def _py_tables() -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ..
 
 def permute(state: list[int] | tuple[int, ...]) -> list[int]:
     prm = params()
-    s = [int(x) % F.P for x in state]
+    p = F.P
+    s = [int(x) % p for x in state]
     if len(s) != WIDTH:
         raise ValueError(f"Poseidon state must have {WIDTH} elements, got {len(s)}")
     if prm.alpha != 7:
         raise ValueError("this implementation hard-codes the x^7 S-box")
-    rcs, mds = _py_tables()
-    p = F.P
+    rcs, _ = _py_tables()
+    circ, diag = prm.mds_circ, prm.mds_diag
     half = prm.full_rounds_half
+    mul = operator.mul
     for r, rc in enumerate(rcs):
-        s = [x + c for x, c in zip(s, rc, strict=True)]
+        s = [x + c for x, c in zip(s, rc, strict=True)]  # < 2p: reduced by the S-box or the MDS
         if r < half or r >= half + prm.partial_rounds:
-            for i, x in enumerate(s):
-                x2 = x * x % p
-                s[i] = x * x2 * (x2 * x2 % p) % p
+            s = [x * x2 % p * (x2 * x2 % p) % p for x, x2 in ((x, x * x % p) for x in s)]
         else:
             x = s[0]
             x2 = x * x % p
-            s[0] = x * x2 * (x2 * x2 % p) % p
-        s = [sum(m * x for m, x in zip(row, s, strict=True)) % p for row in mds]
+            s[0] = x * x2 % p * (x2 * x2 % p) % p
+        s2 = s + s  # out[r] = sum_i circ[i] * s[(i + r) % 12] + diag[r] * s[r]
+        s = [(sum(map(mul, circ, s2[i : i + WIDTH])) + diag[i] * s[i]) % p for i in range(WIDTH)]
     return s
 
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import composition as CP
 from . import field as F
 from . import fri_math as FM
 from . import merkle as MK
 from . import ntt as NT
 from . import proof as PF
-from .air import Air, ExtOps, NpOps, get
+from .air import Air, get
 from .backend import Backend, resolve
 from .spec import check_params, check_public_inputs
 from .transcript import Transcript
@@ -85,23 +86,6 @@ def _deep_coeffs(tr: Transcript, air: Air, ood: list[F.Ext], z: F.Ext, g: int) -
     return FM.DeepCoeffs(tuple(a), tuple(b), e_comp, const_z, const_gz, z, F.escale(z, g))
 
 
-def composition_at(air: Air, public: dict[str, int], n: int, alphas: list[F.Ext], t_z, t_gz, z) -> F.Ext:
-    """H(z) recomputed from the trace's out-of-domain values."""
-    g = F.root_of_unity(n)
-    g_last = pow(g, n - 1, F.P)
-    zn = F.epow(z, n)
-    zt_inv = F.emul(F.esub(z, (g_last, 0)), F.einv(F.esub(zn, (1, 0))))
-    acc = (0, 0)
-    terms = air.transition(list(t_z), list(t_gz), public, ExtOps)
-    for alpha, c in zip(alphas, terms, strict=False):
-        acc = F.eadd(acc, F.emul(alpha, F.emul(c, zt_inv)))
-    for alpha, b in zip(alphas[len(terms) :], air.boundaries, strict=True):
-        row = pow(g, b.row % n, F.P)
-        q = F.emul(F.esub(t_z[b.column], (public[b.name], 0)), F.einv(F.esub(z, (row, 0))))
-        acc = F.eadd(acc, F.emul(alpha, q))
-    return acc
-
-
 # ---------------------------------------------------------------- prover
 
 
@@ -126,39 +110,6 @@ def _ext_powers(z: F.Ext, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _eval_ext(coeffs: np.ndarray, zp: tuple[np.ndarray, np.ndarray]) -> F.Ext:
     return (F.np_sum_int(F.np_mul(coeffs, zp[0])), F.np_sum_int(F.np_mul(coeffs, zp[1])))
-
-
-def composition_values(air, public, lde, n, blowup, alphas) -> np.ndarray:
-    """H on the LDE domain (2, n * blowup): host numpy on both backends."""
-    m = n * blowup
-    h = F.root_of_unity(m)
-    g = F.root_of_unity(n)
-    x = NT.domain(m, SHIFT)
-    cur = [lde[c] for c in range(air.width)]
-    nxt = [np.roll(lde[c], -blowup) for c in range(air.width)]
-    terms = air.transition(cur, nxt, public, NpOps)
-    # 1/Z_T = (x - g^(n-1)) / (x^n - 1); x^n takes only `blowup` values on the coset
-    hn = pow(h, n, F.P)
-    sn = pow(SHIFT, n, F.P)
-    inv_xn1 = F.batch_inv([(sn * pow(hn, t, F.P) - 1) % F.P for t in range(blowup)])
-    zt_inv = F.np_mul(F.np_sub(x, np.uint64(pow(g, n - 1, F.P))), np.tile(np.array(inv_xn1, np.uint64), n))
-    acc0 = np.zeros(m, dtype=np.uint64)
-    acc1 = np.zeros(m, dtype=np.uint64)
-
-    def add(alpha, q):
-        nonlocal acc0, acc1
-        acc0 = F.np_add(acc0, F.np_mul(q, np.uint64(alpha[0])))
-        acc1 = F.np_add(acc1, F.np_mul(q, np.uint64(alpha[1])))
-
-    for alpha, c in zip(alphas, terms, strict=False):
-        add(alpha, F.np_mul(c, zt_inv))
-    row_inv: dict[int, np.ndarray] = {}
-    for alpha, b in zip(alphas[len(terms) :], air.boundaries, strict=True):
-        r = b.row % n
-        if r not in row_inv:
-            row_inv[r] = F.batch_inv_np(F.np_sub(x, np.uint64(pow(g, r, F.P))))
-        add(alpha, F.np_mul(F.np_sub(lde[b.column], np.uint64(public[b.name])), row_inv[r]))
-    return np.stack((acc0, acc1))
 
 
 def _opening(tree: MK.MerkleTree, indices: list[int]) -> PF.Opening:
@@ -191,8 +142,7 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     tr.absorb(trace_tree.root)
 
     alphas = [tr.challenge_ext() for _ in range(air.n_transitions + len(air.boundaries))]
-    with be.timed("constraints"):
-        comp_vals = composition_values(air, public, trace_lde, n, blowup, alphas)
+    comp_vals = be.composition(air, public, trace_lde, n, blowup, alphas)
     comp_coeffs = be.coset_intt(comp_vals, SHIFT)
     k = air.chunks
     if comp_coeffs[:, k * n :].any():
@@ -308,7 +258,7 @@ def _verify(proof: PF.Proof, expect: dict | None, min_security_bits: int) -> Ver
     tr.absorb(proof.comp_root)
     z = _draw_z(tr)
     t_z, t_gz, h_z = proof.ood[:w], proof.ood[w : 2 * w], proof.ood[2 * w :]
-    want = composition_at(air, public, n, alphas, t_z, t_gz, z)
+    want = CP.composition_at(air, public, n, alphas, t_z, t_gz, z)
     got = (0, 0)
     zn = F.epow(z, n)
     for j in reversed(range(k)):
