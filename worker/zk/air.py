@@ -81,7 +81,7 @@ class Air:
     n_transitions: int
     boundaries: tuple[Boundary, ...]
     _trace: Callable[[dict[str, int], int], np.ndarray]
-    _transition: Callable[[list[Any], list[Any], dict[str, int], Any], list[Any]]
+    _transition: Callable[[list[Any], list[Any], dict[str, Any], Any], list[Any]]
 
     @property
     def public_names(self) -> tuple[str, ...]:
@@ -96,7 +96,7 @@ class Air:
         """(width, n) trace columns."""
         return self._trace(inputs, n)
 
-    def transition(self, cur: list[Any], nxt: list[Any], public: dict[str, int], ops: Any) -> list[Any]:
+    def transition(self, cur: list[Any], nxt: list[Any], public: dict[str, Any], ops: Any) -> list[Any]:
         return self._transition(cur, nxt, public, ops)
 
     def public_values(self, inputs: dict[str, int], trace: np.ndarray) -> dict[str, int]:

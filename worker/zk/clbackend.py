@@ -20,7 +20,7 @@ from .ntt_cl import DEFAULT_MAX_RADIX, ClNtt
 try:
     import pyopencl as cl
 except ImportError:  # pragma: no cover
-    cl = None
+    cl = None  # type: ignore[assignment]
 
 MF = cl.mem_flags if cl is not None else None
 DEEP_CHUNK = 32

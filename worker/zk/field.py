@@ -25,6 +25,7 @@ _M32 = np.uint64(0xFFFF_FFFF)
 _S32 = np.uint64(32)
 
 Ext = tuple[int, int]
+U64 = np.ndarray | np.unsignedinteger  # a uint64 array or scalar
 
 # ---------------------------------------------------------------- Python ints (ground truth)
 
@@ -139,20 +140,20 @@ def canon(a: np.ndarray) -> np.ndarray:
     return np.where(a >= _P64, a - _P64, a)
 
 
-def np_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def np_add(a: U64, b: U64) -> np.ndarray:
     s = np.add(a, b, dtype=np.uint64)
     s += _EPS64 * (s < a)  # wrapped past 2^64: add back 2^64 mod p
     s -= _P64 * (s >= _P64)
     return s
 
 
-def np_sub(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def np_sub(a: U64, b: U64) -> np.ndarray:
     d = np.subtract(a, b, dtype=np.uint64)
     d -= _EPS64 * (np.asarray(a) < b)  # wrapped below 0: d = a - b + 2^64, want a - b + p
     return d
 
 
-def np_neg(a: np.ndarray) -> np.ndarray:
+def np_neg(a: U64) -> np.ndarray:
     a = np.asarray(a, dtype=np.uint64)
     return (_P64 - a) * (a != 0)
 
@@ -176,7 +177,7 @@ def _reduce128_into(hi: np.ndarray, lo: np.ndarray, s1: np.ndarray, s2: np.ndarr
     return lo
 
 
-def reduce128(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+def reduce128(hi: U64, lo: U64) -> np.ndarray:
     """hi * 2^64 + lo mod p, using 2^64 = 2^32 - 1 and 2^96 = -1."""
     hi = np.array(hi, dtype=np.uint64)
     lo = np.array(lo, dtype=np.uint64)
@@ -185,13 +186,13 @@ def reduce128(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return _reduce128_into(hi, lo, np.empty_like(lo), np.empty_like(lo))
 
 
-def np_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def np_mul(a: U64, b: U64) -> np.ndarray:
     """Element-wise product mod p through 32-bit limbs (no 128-bit type needed); in-place temporaries
     because allocation dominates at these sizes."""
     a = np.asarray(a, dtype=np.uint64)
     b = np.asarray(b, dtype=np.uint64)
     if a.ndim == 0 and b.ndim == 0:
-        return np.uint64(int(a) * int(b) % P)
+        return np.asarray(int(a) * int(b) % P, dtype=np.uint64)
     a_lo, a_hi = a & _M32, a >> _S32
     b_lo, b_hi = b & _M32, b >> _S32
     ll = a_lo * b_lo
@@ -303,14 +304,14 @@ def np_sum_int(a: np.ndarray) -> int:
 # ---------------------------------------------------------------- extension field, numpy: arrays (..., 2)
 
 
-def np_emul(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def np_emul(a0: U64, a1: U64, b0: U64, b1: U64) -> tuple[np.ndarray, np.ndarray]:
     """(a0 + a1 X)(b0 + b1 X) with X^2 = 7, Karatsuba-free (4 base multiplications)."""
     c0 = np_add(np_mul(a0, b0), np_mul(np_mul(a1, b1), np.uint64(EXT_W)))
     c1 = np_add(np_mul(a0, b1), np_mul(a1, b0))
     return c0, c1
 
 
-def np_escale(a0: np.ndarray, a1: np.ndarray, s) -> tuple[np.ndarray, np.ndarray]:
+def np_escale(a0: U64, a1: U64, s: U64) -> tuple[np.ndarray, np.ndarray]:
     return np_mul(a0, s), np_mul(a1, s)
 
 

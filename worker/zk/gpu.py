@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from . import poseidon as PS
 try:  # OpenCL is optional: the numpy backend and the verifier work without it
     import pyopencl as cl
 except ImportError:  # pragma: no cover - exercised only where pyopencl is missing
-    cl = None
+    cl = None  # type: ignore[assignment]
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,21 +127,23 @@ def poseidon_header() -> str:
     ]) + "\n"
 
 
-_PROGRAMS: dict[tuple[int, str], object] = {}
 
 
 @dataclass
 class Program:
     """A built program and its kernel objects, fetched once each."""
 
-    prg: object
-    kernels: dict[str, object] = field(default_factory=dict)
+    prg: Any
+    kernels: dict[str, Any] = field(default_factory=dict)
 
     def kernel(self, name: str):
         k = self.kernels.get(name)
         if k is None:
             k = self.kernels[name] = cl.Kernel(self.prg, name)
         return k
+
+
+_PROGRAMS: dict[tuple[int, str], Program] = {}
 
 
 def build(ctx, source: str, options: tuple[str, ...] = ()) -> Program:

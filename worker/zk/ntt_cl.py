@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -219,9 +220,9 @@ def twiddle_tables(n: int, inverse: bool, radices: tuple[int, ...]) -> list[np.n
 class ClNtt:
     """NTTs on one device queue. Device buffers in, device buffers out; the caller owns the buffers."""
 
-    ctx: object
-    queue: object
-    program: object
+    ctx: Any
+    queue: Any
+    program: Any
     max_radix: int = DEFAULT_MAX_RADIX
     vectorize: bool = True
     _tables: dict = field(default_factory=dict)
