@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -121,8 +122,10 @@ def running_nodes(n: int = 2, extra: tuple[str, ...] = ("--advert-interval", "0.
                     nd.kill()
 
 
+@functools.cache
 def node_families(n: int = 2) -> dict[str, Family]:
-    """Metric families a real node exports after it has joined a mesh of n nodes."""
+    """Metric families a real node exports after it has joined a mesh of n nodes (cached per process: the
+    tests of one run share one scrape; do not mutate the result)."""
     with running_nodes(n) as nodes:
         return parse_exposition(scrape(f"http://127.0.0.1:{nodes[0].metrics_port}/metrics"))
 
@@ -184,6 +187,34 @@ def promql_metric_names(expr: str) -> set[str]:
             continue
         names.add(tok)
     return names
+
+
+_MATCHER = re.compile(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)")
+_GROUP_LISTS = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+TARGET_LABELS = {"job", "instance", "role", "__name__"}  # added by Prometheus / our scrape config
+
+
+def promql_label_refs(expr: str) -> set[str]:
+    """Label names an expression matches on or groups by."""
+    s = _STRINGS.sub('""', substitute_grafana_vars(expr))
+    out: set[str] = set()
+    for block in re.findall(r"\{([^}]*)\}", s):
+        out |= set(_MATCHER.findall(block))
+    for lst in _GROUP_LISTS.findall(s):
+        out |= {x.strip() for x in lst.split(",") if x.strip()}
+    return out
+
+
+def series_labels(fams: dict[str, Family]) -> dict[str, set[str]]:
+    """Series name -> label names it may carry (seen in the scrape, or declared by the metric's definition)."""
+    reg = registry_labels()
+    out: dict[str, set[str]] = {}
+    for f in fams.values():
+        declared = set(reg.get(f.name, ())) | set(reg.get(f.name.removesuffix("_total"), ()))
+        for name in f.series_names():
+            extra = {"le"} if name.endswith("_bucket") else set()
+            out[name] = set(f.labels) | declared | extra
+    return out
 
 
 # ---- dashboards ---------------------------------------------------------------------------------------------

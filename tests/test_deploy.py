@@ -372,6 +372,36 @@ def test_dashboards_use_only_metrics_a_node_exports(exported):
     assert not missing, f"panels query metrics no node exports: {missing}"
 
 
+@pytest.fixture(scope="module")
+def labels_of(exported) -> dict[str, set[str]]:
+    return opskit().series_labels(opskit().node_families(2)) | {n: set() for n in PROMETHEUS_SYNTHETIC}
+
+
+def _label_problems(expr: str, legend: str, labels_of: dict[str, set[str]]) -> set[str]:
+    names = opskit().promql_metric_names(expr)
+    known = set().union(*(labels_of.get(n, set()) for n in names)) | opskit().TARGET_LABELS
+    used = opskit().promql_label_refs(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend or ""))
+    return used - known
+
+
+def test_labels_used_by_rules_and_panels_exist_on_their_metrics(labels_of):
+    problems = {}
+    for r in opskit().load_rules():
+        bad = _label_problems(r["expr"], "", labels_of)
+        if bad:
+            problems[r.get("alert")] = sorted(bad)
+    for path in opskit().dashboard_files():
+        d = json.loads(path.read_text())
+        for p in opskit().iter_panels(d):
+            for t in p.get("targets", []):
+                bad = _label_problems(t["expr"], t.get("legendFormat", ""), labels_of)
+                if bad:
+                    problems[f"{d['title']} / {p['title']}"] = sorted(bad)
+    assert not problems, f"labels that the queried metrics do not have: {problems}"
+    # and the check bites
+    assert _label_problems('sum by (outcome) (rate(gpumesh_adverts_sent_total[5m]))', "", labels_of) == {"outcome"}
+
+
 def test_metric_cross_check_can_fail(exported):
     """The check above is not vacuous: a typo in a metric name is caught."""
     assert "gpumesh_peers_known" in exported
