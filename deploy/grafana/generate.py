@@ -8,6 +8,9 @@ The JSON files are committed (Grafana's file provisioning reads them; operators 
 queries only metrics a real node exports: tests/test_deploy.py scrapes a running node and compares, checks that
 the files are what this script generates, and loads each into the SDK's dashboard model.
 
+The SDK is pinned to its Grafana 10.4 flavour (grafana-foundation-sdk==1769699796!10.4.0), the Grafana that
+deploy/docker-compose.yml runs; another SDK version may write different (equivalent) JSON.
+
 Dashboards share a `datasource` variable (default: the provisioned "gpumesh-prometheus") and a `job` variable,
 so they also work when imported into another Grafana with a differently named Prometheus.
 """
