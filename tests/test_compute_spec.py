@@ -338,3 +338,16 @@ def test_kind_requirements_and_cost_from_calibration():
     assert 0 < k.chunk_s(big, 0, slow) <= k.cost_s(big, 0, slow)
     with pytest.raises(NotImplementedError, match="no CPU reference path"):
         k.reference(small, b"")
+
+
+def test_register_kind_is_explicit_and_idempotent():
+    from worker import kinds
+    from worker.compute.kind import COMPUTE_OPENCL, register_kind
+
+    had = "compute.opencl" in kinds.names()
+    try:
+        assert register_kind() is COMPUTE_OPENCL and register_kind() is COMPUTE_OPENCL
+        assert kinds.get("compute.opencl") is COMPUTE_OPENCL
+    finally:
+        if not had:
+            kinds.REGISTRY.unregister("compute.opencl")

@@ -4,7 +4,7 @@
 - `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine), `ComputeResult`;
 - `worker.compute.api`: building specs from numpy arrays (`make_job`, `In`, `Out`, `InOut`, `Local`, `Scalar`)
   and running them on this machine (`run_local`);
-- `worker.compute.kind`: the JobKind (importing it registers `compute.opencl`).
+- `worker.compute.kind`: the JobKind (`register_kind()` registers `compute.opencl`).
 
 See docs/compute.md.
 """

@@ -1,7 +1,8 @@
 """The `compute.opencl` job kind: user OpenCL kernels through the job-kind registry.
 
-Importing this module registers the kind in `worker.kinds.REGISTRY` (the daemon imports it next to
-`worker.kinds_basic`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
+`register_kind()` registers it in `worker.kinds.REGISTRY` (or a registry of your own); importing this module
+does not, so that the set of registered kinds stays what the composition root chose (the daemon calls it next
+to `worker.kinds.load_builtin_kinds()`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
 concatenation of the blobs the spec's args name by SHA-256 (`ComputeSpec.stream_layout()`), checked against
 their hashes while they are read. The result body is `ComputeResult.to_wire()`'s body (outputs with their
 offsets, timings, warnings); the result's output bytes are the output buffers concatenated in arg order.
@@ -27,7 +28,7 @@ from worker.compute.spec import (
     parse_spec,
 )
 from worker.devices import Device
-from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, Requirements, Result, RunContext, register
+from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, KindRegistry, Requirements, Result, RunContext, register
 
 DEFAULT_FLOPS_PER_ITEM = 32.0  # cost model when the spec gives no `flops_per_item`
 LAUNCH_OVERHEAD_S = 20e-6
@@ -161,4 +162,13 @@ async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
     return out
 
 
-COMPUTE_OPENCL = register(ComputeOpenCL())
+COMPUTE_OPENCL = ComputeOpenCL()
+
+
+def register_kind(registry: KindRegistry | None = None) -> ComputeOpenCL:
+    """Register `compute.opencl` (idempotent) in `registry`, default the process-wide `worker.kinds.REGISTRY`."""
+    if registry is None:
+        register(COMPUTE_OPENCL, replace=True)
+    else:
+        registry.register(COMPUTE_OPENCL, replace=True)
+    return COMPUTE_OPENCL
