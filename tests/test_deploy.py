@@ -66,17 +66,14 @@ def test_compose_files_validate_with_docker_compose(override):
     assert r.returncode == 0, r.stderr
 
 
-def test_compose_file_that_is_broken_is_refused():
+def test_compose_file_that_is_broken_is_refused(tmp_path):
     """The validation above can fail: a service with a bad key is rejected by the same tool."""
     dc = need("docker-compose", "docker-compose")
     bad = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     bad["services"]["worker"]["healthcheck"]["retries"] = "three"
-    path = DEPLOY / ".broken-compose-test.yml"
-    try:
-        path.write_text(yaml.safe_dump(bad))
-        r = run(dc, "-f", str(path), "config", "-q", cwd=DEPLOY)
-    finally:
-        path.unlink(missing_ok=True)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(bad))
+    r = run(dc, "-f", str(path), "config", "-q", cwd=tmp_path)
     assert r.returncode != 0 and "retries" in r.stderr
 
 
