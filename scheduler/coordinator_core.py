@@ -131,7 +131,7 @@ class CoordinatorConfig:
     retry_backoff_s: float = 0.05  # after every candidate refused: wait, doubling per round
     max_retry_backoff_s: float = 2.0
     no_candidate_grace_s: float = 10.0  # a re-placement finding no peer waits this long before failing
-    queue_slack: int = 1  # offers accept a queue this much deeper than the view showed
+    wait_tolerance: float = 1.25  # an offer's max_wait_s: (next-best ECT - this one's rtt and cost) x this
     finished_retention_s: float = 3600.0
     max_finished: int = 100_000
     standing_penalty_lost: float = 0.05  # lost lease / connection while holding a job
@@ -320,6 +320,9 @@ class CoordinatorCore:
 
     def on_accept(self, peer_id: str, msg: Accept, now: float) -> list[Action]:
         rec = self._jobs.get(msg.job_id)
+        if rec is not None and not rec.state.terminal and msg.attempt == rec.attempt and peer_id == rec.peer \
+                and not rec.offer_pending:
+            return []  # a repeated accept of the current attempt (or one overtaken by its lease renewal)
         if rec is None or rec.state.terminal or msg.attempt != rec.attempt or peer_id != rec.peer \
                 or not rec.offer_pending:
             # an answer to an offer we gave up on: whatever it took, it must not run
@@ -327,6 +330,7 @@ class CoordinatorCore:
             return [SendCancel(peer_id, Cancel(msg.job_id, msg.attempt, "offer withdrawn"))]
         self.stats.claims_accepted += 1
         m.CLAIMS.labels("accepted").inc()
+        self.placer.observe_claim(True)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         for dev, (free, depth) in msg.load.items():
             self.placer.note_load(peer_id, dev, free, depth)
@@ -348,6 +352,7 @@ class CoordinatorCore:
             return []
         self.stats.claims_rejected += 1
         m.CLAIMS.labels("rejected").inc()
+        self.placer.observe_claim(False)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         self._release(rec)
         acts: list[Action] = []
@@ -634,8 +639,12 @@ class CoordinatorCore:
             self._push_timer(rec.claim_deadline, "claim", rec, rec.attempt)
             self.stats.offers += 1
             acts.append(JournalAttempt(rec.job_id, rec.attempt, tuple(rec.failures)))
-            acts.append(SendOffer(c.peer_id, Offer(rec.job, rec.attempt, c.device_id, self.cfg.lease_s,
-                                                   c.queue_depth + self.cfg.queue_slack, self.peer_id)))
+            # how long it may wait there: as long as it runs there, or until the next-best device would have
+            # finished it (views are stale: the alternatives are likely busier than they look)
+            alts = [x.estimate_s for x in rec.candidates if x.peer_id not in rec.excluded]
+            max_wait = None if not alts else max(c.wait_s, c.cost_s, min(alts) - c.rtt_s - c.cost_s) * self.cfg.wait_tolerance
+            acts.append(SendOffer(c.peer_id, Offer(rec.job, rec.attempt, c.device_id, self.cfg.lease_s, max_wait,
+                                                   c.cost_s, self.peer_id)))
             return
         # every candidate of this round refused or vanished: the mesh is saturated for this job right now
         if rec.job.when_saturated is WhenSaturated.REJECT:

@@ -440,23 +440,27 @@ def _attempt(d: dict, w: str) -> int:
 @dataclass(frozen=True)
 class Offer:
     """Coordinator -> worker: run `job` (attempt `attempt`) on device `device_id`. The worker accepts only if
-    it has a free slot, or if its queue on that device is no deeper than `max_queue_depth` (what the
-    coordinator assumed when it ranked this device; 0 = only a free slot will do). `lease_s`: the worker
-    renews at least every lease_s/3 or the coordinator presumes it lost."""
+    it has a free slot, or if the job would wait in its queue no longer than `max_wait_s` (beyond that the
+    coordinator's next-best device is expected to finish it sooner; None = any wait, 0 = only a free slot).
+    `est_run_s`: the coordinator's estimate of the run time there. `lease_s`: the worker renews at least
+    every lease_s/3 or the coordinator presumes it lost."""
 
     job: Job
     attempt: int
     device_id: str
     lease_s: float
-    max_queue_depth: int = 0
+    max_wait_s: float | None = None
+    est_run_s: float = 0.0
     coordinator: str = ""  # peer id of the coordinator
 
     TYPE: ClassVar[str] = "offer"
 
     def to_wire(self, now: float | None = None) -> dict[str, Any]:
-        return {"v": WIRE_VERSION, "t": self.TYPE, "job": self.job.to_wire(now), "attempt": self.attempt,
-                "device": self.device_id, "lease_s": self.lease_s, "max_queue": self.max_queue_depth,
-                "coord": self.coordinator}
+        d = {"v": WIRE_VERSION, "t": self.TYPE, "job": self.job.to_wire(now), "attempt": self.attempt,
+             "device": self.device_id, "lease_s": self.lease_s, "est_run_s": self.est_run_s, "coord": self.coordinator}
+        if self.max_wait_s is not None:
+            d["max_wait_s"] = self.max_wait_s
+        return d
 
     @classmethod
     def from_wire(cls, d: Any, now: float = 0.0) -> Offer:
@@ -468,8 +472,10 @@ class Offer:
         job = Job.from_wire(_get(d, "job", dict, w), now)
         if not job.job_id:
             raise WireError("invalid", "offer: the job has no id")
+        max_wait = _num(d, "max_wait_s", w, None)
         return cls(job=job, attempt=_attempt(d, w), device_id=_get(d, "device", str, w), lease_s=lease,
-                   max_queue_depth=max(0, _get(d, "max_queue", int, w, 0)), coordinator=_get(d, "coord", str, w, ""))
+                   max_wait_s=None if max_wait is None else max(0.0, float(max_wait)),
+                   est_run_s=max(0.0, float(_num(d, "est_run_s", w, 0.0))), coordinator=_get(d, "coord", str, w, ""))
 
 
 DeviceLoad = dict[str, tuple[int, int]]  # device id -> (free_slots, queue_depth)

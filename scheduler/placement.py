@@ -164,15 +164,23 @@ class Placer:
     """Placement over one MembershipView. Keep one per coordinator (it caches the view's device table)."""
 
     def __init__(self, view: MembershipView, cost_fn: CostFn | None = None, *, work_fn: WorkFn | None = None,
-                 seed: int | None = None, d: int = 3, slack: float = 0.25, jitter: float = 0.02,
-                 min_standing: float = 0.25, default_rtt_s: float = 1e-3, typical_job_s: float = 1.0,
-                 limit: int = 4, cost_cache_keys: int = 64) -> None:
+                 seed: int | None = None, d: int = 8, slack: float = 0.25, jitter: float = 0.02,
+                 max_slack: float = 1.0, max_jitter: float = 1.0, min_standing: float = 0.25,
+                 default_rtt_s: float = 1e-3, typical_job_s: float = 1.0, limit: int = 8,
+                 cost_cache_keys: int = 64) -> None:
         self.view = view
         self.cost_fn = cost_fn
         self.work_fn = work_fn
         self.d = max(1, d)
+        # spread: the rank key is ECT x (1 + jitter x U[0,1)), and the choice is among the best d within
+        # (1 + slack) x the best ECT. Both widen from their base towards max_ with the rate at which this
+        # coordinator's offers are refused (stale views shared by many coordinators: a herd) and narrow
+        # back when offers are taken, so an idle mesh gets near-optimal picks and a contended one spreads.
+        self.base_slack, self.max_slack = slack, max(slack, max_slack)
+        self.base_jitter, self.max_jitter = jitter, max(jitter, max_jitter)
         self.slack = slack
         self.jitter = jitter
+        self.contention = 0.0  # EWMA of the share of offers refused
         self.min_standing = min_standing
         self.default_rtt_s = default_rtt_s
         self.typical_job_s = typical_job_s
@@ -206,6 +214,13 @@ class Placer:
                 self._rtt_col[r] = new
         if len(self._rtt) > 4 * max(1024, len(self._peers)):  # forget peers long gone
             self._rtt = {k: v for k, v in self._rtt.items() if k in self._peers}
+
+    def observe_claim(self, accepted: bool, alpha: float = 0.05) -> None:
+        """An offer's answer: feeds the contention estimate that sets how widely placement spreads."""
+        self.contention = (1 - alpha) * self.contention + alpha * (0.0 if accepted else 1.0)
+        c = min(1.0, 2.0 * self.contention)  # refusing half the offers already means: spread fully
+        self.slack = self.base_slack + (self.max_slack - self.base_slack) * c
+        self.jitter = self.base_jitter + (self.max_jitter - self.base_jitter) * c
 
     def observe_run(self, seconds: float, alpha: float = 0.05) -> None:
         """A job's observed run time: feeds `typical_job_s` (the time a queued job is expected to hold a slot)."""

@@ -1,9 +1,11 @@
 """The worker's side of the claim protocol, pure (sans-IO: events in, actions out, time passed in).
 
-The executor's own state is authoritative: `load()` returns, per device, its free slots, queue depth and
-queue limit right now. An offer is accepted only if there is really room: a free slot, or a queue no
-deeper than the coordinator assumed when it ranked this device (`Offer.max_queue_depth`) and not full; a
-realtime job only needs a queue that is not full (it goes ahead of interactive and batch work). Jobs
+The executor's own state is authoritative: `load()` returns, per device, its free slots, queue depth,
+queue limit and slots right now. An offer is accepted only if there is really room: a free slot, or a
+queue that is not full and whose expected wait, (queue depth + 1) / slots x this device's typical run time
+(observed here), is within what the coordinator allowed (`Offer.max_wait_s`: past that its next-best
+device should finish the job sooner); a realtime job only needs a queue that is not full (it goes ahead
+of interactive and batch work and waits at most one chunk). Jobs
 accepted but not yet handed to the executor are reserved against its capacity, so two offers arriving
 together cannot both take the last slot. Otherwise the answer is a Reject carrying the worker's load.
 
@@ -36,6 +38,7 @@ class DeviceLoad(NamedTuple):
     free_slots: int
     queue_depth: int
     max_queue: int
+    slots: int = 1
 
 
 LoadFn = Callable[[], dict[str, DeviceLoad]]
@@ -98,6 +101,7 @@ class WorkerCore:
         self._held: dict[tuple[str, int], Held] = {}
         self._reserved: dict[str, int] = {}  # device -> accepted jobs not yet in the executor
         self._next_renew: dict[str, float] = {}  # coordinator -> when its renewal is due
+        self._typical: dict[str, float] = {}  # device -> average observed run time
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -116,6 +120,13 @@ class WorkerCore:
             free, depth = self._effective(dev, dl)
             out[dev] = (free, depth)
         return out
+
+    def typical_run_s(self, device_id: str, hint: float = 0.0) -> float:
+        """Average run time of jobs on that device (observed; before any, the offer's estimate or 1 s)."""
+        t = self._typical.get(device_id)
+        if t is not None:
+            return t
+        return hint if hint > 0 else 1.0
 
     def next_wakeup(self) -> float | None:
         return min(self._next_renew.values()) if self._next_renew else None
@@ -138,10 +149,12 @@ class WorkerCore:
         else:
             free, depth = self._effective(offer.device_id, dl)
             if free <= 0:
+                wait = (depth + 1) / max(1, dl.slots) * self.typical_run_s(offer.device_id, offer.est_run_s)
                 if depth >= dl.max_queue:
                     reason = f"queue full ({depth} jobs queued on {offer.device_id})"
-                elif job.priority is not Priority.REALTIME and depth >= offer.max_queue_depth:
-                    reason = f"busy ({depth} jobs queued on {offer.device_id}, offer allowed {offer.max_queue_depth})"
+                elif job.priority is not Priority.REALTIME and offer.max_wait_s is not None and wait > offer.max_wait_s:
+                    reason = (f"busy ({depth} jobs queued on {offer.device_id}: expected wait {wait:.3f} s, "
+                              f"offer allowed {offer.max_wait_s:.3f} s)")
         if reason is not None:
             self.stats.rejected += 1
             label = reason.split(" (")[0]
@@ -187,6 +200,10 @@ class WorkerCore:
             return []
         result = replace(result, job_id=job_id, attempt=attempt, worker=self.peer_id,
                          device=result.device or h.device_id)
+        run_s = result.timings.get("run_s")
+        if run_s is not None and run_s >= 0:
+            old = self._typical.get(h.device_id)
+            self._typical[h.device_id] = run_s if old is None else 0.9 * old + 0.1 * run_s
         self.stats.results_sent += 1
         return [Send(h.coordinator, result)]
 

@@ -69,7 +69,13 @@ def test_submit_journals_then_offers_to_the_best_peer():
     assert kinds == [JournalJob, JournalAttempt, SendOffer]
     so = acts[-1]
     assert so.peer_id == "a" and so.offer.attempt == 1 and so.offer.device_id == "d0"
-    assert so.offer.max_queue_depth == 1 and so.offer.coordinator == "me" and so.offer.lease_s == 6.0
+    assert so.offer.coordinator == "me" and so.offer.lease_s == 6.0 and so.offer.est_run_s == pytest.approx(1e-4)
+    # it may queue there as long as its own run time there, or longer if the next best (b) is worse by more
+    assert so.offer.max_wait_s == pytest.approx(1e-4 * 1.25)
+    h2 = H(peers="bx")
+    h2.advert("x", 0.0, f32_gflops=1000.0)  # b 1/10000 s, x 1/1000 s: b may queue up to the difference
+    _, acts = h2.submit(Job("echo", job_id="j2"))
+    assert acts[-1].offer.max_wait_s == pytest.approx((1 / 1000 - 1 / 10000) * 1.25)
 
 
 def test_resubmit_is_idempotent_and_conflicts_are_refused():
@@ -98,6 +104,15 @@ def test_reject_feeds_load_back_and_the_next_candidate_gets_a_new_attempt():
     acts = h.core.on_accept("a", Accept("j1", 1, "d0"), 0.02)
     assert of(acts, SendCancel)[0].cancel.attempt == 1
     assert h.core.get("j1").state is JobState.SUBMITTED and h.core.stats.claims_rejected == 1
+
+
+def test_an_accept_overtaken_by_its_lease_renewal_changes_nothing():
+    h = H()
+    h.submit(Job("echo", job_id="j1"))
+    acts = h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 0.01)
+    assert h.core.get("j1").state is JobState.RUNNING and not of(acts, SendCancel)
+    assert h.core.on_accept("a", Accept("j1", 1, "d0"), 0.02) == []
+    assert h.core.get("j1").state is JobState.RUNNING
 
 
 def test_full_lifecycle_with_exactly_one_result():

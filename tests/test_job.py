@@ -119,10 +119,11 @@ def test_messages_roundtrip_through_decode_message():
     ]
     for m in msgs:
         assert decode_message(roundtrip(m.to_wire())) == m
-    o = Offer(job, 2, "0:1", lease_s=6.0, max_queue_depth=2, coordinator="C")
+    o = Offer(job, 2, "0:1", lease_s=6.0, max_wait_s=0.25, est_run_s=0.5, coordinator="C")
     back = decode_message(roundtrip(o.to_wire(now=10.0)), now=100.0)
     assert isinstance(back, Offer) and back.job.deadline == pytest.approx(102.0)
-    assert back.attempt == 2 and back.max_queue_depth == 2 and back.coordinator == "C"
+    assert back.attempt == 2 and back.max_wait_s == 0.25 and back.est_run_s == 0.5 and back.coordinator == "C"
+    assert decode_message(roundtrip(Offer(job, 1, "d", 3.0).to_wire(now=10.0))).max_wait_s is None
 
 
 def test_bad_messages():

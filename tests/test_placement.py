@@ -161,7 +161,7 @@ def test_dead_rows_are_compacted():
         pl.place(Job("k"), 0.0)
     assert len(pl._row_peer) <= 10 + 64 + 1
     assert {c.peer_id for c in pl.place(Job("k"), 0.0)} <= {f"p{i}" for i in range(10)}
-    assert len(pl.place(Job("k"), 0.0).candidates) == pl.limit == 4
+    assert len(pl.place(Job("k"), 0.0).candidates) == pl.limit == 8
 
 
 def test_scalar_cost_is_cached_until_the_device_changes():
@@ -236,3 +236,14 @@ def test_incremental_table_equals_fresh_placer(seq, tracked):
         assert [g[0] for g in got] == [w[0] for w in want]
         # ties may be ranked in another order; below the last estimate the same devices are chosen
         assert {g for g in got if g[0] < got[-1][0]} == {w for w in want if w[0] < want[-1][0]}
+
+
+def test_spread_widens_under_contention_and_narrows_back():
+    pl = Placer(view_of([ad("a", GPU)]), gflop_cost, seed=0)
+    assert (pl.jitter, pl.slack) == (0.02, 0.25)
+    for _ in range(100):
+        pl.observe_claim(False)
+    assert pl.jitter == pytest.approx(1.0, abs=0.02) and pl.slack == pytest.approx(1.0, abs=0.02)
+    for _ in range(200):
+        pl.observe_claim(True)
+    assert pl.jitter < 0.05 and pl.slack < 0.3

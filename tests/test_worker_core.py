@@ -11,15 +11,15 @@ class FakeExecutor:
         self.queue: list[str] = []
 
     def load(self):
-        return {"d0": DeviceLoad(self.slots - len(self.running), len(self.queue), self.max_queue)}
+        return {"d0": DeviceLoad(self.slots - len(self.running), len(self.queue), self.max_queue, self.slots)}
 
     def put(self, job_id):
         (self.running if len(self.running) < self.slots else self.queue).append(job_id)
 
 
-def offer(jid, attempt=1, depth=0, prio="batch", lease=6.0, **kw):
+def offer(jid, attempt=1, max_wait=None, est=0.5, prio="batch", lease=6.0, **kw):
     job = Job("echo", job_id=jid, priority=prio, deadline=100.0 if prio == "realtime" else None, **kw)
-    return Offer(job, attempt, "d0", lease, max_queue_depth=depth, coordinator="C")
+    return Offer(job, attempt, "d0", lease, max_wait_s=max_wait, est_run_s=est, coordinator="C")
 
 
 def sent(acts, cls):
@@ -33,12 +33,13 @@ def test_accepts_only_with_real_room_and_reserves_until_enqueued():
     acc = sent(a, type(a[0].message))[0]
     assert acc.job_id == "j1" and acc.queue_position == 0 and acc.load == {"d0": (0, 0)}
     assert isinstance(a[1], StartJob) and a[1].device_id == "d0"
-    # the executor has not seen j1 yet, but its slot is reserved: an offer assuming an empty queue is refused
-    r = w.on_offer("C2", offer("j2", depth=0), 0.0)
-    rej = sent(r, Reject)[0]
-    assert rej.reason.startswith("busy") and rej.load == {"d0": (0, 0)}
-    # one allowing a queue of 1 is taken, at position 1
-    a = w.on_offer("C2", offer("j3", depth=1), 0.0)
+    # the executor has not seen j1 yet, but its slot is reserved: an offer allowing no wait is refused,
+    # and so is one allowing less than the expected wait (1 job ahead x 0.5 s)
+    for allowed in (0.0, 0.4):
+        rej = sent(w.on_offer("C2", offer("j2", max_wait=allowed), 0.0), Reject)[0]
+        assert rej.reason.startswith("busy") and "expected wait 0.500 s" in rej.reason and rej.load == {"d0": (0, 0)}
+    # one allowing that wait is taken, at position 1
+    a = w.on_offer("C2", offer("j3", max_wait=0.6), 0.0)
     assert a[0].message.queue_position == 1
     w.enqueued("j1", 1, 0.1)
     ex.put("j1")
@@ -50,7 +51,21 @@ def test_accepts_only_with_real_room_and_reserves_until_enqueued():
     assert sent(w.on_offer("C", offer("rt", prio="realtime"), 0.2), Reject)[0].reason.startswith("queue full")
     ex.queue.pop()
     assert not sent(w.on_offer("C", offer("rt", prio="realtime"), 0.2), Reject)
-    assert w.stats.accepted == 3 and w.stats.rejected == 2
+    assert w.stats.accepted == 3 and w.stats.rejected == 3
+
+
+def test_expected_wait_uses_the_run_times_observed_on_the_device():
+    ex = FakeExecutor(slots=1, max_queue=5)
+    w = WorkerCore("W", ex.load)
+    for i in range(30):  # jobs there take 0.1 s, whatever offers estimate
+        w.on_offer("C", offer(f"x{i}"), 0.0)
+        w.enqueued(f"x{i}", 1, 0.0)
+        w.finished(f"x{i}", 1, Result(f"x{i}", 1, True, timings={"run_s": 0.1}), 0.0)
+    assert abs(w.typical_run_s("d0", 5.0) - 0.1) < 0.01
+    ex.running.append("busy")
+    ex.queue += ["q1", "q2"]  # 3 ahead of a new job: ~0.3 s
+    assert not sent(w.on_offer("C", offer("y", max_wait=0.35, est=5.0), 0.0), Reject)
+    assert sent(w.on_offer("C", offer("z", max_wait=0.35, est=5.0), 0.0), Reject)  # now 4 ahead
 
 
 def test_unknown_device_and_draining():
