@@ -20,6 +20,7 @@ from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event, MembershipView
 from scheduler.config import NodeSettings, parse_hostport
+from scheduler.service import JobService
 from worker import calibration
 from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
@@ -55,6 +56,10 @@ class Node:
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
                                  on_change=self._capacity_changed)
         self.labels: dict[str, str] = {}
+        self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
+        self._data_host = self.data_host_port[0]
+        self.jobs = JobService(self)
+        self._event_listeners.append(self.jobs.on_membership)
 
     # ---- state that goes into the advert ---------------------------------------------------------------
     def snapshot(self) -> Advert:
@@ -116,7 +121,7 @@ class Node:
                 "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
                 "devices": len(self.devices), "device_problem": self.device_problem,
                 "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
-                "metrics_port": self.metrics_port}
+                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure}
 
     async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
         now = trio.current_time()
@@ -173,8 +178,6 @@ class Node:
         await self._set_devices(initial)
         self.watcher = DeviceWatcher(s.devices, s.rescan_interval, initial=initial,
                                      on_change=self._set_devices)
-        host, port = parse_hostport(s.data_listen, "data-listen")
-        self._data_host, self._data_port = host, port
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
@@ -185,8 +188,9 @@ class Node:
                 mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
             await nursery.start(self.executor.run)
+            data_port = await nursery.start(self.jobs.run)
             await nursery.start(self.gossip.run)
-            self.data_addr = f"{self._advertised_host()}:{self._data_port}"
+            self.data_addr = f"{self._advertised_host()}:{data_port}"
             self.gossip.changed()
             await nursery.start(self.watcher.run)
             await nursery.start(control.serve, s.data_dir, self.control_methods())

@@ -116,6 +116,14 @@ class TokenStore:
         self._save()
         return hits[0]
 
+    def check(self, rec: TokenRecord, scope: str, now: float | None = None) -> TokenRecord:
+        """Re-check a token authenticated earlier (at connection time): still live, unexpired, in scope."""
+        self._load()
+        current = self._records.get(rec.id)
+        if current is None or current.sha256 != rec.sha256:
+            raise TokenError(f"API token {rec.name!r} no longer exists")
+        return self._valid(current, scope, now)
+
     def authenticate(self, token: str | None, scope: str, now: float | None = None) -> TokenRecord:
         """The record of a valid token that allows `scope`, else TokenError with the reason."""
         if not token:
@@ -128,6 +136,9 @@ class TokenStore:
         digest = hashlib.sha256(m.group(2).encode()).hexdigest()
         if rec is None or not hmac.compare_digest(rec.sha256, digest):
             raise TokenError("unknown API token")
+        return self._valid(rec, scope, now)
+
+    def _valid(self, rec: TokenRecord, scope: str, now: float | None) -> TokenRecord:
         now = time.time() if now is None else now
         if rec.revoked is not None:
             raise TokenError(f"API token {rec.name!r} was revoked")

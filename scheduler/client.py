@@ -1,0 +1,228 @@
+"""The job client: submit jobs to any node of the mesh and get their results, over the data plane.
+
+    async with Client.connect("10.0.0.5:4002", token=tok) as c:
+        out = await c.run("checksum", {}, input=Path("big.bin"))
+        print(out.body, len(out.output))
+
+`SyncClient` wraps it for code that does not use trio. Inputs up to the inline limit travel inside the
+request; larger ones (or files) are streamed after it, checked by size and SHA-256 on arrival.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.rpc import MeshClient, RpcError
+from scheduler.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+
+CHUNK = 1 << 20
+
+
+class JobFailed(Exception):
+    """A job ended failed or cancelled; `state` and `reason` say how and why."""
+
+    def __init__(self, job_id: str, state: str, reason: str) -> None:
+        super().__init__(f"job {job_id} {state}: {reason}")
+        self.job_id, self.state, self.reason = job_id, state, reason
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    state: str
+    reason: str
+    body: dict[str, Any] = field(default_factory=dict)
+    output: bytes = b""
+    worker: str = ""
+    attempt: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+class Client:
+    def __init__(self, rpc: MeshClient) -> None:
+        self.rpc = rpc
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
+                      insecure: bool = False) -> AsyncIterator[Client]:
+        extra = {"token": token} if token else {}
+        async with MeshClient.connect(address, peer_id=peer_id, insecure=insecure,
+                                      hello_extra=lambda _local, _remote: extra) as rpc:
+            yield cls(rpc)
+
+    async def submit(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | Path | None = None,
+                     job_id: str = "", priority: str = "batch", deadline_ms: float | None = None,
+                     timeout_s: float = 3600.0, max_attempts: int = 3, requirements: dict[str, Any] | None = None,
+                     when_saturated: str = "queue") -> dict[str, Any]:
+        """Submit a job; returns the coordinator's answer ({id, accepted, state, position, message, code})."""
+        now = trio.current_time()
+        deadline = now + deadline_ms / 1000 if deadline_ms is not None else None
+        common = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority), deadline=deadline,
+                      timeout_s=timeout_s, max_attempts=max_attempts,
+                      requirements=Requirements.from_wire(requirements or {}),
+                      when_saturated=WhenSaturated(when_saturated))
+        stream_path: Path | None = None
+        stream_bytes: bytes | None = None
+        if isinstance(input, Path):
+            size, digest = await trio.to_thread.run_sync(_file_digest, input)
+            if size <= INLINE_INPUT_LIMIT:
+                job = Job(input=await trio.Path(input).read_bytes(), **common)
+            else:
+                job, stream_path = Job(input_size=size, input_sha256=digest, **common), input
+        elif input is not None and len(input) > INLINE_INPUT_LIMIT:
+            job = Job(input_size=len(input), input_sha256=hashlib.sha256(input).hexdigest(), **common)
+            stream_bytes = bytes(input)
+        else:
+            job = Job(input=bytes(input) if input is not None else None, **common)
+        wire = job.to_wire(trio.current_time())
+        if stream_path is None and stream_bytes is None:
+            return await self.rpc.call("job.submit", {"job": wire})
+        async with self.rpc.open("job.submit", {"job": wire}, uploads=True) as call:
+            if stream_bytes is not None:
+                view = memoryview(stream_bytes)
+                for off in range(0, len(view), CHUNK):
+                    await call.send_bytes(view[off:off + CHUNK])
+            else:
+                async with await trio.open_file(stream_path, "rb") as f:
+                    while chunk := await f.read(CHUNK):
+                        await call.send_bytes(chunk)
+            await call.done_sending()
+            return await call.result()
+
+    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobResult:
+        chunks: list[bytes] = []
+        async with self.rpc.open("job.result", {"id": job_id, "wait": wait}, timeout=timeout) as call:
+            async for item in call:
+                if isinstance(item, bytes | bytearray):
+                    chunks.append(bytes(item))
+            final = await call.result()
+        res = final.get("result") or {}
+        return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), b"".join(chunks),
+                         res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+
+    async def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
+        """Submit and wait for the result; raises JobFailed if the job does not end done."""
+        ans = await self.submit(kind, spec, **kw)
+        if not ans["accepted"]:
+            raise JobFailed(ans["id"], "rejected", ans["message"])
+        res = await self.result(ans["id"])
+        if not res.ok:
+            raise JobFailed(res.job_id, res.state, res.reason)
+        return res
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return await self.rpc.call("job.status", {"id": job_id})
+
+    async def list(self, limit: int = 200) -> list[dict[str, Any]]:
+        return (await self.rpc.call("job.list", {"limit": limit}))["jobs"]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self.rpc.call("job.cancel", {"id": job_id})
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Job state changes on this node as they happen: `async with c.watch() as events: async for e in events`."""
+        async with self.rpc.open("job.watch", {}) as call:
+            async def items() -> AsyncIterator[dict[str, Any]]:
+                async for item in call:
+                    if isinstance(item, dict):
+                        yield item
+            yield items()
+
+
+class SyncClient:
+    """Blocking wrapper: one trio loop in a private thread for the client's lifetime."""
+
+    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._args = (address, token, peer_id, insecure)
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="gpumesh-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _main(self) -> None:
+        async def main() -> None:
+            address, token, peer_id, insecure = self._args
+            try:
+                async with Client.connect(address, token=token, peer_id=peer_id, insecure=insecure) as c:
+                    self._client = c
+                    self._trio_token = trio.lowlevel.current_trio_token()
+                    self._stop = trio.Event()
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as e:  # surfaced to the constructor's caller
+                self._error = e
+                self._ready.set()
+
+        trio.run(main)
+
+    def _call(self, fn, *args: Any, **kw: Any) -> Any:
+        return trio.from_thread.run(lambda: fn(*args, **kw), trio_token=self._trio_token)
+
+    def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        return self._call(self._client.submit, kind, spec, **kw)
+
+    def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
+        return self._call(self._client.run, kind, spec, **kw)
+
+    def result(self, job_id: str, **kw: Any) -> JobResult:
+        return self._call(self._client.result, job_id, **kw)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._call(self._client.status, job_id)
+
+    def list(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self._call(self._client.list, limit)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._call(self._client.cancel, job_id)
+
+    def close(self) -> None:
+        if self._stop is not None:
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._trio_token)
+        self._thread.join(10)
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
+    """(address, token, peer id, insecure) of the node running with `data_dir`, for the CLI."""
+    from mesh import control
+    from scheduler.service import read_local_token
+
+    st = control.call(data_dir, "status", timeout=5)
+    return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))
+
+
+__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "local_address"]
