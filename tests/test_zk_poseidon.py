@@ -74,3 +74,21 @@ def test_compress_numpy_matches_python():
     for i in range(6):
         want = PS.compress(tuple(int(x) for x in left[i]), tuple(int(x) for x in right[i]))
         assert tuple(int(x) for x in got[i]) == want
+
+
+def test_numpy_large_and_small_batches_agree():
+    """Batches above the small-batch threshold take the all-numpy S-box path."""
+    rng = np.random.default_rng(11)
+    states = rng.integers(0, F.P, (12, 3 * PS._SMALL_BATCH), dtype=np.uint64)
+    big = PS.permute_np(states)
+    for j in (0, 100, 3 * PS._SMALL_BATCH - 1):
+        assert [int(x) for x in big[:, j]] == PS.permute([int(x) for x in states[:, j]])
+        assert np.array_equal(PS.permute_np(states[:, j : j + 1])[:, 0], big[:, j])
+
+
+def test_hash_rows_many_matches_per_block():
+    rng = np.random.default_rng(12)
+    blocks = [rng.integers(0, F.P, (n, length), dtype=np.uint64) for n, length in ((3, 4), (0, 8), (5, 16), (2, 20))]
+    got = PS.hash_rows_many(blocks)
+    for b, g in zip(blocks, got, strict=True):
+        assert g.shape == (b.shape[0], 4) and np.array_equal(g, PS.hash_rows_np(b) if b.shape[0] else g)

@@ -79,8 +79,7 @@ def verify_many(checks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     """verify_batch for several trees at once: (root, indices, leaves, paths) each. Levels of all trees are
     compressed together, one batched permutation per level, because the verifier's cost is dominated by
     per-call overhead at its small batch sizes."""
-    nodes = [PS.hash_rows_np(leaves) if leaves.shape[0] else np.zeros((0, PS.DIGEST), np.uint64)
-             for _, _, leaves, _ in checks]
+    nodes = PS.hash_rows_many([leaves for _, _, leaves, _ in checks])
     depth = max((paths.shape[1] for *_, paths in checks), default=0)
     for k in range(depth):
         active = [i for i, c in enumerate(checks) if c[3].shape[1] > k and c[3].shape[0]]

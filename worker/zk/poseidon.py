@@ -136,6 +136,7 @@ def compress(left: tuple[int, ...], right: tuple[int, ...]) -> tuple[int, ...]:
 
 _M32 = np.uint64(0xFFFF_FFFF)
 _S32 = np.uint64(32)
+_SMALL_BATCH = 64
 
 
 @lru_cache(maxsize=1)
@@ -171,6 +172,9 @@ def permute_np(states: np.ndarray) -> np.ndarray:
         if r < half or r >= half + prm.partial_rounds:
             s2 = F.np_mul(s, s)
             s = F.np_mul(F.np_mul(s2, s), F.np_mul(s2, s2))
+        elif s.shape[1] <= _SMALL_BATCH:  # one lane of a few states: Python ints beat numpy's per-call cost
+            p = F.P
+            s[0] = [x * x2 % p * (x2 * x2 % p) % p for x, x2 in ((x, x * x % p) for x in s[0].tolist())]
         else:
             x = s[0]
             x2 = F.np_mul(x, x)
@@ -191,6 +195,31 @@ def hash_rows_np(rows: np.ndarray) -> np.ndarray:
         state[: chunk.shape[0]] = chunk
         state = permute_np(state)
     return np.ascontiguousarray(state[:DIGEST].T)
+
+
+def hash_rows_many(blocks: list[np.ndarray]) -> list[np.ndarray]:
+    """hash_rows_np over several (n_i, L_i) blocks with one batched permutation per chunk index, because
+    small batches (the verifier's) are dominated by numpy's per-call cost."""
+    blocks = [np.asarray(b, dtype=np.uint64) for b in blocks]
+    counts = [b.shape[0] for b in blocks]
+    total = sum(counts)
+    state = np.zeros((WIDTH, total), dtype=np.uint64)
+    chunks = [max(1, -(-b.shape[1] // RATE)) for b in blocks]
+    starts = np.cumsum([0, *counts])
+    for i, b in enumerate(blocks):
+        state[RATE, starts[i] : starts[i + 1]] = b.shape[1]
+    for c in range(max(chunks, default=0)):
+        cols = [np.arange(starts[i], starts[i + 1]) for i in range(len(blocks)) if chunks[i] > c]
+        if not cols:
+            continue
+        for i, b in enumerate(blocks):
+            if chunks[i] > c:
+                part = b[:, c * RATE : (c + 1) * RATE].T
+                state[:RATE, starts[i] : starts[i + 1]] = 0
+                state[: part.shape[0], starts[i] : starts[i + 1]] = part
+        idx = np.concatenate(cols)
+        state[:, idx] = permute_np(state[:, idx])
+    return [np.ascontiguousarray(state[:DIGEST, starts[i] : starts[i + 1]].T) for i in range(len(blocks))]
 
 
 def compress_np(left: np.ndarray, right: np.ndarray) -> np.ndarray:
