@@ -5,6 +5,7 @@ the kernels, and it keeps the prover's host code identical for both backends).""
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class OpenCLBackend(Backend):
         self.program = gpu.zk_program(ctx)
         self._ntt = ClNtt(ctx, queue, self.program, max_radix=max_radix)
         self._tables: OrderedDict = OrderedDict()  # device tables by key, least recently used first
-        self._pool: dict[str, object] = {}  # scratch buffers by role, grown on demand
+        self._pool: dict[str, Any] = {}  # scratch buffers by role, grown on demand
 
     # ------------------------------------------------------------ buffers
     def _to_dev(self, a: np.ndarray, role: str | None = None):
@@ -187,7 +188,7 @@ class OpenCLBackend(Backend):
             levels = [cur_host]
             cur = self._to_dev(cur_host, "in")
             n = cur_host.shape[0]
-            dev_levels = []
+            dev_levels: list[tuple[Any, int]] = []
             while n > 1:
                 nxt = self._empty((n // 2) * PS.DIGEST, f"level{len(dev_levels)}")
                 gpu.launch(self._k("merkle_level"), self.queue, -(-(n // 2) // 4), cur, np.uint32(n // 2), nxt)
