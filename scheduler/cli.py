@@ -94,6 +94,35 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("devices", "list the compute devices the running node offers")
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
+    def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        p = client_cmd(name, help_)
+        p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
+                       help="data-plane address of the node to use (default: the local node of --data-dir)")
+        p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
+                       help="API token (default: $GPUMESH_TOKEN, or the local node's own token)")
+        p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")
+        return p
+
+    sp = job_cmd("submit", "submit a job to the mesh (exit status follows the job's outcome with --wait)")
+    sp.add_argument("kind", help="job kind, e.g. echo, sleep, checksum, zk.prove, render.frame, compute.opencl")
+    sp.add_argument("--spec", metavar="FILE", help="job spec as JSON ('-' for stdin; default {})")
+    sp.add_argument("--input", metavar="FILE", type=Path, help="input bytes (streamed when large)")
+    sp.add_argument("--id", default="", help="job id (idempotent: resubmitting the same id returns that job)")
+    sp.add_argument("--priority", choices=("realtime", "interactive", "batch"), default="batch")
+    sp.add_argument("--deadline-ms", type=float, help="deadline for realtime jobs, from now")
+    sp.add_argument("--timeout", type=float, default=3600.0, help="seconds before the job fails (default 3600)")
+    sp.add_argument("--max-attempts", type=int, default=3, help="placements before the job fails (default 3)")
+    sp.add_argument("--reject-when-saturated", action="store_true",
+                    help="refuse at once when the mesh is saturated instead of queueing")
+    sp.add_argument("--wait", action="store_true", help="wait for the result")
+    sp.add_argument("--out", type=Path, metavar="DIR", help="with --wait: write result.json and output.bin here")
+    job_cmd("jobs", "list the jobs this node coordinates")
+    jp = job_cmd("job", "show one job")
+    jp.add_argument("id")
+    cp = job_cmd("cancel", "cancel a job (reaches a running kernel at its next chunk boundary)")
+    cp.add_argument("id")
+    job_cmd("watch", "follow job state changes on the node live (Ctrl-C to stop)")
+
     tok = sub.add_parser("token", help="create, list or revoke API tokens for clients",
                          description="API tokens let clients submit jobs. Stored hashed in the node's data dir; "
                                      "a running node picks up changes at once.")
@@ -288,13 +317,134 @@ def cmd_mesh_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+EXIT_REJECTED, EXIT_CANCELLED = 4, 5
+
+
+def _job_client(args: argparse.Namespace):
+    """(address, token, peer id, insecure) for job commands: --node/--token, else the local node."""
+    from scheduler.client import local_address
+
+    if args.node:
+        return args.node, args.token, None, args.insecure
+    addr, tok, pid, insecure = local_address(args.data_dir)
+    return addr, args.token or tok, pid, insecure or args.insecure
+
+
+def _run_client(args: argparse.Namespace, fn) -> Any:
+    import trio
+
+    from scheduler.client import Client
+
+    addr, tok, pid, insecure = _job_client(args)
+
+    async def main():
+        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+            return await fn(c)
+
+    return trio.run(main)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec: dict = {}
+    if args.spec:
+        text = sys.stdin.read() if args.spec == "-" else Path(args.spec).read_text()
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            print(f"mesh-node: --spec is not valid JSON: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.input is not None and not args.input.is_file():
+        print(f"mesh-node: --input {args.input}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def go(c):
+        ans = await c.submit(args.kind, spec, input=args.input, job_id=args.id, priority=args.priority,
+                             deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
+                             when_saturated="reject" if args.reject_when_saturated else "queue")
+        res = await c.result(ans["id"]) if (args.wait and ans["accepted"]) else None
+        return ans, res
+
+    ans, res = _run_client(args, go)
+    if not ans["accepted"]:
+        _print(ans, args.json, lambda a: print(f"job {a['id']} {a['message']}", file=sys.stderr))
+        return EXIT_REJECTED
+    if res is None:
+        _print(ans, args.json, lambda a: print(f"job {a['id']} {a['message']}"))
+        return EXIT_OK
+    out = {"id": res.job_id, "state": res.state, "reason": res.reason, "body": res.body, "worker": res.worker,
+           "attempt": res.attempt, "output_bytes": len(res.output), "timings": res.timings}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "result.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+        if res.output:
+            (args.out / "output.bin").write_bytes(res.output)
+    _print(out, args.json, lambda o: print(f"job {o['id']} {o['state']}" + (f": {o['reason']}" if o["reason"] else "")
+                                            + f" on {o['worker'][-12:] or '?'}\n{json.dumps(o['body'], default=str)[:2000]}"))
+    return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
+
+
+def _job_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(rows)} job(s)")
+    t.add_column("id", overflow="fold")
+    for col in ("kind", "state", "priority", "attempt", "worker", "reason"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["id"], r["kind"], r["state"], r.get("priority", ""), str(r.get("attempt", "")),
+                  (r.get("peer") or "")[-12:], r.get("reason", ""))
+    console().print(t)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    rows = _run_client(args, lambda c: c.list())
+    _print(rows, args.json, _job_table)
+    return EXIT_OK
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    row = _run_client(args, lambda c: c.status(args.id))
+    _print(row, args.json, lambda r: print("\n".join(f"{k}: {v}" for k, v in r.items())))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    row = _run_client(args, lambda c: c.cancel(args.id))
+    _print(row, args.json, lambda r: print(f"job {r['id']}: {r['state']} {r.get('reason', '')}"))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    con = console()
+
+    async def go(c):
+        async with c.watch() as events:
+            async for e in events:
+                if args.json:
+                    print(json.dumps(e), flush=True)
+                else:
+                    style = {"done": "green", "failed": "red", "cancelled": "yellow"}.get(e["state"], "cyan")
+                    con.print(f"{time.strftime('%H:%M:%S')} job {e['id']} [{style}]{e['state']}[/]"
+                              + (f" attempt {e['attempt']} on {e['peer'][-12:]}" if e.get("peer") else "")
+                              + (f": {e['reason']}" if e.get("reason") else ""))
+        return 0
+
+    try:
+        return _run_client(args, go)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+COMMANDS = {"submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
     from mesh.admission import AdmissionError
     from mesh.control import ControlError
+    from mesh.framing import TransportError
     from mesh.identity import IdentityError
+    from mesh.rpc import RpcError
+    from mesh.tls import HandshakeError
     from scheduler.tokens import TokenError
 
     parser = build_parser()
@@ -308,6 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mesh-node: {e}", file=sys.stderr)
         return EXIT_USAGE
     except ControlError as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except RpcError as e:
+        print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
+        return EXIT_UNAVAILABLE if e.code == "unavailable" else EXIT_USAGE
+    except HandshakeError as e:
+        print(f"mesh-node: connection refused: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except TransportError as e:
         print(f"mesh-node: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except OSError as e:

@@ -168,6 +168,10 @@ class JobService:
         s = node.settings
         self.peer_id = node.identity.peer_id_str
         self.registry = kinds_mod.load_builtin_kinds()
+        if "compute.opencl" not in self.registry:
+            from worker.compute.kind import register_kind
+
+            register_kind(self.registry)
         self.tokens = TokenStore(s.data_dir)
         self.placer = Placer(node.view, cost_fn=self._cost)
         self.core = CoordinatorCore(self.peer_id, node.view, self.placer, coordinator_config or CoordinatorConfig(),
