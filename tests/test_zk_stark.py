@@ -85,6 +85,8 @@ def test_security_is_stated_and_checked(proofs):
     v = zk.verify(proofs["cubic"])
     assert v.ok and v.security_bits == PF.security_bits(2, 12, 2048) == 11
     assert zk.security_bits(8, 27, 1 << 21) == 80  # 27 queries x 3 bits, minus one
+    assert zk.security_bits(2, 40, 16) == 3  # only 4 distinct cosets to query: 4 x 1 bit, minus one
+    assert zk.security_bits(8, 128, 1 << 24) == 102  # capped by the field: 128 - 24 - 1, minus one
     low = zk.verify(proofs["cubic"], min_security_bits=80)
     assert not low.ok and "below the required 80" in low.reason
 

@@ -92,9 +92,11 @@ class Params:
 
 def security_bits(blowup: int, queries: int, lde_size: int) -> int:
     """Conjectured security (the ethSTARK conjecture, as winterfell computes it): each query is worth
-    log2(blowup) bits; the extension field caps it at 128 - log2(2 * lde_size); the hash at 128; one bit is
-    given up for the union of both. No grinding."""
-    query_bits = queries * int(math.log2(blowup))
+    log2(blowup) bits, counting at most as many queries as there are distinct query cosets (lde_size / 4);
+    the extension field caps it at 128 - log2(2 * lde_size); the hash at 128; one bit is given up for the
+    union of both. No grinding."""
+    effective = min(queries, lde_size // FRI_ARITY)
+    query_bits = effective * int(math.log2(blowup))
     field_bits = EXT_FIELD_BITS - int(math.log2(lde_size)) - 1
     return max(0, min(min(query_bits, field_bits) - 1, HASH_COLLISION_BITS))
 

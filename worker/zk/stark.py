@@ -346,5 +346,8 @@ def verify(proof_bytes: bytes, expect: dict | None = None, min_security_bits: in
     try:
         return _verify(proof, expect, min_security_bits)
     except Rejected as e:
-        return Verdict(False, str(e), proof.params.security_bits, proof.params.air.name, proof.params.steps,
-                       dict(proof.public))
+        reason = str(e)
+    except Exception as e:  # noqa: BLE001 - hostile input must never crash the coordinator
+        reason = f"proof could not be checked ({type(e).__name__}: {e})"
+    return Verdict(False, reason, proof.params.security_bits, proof.params.air.name, proof.params.steps,
+                   dict(proof.public))
