@@ -11,6 +11,8 @@ unchanged; only the I/O around them is simulated:
   interactive, then batch), up to `max_queue`; a job runs for its cost on that device (x 0.8..1.25);
 - churn: `kill_fraction` of the worker nodes die during the run; some die "loudly" (connections reset: the
   coordinators hear of it at once), the others silently (found by lease expiry or advert expiry);
+  `coordinator_restarts` gateways are killed (-9) and restarted from their journal (the real `Journal`,
+  SQLite in memory standing in for the disk): their clients resubmit what they wait for (idempotent);
 - clients: submit `jobs` jobs (echo-like: the worker hashes the job's spec and inline input) to random
   gateway nodes (which are not killed), cancel a few, and check each job's one outcome and its result.
 
@@ -48,6 +50,7 @@ from scheduler.coordinator_core import (
     SendOffer,
 )
 from scheduler.job import Cancel, Job, JobState, Offer, Priority, Result
+from scheduler.journal import Journal
 from scheduler.placement import Placer, TrackedView, Work
 from scheduler.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
 
@@ -71,6 +74,8 @@ class SimConfig:
     claim_timeout_s: float = 1.0
     arrival_s: float = 10.0  # jobs arrive uniformly over this time
     kill_window: tuple[float, float] = (0.2, 0.7)  # kills happen in this part of the arrival time
+    coordinator_restarts: int = 2  # gateways killed (-9) and restarted from their journal (SQLite, in memory)
+    restart_after_s: float = 2.0
     cancel_fraction: float = 0.01
     realtime_fraction: float = 0.05
     interactive_fraction: float = 0.25
@@ -102,6 +107,10 @@ class SimReport:
     claims_timed_out: int = 0
     deadline_misses: int = 0
     killed: int = 0
+    restarts: int = 0
+    restored_unfinished: int = 0  # jobs a restarted coordinator placed again from its journal
+    restored_finished: int = 0  # finished jobs it still answers for
+    lost_by_restart: list[str] = field(default_factory=list)  # resubmitted after a restart, unknown there
     max_queue: int = 0  # deepest device queue seen (sampled, and at every enqueue)
     mean_queue: float = 0.0  # mean device queue depth over samples (live devices)
     mean_queue_busy: float = 0.0  # mean over samples where the mesh had any queue
@@ -129,6 +138,8 @@ class SimReport:
             v.append(f"{self.offers_after_expiry} offers to peers expired from the coordinator's view")
         if self.offers_to_dead_after_expiry:
             v.append(f"{self.offers_to_dead_after_expiry} offers to dead nodes after their expiry")
+        if self.lost_by_restart:
+            v.append(f"{len(self.lost_by_restart)} accepted jobs unknown to their restarted coordinator")
         if self.max_queue > self.cfg.max_queue:
             v.append(f"a device queue reached {self.max_queue} > bound {self.cfg.max_queue}")
         return v
@@ -138,7 +149,10 @@ class SimReport:
         o = self.outcomes
         rows = [
             ("nodes / gateways / killed", f"{c.nodes} / {c.gateways} / {self.killed} "
-                                          f"({round(self.killed * c.silent_kill_fraction)} silent)"),
+                                          f"({round(self.killed * c.silent_kill_fraction)} silent)"
+                                          + (f", {self.restarts} coordinators restarted from their journal "
+                                             f"({self.restored_unfinished} jobs resumed, {self.restored_finished} "
+                                             f"finished ones still served)" if self.restarts else "")),
             ("gossip", f"loss {c.gossip_loss:.0%}, delay {c.gossip_delay[0] * 1000:.0f}-{c.gossip_delay[1] * 1000:.0f} ms, "
                        f"{self.gossip_delivered} adverts delivered, {self.gossip_lost} lost"),
             ("jobs", f"{self.jobs}"),
@@ -236,7 +250,7 @@ class SimExecutor:
             self.sim.worker_acts(self.node, self.node.worker.started(key[0], key[1], self.sim.now))
 
     def _complete(self, d: _Dev, key: tuple[str, int], token: int, run_s: float) -> None:
-        if not self.node.alive or d.running.get(key) != token:
+        if not self.node.alive or self.node.executor is not self or d.running.get(key) != token:
             return
         del d.running[key]
         job, dev_id = self.jobs.pop(key)
@@ -248,18 +262,25 @@ class SimExecutor:
 class SimNode:
     def __init__(self, sim: Sim, idx: int, devices: list[DeviceAdvert], placer_seed: int) -> None:
         self.id = f"node{idx:04d}"
+        self.sim = sim
+        self.died_at: float | None = None
+        self.seq = 0  # advert sequence: survives a restart (the real one is time-based)
+        self.devices = devices
+        self.epoch = 0
+        self.start(placer_seed)
+
+    def start(self, placer_seed: int) -> None:
+        """(Re)start the process: fresh cores, view and executor; the journal (disk) is the sim's."""
+        sim, cc = self.sim, self.sim.cfg
         self.alive = True
         self.ticks = 0
-        self.died_at: float | None = None
-        self.seq = 0
-        self.devices = devices
-        self.view = TrackedView(self.id, ttl_s=sim.cfg.ttl)
-        self.placer = Placer(self.view, work_fn=_work, seed=placer_seed, **sim.cfg.placer)
-        cc = sim.cfg
+        self.epoch += 1
+        self.view = TrackedView(self.id, ttl_s=cc.ttl)
+        self.placer = Placer(self.view, work_fn=_work, seed=placer_seed, **cc.placer)
         self.coord = CoordinatorCore(self.id, self.view, self.placer, CoordinatorConfig(
             lease_s=cc.lease_s, claim_timeout_s=cc.claim_timeout_s, max_in_flight=512, max_queued=20_000,
             retry_backoff_s=0.05, max_retry_backoff_s=1.0, no_candidate_grace_s=10.0))
-        self.executor = SimExecutor(sim, self, devices)
+        self.executor = SimExecutor(sim, self, self.devices)
         self.worker = WorkerCore(self.id, self.executor.load)
 
     def advert(self) -> Advert:
@@ -333,6 +354,13 @@ class Sim:
         self.gateways = ids[:c.gateways]
         others = ids[c.gateways:]
         self.victims = rng.sample(others, min(len(others), round(c.nodes * c.kill_fraction)))
+        self.journals: dict[str, Journal] = {}
+        restart = rng.sample(self.gateways, min(len(self.gateways) - 1, c.coordinator_restarts))
+        if restart:
+            for g in self.gateways:
+                self.journals[g] = Journal(":memory:", wall=lambda: self.now, retention_s=3600.0)
+            for g in restart:
+                self.after(c.arrival_s * rng.uniform(*c.kill_window), self._crash_coordinator, self.nodes[g])
         # everybody knows everybody at the start (a warmed-up mesh), then gossip keeps it going
         for n in self.nodes.values():
             ad = n.advert()
@@ -364,8 +392,8 @@ class Sim:
 
     # --- gossip -----------------------------------------------------------------------------------------
 
-    def _publish(self, n: SimNode) -> None:
-        if not n.alive or self._quiet:
+    def _publish(self, n: SimNode, epoch: int = 1) -> None:
+        if not n.alive or self._quiet or epoch != n.epoch:
             return
         c, rng = self.cfg, self.rng
         ad = n.advert()
@@ -391,7 +419,7 @@ class Sim:
         lo, hi = c.gossip_delay
         for g, members in sorted(groups.items()):
             self.after(lo + (hi - lo) * (g + rng.random()) / 4, self._deliver_advert, ad, members)
-        self.after(c.advert_interval * rng.uniform(0.9, 1.1), self._publish, n)
+        self.after(c.advert_interval * rng.uniform(0.9, 1.1), self._publish, n, epoch)
 
     def _deliver_advert(self, ad: Advert, members: list[SimNode]) -> None:
         now = self.now
@@ -411,13 +439,16 @@ class Sim:
         chan = (src.id, dst_id)
         at = max(self.now + delay, self._chan_last.get(chan, 0.0))
         self._chan_last[chan] = at
-        self.at(at, self._arrive, src.id, dst, fn, msg)
+        self.at(at, self._arrive, src.id, dst, dst.epoch, fn, msg)
 
-    def _arrive(self, src_id: str, dst: SimNode, fn: Callable, msg: Any) -> None:
-        if dst.alive:
+    def _arrive(self, src_id: str, dst: SimNode, epoch: int, fn: Callable, msg: Any) -> None:
+        if dst.alive and dst.epoch == epoch:  # (a restarted receiver: the old connection died with it)
             fn(dst, src_id, msg)
 
     def coord_acts(self, n: SimNode, acts: list) -> None:
+        j = self.journals.get(n.id)
+        if j is not None and acts:
+            j.apply(acts, self.now)  # before anything else, as the real service does
         for a in acts:
             t = type(a)
             if t is SendOffer:
@@ -481,8 +512,8 @@ class Sim:
 
     # --- nodes ------------------------------------------------------------------------------------------
 
-    def _tick(self, n: SimNode) -> None:
-        if not n.alive:
+    def _tick(self, n: SimNode, epoch: int = 1) -> None:
+        if not n.alive or epoch != n.epoch:
             return
         now = self.now
         self.coord_acts(n, n.coord.tick(now))
@@ -491,7 +522,7 @@ class Sim:
         if n.ticks % 5 == 0:
             for ev in n.view.expire(now):
                 self.coord_acts(n, n.coord.worker_lost(ev.peer_id, now, "advert expired"))
-        self.after(self.cfg.tick_s, self._tick, n)
+        self.after(self.cfg.tick_s, self._tick, n, epoch)
 
     def _kill(self, n: SimNode, silent: bool) -> None:
         n.alive = False
@@ -505,6 +536,40 @@ class Sim:
             if m.alive:
                 self.coord_acts(m, m.coord.worker_lost(dead.id, self.now, "connection lost"))
                 self.worker_acts(m, m.worker.coordinator_lost(dead.id, self.now))
+
+    def _crash_coordinator(self, n: SimNode) -> None:
+        """kill -9 of a gateway: coordinator and worker gone, connections reset; restarted later."""
+        n.alive = False
+        n.died_at = self.now
+        self.after(self.rng.uniform(0.005, 0.05), self._connections_reset, n)
+        self.after(self.cfg.restart_after_s, self._restart, n)
+
+    def _restart(self, n: SimNode) -> None:
+        n.start(self.rng.randrange(1 << 31))
+        n.died_at = None
+        self.report.restarts += 1
+        n.view.apply(n.advert(), self.now)
+        entries = self.journals[n.id].load(self.now)
+        acts = n.coord.restore(entries, self.now)
+        self.coord_acts(n, acts)
+        for e in entries:
+            if e.state.terminal:
+                self.report.restored_finished += 1
+                cj = self.client[e.job.job_id]
+                if cj.outcomes and (cj.outcomes[0] != e.state.value or (e.state is JobState.DONE and (
+                        e.result is None or e.result.body != expected_body(cj.job)))):
+                    self.report.wrong_results.append(e.job.job_id)
+            else:
+                self.report.restored_unfinished += 1
+        self.after(self.rng.uniform(0, 0.05), self._publish, n, n.epoch)
+        self.after(self.rng.uniform(0, self.cfg.tick_s), self._tick, n, n.epoch)
+        # its clients reconnect and resubmit what they are waiting for: the journal must know every one
+        for jid, cj in self.client.items():
+            if cj.gateway == n.id and not cj.outcomes:
+                ans, acts = n.coord.submit(cj.job, self.now)
+                if not ans.duplicate:
+                    self.report.lost_by_restart.append(jid)
+                self.coord_acts(n, acts)
 
     def _sample_queues(self) -> None:
         depths = [len(d.queue) for n in self.nodes.values() if n.alive for d in n.executor.devs.values()]
@@ -525,6 +590,8 @@ class Sim:
 
     def _submit(self, job_id: str, prio: Priority, spec: dict, inp: bytes, deadline_in: float | None) -> None:
         gw = self.nodes[self.rng.choice(self.gateways)]
+        if not gw.alive:  # the client cannot reach it: it tries another
+            gw = self.nodes[self.rng.choice([g for g in self.gateways if self.nodes[g].alive])]
         job = Job("simecho", spec, job_id=job_id, input=inp, priority=prio,
                   deadline=None if deadline_in is None else self.now + deadline_in, timeout_s=120.0)
         cj = _ClientJob(job, gw.id, self.now)
@@ -540,6 +607,8 @@ class Sim:
         self._maybe_done()
 
     def _cancel(self, gw: SimNode, job_id: str) -> None:
+        if not gw.alive:
+            return
         _, acts = gw.coord.cancel(job_id, self.now)
         self.coord_acts(gw, acts)
 
@@ -630,9 +699,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kill", type=float, default=d.kill_fraction, help="fraction of worker nodes killed")
     ap.add_argument("--loss", type=float, default=d.gossip_loss, help="gossip loss probability")
     ap.add_argument("--arrival", type=float, default=d.arrival_s, help="seconds over which jobs arrive")
+    ap.add_argument("--restarts", type=int, default=d.coordinator_restarts,
+                    help="coordinators killed and restarted from their journal")
     a = ap.parse_args(argv)
     cfg = SimConfig(nodes=a.nodes, jobs=a.jobs, seed=a.seed, kill_fraction=a.kill, gossip_loss=a.loss,
-                    arrival_s=a.arrival, gateways=min(d.gateways, max(1, a.nodes // 5)))
+                    arrival_s=a.arrival, gateways=min(d.gateways, max(2, a.nodes // 5)),
+                    coordinator_restarts=a.restarts)
     print(f"simulating {cfg.nodes} nodes, {cfg.jobs} jobs, seed {cfg.seed} ...", flush=True)
     rep = run(cfg)
     print(rep.summary())

@@ -8,7 +8,7 @@ from scheduler.sim import Sim, SimConfig
 
 @pytest.fixture(scope="module")
 def default_run():
-    return Sim(SimConfig(nodes=200, jobs=5000, seed=1, kill_fraction=0.10, gossip_loss=0.2)).run()
+    return Sim(SimConfig(nodes=200, jobs=5000, seed=1, kill_fraction=0.10, gossip_loss=0.2, coordinator_restarts=2)).run()
 
 
 def test_200_nodes_5000_jobs_with_churn_every_job_ends_exactly_once(default_run):
@@ -23,6 +23,7 @@ def test_200_nodes_5000_jobs_with_churn_every_job_ends_exactly_once(default_run)
     # the only failures allowed are realtime deadlines (a job caught on a dying worker can miss it)
     assert set(r.failed_reasons) <= {"deadline missed", "deadline cannot be met"}
     assert r.outcomes["cancelled"] > 0  # some clients cancelled, each got exactly that
+    assert r.restarts == 2 and r.restored_finished > 0 and not r.lost_by_restart
 
 
 def test_nothing_placed_on_expired_peers_and_load_spread_bounded(default_run):
@@ -32,6 +33,13 @@ def test_nothing_placed_on_expired_peers_and_load_spread_bounded(default_run):
     assert r.max_queue <= r.cfg.max_queue
     assert r.mean_queue < 1.0
     assert r.jobs_per_slot_max <= 6 * r.jobs_per_slot_mean
+
+
+def test_coordinators_restarted_from_their_journal_resume_and_still_serve():
+    r = Sim(SimConfig(nodes=60, jobs=1500, gateways=10, coordinator_restarts=3, arrival_s=6.0, seed=3)).run()
+    assert r.violations() == []
+    assert r.restarts == 3 and r.restored_unfinished > 0 and r.restored_finished > 0
+    assert sum(r.outcomes.values()) == 1500 and not r.lost_by_restart
 
 
 def test_deterministic_for_a_seed():
@@ -45,7 +53,7 @@ def test_deterministic_for_a_seed():
 
 def test_quiet_mesh_no_faults_no_retries():
     r = Sim(SimConfig(nodes=30, jobs=300, gateways=6, kill_fraction=0.0, gossip_loss=0.0, arrival_s=3.0,
-                      cancel_fraction=0.0, realtime_fraction=0.0)).run()
+                      cancel_fraction=0.0, realtime_fraction=0.0, coordinator_restarts=0)).run()
     assert r.violations() == [] and r.outcomes == {"done": 300}
     assert r.retries == 0 and r.duplicates_dropped == 0
 
