@@ -1,0 +1,145 @@
+"""The scheduler on real node processes on loopback: streamed inputs, worker and coordinator kill -9,
+cancel, and bad input. Each test waits on conditions with generous deadlines."""
+
+import hashlib
+import os
+import signal
+
+import pytest
+
+from scheduler.client import SyncClient, local_address
+from scheduler.localmesh import sees_all, start_mesh, wait_for
+
+FAST = ["--advert-interval", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    nodes = start_mesh(tmp_path_factory.mktemp("mesh"), 3, extra=FAST)
+    try:
+        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+        yield nodes
+    finally:
+        for nd in nodes:
+            nd.kill()
+
+
+def client_of(node) -> SyncClient:
+    addr, tok, pid, insecure = local_address(node.data_dir)
+    return SyncClient(addr, token=tok, peer_id=pid, insecure=insecure)
+
+
+def placed_on(c: SyncClient, job_id: str) -> str:
+    return wait_for(lambda: (st := c.status(job_id))["state"] == "running" and st["peer"], 60,
+                    f"job {job_id} to run")
+
+
+def test_checksum_of_a_256_mib_streamed_input(mesh, tmp_path):
+    path = tmp_path / "big.bin"
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(256):
+            block = hashlib.sha256(str(i).encode()).digest() * (1 << 15)  # 1 MiB, cheap to make
+            f.write(block)
+            h.update(block)
+    with client_of(mesh[0]) as c:
+        res = c.run("checksum", {}, input=path, timeout_s=600)
+    assert res.body["sha256"] == h.hexdigest()
+    assert res.body["bytes"] == 256 << 20
+
+
+def test_worker_killed_mid_job_completes_elsewhere_exactly_once(tmp_path):
+    nodes = start_mesh(tmp_path, 3, extra=FAST)
+    try:
+        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+        with client_of(nodes[0]) as c:
+            ids = [c.submit("sleep", {"seconds": 4.0})["id"] for _ in range(2)]
+            workers = {j: placed_on(c, j) for j in ids}
+            # one of them runs on another node than the coordinator (one slot per node)
+            victim_job, victim = next((j, w) for j, w in workers.items() if w != nodes[0].peer_id)
+            victim_node = next(nd for nd in nodes if nd.peer_id == victim)
+            victim_node.proc.send_signal(signal.SIGKILL)
+            victim_node.proc.wait()
+            res = c.result(victim_job, timeout=120)
+            assert res.ok, res.reason
+            assert res.worker != victim
+            status = c.status(victim_job)
+            assert status["attempt"] >= 2 and status["state"] == "done"
+            assert len(status["failures"]) >= 1
+            assert all(c.result(j, timeout=120).ok for j in ids)
+            listed = [j for j in c.list() if j["id"] == victim_job]
+            assert len(listed) == 1
+    finally:
+        for nd in nodes:
+            nd.kill()
+
+
+def test_coordinator_kill_9_keeps_jobs_and_results(tmp_path):
+    nodes = start_mesh(tmp_path, 2, extra=FAST)
+    try:
+        wait_for(lambda: sees_all(nodes), 90, "two nodes to see each other")
+        coord = nodes[0]
+        with client_of(coord) as c:
+            done = c.run("echo", {"n": 7}, job_id="kept-result")
+            assert done.body["echo"] == {"n": 7}
+            c.submit("sleep", {"seconds": 2.0}, job_id="resumed-job")
+        coord.proc.send_signal(signal.SIGKILL)
+        coord.proc.wait()
+        coord.start([nodes[1].multiaddr])
+        coord.wait_up()
+        with client_of(coord) as c:
+            assert c.status("kept-result")["state"] == "done"
+            again = c.result("kept-result")
+            assert again.ok and again.body["echo"] == {"n": 7}
+            resumed = c.result("resumed-job", timeout=120)
+            assert resumed.ok, resumed.reason
+            # idempotent resubmit of a finished job id: the same job, not a new run
+            ans = c.submit("echo", {"n": 7}, job_id="kept-result")
+            assert ans["duplicate"] and ans["id"] == "kept-result"
+    finally:
+        for nd in nodes:
+            nd.kill()
+
+
+def test_cancel_of_a_long_sleep_frees_the_slot(mesh):
+    with client_of(mesh[1]) as c:
+        job = c.submit("sleep", {"seconds": 600})["id"]
+        worker = placed_on(c, job)
+        node = next(nd for nd in mesh if nd.peer_id == worker)
+
+        def free_slots():
+            me = next(p for p in node.call("peers") if p["self"])
+            return me["free_slots"]
+
+        wait_for(lambda: free_slots() == 0, 30, "the worker's slot to be taken")
+        assert c.cancel(job)["state"] == "cancelled"
+        wait_for(lambda: free_slots() == 1, 30, "the worker's slot to be freed")
+        res = c.result(job)
+        assert res.state == "cancelled" and "cancelled" in res.reason
+
+
+@pytest.mark.parametrize("kind,spec,kw,needle", [
+    ("no.such.kind", {}, {}, "unknown job kind"),
+    ("sleep", {"seconds": -1}, {}, "seconds"),
+    ("sleep", {"seconds": 1, "bogus": 2}, {}, "bogus"),
+    ("echo", {}, {"requirements": {"device_kind": "gpu", "min_memory_bytes": 1 << 50}}, "no "),
+])
+def test_bad_jobs_get_a_clear_error(mesh, kind, spec, kw, needle):
+    from mesh.rpc import RpcError
+    with client_of(mesh[0]) as c:
+        try:
+            ans = c.submit(kind, spec, **kw)
+        except RpcError as e:
+            assert needle in e.message
+        else:
+            assert not ans["accepted"] and needle in ans["message"], ans
+        assert c.run("echo", {"still": "fine"}).ok
+
+
+def test_oversized_inline_input_is_refused(mesh):
+    from mesh.rpc import RpcError
+    from scheduler.job import INLINE_INPUT_LIMIT, Job
+    with client_of(mesh[0]) as c:
+        job = Job(kind="echo", input=os.urandom(INLINE_INPUT_LIMIT + 1))
+        with pytest.raises(RpcError, match="inline input"):
+            c._call(c._client.rpc.call, "job.submit", {"job": job.to_wire(0.0)})
