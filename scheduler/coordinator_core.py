@@ -134,9 +134,10 @@ class CoordinatorConfig:
     wait_tolerance: float = 1.25  # an offer's max_wait_s: (next-best ECT - this one's rtt and cost) x this
     finished_retention_s: float = 3600.0
     max_finished: int = 100_000
-    standing_penalty_lost: float = 0.05  # lost lease / connection while holding a job
+    standing_penalty_lost: float = 0.05  # lost lease / connection while holding jobs (once per lease_s)
+    standing_floor_lost: float = 0.5  # crashes alone never push a peer below this (they are not malice)
     standing_penalty_bad_result: float = 0.25  # result failed verification
-    standing_reward: float = 0.01  # a verified result
+    standing_reward: float = 0.01  # a good result
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class CoordinatorCore:
         self._by_peer: dict[str, set[str]] = {}
         self._in_flight = 0
         self._seq = 0
+        self._penalized: dict[str, float] = {}  # peer -> when it last lost standing for lost jobs
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -400,7 +402,7 @@ class CoordinatorCore:
             self._pump(now, acts)
             return acts
         if result.ok or not result.retryable:
-            if self.verify is not None and result.ok:
+            if result.ok and self.view.standing(peer_id) < 1.0:
                 self.view.adjust_standing(peer_id, self.cfg.standing_reward)
             start = rec.started_at if rec.started_at is not None else rec.placed_at or now
             m.RUN_SECONDS.labels(rec.job.priority.value).observe(max(0.0, now - start))
@@ -431,7 +433,7 @@ class CoordinatorCore:
                 self._release(rec)
                 self._offer_next(rec, now, acts)
                 continue
-            self.view.adjust_standing(peer_id, -self.cfg.standing_penalty_lost)
+            self._penalize_lost(peer_id, now)
             self._attempt_lost(rec, now, f"worker {_short(peer_id)} lost ({reason})", label, acts)
         self._pump(now, acts)
         return acts
@@ -469,7 +471,7 @@ class CoordinatorCore:
                     self._push_timer(rec.lease_expires, "lease", rec, attempt)
                 else:
                     peer = rec.peer
-                    self.view.adjust_standing(peer, -self.cfg.standing_penalty_lost)
+                    self._penalize_lost(peer, now)
                     self._attempt_lost(rec, now, f"lease on {_short(peer)} expired", "lease_expired", acts)
             elif kind == "retry":
                 if rec.retry_at is not None and rec.retry_at <= now:
@@ -528,6 +530,19 @@ class CoordinatorCore:
         self.stats.duplicates_dropped += 1
         m.RESULTS_DROPPED.labels(reason).inc()
         return []
+
+    def _penalize_lost(self, peer: str, now: float) -> None:
+        """A worker lost jobs (crash, network): a small dent, once per lease period, never below the floor."""
+        last = self._penalized.get(peer)
+        if last is not None and now - last < self.cfg.lease_s:
+            return
+        self._penalized[peer] = now
+        if len(self._penalized) > 4096:
+            self._penalized = {p: t for p, t in self._penalized.items() if now - t < self.cfg.lease_s}
+        cur = self.view.standing(peer)
+        new = max(min(cur, self.cfg.standing_floor_lost), cur - self.cfg.standing_penalty_lost)
+        if new < cur:
+            self.view.adjust_standing(peer, new - cur)
 
     def _alive(self, peer: str, now: float) -> bool:
         if peer == self.view.self_peer_id:

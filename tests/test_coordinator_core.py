@@ -156,7 +156,31 @@ def test_lease_expiry_replaces_excluding_the_worker_until_max_attempts():
     assert rec.reason.startswith("failed on 3 attempts: lease on a expired; lease on b expired; lease on c expired")
     fin = of(acts, Finish)[0]
     assert fin.state is JobState.FAILED and fin.result is None
-    assert h.core.stats.retries == 2 and h.view.standing("a") < 1.0
+    assert h.core.stats.retries == 2 and h.view.standing("a") == pytest.approx(0.95)
+
+
+def test_crashes_dent_standing_once_per_lease_and_never_below_the_floor():
+    h = H(peers="ab")
+    for i in range(30):
+        h.submit(Job("echo", job_id=f"j{i}"))
+        rec = h.core.get(f"j{i}")
+        h.core.on_accept(rec.peer, Accept(f"j{i}", rec.attempt, "d0"), 0.0)
+    h.core.worker_lost("a", 1.0)  # many jobs lost at once: one dent
+    assert h.view.standing("a") == pytest.approx(0.95)
+    for t in range(2, 200, 7):  # it keeps crashing, for a long time
+        h.advert("a", float(t))
+        h.advert("b", float(t))
+        h.submit(Job("echo", job_id=f"k{t}"), float(t))
+        rec = h.core.get(f"k{t}")
+        if rec.peer == "a":
+            h.core.on_accept("a", Accept(f"k{t}", rec.attempt, "d0"), float(t))
+        h.core.worker_lost("a", float(t) + 0.5)
+    assert h.view.standing("a") == pytest.approx(0.5)  # still eligible (min_standing 0.25)
+    h.advert("a", 300.0)  # only a is alive now
+    h.submit(Job("echo", job_id="good"), 300.0)
+    assert h.core.get("good").peer == "a"
+    run_to_done(h, "good", 300.1)
+    assert h.view.standing("a") == pytest.approx(0.51)  # good results earn it back
 
 
 def test_results_of_an_older_attempt_are_dropped_after_replacement():
