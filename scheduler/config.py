@@ -61,7 +61,8 @@ class NodeSettings(BaseSettings):
     metrics_listen: str = Field(default="127.0.0.1:9464",
                                 description="HOST:PORT for Prometheus metrics, or 'off'")
     devices: str = Field(default="all",
-                         description="OpenCL devices to offer: 'all', 'none', or a comma list of ids / name substrings")
+                         description="OpenCL devices to offer: 'all', 'none' (run no jobs: a coordinator/gateway only), "
+                                     "or a comma list of ids / name substrings")
     advert_interval: float = Field(default=2.0, gt=0.05, le=300, description="Seconds between capacity adverts")
     advert_ttl: float | None = Field(default=None, gt=0,
                                      description="Seconds before a silent peer expires (default: 3 advert intervals)")

@@ -107,7 +107,8 @@ class Node:
         for dev_id, reason in outcome.failed.items():
             log.error("device %s not offered: %s", dev_id, reason)
         self.devices = outcome.devices
-        self.executor.set_devices(self.devices)
+        # --devices none: a gateway that coordinates but runs nothing; no OpenCL at all: the CPU reference path
+        self.executor.set_devices(self.devices, reference_fallback=self.settings.devices.strip() != "none")
         self.device_problem = result.problem
         if result.problem:
             log.warning("no compute devices: %s", result.problem)

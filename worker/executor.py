@@ -632,12 +632,12 @@ class Executor:
     def devices(self) -> tuple[Device, ...]:
         return tuple(self._devices.values())
 
-    def set_devices(self, devices: Sequence[Device]) -> None:
+    def set_devices(self, devices: Sequence[Device], *, reference_fallback: bool = True) -> None:
         """Adopt a new device list (after a rescan). Jobs on devices that went away fail with that reason.
 
         With no OpenCL device at all, the cpu-reference pseudo-device takes jobs on kinds' CPU paths.
         """
-        devices = [d for d in devices if d.opencl] or [Device.cpu_reference()]
+        devices = [d for d in devices if d.opencl] or ([Device.cpu_reference()] if reference_fallback else [])
         new = {d.id: d for d in devices}
         for dev_id in list(self._devices):
             if dev_id not in new or not new[dev_id].same_hardware(self._devices[dev_id]):
