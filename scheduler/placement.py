@@ -188,7 +188,7 @@ class Placer:
         self._rng = random.Random(seed)
         self._nprng = np.random.default_rng(seed)
         self._rtt: dict[str, float] = {}
-        self._cost_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cost_cache: OrderedDict[tuple, list] = OrderedDict()  # key -> [costs per row, version]
         self._cost_cache_keys = cost_cache_keys
         self.rebuilds = 0  # full table rebuilds (peers joined or left); for tests and metrics
         self._clear()
@@ -202,6 +202,7 @@ class Placer:
             if self._dev_id[r] == device_id and r < self._free.size:
                 self._free[r] = max(0, free_slots)
                 self._depth[r] = max(0, queue_depth)
+                self._base_dirty = True
 
     def observe_rtt(self, peer_id: str, rtt_s: float, alpha: float = 0.2) -> None:
         if peer_id == self.view.self_peer_id or not (rtt_s >= 0 and math.isfinite(rtt_s)):
@@ -212,6 +213,7 @@ class Placer:
         for r in self._rows_of(peer_id):
             if r < self._rtt_col.size:
                 self._rtt_col[r] = new
+                self._base_dirty = True
         if len(self._rtt) > 4 * max(1024, len(self._peers)):  # forget peers long gone
             self._rtt = {k: v for k, v in self._rtt.items() if k in self._peers}
 
@@ -241,15 +243,12 @@ class Placer:
         alive = self._expires >= now
         mask = alive if mask is None else (mask & alive)
         # job-independent part of the estimate: rtt + queue wait (full columns: no gathers)
-        wait = np.maximum(0.0, self._depth + 1.0 - self._free)
-        wait *= self._inv_slots_typical()
-        base = wait + self._rtt_col
+        wait, base = self._base()
         cost = self._cost(job, mask)
         ect = base + cost
         n = ect.size
         if self.jitter:
-            key = self._nprng.random(n)
-            key *= self.jitter
+            key = np.multiply(self._uniform(n), self.jitter)
             key += 1.0
             key *= ect
         else:
@@ -307,11 +306,25 @@ class Placer:
         self._choose(out)
         return Placement(out, matched=matched)
 
-    def _inv_slots_typical(self) -> np.ndarray:
-        if self._ist_for != self.typical_job_s:
-            self._ist = self.typical_job_s / self._slots
+    def _base(self) -> tuple[np.ndarray, np.ndarray]:
+        """(queue wait, rtt + queue wait) per row, recomputed only when load, rtt or typical_job_s changed."""
+        if self._base_dirty or self._ist_for != self.typical_job_s:
+            wait = np.maximum(0.0, self._depth + 1.0 - self._free)
+            wait *= self.typical_job_s / self._slots
             self._ist_for = self.typical_job_s
-        return self._ist
+            self._wait = wait
+            self._base_col = wait + self._rtt_col
+            self._base_dirty = False
+        return self._wait, self._base_col
+
+    def _uniform(self, n: int) -> np.ndarray:
+        """n uniform [0, 1) numbers from a buffer refilled 64 decisions at a time."""
+        if self._rpos + n > self._rbuf.size:
+            self._rbuf = self._nprng.random(max(64 * n, 1024))
+            self._rpos = 0
+        out = self._rbuf[self._rpos:self._rpos + n]
+        self._rpos += n
+        return out
 
     def _choose(self, out: list[Candidate]) -> None:
         best = min(c.estimate_s for c in out)
@@ -338,8 +351,12 @@ class Placer:
         self._pending: list[tuple] = []
         for name, dtype in _COLUMNS:
             setattr(self, name, np.zeros(0, dtype))
-        self._ist = np.zeros(0)
         self._ist_for = math.nan
+        self._base_dirty = True
+        self._wait = self._base_col = np.zeros(0)
+        self._static_version = getattr(self, "_static_version", 0) + 1
+        self._rbuf = np.zeros(0)
+        self._rpos = 0
         self._cost_cache.clear()
 
     def _rows_of(self, peer_id: str) -> range:
@@ -434,10 +451,11 @@ class Placer:
         cols = list(zip(*self._pending, strict=True))
         for (name, dtype), values in zip(_COLUMNS, cols, strict=True):
             setattr(self, name, np.concatenate([getattr(self, name), np.array(values, dtype)]))
-        for key, arr in self._cost_cache.items():
-            self._cost_cache[key] = np.concatenate([arr, np.full(len(self._pending), np.nan)])
+        for entry in self._cost_cache.values():
+            entry[0] = np.concatenate([entry[0], np.full(len(self._pending), np.nan)])
         self._pending = []
-        self._ist_for = math.nan
+        self._base_dirty = True
+        self._static_version += 1
 
     def _kill(self, rows: range) -> None:
         n = self._expires.size
@@ -460,12 +478,13 @@ class Placer:
             self._mulmod[r] = d.mulmod_mops
             self._f32[r] = d.f32_gflops
             self._slots[r] = max(1, d.slots)
-            self._ist_for = math.nan
-            for arr in self._cost_cache.values():
-                arr[r] = np.nan
+            self._static_version += 1
+            for entry in self._cost_cache.values():
+                entry[0][r] = np.nan
         self._free[r] = d.free_slots
         self._depth[r] = d.queue_depth
         self._expires[r] = expires
+        self._base_dirty = True
 
     def _match(self, req: Requirements) -> np.ndarray | None:
         """Rows meeting the requirements (None: no constraint at all)."""
@@ -508,14 +527,17 @@ class Placer:
         if self.cost_fn is None:
             return np.zeros(n)
         key = (job.kind, job.input_size, msgpack.packb(job.spec, use_bin_type=True))
-        cached = self._cost_cache.get(key)
-        if cached is None:
-            cached = np.full(n, np.nan)
-            self._cost_cache[key] = cached
+        entry = self._cost_cache.get(key)
+        if entry is None:
+            entry = [np.full(n, np.nan), -1]  # costs per row, table version at which every live row had one
+            self._cost_cache[key] = entry
             while len(self._cost_cache) > self._cost_cache_keys:
                 self._cost_cache.popitem(last=False)
         else:
             self._cost_cache.move_to_end(key)
+            if entry[1] == self._static_version:
+                return entry[0]
+        cached = entry[0]
         missing = np.isnan(cached)
         missing &= mask
         if missing.any():
@@ -523,6 +545,10 @@ class Placer:
             for r in np.flatnonzero(missing).tolist():
                 v = float(fn(job, devs[r]))
                 cached[r] = v if v >= 0 else np.inf
+        live = np.isnan(cached)
+        live &= self._expires > -math.inf
+        if not live.any():
+            entry[1] = self._static_version
         return cached
 
 
