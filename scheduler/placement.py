@@ -163,6 +163,23 @@ class TrackedView(MembershipView):
 class Placer:
     """Placement over one MembershipView. Keep one per coordinator (it caches the view's device table)."""
 
+    # the device table: one row per device of the view, columns set by _clear/_flush (see _COLUMNS)
+    _kind: np.ndarray
+    _mem: np.ndarray
+    _fp64: np.ndarray
+    _int64: np.ndarray
+    _mulmod: np.ndarray
+    _f32: np.ndarray
+    _slots: np.ndarray
+    _free: np.ndarray
+    _depth: np.ndarray
+    _expires: np.ndarray
+    _rtt_col: np.ndarray
+    _local: np.ndarray
+    _ist_for: float
+    _rbuf: np.ndarray
+    _rpos: int
+
     def __init__(self, view: MembershipView, cost_fn: CostFn | None = None, *, work_fn: WorkFn | None = None,
                  seed: int | None = None, d: int = 8, slack: float = 0.25, jitter: float = 0.02,
                  max_slack: float = 1.0, max_jitter: float = 1.0, min_standing: float = 0.25,
@@ -348,7 +365,7 @@ class Placer:
         self._dead = 0
         self._version = -1  # TrackedView version this table reflects
         self._scan_adverts: list[Advert] = []
-        self._pending: list[tuple] = []
+        self._pending: list[list] = []
         for name, dtype in _COLUMNS:
             setattr(self, name, np.zeros(0, dtype))
         self._ist_for = math.nan
@@ -543,7 +560,8 @@ class Placer:
         if missing.any():
             fn, devs = self.cost_fn, self._devs
             for r in np.flatnonzero(missing).tolist():
-                v = float(fn(job, devs[r]))
+                dev = devs[r]
+                v = float(fn(job, dev)) if dev is not None else math.inf
                 cached[r] = v if v >= 0 else np.inf
         live = np.isnan(cached)
         live &= self._expires > -math.inf
