@@ -75,7 +75,7 @@ def launch_size(count: int) -> int:
 def _pass_kernel(radix: int, inverse: bool) -> str:
     name = f"ntt_{'i' if inverse else 'f'}{radix}"
     loads = "\n    ".join(f"ulong v{r} = src[j + {r}u * stride];" for r in range(radix))
-    twid = "\n        ".join(f"v{r} = gl_mul(v{r}, tw[m * {radix - 1}u + {r - 1}u]);" for r in range(1, radix))
+    twid = "\n        ".join(f"v{r} = gl_mul(v{r}, tw[{r - 1}u * ns + m]);" for r in range(1, radix))
     scale = "\n        ".join(f"v{r} = gl_mul(v{r}, scale);" for r in range(radix))
     stores = "\n    ".join(f"dst[d + {r}u * ns] = v{r};" for r in range(radix))
     return f"""
@@ -110,14 +110,13 @@ def _pass_kernel_vec(radix: int, inverse: bool) -> str:
     name = f"ntt4_{'i' if inverse else 'f'}{radix}"
     loads = "\n    ".join(f"ulong4 v{r} = vload4(0, src + j + {r}u * stride);" for r in range(radix))
     twid = "\n        ".join(
-        f"v{r} = glv_mul(v{r}, (ulong4)(tw[m * {radix - 1}u + {r - 1}u], tw[(m + 1u) * {radix - 1}u + {r - 1}u], "
-        f"tw[(m + 2u) * {radix - 1}u + {r - 1}u], tw[(m + 3u) * {radix - 1}u + {r - 1}u]));"
+        f"v{r} = glv_mul(v{r}, vload4(0, tw + {r - 1}u * ns + m));"
         for r in range(1, radix)
     )
     twid_small = "\n        ".join(
-        f"v{r} = glv_mul(v{r}, (ulong4)(tw[(j & (ns - 1u)) * {radix - 1}u + {r - 1}u], "
-        f"tw[((j + 1u) & (ns - 1u)) * {radix - 1}u + {r - 1}u], tw[((j + 2u) & (ns - 1u)) * {radix - 1}u + {r - 1}u], "
-        f"tw[((j + 3u) & (ns - 1u)) * {radix - 1}u + {r - 1}u]));"
+        f"v{r} = glv_mul(v{r}, (ulong4)(tw[{r - 1}u * ns + (j & (ns - 1u))], "
+        f"tw[{r - 1}u * ns + ((j + 1u) & (ns - 1u))], tw[{r - 1}u * ns + ((j + 2u) & (ns - 1u))], "
+        f"tw[{r - 1}u * ns + ((j + 3u) & (ns - 1u))]));"
         for r in range(1, radix)
     )
     scale = "\n        ".join(f"v{r} = glv_mul(v{r}, (ulong4)scale);" for r in range(radix))
@@ -200,7 +199,8 @@ def plan(n: int, max_radix: int = DEFAULT_MAX_RADIX) -> tuple[int, ...]:
 
 
 def twiddle_tables(n: int, inverse: bool, radices: tuple[int, ...]) -> list[np.ndarray]:
-    """Per pass with stride ns and radix R: tw[m*(R-1) + r-1] = w^((n / (ns*R)) * r * m), m < ns."""
+    """Per pass with stride ns and radix R: tw[(r-1)*ns + m] = w^((n / (ns*R)) * r * m), m < ns (r-major, so
+    four consecutive groups load their twiddles as one vector)."""
     w = F.root_of_unity(n)
     if inverse:
         w = F.inv(w)
@@ -208,8 +208,8 @@ def twiddle_tables(n: int, inverse: bool, radices: tuple[int, ...]) -> list[np.n
     tables = []
     ns = 1
     for radix in radices:
-        m = np.arange(ns, dtype=np.int64)[:, None]
-        r = np.arange(1, radix, dtype=np.int64)[None, :]
+        m = np.arange(ns, dtype=np.int64)[None, :]
+        r = np.arange(1, radix, dtype=np.int64)[:, None]
         idx = (n // (ns * radix)) * r * m
         tables.append(np.ascontiguousarray(powers[idx].reshape(-1)) if ns > 1 else np.ones(1, np.uint64))
         ns *= radix
