@@ -64,6 +64,7 @@ from scheduler.job import (
 )
 from scheduler.journal import Journal
 from scheduler.placement import Placer
+from scheduler.quota import QuotaExceeded, Quotas
 from scheduler.tokens import TokenError, TokenRecord, TokenStore
 from scheduler.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
 from worker import kinds as kinds_mod
@@ -84,6 +85,7 @@ LOCAL_TOKEN_FILE = "local.token"
 class Principal:
     kind: str  # "peer" | "client"
     token: TokenRecord | None = None
+    refusal: str = ""  # a client whose token failed: every call answers with this reason
 
     @property
     def name(self) -> str:
@@ -107,12 +109,13 @@ class Admission:
 
     def authorize(self, peer_id: str, extra: dict[str, Any], outbound: bool) -> Principal:
         if "token" in extra:
+            # a client with a bad token stays connected only to be told why on each call: a clear error
+            # beats a closed socket, and it can reach nothing else
             try:
-                rec = self.tokens.authenticate(str(extra["token"]), "read")
+                return Principal("client", self.tokens.authenticate(str(extra["token"]), "read"))
             except TokenError as e:
-                mesh_metrics.PEERS_REFUSED.labels("dataplane").inc()
-                raise HandshakeError("refused", f"client refused: {e}") from None
-            return Principal("client", rec)
+                mesh_metrics.PEERS_REFUSED.labels("client").inc()
+                return Principal("client", None, str(e))
         if self.allow is not None and peer_id not in self.allow:
             mesh_metrics.PEERS_REFUSED.labels("dataplane").inc()
             raise HandshakeError("refused", f"peer {peer_id} is not on this mesh's allow list")
@@ -196,6 +199,7 @@ class JobService:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._journal_lock = trio.Lock()
+        self.quotas = Quotas()
         self._register_methods()
 
     # ---- wiring -------------------------------------------------------------------------------------------
@@ -337,6 +341,10 @@ class JobService:
             await trio.to_thread.run_sync(path.write_bytes, output)
 
     def _on_finish(self, a: Finish) -> None:
+        rec = self.core.get(a.job_id)
+        if rec is not None:
+            run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
+            self.quotas.finished(rec.job.submitted_by, a.job_id, run_s, trio.current_time())
         ev = self._finished.pop(a.job_id, None)
         if ev is not None:
             ev.set()
@@ -469,7 +477,8 @@ class JobService:
     def _require(self, call: Call, scope: str) -> Principal:
         p: Principal | None = call.principal
         if p is None or p.kind != "client" or p.token is None:
-            raise RpcError("unauthenticated", "this method needs an API token (mesh-node token create)")
+            raise RpcError("unauthenticated", (p.refusal if p is not None and p.refusal else
+                                               "this method needs an API token (mesh-node token create)"))
         try:
             self.tokens.check(p.token, scope)
         except TokenError as e:
@@ -496,9 +505,20 @@ class JobService:
         req = job.requirements.merged(Requirements.from_wire(kreq.to_dict()))
         job = replace(job, requirements=req, submitted_by=p.name)
         existing = self.core.get(job.job_id)
+        if existing is None:
+            try:
+                self.quotas.admit_submit(p.name, job.job_id, now)
+            except QuotaExceeded as e:
+                raise RpcError("quota", str(e)) from None
         if not job.inline and job.input_size > 0 and existing is None:
-            await self._receive_input(call, job)
+            try:
+                await self._receive_input(call, job)
+            except BaseException:
+                self.quotas.finished(p.name, job.job_id, 0.0, now)
+                raise
         answer, acts = self.core.submit(job, now)
+        if not answer.accepted and existing is None:
+            self.quotas.finished(p.name, job.job_id, 0.0, now)
         await self._execute(acts)
         return {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
                 "position": answer.position, "message": answer.message(), "code": answer.code,
@@ -608,6 +628,14 @@ class JobService:
             offer = Offer.from_wire(call.body.get("offer"), trio.current_time())
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
+        now = trio.current_time()
+        refusal = ""
+        if not self.quotas.admit_offer(peer, now):
+            refusal = "rate limited: too many offers from this coordinator"
+        elif self._remote_held() >= self._remote_slots():
+            refusal = f"this node lends at most {self.node.settings.share:.0%} of its slots to the mesh (--share)"
+        if refusal:
+            return {"answer": Reject(offer.job.job_id, offer.attempt, refusal, self.worker.current_load()).to_wire()}
         if peer not in self.node.view:  # only nodes that gossip with us may place work here
             reject = Reject(offer.job.job_id, offer.attempt, "unknown coordinator: not in this node's view yet",
                             self.worker.current_load())
@@ -616,6 +644,14 @@ class JobService:
         if answer is None:
             raise RpcError("internal", "worker core gave no answer to an offer")
         return {"answer": answer.to_wire()}
+
+    def _remote_held(self) -> int:
+        return sum(1 for h in self.worker.held() if h.coordinator != self.peer_id)
+
+    def _remote_slots(self) -> int:
+        """How many jobs of other coordinators this node runs at once: --share of its slots."""
+        slots = self.executor.capacity().slots
+        return int(slots * self.node.settings.share + 1e-9) if self.node.settings.share < 1.0 else slots * 1_000_000
 
     async def _m_lease(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)

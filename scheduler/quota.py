@@ -1,0 +1,93 @@
+"""Limits per API token and per peer: rate limits (token buckets), concurrent and queued jobs, and
+device-seconds per window. Pure: time is passed in. Every refusal names the limit and how to get under it."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Gauge
+
+REFUSALS = Counter("gpumesh_quota_refusals_total", "Requests refused by a limit", ["limit"])
+ACTIVE_BY_TOKEN = Gauge("gpumesh_token_active_jobs", "Jobs not yet finished, per API token", ["token"])
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+        REFUSALS.labels(limit).inc()
+
+
+@dataclass
+class TokenBucket:
+    rate: float  # tokens per second
+    burst: float
+    level: float = -1.0
+    at: float = 0.0
+
+    def take(self, now: float, n: float = 1.0) -> bool:
+        if self.level < 0:
+            self.level, self.at = self.burst, now
+        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+        if self.level >= n:
+            self.level -= n
+            return True
+        return False
+
+
+@dataclass
+class Limits:
+    submit_rate: float = 200.0  # submissions per second per token (burst = 2 s worth)
+    max_active: int = 1000  # jobs submitted and not finished, per token
+    device_seconds: float = 36_000.0  # device-seconds per token per window
+    window_s: float = 3600.0
+    offer_rate: float = 500.0  # claims per second accepted from one coordinator peer
+
+
+@dataclass
+class Quotas:
+    limits: Limits = field(default_factory=Limits)
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _offer_buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _active: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _usage: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))  # token -> (time, seconds)
+
+    def admit_submit(self, token: str, job_id: str, now: float) -> None:
+        """Raise QuotaExceeded unless `token` may submit another job now; else count it as active."""
+        lim = self.limits
+        b = self._buckets.setdefault(token, TokenBucket(lim.submit_rate, 2 * lim.submit_rate))
+        if job_id in self._active[token]:
+            return  # an idempotent resubmit costs nothing
+        if not b.take(now):
+            raise QuotaExceeded("submit_rate", f"token {token!r}: more than {lim.submit_rate:g} submissions/s; slow down")
+        if len(self._active[token]) >= lim.max_active:
+            raise QuotaExceeded("max_active", f"token {token!r} has {lim.max_active} unfinished jobs (the limit); "
+                                              "wait for some to finish")
+        used = self.device_seconds(token, now)
+        if used >= lim.device_seconds:
+            raise QuotaExceeded("device_seconds", f"token {token!r} used {used:.0f} device-seconds in the last "
+                                                  f"{lim.window_s:g} s (limit {lim.device_seconds:g})")
+        self._active[token].add(job_id)
+        ACTIVE_BY_TOKEN.labels(token or "local").set(len(self._active[token]))
+
+    def finished(self, token: str, job_id: str, device_s: float, now: float) -> None:
+        self._active[token].discard(job_id)
+        ACTIVE_BY_TOKEN.labels(token or "local").set(len(self._active[token]))
+        if device_s > 0:
+            self._usage[token].append((now, device_s))
+
+    def device_seconds(self, token: str, now: float) -> float:
+        q = self._usage[token]
+        while q and q[0][0] < now - self.limits.window_s:
+            q.popleft()
+        return sum(s for _, s in q)
+
+    def admit_offer(self, peer_id: str, now: float) -> bool:
+        lim = self.limits
+        b = self._offer_buckets.setdefault(peer_id, TokenBucket(lim.offer_rate, 2 * lim.offer_rate))
+        if b.take(now):
+            return True
+        REFUSALS.labels("offer_rate").inc()
+        return False
