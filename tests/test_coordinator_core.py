@@ -346,3 +346,28 @@ def test_memory_bounded_under_many_jobs():
         run_to_done(h, f"j{i}", now)
         h.core.tick(now)
     assert len(h.core._jobs) <= 101 and len(h.core._timers) <= 1024 + 8 * 2 + 10
+
+
+def test_metrics_follow_the_lifecycle():
+    from prometheus_client import REGISTRY
+
+    def val(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (val("gpumesh_jobs_finished_total", kind="metricsjob", state="done"),
+              val("gpumesh_results_dropped_total", reason="duplicate"),
+              val("gpumesh_claims_total", outcome="rejected"),
+              val("gpumesh_job_latency_seconds_count", priority="interactive"),
+              val("gpumesh_jobs_refused_total", reason="no_match"))
+    h = H()
+    h.submit(Job("metricsjob", job_id="m1", priority="interactive"))
+    h.core.on_reject("a", Reject("m1", 1, "busy"), 0.0)
+    run_to_done(h, "m1", 0.1)
+    h.core.on_result("b", Result("m1", 2, True), 0.2)
+    h.submit(Job("metricsjob", requirements=Requirements(min_memory_bytes=1 << 50)))
+    after = (val("gpumesh_jobs_finished_total", kind="metricsjob", state="done"),
+             val("gpumesh_results_dropped_total", reason="duplicate"),
+             val("gpumesh_claims_total", outcome="rejected"),
+             val("gpumesh_job_latency_seconds_count", priority="interactive"),
+             val("gpumesh_jobs_refused_total", reason="no_match"))
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 1]
