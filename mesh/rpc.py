@@ -134,6 +134,7 @@ class RpcServer:
 
     def __init__(self) -> None:
         self._methods: dict[str, Handler] = {}
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() is slow on the hot path
 
     def register(self, method: str, handler: Handler) -> None:
         if method in self._methods:
@@ -207,8 +208,15 @@ class RpcServer:
                 await self._reply_error(stream, call_id, RpcError("deadline_exceeded", f"{method} took longer than {timeout}s"))
             else:
                 code = "cancelled"
-        tm.RPC_REQUESTS.labels(method, code).inc()
-        tm.RPC_SECONDS.labels(method).observe(trio.current_time() - t0)
+        self._observe(method, code, trio.current_time() - t0)
+
+    def _observe(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = self._metric_children[key] = (tm.RPC_REQUESTS.labels(method, code), tm.RPC_SECONDS.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     @staticmethod
     async def _reply_error(stream: Stream, call_id: int, err: RpcError) -> None:
@@ -319,6 +327,7 @@ class MeshClient:
         self.port = int(port)
         self._peer_id = peer_id
         self._ids = itertools.count(1)
+        self._conn: Connection | None = None  # last connection used (the pool keeps it too)
 
     @property
     def peer_id(self) -> str | None:
@@ -358,7 +367,10 @@ class MeshClient:
             raise
 
     async def connection(self) -> Connection:
-        conn = await self.transport.connect(self.host, self.port, self._peer_id)
+        conn = self._conn
+        if conn is not None and conn.usable:
+            return conn
+        conn = self._conn = await self.transport.connect(self.host, self.port, self._peer_id)
         if self._peer_id is None:
             self._peer_id = conn.peer_id
         return conn

@@ -154,6 +154,8 @@ class TlsSession:
         got = 0
         n_total = len(view)
         obj = self.obj
+        if not self._in.pending and not obj.pending():
+            return -1  # nothing buffered: skip a read that could only raise SSLWantReadError
         try:
             while got < n_total:
                 n = obj.read(n_total - got, view[got:] if got else view)

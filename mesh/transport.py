@@ -677,6 +677,7 @@ class Connection:
         self.rtt: float | None = None
         self._direction = "out" if outbound else "in"
         self._blocked_s = 0.0  # time senders waited for credit (metric)
+        self._m_rtt = tm.RTT.labels(peer_id)
         self._unyielded = 0  # sends since the last scheduler yield
 
     def __repr__(self) -> str:
@@ -1001,7 +1002,7 @@ class Connection:
             elif t is PongReceived:
                 self.rtt = trio.current_time() - ev.sent_at
                 self._last_pong = ev.nonce
-                tm.RTT.labels(self.peer_id).set(self.rtt)
+                self._m_rtt.set(self.rtt)
                 self._ping_lot.unpark_all()
             elif t is GoAwayReceived:
                 if ev.code not in (m.CODE_NO_ERROR, m.CODE_IDLE, m.CODE_SHUTDOWN):

@@ -1,0 +1,365 @@
+"""bigtcp data-plane benchmark (issue 5): `python -m bench transport`.
+
+Everything runs on loopback with the receiving side in a second process (as two nodes would), the
+sending/calling side in this one. Throughputs move 1 GiB in 1 MiB frames/writes and report the median of
+RUNS runs, timed from the first byte sent until the receiver acknowledged the last one:
+  raw_MBps      a plain trio SocketStream (send_all / receive_some) — the ceiling for (b)
+  plain_MBps    our transport, plaintext (--data-plane-insecure), one stream
+  tls_MBps      our transport, TLS 1.3 with peer-id certificates, one stream
+  libp2p_MBps   one py-libp2p noise+yamux stream; only LIBP2P_BYTES per run (it is ~30-50 MB/s)
+  concurrent_64x16MiB_MBps   64 streams x 16 MiB at once on one TLS connection
+Round trips (TLS, 5000 sequential, after a warm-up):
+  rtt_p50_us / rtt_p99_us   a full RPC: MeshClient.call with a ~64-byte msgpack body (new stream each)
+  msg_rtt_p50_us            a 64-byte message echoed on an already open stream
+  raw_rtt_p50_us            a 64-byte ping-pong on a raw trio socket (the floor on this machine)
+  requests_per_s            RPCs per second with 32 concurrent callers on one connection
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import statistics
+import time
+
+import trio
+
+MiB = 1 << 20
+GiB = 1 << 30
+CHUNK = MiB
+TOTAL = GiB
+RUNS = 3
+LIBP2P_BYTES = 64 * MiB
+RTT_N = 5000
+RPS_WORKERS, RPS_CALLS = 32, 300
+PROTO = "/gpumesh/bench/1.0.0"
+
+
+# ============================================================================================== peer
+
+
+def _libp2p_host():
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.x25519 import create_new_key_pair as x25519
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+    from libp2p.security.noise.transport import Transport as Noise
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    from mesh.identity import Identity
+
+    ident = Identity.generate()
+    noise = Noise(libp2p_keypair=ident.key_pair, noise_privkey=x25519().private_key)
+    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+    return new_host(key_pair=ident.key_pair, sec_opt={NOISE: noise}, muxer_opt={YAMUX: Yamux}, listen_addrs=listen), listen
+
+
+async def _peer_main(pipe) -> None:
+    from libp2p.custom_types import TProtocol
+
+    from mesh.identity import Identity
+    from mesh.rpc import RpcServer
+    from mesh.transport import Transport
+
+    rpc = RpcServer()
+
+    @rpc.method("echo")
+    async def _echo(call):
+        return call.body
+
+    async def handler(stream):
+        if stream.meta.get("rpc"):
+            await rpc.handle_stream(stream)
+        elif stream.meta.get("bench") == "sink":
+            total = 0
+            async for chunk in stream:
+                total += len(chunk)
+            await stream.send_msg({"n": total}, end=True)
+        else:  # echo messages
+            async for msg in stream:
+                await stream.send_msg(msg)
+            await stream.close()
+
+    async def raw_sink(s: trio.SocketStream) -> None:
+        want = int.from_bytes(await _recv_exactly(s, 8), "big")
+        got = 0
+        while got < want:
+            chunk = await s.receive_some(CHUNK)
+            if not chunk:
+                break
+            got += len(chunk)
+        await s.send_all(got.to_bytes(8, "big"))
+
+    async def raw_echo(s: trio.SocketStream) -> None:
+        while True:
+            data = await s.receive_some(64)
+            if not data:
+                return
+            await s.send_all(data)
+
+    async def lp2p_sink(stream) -> None:
+        want = int.from_bytes(await _lp2p_exactly(stream, 8), "big")
+        got = 0
+        while got < want:
+            d = await stream.read(min(CHUNK, want - got))
+            if not d:
+                break
+            got += len(d)
+        await stream.write(got.to_bytes(8, "big"))
+
+    host, listen = _libp2p_host()
+    async with trio.open_nursery() as n, host.run(listen_addrs=listen):
+        host.set_stream_handler(TProtocol(PROTO), lp2p_sink)
+        plain = Transport(Identity.generate(), host="127.0.0.1", port=0, insecure=True, handler=handler)
+        tls = Transport(Identity.generate(), host="127.0.0.1", port=0, handler=handler)
+        await n.start(plain.serve)
+        await n.start(tls.serve)
+        sink_l = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        echo_l = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        n.start_soon(trio.serve_listeners, raw_sink, [sink_l])
+        n.start_soon(trio.serve_listeners, raw_echo, [echo_l])
+        pipe.send({
+            "plain": plain.port, "tls": tls.port, "tls_id": tls.peer_id,
+            "raw_sink": sink_l.socket.getsockname()[1], "raw_echo": echo_l.socket.getsockname()[1],
+            "libp2p": str(host.get_addrs()[0]),
+        })
+        await trio.to_thread.run_sync(pipe.recv)  # "stop"
+        n.cancel_scope.cancel()
+
+
+def _peer(pipe) -> None:
+    trio.run(_peer_main, pipe)
+
+
+async def _recv_exactly(s: trio.SocketStream, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = await s.receive_some(n - len(buf))
+        if not chunk:
+            raise EOFError("peer closed")
+        buf += chunk
+    return buf
+
+
+async def _lp2p_exactly(stream, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = await stream.read(n - len(buf))
+        if not chunk:
+            raise EOFError("peer closed")
+        buf += chunk
+    return buf
+
+
+# ============================================================================================== client
+
+
+def _mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+def _pct(samples: list[float], q: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+async def _raw_throughput(port: int, payload: bytes) -> float:
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    async with s:
+        t0 = time.perf_counter()
+        await s.send_all(TOTAL.to_bytes(8, "big"))
+        for _ in range(TOTAL // CHUNK):
+            await s.send_all(payload)
+        got = int.from_bytes(await _recv_exactly(s, 8), "big")
+        dt = time.perf_counter() - t0
+    assert got == TOTAL
+    return _mbps(TOTAL, dt)
+
+
+async def _stream_throughput(conn, payload: bytes, total: int = TOTAL) -> float:
+    t0 = time.perf_counter()
+    s = await conn.open_stream({"bench": "sink"})
+    for _ in range(total // CHUNK):
+        await s.send_bytes(payload)
+    await s.close()
+    ack = await s.receive_msg()
+    dt = time.perf_counter() - t0
+    assert ack["n"] == total, ack
+    return _mbps(total, dt)
+
+
+async def _concurrent(conn, payload: bytes, streams: int = 64, per_stream: int = 16 * MiB) -> float:
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as n:
+        for _ in range(streams):
+            n.start_soon(_stream_throughput, conn, payload, per_stream)
+    return _mbps(streams * per_stream, time.perf_counter() - t0)
+
+
+async def _libp2p_throughput(addr: str, payload: bytes) -> list[float]:
+    import multiaddr
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    host, listen = _libp2p_host()
+    out = []
+    async with host.run(listen_addrs=listen):
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        await host.connect(info)
+        for _ in range(RUNS):
+            t0 = time.perf_counter()
+            s = await host.new_stream(info.peer_id, [TProtocol(PROTO)])
+            await s.write(LIBP2P_BYTES.to_bytes(8, "big"))
+            for _ in range(LIBP2P_BYTES // CHUNK):
+                await s.write(payload)
+            got = int.from_bytes(await _lp2p_exactly(s, 8), "big")
+            out.append(_mbps(LIBP2P_BYTES, time.perf_counter() - t0))
+            assert got == LIBP2P_BYTES
+            await s.close()
+    return out
+
+
+async def _raw_rtt(port: int) -> list[float]:
+    s = await trio.open_tcp_stream("127.0.0.1", port)
+    msg = b"x" * 64
+    out = []
+    async with s:
+        for i in range(RTT_N + 500):
+            t0 = time.perf_counter()
+            await s.send_all(msg)
+            await _recv_exactly(s, 64)
+            if i >= 500:
+                out.append(time.perf_counter() - t0)
+    return out
+
+
+async def _msg_rtt(conn) -> list[float]:
+    s = await conn.open_stream({"bench": "echo"})
+    msg = {"p": "x" * 56}  # 64 bytes of msgpack
+    out = []
+    for i in range(RTT_N + 500):
+        t0 = time.perf_counter()
+        await s.send_msg(msg)
+        await s.receive_msg()
+        if i >= 500:
+            out.append(time.perf_counter() - t0)
+    await s.close()
+    return out
+
+
+async def _rpc_rtt(client) -> list[float]:
+    body = {"p": "x" * 56}
+    out = []
+    for i in range(RTT_N + 500):
+        t0 = time.perf_counter()
+        await client.call("echo", body)
+        if i >= 500:
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+async def _rps(client) -> float:
+    body = {"p": "x" * 56}
+
+    async def worker():
+        for _ in range(RPS_CALLS):
+            await client.call("echo", body)
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as n:
+        for _ in range(RPS_WORKERS):
+            n.start_soon(worker)
+    return RPS_WORKERS * RPS_CALLS / (time.perf_counter() - t0)
+
+
+async def _client_main(ports: dict) -> dict:
+    from mesh.identity import Identity
+    from mesh.rpc import MeshClient
+    from mesh.transport import Transport
+
+    payload = os.urandom(CHUNK)
+    res: dict = {}
+    plain = Transport(Identity.generate(), insecure=True, listen=False)
+    tls = Transport(Identity.generate(), listen=False)
+    async with trio.open_nursery() as n:
+        await n.start(plain.serve)
+        await n.start(tls.serve)
+        pconn = await plain.connect("127.0.0.1", ports["plain"])
+        tconn = await tls.connect("127.0.0.1", ports["tls"], ports["tls_id"])
+
+        runs: dict[str, list[float]] = {"raw": [], "plain": [], "tls": []}
+        for _ in range(RUNS):  # interleaved, so slow phases of a shared machine hit every variant
+            runs["raw"].append(await _raw_throughput(ports["raw_sink"], payload))
+            runs["plain"].append(await _stream_throughput(pconn, payload))
+            runs["tls"].append(await _stream_throughput(tconn, payload))
+        for k, v in runs.items():
+            res[f"{k}_MBps"] = round(statistics.median(v), 1)
+            res[f"{k}_runs_MBps"] = [round(x, 1) for x in v]
+        lp = await _libp2p_throughput(ports["libp2p"], payload)
+        res["libp2p_MBps"] = round(statistics.median(lp), 1)
+        res["libp2p_runs_MBps"] = [round(x, 1) for x in lp]
+        res["libp2p_bytes_per_run"] = LIBP2P_BYTES
+
+        conc = [await _concurrent(tconn, payload) for _ in range(RUNS)]
+        res["concurrent_64x16MiB_MBps"] = round(statistics.median(conc), 1)
+        res["concurrent_64x16MiB_plain_MBps"] = round(await _concurrent(pconn, payload), 1)
+
+        raw_rtt = await _raw_rtt(ports["raw_echo"])
+        msg_rtt = await _msg_rtt(tconn)
+        client = MeshClient(tls, "127.0.0.1", ports["tls"], ports["tls_id"])
+        rpc_rtt = await _rpc_rtt(client)
+        res["rtt_p50_us"] = round(_pct(rpc_rtt, 0.5) * 1e6, 1)
+        res["rtt_p99_us"] = round(_pct(rpc_rtt, 0.99) * 1e6, 1)
+        res["msg_rtt_p50_us"] = round(_pct(msg_rtt, 0.5) * 1e6, 1)
+        res["msg_rtt_p99_us"] = round(_pct(msg_rtt, 0.99) * 1e6, 1)
+        res["raw_rtt_p50_us"] = round(_pct(raw_rtt, 0.5) * 1e6, 1)
+        res["raw_rtt_p99_us"] = round(_pct(raw_rtt, 0.99) * 1e6, 1)
+        plain_client = MeshClient(plain, "127.0.0.1", ports["plain"])
+        plain_rtt = await _rpc_rtt(plain_client)
+        res["plain_rtt_p50_us"] = round(_pct(plain_rtt, 0.5) * 1e6, 1)
+        res["requests_per_s"] = round(await _rps(client), 0)
+        await plain.aclose()
+        await tls.aclose()
+    return res
+
+
+def run() -> dict:
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_peer, args=(child,), daemon=True)
+    proc.start()
+    try:
+        if not parent.poll(120):
+            raise RuntimeError("benchmark peer process did not start")
+        ports = parent.recv()
+        res = trio.run(_client_main, ports)
+        parent.send("stop")
+        proc.join(10)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+    res["plain_vs_raw"] = round(res["plain_MBps"] / res["raw_MBps"], 2)
+    res["tls_vs_libp2p"] = round(res["tls_MBps"] / res["libp2p_MBps"], 1)
+    res["loadavg_1m_before"] = round(load_before, 2)
+    res["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    res["bench_seconds"] = round(time.perf_counter() - t_start, 1)
+    return res
+
+
+def table(r: dict) -> list[tuple[str, str]]:
+    return [
+        ("(a) raw trio socket, 1 GiB", f"{r['raw_MBps']:.0f} MB/s (runs {r['raw_runs_MBps']})"),
+        ("(b) bigtcp plaintext, 1 stream", f"{r['plain_MBps']:.0f} MB/s = {r['plain_vs_raw']}x raw (target >= 0.8x)"),
+        ("(c) bigtcp TLS 1.3, 1 stream", f"{r['tls_MBps']:.0f} MB/s = {r['tls_vs_libp2p']}x libp2p (target >= 10x)"),
+        ("(d) py-libp2p noise+yamux, 1 stream", f"{r['libp2p_MBps']:.0f} MB/s ({r['libp2p_bytes_per_run'] // MiB} MiB per run)"),
+        ("64 streams x 16 MiB, TLS / plaintext", f"{r['concurrent_64x16MiB_MBps']:.0f} / {r['concurrent_64x16MiB_plain_MBps']:.0f} MB/s"),
+        ("RPC round trip, TLS, p50 / p99", f"{r['rtt_p50_us']:.0f} / {r['rtt_p99_us']:.0f} us (target p50 < 200 us)"),
+        ("RPC round trip, plaintext, p50", f"{r['plain_rtt_p50_us']:.0f} us"),
+        ("64-byte message echo on an open TLS stream, p50 / p99", f"{r['msg_rtt_p50_us']:.0f} / {r['msg_rtt_p99_us']:.0f} us"),
+        ("64-byte raw trio socket ping-pong, p50 / p99", f"{r['raw_rtt_p50_us']:.0f} / {r['raw_rtt_p99_us']:.0f} us"),
+        ("RPC requests/s, 32 concurrent callers, TLS", f"{r['requests_per_s']:.0f}"),
+        ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),
+    ]
