@@ -10,7 +10,7 @@ B ?=
 # and iproute2 are used by tests, which skip with a message naming the package when it is missing.
 APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2
 
-.PHONY: all demo test bench lint sim system-deps clean
+.PHONY: all demo test bench lint sim chaos system-deps clean
 
 all: test
 
@@ -44,6 +44,9 @@ bench: $(STAMP)
 
 sim: $(STAMP)
 	$(PY) -m scheduler.sim
+
+chaos: $(STAMP)
+	$(PY) -m scheduler.chaos $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mesh scheduler worker tests bench

@@ -1,0 +1,274 @@
+"""Chaos run: a local mesh of node processes under a steady job load while a driver kills -9 and restarts
+nodes (workers and coordinators alike) and pauses them (SIGSTOP/SIGCONT). At the end it checks the invariants:
+
+  * every accepted job has exactly one outcome, and it is still there when asked again later;
+  * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent);
+  * surviving nodes' memory stays bounded;
+  * once faults stop, every node is back in every view.
+
+`python -m scheduler.chaos` (`make chaos`) runs the long version; the test suite runs a short one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from scheduler.client import Client, local_address
+from scheduler.localmesh import NodeProc, make_nodes, sees_all, wait_for
+
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
+MAX_RSS_BYTES = 1536 << 20
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    node: int
+    kind: str
+    spec: dict
+    input: bytes | None
+    expected: dict
+    accepted: bool | None = None  # None: the submit's answer was lost (the node died): resubmit idempotently
+    outcome: tuple | None = None
+
+
+@dataclass
+class Report:
+    faults: Counter = field(default_factory=Counter)
+    outcomes: Counter = field(default_factory=Counter)
+    retries: int = 0
+    resubmits: int = 0
+    violations: list[str] = field(default_factory=list)
+    max_rss_mb: float = 0.0
+    jobs: int = 0
+    duration_s: float = 0.0
+
+    def table(self) -> str:
+        rows = [("jobs submitted", self.jobs), ("run time", f"{self.duration_s:.0f} s")]
+        rows += [(f"fault: {k}", v) for k, v in sorted(self.faults.items())]
+        rows += [(f"outcome: {k}", v) for k, v in sorted(self.outcomes.items())]
+        rows += [("retries (attempts > 1)", self.retries), ("submits answered after a node came back", self.resubmits),
+                 ("max RSS of a node", f"{self.max_rss_mb:.0f} MiB"), ("invariant violations", len(self.violations))]
+        w = max(len(str(k)) for k, _ in rows)
+        return "\n".join(f"  {str(k):<{w}}  {v}" for k, v in rows)
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class Chaos:
+    def __init__(self, root: Path, n: int, seed: int, rate: float) -> None:
+        self.rng = random.Random(seed)
+        self.nodes: list[NodeProc] = make_nodes(root, n, FAST)
+        self.rate = rate
+        self.jobs: list[Submitted] = []
+        self.report = Report()
+        self.down: set[int] = set()
+        self._seq = 0
+
+    def boot(self) -> None:
+        self.nodes[0].start()
+        for nd in self.nodes[1:]:
+            nd.start([self.nodes[0].multiaddr])
+        for nd in self.nodes:
+            nd.wait_up()
+        wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge", interval=0.2)
+
+    def restart(self, i: int) -> None:
+        others = [nd.multiaddr for j, nd in enumerate(self.nodes) if j != i and j not in self.down]
+        self.nodes[i].start(others)
+
+    # ---- load ----------------------------------------------------------------------------------------
+    def make_job(self, node: int) -> Submitted:
+        self._seq += 1
+        jid = f"chaos-{self._seq}"
+        if self.rng.random() < 0.6:
+            spec = {"n": self._seq}
+            return Submitted(jid, node, "echo", spec, None, {"echo": spec})
+        size = self.rng.choice([4096, 200_000, 1_500_000])
+        data = self.rng.randbytes(size)
+        return Submitted(jid, node, "checksum", {}, data, {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size})
+
+    async def submit(self, job: Submitted) -> None:
+        try:
+            addr, tok, pid, _ = local_address(self.nodes[job.node].data_dir)
+            with trio.fail_after(20):
+                async with Client.connect(addr, token=tok, peer_id=pid) as c:
+                    ans = await c.submit(job.kind, job.spec, input=job.input, job_id=job.job_id, max_attempts=6)
+            job.accepted = bool(ans["accepted"])
+        except Exception:
+            job.accepted = None  # unknown: asked again at the end
+
+    async def load(self, stop: trio.Event) -> None:
+        async with trio.open_nursery() as n:
+            while not stop.is_set():
+                live = [i for i in range(len(self.nodes)) if i not in self.down]
+                if live:
+                    job = self.make_job(self.rng.choice(live))
+                    self.jobs.append(job)
+                    n.start_soon(self.submit, job)
+                await trio.sleep(1 / self.rate)
+
+    # ---- faults --------------------------------------------------------------------------------------
+    async def faults(self, stop: trio.Event) -> None:
+        while not stop.is_set():
+            await trio.sleep(self.rng.uniform(1.0, 3.0))
+            up = [i for i in range(len(self.nodes)) if i not in self.down]
+            if len(up) <= 2:
+                continue
+            i = self.rng.choice(up)
+            nd = self.nodes[i]
+            if self.rng.random() < 0.6:
+                self.report.faults["kill -9 + restart"] += 1
+                nd.proc.send_signal(signal.SIGKILL)
+                nd.proc.wait()
+                self.down.add(i)
+                await trio.sleep(self.rng.uniform(0.5, 3.0))
+                self.restart(i)
+                self.down.discard(i)
+            else:
+                self.report.faults["SIGSTOP/SIGCONT"] += 1
+                nd.proc.send_signal(signal.SIGSTOP)
+                await trio.sleep(self.rng.uniform(0.5, 4.0))
+                nd.proc.send_signal(signal.SIGCONT)
+            self.report.max_rss_mb = max(self.report.max_rss_mb,
+                                         max(_rss(x.proc.pid) for x in self.nodes) / (1 << 20))
+
+    # ---- checks --------------------------------------------------------------------------------------
+    async def settle(self, timeout: float) -> None:
+        """Ask each job's coordinator for its outcome until every job has one (resubmitting unknown ones)."""
+        deadline = trio.current_time() + timeout
+        pending = list(self.jobs)
+        while pending and trio.current_time() < deadline:
+            for job in list(pending):
+                if job.accepted is None:
+                    await self.submit(job)
+                    self.report.resubmits += 1
+                    if job.accepted is None:
+                        continue
+                if job.accepted is False:
+                    job.outcome = ("rejected", "", None, 0)
+                    pending.remove(job)
+                    continue
+                try:
+                    addr, tok, pid, _ = local_address(self.nodes[job.node].data_dir)
+                    with trio.fail_after(30):
+                        async with Client.connect(addr, token=tok, peer_id=pid) as c:
+                            res = await c.result(job.job_id, wait=True)
+                            st = await c.status(job.job_id)
+                    job.outcome = (res.state, res.reason, res.body, st.get("attempt", 1))
+                    pending.remove(job)
+                except Exception:
+                    continue
+            if pending:
+                await trio.sleep(0.5)
+        for job in pending:
+            self.report.violations.append(f"{job.job_id}: no outcome within {timeout:g} s")
+
+    async def recheck(self) -> None:
+        """No result lost after it was reported: ask again, every outcome must be the same."""
+        by_node: dict[int, list[Submitted]] = {}
+        for j in self.jobs:
+            if j.outcome and j.outcome[0] != "rejected":
+                by_node.setdefault(j.node, []).append(j)
+        for i, jobs in by_node.items():
+            addr, tok, pid, _ = local_address(self.nodes[i].data_dir)
+            async with Client.connect(addr, token=tok, peer_id=pid) as c:
+                for j in jobs:
+                    res = await c.result(j.job_id, wait=False)
+                    if (res.state, res.body) != (j.outcome[0], j.outcome[2]):
+                        self.report.violations.append(f"{j.job_id}: outcome changed from {j.outcome[0]} to {res.state}")
+
+    def verdict(self) -> None:
+        for j in self.jobs:
+            if j.outcome is None:
+                continue
+            state, reason, body, attempt = j.outcome
+            self.report.outcomes[state] += 1
+            if attempt and attempt > 1:
+                self.report.retries += 1
+            if state == "done" and any(body.get(k) != v for k, v in j.expected.items()):
+                self.report.violations.append(f"{j.job_id}: wrong result {body} (expected {j.expected})")
+        for nd in self.nodes:
+            rss = _rss(nd.proc.pid)
+            self.report.max_rss_mb = max(self.report.max_rss_mb, rss / (1 << 20))
+            if rss > MAX_RSS_BYTES:
+                self.report.violations.append(f"{nd.data_dir.name}: RSS {rss >> 20} MiB over {MAX_RSS_BYTES >> 20} MiB")
+
+
+async def _run(ch: Chaos, duration: float) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as n:
+        n.start_soon(ch.load, stop)
+        n.start_soon(ch.faults, stop)
+        await trio.sleep(duration)
+        stop.set()
+    for i in sorted(ch.down):
+        ch.restart(i)
+    ch.down.clear()
+    for nd in ch.nodes:
+        if nd.proc.poll() is None:
+            nd.proc.send_signal(signal.SIGCONT)
+    await trio.to_thread.run_sync(lambda: [nd.wait_up() for nd in ch.nodes])
+    await ch.settle(timeout=180)
+    await ch.recheck()
+    try:
+        await trio.to_thread.run_sync(lambda: wait_for(lambda: sees_all(ch.nodes), 60, "all nodes back in all views"))
+    except TimeoutError as e:
+        ch.report.violations.append(str(e))
+
+
+def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None) -> Report:
+    with tempfile.TemporaryDirectory(prefix="gpumesh-chaos-") as tmp:
+        ch = Chaos(Path(root or tmp), nodes, seed, rate)
+        t0 = time.monotonic()
+        try:
+            ch.boot()
+            trio.run(_run, ch, duration)
+            ch.verdict()
+        finally:
+            for nd in ch.nodes:
+                nd.kill()
+        ch.report.jobs = len(ch.jobs)
+        ch.report.duration_s = time.monotonic() - t0
+        return ch.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scheduler.chaos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=float(os.environ.get("CHAOS_DURATION", 180)),
+                   help="seconds of load under faults (default 180)")
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second")
+    args = p.parse_args(argv)
+    rep = run(args.duration, args.nodes, args.seed, args.rate)
+    print("chaos run:")
+    print(rep.table())
+    for v in rep.violations[:50]:
+        print("  VIOLATION", v)
+    return 1 if rep.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
