@@ -1,5 +1,7 @@
 """Prove-then-verify for both AIRs on both backends, and rejection (with a reason) of tampered proofs."""
 
+from pathlib import Path
+
 import msgpack
 import numpy as np
 import pytest
@@ -188,6 +190,29 @@ def test_valid_proof_of_another_statement(proofs):
     assert not zk.verify(proofs["cubic"], expect={"steps": 2048}).ok
     assert zk.verify(proofs["cubic"], expect=zk.validate_spec(
         {"air": "cubic", "steps": 1024, "public_inputs": {"x0": 3, "c": 5}, "queries": 12, "blowup": 2})).ok
+
+
+def test_trailing_bytes_rejected(proofs):
+    v = zk.verify(proofs["cubic"] + b"\x00")
+    assert not v.ok and "malformed proof" in v.reason
+
+
+def test_verifier_needs_no_opencl(proofs, tmp_path):
+    """A fresh interpreter where importing pyopencl fails still verifies (and proves on numpy)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "proof.bin"
+    path.write_bytes(proofs["fibonacci"])
+    code = (
+        "import sys; sys.modules['pyopencl'] = None\n"
+        "from worker import zk\n"
+        f"v = zk.verify(open({str(path)!r}, 'rb').read())\n"
+        "assert v.ok, v.reason\n"
+        "assert zk.verify(zk.prove('cubic', {'x0': 1, 'c': 2}, 16, queries=4)).ok\n"
+        "assert 'pyopencl' not in sys.modules or sys.modules['pyopencl'] is None\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(Path(__file__).resolve().parents[1]))
 
 
 def test_garbage_is_rejected_not_raised():
