@@ -488,8 +488,8 @@ class Mux:
 
     def _handle(self, f: Frame, events: list[Event]) -> None:
         t = f.type
-        if self.peer_hello is None and t is not FrameType.HELLO:
-            raise PeerProtocolError("no_hello", f"{t.name} before HELLO")
+        if self.peer_hello is None and t is not FrameType.HELLO and t is not FrameType.GOAWAY:
+            raise PeerProtocolError("no_hello", f"{t.name} before HELLO")  # (a GOAWAY may refuse us first)
         if t is FrameType.DATA or t is FrameType.MSG:
             sid = f.stream_id
             s = self._streams.get(sid)

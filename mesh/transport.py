@@ -40,7 +40,13 @@ import trio
 
 from mesh import messages as m
 from mesh import transport_metrics as tm
-from mesh.framing import DEFAULT_MAX_FRAME, LocalProtocolError, PeerProtocolError, TransportError
+from mesh.framing import (
+    DEFAULT_MAX_FRAME,
+    LocalProtocolError,
+    PeerProtocolError,
+    TransportError,
+    encode_frame,
+)
 from mesh.identity import Identity
 from mesh.mux import (
     ConnectionClosing,
@@ -1091,9 +1097,14 @@ async def _establish(
     expected_peer_id: str | None,
     address: str,
     hello_extra: Callable[[str, str | None], dict[str, Any]] | None = None,
-) -> tuple[Mux, str, list, dict[str, Any]]:
-    """TLS handshake (if any), identity check, HELLO exchange. Returns (mux, peer id, events after HELLO,
-    the peer's HELLO extra)."""
+    authorize: Callable[[str, dict[str, Any], bool], Any] | None = None,
+) -> tuple[Mux, str, list, Any]:
+    """TLS handshake (if any), identity check, HELLO exchange, authorization. Returns (mux, peer id,
+    events that arrived after the peer's HELLO, principal from `authorize`).
+
+    The dialer sends its HELLO first; the listener answers with its own only once it accepted the dialer,
+    or with a GOAWAY(refused) saying why — so a refused dialer gets HandshakeError('refused') from
+    connect(), not a connection that dies later."""
     peer_id: str | None = None
     if isinstance(wire, _TlsWire):
         await wire.handshake()
@@ -1111,14 +1122,19 @@ async def _establish(
         idle_close=config.idle_close,
         hello_extra=hello_extra(identity.peer_id_str, peer_id or expected_peer_id) if hello_extra else None,
     )
-    await wire.send(mux.data_to_send())
+    our_hello = mux.data_to_send()
+    if outbound:
+        await wire.send(our_hello)
     events: list = []
     try:
         while not mux.ready:
             n = await wire.recv_into(mux.get_buffer())
             if n == 0:
-                raise HandshakeError("hello", f"{address} closed the connection before its HELLO (did it refuse us?)")
+                raise HandshakeError("hello", f"{address} closed the connection before its HELLO")
             events += mux.advance(n)
+            if mux.goaway_received is not None and not mux.ready:
+                g = mux.goaway_received
+                raise HandshakeError("refused", f"{address} refused the connection: {g.reason or m.CODE_NAMES.get(g.code, g.code)}")
     except PeerProtocolError as e:
         raise HandshakeError("hello", f"{address} sent a bad HELLO: {e}") from None
     hello = events.pop(0).hello
@@ -1130,7 +1146,27 @@ async def _establish(
         if expected_peer_id is not None and hello.peer_id != expected_peer_id:
             raise PeerIdMismatch(expected_peer_id, hello.peer_id or "(none)", address)
         peer_id = hello.peer_id or f"unauthenticated:{address}"
-    return mux, peer_id, events, hello.extra
+    principal = None
+    if authorize is not None:
+        refusal: HandshakeError | None = None
+        try:
+            principal = authorize(peer_id, hello.extra, outbound)
+        except HandshakeError as e:
+            refusal = e
+        except Exception as e:
+            refusal = HandshakeError("refused", f"peer {peer_id} at {address} is not authorized: {e}")
+        if refusal is not None:
+            t, payload = m.encode_control(m.GoAway(0, m.CODE_REFUSED, "not authorized"))
+            with trio.move_on_after(1.0):
+                try:
+                    await wire.send(encode_frame(t, 0, 0, payload))
+                    await wire.send_eof()
+                except _IO_ERRORS:
+                    pass
+            raise refusal
+    if not outbound:
+        await wire.send(our_hello)
+    return mux, peer_id, events, principal
 
 
 async def connect_over_stream(
@@ -1149,7 +1185,7 @@ async def connect_over_stream(
     identity = identity or Identity.generate()
     wire = _StreamWire(stream)
     with trio.fail_after(config.handshake_timeout):
-        mux, peer_id, events, _extra = await _establish(
+        mux, peer_id, events, _principal = await _establish(
             wire, outbound=outbound, identity=identity, config=config, expected_peer_id=expected_peer_id, address="stream"
         )
     conn = Connection(
@@ -1367,18 +1403,11 @@ class Transport:
         wire: _Wire = _SocketWire(sock) if self._tls is None else _TlsWire(sock, TlsSession(self._tls, server_side=not outbound))
         try:
             with trio.fail_after(self.config.handshake_timeout):
-                mux, peer_id, events, extra = await _establish(
+                mux, peer_id, events, principal = await _establish(
                     wire, outbound=outbound, identity=self.identity, config=self.config,
                     expected_peer_id=expected_peer_id, address=address, hello_extra=self._hello_extra,
+                    authorize=self._authorize,
                 )
-            principal = None
-            if self._authorize is not None:
-                try:
-                    principal = self._authorize(peer_id, extra, outbound)
-                except HandshakeError:
-                    raise
-                except Exception as e:
-                    raise HandshakeError("refused", f"peer {peer_id} at {address} not authorized: {e}") from e
         except HandshakeError as e:
             tm.HANDSHAKE_FAILURES.labels(e.reason).inc()
             await self._abandon(wire)

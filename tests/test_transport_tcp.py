@@ -350,3 +350,37 @@ async def test_graceful_close_over_tls_delivers_everything():
             await conn.aclose()
             await done.wait()
         assert got == chunks and conn.error is None
+
+
+async def test_admission_hooks_refuse_before_connect_returns():
+    """hello_extra/authorize: the dialer's HELLO carries a proof; the listener refuses without one, and
+    the dialer's connect() fails with the reason instead of returning a connection that dies later."""
+
+    def authorize(peer_id, extra, outbound):
+        if outbound:
+            return "node"
+        if extra.get("proof") != "sesame":
+            raise HandshakeError("refused", "no mesh proof")
+        return ("peer", peer_id)
+
+    server = Transport(Identity.generate(), host="127.0.0.1", port=0, handler=echo, authorize=authorize)
+    good = Transport(Identity.generate(), listen=False, hello_extra=lambda me, them: {"proof": "sesame"})
+    bad = Transport(Identity.generate(), listen=False)
+    before = sample("gpumesh_transport_handshake_failures_total", {"reason": "refused"})
+    async with trio.open_nursery() as n:
+        for t in (server, good, bad):
+            await n.start(t.serve)
+        conn = await good.connect("127.0.0.1", server.port, server.peer_id)
+        [inbound] = server.connections()
+        assert inbound.principal == ("peer", good.peer_id)
+        async with await conn.open_stream() as s:
+            await s.send_msg({"x": 1})
+            assert await s.receive_msg() == {"x": 1}
+        with pytest.raises(HandshakeError, match="refused") as ei:
+            await bad.connect("127.0.0.1", server.port, server.peer_id)
+        assert ei.value.reason == "refused"
+        assert len(server.connections()) == 1
+        for t in (bad, good, server):
+            await t.aclose()
+    # counted on both ends: the listener refused, the dialer was refused
+    assert sample("gpumesh_transport_handshake_failures_total", {"reason": "refused"}) == before + 2
