@@ -4,7 +4,6 @@ the kernels, and it keeps the prover's host code identical for both backends).""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -27,11 +26,13 @@ MF = cl.mem_flags if cl is not None else None
 DEEP_CHUNK = 32
 INV_CHUNK = 32
 POW_CHUNK = 64
-TABLE_CACHE = 32  # device tables kept (domains, folding tables) across proofs
 
 
 class OpenCLBackend(Backend):
-    """Takes the caller's pyopencl Context and CommandQueue; programs are built once per context."""
+    """Takes the caller's pyopencl Context and CommandQueue. Programs, kernel objects and read-only tables
+    are cached per context, so a backend per proof is cheap; scratch buffers belong to the instance.
+    Not thread-safe: use one backend (and one context's kernels) from one thread at a time, since
+    pyopencl kernel objects carry their arguments between set and enqueue."""
 
     def __init__(self, ctx, queue, max_radix: int = DEFAULT_MAX_RADIX):
         super().__init__(name="opencl")
@@ -40,7 +41,6 @@ class OpenCLBackend(Backend):
         self.ctx, self.queue, self.max_radix = ctx, queue, max_radix
         self.program = gpu.zk_program(ctx)
         self._ntt = ClNtt(ctx, queue, self.program, max_radix=max_radix)
-        self._tables: OrderedDict = OrderedDict()  # device tables by key, least recently used first
         self._pool: dict[str, Any] = {}  # scratch buffers by role, grown on demand
 
     # ------------------------------------------------------------ buffers
@@ -65,9 +65,9 @@ class OpenCLBackend(Backend):
         return buf
 
     def release(self) -> None:
-        """Drop pooled scratch buffers and cached tables (they are rebuilt on demand)."""
+        """Drop pooled scratch buffers and this context's cached tables (they are rebuilt on demand)."""
         self._pool.clear()
-        self._tables.clear()
+        gpu.drop_tables(self.ctx)
 
     def _to_host(self, buf, shape) -> np.ndarray:
         out = np.empty(shape, dtype=np.uint64)
@@ -134,16 +134,14 @@ class OpenCLBackend(Backend):
 
     def _powers_dev(self, start: int, base: int, n: int):
         """Device buffer [start * base^i for i < n], cached (domains and folding tables recur)."""
-        key = ("powers", start, base, n)
-        buf = self._tables.get(key)
-        if buf is None:
-            buf = self._tables[key] = self._empty(n)
+        def make():
+            buf = self._empty(n)
             gpu.launch(self._k("powers"), self.queue, -(-n // POW_CHUNK), buf, np.uint64(start), np.uint64(base),
                        np.uint32(n))
-            while len(self._tables) > TABLE_CACHE:
-                self._tables.popitem(last=False)
-        self._tables.move_to_end(key)
-        return buf
+            self.queue.finish()  # shared with backends on other queues of this context
+            return buf
+
+        return gpu.table(self.ctx, ("powers", start, base, n), make)
 
     def composition(self, air, public, lde, n, blowup, alphas) -> np.ndarray:
         with self.timed("constraints"):

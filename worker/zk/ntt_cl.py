@@ -10,7 +10,7 @@ reduction; only the R - 1 inter-pass twiddles per group need a full multiply (pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -225,21 +225,21 @@ class ClNtt:
     program: Any
     max_radix: int = DEFAULT_MAX_RADIX
     vectorize: bool = True
-    _tables: dict = field(default_factory=dict)
 
     def _tw(self, n: int, inverse: bool):
         import pyopencl as cl
 
-        key = (n, inverse, self.max_radix)
-        hit = self._tables.get(key)
-        if hit is None:
+        from . import gpu
+
+        def make():
             radices = plan(n, self.max_radix)
             bufs = [
                 cl.Buffer(self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=t)
                 for t in twiddle_tables(n, inverse, radices)
             ]
-            hit = self._tables[key] = (radices, bufs)
-        return hit
+            return radices, bufs
+
+        return gpu.table(self.ctx, ("twiddles", n, inverse, self.max_radix), make)
 
     def transform(self, src, tmp, n: int, cols: int, inverse: bool):
         """Transform `cols` contiguous length-n rows of src; returns whichever of (src, tmp) holds the
@@ -264,10 +264,7 @@ class ClNtt:
     def coset_table(self, n: int, shift: int):
         import pyopencl as cl
 
-        key = ("coset", n, shift)
-        hit = self._tables.get(key)
-        if hit is None:
-            hit = self._tables[key] = cl.Buffer(
-                self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=NT.coset_powers(n, shift)
-            )
-        return hit
+        from . import gpu
+
+        return gpu.table(self.ctx, ("coset", n, shift), lambda: cl.Buffer(
+            self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=NT.coset_powers(n, shift)))
