@@ -44,6 +44,7 @@ class NodeProc:
     data_port: int
     metrics_port: int
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # added to the node process's environment
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -64,7 +65,7 @@ class NodeProc:
         self.log_path = self.data_dir / "node.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         logf.close()
         return self
 

@@ -18,8 +18,9 @@ from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
-from mesh.membership import Event, MembershipView
+from mesh.membership import Event
 from scheduler.config import NodeSettings, parse_hostport
+from scheduler.placement import TrackedView
 from scheduler.service import JobService
 from worker import calibration
 from worker import devices as worker_devices
@@ -33,7 +34,7 @@ log = logging.getLogger("gpumesh.node")
 class Node:
     settings: NodeSettings
     identity: Identity = field(init=False)
-    view: MembershipView = field(init=False)
+    view: TrackedView = field(init=False)
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -44,7 +45,7 @@ class Node:
         self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
         allow = self.allow
         admit = allow.__contains__ if allow is not None else None
-        self.view = MembershipView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        self.view = TrackedView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
         self.watcher: DeviceWatcher | None = None

@@ -175,6 +175,9 @@ class JobService:
             from worker.compute.kind import register_kind
 
             register_kind(self.registry)
+        from worker.zk import kind as zk_kind
+
+        zk_kind.register(self.registry)
         self.tokens = TokenStore(s.data_dir)
         self.placer = Placer(node.view, cost_fn=self._cost)
         self.core = CoordinatorCore(self.peer_id, node.view, self.placer, coordinator_config or CoordinatorConfig(),
@@ -201,6 +204,10 @@ class JobService:
         self._journal_lock = trio.Lock()
         self.quotas = Quotas()
         self._register_methods()
+        self.register_verifier("zk.prove", zk_kind.check_remote_proof)
+        from worker.render.kind import register as register_render  # render.frame and its spot-check verifier
+
+        register_render(self)
 
     # ---- wiring -------------------------------------------------------------------------------------------
     def _register_methods(self) -> None:
@@ -268,7 +275,7 @@ class JobService:
     def _load(self) -> dict[str, DeviceLoad]:
         out = {}
         for c in self.executor.capacity().devices:
-            out[c.device_id] = DeviceLoad(c.free_slots, c.queued, c.max_queued)
+            out[c.device_id] = DeviceLoad(c.free_slots, c.queued, c.max_queued, c.slots)
         return out
 
     def _verify(self, job: Job, result: Result) -> str | None:

@@ -1,0 +1,40 @@
+"""Proofs on a 3-node loopback mesh: a batch spread over peers, every proof verified by the coordinator, and a
+peer that returns bad proofs (test-only fault hook) caught, its jobs re-run elsewhere and its standing lowered."""
+
+from scheduler.client import SyncClient, local_address
+from scheduler.localmesh import make_nodes, sees_all, wait_for
+from worker.zk import verify
+
+
+def test_batch_of_proofs_with_a_lying_peer(tmp_path):
+    nodes = make_nodes(tmp_path, 3, ["--advert-interval", "0.5"])
+    nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing: every proof comes from a peer
+    nodes[2].env["GPUMESH_TEST_CORRUPT_PROOF"] = "1"
+    nodes[0].start()
+    for nd in nodes[1:]:
+        nd.start([nodes[0].multiaddr])
+    try:
+        for nd in nodes:
+            nd.wait_up()
+        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+        addr, tok, pid, _ = local_address(nodes[0].data_dir)
+        liar = nodes[2].peer_id
+        with SyncClient(addr, token=tok, peer_id=pid) as c:
+            specs = [{"air": "fibonacci" if i % 2 else "cubic", "steps": 64, "blowup": 2, "queries": 8,
+                      "public_inputs": ({"a": 1, "b": i} if i % 2 else {"x0": i, "c": 5})} for i in range(6)]
+            ids = [c.submit("zk.prove", s, priority="batch", max_attempts=4)["id"] for s in specs]
+            results = [c.result(j, timeout=300) for j in ids]
+            for spec, res in zip(specs, results, strict=True):
+                assert res.ok, res.reason
+                assert res.worker != liar
+                v = verify(res.output, spec)
+                assert v.ok, v.reason
+            retried = [c.status(j) for j in ids if c.status(j)["attempt"] > 1]
+            assert retried, "the lying peer was never given a proof"
+            assert any("proof rejected" in f for st in retried for f in st["failures"])
+        standing = {p["peer_id"]: p["standing"] for p in nodes[0].call("peers")}
+        assert standing[liar] < 1.0
+        assert standing[nodes[1].peer_id] >= standing[liar]
+    finally:
+        for nd in nodes:
+            nd.kill()
