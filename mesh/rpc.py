@@ -393,18 +393,22 @@ class MeshClient:
         req: dict[str, Any] = {"id": call_id, "m": method, "b": body or {}}
         if timeout is not None:
             req["t"] = timeout
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            stream = await self._open_stream()
-            try:
-                await stream.send_msg(req, end=True)
-                c = ClientCall(stream, method, call_id)
-                return await c.result()
-            except (StreamReset, ConnectionLost) as e:
-                raise _unavailable(e) from e
-            except BaseException:
-                stream.reset("call abandoned")
-                raise
+        if timeout is None:
+            return await self._call(method, req, call_id)
+        with trio.move_on_after(timeout):
+            return await self._call(method, req, call_id)
         raise RpcError("deadline_exceeded", f"{method}: no response within {timeout}s") from None
+
+    async def _call(self, method: str, req: dict[str, Any], call_id: int) -> dict[str, Any]:
+        stream = await self._open_stream()
+        try:
+            await stream.send_msg(req, end=True)
+            return await ClientCall(stream, method, call_id).result()
+        except (StreamReset, ConnectionLost) as e:
+            raise _unavailable(e) from e
+        except BaseException:
+            stream.reset("call abandoned")
+            raise
 
     @asynccontextmanager
     async def open(

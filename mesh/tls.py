@@ -145,8 +145,9 @@ class TlsSession:
     def output_pending(self) -> int:
         return self._out.pending
 
-    def take_output(self) -> bytes:
-        return self._out.read()
+    def take_output(self, limit: int = 256 * 1024) -> bytes:
+        """Up to `limit` bytes of ciphertext (bounded pieces keep allocations reusable)."""
+        return self._out.read(limit)
 
     def read_into(self, view: memoryview) -> int:
         """Decrypt into `view` as much as is available without more input: >0 bytes, 0 = clean TLS close,

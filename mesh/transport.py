@@ -553,10 +553,17 @@ class Stream:
             got = "a message" if isinstance(item, dict) else "a data frame"
             raise WrongItemKind(f"stream {self.id}: expected {want}, next is {got}")
         self._items.popleft()
+        conn = self._conn
         if size:
-            self._conn._consumed(self.id, size)
+            conn._consumed(self.id, size)
         if not parked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # The item was already here. Yield now and then (bulk frames always, small items every 16th)
+            # so a consumer that never runs dry cannot starve other tasks, without paying a scheduler
+            # pass on every small message.
+            conn._unyielded += 1
+            if size >= 65536 or conn._unyielded >= 16:
+                conn._unyielded = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
         return item
 
     def __aiter__(self):
