@@ -73,6 +73,18 @@ inline ulong4 glv_reduce128(ulong4 hi, ulong4 lo) {
     t2 += GLV_MASK(t2 < t1) & GL_EPS;
     return t2 - (GLV_MASK(t2 >= GL_P) & GL_P);
 }
+// hi * 2^64 + lo mod p, result < 2^64 but possibly >= p: for intermediate products that only feed other
+// products (every mul accepts any 64-bit input)
+inline ulong4 glv_reduce128_nc(ulong4 hi, ulong4 lo) {
+    ulong4 hh = hi >> 32;
+    ulong4 hl = hi & GL_EPS;
+    ulong4 t0 = lo - hh;
+    t0 -= GLV_MASK(lo < hh) & GL_EPS;
+    ulong4 t1 = hl * GL_EPS;
+    ulong4 t2 = t0 + t1;
+    return t2 + (GLV_MASK(t2 < t1) & GL_EPS);
+}
+
 // 4 products of 32-bit limbs give both halves of the 128-bit product (mul_hi plus a separate 64-bit multiply
 // would redo them: AVX2 has no 64x64 multiply); measured faster than mul_hi on PoCL.
 inline ulong4 glv_mul(ulong4 a, ulong4 b) {
@@ -83,6 +95,16 @@ inline ulong4 glv_mul(ulong4 a, ulong4 b) {
     ulong4 lo = (mid2 << 32) | (ll & GL_EPS);
     ulong4 hi = hh + (mid >> 32) + (mid2 >> 32);
     return glv_reduce128(hi, lo);
+}
+
+inline ulong4 glv_mul_nc(ulong4 a, ulong4 b) {  // glv_mul without the final canonicalisation
+    ulong4 al = a & GL_EPS, ah = a >> 32, bl = b & GL_EPS, bh = b >> 32;
+    ulong4 ll = al * bl, lh = al * bh, hl = ah * bl, hh = ah * bh;
+    ulong4 mid = lh + (ll >> 32);
+    ulong4 mid2 = hl + (mid & GL_EPS);
+    ulong4 lo = (mid2 << 32) | (ll & GL_EPS);
+    ulong4 hi = hh + (mid >> 32) + (mid2 >> 32);
+    return glv_reduce128_nc(hi, lo);
 }
 inline ulong4 glv_sub(ulong4 a, ulong4 b) {
     ulong4 d = a - b;

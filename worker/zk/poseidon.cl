@@ -3,10 +3,10 @@
 // prepends goldilocks.cl and a generated header: POSEIDON_RC (round constants), mds_half (the circulant
 // MDS on 32-bit limbs), POSEIDON_HALF and POSEIDON_PARTIAL.
 
-inline ulong4 sbox7(ulong4 x) {
-    ulong4 x2 = glv_mul(x, x);
-    ulong4 x4 = glv_mul(x2, x2);
-    return glv_mul(glv_mul(x, x2), x4);
+inline ulong4 sbox7(ulong4 x) {  // intermediates stay unreduced (< 2^64); the result is canonical
+    ulong4 x2 = glv_mul_nc(x, x);
+    ulong4 x4 = glv_mul_nc(x2, x2);
+    return glv_mul(glv_mul_nc(x, x2), x4);
 }
 
 // value = a + b * 2^32 with a, b < 2^46: b = bh * 2^32 + bl, and 2^64 = EPS (mod p)
