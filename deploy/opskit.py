@@ -357,16 +357,29 @@ def render_cli_reference() -> str:
 
 
 def registry_labels() -> dict[str, list[str]]:
-    """Label names of every metric family registered by the modules a node imports (scrapes only show the
-    labels of families that already have a child)."""
+    """Label names of every metric family the node's code defines (scrapes only show the labels of families
+    that already have a child). Imports every module of mesh/, scheduler/ and worker/ that uses
+    prometheus_client, so families a node registers lazily are included too."""
+    import importlib
+
     sys.path.insert(0, str(REPO))
+    for pkg in ("mesh", "scheduler", "worker"):
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            if "prometheus_client" in path.read_text(errors="replace"):
+                importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
     from prometheus_client import REGISTRY
 
-    import scheduler.node  # noqa: F401 - registers the node's metrics on the default registry
-
     out: dict[str, list[str]] = {}
-    for name, collector in REGISTRY._names_to_collectors.items():  # noqa: SLF001
-        out[name] = list(getattr(collector, "_labelnames", ()))
+    for collector in set(REGISTRY._names_to_collectors.values()):  # noqa: SLF001
+        if hasattr(collector, "_labelnames"):
+            labels = list(collector._labelnames)  # noqa: SLF001
+            for name in REGISTRY._collector_to_names.get(collector, ()):  # noqa: SLF001
+                out[name] = labels
+        elif hasattr(collector, "describe"):  # custom collectors describe their families
+            for fam in collector.describe():
+                labels = list(getattr(fam, "_labelnames", ()))
+                for suffix in ("", "_total"):
+                    out[fam.name + suffix] = labels
     return out
 
 

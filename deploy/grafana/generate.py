@@ -242,6 +242,17 @@ def node_detail():
                 ts("Queue wait by priority class", "Admission to first start, p50 and p99.",
                    p_quantiles("gpumesh_executor_queue_wait_seconds", "priority", scope=N), unit="s", w=8),
             ]),
+            ("Data plane", [
+                ts("Bytes per second by peer", "Data-plane bytes this node sends to and receives from each peer.",
+                   [q(f"sum by (peer) (rate(gpumesh_transport_sent_bytes_total{{{N}}}[{RATE}]))", "out {{peer}}"),
+                    q(f"sum by (peer) (rate(gpumesh_transport_received_bytes_total{{{N}}}[{RATE}]))",
+                      "in {{peer}}")], unit="Bps", w=8),
+                ts("Connections and streams", "Open data-plane connections and streams, by direction.",
+                   [q(f"gpumesh_transport_connections_open{{{N}}}", "connections {{direction}}"),
+                    q(f"gpumesh_transport_streams_open{{{N}}}", "streams {{direction}}")], w=8),
+                ts("Round trip by peer", "Last keepalive round trip to each peer.",
+                   [q(f"gpumesh_transport_rtt_seconds{{{N}}}", "{{peer}}")], unit="s", w=8),
+            ]),
             ("Process", [
                 ts("CPU", "CPU time used by the node process (1 = one core).",
                    [q(f"rate(process_cpu_seconds_total{{{N}}}[{RATE}])", "cpu")], unit="percentunit", w=8),
@@ -262,45 +273,105 @@ def jobs():
     EX = "gpumesh_executor"
     return dashboard(
         "gpumesh-jobs", "gpumesh / Jobs",
-        "Jobs as the workers' executors run them: throughput and outcomes, queue wait and run time per "
-        "priority class and kind, deadline misses, refusals, and the slots they hold.",
+        "Jobs end to end as their coordinators see them (submitted, outcomes, latency per priority class, "
+        "retries, verification rejects, claims, deadline misses), then as the workers' executors run them "
+        "(queue wait, run time, slots), and raw compute jobs.",
         [
-            ("Throughput and outcomes", [
-                st("Jobs finished /s", "Jobs the executors finished, per second, all outcomes.",
-                   q(f"sum(rate({EX}_jobs_total{{{J}}}[{RATE}]))", instant=True), unit="ops"),
-                st("Failure ratio", "Failed jobs over all finished jobs, last 10 minutes.",
-                   q(f'sum(rate({EX}_jobs_total{{{J}, outcome="failed"}}[10m])) / '
-                     f"sum(rate({EX}_jobs_total{{{J}}}[10m]))", instant=True), unit="percentunit", red_above=0.1),
-                st("Deadline misses (1h)", "Realtime jobs that expired in a queue or finished after their deadline.",
-                   q(f"sum(increase({EX}_deadline_misses_total{{{J}}}[1h]))", instant=True), red_above=1),
-                st("Running", "Jobs holding a slot now.", q(f"sum({EX}_running_jobs{{{J}}})", instant=True)),
-                st("Queued", "Jobs waiting for a slot now.", q(f"sum({EX}_queue_depth{{{J}}})", instant=True)),
-                st("Free slots", "Slots not held by a job.", q(f"sum({EX}_free_slots{{{J}}})", instant=True),
-                   red_below=1),
-                ts("Jobs finished by outcome", "done / failed / cancelled, per second.",
-                   [q(f"sum by (outcome) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{outcome}}")], unit="ops"),
+            ("Coordinators: end to end", [
+                st("Submitted /s", "Jobs accepted by coordinators, per second.",
+                   q(f"sum(rate(gpumesh_jobs_submitted_total{{{J}}}[{RATE}]))", instant=True), unit="ops"),
+                st("Failure ratio", "Jobs that ended failed over all that ended, last 10 minutes (after retries).",
+                   q(f'sum(rate(gpumesh_jobs_finished_total{{{J}, state="failed"}}[10m])) / '
+                     f"sum(rate(gpumesh_jobs_finished_total{{{J}}}[10m]))", instant=True), unit="percentunit",
+                   red_above=0.1),
+                st("Active jobs", "Jobs held by coordinators and not finished.",
+                   q(f"sum(gpumesh_jobs_active{{{J}}})", instant=True)),
+                st("Queued at coordinators", "Jobs waiting at a coordinator for capacity.",
+                   q(f"sum(gpumesh_coordinator_queued_jobs{{{J}}})", instant=True)),
+                st("Deadline misses (1h)", "Accepted realtime jobs that missed their deadline.",
+                   q(f"sum(increase(gpumesh_deadline_misses_total{{{J}}}[1h]))", instant=True), red_above=1),
+                st("Retries (1h)", "Attempts lost and placed again.",
+                   q(f"sum(increase(gpumesh_job_retries_total{{{J}}}[1h]))", instant=True)),
+                ts("Submitted by priority class", "Jobs accepted per second.",
+                   [q(f"sum by (priority) (rate(gpumesh_jobs_submitted_total{{{J}}}[{RATE}]))", "{{priority}}")],
+                   unit="ops", w=8),
+                ts("Finished by state", "done / failed / cancelled, per second.",
+                   [q(f"sum by (state) (rate(gpumesh_jobs_finished_total{{{J}}}[{RATE}]))", "{{state}}")],
+                   unit="ops", w=8),
+                ts("Active jobs by state", "Jobs held by coordinators, by lifecycle state.",
+                   [q(f"sum by (state) (gpumesh_jobs_active{{{J}}})", "{{state}}")], w=8),
+                ts("End-to-end latency by priority class", "Submission to final state, p50 and p99.",
+                   p_quantiles("gpumesh_job_latency_seconds", "priority"), unit="s", w=8),
+                ts("Queue wait by priority class", "Submission to start of the attempt that ran it, p50 and p99.",
+                   p_quantiles("gpumesh_job_queue_wait_seconds", "priority"), unit="s", w=8),
+                ts("Run time by priority class", "Start to result of the attempt that finished, p50 and p99.",
+                   p_quantiles("gpumesh_job_run_seconds", "priority"), unit="s", w=8),
+            ]),
+            ("Coordinators: faults and pressure", [
+                ts("Retries by reason", "Attempts lost and placed again: worker lost, lease or advert expired, "
+                   "retryable error, verification.",
+                   [q(f"sum by (reason) (rate(gpumesh_job_retries_total{{{J}}}[{RATE}]))", "{{reason}}")],
+                   unit="ops", w=8),
+                ts("Verification rejects", "Results that failed the coordinator's verification, per second.",
+                   [q(f'sum(rate(gpumesh_job_retries_total{{{J}, reason="verification"}}[{RATE}]))', "rejected")],
+                   unit="ops", w=8),
+                ts("Deadline misses", "Accepted realtime jobs that missed their deadline, per second.",
+                   [q(f"sum(rate(gpumesh_deadline_misses_total{{{J}}}[{RATE}]))", "misses")], unit="ops", w=8),
+                ts("Claims by outcome", "Offers to workers: accepted, rejected (no room), timeout, stale.",
+                   [q(f"sum by (outcome) (rate(gpumesh_claims_total{{{J}}}[{RATE}]))", "{{outcome}}")],
+                   unit="ops", w=8),
+                ts("Refused at submit", "Submissions refused at once: saturated, no match, deadline, invalid...",
+                   [q(f"sum by (reason) (rate(gpumesh_jobs_refused_total{{{J}}}[{RATE}]))", "{{reason}}"),
+                    q(f"sum by (limit) (rate(gpumesh_quota_refusals_total{{{J}}}[{RATE}]))", "quota: {{limit}}")],
+                   unit="ops", w=8),
+                ts("Results dropped", "Late duplicates and results of stale attempts, not delivered.",
+                   [q(f"sum by (reason) (rate(gpumesh_results_dropped_total{{{J}}}[{RATE}]))", "{{reason}}")],
+                   unit="ops", w=8),
+                ts("Placement decision time", "Time to rank the candidates for one job, p50 and p99.",
+                   [q(f"histogram_quantile({x}, sum by (le) (rate(gpumesh_placement_decision_seconds_bucket"
+                      f"{{{J}}}[{RATE}])))", f"p{int(x * 100)}") for x in (0.5, 0.99)], unit="s", w=8),
+                ts("Offers answered by workers", "Offers received by workers, by answer.",
+                   [q(f"sum by (answer) (rate(gpumesh_worker_offers_total{{{J}}}[{RATE}]))", "{{answer}}")],
+                   unit="ops", w=8),
+                ts("Jobs under lease by worker", "Jobs each worker holds under lease.",
+                   [q(f"gpumesh_worker_claimed_jobs{{{J}}}", "{{instance}}")], w=8),
+            ]),
+            ("Executors: devices", [
+                ts("Jobs finished by outcome", "Jobs the executors finished: done / failed / cancelled, per second.",
+                   [q(f"sum by (outcome) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{outcome}}")], unit="ops",
+                   w=8),
                 ts("Jobs finished by kind", "Per job kind, per second.",
-                   [q(f"sum by (kind) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{kind}}")], unit="ops"),
-            ]),
-            ("Latency", [
-                ts("Queue wait by priority class", "Admission to first start on a device, p50 and p99.",
-                   p_quantiles(f"{EX}_queue_wait_seconds", "priority"), unit="s"),
+                   [q(f"sum by (kind) (rate({EX}_jobs_total{{{J}}}[{RATE}]))", "{{kind}}")], unit="ops", w=8),
+                ts("Device queue wait by priority class", "Admission on the device to first start, p50 and p99.",
+                   p_quantiles(f"{EX}_queue_wait_seconds", "priority"), unit="s", w=8),
                 ts("Run time by kind", "First start to end on a device, p50 and p99.",
-                   p_quantiles(f"{EX}_run_seconds", "kind"), unit="s"),
-            ]),
-            ("Pressure", [
-                ts("Deadline misses", "Realtime jobs that missed their deadline, per second.",
-                   [q(f"sum(rate({EX}_deadline_misses_total{{{J}}}[{RATE}]))", "misses")], unit="ops", w=8),
-                ts("Refused at submit", "Jobs an executor refused (saturated queue, deadline, invalid...).",
-                   [q(f"sum by (reason) (rate({EX}_refused_total{{{J}}}[{RATE}]))", "{{reason}}")], unit="ops", w=8),
+                   p_quantiles(f"{EX}_run_seconds", "kind"), unit="s", w=8),
+                ts("Refused by executors", "Jobs an executor refused (queue full, deadline, invalid...).",
+                   [q(f"sum by (reason) (rate({EX}_refused_total{{{J}}}[{RATE}]))", "{{reason}}"),
+                    q(f"sum(rate({EX}_deadline_misses_total{{{J}}}[{RATE}]))", "deadline misses")],
+                   unit="ops", w=8),
                 ts("Preemptions", "Running batch/interactive jobs that gave their slot to a more urgent one.",
                    [q(f"sum(rate({EX}_preemptions_total{{{J}}}[{RATE}]))", "preemptions")], unit="ops", w=8),
-                ts("Queue depth by node", "Jobs waiting for a slot, per node.",
+                ts("Queue depth by node", "Jobs waiting for a device slot, per node.",
                    [q(f"sum by (instance) ({EX}_queue_depth{{{J}}})", "{{instance}}")], w=8),
                 ts("Running jobs by node", "Jobs holding a slot, per node.",
                    [q(f"sum by (instance) ({EX}_running_jobs{{{J}}})", "{{instance}}")], w=8),
                 ts("Free slots by node", "Slots not held by a job, per node.",
                    [q(f"sum by (instance) ({EX}_free_slots{{{J}}})", "{{instance}}")], w=8),
+            ]),
+            ("Raw compute jobs", [
+                ts("Compute jobs by outcome", "compute.opencl jobs: ok, spec/build/kernel/memory/device errors, "
+                   "time limit, cancelled.",
+                   [q(f"sum by (outcome) (rate(gpumesh_compute_jobs_total{{{J}}}[{RATE}]))", "{{outcome}}")],
+                   unit="ops", w=8),
+                ts("Kernel device time", "Device time of a compute job's kernels, p50 and p99.",
+                   [q(f"histogram_quantile({x}, sum by (le) (rate(gpumesh_compute_kernel_seconds_bucket"
+                      f"{{{J}}}[{RATE}])))", f"p{int(x * 100)}") for x in (0.5, 0.99)], unit="s", w=8),
+                ts("Program builds", "Compute programs compiled and found in the build cache, per second; "
+                   "devices in quarantine.",
+                   [q(f"sum(rate(gpumesh_compute_build_cache_misses_total{{{J}}}[{RATE}]))", "compiled"),
+                    q(f"sum(rate(gpumesh_compute_build_cache_hits_total{{{J}}}[{RATE}]))", "cache hits"),
+                    q(f"sum(gpumesh_compute_quarantined_devices{{{J}}})", "quarantined devices")], w=8),
             ]),
         ])
 
@@ -364,13 +435,12 @@ def transport():
 
 # Defined, but generated only once a running node exports their metrics (tests/test_deploy.py checks the
 # metrics of every generated dashboard against a real scrape): move them into DASHBOARDS then.
-PENDING = {
-    "transport.json": transport,
-}
+PENDING: dict = {}
 
 DASHBOARDS = {
     "mesh-overview.json": mesh_overview,
     "jobs.json": jobs,
+    "transport.json": transport,
     "node-detail.json": node_detail,
 }
 
