@@ -264,6 +264,11 @@ class Mux:
         return self.peer_hello.max_frame
 
     @property
+    def ids_left(self) -> int:
+        """Streams this side can still open on this connection (ids only grow; a new connection resets them)."""
+        return max(0, (0xFFFFFFFF - self._next_id) // 2 + 1)
+
+    @property
     def can_open_stream(self) -> bool:
         return (
             self.peer_hello is not None
@@ -272,6 +277,7 @@ class Mux:
             and not self.ended
             and self.goaway_received is None
             and self.goaway_sent is None
+            and self._next_id <= 0xFFFFFFFF
         )
 
     # ------------------------------------------------------------------ output

@@ -231,6 +231,12 @@ class RpcServer:
 # ============================================================================================== client
 
 
+def _refused_unseen(e: RpcError) -> bool:
+    """The call failed because the server refused the stream before reading it (GOAWAY race)."""
+    cause = e.__cause__
+    return isinstance(cause, StreamReset) and cause.by_peer and cause.code == m.CODE_REFUSED
+
+
 def _unavailable(e: TransportError) -> RpcError:
     err = RpcError("unavailable", str(e))
     err.__cause__ = e
@@ -400,15 +406,21 @@ class MeshClient:
         raise RpcError("deadline_exceeded", f"{method}: no response within {timeout}s") from None
 
     async def _call(self, method: str, req: dict[str, Any], call_id: int) -> dict[str, Any]:
-        stream = await self._open_stream()
-        try:
-            await stream.send_msg(req, end=True)
-            return await ClientCall(stream, method, call_id).result()
-        except (StreamReset, ConnectionLost) as e:
-            raise _unavailable(e) from e
-        except BaseException:
-            stream.reset("call abandoned")
-            raise
+        for attempt in (1, 2):
+            stream = await self._open_stream()
+            try:
+                await stream.send_msg(req, end=True)
+                return await ClientCall(stream, method, call_id).result()
+            except (StreamReset, ConnectionLost) as e:
+                raise _unavailable(e) from e
+            except RpcError as e:
+                if attempt == 1 and _refused_unseen(e):
+                    continue  # the server was closing and never saw the request: safe to send it again
+                raise
+            except BaseException:
+                stream.reset("call abandoned")
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @asynccontextmanager
     async def open(

@@ -706,7 +706,7 @@ class Connection:
     @property
     def usable(self) -> bool:
         """Open and accepting new streams (what the pool hands out)."""
-        return not self.closed and not self._closing and self._mux.goaway_received is None
+        return not self.closed and not self._closing and self._mux.goaway_received is None and self._mux.ids_left > 0
 
     @property
     def error(self) -> TransportError | None:
@@ -726,6 +726,14 @@ class Connection:
                 raise ConnectionLost(str(self._error)) from self._error
             if self._closing or mux.goaway_received is not None or mux.goaway_sent is not None:
                 raise ConnectionClosing(f"connection to {self.peer_id} is closing; open the stream on a new connection")
+            if mux.ids_left == 0:
+                # every stream id was used: retire this connection (the pool dials a fresh one)
+                self._closing = True
+                if self._on_close:
+                    self._on_close(self)
+                if self._nursery is not None:
+                    self._nursery.start_soon(self.aclose)
+                raise ConnectionClosing(f"connection to {self.peer_id} used all its stream ids; open the stream on a new connection")
             await self._open_lot.park()
         sid = mux.open_stream(meta)
         st = Stream(self, sid, meta or {}, outbound=True)
@@ -885,7 +893,7 @@ class Connection:
         if not self._done.is_set():
             self._fail(ConnectionLost("peer did not close the connection in time"))
 
-    async def _run(self, initial_events: list | None = None) -> None:
+    async def _run(self, initial_events: list | None = None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         tm.CONNECTIONS.labels(self._direction).inc()
         tm.TRAFFIC.add(self)
         try:
@@ -898,6 +906,7 @@ class Connection:
                 n.start_soon(self._reader)
                 n.start_soon(self._writer)
                 n.start_soon(self._timers)
+                task_status.started()
         finally:
             if self._error is None:
                 self._fail(ConnectionLost(f"connection to {self.peer_id} closed"))
@@ -1199,7 +1208,7 @@ async def connect_over_stream(
         wire=wire, mux=mux, peer_id=peer_id, outbound=outbound, address="stream", config=config,
         spawn=nursery.start_soon, handler=handler,
     )
-    nursery.start_soon(conn._run, events)
+    await nursery.start(conn._run, events)
     return conn
 
 
@@ -1440,12 +1449,12 @@ class Transport:
         )
         self._all.add(conn)
         self._by_peer[peer_id] = conn  # newest wins; the older one keeps serving its streams
-        self._nursery.start_soon(self._run_connection, conn, events)
+        await self._nursery.start(self._run_connection, conn, events)
         return conn
 
-    async def _run_connection(self, conn: Connection, events: list) -> None:
+    async def _run_connection(self, conn: Connection, events: list, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await conn._run(events)
+            await conn._run(events, task_status=task_status)
         finally:
             self._unpool(conn)
             self._all.discard(conn)

@@ -331,3 +331,13 @@ def test_open_with_end_flag_and_empty_messages():
     assert evs == [StreamOpened(1, {"k": 1}), StreamEnded(1)]
     evs = b.receive_data(ctl(m.Open(), sid=3) + raw(FrameType.DATA, 0, 3, b""))
     assert evs == [StreamOpened(3, {}), DataReceived(3, b"")]
+
+
+def test_stream_ids_run_out_cleanly():
+    a, b = pair()
+    a._next_id = 0xFFFFFFFF  # the last odd id
+    assert a.ids_left == 1 and a.can_open_stream
+    assert a.open_stream() == 0xFFFFFFFF
+    assert a.ids_left == 0 and not a.can_open_stream
+    with pytest.raises(ConnectionClosing, match="exhausted"):
+        a.open_stream()

@@ -231,3 +231,52 @@ async def test_sync_client_reports_connect_errors():
                 SyncMeshClient("127.0.0.1", t.port, peer_id=Identity.generate().peer_id_str)
 
         await trio.to_thread.run_sync(wrong_id)
+
+
+async def test_call_refused_by_a_closing_server_is_retried_once():
+    """A server that refuses the stream before reading it (GOAWAY race, stream limit) never ran the
+    request, so MeshClient sends it again; a second refusal is an error."""
+    import trio.testing
+
+    from mesh import messages as msgs
+    from mesh.framing import FLAG_END, FrameDecoder, FrameType, encode_frame
+    from mesh.transport import connect_over_stream
+
+    async def serve_fake(stream, refusals):
+        def frame(t, flags, sid, payload=b""):
+            return b"".join(bytes(p) for p in encode_frame(t, flags, sid, payload))
+
+        t, p = msgs.encode_control(msgs.Hello(peer_id="fake", max_frame=1 << 20, window=1 << 20, max_streams=8))
+        await stream.send_all(frame(t, 0, 0, p))
+        dec = FrameDecoder()
+        while data := await stream.receive_some():
+            for f in dec.feed(data):
+                if f.type is FrameType.MSG:
+                    if refusals:
+                        refusals -= 1
+                        t, p = msgs.encode_control(msgs.Reset(msgs.CODE_REFUSED, "going away"))
+                        await stream.send_all(frame(t, 0, f.stream_id, p))
+                    else:
+                        body = msgs.unpack_message(f.payload)["b"]
+                        await stream.send_all(frame(FrameType.MSG, FLAG_END, f.stream_id, msgs.pack_message({"ok": body})))
+
+    class FixedTransport:
+        def __init__(self, conn):
+            self.conn = conn
+
+        async def connect(self, host, port, peer_id):
+            return self.conn
+
+    for refusals, ok in ((1, True), (2, False)):
+        a, b = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as n:
+            n.start_soon(serve_fake, b, refusals)
+            conn = await connect_over_stream(a, nursery=n, outbound=True)
+            client = MeshClient(FixedTransport(conn), "fake", 1, "fake")  # type: ignore[arg-type]
+            if ok:
+                assert await client.call("echo", {"n": 1}) == {"n": 1}
+            else:
+                with pytest.raises(RpcError) as ei:
+                    await client.call("echo", {"n": 1})
+                assert ei.value.code == "unavailable" and "going away" in ei.value.message
+            n.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from mesh.identity import Identity
 from mesh.transport import (
     ConnectError,
+    ConnectionClosing,
     ConnectionLost,
     EndOfStream,
     HandshakeError,
@@ -384,3 +385,24 @@ async def test_admission_hooks_refuse_before_connect_returns():
             await t.aclose()
     # counted on both ends: the listener refused, the dialer was refused
     assert sample("gpumesh_transport_handshake_failures_total", {"reason": "refused"}) == before + 2
+
+
+async def test_connection_out_of_stream_ids_is_retired_and_replaced():
+    async with pair() as (server, client):
+        conn = await client.connect("127.0.0.1", server.port, server.peer_id)
+        conn._mux._next_id = 0xFFFFFFFF - 2  # two ids left
+        streams = [await conn.open_stream(), await conn.open_stream()]
+        assert not conn.usable
+        with pytest.raises(ConnectionClosing, match="stream ids"):
+            await conn.open_stream()
+        fresh = await client.connect("127.0.0.1", server.port, server.peer_id)
+        assert fresh is not conn and fresh.usable
+        for s in streams:  # the old connection still serves its streams, then closes
+            await s.send_msg({"k": 1})
+            assert await s.receive_msg() == {"k": 1}
+            await s.close()
+            with pytest.raises(EndOfStream):
+                await s.receive()
+        with trio.fail_after(10):
+            await conn._done.wait()
+        assert conn.error is None
