@@ -53,6 +53,7 @@ class Quotas:
     _offer_buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _active: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     _usage: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))  # token -> (time, seconds)
+    _used: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # running sum of _usage
 
     def admit_submit(self, token: str, job_id: str, now: float) -> None:
         """Raise QuotaExceeded unless `token` may submit another job now; else count it as active."""
@@ -77,12 +78,15 @@ class Quotas:
         ACTIVE_BY_TOKEN.labels(token or "local").set(len(self._active[token]))
         if device_s > 0:
             self._usage[token].append((now, device_s))
+            self._used[token] += device_s
 
     def device_seconds(self, token: str, now: float) -> float:
         q = self._usage[token]
         while q and q[0][0] < now - self.limits.window_s:
-            q.popleft()
-        return sum(s for _, s in q)
+            self._used[token] -= q.popleft()[1]
+        if not q:
+            self._used[token] = 0.0  # no float drift once the window is empty
+        return max(0.0, self._used[token])
 
     def admit_offer(self, peer_id: str, now: float) -> bool:
         lim = self.limits

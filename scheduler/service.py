@@ -201,7 +201,9 @@ class JobService:
         self._verifiers: dict[str, Any] = {}
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._journal_lock = trio.Lock()
+        self._journal_pending: list = []
+        self._journal_done = trio.Event()
+        self._journal_busy = False
         self.quotas = Quotas()
         self._register_methods()
         self.register_verifier("zk.prove", zk_kind.check_remote_proof)
@@ -249,6 +251,25 @@ class JobService:
                 await self.transport.aclose(timeout=1.0)
             self.journal.close()
 
+    async def _journal_commit(self, actions: list) -> None:
+        """Group commit: callers queue their journal records and wait until a transaction holding them has
+        committed; one writer thread commits everything queued since its last transaction at once."""
+        self._journal_pending.extend(actions)
+        done = self._journal_done
+        if not self._journal_busy:
+            self._journal_busy = True
+            try:
+                while self._journal_pending:
+                    batch, self._journal_pending = self._journal_pending, []
+                    batch_done, self._journal_done = self._journal_done, trio.Event()
+                    try:
+                        await trio.to_thread.run_sync(self.journal.apply, batch, trio.current_time())
+                    finally:
+                        batch_done.set()
+            finally:
+                self._journal_busy = False
+        await done.wait()
+
     def poke(self) -> None:
         self._wake.set()
 
@@ -293,8 +314,7 @@ class JobService:
     async def _execute(self, actions: list) -> None:
         journal = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
         if journal:
-            async with self._journal_lock:
-                await trio.to_thread.run_sync(self.journal.apply, journal, trio.current_time())
+            await self._journal_commit(journal)
         for a in actions:
             if isinstance(a, SendOffer):
                 self._nursery.start_soon(self._offer, a)
@@ -475,10 +495,8 @@ class JobService:
         await self._execute_worker(self.worker.finished(job.job_id, attempt, result, trio.current_time()))
 
     async def _report_start(self, handle, job_id: str, attempt: int) -> None:
-        while handle.state == "queued":
-            await trio.sleep(0.01)
-        if handle.state == "running":
-            await self._execute_worker(self.worker.started(job_id, attempt, trio.current_time()))
+        await handle.started.wait()
+        await self._execute_worker(self.worker.started(job_id, attempt, trio.current_time()))
 
     # ---- RPC methods: clients -----------------------------------------------------------------------------
     def _require(self, call: Call, scope: str) -> Principal:

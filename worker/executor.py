@@ -506,6 +506,7 @@ class JobHandle:
         self.progress = 0.0
         self.progress_message: str | None = None
         self.outcome: Outcome | None = None
+        self.started = trio.Event()  # set when the job first gets a slot
         self._done = trio.Event()
 
     async def wait(self) -> Outcome:
@@ -715,6 +716,7 @@ class Executor:
                     job.resume = None
                 else:
                     job.handle.state = "running"
+                    job.handle.started.set()
                     QUEUE_WAIT.labels(e.priority.value).observe(now - e.enqueued_at)
                     self._nursery.start_soon(self._job_task, job, name=f"job {e.job_id}")
         self._changed()
