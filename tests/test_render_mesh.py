@@ -1,0 +1,143 @@
+"""render.frame on real node processes (a 3-node loopback mesh): a 30-frame stream arrives in order and matches
+the reference renderer, a tiled frame equals the untiled one, and a worker that corrupts its tiles (the
+test-only GPUMESH_TEST_CORRUPT_RENDER hook) is caught by the coordinator's spot-check: the frame is still
+right and the worker's standing drops. Small frames keep it quick; waits are on conditions, with generous
+deadlines (no timing assertions: the realtime deadlines here are far beyond any frame's cost)."""
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+import trio
+
+from scheduler.client import Client, local_address
+from scheduler.localmesh import NodeProc, free_port, sees_all, start_mesh, wait_for
+from scheduler.render_client import StreamStats, render_frame, render_stream
+from worker.render import reference
+from worker.render.camera import Tile, orbit
+from worker.render.kind import CORRUPT_ENV
+from worker.render.samples import example
+
+FAST = ["--advert-interval", "0.5"]
+W, H = 48, 36
+GENEROUS_MS = 20_000  # a realtime deadline no frame here should come near: drops would mean a broken mesh
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    nodes = start_mesh(tmp_path_factory.mktemp("render-mesh"), 3, extra=FAST)
+    try:
+        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+        yield nodes
+    finally:
+        for nd in nodes:
+            nd.kill()
+
+
+def connect(node):
+    addr, tok, pid, insecure = local_address(node.data_dir)
+    return Client.connect(addr, token=tok, peer_id=pid, insecure=insecure)
+
+
+def assert_matches_reference(frame, prepared, what):
+    """The kernel test's tolerance: >= 99.9% of pixels within 2/255 on every channel, same coverage, depth
+    within 1e-4 relative (at 48x36 that allows one odd silhouette pixel)."""
+    assert not frame.dropped, f"{what} dropped: {frame.reason}"
+    ref_rgba, ref_depth = reference.render(prepared, frame.pose)
+    close = np.abs(frame.rgba.astype(int) - ref_rgba.astype(int)).max(axis=-1) <= 2
+    hit, ref_hit = np.isfinite(frame.depth), np.isfinite(ref_depth)
+    both = hit & ref_hit
+    rel = np.abs(frame.depth[both].astype(np.float64) - ref_depth[both]) / np.abs(ref_depth[both])
+    allowed = max(1, int(0.001 * W * H))
+    assert (~close).sum() <= allowed, f"{what}: {(~close).sum()} pixels off the reference"
+    assert (hit != ref_hit).sum() <= allowed, f"{what}: coverage differs"
+    assert (rel > 1e-4).sum() <= allowed, f"{what}: depth differs"
+
+
+async def test_a_30_frame_stream_arrives_in_order_and_matches_the_reference(mesh):
+    scene = example("spheres", W, H)
+    prepared = reference.prepare(scene)
+    poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 30)
+    stats = StreamStats()
+    frames = []
+    async with connect(mesh[0]) as c:
+        async with render_stream(c, scene, poses, fps=60, deadline_ms=GENEROUS_MS, tiles=2, stats=stats) as rx:
+            async for f in rx:
+                frames.append(f)
+    assert [f.index for f in frames] == list(range(30))
+    assert [f.pose for f in frames] == poses
+    for f in frames:
+        assert_matches_reference(f, prepared, f"frame {f.index}")
+        assert [t.tile for t in f.tiles] == Tile.grid(W, H, 1, 2)
+    assert stats.rendered == 30 and stats.dropped == 0 and len(stats.latencies_s) == 30
+    # the scene went with the warm-up jobs; stream frames carry only its hash (unless a worker lacked it)
+    sent = sum(t.scene_sent for f in frames for t in f.tiles)
+    assert sent == stats.scene_resends
+    assert len({t.worker for f in frames for t in f.tiles}) >= 2, "60 tiles all placed on one node"
+
+
+async def test_a_tiled_frame_equals_the_untiled_frame(mesh):
+    scene = example("mesh", W, H)
+    pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)[5]
+    async with connect(mesh[1]) as c:
+        whole = await render_frame(c, scene, pose, deadline_ms=GENEROUS_MS)
+        tiled = await render_frame(c, scene, pose, tiles=3, deadline_ms=GENEROUS_MS)
+        uneven = await render_frame(c, scene, pose, tiles=[Tile(0, 0, 10, H), Tile(10, 0, W - 10, 7),
+                                                           Tile(10, 7, W - 10, H - 7)])
+    assert not whole.dropped and not tiled.dropped and not uneven.dropped
+    assert len(whole.tiles) == 1 and len(tiled.tiles) == 3 and len(uneven.tiles) == 3
+    for f in (tiled, uneven):  # one kernel on every node here: tiles are exact crops of the frame
+        np.testing.assert_array_equal(f.rgba, whole.rgba)
+        np.testing.assert_array_equal(f.depth, whole.depth)
+    assert_matches_reference(whole, reference.prepare(scene), "whole frame")
+
+
+def standing_seen_by(node, peer_id: str) -> float:
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "peers", "--json", "--data-dir", str(node.data_dir)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return next(p["standing"] for p in json.loads(out.stdout) if p["peer_id"] == peer_id)
+
+
+def metric(node, name: str, labels: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_worker_corrupting_its_tiles_is_caught_and_loses_standing(mesh, tmp_path):
+    coord = mesh[0]
+    bad = NodeProc(tmp_path / "bad", free_port(), free_port(), free_port(), list(FAST), env={CORRUPT_ENV: "1"})
+    bad.data_dir.mkdir(parents=True)
+    bad.start([coord.multiaddr])
+    try:
+        await trio.to_thread.run_sync(bad.wait_up)
+        await trio.to_thread.run_sync(wait_for, lambda: sees_all([*mesh, bad]), 90, "the corrupt node to join")
+        scene = example("spheres", W, H)
+        prepared = reference.prepare(scene)
+        poses = orbit((0.0, 0.2, 0.0), 2.4, 0.8, 40)
+        replaced = 0
+        async with connect(coord) as c:
+            for i, pose in enumerate(poses):
+                f = await render_frame(c, scene, pose, tiles=4, deadline_ms=GENEROUS_MS)
+                assert_matches_reference(f, prepared, f"frame {i}")
+                assert bad.peer_id not in f.workers, "a corrupted tile was accepted"
+                replaced += sum(t.attempt > 1 for t in f.tiles)
+                standing = await trio.to_thread.run_sync(lambda: next(
+                    p["standing"] for p in coord.call("peers") if p["peer_id"] == bad.peer_id))
+                if standing < 1.0 and replaced:
+                    break
+            else:
+                pytest.fail("the corrupt node got no tile in 40 frames of 4 tiles (or was never caught)")
+        assert await trio.to_thread.run_sync(standing_seen_by, coord, bad.peer_id) < 1.0
+        rejected = await trio.to_thread.run_sync(metric, coord, "gpumesh_render_tiles_verified_total",
+                                                 'outcome="rejected"')
+        accepted = await trio.to_thread.run_sync(metric, coord, "gpumesh_render_tiles_verified_total",
+                                                 'outcome="accepted"')
+        assert rejected >= 1 and accepted >= 1
+    finally:
+        bad.kill()
