@@ -8,6 +8,8 @@ RUNS runs, timed from the first byte sent until the receiver acknowledged the la
   tls_MBps      our transport, TLS 1.3 with peer-id certificates, one stream
   libp2p_MBps   one py-libp2p noise+yamux stream; only LIBP2P_BYTES per run (it is ~30-50 MB/s)
   concurrent_64x16MiB_MBps   64 streams x 16 MiB at once on one TLS connection
+  *_cpu_us_per_MiB / *_cpu_bound_MBps   CPU time per MiB on each side and the rate one stream would
+                reach with a core per side: steadier than wall-clock rates when the 2 cores are shared
 Round trips (TLS, 5000 sequential, after a warm-up):
   rtt_p50_us / rtt_p99_us   a full RPC: MeshClient.call with a ~64-byte msgpack body (new stream each)
   msg_rtt_p50_us            a 64-byte message echoed on an already open stream
@@ -73,9 +75,10 @@ async def _peer_main(pipe) -> None:
             await rpc.handle_stream(stream)
         elif stream.meta.get("bench") == "sink":
             total = 0
+            c0 = time.process_time()
             async for chunk in stream:
                 total += len(chunk)
-            await stream.send_msg({"n": total}, end=True)
+            await stream.send_msg({"n": total, "cpu": time.process_time() - c0}, end=True)
         else:  # echo messages
             async for msg in stream:
                 await stream.send_msg(msg)
@@ -84,12 +87,14 @@ async def _peer_main(pipe) -> None:
     async def raw_sink(s: trio.SocketStream) -> None:
         want = int.from_bytes(await _recv_exactly(s, 8), "big")
         got = 0
+        c0 = time.process_time()
         while got < want:
             chunk = await s.receive_some(CHUNK)
             if not chunk:
                 break
             got += len(chunk)
-        await s.send_all(got.to_bytes(8, "big"))
+        cpu_us = int((time.process_time() - c0) * 1e6)
+        await s.send_all(got.to_bytes(8, "big") + cpu_us.to_bytes(8, "big"))
 
     async def raw_echo(s: trio.SocketStream) -> None:
         while True:
@@ -164,20 +169,26 @@ def _pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(len(s) * q))]
 
 
-async def _raw_throughput(port: int, payload: bytes) -> float:
+async def _raw_throughput(port: int, payload: bytes) -> tuple[float, float, float]:
+    """(MB/s, sender CPU us per MiB, receiver CPU us per MiB)"""
     s = await trio.open_tcp_stream("127.0.0.1", port)
     async with s:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         await s.send_all(TOTAL.to_bytes(8, "big"))
         for _ in range(TOTAL // CHUNK):
             await s.send_all(payload)
-        got = int.from_bytes(await _recv_exactly(s, 8), "big")
+        ack = await _recv_exactly(s, 16)
         dt = time.perf_counter() - t0
-    assert got == TOTAL
-    return _mbps(TOTAL, dt)
+        cpu = time.process_time() - c0
+    assert int.from_bytes(ack[:8], "big") == TOTAL
+    mib = TOTAL / MiB
+    return _mbps(TOTAL, dt), cpu / mib * 1e6, int.from_bytes(ack[8:], "big") / mib
 
 
-async def _stream_throughput(conn, payload: bytes, total: int = TOTAL) -> float:
+async def _stream_throughput(conn, payload: bytes, total: int = TOTAL) -> tuple[float, float, float]:
+    """(MB/s, sender CPU us per MiB, receiver CPU us per MiB)"""
+    c0 = time.process_time()
     t0 = time.perf_counter()
     s = await conn.open_stream({"bench": "sink"})
     for _ in range(total // CHUNK):
@@ -185,8 +196,10 @@ async def _stream_throughput(conn, payload: bytes, total: int = TOTAL) -> float:
     await s.close()
     ack = await s.receive_msg()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     assert ack["n"] == total, ack
-    return _mbps(total, dt)
+    mib = total / MiB
+    return _mbps(total, dt), cpu / mib * 1e6, ack["cpu"] / mib * 1e6
 
 
 async def _concurrent(conn, payload: bytes, streams: int = 64, per_stream: int = 16 * MiB) -> float:
@@ -288,14 +301,20 @@ async def _client_main(ports: dict) -> dict:
         pconn = await plain.connect("127.0.0.1", ports["plain"])
         tconn = await tls.connect("127.0.0.1", ports["tls"], ports["tls_id"])
 
-        runs: dict[str, list[float]] = {"raw": [], "plain": [], "tls": []}
+        runs: dict[str, list[tuple[float, float, float]]] = {"raw": [], "plain": [], "tls": []}
         for _ in range(RUNS):  # interleaved, so slow phases of a shared machine hit every variant
             runs["raw"].append(await _raw_throughput(ports["raw_sink"], payload))
             runs["plain"].append(await _stream_throughput(pconn, payload))
             runs["tls"].append(await _stream_throughput(tconn, payload))
         for k, v in runs.items():
-            res[f"{k}_MBps"] = round(statistics.median(v), 1)
-            res[f"{k}_runs_MBps"] = [round(x, 1) for x in v]
+            res[f"{k}_MBps"] = round(statistics.median(x[0] for x in v), 1)
+            res[f"{k}_runs_MBps"] = [round(x[0], 1) for x in v]
+            snd = statistics.median(x[1] for x in v)
+            rcv = statistics.median(x[2] for x in v)
+            res[f"{k}_cpu_us_per_MiB"] = {"sender": round(snd), "receiver": round(rcv)}
+            # what one stream would do with a whole core on each side (CPU-bound estimate, less noisy
+            # than wall time on a shared machine)
+            res[f"{k}_cpu_bound_MBps"] = round(MiB / max(snd, rcv), 1)
         lp = await _libp2p_throughput(ports["libp2p"], payload)
         res["libp2p_MBps"] = round(statistics.median(lp), 1)
         res["libp2p_runs_MBps"] = [round(x, 1) for x in lp]
@@ -342,6 +361,7 @@ def run() -> dict:
         if proc.is_alive():
             proc.kill()
     res["plain_vs_raw"] = round(res["plain_MBps"] / res["raw_MBps"], 2)
+    res["plain_vs_raw_cpu_bound"] = round(res["plain_cpu_bound_MBps"] / res["raw_cpu_bound_MBps"], 2)
     res["tls_vs_libp2p"] = round(res["tls_MBps"] / res["libp2p_MBps"], 1)
     res["loadavg_1m_before"] = round(load_before, 2)
     res["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
@@ -355,6 +375,10 @@ def table(r: dict) -> list[tuple[str, str]]:
         ("(b) bigtcp plaintext, 1 stream", f"{r['plain_MBps']:.0f} MB/s = {r['plain_vs_raw']}x raw (target >= 0.8x)"),
         ("(c) bigtcp TLS 1.3, 1 stream", f"{r['tls_MBps']:.0f} MB/s = {r['tls_vs_libp2p']}x libp2p (target >= 10x)"),
         ("(d) py-libp2p noise+yamux, 1 stream", f"{r['libp2p_MBps']:.0f} MB/s ({r['libp2p_bytes_per_run'] // MiB} MiB per run)"),
+        ("CPU per MiB sender/receiver: raw, plain, TLS (us)", ", ".join(
+            f"{r[k + '_cpu_us_per_MiB']['sender']}/{r[k + '_cpu_us_per_MiB']['receiver']}" for k in ("raw", "plain", "tls"))),
+        ("CPU-bound estimate (a core per side): raw, plain, TLS", ", ".join(
+            f"{r[k + '_cpu_bound_MBps']:.0f}" for k in ("raw", "plain", "tls")) + f" MB/s (plain = {r['plain_vs_raw_cpu_bound']}x raw)"),
         ("64 streams x 16 MiB, TLS / plaintext", f"{r['concurrent_64x16MiB_MBps']:.0f} / {r['concurrent_64x16MiB_plain_MBps']:.0f} MB/s"),
         ("RPC round trip, TLS, p50 / p99", f"{r['rtt_p50_us']:.0f} / {r['rtt_p99_us']:.0f} us (target p50 < 200 us)"),
         ("RPC round trip, plaintext, p50", f"{r['plain_rtt_p50_us']:.0f} us"),

@@ -149,6 +149,27 @@ def encode_frame(
 
 # ---------------------------------------------------------------------------------------------- decoder
 
+
+def _make_alloc():
+    """bytearray(n) zero-fills n bytes that the wire is about to overwrite anyway (~40 us per MiB here);
+    CPython's PyByteArray_FromStringAndSize(NULL, n) does not. The decoder only hands out a payload
+    buffer once every byte of it was written, so the uninitialised contents are never visible."""
+    try:
+        import ctypes
+
+        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
+        fn.restype = ctypes.py_object
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]
+        probe = fn(None, 8)
+        if type(probe) is bytearray and len(probe) == 8:
+            return lambda n: fn(None, n)
+    except Exception:  # pragma: no cover - not CPython
+        pass
+    return bytearray  # pragma: no cover
+
+
+_alloc = _make_alloc()
+
 _HEADER = 0
 _PAYLOAD = 1
 
@@ -267,7 +288,7 @@ class FrameDecoder:
                 continue
             if length >= self._direct_min or HEADER_SIZE + length > len(buf):
                 # large frame: receive the rest straight into its own buffer
-                payload_buf = bytearray(length)
+                payload_buf = _alloc(length)
                 payload_buf[:avail] = view[s + HEADER_SIZE : self._end]
                 self._start = self._end = 0
                 self._hdr = (t, flags, sid, length, crc)  # type: ignore[assignment]

@@ -75,6 +75,7 @@ def make_contexts(identity: Identity) -> TlsContexts:
             ctx.check_hostname = False  # identity is the peer id in the certificate, not a DNS name
             ctx.load_cert_chain(cert_path, key_path)
             ctx.set_alpn_protocols([ALPN])
+            _prefer_fast_suites(ctx)
             if server_side:
                 ctx.num_tickets = 0  # no session resumption: every connection proves its identity
                 ctx.verify_mode = ssl.CERT_OPTIONAL  # request the client's certificate ...
@@ -83,6 +84,28 @@ def make_contexts(identity: Identity) -> TlsContexts:
                 ctx.verify_mode = ssl.CERT_NONE  # TLS 1.3 servers always send theirs; verified after the handshake
             contexts.append(ctx)
     return TlsContexts(server=contexts[0], client=contexts[1])
+
+
+# TLS 1.3 suites in order of preference: AES-128-GCM is measurably cheaper than AES-256-GCM here
+# (~15-40% less CPU per MiB with AES-NI), and both are standard TLS 1.3 suites.
+_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
+def _prefer_fast_suites(ctx: ssl.SSLContext) -> None:
+    # Python 3.11's ssl cannot set TLS 1.3 suites; use OpenSSL directly through the same CPython
+    # SSL_CTX handle py-libp2p's verify helper uses. Best effort: OpenSSL's default order otherwise.
+    try:
+        import ctypes
+
+        from libp2p.security.tls import openssl_verify as ov
+
+        ov._ensure_libssl()
+        fn = ov._libssl.SSL_CTX_set_ciphersuites  # type: ignore[union-attr]
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        fn.restype = ctypes.c_int
+        fn(ov._ssl_ctx_ptr(ctx), _SUITES)
+    except Exception:  # pragma: no cover - unusual libssl; the defaults are fine, only slower
+        pass
 
 
 def _skip_pkix(ctx: ssl.SSLContext) -> None:

@@ -406,3 +406,12 @@ async def test_connection_out_of_stream_ids_is_retired_and_replaced():
         with trio.fail_after(10):
             await conn._done.wait()
         assert conn.error is None
+
+
+async def test_tls_is_1_3_with_a_preferred_suite():
+    async with pair() as (server, client):
+        conn = await client.connect("127.0.0.1", server.port, server.peer_id)
+        obj = conn._wire.session.obj
+        assert obj.version() == "TLSv1.3"
+        assert obj.cipher()[0] in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
+        assert obj.selected_alpn_protocol() == "gpumesh-bigtcp/1"
