@@ -182,7 +182,7 @@ class TlsSession:
             return -1  # nothing buffered: skip a read that could only raise SSLWantReadError
         try:
             while got < n_total:
-                n = obj.read(n_total - got, view[got:] if got else view)
+                n: int = obj.read(n_total - got, view[got:] if got else view)  # type: ignore[assignment]
                 if n == 0:
                     break
                 got += n

@@ -201,7 +201,7 @@ class _SocketWire(_Wire):
                     return waited
                 bufs = bufs[i:]
                 waited = True
-                await trio.lowlevel.wait_writable(self.raw)
+                await trio.lowlevel.wait_writable(self.raw.fileno())
         except trio.Cancelled:
             # the caller may reuse its buffers after we return: keep private copies of the rest
             self._backlog = [bytes(b) for b in bufs]
@@ -223,7 +223,7 @@ class _SocketWire(_Wire):
             try:
                 return raw.recv_into(view)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(raw)
+                await trio.lowlevel.wait_readable(raw.fileno())
 
     async def send_eof(self) -> None:
         try:
@@ -233,7 +233,7 @@ class _SocketWire(_Wire):
 
     def _close(self) -> None:
         if self.raw.fileno() != -1:
-            trio.lowlevel.notify_closing(self.raw)
+            trio.lowlevel.notify_closing(self.raw.fileno())
             self.raw.close()
 
     async def aclose(self) -> None:
@@ -267,7 +267,7 @@ class _TlsWire(_SocketWire):
             try:
                 return raw.recv_into(self._rbuf)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(raw)
+                await trio.lowlevel.wait_readable(raw.fileno())
 
     async def handshake(self) -> None:
         s = self.session
@@ -298,7 +298,7 @@ class _TlsWire(_SocketWire):
         waited = False
         while not self._drain_nowait():
             waited = True
-            await trio.lowlevel.wait_writable(self.raw)
+            await trio.lowlevel.wait_writable(self.raw.fileno())
         return waited
 
     def _encrypt(self, bufs: list) -> None:
@@ -1080,7 +1080,7 @@ async def _tcp_connect(host: str, port: int) -> _socket.socket:
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             err = sock.connect_ex(sockaddr)
             if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-                await trio.lowlevel.wait_writable(sock)
+                await trio.lowlevel.wait_writable(sock.fileno())
                 err = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
@@ -1319,7 +1319,7 @@ class Transport:
 
     def _close_listener(self) -> None:
         if self._listener is not None and self._listener.fileno() != -1:
-            trio.lowlevel.notify_closing(self._listener)
+            trio.lowlevel.notify_closing(self._listener.fileno())
             self._listener.close()
 
     async def aclose(self, timeout: float | None = None) -> None:
@@ -1391,7 +1391,7 @@ class Transport:
                 sock, addr = lsock.accept()
             except BlockingIOError:
                 try:
-                    await trio.lowlevel.wait_readable(lsock)
+                    await trio.lowlevel.wait_readable(lsock.fileno())
                 except trio.ClosedResourceError:
                     return  # aclose() closed the listener
                 continue
