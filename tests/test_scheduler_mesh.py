@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import sees_all, start_mesh, wait_for
+from scheduler.localmesh import make_nodes, sees_all, start_mesh, wait_for
 
 FAST = ["--advert-interval", "0.5"]
 
@@ -49,14 +49,19 @@ def test_checksum_of_a_256_mib_streamed_input(mesh, tmp_path):
 
 
 def test_worker_killed_mid_job_completes_elsewhere_exactly_once(tmp_path):
-    nodes = start_mesh(tmp_path, 3, extra=FAST)
+    nodes = make_nodes(tmp_path, 3, FAST)
+    nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing, so the jobs run on workers
+    nodes[0].start()
+    for nd in nodes[1:]:
+        nd.start([nodes[0].multiaddr])
     try:
+        for nd in nodes:
+            nd.wait_up()
         wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
         with client_of(nodes[0]) as c:
             ids = [c.submit("sleep", {"seconds": 4.0})["id"] for _ in range(2)]
-            workers = {j: placed_on(c, j) for j in ids}
-            # one of them runs on another node than the coordinator (one slot per node)
-            victim_job, victim = next((j, w) for j, w in workers.items() if w != nodes[0].peer_id)
+            victim_job = ids[0]
+            victim = placed_on(c, victim_job)
             victim_node = next(nd for nd in nodes if nd.peer_id == victim)
             victim_node.proc.send_signal(signal.SIGKILL)
             victim_node.proc.wait()
