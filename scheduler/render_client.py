@@ -7,10 +7,12 @@
                 if f.dropped: ...                                           # missed its deadline: no image
                 else: show(f.rgba, f.depth)
 
-A `RenderSession` per (client, scene) remembers that the scene was sent: the scene travels as the input of the
-first jobs (and of a warm-up round that puts it on each peer), later jobs carry only its content hash and the
-pose. A worker that does not hold the scene fails the job at once with "scene not cached"; the session then
-resends the scene with that tile if the frame's deadline still allows, else the frame is dropped.
+A `RenderSession` per (client, scene) remembers where the scene went: it travels as the input of the first
+job (and of a warm-up round that puts it on each peer before a stream), later jobs carry only its content hash
+and the pose. A small scene (<= 64 KiB encoded) also rides along while some peer has not yet returned a result
+for it (bounded), so a peer the warm-up missed gets it without a failed round trip. A worker that does not
+hold the scene fails the job at once with "scene not cached"; the session then resends the scene with that
+tile if the frame's deadline still allows, else the frame is dropped.
 
 Frames of a stream are issued at `fps` (frame i at start + i/fps), each as realtime jobs (one per tile) with
 the frame's deadline (`deadline_ms` after it was issued). A frame whose tiles are not all back by its deadline
@@ -67,6 +69,8 @@ SCENE_RESENDS = Counter("gpumesh_render_scene_resends_total",
 
 DEFAULT_OVERHEAD_S = 0.01  # per-job overhead before any is observed (submit, place, collect)
 PEERS_TTL_S = 5.0
+SMALL_SCENE_BYTES = 64 << 10  # scenes up to this size ride along until every peer is known to hold them
+CARRY_PER_PEER = 4
 MIN_STANDING = 0.25  # placement skips peers below this (scheduler.placement)
 
 
@@ -176,6 +180,7 @@ class RenderSession:
         self.scene_bytes = encode_scene(self.scene)
         self.px_flops = flops_per_pixel(self.scene)
         self.scene_sent = False
+        self.carried = 0  # jobs that carried the scene
         self.known_on: set[str] = set()  # workers that returned a result for this scene
         self.overhead_s = DEFAULT_OVERHEAD_S
         self.resends = 0
@@ -243,6 +248,18 @@ class RenderSession:
             raise ValueError("tiles must cover every pixel of the frame exactly once")
         return out
 
+    async def should_send(self) -> bool:
+        """Whether the next job carries the scene: always until one job has; then, for a small scene only,
+        while some candidate peer has not yet returned a result for it (at most CARRY_PER_PEER jobs per
+        candidate), so that peers the warm-up missed get it without a failed round trip. Otherwise the hash
+        alone (a worker without the scene fails at once and the tile is resent with it)."""
+        if not self.scene_sent:
+            return True
+        if len(self.scene_bytes) > SMALL_SCENE_BYTES:
+            return False
+        cands = await self.candidates()
+        return bool(set(cands) - self.known_on) and self.carried < CARRY_PER_PEER * max(1, len(cands))
+
     # ---- scene placement --------------------------------------------------------------------------------------
     async def warm(self, rounds: int = 3) -> set[str]:
         """Put the scene on the peers before a stream starts: rounds of concurrent jobs carrying the scene (one
@@ -276,7 +293,7 @@ class RenderSession:
                           ) -> tuple[TileInfo, np.ndarray, np.ndarray]:
         """Render one tile as one job; resends the scene once if the worker lacks it. Raises FrameDropped."""
         c = self.client
-        send = (not self.scene_sent) if send_scene is None else send_scene
+        send = (await self.should_send()) if send_scene is None else send_scene
         for _ in range(2):
             t0 = trio.current_time()
             kw: dict[str, Any] = {"priority": "interactive", "timeout_s": 120.0}
@@ -299,6 +316,7 @@ class RenderSession:
                 raise FrameDropped(reason, str(ans.get("message") or code or "not accepted"))
             if send:
                 self.scene_sent = True
+                self.carried += 1
             res = await c.result(job_id)
             res = await self._complete(job_id, res, tile)
             t1 = trio.current_time()

@@ -95,7 +95,6 @@ OUTPUT_BPS_HOST = 4e9
 SETUP_FIXED_S = 0.02  # parse + pack + upload of a small scene
 SETUP_S_PER_TRIANGLE = 4e-6  # BVH build on the host
 SETUP_S_PER_INPUT_BYTE = 1 / 50e6  # a scene in the input: parse + BVH, estimated from its size
-PROGRAM_BUILD_S = 1.5  # the ray tracer's first build in a process (PoCL; cached on disk afterwards)
 DEFAULT_PIXELS = 640 * 480
 DEFAULT_PX_FLOPS = 4000.0
 BAND_TARGET_S = 0.05  # a band of a big frame: about this long between checkpoints
@@ -375,7 +374,6 @@ class CachedScene:
 
                 dev = SceneOnDevice(dctx.context, dctx.queue, self.scene)
                 self._devices[dev_id] = dev
-                _note_program_built()
             return dev.render(pose, tile)
 
     def release(self) -> None:
@@ -388,14 +386,6 @@ class CachedScene:
                 finally:
                     lock.release()
         self._devices.clear()
-
-
-_program_built = False
-
-
-def _note_program_built() -> None:
-    global _program_built
-    _program_built = True
 
 
 class SceneCache:
@@ -540,19 +530,19 @@ class RenderFrame(JobKind):
         return pixels, fpp, entry
 
     def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
-        """Render time from the device's calibrated float32 rate and the scene's work per pixel, plus a scene
-        upload when the job carries a scene that device does not hold yet (as far as this node knows)."""
+        """Render time from the device's calibrated float32 rate and the scene's work per pixel, plus the scene's
+        setup when the job carries a scene this node has not seen (on a coordinator pricing remote devices, "this
+        node" is a guess for theirs; the worker's own admission prices its own cache). The kernel's first build
+        in a process (~1 s on PoCL) is not priced: a stream's warm-up jobs absorb it."""
         rs = self.spec_of(spec, input_size)
         pixels, fpp, entry = self._frame_facts(rs)
         t = pixels * pixel_cost_s(fpp, device) + LAUNCH_S * self._band_count(pixels, fpp, device)
         carries = rs.scene is not None or input_size > 0
-        if carries and (device is None or entry is None or (device.opencl and not entry.on_device(device.id))):
+        if carries and entry is None:  # a scene new to this node: parse, BVH, upload
             if rs.scene is not None:
                 t += SETUP_FIXED_S + rs.scene.triangle_count * SETUP_S_PER_TRIANGLE
             else:
                 t += SETUP_FIXED_S + input_size * SETUP_S_PER_INPUT_BYTE
-            if device is not None and device.opencl and not _program_built:
-                t += PROGRAM_BUILD_S
         return t
 
     def _band_count(self, pixels: int, fpp: float, device: Device | None) -> int:
