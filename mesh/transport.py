@@ -346,8 +346,8 @@ class _TlsWire(_SocketWire):
 
 
 class _StreamWire(_Wire):
-    """Over any trio Stream (memory streams in tests). Plaintext only; send is not cancel-safe (trio
-    streams break on a cancelled send_all) — a cancelled send kills the connection."""
+    """Over any trio Stream (memory streams in tests). Plaintext only. trio streams cannot take a
+    cancelled send_all back, so sends are shielded (bounded by a timeout)."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
@@ -363,7 +363,14 @@ class _StreamWire(_Wire):
             bufs = self._backlog + bufs
             self._backlog = []
         if bufs:
-            await self.stream.send_all(b"".join(bytes(b) if isinstance(b, memoryview) else b for b in bufs))
+            data = b"".join(bytes(b) if isinstance(b, memoryview) else b for b in bufs)
+            # trio streams are not cancel-safe (a cancelled send_all may have sent part of the data), so
+            # the write is shielded; a peer that stops reading for long breaks the connection instead.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(10.0) as scope:
+                    await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError("peer stopped reading (send timed out)")
         return True
 
     def send_nowait(self, bufs: list) -> bool:
