@@ -2,14 +2,16 @@
 
     hub namespace: bridge br0  <- veth ->  host0 (10.99.0.11)  host1 (.12)  host2 (.13)  host3 (.14)
 
-Views converge; one host's link is cut (`ip link set eth0 down` in its namespace) and the others expire it
-while it expires them; the link comes back and it rejoins. Needs root and iproute2 (CI runs as root); skips
-with the reason otherwise. Everything lives in namespaces created here (nothing touches the host's own
+Views converge; jobs submitted on host0 (a gateway that runs none itself) run on the other hosts; the link of
+a host running a job is cut (`ip link set eth0 down` in its namespace): the others expire it, it expires them,
+and its job is placed again and finishes elsewhere exactly once; the link comes back and it rejoins. Needs root
+and iproute2 (CI runs as root); skips with the reason otherwise. Everything lives in namespaces created here (nothing touches the host's own
 network), and they are deleted on the way out, pass or fail.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +27,7 @@ SUBNET = "10.99.0"
 N_HOSTS = 4
 P2P_PORT, DATA_PORT, METRICS_PORT = 4001, 4002, 9464
 ADVERT = ["--advert-interval", "0.5", "--advert-ttl", "3"]
+SLEEP_S = 8.0  # long enough to be cut mid-job: seeing it placed and the TTL expiry take a few seconds
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -118,10 +121,56 @@ def view(nd: NodeProc) -> set[str]:
     return {p["peer_id"] for p in nd.call("peers") if not p["self"]}
 
 
+# A client living inside a host's namespace (its data plane is only reachable there): one process, one
+# connection, commands as JSON lines on stdin, answers as JSON lines on stdout.
+CLIENT = """
+import json, sys
+from pathlib import Path
+from scheduler.client import SyncClient, local_address
+addr, tok, pid, insecure = local_address(Path(sys.argv[1]))
+with SyncClient(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        method, args = json.loads(line)
+        try:
+            out = {"ok": getattr(c, method)(*args)}
+        except Exception as e:
+            out = {"error": f"{type(e).__name__}: {e}"}
+        print(json.dumps(out, default=str), flush=True)
+"""
+
+
+class NsClient:
+    def __init__(self, nd: NsNode):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", nd.netns, sys.executable, "-c", CLIENT, str(nd.data_dir)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        assert json.loads(self.proc.stdout.readline() or "{}").get("ready"), "client did not start"
+
+    def __call__(self, method: str, *args):
+        self.proc.stdin.write(json.dumps([method, list(args)]) + "\n")
+        self.proc.stdin.flush()
+        out = json.loads(self.proc.stdout.readline())
+        if "error" in out:
+            raise RuntimeError(out["error"])
+        return out["ok"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
     nodes: list[NsNode] = []
+    clients: list[NsClient] = []
     for i, (ns, addr) in enumerate(zip(net.hosts, net.addrs, strict=True)):
-        nd = NsNode(tmp_path / f"host{i}", P2P_PORT, DATA_PORT, METRICS_PORT, list(ADVERT))
+        gateway = ["--devices", "none"] if i == 0 else []  # host0 coordinates and runs nothing itself
+        nd = NsNode(tmp_path / f"host{i}", P2P_PORT, DATA_PORT, METRICS_PORT, [*ADVERT, *gateway])
         nd.netns, nd.addr = ns, addr
         nodes.append(nd)
     try:
@@ -137,19 +186,45 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
             return all(view(nd) == set(ids) - {nd.peer_id} for nd in nodes)
         wait_for(converged, 90, "4 hosts to see each other")
 
-        # each host advertises its own address for libp2p and the data plane
-        for p in nodes[0].call("peers"):
-            i = ids.index(p["peer_id"])
-            assert p["data_addr"] == f"{net.addrs[i]}:{DATA_PORT}"
-            assert any(a.startswith(f"/ip4/{net.addrs[i]}/tcp/{P2P_PORT}") for a in p["addrs"]), p["addrs"]
+        # each host advertises its own address for libp2p and the data plane (once its data plane is up)
+        def addresses_right() -> bool:
+            for p in nodes[0].call("peers"):
+                i = ids.index(p["peer_id"])
+                if p["data_addr"] != f"{net.addrs[i]}:{DATA_PORT}" or not any(
+                        a.startswith(f"/ip4/{net.addrs[i]}/tcp/{P2P_PORT}") for a in p["addrs"]):
+                    return False
+            return True
+        wait_for(addresses_right, 60, "every host to advertise its own libp2p and data-plane address")
 
-        # cut host 3's link: the others expire it, and it expires them
-        cut = 3
+        # jobs submitted on host0 (which runs none itself) run on the other hosts, across the bridge
+        client = NsClient(nodes[0])
+        clients.append(client)
+        jobs = [client("submit", "sleep", {"seconds": SLEEP_S})["id"] for _ in range(2)]
+
+        def first_running() -> tuple[str, str] | None:
+            for r in client("list"):
+                if r["id"] in jobs and r["state"] == "running" and r["peer"]:
+                    return r["id"], r["peer"]
+            return None
+        victim_job, victim_peer = wait_for(first_running, 90, "a job to run on another host")
+        assert victim_peer != ids[0], "the gateway ran a job"
+
+        # cut the link of the host running it: the others expire it, it expires them, and its job is placed
+        # again and finishes on another host, once
+        cut = ids.index(victim_peer)
         net.set_link(cut, "down")
         others = [nd for i, nd in enumerate(nodes) if i != cut]
         wait_for(lambda: all(ids[cut] not in view(nd) for nd in others), 60, "the others to expire the cut host")
         wait_for(lambda: view(nodes[cut]) == set(), 60, "the cut host to expire everyone")
         assert all(view(nd) == set(ids) - {nd.peer_id, ids[cut]} for nd in others)
+        finals = {}
+        for j in jobs:
+            finals[j] = wait_for(lambda j=j: (st := client("status", j))["state"] in ("done", "failed") and st,
+                                 120, f"job {j} to finish")
+        assert all(f["state"] == "done" for f in finals.values()), finals
+        assert all(f["peer"] not in (victim_peer, ids[0]) for f in finals.values()), finals
+        assert finals[victim_job]["attempt"] >= 2, finals[victim_job]
+        assert len(client("list")) == len(jobs)  # each job once, no duplicate from the retry
 
         # restore it: it rejoins every view, and sees everyone again
         net.set_link(cut, "up")
@@ -159,6 +234,8 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
             print(f"--- {nd.data_dir.name} ({nd.addr})\n{nd.log_tail()}")
         raise
     finally:
+        for c in clients:
+            c.close()
         for nd in nodes:
             try:
                 nd.stop()
