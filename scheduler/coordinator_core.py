@@ -237,6 +237,8 @@ class CoordinatorCore:
         self._by_peer: dict[str, set[str]] = {}
         self._in_flight = 0
         self._seq = 0
+        self._vtime = 0  # fair-queueing virtual time: the tag of the last job dispatched
+        self._last_tag: dict[str, int] = {}
         self._penalized: dict[str, float] = {}  # peer -> when it last lost standing for lost jobs
 
     # --- queries -------------------------------------------------------------------------------------------
@@ -291,8 +293,7 @@ class CoordinatorCore:
             if self.queued >= self.cfg.max_queued:
                 return self._refuse(job.job_id, "saturated", f"rejected: saturated (coordinator queue full: "
                                                              f"{self.queued} jobs)"), []
-        self._seq += 1
-        rec = JobRecord(job, submitted_at=now, seq=self._seq)
+        rec = JobRecord(job, submitted_at=now, seq=self._fair_tag(job.submitted_by))
         self._jobs[job.job_id] = rec
         self.stats.submitted += 1
         m.JOBS_SUBMITTED.labels(m.kind_label(job.kind), job.priority.value).inc()
@@ -501,9 +502,8 @@ class CoordinatorCore:
         for e in entries:
             if e.job.job_id in self._jobs:
                 continue
-            self._seq += 1
             rec = JobRecord(e.job, submitted_at=e.submitted_at, attempt=e.attempt, failures=list(e.failures),
-                            seq=self._seq)
+                            seq=self._fair_tag(e.job.submitted_by))
             self._jobs[rec.job_id] = rec
             if JobState(e.state).terminal:
                 rec.state, rec.reason, rec.result = JobState(e.state), e.reason, e.result
@@ -549,6 +549,15 @@ class CoordinatorCore:
             return True
         st = self.view.get(peer)
         return st is not None and now - st.last_seen <= self.view.ttl_s
+
+    def _fair_tag(self, submitter: str) -> int:
+        """Queue order within a priority class: start-time fair queueing over submitters (API tokens), so a
+        tenant with a thousand queued jobs delays another tenant's next job by about one job, not a thousand."""
+        tag = max(self._vtime, self._last_tag.get(submitter, 0)) + 1
+        self._last_tag[submitter] = tag
+        if len(self._last_tag) > 10_000:  # forget idle submitters (their tags are behind the virtual time)
+            self._last_tag = {k: v for k, v in self._last_tag.items() if v > self._vtime}
+        return tag
 
     def _key(self, rec: JobRecord) -> tuple[int, float, int, str]:
         j = rec.job
@@ -617,6 +626,7 @@ class CoordinatorCore:
             job_id = self._ready[0][3]
             rec = self._jobs[job_id]
             self._dequeue(rec)
+            self._vtime = max(self._vtime, rec.seq)
             self._dispatch(rec, now, acts)
 
     def _dispatch(self, rec: JobRecord, now: float, acts: list[Action]) -> None:

@@ -371,3 +371,25 @@ def test_metrics_follow_the_lifecycle():
              val("gpumesh_job_latency_seconds_count", priority="interactive"),
              val("gpumesh_jobs_refused_total", reason="no_match"))
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1, 1]
+
+
+def test_fair_queueing_between_submitters():
+    """A tenant with many queued jobs delays another tenant's next job by about one job, not all of them."""
+    h = H(max_in_flight=1)
+    for i in range(10):
+        h.submit(Job("echo", job_id=f"a{i}", submitted_by="alice"))
+    h.submit(Job("echo", job_id="b0", submitted_by="bob"))
+    h.submit(Job("echo", job_id="b1", submitted_by="bob"))
+    order = []
+    now = 0.0
+    while len(order) < 12:
+        running = [r for r in h.core.jobs([JobState.SUBMITTED, JobState.PLACED, JobState.RUNNING]) if r.peer]
+        assert len(running) == 1
+        order.append(running[0].job_id)
+        now += 1.0
+        run_to_done(h, running[0].job_id, now)
+        for p in "abcde":  # fresh adverts: every worker idle again
+            h.advert(p, now)
+        h.core.tick(now)
+    assert order.index("b0") <= 2 and order.index("b1") <= 4, order
+    assert sorted(order) == sorted([f"a{i}" for i in range(10)] + ["b0", "b1"])
