@@ -155,3 +155,62 @@ async def test_a_worker_corrupting_its_tiles_is_caught_and_loses_standing(mesh_w
     accepted = await trio.to_thread.run_sync(metric, coord, "gpumesh_render_tiles_verified_total",
                                              'outcome="accepted"')
     assert rejected >= 1 and accepted >= 1
+
+
+def cli_args(*argv):
+    import argparse
+
+    from scheduler import render_cli
+
+    parser = argparse.ArgumentParser(prog="mesh-node")
+    render_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["render", *argv])
+
+
+async def test_mesh_node_render_writes_frames_depth_and_stats(mesh, tmp_path, capsys):
+    from scheduler import render_cli
+    from worker.render.png import decode_png
+    from worker.render.samples import EXAMPLES
+
+    poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 4)
+    (tmp_path / "poses.json").write_text(json.dumps([p.to_dict() for p in poses]))
+    out = tmp_path / "frames"
+    args = cli_args(str(EXAMPLES / "mesh.json"), "--poses", str(tmp_path / "poses.json"), "--width", "40",
+                    "--height", "30", "--fps", "50", "--tiles", "2", "--out", str(out),
+                    "--data-dir", str(mesh[2].data_dir))
+    assert await trio.to_thread.run_sync(render_cli.run, args) == 0
+    printed = capsys.readouterr().out
+    assert "4 frames of 40x30: 4 rendered, 0 dropped" in printed and "p99" in printed
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rendered"] == 4 and [f["frame"] for f in stats["frames_detail"]] == [0, 1, 2, 3]
+    prepared = reference.prepare(example("mesh", 40, 30))
+    for i, pose in enumerate(poses):
+        rgba = decode_png((out / f"frame_{i:04d}.png").read_bytes())
+        depth = np.load(out / f"frame_{i:04d}_depth.npy")
+        assert rgba.shape == (30, 40, 4) and depth.shape == (30, 40) and depth.dtype == np.float32
+        ref_rgba, _ = reference.render(prepared, pose)
+        assert (np.abs(rgba.astype(int) - ref_rgba).max(axis=-1) > 2).sum() <= 2
+
+
+def test_mesh_node_render_refuses_bad_arguments(tmp_path, capsys):
+    from scheduler import render_cli
+    from worker.render.samples import EXAMPLES
+
+    assert render_cli.run(cli_args(str(tmp_path / "missing.json"))) == 2
+    assert render_cli.run(cli_args(str(EXAMPLES / "spheres.json"), "--width", "64")) == 2
+    assert render_cli.run(cli_args(str(EXAMPLES / "spheres.json"), "--width", "9000", "--height", "10")) == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and "--height" in err and "width" in err
+
+
+def test_default_orbit_circles_the_point_the_camera_looks_at():
+    from scheduler.render_cli import default_orbit
+
+    for name in ("spheres", "mesh"):
+        scene = example(name, 32, 24)
+        poses = default_orbit(scene, 8)
+        assert len(poses) == 8
+        np.testing.assert_allclose(poses[0].position, scene.camera.position, atol=1e-6)
+        centre = np.mean([p.position for p in poses], axis=0)
+        radii = [np.linalg.norm(np.subtract(p.position, centre)) for p in poses]
+        assert np.ptp(radii) < 1e-6 and radii[0] > 0.1
