@@ -208,10 +208,12 @@ class GossipService:
                 continue
             if ad.peer_id == self.identity.peer_id_str:
                 continue
-            stale, refused = self.view.stale, self.view.refused
+            stale, refused, replays = self.view.stale, self.view.refused, self.view.replays
             ev = self.view.apply(ad, trio.current_time())
             if self.view.stale > stale:
                 metrics.ADVERTS_REJECTED.labels("stale").inc()
+                if self.view.replays > replays:
+                    metrics.ADVERT_LIES.labels("replay").inc()
             elif self.view.refused > refused:
                 metrics.ADVERTS_REJECTED.labels("not_admitted").inc()
             else:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from mesh.advert import Advert, DeviceAdvert
 
 MAX_REMEMBERED_STANDING = 10_000
+REPLAY_WINDOW = 2  # an advert more than this many sequence numbers old is a replay, not reordering
+REPLAY_PENALTY = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class MembershipView:
         # Standing survives expiry so that a peer cannot launder a bad record by leaving and rejoining.
         self._standing: OrderedDict[str, float] = OrderedDict()
         self.stale = 0  # adverts older than or equal to what we hold (reordering or replay)
+        self.replays = 0  # stale adverts too old to be reordering: replays, which cost the peer standing
         self.refused = 0  # adverts from peers not admitted to this mesh
         self.expired = 0
 
@@ -99,6 +102,9 @@ class MembershipView:
             return Joined(pid)
         if advert.seq <= cur.advert.seq:
             self.stale += 1
+            if advert.seq < cur.advert.seq - REPLAY_WINDOW:
+                self.replays += 1
+                self.adjust_standing(pid, -REPLAY_PENALTY)
             return None
         changed = advert.capacity_key() != cur.advert.capacity_key()
         cur.advert, cur.last_seen, cur.load_override = advert, now, {}

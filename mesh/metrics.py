@@ -22,6 +22,8 @@ ADVERTS_REJECTED = Counter(
 ADVERTS_EXPIRED = Counter("gpumesh_adverts_expired_total", "Peers expired from the view after their TTL")
 GOSSIP_PUBLISH_ERRORS = Counter("gpumesh_gossip_publish_errors_total", "Advert publishes that raised")
 MEMBERSHIP_EVENTS = Counter("gpumesh_membership_events_total", "Join/update/leave events", ["event"])
+ADVERT_LIES = Counter("gpumesh_advert_lies_total", "Adverts caught lying, by kind (replay: a stale sequence "
+                      "replayed; capacity: free slots advertised that claims never found)", ["kind"])
 PEERS_REFUSED = Counter("gpumesh_peers_refused_total", "Connections refused by mesh admission", ["plane"])
 LIBP2P_CONNECTED = Gauge("gpumesh_libp2p_connected_peers", "Peers with an open libp2p connection")
 

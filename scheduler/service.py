@@ -77,6 +77,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gpumesh.scheduler")
 
 CHUNK = 1 << 20
+CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
 LOCAL_TOKEN_FILE = "local.token"
 
 
@@ -347,7 +348,20 @@ class JobService:
         if isinstance(answer, Accept):
             await self._execute(self.core.on_accept(a.peer_id, answer, now))
         else:
+            self._check_capacity_claim(a.peer_id, answer, now)
             await self._execute(self.core.on_reject(a.peer_id, answer, now))
+
+    def _check_capacity_claim(self, peer_id: str, answer: Reject, now: float) -> None:
+        """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its
+        capacity (to attract work, or to look big): each such refusal costs a little standing."""
+        st = self.node.view.get(peer_id)
+        if st is None or peer_id == self.peer_id or now - st.last_seen > st.advert.interval_s:
+            return
+        advertised = sum(d.free_slots for d in st.advert.devices)
+        actual = sum(v[0] for v in answer.load.values()) if answer.load else None
+        if advertised > 0 and actual == 0 and "share" not in answer.reason and "rate" not in answer.reason:
+            self.node.view.adjust_standing(peer_id, -CAPACITY_LIE_PENALTY)
+            mesh_metrics.ADVERT_LIES.labels("capacity").inc()
 
     async def _send_cancel(self, a: SendCancel) -> None:
         if a.peer_id == self.peer_id:

@@ -91,3 +91,13 @@ async def test_expiry_driven_by_trio_clock(autojump_clock):
         await trio.sleep(2)
         assert left == [Left("a", "expired")]
         n.cancel_scope.cancel()
+
+
+def test_replayed_old_advert_costs_standing_but_reordering_does_not():
+    v = MembershipView("me", ttl_s=6)
+    v.apply(ad("a", 10), now=0)
+    v.apply(ad("a", 9), now=1)  # reordered by one: stale, harmless
+    assert v.standing("a") == 1.0 and v.replays == 0
+    v.apply(ad("a", 3), now=2)  # a replay of an old advert
+    assert v.replays == 1 and v.standing("a") < 1.0
+    assert v.get("a").advert.seq == 10
