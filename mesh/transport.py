@@ -1,19 +1,33 @@
 """bigtcp trio adapter: listener, pooled dialer, connections and streams over TCP (TLS or plaintext).
 
-Design, from measurements (loopback, this 2-core VM, sender and receiver in separate processes, 1 GiB in
-1 MiB frames; `python -m bench transport` for the current numbers):
-  * Plaintext: one `sendmsg([header, payload, header, payload, ...])` per flush (scatter-gather, nothing
-    joined in Python) and `recv_into` straight into the frame decoder's buffers: small frames land in a
-    reusable 64 KiB scratch buffer, a large frame's payload is received in place into its own buffer.
-  * TLS: trio's SSLStream returns one 16 KiB record per receive (~230 MB/s measured). Here an
-    `ssl.SSLObject` over MemoryBIOs is fed by 256 KiB socket reads and decrypts, record after record,
-    directly into the decoder's payload buffer; a prototype moved ~930 MB/s this way (1 MiB socket reads
-    were slower, ~760 MB/s: cache). Outgoing frames are encrypted in one go and written from one bytes
-    object. AES-256-GCM runs ~2.2 GB/s per core here, so TLS costs roughly a third of plaintext speed.
-  * Sends happen in the caller's task under a FIFO lock (no hand-off to a writer task on the hot path,
-    which keeps a small request/response near two socket wake-ups); a writer task only flushes frames
-    the reader produced (WINDOW, PONG) and tails of cancelled sends. The reader never waits for the
-    send lock, so two peers sending to each other cannot deadlock.
+What was measured before choosing (loopback on this 2-core VM, sender and receiver in separate processes,
+1 MiB frames; the VM is shared, so wall-clock rates swing 2-3x between runs — `python -m bench transport`
+also reports CPU time per MiB, which is steadier):
+  * Raw trio SocketStream 1 GiB: 0.7-2.4 GB/s (CPU ~300-360 us/MiB per side). TLS building blocks, quiet:
+    SSLObject.write (AES-256-GCM) 464 us/MiB, SSLObject.read 513 us/MiB, MemoryBIO copies 60-80 us/MiB;
+    AES-128-GCM is ~15-40% cheaper, so both ends prefer it. A prototype of the design below moved
+    ~930 MB/s with TLS (256 KiB socket reads; 1 MiB reads were slower, ~760 MB/s), where trio's
+    SSLStream gives ~230 MB/s (one 16 KiB record per receive_some) and py-libp2p noise+yamux 30-67 MB/s.
+  * Fresh memory is expensive in this VM (~5 ms to touch a never-used MiB; bytearray(n) zero-fills, ~40
+    us/MiB), so payload buffers are allocated uninitialised and big TLS output is taken in 256 KiB pieces.
+  * 64-byte ping-pong: raw trio ~60-150 us p50 across processes; per message our framing+mux costs ~11
+    us each way (msgpack ~1.3 us); the rest of a round trip is trio scheduling (one extra task hop per
+    side: the connection's reader hands the item to the waiting task) and socket wake-ups.
+
+Design:
+  * Plaintext: one `sendmsg([header, payload, header, payload, ...])` per flush (scatter-gather, bulk
+    never joined in Python) on a non-blocking socket driven by trio.lowlevel.wait_readable/writable (one
+    system call per operation, no wrapper); `recv_into` straight into the frame decoder's buffers: small
+    frames land in a reusable 64 KiB scratch buffer, a large frame's payload in place in its own buffer.
+  * TLS: an `ssl.SSLObject` over MemoryBIOs, fed by 256 KiB socket reads, decrypting record after record
+    directly into the decoder's payload buffer; outgoing frames are encrypted in one go (so a cancelled
+    send never leaves half a frame: the ciphertext we own is finished by the next send).
+  * Sends happen in the caller's task under a FIFO lock (no hand-off to a writer task on the hot path);
+    frames the reader produces (WINDOW, PONG) are written by the reader without waiting when the lock is
+    free and the kernel takes them, else by a writer task. The reader never waits for the send lock, so
+    two peers sending to each other cannot deadlock.
+  * Metrics are read from live connections at scrape time (transport_metrics.TRAFFIC): no prometheus
+    call per frame.
 
 Task ownership: `Transport.serve` owns a nursery; every connection runs its reader, writer and timer tasks
 in a nursery inside it, and each incoming stream's handler runs in its own task in the transport's
