@@ -168,6 +168,13 @@ class PeerDevice:
     kind: str
     f32_gflops: float
     standing: float
+    host: str = ""
+    device_id: str = ""
+
+    @property
+    def hardware(self) -> tuple[str, str]:
+        """What it computes on: CPU devices of one host share its cores; a GPU is (host, device id)."""
+        return (self.host, "cpu") if self.kind in ("cpu", "reference") else (self.host, self.device_id)
 
 
 class RenderSession:
@@ -210,15 +217,21 @@ class RenderSession:
             resp = {"peers": []}
         out = []
         for p in resp.get("peers", []):
+            host = str(p.get("data_addr") or "").rpartition(":")[0] or p["peer_id"]
             for d in p.get("devices", []):
                 out.append(PeerDevice(p["peer_id"], str(d.get("kind", "")), float(d.get("f32_gflops") or 0.0),
-                                      float(p.get("standing", 1.0))))
+                                      float(p.get("standing", 1.0)), host, str(d.get("id", ""))))
         self._peers, self._peers_at = out, now
         return out
 
     async def candidates(self) -> list[str]:
         """Peers placement would consider for this scene's jobs (any device, standing high enough)."""
         return sorted({d.peer_id for d in await self.peers() if d.standing >= MIN_STANDING})
+
+    async def parallelism(self) -> int:
+        """How many tiles can really run at once: distinct hardware among the candidates' devices (nodes on
+        one host share its CPU; each GPU counts once however many nodes on its host advertise it)."""
+        return max(1, len({d.hardware for d in await self.peers() if d.standing >= MIN_STANDING}))
 
     async def per_pixel_cost(self) -> float:
         from worker.render.kind import pixel_cost_for
@@ -229,13 +242,13 @@ class RenderSession:
         return statistics.median(pixel_cost_for(self.px_flops, d.kind, d.f32_gflops) for d in devs)
 
     async def plan(self, tiles: Any) -> list[Tile]:
-        """The tiles of a frame: None (whole frame), "auto" (plan_tiles over the candidate peers), a count, or
-        a list of Tiles."""
+        """The tiles of a frame: None (whole frame), "auto" (plan_tiles over the distinct hardware of the
+        candidate peers: a loopback mesh on one machine is one), a count, or a list of Tiles."""
         w, h = self.width, self.height
         if tiles is None:
             return [Tile.full(w, h)]
         if tiles == "auto":
-            n = max(1, len(await self.candidates()))
+            n = await self.parallelism()
             return list(plan_tiles(w, h, n, await self.per_pixel_cost(), self.overhead_s).tiles)
         if isinstance(tiles, int):
             return tiles_from_grid(w, h, tiles)

@@ -5,6 +5,7 @@ plans. The fake renders with the real kind's reference path, synchronously (no t
 jumps only when every task waits on it)."""
 
 import itertools
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -38,11 +39,13 @@ class FakeMesh:
         self.outstanding = 0
         self.max_outstanding = 0
         self.rpc = SimpleNamespace(call=self._rpc)
+        self.hosts = [f"10.0.0.{i + 1}" for i in range(len(self.peers))]
 
     async def _rpc(self, method, body):
         assert method == "mesh.peers"
-        return {"peers": [{"peer_id": p, "standing": 1.0,
-                           "devices": [{"kind": "cpu", "f32_gflops": self.gflops}]} for p in self.peers]}
+        return {"peers": [{"peer_id": p, "standing": 1.0, "data_addr": f"{self.hosts[i]}:4002",
+                           "devices": [{"id": "0:0", "kind": "cpu", "f32_gflops": self.gflops}]}
+                          for i, p in enumerate(self.peers)]}
 
     async def submit(self, kind, spec, *, input=None, job_id="", priority="batch", deadline_ms=None, **kw):
         assert kind == rk.NAME and job_id not in self.jobs
@@ -75,7 +78,8 @@ class FakeMesh:
 
 
 def frame_index(job) -> int:
-    return int(job.id.split("-f")[1].split("t")[0]) if "-f" in job.id else -1
+    m = re.search(r"-f(\d+)t\d+$", job.id)  # render_client's job ids end in -f<frame>t<tile>
+    return int(m.group(1)) if m else -1
 
 
 @pytest.fixture
@@ -208,5 +212,8 @@ async def test_auto_tiles_follow_the_cost_model(autojump_clock, scene):
     big = RenderSession(FakeMesh(gflops=1.0), example("spheres", 1280, 720))
     tiles = await big.plan("auto")
     assert len(tiles) == 3 and sum(t.w * t.h for t in tiles) == 1280 * 720
+    one_host = FakeMesh(gflops=1.0)
+    one_host.hosts = ["127.0.0.1"] * 3  # three nodes on one machine share its CPU: nothing to gain
+    assert await RenderSession(one_host, example("spheres", 1280, 720)).plan("auto") == [Tile(0, 0, 1280, 720)]
     with pytest.raises(ValueError, match="exactly once"):
         await small.plan([Tile(0, 0, W, H), Tile(0, 0, 1, 1)])
