@@ -425,9 +425,18 @@ def render_frame_reference() -> str:
     return "\n".join(lines)
 
 
+def render_readme_commands() -> str:
+    """The set-up commands block at the top of the repository's README.md, verbatim."""
+    m = re.search(r"^```sh\n(make demo.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
+    if not m:
+        raise RuntimeError("README.md has no ```sh block starting with `make demo`")
+    return f"```sh\n{m.group(1)}```"
+
+
 def generated_blocks(fams: dict[str, Family] | None) -> dict[tuple[str, str], str]:
     """(docs file, block name) -> generated text."""
-    blocks = {("configuration.md", "config"): render_config_reference(),
+    blocks = {("getting-started.md", "readme"): render_readme_commands(),
+              ("configuration.md", "config"): render_config_reference(),
               ("cli.md", "cli"): render_cli_reference(),
               ("protocol.md", "advert"): render_advert_reference(),
               ("protocol.md", "frames"): render_frame_reference()}

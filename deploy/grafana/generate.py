@@ -174,6 +174,9 @@ def mesh_overview():
                    [q(f"gpumesh_libp2p_connected_peers{{{J}}}", "{{instance}}")]),
                 ts("Gossip publish errors", "Advert publishes that raised, per second, per node.",
                    [q(f"rate(gpumesh_gossip_publish_errors_total{{{J}}}[{RATE}])", "{{instance}}")], unit="ops"),
+                ts("Adverts caught lying", "Adverts whose claims did not hold: replayed stale sequences, free "
+                   "slots that claims never found. The peer's standing drops.",
+                   [q(f"sum by (kind) (rate(gpumesh_advert_lies_total{{{J}}}[{RATE}]))", "{{kind}}")], unit="ops"),
                 ts("Admission refusals", "Connections refused because the peer lacks the mesh key or is not on "
                    "the allow list, by plane (libp2p, data plane).",
                    [q(f"sum by (plane) (rate(gpumesh_peers_refused_total{{{J}}}[{RATE}]))", "{{plane}}")],
@@ -312,9 +315,11 @@ def jobs():
                    "retryable error, verification.",
                    [q(f"sum by (reason) (rate(gpumesh_job_retries_total{{{J}}}[{RATE}]))", "{{reason}}")],
                    unit="ops", w=8),
-                ts("Verification rejects", "Results that failed the coordinator's verification, per second.",
-                   [q(f'sum(rate(gpumesh_job_retries_total{{{J}, reason="verification"}}[{RATE}]))', "rejected")],
-                   unit="ops", w=8),
+                ts("Verification rejects", "Results that failed the coordinator's verification (placed again), "
+                   "and render spot-checks by outcome, per second.",
+                   [q(f'sum(rate(gpumesh_job_retries_total{{{J}, reason="verification"}}[{RATE}]))', "rejected"),
+                    q(f"sum by (outcome) (rate(gpumesh_render_tiles_verified_total{{{J}}}[{RATE}]))",
+                      "render spot-check {{outcome}}")], unit="ops", w=8),
                 ts("Deadline misses", "Accepted realtime jobs that missed their deadline, per second.",
                    [q(f"sum(rate(gpumesh_deadline_misses_total{{{J}}}[{RATE}]))", "misses")], unit="ops", w=8),
                 ts("Claims by outcome", "Offers to workers: accepted, rejected (no room), timeout, stale.",
