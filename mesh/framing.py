@@ -8,7 +8,8 @@ Wire format of one frame (all integers big-endian), a fixed 20-byte header then 
        5    1   type       FrameType
        6    1   flags      FLAG_END (DATA, MSG, OPEN), FLAG_ACK (PING); other bits must be 0
        7    1   reserved   must be 0
-       8    4   stream id  0 for connection frames (HELLO, PING, GOAWAY), non-zero for stream frames
+       8    4   stream id  0 for connection frames (HELLO, PING, GOAWAY), non-zero for stream frames;
+                           WINDOW may be either (0 = connection-level credit)
       12    4   length     payload length, checked against the receiver's max frame size BEFORE buffering
       16    4   crc32c     CRC32C (Castagnoli) of the payload
       20    -   payload    raw bytes (DATA) or a msgpack map (every other type; see mesh/messages.py)
@@ -52,7 +53,7 @@ class FrameType(enum.IntEnum):
     OPEN = 2  # new stream, with optional metadata
     DATA = 3  # raw bulk bytes
     MSG = 4  # one msgpack map for the application (Stream.send_msg)
-    WINDOW = 5  # flow-control credit for a stream
+    WINDOW = 5  # flow-control credit for a stream (stream 0: for the whole connection)
     RESET = 6  # abort a stream (code, reason)
     PING = 7  # stream 0: keepalive / RTT; FLAG_ACK on the answer
     GOAWAY = 8  # stream 0: no new streams; connection closing (code, reason)
@@ -70,8 +71,13 @@ _ALLOWED_FLAGS = {
     FrameType.GOAWAY: 0,
 }
 _TYPES = {int(t): t for t in FrameType}
-# per type (by int): (allowed flag bits, must be on stream 0)
-_SHAPE = {int(t): (_ALLOWED_FLAGS[t], t in _CONNECTION_TYPES) for t in FrameType}
+# per type (by int): (allowed flag bits, stream-id rule). The rule is the value of (stream_id != 0) that
+# is an error: True for connection frames (must be 0), False for stream frames (must not be 0), None for
+# WINDOW, which is valid on both (stream 0 = connection-level credit).
+_SHAPE = {
+    int(t): (_ALLOWED_FLAGS[t], True if t in _CONNECTION_TYPES else None if t is FrameType.WINDOW else False)
+    for t in FrameType
+}
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -115,13 +121,12 @@ class Frame:
 
 def _check_shape(ftype: int, flags: int, stream_id: int) -> str | None:
     """None if (type, flags, stream id) is a legal combination, else the reason."""
-    allowed, on_zero = _SHAPE[ftype]
+    allowed, rule = _SHAPE[ftype]
     if flags & ~allowed:
         return f"flags 0x{flags:02x} not allowed on {FrameType(ftype).name}"
-    if on_zero:
-        if stream_id != 0:
-            return f"{FrameType(ftype).name} must be on stream 0, got {stream_id}"
-    elif stream_id == 0:
+    if rule is True and stream_id != 0:
+        return f"{FrameType(ftype).name} must be on stream 0, got {stream_id}"
+    if rule is False and stream_id == 0:
         return f"{FrameType(ftype).name} needs a stream id, got 0"
     return None
 

@@ -52,6 +52,7 @@ class Hello:
     version: int = VERSION
     agent: str = "gpumesh"
     extra: dict[str, Any] = field(default_factory=dict)  # application data, e.g. an admission proof
+    conn_window: int = 0  # bytes buffered for all streams together; 0 = no connection-level limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,8 @@ def encode_control(msg: Control) -> tuple[FrameType, bytes]:
         d = {"v": msg.version, "id": msg.peer_id, "mf": msg.max_frame, "w": msg.window, "ms": msg.max_streams, "a": msg.agent}
         if msg.extra:
             d["x"] = msg.extra
+        if msg.conn_window:
+            d["cw"] = msg.conn_window
         return FrameType.HELLO, _pack(d)
     if isinstance(msg, Open):
         return FrameType.OPEN, _pack({"m": msg.meta} if msg.meta else {})
@@ -153,6 +156,7 @@ def decode_control(frame: Frame) -> Control:
             max_streams=_uint(d, "ms", what, lo=1, hi=2**32),
             agent=_get(d, "a", str, what, ""),
             extra=_get(d, "x", dict, what, {}),
+            conn_window=_uint(d, "cw", what, 0, hi=2**40),
         )
     if t is FrameType.OPEN:
         return Open(meta=_get(d, "m", dict, what, {}))

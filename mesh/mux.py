@@ -13,8 +13,11 @@ the peer's protocol error.
 Flow control: each side announces in HELLO a per-stream `window` (bytes it will buffer for a stream that
 the application has not consumed). DATA and MSG payloads spend the sender's credit; the receiver grants
 credit back with WINDOW frames as the application consumes (`consumed`). A sender never exceeds the
-credit (`send_credit(sid)`), so a slow reader on one stream blocks only that stream's sender, and memory
-is bounded by window x max_streams per connection. A sender that exceeds it is a peer protocol error.
+credit (`send_credit(sid)`), so a slow reader on one stream blocks only that stream's sender. On top, a
+connection-level window (`conn_window`, WINDOW frames on stream 0) bounds what all streams of a
+connection may have buffered together: memory per connection is at most conn_window, not
+window x max_streams. Its default is 4 stream windows, so one stalled reader (holding at most one
+stream window) never stops the others. A sender that exceeds either credit is a peer protocol error.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from mesh.framing import (
 
 DEFAULT_WINDOW = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 1024
+CONN_WINDOWS = 4  # default connection window, in stream windows
+_UNLIMITED = 2**62
 _SMALL = 4096  # payloads below this are joined with their header (fewer iovecs); bulk never is
 _RESET_MEMORY = 4096  # locally reset stream ids remembered to ignore frames in flight
 
@@ -187,14 +192,23 @@ class Mux:
         idle_close: float | None = None,
         scratch: int = 64 * 1024,
         hello_extra: dict[str, Any] | None = None,
+        conn_window: int | None = None,
     ) -> None:
         window = max(max_frame, DEFAULT_WINDOW) if window is None else window
         if window < max_frame:
             raise LocalProtocolError(f"window ({window}) must be at least max_frame ({max_frame})")
+        conn_window = CONN_WINDOWS * window if conn_window is None else conn_window
+        if conn_window < window:
+            raise LocalProtocolError(f"conn_window ({conn_window}) must be at least the stream window ({window})")
         self.client = client
         self.local_hello = m.Hello(
-            peer_id=peer_id, max_frame=max_frame, window=window, max_streams=max_streams, extra=hello_extra or {}
+            peer_id=peer_id, max_frame=max_frame, window=window, max_streams=max_streams, extra=hello_extra or {},
+            conn_window=conn_window,
         )
+        self._conn_send_credit = 0  # set from the peer's HELLO
+        self._conn_recv_window = conn_window  # bytes the peer may still send us on all streams
+        self._conn_unacked = 0  # consumed (or dropped), not yet granted back
+        self._conn_grant_at = max(1, conn_window // 4)
         self.peer_hello: m.Hello | None = None
         self._decoder = FrameDecoder(max_frame, scratch=scratch)
         self._out: list[bytes | bytearray | memoryview] = []
@@ -253,8 +267,17 @@ class Mux:
         return sid in self._streams
 
     def send_credit(self, sid: int) -> int:
+        """What one frame on `sid` may carry now: the smaller of the stream's and the connection's credit."""
+        s = self._streams.get(sid)
+        return min(s.send_credit, self._conn_send_credit) if s is not None else 0
+
+    def stream_send_credit(self, sid: int) -> int:
         s = self._streams.get(sid)
         return s.send_credit if s is not None else 0
+
+    @property
+    def conn_send_credit(self) -> int:
+        return self._conn_send_credit
 
     @property
     def max_send_frame(self) -> int:
@@ -339,8 +362,10 @@ class Mux:
             raise LocalProtocolError(f"stream {sid} is already closed for sending")
         if n > self.peer_hello.max_frame:  # type: ignore[union-attr]
             raise LocalProtocolError(f"payload of {n} bytes exceeds the peer's max frame {self.peer_hello.max_frame}")  # type: ignore[union-attr]
-        if n > s.send_credit:
-            raise LocalProtocolError(f"stream {sid}: payload of {n} bytes exceeds credit {s.send_credit}")
+        if n > s.send_credit or n > self._conn_send_credit:
+            raise LocalProtocolError(
+                f"stream {sid}: payload of {n} bytes exceeds credit (stream {s.send_credit}, connection {self._conn_send_credit})"
+            )
         return s
 
     def send_data(self, sid: int, data: bytes | bytearray | memoryview, *, end: bool = False) -> None:
@@ -348,6 +373,7 @@ class Mux:
         n = data.nbytes if isinstance(data, memoryview) else len(data)
         s = self._sendable(sid, n)
         s.send_credit -= n
+        self._conn_send_credit -= n
         self._queue(FrameType.DATA, FLAG_END if end else 0, sid, data)
         if end:
             self._end_local(s)
@@ -356,6 +382,7 @@ class Mux:
         """Queue one MSG frame; `payload` from `messages.pack_message`."""
         s = self._sendable(sid, len(payload))
         s.send_credit -= len(payload)
+        self._conn_send_credit -= len(payload)
         self._queue(FrameType.MSG, FLAG_END if end else 0, sid, payload)
         if end:
             self._end_local(s)
@@ -370,28 +397,44 @@ class Mux:
             self._remove(s.id)
 
     def reset_stream(self, sid: int, code: int = m.CODE_CANCEL, reason: str = "") -> bool:
-        """Abort a stream; frames the peer already sent are ignored. False if it was not open."""
-        if sid not in self._streams:
+        """Abort a stream; frames the peer already sent are ignored (and what was buffered for it counts
+        as consumed for the connection window). False if it was not open."""
+        s = self._streams.get(sid)
+        if s is None:
             return False
         self._remove(sid)
+        self._release_conn(s.buffered)
         self._remember_reset(sid)
         if self.error is None and not self.ended:
             self._queue_control(m.encode_control(m.Reset(code, reason)), 0, sid)
         return True
 
     def consumed(self, sid: int, n: int) -> None:
-        """The application took `n` bytes (a DATA payload or a MSG's `size`) of stream `sid`."""
-        s = self._streams.get(sid)
-        if s is None or n <= 0:
+        """The application took `n` bytes (a DATA payload or a MSG's `size`) of stream `sid` (which may
+        have finished meanwhile: the connection window still gets them back)."""
+        if n <= 0:
             return
-        if n > s.buffered:
-            raise LocalProtocolError(f"stream {sid}: consumed {n} bytes but only {s.buffered} are buffered")
-        s.buffered -= n
-        s.unacked += n
-        if s.unacked >= self._grant_at and not s.remote_ended and self.error is None:
-            credit, s.unacked = s.unacked, 0
-            s.recv_window += credit
-            self._queue_control(m.encode_control(m.WindowUpdate(credit)), 0, sid)
+        s = self._streams.get(sid)
+        if s is not None:
+            if n > s.buffered:
+                raise LocalProtocolError(f"stream {sid}: consumed {n} bytes but only {s.buffered} are buffered")
+            s.buffered -= n
+            s.unacked += n
+            if s.unacked >= self._grant_at and not s.remote_ended and self.error is None:
+                credit, s.unacked = s.unacked, 0
+                s.recv_window += credit
+                self._queue_control(m.encode_control(m.WindowUpdate(credit)), 0, sid)
+        self._release_conn(n)
+
+    def _release_conn(self, n: int) -> None:
+        """`n` buffered bytes left the connection's buffers: grant them back (batched)."""
+        if n <= 0:
+            return
+        self._conn_unacked += n
+        if self._conn_unacked >= self._conn_grant_at and self.error is None and not self.ended:
+            credit, self._conn_unacked = self._conn_unacked, 0
+            self._conn_recv_window += credit
+            self._queue_control(m.encode_control(m.WindowUpdate(credit)), 0, 0)
 
     def ping(self, now: float) -> int:
         """Queue a PING; its PongReceived event carries `now` back for the round-trip time."""
@@ -498,12 +541,17 @@ class Mux:
             raise PeerProtocolError("no_hello", f"{t.name} before HELLO")  # (a GOAWAY may refuse us first)
         if t is FrameType.DATA or t is FrameType.MSG:
             sid = f.stream_id
+            n = len(f.payload)
+            if n > self._conn_recv_window:
+                raise PeerProtocolError("flow_control", f"{n} bytes sent with {self._conn_recv_window} connection credit left")
+            self._conn_recv_window -= n
             s = self._streams.get(sid)
             if s is None:
-                return self._closed_stream(sid, t.name)
+                self._closed_stream(sid, t.name)
+                self._release_conn(n)  # crossed a local reset: dropped, so the connection gets it back
+                return
             if s.remote_ended:
                 raise PeerProtocolError("closed_stream", f"{t.name} on stream {sid} after its end")
-            n = len(f.payload)
             if n > s.recv_window:
                 raise PeerProtocolError("flow_control", f"stream {sid}: {n} bytes sent with {s.recv_window} credit left")
             s.recv_window -= n
@@ -521,6 +569,12 @@ class Mux:
             return
         if t is FrameType.WINDOW:
             msg = m.decode_control(f)
+            if f.stream_id == 0:
+                self._conn_send_credit += msg.credit  # type: ignore[union-attr]
+                if self._conn_send_credit > 2**40:
+                    raise PeerProtocolError("flow_control", f"connection credit overflow ({self._conn_send_credit})")
+                events.append(CreditReceived(0))
+                return
             s = self._streams.get(f.stream_id)
             if s is None:
                 if not self._seen(f.stream_id):
@@ -560,7 +614,9 @@ class Mux:
                 if not self._seen(sid):
                     raise PeerProtocolError("unknown_stream", f"RESET on stream {sid}, which was never opened")
                 return  # both sides reset, or it finished meanwhile
+            s = self._streams[sid]
             self._remove(sid)
+            self._release_conn(s.buffered)  # the application drops what it had not read
             events.append(StreamResetReceived(sid, msg.code, msg.reason))  # type: ignore[union-attr]
             return
         if t is FrameType.PING:
@@ -591,7 +647,10 @@ class Mux:
                 raise PeerProtocolError("bad_version", f"HELLO version {msg.version}, we speak {self.local_hello.version}")
             if msg.window < msg.max_frame:
                 raise PeerProtocolError("bad_hello", f"window {msg.window} below max frame {msg.max_frame}")
+            if msg.conn_window and msg.conn_window < msg.window:
+                raise PeerProtocolError("bad_hello", f"connection window {msg.conn_window} below stream window {msg.window}")
             self.peer_hello = msg
+            self._conn_send_credit = msg.conn_window or _UNLIMITED
             events.append(HelloReceived(msg))
             return
         raise PeerProtocolError("unknown_type", f"unexpected {t.name}")  # pragma: no cover

@@ -158,6 +158,7 @@ class WrongItemKind(LocalProtocolError):
 class ConnectionConfig:
     max_frame: int = DEFAULT_MAX_FRAME  # largest frame we accept (and announce)
     window: int | None = None  # per-stream receive window; default max(max_frame, 16 MiB)
+    conn_window: int | None = None  # receive window of all streams together; default 4 stream windows
     max_streams: int = 1024  # concurrent streams the peer may open to us
     keepalive: float | None = 15.0  # ping after this much silence
     dead_after: float | None = 45.0  # connection lost after this much silence
@@ -553,9 +554,12 @@ class Stream:
             try:
                 while True:
                     self._check_send()
-                    if mux.send_credit(self.id) >= n:
+                    if mux.stream_send_credit(self.id) < n:
+                        await self._lot.park()  # this stream's reader is behind
+                    elif mux.conn_send_credit < n:
+                        await conn._conn_credit_lot.park()  # the connection's window is full
+                    else:
                         break
-                    await self._lot.park()
             finally:
                 conn._blocked_s += trio.current_time() - t0
         if is_msg:
@@ -694,6 +698,7 @@ class Stream:
 
     def _wake_all(self) -> None:
         self._lot.unpark_all()
+        self._conn._conn_credit_lot.unpark_all()  # a sender of ours may wait there
         for scope in self._scopes:
             scope.cancel()
         self._scopes.clear()
@@ -735,6 +740,7 @@ class Connection:
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._writer_wanted = False
         self._open_lot = trio.lowlevel.ParkingLot()  # waiting for a free stream slot
+        self._conn_credit_lot = trio.lowlevel.ParkingLot()  # senders waiting for connection-level credit
         self._idle_lot = trio.lowlevel.ParkingLot()  # waiting for no open streams
         self._nursery: trio.Nursery | None = None
         self._error: TransportError | None = None
@@ -931,6 +937,7 @@ class Connection:
         self._open_lot.unpark_all()
         self._idle_lot.unpark_all()
         self._ping_lot.unpark_all()
+        self._conn_credit_lot.unpark_all()
         if self._on_close:
             self._on_close(self)
         if self._nursery is not None:
@@ -1045,18 +1052,22 @@ class Connection:
             t = type(ev)
             if t is DataReceived or t is MessageReceived:
                 st = streams.get(ev.stream_id)
-                if st is None:
-                    continue
                 size = ev.size if t is MessageReceived else len(ev.data)
+                if st is None:
+                    self._consumed(ev.stream_id, size)  # nobody to deliver to: free its credit
+                    continue
                 if st._discard:
                     self._consumed(st.id, size)
                     continue
                 st._items.append((ev.message if t is MessageReceived else ev.data, size))
                 st._lot.unpark_all()
             elif t is CreditReceived:
-                st = streams.get(ev.stream_id)
-                if st is not None:
-                    st._lot.unpark_all()
+                if ev.stream_id == 0:
+                    self._conn_credit_lot.unpark_all()
+                else:
+                    st = streams.get(ev.stream_id)
+                    if st is not None:
+                        st._lot.unpark_all()
             elif t is StreamOpened:
                 st = Stream(self, ev.stream_id, ev.meta, outbound=False)
                 streams[st.id] = st
@@ -1192,6 +1203,7 @@ async def _establish(
         dead_after=config.dead_after,
         idle_close=config.idle_close,
         hello_extra=hello_extra(identity.peer_id_str, peer_id or expected_peer_id) if hello_extra else None,
+        conn_window=config.conn_window,
     )
     our_hello = mux.data_to_send()
     if outbound:
@@ -1296,6 +1308,7 @@ class Transport:
         insecure: bool = False,
         max_frame: int = DEFAULT_MAX_FRAME,
         window: int | None = None,
+        conn_window: int | None = None,
         max_streams: int = 1024,
         keepalive: float | None = 15.0,
         dead_after: float | None = 45.0,
@@ -1317,7 +1330,8 @@ class Transport:
         self.listen = listen
         self.backlog = backlog
         self.config = ConnectionConfig(
-            max_frame=max_frame, window=window, max_streams=max_streams, keepalive=keepalive, dead_after=dead_after,
+            max_frame=max_frame, window=window, conn_window=conn_window, max_streams=max_streams,
+            keepalive=keepalive, dead_after=dead_after,
             idle_close=idle_close, handshake_timeout=handshake_timeout, close_timeout=close_timeout,
         )
         self._hello_extra = hello_extra

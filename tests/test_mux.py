@@ -341,3 +341,61 @@ def test_stream_ids_run_out_cleanly():
     assert a.ids_left == 0 and not a.can_open_stream
     with pytest.raises(ConnectionClosing, match="exhausted"):
         a.open_stream()
+
+
+def test_connection_window_bounds_all_streams_together():
+    a, b = pair(max_frame=16 * KiB, window=64 * KiB, conn_window=96 * KiB)
+    s1, s2 = a.open_stream(), a.open_stream()
+    flush(a, b)
+    for _ in range(4):
+        a.send_data(s1, b"1" * 16 * KiB)  # s1: stream window used up
+    a.send_data(s2, b"2" * 16 * KiB)
+    a.send_data(s2, b"2" * 16 * KiB)  # connection window used up
+    assert a.conn_send_credit == 0 and a.stream_send_credit(s2) == 32 * KiB and a.send_credit(s2) == 0
+    with pytest.raises(LocalProtocolError, match="connection 0"):
+        a.send_data(s2, b"2")
+    flush(a, b)
+    assert b.buffered_bytes == 96 * KiB
+    b.consumed(s1, 16 * KiB)  # below a quarter of the connection window: nothing yet
+    b.consumed(s1, 16 * KiB)  # 32 KiB >= 24 KiB: connection credit (and s1 stream credit) go back
+    evs = flush(b, a)
+    assert CreditReceived(0) in evs and CreditReceived(s1) in evs
+    assert a.conn_send_credit == 32 * KiB and a.send_credit(s2) == 32 * KiB
+
+
+def test_connection_credit_returns_for_reset_and_dropped_data():
+    a, b = pair(max_frame=16 * KiB, window=64 * KiB, conn_window=64 * KiB)
+    s1 = a.open_stream()
+    flush(a, b)
+    for _ in range(4):
+        a.send_data(s1, b"x" * 16 * KiB)
+    flush(a, b)
+    assert a.conn_send_credit == 0
+    b.reset_stream(s1)  # 64 KiB buffered and never read: the connection gets it back
+    evs = flush(b, a)
+    assert CreditReceived(0) in evs and a.conn_send_credit == 64 * KiB
+    # frames that cross a reset on the wire are dropped, and their connection credit returned too
+    s3 = a.open_stream()
+    flush(a, b)
+    b.reset_stream(s3)
+    for _ in range(4):
+        a.send_data(s3, b"y" * 16 * KiB)
+    flush(a, b)  # ignored by b
+    flush(b, a)  # RESET + WINDOW(0)
+    assert a.conn_send_credit == 64 * KiB and not a.has_stream(s3)
+
+
+def test_peer_exceeding_connection_window_is_a_peer_error():
+    a, b = pair(max_frame=1024, window=1024, conn_window=2048)
+    for sid in (a.open_stream(), a.open_stream(), a.open_stream()):
+        flush(a, b)
+        if sid < 5:
+            b.receive_data(raw(FrameType.DATA, 0, sid, b"x" * 1024))
+    with pytest.raises(PeerProtocolError) as ei:
+        b.receive_data(raw(FrameType.DATA, 0, 5, b"x" * 1024))
+    assert ei.value.kind == "flow_control" and "connection" in str(ei.value)
+
+
+def test_window_frame_on_stream_zero_is_connection_credit():
+    [f] = FrameDecoder().feed(ctl(m.WindowUpdate(5), sid=0))
+    assert f.type is FrameType.WINDOW and f.stream_id == 0

@@ -392,3 +392,36 @@ async def test_identity_of_memory_connections_is_a_claim():
         conn = await connect_over_stream(a_stream, nursery=n, outbound=True, expected_peer_id=ident.peer_id_str)
         assert conn.peer_id == ident.peer_id_str and not conn.secure
         n.cancel_scope.cancel()
+
+
+async def test_connection_window_bounds_memory_across_stalled_streams():
+    """Five streams push into handlers that do not read yet: together they buffer at most the connection
+    window (not five stream windows); once the handlers read, everything arrives."""
+    cfg = ConnectionConfig(max_frame=16 * KiB, window=64 * KiB, conn_window=128 * KiB)
+    go = trio.Event()
+    totals = []
+
+    async def handler(stream):
+        await go.wait()
+        total = 0
+        async for chunk in stream:
+            total += len(chunk)
+        totals.append(total)
+        await stream.send_msg({"total": total})
+
+    async with memory_pair(handler, config=cfg) as (a, b):
+        streams = [await a.open_stream() for _ in range(5)]
+
+        async def push(s):
+            for _ in range(8):
+                await s.send_bytes(b"z" * 16 * KiB)
+            await s.close()
+            assert (await s.receive_msg())["total"] == 8 * 16 * KiB
+
+        async with trio.open_nursery() as n:
+            for s in streams:
+                n.start_soon(push, s)
+            await trio.testing.wait_all_tasks_blocked()
+            assert b._mux.buffered_bytes == 128 * KiB  # all senders wait: the connection window is full
+            go.set()
+        assert totals == [8 * 16 * KiB] * 5
