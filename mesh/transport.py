@@ -1363,24 +1363,25 @@ class Transport:
         """Bind (if listening) and run until `aclose()` or cancellation. Use with `nursery.start`."""
         if self._nursery is not None:
             raise LocalProtocolError("Transport.serve() is already running")
+        if self.listen:  # bind before the nursery opens, so a busy port raises plainly (no exception group)
+            family = _socket.AF_INET6 if ":" in self.host else _socket.AF_INET
+            sock = _socket.socket(family, _socket.SOCK_STREAM)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.host, self.port))
+                sock.listen(self.backlog)
+            except OSError as e:
+                sock.close()
+                raise ConnectError(f"cannot listen on {self.address}: {_describe(e)}") from e
+            sock.setblocking(False)
+            self._listener = sock
+            self.port = sock.getsockname()[1]
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._serve_scope = nursery.cancel_scope
-                if self.listen:
-                    family = _socket.AF_INET6 if ":" in self.host else _socket.AF_INET
-                    sock = _socket.socket(family, _socket.SOCK_STREAM)
-                    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-                    try:
-                        sock.bind((self.host, self.port))
-                    except OSError as e:
-                        sock.close()
-                        raise ConnectError(f"cannot listen on {self.address}: {_describe(e)}") from e
-                    sock.listen(self.backlog)
-                    sock.setblocking(False)
-                    self._listener = sock
-                    self.port = sock.getsockname()[1]
-                    nursery.start_soon(self._accept_loop, sock)
+                if self._listener is not None:
+                    nursery.start_soon(self._accept_loop, self._listener)
                     log.info("data plane listening on %s (%s)", self.address, "plaintext" if self.insecure else "TLS")
                 task_status.started(self.address)
                 await trio.sleep_forever()

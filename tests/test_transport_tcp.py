@@ -415,3 +415,11 @@ async def test_tls_is_1_3_with_a_preferred_suite():
         assert obj.version() == "TLSv1.3"
         assert obj.cipher()[0] in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
         assert obj.selected_alpn_protocol() == "gpumesh-bigtcp/1"
+
+
+async def test_busy_port_is_a_plain_connect_error():
+    async with pair() as (server, _client):
+        busy = Transport(Identity.generate(), host="127.0.0.1", port=server.port)
+        async with trio.open_nursery() as n:
+            with pytest.raises(ConnectError, match="cannot listen"):
+                await n.start(busy.serve)
