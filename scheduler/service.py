@@ -33,7 +33,7 @@ import trio
 from mesh import admission as adm
 from mesh import metrics as mesh_metrics
 from mesh.advert import DeviceAdvert
-from mesh.membership import Event, Left
+from mesh.membership import Event, Joined, Left
 from mesh.rpc import Call, MeshClient, RpcError, RpcServer
 from mesh.tls import HandshakeError
 from mesh.transport import Transport
@@ -198,6 +198,8 @@ class JobService:
         self._outputs: dict[tuple[str, int], bytes] = {}  # worker side: output of an attempt until sent
         self._received: dict[tuple[str, int], bytes] = {}  # coordinator side: output awaiting the core's verdict
         self._finished: dict[str, trio.Event] = {}
+        self._settled: dict[str, None] = {}
+        self._rtt_warm: set[str] = set()  # jobs whose Finish action ran (insertion-ordered, bounded)
         self._watchers: set[trio.MemorySendChannel] = set()
         self._verifiers: dict[str, Any] = {}
         self._wake = trio.Event()
@@ -226,9 +228,19 @@ class JobService:
         self._verifiers[kind] = fn
 
     def on_membership(self, ev: Event) -> None:
+        if isinstance(ev, Joined) and self._nursery is not None and ev.peer_id != self.peer_id:
+            # dial ahead: the first offer's round trip then measures the network, not the TLS handshake
+            self._nursery.start_soon(self._warm, ev.peer_id)
         if isinstance(ev, Left) and self._nursery is not None:
             self._nursery.start_soon(self._execute, self.core.worker_lost(ev.peer_id, trio.current_time(),
                                                                           f"peer {ev.peer_id} left ({ev.reason})"))
+
+    async def _warm(self, peer_id: str) -> None:
+        with trio.move_on_after(10):
+            try:
+                await self._client(peer_id).connection()
+            except Exception as e:  # the peer may not listen yet; offers will dial again
+                log.debug("pre-dial of %s failed: %s", peer_id, e)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         s = self.node.settings
@@ -333,11 +345,9 @@ class JobService:
         if a.peer_id == self.peer_id:
             answer = await self._local_offer(a.offer)
         else:
-            t0 = trio.current_time()
             try:
                 resp = await self._client(a.peer_id).call("peer.offer", {"offer": a.offer.to_wire(now)},
                                                           timeout=self.core.cfg.claim_timeout_s)
-                self.placer.observe_rtt(a.peer_id, trio.current_time() - t0)
                 answer = Accept.from_wire(resp["answer"]) if resp["answer"].get("t") == "accept" \
                     else Reject.from_wire(resp["answer"])
             except (RpcError, WireError, KeyError, TypeError, HandshakeError) as e:
@@ -381,7 +391,15 @@ class JobService:
             path = self.results_dir / _safe(a.job_id)
             await trio.to_thread.run_sync(path.write_bytes, output)
 
+    def _settling(self, rec) -> bool:
+        """Terminal in the core, but its Finish action (output written, waiters told) has not run yet."""
+        return rec.job_id not in self._settled and rec.result is not None and rec.result.output_size > 0 \
+            and not (self.results_dir / _safe(rec.job_id)).exists()
+
     def _on_finish(self, a: Finish) -> None:
+        self._settled[a.job_id] = None
+        while len(self._settled) > 100_000:
+            self._settled.pop(next(iter(self._settled)))
         rec = self.core.get(a.job_id)
         if rec is not None:
             run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
@@ -618,7 +636,9 @@ class JobService:
         job_id = str(call.body.get("id", ""))
         wait = bool(call.body.get("wait", True))
         rec = self.core.get(job_id)
-        if rec is not None and not rec.state.terminal and wait:
+        # the core flips a job to done before its output is on disk (journal commit, then the Deliver action):
+        # wait for the Finish action, which comes after both, unless the job finished before this process
+        if rec is not None and wait and (not rec.state.terminal or self._settling(rec)):
             ev = self._finished.setdefault(job_id, trio.Event())
             await ev.wait()
             rec = self.core.get(job_id)
