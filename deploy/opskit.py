@@ -112,7 +112,7 @@ def running_nodes(n: int = 2, extra: tuple[str, ...] = ("--advert-interval", "0.
     with tempfile.TemporaryDirectory(prefix="gm-ops-") as root:
         nodes = start_mesh(Path(root), n, extra=list(extra))
         try:
-            wait_for(lambda: sees_all(nodes), 60, f"{n} nodes to see each other")
+            wait_for(lambda: sees_all(nodes), 120, f"{n} nodes to see each other")
             yield nodes
         finally:
             for nd in nodes:

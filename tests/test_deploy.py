@@ -247,7 +247,7 @@ def test_entrypoint_bootstrap_and_workers_form_a_mesh(tmp_path):
             w.wait_up()
         ids = {nd.call("status")["peer_id"] for nd in nodes}
         assert len(ids) == 3
-        wait_for(lambda: all({p["peer_id"] for p in nd.call("peers")} >= ids for nd in nodes), 60,
+        wait_for(lambda: all({p["peer_id"] for p in nd.call("peers")} >= ids for nd in nodes), 120,
                  "bootstrap and workers to see each other")
         # the image's healthcheck: `mesh-node status` exits 0 while the node answers
         env = _entrypoint_env(boot.data_dir, shared)

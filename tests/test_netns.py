@@ -184,7 +184,7 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
 
         def converged() -> bool:
             return all(view(nd) == set(ids) - {nd.peer_id} for nd in nodes)
-        wait_for(converged, 90, "4 hosts to see each other")
+        wait_for(converged, 120, "4 hosts to see each other")
 
         # each host advertises its own address for libp2p and the data plane (once its data plane is up)
         def addresses_right() -> bool:

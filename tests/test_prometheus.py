@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
     nodes = start_mesh(root / "mesh", 3, extra=["--advert-interval", "0.5"])
     proc = None
     try:
-        wait_for(lambda: sees_all(nodes), 60, "the 3 nodes to see each other")
+        wait_for(lambda: sees_all(nodes), 120, "the 3 nodes to see each other")
         cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
         cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
         cfg["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / "*.yml")]
