@@ -10,11 +10,19 @@ offsets, timings, warnings); the result's output bytes are the output buffers co
 There is no CPU reference path: an arbitrary OpenCL kernel has no numpy equivalent (`reference()` says so),
 and the kind requires an OpenCL device (`Requirements.opencl`). The examples in `examples/compute/` carry
 their own numpy references.
+
+Test-only fault hook: a worker process started with `GPUMESH_TEST_CORRUPT_COMPUTE=1` flips the lowest bit of
+the first byte of every compute result's output (one ulp of a float32, one bit of a byte buffer: the subtlest
+wrong answer); set to a comma-separated list of kernel names, only jobs that launch one of those kernels are
+corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.compute_sdk`,
+`verify="redundant"`) catching a lying worker; it logs a warning on every corrupted result.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -30,6 +38,9 @@ from worker.compute.spec import (
 from worker.devices import Device
 from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, KindRegistry, Requirements, Result, RunContext, register
 
+log = logging.getLogger("gpumesh.compute")
+
+CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_COMPUTE"  # test-only fault hook (see the module doc)
 DEFAULT_FLOPS_PER_ITEM = 32.0  # cost model when the spec gives no `flops_per_item`
 LAUNCH_OVERHEAD_S = 20e-6
 BUILD_ESTIMATE_S = 0.5  # a cold build on PoCL; a cached program costs nothing
@@ -113,11 +124,26 @@ class ComputeOpenCL(JobKind):
         res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
                                progress=ctx.progress, verified=True)
         body, out = res.to_wire()
+        if out and _corrupts(self.spec_of(ctx.spec)):
+            log.warning("%s: this node CORRUPTS the output of compute job %s (test-only fault hook)", CORRUPT_ENV,
+                        ctx.job_id)
+            out = bytes([out[0] ^ 1]) + out[1:]
         return Result(body, out or None)
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         raise NotImplementedError("compute.opencl has no CPU reference path: an arbitrary OpenCL kernel has no "
                                   "numpy equivalent (verify with a redundant run on a second device instead)")
+
+
+def _corrupts(s: ComputeSpec) -> bool:
+    """The test-only fault hook: "1" corrupts every result, else a comma-separated list of kernel names."""
+    hook = os.environ.get(CORRUPT_ENV, "")
+    if not hook:
+        return False
+    if hook == "1":
+        return True
+    names = {n.strip() for n in hook.split(",") if n.strip()}
+    return bool(names & set(s.kernels()))
 
 
 async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
