@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler import render_cli
+from scheduler import compute_cli, render_cli
 from scheduler.config import ConfigError, NodeSettings, default_data_dir, load_settings
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--insecure", action="store_true")
     pv.add_argument("--json", action="store_true")
     render_cli.add_parser(sub)
+    compute_cli.add_parser(sub)
     vf = sub.add_parser("verify", help="verify a proof file (pure Python; needs no node and no OpenCL)")
     vf.add_argument("proof", type=Path)
     vf.add_argument("--json", action="store_true")
@@ -508,7 +509,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if v.ok else EXIT_FAIL
 
 
-COMMANDS = {"render": render_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
