@@ -66,7 +66,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="redundant: run on two different peers and compare the outputs")
     p.add_argument("--rtol", type=float, default=0.0, help="with --verify redundant: float tolerance (default exact)")
     p.add_argument("--atol", type=float, default=0.0, help="with --verify redundant: float tolerance (default exact)")
-    p.add_argument("--priority", choices=("realtime", "interactive", "batch"), default="interactive")
+    p.add_argument("--priority", choices=("realtime", "interactive", "batch"), default="interactive",
+                   help="scheduling class (default interactive)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write each output as DIR/NAME.npy")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),

@@ -1,0 +1,138 @@
+"""Compute jobs on the mesh: tiled float32 matmul 1024x1024 end to end through a 3-node loopback mesh vs numpy
+in this process, and the per-job overhead of a trivial kernel (submit -> result).
+
+The mesh: node 0 is a gateway coordinator that runs nothing (`--devices none`), nodes 1 and 2 have the machine's
+OpenCL device, so every job crosses the data plane to a worker and back, as a remote user's would. The matmul
+is `examples/compute/matmul.py` (TS=32, WPT=8): A and B (4 MiB each) stream to the worker, C (4 MiB) comes back;
+GFLOP/s = 2 * 1024^3 / wall time of `Mesh.run` (submit, transfers, placement, kernel, read back, decode), median
+of the timed runs after a warm-up that builds the program on both workers. The kernel-only rate (device
+profiling) is reported beside it. numpy is `a @ b` on the same float32 arrays in this process (median).
+Dispatch overhead: a one-work-item kernel, median (and p90) of sequential submit -> decoded result, through the
+gateway; and the same job submitted to a worker node itself (placed on its own device, no network hop).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from scheduler.compute_sdk import Mesh, Out, make_job
+from scheduler.localmesh import make_nodes, sees_all, wait_for
+
+N = 1024
+MATMUL_RUNS = 5
+NUMPY_RUNS = 10
+DISPATCH_RUNS = 200
+TRIVIAL = "__kernel void one(__global int *out) { out[get_global_id(0)] = 42; }"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "compute"
+
+
+def _matmul_module():
+    spec = importlib.util.spec_from_file_location("bench_compute_matmul", EXAMPLES / "matmul.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def pctl(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def _numpy_gflops(a: np.ndarray, b: np.ndarray) -> float:
+    a @ b  # warm (threads, caches)
+    times = []
+    for _ in range(NUMPY_RUNS):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * N**3 / statistics.median(times) / 1e9
+
+
+def _dispatch(mesh: Mesh) -> list[float]:
+    job = make_job(TRIVIAL, "one", [Out(1, np.int32)], global_size=1)
+    for _ in range(10):  # warm: built on the workers, connections up
+        mesh.run(job)
+    times = []
+    for _ in range(DISPATCH_RUNS):
+        t0 = time.perf_counter()
+        run = mesh.run(job)
+        times.append(time.perf_counter() - t0)
+        assert int(run.value()[0]) == 42
+    return times
+
+
+def run() -> dict:
+    matmul = _matmul_module()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((N, N), dtype=np.float32)
+    b = rng.standard_normal((N, N), dtype=np.float32)
+    ref = matmul.reference(a, b)
+    with tempfile.TemporaryDirectory(prefix="gpumesh-bench-compute-") as root:
+        nodes = make_nodes(Path(root), 3, ["--advert-interval", "0.5"])
+        nodes[0].extra += ["--devices", "none"]
+        nodes[0].start()
+        for nd in nodes[1:]:
+            nd.start([nodes[0].multiaddr])
+        try:
+            for nd in nodes:
+                nd.wait_up()
+            wait_for(lambda: sees_all(nodes), 120, "3 nodes to converge", interval=0.2)
+            with Mesh.local(nodes[0].data_dir) as mesh:
+                devices = sorted({f"{d['kind']}: {d['name']}" for p in mesh.peers() for d in p["devices"]
+                                  if d["kind"] != "reference"})
+                job = matmul.job(a, b, time_limit_s=600)
+                workers = set()
+                for _ in range(4):  # warm-up: builds the program wherever it lands
+                    warm = mesh.run(job)
+                    workers.add(warm.worker)
+                np.testing.assert_allclose(warm["C"], ref, **matmul.tolerance(N))
+                walls, kernels = [], []
+                for _ in range(MATMUL_RUNS):
+                    r = mesh.run(job)
+                    walls.append(r.wall_s)
+                    kernels.append(r.result.kernel_s)
+                    workers.add(r.worker)
+                np.testing.assert_allclose(r["C"], ref, **matmul.tolerance(N))
+                remote = _dispatch(mesh)
+            with Mesh.local(nodes[1].data_dir) as mesh:
+                local = _dispatch(mesh)
+        finally:
+            for nd in nodes:
+                nd.stop()
+    numpy_gflops = _numpy_gflops(a, b)
+    flop = 2 * N**3
+    return {
+        "matmul_1024_gflops": round(flop / statistics.median(walls) / 1e9, 2),
+        "numpy_matmul_1024_gflops": round(numpy_gflops, 2),
+        "dispatch_overhead_ms": round(statistics.median(remote) * 1000, 3),
+        "matmul_1024_best_gflops": round(flop / min(walls) / 1e9, 2),
+        "matmul_1024_kernel_gflops": round(flop / statistics.median(kernels) / 1e9, 2),
+        "matmul_1024_wall_ms": round(statistics.median(walls) * 1000, 1),
+        "dispatch_overhead_p90_ms": round(pctl(remote, 0.9) * 1000, 3),
+        "dispatch_overhead_local_ms": round(statistics.median(local) * 1000, 3),
+        "matmul_workers": len(workers),
+        "devices": devices,
+        "matmul_runs": MATMUL_RUNS,
+        "dispatch_runs": DISPATCH_RUNS,
+    }
+
+
+def table(r: dict) -> list[tuple[str, str]]:
+    return [
+        ("tiled matmul 1024x1024 float32 through the mesh, end to end (gateway -> worker -> client), median",
+         f"{r['matmul_1024_gflops']:.2f} GFLOP/s ({r['matmul_1024_wall_ms']:.0f} ms; best {r['matmul_1024_best_gflops']:.2f}; "
+         f"kernel alone {r['matmul_1024_kernel_gflops']:.2f})"),
+        ("numpy (OpenBLAS) matmul 1024x1024 float32, same machine and process, median",
+         f"{r['numpy_matmul_1024_gflops']:.2f} GFLOP/s"),
+        ("dispatch overhead, trivial kernel submit -> result via a gateway coordinator, median / p90",
+         f"{r['dispatch_overhead_ms']:.2f} ms / {r['dispatch_overhead_p90_ms']:.2f} ms"),
+        ("the same, submitted to a worker node itself (runs on its own device), median",
+         f"{r['dispatch_overhead_local_ms']:.2f} ms"),
+        ("worker devices (both workers share this machine)", ", ".join(r["devices"])),
+    ]
