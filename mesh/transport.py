@@ -456,7 +456,6 @@ _IO_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 # ============================================================================================== stream
 
-_NO_ITEM = object()
 
 
 class Stream:
