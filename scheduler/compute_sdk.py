@@ -231,7 +231,7 @@ def compare_outputs(a: ComputeResult, b: ComputeResult, rtol: float = 0.0, atol:
                 with np.errstate(all="ignore"):
                     d = np.abs(x[bad].astype(np.float64) - y[bad].astype(np.float64))
                 diff = f", max |difference| {np.nanmax(d) if d.size and not np.all(np.isnan(d)) else math.nan:.3g}"
-            return name, (f"{bad.size} of {x.size} elements differ {what}; first at [{i}]: {x[i]!r} vs {y[i]!r}"
+            return name, (f"{bad.size} of {x.size} elements differ {what}; first at [{i}]: {x[i].item()!r} vs {y[i].item()!r}"
                           f"{diff}")
     return None
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from scheduler.client import Client, local_address
+from scheduler.compute_cli import ArgError, parse_arg
 from scheduler.compute_sdk import (
     AsyncMesh,
     BufferTooLarge,
@@ -31,11 +32,13 @@ from scheduler.compute_sdk import (
     Out,
     TimeLimitExceeded,
     VerificationFailed,
+    compare_outputs,
     make_job,
 )
 from scheduler.localmesh import make_nodes, sees_all, wait_for
 from scheduler.tokens import TokenStore
 from worker.compute.kind import CORRUPT_ENV
+from worker.compute.runner import ComputeResult, OutputBuffer
 
 
 def _has_opencl() -> bool:
@@ -295,3 +298,41 @@ async def test_raw_client_cannot_bypass_the_scope_check(mesh):
         with pytest.raises(RpcError) as e:
             await c.submit(job.kind, job.spec, input=job.input or None)
         assert e.value.code == "forbidden" and "compute" in e.value.message
+
+
+# ---- pieces without a mesh -----------------------------------------------------------------------------------
+
+def test_cli_arg_syntax(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(4, dtype=np.int64))
+    np.save(tmp_path / "f.npy", np.ones(4))
+    (tmp_path / "raw.bin").write_bytes(np.arange(3, dtype=np.float32).tobytes())
+    a = parse_arg(f"in:int32:{tmp_path / 'a.npy'}", 0)  # int64 .npy converted within its kind
+    assert a.array.dtype == np.int32 and a.array.tolist() == [0, 1, 2, 3]
+    assert parse_arg(f"v=inout:float32:{tmp_path / 'raw.bin'}", 1).array.tolist() == [0.0, 1.0, 2.0]
+    assert parse_arg("in:uint8:=1,2,0x10", 0).array.tolist() == [1, 2, 16]
+    out = parse_arg("C=out:float32:64x32", 0)
+    assert (out.shape, out.name, np.dtype(out.dtype)) == ((64, 32), "C", np.float32)
+    assert parse_arg("out:uint8:100", 0).shape == 100
+    s = parse_arg("scalar:uint64:0x10", 0)
+    assert (s.dtype, s.value) == ("uint64", 16)
+    assert parse_arg("local:float32:256", 0).nbytes == 1024 and parse_arg("local:512", 0).nbytes == 512
+    for bad, msg in [("foo:1", "unknown kind"), ("in:float16:x", "unknown dtype"), ("out:float32:0", "positive"),
+                     ("scalar:float32:abc", "not a float32"), ("1x=in:int32:=1", "identifier"),
+                     (f"in:int32:{tmp_path / 'missing.npy'}", "no such file"), ("in:float32", "expected in:DTYPE"),
+                     (f"in:int32:{tmp_path / 'f.npy'}", "does not convert")]:
+        with pytest.raises(ArgError, match=msg):
+            parse_arg(bad, 0)
+
+
+def test_compare_outputs_bitwise_and_with_tolerance():
+    def res(*vals, dtype=np.float32):
+        return ComputeResult([OutputBuffer(1, "y", np.dtype(dtype).name, np.array(vals, dtype=dtype))])
+
+    a, b = res(1.0, np.nan, 3.0), res(1.0, np.nan, np.nextafter(np.float32(3.0), np.float32(4.0)))
+    assert compare_outputs(a, a) is None  # NaNs with the same bits are equal bit for bit
+    name, detail = compare_outputs(a, b)
+    assert name == "y" and "1 of 3 elements differ bit for bit; first at [2]" in detail
+    assert compare_outputs(a, b, rtol=1e-6) is None
+    assert compare_outputs(a, res(1.0, 0.0, 3.0), rtol=1e-3) is not None  # NaN vs a number is never close
+    assert compare_outputs(res(5, dtype=np.int32), res(6, dtype=np.int32), atol=10) is not None  # ints: exact
+    assert "outputs" in compare_outputs(a, ComputeResult([]))[1]
