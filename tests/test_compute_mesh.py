@@ -228,6 +228,11 @@ def test_a_batch_spreads_over_workers_and_returns_in_order(mesh, gw):
     outs = gw.map(SAXPY, "saxpy", [args for args, _ in items[:4]], global_size=2048)
     for out, (_, expect) in zip(outs, items[:4], strict=True):
         np.testing.assert_allclose(out, expect, rtol=1e-6, atol=1e-6)
+    # an item the worker refuses (a float64 scalar for the kernel's `float a`) fails the batch, naming the item
+    bad = [np.uint32(2000), np.float64(1.0), *items[0][0][2:]]
+    with pytest.raises(ComputeRefused, match="use dtype float32") as e:
+        gw.map(SAXPY, "saxpy", [items[1][0], items[2][0], bad], global_size=2048)
+    assert e.value.index == 2 and e.value.code == "invalid_spec"
 
 
 def test_redundant_runs_agree_on_honest_workers(mesh, gw):
