@@ -10,7 +10,7 @@ B ?=
 # and iproute2 are used by tests, which skip with a message naming the package when it is missing.
 APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2
 
-.PHONY: all demo test bench lint sim chaos system-deps clean
+.PHONY: all demo test bench lint sim chaos docs dashboards system-deps clean
 
 all: test
 
@@ -48,8 +48,14 @@ sim: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m scheduler.chaos $(CHAOS_ARGS)
 
+docs: $(STAMP)
+	$(PY) deploy/opskit.py docs
+
+dashboards: $(STAMP)
+	$(PY) deploy/grafana/generate.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mesh scheduler worker tests bench
+	$(VENV)/bin/ruff check mesh scheduler worker tests bench deploy
 	$(VENV)/bin/mypy
 
 clean:

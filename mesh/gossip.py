@@ -8,6 +8,7 @@ that must arrive travels here.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -54,6 +55,21 @@ def parse_bootstrap(addr: str) -> PeerInfo:
         return info_from_p2p_addr(ma)
     except Exception as e:
         raise ValueError(f"bad bootstrap multiaddr {addr!r}: {e}") from None
+
+
+async def resolve_bootstrap(addr: str) -> PeerInfo | None:
+    """A bootstrap address with /dns4/ or /dns/ resolved by the system resolver (so /etc/hosts and container
+    DNS work; py-libp2p asks DNS servers directly). Re-resolved on every attempt: the peer may move."""
+    parts = addr.split("/")
+    if len(parts) > 2 and parts[1] in ("dns", "dns4"):
+        try:
+            infos = await trio.socket.getaddrinfo(parts[2], None, family=socket.AF_INET)
+        except OSError as e:
+            log.info("bootstrap %s: cannot resolve %s: %s", addr, parts[2], e)
+            return None
+        parts[1:3] = ["ip4", infos[0][4][0]]
+        addr = "/".join(parts)
+    return parse_bootstrap(addr)
 
 
 @dataclass
@@ -250,9 +266,10 @@ class GossipService:
 
     async def _connect_loop(self) -> None:
         """Keep dialling bootstrap peers until connected, and peers learned from adverts up to a target."""
-        boot = [parse_bootstrap(a) for a in self.config.bootstrap]
         backoff = 0.2
         while True:
+            boot = [await resolve_bootstrap(a) for a in self.config.bootstrap]
+            boot = [b for b in boot if b is not None]
             connected = set(self.host.get_network().connections.keys())
             metrics.LIBP2P_CONNECTED.set(len(connected))
             targets = [b for b in boot if b.peer_id not in connected and b.peer_id != self.host.get_id()]
@@ -265,7 +282,12 @@ class GossipService:
                         except Exception:
                             continue
             failed = False
+            net = self.host.get_network()
             for info in targets:
+                if hasattr(net, "unblock_peer"):
+                    # py-libp2p blocks a peer for 60 s after a failed dial; our own backoff decides retries,
+                    # so a restarted bootstrap peer is found again within a few seconds
+                    net.unblock_peer(info.peer_id)
                 try:
                     with trio.fail_after(5):
                         await self.host.connect(info)

@@ -71,3 +71,13 @@ async def test_capacity_change_is_published_before_the_next_interval():
         # interval is 30 s, so only the change-triggered publish can satisfy this within the deadline
         await wait_until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3, timeout=20)
         nursery.cancel_scope.cancel()
+
+
+async def test_dns_bootstrap_resolved_with_the_system_resolver():
+    from mesh.gossip import resolve_bootstrap
+
+    pid = Identity.generate().peer_id_str
+    info = await resolve_bootstrap(f"/dns4/localhost/tcp/4001/p2p/{pid}")
+    assert info.peer_id.to_base58() == pid
+    assert [str(a) for a in info.addrs] == ["/ip4/127.0.0.1/tcp/4001"]
+    assert await resolve_bootstrap(f"/dns4/no-such-host.invalid/tcp/4001/p2p/{pid}") is None
