@@ -127,8 +127,13 @@ class Requirements:
     min_mulmod_mops: float = 0.0
     min_fma_gflops: float = 0.0
     opencl: bool = False
+    avoid_peers: tuple[str, ...] = ()  # never place on these peers (e.g. the other copy of a redundant run)
 
     def __post_init__(self) -> None:
+        avoid = tuple(sorted(set(self.avoid_peers)))
+        if len(avoid) > 64 or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in avoid):
+            raise WireError("invalid", "requirements: avoid_peers takes at most 64 peer ids")
+        object.__setattr__(self, "avoid_peers", avoid)
         if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
             raise WireError("invalid", f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
                                        f"not {self.device_kind!r}")
@@ -163,6 +168,7 @@ class Requirements:
             min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
             min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
             opencl=self.opencl or other.opencl,
+            avoid_peers=tuple(set(self.avoid_peers) | set(getattr(other, "avoid_peers", ()))),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -170,7 +176,7 @@ class Requirements:
         for k, default in _REQ_DEFAULTS.items():
             v = getattr(self, k)
             if v != default:
-                d[k] = v
+                d[k] = list(v) if isinstance(v, tuple) else v
         return d
 
     @classmethod
@@ -191,11 +197,12 @@ class Requirements:
             min_mulmod_mops=float(_num(d, "min_mulmod_mops", w, 0.0)),
             min_fma_gflops=float(_num(d, "min_fma_gflops", w, 0.0)),
             opencl=_get(d, "opencl", bool, w, False),
+            avoid_peers=tuple(_get(d, "avoid_peers", (list, tuple), w, ())),
         )
 
 
 _REQ_DEFAULTS = {"device_kind": None, "min_memory_bytes": 0, "fp64": False, "int64": False,
-                 "min_mulmod_mops": 0.0, "min_fma_gflops": 0.0, "opencl": False}
+                 "min_mulmod_mops": 0.0, "min_fma_gflops": 0.0, "opencl": False, "avoid_peers": ()}
 
 
 # --- job -------------------------------------------------------------------------------------------------

@@ -283,6 +283,8 @@ class Placer:
                                      "deadline", matched)
                 key[late] = np.inf
         excl = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        if job.requirements.avoid_peers:
+            excl = excl.union(job.requirements.avoid_peers)
         out: list[Candidate] = []
         n_excluded = 0
         # rank lazily: partition the best few, sort those, widen only if exclusions ate them

@@ -247,3 +247,21 @@ def test_spread_widens_under_contention_and_narrows_back():
     for _ in range(200):
         pl.observe_claim(True)
     assert pl.jitter < 0.05 and pl.slack < 0.3
+
+
+def test_avoid_peers_requirement_excludes_those_peers():
+    from mesh.advert import Advert, DeviceAdvert
+    from scheduler.job import Job, Requirements
+    from scheduler.placement import Placer, TrackedView
+
+    view = TrackedView("me", ttl_s=6.0)
+    dev = DeviceAdvert("d0", "gpu", "v", "n", 1, 1 << 30, True, True, 100.0, 100.0, 1, 1, 0)
+    for i, p in enumerate("ab"):
+        view.apply(Advert(p, b"k" * 32, 1, 0.0, devices=(dev,)), 0.0)
+    placer = Placer(view, lambda job, d: 1.0, seed=0)
+    got = placer.place(Job("echo", requirements=Requirements(avoid_peers=("a",))), 0.0)
+    assert got.ok and {c.peer_id for c in got.candidates} == {"b"}
+    none = placer.place(Job("echo", requirements=Requirements(avoid_peers=("a", "b"))), 0.0)
+    assert not none.ok
+    wire = Requirements(avoid_peers=("b", "a")).to_wire()
+    assert wire == {"avoid_peers": ["a", "b"]} and Requirements.from_wire(wire).avoid_peers == ("a", "b")

@@ -621,6 +621,7 @@ class ComputeRunner:
             if not released and last[0] is not None:
                 why = (f"timed out: {exc.where}" if isinstance(exc, _TimedOut)
                        else "cancelled" if isinstance(exc, trio.Cancelled) else f"failed: {type(exc).__name__}")
+                keep.append(last[0])  # keep the event alive: freeing it would block the trio thread on the kernel
                 quarantined = self._quarantine_until(last[0], keep, job_id, why)
             else:
                 quarantined = False
