@@ -18,6 +18,7 @@ from scheduler.localmesh import sees_all, start_mesh, wait_for
 SIZES = (5, 10, 20)
 CHANGES = 20
 IDLE_WINDOW_S = 10.0
+MISS_AFTER_S = 30.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -35,7 +36,7 @@ def measure(n: int) -> dict:
         nodes = start_mesh(Path(root), n, extra=["--devices", "none", "--metrics-listen", "off"])
         try:
             wait_for(lambda: sees_all(nodes), 120, f"{n} nodes to converge", interval=0.2)
-            lat = []
+            lat, misses = [], 0
             src, others = nodes[0], nodes[1:]
             for i in range(CHANGES):
                 value = f"v{i}"
@@ -48,13 +49,15 @@ def measure(n: int) -> dict:
                             peer = next((p for p in nd.call("peers") if p["peer_id"] == src.peer_id), None)
                             if peer and peer["labels"].get("bench") == value:
                                 pending.discard(nd.data_dir)
-                    if time.perf_counter() - t0 > 30:
-                        raise TimeoutError(f"change {i} not seen by {len(pending)} nodes after 30 s")
+                    if time.perf_counter() - t0 > MISS_AFTER_S:
+                        misses += 1  # counted at the cap: p99 then shows it rather than the run dying
+                        break
                 lat.append(time.perf_counter() - t0)
             before = {nd.proc.pid: _cpu_s(nd.proc.pid) for nd in nodes}
             time.sleep(IDLE_WINDOW_S)  # a benchmark measuring idle CPU over a window, not a test
             cpu = [(_cpu_s(pid) - c0) / IDLE_WINDOW_S * 100 for pid, c0 in before.items()]
-            return {"p50_s": statistics.median(lat), "p99_s": pctl(lat, 0.99), "idle_cpu_percent": statistics.mean(cpu)}
+            return {"p50_s": statistics.median(lat), "p99_s": pctl(lat, 0.99), "idle_cpu_percent": statistics.mean(cpu),
+                    "misses": misses}
         finally:
             for nd in nodes:
                 nd.stop()
@@ -68,6 +71,7 @@ def run() -> dict:
         "idle_cpu_percent_per_node": round(per[str(SIZES[-1])]["idle_cpu_percent"], 2),
         "idle_cpu_percent_by_n": {k: round(v["idle_cpu_percent"], 2) for k, v in per.items()},
         "changes_per_size": CHANGES,
+        "changes_not_seen_by_all_within_30s": {k: v["misses"] for k, v in per.items()},
         "advert_interval_s": 2.0,
     }
 
@@ -76,5 +80,7 @@ def table(r: dict) -> list[tuple[str, str]]:
     rows = [(f"N={n}: convergence p50 / p99", f"{r['convergence_p50_s'][n] * 1000:.0f} ms / "
              f"{r['convergence_p99_s'][n] * 1000:.0f} ms") for n in r["convergence_p99_s"]]
     rows += [(f"N={n}: idle CPU per node", f"{v:.2f} %") for n, v in r["idle_cpu_percent_by_n"].items()]
-    rows.append(("target", "p99 < 1 s at N = 20"))
+    rows += [(f"N={n}: changes not seen by every node within 30 s", str(v))
+             for n, v in r["changes_not_seen_by_all_within_30s"].items()]
+    rows.append(("target", "p99 < 1 s at N = 20 (all N processes share this machine's 2 cores)"))
     return rows
