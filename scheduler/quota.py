@@ -55,9 +55,13 @@ class Quotas:
     _usage: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))  # token -> (time, seconds)
     _used: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # running sum of _usage
 
-    def admit_submit(self, token: str, job_id: str, now: float) -> None:
-        """Raise QuotaExceeded unless `token` may submit another job now; else count it as active."""
+    def admit_submit(self, token: str, job_id: str, now: float, *, exempt: bool = False) -> None:
+        """Raise QuotaExceeded unless `token` may submit another job now; else count it as active.
+        `exempt` (admin tokens: the node's operator) skips the limits but is still counted."""
         lim = self.limits
+        if exempt:
+            self._active[token].add(job_id)
+            return
         b = self._buckets.setdefault(token, TokenBucket(lim.submit_rate, 2 * lim.submit_rate))
         if job_id in self._active[token]:
             return  # an idempotent resubmit costs nothing

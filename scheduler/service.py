@@ -564,7 +564,7 @@ class JobService:
         existing = self.core.get(job.job_id)
         if existing is None:
             try:
-                self.quotas.admit_submit(p.name, job.job_id, now)
+                self.quotas.admit_submit(p.name, job.job_id, now, exempt="admin" in p.token.scopes)
             except QuotaExceeded as e:
                 raise RpcError("quota", str(e)) from None
         if not job.inline and job.input_size > 0 and existing is None:

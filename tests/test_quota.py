@@ -46,3 +46,12 @@ def test_offer_rate_per_peer():
     assert q.admit_offer("p", 0) and q.admit_offer("p", 0)
     assert not q.admit_offer("p", 0)
     assert q.admit_offer("other", 0)
+
+
+def test_admin_tokens_are_exempt_but_counted():
+    q = Quotas(Limits(submit_rate=1.0, max_active=1))
+    for i in range(5):
+        q.admit_submit("ops", f"j{i}", 0.0, exempt=True)
+    q.finished("ops", "j0", 0.0, 1.0)
+    with pytest.raises(QuotaExceeded):
+        q.admit_submit("tenant", "x", 0.0) or q.admit_submit("tenant", "y", 0.0)
