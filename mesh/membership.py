@@ -16,6 +16,7 @@ from mesh.advert import Advert, DeviceAdvert
 MAX_REMEMBERED_STANDING = 10_000
 REPLAY_WINDOW = 2  # an advert more than this many sequence numbers old is a replay, not reordering
 REPLAY_PENALTY = 0.05
+REPLAY_AGE_TTLS = 4
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,10 @@ class MembershipView:
             return Joined(pid)
         if advert.seq <= cur.advert.seq:
             self.stale += 1
-            if advert.seq < cur.advert.seq - REPLAY_WINDOW:
+            # delayed delivery under load is normal; an advert far older than any delay gossip can cause
+            # (several TTLs behind the one we hold, by its own signed timestamp) is a replay
+            if advert.seq < cur.advert.seq - REPLAY_WINDOW and \
+                    advert.timestamp < cur.advert.timestamp - REPLAY_AGE_TTLS * self.ttl_s:
                 self.replays += 1
                 self.adjust_standing(pid, -REPLAY_PENALTY)
             return None

@@ -95,9 +95,10 @@ async def test_expiry_driven_by_trio_clock(autojump_clock):
 
 def test_replayed_old_advert_costs_standing_but_reordering_does_not():
     v = MembershipView("me", ttl_s=6)
-    v.apply(ad("a", 10), now=0)
-    v.apply(ad("a", 9), now=1)  # reordered by one: stale, harmless
+    v.apply(replace(ad("a", 10), timestamp=1000.0), now=0)
+    v.apply(replace(ad("a", 9), timestamp=998.0), now=1)  # reordered by one: stale, harmless
+    v.apply(replace(ad("a", 5), timestamp=990.0), now=1)  # delivered late (under 4 TTLs): harmless
     assert v.standing("a") == 1.0 and v.replays == 0
-    v.apply(ad("a", 3), now=2)  # a replay of an old advert
+    v.apply(replace(ad("a", 3), timestamp=900.0), now=2)  # a replay of an old advert
     assert v.replays == 1 and v.standing("a") < 1.0
     assert v.get("a").advert.seq == 10
