@@ -349,22 +349,12 @@ def cmd_mesh_key(args: argparse.Namespace) -> int:
 EXIT_REJECTED, EXIT_CANCELLED = 4, 5
 
 
-def _job_client(args: argparse.Namespace):
-    """(address, token, peer id, insecure) for job commands: --node/--token, else the local node."""
-    from scheduler.client import local_address
-
-    if args.node:
-        return args.node, args.token, None, args.insecure
-    addr, tok, pid, insecure = local_address(args.data_dir)
-    return addr, args.token or tok, pid, insecure or args.insecure
-
-
 def _run_client(args: argparse.Namespace, fn) -> Any:
     import trio
 
-    from scheduler.client import Client
+    from scheduler.client import Client, address_from_args
 
-    addr, tok, pid, insecure = _job_client(args)
+    addr, tok, pid, insecure = address_from_args(args)
 
     async def main():
         async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:

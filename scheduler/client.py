@@ -225,4 +225,13 @@ def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
     return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))
 
 
-__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "local_address"]
+def address_from_args(args: Any) -> tuple[str, str | None, str | None, bool]:
+    """(address, token, peer id, insecure) for a CLI command: --node/--token/--insecure when given, else the
+    node running with --data-dir and its own token."""
+    if args.node:
+        return args.node, args.token, None, args.insecure
+    addr, tok, pid, insecure = local_address(args.data_dir)
+    return addr, args.token or tok, pid, insecure or args.insecure
+
+
+__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args", "local_address"]

@@ -175,15 +175,6 @@ def parse_arg(text: str, index: int) -> Any:
     return InOut(arr, name) if kind == "inout" else In(arr, name)
 
 
-def _client_address(args: argparse.Namespace) -> tuple[str, str | None, str | None, bool]:
-    from scheduler.client import local_address
-
-    if args.node:
-        return args.node, args.token, None, args.insecure
-    addr, tok, pid, insecure = local_address(args.data_dir)
-    return addr, args.token or tok, pid, insecure or args.insecure
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import trio
@@ -205,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mesh-node compute: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USAGE
-    addr, tok, pid, insecure = _client_address(args)
+    from scheduler.client import address_from_args
+
+    addr, tok, pid, insecure = address_from_args(args)
 
     async def go():
         async with AsyncMesh.connect(addr, token=tok, peer_id=pid, insecure=insecure) as mesh:

@@ -95,15 +95,6 @@ def load_poses(path: Path) -> list:
     return [pose_from_dict(d, f"{path}[{i}]") for i, d in enumerate(data)]
 
 
-def _connection(args: argparse.Namespace) -> tuple[str, str | None, str | None, bool]:
-    from scheduler.client import local_address
-
-    if args.node:
-        return args.node, args.token, None, args.insecure
-    addr, tok, pid, insecure = local_address(args.data_dir)
-    return addr, args.token or tok, pid, insecure or args.insecure
-
-
 def _tiles(value: str) -> Any:
     if value == "auto":
         return "auto"
@@ -142,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    addr, tok, pid, insecure = _connection(args)
+    from scheduler.client import address_from_args
+
+    addr, tok, pid, insecure = address_from_args(args)
     stats = StreamStats()
     per_frame: list[dict[str, Any]] = []
 
