@@ -657,6 +657,7 @@ class CoordinatorCore:
             if c.peer_id in rec.excluded or not self._alive(c.peer_id, now):
                 continue
             self._hold(rec, c)
+            self.placer.note_offer(c.peer_id, c.device_id)
             rec.attempt += 1
             rec.offer_pending = True
             rec.offer_sent_at = now

@@ -221,6 +221,16 @@ class Placer:
                 self._depth[r] = max(0, queue_depth)
                 self._base_dirty = True
 
+    def note_offer(self, peer_id: str, device_id: str) -> None:
+        """This coordinator just offered a job to a device: count it as taking a slot there (or queueing behind
+        the busy ones) until the worker's own word (claim answer) or its next advert replaces the guess, so a
+        burst of jobs placed between two adverts spreads over the mesh instead of piling onto one device."""
+        for r in self._rows_of(peer_id):
+            if self._dev_id[r] == device_id and r < self._free.size:
+                free, depth = int(self._free[r]), int(self._depth[r])
+                self.note_load(peer_id, device_id, free - 1 if free > 0 else 0, depth if free > 0 else depth + 1)
+                return
+
     def observe_rtt(self, peer_id: str, rtt_s: float, alpha: float = 0.2) -> None:
         if peer_id == self.view.self_peer_id or not (rtt_s >= 0 and math.isfinite(rtt_s)):
             return

@@ -140,6 +140,23 @@ def test_table_follows_adverts_and_claim_answers(tracked):
     assert pl.rebuilds == rebuilds  # all incremental
 
 
+@pytest.mark.parametrize("tracked", [True, False])
+def test_own_offers_count_as_load_until_the_worker_answers(tracked):
+    """A burst placed between two adverts: each offer takes a slot in the table, so the burst spreads over
+    both peers (without note_offer all eight pick the same best device: the test fails that way)."""
+    v = view_of([ad("a", GPU), ad("b", replace(GPU, f32_gflops=9000.0))], tracked=tracked)
+    pl = Placer(v, gflop_cost, seed=0, d=1, jitter=0.0, typical_job_s=0.5)
+    picks = []
+    for _ in range(8):
+        c = pl.place(Job("k"), 0.0).candidates[0]
+        pl.note_offer(c.peer_id, c.device_id)
+        picks.append(c.peer_id)
+    assert Counter(picks) == {"a": 4, "b": 4}
+    assert v.get("a").devices()[0].free_slots == 0 and v.get("a").devices()[0].queue_depth == 2
+    pl.note_load("a", "0:0", 2, 0)  # the worker's own word replaces the guess
+    assert pl.place(Job("k"), 0.0).candidates[0].peer_id == "a"
+
+
 def test_tracked_view_change_log():
     v = TrackedView("me", ttl_s=1.0)
     v.apply(ad("a", GPU), 0.0)
@@ -256,7 +273,7 @@ def test_avoid_peers_requirement_excludes_those_peers():
 
     view = TrackedView("me", ttl_s=6.0)
     dev = DeviceAdvert("d0", "gpu", "v", "n", 1, 1 << 30, True, True, 100.0, 100.0, 1, 1, 0)
-    for i, p in enumerate("ab"):
+    for p in "ab":
         view.apply(Advert(p, b"k" * 32, 1, 0.0, devices=(dev,)), 0.0)
     placer = Placer(view, lambda job, d: 1.0, seed=0)
     got = placer.place(Job("echo", requirements=Requirements(avoid_peers=("a",))), 0.0)

@@ -29,9 +29,8 @@ def test_batch_of_proofs_with_a_lying_peer(tmp_path):
                 assert res.worker != liar
                 v = verify(res.output, spec)
                 assert v.ok, v.reason
-            retried = [c.status(j) for j in ids if c.status(j)["attempt"] > 1]
-            assert retried, "the lying peer was never given a proof"
-            assert any("proof rejected" in f for st in retried for f in st["failures"])
+            statuses = [c.status(j) for j in ids]
+            assert any("proof rejected" in f for st in statuses for f in st["failures"]), statuses
         standing = {p["peer_id"]: p["standing"] for p in nodes[0].call("peers")}
         assert standing[liar] < 1.0
         assert standing[nodes[1].peer_id] >= standing[liar]
