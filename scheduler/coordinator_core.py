@@ -15,7 +15,8 @@ list of actions for the I/O layer to carry out, in order:
 
 Lifecycle: submitted -> placed (a worker accepted the offer) -> running (the worker said it started)
 -> done | failed | cancelled. The job holds a lease while placed or running, renewed by the worker;
-on lease expiry, a lost connection, or the worker's advert expiring from the view, the attempt is lost:
+on lease expiry or a lost connection the attempt is lost (an expired advert alone only stops new offers:
+gossip runs late under load, the lease says whether the worker lives):
 the job is placed again, excluding that worker, until `max_attempts` attempts are lost ("failed on 3
 attempts: ..."). A worker's retryable failure counts the same way; a job's own failure is final.
 
@@ -439,6 +440,22 @@ class CoordinatorCore:
         self._pump(now, acts)
         return acts
 
+    def worker_expired(self, peer_id: str, now: float) -> list[Action]:
+        """`peer_id`'s adverts stopped reaching us (gossip late or the peer gone): offers still waiting for
+        its answer go to the next candidate, but jobs it accepted stay with it while it renews their
+        leases. Gossip is the slower, lossier plane under load; the lease (data plane) says whether the
+        worker is alive, and a worker that died stops renewing and loses its jobs when the lease runs out."""
+        acts: list[Action] = []
+        for job_id in sorted(self._by_peer.get(peer_id, ())):
+            rec = self._jobs[job_id]
+            if rec.offer_pending:
+                acts.append(SendCancel(peer_id, Cancel(job_id, rec.attempt, "offer withdrawn")))
+                rec.excluded.add(peer_id)
+                self._release(rec)
+                self._offer_next(rec, now, acts)
+        self._pump(now, acts)
+        return acts
+
     def cancel(self, job_id: str, now: float, reason: str = "cancelled by client") -> tuple[JobRecord | None, list[Action]]:
         rec = self._jobs.get(job_id)
         if rec is None or rec.state.terminal:
@@ -486,9 +503,9 @@ class CoordinatorCore:
                 self.stats.deadline_misses += 1
                 m.DEADLINE_MISSES.inc()
                 self._finish(rec, JobState.FAILED, f"deadline missed ({rec.state.value})", now, acts)
-        # workers whose adverts expired from our view while holding our jobs
+        # workers whose adverts expired from our view while an offer waits for their answer
         for peer in [p for p in self._by_peer if not self._alive(p, now)]:
-            acts += self.worker_lost(peer, now, "advert expired")
+            acts += self.worker_expired(peer, now)
         self._pump(now, acts)
         self._forget_finished(now)
         return acts

@@ -232,8 +232,11 @@ class JobService:
             # dial ahead: the first offer's round trip then measures the network, not the TLS handshake
             self._nursery.start_soon(self._warm, ev.peer_id)
         if isinstance(ev, Left) and self._nursery is not None:
-            self._nursery.start_soon(self._execute, self.core.worker_lost(ev.peer_id, trio.current_time(),
-                                                                          f"peer {ev.peer_id} left ({ev.reason})"))
+            now = trio.current_time()
+            if ev.reason != "expired":  # removed (not allowed any more): forget its address too
+                self._clients.pop(ev.peer_id, None)
+            self._nursery.start_soon(self._execute, self.core.worker_expired(ev.peer_id, now) if ev.reason == "expired"
+                                     else self.core.worker_lost(ev.peer_id, now, f"peer {ev.peer_id} left ({ev.reason})"))
 
     async def _warm(self, peer_id: str) -> None:
         with trio.move_on_after(10):
@@ -426,6 +429,10 @@ class JobService:
     def _client(self, peer_id: str) -> MeshClient:
         c = self._clients.get(peer_id)
         peer = self.node.view.get(peer_id)
+        if peer is None and c is not None:
+            # its adverts are late (gossip under load) or stopped: the last address it gave still serves the
+            # jobs under way with it (lease renewals, results); its connection failing is what says it is gone
+            return c
         if peer is None or not peer.advert.data_addr:
             raise RpcError("unavailable", f"peer {peer_id} is not in this node's view")
         host, _, port = peer.advert.data_addr.rpartition(":")

@@ -10,7 +10,7 @@ unchanged; only the I/O around them is simulated:
 - executor: per device, `slots` jobs run at once, the rest wait (realtime first by deadline, then
   interactive, then batch), up to `max_queue`; a job runs for its cost on that device (x 0.8..1.25);
 - churn: `kill_fraction` of the worker nodes die during the run; some die "loudly" (connections reset: the
-  coordinators hear of it at once), the others silently (found by lease expiry or advert expiry);
+  coordinators hear of it at once), the others silently (found by lease expiry);
   `coordinator_restarts` gateways are killed (-9) and restarted from their journal (the real `Journal`,
   SQLite in memory standing in for the disk): their clients resubmit what they wait for (idempotent);
 - clients: submit `jobs` jobs (echo-like: the worker hashes the job's spec and inline input) to random
@@ -64,7 +64,7 @@ class SimConfig:
     seed: int = 1
     gateways: int = 40  # nodes clients submit to (never killed); every node is a worker
     kill_fraction: float = 0.10  # of all nodes (all are workers), killed during the run (never a gateway)
-    silent_kill_fraction: float = 0.5  # of the kills: no connection reset (found by lease/advert expiry)
+    silent_kill_fraction: float = 0.5  # of the kills: no connection reset (found by lease expiry)
     gossip_loss: float = 0.2
     gossip_delay: tuple[float, float] = (0.005, 0.15)
     msg_delay: tuple[float, float] = (0.0005, 0.004)
@@ -521,7 +521,7 @@ class Sim:
         n.ticks += 1
         if n.ticks % 5 == 0:
             for ev in n.view.expire(now):
-                self.coord_acts(n, n.coord.worker_lost(ev.peer_id, now, "advert expired"))
+                self.coord_acts(n, n.coord.worker_expired(ev.peer_id, now))
         self.after(self.cfg.tick_s, self._tick, n, epoch)
 
     def _kill(self, n: SimNode, silent: bool) -> None:

@@ -195,16 +195,34 @@ def test_results_of_an_older_attempt_are_dropped_after_replacement():
     assert len(of(acts, Deliver)) == 1 and h.core.get("j1").failures == ["worker a lost (connection lost)"]
 
 
-def test_advert_expiry_of_the_holder_replaces_and_nothing_goes_to_an_expired_peer():
+def test_advert_expiry_alone_keeps_a_leased_job_and_nothing_new_goes_to_an_expired_peer():
+    """Gossip runs late under load: a holder whose adverts stop but whose lease renewals still arrive keeps
+    its job; when the renewals stop too, the lease expiry re-places it, never on a peer expired from the view."""
     h = H()
     h.submit(Job("echo", job_id="j1"))
     h.core.on_accept("a", Accept("j1", 1, "d0"), 0.0)
-    h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 5.0)  # its lease is fine
+    h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 5.0)  # its lease is fine until 11.0
     for p in "cde":
         h.advert(p, 5.0)  # a and b fall silent; a holds the job
-    acts = h.core.tick(6.5)
+    assert h.core.tick(6.5) == [] and h.core.get("j1").peer == "a"
+    h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 7.0)  # still alive on the data plane
+    for p in "cde":
+        h.advert(p, 10.0)
+    assert h.core.tick(12.9) == [] and h.core.get("j1").failures == []
+    acts = h.core.tick(13.0)  # the renewals stopped too: lost
     assert offers(acts) == [("c", 2)]  # not b: expired from the view too (no expire() call needed)
-    assert h.core.get("j1").failures == ["worker a lost (advert expired)"]
+    assert h.core.get("j1").failures == ["lease on a expired"]
+
+
+def test_an_offer_waiting_on_a_peer_whose_adverts_expire_goes_to_the_next_candidate():
+    h = H(claim_timeout_s=30.0)
+    h.submit(Job("echo", job_id="j1"))
+    assert h.core.get("j1").peer == "a" and h.core.get("j1").offer_pending
+    for p in "bcde":
+        h.advert(p, 6.0)
+    acts = h.core.tick(6.5)  # a silent for longer than the ttl, its answer still missing
+    assert [a for a in acts if isinstance(a, SendCancel)] and offers(acts)[0][0] != "a"
+    assert h.core.get("j1").failures == []
 
 
 def test_claim_timeout_moves_on_and_withdraws_the_offer():

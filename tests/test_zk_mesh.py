@@ -30,7 +30,8 @@ def test_batch_of_proofs_with_a_lying_peer(tmp_path):
                 v = verify(res.output, spec)
                 assert v.ok, v.reason
             statuses = [c.status(j) for j in ids]
-            assert any("proof rejected" in f for st in statuses for f in st["failures"]), statuses
+            assert any("proof rejected" in f for st in statuses for f in st["failures"]), \
+                [(st["peer"][-6:], st["attempt"], st["failures"]) for st in statuses] + [liar[-6:]]
         standing = {p["peer_id"]: p["standing"] for p in nodes[0].call("peers")}
         assert standing[liar] < 1.0
         assert standing[nodes[1].peer_id] >= standing[liar]
