@@ -21,7 +21,7 @@ from worker.render.camera import Tile, orbit
 from worker.render.kind import CORRUPT_ENV
 from worker.render.samples import example
 
-FAST = ["--advert-interval", "0.5"]
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
 W, H = 48, 36
 GENEROUS_MS = 20_000  # a realtime deadline no frame here should come near: drops would mean a broken mesh
 

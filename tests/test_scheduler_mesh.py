@@ -10,7 +10,7 @@ import pytest
 from scheduler.client import SyncClient, local_address
 from scheduler.localmesh import make_nodes, sees_all, start_mesh, wait_for
 
-FAST = ["--advert-interval", "0.5"]
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
 
 
 @pytest.fixture(scope="module")

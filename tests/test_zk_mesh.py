@@ -7,7 +7,7 @@ from worker.zk import verify
 
 
 def test_batch_of_proofs_with_a_lying_peer(tmp_path):
-    nodes = make_nodes(tmp_path, 3, ["--advert-interval", "0.5"])
+    nodes = make_nodes(tmp_path, 3, ["--advert-interval", "0.5", "--advert-ttl", "10"])  # long ttl: loaded CI
     nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing: every proof comes from a peer
     nodes[2].env["GPUMESH_TEST_CORRUPT_PROOF"] = "1"
     nodes[0].start()
