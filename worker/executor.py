@@ -166,10 +166,11 @@ class _DeviceQueue:
     max_queued: int
     queued: list[Entry] = field(default_factory=list)  # sorted by key; includes suspended entries
     running: dict[str, Entry] = field(default_factory=dict)
+    held: bool = False  # quarantined: a kernel of a failed job still runs there, no slot is given out
 
     @property
     def free_slots(self) -> int:
-        return max(self.slots - len(self.running), 0)
+        return 0 if self.held else max(self.slots - len(self.running), 0)
 
     def count_admitted(self, realtime: bool) -> int:
         return sum(1 for e in self.queued if e.state == "queued" and (e.priority is Priority.REALTIME) == realtime)
@@ -232,6 +233,18 @@ class PriorityQueues:
     def devices(self) -> list[str]:
         return list(self._devices)
 
+    def hold(self, device_id: str, held: bool) -> bool:
+        """Hold back (or give back) all of a device's slots; queued jobs wait. False if the device is unknown."""
+        dq = self._devices.get(device_id)
+        if dq is None:
+            return False
+        dq.held = held
+        return True
+
+    def held(self, device_id: str) -> bool:
+        dq = self._devices.get(device_id)
+        return dq is not None and dq.held
+
     def has_device(self, device_id: str) -> bool:
         return device_id in self._devices
 
@@ -248,6 +261,8 @@ class PriorityQueues:
     def _release_times(self, dq: _DeviceQueue, rank: int, now: float) -> list[float]:
         """When each slot becomes available to a job of `rank` (a sorted list, one per slot)."""
         times = [now] * dq.free_slots
+        if dq.held:  # the idle slots of a quarantined device: not before the runaway kernel ends (unknown)
+            times += [math.inf] * max(dq.slots - len(dq.running), 0)
         for r in dq.running.values():
             rem = r.remaining(now)
             if r.priority.rank > rank:  # it gives the slot up at its next checkpoint
@@ -538,11 +553,12 @@ class DeviceCapacity:
     queued: int
     max_queued: int
     backlog_s: float
+    quarantined: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device_id, "kind": self.kind, "slots": self.slots, "free_slots": self.free_slots,
                 "running": self.running, "queued": self.queued, "max_queued": self.max_queued,
-                "backlog_s": self.backlog_s}
+                "backlog_s": self.backlog_s, "quarantined": self.quarantined}
 
 
 @dataclass(frozen=True)
@@ -668,6 +684,15 @@ class Executor:
     # running
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run job tasks until cancelled; then every job still here ends as cancelled ("executor stopped")."""
+        from worker.compute.runner import add_quarantine_listener, quarantined_devices
+
+        token = trio.lowlevel.current_trio_token()
+        # a runaway kernel of a failed compute job holds its device: no slot there is given out (or advertised)
+        # until it ends; told from any thread (an OpenCL callback), applied in this trio thread
+        unlisten = add_quarantine_listener(lambda dev_id, info: token.run_sync_soon(self._quarantine, dev_id,
+                                                                                     info is not None))
+        for dev_id in quarantined_devices():
+            self._quarantine(dev_id, True)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -675,6 +700,7 @@ class Executor:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            unlisten()
             self._nursery = None
             self._stopped = True
             now = trio.current_time()
@@ -682,6 +708,15 @@ class Executor:
                 e = self._core.finish(job.req.job_id, now)
                 self._end(job, e, Outcome(job.req.job_id, "cancelled", error="executor stopped",
                                           device_id=job.device.id))
+
+    def _quarantine(self, dev_id: str, held: bool) -> None:
+        if self._core.hold(dev_id, held):
+            log.warning("device %s %s", dev_id, "quarantined: its slots are held back until the runaway kernel "
+                        "ends" if held else "is free again: its slots are given out")
+            if self._nursery is not None:
+                self._dispatch()
+            else:
+                self._changed()
 
     def _changed(self) -> None:
         for dev_id in self._core.devices():
@@ -811,7 +846,7 @@ class Executor:
         for dev_id in self._core.devices():
             ld = self._core.load(dev_id, now)
             out.append(DeviceCapacity(dev_id, self._devices[dev_id].kind, ld.slots, ld.free_slots, ld.running,
-                                      ld.queued, ld.max_queued, ld.backlog_s))
+                                      ld.queued, ld.max_queued, ld.backlog_s, self._core.held(dev_id)))
         return Capacity(tuple(out))
 
     def estimate(self, kind: str, spec: dict[str, Any], input_size: int = 0,
