@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
+from worker.kinds import Requirements  # one definition for coordinator and worker; re-exported here
+
 WIRE_VERSION = 1
 INLINE_INPUT_LIMIT = 1 << 20  # bytes; larger inputs are streamed (input_size + input_sha256)
 MAX_JOB_ID_LEN = 128
@@ -36,7 +38,6 @@ DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 20
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-DEVICE_KINDS = ("gpu", "cpu", "accelerator", "reference")
 
 
 class WireError(ValueError):
@@ -101,108 +102,13 @@ def _reason(v: str) -> str:
     return v if len(v) <= MAX_REASON_LEN else v[:MAX_REASON_LEN - 3] + "..."
 
 
-def fmt_bytes(n: float) -> str:
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            v = n / size
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{int(n)} B"
+# --- requirements: one definition, shared with the worker (`worker.kinds.Requirements`) --------------------
 
-
-# --- requirements ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Requirements:
-    """What a job needs of a device; None/0/False mean "no constraint".
-
-    Same field names as `worker.kinds.Requirements`, so `Requirements.from_wire(kind_req.to_dict())` works
-    (a kind's own needs merged with the client's by `merged`). `opencl=True` excludes the CPU reference
-    pseudo-device (device kind "reference" in adverts).
-    """
-
-    device_kind: str | None = None
-    min_memory_bytes: int = 0
-    fp64: bool = False
-    int64: bool = False
-    min_mulmod_mops: float = 0.0
-    min_fma_gflops: float = 0.0
-    opencl: bool = False
-    avoid_peers: tuple[str, ...] = ()  # never place on these peers (e.g. the other copy of a redundant run)
-
-    def __post_init__(self) -> None:
-        avoid = tuple(sorted(set(self.avoid_peers)))
-        if len(avoid) > 64 or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in avoid):
-            raise WireError("invalid", "requirements: avoid_peers takes at most 64 peer ids")
-        object.__setattr__(self, "avoid_peers", avoid)
-        if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
-            raise WireError("invalid", f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
-                                       f"not {self.device_kind!r}")
-        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
-            raise WireError("invalid", "requirements must not be negative")
-
-    def describe(self) -> str:
-        """Human phrase: 'a gpu with >= 16 GiB and fp64'."""
-        kind = self.device_kind or ("OpenCL device" if self.opencl else "device")
-        parts = []
-        if self.min_memory_bytes:
-            parts.append(f">= {fmt_bytes(self.min_memory_bytes)}")
-        if self.fp64:
-            parts.append("fp64")
-        if self.int64:
-            parts.append("int64")
-        if self.min_mulmod_mops:
-            parts.append(f">= {self.min_mulmod_mops:g} M mulmod/s")
-        if self.min_fma_gflops:
-            parts.append(f">= {self.min_fma_gflops:g} GFLOP/s")
-        return f"a {kind}" + (" with " + " and ".join(parts) if parts else "")
-
-    def merged(self, other: Requirements) -> Requirements:
-        """The stricter of two (a kind's own needs and the client's)."""
-        if self.device_kind and other.device_kind and self.device_kind != other.device_kind:
-            raise WireError("invalid", f"conflicting device kinds {self.device_kind!r} and {other.device_kind!r}")
-        return Requirements(
-            device_kind=self.device_kind or other.device_kind,
-            min_memory_bytes=max(self.min_memory_bytes, other.min_memory_bytes),
-            fp64=self.fp64 or other.fp64,
-            int64=self.int64 or other.int64,
-            min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
-            min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
-            opencl=self.opencl or other.opencl,
-            avoid_peers=tuple(set(self.avoid_peers) | set(getattr(other, "avoid_peers", ()))),
-        )
-
-    def to_wire(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for k, default in _REQ_DEFAULTS.items():
-            v = getattr(self, k)
-            if v != default:
-                d[k] = list(v) if isinstance(v, tuple) else v
-        return d
-
-    @classmethod
-    def from_wire(cls, d: Any) -> Requirements:
-        if d is None:
-            return cls()
-        if not isinstance(d, dict):
-            raise WireError("malformed", "requirements must be a map")
-        unknown = set(d) - set(_REQ_DEFAULTS)
-        if unknown:
-            raise WireError("invalid", f"requirements: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-        w = "requirements"
-        return cls(
-            device_kind=_get(d, "device_kind", (str, type(None)), w, None),
-            min_memory_bytes=_get(d, "min_memory_bytes", int, w, 0),
-            fp64=_get(d, "fp64", bool, w, False),
-            int64=_get(d, "int64", bool, w, False),
-            min_mulmod_mops=float(_num(d, "min_mulmod_mops", w, 0.0)),
-            min_fma_gflops=float(_num(d, "min_fma_gflops", w, 0.0)),
-            opencl=_get(d, "opencl", bool, w, False),
-            avoid_peers=tuple(_get(d, "avoid_peers", (list, tuple), w, ())),
-        )
-
-
-_REQ_DEFAULTS = {"device_kind": None, "min_memory_bytes": 0, "fp64": False, "int64": False,
-                 "min_mulmod_mops": 0.0, "min_fma_gflops": 0.0, "opencl": False, "avoid_peers": ()}
+def _requirements(d: Any) -> Requirements:
+    try:
+        return Requirements.from_wire(d)
+    except ValueError as e:
+        raise WireError("malformed" if d is not None and not isinstance(d, dict) else "invalid", str(e)) from None
 
 
 # --- job -------------------------------------------------------------------------------------------------
@@ -356,7 +262,7 @@ class Job:
                 input=inp,
                 input_size=_get(d, "input_size", int, w, len(inp) if inp is not None else 0),
                 input_sha256=_get(d, "input_sha256", str, w, ""),
-                requirements=Requirements.from_wire(d.get("req")),
+                requirements=_requirements(d.get("req")),
                 priority=prio,
                 deadline=None if deadline_ms is None else now + deadline_ms / 1000.0,
                 timeout_s=float(_num(d, "timeout_s", w, DEFAULT_TIMEOUT_S)),

@@ -58,7 +58,6 @@ from scheduler.job import (
     LeaseRenew,
     Offer,
     Reject,
-    Requirements,
     Result,
     WireError,
 )
@@ -566,7 +565,10 @@ class JobService:
             kreq = kind.requirements(job.spec)
         except ValueError as e:
             raise RpcError("invalid_spec", f"{job.kind}: {e}") from None
-        req = job.requirements.merged(Requirements.from_wire(kreq.to_dict()))
+        try:
+            req = job.requirements.merged(kreq)
+        except ValueError as e:  # the client asked for another device kind than the job needs
+            raise RpcError("invalid", f"{job.kind}: {e}") from None
         job = replace(job, requirements=req, submitted_by=p.name)
         existing = self.core.get(job.job_id)
         if existing is None:

@@ -85,6 +85,8 @@ def test_version_and_type_checked_with_clear_errors():
     ({"id": "bad id with spaces"}, "job id"),
     ({"req": {"device_kind": "tpu"}}, "device kind"),
     ({"req": {"colour": "red"}}, "unknown field"),
+    ({"req": {"fp64": 1}}, "'fp64' must be bool"),
+    ({"req": [1]}, "must be a map"),
     ({"spec": [1, 2]}, "spec"),
     ({"timeout_s": float("nan")}, "finite"),
 ])
@@ -100,7 +102,7 @@ def test_requirements_describe_and_merge():
     assert Requirements().describe() == "a device"
     m = r.merged(Requirements(fp64=True, min_memory_bytes=8 << 30))
     assert m == Requirements(device_kind="gpu", min_memory_bytes=16 << 30, fp64=True)
-    with pytest.raises(WireError, match="conflicting"):
+    with pytest.raises(ValueError, match="conflicting"):
         r.merged(Requirements(device_kind="cpu"))
     # the kinds registry's dict form is accepted as is
     assert Requirements.from_wire({"device_kind": "cpu", "min_fma_gflops": 2.0, "opencl": True}).opencl

@@ -98,9 +98,16 @@ def test_requirements_merge_and_wire():
     assert m == Requirements(device_kind="gpu", min_memory_bytes=20, fp64=True)
     with pytest.raises(ValueError, match="conflicting"):
         a.merged(Requirements(device_kind="cpu"))
-    assert Requirements.from_dict(m.to_dict()) == m
+    assert Requirements.from_wire(m.to_wire()) == m and m.to_wire() == {"device_kind": "gpu", "min_memory_bytes": 20,
+                                                                         "fp64": True}
     with pytest.raises(ValueError, match="unknown"):
-        Requirements.from_dict({"min_memory": 1})
+        Requirements.from_wire({"min_memory": 1})
+    with pytest.raises(ValueError, match="'fp64' must be bool, not int"):
+        Requirements.from_wire({"fp64": 1})
+    with pytest.raises(ValueError, match="must be int, not bool"):
+        Requirements.from_wire({"min_memory_bytes": True})
+    with pytest.raises(ValueError, match="finite"):
+        Requirements.from_wire({"min_fma_gflops": float("nan")})
     with pytest.raises(ValueError):
         Requirements(device_kind="tpu")
     with pytest.raises(ValueError):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgpack
@@ -58,21 +58,33 @@ class UnknownKind(LookupError):
         return str(self.args[0])
 
 
+MAX_AVOID_PEERS = 64
+
+
 @dataclass(frozen=True)
 class Requirements:
-    """What a job needs of a device. None/0/False mean "no constraint"."""
+    """What a job needs of a device; None/0/False mean "no constraint". One definition for both sides: the
+    coordinator matches it against adverts (placement), the worker against its own devices (`unmet`), and
+    it travels in the job (`to_wire`/`from_wire`; bad values raise ValueError with a readable message).
+    `opencl=True` excludes the CPU reference pseudo-device (device kind "reference")."""
 
-    device_kind: str | None = None  # "gpu" | "cpu" | "accelerator"
+    device_kind: str | None = None  # "gpu" | "cpu" | "accelerator" | "reference"
     min_memory_bytes: int = 0
     fp64: bool = False
     int64: bool = False
     min_mulmod_mops: float = 0.0
     min_fma_gflops: float = 0.0
     opencl: bool = False  # needs a real OpenCL device (no CPU path)
+    avoid_peers: tuple[str, ...] = ()  # never place on these peers (e.g. the other copy of a redundant run)
 
     def __post_init__(self) -> None:
+        avoid = tuple(sorted(set(self.avoid_peers)))
+        if len(avoid) > MAX_AVOID_PEERS or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in avoid):
+            raise ValueError(f"requirements: avoid_peers takes at most {MAX_AVOID_PEERS} peer ids")
+        object.__setattr__(self, "avoid_peers", avoid)
         if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
-            raise ValueError(f"device_kind must be one of {', '.join(DEVICE_KINDS)} or None, not {self.device_kind!r}")
+            raise ValueError(f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
+                             f"not {self.device_kind!r}")
         if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
             raise ValueError("requirements must not be negative")
 
@@ -97,6 +109,22 @@ class Requirements:
     def satisfied_by(self, device: Device) -> bool:
         return self.unmet(device) is None
 
+    def describe(self) -> str:
+        """Human phrase: 'a gpu with >= 16 GiB and fp64'."""
+        kind = self.device_kind or ("OpenCL device" if self.opencl else "device")
+        parts = []
+        if self.min_memory_bytes:
+            parts.append(f">= {fmt_bytes(self.min_memory_bytes)}")
+        if self.fp64:
+            parts.append("fp64")
+        if self.int64:
+            parts.append("int64")
+        if self.min_mulmod_mops:
+            parts.append(f">= {self.min_mulmod_mops:g} M mulmod/s")
+        if self.min_fma_gflops:
+            parts.append(f">= {self.min_fma_gflops:g} GFLOP/s")
+        return f"a {kind}" + (" with " + " and ".join(parts) if parts else "")
+
     def merged(self, other: Requirements) -> Requirements:
         """The stricter of two (a kind's own needs and the client's)."""
         if self.device_kind and other.device_kind and self.device_kind != other.device_kind:
@@ -109,18 +137,50 @@ class Requirements:
             min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
             min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
             opencl=self.opencl or other.opencl,
+            avoid_peers=tuple(set(self.avoid_peers) | set(other.avoid_peers)),
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_wire(self) -> dict[str, Any]:
+        """The fields that differ from "no constraint" (tuples as lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v != f.default:
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Requirements:
-        known = set(cls.__dataclass_fields__)
-        extra = set(d) - known
-        if extra:
-            raise ValueError(f"unknown requirement fields: {', '.join(sorted(extra))}")
-        return cls(**d)
+    def from_wire(cls, d: Any) -> Requirements:
+        if d is None:
+            return cls()
+        if not isinstance(d, dict):
+            raise ValueError("requirements must be a map")
+        unknown = set(d) - set(_REQ_TYPES)
+        if unknown:
+            raise ValueError(f"requirements: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            want = _REQ_TYPES[k]
+            if isinstance(v, bool) and bool not in want or not isinstance(v, want):
+                raise ValueError(f"requirements: field {k!r} must be {' or '.join(t.__name__ for t in want)}, "
+                                 f"not {type(v).__name__}")
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"requirements: field {k!r} must be finite")
+            kw[k] = tuple(v) if k == "avoid_peers" else float(v) if float in want else v
+        return cls(**kw)
+
+
+_REQ_TYPES: dict[str, tuple[type, ...]] = {
+    "device_kind": (str, type(None)), "min_memory_bytes": (int,), "fp64": (bool,), "int64": (bool,),
+    "min_mulmod_mops": (int, float), "min_fma_gflops": (int, float), "opencl": (bool,), "avoid_peers": (list, tuple)}
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{int(n)} B"
 
 
 @dataclass
