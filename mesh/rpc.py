@@ -527,7 +527,14 @@ class SyncMeshClient:
     def peer_id(self) -> str | None:
         return self._client.peer_id if self._client else None
 
-    def _run_async(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+    @property
+    def client(self) -> MeshClient:
+        """The async client on the private loop: use its methods through `run_async` only."""
+        assert self._client is not None
+        return self._client
+
+    def run_async(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """Run `await fn(*args, **kw)` on the private loop and return its result (or raise its error)."""
         if self._token is None or not self._thread.is_alive():
             raise RuntimeError("SyncMeshClient is closed")
 
@@ -538,7 +545,7 @@ class SyncMeshClient:
 
     def call(self, method: str, body: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
         assert self._client is not None
-        return self._run_async(self._client.call, method, body, timeout=timeout)
+        return self.run_async(self._client.call, method, body, timeout=timeout)
 
     def open(self, method: str, body: dict[str, Any] | None = None, *, timeout: float | None = None, uploads: bool = False) -> SyncCall:
         """A streaming call: use as a context manager."""
@@ -610,10 +617,10 @@ class SyncCall:
         return (await self._res.receive()).unwrap()
 
     def _do(self, op: str, *args: Any) -> Any:
-        return self._client._run_async(self._roundtrip, op, args)
+        return self._client.run_async(self._roundtrip, op, args)
 
     def __enter__(self) -> SyncCall:
-        self._client._run_async(self._start)
+        self._client.run_async(self._start)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

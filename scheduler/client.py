@@ -11,7 +11,6 @@ request; larger ones (or files) are streamed after it, checked by size and SHA-2
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 import trio
 
-from mesh.rpc import MeshClient, RpcError
+from mesh.rpc import MeshClient, RpcError, SyncMeshClient
 from scheduler.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
 
 CHUNK = 1 << 20
@@ -154,60 +153,44 @@ class Client:
 
 
 class SyncClient:
-    """Blocking wrapper: one trio loop in a private thread for the client's lifetime."""
+    """Blocking wrapper for code that does not use trio: a `Client` on the private loop of a
+    `mesh.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
 
     def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._args = (address, token, peer_id, insecure)
-        self._stop: trio.Event | None = None
-        self._thread = threading.Thread(target=self._main, name="gpumesh-client", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
+        extra = {"token": token} if token else {}
+        self._rpc = SyncMeshClient(address, peer_id=peer_id, insecure=insecure,
+                                   hello_extra=lambda _local, _remote: extra)
+        self._client = Client(self._rpc.client)
 
-    def _main(self) -> None:
-        async def main() -> None:
-            address, token, peer_id, insecure = self._args
-            try:
-                async with Client.connect(address, token=token, peer_id=peer_id, insecure=insecure) as c:
-                    self._client = c
-                    self._trio_token = trio.lowlevel.current_trio_token()
-                    self._stop = trio.Event()
-                    self._ready.set()
-                    await self._stop.wait()
-            except BaseException as e:  # surfaced to the constructor's caller
-                self._error = e
-                self._ready.set()
+    @property
+    def client(self) -> Client:
+        """The async `Client` on the private loop: use it through `run_async` only."""
+        return self._client
 
-        trio.run(main)
-
-    def _call(self, fn, *args: Any, **kw: Any) -> Any:
-        return trio.from_thread.run(lambda: fn(*args, **kw), trio_token=self._trio_token)
+    def run_async(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run `await fn(*args, **kw)` on the private loop (for async APIs built on `client`)."""
+        return self._rpc.run_async(fn, *args, **kw)
 
     def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        return self._call(self._client.submit, kind, spec, **kw)
+        return self._rpc.run_async(self._client.submit, kind, spec, **kw)
 
     def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
-        return self._call(self._client.run, kind, spec, **kw)
+        return self._rpc.run_async(self._client.run, kind, spec, **kw)
 
     def result(self, job_id: str, **kw: Any) -> JobResult:
-        return self._call(self._client.result, job_id, **kw)
+        return self._rpc.run_async(self._client.result, job_id, **kw)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return self._call(self._client.status, job_id)
+        return self._rpc.run_async(self._client.status, job_id)
 
     def list(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self._call(self._client.list, limit)
+        return self._rpc.run_async(self._client.list, limit)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call(self._client.cancel, job_id)
+        return self._rpc.run_async(self._client.cancel, job_id)
 
     def close(self) -> None:
-        if self._stop is not None:
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._trio_token)
-        self._thread.join(10)
+        self._rpc.close()
 
     def __enter__(self) -> SyncClient:
         return self

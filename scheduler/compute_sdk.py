@@ -482,7 +482,7 @@ class Mesh:
 
     def __init__(self, sync: SyncClient) -> None:
         self._sync = sync
-        self._amesh = AsyncMesh(sync._client)
+        self._amesh = AsyncMesh(sync.client)
 
     @classmethod
     def connect(cls, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> Mesh:
@@ -494,7 +494,7 @@ class Mesh:
         return cls.connect(addr, token=tok, peer_id=pid, insecure=insecure)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._sync._call(fn, *args, **kw)
+        return self._sync.run_async(fn, *args, **kw)
 
     def compute(self, source: str, kernel: str, args: Sequence[Any], global_size: Any = None, local_size: Any = None,
                 **kw: Any) -> np.ndarray | dict[str, np.ndarray]:

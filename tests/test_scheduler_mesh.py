@@ -148,4 +148,4 @@ def test_oversized_inline_input_is_refused(mesh):
     with client_of(mesh[0]) as c:
         job = Job(kind="echo", input=os.urandom(INLINE_INPUT_LIMIT + 1))
         with pytest.raises(RpcError, match="inline input"):
-            c._call(c._client.rpc.call, "job.submit", {"job": job.to_wire(0.0)})
+            c._rpc.call("job.submit", {"job": job.to_wire(0.0)})

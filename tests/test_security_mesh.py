@@ -66,4 +66,4 @@ def test_scopes(node):
 def test_clients_cannot_call_peer_methods(node):
     with connect(node, TokenStore(node.data_dir).create("peerish", ["admin"])[0]) as c:
         with pytest.raises(RpcError, match="peer methods"):
-            c._call(c._client.rpc.call, "peer.cancel", {"cancel": {}})
+            c._rpc.call("peer.cancel", {"cancel": {}})
