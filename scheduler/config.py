@@ -41,6 +41,11 @@ def parse_hostport(value: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def has_port(addr: str) -> bool:
+    """'host:port' or '[v6]:port' (an IPv6 address alone has colons but no port)."""
+    return addr.startswith("[") and "]:" in addr or addr.count(":") == 1
+
+
 class NodeSettings(BaseSettings):
     """Options of `mesh-node run`. Each field's description is its --help text."""
 
@@ -57,7 +62,8 @@ class NodeSettings(BaseSettings):
     data_plane_insecure: bool = Field(default=False,
                                       description="Run the data plane without TLS (trusted networks and benchmarks only)")
     advertise_host: str = Field(default="",
-                                description="Address peers should dial for the data plane (default: derived from --data-listen)")
+                                description="HOST, or HOST:PORT, peers should dial for the data plane (a NAT, port "
+                                            "mapping or proxy in front of this node; default: derived from --data-listen)")
     metrics_listen: str = Field(default="127.0.0.1:9464",
                                 description="HOST:PORT for Prometheus metrics, or 'off'")
     devices: str = Field(default="all",
@@ -94,6 +100,13 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _hostport(cls, v: str) -> str:
         parse_hostport(v, "data-listen")
+        return v
+
+    @field_validator("advertise_host")
+    @classmethod
+    def _advertise(cls, v: str) -> str:
+        if has_port(v):
+            parse_hostport(v, "advertise-host")
         return v
 
     @field_validator("metrics_listen")

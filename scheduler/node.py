@@ -19,7 +19,7 @@ from mesh.advert import Advert, DeviceAdvert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
-from scheduler.config import NodeSettings, parse_hostport
+from scheduler.config import NodeSettings, has_port, parse_hostport
 from scheduler.placement import TrackedView
 from scheduler.service import JobService
 from worker import calibration
@@ -162,7 +162,8 @@ class Node:
                 "label": self._c_label}
 
     def _advertised_host(self) -> str:
-        """Where peers should dial our data plane: --advertise-host, the bound host, or our libp2p address."""
+        """Where peers should dial our data plane: --advertise-host (HOST or HOST:PORT), the bound host, or our
+        libp2p address."""
         if self.settings.advertise_host:
             return self.settings.advertise_host
         if self._data_host not in ("0.0.0.0", "::", ""):
@@ -192,7 +193,8 @@ class Node:
             await nursery.start(self.executor.run)
             data_port = await nursery.start(self.jobs.run)
             await nursery.start(self.gossip.run)
-            self.data_addr = f"{self._advertised_host()}:{data_port}"
+            host = self._advertised_host()
+            self.data_addr = host if has_port(host) else f"{host}:{data_port}"
             self.gossip.changed()
             await nursery.start(self.watcher.run)
             await nursery.start(control.serve, s.data_dir, self.control_methods())

@@ -33,6 +33,7 @@ def test_help_lists_commands_and_every_run_option():
     (["--bootstrap", "/ip4/127.0.0.1/tcp/4001"], "must end with /p2p/"),
     (["--data-listen", "nowhere"], "data-listen"),
     (["--advert-interval", "-3"], "advert-interval"),
+    (["--advertise-host", "10.0.0.1:99999"], "advertise-host must be HOST:PORT"),
     (["--config", "/nonexistent/gpumesh.toml"], "cannot read config file"),
 ])
 def test_bad_config_exits_nonzero_with_one_clear_line(tmp_path, args, needle):
