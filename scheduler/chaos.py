@@ -1,8 +1,11 @@
-"""Chaos run: a local mesh of node processes under a steady job load while a driver kills -9 and restarts
-nodes (workers and coordinators alike) and pauses them (SIGSTOP/SIGCONT). At the end it checks the invariants:
+"""Chaos run: a local mesh of node processes under a steady job load (echo, checksum, zk proofs, render
+frames) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
+(SIGSTOP/SIGCONT), and, through a fault-injecting proxy in front of every node's data plane
+(`scheduler.faultproxy`), delays, stalls (partitions), corrupts and resets its traffic. At the end it checks:
 
   * every accepted job has exactly one outcome, and it is still there when asked again later;
-  * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent);
+  * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent, a proof passes
+    the verifier for its statement, a frame matches the numpy reference render);
   * surviving nodes' memory stays bounded;
   * once faults stop, every node is back in every view.
 
@@ -20,13 +23,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
 
-from scheduler.client import Client, local_address
-from scheduler.localmesh import NodeProc, make_nodes, sees_all, wait_for
+from scheduler.client import Client, JobResult, local_address
+from scheduler.faultproxy import FaultProxy
+from scheduler.localmesh import NodeProc, free_port, make_nodes, sees_all, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
 MAX_RSS_BYTES = 1536 << 20
@@ -39,9 +44,10 @@ class Submitted:
     kind: str
     spec: dict
     input: bytes | None
-    expected: dict
+    check: Callable[[JobResult], str | None]  # why a "done" result is wrong, or None
     accepted: bool | None = None  # None: the submit's answer was lost (the node died): resubmit idempotently
     outcome: tuple | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -53,13 +59,20 @@ class Report:
     violations: list[str] = field(default_factory=list)
     max_rss_mb: float = 0.0
     jobs: int = 0
+    kinds: Counter = field(default_factory=Counter)
     duration_s: float = 0.0
+    proxied_mb: float = 0.0
+    corrupted_chunks: int = 0
+    connections_reset: int = 0
 
     def table(self) -> str:
         rows = [("jobs submitted", self.jobs), ("run time", f"{self.duration_s:.0f} s")]
+        rows += [(f"jobs: {k}", v) for k, v in sorted(self.kinds.items())]
         rows += [(f"fault: {k}", v) for k, v in sorted(self.faults.items())]
         rows += [(f"outcome: {k}", v) for k, v in sorted(self.outcomes.items())]
-        rows += [("retries (attempts > 1)", self.retries), ("submits answered after a node came back", self.resubmits),
+        rows += [("data plane through the proxies", f"{self.proxied_mb:.0f} MB"),
+                 ("chunks corrupted / connections reset", f"{self.corrupted_chunks} / {self.connections_reset}"),
+                 ("retries (attempts > 1)", self.retries), ("submits answered after a node came back", self.resubmits),
                  ("max RSS of a node", f"{self.max_rss_mb:.0f} MiB"), ("invariant violations", len(self.violations))]
         w = max(len(str(k)) for k, _ in rows)
         return "\n".join(f"  {str(k):<{w}}  {v}" for k, v in rows)
@@ -79,6 +92,14 @@ class Chaos:
     def __init__(self, root: Path, n: int, seed: int, rate: float) -> None:
         self.rng = random.Random(seed)
         self.nodes: list[NodeProc] = make_nodes(root, n, FAST)
+        self.proxies: list[FaultProxy] = []
+        for i, nd in enumerate(self.nodes):  # peers and clients reach each node's data plane through its proxy
+            proxy = FaultProxy("127.0.0.1", nd.data_port, seed=seed * 100 + i)
+            proxy.port = free_port()
+            nd.extra += ["--advertise-host", proxy.address]
+            self.proxies.append(proxy)
+        self._render = _RenderJobs()
+        self._net_todo: list[str] = []
         self.rate = rate
         self.jobs: list[Submitted] = []
         self.report = Report()
@@ -101,12 +122,21 @@ class Chaos:
     def make_job(self, node: int) -> Submitted:
         self._seq += 1
         jid = f"chaos-{self._seq}"
-        if self.rng.random() < 0.6:
+        r = self.rng.random()
+        if r < 0.45:
             spec = {"n": self._seq}
-            return Submitted(jid, node, "echo", spec, None, {"echo": spec})
-        size = self.rng.choice([4096, 200_000, 1_500_000])
-        data = self.rng.randbytes(size)
-        return Submitted(jid, node, "checksum", {}, data, {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size})
+            return Submitted(jid, node, "echo", spec, None, _body_is({"echo": spec}))
+        if r < 0.75:
+            size = self.rng.choice([4096, 200_000, 1_500_000])
+            data = self.rng.randbytes(size)
+            return Submitted(jid, node, "checksum", {}, data,
+                             _body_is({"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}))
+        if r < 0.9:
+            spec = {"air": "cubic", "steps": 64, "blowup": 2, "queries": 8,
+                    "public_inputs": {"x0": self._seq, "c": 5}}
+            return Submitted(jid, node, "zk.prove", spec, None, _proof_verifies(spec))
+        spec, check = self._render.job(self.rng.randrange(8))
+        return Submitted(jid, node, "render.frame", spec, None, check)
 
     async def submit(self, job: Submitted) -> None:
         try:
@@ -130,14 +160,23 @@ class Chaos:
 
     # ---- faults --------------------------------------------------------------------------------------
     async def faults(self, stop: trio.Event) -> None:
+        """Faults one after another, in rounds that hold each kind in a shuffled order (so even a short run
+        has every kind): kill -9, SIGSTOP, and two data-plane faults."""
+        todo: list[str] = []
         while not stop.is_set():
             await trio.sleep(self.rng.uniform(1.0, 3.0))
             up = [i for i in range(len(self.nodes)) if i not in self.down]
             if len(up) <= 2:
                 continue
+            if not todo:
+                todo = ["kill", "stop", "network", "network"]
+                self.rng.shuffle(todo)
+            kind = todo.pop()
             i = self.rng.choice(up)
             nd = self.nodes[i]
-            if self.rng.random() < 0.6:
+            if kind == "network":
+                await self.network_fault(self.proxies[i])
+            elif kind == "kill":
                 self.report.faults["kill -9 + restart"] += 1
                 nd.proc.send_signal(signal.SIGKILL)
                 nd.proc.wait()
@@ -152,6 +191,33 @@ class Chaos:
                 nd.proc.send_signal(signal.SIGCONT)
             self.report.max_rss_mb = max(self.report.max_rss_mb,
                                          max(_rss(x.proc.pid) for x in self.nodes) / (1 << 20))
+
+    async def network_fault(self, proxy: FaultProxy) -> None:
+        """One fault on a node's data plane (all its connections, both directions)."""
+        if not self._net_todo:
+            self._net_todo = ["delay", "stall", "corrupt", "reset"]
+            self.rng.shuffle(self._net_todo)
+        f, r = proxy.faults, self._net_todo.pop()
+        if r == "delay":
+            self.report.faults["data plane: delay 20-200 ms per chunk"] += 1
+            f.delay_s = self.rng.uniform(0.02, 0.2)
+            await trio.sleep(self.rng.uniform(2.0, 5.0))
+            f.delay_s = 0.0
+        elif r == "stall":
+            self.report.faults["data plane: stall (partition) 1-8 s"] += 1
+            f.stall()
+            await trio.sleep(self.rng.uniform(1.0, 8.0))
+            f.unstall()
+        elif r == "corrupt":
+            self.report.faults["data plane: corrupt bytes"] += 1
+            f.corrupt_chunks = self.rng.randint(1, 3)
+            with trio.move_on_after(10):  # until traffic has carried them
+                while f.corrupt_chunks:
+                    await trio.sleep(0.1)
+            f.corrupt_chunks = 0
+        else:
+            self.report.faults["data plane: reset connections"] += 1
+            proxy.reset_all()
 
     # ---- checks --------------------------------------------------------------------------------------
     async def settle(self, timeout: float) -> None:
@@ -176,6 +242,8 @@ class Chaos:
                             res = await c.result(job.job_id, wait=True)
                             st = await c.status(job.job_id)
                     job.outcome = (res.state, res.reason, res.body, st.get("attempt", 1))
+                    if res.ok:
+                        job.problem = await trio.to_thread.run_sync(job.check, res)
                     pending.remove(job)
                 except Exception:
                     continue
@@ -199,6 +267,10 @@ class Chaos:
                         self.report.violations.append(f"{j.job_id}: outcome changed from {j.outcome[0]} to {res.state}")
 
     def verdict(self) -> None:
+        self.report.kinds = Counter(j.kind for j in self.jobs)
+        self.report.proxied_mb = sum(p.stats.bytes for p in self.proxies) / 1e6
+        self.report.corrupted_chunks = sum(p.stats.corrupted for p in self.proxies)
+        self.report.connections_reset = sum(p.stats.resets for p in self.proxies)
         for j in self.jobs:
             if j.outcome is None:
                 continue
@@ -206,8 +278,8 @@ class Chaos:
             self.report.outcomes[state] += 1
             if attempt and attempt > 1:
                 self.report.retries += 1
-            if state == "done" and any(body.get(k) != v for k, v in j.expected.items()):
-                self.report.violations.append(f"{j.job_id}: wrong result {body} (expected {j.expected})")
+            if state == "done" and j.problem:
+                self.report.violations.append(f"{j.job_id} ({j.kind}): wrong result: {j.problem}")
         for nd in self.nodes:
             rss = _rss(nd.proc.pid)
             self.report.max_rss_mb = max(self.report.max_rss_mb, rss / (1 << 20))
@@ -215,13 +287,76 @@ class Chaos:
                 self.report.violations.append(f"{nd.data_dir.name}: RSS {rss >> 20} MiB over {MAX_RSS_BYTES >> 20} MiB")
 
 
+def _body_is(expected: dict) -> Callable[[JobResult], str | None]:
+    def check(res: JobResult) -> str | None:
+        wrong = {k: res.body.get(k) for k, v in expected.items() if res.body.get(k) != v}
+        return f"{wrong} (expected {expected})" if wrong else None
+    return check
+
+
+def _proof_verifies(spec: dict) -> Callable[[JobResult], str | None]:
+    def check(res: JobResult) -> str | None:
+        from worker.zk import verify
+
+        v = verify(res.output, spec)
+        return None if v.ok else f"the verifier rejects the proof: {v.reason}"
+    return check
+
+
+class _RenderJobs:
+    """Small frames of the example scene from 8 orbit poses, each checked against the numpy reference."""
+
+    W, H = 48, 36
+
+    def __init__(self) -> None:
+        self._refs: dict[int, object] = {}
+
+    def job(self, k: int) -> tuple[dict, Callable[[JobResult], str | None]]:
+        from worker.render import kind as rk
+        from worker.render.camera import orbit
+        from worker.render.samples import example
+        from worker.render.scene import content_hash
+
+        scene = example("spheres", self.W, self.H)
+        pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)[k]
+        spec = rk.make_spec(content_hash(scene), pose, scene=scene)
+
+        def check(res: JobResult) -> str | None:
+            import numpy as np
+
+            from worker.render import reference
+            from worker.render.camera import Tile
+
+            if k not in self._refs:
+                self._refs[k] = reference.render(scene, pose)[0]
+            try:
+                rgba, _ = rk.decode_output(Tile.full(self.W, self.H), res.output)
+            except ValueError as e:
+                return f"malformed frame: {e}"
+            same = float(np.mean(np.all(rgba == self._refs[k], axis=-1)))
+            return None if same >= 0.995 else f"only {same:.1%} of the pixels match the reference"
+        return spec, check
+
+
 async def _run(ch: Chaos, duration: float) -> None:
+    async with trio.open_nursery() as proxies:
+        for proxy in ch.proxies:
+            await proxies.start(proxy.serve)
+        await trio.to_thread.run_sync(ch.boot)
+        await _faults_and_checks(ch, duration)
+        proxies.cancel_scope.cancel()
+
+
+async def _faults_and_checks(ch: Chaos, duration: float) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(ch.load, stop)
         n.start_soon(ch.faults, stop)
         await trio.sleep(duration)
         stop.set()
+    for p in ch.proxies:  # faults stop: the mesh must heal
+        p.faults.delay_s, p.faults.corrupt_chunks = 0.0, 0
+        p.faults.unstall()
     for i in sorted(ch.down):
         ch.restart(i)
     ch.down.clear()
@@ -242,7 +377,6 @@ def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.
         ch = Chaos(Path(root or tmp), nodes, seed, rate)
         t0 = time.monotonic()
         try:
-            ch.boot()
             trio.run(_run, ch, duration)
             ch.verdict()
         finally:
