@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     jp.add_argument("id")
     cp = job_cmd("cancel", "cancel a job (reaches a running kernel at its next chunk boundary)")
     cp.add_argument("id")
-    job_cmd("watch", "follow job state changes on the node live (Ctrl-C to stop)")
+    job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
+                     "state change otherwise or with --json (Ctrl-C stops)")
 
     pv = sub.add_parser("prove", help="prove an AIR's computation (on the mesh, or --local on this machine)",
                         description="Generate a STARK proof. By default the proof is made on the mesh (any peer; the "
@@ -434,24 +435,42 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    import trio
+
+    from scheduler import watch
+
     con = console()
+    live = not args.json and con.is_terminal
 
     async def go(c):
         async with c.watch() as events:
-            async for e in events:
-                if args.json:
-                    print(json.dumps(e), flush=True)
-                else:
-                    style = {"done": "green", "failed": "red", "cancelled": "yellow"}.get(e["state"], "cyan")
-                    con.print(f"{time.strftime('%H:%M:%S')} job {e['id']} [{style}]{e['state']}[/]"
-                              + (f" attempt {e['attempt']} on {e['peer'][-12:]}" if e.get("peer") else "")
-                              + (f": {e['reason']}" if e.get("reason") else ""))
-        return 0
+            if not live:
+                async for e in events:
+                    print(json.dumps(e), flush=True) if args.json else con.print(watch.line(e))
+                return EXIT_OK
+            with watch.make_progress(con) as progress:
+                view = watch.WatchView(progress)
+                view.seed(await c.list())
+                async with trio.open_nursery() as n:
+                    n.start_soon(_refresh_every, progress, 0.25)
+                    async for e in events:
+                        view.event(e)
+                        progress.refresh()
+                    n.cancel_scope.cancel()
+        return EXIT_OK
 
     try:
         return _run_client(args, go)
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+async def _refresh_every(progress, seconds: float) -> None:
+    import trio
+
+    while True:
+        await trio.sleep(seconds)
+        progress.refresh()
 
 
 def cmd_prove(args: argparse.Namespace) -> int:

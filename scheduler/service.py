@@ -340,7 +340,9 @@ class JobService:
             elif isinstance(a, Finish):
                 self._on_finish(a)
             elif isinstance(a, StateChanged):
-                self._broadcast({"id": a.job_id, "state": a.state.value, "attempt": a.attempt, "peer": a.peer_id})
+                rec = self.core.get(a.job_id)
+                self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                                 "attempt": a.attempt, "peer": a.peer_id})
 
     async def _offer(self, a: SendOffer) -> None:
         now = trio.current_time()
@@ -409,7 +411,8 @@ class JobService:
         ev = self._finished.pop(a.job_id, None)
         if ev is not None:
             ev.set()
-        self._broadcast({"id": a.job_id, "state": a.state.value, "reason": a.reason, "final": True})
+        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                         "reason": a.reason, "final": True})
         spooled = self.spool / _safe(a.job_id)
         spooled.unlink(missing_ok=True)
         # drop outputs of attempts that were not delivered

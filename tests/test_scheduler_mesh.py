@@ -2,8 +2,13 @@
 cancel, and bad input. Each test waits on conditions with generous deadlines."""
 
 import hashlib
+import json
 import os
+import selectors
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -105,6 +110,33 @@ def test_coordinator_kill_9_keeps_jobs_and_results(tmp_path):
     finally:
         for nd in nodes:
             nd.kill()
+
+
+def test_watch_streams_every_state_of_a_job(mesh):
+    """`mesh-node watch --json` (the form for scripts; on a terminal it draws progress bars) follows a job."""
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "watch", "--json", "--data-dir",
+                             str(mesh[2].data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        with client_of(mesh[2]) as c:
+            # the watch stream starts when the command has connected: submit until it shows an event
+            events: list[dict] = []
+            deadline = time.monotonic() + 60
+            job_id = c.submit("echo", {"watched": True})["id"]
+            while not any(e["id"] == job_id and e.get("final") for e in events):
+                assert time.monotonic() < deadline, f"watch showed only {events}; {proc.stderr.read() if proc.poll() is not None else ''}"
+                if not sel.select(timeout=1.0):
+                    if not events:  # not connected yet when the job ran: another job
+                        job_id = c.submit("echo", {"watched": True})["id"]
+                    continue
+                events.append(json.loads(proc.stdout.readline()))
+        mine = [e for e in events if e["id"] == job_id]
+        assert [e["state"] for e in mine][-1] == "done" and all(e["kind"] == "echo" for e in mine)
+        assert "running" in [e["state"] for e in mine] or "placed" in [e["state"] for e in mine]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_cancel_of_a_long_sleep_frees_the_slot(mesh):
