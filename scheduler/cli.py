@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from scheduler import compute_cli, render_cli
-from scheduler.config import ConfigError, NodeSettings, default_data_dir, load_settings
+from scheduler.config import (
+    ConfigError,
+    NodeSettings,
+    add_data_dir_option,
+    add_node_options,
+    load_settings,
+)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -81,10 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the node daemon in the foreground. SIGINT/SIGTERM stop it cleanly.")
     _add_settings_options(run)
 
-    def client_cmd(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
+    def client_cmd(name: str, help_: str, json_flag: bool = True, with_node: bool = False) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
-                       help="data dir of the node to ask (default: $GPUMESH_DATA_DIR or the XDG data dir)")
+        if with_node:
+            add_node_options(p)
+        else:
+            add_data_dir_option(p)
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -96,13 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        p = client_cmd(name, help_)
-        p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
-                       help="data-plane address of the node to use (default: the local node of --data-dir)")
-        p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
-                       help="API token (default: $GPUMESH_TOKEN, or the local node's own token)")
-        p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")
-        return p
+        return client_cmd(name, help_, with_node=True)
 
     sp = job_cmd("submit", "submit a job to the mesh (exit status follows the job's outcome with --wait)")
     sp.add_argument("kind", help="job kind, e.g. echo, sleep, checksum, zk.prove, render.frame, compute.opencl")
@@ -136,11 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="public input of the AIR (repeatable; each defaults to 1)")
     pv.add_argument("--out", type=Path, default=Path("proof.bin"), help="where to write the proof (default proof.bin)")
     pv.add_argument("--local", action="store_true", help="prove on this machine instead of on the mesh")
-    pv.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())))
-    pv.add_argument("--node", default=os.environ.get("GPUMESH_NODE"), metavar="HOST:PORT")
-    pv.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"))
-    pv.add_argument("--insecure", action="store_true")
-    pv.add_argument("--json", action="store_true")
+    add_node_options(pv)
+    pv.add_argument("--json", action="store_true", help="machine-readable output")
     render_cli.add_parser(sub)
     compute_cli.add_parser(sub)
     vf = sub.add_parser("verify", help="verify a proof file (pure Python; needs no node and no OpenCL)")
@@ -154,9 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (("create", "create a token and print it once"), ("list", "list tokens"),
                         ("revoke", "revoke a token by name or id")):
         tp = tsub.add_parser(name, help=help_, description=help_)
-        tp.add_argument("--data-dir", type=Path,
-                        default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
-                        help="data dir of the node (default: $GPUMESH_DATA_DIR or the XDG data dir)")
+        add_data_dir_option(tp, "the node")
         tp.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "create":
             tp.add_argument("--name", required=True, help="who or what the token is for (unique among live tokens)")

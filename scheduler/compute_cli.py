@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -42,7 +41,7 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from scheduler.config import default_data_dir
+    from scheduler.config import add_node_options
 
     desc = ("Run an OpenCL C kernel on the mesh: buffers in, output buffers back as .npy files. Needs a token "
             "with the compute scope (the local node's own token has it).")
@@ -70,13 +69,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="scheduling class (default interactive)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write each output as DIR/NAME.npy")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
-                   help="data dir of the local node to use (default: $GPUMESH_DATA_DIR or the XDG data dir)")
-    p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
-                   help="data-plane address of the node to use (default: the local node of --data-dir)")
-    p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
-                   help="API token with the compute scope (default: $GPUMESH_TOKEN, or the local node's own)")
-    p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")
+    add_node_options(p, "API token with the compute scope")
     return p
 
 

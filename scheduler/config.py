@@ -181,3 +181,22 @@ def load_settings(flags: dict[str, Any], config_file: Path | None = None) -> Nod
         where = "-".join(str(p) for p in err["loc"] if isinstance(p, str)) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{where.replace('_', '-')}: {msg}") from None
+
+
+# --- options of the client commands (argparse) ---------------------------------------------------------
+
+def add_data_dir_option(p: Any, what: str = "the node to ask") -> None:
+    """--data-dir, for every CLI command that talks to a node (argparse parser `p`)."""
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
+                   help=f"data dir of {what} (default: $GPUMESH_DATA_DIR or the XDG data dir)")
+
+
+def add_node_options(p: Any, token: str = "API token") -> None:
+    """--data-dir, --node, --token, --insecure: how a client command reaches a node (read by
+    `scheduler.client.address_from_args`)."""
+    add_data_dir_option(p, "the local node to use")
+    p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
+                   help="data-plane address of the node to use (default: the local node of --data-dir)")
+    p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
+                   help=f"{token} (default: $GPUMESH_TOKEN, or the local node's own token)")
+    p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")

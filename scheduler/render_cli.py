@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from scheduler.config import default_data_dir
+    from scheduler.config import add_node_options
 
     help_ = "render a camera path of a scene on the mesh: PNG + depth frames and per-frame latency stats"
     p = subparsers.add_parser("render", help=help_, description=help_ + ". Without --poses the camera orbits the "
@@ -45,13 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="'auto' (split when the cost model says it pays), 'none', or a tile count (default auto)")
     p.add_argument("--max-in-flight", type=int, default=4, help="frames in flight at once (default 4)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
-    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("GPUMESH_DATA_DIR", default_data_dir())),
-                   help="data dir of the node to use (default: $GPUMESH_DATA_DIR or the XDG data dir)")
-    p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
-                   help="data-plane address of the node to use (default: the local node of --data-dir)")
-    p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
-                   help="API token (default: $GPUMESH_TOKEN, or the local node's own token)")
-    p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")
+    add_node_options(p, "API token")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
     p.add_argument("--quiet", action="store_true", help="no per-frame lines")
     return p
