@@ -38,7 +38,7 @@ def _mesh(rng: random.Random, tracked: bool = True) -> tuple[MembershipView, lis
         if i % 4 == 0:
             devs.append(DeviceAdvert("cpu", "cpu", "vendor", "cpu", 16, 64 * GIB, True, True, rng.uniform(50, 400),
                                      rng.uniform(100, 900), 1, 1, 0))
-        ad = Advert(f"peer{i:04d}", b"k" * 32, 1, 0.0, devices=tuple(devs))
+        ad = Advert(f"peer{i:04d}", b"k" * 32, 1, 0.0, data_addr=f"10.0.{i >> 8}.{i & 255}:4002", devices=tuple(devs))
         view.apply(ad, 0.0)
         ads.append(ad)
     return view, ads

@@ -161,6 +161,10 @@ class Node:
         return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
                 "label": self._c_label}
 
+    def _set_data_addr(self, data_port: int) -> None:
+        host = self._advertised_host()
+        self.data_addr = host if has_port(host) else f"{host}:{data_port}"
+
     def _advertised_host(self) -> str:
         """Where peers should dial our data plane: --advertise-host (HOST or HOST:PORT), the bound host, or our
         libp2p address."""
@@ -192,9 +196,10 @@ class Node:
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
             await nursery.start(self.executor.run)
             data_port = await nursery.start(self.jobs.run)
+            if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
+                self._set_data_addr(data_port)  # known now: the first advert carries it
             await nursery.start(self.gossip.run)
-            host = self._advertised_host()
-            self.data_addr = host if has_port(host) else f"{host}:{data_port}"
+            self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
             self.gossip.changed()
             await nursery.start(self.watcher.run)
             await nursery.start(control.serve, s.data_dir, self.control_methods())

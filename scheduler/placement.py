@@ -100,6 +100,7 @@ _COLUMNS = (("_kind", np.int8), ("_mem", np.int64), ("_fp64", bool), ("_int64", 
             ("_expires", float),  # last_seen + ttl; inf for this node, -inf for a dead row
             ("_rtt_col", float), ("_local", bool))
 _EXPIRES = [name for name, _ in _COLUMNS].index("_expires")
+_UNREACHABLE = -1e300  # expiry of a live peer's rows that cannot be offered work yet (-inf is a dead row)
 
 
 def _static(d: DeviceAdvert) -> tuple:
@@ -447,7 +448,12 @@ class Placer:
                 del self._peers[pid]
             return
         devs = st.devices()
-        expires = math.inf if pid == self.view.self_peer_id else st.last_seen + self.view.ttl_s
+        if pid == self.view.self_peer_id:
+            expires = math.inf
+        elif not st.advert.data_addr:  # no data-plane address (yet): an offer could not reach it
+            expires = _UNREACHABLE
+        else:
+            expires = st.last_seen + self.view.ttl_s
         if e is not None:
             rows = e[2]
             if len(devs) == len(rows) and all(d.id == self._dev_id[r] for d, r in zip(devs, rows, strict=True)):

@@ -289,7 +289,7 @@ class SimNode:
         devs = tuple(DeviceAdvert(d.id, d.kind, d.vendor, d.name, d.compute_units, d.global_mem_bytes, d.fp64,
                                   d.int64, d.mulmod_mops, d.f32_gflops, d.slots, load[d.id][0], load[d.id][1])
                      for d in self.devices)
-        return Advert(self.id, KEY, self.seq, 0.0, devices=devs, interval_s=1.0)
+        return Advert(self.id, KEY, self.seq, 0.0, data_addr=f"{self.id}:4002", devices=devs, interval_s=1.0)
 
 
 @dataclass

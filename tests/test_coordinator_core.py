@@ -24,7 +24,7 @@ GPU = DeviceAdvert("d0", "gpu", "nv", "g", 80, 8 * GIB, True, True, 5000.0, 1000
 
 
 def ad(pid, seq=1, **dev):
-    return Advert(pid, b"k" * 32, seq, 0.0, devices=(replace(GPU, **dev),))
+    return Advert(pid, b"k" * 32, seq, 0.0, data_addr=f"{pid}:4002", devices=(replace(GPU, **dev),))
 
 
 class H:

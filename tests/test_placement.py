@@ -17,7 +17,7 @@ CPU = DeviceAdvert("cpu", "cpu", "intel", "c", 16, 32 * GIB, True, True, 200.0, 
 
 
 def ad(pid, *devs, seq=1):
-    return Advert(pid, b"k" * 32, seq, 0.0, devices=tuple(devs))
+    return Advert(pid, b"k" * 32, seq, 0.0, data_addr=f"{pid}:4002", devices=tuple(devs))
 
 
 def view_of(adverts, now=0.0, me="me", ttl=6.0, tracked=True):
@@ -138,6 +138,17 @@ def test_table_follows_adverts_and_claim_answers(tracked):
     p = pl.place(Job("k"), 0.6)
     assert [(c.peer_id, c.device_id) for c in p] == [("a", "other"), ("b", "0:0")]
     assert pl.rebuilds == rebuilds  # all incremental
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_peer_without_a_data_plane_address_gets_no_offers_until_it_has_one(tracked):
+    """A node's first advert can go out before its data plane's address is known: an offer there would fail
+    (and exclude that peer from the job), so such a peer is not a candidate until an advert carries one."""
+    v = view_of([replace(ad("early", GPU), data_addr=""), ad("slow", CPU)], tracked=tracked)
+    pl = Placer(v, gflop_cost, seed=0, d=1, jitter=0.0)
+    assert [c.peer_id for c in pl.place(Job("k"), 0.0)] == ["slow"]
+    v.apply(ad("early", GPU, seq=2), 0.1)
+    assert [c.peer_id for c in pl.place(Job("k"), 0.1)] == ["early", "slow"]
 
 
 @pytest.mark.parametrize("tracked", [True, False])
@@ -274,7 +285,7 @@ def test_avoid_peers_requirement_excludes_those_peers():
     view = TrackedView("me", ttl_s=6.0)
     dev = DeviceAdvert("d0", "gpu", "v", "n", 1, 1 << 30, True, True, 100.0, 100.0, 1, 1, 0)
     for p in "ab":
-        view.apply(Advert(p, b"k" * 32, 1, 0.0, devices=(dev,)), 0.0)
+        view.apply(Advert(p, b"k" * 32, 1, 0.0, data_addr=f"{p}:4002", devices=(dev,)), 0.0)
     placer = Placer(view, lambda job, d: 1.0, seed=0)
     got = placer.place(Job("echo", requirements=Requirements(avoid_peers=("a",))), 0.0)
     assert got.ok and {c.peer_id for c in got.candidates} == {"b"}
