@@ -38,7 +38,7 @@ import heapq
 import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,13 +222,11 @@ class CoordinatorCore:
     """One node's coordinator: the jobs submitted to it, from acceptance to their one outcome."""
 
     def __init__(self, peer_id: str, view: MembershipView, placer: Placer,
-                 config: CoordinatorConfig | None = None,
-                 verify: Callable[[Job, Result], str | None] | None = None) -> None:
+                 config: CoordinatorConfig | None = None) -> None:
         self.peer_id = peer_id
         self.view = view
         self.placer = placer
         self.cfg = config or CoordinatorConfig()
-        self.verify = verify  # -> None if the result is acceptable, else why not
         self.stats = CoordinatorStats()
         self._jobs: dict[str, JobRecord] = {}
         self._finished: OrderedDict[str, float] = OrderedDict()  # job id -> finished_at, oldest first
@@ -382,7 +380,17 @@ class CoordinatorCore:
                 acts.append(StateChanged(rec.job_id, JobState.RUNNING, rec.attempt, peer_id))
         return acts
 
-    def on_result(self, peer_id: str, result: Result, now: float) -> list[Action]:
+    def expects_result(self, peer_id: str, result: Result) -> Job | None:
+        """The job if `result` is the one its current attempt waits for (worth verifying), else None."""
+        rec = self._jobs.get(result.job_id)
+        if rec is None or rec.state.terminal or result.attempt != rec.attempt or peer_id != rec.peer:
+            return None
+        return rec.job
+
+    def on_result(self, peer_id: str, result: Result, now: float, problem: str | None = None) -> list[Action]:
+        """A worker's result; `problem` is the verifier's verdict on it (None: accepted, or not checked).
+        Verifying takes CPU time (a proof, a render spot-check): the caller does it off the event loop,
+        for a result `expects_result` says is current, then calls this (staleness is checked again here)."""
         rec = self._jobs.get(result.job_id)
         if rec is None:
             return self._drop("unknown_job")
@@ -395,7 +403,6 @@ class CoordinatorCore:
         run_s = result.timings.get("run_s")
         if run_s is not None:
             self.placer.observe_run(run_s)
-        problem = self.verify(rec.job, result) if self.verify is not None else None
         if problem is not None:
             self.stats.verification_failures += 1
             self.view.adjust_standing(peer_id, -self.cfg.standing_penalty_bad_result)

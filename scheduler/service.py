@@ -180,8 +180,8 @@ class JobService:
         zk_kind.register(self.registry)
         self.tokens = TokenStore(s.data_dir)
         self.placer = Placer(node.view, cost_fn=self._cost)
-        self.core = CoordinatorCore(self.peer_id, node.view, self.placer, coordinator_config or CoordinatorConfig(),
-                                    verify=self._verify)
+        self.core = CoordinatorCore(self.peer_id, node.view, self.placer, coordinator_config or CoordinatorConfig())
+        self._verify_limiter = trio.CapacityLimiter(2)  # results verified at once (CPU-bound, in threads)
         self.worker = WorkerCore(self.peer_id, self._load)
         self.executor = node.executor
         self.journal: Journal | None = None
@@ -314,16 +314,16 @@ class JobService:
             out[c.device_id] = DeviceLoad(c.free_slots, c.queued, c.max_queued, c.slots)
         return out
 
-    def _verify(self, job: Job, result: Result) -> str | None:
-        fn = self._verifiers.get(job.kind)
-        if fn is None or not result.ok or result.worker in ("", self.peer_id):
-            return None
-        output = self._received.get((job.job_id, result.attempt), b"")
-        try:
-            return fn(job, result, output)
-        except Exception as e:  # a verifier crash rejects the result rather than the node
-            log.exception("verifier for %s failed", job.kind)
-            return f"verification error: {e}"
+    async def _on_result(self, peer_id: str, result: Result) -> None:
+        """Verify a current result from another peer in a thread (a proof check takes ~0.2 s: never on the
+        event loop), then hand result and verdict to the core."""
+        job = self.core.expects_result(peer_id, result)
+        fn = self._verifiers.get(job.kind) if job is not None else None
+        problem = None
+        if fn is not None and result.ok and peer_id != self.peer_id:
+            output = self._received.get((result.job_id, result.attempt), b"")
+            problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, limiter=self._verify_limiter)
+        await self._execute(self.core.on_result(peer_id, result, trio.current_time(), problem))
 
     # ---- carrying out coordinator actions -----------------------------------------------------------------
     async def _execute(self, actions: list) -> None:
@@ -751,7 +751,7 @@ class JobService:
             raise RpcError("bad_output", "output does not match the result's size and sha256")
         if output:
             self._received[(result.job_id, result.attempt)] = output
-        await self._execute(self.core.on_result(peer, result, trio.current_time()))
+        await self._on_result(peer, result)
         return {}
 
     async def _m_peer_cancel(self, call: Call) -> dict[str, Any]:
@@ -788,3 +788,11 @@ def _safe(job_id: str) -> str:
 
 
 __all__ = ["Admission", "JobService", "Principal", "local_token", "read_local_token", "INLINE_INPUT_LIMIT"]
+
+
+def _verify(fn, job: Job, result: Result, output: bytes) -> str | None:
+    try:
+        return fn(job, result, output)
+    except Exception as e:  # a verifier crash rejects the result rather than the node
+        log.exception("verifier for %s failed", job.kind)
+        return f"verification error: {e}"

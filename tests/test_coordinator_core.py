@@ -321,11 +321,14 @@ def test_worker_failures_retryable_or_final_and_verification():
     assert of(acts, Deliver) and of(acts, Finish)[0].state is JobState.FAILED and h.core.get("f").reason == "bad spec"
     # verification: a wrong answer is an attempt lost, and costs standing
     h2 = H()
-    h2.core.verify = lambda job, res: None if res.body.get("ok") else "wrong checksum"
     h2.submit(Job("echo", job_id="v"))
     h2.core.on_accept("a", Accept("v", 1, "d0"), 0.0)
-    acts = h2.core.on_result("a", Result("v", 1, True, {"ok": False}), 0.1)
+    bad = Result("v", 1, True, {"ok": False})
+    assert h2.core.expects_result("a", bad).job_id == "v" and h2.core.expects_result("b", bad) is None
+    acts = h2.core.on_result("a", bad, 0.1, problem="wrong checksum")
     assert offers(acts) == [("b", 2)] and h2.view.standing("a") == pytest.approx(0.75)
+    assert "failed verification: wrong checksum" in h2.core.get("v").failures[0]
+    assert h2.core.expects_result("a", bad) is None  # stale now: not worth verifying
     acts = h2.core.on_result("b", Result("v", 2, True, {"ok": True}), 0.2)
     assert of(acts, Finish)[0].state is JobState.DONE
 
