@@ -223,7 +223,8 @@ class JobService:
             self.rpc.register(name, fn)
 
     def register_verifier(self, kind: str, fn) -> None:
-        """`fn(job, result, output: bytes) -> str | None` checks a remote worker's result (None = accept)."""
+        """`fn(job, result, output: bytes, read_input) -> str | None` checks a remote worker's result (None =
+        accept); `read_input()` reads a streamed input from the spool (None when the input was inline)."""
         self._verifiers[kind] = fn
 
     def on_membership(self, ev: Event) -> None:
@@ -322,7 +323,10 @@ class JobService:
         problem = None
         if fn is not None and result.ok and peer_id != self.peer_id:
             output = self._received.get((result.job_id, result.attempt), b"")
-            problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, limiter=self._verify_limiter)
+            spooled = self.spool / _safe(job.job_id)
+            read_input = spooled.read_bytes if not job.inline and job.input_size else None
+            problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, read_input,
+                                                    limiter=self._verify_limiter)
         await self._execute(self.core.on_result(peer_id, result, trio.current_time(), problem))
 
     # ---- carrying out coordinator actions -----------------------------------------------------------------
@@ -790,9 +794,9 @@ def _safe(job_id: str) -> str:
 __all__ = ["Admission", "JobService", "Principal", "local_token", "read_local_token", "INLINE_INPUT_LIMIT"]
 
 
-def _verify(fn, job: Job, result: Result, output: bytes) -> str | None:
+def _verify(fn, job: Job, result: Result, output: bytes, read_input) -> str | None:
     try:
-        return fn(job, result, output)
+        return fn(job, result, output, read_input)
     except Exception as e:  # a verifier crash rejects the result rather than the node
         log.exception("verifier for %s failed", job.kind)
         return f"verification error: {e}"

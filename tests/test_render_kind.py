@@ -284,6 +284,27 @@ def test_verifier_passes_unknown_scenes_as_unverifiable(honest):
     assert rk.TILES_VERIFIED.labels("unverifiable")._value.get() == before + 1
 
 
+def test_a_streamed_scene_is_read_from_the_spool_only_when_not_cached(honest):
+    """A scene over the inline limit travels streamed: the coordinator's verifier reads its spooled copy
+    (once; later tiles of the same scene find it in the cache) and catches a corrupted tile."""
+    spec, data, res, tile = honest
+    streamed = SimpleNamespace(spec=spec, input=None, input_size=len(data))
+    reads = []
+
+    def read_input():
+        reads.append(1)
+        return data
+
+    check = rk.SpotCheck(cache=rk.SceneCache())
+    assert check.check(spec, None, res.body, res.output, read_input, len(data)) is None
+    assert check.check(spec, None, res.body, res.output, read_input, len(data)) is None
+    assert len(reads) == 1
+    rgba, depth = rk.decode_output(tile, res.output)
+    bad = rk.encode_output(*rk.corrupt(rgba, depth))
+    assert "spot-check" in check.check(spec, None, res.body, bad, read_input, len(data))
+    assert rk.verify_result(streamed, res, res.output, read_input) is None  # the service's hook passes it on
+
+
 def test_service_verifier_hook_turns_spec_errors_into_rejections(honest):
     spec, data, res, tile = honest
     assert rk.verify_result(job(spec, data), res, res.output) is None

@@ -42,6 +42,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -688,10 +689,14 @@ class SpotCheck:
         return out
 
     def check(self, spec: dict[str, Any], job_input: bytes | None, body: dict[str, Any],
-              output: bytes) -> str | None:
-        """None if the result passes, else why not. Unknown scene: None, counted as unverifiable."""
-        rs = parse_spec(spec, len(job_input or b""))
+              output: bytes, read_input: Callable[[], bytes | None] | None = None, input_size: int = 0) -> str | None:
+        """None if the result passes, else why not. `read_input` gives a streamed scene (the coordinator's
+        spooled copy), read only when the scene is not cached already. Unknown scene: None, counted as
+        unverifiable."""
+        rs = parse_spec(spec, len(job_input) if job_input else input_size)
         entry = self.scene_for(rs, job_input)
+        if entry is None and read_input is not None:
+            entry = self.scene_for(rs, read_input())
         if entry is None:
             TILES_VERIFIED.labels("unverifiable").inc()
             log.warning("render result not verified: scene %s is not known to this coordinator", rs.scene_hash)
@@ -744,11 +749,12 @@ class SpotCheck:
 SPOT_CHECK = SpotCheck()
 
 
-def verify_result(job: Any, result: Any, output: bytes) -> str | None:
-    """The JobService verifier of render.frame: `job` has `.spec` and `.input` (inline bytes or None),
-    `result` has `.body`. Returns None to accept, else the reason to reject."""
+def verify_result(job: Any, result: Any, output: bytes, read_input: Callable[[], bytes | None] | None = None) -> str | None:
+    """The JobService verifier of render.frame: `job` has `.spec`, `.input` (inline bytes or None) and
+    `.input_size`, `result` has `.body`; `read_input` reads a streamed input. None to accept, else why not."""
     try:
-        return SPOT_CHECK.check(job.spec, getattr(job, "input", None), result.body or {}, output)
+        return SPOT_CHECK.check(job.spec, getattr(job, "input", None), result.body or {}, output, read_input,
+                                getattr(job, "input_size", 0))
     except SpecError as e:
         return f"cannot check the result: {e}"
 

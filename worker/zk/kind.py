@@ -111,7 +111,7 @@ def _corrupt(proof: bytes) -> bytes:
     return bytes(b)
 
 
-def check_remote_proof(job, result, output: bytes) -> str | None:
+def check_remote_proof(job, result, output: bytes, read_input=None) -> str | None:
     """Coordinator-side: None if `output` is a valid proof of exactly the statement the job asked for."""
     with VERIFY_SECONDS.time():
         v = verify(output, _spec(job.spec))
