@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import multiaddr
 import trio
 from libp2p import new_host
 from libp2p.abc import INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -121,8 +123,8 @@ class GossipService:
         self._changed = trio.Event()
         self._seq = int(time.time() * 1000)  # a restarted node's adverts are newer than its old ones
         self._last_key: tuple | None = None
-        self.host = None
-        self.pubsub: Pubsub | None = None
+        self.host: Any = None  # the libp2p host (IHost) once run() has started
+        self.pubsub: Any = None  # its Pubsub
         self.addrs: list[str] = []
         self.ready = trio.Event()
 
@@ -137,13 +139,13 @@ class GossipService:
         host = new_host(
             key_pair=kp,
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             listen_addrs=listen,
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
         router = GossipSub(
-            protocols=GOSSIPSUB_PROTOCOLS,
+            protocols=[TProtocol(p) for p in GOSSIPSUB_PROTOCOLS],
             degree=6,
             degree_low=4,
             degree_high=12,
@@ -238,7 +240,7 @@ class GossipService:
 
     async def _refuse_loop(self, recv: trio.MemoryReceiveChannel) -> None:
         async for peer_id in recv:
-            if not self._admit(peer_id.to_base58()):
+            if self._admit is not None and not self._admit(peer_id.to_base58()):
                 metrics.PEERS_REFUSED.labels("libp2p").inc()
                 log.info("refused libp2p connection from %s: not on the allow list", peer_id)
                 with trio.move_on_after(5):
@@ -268,8 +270,8 @@ class GossipService:
         """Keep dialling bootstrap peers until connected, and peers learned from adverts up to a target."""
         backoff = 0.2
         while True:
-            boot = [await resolve_bootstrap(a) for a in self.config.bootstrap]
-            boot = [b for b in boot if b is not None]
+            resolved = [await resolve_bootstrap(a) for a in self.config.bootstrap]
+            boot = [b for b in resolved if b is not None]
             connected = set(self.host.get_network().connections.keys())
             metrics.LIBP2P_CONNECTED.set(len(connected))
             targets = [b for b in boot if b.peer_id not in connected and b.peer_id != self.host.get_id()]

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -123,6 +124,7 @@ class Chaos:
         self._seq += 1
         jid = f"chaos-{self._seq}"
         r = self.rng.random()
+        spec: dict[str, Any]
         if r < 0.45:
             spec = {"n": self._seq}
             return Submitted(jid, node, "echo", spec, None, _body_is({"echo": spec}))
@@ -178,19 +180,19 @@ class Chaos:
                 await self.network_fault(self.proxies[i])
             elif kind == "kill":
                 self.report.faults["kill -9 + restart"] += 1
-                nd.proc.send_signal(signal.SIGKILL)
-                nd.proc.wait()
+                nd.process.send_signal(signal.SIGKILL)
+                nd.process.wait()
                 self.down.add(i)
                 await trio.sleep(self.rng.uniform(0.5, 3.0))
                 self.restart(i)
                 self.down.discard(i)
             else:
                 self.report.faults["SIGSTOP/SIGCONT"] += 1
-                nd.proc.send_signal(signal.SIGSTOP)
+                nd.process.send_signal(signal.SIGSTOP)
                 await trio.sleep(self.rng.uniform(0.5, 4.0))
-                nd.proc.send_signal(signal.SIGCONT)
+                nd.process.send_signal(signal.SIGCONT)
             self.report.max_rss_mb = max(self.report.max_rss_mb,
-                                         max(_rss(x.proc.pid) for x in self.nodes) / (1 << 20))
+                                         max(_rss(x.process.pid) for x in self.nodes) / (1 << 20))
 
     async def network_fault(self, proxy: FaultProxy) -> None:
         """One fault on a node's data plane (all its connections, both directions)."""
@@ -263,8 +265,9 @@ class Chaos:
             async with Client.connect(addr, token=tok, peer_id=pid) as c:
                 for j in jobs:
                     res = await c.result(j.job_id, wait=False)
-                    if (res.state, res.body) != (j.outcome[0], j.outcome[2]):
-                        self.report.violations.append(f"{j.job_id}: outcome changed from {j.outcome[0]} to {res.state}")
+                    state, _, body, _ = j.outcome or ("", "", None, 0)
+                    if (res.state, res.body) != (state, body):
+                        self.report.violations.append(f"{j.job_id}: outcome changed from {state} to {res.state}")
 
     def verdict(self) -> None:
         self.report.kinds = Counter(j.kind for j in self.jobs)
@@ -281,7 +284,7 @@ class Chaos:
             if state == "done" and j.problem:
                 self.report.violations.append(f"{j.job_id} ({j.kind}): wrong result: {j.problem}")
         for nd in self.nodes:
-            rss = _rss(nd.proc.pid)
+            rss = _rss(nd.process.pid)
             self.report.max_rss_mb = max(self.report.max_rss_mb, rss / (1 << 20))
             if rss > MAX_RSS_BYTES:
                 self.report.violations.append(f"{nd.data_dir.name}: RSS {rss >> 20} MiB over {MAX_RSS_BYTES >> 20} MiB")
@@ -361,9 +364,13 @@ async def _faults_and_checks(ch: Chaos, duration: float) -> None:
         ch.restart(i)
     ch.down.clear()
     for nd in ch.nodes:
-        if nd.proc.poll() is None:
-            nd.proc.send_signal(signal.SIGCONT)
-    await trio.to_thread.run_sync(lambda: [nd.wait_up() for nd in ch.nodes])
+        if nd.process.poll() is None:
+            nd.process.send_signal(signal.SIGCONT)
+    def all_up() -> None:
+        for nd in ch.nodes:
+            nd.wait_up()
+
+    await trio.to_thread.run_sync(all_up)
     await ch.settle(timeout=180)
     await ch.recheck()
     try:

@@ -299,7 +299,8 @@ def cmd_id(args: argparse.Namespace) -> int:
 def cmd_label(args: argparse.Namespace) -> int:
     from mesh import control
 
-    set_, unset = {}, []
+    set_: dict[str, str] = {}
+    unset: list[str] = []
     for item in args.labels:
         k, sep, v = item.partition("=")
         if not sep or not k:

@@ -79,10 +79,10 @@ class Client:
         """Submit a job; returns the coordinator's answer ({id, accepted, state, position, message, code})."""
         now = trio.current_time()
         deadline = now + deadline_ms / 1000 if deadline_ms is not None else None
-        common = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority), deadline=deadline,
-                      timeout_s=timeout_s, max_attempts=max_attempts,
-                      requirements=Requirements.from_wire(requirements or {}),
-                      when_saturated=WhenSaturated(when_saturated))
+        common: dict[str, Any] = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority),
+                                      deadline=deadline, timeout_s=timeout_s, max_attempts=max_attempts,
+                                      requirements=Requirements.from_wire(requirements or {}),
+                                      when_saturated=WhenSaturated(when_saturated))
         stream_path: Path | None = None
         stream_bytes: bytes | None = None
         if isinstance(input, Path):
@@ -104,7 +104,7 @@ class Client:
                 view = memoryview(stream_bytes)
                 for off in range(0, len(view), CHUNK):
                     await call.send_bytes(view[off:off + CHUNK])
-            else:
+            elif stream_path is not None:
                 async with await trio.open_file(stream_path, "rb") as f:
                     while chunk := await f.read(CHUNK):
                         await call.send_bytes(chunk)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,12 @@ class NodeProc:
     log_path: Path | None = None
 
     @property
+    def process(self) -> subprocess.Popen:
+        """The running (or exited) node process; only after start()."""
+        assert self.proc is not None, f"node {self.data_dir} was never started"
+        return self.proc
+
+    @property
     def peer_id(self) -> str:
         return load_or_create(self.data_dir)[0].peer_id_str
 
@@ -56,7 +63,7 @@ class NodeProc:
     def multiaddr(self) -> str:
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
-    def start(self, bootstrap: list[str] = ()) -> NodeProc:
+    def start(self, bootstrap: Sequence[str] = ()) -> NodeProc:
         args = [sys.executable, "-m", "scheduler.cli", "run", "--data-dir", str(self.data_dir),
                 "--listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}", "--data-listen", f"127.0.0.1:{self.data_port}",
                 "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra]
@@ -102,7 +109,7 @@ class NodeProc:
             self.proc.wait()
 
 
-def make_nodes(root: Path, n: int, extra: list[str] = ()) -> list[NodeProc]:
+def make_nodes(root: Path, n: int, extra: Sequence[str] = ()) -> list[NodeProc]:
     nodes = []
     for i in range(n):
         nd = NodeProc(root / f"node{i}", free_port(), free_port(), free_port(), list(extra))
@@ -112,7 +119,7 @@ def make_nodes(root: Path, n: int, extra: list[str] = ()) -> list[NodeProc]:
     return nodes
 
 
-def start_mesh(root: Path, n: int, extra: list[str] = ()) -> list[NodeProc]:
+def start_mesh(root: Path, n: int, extra: Sequence[str] = ()) -> list[NodeProc]:
     """Start n nodes; node 0 is the bootstrap of the others. Returns once every node answers."""
     nodes = make_nodes(root, n, extra)
     nodes[0].start()

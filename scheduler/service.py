@@ -222,6 +222,16 @@ class JobService:
                          ("peer.input", self._m_input)]:
             self.rpc.register(name, fn)
 
+    @property
+    def _tasks(self) -> trio.Nursery:
+        assert self._nursery is not None, "JobService.run() is not running"
+        return self._nursery
+
+    @property
+    def _journal(self) -> Journal:
+        assert self.journal is not None, "JobService.run() has not opened the journal yet"
+        return self.journal
+
     def register_verifier(self, kind: str, fn) -> None:
         """`fn(job, result, output: bytes, read_input) -> str | None` checks a remote worker's result (None =
         accept); `read_input()` reads a streamed input from the spool (None when the input was inline)."""
@@ -230,12 +240,12 @@ class JobService:
     def on_membership(self, ev: Event) -> None:
         if isinstance(ev, Joined) and self._nursery is not None and ev.peer_id != self.peer_id:
             # dial ahead: the first offer's round trip then measures the network, not the TLS handshake
-            self._nursery.start_soon(self._warm, ev.peer_id)
+            self._tasks.start_soon(self._warm, ev.peer_id)
         if isinstance(ev, Left) and self._nursery is not None:
             now = trio.current_time()
             if ev.reason != "expired":  # removed (not allowed any more): forget its address too
                 self._clients.pop(ev.peer_id, None)
-            self._nursery.start_soon(self._execute, self.core.worker_expired(ev.peer_id, now) if ev.reason == "expired"
+            self._tasks.start_soon(self._execute, self.core.worker_expired(ev.peer_id, now) if ev.reason == "expired"
                                      else self.core.worker_lost(ev.peer_id, now, f"peer {ev.peer_id} left ({ev.reason})"))
 
     async def _warm(self, peer_id: str) -> None:
@@ -279,7 +289,7 @@ class JobService:
                     batch, self._journal_pending = self._journal_pending, []
                     batch_done, self._journal_done = self._journal_done, trio.Event()
                     try:
-                        await trio.to_thread.run_sync(self.journal.apply, batch, trio.current_time())
+                        await trio.to_thread.run_sync(self._journal.apply, batch, trio.current_time())
                     finally:
                         batch_done.set()
             finally:
@@ -321,7 +331,7 @@ class JobService:
         job = self.core.expects_result(peer_id, result)
         fn = self._verifiers.get(job.kind) if job is not None else None
         problem = None
-        if fn is not None and result.ok and peer_id != self.peer_id:
+        if job is not None and fn is not None and result.ok and peer_id != self.peer_id:
             output = self._received.get((result.job_id, result.attempt), b"")
             spooled = self.spool / _safe(job.job_id)
             read_input = spooled.read_bytes if not job.inline and job.input_size else None
@@ -336,9 +346,9 @@ class JobService:
             await self._journal_commit(journal)
         for a in actions:
             if isinstance(a, SendOffer):
-                self._nursery.start_soon(self._offer, a)
+                self._tasks.start_soon(self._offer, a)
             elif isinstance(a, SendCancel):
-                self._nursery.start_soon(self._send_cancel, a)
+                self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Deliver):
                 await self._deliver(a)
             elif isinstance(a, Finish):
@@ -449,7 +459,9 @@ class JobService:
     # ---- carrying out worker actions ----------------------------------------------------------------------
     async def _local_offer(self, offer: Offer) -> Accept | Reject:
         acts = self.worker.on_offer(self.peer_id, offer, trio.current_time())
-        return await self._execute_worker(acts, answer_to=self.peer_id)
+        answer = await self._execute_worker(acts, answer_to=self.peer_id)
+        assert answer is not None, "the worker core answers every offer"
+        return answer
 
     async def _execute_worker(self, actions: list, answer_to: str | None = None) -> Accept | Reject | None:
         answer = None
@@ -458,9 +470,9 @@ class JobService:
                 if answer_to is not None and a.peer_id == answer_to and isinstance(a.message, Accept | Reject):
                     answer = a.message
                 else:
-                    self._nursery.start_soon(self._worker_send, a)
+                    self._tasks.start_soon(self._worker_send, a)
             elif isinstance(a, StartJob):
-                self._nursery.start_soon(self._run_job, a)
+                self._tasks.start_soon(self._run_job, a)
             elif isinstance(a, CancelJob):
                 self.executor.cancel(_exec_id(a.job_id, a.attempt), a.reason)
         return answer
@@ -580,7 +592,7 @@ class JobService:
         existing = self.core.get(job.job_id)
         if existing is None:
             try:
-                self.quotas.admit_submit(p.name, job.job_id, now, exempt="admin" in p.token.scopes)
+                self.quotas.admit_submit(p.name, job.job_id, now, exempt=p.token is not None and "admin" in p.token.scopes)
             except QuotaExceeded as e:
                 raise RpcError("quota", str(e)) from None
         if not job.inline and job.input_size > 0 and existing is None:
@@ -625,7 +637,7 @@ class JobService:
         rec = self.core.get(job_id)
         if rec is not None:
             return rec.summary()
-        entry = await trio.to_thread.run_sync(self.journal.get, job_id, trio.current_time())
+        entry = await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
         if entry is None:
             raise RpcError("not_found", f"no job {job_id!r} on this node (wrong node, or finished too long ago)")
         return {"id": job_id, "kind": entry.job.kind, "state": JobState(entry.state).value, "reason": entry.reason,
@@ -659,7 +671,7 @@ class JobService:
             await ev.wait()
             rec = self.core.get(job_id)
         if rec is None:
-            entry = await trio.to_thread.run_sync(self.journal.get, job_id, trio.current_time())
+            entry = await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
             if entry is None:
                 raise RpcError("not_found", f"no job {job_id!r} on this node")
             state, reason, result = JobState(entry.state), entry.reason, entry.result

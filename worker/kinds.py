@@ -166,7 +166,7 @@ class Requirements:
                                  f"not {type(v).__name__}")
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"requirements: field {k!r} must be finite")
-            kw[k] = tuple(v) if k == "avoid_peers" else float(v) if float in want else v
+            kw[k] = tuple(v) if isinstance(v, list | tuple) else float(v) if isinstance(v, int | float) and float in want else v
         return cls(**kw)
 
 
