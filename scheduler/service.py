@@ -197,7 +197,7 @@ class JobService:
         self._outputs: dict[tuple[str, int], bytes] = {}  # worker side: output of an attempt until sent
         self._received: dict[tuple[str, int], bytes] = {}  # coordinator side: output awaiting the core's verdict
         self._finished: dict[str, trio.Event] = {}
-        self._settled: dict[str, None] = {}
+        self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
         self._rtt_warm: set[str] = set()  # jobs whose Finish action ran (insertion-ordered, bounded)
         self._watchers: set[trio.MemorySendChannel] = set()
         self._verifiers: dict[str, Any] = {}
@@ -341,6 +341,14 @@ class JobService:
 
     # ---- carrying out coordinator actions -----------------------------------------------------------------
     async def _execute(self, actions: list) -> None:
+        # a job's output is on disk before the journal says it is done: a coordinator killed in between
+        # restarts with the job unfinished (placed again), never "done" with its output lost
+        for a in actions:
+            if isinstance(a, Finish):
+                self._finishing.add(a.job_id)
+        for a in actions:
+            if isinstance(a, Deliver):
+                await self._deliver(a)
         journal = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
         if journal:
             await self._journal_commit(journal)
@@ -349,8 +357,6 @@ class JobService:
                 self._tasks.start_soon(self._offer, a)
             elif isinstance(a, SendCancel):
                 self._tasks.start_soon(self._send_cancel, a)
-            elif isinstance(a, Deliver):
-                await self._deliver(a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
             elif isinstance(a, StateChanged):
@@ -406,18 +412,10 @@ class JobService:
         if output is None:
             output = self._outputs.pop(key, b"")
         if output:
-            path = self.results_dir / _safe(a.job_id)
-            await trio.to_thread.run_sync(path.write_bytes, output)
-
-    def _settling(self, rec) -> bool:
-        """Terminal in the core, but its Finish action (output written, waiters told) has not run yet."""
-        return rec.job_id not in self._settled and rec.result is not None and rec.result.output_size > 0 \
-            and not (self.results_dir / _safe(rec.job_id)).exists()
+            await trio.to_thread.run_sync(_write_atomically, self.results_dir / _safe(a.job_id), output)
 
     def _on_finish(self, a: Finish) -> None:
-        self._settled[a.job_id] = None
-        while len(self._settled) > 100_000:
-            self._settled.pop(next(iter(self._settled)))
+        self._finishing.discard(a.job_id)
         rec = self.core.get(a.job_id)
         if rec is not None:
             run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
@@ -664,9 +662,9 @@ class JobService:
         job_id = str(call.body.get("id", ""))
         wait = bool(call.body.get("wait", True))
         rec = self.core.get(job_id)
-        # the core flips a job to done before its output is on disk (journal commit, then the Deliver action):
-        # wait for the Finish action, which comes after both, unless the job finished before this process
-        if rec is not None and wait and (not rec.state.terminal or self._settling(rec)):
+        # the core flips a job to done before its output and journal record are on disk: wait for its Finish
+        # action, which comes after both (a job restored as finished from the journal is settled already)
+        if rec is not None and wait and (not rec.state.terminal or rec.job_id in self._finishing):
             ev = self._finished.setdefault(job_id, trio.Event())
             await ev.wait()
             rec = self.core.get(job_id)
@@ -812,3 +810,10 @@ def _verify(fn, job: Job, result: Result, output: bytes, read_input) -> str | No
     except Exception as e:  # a verifier crash rejects the result rather than the node
         log.exception("verifier for %s failed", job.kind)
         return f"verification error: {e}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Whole or absent, never half written (a kill -9 mid-write leaves only the temporary file)."""
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

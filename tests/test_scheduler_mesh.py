@@ -91,21 +91,27 @@ def test_coordinator_kill_9_keeps_jobs_and_results(tmp_path):
         wait_for(lambda: sees_all(nodes), 90, "two nodes to see each other")
         coord = nodes[0]
         with client_of(coord) as c:
-            done = c.run("echo", {"n": 7}, job_id="kept-result")
-            assert done.body["echo"] == {"n": 7}
+            done = c.run("echo", {"n": 7}, job_id="kept-result", input=b"output bytes")
+            assert done.body["echo"] == {"n": 7} and done.output == b"output bytes"
+            lost = c.run("echo", {"n": 8}, job_id="file-gone", input=b"x")
             c.submit("sleep", {"seconds": 2.0}, job_id="resumed-job")
         coord.proc.send_signal(signal.SIGKILL)
         coord.proc.wait()
+        # a finished job whose output file went missing (the disk, an operator) must still answer, not hang
+        outputs = [p for p in (coord.data_dir / "results").iterdir() if p.read_bytes() == lost.output]
+        assert len(outputs) == 1
+        outputs[0].unlink()
         coord.start([nodes[1].multiaddr])
         coord.wait_up()
         with client_of(coord) as c:
             assert c.status("kept-result")["state"] == "done"
             again = c.result("kept-result")
-            assert again.ok and again.body["echo"] == {"n": 7}
+            assert again.ok and again.body["echo"] == {"n": 7} and again.output == b"output bytes"
+            assert c.result("file-gone", timeout=30).state == "done"
             resumed = c.result("resumed-job", timeout=120)
             assert resumed.ok, resumed.reason
             # idempotent resubmit of a finished job id: the same job, not a new run
-            ans = c.submit("echo", {"n": 7}, job_id="kept-result")
+            ans = c.submit("echo", {"n": 7}, job_id="kept-result", input=b"output bytes")
             assert ans["duplicate"] and ans["id"] == "kept-result"
     finally:
         for nd in nodes:
