@@ -252,7 +252,22 @@ class Chaos:
             if pending:
                 await trio.sleep(0.5)
         for job in pending:
-            self.report.violations.append(f"{job.job_id}: no outcome within {timeout:g} s")
+            self.report.violations.append(f"{job.job_id} ({job.kind}, submitted to node{job.node}): no outcome "
+                                          f"within {timeout:g} s; {await self._describe(job)}")
+
+    async def _describe(self, job: Submitted) -> str:
+        """What the job's coordinator says about it now (for a violation's message)."""
+        if job.accepted is None:
+            return "its submit was never answered"
+        try:
+            addr, tok, pid, _ = local_address(self.nodes[job.node].data_dir)
+            with trio.fail_after(10):
+                async with Client.connect(addr, token=tok, peer_id=pid) as c:
+                    st = await c.status(job.job_id)
+            return (f"status: {st.get('state')} attempt {st.get('attempt')} on {str(st.get('peer'))[-12:]}, "
+                    f"failures {st.get('failures')}, reason {st.get('reason')!r}")
+        except Exception as e:
+            return f"status unavailable: {e!r}"
 
     async def recheck(self) -> None:
         """No result lost after it was reported: ask again, every outcome must be the same."""
@@ -402,8 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="keep the nodes' data dirs and logs in DIR (default: a temporary dir, removed)")
     args = p.parse_args(argv)
-    rep = run(args.duration, args.nodes, args.seed, args.rate)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    rep = run(args.duration, args.nodes, args.seed, args.rate, root=args.keep)
     print("chaos run:")
     print(rep.table())
     for v in rep.violations[:50]:
