@@ -198,7 +198,6 @@ class JobService:
         self._received: dict[tuple[str, int], bytes] = {}  # coordinator side: output awaiting the core's verdict
         self._finished: dict[str, trio.Event] = {}
         self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
-        self._rtt_warm: set[str] = set()  # jobs whose Finish action ran (insertion-ordered, bounded)
         self._watchers: set[trio.MemorySendChannel] = set()
         self._verifiers: dict[str, Any] = {}
         self._wake = trio.Event()
