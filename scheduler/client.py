@@ -49,6 +49,13 @@ class JobResult:
         return self.state == "done"
 
 
+def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
+    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
+    res = final.get("result") or {}
+    return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), output,
+                     res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+
+
 def _file_digest(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
@@ -72,11 +79,20 @@ class Client:
                                       hello_extra=lambda _local, _remote: extra) as rpc:
             yield cls(rpc)
 
-    async def submit(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | Path | None = None,
-                     job_id: str = "", priority: str = "batch", deadline_ms: float | None = None,
-                     timeout_s: float = 3600.0, max_attempts: int = 3, requirements: dict[str, Any] | None = None,
-                     when_saturated: str = "queue") -> dict[str, Any]:
-        """Submit a job; returns the coordinator's answer ({id, accepted, state, position, message, code})."""
+    async def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        """Submit a job; returns the coordinator's answer ({id, accepted, state, position, message, code}).
+        Keywords: input (bytes or a file Path; streamed when large), job_id (idempotent), priority, deadline_ms,
+        timeout_s, max_attempts, requirements (dict), when_saturated ("queue" or "reject")."""
+        answer, _ = await self._submit(kind, spec, wait=False, **kw)
+        return answer
+
+    async def _submit(self, kind: str, spec: dict[str, Any] | None = None, *, wait: bool,
+                      input: bytes | Path | None = None, job_id: str = "", priority: str = "batch",
+                      deadline_ms: float | None = None, timeout_s: float = 3600.0, max_attempts: int = 3,
+                      requirements: dict[str, Any] | None = None,
+                      when_saturated: str = "queue") -> tuple[dict[str, Any], bytes]:
+        """(answer, output bytes). With `wait`, the coordinator answers when the job has ended, its result in
+        answer["result"] and its output streamed on the same call: one round trip instead of submit + result."""
         now = trio.current_time()
         deadline = now + deadline_ms / 1000 if deadline_ms is not None else None
         common: dict[str, Any] = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority),
@@ -96,10 +112,14 @@ class Client:
             stream_bytes = bytes(input)
         else:
             job = Job(input=bytes(input) if input is not None else None, **common)
-        wire = job.to_wire(trio.current_time())
-        if stream_path is None and stream_bytes is None:
-            return await self.rpc.call("job.submit", {"job": wire})
-        async with self.rpc.open("job.submit", {"job": wire}, uploads=True) as call:
+        body: dict[str, Any] = {"job": job.to_wire(trio.current_time())}
+        streamed = stream_path is not None or stream_bytes is not None
+        if not streamed and not wait:
+            return await self.rpc.call("job.submit", body), b""
+        if wait:
+            body["wait"] = True
+        chunks: list[bytes] = []
+        async with self.rpc.open("job.submit", body, uploads=streamed) as call:
             if stream_bytes is not None:
                 view = memoryview(stream_bytes)
                 for off in range(0, len(view), CHUNK):
@@ -108,8 +128,12 @@ class Client:
                 async with await trio.open_file(stream_path, "rb") as f:
                     while chunk := await f.read(CHUNK):
                         await call.send_bytes(chunk)
-            await call.done_sending()
-            return await call.result()
+            if streamed:
+                await call.done_sending()
+            async for item in call:
+                if isinstance(item, bytes | bytearray):
+                    chunks.append(bytes(item))
+            return await call.result(), b"".join(chunks)
 
     async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobResult:
         chunks: list[bytes] = []
@@ -118,16 +142,16 @@ class Client:
                 if isinstance(item, bytes | bytearray):
                     chunks.append(bytes(item))
             final = await call.result()
-        res = final.get("result") or {}
-        return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), b"".join(chunks),
-                         res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+        return _job_result(job_id, final, b"".join(chunks))
 
     async def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
-        """Submit and wait for the result; raises JobFailed if the job does not end done."""
-        ans = await self.submit(kind, spec, **kw)
+        """Submit and wait for the result (one round trip); raises JobFailed if the job does not end done."""
+        ans, output = await self._submit(kind, spec, wait=True, **kw)
         if not ans["accepted"]:
             raise JobFailed(ans["id"], "rejected", ans["message"])
-        res = await self.result(ans["id"])
+        final = ans.get("outcome")
+        # a node of an earlier version answers a submit at once: ask for the result then
+        res = _job_result(ans["id"], final, output) if final is not None else await self.result(ans["id"])
         if not res.ok:
             raise JobFailed(res.job_id, res.state, res.reason)
         return res

@@ -606,9 +606,12 @@ class JobService:
         if not answer.accepted and existing is None:
             self.quotas.finished(p.name, job.job_id, 0.0, now)
         await self._execute(acts)
-        return {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
-                "position": answer.position, "message": answer.message(), "code": answer.code,
-                "duplicate": answer.duplicate}
+        out = {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
+               "position": answer.position, "message": answer.message(), "code": answer.code,
+               "duplicate": answer.duplicate}
+        if call.body.get("wait") is True and answer.accepted:  # submit and result in one round trip
+            out["outcome"] = await self._outcome(call, answer.job_id, wait=True)
+        return out
 
     async def _receive_input(self, call: Call, job: Job) -> None:
         path = self.spool / _safe(job.job_id)
@@ -662,8 +665,10 @@ class JobService:
     async def _m_result(self, call: Call) -> dict[str, Any]:
         """Wait (if asked) for the job's outcome; stream its output bytes, then the result as the response."""
         self._require(call, "read")
-        job_id = str(call.body.get("id", ""))
-        wait = bool(call.body.get("wait", True))
+        return await self._outcome(call, str(call.body.get("id", "")), wait=bool(call.body.get("wait", True)))
+
+    async def _outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
+        """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first."""
         rec = self.core.get(job_id)
         # the core flips a job to done before its output and journal record are on disk: wait for its Finish
         # action, which comes after both (a job restored as finished from the journal is settled already)

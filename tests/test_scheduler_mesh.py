@@ -118,6 +118,26 @@ def test_coordinator_kill_9_keeps_jobs_and_results(tmp_path):
             nd.kill()
 
 
+def _rpc_served(node, method: str) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("gpumesh_dataplane_rpc_requests_total{") and f'method="{method}"' in line)
+
+
+def test_run_is_one_round_trip_with_inline_and_streamed_input(mesh):
+    """`Client.run` submits and gets the outcome (and the output bytes) on one call: no job.result request."""
+    big = os.urandom((1 << 20) + 12345)  # over the inline limit: streamed up, and echoed back as output
+    before = _rpc_served(mesh[1], "job.result"), _rpc_served(mesh[1], "job.submit")
+    with client_of(mesh[1]) as c:
+        small = c.run("echo", {"k": 1}, input=b"abc")
+        large = c.run("echo", {"k": 2}, input=big)
+    assert small.ok and small.output == b"abc" and small.body["echo"] == {"k": 1}
+    assert large.ok and large.output == big and large.body["input_bytes"] == len(big)
+    assert (_rpc_served(mesh[1], "job.result"), _rpc_served(mesh[1], "job.submit")) == (before[0], before[1] + 2)
+
+
 def test_watch_streams_every_state_of_a_job(mesh):
     """`mesh-node watch --json` (the form for scripts; on a terminal it draws progress bars) follows a job."""
     proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "watch", "--json", "--data-dir",
