@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from scheduler.compute_sdk import Mesh, Out, make_job
-from scheduler.localmesh import make_nodes, sees_all, wait_for
+from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
 N = 1024
 MATMUL_RUNS = 5
@@ -76,12 +76,8 @@ def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="gpumesh-bench-compute-") as root:
         nodes = make_nodes(Path(root), 3, ["--advert-interval", "0.5"])
         nodes[0].extra += ["--devices", "none"]
-        nodes[0].start()
-        for nd in nodes[1:]:
-            nd.start([nodes[0].multiaddr])
         try:
-            for nd in nodes:
-                nd.wait_up()
+            start_nodes(nodes)
             wait_for(lambda: sees_all(nodes), 120, "3 nodes to converge", interval=0.2)
             with Mesh.local(nodes[0].data_dir) as mesh:
                 devices = sorted({f"{d['kind']}: {d['name']}" for p in mesh.peers() for d in p["devices"]

@@ -16,7 +16,7 @@ import trio
 
 from bench import placement
 from scheduler.client import Client, local_address
-from scheduler.localmesh import make_nodes, sees_all, wait_for
+from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
 SEQUENTIAL = 300
 PIPELINED = 2000
@@ -58,12 +58,8 @@ def run() -> dict:
     with tempfile.TemporaryDirectory(prefix="gpumesh-bench-sched-") as root:
         nodes = make_nodes(Path(root), 3)
         nodes[0].extra += ["--devices", "none"]
-        nodes[0].start()
-        for nd in nodes[1:]:
-            nd.start([nodes[0].multiaddr])
         try:
-            for nd in nodes:
-                nd.wait_up()
+            start_nodes(nodes)
             wait_for(lambda: sees_all(nodes), 120, "3 nodes to converge", interval=0.2)
             addr, tok, pid, _ = local_address(nodes[0].data_dir)
             m = trio.run(_measure, addr, tok, pid)

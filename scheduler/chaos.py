@@ -32,7 +32,7 @@ import trio
 
 from scheduler.client import Client, JobResult, local_address
 from scheduler.faultproxy import FaultProxy
-from scheduler.localmesh import NodeProc, free_port, make_nodes, sees_all, wait_for
+from scheduler.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
 MAX_RSS_BYTES = 1536 << 20
@@ -108,11 +108,7 @@ class Chaos:
         self._seq = 0
 
     def boot(self) -> None:
-        self.nodes[0].start()
-        for nd in self.nodes[1:]:
-            nd.start([self.nodes[0].multiaddr])
-        for nd in self.nodes:
-            nd.wait_up()
+        start_nodes(self.nodes)
         wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge", interval=0.2)
 
     def restart(self, i: int) -> None:

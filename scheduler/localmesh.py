@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,15 +120,33 @@ def make_nodes(root: Path, n: int, extra: Sequence[str] = ()) -> list[NodeProc]:
     return nodes
 
 
-def start_mesh(root: Path, n: int, extra: Sequence[str] = ()) -> list[NodeProc]:
-    """Start n nodes; node 0 is the bootstrap of the others. Returns once every node answers."""
-    nodes = make_nodes(root, n, extra)
+def start_nodes(nodes: list[NodeProc]) -> list[NodeProc]:
+    """Start prepared nodes (their options and environment set); node 0 is the bootstrap of the others.
+    Returns once every node answers."""
     nodes[0].start()
     for nd in nodes[1:]:
         nd.start([nodes[0].multiaddr])
     for nd in nodes:
         nd.wait_up()
     return nodes
+
+
+def start_mesh(root: Path, n: int, extra: Sequence[str] = ()) -> list[NodeProc]:
+    """Start n nodes with the same options; node 0 is the bootstrap of the others. Returns once every node answers."""
+    return start_nodes(make_nodes(root, n, extra))
+
+
+@contextmanager
+def running_mesh(root: Path, n: int, extra: Sequence[str] = (), converge_s: float = 90) -> Iterator[list[NodeProc]]:
+    """start_mesh, then wait until every node sees every other; every node is killed on the way out."""
+    nodes = make_nodes(root, n, extra)
+    try:
+        start_nodes(nodes)
+        wait_for(lambda: sees_all(nodes), converge_s, f"{n} nodes to see each other")
+        yield nodes
+    finally:
+        for nd in nodes:
+            nd.kill()
 
 
 def sees_all(nodes: list[NodeProc]) -> bool:

@@ -35,7 +35,7 @@ from scheduler.compute_sdk import (
     compare_outputs,
     make_job,
 )
-from scheduler.localmesh import make_nodes, sees_all, wait_for
+from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from scheduler.tokens import TokenStore
 from worker.compute.kind import CORRUPT_ENV
 from worker.compute.runner import ComputeResult, OutputBuffer
@@ -88,13 +88,9 @@ def mesh(tmp_path_factory):
                                           ["--advert-interval", "0.5", "--advert-ttl", "5"])
     gateway.extra += ["--devices", "none"]
     corrupt.env = {CORRUPT_ENV: "scale_corruptible"}
-    gateway.start()
-    for nd in (honest, corrupt):
-        nd.start([gateway.multiaddr])
     nodes = [gateway, honest, corrupt]
     try:
-        for nd in nodes:
-            nd.wait_up()
+        start_nodes(nodes)
         wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
         yield nodes
     finally:

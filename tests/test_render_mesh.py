@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from scheduler.client import Client, local_address
-from scheduler.localmesh import make_nodes, sees_all, start_mesh, wait_for
+from scheduler.localmesh import make_nodes, running_mesh, sees_all, start_nodes, wait_for
 from scheduler.render_client import StreamStats, render_frame, render_stream
 from worker.render import reference
 from worker.render.camera import Tile, orbit
@@ -28,13 +28,8 @@ GENEROUS_MS = 20_000  # a realtime deadline no frame here should come near: drop
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    nodes = start_mesh(tmp_path_factory.mktemp("render-mesh"), 3, extra=FAST)
-    try:
-        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+    with running_mesh(tmp_path_factory.mktemp("render-mesh"), 3, FAST) as nodes:
         yield nodes
-    finally:
-        for nd in nodes:
-            nd.kill()
 
 
 def connect(node):
@@ -117,12 +112,8 @@ def mesh_with_a_corrupt_worker(tmp_path):
     coord, bad, good = make_nodes(tmp_path, 3, FAST)
     coord.extra += ["--devices", "none"]
     bad.env = {CORRUPT_ENV: "1"}
-    coord.start()
-    for nd in (bad, good):
-        nd.start([coord.multiaddr])
     try:
-        for nd in (coord, bad, good):
-            nd.wait_up()
+        start_nodes([coord, bad, good])
         wait_for(lambda: sees_all([coord, bad, good]), 90, "three nodes to see each other")
         yield coord, bad, good
     finally:

@@ -13,20 +13,15 @@ import time
 import pytest
 
 from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import make_nodes, sees_all, start_mesh, wait_for
+from scheduler.localmesh import make_nodes, running_mesh, sees_all, start_mesh, start_nodes, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    nodes = start_mesh(tmp_path_factory.mktemp("mesh"), 3, extra=FAST)
-    try:
-        wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
+    with running_mesh(tmp_path_factory.mktemp("mesh"), 3, FAST) as nodes:
         yield nodes
-    finally:
-        for nd in nodes:
-            nd.kill()
 
 
 def client_of(node) -> SyncClient:
@@ -56,12 +51,8 @@ def test_checksum_of_a_256_mib_streamed_input(mesh, tmp_path):
 def test_worker_killed_mid_job_completes_elsewhere_exactly_once(tmp_path):
     nodes = make_nodes(tmp_path, 3, FAST)
     nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing, so the jobs run on workers
-    nodes[0].start()
-    for nd in nodes[1:]:
-        nd.start([nodes[0].multiaddr])
     try:
-        for nd in nodes:
-            nd.wait_up()
+        start_nodes(nodes)
         wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
         with client_of(nodes[0]) as c:
             ids = [c.submit("sleep", {"seconds": 4.0})["id"] for _ in range(2)]

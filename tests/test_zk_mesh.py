@@ -2,7 +2,7 @@
 peer that returns bad proofs (test-only fault hook) caught, its jobs re-run elsewhere and its standing lowered."""
 
 from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import make_nodes, sees_all, wait_for
+from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from worker.zk import verify
 
 
@@ -10,12 +10,8 @@ def test_batch_of_proofs_with_a_lying_peer(tmp_path):
     nodes = make_nodes(tmp_path, 3, ["--advert-interval", "0.5", "--advert-ttl", "10"])  # long ttl: loaded CI
     nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing: every proof comes from a peer
     nodes[2].env["GPUMESH_TEST_CORRUPT_PROOF"] = "1"
-    nodes[0].start()
-    for nd in nodes[1:]:
-        nd.start([nodes[0].multiaddr])
     try:
-        for nd in nodes:
-            nd.wait_up()
+        start_nodes(nodes)
         wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")
         addr, tok, pid, _ = local_address(nodes[0].data_dir)
         liar = nodes[2].peer_id
