@@ -437,10 +437,7 @@ class CoordinatorCore:
         for job_id in sorted(self._by_peer.get(peer_id, ())):
             rec = self._jobs[job_id]
             if rec.offer_pending:  # never accepted: not a lost attempt, just try the next candidate
-                acts.append(SendCancel(peer_id, Cancel(job_id, rec.attempt, "offer withdrawn")))
-                rec.excluded.add(peer_id)
-                self._release(rec)
-                self._offer_next(rec, now, acts)
+                self._withdraw_offer(rec, "offer withdrawn", now, acts)
                 continue
             self._penalize_lost(peer_id, now)
             self._attempt_lost(rec, now, f"worker {_short(peer_id)} lost ({reason})", label, acts)
@@ -456,12 +453,17 @@ class CoordinatorCore:
         for job_id in sorted(self._by_peer.get(peer_id, ())):
             rec = self._jobs[job_id]
             if rec.offer_pending:
-                acts.append(SendCancel(peer_id, Cancel(job_id, rec.attempt, "offer withdrawn")))
-                rec.excluded.add(peer_id)
-                self._release(rec)
-                self._offer_next(rec, now, acts)
+                self._withdraw_offer(rec, "offer withdrawn", now, acts)
         self._pump(now, acts)
         return acts
+
+    def _withdraw_offer(self, rec: JobRecord, reason: str, now: float, acts: list[Action]) -> None:
+        """Give up on the offer waiting on rec.peer (never accepted, so no attempt is lost): cancel it there, do
+        not ask that peer again for this job, and offer it to the next candidate."""
+        acts.append(SendCancel(rec.peer, Cancel(rec.job_id, rec.attempt, reason)))
+        rec.excluded.add(rec.peer)
+        self._release(rec)
+        self._offer_next(rec, now, acts)
 
     def cancel(self, job_id: str, now: float, reason: str = "cancelled by client") -> tuple[JobRecord | None, list[Action]]:
         rec = self._jobs.get(job_id)
@@ -485,10 +487,7 @@ class CoordinatorCore:
                 if rec.offer_pending and rec.attempt == attempt:
                     self.stats.claims_timed_out += 1
                     m.CLAIMS.labels("timeout").inc()
-                    acts.append(SendCancel(rec.peer, Cancel(job_id, attempt, "offer timed out")))
-                    rec.excluded.add(rec.peer)
-                    self._release(rec)
-                    self._offer_next(rec, now, acts)
+                    self._withdraw_offer(rec, "offer timed out", now, acts)
             elif kind == "lease":
                 if rec.attempt != attempt or not rec.peer or rec.offer_pending:
                     continue
