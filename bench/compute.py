@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import pctl
 from scheduler.compute_sdk import Mesh, Out, make_job
 from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
@@ -38,10 +39,6 @@ def _matmul_module():
     spec.loader.exec_module(mod)
     return mod
 
-
-def pctl(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def _numpy_gflops(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import pctl
 from mesh.control import ControlError
 from scheduler.localmesh import sees_all, start_mesh, wait_for
 
@@ -26,10 +27,6 @@ def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-
-def pctl(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
 def measure(n: int) -> dict:

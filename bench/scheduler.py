@@ -14,7 +14,7 @@ from pathlib import Path
 
 import trio
 
-from bench import placement
+from bench import pctl, placement
 from scheduler.client import Client, local_address
 from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
@@ -22,10 +22,6 @@ SEQUENTIAL = 300
 PIPELINED = 2000
 CONCURRENCY = 64
 
-
-def pctl(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 async def _measure(addr: str, tok: str, pid: str) -> dict:

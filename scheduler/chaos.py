@@ -318,22 +318,25 @@ def _proof_verifies(spec: dict) -> Callable[[JobResult], str | None]:
 
 
 class _RenderJobs:
-    """Small frames of the example scene from 8 orbit poses, each checked against the numpy reference."""
+    """Small frames of the example scene from 8 orbit poses, each checked against the numpy reference (the
+    scene, its hash and the poses are made once; each pose's reference frame when first needed)."""
 
     W, H = 48, 36
 
     def __init__(self) -> None:
-        self._refs: dict[int, object] = {}
-
-    def job(self, k: int) -> tuple[dict, Callable[[JobResult], str | None]]:
-        from worker.render import kind as rk
         from worker.render.camera import orbit
         from worker.render.samples import example
         from worker.render.scene import content_hash
 
-        scene = example("spheres", self.W, self.H)
-        pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)[k]
-        spec = rk.make_spec(content_hash(scene), pose, scene=scene)
+        self.scene = example("spheres", self.W, self.H)
+        self.scene_hash = content_hash(self.scene)
+        self.poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)
+        self._refs: dict[int, Any] = {}
+
+    def job(self, k: int) -> tuple[dict, Callable[[JobResult], str | None]]:
+        from worker.render import kind as rk
+
+        spec = rk.make_spec(self.scene_hash, self.poses[k], scene=self.scene)
 
         def check(res: JobResult) -> str | None:
             import numpy as np
@@ -342,7 +345,7 @@ class _RenderJobs:
             from worker.render.camera import Tile
 
             if k not in self._refs:
-                self._refs[k] = reference.render(scene, pose)[0]
+                self._refs[k] = reference.render(self.scene, self.poses[k])[0]
             try:
                 rgba, _ = rk.decode_output(Tile.full(self.W, self.H), res.output)
             except ValueError as e:
