@@ -8,21 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.opencl import requires_opencl
 from worker.compute.api import arun_local, local_runner
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "compute"
 
 
-def _has_opencl() -> bool:
-    try:
-        import pyopencl as cl
-
-        return any(p.get_devices() for p in cl.get_platforms())
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_opencl(), reason="no OpenCL device (install pocl-binary-distribution)")
+pytestmark = requires_opencl
 
 
 def load(name: str):

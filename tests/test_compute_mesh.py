@@ -37,20 +37,11 @@ from scheduler.compute_sdk import (
 )
 from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from scheduler.tokens import TokenStore
+from tests.opencl import requires_opencl
 from worker.compute.kind import CORRUPT_ENV
 from worker.compute.runner import ComputeResult, OutputBuffer
 
-
-def _has_opencl() -> bool:
-    try:
-        import pyopencl as cl
-
-        return any(p.get_devices() for p in cl.get_platforms())
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_opencl(), reason="no OpenCL device (install pocl-binary-distribution)")
+pytestmark = requires_opencl
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "compute"
 SAXPY = (EXAMPLES / "saxpy.cl").read_text()

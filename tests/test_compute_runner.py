@@ -9,23 +9,14 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
+from tests.opencl import requires_opencl
 from worker.compute import metrics
 from worker.compute.api import InOut, Local, Out, arun_local, local_runner, make_job
 from worker.compute.errors import BuildError, TimeLimitExceeded
 from worker.compute.runner import ComputeResult, ComputeRunner, add_quarantine_listener, quarantined_devices
 from worker.compute.spec import SourceNotCached, SpecError
 
-
-def _has_opencl() -> bool:
-    try:
-        import pyopencl as cl
-
-        return any(p.get_devices() for p in cl.get_platforms())
-    except Exception:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_opencl(), reason="no OpenCL device (install pocl-binary-distribution)")
+pytestmark = requires_opencl
 
 SAXPY = """
 __kernel void saxpy(const uint n, const float a, __global const float *x, __global float *y) {
