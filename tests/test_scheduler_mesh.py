@@ -136,21 +136,27 @@ def test_watch_streams_every_state_of_a_job(mesh):
     try:
         sel = selectors.DefaultSelector()
         sel.register(proc.stdout, selectors.EVENT_READ)
+        events: list[dict] = []
+        deadline = time.monotonic() + 60
+
+        def read_until(done) -> None:
+            while not done():
+                assert time.monotonic() < deadline, \
+                    f"watch showed only {events}; {proc.stderr.read() if proc.poll() is not None else ''}"
+                if sel.select(timeout=1.0):
+                    events.append(json.loads(proc.stdout.readline()))
+
         with client_of(mesh[2]) as c:
-            # the watch stream starts when the command has connected: submit until it shows an event
-            events: list[dict] = []
-            deadline = time.monotonic() + 60
-            job_id = c.submit("echo", {"watched": True})["id"]
-            while not any(e["id"] == job_id and e.get("final") for e in events):
-                assert time.monotonic() < deadline, f"watch showed only {events}; {proc.stderr.read() if proc.poll() is not None else ''}"
-                if not sel.select(timeout=1.0):
-                    if not events:  # not connected yet when the job ran: another job
-                        job_id = c.submit("echo", {"watched": True})["id"]
-                    continue
-                events.append(json.loads(proc.stdout.readline()))
+            # the stream is live once it has shown an event: until then, probe jobs (their early states may be
+            # missed), then follow a job submitted after that from its first state to its last
+            while not events:
+                c.submit("echo", {"probe": True})
+                probe_until = time.monotonic() + 2
+                read_until(lambda: bool(events) or time.monotonic() > probe_until)  # noqa: B023 - read at once
+            job_id = c.submit("sleep", {"seconds": 1.0})["id"]  # long enough to be placed, then reported running
+            read_until(lambda: any(e["id"] == job_id and e.get("final") for e in events))
         mine = [e for e in events if e["id"] == job_id]
-        assert [e["state"] for e in mine][-1] == "done" and all(e["kind"] == "echo" for e in mine)
-        assert "running" in [e["state"] for e in mine] or "placed" in [e["state"] for e in mine]
+        assert [e["state"] for e in mine] == ["placed", "running", "done"] and all(e["kind"] == "sleep" for e in mine)
     finally:
         proc.kill()
         proc.wait()
