@@ -18,7 +18,8 @@ DEFAULTS = {"blowup": 8, "queries": 30, "grinding": 16}  # 105 bits conjectured,
 SPEC_KEYS = ("air", "public_inputs", "steps", "blowup", "queries", "grinding", "witness")
 
 
-def check_params(steps: int, blowup: int, queries: int, grinding: int, floor: int = SEC.MIN_SECURITY_BITS) -> None:
+def check_params(steps: int, blowup: int, queries: int, grinding: int, floor: int | None = None) -> None:
+    floor = SEC.MIN_SECURITY_BITS if floor is None else floor
     for name, v in (("steps", steps), ("blowup", blowup), ("queries", queries), ("grinding", grinding)):
         if type(v) is not int:
             raise ValueError(f"{name} must be an integer, got {type(v).__name__}")

@@ -400,6 +400,45 @@ def _eval_poly(coeffs: list[F.Ext], x: int) -> F.Ext:
     return (a0, a1)
 
 
+@dataclass(frozen=True)
+class Replay:
+    """The verifier's challenges, replayed from a proof's transcript."""
+
+    alphas: list[F.Ext]
+    z: F.Ext
+    coeffs: FM.DeepCoeffs
+    betas: list[F.Ext]
+    pow_ok: bool
+    queries: list[int]  # sorted distinct query positions (first-layer cosets)
+
+
+def _replay(proof: PF.Proof) -> Replay:
+    prm, air = proof.params, proof.params.air
+    tr = _header(prm, proof.public)
+    tr.absorb_bytes(proof.trace_root)
+    alphas = [tr.challenge_ext() for _ in range(_n_alphas(air))]
+    tr.absorb_bytes(proof.comp_root)
+    z = _draw_z(tr)
+    tr.absorb(_ext_flat(proof.ood))
+    coeffs = _deep_coeffs(tr, air, prm.chunks, proof.ood, z, F.root_of_unity(prm.steps))
+    degs = prm.fri_degrees
+    betas = []
+    for layer in range(1, len(degs)):
+        betas.append(tr.challenge_ext())
+        if layer < len(degs) - 1:
+            tr.absorb_bytes(proof.fri_roots[layer - 1])
+    tr.absorb(_ext_flat(proof.remainder))
+    pow_ok = tr.check_pow(proof.pow_nonce, prm.grinding)
+    tr.absorb([proof.pow_nonce])
+    qs = sorted(set(tr.challenge_indices(prm.queries, prm.lde_size // PF.FRI_ARITY)))
+    return Replay(alphas, z, coeffs, betas, pow_ok, qs)
+
+
+def query_positions(proof_bytes: bytes) -> list[int]:
+    """The first-layer coset positions a (well-formed) proof opens (tests, test vectors)."""
+    return _replay(PF.decode(proof_bytes)).queries
+
+
 def _verify(proof: PF.Proof, expect: dict | None, min_security_bits: int, min_provable_bits: int) -> Verdict:
     prm, air, public = proof.params, proof.params.air, proof.public
     floor = max(SEC.MIN_SECURITY_BITS, min_security_bits)
@@ -411,35 +450,19 @@ def _verify(proof: PF.Proof, expect: dict | None, min_security_bits: int, min_pr
     if expect is not None:
         _check_expected(proof, expect)
     n, m, w, k = prm.steps, prm.lde_size, air.width, prm.chunks
-    g = F.root_of_unity(n)
-    tr = _header(prm, public)
-    tr.absorb_bytes(proof.trace_root)
-    alphas = [tr.challenge_ext() for _ in range(_n_alphas(air))]
-    tr.absorb_bytes(proof.comp_root)
-    z = _draw_z(tr)
+    rp = _replay(proof)
     t_z, t_gz, h_z = proof.ood[:w], proof.ood[w : 2 * w], proof.ood[2 * w :]
-    want = CP.composition_at(air, public, n, prm.last_row, alphas, t_z, t_gz, z)
+    want = CP.composition_at(air, public, n, prm.last_row, rp.alphas, t_z, t_gz, rp.z)
     got = (0, 0)
-    zs = F.epow(z, prm.chunk_stride)
+    zs = F.epow(rp.z, prm.chunk_stride)
     for j in reversed(range(k)):
         got = F.eadd(F.emul(got, zs), h_z[j])
     if got != want:
         raise Rejected("out-of-domain check failed: the composition does not match the trace at z "
                        "(public values, trace or composition commitment inconsistent)")
-    tr.absorb(_ext_flat(proof.ood))
-    coeffs = _deep_coeffs(tr, air, k, proof.ood, z, g)
-    degs = prm.fri_degrees
-    betas = []
-    for layer in range(1, len(degs)):
-        betas.append(tr.challenge_ext())
-        if layer < len(degs) - 1:
-            tr.absorb_bytes(proof.fri_roots[layer - 1])
-    tr.absorb(_ext_flat(proof.remainder))
-    if not tr.check_pow(proof.pow_nonce, prm.grinding):
+    if not rp.pow_ok:
         raise Rejected(f"proof of work: the nonce does not meet the {prm.grinding}-bit grinding target")
-    tr.absorb([proof.pow_nonce])
-    qs = sorted(set(tr.challenge_indices(prm.queries, m // PF.FRI_ARITY)))
-
+    coeffs, betas, qs, degs = rp.coeffs, rp.betas, rp.queries, prm.fri_degrees
     checks = [("trace commitment", proof.trace_root, qs, proof.trace_open, prm.depth(0)),
               ("composition commitment", proof.comp_root, qs, proof.comp_open, prm.depth(0))]
     for layer in range(1, len(degs) - 1):

@@ -86,10 +86,10 @@ class Transcript:
         raise AssertionError("unreachable")
 
     def check_pow(self, nonce: int, bits: int) -> bool:
+        h = self._pow_prefix()  # flushes the pending input exactly as grind() does, whatever the outcome
         if not 0 <= nonce < F.P:
             return False
         if bits == 0:
             return True
-        h = self._pow_prefix()
         h.update(nonce.to_bytes(8, "little"))
         return int.from_bytes(h.digest()[:8], "big") >> (64 - bits) == 0
