@@ -16,7 +16,7 @@ def test_batch_of_proofs_with_a_lying_peer(tmp_path):
         addr, tok, pid, _ = local_address(nodes[0].data_dir)
         liar = nodes[2].peer_id
         with SyncClient(addr, token=tok, peer_id=pid) as c:
-            specs = [{"air": "fibonacci" if i % 2 else "cubic", "steps": 64, "blowup": 2, "queries": 8,
+            specs = [{"air": "fibonacci" if i % 2 else "cubic", "steps": 64,
                       "public_inputs": ({"a": 1, "b": i} if i % 2 else {"x0": i, "c": 5})} for i in range(6)]
             ids = [c.submit("zk.prove", s, priority="batch", max_attempts=4)["id"] for s in specs]
             results = [c.result(j, timeout=300) for j in ids]
