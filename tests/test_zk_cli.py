@@ -7,11 +7,11 @@ import pytest
 
 from scheduler.cli.main import main
 from worker import zk
+from worker.kinds import SpecError
 from worker.zk import gpu
 from worker.zk import membership as MB
 from worker.zk import security as SEC
 from worker.zk.kind import ZkVerify
-from worker.kinds import SpecError
 
 
 def test_prove_local_then_verify_prints_the_statement(tmp_path, capsys):

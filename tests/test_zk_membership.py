@@ -7,11 +7,10 @@ import pytest
 
 from worker import zk
 from worker.zk import field as F
-from worker.zk import gpu
+from worker.zk import gpu, stark
 from worker.zk import membership as MB
 from worker.zk import ntt as NT
 from worker.zk import proof as PF
-from worker.zk import stark
 
 SECRETS = [[1000 + i, 77, 2**40 + i, 5] for i in range(16)]
 ROOT, WITNESSES = MB.make_tree(SECRETS)

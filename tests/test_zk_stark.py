@@ -102,7 +102,7 @@ def test_security_is_stated_and_checked(proofs):
 def test_provable_bits_follow_the_johnson_bound():
     """Each query is worth at most log2(1/sqrt(rho)) = log2(blowup)/2 provable bits (plus grinding), and the
     provable figure grows with queries and grinding but never passes the conjectured one."""
-    domains = [1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9]
+    domains = (1 << 19, 1 << 17, 1 << 15, 1 << 13, 1 << 11, 1 << 9)
     base = SEC.provable_bits(8, 30, 16, 1 << 16, 7 << 16, domains)
     assert base <= 30 * 1.5 + 16 < SEC.conjectured_bits(8, 30, 16, 1 << 19)
     more = SEC.provable_bits(8, 60, 16, 1 << 16, 7 << 16, domains)

@@ -54,39 +54,45 @@ class ExtOps:
 
     @staticmethod
     def mds(u: list[F.Ext]) -> list[F.Ext]:
-        m = PS.params().mds_matrix()
+        m = PS.mds_rows()
         return [(sum(c * x[0] for c, x in zip(row, u, strict=True)) % F.P,
                  sum(c * x[1] for c, x in zip(row, u, strict=True)) % F.P) for row in m]
 
 
 class CodegenOps:
-    """OpenCL C expressions (the prover's composition kernel is generated from the same constraint code).
-    Public values arrive as C expressions (e.g. "pub[1]") so one compiled kernel serves every input."""
+    """OpenCL C statements (the prover's composition kernel is generated from the same constraint code). Each
+    operation appends `ulong tK = ...;` to `lines` and returns tK, so shared subexpressions (an S-box feeding
+    twelve MDS rows) are computed once. Public values arrive as C expressions (e.g. "pub[1]") so one compiled
+    kernel serves every input."""
 
-    @staticmethod
-    def add(a: str, b: str) -> str:
-        return f"gl_add({a}, {b})"
+    def __init__(self) -> None:
+        self.lines: list[str] = []
 
-    @staticmethod
-    def sub(a: str, b: str) -> str:
-        return f"gl_sub({a}, {b})"
+    def _emit(self, expr: str) -> str:
+        name = f"t{len(self.lines)}"
+        self.lines.append(f"ulong {name} = {expr};")
+        return name
 
-    @staticmethod
-    def mul(a: str, b: str) -> str:
-        return f"gl_mul({a}, {b})"
+    def add(self, a: str, b: str) -> str:
+        return self._emit(f"gl_add({a}, {b})")
+
+    def sub(self, a: str, b: str) -> str:
+        return self._emit(f"gl_sub({a}, {b})")
+
+    def mul(self, a: str, b: str) -> str:
+        return self._emit(f"gl_mul({a}, {b})")
 
     @staticmethod
     def const(v) -> str:
         return v if isinstance(v, str) else f"{v % F.P}UL"
 
-    @staticmethod
-    def mds(u: list[str]) -> list[str]:
+    def mds(self, u: list[str]) -> list[str]:
         out = []
-        for row in PS.params().mds_matrix():
-            terms = [f"gl_mul({c}UL, {x})" for c, x in zip(row, u, strict=True) if c]
+        for row in PS.mds_rows():
+            terms = [self._emit(f"gl_mul({c}UL, {x})") for c, x in zip(row, u, strict=True) if c]
             acc = terms[0]
             for t in terms[1:]:
-                acc = f"gl_add({acc}, {t})"
+                acc = self.add(acc, t)
             out.append(acc)
         return out
 

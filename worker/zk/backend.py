@@ -63,7 +63,7 @@ class Backend:
                     alphas: list[F.Ext]) -> np.ndarray:
         """The composition polynomial on the LDE domain, (2, n * blowup); transitions hold below row `last`."""
         with self.timed("constraints"):
-            return CP.composition_np(air, public, lde, n, blowup, last, alphas, self.batch_inv)
+            return CP.composition_np(air, public, lde, n, blowup, last, alphas, self.batch_inv, NT.lde)
 
     def hash_rows(self, rows: np.ndarray) -> np.ndarray:
         """Poseidon sponge digest of each row (the statements' hash; commitments use BLAKE2s)."""

@@ -108,16 +108,19 @@ class OpenCLBackend(Backend):
 
     def lde(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
         with self.timed("lde"):
-            coeffs = gpu.u64(coeffs)
-            n = coeffs.shape[-1]
-            cols = coeffs.size // n
-            m = n * blowup
-            NT._check_size(m)
-            src, a, b = self._to_dev(coeffs, "src"), self._empty(cols * m, "in"), self._empty(cols * m, "tmp")
-            gpu.launch(self._k("scale_pad"), self.queue, m, src, self._ntt.coset_table(n, shift), a,
-                       np.uint32(n), np.uint32(m), cols=cols)
-            res = self._ntt.transform(a, b, m, cols, False)
-            return self._to_host(res, (*coeffs.shape[:-1], m))
+            return self._lde_raw(coeffs, blowup, shift)
+
+    def _lde_raw(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
+        coeffs = gpu.u64(coeffs)
+        n = coeffs.shape[-1]
+        cols = coeffs.size // n
+        m = n * blowup
+        NT._check_size(m)
+        src, a, b = self._to_dev(coeffs, "src"), self._empty(cols * m, "in"), self._empty(cols * m, "tmp")
+        gpu.launch(self._k("scale_pad"), self.queue, m, src, self._ntt.coset_table(n, shift), a,
+                   np.uint32(n), np.uint32(m), cols=cols)
+        res = self._ntt.transform(a, b, m, cols, False)
+        return self._to_host(res, (*coeffs.shape[:-1], m))
 
     def batch_inv(self, a: np.ndarray) -> np.ndarray:
         with self.timed("batch_inv"):
@@ -159,7 +162,8 @@ class OpenCLBackend(Backend):
             alpha = np.array([v for a in alphas for v in a], dtype=np.uint64)
             bval = np.array(air.boundary_values(public), dtype=np.uint64)
             per = CP.periodic_tables(air, n, blowup)
-            zt_inv = gpu.table(self.ctx, ("zt_inv", n, blowup, last), lambda: self._to_dev(CP.zt_inverse(n, blowup, last)))
+            zt_host = CP.zt_inverse(n, blowup, last, self._lde_raw)
+            zt_inv = self._to_dev(zt_host)
             out = self._empty(2 * m, "out")
             gpu.launch(prog.kernel(f"composition_{air.name}"), self.queue, m, self._to_dev(lde, "in"), np.uint32(m),
                        np.uint32(blowup), self._to_dev(pub), self._to_dev(alpha), xs, zt_inv,

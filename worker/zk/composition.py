@@ -51,17 +51,14 @@ def excluded_coeffs(n: int, last: int) -> tuple[int, ...]:
     return tuple(c)
 
 
-@lru_cache(maxsize=8)
-def zt_inverse(n: int, blowup: int, last: int) -> np.ndarray:
-    """1/Z_T = E(x)/(x^n - 1) on the LDE coset (read-only, cached)."""
+def zt_inverse(n: int, blowup: int, last: int, lde: Callable = NT.lde) -> np.ndarray:
+    """1/Z_T = E(x)/(x^n - 1) on the LDE coset; `lde` evaluates E there (a backend's, or numpy's)."""
     coeffs = np.zeros(n, dtype=np.uint64)
     e = excluded_coeffs(n, last)
     coeffs[: len(e)] = e
-    ev = NT.lde(coeffs, blowup, SHIFT)
+    ev = lde(coeffs, blowup, SHIFT)
     inv = np.tile(np.array(xn_minus_one_inverses(n, blowup), np.uint64), n)
-    out = F.np_mul(ev, inv)
-    out.setflags(write=False)
-    return out
+    return F.np_mul(ev, inv)
 
 
 @cache
@@ -95,7 +92,8 @@ def periodic_at(air: Air, n: int, z: F.Ext) -> list[F.Ext]:
 
 
 def composition_np(air: Air, public: dict[str, int], lde: np.ndarray, n: int, blowup: int, last: int,
-                   alphas: list[F.Ext], batch_inv: Callable[[np.ndarray], np.ndarray] = F.batch_inv_np) -> np.ndarray:
+                   alphas: list[F.Ext], batch_inv: Callable[[np.ndarray], np.ndarray] = F.batch_inv_np,
+                   extend: Callable = NT.lde) -> np.ndarray:
     """H on the LDE domain as (2, n * blowup) extension values."""
     m = n * blowup
     g = F.root_of_unity(n)
@@ -110,7 +108,7 @@ def composition_np(air: Air, public: dict[str, int], lde: np.ndarray, n: int, bl
     for alpha, c in zip(alphas, terms, strict=False):
         t0 = F.np_add(t0, F.np_mul(c, np.uint64(alpha[0])))
         t1 = F.np_add(t1, F.np_mul(c, np.uint64(alpha[1])))
-    zt_inv = zt_inverse(n, blowup, last)
+    zt_inv = zt_inverse(n, blowup, last, extend)
     acc0, acc1 = F.np_mul(t0, zt_inv), F.np_mul(t1, zt_inv)
     rows = group_rows(air, public, last, n)
     distinct = list(dict.fromkeys(rows))
@@ -163,9 +161,11 @@ def kernel_source(air: Air) -> str:
     cur = [f"cur{c}" for c in range(air.width)]
     nxt = [f"nxt{c}" for c in range(air.width)]
     per = [f"per{k}" for k in range(len(air.periodic))]
-    exprs = air.transition(cur, nxt, per, pub, CodegenOps)
+    ops = CodegenOps()
+    exprs = air.transition(cur, nxt, per, pub, ops)
     lines = [f"ulong cur{c} = lde[(size_t){c} * m + i], nxt{c} = lde[(size_t){c} * m + j];" for c in range(air.width)]
     lines += [f"ulong per{k} = per[(size_t){k} * pb + (i & (pb - 1u))];" for k in range(len(air.periodic))]
+    lines += ops.lines
     lines.append("ulong2 t = (ulong2)(0UL, 0UL);")
     for k, e in enumerate(exprs):
         lines.append(f"t = gle_add(t, gle_scale((ulong2)(alpha[{2 * k}], alpha[{2 * k + 1}]), {e}));")

@@ -231,6 +231,11 @@ def compress_np(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(permute_np(state)[:DIGEST].T)
 
 
+@lru_cache(maxsize=1)
+def mds_rows() -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(r) for r in params().mds_matrix())
+
+
 def mds_np(state: np.ndarray) -> np.ndarray:
     """The MDS layer alone on (12, n) lane-major states."""
     return _np_mds(np.asarray(state, dtype=np.uint64), _np_tables()[1])

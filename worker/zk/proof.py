@@ -155,7 +155,7 @@ class Params:
     @cached_property
     def provable_bits(self) -> int:
         comp_degree = (self.chunks - 1) * self.chunk_stride + self.steps
-        domains = [self.layer_size(layer) for layer in range(len(self.fri_degrees) - 1)]
+        domains = tuple(self.layer_size(layer) for layer in range(len(self.fri_degrees) - 1))
         return SEC.provable_bits(self.blowup, self.queries, self.grinding, self.steps, comp_degree, domains)
 
 

@@ -30,6 +30,7 @@ the verifier and zk.verify: nothing below it is proven, accepted or called valid
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 EXT_FIELD_BITS = 128
 HASH_COLLISION_BITS = 128  # BLAKE2s-256
@@ -44,8 +45,9 @@ def conjectured_bits(blowup: int, queries: int, grinding: int, lde_size: int) ->
     return max(0, min(min(query_bits, field_bits) - 1, HASH_COLLISION_BITS))
 
 
+@lru_cache(maxsize=256)
 def provable_bits(blowup: int, queries: int, grinding: int, steps: int, comp_degree: int,
-                  fri_domains: list[int]) -> int:
+                  fri_domains: tuple[int, ...]) -> int:
     """`comp_degree`: degree bound of the committed composition; `fri_domains`: the domain size of each
     folding round's input."""
     field = 2.0**EXT_FIELD_BITS

@@ -449,7 +449,7 @@ def _verify(proof: PF.Proof, expect: dict | None, min_security_bits: int, min_pr
         raise Rejected(f"provable security {prm.provable_bits} bits is below the required {min_provable_bits}")
     if expect is not None:
         _check_expected(proof, expect)
-    n, m, w, k = prm.steps, prm.lde_size, air.width, prm.chunks
+    n, w, k = prm.steps, air.width, prm.chunks
     rp = _replay(proof)
     t_z, t_gz, h_z = proof.ood[:w], proof.ood[w : 2 * w], proof.ood[2 * w :]
     want = CP.composition_at(air, public, n, prm.last_row, rp.alphas, t_z, t_gz, rp.z)
