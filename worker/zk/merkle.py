@@ -106,9 +106,12 @@ def multiproof_size(indices: list[int], depth: int) -> int:
     return count
 
 
-def verify_multiproof(root: bytes, depth: int, indices: list[int], leaf_digests: list[bytes], nodes: bytes) -> bool:
-    """True if the leaves at `indices` (sorted, distinct) and the proof's `nodes` lead to `root`."""
-    if len(nodes) != DIGEST_BYTES * multiproof_size(indices, depth) or len(leaf_digests) != len(indices):
+def verify_multiproof(root: bytes, depth: int, indices: list[int], leaf_digests: list[bytes], nodes: bytes,
+                      size: int | None = None) -> bool:
+    """True if the leaves at `indices` (sorted, distinct) and the proof's `nodes` lead to `root`. `size`:
+    multiproof_size(indices, depth) when the caller has it already."""
+    size = multiproof_size(indices, depth) if size is None else size
+    if len(nodes) != DIGEST_BYTES * size or len(leaf_digests) != len(indices):
         return False
     cur = dict(zip(indices, leaf_digests, strict=True))
     pos = 0

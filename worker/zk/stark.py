@@ -294,7 +294,7 @@ def _check_trees(checks: list[tuple[str, bytes, list[int], PF.Opening, int]]) ->
                            f"queries need {need} (openings dropped or added)")
         digests = MK.hash_leaves(opening.leaves) if len(indices) else b""
         leaves = [digests[i : i + MK.DIGEST_BYTES] for i in range(0, len(digests), MK.DIGEST_BYTES)]
-        if not MK.verify_multiproof(root, depth, indices, leaves, opening.nodes):
+        if not MK.verify_multiproof(root, depth, indices, leaves, opening.nodes, need):
             raise Rejected(f"{name}: Merkle path (multiproof) from the opened leaves does not lead to the committed root")
 
 
