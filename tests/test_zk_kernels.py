@@ -227,3 +227,12 @@ def test_composition_at_matches_the_lde_evaluation():
             cur = [(int(lde[c, i]), 0) for c in range(air.width)]
             nxt = [(int(lde[c, (i + blowup) % (n * blowup)]), 0) for c in range(air.width)]
             assert CP.composition_at(air, public, n, last, alphas, cur, nxt, (x, 0)) == (int(vals[0, i]), int(vals[1, i]))
+
+
+@pytest.mark.parametrize("cols,n,salt", [(1, 4, 0), (1, 64, 0), (2, 64, 0), (3, 16, 0), (4, 256, 4), (17, 1024, 4)])
+def test_cl_blake2s_merkle_matches_hashlib(cl_backend, cols, n, salt):
+    """Leaves of 4, 8 (exactly one 64-byte block), 12, 20 and 72 elements; salted or not."""
+    data = rand((cols, n), cols * n)
+    s = rand((n // 4, salt), 7) if salt else None
+    got, want = cl_backend.commit(data, s), NP.commit(data, s)
+    assert got.levels == want.levels and np.array_equal(got.leaves, want.leaves)

@@ -12,6 +12,7 @@ from . import composition as CP
 from . import field as F
 from . import fri_math as FM
 from . import gpu
+from . import merkle as MK
 from . import ntt as NT
 from . import poseidon as PS
 from .backend import Backend
@@ -187,6 +188,25 @@ class OpenCLBackend(Backend):
             src, out = self._to_dev(rows, "in"), self._empty(n * PS.DIGEST, "out")
             gpu.launch(self._k("hash_rows"), self.queue, -(-n // 4), src, np.uint32(length), np.uint32(n), out)
             return self._to_host(out, (n, PS.DIGEST))
+
+    # ------------------------------------------------------------ Merkle commitments (BLAKE2s)
+    def commit(self, cols: np.ndarray, salt: np.ndarray | None = None) -> MK.MerkleTree:
+        with self.timed("merkle"):
+            rows = MK.leaf_rows(cols, salt=salt)
+            n, length = rows.shape
+            leaf, node = MK.PERSON_WORDS["leaf"], MK.PERSON_WORDS["node"]
+            cur = self._empty(n * 4, "merkle0")  # n x 8 uint = n x 4 ulong
+            gpu.launch(self._k("b2s_leaves"), self.queue, n, self._to_dev(rows, "in"), np.uint32(length),
+                       np.uint32(n), np.uint32(leaf[0]), np.uint32(leaf[1]), cur)
+            bufs = [(cur, n)]
+            while n > 1:
+                nxt = self._empty((n // 2) * 4, f"merkle{len(bufs)}")
+                gpu.launch(self._k("b2s_level"), self.queue, n // 2, cur, np.uint32(n // 2), np.uint32(node[0]),
+                           np.uint32(node[1]), nxt)
+                cur, n = nxt, n // 2
+                bufs.append((cur, n))
+            levels = [self._to_host(buf, (count, 4)).tobytes() for buf, count in bufs]
+            return MK.MerkleTree(levels=levels, leaves=rows)
 
     # ------------------------------------------------------------ FRI and DEEP
     def fold4(self, values: np.ndarray, beta: F.Ext, shift: int) -> np.ndarray:

@@ -158,10 +158,11 @@ def build(ctx, source: str, options: tuple[str, ...] = ()) -> Program:
 
 
 def zk_program(ctx) -> Program:
-    """All zk kernels in one program: field, NTT, Poseidon, FRI."""
+    """All zk kernels in one program: field, NTT, Poseidon, BLAKE2s, FRI."""
     from . import ntt_cl
 
-    parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), ntt_cl.kernel_source()]
+    parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), source("blake2s.cl"),
+             ntt_cl.kernel_source()]
     if (HERE / "fri.cl").exists():
         parts.append(source("fri.cl"))
     return build(ctx, "\n".join(parts))

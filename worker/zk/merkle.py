@@ -12,6 +12,8 @@ A multiproof opens a sorted set of distinct leaves: the verifier hashes the open
 level; at each level, for each known node (increasing index) whose sibling it cannot compute, it takes the
 next digest from the proof's `nodes`. So paths that meet share their upper part and no digest is sent twice.
 
+The OpenCL backend hashes with the same BLAKE2s in a kernel (blake2s.cl); both give identical trees.
+
 Why BLAKE2s and not Poseidon here: a verifier in Python hashes ~1,500 nodes at 2^16 steps. BLAKE2s from
 hashlib costs ~1 us a node; batched numpy Poseidon costs a few ms per tree level (~60 ms a proof), which
 alone is three times the verifier's budget. Poseidon stays the hash of the statements (the membership AIR).
@@ -28,6 +30,8 @@ ARITY = 4
 DIGEST_BYTES = 32
 _LEAF = b"gmzkleaf"
 _NODE = b"gmzknode"
+PERSON_WORDS = {"leaf": (int.from_bytes(_LEAF[:4], "little"), int.from_bytes(_LEAF[4:], "little")),
+                "node": (int.from_bytes(_NODE[:4], "little"), int.from_bytes(_NODE[4:], "little"))}  # for kernels
 
 
 def leaf_rows(cols: np.ndarray, arity: int = ARITY, salt: np.ndarray | None = None) -> np.ndarray:
