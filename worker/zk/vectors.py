@@ -9,6 +9,8 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
+
 from . import merkle as MK
 from . import poseidon as PS
 from . import proof as PF
@@ -42,7 +44,7 @@ def compute() -> dict:
     ext = tr.challenge_ext()
     nonce = tr.grind(8)
     cols = [[i * 3 + c for i in range(64)] for c in range(2)]
-    rows = MK.leaf_rows(__import__("numpy").array(cols, dtype="uint64"))
+    rows = MK.leaf_rows(np.array(cols, dtype=np.uint64))
     tree = MK.MerkleTree(MK.build_levels(MK.hash_leaves(rows)), rows)
     root, wits = make_tree(MEMBER_SECRETS)
     member_public = {"depth": 4, **{f"root{i}": root[i] for i in range(4)}}
