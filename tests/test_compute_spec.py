@@ -69,8 +69,12 @@ def test_parse_roundtrip_and_derived_figures():
 
 
 @pytest.mark.parametrize("patch,field,match", [
-    ({"args": [{"kind": "out", "dtype": "float16", "count": 4}]}, "args[0].dtype", "unknown dtype 'float16'"),
-    ({"args": [{"kind": "scalar", "dtype": "int8", "value": 1}]}, "args[0].dtype", "unknown dtype"),
+    ({"args": [{"kind": "out", "dtype": "float128", "count": 4}]}, "args[0].dtype", "unknown dtype 'float128'"),
+    ({"args": [{"kind": "scalar", "dtype": "bool", "value": 1}]}, "args[0].dtype", "unknown dtype"),
+    ({"args": [{"kind": "scalar", "dtype": "int8", "value": 200}]}, "args[0].value", "out of range for int8"),
+    ({"args": [{"kind": "scalar", "dtype": "float16", "value": 1e5}]}, "args[0].value", "overflows float16"),
+    ({"args": [{"kind": "scalar", "dtype": "float32x4", "value": [1, 2]}]}, "args[0].value", "list of 4 numbers"),
+    ({"args": [{"kind": "scalar", "dtype": "float32x4", "value": b"abc"}]}, "args[0].value", "3 bytes for a float32x4"),
     ({"args": [{"kind": "scalar", "dtype": "uint32", "value": -1}]}, "args[0].value", "out of range for uint32"),
     ({"args": [{"kind": "scalar", "dtype": "int32", "value": 1.5}]}, "args[0].value", "needs an integer"),
     ({"args": [{"kind": "scalar", "dtype": "float32", "value": 1e39}]}, "args[0].value", "overflows float32"),
@@ -80,7 +84,6 @@ def test_parse_roundtrip_and_derived_figures():
     ({"args": [{"kind": "out", "dtype": "float32"}]}, "args[0]", "exactly one of 'count'"),
     ({"args": [{"kind": "pointer"}]}, "args[0].kind", "must be one of"),
     ({"args": [{"kind": "out", "dtype": "uint8", "count": 4, "colour": "red"}]}, "args[0].colour", "unknown field"),
-    ({"local_size": [48]}, "local_size", "local size 48 does not divide global size 256"),
     ({"local_size": [8, 8]}, "local_size", "2 dimensions but global_size has 1"),
     ({"global_size": [1, 2, 3, 4]}, "global_size", "1 to 3"),
     ({"global_size": [0]}, "global_size[0]", "at least 1"),
