@@ -290,10 +290,17 @@ def test_make_job_inline_and_streamed_inputs():
                     send_source=False).spec["source_sha256"] == hashlib.sha256(SAXPY.encode()).hexdigest()
     with pytest.raises(TypeError, match="needs its OpenCL type"):
         make_job(SAXPY, "saxpy", [16, np.float32(2), x, InOut(x)], global_size=16)
-    with pytest.raises(TypeError, match="float16"):
-        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x.astype(np.float16), InOut(x)], global_size=16)
-    with pytest.raises(SpecError, match="does not divide"):
-        make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3)
+    with pytest.raises(SpecError, match="bool has no fixed size in OpenCL.*use uint8"):
+        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x > 1, InOut(x)], global_size=16)
+    with pytest.raises(SpecError, match="big-endian"):
+        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x.astype(">f4"), InOut(x)], global_size=16)
+    ragged = make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3)
+    with pytest.raises(SpecError, match="does not divide global size 16.*OpenCL 1.2.*does not support"):
+        validate(ragged.spec, DeviceLimits(opencl_version="1.2", non_uniform_work_groups=False))
+    assert validate(ragged.spec, DeviceLimits(opencl_version="2.0", non_uniform_work_groups=True))
+    with pytest.raises(SpecError, match="-cl-uniform-work-group-size forbids"):
+        validate(make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3,
+                          build_options="-cl-uniform-work-group-size").spec, DeviceLimits(non_uniform_work_groups=True))
 
 
 # --- robustness: garbage never escapes as anything but SpecError --------------------------------------
