@@ -73,7 +73,11 @@ class Node:
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
-                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued,
+                max_work_group_size=d.max_work_group_size if d.opencl else 0,
+                max_work_item_sizes=tuple(d.max_work_item_sizes), max_alloc_bytes=d.max_alloc_bytes,
+                local_mem_bytes=d.local_mem_bytes, opencl_version=d.opencl_version,
+                non_uniform_work_groups=d.non_uniform_work_groups))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
                       devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
 

@@ -56,6 +56,7 @@ import numpy as np
 
 from worker.compute.cltypes import CType, decode_value, encode_value, parse_dtype, type_named
 from worker.compute.errors import SpecError
+from worker.devices import device_non_uniform, device_opencl_version
 from worker.compute.source import (
     ALLOWED_CL_STD,
     ALLOWED_FLAGS,
@@ -704,6 +705,8 @@ class DeviceLimits:
             vals["max_work_item_sizes"] = tuple(int(x) for x in vals["max_work_item_sizes"])
         if vals.get("kind") == "reference":
             vals.pop("kind")
+        if not vals.get("opencl_version"):
+            vals.pop("non_uniform_work_groups", None)  # an advert without OpenCL limits: unknown, not "no"
         return cls(**vals)
 
     @classmethod
@@ -728,26 +731,6 @@ class DeviceLimits:
             opencl_version=version,
             non_uniform_work_groups=device_non_uniform(d, version),
         )
-
-
-def device_opencl_version(d: Any) -> str:
-    """"3.0" from a pyopencl device's "OpenCL 3.0 PoCL ..." version string ("" if unreadable)."""
-    m = re.match(r"OpenCL (\d+)\.(\d+)", str(getattr(d, "version", "")))
-    return f"{m.group(1)}.{m.group(2)}" if m else ""
-
-
-def device_non_uniform(d: Any, version: str) -> bool:
-    """Whether kernels may run with a partial last work-group: mandatory in OpenCL 2.x (with OpenCL C 2.0),
-    optional in 3.0 (CL_DEVICE_NON_UNIFORM_WORK_GROUP_SUPPORT)."""
-    major = int(version.split(".")[0]) if version else 0
-    if major < 2:
-        return False
-    if major == 2:
-        return True
-    try:
-        return bool(d.non_uniform_work_group_support)
-    except Exception:  # noqa: BLE001 - a runtime that cannot answer: say no
-        return False
 
 
 def validate(spec: ComputeSpec | Mapping[str, Any], device_info: Any = None, *,
