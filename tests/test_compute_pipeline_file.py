@@ -11,8 +11,8 @@ import pytest
 from tests.opencl import requires_opencl
 from worker.compute.api import Local, Pipeline, arun_local, local_runner
 from worker.compute.pipeline_file import (
-    PipelineFileError,
     SCHEMA_PATH,
+    PipelineFileError,
     check_document,
     load_pipeline,
     pipeline_from_document,

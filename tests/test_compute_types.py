@@ -10,7 +10,17 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.opencl import requires_opencl
-from worker.compute.api import InOut, Local, Out, Pipeline, Scalar, Scratch, arun_local, local_runner, make_job
+from worker.compute.api import (
+    InOut,
+    Local,
+    Out,
+    Pipeline,
+    Scalar,
+    Scratch,
+    arun_local,
+    local_runner,
+    make_job,
+)
 from worker.compute.cltypes import from_numpy, parse_dtype
 from worker.compute.errors import KernelFailed, describe_cl_error
 from worker.compute.spec import DeviceLimits, SpecError, parse_spec, validate

@@ -488,17 +488,17 @@ class AsyncMesh:
                                  f"the job's buffers need {_fmt(need)} but the largest OpenCL device on the mesh "
                                  f"has {_fmt(best)} ({len(fit)} device{'s' * (len(fit) != 1)} seen); nothing was "
                                  f"sent")
-        refusals = []
+        refusals: list[tuple[dict[str, Any], SpecError]] = []
         for d in fit:
             try:
                 validate(spec, d)
                 return
-            except SpecError as e:
-                refusals.append((d, e))
-        d, e = refusals[0]
+            except SpecError as err:
+                refusals.append((d, err))
+        dev, why = refusals[0]
         raise ComputeRefused("", "device_limits",
                              f"no OpenCL device on the mesh can run this job ({len(fit)} seen); on "
-                             f"{d.get('name') or d.get('id')}: {e}; nothing was sent")
+                             f"{dev.get('name') or dev.get('id')}: {why}; nothing was sent")
 
 
 def _fmt(n: float) -> str:

@@ -84,9 +84,9 @@ def check_launch(s: ComputeSpec, li: int, info: KernelInfo, limits: DeviceLimits
             if p.address != "private":
                 raise SpecError(label, f"a by-value {a.type.describe()}, but {pdesc} is a pointer: pass an array")
             t = (p.type_name or "").strip()
-            want = CL_SPELLINGS.get(t)
-            if want is not None and a.type.kind != "struct" and (want.base, want.width) != (a.type.base,
-                                                                                           a.type.width):
+            declared = CL_SPELLINGS.get(t)
+            if declared is not None and a.type.kind != "struct" and (declared.base, declared.width) != (
+                    a.type.base, a.type.width):
                 hint = suggest_for(t)
                 raise SpecError(f"{label}.dtype", f"{a.type.describe()} value, but {pdesc} is declared {t!r}"
                                                   + (f": pass {hint}" if hint else ""))

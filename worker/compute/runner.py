@@ -48,6 +48,8 @@ from worker.compute.cache import (
     ProgramEntry,
     SourceStore,
 )
+from worker.compute.check import BufferPlan, check_launch, plan_buffers
+from worker.compute.cltypes import parse_dtype
 from worker.compute.errors import (
     BuildError,
     ComputeError,
@@ -55,10 +57,9 @@ from worker.compute.errors import (
     KernelFailed,
     OutOfDeviceMemory,
     TimeLimitExceeded,
+    cl_status_name,
+    describe_cl_error,
 )
-from worker.compute.check import BufferPlan, check_launch, plan_buffers
-from worker.compute.cltypes import parse_dtype
-from worker.compute.errors import cl_status_name, describe_cl_error
 from worker.compute.spec import (
     MAX_TIME_LIMIT_S,
     BufferArg,

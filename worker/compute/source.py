@@ -178,7 +178,9 @@ def _param(text: str) -> ParamSig:
 
 
 def _split_params(text: str) -> list[str]:
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "([{":
             depth += 1

@@ -56,7 +56,6 @@ import numpy as np
 
 from worker.compute.cltypes import CType, decode_value, encode_value, parse_dtype, type_named
 from worker.compute.errors import SpecError
-from worker.devices import device_non_uniform, device_opencl_version
 from worker.compute.source import (
     ALLOWED_CL_STD,
     ALLOWED_FLAGS,
@@ -70,6 +69,7 @@ from worker.compute.source import (
     source_sha256,
     strip_comments,
 )
+from worker.devices import device_non_uniform, device_opencl_version
 
 SPEC_VERSION = 1
 
