@@ -406,3 +406,24 @@ def test_compare_outputs_bitwise_and_with_tolerance():
     assert compare_outputs(a, res(1.0, 0.0, 3.0), rtol=1e-3) is not None  # NaN vs a number is never close
     assert compare_outputs(res(5, dtype=np.int32), res(6, dtype=np.int32), atol=10) is not None  # ints: exact
     assert "outputs" in compare_outputs(a, ComputeResult([]))[1]
+
+
+def test_compare_outputs_of_vector_complex_and_struct_outputs():
+    import pyopencl.cltypes as cltypes
+
+    def res(arr):
+        return ComputeResult([OutputBuffer(0, "o", "x", arr)])
+
+    v = np.arange(8, dtype=np.float32).view(cltypes.float4)
+    w = v.copy()
+    w.view(np.float32)[5] = np.nextafter(np.float32(5), np.float32(6))
+    name, detail = compare_outputs(res(v), res(w))
+    assert name == "o" and "1 of 8 elements differ bit for bit; first at [5]" in detail
+    assert compare_outputs(res(v), res(w), rtol=1e-6) is None
+    c = np.array([1 + 2j, 3 - 1j], np.complex128)
+    assert "first at [1]" in compare_outputs(res(c), res(c + np.array([0, 1e-9j])))[1]
+    assert compare_outputs(res(c), res(c + np.array([0, 1e-9j])), atol=1e-6) is None
+    st = np.zeros(3, np.dtype({"names": ["a", "b"], "formats": ["f8", "i4"], "offsets": [0, 8], "itemsize": 16}))
+    st2 = st.copy()
+    st2["b"][2] = 1
+    assert "1 of 3 elements differ bit for bit; first at [2]" in compare_outputs(res(st), res(st2), rtol=1.0)[1]
