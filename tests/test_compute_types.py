@@ -416,3 +416,48 @@ def test_scalar_helper_takes_wire_names_and_numpy_dtypes():
                   Scalar("float32", 1), Scalar("float64", 1), Out(8, np.int64), Out(2, np.float64),
                   Local(4)][:12], global_size=1)
     assert a.spec["args"][0]["dtype"] == "uint16" and a.spec["args"][1]["dtype"] == "uint8"
+
+
+# --- what pyopencl lets through, and pyopencl's call shape ------------------------------------------------------
+
+SIGNED = "__kernel void k(const uint n, __global uint *o) { o[get_global_id(0)] = n; }"
+
+
+async def test_signedness_of_the_same_size_passes_when_the_value_reads_the_same(runner):
+    res = await arun_local(make_job(SIGNED, "k", [np.int32(7), Out(2, np.uint32)], global_size=2), runner)
+    assert res.arrays[0].tolist() == [7, 7]
+    assert any("same bytes, same value" in w for w in res.warnings)
+    await refused_before_transfer(runner, make_job(SIGNED, "k", [np.int32(-7), Out(2, np.uint32)], global_size=2),
+                                  "int32 .*declared 'uint': pass np.uint32", field="args[0].dtype")
+    await refused_before_transfer(runner, make_job(SIGNED, "k", [np.float32(7), Out(2, np.uint32)], global_size=2),
+                                  "float32 .*declared 'uint'")
+
+
+def test_pyopencl_call_shape_locally():
+    from worker.compute.program import Program
+
+    src = ("__kernel void scale(__global float *o, const float a, const int n, __local float *tmp) "
+           "{ int i = get_global_id(0); tmp[get_local_id(0)] = a * i; if (i < n) o[i] = tmp[get_local_id(0)]; }")
+    prg = Program(src).build(options="-cl-mad-enable")
+    assert prg.scale is prg.scale and prg.kernel_names == ["scale"]
+    prg.scale.set_scalar_arg_dtypes([None, np.float32, np.int32, None])
+    out = prg.scale(None, (16,), (8,), Out(16, np.float32), 0.5, 16, cl.LocalMemory(32))  # as pyopencl takes them
+    np.testing.assert_array_equal(out, 0.5 * np.arange(16, dtype=np.float32))
+    job = prg.scale.job((16,), None, Out(16, np.float32), 1.0, 16, Local(32))  # the queue left out
+    assert job.spec["build_options"] == ["-cl-mad-enable"] and job.spec["args"][3] == {"kind": "local", "nbytes": 32}
+    with pytest.raises(TypeError, match="global_offset"):
+        prg.scale(None, (16,), None, Out(16, np.float32), 1.0, 16, Local(32), global_offset=(4,))
+
+
+def test_source_scan_refuses_pipes_and_reads_attributes():
+    from worker.compute.source import kernel_signatures
+
+    src = ("#define TS 8\n__kernel __attribute__((reqd_work_group_size(TS * 2, 1, 1))) void a(pipe int p, "
+           "__global const float4 *restrict x) {}\n__attribute__((reqd_work_group_size(4,4,1))) kernel void b("
+           "__local float *t) {}")
+    sigs = kernel_signatures(src)
+    assert sigs["a"].params[0].opaque == "pipe" and sigs["a"].reqd_work_group_size == (16, 1, 1)
+    assert sigs["a"].params[1].const and sigs["a"].params[1].address == "global"
+    assert sigs["b"].reqd_work_group_size == (4, 4, 1) and sigs["b"].params[0].address == "local"
+    with pytest.raises(SpecError, match="parameter 0 'pipe int p' is a pipe"):
+        make_job(src, "a", [np.zeros(4, np.int32), np.zeros(4, cltypes.float4)], global_size=16, local_size=16)

@@ -180,6 +180,11 @@ def _scalar(v: Any, name: str = "", where: str = "argument") -> dict[str, Any]:
     return d
 
 
+def _is_cl_local(a: Any) -> bool:
+    """pyopencl's `cl.LocalMemory(nbytes)`, taken as `Local(nbytes)`."""
+    return type(a).__name__ == "LocalMemory" and type(a).__module__.startswith("pyopencl")
+
+
 class _ArgBuilder:
     """Turns SDK arguments into spec args: inline data up to the limit, the rest as streamed blobs."""
 
@@ -217,9 +222,9 @@ class _ArgBuilder:
             name = name or a.name
             if isinstance(a, Out) and isinstance(a.shape, tuple):
                 self.shapes[i] = a.shape
-        elif isinstance(a, Local):
-            d = {"kind": "local", "nbytes": int(a.nbytes)}
-            name = name or a.name
+        elif isinstance(a, Local) or _is_cl_local(a):
+            d = {"kind": "local", "nbytes": int(a.nbytes if isinstance(a, Local) else a.size)}
+            name = name or getattr(a, "name", "")
         elif isinstance(a, int | float | complex | bool):
             return _scalar(a, name, where)  # refused with what to write instead
         else:
@@ -341,8 +346,8 @@ class Pipeline:
                 if a not in self._names:
                     raise ValueError(f"launch {len(self._launches)} arg {j}: no buffer named {a!r}")
                 refs.append(a)
-            elif isinstance(a, Local):
-                refs.append({"kind": "local", "nbytes": int(a.nbytes), **({"name": a.name} if a.name else {})})
+            elif isinstance(a, Local) or _is_cl_local(a):
+                refs.append({"kind": "local", "nbytes": int(a.nbytes if isinstance(a, Local) else a.size)})
             elif isinstance(a, np.ndarray) and a.ndim > 0:
                 raise TypeError(f"launch {len(self._launches)} arg {j}: declare arrays as pipeline buffers "
                                 f"(p.input / p.output / p.inout / p.scratch) and pass the returned ref")

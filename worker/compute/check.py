@@ -21,8 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from worker.compute.cache import KernelInfo, ParamInfo
-from worker.compute.cltypes import CL_SPELLINGS, pointee, suggest_for
+from worker.compute.cltypes import CL_SPELLINGS, CType, pointee, suggest_for
 from worker.compute.errors import SpecError, describe_cl_error
 from worker.compute.spec import (
     BufferArg,
@@ -87,9 +89,12 @@ def check_launch(s: ComputeSpec, li: int, info: KernelInfo, limits: DeviceLimits
             declared = CL_SPELLINGS.get(t)
             if declared is not None and a.type.kind != "struct" and (declared.base, declared.width) != (
                     a.type.base, a.type.width):
-                hint = suggest_for(t)
-                raise SpecError(f"{label}.dtype", f"{a.type.describe()} value, but {pdesc} is declared {t!r}"
-                                                  + (f": pass {hint}" if hint else ""))
+                if _same_value(a, declared):  # np.int32(5) for a `uint`: what pyopencl passes, same bytes
+                    warnings.append(f"{label}: {a.type.describe()} value bound to {pdesc} (same bytes, same value)")
+                else:
+                    hint = suggest_for(t)
+                    raise SpecError(f"{label}.dtype", f"{a.type.describe()} value, but {pdesc} is declared {t!r}"
+                                                      + (f": pass {hint}" if hint else ""))
         elif isinstance(a, LocalArg):
             if p.address != "local":
                 raise SpecError(label, f"a local arg, but {pdesc} is not a __local pointer")
@@ -104,6 +109,21 @@ def check_launch(s: ComputeSpec, li: int, info: KernelInfo, limits: DeviceLimits
             raise SpecError(label, f"{param_desc(info, j, info.params[j])} rejects {what}: "
                                    f"{describe_cl_error(e)}") from None
     return warnings
+
+
+def _same_value(a: ScalarArg, declared: CType) -> bool:
+    """An integer value of the same size and width whose every lane reads the same in the declared type (a
+    signedness difference pyopencl lets through); anything else (another size, int vs float) is a mistake."""
+    mine = a.type
+    if (mine.kind not in ("scalar", "vector") or mine.width != declared.width or mine.itemsize != declared.itemsize
+            or mine.base is None or declared.base is None):
+        return False
+    if np.dtype(mine.base).kind not in "iu" or np.dtype(declared.base).kind not in "iu":
+        return False
+    lanes = np.frombuffer(a.raw, dtype=mine.base)
+    return bool(np.array_equal(lanes.astype(np.int64 if mine.base != "uint64" else np.uint64),
+                               np.frombuffer(a.raw, dtype=declared.base).astype(
+                                   np.int64 if declared.base != "uint64" else np.uint64)))
 
 
 def _opaque_why(opaque: str) -> str:

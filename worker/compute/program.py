@@ -10,8 +10,9 @@ A pyopencl script ports by changing a few lines (docs/compute.md shows pyopencl'
 - buffers are the numpy arrays themselves (`cl.Buffer(..., COPY_HOST_PTR, hostbuf=a)` becomes `a`); a buffer
   the kernel writes and you read back is `Out.like(a)` / `Out(shape, dtype)` (was `cl.Buffer(ctx,
   mf.WRITE_ONLY, nbytes)` plus `cl.enqueue_copy`), or `InOut(a)` for one it reads and writes;
-- scalars are numpy scalars (`np.int32(n)`), vectors `pyopencl.cltypes.make_float4(...)`, structs 0-d structured
-  arrays, `Local(nbytes)` for `cl.LocalMemory(nbytes)`;
+- scalars are numpy scalars (`np.int32(n)`), or plain numbers after `knl.set_scalar_arg_dtypes([...])` as in
+  pyopencl; vectors `pyopencl.cltypes.make_float4(...)`, structs 0-d structured arrays; `cl.LocalMemory(nbytes)`
+  is taken as it is (or write `Local(nbytes)`);
 - the call returns the output array (or a dict of outputs by name when there are several) instead of an event.
 
 `Program` runs on this machine's device (`worker.compute.api.run_local`); `Mesh.program(...)` in
@@ -60,10 +61,24 @@ class Kernel:
     def __init__(self, program: Program, name: str) -> None:
         self.program = program
         self.function_name = name
+        self.scalar_arg_dtypes: list[Any] | None = None
 
-    def job(self, *args: Any, **kw: Any) -> ComputeJob:
+    def set_scalar_arg_dtypes(self, dtypes: Sequence[Any]) -> None:
+        """pyopencl's: the numpy dtype of each by-value parameter (None for the others), so plain Python numbers
+        can be passed."""
+        self.scalar_arg_dtypes = list(dtypes)
+
+    def job(self, *args: Any, wait_for: Any = None, global_offset: Any = None, **kw: Any) -> ComputeJob:
         """The job a call would run (pyopencl's arguments; keywords of `make_job`)."""
+        if global_offset is not None and any(global_offset):
+            raise TypeError("global_offset is not supported: add the offset in the kernel")
         gsize, lsize, kargs = split_call(args)
+        if self.scalar_arg_dtypes is not None:
+            if len(self.scalar_arg_dtypes) != len(kargs):
+                raise TypeError(f"kernel {self.function_name!r}: {len(kargs)} arguments, but set_scalar_arg_dtypes "
+                                f"named {len(self.scalar_arg_dtypes)}")
+            kargs = [np.dtype(dt).type(v) if dt is not None and not isinstance(v, np.generic | np.ndarray) else v
+                     for dt, v in zip(self.scalar_arg_dtypes, kargs, strict=True)]
         opts = {**self.program.job_options, **kw}
         return make_job(self.program.source, self.function_name, kargs, gsize, lsize,
                         build_options=self.program.options, **opts)
@@ -81,6 +96,7 @@ class Program:
         self.options: list[str] = [options] if isinstance(options, str) else list(options)
         self.job_options = job_options
         self._execute = execute
+        self._kernels: dict[str, Kernel] = {}
 
     def build(self, options: str | Sequence[str] | None = None, devices: Any = None) -> Program:
         """Options as pyopencl takes them; the build happens on the device that runs each call (cached there)."""
@@ -100,4 +116,7 @@ class Program:
     def __getattr__(self, name: str) -> Kernel:
         if name.startswith("_"):
             raise AttributeError(name)
-        return Kernel(self, name)
+        k = self._kernels.get(name)
+        if k is None:  # one object per kernel, as pyopencl keeps them (set_scalar_arg_dtypes sticks)
+            k = self._kernels[name] = Kernel(self, name)
+        return k
