@@ -135,6 +135,9 @@ def parse_build_options(opts: Any, fieldname: str = "build_options") -> tuple[st
 
 # --- what a scan of the source tells ---------------------------------------------------------------------
 
+MAX_SCANNED_KERNELS = 256
+SCAN_WINDOW = 2000  # characters around a `kernel` keyword read for its attributes and name
+PARAMS_WINDOW = 16384  # characters read for its parameter list
 _ADDRESS = {"__global": "global", "global": "global", "__constant": "constant", "constant": "constant",
             "__local": "local", "local": "local", "__private": "private", "private": "private"}
 _KERNEL_KW = re.compile(r"\b(?:__kernel|kernel)\b")
@@ -265,18 +268,34 @@ def _eval(n: ast.AST) -> int | None:
     return None
 
 
-def kernel_signatures(src: str, build_options: tuple[str, ...] = ()) -> dict[str, KernelSig]:
-    """The kernels declared in `src`, with their parameters and required work-group size (best effort)."""
+def kernel_signatures(src: str, build_options: tuple[str, ...] = (),
+                      names: list[str] | None = None) -> dict[str, KernelSig]:
+    """The kernels declared in `src` (only `names`, when given), with their parameters and required work-group
+    size (best effort, bounded work on any input)."""
     text = strip_comments(src)
     defines = defines_of(text, build_options)
     out: dict[str, KernelSig] = {}
-    for m in _KERNEL_KW.finditer(text):
-        nm = _KERNEL_NAME.search(text, m.end(), min(len(text), m.end() + 2000))
-        if nm is None:
+    if names is None:
+        found = [m for _, m in zip(range(MAX_SCANNED_KERNELS), _KERNEL_NAME.finditer(text), strict=False)]
+    else:
+        found = []
+        for name in names[:MAX_SCANNED_KERNELS]:
+            for _, m in zip(range(8), re.finditer(rf"\bvoid\s+({re.escape(name)})\s*\(", text), strict=False):
+                found.append(m)
+    for nm in found:
+        lo = max(0, nm.start() - SCAN_WINDOW)
+        kw = None
+        for kw in _KERNEL_KW.finditer(text, lo, nm.start()):
+            pass  # the last `kernel` keyword before the name
+        if kw is None or nm.group(1) in out:
             continue
-        start = max(text.rfind(";", 0, m.start()), text.rfind("}", 0, m.start()), text.rfind("\n#", 0, m.start()))
-        decl = text[start + 1:nm.start()] + " " + text[m.start():nm.start()]
-        close = _balanced(text, nm.end() - 1)
+        start = max(text.rfind(";", lo, kw.start()), text.rfind("}", lo, kw.start()),
+                    text.rfind("\n#", lo, kw.start()), lo - 1)
+        between = text[kw.end():nm.start()]
+        if ";" in between or "{" in between or "}" in between:
+            continue  # that keyword belongs to another declaration
+        decl = text[start + 1:nm.start()]
+        close = _balanced(text[:nm.end() + PARAMS_WINDOW], nm.end() - 1)
         params = tuple(_param(p) for p in _split_params(text[nm.end():close - 1]))
         reqd = reqd_text = None
         r = _REQD.search(decl)
@@ -286,5 +305,5 @@ def kernel_signatures(src: str, build_options: tuple[str, ...] = ()) -> dict[str
             dims = [evaluate(x, defines) for x in _split_params(reqd_text)]
             if len(dims) == 3 and all(d is not None and d > 0 for d in dims):
                 reqd = (int(dims[0]), int(dims[1]), int(dims[2]))  # type: ignore[arg-type]
-        out.setdefault(nm.group(1), KernelSig(nm.group(1), params, reqd, reqd_text))
+        out[nm.group(1)] = KernelSig(nm.group(1), params, reqd, reqd_text)
     return out

@@ -571,7 +571,7 @@ def parse_spec(d: Any) -> ComputeSpec:
             if k not in declared and k not in tokens:
                 raise SpecError("kernel", f"no kernel named {k!r} in the source (kernels found: "
                                           f"{', '.join(declared) or 'none'})")
-        check_against_source(spec, kernel_signatures(source, options))
+        check_against_source(spec, kernel_signatures(source, options, spec.kernels()))
     if mem is not None and spec.buffer_bytes > mem:
         raise SpecError("memory_limit_bytes", f"the buffers need {spec.buffer_bytes} bytes, more than the job's "
                                               f"memory limit of {mem}")
