@@ -284,9 +284,8 @@ def kernel_signatures(src: str, build_options: tuple[str, ...] = (),
                 found.append(m)
     for nm in found:
         lo = max(0, nm.start() - SCAN_WINDOW)
-        kw = None
-        for kw in _KERNEL_KW.finditer(text, lo, nm.start()):
-            pass  # the last `kernel` keyword before the name
+        kws = list(_KERNEL_KW.finditer(text, lo, nm.start()))
+        kw = kws[-1] if kws else None  # the last `kernel` keyword before the name
         if kw is None or nm.group(1) in out:
             continue
         start = max(text.rfind(";", lo, kw.start()), text.rfind("}", lo, kw.start()),
