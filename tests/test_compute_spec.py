@@ -9,18 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.compute.api import In, InOut, Local, Out, Scalar, make_job
+from worker.compute.limits import DeviceLimits, validate
 from worker.compute.spec import (
     MAX_ARGS,
     MAX_INLINE_BYTES,
     BufferArg,
-    DeviceLimits,
     ScalarArg,
     SpecError,
     check_source,
     kernel_names_in,
     parse_build_options,
     parse_spec,
-    validate,
 )
 from worker.devices import Device
 

@@ -23,7 +23,8 @@ from worker.compute.api import (
 )
 from worker.compute.cltypes import from_numpy, parse_dtype
 from worker.compute.errors import KernelFailed, describe_cl_error
-from worker.compute.spec import DeviceLimits, SpecError, parse_spec, validate
+from worker.compute.limits import DeviceLimits, validate
+from worker.compute.spec import SpecError, parse_spec
 
 pytestmark = requires_opencl
 

@@ -74,9 +74,10 @@ from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
 from scheduler.core.job import WireError
 from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Pipeline, Scalar, Scratch, make_job
+from worker.compute.limits import validate
 from worker.compute.program import Program, split_call
 from worker.compute.runner import ComputeResult
-from worker.compute.spec import DEFAULT_TIME_LIMIT_S, SpecError, parse_spec, validate
+from worker.compute.spec import DEFAULT_TIME_LIMIT_S, SpecError, parse_spec
 
 PEERS_TTL_S = 5.0
 DEFAULT_MAX_IN_FLIGHT = 64

@@ -26,10 +26,10 @@ import numpy as np
 from worker.compute.cache import KernelInfo, ParamInfo
 from worker.compute.cltypes import CL_SPELLINGS, CType, pointee, suggest_for
 from worker.compute.errors import SpecError, describe_cl_error
+from worker.compute.limits import DeviceLimits
 from worker.compute.spec import (
     BufferArg,
     ComputeSpec,
-    DeviceLimits,
     LocalArg,
     ScalarArg,
     resolve_launch_args,

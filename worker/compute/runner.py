@@ -60,16 +60,15 @@ from worker.compute.errors import (
     cl_status_name,
     describe_cl_error,
 )
+from worker.compute.limits import DeviceLimits, validate
 from worker.compute.spec import (
     MAX_TIME_LIMIT_S,
     BufferArg,
     ComputeSpec,
-    DeviceLimits,
     LocalArg,
     ScalarArg,
     SourceNotCached,
     SpecError,
-    validate,
 )
 
 log = logging.getLogger(__name__)

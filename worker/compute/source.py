@@ -12,10 +12,15 @@ import ast
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.compute.cltypes import FORBIDDEN_ARG_TYPES, OPAQUE_TYPES
 from worker.compute.errors import SpecError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from worker.compute.spec import ComputeSpec, Launch
 
 MAX_SOURCE_BYTES = 512 * 1024
 MAX_DEFINE_VALUE_LEN = 128
@@ -306,3 +311,47 @@ def kernel_signatures(src: str, build_options: tuple[str, ...] = (),
                 reqd = (int(dims[0]), int(dims[1]), int(dims[2]))  # type: ignore[arg-type]
         out[nm.group(1)] = KernelSig(nm.group(1), params, reqd, reqd_text)
     return out
+
+
+def check_against_source(spec: ComputeSpec, sigs: Mapping[str, KernelSig]) -> None:
+    """What the source alone shows wrong (before any build or transfer): a parameter this runner cannot bind
+    (image, sampler, pipe, bool, size_t) and a `reqd_work_group_size` the launch does not use."""
+    for li, ln in enumerate(spec.launches):
+        sig = sigs.get(ln.kernel)
+        if sig is None:
+            continue
+        where = spec.launch_where(li)
+        for j, p in enumerate(sig.params):
+            if p.opaque is None:
+                continue
+            label = _launch_arg_label(spec, ln, j, where)
+            if p.opaque in ("bool", "size_t", "ptrdiff_t", "intptr_t", "uintptr_t"):
+                why = (f"OpenCL does not allow {p.opaque} kernel parameters (their size differs between host and "
+                       f"device); declare it uint/ulong")
+            else:
+                what = ("a sampler" if p.opaque == "sampler_t" else "a pipe" if p.opaque == "pipe"
+                        else "an image" if p.opaque.startswith("image") else f"a {p.opaque}")
+                why = (f"{what}: compute jobs take buffers, scalars, vectors, structs and __local memory, not "
+                       f"images, samplers or pipes; pass the pixels as a __global buffer (e.g. uchar4* or float4*) "
+                       f"and index it yourself (see examples/compute/convolution.cl)")
+            raise SpecError(label, f"kernel {ln.kernel!r} parameter {j} '{p.text}' is {why}")
+        if sig.reqd_work_group_size is not None:
+            reqd = sig.reqd_work_group_size
+            fld = f"{where}.local_size" if where else "local_size"
+            want = list(reqd[:len(ln.global_size)])
+            if ln.local_size is None:
+                raise SpecError(fld, f"kernel {ln.kernel!r} declares reqd_work_group_size({sig.reqd_text}) = "
+                                     f"{list(reqd)}: give local_size {want} (OpenCL refuses a launch without it)")
+            padded = tuple(ln.local_size) + (1,) * (3 - len(ln.local_size))
+            if padded != reqd:
+                raise SpecError(fld, f"{list(ln.local_size)} differs from kernel {ln.kernel!r}'s "
+                                     f"reqd_work_group_size({sig.reqd_text}) = {list(reqd)}: give local_size {want}")
+
+
+def _launch_arg_label(spec: ComputeSpec, ln: Launch, j: int, where: str) -> str:
+    if j < len(ln.args):
+        a = ln.args[j]
+        if isinstance(a, int):
+            return f"args[{a}]"
+        return f"{where}.args[{j}]" if where else f"args[{j}]"
+    return f"{where}.args" if where else "args"

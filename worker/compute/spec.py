@@ -39,9 +39,9 @@ Streamed inputs: the job's input stream is the concatenation, in order of first 
 distinct blobs the args name by `sha256` (`ComputeSpec.stream_layout()`); inline `data` rides in the spec.
 
 `parse_spec(d)` checks the structure (and what a scan of the source tells: images and samplers are refused,
-`reqd_work_group_size` against `local_size`) and returns a frozen `ComputeSpec`; `validate(spec, limits)` also
-checks it against a device's limits (`DeviceLimits`: from a pyopencl device, a `Device` record or an advert)
-and the job's own limits. Both raise `SpecError` (a ValueError) naming the field, before any transfer.
+`reqd_work_group_size` against `local_size`) and returns a frozen `ComputeSpec`; `worker.compute.limits.validate`
+also checks it against a device's limits and the job's own. Both raise `SpecError` (a ValueError) naming the
+field, before any transfer.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from worker.compute.source import (
     ALLOWED_FLAGS,
     IDENT,
     MAX_SOURCE_BYTES,
-    KernelSig,
+    check_against_source,
     check_source,
     kernel_names_in,
     kernel_signatures,
@@ -69,7 +69,6 @@ from worker.compute.source import (
     source_sha256,
     strip_comments,
 )
-from worker.devices import device_non_uniform, device_opencl_version
 
 SPEC_VERSION = 1
 
@@ -99,9 +98,9 @@ _FP64_RE = re.compile(r"\bdouble(?:2|3|4|8|16)?\b|\bcl_khr_fp64\b")
 _INT64_RE = re.compile(r"\bu?long(?:2|3|4|8|16)?\b|\bcl_khr_int64")
 
 __all__ = [
-    "ALLOWED_CL_STD", "ALLOWED_FLAGS", "MAX_SOURCE_BYTES", "BufferArg", "ComputeSpec", "DeviceLimits", "Launch",
+    "ALLOWED_CL_STD", "ALLOWED_FLAGS", "MAX_SOURCE_BYTES", "BufferArg", "ComputeSpec", "Launch",
     "LocalArg", "ScalarArg", "SourceNotCached", "SpecError", "check_source", "kernel_names_in", "parse_build_options",
-    "parse_spec", "source_sha256", "strip_comments", "validate",
+    "parse_spec", "source_sha256", "strip_comments",
 ]
 
 
@@ -623,191 +622,6 @@ def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], names:
         ref_t = tuple(range(len(args)))
     rep = _int(d.get("repeat", 1), f"{where}.repeat", minimum=1, maximum=MAX_TOTAL_LAUNCHES)
     return Launch(k, g, lsz, ref_t, rep)
-
-
-def check_against_source(spec: ComputeSpec, sigs: Mapping[str, KernelSig]) -> None:
-    """What the source alone shows wrong (before any build or transfer): a parameter this runner cannot bind
-    (image, sampler, pipe, bool, size_t) and a `reqd_work_group_size` the launch does not use."""
-    for li, ln in enumerate(spec.launches):
-        sig = sigs.get(ln.kernel)
-        if sig is None:
-            continue
-        where = spec.launch_where(li)
-        for j, p in enumerate(sig.params):
-            if p.opaque is None:
-                continue
-            label = _launch_arg_label(spec, ln, j, where)
-            if p.opaque in ("bool", "size_t", "ptrdiff_t", "intptr_t", "uintptr_t"):
-                why = (f"OpenCL does not allow {p.opaque} kernel parameters (their size differs between host and "
-                       f"device); declare it uint/ulong")
-            else:
-                what = ("a sampler" if p.opaque == "sampler_t" else "a pipe" if p.opaque == "pipe"
-                        else "an image" if p.opaque.startswith("image") else f"a {p.opaque}")
-                why = (f"{what}: compute jobs take buffers, scalars, vectors, structs and __local memory, not "
-                       f"images, samplers or pipes; pass the pixels as a __global buffer (e.g. uchar4* or float4*) "
-                       f"and index it yourself (see examples/compute/convolution.cl)")
-            raise SpecError(label, f"kernel {ln.kernel!r} parameter {j} '{p.text}' is {why}")
-        if sig.reqd_work_group_size is not None:
-            reqd = sig.reqd_work_group_size
-            fld = f"{where}.local_size" if where else "local_size"
-            want = list(reqd[:len(ln.global_size)])
-            if ln.local_size is None:
-                raise SpecError(fld, f"kernel {ln.kernel!r} declares reqd_work_group_size({sig.reqd_text}) = "
-                                     f"{list(reqd)}: give local_size {want} (OpenCL refuses a launch without it)")
-            padded = tuple(ln.local_size) + (1,) * (3 - len(ln.local_size))
-            if padded != reqd:
-                raise SpecError(fld, f"{list(ln.local_size)} differs from kernel {ln.kernel!r}'s "
-                                     f"reqd_work_group_size({sig.reqd_text}) = {list(reqd)}: give local_size {want}")
-
-
-def _launch_arg_label(spec: ComputeSpec, ln: Launch, j: int, where: str) -> str:
-    if j < len(ln.args):
-        a = ln.args[j]
-        if isinstance(a, int):
-            return f"args[{a}]"
-        return f"{where}.args[{j}]" if where else f"args[{j}]"
-    return f"{where}.args" if where else "args"
-
-
-# --- device limits --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceLimits:
-    """What `validate` checks a spec against. Unknown figures (None) are not checked."""
-
-    global_mem_bytes: int | None = None
-    max_alloc_bytes: int | None = None
-    max_work_group_size: int | None = None
-    max_work_item_sizes: tuple[int, ...] | None = None
-    local_mem_bytes: int | None = None
-    max_constant_bytes: int | None = None
-    fp64: bool | None = None
-    int64: bool | None = None
-    kind: str | None = None
-    fp16: bool | None = None
-    opencl_version: str | None = None  # "3.0"
-    non_uniform_work_groups: bool | None = None
-
-    @classmethod
-    def from_device(cls, dev: Any) -> DeviceLimits:
-        """From a worker.devices.Device record, an advert's device (a DeviceAdvert or its dict), or a dict of
-        these fields. Zeros and empty values (an old advert) count as unknown."""
-        if isinstance(dev, DeviceLimits):
-            return dev
-        known = set(cls.__dataclass_fields__)
-        if isinstance(dev, Mapping):
-            vals = {k: v for k, v in dev.items() if k in known}
-        else:
-            vals = {k: getattr(dev, k) for k in known if hasattr(dev, k)}
-        vals = {k: v for k, v in vals.items() if v not in (0, "", (), [], None) or isinstance(v, bool)}
-        if vals.get("max_work_item_sizes") is not None:
-            vals["max_work_item_sizes"] = tuple(int(x) for x in vals["max_work_item_sizes"])
-        if vals.get("kind") == "reference":
-            vals.pop("kind")
-        if not vals.get("opencl_version"):
-            vals.pop("non_uniform_work_groups", None)  # an advert without OpenCL limits: unknown, not "no"
-        return cls(**vals)
-
-    @classmethod
-    def from_cl_device(cls, d: Any) -> DeviceLimits:
-        """From a pyopencl Device (the authoritative figures, at run time)."""
-        import pyopencl as cl
-
-        ext = str(d.extensions)
-        version = device_opencl_version(d)
-        return cls(
-            global_mem_bytes=int(d.global_mem_size),
-            max_alloc_bytes=int(d.max_mem_alloc_size),
-            max_work_group_size=int(d.max_work_group_size),
-            max_work_item_sizes=tuple(int(x) for x in d.max_work_item_sizes),
-            local_mem_bytes=int(d.local_mem_size),
-            max_constant_bytes=int(d.max_constant_buffer_size),
-            fp64="cl_khr_fp64" in ext or bool(getattr(d, "double_fp_config", 0)),
-            int64=str(d.profile) == "FULL_PROFILE" or "cles_khr_int64" in ext,
-            kind=("gpu" if int(d.type) & cl.device_type.GPU else
-                  "cpu" if int(d.type) & cl.device_type.CPU else "accelerator"),
-            fp16="cl_khr_fp16" in ext,
-            opencl_version=version,
-            non_uniform_work_groups=device_non_uniform(d, version),
-        )
-
-
-def validate(spec: ComputeSpec | Mapping[str, Any], device_info: Any = None, *,
-             max_memory_bytes: int | None = None, max_time_limit_s: float | None = None) -> ComputeSpec:
-    """Parse (if needed) and check `spec` against a device and the worker's caps. Raises SpecError.
-
-    `device_info`: a `DeviceLimits`, a `worker.devices.Device`, an advert's device, a dict of DeviceLimits
-    fields, or None (only the structure and the job's own limits are checked). `max_memory_bytes` /
-    `max_time_limit_s`: the worker's caps for one job.
-    """
-    s = parse_spec(spec)
-    lim = DeviceLimits.from_device(device_info) if device_info is not None else DeviceLimits()
-    if max_time_limit_s is not None and s.time_limit_s > max_time_limit_s:
-        raise SpecError("time_limit_s", f"{s.time_limit_s:g} s exceeds this worker's limit of "
-                                        f"{max_time_limit_s:g} s per job")
-    need = s.buffer_bytes
-    if max_memory_bytes is not None and need > max_memory_bytes:
-        raise SpecError("memory_limit_bytes", f"the buffers need {need} bytes, more than this worker's limit of "
-                                              f"{max_memory_bytes} bytes per job")
-    req = s.requirements()
-    if lim.fp64 is False and req.fp64:
-        raise SpecError("source", "the program uses double precision (fp64) and this device has no fp64")
-    if lim.int64 is False and req.int64:
-        raise SpecError("source", "the program uses 64-bit integers and this device has none")
-    if lim.fp16 is False and req.fp16:
-        raise SpecError("args", "a half (float16) value passed by value needs cl_khr_fp16, which this device lacks: "
-                                "pass a float and convert in the kernel (half buffers work everywhere, through "
-                                "vload_half / vstore_half)")
-    if s.device_kind is not None and lim.kind is not None and lim.kind != s.device_kind:
-        raise SpecError("device_kind", f"needs a {s.device_kind} device, this is a {lim.kind}")
-    for i, a in s.buffers:
-        if lim.max_alloc_bytes is not None and a.nbytes > lim.max_alloc_bytes:
-            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes exceeds the device's largest allocation "
-                                          f"of {lim.max_alloc_bytes} bytes")
-        if lim.global_mem_bytes is not None and a.nbytes > lim.global_mem_bytes:
-            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes is larger than the device's memory of "
-                                          f"{lim.global_mem_bytes} bytes")
-    if lim.global_mem_bytes is not None and need > lim.global_mem_bytes:
-        raise SpecError("args", f"the buffers need {need} bytes, more than the device's memory of "
-                                f"{lim.global_mem_bytes} bytes")
-    uniform_only = "-cl-uniform-work-group-size" in s.build_options
-    for li, ln in enumerate(s.launches):
-        where = s.launch_where(li) or "local_size"
-        local = sum(_local_nbytes(s, a) for a in ln.args)
-        if lim.local_mem_bytes is not None and local > lim.local_mem_bytes:
-            raise SpecError(where, f"local args need {local} bytes per work-group, the device has "
-                                   f"{lim.local_mem_bytes}")
-        if ln.local_size is None:
-            continue
-        if not ln.uniform:
-            dim, g, loc = next((i, g, x) for i, (g, x) in enumerate(zip(ln.global_size, ln.local_size, strict=True))
-                               if g % x)
-            msg = f"local size {loc} does not divide global size {g} in dimension {dim}"
-            if uniform_only:
-                raise SpecError(where, f"{msg}, and the build option -cl-uniform-work-group-size forbids partial "
-                                       f"work-groups")
-            if lim.non_uniform_work_groups is False:
-                ver = f"OpenCL {lim.opencl_version}" if lim.opencl_version else "its OpenCL version unknown"
-                raise SpecError(where, f"{msg}: a partial (non-uniform) work-group, which this device ({ver}) "
-                                       f"does not support; {NON_UNIFORM_HELP}")
-        wg = math.prod(ln.local_size)
-        if lim.max_work_group_size is not None and wg > lim.max_work_group_size:
-            raise SpecError(where, f"work-group of {wg} work items exceeds the device's maximum of "
-                                   f"{lim.max_work_group_size} (local size {'x'.join(map(str, ln.local_size))})")
-        if lim.max_work_item_sizes is not None:
-            for dim, (loc, mx) in enumerate(zip(ln.local_size, lim.max_work_item_sizes, strict=False)):
-                if loc > mx:
-                    raise SpecError(where, f"local size {loc} in dimension {dim} exceeds the device's maximum "
-                                           f"of {mx}")
-    return s
-
-
-def _local_nbytes(s: ComputeSpec, a: int | ScalarArg | LocalArg) -> int:
-    if isinstance(a, int):
-        a2 = s.args[a]
-        return a2.nbytes if isinstance(a2, LocalArg) else 0
-    return a.nbytes if isinstance(a, LocalArg) else 0
 
 
 def resolve_launch_args(spec: ComputeSpec, launch: Launch) -> list[tuple[str, Arg]]:
