@@ -71,6 +71,15 @@ class AdvertSchedule:
         self._tokens = config.change_burst
         self._tokens_at = now
 
+    @classmethod
+    def steady(cls, config: ScheduleConfig, now: float, view_size: int, rng: random.Random) -> AdvertSchedule:
+        """A schedule that has long been running in a view of this size: its interval grown, its next refresh
+        at a random point of it (the many-node simulation starts from here)."""
+        s = cls(config, now, rng)
+        s.interval_s = config.refresh_interval(view_size)
+        s._next_refresh = now + rng.random() * s.interval_s
+        return s
+
     def changed(self, now: float) -> None:
         if self._pending_since is None:
             self._pending_since = now
