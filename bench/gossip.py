@@ -10,7 +10,7 @@ Real processes (N = 5, 10, 20, 40, all sharing this machine's cores):
 - idle CPU per node and messages received per node per second (pubsub messages from peers, duplicates
   included), over `IDLE_WINDOW_S` after the changes, once refresh intervals have grown to their steady value.
 
-Simulation (scheduler/gossip_sim.py): 1,000 and 10,000 nodes, sharded, its per-message costs taken from the
+Simulation (scheduler/devtools/gossip_sim.py): 1,000 and 10,000 nodes, sharded, its per-message costs taken from the
 N = 20 run above.
 """
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench import pctl
 from mesh.control import ControlError
-from scheduler.localmesh import NodeProc, make_nodes, sees_all, wait_for
+from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, wait_for
 
 SIZES = (5, 10, 20, 40)
 CHANGES = 20
@@ -113,7 +113,7 @@ def measure(n: int) -> dict:
 
 
 def run() -> dict:
-    from scheduler import gossip_sim
+    from scheduler.devtools import gossip_sim
 
     per = {str(n): measure(n) for n in SIZES}
     calib = gossip_sim.Calibration.from_bench(per["20"])

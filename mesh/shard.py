@@ -7,7 +7,7 @@ are those of one shard. Each shard's `RELAYS` members with the best standing (ti
 summary topic: every `summary interval` the first of them publishes a `ShardSummary` (per device kind: nodes,
 devices, free slots, queued jobs, best calibrated speed) there, and republishes all shards' summaries on its own
 shard topic. A coordinator places work on its own shard from full adverts and asks another shard (through its
-relays) only when the summaries say it has room. See docs/gossip.md; scheduler/gossip_sim.py runs it at 10,000.
+relays) only when the summaries say it has room. See docs/gossip.md; scheduler/devtools/gossip_sim.py runs it at 10,000.
 
 Pure: no I/O, no clock.
 """

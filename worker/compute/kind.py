@@ -14,7 +14,7 @@ their own numpy references.
 Test-only fault hook: a worker process started with `GPUMESH_TEST_CORRUPT_COMPUTE=1` flips the lowest bit of
 the first byte of every compute result's output (one ulp of a float32, one bit of a byte buffer: the subtlest
 wrong answer); set to a comma-separated list of kernel names, only jobs that launch one of those kernels are
-corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.compute_sdk`,
+corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
 `verify="redundant"`) catching a lying worker; it logs a warning on every corrupted result.
 """
 
@@ -36,7 +36,16 @@ from worker.compute.spec import (
     parse_spec,
 )
 from worker.devices import Device
-from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, KindRegistry, Requirements, Result, RunContext, register
+from worker.kinds import (
+    DEFAULT_FMA_GFLOPS,
+    JobKind,
+    KindFamily,
+    KindRegistry,
+    Requirements,
+    Result,
+    RunContext,
+    register,
+)
 
 log = logging.getLogger("gpumesh.compute")
 
@@ -189,6 +198,7 @@ async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
 
 
 COMPUTE_OPENCL = ComputeOpenCL()
+FAMILY = KindFamily("compute", (COMPUTE_OPENCL,))
 
 
 def register_kind(registry: KindRegistry | None = None) -> ComputeOpenCL:

@@ -1,0 +1,177 @@
+"""`mesh-node render`: render a camera path of a scene on the mesh, write the frames, print latency stats.
+
+    mesh-node render examples/scenes/spheres.json --frames 30 --out frames/
+    mesh-node render scene.json --poses path.json --fps 60 --deadline-ms 16 --width 320 --height 240
+
+Without `--poses` the camera orbits the point it looks at. Frames go through `render_stream` (in order; with
+`--deadline-ms`, each frame is a realtime job set and a frame late for its deadline is dropped and counted).
+`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha) and `frame_NNNN_depth.npy` (float32 metres, +inf
+where nothing is hit) per rendered frame, and `stats.json`.
+
+`add_parser(subparsers)` adds the command to mesh-node's parser; `run(args)` runs it (exit 0 when at least one
+frame was rendered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from scheduler.node.config import add_node_options
+
+    help_ = "render a camera path of a scene on the mesh: PNG + depth frames and per-frame latency stats"
+    p = subparsers.add_parser("render", help=help_, description=help_ + ". Without --poses the camera orbits the "
+                              "point it looks at; with --deadline-ms a frame not back in time is dropped and counted.")
+    p.add_argument("scene", type=Path, metavar="SCENE.json", help="scene file (docs/scene-format.md)")
+    p.add_argument("--poses", type=Path, metavar="FILE",
+                   help="camera poses: a JSON list of {position, orientation} (or {\"poses\": [...]}, or one per line)")
+    p.add_argument("--frames", type=int, default=30, help="frames of the default orbit, or the first N poses (default 30)")
+    p.add_argument("--width", type=int, help="render at this width instead of the scene's (with --height)")
+    p.add_argument("--height", type=int, help="render at this height instead of the scene's (with --width)")
+    p.add_argument("--fps", type=float, default=30.0, help="frames issued per second (default 30)")
+    p.add_argument("--deadline-ms", type=float, default=None,
+                   help="per-frame deadline from its issue: frames become realtime jobs and late ones are dropped "
+                        "(default: no deadline, every frame is rendered)")
+    p.add_argument("--tiles", default="auto",
+                   help="'auto' (split when the cost model says it pays), 'none', or a tile count (default auto)")
+    p.add_argument("--max-in-flight", type=int, default=4, help="frames in flight at once (default 4)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
+    add_node_options(p, "API token")
+    p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
+    p.add_argument("--quiet", action="store_true", help="no per-frame lines")
+    return p
+
+
+def default_orbit(scene: Any, frames: int) -> list:
+    """An orbit around the point the scene's camera looks at (the point of its view axis nearest the world
+    origin, at least 1 m ahead), at the camera's distance and height."""
+    import numpy as np
+
+    from worker.render.camera import look_at, quat_to_matrix
+
+    cam = scene.camera
+    pos = np.asarray(cam.position, np.float64)
+    fwd = -quat_to_matrix(cam.orientation)[:, 2]
+    t = max(1.0, float(-pos @ fwd))
+    target = pos + t * fwd
+    dx, dz = pos[0] - target[0], pos[2] - target[2]
+    radius = max(0.1, math.hypot(dx, dz))
+    a0 = math.atan2(dx, dz)  # start where the scene's camera is
+    tgt = (float(target[0]), float(target[1]), float(target[2]))
+    poses = []
+    for i in range(frames):
+        a = a0 + 2 * math.pi * i / frames
+        poses.append(look_at((tgt[0] + radius * math.sin(a), float(pos[1]), tgt[2] + radius * math.cos(a)), tgt))
+    return poses
+
+
+def load_poses(path: Path) -> list:
+    from worker.render.scene import pose_from_dict
+
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if isinstance(data, dict):
+        data = data.get("poses")
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of poses")
+    return [pose_from_dict(d, f"{path}[{i}]") for i, d in enumerate(data)]
+
+
+def _tiles(value: str) -> Any:
+    if value == "auto":
+        return "auto"
+    if value in ("none", "1"):
+        return None
+    n = int(value)
+    if n < 1:
+        raise ValueError("--tiles must be auto, none or a positive count")
+    return n
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from scheduler.client.client import Client
+    from scheduler.client.render_client import StreamStats, render_stream
+    from worker.render import png
+    from worker.render.errors import SceneError
+    from worker.render.samples import at_resolution
+    from worker.render.scene import load_scene_file
+
+    try:
+        scene = load_scene_file(args.scene)
+        if (args.width is None) != (args.height is None):
+            raise ValueError("give both --width and --height")
+        if args.width is not None:
+            from worker.render.scene import from_dict, to_dict
+
+            scene = from_dict(to_dict(at_resolution(scene, args.width, args.height), binary=True))  # validated
+        poses = load_poses(args.poses)[:args.frames] if args.poses else default_orbit(scene, args.frames)
+        tiles = _tiles(args.tiles)
+        if args.fps <= 0 or args.frames < 1 or args.max_in_flight < 1:
+            raise ValueError("--fps, --frames and --max-in-flight must be positive")
+    except (OSError, ValueError, SceneError) as e:
+        print(f"mesh-node render: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    from scheduler.client.client import address_from_args
+
+    addr, tok, pid, insecure = address_from_args(args)
+    stats = StreamStats()
+    per_frame: list[dict[str, Any]] = []
+
+    def write(i: int, rgba: Any, depth: Any) -> None:
+        import numpy as np
+
+        png.write_png(args.out / f"frame_{i:04d}.png", rgba)
+        np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
+
+    async def main() -> None:
+        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+            async with render_stream(c, scene, poses, fps=args.fps, deadline_ms=args.deadline_ms, tiles=tiles,
+                                     max_in_flight=args.max_in_flight, stats=stats) as frames:
+                async for f in frames:
+                    row = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
+                           "latency_ms": round(f.latency_s * 1e3, 2), "tiles": len(f.tiles),
+                           "workers": sorted(f.workers)}
+                    per_frame.append(row)
+                    if not f.dropped and args.out:
+                        await trio.to_thread.run_sync(write, f.index, f.rgba, f.depth)
+                    if not args.quiet and not args.json:
+                        if f.dropped:
+                            print(f"frame {f.index:4d}: DROPPED ({f.reason})")
+                        else:
+                            print(f"frame {f.index:4d}: {row['latency_ms']:8.1f} ms, {row['tiles']} tile(s) on "
+                                  f"{len(row['workers'])} peer(s)")
+
+    trio.run(main)
+    summary = {"scene": str(args.scene), "width": scene.camera.width, "height": scene.camera.height,
+               "fps": args.fps, "deadline_ms": args.deadline_ms, **stats.summary(),
+               "out": str(args.out) if args.out else None}
+    if args.out:
+        (args.out / "stats.json").write_text(json.dumps({**summary, "frames_detail": per_frame}, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.dropped_by_reason.items()))
+        p50, p99 = summary["p50_ms"], summary["p99_ms"]
+        lat = f"latency p50 {p50} ms, p99 {p99} ms" if p50 is not None else "no frame rendered"
+        print(f"{stats.frames} frames of {scene.camera.width}x{scene.camera.height}: {stats.rendered} rendered, "
+              f"{stats.dropped} dropped" + (f" ({reasons})" if reasons else "") + f"; {lat}"
+              + (f"; frames in {args.out}" if args.out else ""))
+    return EXIT_OK if stats.rendered else EXIT_FAIL
+
+
+__all__ = ["add_parser", "default_orbit", "load_poses", "run"]

@@ -1,0 +1,244 @@
+"""The job client: submit jobs to any node of the mesh and get their results, over the data plane.
+
+    async with Client.connect("10.0.0.5:4002", token=tok) as c:
+        out = await c.run("checksum", {}, input=Path("big.bin"))
+        print(out.body, len(out.output))
+
+`SyncClient` wraps it for code that does not use trio. Inputs up to the inline limit travel inside the
+request; larger ones (or files) are streamed after it, checked by size and SHA-256 on arrival.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+
+CHUNK = 1 << 20
+
+
+class JobFailed(Exception):
+    """A job ended failed or cancelled; `state` and `reason` say how and why."""
+
+    def __init__(self, job_id: str, state: str, reason: str) -> None:
+        super().__init__(f"job {job_id} {state}: {reason}")
+        self.job_id, self.state, self.reason = job_id, state, reason
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    state: str
+    reason: str
+    body: dict[str, Any] = field(default_factory=dict)
+    output: bytes = b""
+    worker: str = ""
+    attempt: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "done"
+
+
+def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
+    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
+    res = final.get("result") or {}
+    return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), output,
+                     res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.hexdigest()
+
+
+class Client:
+    def __init__(self, rpc: MeshClient) -> None:
+        self.rpc = rpc
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
+                      insecure: bool = False) -> AsyncIterator[Client]:
+        extra = {"token": token} if token else {}
+        async with MeshClient.connect(address, peer_id=peer_id, insecure=insecure,
+                                      hello_extra=lambda _local, _remote: extra) as rpc:
+            yield cls(rpc)
+
+    async def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        """Submit a job; returns the coordinator's answer ({id, accepted, state, position, message, code}).
+        Keywords: input (bytes or a file Path; streamed when large), job_id (idempotent), priority, deadline_ms,
+        timeout_s, max_attempts, requirements (dict), when_saturated ("queue" or "reject")."""
+        answer, _ = await self._submit(kind, spec, wait=False, **kw)
+        return answer
+
+    async def _submit(self, kind: str, spec: dict[str, Any] | None = None, *, wait: bool,
+                      input: bytes | Path | None = None, job_id: str = "", priority: str = "batch",
+                      deadline_ms: float | None = None, timeout_s: float = 3600.0, max_attempts: int = 3,
+                      requirements: dict[str, Any] | None = None,
+                      when_saturated: str = "queue") -> tuple[dict[str, Any], bytes]:
+        """(answer, output bytes). With `wait`, the coordinator answers when the job has ended, its result in
+        answer["result"] and its output streamed on the same call: one round trip instead of submit + result."""
+        now = trio.current_time()
+        deadline = now + deadline_ms / 1000 if deadline_ms is not None else None
+        common: dict[str, Any] = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority),
+                                      deadline=deadline, timeout_s=timeout_s, max_attempts=max_attempts,
+                                      requirements=Requirements.from_wire(requirements or {}),
+                                      when_saturated=WhenSaturated(when_saturated))
+        stream_path: Path | None = None
+        stream_bytes: bytes | None = None
+        if isinstance(input, Path):
+            size, digest = await trio.to_thread.run_sync(_file_digest, input)
+            if size <= INLINE_INPUT_LIMIT:
+                job = Job(input=await trio.Path(input).read_bytes(), **common)
+            else:
+                job, stream_path = Job(input_size=size, input_sha256=digest, **common), input
+        elif input is not None and len(input) > INLINE_INPUT_LIMIT:
+            job = Job(input_size=len(input), input_sha256=hashlib.sha256(input).hexdigest(), **common)
+            stream_bytes = bytes(input)
+        else:
+            job = Job(input=bytes(input) if input is not None else None, **common)
+        body: dict[str, Any] = {"job": job.to_wire(trio.current_time())}
+        streamed = stream_path is not None or stream_bytes is not None
+        if not streamed and not wait:
+            return await self.rpc.call("job.submit", body), b""
+        if wait:
+            body["wait"] = True
+        chunks: list[bytes] = []
+        async with self.rpc.open("job.submit", body, uploads=streamed) as call:
+            if stream_bytes is not None:
+                view = memoryview(stream_bytes)
+                for off in range(0, len(view), CHUNK):
+                    await call.send_bytes(view[off:off + CHUNK])
+            elif stream_path is not None:
+                async with await trio.open_file(stream_path, "rb") as f:
+                    while chunk := await f.read(CHUNK):
+                        await call.send_bytes(chunk)
+            if streamed:
+                await call.done_sending()
+            async for item in call:
+                if isinstance(item, bytes | bytearray):
+                    chunks.append(bytes(item))
+            return await call.result(), b"".join(chunks)
+
+    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobResult:
+        chunks: list[bytes] = []
+        async with self.rpc.open("job.result", {"id": job_id, "wait": wait}, timeout=timeout) as call:
+            async for item in call:
+                if isinstance(item, bytes | bytearray):
+                    chunks.append(bytes(item))
+            final = await call.result()
+        return _job_result(job_id, final, b"".join(chunks))
+
+    async def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
+        """Submit and wait for the result (one round trip); raises JobFailed if the job does not end done."""
+        ans, output = await self._submit(kind, spec, wait=True, **kw)
+        if not ans["accepted"]:
+            raise JobFailed(ans["id"], "rejected", ans["message"])
+        final = ans.get("outcome")
+        # a node of an earlier version answers a submit at once: ask for the result then
+        res = _job_result(ans["id"], final, output) if final is not None else await self.result(ans["id"])
+        if not res.ok:
+            raise JobFailed(res.job_id, res.state, res.reason)
+        return res
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return await self.rpc.call("job.status", {"id": job_id})
+
+    async def list(self, limit: int = 200) -> list[dict[str, Any]]:
+        return (await self.rpc.call("job.list", {"limit": limit}))["jobs"]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self.rpc.call("job.cancel", {"id": job_id})
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Job state changes on this node as they happen: `async with c.watch() as events: async for e in events`."""
+        async with self.rpc.open("job.watch", {}) as call:
+            async def items() -> AsyncIterator[dict[str, Any]]:
+                async for item in call:
+                    if isinstance(item, dict):
+                        yield item
+            yield items()
+
+
+class SyncClient:
+    """Blocking wrapper for code that does not use trio: a `Client` on the private loop of a
+    `mesh.bigtcp.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
+
+    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
+        extra = {"token": token} if token else {}
+        self._rpc = SyncMeshClient(address, peer_id=peer_id, insecure=insecure,
+                                   hello_extra=lambda _local, _remote: extra)
+        self._client = Client(self._rpc.client)
+
+    @property
+    def client(self) -> Client:
+        """The async `Client` on the private loop: use it through `run_async` only."""
+        return self._client
+
+    def run_async(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run `await fn(*args, **kw)` on the private loop (for async APIs built on `client`)."""
+        return self._rpc.run_async(fn, *args, **kw)
+
+    def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+        return self._rpc.run_async(self._client.submit, kind, spec, **kw)
+
+    def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
+        return self._rpc.run_async(self._client.run, kind, spec, **kw)
+
+    def result(self, job_id: str, **kw: Any) -> JobResult:
+        return self._rpc.run_async(self._client.result, job_id, **kw)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._rpc.run_async(self._client.status, job_id)
+
+    def list(self, limit: int = 200) -> list[dict[str, Any]]:
+        return self._rpc.run_async(self._client.list, limit)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._rpc.run_async(self._client.cancel, job_id)
+
+    def close(self) -> None:
+        self._rpc.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
+    """(address, token, peer id, insecure) of the node running with `data_dir`, for the CLI."""
+    from mesh import control
+    from scheduler.core.local import read_local_token
+
+    st = control.call(data_dir, "status", timeout=5)
+    return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))
+
+
+def address_from_args(args: Any) -> tuple[str, str | None, str | None, bool]:
+    """(address, token, peer id, insecure) for a CLI command: --node/--token/--insecure when given, else the
+    node running with --data-dir and its own token."""
+    if args.node:
+        return args.node, args.token, None, args.insecure
+    addr, tok, pid, insecure = local_address(args.data_dir)
+    return addr, args.token or tok, pid, insecure or args.insecure
+
+
+__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args", "local_address"]

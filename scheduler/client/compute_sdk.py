@@ -1,0 +1,532 @@
+"""Running your own OpenCL kernels on the mesh: the compute SDK.
+
+    from scheduler.client.compute_sdk import InOut, Mesh, Out
+
+    with Mesh.local() as mesh:                       # or Mesh.connect("10.0.0.5:4002", token=tok)
+        y2 = mesh.compute(SAXPY, "saxpy", args=[np.uint32(n), np.float32(2.0), x, InOut(y, "y")],
+                          global_size=n)              # -> the one output array (several: a dict by name)
+        outs = mesh.map(SAXPY, "saxpy", [[np.uint32(n), np.float32(a), x, InOut(y, "y")] for a in alphas],
+                        global_size=n)                # many independent launches, spread over peers, in order
+        y3 = mesh.compute(..., verify="redundant")    # run on two different peers, outputs compared bit for bit
+
+`AsyncMesh` is the trio twin (`async with AsyncMesh.local() as mesh: await mesh.compute(...)`). Arguments are
+those of `worker.compute.api.make_job` (re-exported here: `In`, `InOut`, `Out`, `Scalar`, `Local`), in kernel
+parameter order; a prebuilt `ComputeJob` (e.g. an example's `job()`) runs with `mesh.run(job)`, which returns a
+`ComputeRun` (outputs, the worker, timings) instead of bare arrays.
+
+**Outputs**: `compute` returns the single output array (reshaped like its `Out(shape)` / `InOut(array)`), or a
+dict keyed by each output's name (`"arg3"` for an unnamed output at parameter index 3) when there are several.
+
+**Errors** (all `ComputeFailed`, a `scheduler.client.client.JobFailed`): `BuildFailed` (`.log`: the compiler's log),
+`TimeLimitExceeded` (the kernel ran past `time_limit_s`; the worker stays healthy), `ComputeRefused` (refused
+before running: a bad spec, a token without the `compute` scope, no peer able to run it; `.code` says which),
+`BufferTooLarge` (a `ComputeRefused`: the buffers need more memory than any device on the mesh has, found
+before a byte of input is sent), `VerificationFailed` (redundant outputs differ), `RedundancyUnavailable`
+(no second peer ran the job).
+
+**Redundant verification** (`verify="redundant"`): the job is submitted twice at once under two job ids
+(`<id>.r0`, `<id>.r1`); each result names the worker that ran it. If both ran on the same worker, another copy
+(`<id>.r2`, ...) is submitted with the `avoid_peers` placement requirement naming that worker, so the scheduler
+places it elsewhere (refused at once if no other peer can run it: `RedundancyUnavailable`). Against a scheduler
+without `avoid_peers` (detected from its refusal of the field) copies are resubmitted plainly until two
+different workers have answered, up to `redundancy_tries` copies in all (placement then picks at random among
+equally good peers, so each copy has a fair chance of landing elsewhere). The outputs of two different workers
+are compared: bit for bit by default; `rtol`/`atol` allow a float tolerance (`np.isclose`, NaNs equal; integer
+outputs always exact). A mismatch raises `VerificationFailed` naming both workers and the first differing
+element; no output is returned unverified. The first copy's outputs are returned, with `verified_by` (the two
+workers) and every copy's job id in `job_ids`.
+
+**Batches** (`map`, `run_many`): every launch is its own job, submitted with at most `max_in_flight`
+outstanding; the coordinator spreads them over peers like any jobs. Results come back in input order. The
+first failure cancels the jobs still outstanding and is raised with `.index` set to the item that failed.
+
+**Before any transfer**: the spec is checked on the client (`make_job`: the worker's own parser), and the
+buffers' total size is compared with the largest OpenCL device the mesh advertises (`precheck=True`); the
+coordinator then checks the spec, the token's scope and placement before it accepts the job.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from mesh.bigtcp.rpc import RpcError
+from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
+from scheduler.core.job import WireError
+from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Scalar, make_job
+from worker.compute.runner import ComputeResult
+from worker.compute.spec import DEFAULT_TIME_LIMIT_S, parse_spec
+
+PEERS_TTL_S = 5.0
+DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_REDUNDANCY_TRIES = 6
+
+
+# ---- errors --------------------------------------------------------------------------------------------------
+
+class ComputeFailed(JobFailed):
+    """A compute job did not produce outputs. `reason` is the worker's or coordinator's message; `worker` the
+    peer that ran it (if any); `index` the batch item (in `map`/`run_many`)."""
+
+    def __init__(self, job_id: str, state: str, reason: str, *, worker: str = "") -> None:
+        super().__init__(job_id, state, reason)
+        self.worker = worker
+        self.index: int | None = None
+
+
+class BuildFailed(ComputeFailed):
+    """The program did not compile; `log` is the compiler's log (as much as the job's failure reason carries)."""
+
+    def __init__(self, job_id: str, state: str, reason: str, *, worker: str = "") -> None:
+        super().__init__(job_id, state, reason, worker=worker)
+        body = reason.split(":", 1)[1] if reason.startswith("BuildError:") else reason
+        head, sep, log = body.partition(":\n")
+        self.log = log if sep else body.strip()
+
+
+class TimeLimitExceeded(ComputeFailed):
+    """The job ran past its time limit on the worker (which failed it on time and stays healthy)."""
+
+
+class ComputeRefused(ComputeFailed):
+    """Refused before running. `code`: invalid_spec, forbidden, unauthenticated, no_match, saturated, quota,
+    too_large (client-side memory check), ..."""
+
+    def __init__(self, job_id: str, code: str, reason: str) -> None:
+        super().__init__(job_id, "rejected", reason)
+        self.code = code
+
+
+class BufferTooLarge(ComputeRefused):
+    """The job's buffers need more memory than any OpenCL device on the mesh has (nothing was sent)."""
+
+
+class VerificationFailed(ComputeFailed):
+    """Redundant runs on two workers disagree. `workers`: the two peers; `job_ids`: their jobs; `output`: the
+    output that differs; `detail`: where and by how much."""
+
+    def __init__(self, job_ids: tuple[str, str], workers: tuple[str, str], output: str, detail: str) -> None:
+        super().__init__(job_ids[0], "mismatch",
+                         f"redundant results differ: workers {workers[0]} and {workers[1]} returned different "
+                         f"output {output!r} ({detail}); at least one of them is faulty or lying")
+        self.job_ids, self.workers, self.output, self.detail = job_ids, workers, output, detail
+
+
+class RedundancyUnavailable(ComputeFailed):
+    """Every copy of a redundant job ran on the same worker: no second peer to compare with."""
+
+
+_FAILURES: dict[str, type[ComputeFailed]] = {"BuildError": BuildFailed, "TimeLimitExceeded": TimeLimitExceeded}
+
+
+def _failure(res: JobResult) -> ComputeFailed:
+    name = res.reason.split(":", 1)[0]
+    cls = _FAILURES.get(name, ComputeFailed)
+    if name == "SpecError" or name == "SourceNotCached":
+        return ComputeRefused(res.job_id, "invalid_spec", res.reason)
+    return cls(res.job_id, res.state, res.reason, worker=res.worker)
+
+
+# ---- results -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ComputeRun:
+    """One job's outcome: the decoded outputs (`result`, a `worker.compute.runner.ComputeResult`), where it ran,
+    and timings: `wall_s` (submit to decoded outputs, on the client), `queue_s`/`run_s` (the worker's executor),
+    `kernel_s` (device time of the launches), `build_s` and `cache_hit` (the program's build on that worker)."""
+
+    job_id: str
+    worker: str
+    result: ComputeResult
+    wall_s: float
+    queue_s: float = 0.0
+    run_s: float = 0.0
+    verified_by: tuple[str, ...] = ()  # redundant: the workers whose outputs agreed
+    job_ids: tuple[str, ...] = ()  # redundant: every copy's job id
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        return {o.name or f"arg{o.index}": o.array for o in self.result.outputs}
+
+    def value(self) -> np.ndarray | dict[str, np.ndarray]:
+        """The single output array, or every output by name when there are several."""
+        outs = self.outputs
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def __getitem__(self, key: int | str) -> np.ndarray:
+        return self.result[key]
+
+    @property
+    def timings(self) -> dict[str, Any]:
+        r = self.result
+        return {"wall_s": self.wall_s, "queue_s": self.queue_s, "run_s": self.run_s, "kernel_s": r.kernel_s,
+                "device_run_s": r.run_s, "build_s": r.build_s, "cache_hit": r.cache_hit, "launches": r.launches,
+                "bytes_in": r.bytes_in, "bytes_out": r.bytes_out}
+
+
+@dataclass
+class _Options:
+    verify: str | None = None
+    rtol: float = 0.0
+    atol: float = 0.0
+    priority: str = "interactive"
+    timeout_s: float | None = None
+    max_attempts: int = 3
+    precheck: bool = True
+    redundancy_tries: int = DEFAULT_REDUNDANCY_TRIES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verify not in (None, "none", "redundant"):
+            raise ValueError(f"verify must be None or 'redundant', not {self.verify!r}")
+        if self.verify == "none":
+            self.verify = None
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError("rtol and atol must not be negative")
+        if self.redundancy_tries < 2:
+            raise ValueError("redundancy_tries must be at least 2")
+
+
+_OPTION_NAMES = ("verify", "rtol", "atol", "priority", "timeout_s", "max_attempts", "precheck", "redundancy_tries")
+
+
+def _split_options(kw: dict[str, Any], default_priority: str) -> tuple[_Options, dict[str, Any]]:
+    opts = {k: kw.pop(k) for k in _OPTION_NAMES if k in kw}
+    opts.setdefault("priority", default_priority)
+    return _Options(**opts), kw
+
+
+def compare_outputs(a: ComputeResult, b: ComputeResult, rtol: float = 0.0, atol: float = 0.0) -> tuple[str, str] | None:
+    """None if the outputs agree (bit for bit, or within rtol/atol for float outputs), else (output, detail)."""
+    if len(a.outputs) != len(b.outputs):
+        return "(all)", f"{len(a.outputs)} outputs vs {len(b.outputs)}"
+    for oa, ob in zip(a.outputs, b.outputs, strict=True):
+        name = oa.name or f"arg{oa.index}"
+        x, y = oa.array.ravel(), ob.array.ravel()
+        if oa.index != ob.index or x.dtype != y.dtype or x.size != y.size:
+            return name, f"{x.dtype}[{x.size}] vs {y.dtype}[{y.size}]"
+        if np.issubdtype(x.dtype, np.floating) and (rtol or atol):
+            close = np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
+            bad = np.flatnonzero(~close)
+            what = f"beyond rtol={rtol:g}, atol={atol:g}"
+        else:
+            if x.tobytes() == y.tobytes():
+                continue
+            bad = np.flatnonzero(x.view(f"u{x.dtype.itemsize}") != y.view(f"u{y.dtype.itemsize}"))
+            what = "bit for bit"
+        if bad.size:
+            i = int(bad[0])
+            diff = ""
+            if np.issubdtype(x.dtype, np.number):
+                with np.errstate(all="ignore"):
+                    d = np.abs(x[bad].astype(np.float64) - y[bad].astype(np.float64))
+                diff = f", max |difference| {np.nanmax(d) if d.size and not np.all(np.isnan(d)) else math.nan:.3g}"
+            return name, (f"{bad.size} of {x.size} elements differ {what}; first at [{i}]: {x[i].item()!r} vs {y[i].item()!r}"
+                          f"{diff}")
+    return None
+
+
+# ---- the async SDK -------------------------------------------------------------------------------------------
+
+class AsyncMesh:
+    """Compute on the mesh from trio code. Make one with `AsyncMesh.connect(...)` / `AsyncMesh.local()`
+    (async context managers) or around an existing `scheduler.client.client.Client`."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._peers: list[dict[str, Any]] | None = None
+        self._peers_at = -math.inf
+        self._avoid_supported: bool | None = None  # does the scheduler take the avoid_peers requirement?
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
+                      insecure: bool = False) -> AsyncIterator[AsyncMesh]:
+        async with Client.connect(address, token=token, peer_id=peer_id, insecure=insecure) as c:
+            yield cls(c)
+
+    @classmethod
+    @asynccontextmanager
+    async def local(cls, data_dir: Path | str | None = None) -> AsyncIterator[AsyncMesh]:
+        """The node running on this machine (its data dir: `data_dir`, $GPUMESH_DATA_DIR or the default)."""
+        addr, tok, pid, insecure = await trio.to_thread.run_sync(local_address, resolve_data_dir(data_dir))
+        async with cls.connect(addr, token=tok, peer_id=pid, insecure=insecure) as m:
+            yield m
+
+    # -- one launch --
+    async def compute(self, source: str, kernel: str, args: Sequence[Any], global_size: Any = None,
+                      local_size: Any = None, **kw: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """Build a job from numpy arguments (see `make_job`), run it on the mesh, return its output(s).
+
+        Keywords: those of `make_job` (`build_options`, `time_limit_s`, `launches`, `repeat`, `device_kind`,
+        `memory_limit_bytes`, `flops_per_item`, ...) and of `run` (`verify`, `rtol`, `atol`, `priority`,
+        `timeout_s`, `max_attempts`, `precheck`, `redundancy_tries`)."""
+        opts, mk = _split_options(kw, "interactive")
+        job = make_job(source, kernel, args, global_size, local_size, **mk)
+        return (await self._run(job, opts)).value()
+
+    async def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
+        """Run a prebuilt job (`make_job(...)`, an example's `job()`); the outputs with worker and timings."""
+        opts, rest = _split_options(kw, "interactive")
+        if rest:
+            raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
+        return await self._run(job, opts)
+
+    # -- batches --
+    async def map(self, source: str, kernel: str, arg_lists: Sequence[Sequence[Any]], global_size: Any = None,
+                  local_size: Any = None, *, details: bool = False, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                  **kw: Any) -> list[Any]:
+        """One launch per argument list, all submitted at once (at most `max_in_flight` outstanding) and spread
+        over peers; the outputs in input order (`details=True`: the `ComputeRun`s). `global_size` and
+        `local_size` are shared, or callables of the argument list for per-item sizes."""
+        opts, mk = _split_options(kw, "batch")
+        jobs = []
+        for args in arg_lists:
+            gs = global_size(args) if callable(global_size) else global_size
+            ls = local_size(args) if callable(local_size) else local_size
+            jobs.append(make_job(source, kernel, args, gs, ls, **mk))
+        runs = await self._run_many(jobs, opts, max_in_flight)
+        return runs if details else [r.value() for r in runs]
+
+    async def run_many(self, jobs: Sequence[ComputeJob], *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+                       **kw: Any) -> list[ComputeRun]:
+        opts, rest = _split_options(kw, "batch")
+        if rest:
+            raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
+        return await self._run_many(list(jobs), opts, max_in_flight)
+
+    async def peers(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """The mesh as the coordinator sees it (`mesh-node peers`), cached for a few seconds."""
+        now = trio.current_time()
+        if refresh or self._peers is None or now - self._peers_at > PEERS_TTL_S:
+            self._peers = (await self.client.rpc.call("mesh.peers", {}))["peers"]
+            self._peers_at = now
+        return self._peers
+
+    # -- internals --
+    async def _run_many(self, jobs: list[ComputeJob], opts: _Options, max_in_flight: int) -> list[ComputeRun]:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        out: list[ComputeRun | None] = [None] * len(jobs)
+        limit = trio.CapacityLimiter(max_in_flight)
+        submitted: set[str] = set()
+        failure: list[ComputeFailed] = []
+        if opts.precheck:  # every item's memory checked before anything is sent
+            for job in jobs:
+                await self._precheck(job)
+        batch = uuid.uuid4().hex[:16]
+
+        async def one(i: int, nursery: trio.Nursery) -> None:
+            async with limit:
+                try:
+                    out[i] = await self._run(jobs[i], opts, job_id=f"{batch}.{i}", submitted=submitted,
+                                             precheck=False)
+                except ComputeFailed as e:
+                    e.index = i
+                    e.add_note(f"batch item {i} of {len(jobs)}")
+                    failure.append(e)
+                    nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(jobs)):
+                nursery.start_soon(one, i, nursery)
+        if failure:
+            await self._cancel_all(submitted)
+            raise failure[0]
+        return [r for r in out if r is not None]
+
+    async def _cancel_all(self, job_ids: set[str]) -> None:
+        with trio.move_on_after(10) as scope:
+            scope.shield = True
+            for jid in sorted(job_ids):
+                try:
+                    await self.client.cancel(jid)
+                except RpcError:
+                    pass  # already finished (not_found) or unreachable: nothing to cancel
+
+    async def _run(self, job: ComputeJob, opts: _Options, *, job_id: str = "", submitted: set[str] | None = None,
+                   precheck: bool | None = None) -> ComputeRun:
+        if precheck if precheck is not None else opts.precheck:
+            await self._precheck(job)
+        base = job_id or uuid.uuid4().hex
+        if opts.verify != "redundant":
+            return await self._once(job, base, opts, submitted)
+        return await self._redundant(job, base, opts, submitted)
+
+    async def _redundant(self, job: ComputeJob, base: str, opts: _Options, submitted: set[str] | None) -> ComputeRun:
+        t0 = time.perf_counter()
+        runs: list[ComputeRun] = [None, None]  # type: ignore[list-item]
+
+        async def copy(k: int) -> None:
+            runs[k] = await self._once(job, f"{base}.r{k}", opts, submitted)
+
+        async with trio.open_nursery() as n:  # two copies at once: placed independently
+            n.start_soon(copy, 0)
+            n.start_soon(copy, 1)
+        while len({r.worker for r in runs}) < 2 and len(runs) < opts.redundancy_tries:
+            try:  # both on one worker: another copy, kept off that worker where the scheduler supports it
+                runs.append(await self._once(job, f"{base}.r{len(runs)}", opts, submitted,
+                                             avoid=sorted({r.worker for r in runs})))
+            except ComputeRefused as e:
+                if e.code != "excluded":
+                    raise
+                break  # no peer left once that worker is excluded
+        first = runs[0]
+        second = next((r for r in runs if r.worker != first.worker), None)
+        if second is None:
+            raise RedundancyUnavailable(first.job_id, "unverified",
+                                        f"every copy of the job ran on worker {first.worker} ({len(runs)} copies): "
+                                        f"no second peer to compare with (fewer than two eligible OpenCL devices "
+                                        f"on the mesh?)", worker=first.worker)
+        problem = compare_outputs(first.result, second.result, opts.rtol, opts.atol)
+        if problem is not None:
+            raise VerificationFailed((first.job_id, second.job_id), (first.worker, second.worker), *problem)
+        first.verified_by = (first.worker, second.worker)
+        first.job_ids = tuple(r.job_id for r in runs)
+        first.wall_s = time.perf_counter() - t0
+        return first
+
+    async def _submit(self, job: ComputeJob, job_id: str, opts: _Options, timeout_s: float,
+                      avoid: Sequence[str]) -> dict[str, Any]:
+        """Submit; with `avoid`, ask placement to keep off those peers (the `avoid_peers` requirement) if this
+        client and the coordinator know it, else submit plainly (the caller checks where the job ran)."""
+        kw: dict[str, Any] = dict(input=job.input or None, job_id=job_id, priority=opts.priority,
+                                  timeout_s=timeout_s, max_attempts=opts.max_attempts)
+        if avoid and self._avoid_supported is not False:
+            try:
+                ans = await self.client.submit(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
+                self._avoid_supported = True
+                return ans
+            except WireError:  # this client's scheduler.core.job has no avoid_peers
+                self._avoid_supported = False
+            except RpcError as e:
+                if e.code != "invalid" or "avoid_peers" not in (e.message or ""):
+                    raise
+                self._avoid_supported = False  # the coordinator does not know it
+        return await self.client.submit(KIND, job.spec, **kw)
+
+    async def _once(self, job: ComputeJob, job_id: str, opts: _Options, submitted: set[str] | None,
+                    avoid: Sequence[str] = ()) -> ComputeRun:
+        t0 = time.perf_counter()
+        limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+        timeout_s = opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
+        try:
+            ans = await self._submit(job, job_id, opts, timeout_s, avoid)
+        except RpcError as e:
+            raise ComputeRefused(job_id, e.code, e.message or e.code) from None
+        if not ans.get("accepted"):
+            raise ComputeRefused(ans.get("id", job_id), ans.get("code") or "rejected", ans.get("message", ""))
+        if submitted is not None:
+            submitted.add(ans["id"])
+        res = await self.client.result(ans["id"])
+        if submitted is not None:
+            submitted.discard(ans["id"])
+        if not res.ok:
+            raise _failure(res)
+        decoded = job.decode(res.body, res.output)
+        return ComputeRun(res.job_id, res.worker, decoded, time.perf_counter() - t0,
+                          float(res.timings.get("queue_s", 0.0)), float(res.timings.get("run_s", 0.0)),
+                          verified_by=(), job_ids=(res.job_id,))
+
+    async def _precheck(self, job: ComputeJob) -> None:
+        """Refuse a job whose buffers exceed every OpenCL device the mesh advertises, before any transfer."""
+        req = parse_spec(job.spec).requirements()
+        need = req.min_memory_bytes
+        try:
+            peers = await self.peers()
+        except RpcError:
+            return  # cannot see the mesh: the coordinator decides
+        devs = [d for p in peers for d in p.get("devices", ()) if d.get("kind") not in ("reference", None)]
+        fit = [d for d in devs if (not req.fp64 or d.get("fp64")) and (not req.int64 or d.get("int64"))
+               and (req.device_kind is None or d.get("kind") == req.device_kind)]
+        if not fit:
+            return  # nothing matching in view (yet): the coordinator gives the precise refusal
+        best = max(int(d.get("global_mem_bytes", 0)) for d in fit)
+        if need > best:
+            raise BufferTooLarge("", "too_large",
+                                 f"the job's buffers need {_fmt(need)} but the largest OpenCL device on the mesh "
+                                 f"has {_fmt(best)} ({len(fit)} device{'s' * (len(fit) != 1)} seen); nothing was "
+                                 f"sent")
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def resolve_data_dir(data_dir: Path | str | None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    from scheduler.node.config import default_data_dir
+
+    return Path(os.environ.get("GPUMESH_DATA_DIR") or default_data_dir())
+
+
+# ---- the blocking SDK ----------------------------------------------------------------------------------------
+
+class Mesh:
+    """Compute on the mesh from ordinary (blocking) code: the same methods as `AsyncMesh`, run on a
+    `SyncClient`'s private trio thread. Use as a context manager, or call `close()`."""
+
+    def __init__(self, sync: SyncClient) -> None:
+        self._sync = sync
+        self._amesh = AsyncMesh(sync.client)
+
+    @classmethod
+    def connect(cls, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> Mesh:
+        return cls(SyncClient(address, token=token, peer_id=peer_id, insecure=insecure))
+
+    @classmethod
+    def local(cls, data_dir: Path | str | None = None) -> Mesh:
+        addr, tok, pid, insecure = local_address(resolve_data_dir(data_dir))
+        return cls.connect(addr, token=tok, peer_id=pid, insecure=insecure)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._sync.run_async(fn, *args, **kw)
+
+    def compute(self, source: str, kernel: str, args: Sequence[Any], global_size: Any = None, local_size: Any = None,
+                **kw: Any) -> np.ndarray | dict[str, np.ndarray]:
+        return self._call(self._amesh.compute, source, kernel, args, global_size, local_size, **kw)
+
+    def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
+        return self._call(self._amesh.run, job, **kw)
+
+    def map(self, source: str, kernel: str, arg_lists: Sequence[Sequence[Any]], global_size: Any = None,
+            local_size: Any = None, **kw: Any) -> list[Any]:
+        return self._call(self._amesh.map, source, kernel, arg_lists, global_size, local_size, **kw)
+
+    def run_many(self, jobs: Sequence[ComputeJob], **kw: Any) -> list[ComputeRun]:
+        return self._call(self._amesh.run_many, jobs, **kw)
+
+    def peers(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        return self._call(self._amesh.peers, refresh=refresh)
+
+    @property
+    def client(self) -> SyncClient:
+        return self._sync
+
+    def close(self) -> None:
+        self._sync.close()
+
+    def __enter__(self) -> Mesh:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["AsyncMesh", "BufferTooLarge", "BuildFailed", "ComputeFailed", "ComputeJob", "ComputeRefused",
+           "ComputeRun", "In", "InOut", "Local", "Mesh", "Out", "RedundancyUnavailable", "Scalar",
+           "TimeLimitExceeded", "VerificationFailed", "compare_outputs", "make_job"]

@@ -1,0 +1,609 @@
+"""Placement: which peer and device should run a job. Pure: no I/O, time passed in.
+
+For every device in the membership view that meets the job's requirements (and whose peer is not expired,
+not excluded for this job, and of sufficient standing), the estimated completion time is
+
+    ECT = rtt(peer) + queue wait + cost of the job on that device
+    queue wait = max(0, queue_depth + 1 - free_slots) / slots * typical_job_s
+
+(`rtt` is a per-peer estimate, `default_rtt_s` until observed, 0 for this node; `typical_job_s` is an
+average of observed run times; the cost comes from a function passed in). Candidates are ranked by ECT;
+the first one is drawn at random among the best `d` whose ECT is within `slack` of the best (the power of
+d choices, from a seeded RNG), so that many coordinators sharing the same stale view do not all pick the
+same peer; ties are also broken at random. This node's own device is taken whenever it is the best.
+A realtime job whose deadline no device can meet gets no candidates and the reason.
+
+Speed: a `Placer` keeps the view's devices in numpy columns and refreshes only the rows of peers whose
+advert changed since the previous call (found by advert identity), so a decision over 1,000 peers is a
+few vector operations. Job cost comes either from `work_fn(job) -> Work` (a device-independent size;
+cost = fixed + mulmod work / calibrated mul-mod rate + flop work / calibrated flop rate, computed for every
+device at once), or from a scalar `cost_fn(job, device_advert) -> seconds`, evaluated per device and
+cached per (kind, spec, input size) until the device's advert changes what it is.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import NamedTuple
+
+import msgpack
+import numpy as np
+
+from mesh.advert import Advert, DeviceAdvert
+from mesh.advert_delta import AdvertDelta
+from mesh.membership import Left, MembershipView, PeerState
+from scheduler.core.job import Job, Requirements
+
+CostFn = Callable[[Job, DeviceAdvert], float]
+
+
+@dataclass(frozen=True)
+class Work:
+    """A job's size independent of the device: cost on device = fixed_s + mulmod_m / device.mulmod_mops
+    + gflop / device.f32_gflops (a device with a zero rate for work the job has costs infinity)."""
+
+    fixed_s: float = 0.0
+    mulmod_m: float = 0.0  # millions of Goldilocks mul-mods
+    gflop: float = 0.0  # billions of float32 operations
+
+    def cost_s(self, device: DeviceAdvert) -> float:
+        c = self.fixed_s
+        for work, rate in ((self.mulmod_m, device.mulmod_mops), (self.gflop, device.f32_gflops)):
+            if work:
+                c += work / rate if rate > 0 else math.inf
+        return c
+
+
+WorkFn = Callable[[Job], Work | None]
+
+
+class Candidate(NamedTuple):
+    peer_id: str
+    device_id: str
+    estimate_s: float  # estimated completion time, seconds from now
+    rtt_s: float
+    wait_s: float
+    cost_s: float
+    free_slots: int  # the load this estimate assumed (an offer tells the worker how much queue is acceptable)
+    queue_depth: int
+    local: bool
+
+
+@dataclass
+class Placement:
+    """Ranked candidates, best (chosen) first; empty with a human `reason` and a short `code`
+    (no_match, excluded, deadline) when the job cannot be placed."""
+
+    candidates: list[Candidate]
+    reason: str = ""
+    code: str = ""
+    matched: int = 0  # devices meeting the requirements, before exclusions
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.candidates)
+
+    def __iter__(self):
+        return iter(self.candidates)
+
+
+_KIND_CODE = {"gpu": 0, "cpu": 1, "accelerator": 2, "reference": 3}
+_OTHER_KIND = 9
+_REFERENCE = _KIND_CODE["reference"]
+_ADVERT = attrgetter("advert")
+_COLUMNS = (("_kind", np.int8), ("_mem", np.int64), ("_fp64", bool), ("_int64", bool), ("_mulmod", float),
+            ("_f32", float), ("_slots", float), ("_free", float), ("_depth", float),
+            ("_expires", float),  # last_seen + ttl; inf for this node, -inf for a dead row
+            ("_rtt_col", float), ("_local", bool))
+_EXPIRES = [name for name, _ in _COLUMNS].index("_expires")
+_UNREACHABLE = -1e300  # expiry of a live peer's rows that cannot be offered work yet (-inf is a dead row)
+
+
+def _static(d: DeviceAdvert) -> tuple:
+    return (d.kind, d.global_mem_bytes, d.fp64, d.int64, d.mulmod_mops, d.f32_gflops, d.compute_units, d.name)
+
+
+class TrackedView(MembershipView):
+    """A MembershipView that logs which peers changed (advert accepted, expired, removed, load noted), so a
+    Placer refreshes its device table in O(changes) instead of scanning every peer per decision. Use it
+    wherever a node builds its view; a Placer also works on a plain MembershipView, scanning."""
+
+    LOG_SIZE = 8192
+
+    def __init__(self, self_peer_id: str, ttl_s: float, admit: Callable[[str], bool] | None = None,
+                 **ttl: float | None) -> None:
+        super().__init__(self_peer_id, ttl_s, admit, **ttl)
+        self.version = 0
+        self._log: deque[tuple[int, str]] = deque(maxlen=self.LOG_SIZE)
+
+    def _changed(self, peer_id: str) -> None:
+        self.version += 1
+        self._log.append((self.version, peer_id))
+
+    def apply(self, message: Advert | AdvertDelta, now: float):  # type: ignore[override]
+        before = self.get(message.peer_id)
+        seq = before.advert.seq if before is not None else None
+        ev = super().apply(message, now)
+        st = self.get(message.peer_id)
+        if st is not None and st.advert.seq != seq:
+            self._changed(message.peer_id)
+        return ev
+
+    def expire(self, now: float) -> list[Left]:
+        left = super().expire(now)
+        for ev in left:
+            self._changed(ev.peer_id)
+        return left
+
+    def remove(self, peer_id: str) -> Left | None:
+        ev = super().remove(peer_id)
+        if ev is not None:
+            self._changed(peer_id)
+        return ev
+
+    def note_load(self, peer_id: str, device_id: str, free_slots: int, queue_depth: int) -> None:
+        super().note_load(peer_id, device_id, free_slots, queue_depth)
+        self._changed(peer_id)
+
+    def changes_since(self, version: int) -> tuple[int, set[str] | None]:
+        """(current version, peers changed after `version`), or None for the peers when the log no longer
+        reaches back that far (the caller re-reads everything)."""
+        if version == self.version:
+            return version, set()
+        if version < 0 or version > self.version or not self._log or self._log[0][0] > version + 1:
+            return self.version, None
+        out = set()
+        for v, pid in reversed(self._log):
+            if v <= version:
+                break
+            out.add(pid)
+        return self.version, out
+
+
+class Placer:
+    """Placement over one MembershipView. Keep one per coordinator (it caches the view's device table)."""
+
+    # the device table: one row per device of the view, columns set by _clear/_flush (see _COLUMNS)
+    _kind: np.ndarray
+    _mem: np.ndarray
+    _fp64: np.ndarray
+    _int64: np.ndarray
+    _mulmod: np.ndarray
+    _f32: np.ndarray
+    _slots: np.ndarray
+    _free: np.ndarray
+    _depth: np.ndarray
+    _expires: np.ndarray
+    _rtt_col: np.ndarray
+    _local: np.ndarray
+    _ist_for: float
+    _rbuf: np.ndarray
+    _rpos: int
+
+    def __init__(self, view: MembershipView, cost_fn: CostFn | None = None, *, work_fn: WorkFn | None = None,
+                 seed: int | None = None, d: int = 8, slack: float = 0.25, jitter: float = 0.02,
+                 max_slack: float = 1.0, max_jitter: float = 1.0, min_standing: float = 0.25,
+                 default_rtt_s: float = 1e-3, typical_job_s: float = 1.0, limit: int = 8,
+                 cost_cache_keys: int = 64) -> None:
+        self.view = view
+        self.cost_fn = cost_fn
+        self.work_fn = work_fn
+        self.d = max(1, d)
+        # spread: the rank key is ECT x (1 + jitter x U[0,1)), and the choice is among the best d within
+        # (1 + slack) x the best ECT. Both widen from their base towards max_ with the rate at which this
+        # coordinator's offers are refused (stale views shared by many coordinators: a herd) and narrow
+        # back when offers are taken, so an idle mesh gets near-optimal picks and a contended one spreads.
+        self.base_slack, self.max_slack = slack, max(slack, max_slack)
+        self.base_jitter, self.max_jitter = jitter, max(jitter, max_jitter)
+        self.slack = slack
+        self.jitter = jitter
+        self.contention = 0.0  # EWMA of the share of offers refused
+        self.min_standing = min_standing
+        self.default_rtt_s = default_rtt_s
+        self.typical_job_s = typical_job_s
+        self.limit = max(1, limit)
+        self._rng = random.Random(seed)
+        self._nprng = np.random.default_rng(seed)
+        self._rtt: dict[str, float] = {}
+        self._cost_cache: OrderedDict[tuple, list] = OrderedDict()  # key -> [costs per row, version]
+        self._cost_cache_keys = cost_cache_keys
+        self.rebuilds = 0  # full table rebuilds (peers joined or left); for tests and metrics
+        self._clear()
+
+    # --- what the coordinator tells it ------------------------------------------------------------------
+
+    def note_load(self, peer_id: str, device_id: str, free_slots: int, queue_depth: int) -> None:
+        """A worker's own word on its load (from a claim answer): into the view and this table."""
+        self.view.note_load(peer_id, device_id, free_slots, queue_depth)
+        for r in self._rows_of(peer_id):
+            if self._dev_id[r] == device_id and r < self._free.size:
+                self._free[r] = max(0, free_slots)
+                self._depth[r] = max(0, queue_depth)
+                self._base_dirty = True
+
+    def note_offer(self, peer_id: str, device_id: str) -> None:
+        """This coordinator just offered a job to a device: count it as taking a slot there (or queueing behind
+        the busy ones) until the worker's own word (claim answer) or its next advert replaces the guess, so a
+        burst of jobs placed between two adverts spreads over the mesh instead of piling onto one device."""
+        for r in self._rows_of(peer_id):
+            if self._dev_id[r] == device_id and r < self._free.size:
+                free, depth = int(self._free[r]), int(self._depth[r])
+                self.note_load(peer_id, device_id, free - 1 if free > 0 else 0, depth if free > 0 else depth + 1)
+                return
+
+    def observe_rtt(self, peer_id: str, rtt_s: float, alpha: float = 0.2) -> None:
+        if peer_id == self.view.self_peer_id or not (rtt_s >= 0 and math.isfinite(rtt_s)):
+            return
+        old = self._rtt.get(peer_id)
+        new = rtt_s if old is None else (1 - alpha) * old + alpha * rtt_s
+        self._rtt[peer_id] = new
+        for r in self._rows_of(peer_id):
+            if r < self._rtt_col.size:
+                self._rtt_col[r] = new
+                self._base_dirty = True
+        if len(self._rtt) > 4 * max(1024, len(self._peers)):  # forget peers long gone
+            self._rtt = {k: v for k, v in self._rtt.items() if k in self._peers}
+
+    def observe_claim(self, accepted: bool, alpha: float = 0.05) -> None:
+        """An offer's answer: feeds the contention estimate that sets how widely placement spreads."""
+        self.contention = (1 - alpha) * self.contention + alpha * (0.0 if accepted else 1.0)
+        c = min(1.0, 2.0 * self.contention)  # refusing half the offers already means: spread fully
+        self.slack = self.base_slack + (self.max_slack - self.base_slack) * c
+        self.jitter = self.base_jitter + (self.max_jitter - self.base_jitter) * c
+
+    def observe_run(self, seconds: float, alpha: float = 0.05) -> None:
+        """A job's observed run time: feeds `typical_job_s` (the time a queued job is expected to hold a slot)."""
+        if seconds >= 0 and math.isfinite(seconds):
+            self.typical_job_s = (1 - alpha) * self.typical_job_s + alpha * seconds
+
+    # --- the decision ---------------------------------------------------------------------------------------
+
+    def place(self, job: Job, now: float, exclude: Iterable[str] = ()) -> Placement:
+        self._refresh()
+        req = job.requirements
+        mask = self._match(req)
+        matched = int(np.count_nonzero(mask)) if mask is not None else len(self._dev_id)
+        if matched == 0:
+            known = len(self._dev_id)
+            return Placement([], f"no peer has {req.describe()} ({known} device{'s' * (known != 1)} known)",
+                             "no_match", 0)
+        alive = self._expires >= now
+        mask = alive if mask is None else (mask & alive)
+        # job-independent part of the estimate: rtt + queue wait (full columns: no gathers)
+        wait, base = self._base()
+        cost = self._cost(job, mask)
+        ect = base + cost
+        n = ect.size
+        if self.jitter:
+            key = np.multiply(self._uniform(n), self.jitter)
+            key += 1.0
+            key *= ect
+        else:
+            key = ect.copy()
+        key[~mask] = np.inf
+        if job.deadline is not None:
+            remaining = job.deadline - now
+            late = ect > remaining
+            late &= mask
+            if late.any():
+                if not (mask & ~late).any():
+                    r = int(np.argmin(np.where(mask, ect, np.inf)))
+                    return Placement([], f"deadline cannot be met: best estimate {ect[r] * 1000:.1f} ms (on "
+                                         f"{self._row_peer[r][:16]}), deadline in {max(0.0, remaining) * 1000:.1f} ms",
+                                     "deadline", matched)
+                key[late] = np.inf
+        excl = exclude if isinstance(exclude, set | frozenset) else set(exclude)
+        if job.requirements.avoid_peers:
+            excl = excl.union(job.requirements.avoid_peers)
+        out: list[Candidate] = []
+        n_excluded = 0
+        # rank lazily: partition the best few, sort those, widen only if exclusions ate them
+        take = min(n, self.limit + len(excl) + 4)
+        order = _smallest(key, take)
+        seen: set[int] = set()
+        row_peer, standing, min_standing = self._row_peer, self.view.standing, self.min_standing
+        while True:
+            rows = order.tolist()
+            cols = zip(rows, key[order].tolist(), ect[order].tolist(), self._rtt_col[order].tolist(),
+                       wait[order].tolist(), cost[order].tolist(), self._free[order].tolist(),
+                       self._depth[order].tolist(), self._local[order].tolist(), strict=True)
+            for r, k, e, rtt, w, c, free, depth, local in cols:
+                if k == math.inf:
+                    take = n  # the rest are ineligible, late or infinitely costly too
+                    break
+                pid = row_peer[r]
+                if pid in excl or (min_standing > 0 and standing(pid) < min_standing):
+                    n_excluded += 1
+                    continue
+                out.append(Candidate(pid, self._dev_id[r], e, rtt, w, c, int(free), int(depth), local))
+                if len(out) == self.limit:
+                    break
+            if len(out) == self.limit or take >= n:
+                break
+            seen.update(rows)
+            take = min(n, take * 4)
+            order = np.array([r for r in _smallest(key, take).tolist() if r not in seen], dtype=np.intp)
+        if not out:
+            if n_excluded:
+                return Placement([], f"no eligible peer: the {matched} matching devices ({req.describe()}) are on "
+                                     f"peers excluded for this job (they failed it) or of low standing", "excluded", matched)
+            if not mask.any():
+                return Placement([], f"no live peer has {req.describe()} (the {matched} matching devices have "
+                                     f"expired)", "no_match", matched)
+            return Placement([], f"no peer has {req.describe()} that can run this job (cost unknown or infinite)",
+                             "no_match", matched)
+        self._choose(out)
+        return Placement(out, matched=matched)
+
+    def _base(self) -> tuple[np.ndarray, np.ndarray]:
+        """(queue wait, rtt + queue wait) per row, recomputed only when load, rtt or typical_job_s changed."""
+        if self._base_dirty or self._ist_for != self.typical_job_s:
+            wait = np.maximum(0.0, self._depth + 1.0 - self._free)
+            wait *= self.typical_job_s / self._slots
+            self._ist_for = self.typical_job_s
+            self._wait = wait
+            self._base_col = wait + self._rtt_col
+            self._base_dirty = False
+        return self._wait, self._base_col
+
+    def _uniform(self, n: int) -> np.ndarray:
+        """n uniform [0, 1) numbers from a buffer refilled 64 decisions at a time."""
+        if self._rpos + n > self._rbuf.size:
+            self._rbuf = self._nprng.random(max(64 * n, 1024))
+            self._rpos = 0
+        out = self._rbuf[self._rpos:self._rpos + n]
+        self._rpos += n
+        return out
+
+    def _choose(self, out: list[Candidate]) -> None:
+        best = min(c.estimate_s for c in out)
+        for i, c in enumerate(out):
+            if c.local and c.estimate_s <= best:
+                out.insert(0, out.pop(i))
+                return
+        bound = best * (1.0 + self.slack)
+        pool = [i for i, c in enumerate(out[:self.d]) if c.estimate_s <= bound]
+        if len(pool) > 1:
+            i = pool[self._rng.randrange(len(pool))]
+            out.insert(0, out.pop(i))
+
+    # --- the device table -------------------------------------------------------------------------------
+
+    def _clear(self) -> None:
+        self._peers: dict[str, tuple[PeerState, Advert, range]] = {}  # peer -> (state, advert seen, rows)
+        self._row_peer: list[str] = []  # "" for a dead row (peer gone or devices changed)
+        self._dev_id: list[str] = []
+        self._devs: list[DeviceAdvert | None] = []
+        self._dead = 0
+        self._version = -1  # TrackedView version this table reflects
+        self._scan_adverts: list[Advert] = []
+        self._pending: list[list] = []
+        for name, dtype in _COLUMNS:
+            setattr(self, name, np.zeros(0, dtype))
+        self._ist_for = math.nan
+        self._base_dirty = True
+        self._wait = self._base_col = np.zeros(0)
+        self._static_version = getattr(self, "_static_version", 0) + 1
+        self._rbuf = np.zeros(0)
+        self._rpos = 0
+        self._cost_cache.clear()
+
+    def _rows_of(self, peer_id: str) -> range:
+        e = self._peers.get(peer_id)
+        return e[2] if e is not None else range(0)
+
+    def _refresh(self) -> None:
+        changes_since = getattr(self.view, "changes_since", None)
+        if changes_since is None:
+            self._scan()
+        else:
+            version, pids = changes_since(self._version)
+            if version == self._version:
+                return
+            if pids is None:
+                self._full_sync()
+            else:
+                get = self.view.get
+                for pid in pids:
+                    self._sync_peer(pid, get(pid))
+                self._flush()
+            self._version = version
+        if self._dead > max(64, len(self._row_peer) - self._dead):
+            version = self._version
+            self._clear()
+            self._full_sync()
+            self._version = version
+
+    def _scan(self) -> None:
+        """A plain MembershipView: find changed peers by advert identity, O(peers) per decision."""
+        states = self.view.peers()
+        adverts = list(map(_ADVERT, states))
+        if adverts == self._scan_adverts:
+            return
+        self._sync_states(states)
+        self._scan_adverts = adverts
+
+    def _full_sync(self) -> None:
+        self.rebuilds += 1
+        self._sync_states(self.view.peers())
+
+    def _sync_states(self, states: list[PeerState]) -> None:
+        seen = set()
+        for st in states:
+            pid = st.advert.peer_id
+            seen.add(pid)
+            e = self._peers.get(pid)
+            if e is None or e[0] is not st or e[1] is not st.advert:
+                self._sync_peer(pid, st)
+        for pid in [p for p in self._peers if p not in seen]:
+            self._sync_peer(pid, None)
+        self._flush()
+
+    def _sync_peer(self, pid: str, st: PeerState | None) -> None:
+        e = self._peers.get(pid)
+        if st is None:
+            if e is not None:
+                self._kill(e[2])
+                del self._peers[pid]
+            return
+        devs = st.devices()
+        if pid == self.view.self_peer_id:
+            expires = math.inf
+        elif not st.advert.data_addr:  # no data-plane address (yet): an offer could not reach it
+            expires = _UNREACHABLE
+        else:
+            expires = st.expires_at
+        if e is not None:
+            rows = e[2]
+            if len(devs) == len(rows) and all(d.id == self._dev_id[r] for d, r in zip(devs, rows, strict=True)):
+                for d, r in zip(devs, rows, strict=True):
+                    if r >= self._kind.size:  # still pending (joined in this same refresh)
+                        self._pending[r - self._kind.size] = self._row_values(pid, d, expires)
+                    else:
+                        self._update_row(r, d, expires)
+                    self._devs[r] = d
+                self._peers[pid] = (st, st.advert, rows)
+                return
+            self._kill(rows)
+        start = len(self._row_peer)
+        for d in devs:
+            self._row_peer.append(pid)
+            self._dev_id.append(d.id)
+            self._devs.append(d)
+            self._pending.append(self._row_values(pid, d, expires))
+        self._peers[pid] = (st, st.advert, range(start, len(self._row_peer)))
+
+    def _row_values(self, pid: str, d: DeviceAdvert, expires: float) -> list:
+        local = pid == self.view.self_peer_id
+        return [_KIND_CODE.get(d.kind, _OTHER_KIND), d.global_mem_bytes, d.fp64, d.int64, d.mulmod_mops,
+                d.f32_gflops, max(1, d.slots), d.free_slots, d.queue_depth, expires,
+                0.0 if local else self._rtt.get(pid, self.default_rtt_s), local]
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        cols = list(zip(*self._pending, strict=True))
+        for (name, dtype), values in zip(_COLUMNS, cols, strict=True):
+            setattr(self, name, np.concatenate([getattr(self, name), np.array(values, dtype)]))
+        for entry in self._cost_cache.values():
+            entry[0] = np.concatenate([entry[0], np.full(len(self._pending), np.nan)])
+        self._pending = []
+        self._base_dirty = True
+        self._static_version += 1
+
+    def _kill(self, rows: range) -> None:
+        n = self._expires.size
+        for r in rows:
+            self._row_peer[r] = ""
+            self._devs[r] = None
+            if r < n:
+                self._expires[r] = -math.inf  # never alive again
+            else:
+                self._pending[r - n][_EXPIRES] = -math.inf
+        self._dead += len(rows)
+
+    def _update_row(self, r: int, d: DeviceAdvert, expires: float) -> None:
+        old = self._devs[r]
+        if old is None or _static(d) != _static(old):
+            self._kind[r] = _KIND_CODE.get(d.kind, _OTHER_KIND)
+            self._mem[r] = d.global_mem_bytes
+            self._fp64[r] = d.fp64
+            self._int64[r] = d.int64
+            self._mulmod[r] = d.mulmod_mops
+            self._f32[r] = d.f32_gflops
+            self._slots[r] = max(1, d.slots)
+            self._static_version += 1
+            for entry in self._cost_cache.values():
+                entry[0][r] = np.nan
+        self._free[r] = d.free_slots
+        self._depth[r] = d.queue_depth
+        self._expires[r] = expires
+        self._base_dirty = True
+
+    def _match(self, req: Requirements) -> np.ndarray | None:
+        """Rows meeting the requirements (None: no constraint at all)."""
+        conds = []
+        if req.device_kind is not None:
+            conds.append(self._kind == _KIND_CODE.get(req.device_kind, _OTHER_KIND))
+        if req.opencl:
+            conds.append(self._kind != _REFERENCE)
+        if req.min_memory_bytes:
+            conds.append(self._mem >= req.min_memory_bytes)
+        if req.fp64:
+            conds.append(self._fp64)
+        if req.int64:
+            conds.append(self._int64)
+        if req.min_mulmod_mops:
+            conds.append(self._mulmod >= req.min_mulmod_mops)
+        if req.min_fma_gflops:
+            conds.append(self._f32 >= req.min_fma_gflops)
+        if self._dead:
+            conds.append(self._expires > -math.inf)
+        if not conds:
+            return None
+        mask = conds[0].copy()
+        for c in conds[1:]:
+            mask &= c
+        return mask
+
+    def _cost(self, job: Job, mask: np.ndarray) -> np.ndarray:
+        """The job's cost on every row (only rows in `mask` need be right)."""
+        n = len(self._dev_id)
+        if self.work_fn is not None:
+            w = self.work_fn(job)
+            if w is not None:
+                c = np.full(n, float(w.fixed_s))
+                for work, rate in ((w.mulmod_m, self._mulmod), (w.gflop, self._f32)):
+                    if work:
+                        with np.errstate(divide="ignore"):
+                            c += np.where(rate > 0, work / np.where(rate > 0, rate, 1.0), np.inf)
+                return c
+        if self.cost_fn is None:
+            return np.zeros(n)
+        key = (job.kind, job.input_size, msgpack.packb(job.spec, use_bin_type=True))
+        entry = self._cost_cache.get(key)
+        if entry is None:
+            entry = [np.full(n, np.nan), -1]  # costs per row, table version at which every live row had one
+            self._cost_cache[key] = entry
+            while len(self._cost_cache) > self._cost_cache_keys:
+                self._cost_cache.popitem(last=False)
+        else:
+            self._cost_cache.move_to_end(key)
+            if entry[1] == self._static_version:
+                return entry[0]
+        cached = entry[0]
+        missing = np.isnan(cached)
+        missing &= mask
+        if missing.any():
+            fn, devs = self.cost_fn, self._devs
+            for r in np.flatnonzero(missing).tolist():
+                dev = devs[r]
+                v = float(fn(job, dev)) if dev is not None else math.inf
+                cached[r] = v if v >= 0 else np.inf
+        live = np.isnan(cached)
+        live &= self._expires > -math.inf
+        if not live.any():
+            entry[1] = self._static_version
+        return cached
+
+
+def _smallest(key: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest values of key, sorted."""
+    if k >= key.size:
+        return np.argsort(key, kind="stable")
+    part = np.argpartition(key, k - 1)[:k]
+    return part[np.argsort(key[part], kind="stable")]
+
+
+def place(view: MembershipView, job: Job, now: float, cost_fn: CostFn | None = None, *,
+          exclude: Iterable[str] = (), seed: int | None = None, **kw) -> Placement:
+    """One-off placement (builds a throwaway Placer: fine for tools and tests, slow in a loop)."""
+    return Placer(view, cost_fn, seed=seed, **kw).place(job, now, exclude)
+
+
+__all__ = ["Candidate", "CostFn", "Placement", "Placer", "TrackedView", "Work", "WorkFn", "place"]

@@ -1,0 +1,260 @@
+"""The composition root: builds a node from its settings and runs every part in one nursery.
+
+The one place that imports mesh/, worker/ and scheduler/ together. Each background task is owned by the
+node's nursery and stops when it is cancelled (SIGINT/SIGTERM or the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mesh import __version__, control, metrics, metrics_http
+from mesh.admission import read_allow_list, read_mesh_key
+from mesh.advert import Advert, DeviceAdvert
+from mesh.bigtcp.rpc import RpcServer
+from mesh.bigtcp.transport import Transport
+from mesh.gossip import GossipConfig, GossipService
+from mesh.identity import Identity, load_or_create
+from mesh.membership import Event
+from scheduler.core.coordinator_core import CoordinatorConfig
+from scheduler.core.placement import TrackedView
+from scheduler.core.quota import Quotas
+from scheduler.node.admission import Admission, local_token
+from scheduler.node.client_api import ClientAPI, describe_peers
+from scheduler.node.config import NodeSettings, has_port, parse_hostport
+from scheduler.node.coordinator_io import CoordinatorIO, Verifier
+from scheduler.node.links import LoopbackLink, PeerLinks
+from scheduler.node.peer_api import PeerAPI
+from scheduler.node.tokens import TokenStore
+from scheduler.node.worker_io import WorkerIO
+from worker import calibration, kinds_basic
+from worker import devices as worker_devices
+from worker.compute import kind as compute_kind
+from worker.devices import Device, DeviceWatcher, DiscoveryResult
+from worker.executor import Executor
+from worker.kinds import KindFamily, KindRegistry
+from worker.render import kind as render_kind
+from worker.zk import kind as zk_kind
+
+log = logging.getLogger("gpumesh.node")
+
+# every job kind a node offers, with the verifiers its coordinator runs on remote results
+KIND_FAMILIES: tuple[KindFamily, ...] = (kinds_basic.FAMILY, compute_kind.FAMILY, zk_kind.FAMILY, render_kind.FAMILY)
+
+
+def job_kinds(families: tuple[KindFamily, ...] = KIND_FAMILIES) -> tuple[KindRegistry, dict[str, Verifier]]:
+    registry = KindRegistry()
+    verifiers: dict[str, Verifier] = {}
+    for family in families:
+        family.register(registry, verifiers)
+    return registry, verifiers
+
+
+@dataclass
+class Node:
+    settings: NodeSettings
+    identity: Identity = field(init=False)
+    view: TrackedView = field(init=False)
+    started_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.identity, created = load_or_create(self.settings.data_dir)
+        if created:
+            log.info("created identity %s in %s", self.identity.peer_id_str, self.settings.data_dir)
+        self.psk = read_mesh_key(self.settings.mesh_key_file) if self.settings.mesh_key_file else None
+        self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
+        allow = self.allow
+        admit = allow.__contains__ if allow is not None else None
+        # (x 1.1: a refresh may come up to its jitter later than the interval it announced)
+        s = self.settings
+        self.view = TrackedView(self.identity.peer_id_str, s.ttl_s, admit=admit, ttl_intervals=s.ttl_intervals,
+                                max_ttl_s=s.ttl_intervals * s.advert_max_interval * 1.1)
+        self.devices: tuple[Device, ...] = ()
+        self.device_problem: str | None = None
+        self.watcher: DeviceWatcher | None = None
+        self.gossip: GossipService | None = None
+        self.metrics_port: int | None = None
+        self.data_addr = ""
+        self.ready = trio.Event()
+        self._event_listeners: list = []
+        self.registry, verifiers = job_kinds()
+        self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
+                                 registry=self.registry, on_change=self._capacity_changed)
+        self.labels: dict[str, str] = {}
+        self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
+        self._data_host = self.data_host_port[0]
+        # the data plane: one transport and RPC server; the coordinator and worker halves reach peers (and each
+        # other, through the loopback link) only over peer links
+        s, peer_id = self.settings, self.identity.peer_id_str
+        self.tokens = TokenStore(s.data_dir)
+        self.quotas = Quotas()
+        self.admission = Admission(peer_id, self.psk, self.allow, self.tokens)
+        self.rpc = RpcServer()
+        self.transport = Transport(self.identity, host=self.data_host_port[0], port=self.data_host_port[1],
+                                   insecure=s.data_plane_insecure, handler=self.rpc.handle_stream,
+                                   hello_extra=self.admission.hello_extra, authorize=self.admission.authorize)
+        self.links = PeerLinks(peer_id, self.transport, self.view)
+        self.coordinator = CoordinatorIO(peer_id, self.view, self.links, registry=self.registry, verifiers=verifiers,
+                                         quotas=self.quotas, data_dir=s.data_dir, config=CoordinatorConfig())
+        self.worker = WorkerIO(peer_id, self.view, self.links, self.executor, quotas=self.quotas, share=s.share)
+        self.links.set_loopback(LoopbackLink(peer_id, self.coordinator, self.worker))
+        PeerAPI(self.coordinator, self.worker).register(self.rpc)
+        ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
+                  peers=lambda: describe_peers(self.view, peer_id)).register(self.rpc)
+        self._event_listeners.append(self.coordinator.on_membership)
+
+    # ---- state that goes into the advert ---------------------------------------------------------------
+    def snapshot(self) -> Advert:
+        """This node's advert content: every device the executor runs jobs on, with its live load."""
+        cap = {c.device_id: c for c in self.executor.capacity().devices}
+        devs = []
+        for d in self.executor.devices:
+            c = cap[d.id]
+            devs.append(DeviceAdvert(
+                id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
+                compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
+                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
+        return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
+                      devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
+
+    def _capacity_changed(self) -> None:
+        if self.gossip is not None:
+            self.gossip.changed()
+
+    def _on_event(self, ev: Event) -> None:
+        self._update_mesh_gauges()
+        for fn in self._event_listeners:
+            fn(ev)
+
+    def _update_mesh_gauges(self) -> None:
+        by_kind: dict[str, int] = {}
+        free: dict[str, int] = {}
+        for p in self.view.peers():
+            for d in p.devices():
+                by_kind[d.kind] = by_kind.get(d.kind, 0) + 1
+                free[d.kind] = free.get(d.kind, 0) + d.free_slots
+        for kind in ("gpu", "cpu", "accelerator"):
+            metrics.MESH_DEVICES.labels(kind).set(by_kind.get(kind, 0))
+            metrics.MESH_FREE_SLOTS.labels(kind).set(free.get(kind, 0))
+        known = {p.peer_id for p in self.view.peers(include_self=False)}
+        for pid in known:
+            metrics.PEER_STANDING.labels(pid).set(self.view.standing(pid))
+        metrics.reset_peer_labels(known)
+
+    # ---- devices ---------------------------------------------------------------------------------------
+    async def _set_devices(self, result: DiscoveryResult) -> None:
+        """Calibrate (cached per device fingerprint in the data dir) and offer the discovered devices."""
+        outcome = await calibration.calibrate(result.devices, self.settings.data_dir)
+        for dev_id, reason in outcome.failed.items():
+            log.error("device %s not offered: %s", dev_id, reason)
+        self.devices = outcome.devices
+        # --devices none: a gateway that coordinates but runs nothing; no OpenCL at all: the CPU reference path
+        self.executor.set_devices(self.devices, reference_fallback=self.settings.devices.strip() != "none")
+        self.device_problem = result.problem
+        if result.problem:
+            log.warning("no compute devices: %s", result.problem)
+        worker_devices.publish_metrics(self.devices, result.problem)
+        if self.gossip is not None:
+            self.gossip.changed()
+
+    # ---- control endpoint ------------------------------------------------------------------------------
+    async def _c_status(self, _p: dict[str, Any]) -> dict[str, Any]:
+        return {"peer_id": self.identity.peer_id_str, "version": __version__,
+                "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
+                "devices": len(self.devices), "device_problem": self.device_problem,
+                "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
+                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure,
+                "gossip": self.gossip.stats() if self.gossip else {}}
+
+    async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
+        return describe_peers(self.view, self.identity.peer_id_str)
+
+    async def _c_devices(self, _p: dict[str, Any]) -> dict[str, Any]:
+        return {"devices": [d.to_dict() for d in self.devices], "problem": self.device_problem}
+
+    async def _c_label(self, p: dict[str, Any]) -> dict[str, str]:
+        """Operator labels (e.g. zone=rack1) travel in the advert; a change is published at once."""
+        for k, v in (p.get("set") or {}).items():
+            if not (isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 64 and len(v) <= 256):
+                raise ValueError("labels are KEY=VALUE strings (key 1..64 chars, value up to 256)")
+            self.labels[k] = v
+        for k in p.get("unset") or []:
+            self.labels.pop(k, None)
+        if len(self.labels) > 32:
+            raise ValueError("at most 32 labels")
+        if self.gossip is not None:
+            self.gossip.changed()
+        return dict(self.labels)
+
+    def control_methods(self) -> dict[str, Any]:
+        return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
+                "label": self._c_label}
+
+    def _set_data_addr(self, data_port: int) -> None:
+        host = self._advertised_host()
+        self.data_addr = host if has_port(host) else f"{host}:{data_port}"
+
+    def _advertised_host(self) -> str:
+        """Where peers should dial our data plane: --advertise-host (HOST or HOST:PORT), the bound host, or our
+        libp2p address."""
+        if self.settings.advertise_host:
+            return self.settings.advertise_host
+        if self._data_host not in ("0.0.0.0", "::", ""):
+            return self._data_host
+        ips = [a.split("/")[2] for a in (self.gossip.addrs if self.gossip else []) if a.startswith("/ip4/")]
+        public = [ip for ip in ips if not ip.startswith("127.")]
+        return (public or ips or ["127.0.0.1"])[0]
+
+    # ---- run -------------------------------------------------------------------------------------------
+    async def _run_data_plane(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Journal, local token, transport, then the coordinator (resuming its journal) and worker halves."""
+        await self.coordinator.open()
+        await trio.to_thread.run_sync(local_token, self.settings.data_dir, self.tokens)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.serve)
+                await nursery.start(self.worker.run)
+                await nursery.start(self.coordinator.run)
+                task_status.started(self.transport.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose(timeout=1.0)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
+        for w in initial.warnings:
+            log.info("devices: %s", w)
+        await self._set_devices(initial)
+        self.watcher = DeviceWatcher(s.devices, s.rescan_interval, initial=initial,
+                                     on_change=self._set_devices)
+        self.gossip = GossipService(
+            self.identity,
+            GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
+                         interval_s=s.advert_interval, max_interval_s=s.advert_max_interval, psk=self.psk),
+            self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
+        async with trio.open_nursery() as nursery:
+            if s.metrics_listen != "off":
+                mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+                self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
+            await nursery.start(self.executor.run)
+            data_port = await nursery.start(self._run_data_plane)
+            if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
+                self._set_data_addr(data_port)  # known now: the first advert carries it
+            await nursery.start(self.gossip.run)
+            self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
+            self.gossip.changed()
+            await nursery.start(self.watcher.run)
+            await nursery.start(control.serve, s.data_dir, self.control_methods())
+            log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
+                     " ".join(self.gossip.addrs), self.data_addr,
+                     f"{s.metrics_listen.rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else "off")
+            self.ready.set()
+            task_status.started(self)
+            await trio.sleep_forever()
