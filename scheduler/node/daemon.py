@@ -70,7 +70,10 @@ class Node:
         self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
         allow = self.allow
         admit = allow.__contains__ if allow is not None else None
-        self.view = TrackedView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        # (x 1.1: a refresh may come up to its jitter later than the interval it announced)
+        s = self.settings
+        self.view = TrackedView(self.identity.peer_id_str, s.ttl_s, admit=admit, ttl_intervals=s.ttl_intervals,
+                                max_ttl_s=s.ttl_intervals * s.advert_max_interval * 1.1)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
         self.watcher: DeviceWatcher | None = None
@@ -170,7 +173,8 @@ class Node:
                 "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
                 "devices": len(self.devices), "device_problem": self.device_problem,
                 "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
-                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure}
+                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure,
+                "gossip": self.gossip.stats() if self.gossip else {}}
 
     async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
         return describe_peers(self.view, self.identity.peer_id_str)
@@ -237,7 +241,7 @@ class Node:
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
-                         interval_s=s.advert_interval, psk=self.psk),
+                         interval_s=s.advert_interval, max_interval_s=s.advert_max_interval, psk=self.psk),
             self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
         async with trio.open_nursery() as nursery:
             if s.metrics_listen != "off":
