@@ -52,24 +52,25 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def default_orbit(scene: Any, frames: int) -> list:
     """An orbit around the point the scene's camera looks at (the point of its view axis nearest the world
-    origin, at least 1 m ahead), at the camera's distance and height."""
+    origin, at least 1 m ahead): the camera's own pose turned about the vertical axis through that point, so
+    frame 0 is exactly the scene camera (roll and pitch included) and every frame keeps its height, distance
+    and roll."""
     import numpy as np
 
-    from worker.render.camera import look_at, quat_to_matrix
+    from worker.render.camera import Pose, matrix_to_quat, quat_to_matrix
 
     cam = scene.camera
     pos = np.asarray(cam.position, np.float64)
-    fwd = -quat_to_matrix(cam.orientation)[:, 2]
-    t = max(1.0, float(-pos @ fwd))
-    target = pos + t * fwd
-    dx, dz = pos[0] - target[0], pos[2] - target[2]
-    radius = max(0.1, math.hypot(dx, dz))
-    a0 = math.atan2(dx, dz)  # start where the scene's camera is
-    tgt = (float(target[0]), float(target[1]), float(target[2]))
-    poses = []
-    for i in range(frames):
-        a = a0 + 2 * math.pi * i / frames
-        poses.append(look_at((tgt[0] + radius * math.sin(a), float(pos[1]), tgt[2] + radius * math.cos(a)), tgt))
+    rot = quat_to_matrix(cam.orientation)
+    t = max(1.0, float(-pos @ -rot[:, 2]))
+    target = pos + t * -rot[:, 2]
+    poses = [cam.pose]
+    for i in range(1, frames):
+        a = 2 * math.pi * i / frames
+        c, s = math.cos(a), math.sin(a)
+        turn = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])  # about +Y, the world's up
+        p = target + turn @ (pos - target)
+        poses.append(Pose((float(p[0]), float(p[1]), float(p[2])), matrix_to_quat(turn @ rot)))
     return poses
 
 
