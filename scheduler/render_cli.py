@@ -5,7 +5,7 @@
 
 Without `--poses` the camera orbits the point it looks at. Frames go through `render_stream` (in order; with
 `--deadline-ms`, each frame is a realtime job set and a frame late for its deadline is dropped and counted).
-`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha) and `frame_NNNN_depth.npy` (float32 metres, +inf
+`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha as PNG wants it) and `frame_NNNN_depth.npy` (float32 metres, +inf
 where nothing is hit) per rendered frame, and `stats.json`.
 
 `add_parser(subparsers)` adds the command to mesh-node's parser; `run(args)` runs it (exit 0 when at least one
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.client import Client
     from scheduler.render_client import StreamStats, render_stream
     from worker.render import png
+    from worker.render.compositing import straight_alpha
     from worker.render.errors import SceneError
     from worker.render.samples import at_resolution
     from worker.render.scene import load_scene_file
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     def write(i: int, rgba: Any, depth: Any) -> None:
         import numpy as np
 
-        png.write_png(args.out / f"frame_{i:04d}.png", rgba)
+        png.write_png(args.out / f"frame_{i:04d}.png", straight_alpha(rgba))
         np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
 
     async def main() -> None:

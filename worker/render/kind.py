@@ -17,7 +17,7 @@ naming only a hash the worker does not hold fails at once with "scene not cached
 so the client resends it.
 
 Result: body `{scene_hash, width, height, tile, path, render_s, device}`; output bytes are the tile's RGBA8
-(h*w*4, row-major, sRGB, straight alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
+(h*w*4, row-major, sRGB, premultiplied alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
 nothing is hit). `decode_output` turns them back into arrays.
 
 Runs on an OpenCL device (`worker.render.opencl`) or, on a node without one, the numpy reference. A big
