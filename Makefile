@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m scheduler.demo
+	$(PY) -m scheduler.devtools.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -43,10 +43,10 @@ bench: $(STAMP)
 	$(PY) -m bench $(B)
 
 sim: $(STAMP)
-	$(PY) -m scheduler.sim
+	$(PY) -m scheduler.devtools.sim
 
 chaos: $(STAMP)
-	$(PY) -m scheduler.chaos $(CHAOS_ARGS)
+	$(PY) -m scheduler.devtools.chaos $(CHAOS_ARGS)
 
 docs: $(STAMP)
 	$(PY) deploy/opskit.py docs

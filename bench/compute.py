@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import pctl
-from scheduler.compute_sdk import Mesh, Out, make_job
-from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.client.compute_sdk import Mesh, Out, make_job
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
 N = 1024
 MATMUL_RUNS = 5

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import pctl
 from mesh.control import ControlError
-from scheduler.localmesh import sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
 
 SIZES = (5, 10, 20)
 CHANGES = 20

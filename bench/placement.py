@@ -20,8 +20,8 @@ from dataclasses import replace
 
 from mesh.advert import Advert, DeviceAdvert
 from mesh.membership import MembershipView
-from scheduler.job import Job, Requirements
-from scheduler.placement import Placer, TrackedView, Work
+from scheduler.core.job import Job, Requirements
+from scheduler.core.placement import Placer, TrackedView, Work
 
 PEERS = 1000
 DECISIONS = 20000

@@ -85,9 +85,9 @@ def mesh_part() -> dict:
 
     import trio
 
-    from scheduler.client import Client, local_address
-    from scheduler.localmesh import sees_all, start_mesh, wait_for
-    from scheduler.render_client import StreamStats, render_frame, render_stream, session_for
+    from scheduler.client.client import Client, local_address
+    from scheduler.client.render_client import StreamStats, render_frame, render_stream, session_for
+    from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-render-") as root:
         nodes = start_mesh(Path(root), 3, extra=["--advert-interval", "0.5"])

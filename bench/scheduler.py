@@ -15,8 +15,8 @@ from pathlib import Path
 import trio
 
 from bench import pctl, placement
-from scheduler.client import Client, local_address
-from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.client.client import Client, local_address
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 
 SEQUENTIAL = 300
 PIPELINED = 2000

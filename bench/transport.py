@@ -60,9 +60,9 @@ def _libp2p_host():
 async def _peer_main(pipe) -> None:
     from libp2p.custom_types import TProtocol
 
+    from mesh.bigtcp.rpc import RpcServer
+    from mesh.bigtcp.transport import Transport
     from mesh.identity import Identity
-    from mesh.rpc import RpcServer
-    from mesh.transport import Transport
 
     rpc = RpcServer()
 
@@ -287,9 +287,9 @@ async def _rps(client) -> float:
 
 
 async def _client_main(ports: dict) -> dict:
+    from mesh.bigtcp.rpc import MeshClient
+    from mesh.bigtcp.transport import Transport
     from mesh.identity import Identity
-    from mesh.rpc import MeshClient
-    from mesh.transport import Transport
 
     payload = os.urandom(CHUNK)
     res: dict = {}

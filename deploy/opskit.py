@@ -105,9 +105,9 @@ def scrape(url: str, timeout: float = 5.0) -> str:
 
 @contextlib.contextmanager
 def running_nodes(n: int = 2, extra: tuple[str, ...] = ("--advert-interval", "0.5")) -> Iterator[list]:
-    """Start n real nodes on loopback (scheduler.localmesh), wait until they see each other, yield them."""
+    """Start n real nodes on loopback (scheduler.devtools.localmesh), wait until they see each other, yield them."""
     sys.path.insert(0, str(REPO))
-    from scheduler.localmesh import sees_all, start_mesh, wait_for
+    from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
 
     with tempfile.TemporaryDirectory(prefix="gm-ops-") as root:
         nodes = start_mesh(Path(root), n, extra=list(extra))
@@ -271,7 +271,7 @@ def _md_escape(s: str) -> str:
 
 def render_config_reference() -> str:
     sys.path.insert(0, str(REPO))
-    from scheduler.config import NodeSettings
+    from scheduler.node.config import NodeSettings
 
     rows = ["| option | environment | default | description |", "|---|---|---|---|"]
     for name, f in NodeSettings.model_fields.items():
@@ -317,7 +317,7 @@ def cli_help_subprocess(*args: str) -> str:
 def cli_parsers() -> dict[tuple[str, ...], argparse.ArgumentParser]:
     """Every (sub)parser of mesh-node by command path, depth first; () is the top level."""
     sys.path.insert(0, str(REPO))
-    from scheduler.cli import build_parser
+    from scheduler.cli.main import build_parser
 
     out: dict[tuple[str, ...], argparse.ArgumentParser] = {}
 
@@ -410,7 +410,7 @@ def render_advert_reference() -> str:
 
 def render_frame_reference() -> str:
     sys.path.insert(0, str(REPO))
-    from mesh import framing, messages
+    from mesh.bigtcp import framing, messages
 
     lines = [f"Magic `{framing.MAGIC.decode()}`, version {framing.VERSION}, header {framing.HEADER_SIZE} bytes, "
              f"default maximum frame {framing.DEFAULT_MAX_FRAME // (1024 * 1024)} MiB.", "",

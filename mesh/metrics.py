@@ -1,7 +1,7 @@
 """Prometheus metrics of the mesh layer (build, gossip, membership, the mesh-wide view).
 
 Module-level objects on the default registry: several nodes may share one test process, so nothing is
-registered per instance. Transport metrics live in `mesh/transport_metrics.py`.
+registered per instance. Transport metrics live in `mesh/bigtcp/transport_metrics.py`.
 """
 
 from __future__ import annotations

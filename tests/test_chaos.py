@@ -2,7 +2,7 @@
 data planes delayed, stalled, corrupted and reset through a proxy, under a steady load of echo, checksum, proof
 and render jobs; every accepted job ends exactly once with a correct result and the views heal."""
 
-from scheduler.chaos import run
+from scheduler.devtools.chaos import run
 
 
 def test_short_chaos_run_keeps_every_invariant(tmp_path):

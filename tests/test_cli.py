@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from scheduler.localmesh import sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
 
 
 def cli(*args, env=None, timeout=60):
@@ -23,7 +23,7 @@ def test_help_lists_commands_and_every_run_option():
         assert cmd in r.stdout
     r = cli("run", "--help")
     assert r.returncode == 0
-    from scheduler.config import NodeSettings
+    from scheduler.node.config import NodeSettings
     for name in NodeSettings.model_fields:
         assert "--" + name.replace("_", "-") in r.stdout
 
@@ -52,7 +52,7 @@ def test_unknown_key_in_config_file(tmp_path):
 
 
 def test_precedence_flag_over_env_over_file(tmp_path):
-    from scheduler.config import load_settings
+    from scheduler.node.config import load_settings
     cfg = tmp_path / "node.toml"
     cfg.write_text("advert_interval = 5.0\nslots_per_device = 3\nmax_queue = 7\n")
     os.environ["GPUMESH_SLOTS_PER_DEVICE"] = "4"

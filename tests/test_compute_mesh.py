@@ -1,4 +1,4 @@
-"""compute.opencl on real node processes (a 3-node loopback mesh) through the SDK (`scheduler.compute_sdk`) and
+"""compute.opencl on real node processes (a 3-node loopback mesh) through the SDK (`scheduler.client.compute_sdk`) and
 `mesh-node compute`.
 
 The mesh: node 0 is a gateway coordinator that runs nothing (`--devices none`), so every job crosses the network
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.client import Client, local_address
-from scheduler.compute_cli import ArgError, parse_arg
-from scheduler.compute_sdk import (
+from scheduler.cli.compute_cli import ArgError, parse_arg
+from scheduler.client.client import Client, local_address
+from scheduler.client.compute_sdk import (
     AsyncMesh,
     BufferTooLarge,
     BuildFailed,
@@ -35,8 +35,8 @@ from scheduler.compute_sdk import (
     compare_outputs,
     make_job,
 )
-from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
-from scheduler.tokens import TokenStore
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.node.tokens import TokenStore
 from tests.opencl import requires_opencl
 from worker.compute.kind import CORRUPT_ENV
 from worker.compute.runner import ComputeResult, OutputBuffer
@@ -249,7 +249,7 @@ def test_redundant_verification_catches_the_corrupt_worker(mesh, gw):
 # ---- the CLI -----------------------------------------------------------------------------------------------
 
 def test_cli_runs_a_kernel_file_and_writes_npy_outputs(mesh, tmp_path, capsys):
-    from scheduler.cli import main
+    from scheduler.cli.main import main
 
     n = 1000
     rng = np.random.default_rng(7)
@@ -285,7 +285,7 @@ async def test_raw_client_cannot_bypass_the_scope_check(mesh):
     args, _ = saxpy_args(64, 1.0)
     job = make_job(SAXPY, "saxpy", args, global_size=64)
     async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
-        from mesh.rpc import RpcError
+        from mesh.bigtcp.rpc import RpcError
 
         with pytest.raises(RpcError) as e:
             await c.submit(job.kind, job.spec, input=job.input or None)

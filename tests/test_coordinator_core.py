@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from mesh.advert import Advert, DeviceAdvert
-from scheduler.coordinator_core import (
+from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
     Deliver,
@@ -16,8 +16,8 @@ from scheduler.coordinator_core import (
     SendOffer,
     StateChanged,
 )
-from scheduler.job import Accept, Job, JobState, LeaseEntry, LeaseRenew, Reject, Requirements, Result
-from scheduler.placement import Placer, TrackedView
+from scheduler.core.job import Accept, Job, JobState, LeaseEntry, LeaseRenew, Reject, Requirements, Result
+from scheduler.core.placement import Placer, TrackedView
 
 GIB = 1 << 30
 GPU = DeviceAdvert("d0", "gpu", "nv", "g", 80, 8 * GIB, True, True, 5000.0, 10000.0, 1, 1, 0)

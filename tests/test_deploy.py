@@ -152,7 +152,7 @@ def test_prometheus_discovers_the_compose_services_by_dns():
 
 
 def test_environment_variables_in_deploy_files_are_real_node_settings():
-    from scheduler.config import NodeSettings
+    from scheduler.node.config import NodeSettings
 
     known = {"GPUMESH_" + n.upper() for n in NodeSettings.model_fields}
     text = "\n".join((DEPLOY / f).read_text() for f in [*COMPOSE_FILES, "Dockerfile"])
@@ -214,7 +214,7 @@ def test_entrypoint_worker_without_bootstrap_id_fails_clearly(tmp_path):
 def test_entrypoint_bootstrap_and_workers_form_a_mesh(tmp_path):
     """The compose topology as processes: the bootstrap publishes its peer id in the shared dir, workers read it
     and dial /dns4/localhost/..., all converge; `status` through the entrypoint is the healthcheck."""
-    from scheduler.localmesh import NodeProc, free_port, wait_for
+    from scheduler.devtools.localmesh import NodeProc, free_port, wait_for
 
     shared = tmp_path / "shared"
     procs: list[subprocess.Popen] = []

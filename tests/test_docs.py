@@ -184,7 +184,7 @@ def _block(page: str, name: str) -> str:
 
 
 def test_configuration_reference_matches_node_settings():
-    from scheduler.config import NodeSettings
+    from scheduler.node.config import NodeSettings
 
     block = _block("configuration.md", "config")
     assert block == opskit().render_config_reference(), f"configuration.md is out of date; {REGENERATE}"

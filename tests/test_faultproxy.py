@@ -4,7 +4,7 @@ bytes it was told to, holds traffic back while stalled, and resets connections o
 import pytest
 import trio
 
-from scheduler.faultproxy import FaultProxy
+from scheduler.devtools.faultproxy import FaultProxy
 
 
 async def _echo_server(nursery) -> int:

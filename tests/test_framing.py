@@ -1,4 +1,4 @@
-"""Frame codec (mesh/framing.py) and control-message mapping (mesh/messages.py): no sockets."""
+"""Frame codec (mesh/bigtcp/framing.py) and control-message mapping (mesh/bigtcp/messages.py): no sockets."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh import messages as m
-from mesh.framing import (
+from mesh.bigtcp import messages as m
+from mesh.bigtcp.framing import (
     FLAG_ACK,
     FLAG_END,
     HEADER,

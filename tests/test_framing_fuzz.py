@@ -8,9 +8,9 @@ import os
 import random
 import time
 
-from mesh import messages as m
-from mesh.framing import FLAG_ACK, FLAG_END, HEADER, MAGIC, FrameType, PeerProtocolError, encode_frame
-from mesh.mux import Mux
+from mesh.bigtcp import messages as m
+from mesh.bigtcp.framing import FLAG_ACK, FLAG_END, HEADER, MAGIC, FrameType, PeerProtocolError, encode_frame
+from mesh.bigtcp.mux import Mux
 
 MAX_FRAME = 2048
 SCRATCH = 512

@@ -3,7 +3,7 @@ import hashlib
 import msgpack
 import pytest
 
-from scheduler.job import (
+from scheduler.core.job import (
     INLINE_INPUT_LIMIT,
     WIRE_VERSION,
     Accept,

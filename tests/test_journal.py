@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from scheduler.coordinator_core import CoordinatorCore, SendOffer
-from scheduler.job import Accept, Job, JobState, Result
-from scheduler.journal import Journal, JournalError
-from scheduler.placement import Placer
+from scheduler.core.coordinator_core import CoordinatorCore, SendOffer
+from scheduler.core.job import Accept, Job, JobState, Result
+from scheduler.core.placement import Placer
+from scheduler.node.journal import Journal, JournalError
 from tests.test_coordinator_core import H
 
 
@@ -87,8 +87,8 @@ def test_committed_jobs_survive_kill_9(tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
-        from scheduler.journal import Journal
-        from scheduler.job import Job, JobState
+        from scheduler.node.journal import Journal
+        from scheduler.core.job import Job, JobState
         j = Journal.open_in({str(tmp_path)!r})
         for i in range(50):
             j.record_job(Job("echo", {{"i": i}}, job_id=f"j{{i}}"), 0.0, 0.0)

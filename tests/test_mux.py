@@ -1,11 +1,11 @@
-"""Sans-IO multiplexer (mesh/mux.py): streams, flow control, resets, timers — two Mux objects, no sockets."""
+"""Sans-IO multiplexer (mesh/bigtcp/mux.py): streams, flow control, resets, timers — two Mux objects, no sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from mesh import messages as m
-from mesh.framing import (
+from mesh.bigtcp import messages as m
+from mesh.bigtcp.framing import (
     FLAG_END,
     FrameDecoder,
     FrameType,
@@ -13,7 +13,7 @@ from mesh.framing import (
     PeerProtocolError,
     encode_frame,
 )
-from mesh.mux import (
+from mesh.bigtcp.mux import (
     ConnectionClosing,
     ConnectionEnded,
     ConnectionLost,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.localmesh import NodeProc, wait_for
+from scheduler.devtools.localmesh import NodeProc, wait_for
 
 SUBNET = "10.99.0"
 N_HOSTS = 4
@@ -126,7 +126,7 @@ def view(nd: NodeProc) -> set[str]:
 CLIENT = """
 import json, sys
 from pathlib import Path
-from scheduler.client import SyncClient, local_address
+from scheduler.client.client import SyncClient, local_address
 addr, tok, pid, insecure = local_address(Path(sys.argv[1]))
 with SyncClient(addr, token=tok, peer_id=pid, insecure=insecure) as c:
     print(json.dumps({"ready": True}), flush=True)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from mesh.advert import Advert, DeviceAdvert
 from mesh.membership import MembershipView
-from scheduler.job import Job, Requirements
-from scheduler.placement import Placer, TrackedView, Work, place
+from scheduler.core.job import Job, Requirements
+from scheduler.core.placement import Placer, TrackedView, Work, place
 
 GIB = 1 << 30
 GPU = DeviceAdvert("0:0", "gpu", "nv", "g", 80, 8 * GIB, True, True, 5000.0, 10000.0, 2, 2, 0)
@@ -279,8 +279,8 @@ def test_spread_widens_under_contention_and_narrows_back():
 
 def test_avoid_peers_requirement_excludes_those_peers():
     from mesh.advert import Advert, DeviceAdvert
-    from scheduler.job import Job, Requirements
-    from scheduler.placement import Placer, TrackedView
+    from scheduler.core.job import Job, Requirements
+    from scheduler.core.placement import Placer, TrackedView
 
     view = TrackedView("me", ttl_s=6.0)
     dev = DeviceAdvert("d0", "gpu", "v", "n", 1, 1 << 30, True, True, 100.0, 100.0, 1, 1, 0)

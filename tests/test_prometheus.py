@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.localmesh import free_port, sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import free_port, sees_all, start_mesh, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -133,7 +133,7 @@ N_JOBS = 6
 def test_jobs_run_and_job_counters_move(cluster):
     """Jobs through node 0's client API (echo and checksum): Prometheus sees them submitted, finished done,
     run by executors, and the data plane carry them."""
-    from scheduler.client import SyncClient, local_address
+    from scheduler.client.client import SyncClient, local_address
 
     prom, nodes = cluster
 

@@ -1,6 +1,6 @@
 import pytest
 
-from scheduler.quota import Limits, QuotaExceeded, Quotas, TokenBucket
+from scheduler.core.quota import Limits, QuotaExceeded, Quotas, TokenBucket
 
 
 def test_token_bucket_refills_at_its_rate():

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 import trio
 
-from scheduler import render_client
-from scheduler.client import JobResult
-from scheduler.render_client import FRAMES_DROPPED, RenderSession, StreamStats, render_frame, render_stream
+from scheduler.client import render_client
+from scheduler.client.client import JobResult
+from scheduler.client.render_client import (
+    FRAMES_DROPPED,
+    RenderSession,
+    StreamStats,
+    render_frame,
+    render_stream,
+)
 from worker.render import kind as rk
 from worker.render import reference
 from worker.render.camera import Tile, orbit
@@ -24,7 +30,7 @@ W, H = 16, 12
 
 
 class FakeMesh:
-    """Just enough of scheduler.client.Client: submit / result / cancel / rpc.call("mesh.peers")."""
+    """Just enough of scheduler.client.client.Client: submit / result / cancel / rpc.call("mesh.peers")."""
 
     def __init__(self, peers=("p1", "p2", "p3"), delay=lambda job: 0.005, gflops=25.0):
         self.peers = list(peers)

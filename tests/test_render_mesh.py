@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import trio
 
-from scheduler.client import Client, local_address
-from scheduler.localmesh import make_nodes, running_mesh, sees_all, start_nodes, wait_for
-from scheduler.render_client import StreamStats, render_frame, render_stream
+from scheduler.client.client import Client, local_address
+from scheduler.client.render_client import StreamStats, render_frame, render_stream
+from scheduler.devtools.localmesh import make_nodes, running_mesh, sees_all, start_nodes, wait_for
 from worker.render import reference
 from worker.render.camera import Tile, orbit
 from worker.render.kind import CORRUPT_ENV
@@ -151,7 +151,7 @@ async def test_a_worker_corrupting_its_tiles_is_caught_and_loses_standing(mesh_w
 def cli_args(*argv):
     import argparse
 
-    from scheduler import render_cli
+    from scheduler.cli import render_cli
 
     parser = argparse.ArgumentParser(prog="mesh-node")
     render_cli.add_parser(parser.add_subparsers(dest="command"))
@@ -159,7 +159,7 @@ def cli_args(*argv):
 
 
 async def test_mesh_node_render_writes_frames_depth_and_stats(mesh, tmp_path, capsys):
-    from scheduler import render_cli
+    from scheduler.cli import render_cli
     from worker.render.png import decode_png
     from worker.render.samples import EXAMPLES
 
@@ -184,7 +184,7 @@ async def test_mesh_node_render_writes_frames_depth_and_stats(mesh, tmp_path, ca
 
 
 def test_mesh_node_render_refuses_bad_arguments(tmp_path, capsys):
-    from scheduler import render_cli
+    from scheduler.cli import render_cli
     from worker.render.samples import EXAMPLES
 
     assert render_cli.run(cli_args(str(tmp_path / "missing.json"))) == 2
@@ -195,7 +195,7 @@ def test_mesh_node_render_refuses_bad_arguments(tmp_path, capsys):
 
 
 def test_default_orbit_circles_the_point_the_camera_looks_at():
-    from scheduler.render_cli import default_orbit
+    from scheduler.cli.render_cli import default_orbit
 
     for name in ("spheres", "mesh"):
         scene = example(name, 32, 24)

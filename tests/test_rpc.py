@@ -1,4 +1,4 @@
-"""RPC layer (mesh/rpc.py): unary and streaming calls, error mapping, deadlines, cancellation, sync client."""
+"""RPC layer (mesh/bigtcp/rpc.py): unary and streaming calls, error mapping, deadlines, cancellation, sync client."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import trio
 from prometheus_client import REGISTRY
 
+from mesh.bigtcp.rpc import Call, MeshClient, RpcError, RpcServer, SyncMeshClient
+from mesh.bigtcp.transport import PeerIdMismatch, Transport
 from mesh.identity import Identity
-from mesh.rpc import Call, MeshClient, RpcError, RpcServer, SyncMeshClient
-from mesh.transport import PeerIdMismatch, Transport
 
 KiB = 1024
 
@@ -238,9 +238,9 @@ async def test_call_refused_by_a_closing_server_is_retried_once():
     request, so MeshClient sends it again; a second refusal is an error."""
     import trio.testing
 
-    from mesh import messages as msgs
-    from mesh.framing import FLAG_END, FrameDecoder, FrameType, encode_frame
-    from mesh.transport import connect_over_stream
+    from mesh.bigtcp import messages as msgs
+    from mesh.bigtcp.framing import FLAG_END, FrameDecoder, FrameType, encode_frame
+    from mesh.bigtcp.transport import connect_over_stream
 
     async def serve_fake(stream, refusals):
         def frame(t, flags, sid, payload=b""):

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import make_nodes, running_mesh, sees_all, start_mesh, start_nodes, wait_for
+from scheduler.client.client import SyncClient, local_address
+from scheduler.devtools.localmesh import make_nodes, running_mesh, sees_all, start_mesh, start_nodes, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
 
@@ -186,7 +186,7 @@ def test_cancel_of_a_long_sleep_frees_the_slot(mesh):
     ("echo", {}, {"requirements": {"device_kind": "gpu", "min_memory_bytes": 1 << 50}}, "no "),
 ])
 def test_bad_jobs_get_a_clear_error(mesh, kind, spec, kw, needle):
-    from mesh.rpc import RpcError
+    from mesh.bigtcp.rpc import RpcError
     with client_of(mesh[0]) as c:
         try:
             ans = c.submit(kind, spec, **kw)
@@ -198,8 +198,8 @@ def test_bad_jobs_get_a_clear_error(mesh, kind, spec, kw, needle):
 
 
 def test_oversized_inline_input_is_refused(mesh):
-    from mesh.rpc import RpcError
-    from scheduler.job import INLINE_INPUT_LIMIT, Job
+    from mesh.bigtcp.rpc import RpcError
+    from scheduler.core.job import INLINE_INPUT_LIMIT, Job
     with client_of(mesh[0]) as c:
         job = Job(kind="echo", input=os.urandom(INLINE_INPUT_LIMIT + 1))
         with pytest.raises(RpcError, match="inline input"):

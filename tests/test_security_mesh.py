@@ -2,10 +2,10 @@
 
 import pytest
 
-from mesh.rpc import RpcError
-from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import start_mesh
-from scheduler.tokens import TokenStore
+from mesh.bigtcp.rpc import RpcError
+from scheduler.client.client import SyncClient, local_address
+from scheduler.devtools.localmesh import start_mesh
+from scheduler.node.tokens import TokenStore
 
 
 @pytest.fixture(scope="module")

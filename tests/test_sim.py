@@ -2,8 +2,8 @@
 
 import pytest
 
-from scheduler import sim as simmod
-from scheduler.sim import Sim, SimConfig
+from scheduler.devtools import sim as simmod
+from scheduler.devtools.sim import Sim, SimConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from scheduler.tokens import TokenError, TokenStore, parse_duration
+from scheduler.node.tokens import TokenError, TokenStore, parse_duration
 
 
 def test_create_authenticate_scopes_and_hashing(tmp_path):

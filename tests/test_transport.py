@@ -12,10 +12,9 @@ import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from mesh import messages as m
-from mesh.framing import FrameDecoder, FrameType, PeerProtocolError, encode_frame
-from mesh.identity import Identity
-from mesh.transport import (
+from mesh.bigtcp import messages as m
+from mesh.bigtcp.framing import FrameDecoder, FrameType, PeerProtocolError, encode_frame
+from mesh.bigtcp.transport import (
     ConnectionConfig,
     ConnectionLost,
     EndOfStream,
@@ -25,6 +24,7 @@ from mesh.transport import (
     _SocketWire,
     connect_over_stream,
 )
+from mesh.identity import Identity
 
 KiB = 1024
 

@@ -16,8 +16,7 @@ import trio
 import trio.testing
 from prometheus_client import REGISTRY
 
-from mesh.identity import Identity
-from mesh.transport import (
+from mesh.bigtcp.transport import (
     ConnectError,
     ConnectionClosing,
     ConnectionLost,
@@ -26,6 +25,7 @@ from mesh.transport import (
     PeerIdMismatch,
     Transport,
 )
+from mesh.identity import Identity
 
 KiB, MiB = 1024, 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,7 +234,7 @@ PEER_SCRIPT = textwrap.dedent(
     """
     import sys, trio
     from mesh.identity import Identity
-    from mesh.transport import Transport
+    from mesh.bigtcp.transport import Transport
 
     async def handler(stream):
         await stream.receive_msg()

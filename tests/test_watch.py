@@ -5,7 +5,7 @@ import io
 
 from rich.console import Console
 
-from scheduler import watch
+from scheduler.cli import watch
 
 
 def view():

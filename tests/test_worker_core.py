@@ -1,5 +1,5 @@
-from scheduler.job import Cancel, Job, LeaseEntry, LeaseRenew, Offer, Reject, Result
-from scheduler.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.core.job import Cancel, Job, LeaseEntry, LeaseRenew, Offer, Reject, Result
+from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
 
 
 class FakeExecutor:

@@ -1,8 +1,8 @@
 """Proofs on a 3-node loopback mesh: a batch spread over peers, every proof verified by the coordinator, and a
 peer that returns bad proofs (test-only fault hook) caught, its jobs re-run elsewhere and its standing lowered."""
 
-from scheduler.client import SyncClient, local_address
-from scheduler.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.client.client import SyncClient, local_address
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from worker.zk import verify
 
 

@@ -14,7 +14,7 @@ their own numpy references.
 Test-only fault hook: a worker process started with `GPUMESH_TEST_CORRUPT_COMPUTE=1` flips the lowest bit of
 the first byte of every compute result's output (one ulp of a float32, one bit of a byte buffer: the subtlest
 wrong answer); set to a comma-separated list of kernel names, only jobs that launch one of those kernels are
-corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.compute_sdk`,
+corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
 `verify="redundant"`) catching a lying worker; it logs a warning on every corrupted result.
 """
 

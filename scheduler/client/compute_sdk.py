@@ -1,6 +1,6 @@
 """Running your own OpenCL kernels on the mesh: the compute SDK.
 
-    from scheduler.compute_sdk import InOut, Mesh, Out
+    from scheduler.client.compute_sdk import InOut, Mesh, Out
 
     with Mesh.local() as mesh:                       # or Mesh.connect("10.0.0.5:4002", token=tok)
         y2 = mesh.compute(SAXPY, "saxpy", args=[np.uint32(n), np.float32(2.0), x, InOut(y, "y")],
@@ -17,7 +17,7 @@ parameter order; a prebuilt `ComputeJob` (e.g. an example's `job()`) runs with `
 **Outputs**: `compute` returns the single output array (reshaped like its `Out(shape)` / `InOut(array)`), or a
 dict keyed by each output's name (`"arg3"` for an unnamed output at parameter index 3) when there are several.
 
-**Errors** (all `ComputeFailed`, a `scheduler.client.JobFailed`): `BuildFailed` (`.log`: the compiler's log),
+**Errors** (all `ComputeFailed`, a `scheduler.client.client.JobFailed`): `BuildFailed` (`.log`: the compiler's log),
 `TimeLimitExceeded` (the kernel ran past `time_limit_s`; the worker stays healthy), `ComputeRefused` (refused
 before running: a bad spec, a token without the `compute` scope, no peer able to run it; `.code` says which),
 `BufferTooLarge` (a `ComputeRefused`: the buffers need more memory than any device on the mesh has, found
@@ -60,9 +60,9 @@ from typing import Any
 import numpy as np
 import trio
 
-from mesh.rpc import RpcError
-from scheduler.client import Client, JobFailed, JobResult, SyncClient, local_address
-from scheduler.job import WireError
+from mesh.bigtcp.rpc import RpcError
+from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
+from scheduler.core.job import WireError
 from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Scalar, make_job
 from worker.compute.runner import ComputeResult
 from worker.compute.spec import DEFAULT_TIME_LIMIT_S, parse_spec
@@ -240,7 +240,7 @@ def compare_outputs(a: ComputeResult, b: ComputeResult, rtol: float = 0.0, atol:
 
 class AsyncMesh:
     """Compute on the mesh from trio code. Make one with `AsyncMesh.connect(...)` / `AsyncMesh.local()`
-    (async context managers) or around an existing `scheduler.client.Client`."""
+    (async context managers) or around an existing `scheduler.client.client.Client`."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -407,7 +407,7 @@ class AsyncMesh:
                 ans = await self.client.submit(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
                 self._avoid_supported = True
                 return ans
-            except WireError:  # this client's scheduler.job has no avoid_peers
+            except WireError:  # this client's scheduler.core.job has no avoid_peers
                 self._avoid_supported = False
             except RpcError as e:
                 if e.code != "invalid" or "avoid_peers" not in (e.message or ""):
@@ -469,7 +469,7 @@ def _fmt(n: float) -> str:
 def resolve_data_dir(data_dir: Path | str | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
-    from scheduler.config import default_data_dir
+    from scheduler.node.config import default_data_dir
 
     return Path(os.environ.get("GPUMESH_DATA_DIR") or default_data_dir())
 

@@ -55,17 +55,16 @@ from typing import Any
 
 import trio
 
-from mesh import messages as m
-from mesh import transport_metrics as tm
-from mesh.framing import (
+from mesh.bigtcp import messages as m
+from mesh.bigtcp import transport_metrics as tm
+from mesh.bigtcp.framing import (
     DEFAULT_MAX_FRAME,
     LocalProtocolError,
     PeerProtocolError,
     TransportError,
     encode_frame,
 )
-from mesh.identity import Identity
-from mesh.mux import (
+from mesh.bigtcp.mux import (
     ConnectionClosing,
     ConnectionEnded,
     ConnectionLost,
@@ -83,7 +82,8 @@ from mesh.mux import (
     StreamReset,
     StreamResetReceived,
 )
-from mesh.tls import HandshakeError, PeerIdMismatch, TlsContexts, TlsSession, make_contexts
+from mesh.bigtcp.tls import HandshakeError, PeerIdMismatch, TlsContexts, TlsSession, make_contexts
+from mesh.identity import Identity
 
 __all__ = [
     "ConnectError",

@@ -41,7 +41,7 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from scheduler.config import add_node_options
+    from scheduler.node.config import add_node_options
 
     desc = ("Run an OpenCL C kernel on the mesh: buffers in, output buffers back as .npy files. Needs a token "
             "with the compute scope (the local node's own token has it).")
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import trio
 
-    from scheduler.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
+    from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
     from worker.compute.api import make_job
 
     try:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mesh-node compute: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USAGE
-    from scheduler.client import address_from_args
+    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
 

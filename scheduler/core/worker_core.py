@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from scheduler import scheduler_metrics as m
-from scheduler.job import Accept, Cancel, Job, LeaseEntry, LeaseRenew, Offer, Priority, Reject, Result
+from scheduler.core.job import Accept, Cancel, Job, LeaseEntry, LeaseRenew, Offer, Priority, Reject, Result
+from scheduler.node import metrics as m
 
 
 class DeviceLoad(NamedTuple):

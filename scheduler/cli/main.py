@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler import compute_cli, render_cli
-from scheduler.config import (
+from scheduler.cli import compute_cli, render_cli
+from scheduler.node.config import (
     ConfigError,
     NodeSettings,
     add_data_dir_option,
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
-    from scheduler.node import Node
+    from scheduler.node.daemon import Node
 
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
@@ -313,7 +313,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from scheduler.tokens import TokenStore, parse_duration
+    from scheduler.node.tokens import TokenStore, parse_duration
 
     store = TokenStore(args.data_dir)
     try:
@@ -351,7 +351,7 @@ EXIT_REJECTED, EXIT_CANCELLED = 4, 5
 def _run_client(args: argparse.Namespace, fn) -> Any:
     import trio
 
-    from scheduler.client import Client, address_from_args
+    from scheduler.client.client import Client, address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
 
@@ -435,7 +435,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     import trio
 
-    from scheduler import watch
+    from scheduler.cli import watch
 
     con = console()
     live = not args.json and con.is_terminal
@@ -521,12 +521,12 @@ COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_p
 
 def main(argv: list[str] | None = None) -> int:
     from mesh.admission import AdmissionError
+    from mesh.bigtcp.framing import TransportError
+    from mesh.bigtcp.rpc import RpcError
+    from mesh.bigtcp.tls import HandshakeError
     from mesh.control import ControlError
-    from mesh.framing import TransportError
     from mesh.identity import IdentityError
-    from mesh.rpc import RpcError
-    from mesh.tls import HandshakeError
-    from scheduler.tokens import TokenError
+    from scheduler.node.tokens import TokenError
 
     parser = build_parser()
     args = parser.parse_args(argv)

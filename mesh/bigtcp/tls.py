@@ -26,7 +26,7 @@ from libp2p.security.tls.certificate import (
     pub_key_from_cert_chain,
 )
 
-from mesh.framing import PeerProtocolError, TransportError
+from mesh.bigtcp.framing import PeerProtocolError, TransportError
 from mesh.identity import Identity, peer_id_of
 
 ALPN = "gpumesh-bigtcp/1"

@@ -28,8 +28,8 @@ from typing import Any
 
 import msgpack
 
-from scheduler.coordinator_core import JournalAttempt, JournalFinish, JournalJob
-from scheduler.job import Job, JobState, Result
+from scheduler.core.coordinator_core import JournalAttempt, JournalFinish, JournalJob
+from scheduler.core.job import Job, JobState, Result
 
 SCHEMA_VERSION = 1
 FILENAME = "jobs.sqlite3"

@@ -26,8 +26,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from mesh import messages as m
-from mesh.framing import (
+from mesh.bigtcp import messages as m
+from mesh.bigtcp.framing import (
     DEFAULT_MAX_FRAME,
     FLAG_ACK,
     FLAG_END,

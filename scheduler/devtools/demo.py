@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from scheduler.cli import console as make_console
-from scheduler.cli import device_table
-from scheduler.localmesh import sees_all, start_mesh, wait_for
+from scheduler.cli.main import console as make_console
+from scheduler.cli.main import device_table
+from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
 
 OUT = Path("demo-out")
 
@@ -33,7 +33,7 @@ def render(console, node) -> None:
 
 def prove(console, node) -> None:
     """A zk proof made on the mesh (the coordinator verifies it before delivering), verified again here."""
-    from scheduler.client import SyncClient, local_address
+    from scheduler.client.client import SyncClient, local_address
     from worker.zk import verify
 
     spec = {"air": "fibonacci", "steps": 1024, "blowup": 4, "queries": 41, "public_inputs": {"a": 1, "b": 1}}

@@ -43,8 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.membership import MembershipView
-from scheduler import scheduler_metrics as m
-from scheduler.job import (
+from scheduler.core.job import (
     Accept,
     Cancel,
     Job,
@@ -56,7 +55,8 @@ from scheduler.job import (
     WhenSaturated,
     WireError,
 )
-from scheduler.placement import Candidate, Placer
+from scheduler.core.placement import Candidate, Placer
+from scheduler.node import metrics as m
 
 # --- actions ---------------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ Wire format of one frame (all integers big-endian), a fixed 20-byte header then 
                            WINDOW may be either (0 = connection-level credit)
       12    4   length     payload length, checked against the receiver's max frame size BEFORE buffering
       16    4   crc32c     CRC32C (Castagnoli) of the payload
-      20    -   payload    raw bytes (DATA) or a msgpack map (every other type; see mesh/messages.py)
+      20    -   payload    raw bytes (DATA) or a msgpack map (every other type; see mesh/bigtcp/messages.py)
 
 Sending: `encode_frame` returns `[header, payload]` so the I/O layer hands both to one `sendmsg`
 (scatter-gather); a bulk payload is never concatenated with its header in Python.

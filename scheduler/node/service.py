@@ -33,11 +33,11 @@ import trio
 from mesh import admission as adm
 from mesh import metrics as mesh_metrics
 from mesh.advert import DeviceAdvert
+from mesh.bigtcp.rpc import Call, MeshClient, RpcError, RpcServer
+from mesh.bigtcp.tls import HandshakeError
+from mesh.bigtcp.transport import Transport
 from mesh.membership import Event, Joined, Left
-from mesh.rpc import Call, MeshClient, RpcError, RpcServer
-from mesh.tls import HandshakeError
-from mesh.transport import Transport
-from scheduler.coordinator_core import (
+from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
     Deliver,
@@ -49,7 +49,7 @@ from scheduler.coordinator_core import (
     SendOffer,
     StateChanged,
 )
-from scheduler.job import (
+from scheduler.core.job import (
     INLINE_INPUT_LIMIT,
     Accept,
     Cancel,
@@ -61,17 +61,17 @@ from scheduler.job import (
     Result,
     WireError,
 )
-from scheduler.journal import Journal
-from scheduler.placement import Placer
-from scheduler.quota import QuotaExceeded, Quotas
-from scheduler.tokens import TokenError, TokenRecord, TokenStore
-from scheduler.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.core.placement import Placer
+from scheduler.core.quota import QuotaExceeded, Quotas
+from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.node.journal import Journal
+from scheduler.node.tokens import TokenError, TokenRecord, TokenStore
 from worker import kinds as kinds_mod
 from worker.devices import Device
 from worker.executor import JobRequest, Refused
 
 if TYPE_CHECKING:
-    from scheduler.node import Node
+    from scheduler.node.daemon import Node
 
 log = logging.getLogger("gpumesh.scheduler")
 

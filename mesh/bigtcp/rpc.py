@@ -35,12 +35,12 @@ from typing import Any
 import outcome
 import trio
 
-from mesh import messages as m
-from mesh import transport_metrics as tm
-from mesh.framing import LocalProtocolError, TransportError
+from mesh.bigtcp import messages as m
+from mesh.bigtcp import transport_metrics as tm
+from mesh.bigtcp.framing import LocalProtocolError, TransportError
+from mesh.bigtcp.mux import ConnectionClosing, ConnectionLost, StreamReset
+from mesh.bigtcp.transport import ConnectError, Connection, EndOfStream, Stream, Transport
 from mesh.identity import Identity
-from mesh.mux import ConnectionClosing, ConnectionLost, StreamReset
-from mesh.transport import ConnectError, Connection, EndOfStream, Stream, Transport
 
 log = logging.getLogger("gpumesh.rpc")
 

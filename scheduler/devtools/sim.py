@@ -22,7 +22,7 @@ is a plain event queue (no trio): the cores take `now` as an argument, so they d
 Checked invariants (`SimReport.violations()`): every job has exactly one outcome and at most one delivered
 result; every delivered result is the right one; no offer goes to a peer that had expired from that
 coordinator's view, nor to a dead node after its adverts must have expired; no device queue exceeds its
-bound. `python -m scheduler.sim` runs the default scenario and prints a summary.
+bound. `python -m scheduler.devtools.sim` runs the default scenario and prints a summary.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.advert import Advert, DeviceAdvert
-from scheduler.coordinator_core import (
+from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
     Deliver,
@@ -49,10 +49,10 @@ from scheduler.coordinator_core import (
     SendCancel,
     SendOffer,
 )
-from scheduler.job import Cancel, Job, JobState, Offer, Priority, Result
-from scheduler.journal import Journal
-from scheduler.placement import Placer, TrackedView, Work
-from scheduler.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.core.job import Cancel, Job, JobState, Offer, Priority, Result
+from scheduler.core.placement import Placer, TrackedView, Work
+from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.node.journal import Journal
 
 KEY = b"k" * 32
 
@@ -692,7 +692,7 @@ def run(cfg: SimConfig | None = None) -> SimReport:
 
 def main(argv: list[str] | None = None) -> int:
     d = SimConfig()
-    ap = argparse.ArgumentParser(prog="python -m scheduler.sim", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m scheduler.devtools.sim", description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", type=int, default=d.nodes)
     ap.add_argument("--jobs", type=int, default=d.jobs)
     ap.add_argument("--seed", type=int, default=d.seed)

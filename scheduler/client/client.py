@@ -19,8 +19,8 @@ from typing import Any
 
 import trio
 
-from mesh.rpc import MeshClient, RpcError, SyncMeshClient
-from scheduler.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
 
 CHUNK = 1 << 20
 
@@ -178,7 +178,7 @@ class Client:
 
 class SyncClient:
     """Blocking wrapper for code that does not use trio: a `Client` on the private loop of a
-    `mesh.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
+    `mesh.bigtcp.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
 
     def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
         extra = {"token": token} if token else {}
@@ -226,7 +226,7 @@ class SyncClient:
 def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
     """(address, token, peer id, insecure) of the node running with `data_dir`, for the CLI."""
     from mesh import control
-    from scheduler.service import read_local_token
+    from scheduler.node.service import read_local_token
 
     st = control.call(data_dir, "status", timeout=5)
     return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))

@@ -1,7 +1,7 @@
 """Chaos run: a local mesh of node processes under a steady job load (echo, checksum, zk proofs, render
 frames) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
 (SIGSTOP/SIGCONT), and, through a fault-injecting proxy in front of every node's data plane
-(`scheduler.faultproxy`), delays, stalls (partitions), corrupts and resets its traffic. At the end it checks:
+(`scheduler.devtools.faultproxy`), delays, stalls (partitions), corrupts and resets its traffic. At the end it checks:
 
   * every accepted job has exactly one outcome, and it is still there when asked again later;
   * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent, a proof passes
@@ -9,7 +9,7 @@ frames) while a driver kills -9 and restarts nodes (workers and coordinators ali
   * surviving nodes' memory stays bounded;
   * once faults stop, every node is back in every view.
 
-`python -m scheduler.chaos` (`make chaos`) runs the long version; the test suite runs a short one.
+`python -m scheduler.devtools.chaos` (`make chaos`) runs the long version; the test suite runs a short one.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any
 
 import trio
 
-from scheduler.client import Client, JobResult, local_address
-from scheduler.faultproxy import FaultProxy
-from scheduler.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
+from scheduler.client.client import Client, JobResult, local_address
+from scheduler.devtools.faultproxy import FaultProxy
+from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
 MAX_RSS_BYTES = 1536 << 20
@@ -409,7 +409,7 @@ def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scheduler.chaos", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m scheduler.devtools.chaos", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=float(os.environ.get("CHAOS_DURATION", 180)),
                    help="seconds of load under faults (default 180)")

@@ -39,8 +39,8 @@ import numpy as np
 import trio
 from prometheus_client import Counter, Histogram
 
-from mesh.rpc import RpcError
-from scheduler.client import Client, JobResult
+from mesh.bigtcp.rpc import RpcError
+from scheduler.client.client import Client, JobResult
 from worker.render.camera import Pose, Tile
 from worker.render.kind import (
     NAME,
@@ -71,7 +71,7 @@ DEFAULT_OVERHEAD_S = 0.01  # per-job overhead before any is observed (submit, pl
 PEERS_TTL_S = 5.0
 SMALL_SCENE_BYTES = 64 << 10  # scenes up to this size ride along until every peer is known to hold them
 CARRY_PER_PEER = 4
-MIN_STANDING = 0.25  # placement skips peers below this (scheduler.placement)
+MIN_STANDING = 0.25  # placement skips peers below this (scheduler.core.placement)
 
 
 class FrameDropped(Exception):

@@ -193,7 +193,7 @@ def add_data_dir_option(p: Any, what: str = "the node to ask") -> None:
 
 def add_node_options(p: Any, token: str = "API token") -> None:
     """--data-dir, --node, --token, --insecure: how a client command reaches a node (read by
-    `scheduler.client.address_from_args`)."""
+    `scheduler.client.client.address_from_args`)."""
     add_data_dir_option(p, "the local node to use")
     p.add_argument("--node", metavar="HOST:PORT", default=os.environ.get("GPUMESH_NODE"),
                    help="data-plane address of the node to use (default: the local node of --data-dir)")

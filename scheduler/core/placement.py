@@ -36,7 +36,7 @@ import numpy as np
 
 from mesh.advert import Advert, DeviceAdvert
 from mesh.membership import Left, MembershipView, PeerState
-from scheduler.job import Job, Requirements
+from scheduler.core.job import Job, Requirements
 
 CostFn = Callable[[Job, DeviceAdvert], float]
 

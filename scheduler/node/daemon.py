@@ -19,9 +19,9 @@ from mesh.advert import Advert, DeviceAdvert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
-from scheduler.config import NodeSettings, has_port, parse_hostport
-from scheduler.placement import TrackedView
-from scheduler.service import JobService
+from scheduler.core.placement import TrackedView
+from scheduler.node.config import NodeSettings, has_port, parse_hostport
+from scheduler.node.service import JobService
 from worker import calibration
 from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult

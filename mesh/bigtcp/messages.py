@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.framing import VERSION, Frame, FrameType, LocalProtocolError, PeerProtocolError
+from mesh.bigtcp.framing import VERSION, Frame, FrameType, LocalProtocolError, PeerProtocolError
 
 # RESET / GOAWAY codes
 CODE_NO_ERROR = 0

@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from scheduler.config import add_node_options
+    from scheduler.node.config import add_node_options
 
     help_ = "render a camera path of a scene on the mesh: PNG + depth frames and per-frame latency stats"
     p = subparsers.add_parser("render", help=help_, description=help_ + ". Without --poses the camera orbits the "
@@ -103,8 +103,8 @@ def _tiles(value: str) -> Any:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from scheduler.client import Client
-    from scheduler.render_client import StreamStats, render_stream
+    from scheduler.client.client import Client
+    from scheduler.client.render_client import StreamStats, render_stream
     from worker.render import png
     from worker.render.compositing import straight_alpha
     from worker.render.errors import SceneError
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    from scheduler.client import address_from_args
+    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
     stats = StreamStats()

@@ -1,0 +1,6 @@
+"""`python -m scheduler.cli`: the `mesh-node` command."""
+import sys
+
+from scheduler.cli.main import main
+
+sys.exit(main())
