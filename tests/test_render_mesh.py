@@ -213,7 +213,7 @@ def test_default_orbit_frame_0_is_the_scene_camera_with_its_roll():
     import dataclasses
     import math
 
-    from scheduler.render_cli import default_orbit
+    from scheduler.cli.render_cli import default_orbit
     from worker.render.camera import look_at, matrix_to_quat, quat_to_matrix
 
     scene = example("spheres", 32, 24)
