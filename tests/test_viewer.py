@@ -171,3 +171,30 @@ async def test_the_page_in_headless_chromium_shows_30_frames_that_match_the_refe
         checked += 1
     assert checked >= FRAMES
     assert (tmp_path / "viewer.png").stat().st_size > 1000
+
+
+def test_mesh_node_render_serve_prints_the_url_serves_the_page_and_stops_on_interrupt(mesh):
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from worker.render.samples import EXAMPLES
+
+    proc = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "render", str(EXAMPLES / "spheres.json"),
+                             "--width", "32", "--height", "24", "--serve", "127.0.0.1:0",
+                             "--data-dir", str(mesh[0].data_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "viewer of" in line and "http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and b"<canvas" in r.read()
+        with urllib.request.urlopen(url + "viewer.js", timeout=10) as r:
+            assert b"WebSocket" in r.read()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

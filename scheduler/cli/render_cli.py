@@ -2,6 +2,7 @@
 
     mesh-node render examples/scenes/spheres.json --frames 30 --out frames/
     mesh-node render scene.json --poses path.json --fps 60 --deadline-ms 16 --width 320 --height 240
+    mesh-node render examples/scenes/ar.json --serve 8080      # the live viewer: http://127.0.0.1:8080/
 
 Without `--poses` the camera orbits the point it looks at. Frames go through `render_stream` (in order; with
 `--deadline-ms`, each frame is a realtime job set and a frame late for its deadline is dropped and counted).
@@ -42,7 +43,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: no deadline, every frame is rendered)")
     p.add_argument("--tiles", default="auto",
                    help="'auto' (split when the cost model says it pays), 'none', or a tile count (default auto)")
-    p.add_argument("--max-in-flight", type=int, default=4, help="frames in flight at once (default 4)")
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="frames in flight at once (default 4; 2 with --serve)")
+    p.add_argument("--serve", metavar="[HOST:]PORT",
+                   help="instead of a camera path, serve the live viewer page at http://HOST:PORT/ (default host "
+                        "127.0.0.1; PORT 0 picks one): orbit with the mouse (or WebXR), frames shown as they "
+                        "arrive with latency, fps and dropped-frame counters; runs until interrupted")
     p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
     add_node_options(p, "API token")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
@@ -121,11 +127,20 @@ def run(args: argparse.Namespace) -> int:
             scene = from_dict(to_dict(at_resolution(scene, args.width, args.height), binary=True))  # validated
         poses = load_poses(args.poses)[:args.frames] if args.poses else default_orbit(scene, args.frames)
         tiles = _tiles(args.tiles)
+        if args.max_in_flight is None:
+            args.max_in_flight = 2 if args.serve else 4
         if args.fps <= 0 or args.frames < 1 or args.max_in_flight < 1:
             raise ValueError("--fps, --frames and --max-in-flight must be positive")
+        listen = None
+        if args.serve:
+            from scheduler.client.viewer import parse_listen
+
+            listen = parse_listen(args.serve)
     except (OSError, ValueError, SceneError) as e:
         print(f"mesh-node render: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if listen is not None:
+        return serve(args, scene, tiles, listen)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     from scheduler.client.client import address_from_args
@@ -176,4 +191,36 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if stats.rendered else EXIT_FAIL
 
 
-__all__ = ["add_parser", "default_orbit", "load_poses", "run"]
+def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, int]) -> int:
+    """`--serve`: the live viewer until interrupted (exit 0), or 1 when the node cannot be reached."""
+    import signal
+
+    import trio
+
+    from scheduler.client.client import Client, address_from_args
+    from scheduler.client.viewer import Viewer, url_of
+
+    addr, tok, pid, insecure = address_from_args(args)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+                viewer = Viewer(c, scene, tiles=tiles, deadline_ms=args.deadline_ms,
+                                max_in_flight=args.max_in_flight)
+                async with trio.open_nursery() as nursery:
+                    port = await nursery.start(viewer.serve, listen[0], listen[1])
+                    print(f"viewer of {args.scene} ({scene.camera.width}x{scene.camera.height}) at "
+                          f"{url_of(listen[0], port)} (Ctrl-C to stop)", flush=True)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+    try:
+        trio.run(main)
+    except OSError as e:
+        print(f"mesh-node render: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+__all__ = ["add_parser", "default_orbit", "load_poses", "run", "serve"]
