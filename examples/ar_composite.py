@@ -24,7 +24,7 @@ from worker.render.samples import example
 
 def synthetic_photo(width: int, height: int, horizon: float, seed: int = 7) -> np.ndarray:
     """(h, w, 3) uint8 sRGB: a plain wall above `horizon` (a fraction of the height) and wooden planks below,
-    converging towards the horizon, with a little noise so it reads as a photo."""
+    converging towards the horizon."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     hy = horizon * height
@@ -39,7 +39,6 @@ def synthetic_photo(width: int, height: int, horizon: float, seed: int = 7) -> n
     grain = 0.05 * np.sin(u * 7 + rng.normal(0, 0.3, size=u.shape)) * near
     wood = np.stack([0.55 + 0.08 * plank + grain, 0.38 + 0.05 * plank + grain, 0.22 + 0.03 * plank], -1)
     img[floor] = wood[floor] * (0.75 + 0.25 * np.clip((y[floor] - hy) / (height - hy), 0, 1))[:, None]
-    img += rng.normal(0, 0.012, img.shape)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
