@@ -4,7 +4,6 @@ core; the whole path on a real node process whose PoCL exposes two devices (POCL
 the job's result says both devices rendered rows and the frame matches the reference."""
 
 import numpy as np
-import pytest
 
 from scheduler.client.client import Client, local_address
 from scheduler.devtools.localmesh import make_nodes, start_nodes, wait_for

@@ -22,7 +22,7 @@ MIN_FRACTION = 0.999
 
 
 def agree(a, b) -> float:
-    (ra, da), (rb, db) = a, b
+    (ra, _da), (rb, _db) = a, b
     close = np.abs(ra.astype(int) - rb.astype(int)).max(axis=-1) <= PIXEL_TOL
     return float(close.mean())
 

@@ -229,7 +229,7 @@ def test_default_orbit_frame_0_is_the_scene_camera_with_its_roll():
 
     def roll_of(q):
         m = quat_to_matrix(q)
-        right, up, fwd = m[:, 0], m[:, 1], -m[:, 2]
+        right, _up, fwd = m[:, 0], m[:, 1], -m[:, 2]
         level = np.cross(fwd, (0.0, 1.0, 0.0))  # the right vector of an unrolled camera
         level /= np.linalg.norm(level)
         return math.degrees(math.atan2(np.dot(np.cross(level, right), fwd), np.dot(level, right)))

@@ -161,7 +161,7 @@ class _Replay(trio.abc.Stream):
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        await self._stream.send_all(bytes(data) if isinstance(data, bytearray) else data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -214,7 +214,7 @@ class Viewer:
                 "deadline_ms": self.deadline_ms, "max_in_flight": self.max_in_flight}
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
-                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+                    task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Put the scene on the peers, listen, report the bound port, and serve until cancelled."""
         await self.session.warm()
         listeners = await trio.open_tcp_listeners(port, host=host)
