@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import pctl
 from mesh.control import ControlError
-from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import sees_all, start_mesh, stop_all, wait_for
 
 SIZES = (5, 10, 20)
 CHANGES = 20
@@ -61,8 +61,7 @@ def measure(n: int) -> dict:
             return {"p50_s": statistics.median(lat), "p99_s": pctl(lat, 0.99), "idle_cpu_percent": statistics.mean(cpu),
                     "misses": misses}
         finally:
-            for nd in nodes:
-                nd.stop()
+            stop_all(nodes)
 
 
 def run() -> dict:

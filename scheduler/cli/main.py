@@ -172,16 +172,25 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    from scheduler.node import lifeline
     from scheduler.node.daemon import Node
+    from scheduler.node.endpoints import BindError, find_exception
 
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gpumesh.node")
+    parent = os.getppid()
+    if settings.exit_with_parent:
+        lifeline.set_parent_death_signal(signal.SIGTERM)
+        if not lifeline.parent_alive(parent):  # it died before the kernel was told
+            return EXIT_OK
     node = Node(settings)  # identity errors surface here, before any network I/O
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                if settings.exit_with_parent:
+                    nursery.start_soon(lifeline.watch_parent, parent, nursery.cancel_scope.cancel)
                 await nursery.start(node.run)
 
                 async def stop_on_signal() -> None:
@@ -192,15 +201,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 nursery.start_soon(stop_on_signal)
 
-    trio.run(main)
-    log.info("node stopped")
+    code = EXIT_OK
+    try:
+        trio.run(main)
+        log.info("node stopped")
+    except BaseException as e:
+        bind_error = find_exception(e, BindError)
+        if bind_error is None:
+            raise
+        print(f"mesh-node: {bind_error}", file=sys.stderr)
+        code = EXIT_USAGE
     # Everything the node owns is closed (connections, journal, sockets); skip finalizing third-party objects
     # (OpenCL contexts, libp2p) at interpreter teardown so the process ends promptly (measured: ~80 ms
     # from SIGTERM to exit).
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_OK)
+    os._exit(code)
 
 
 def console():
