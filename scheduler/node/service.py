@@ -64,6 +64,7 @@ from scheduler.core.job import (
 from scheduler.core.placement import Placer
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.node.jobview import JobView
 from scheduler.node.journal import Journal
 from scheduler.node.tokens import TokenError, TokenRecord, TokenStore
 from worker import kinds as kinds_mod
@@ -207,6 +208,7 @@ class JobService:
         self._journal_done = trio.Event()
         self._journal_busy = False
         self.quotas = Quotas()
+        self.jobview = JobView(self)
         self._register_methods()
         self.register_verifier("zk.prove", zk_kind.check_remote_proof)
         from worker.render.kind import register as register_render  # render.frame and its spot-check verifier
@@ -215,12 +217,12 @@ class JobService:
 
     # ---- wiring -------------------------------------------------------------------------------------------
     def _register_methods(self) -> None:
-        for name, fn in [("job.submit", self._m_submit), ("job.result", self._m_result), ("job.status", self._m_status),
-                         ("job.list", self._m_list), ("job.cancel", self._m_cancel), ("job.watch", self._m_watch),
+        for name, fn in [("job.submit", self._m_submit),
                          ("mesh.peers", self._m_peers), ("peer.offer", self._m_offer), ("peer.lease", self._m_lease),
                          ("peer.result", self._m_peer_result), ("peer.cancel", self._m_peer_cancel),
                          ("peer.input", self._m_input)]:
             self.rpc.register(name, fn)
+        self.jobview.register(self.rpc)  # job.status / list / cancel / result / watch, for any job of the mesh
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -571,7 +573,7 @@ class JobService:
     async def _m_submit(self, call: Call) -> dict[str, Any]:
         now = trio.current_time()
         try:
-            job = Job.from_wire(call.body.get("job"), now).validate().with_id()
+            job = Job.from_wire(call.body.get("job"), now).validate().with_id(self.jobview.new_id)
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
         try:
@@ -635,38 +637,6 @@ class JobService:
         finally:
             tmp.unlink(missing_ok=True)
 
-    async def _m_status(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        job_id = str(call.body.get("id", ""))
-        rec = self.core.get(job_id)
-        if rec is not None:
-            return rec.summary()
-        entry = await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
-        if entry is None:
-            raise RpcError("not_found", f"no job {job_id!r} on this node (wrong node, or finished too long ago)")
-        return {"id": job_id, "kind": entry.job.kind, "state": JobState(entry.state).value, "reason": entry.reason,
-                "attempt": entry.attempt, "failures": entry.failures, "ok": entry.result.ok if entry.result else None}
-
-    async def _m_list(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        limit = int(call.body.get("limit", 200))
-        recs = sorted(self.core.jobs(), key=lambda r: r.submitted_at, reverse=True)[:limit]
-        return {"jobs": [r.summary() for r in recs]}
-
-    async def _m_cancel(self, call: Call) -> dict[str, Any]:
-        self._require(call, "submit")
-        job_id = str(call.body.get("id", ""))
-        rec, acts = self.core.cancel(job_id, trio.current_time())
-        if rec is None:
-            raise RpcError("not_found", f"no active job {job_id!r} on this node")
-        await self._execute(acts)
-        return rec.summary()
-
-    async def _m_result(self, call: Call) -> dict[str, Any]:
-        """Wait (if asked) for the job's outcome; stream its output bytes, then the result as the response."""
-        self._require(call, "read")
-        return await self._outcome(call, str(call.body.get("id", "")), wait=bool(call.body.get("wait", True)))
-
     async def _outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
         """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first."""
         rec = self.core.get(job_id)
@@ -692,17 +662,6 @@ class JobService:
                     await call.send_bytes(chunk)
         return {"id": job_id, "state": state.value, "reason": reason, "final": True,
                 "result": result.to_wire() if result is not None else None}
-
-    async def _m_watch(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        send, recv = trio.open_memory_channel(1024)
-        self._watchers.add(send)
-        try:
-            async for item in recv:
-                await call.send(item)
-        finally:
-            self._watchers.discard(send)
-        return {}
 
     async def _m_peers(self, call: Call) -> dict[str, Any]:
         self._require(call, "read")
