@@ -22,10 +22,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from mesh.bigtcp.rpc import Call, RpcError
+from mesh.bigtcp.tls import HandshakeError
 from scheduler.core.job import JobState
+from scheduler.node.links import LinkError
 
 if TYPE_CHECKING:
-    from scheduler.node.service import JobService
+    from scheduler.core.placement import TrackedView
+    from scheduler.node.client_api import ClientAPI
+    from scheduler.node.coordinator_io import CoordinatorIO
+    from scheduler.node.links import PeerLinks
 
 log = logging.getLogger("gpumesh.scheduler")
 
@@ -39,6 +44,13 @@ _TILE_ID = re.compile(r"^(?P<frame>.+)-\d+-(?P<f>f\d+)t(?P<t>\d+)$")  # render c
 
 def id_tag(peer_id: str) -> str:
     return peer_id[-TAG_LEN:]
+
+
+def tagged_job_id(coordinator: str) -> str:
+    """A new job id that names its coordinator: `<tag>-<20 random hex digits>`."""
+    import uuid
+
+    return f"{id_tag(coordinator)}-{uuid.uuid4().hex[:20]}"
 
 
 def frame_of(job_id: str) -> str | None:
@@ -94,8 +106,12 @@ class Filters:
 
 
 class JobView:
-    def __init__(self, svc: JobService) -> None:
-        self.svc = svc
+    def __init__(self, api: ClientAPI, coordinator: CoordinatorIO, links: PeerLinks, view: TrackedView) -> None:
+        self.api = api  # token checks and the streamed outcome of a local job
+        self.coordinator = coordinator
+        self.links = links
+        self.view = view
+        self.peer_id = coordinator.peer_id
 
     def register(self, rpc: Any) -> None:
         for name, fn in [("job.status", self._m_status), ("job.list", self._m_list), ("job.cancel", self._m_cancel),
@@ -104,12 +120,7 @@ class JobView:
 
     @property
     def tag(self) -> str:
-        return id_tag(self.svc.peer_id)
-
-    def new_id(self) -> str:
-        import uuid
-
-        return f"{self.tag}-{uuid.uuid4().hex[:20]}"
+        return id_tag(self.peer_id)
 
     # ---- this node's jobs (as their coordinator) ----------------------------------------------------------
     def _walls(self) -> tuple[float, float]:
@@ -122,7 +133,7 @@ class JobView:
     def _record_row(self, rec: Any, walls: tuple[float, float]) -> dict[str, Any]:
         row = rec.summary()
         row.update(submitted=self._wall(rec.submitted_at, walls), started=self._wall(rec.started_at, walls),
-                   finished=self._wall(rec.finished_at, walls), coordinator=self.svc.peer_id,
+                   finished=self._wall(rec.finished_at, walls), coordinator=self.peer_id,
                    frame=frame_of(rec.job_id))
         return row
 
@@ -133,58 +144,71 @@ class JobView:
                 "failures": list(entry.failures), "peer": res.worker if res else "",
                 "submitted_by": entry.job.submitted_by, "ok": res.ok if res else None,
                 "submitted": self._wall(entry.submitted_at, walls), "started": None,
-                "finished": self._wall(entry.finished_at, walls), "coordinator": self.svc.peer_id,
+                "finished": self._wall(entry.finished_at, walls), "coordinator": self.peer_id,
                 "frame": frame_of(entry.job.job_id)}
 
     async def local_find(self, q: str, principal: dict[str, Any]) -> list[str]:
         """Full ids of this coordinator's jobs that are `q` or start with it (an exact match alone if any)."""
-        svc = self.svc
-        if svc.core.get(q) is not None:
+        core, journal = self.coordinator.core, self.coordinator._journal
+        if core.get(q) is not None:
             return [q]
-        journal = svc._journal
         entry = await trio.to_thread.run_sync(journal.get, q, trio.current_time())
         if entry is not None:
             return [q]
         if len(q) < MIN_PREFIX:
             return []
-        found = {r.job_id for r in svc.core.jobs() if r.job_id.startswith(q)}
+        found = {r.job_id for r in core.jobs() if r.job_id.startswith(q)}
         found |= set(await trio.to_thread.run_sync(journal.ids_with_prefix, q, MAX_MATCHES + 1))
         return sorted(found)[: MAX_MATCHES + 1]
 
     async def local_status(self, job_id: str, principal: dict[str, Any]) -> dict[str, Any]:
         walls = self._walls()
-        rec = self.svc.core.get(job_id)
+        rec = self.coordinator.core.get(job_id)
         if rec is not None:
             return self._record_row(rec, walls)
-        entry = await trio.to_thread.run_sync(self.svc._journal.get, job_id, trio.current_time())
+        entry = await self.coordinator.journal_entry(job_id)
         if entry is None:
             raise RpcError("not_found", f"no job {job_id!r} in the mesh (or it finished too long ago)")
         return self._entry_row(entry, walls)
 
     async def local_list(self, f: Filters, principal: dict[str, Any]) -> list[dict[str, Any]]:
         walls = self._walls()
-        rows = {r.job_id: self._record_row(r, walls) for r in self.svc.core.jobs()}
+        rows = {r.job_id: self._record_row(r, walls) for r in self.coordinator.core.jobs()}
         since_mono = walls[1] - (walls[0] - f.since) if f.since else None
-        older = await trio.to_thread.run_sync(self.svc._journal.recent, trio.current_time(), f.limit, since_mono)
+        older = await trio.to_thread.run_sync(self.coordinator._journal.recent, trio.current_time(), f.limit,
+                                              since_mono)
         for entry in older:
             rows.setdefault(entry.job.job_id, self._entry_row(entry, walls))
         keep = sorted((r for r in rows.values() if f.keep(r)), key=lambda r: r["submitted"] or 0.0, reverse=True)
         return keep[: f.limit]
 
     async def local_cancel(self, job_id: str, principal: dict[str, Any]) -> dict[str, Any]:
-        rec, acts = self.svc.core.cancel(job_id, trio.current_time())
-        if rec is None:
+        if await self.coordinator.cancel(job_id) is None:
             raise RpcError("not_found", f"job {job_id!r} is not active (finished already, or never was)")
-        await self.svc._execute(acts)
-        return self._record_row(rec, self._walls())
+        rec = self.coordinator.core.get(job_id)
+        return self._record_row(rec, self._walls()) if rec is not None else await self.local_status(job_id, principal)
 
     # ---- finding a job's coordinator ----------------------------------------------------------------------
     def _peers(self) -> list[str]:
-        return [p.peer_id for p in self.svc.node.view.peers(include_self=False) if p.advert.data_addr]
+        return [p.peer_id for p in self.view.peers(include_self=False) if p.advert.data_addr]
+
+    def _client(self, peer: str) -> Any:
+        """The pooled MeshClient of another node."""
+        try:
+            link = self.links.get(peer)
+        except LinkError as e:
+            raise RpcError(e.code, str(e)) from None
+        client = getattr(link, "client", None)
+        if client is None:
+            raise RpcError("internal", f"no data-plane client for {peer}")
+        return client
 
     async def _forward(self, peer: str, op: str, principal: dict[str, Any], **body: Any) -> dict[str, Any]:
-        return await self.svc._client(peer).call("peer.jobs", {"op": op, "principal": principal, **body},
+        try:
+            return await self._client(peer).call("peer.jobs", {"op": op, "principal": principal, **body},
                                                  timeout=FORWARD_TIMEOUT_S)
+        except HandshakeError as e:
+            raise RpcError("unavailable", f"{peer}: {e}") from None
 
     async def locate(self, q: str, principal: dict[str, Any]) -> tuple[str, str]:
         """(coordinator peer id, full job id) of the one job `q` names; not_found / ambiguous otherwise."""
@@ -192,12 +216,12 @@ class JobView:
             raise RpcError("invalid", "give a job id (or a unique prefix of one)")
         local = await self.local_find(q, principal)
         if local == [q]:
-            return self.svc.peer_id, q
+            return self.peer_id, q
         tag = q.split("-", 1)[0] if "-" in q else ""
         peers = self._peers()
         by_tag = [p for p in peers if len(tag) == TAG_LEN and id_tag(p) == tag]
         ask = by_tag or ([] if tag == self.tag else peers)
-        matches: list[tuple[str, str]] = [(self.svc.peer_id, i) for i in local]
+        matches: list[tuple[str, str]] = [(self.peer_id, i) for i in local]
         unreachable: list[str] = []
 
         async def find(peer: str) -> None:
@@ -228,19 +252,19 @@ class JobView:
 
     # ---- client API ---------------------------------------------------------------------------------------
     def _principal(self, call: Call, scope: str) -> dict[str, Any]:
-        return principal_wire(self.svc._require(call, scope))
+        return principal_wire(self.api.require(call, scope))
 
     async def _m_status(self, call: Call) -> dict[str, Any]:
         principal = self._principal(call, "read")
         owner, job_id = await self.locate(str(call.body.get("id", "")), principal)
-        if owner == self.svc.peer_id:
+        if owner == self.peer_id:
             return await self.local_status(job_id, principal)
         return (await self._forward(owner, "status", principal, id=job_id))["job"]
 
     async def _m_cancel(self, call: Call) -> dict[str, Any]:
         principal = self._principal(call, "submit")
         owner, job_id = await self.locate(str(call.body.get("id", "")), principal)
-        if owner == self.svc.peer_id:
+        if owner == self.peer_id:
             return await self.local_cancel(job_id, principal)
         return (await self._forward(owner, "cancel", principal, id=job_id))["job"]
 
@@ -273,10 +297,10 @@ class JobView:
         principal = self._principal(call, "read")
         owner, job_id = await self.locate(str(call.body.get("id", "")), principal)
         wait = bool(call.body.get("wait", True))
-        if owner == self.svc.peer_id:
-            return await self.svc._outcome(call, job_id, wait=wait)
+        if owner == self.peer_id:
+            return await self.api.outcome(call, job_id, wait=wait)
         body = {"op": "result", "principal": principal, "id": job_id, "wait": wait}
-        async with self.svc._client(owner).open("peer.jobs", body) as fwd:
+        async with self._client(owner).open("peer.jobs", body) as fwd:
             async for item in fwd:
                 if isinstance(item, bytes | bytearray):
                     await call.send_bytes(item)
@@ -286,13 +310,9 @@ class JobView:
 
     async def _local_events(self, send: Any, principal: dict[str, Any]) -> None:
         """State changes of this coordinator's jobs, as they happen, to `send` (until cancelled)."""
-        tx, rx = trio.open_memory_channel[dict[str, Any]](1024)
-        self.svc._watchers.add(tx)
-        try:
-            async for item in rx:
+        async with self.coordinator.watch() as updates:
+            async for item in updates:
                 await send(item)
-        finally:
-            self.svc._watchers.discard(tx)
 
     async def _m_watch(self, call: Call) -> dict[str, Any]:
         """State changes of every job of the mesh: this node's, and each node's in view (relayed; a node that
@@ -303,11 +323,11 @@ class JobView:
 
         async def relay(peer: str) -> None:
             try:
-                async with self.svc._client(peer).open("peer.jobs", {"op": "watch", "principal": principal}) as fwd:
+                async with self._client(peer).open("peer.jobs", {"op": "watch", "principal": principal}) as fwd:
                     async for item in fwd:
                         if isinstance(item, dict):
                             await out_tx.send(item)
-            except (RpcError, OSError) as e:
+            except (RpcError, HandshakeError, OSError) as e:
                 log.debug("watch: stopped following %s: %s", peer, e)
             finally:
                 following.discard(peer)
@@ -330,7 +350,9 @@ class JobView:
 
     # ---- peer.jobs: a request forwarded by another node of the mesh ---------------------------------------
     async def _m_peer_jobs(self, call: Call) -> dict[str, Any]:
-        self.svc._peer(call)  # nodes of this mesh only
+        p = call.principal
+        if p is None or getattr(p, "kind", "") != "peer":  # nodes of this mesh only
+            raise RpcError("forbidden", "peer methods are for nodes of this mesh")
         principal = principal_from_wire(call.body.get("principal"))
         op = call.body.get("op")
         job_id = str(call.body.get("id", ""))
@@ -347,7 +369,5 @@ class JobView:
             await self._local_events(call.send, principal)
             return {}
         if op == "result":
-            if self.svc.core.get(job_id) is None and not await self.local_find(job_id, principal):
-                raise RpcError("not_found", f"no job {job_id!r} on this node")
-            return await self.svc._outcome(call, job_id, wait=bool(call.body.get("wait", True)))
+            return await self.api.outcome(call, job_id, wait=bool(call.body.get("wait", True)))
         raise RpcError("invalid", f"unknown peer.jobs op {op!r}")
