@@ -87,6 +87,9 @@ class NodeSettings(BaseSettings):
                                      description="File of peer ids (one per line) allowed to join; others are refused")
     share: float = Field(default=1.0, ge=0.0, le=1.0,
                          description="Share of this host's device slots the mesh may use for remote jobs (0.0..1.0)")
+    exit_with_parent: bool = Field(default=False,
+                                   description="Stop when the process that started this node exits (for harnesses "
+                                               "and supervisors that start nodes as child processes)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["text", "json"] = Field(default="text", description="Log format (json: one object per line)")
 
