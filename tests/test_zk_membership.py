@@ -196,3 +196,15 @@ def test_openings_do_not_tell_which_member_proved():
     for prover, other in ((5, 9), (9, 5)):
         assert _consistent_with(proof_of(prover), other)
         assert _consistent_with(proof_of(prover), prover)
+
+
+def test_hostile_statements_are_refused_with_a_reason():
+    b = msgpack.unpackb(proof_of(5)[len(PF.MAGIC) + 1 :], raw=False)
+    for depth, why in ((0, "depth must be between 1 and 64"), (65, "depth must be between 1 and 64"),
+                       (2**40, "depth must be between 1 and 64"), (15, "steps 512 is too small")):
+        b["public"] = {**PUBLIC, "depth": depth}
+        v = zk.verify(PF.MAGIC + bytes([PF.VERSION]) + msgpack.packb(b, use_bin_type=True))
+        assert not v.ok and why in v.reason, v.reason
+    b["public"] = {k: v for k, v in PUBLIC.items() if k != "root3"}
+    v = zk.verify(PF.MAGIC + bytes([PF.VERSION]) + msgpack.packb(b, use_bin_type=True))
+    assert not v.ok and "public values must be exactly" in v.reason
