@@ -4,13 +4,6 @@
 
 __constant uint B2S_IV[8] = {0x6A09E667u, 0xBB67AE85u, 0x3C6EF372u, 0xA54FF53Au,
                              0x510E527Fu, 0x9B05688Cu, 0x1F83D9ABu, 0x5BE0CD19u};
-__constant uchar B2S_SIGMA[10][16] = {
-    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
-    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4}, {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
-    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13}, {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
-    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11}, {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
-    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5}, {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0}};
-
 #define B2S_G(a, b, c, d, x, y)          \
     v[a] = v[a] + v[b] + (x);            \
     v[d] = rotate(v[d] ^ v[a], 16u);     \
@@ -28,18 +21,7 @@ inline void b2s_compress(uint *h, const uint *m, uint t, int last) {
     for (int i = 0; i < 8; i++) { v[i] = h[i]; v[i + 8] = B2S_IV[i]; }
     v[12] ^= t;
     if (last) v[14] = ~v[14];
-    #pragma unroll
-    for (int r = 0; r < 10; r++) {  // unrolled: the message schedule becomes constant indices
-        __constant uchar *s = B2S_SIGMA[r];
-        B2S_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
-        B2S_G(1, 5, 9, 13, m[s[2]], m[s[3]]);
-        B2S_G(2, 6, 10, 14, m[s[4]], m[s[5]]);
-        B2S_G(3, 7, 11, 15, m[s[6]], m[s[7]]);
-        B2S_G(0, 5, 10, 15, m[s[8]], m[s[9]]);
-        B2S_G(1, 6, 11, 12, m[s[10]], m[s[11]]);
-        B2S_G(2, 7, 8, 13, m[s[12]], m[s[13]]);
-        B2S_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
-    }
+    B2S_ROUNDS  // ten rounds with the message schedule as literal indices (gpu.blake2s_source)
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
@@ -61,6 +43,7 @@ __kernel void b2s_leaves(__global const ulong *rows, const uint len, const uint 
     uint done = 0;  // elements consumed
     do {
         uint take = min(len - done, 8u);
+        #pragma unroll
         for (uint i = 0; i < 8; i++) {
             ulong e = i < take ? row[done + i] : 0UL;
             m[2 * i] = (uint)e;
@@ -78,6 +61,7 @@ __kernel void b2s_level(__global const uint *children, const uint n, const uint 
     uint g = get_global_id(0);
     if (g >= n) return;
     uint h[8], m[16];
+    #pragma unroll
     for (int i = 0; i < 16; i++) m[i] = children[(size_t)g * 16 + i];
     b2s_init(h, person_lo, person_hi);
     b2s_compress(h, m, 64u, 1);
