@@ -29,7 +29,7 @@ import numpy as np
 
 from bench import pctl
 from scheduler.client.compute_sdk import Mesh, Out, make_job
-from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all, wait_for
 
 N = 1024
 MATMUL_RUNS = 5
@@ -117,8 +117,7 @@ def run() -> dict:
             with Mesh.local(nodes[1].data_dir) as mesh:
                 local = _dispatch(mesh)
         finally:
-            for nd in nodes:
-                nd.stop()
+            stop_all(nodes)
     numpy_gflops = _numpy_gflops(a, b)
     flop = 2 * N**3
     return {
