@@ -94,7 +94,7 @@ def mesh_part() -> dict:
 
     from scheduler.client.client import Client, local_address
     from scheduler.client.render_client import StreamStats, render_frame, render_stream, session_for
-    from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+    from scheduler.devtools.localmesh import sees_all, start_mesh, stop_all, wait_for
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-render-") as root:
         nodes = start_mesh(Path(root), 3, extra=["--advert-interval", "0.5"])
@@ -149,8 +149,7 @@ def mesh_part() -> dict:
 
             return trio.run(main)
         finally:
-            for nd in nodes:
-                nd.kill()
+            stop_all(nodes)
 
 
 VIEWER_FRAMES = {(320, 240): 60, (640, 480): 30}
