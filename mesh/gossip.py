@@ -219,7 +219,7 @@ class GossipService:
         while True:
             msg = await sub.get()
             try:
-                ad = advert_codec.decode(msg.data)
+                ad = advert_codec.decode(msg.data, now_wall=time.time(), max_age_s=self.view.ttl_s)
             except AdvertError as e:
                 metrics.ADVERTS_REJECTED.labels(e.reason).inc()
                 log.debug("dropped advert: %s", e)
@@ -229,9 +229,7 @@ class GossipService:
             stale, refused, replays = self.view.stale, self.view.refused, self.view.replays
             ev = self.view.apply(ad, trio.current_time())
             if self.view.stale > stale:
-                metrics.ADVERTS_REJECTED.labels("stale").inc()
-                if self.view.replays > replays:
-                    metrics.ADVERT_LIES.labels("replay").inc()
+                metrics.ADVERTS_REJECTED.labels("replay" if self.view.replays > replays else "stale").inc()
             elif self.view.refused > refused:
                 metrics.ADVERTS_REJECTED.labels("not_admitted").inc()
             else:

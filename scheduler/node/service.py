@@ -37,6 +37,7 @@ from mesh.bigtcp.rpc import Call, MeshClient, RpcError, RpcServer
 from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
 from mesh.membership import Event, Joined, Left
+from mesh.wire.advert import AddressError, split_hostport
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
@@ -317,7 +318,11 @@ class JobService:
             kind = self.registry.get(job.kind)
         except kinds_mod.UnknownKind:
             return float("inf")
-        return kind.cost_s(job.spec, job.input_size, device_of(dev))
+        try:
+            cost = kind.cost_s(job.spec, job.input_size, device_of(dev))
+        except (ArithmeticError, ValueError, TypeError):  # a peer's figures that no cost model can use
+            return float("inf")
+        return cost if cost == cost else float("inf")
 
     def _load(self) -> dict[str, DeviceLoad]:
         out = {}
@@ -449,9 +454,12 @@ class JobService:
             return c
         if peer is None or not peer.advert.data_addr:
             raise RpcError("unavailable", f"peer {peer_id} is not in this node's view")
-        host, _, port = peer.advert.data_addr.rpartition(":")
-        if c is None or (c.host, c.port) != (host, int(port)):
-            c = self._clients[peer_id] = MeshClient(self.transport, host, int(port), peer_id)
+        try:
+            host, port = split_hostport(peer.advert.data_addr)  # checked when decoded; never trusted twice
+        except AddressError as e:
+            raise RpcError("unavailable", f"peer {peer_id}: bad data address: {e}") from None
+        if c is None or (c.host, c.port) != (host, port):
+            c = self._clients[peer_id] = MeshClient(self.transport, host, port, peer_id)
         return c
 
     # ---- carrying out worker actions ----------------------------------------------------------------------
