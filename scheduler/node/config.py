@@ -124,6 +124,13 @@ class NodeSettings(BaseSettings):
         return v
 
     @model_validator(mode="after")
+    def _insecure_alone(self) -> NodeSettings:
+        if self.data_plane_insecure and (self.mesh_key_file or self.allow_peers):
+            raise ValueError("--data-plane-insecure cannot be combined with --mesh-key-file or --allow-peers: "
+                             "without TLS a peer id is an unproven claim, so neither would keep anyone out")
+        return self
+
+    @model_validator(mode="after")
     def _ttl(self) -> NodeSettings:
         if self.advert_ttl is None:
             self.advert_ttl = 3 * self.advert_interval

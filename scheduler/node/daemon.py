@@ -21,6 +21,7 @@ from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
 from scheduler.core.placement import TrackedView
 from scheduler.node.config import NodeSettings, has_port, parse_hostport
+from scheduler.node.files import make_private
 from scheduler.node.service import JobService
 from worker import calibration
 from worker import devices as worker_devices
@@ -38,6 +39,7 @@ class Node:
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
+        make_private(self.settings.data_dir)
         self.identity, created = load_or_create(self.settings.data_dir)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_str, self.settings.data_dir)

@@ -65,6 +65,7 @@ from scheduler.core.job import (
 from scheduler.core.placement import Placer
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal
 from scheduler.node.tokens import TokenError, TokenRecord, TokenStore
 from worker import kinds as kinds_mod
@@ -270,6 +271,8 @@ class JobService:
                 if entries:
                     log.info("journal: resuming %d job(s)", len(entries))
                 await self._execute(self.core.restore(entries, trio.current_time()))
+                live = [_safe(r.job_id) for r in self.core.jobs() if not r.state.terminal]
+                await trio.to_thread.run_sync(sweep_uploads, self.spool, self.results_dir, live)
                 nursery.start_soon(self._tick_loop)
                 task_status.started(self.transport.port)
                 await trio.sleep_forever()
@@ -613,6 +616,7 @@ class JobService:
         answer, acts = self.core.submit(job, now)
         if not answer.accepted and existing is None:
             self.quotas.finished(p.name, job.job_id, 0.0, now)
+            (self.spool / _safe(job.job_id)).unlink(missing_ok=True)  # a refused upload goes at once
         await self._execute(acts)
         out = {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
                "position": answer.position, "message": answer.message(), "code": answer.code,
