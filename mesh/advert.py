@@ -8,7 +8,6 @@ so a relay cannot forge or alter another node's capacity.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import msgpack
 import msgspec

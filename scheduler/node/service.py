@@ -65,6 +65,7 @@ from scheduler.core.job import (
 from scheduler.core.placement import Placer
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.node import outputs, tenancy
 from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal
 from scheduler.node.tokens import TokenError, TokenRecord, TokenStore
@@ -198,7 +199,7 @@ class JobService:
                                    authorize=self.admission.authorize)
         self._clients: dict[str, MeshClient] = {}
         self._outputs: dict[tuple[str, int], bytes] = {}  # worker side: output of an attempt until sent
-        self._received: dict[tuple[str, int], bytes] = {}  # coordinator side: output awaiting the core's verdict
+        self._received: dict[tuple[str, int], outputs.Pending] = {}  # coordinator: output awaiting the verdict
         self._finished: dict[str, trio.Event] = {}
         self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
         self._watchers: set[trio.MemorySendChannel] = set()
@@ -340,10 +341,10 @@ class JobService:
         fn = self._verifiers.get(job.kind) if job is not None else None
         problem = None
         if job is not None and fn is not None and result.ok and peer_id != self.peer_id:
-            output = self._received.get((result.job_id, result.attempt), b"")
+            pending = self._received.get((result.job_id, result.attempt))
             spooled = self.spool / _safe(job.job_id)
             read_input = spooled.read_bytes if not job.inline and job.input_size else None
-            problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, read_input,
+            problem = await trio.to_thread.run_sync(_verify, fn, job, result, pending, read_input,
                                                     limiter=self._verify_limiter)
         await self._execute(self.core.on_result(peer_id, result, trio.current_time(), problem))
 
@@ -370,7 +371,7 @@ class JobService:
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                                 "attempt": a.attempt, "peer": a.peer_id})
+                                 "attempt": a.attempt, "peer": a.peer_id, "by": rec.job.submitted_by if rec else ""})
 
     async def _offer(self, a: SendOffer) -> None:
         now = trio.current_time()
@@ -416,11 +417,11 @@ class JobService:
 
     async def _deliver(self, a: Deliver) -> None:
         key = (a.job_id, a.result.attempt)
-        output = self._received.pop(key, None)
+        output: outputs.Pending | None = self._received.pop(key, None)
         if output is None:
             output = self._outputs.pop(key, b"")
         if output:
-            await trio.to_thread.run_sync(_write_atomically, self.results_dir / _safe(a.job_id), output)
+            await trio.to_thread.run_sync(outputs.settle, output, self.results_dir / _safe(a.job_id))
 
     def _on_finish(self, a: Finish) -> None:
         self._finishing.discard(a.job_id)
@@ -432,12 +433,12 @@ class JobService:
         if ev is not None:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                         "reason": a.reason, "final": True})
+                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
         spooled = self.spool / _safe(a.job_id)
         spooled.unlink(missing_ok=True)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
-            del self._received[k]
+            outputs.discard(self._received.pop(k))
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):
@@ -601,7 +602,13 @@ class JobService:
         except ValueError as e:  # the client asked for another device kind than the job needs
             raise RpcError("invalid", f"{job.kind}: {e}") from None
         job = replace(job, requirements=req, submitted_by=p.name)
+        try:
+            self.quotas.check_output(p.name, kind.output_bytes(job.spec, job.input_size))
+        except QuotaExceeded as e:
+            raise RpcError("quota", str(e)) from None
         existing = self.core.get(job.job_id)
+        if existing is not None and not tenancy.owns(p.token, existing.job.submitted_by):
+            raise RpcError("conflict", f"job id {job.job_id!r} is taken; submit without an id or pick another")
         if existing is None:
             try:
                 self.quotas.admit_submit(p.name, job.job_id, now, exempt=p.token is not None and "admin" in p.token.scopes)
@@ -622,7 +629,7 @@ class JobService:
                "position": answer.position, "message": answer.message(), "code": answer.code,
                "duplicate": answer.duplicate}
         if call.body.get("wait") is True and answer.accepted:  # submit and result in one round trip
-            out["outcome"] = await self._outcome(call, answer.job_id, wait=True)
+            out["outcome"] = await self._outcome(call, p, answer.job_id, wait=True)
         return out
 
     async def _receive_input(self, call: Call, job: Job) -> None:
@@ -648,26 +655,33 @@ class JobService:
             tmp.unlink(missing_ok=True)
 
     async def _m_status(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
+        p = self._require(call, "read")
         job_id = str(call.body.get("id", ""))
         rec = self.core.get(job_id)
-        if rec is not None:
+        if rec is not None and tenancy.owns(p.token, rec.job.submitted_by):
             return rec.summary()
-        entry = await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
-        if entry is None:
+        entry = None if rec is not None else await trio.to_thread.run_sync(self._journal.get, job_id,
+                                                                            trio.current_time())
+        if entry is None or not tenancy.owns(p.token, entry.job.submitted_by):
             raise RpcError("not_found", f"no job {job_id!r} on this node (wrong node, or finished too long ago)")
         return {"id": job_id, "kind": entry.job.kind, "state": JobState(entry.state).value, "reason": entry.reason,
                 "attempt": entry.attempt, "failures": entry.failures, "ok": entry.result.ok if entry.result else None}
 
     async def _m_list(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        limit = int(call.body.get("limit", 200))
-        recs = sorted(self.core.jobs(), key=lambda r: r.submitted_at, reverse=True)[:limit]
+        p = self._require(call, "read")
+        limit = call.body.get("limit", 200)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
+            raise RpcError("invalid", "limit must be an integer in 1..100000")
+        mine = tenancy.visible(p.token, self.core.jobs())
+        recs = sorted(mine, key=lambda r: r.submitted_at, reverse=True)[:limit]
         return {"jobs": [r.summary() for r in recs]}
 
     async def _m_cancel(self, call: Call) -> dict[str, Any]:
-        self._require(call, "submit")
+        p = self._require(call, "submit")
         job_id = str(call.body.get("id", ""))
+        mine = self.core.get(job_id)
+        if mine is not None and not tenancy.owns(p.token, mine.job.submitted_by):
+            raise RpcError("not_found", f"no active job {job_id!r} on this node")
         rec, acts = self.core.cancel(job_id, trio.current_time())
         if rec is None:
             raise RpcError("not_found", f"no active job {job_id!r} on this node")
@@ -676,12 +690,14 @@ class JobService:
 
     async def _m_result(self, call: Call) -> dict[str, Any]:
         """Wait (if asked) for the job's outcome; stream its output bytes, then the result as the response."""
-        self._require(call, "read")
-        return await self._outcome(call, str(call.body.get("id", "")), wait=bool(call.body.get("wait", True)))
+        p = self._require(call, "read")
+        return await self._outcome(call, p, str(call.body.get("id", "")), wait=bool(call.body.get("wait", True)))
 
-    async def _outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
+    async def _outcome(self, call: Call, p: Principal, job_id: str, wait: bool) -> dict[str, Any]:
         """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first."""
         rec = self.core.get(job_id)
+        if rec is not None and not tenancy.owns(p.token, rec.job.submitted_by):
+            raise RpcError("not_found", f"no job {job_id!r} on this node")
         # the core flips a job to done before its output and journal record are on disk: wait for its Finish
         # action, which comes after both (a job restored as finished from the journal is settled already)
         if rec is not None and wait and (not rec.state.terminal or rec.job_id in self._finishing):
@@ -690,7 +706,7 @@ class JobService:
             rec = self.core.get(job_id)
         if rec is None:
             entry = await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
-            if entry is None:
+            if entry is None or not tenancy.owns(p.token, entry.job.submitted_by):
                 raise RpcError("not_found", f"no job {job_id!r} on this node")
             state, reason, result = JobState(entry.state), entry.reason, entry.result
         else:
@@ -706,12 +722,13 @@ class JobService:
                 "result": result.to_wire() if result is not None else None}
 
     async def _m_watch(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
+        p = self._require(call, "read")
         send, recv = trio.open_memory_channel(1024)
         self._watchers.add(send)
         try:
             async for item in recv:
-                await call.send(item)
+                if tenancy.owns(p.token, item.get("by", "")):
+                    await call.send({k: v for k, v in item.items() if k != "by"})
         finally:
             self._watchers.discard(send)
         return {}
@@ -750,6 +767,14 @@ class JobService:
             raise RpcError("internal", "worker core gave no answer to an offer")
         return {"answer": answer.to_wire()}
 
+    def _output_limit(self, job: Job) -> int:
+        """The most output bytes this coordinator takes for `job`: what its spec declares, within the quota."""
+        try:
+            declared = self.registry.get(job.kind).output_bytes(job.spec, job.input_size)
+        except (kinds_mod.UnknownKind, ValueError):
+            declared = None
+        return min(self.quotas.limits.max_output_bytes, declared if declared is not None else 2**62)
+
     def _remote_held(self) -> int:
         return sum(1 for h in self.worker.held() if h.coordinator != self.peer_id)
 
@@ -773,18 +798,19 @@ class JobService:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        chunks, n = [], 0
-        async for item in call:
-            if isinstance(item, bytes | bytearray):
-                n += len(item)
-                if n > max(result.output_size, 0):
-                    raise RpcError("bad_output", "output longer than the result declares")
-                chunks.append(bytes(item))
-        output = b"".join(chunks)
-        if len(output) != result.output_size or (output and hashlib.sha256(output).hexdigest() != result.output_sha256):
-            raise RpcError("bad_output", "output does not match the result's size and sha256")
-        if output:
-            self._received[(result.job_id, result.attempt)] = output
+        job = self.core.expects_result(peer, result)
+        if job is None:  # late or duplicate: its bytes are read past (never kept), the core drops it
+            async for _ in call:
+                pass
+            await self._on_result(peer, result)
+            return {}
+        key = (result.job_id, result.attempt)
+        path = self.results_dir / f"{_safe(result.job_id)}.{result.attempt}"
+        received = await outputs.receive(call, path, result.output_size, result.output_sha256,
+                                         self._output_limit(job))
+        if received is not None:
+            outputs.discard(self._received.pop(key, None))
+            self._received[key] = received
         await self._on_result(peer, result)
         return {}
 
@@ -824,16 +850,10 @@ def _safe(job_id: str) -> str:
 __all__ = ["Admission", "JobService", "Principal", "local_token", "read_local_token", "INLINE_INPUT_LIMIT"]
 
 
-def _verify(fn, job: Job, result: Result, output: bytes, read_input) -> str | None:
+def _verify(fn, job: Job, result: Result, pending: outputs.Pending | None, read_input) -> str | None:
     try:
-        return fn(job, result, output, read_input)
+        return fn(job, result, outputs.read(pending), read_input)
     except Exception as e:  # a verifier crash rejects the result rather than the node
         log.exception("verifier for %s failed", job.kind)
         return f"verification error: {e}"
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Whole or absent, never half written (a kill -9 mid-write leaves only the temporary file)."""
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
