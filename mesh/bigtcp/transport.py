@@ -82,6 +82,7 @@ from mesh.bigtcp.mux import (
     StreamReset,
     StreamResetReceived,
 )
+from mesh.bigtcp.limits import ConnectionGate, ConnectionLimits
 from mesh.bigtcp.tls import HandshakeError, PeerIdMismatch, TlsContexts, TlsSession, make_contexts
 from mesh.identity import Identity
 
@@ -108,6 +109,7 @@ log = logging.getLogger("gpumesh.transport")
 
 _IOV_BATCH = 512  # buffers per sendmsg (IOV_MAX is 1024 on Linux)
 _TLS_READ = 256 * 1024
+_TLS_HANDSHAKE_READ = 16 * 1024  # before the peer is authenticated (grown to _TLS_READ after the handshake)
 _SMALL_JOIN = 16 * 1024  # TLS: consecutive buffers below this are joined into one record
 
 
@@ -302,7 +304,7 @@ class _TlsWire(_SocketWire):
     def __init__(self, sock: _socket.socket, session: TlsSession) -> None:
         super().__init__(sock)
         self.session = session
-        self._rbuf = bytearray(_TLS_READ)
+        self._rbuf = bytearray(_TLS_HANDSHAKE_READ)
         self._rview = memoryview(self._rbuf)
         self._pending: memoryview | None = None  # ciphertext taken from the session, not yet sent
 
@@ -327,6 +329,12 @@ class _TlsWire(_SocketWire):
                 raise HandshakeError("tls", "peer closed the connection during the TLS handshake")
             s.feed(self._rview[:n])
         await self._drain()
+
+    def grow(self) -> None:
+        """The peer is authenticated: read in large batches from now on."""
+        if len(self._rbuf) < _TLS_READ:
+            self._rbuf = bytearray(_TLS_READ)
+            self._rview = memoryview(self._rbuf)
 
     def _drain_nowait(self) -> bool:
         """Send pending ciphertext without blocking; True when all of it is out."""
@@ -1319,8 +1327,10 @@ class Transport:
         backlog: int = 128,
         hello_extra: Callable[[str, str | None], dict[str, Any]] | None = None,
         authorize: Callable[[str, dict[str, Any], bool], Any] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.identity = identity or Identity.generate()
+        self._gate = ConnectionGate(limits or ConnectionLimits())
         tune_allocator()
         self.host = host
         self.port = port
@@ -1474,16 +1484,27 @@ class Transport:
                 if self._closed:
                     return
                 raise
+            refusal = self._gate.admit(addr[0])
+            if refusal is not None:  # over a cap: closed before TLS allocates anything
+                sock.close()
+                log.debug("data plane: closed a connection from %s at accept (%s cap)", addr[0], refusal)
+                continue
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            self._nursery.start_soon(self._serve_inbound, sock, f"{addr[0]}:{addr[1]}")
+            self._nursery.start_soon(self._serve_inbound, sock, f"{addr[0]}:{addr[1]}", addr[0])
 
-    async def _serve_inbound(self, sock: _socket.socket, address: str) -> None:
+    async def _serve_inbound(self, sock: _socket.socket, address: str, ip: str) -> None:
+        pending = True
         try:
-            conn = await self._setup(sock, outbound=False, address=address, expected_peer_id=None)
-        except TransportError as e:
-            log.info("refused data-plane connection from %s: %s", address, e)
-            return
-        await conn._done.wait()
+            try:
+                conn = await self._setup(sock, outbound=False, address=address, expected_peer_id=None)
+            except TransportError as e:
+                log.info("refused data-plane connection from %s: %s", address, e)
+                return
+            self._gate.established(ip)
+            pending = False
+            await conn._done.wait()
+        finally:
+            self._gate.closed(ip, was_pending=pending)
 
     async def _setup(self, sock, *, outbound: bool, address: str, expected_peer_id: str | None) -> Connection:
         assert self._nursery is not None
@@ -1514,6 +1535,8 @@ class Transport:
         except BaseException:
             await self._abandon(wire)
             raise
+        if isinstance(wire, _TlsWire):
+            wire.grow()
         conn = Connection(
             wire=wire, mux=mux, peer_id=peer_id, outbound=outbound, address=address, config=self.config,
             spawn=self._nursery.start_soon, handler=self.handler, on_close=self._unpool, principal=principal,
