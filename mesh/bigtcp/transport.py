@@ -64,6 +64,7 @@ from mesh.bigtcp.framing import (
     TransportError,
     encode_frame,
 )
+from mesh.bigtcp.limits import ConnectionGate, ConnectionLimits
 from mesh.bigtcp.mux import (
     ConnectionClosing,
     ConnectionEnded,
@@ -82,7 +83,6 @@ from mesh.bigtcp.mux import (
     StreamReset,
     StreamResetReceived,
 )
-from mesh.bigtcp.limits import ConnectionGate, ConnectionLimits
 from mesh.bigtcp.tls import HandshakeError, PeerIdMismatch, TlsContexts, TlsSession, make_contexts
 from mesh.identity import Identity
 
@@ -167,6 +167,8 @@ class ConnectionConfig:
     idle_close: float | None = 300.0  # close a connection without streams after this long
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0  # graceful close: wait this long for open streams, then for the peer's EOF
+    stall_timeout: float | None = 60.0  # a send waiting this long for credit is reset (for the socket: lost)
+    bulk_senders: int = 4  # streams of one connection reading bulk data to send at once (`Connection.bulk_slot`)
 
 
 # ============================================================================================== wires
@@ -558,15 +560,21 @@ class Stream:
         if mux.send_credit(self.id) < n:
             waited = True
             t0 = trio.current_time()
+            stall = conn._config.stall_timeout
             try:
-                while True:
+                with trio.move_on_after(stall if stall is not None else float("inf")) as stalled:
+                    while True:
+                        self._check_send()
+                        if mux.stream_send_credit(self.id) < n:
+                            await self._lot.park()  # this stream's reader is behind
+                        elif mux.conn_send_credit < n:
+                            await conn._conn_credit_lot.park()  # the connection's window is full
+                        else:
+                            break
+                if stalled.cancelled_caught:  # never granted: reset, so its buffers and task are freed
+                    tm.STALLED.labels("stream").inc()
+                    self.reset(f"no credit granted for {stall:g} s", m.CODE_FLOW_CONTROL)
                     self._check_send()
-                    if mux.stream_send_credit(self.id) < n:
-                        await self._lot.park()  # this stream's reader is behind
-                    elif mux.conn_send_credit < n:
-                        await conn._conn_credit_lot.park()  # the connection's window is full
-                    else:
-                        break
             finally:
                 conn._blocked_s += trio.current_time() - t0
         if is_msg:
@@ -760,6 +768,13 @@ class Connection:
         self._blocked_s = 0.0  # time senders waited for credit (metric)
         self._m_rtt = tm.RTT.labels(peer_id)
         self._unyielded = 0  # sends since the last scheduler yield
+        self._bulk = trio.Semaphore(max(1, config.bulk_senders))
+
+    def bulk_slot(self) -> trio.Semaphore:
+        """`async with conn.bulk_slot():` around reading a chunk of bulk data and sending it. At most
+        `bulk_senders` streams of this connection hold a chunk in memory at once, so a peer that opens many
+        streams and reads none of them costs one chunk per slot, not one per stream."""
+        return self._bulk
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "closing" if self._closing else "open"
@@ -889,7 +904,15 @@ class Connection:
             if not bufs and not wire.has_backlog:
                 return waited
             try:
-                waited |= await wire.send(bufs)  # synchronous unless the kernel buffer is full
+                stall = self._config.stall_timeout
+                with trio.move_on_after(stall if stall is not None else float("inf")) as stalled:
+                    waited |= await wire.send(bufs)  # synchronous unless the kernel buffer is full
+                if stalled.cancelled_caught:
+                    tm.STALLED.labels("connection").inc()
+                    err = ConnectionLost(f"{self.peer_id} read nothing of what we sent for {stall:g} s")
+                    self._fail(err)
+                    self.abort()
+                    raise err
             except trio.Cancelled:
                 self._wake_writer()  # the writer task sends the rest
                 raise
@@ -1322,6 +1345,7 @@ class Transport:
         idle_close: float | None = 300.0,
         handshake_timeout: float = 10.0,
         close_timeout: float = 5.0,
+        stall_timeout: float | None = 60.0,
         handler: Callable[[Stream], Awaitable[None]] | None = None,
         listen: bool = True,
         backlog: int = 128,
@@ -1342,6 +1366,7 @@ class Transport:
             max_frame=max_frame, window=window, conn_window=conn_window, max_streams=max_streams,
             keepalive=keepalive, dead_after=dead_after,
             idle_close=idle_close, handshake_timeout=handshake_timeout, close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
         )
         self._hello_extra = hello_extra
         self._authorize = authorize

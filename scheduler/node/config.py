@@ -79,6 +79,11 @@ class NodeSettings(BaseSettings):
                                        description="Private-network key file: only nodes holding the same key can join")
     allow_peers: Path | None = Field(default=None,
                                      description="File of peer ids (one per line) allowed to join; others are refused")
+    max_client_calls: int = Field(default=256, ge=1, le=100_000,
+                                  description="Calls one API token may have in progress at once (all its connections)")
+    stall_timeout: float = Field(default=60.0, gt=0, le=3600,
+                                 description="Seconds a data-plane send may wait for the peer to grant credit or read "
+                                             "before the stream is reset (the connection closed)")
     share: float = Field(default=1.0, ge=0.0, le=1.0,
                          description="Share of this host's device slots the mesh may use for remote jobs (0.0..1.0)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")

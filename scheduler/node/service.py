@@ -193,10 +193,10 @@ class JobService:
         self.results_dir = Path(s.data_dir) / "results"
         self.admission = Admission(self.peer_id, node.psk, node.allow, self.tokens)
         host, port = node.data_host_port
-        self.rpc = RpcServer()
+        self.rpc = RpcServer(limit_key=tenancy.call_limit_key, max_calls=s.max_client_calls)
         self.transport = Transport(node.identity, host=host, port=port, insecure=s.data_plane_insecure,
                                    handler=self.rpc.handle_stream, hello_extra=self.admission.hello_extra,
-                                   authorize=self.admission.authorize)
+                                   authorize=self.admission.authorize, stall_timeout=s.stall_timeout)
         self._clients: dict[str, MeshClient] = {}
         self._outputs: dict[tuple[str, int], bytes] = {}  # worker side: output of an attempt until sent
         self._received: dict[tuple[str, int], outputs.Pending] = {}  # coordinator: output awaiting the verdict
@@ -715,9 +715,7 @@ class JobService:
             return {"id": job_id, "state": state.value, "reason": reason, "final": False}
         path = self.results_dir / _safe(job_id)
         if result is not None and result.output_size and path.exists():
-            async with await trio.open_file(path, "rb") as f:
-                while chunk := await f.read(CHUNK):
-                    await call.send_bytes(chunk)
+            await _send_file(call, path)
         return {"id": job_id, "state": state.value, "reason": reason, "final": True,
                 "result": result.to_wire() if result is not None else None}
 
@@ -832,10 +830,21 @@ class JobService:
         path = self.spool / _safe(job_id)
         if not path.exists():
             raise RpcError("not_found", f"input of {job_id!r} is gone")
-        async with await trio.open_file(path, "rb") as f:
-            while chunk := await f.read(CHUNK):
-                await call.send_bytes(chunk)
+        await _send_file(call, path)
         return {}
+
+
+async def _send_file(call: Call, path: Path) -> None:
+    """Stream a file's bytes on `call`, one chunk in memory per bulk slot of the connection (a caller that
+    opens many streams and reads none costs a slot's chunk, not a chunk per stream)."""
+    slot = call.stream.connection.bulk_slot()
+    async with await trio.open_file(path, "rb") as f:
+        while True:
+            async with slot:
+                chunk = await f.read(CHUNK)
+                if not chunk:
+                    return
+                await call.send_bytes(chunk)
 
 
 def _exec_id(job_id: str, attempt: int) -> str:

@@ -18,6 +18,16 @@ class _Token(Protocol):
     scopes: list[str]
 
 
+def call_limit_key(stream: Any) -> str | None:
+    """Who a call counts against for the concurrent-call cap: a client's token (all its connections
+    together), else the unauthenticated connection; mesh peers are not capped here."""
+    p = stream.connection.principal
+    if p is None or getattr(p, "kind", "") == "peer":
+        return None
+    token = getattr(p, "token", None)
+    return f"token:{token.name}" if token is not None else f"conn:{stream.peer_id}"
+
+
 def is_admin(token: _Token | None) -> bool:
     return token is not None and "admin" in token.scopes
 
