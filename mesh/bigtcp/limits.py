@@ -84,3 +84,25 @@ class ConnectionGate:
         tally[ip] -= 1
         if tally[ip] <= 0:
             del tally[ip]
+
+
+_libc_trim = None
+
+
+def give_back_memory() -> bool:
+    """Return freed heap memory to the kernel (glibc `malloc_trim`). The transport keeps freed MiB-sized
+    buffers for reuse (`tune_allocator`); after a burst (an attack, or a big transfer) a node calls this
+    now and then so what the burst took does not stay with the process. Returns whether it ran."""
+    global _libc_trim
+    if _libc_trim is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc_trim = False
+    if not _libc_trim:
+        return False
+    _libc_trim(0)
+    return True

@@ -16,6 +16,7 @@ import trio
 from mesh import __version__, control, metrics, metrics_http
 from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
+from mesh.bigtcp.limits import give_back_memory
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
@@ -29,6 +30,8 @@ from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
 
 log = logging.getLogger("gpumesh.node")
+
+MEMORY_TRIM_S = 15.0
 
 
 @dataclass
@@ -178,6 +181,12 @@ class Node:
         public = [ip for ip in ips if not ip.startswith("127.")]
         return (public or ips or ["127.0.0.1"])[0]
 
+    async def _give_back_memory(self) -> None:
+        """Every MEMORY_TRIM_S, hand freed heap back to the kernel (a burst does not stay with the node)."""
+        while True:
+            await trio.sleep(MEMORY_TRIM_S)
+            await trio.to_thread.run_sync(give_back_memory)
+
     # ---- run -------------------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
@@ -205,6 +214,7 @@ class Node:
             self.gossip.changed()
             await nursery.start(self.watcher.run)
             await nursery.start(control.serve, s.data_dir, self.control_methods())
+            nursery.start_soon(self._give_back_memory)
             log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
                      " ".join(self.gossip.addrs), self.data_addr,
                      f"{s.metrics_listen.rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else "off")
