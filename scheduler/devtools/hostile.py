@@ -99,8 +99,9 @@ def signed_advert(identity: Identity, body: dict[str, Any]) -> bytes:
     return msgpack.packb({"b": raw, "s": identity.sign(raw)}, use_bin_type=True)
 
 
-def advert_body(identity: Identity, seq: int, **over: Any) -> dict[str, Any]:
-    """A well-formed advert body of `identity` (override any field, e.g. a hostile one)."""
+def advert_body(identity: Identity, seq: int, over: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A well-formed advert body of `identity`; `over` replaces fields (its "device" entry: device fields)."""
+    over = dict(over or {})
     dev = dict(id="0:0", kind="cpu", vendor="x", name="x", compute_units=1, global_mem_bytes=1 << 30, fp64=True,
                int64=True, mulmod_mops=100.0, f32_gflops=1.0, slots=1, free_slots=1, queue_depth=0)
     dev.update(over.pop("device", {}))
