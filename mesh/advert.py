@@ -45,6 +45,14 @@ class DeviceAdvert:
     slots: int
     free_slots: int
     queue_depth: int
+    # OpenCL limits, so a client can check a compute job before sending it (0 / "" / (): unknown; an advert
+    # from a node that predates them decodes with these defaults)
+    max_work_group_size: int = 0
+    max_work_item_sizes: tuple[int, ...] = ()
+    max_alloc_bytes: int = 0
+    local_mem_bytes: int = 0
+    opencl_version: str = ""  # "3.0"
+    non_uniform_work_groups: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,13 +94,12 @@ def encode(ad: Advert, identity: Identity) -> bytes:
     return msgpack.packb({"b": body, "s": identity.sign(body)}, use_bin_type=True)
 
 
-def decode(data: bytes, *, now_wall: float | None = None, max_age_s: float | None = None) -> Advert:
+def decode(data: bytes) -> Advert:
     """Parse and verify a wire advert; raises AdvertError (never anything else) for any bad input.
 
     The body is checked against its schema (`mesh.wire.advert`: every field typed and bounded) before
-    anything else reads it. With `now_wall` (unix time) and `max_age_s`, an advert whose signed issue time is
-    older than `max_age_s` (or as far in the future) is refused as `stale`: a replayed advert of a peer that
-    is gone cannot bring it back."""
+    anything else reads it. A device record from an older node (fewer fields) takes the defaults of the
+    newer fields; one from a newer node has its extra fields ignored."""
     if len(data) > MAX_ADVERT_BYTES:
         raise AdvertError("oversized", f"advert of {len(data)} bytes exceeds {MAX_ADVERT_BYTES}")
     try:
@@ -108,18 +115,29 @@ def decode(data: bytes, *, now_wall: float | None = None, max_age_s: float | Non
         raise AdvertError("malformed", f"malformed advert: {e}") from None
     if b.version != ADVERT_VERSION:
         raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
-    try:
-        pub = public_key_from_bytes(b.public_key)
-    except Exception as e:
-        raise AdvertError("malformed", f"malformed advert: public key: {e}") from None
-    if peer_id_of(pub) != b.peer_id:
-        raise AdvertError("signature", f"advert key does not match its peer id {b.peer_id}")
-    if not pub.verify(env.b, env.s):
-        raise AdvertError("signature", f"bad signature on advert from {b.peer_id}")
-    if now_wall is not None and max_age_s is not None and abs(now_wall - b.timestamp) > max_age_s:
-        raise AdvertError("stale", f"advert from {b.peer_id} issued {now_wall - b.timestamp:.1f} s ago "
-                                   f"(accepted: within {max_age_s:g} s)")
-    devices = tuple(DeviceAdvert(*(getattr(d, f) for f in d.__struct_fields__)) for d in b.devices)
+    verify_signature(b.peer_id, b.public_key, env.b, env.s)
+    devices = tuple(DeviceAdvert(**{f: getattr(d, f) for f in d.__struct_fields__}) for d in b.devices)
     return Advert(peer_id=b.peer_id, public_key=b.public_key, seq=b.seq, timestamp=float(b.timestamp),
                   addrs=tuple(b.addrs), data_addr=b.data_addr, devices=devices, software=b.software,
                   interval_s=float(b.interval_s), labels=dict(b.labels), version=b.version)
+
+
+def verify_signature(peer_id: str, public_key: bytes, body: bytes, sig: bytes) -> None:
+    """The body is signed by the key of the peer id it names; AdvertError otherwise."""
+    try:
+        pub = public_key_from_bytes(public_key)
+    except Exception as e:
+        raise AdvertError("malformed", f"malformed advert: public key: {e}") from None
+    if peer_id_of(pub) != peer_id:
+        raise AdvertError("signature", f"advert key does not match its peer id {peer_id}")
+    if not pub.verify(body, sig):
+        raise AdvertError("signature", f"bad signature on advert from {peer_id}")
+
+
+def check_fresh(peer_id: str, timestamp: float, now_wall: float, max_age_s: float) -> None:
+    """Refuse (AdvertError 'stale') an advert or delta whose signed issue time is more than `max_age_s` (its
+    TTL) from `now_wall` (unix time), either way: a replay of a peer that is gone cannot bring it back, and
+    an advert signed for the future cannot be kept for a later replay."""
+    age = now_wall - timestamp
+    if abs(age) > max_age_s:
+        raise AdvertError("stale", f"advert from {peer_id} issued {age:.1f} s ago (accepted: within {max_age_s:g} s)")

@@ -17,7 +17,7 @@ from mesh.bigtcp.rpc import RpcError
 from mesh.identity import Identity
 from scheduler.client.client import Client, SyncClient, local_address
 from scheduler.devtools import hostile
-from scheduler.devtools.localmesh import NodeProc, free_port, running_mesh, wait_for
+from scheduler.devtools.localmesh import NodeProc, running_mesh, wait_for
 from scheduler.node.tokens import TokenStore
 
 STALL_S = 3
@@ -149,7 +149,7 @@ async def test_replayed_adverts_change_no_standing_and_raise_no_dead(mesh, tmp_p
             metric(nodes[0], "gpumesh_adverts_rejected_total", reason="replay") >= 1
 
         # a peer that is gone is not brought back by its last advert
-        extra = NodeProc(tmp_path / "doomed", free_port(), free_port(), free_port(), list(FLAGS))
+        extra = NodeProc(tmp_path / "doomed", list(FLAGS))
         extra.data_dir.mkdir()
         extra.start([nodes[0].multiaddr])
         try:

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh import advert as codec
+from mesh import advert_delta
 from mesh.advert import Advert, AdvertError, DeviceAdvert
 from mesh.identity import Identity
 from mesh.membership import MembershipView
@@ -78,14 +79,50 @@ def test_other_version_is_told_apart():
 
 
 def test_issue_time_older_than_ttl_is_stale():
-    wire = signed(good_body(timestamp=1000.0))
-    assert codec.decode(wire).seq == 7  # no clock given: no freshness check (simulation, tests)
+    ad = codec.decode(signed(good_body(timestamp=1000.0)))
     with pytest.raises(AdvertError) as e:
-        codec.decode(wire, now_wall=1000.0 + 7, max_age_s=6)
+        codec.check_fresh(ad.peer_id, ad.timestamp, now_wall=1000.0 + 7, max_age_s=6)
     assert e.value.reason == "stale"
-    with pytest.raises(AdvertError):
-        codec.decode(wire, now_wall=1000.0 - 7, max_age_s=6)  # issued in the future: pre-signed for replay
-    assert codec.decode(wire, now_wall=1005.0, max_age_s=6).seq == 7
+    with pytest.raises(AdvertError):  # issued in the future: pre-signed to be replayed later
+        codec.check_fresh(ad.peer_id, ad.timestamp, now_wall=1000.0 - 7, max_age_s=6)
+    codec.check_fresh(ad.peer_id, ad.timestamp, now_wall=1005.0, max_age_s=6)
+
+
+def delta_wire(**over) -> bytes:
+    body = {"v": 1, "p": IDENT.peer_id_str, "k": IDENT.key_pair.public_key.to_bytes(), "q": 9, "b": 7,
+            "t": time.time(), "i": 2.0, "l": {"0:0": [1, 0]}}
+    body.update(over)
+    raw = msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb({"d": raw, "s": IDENT.sign(raw)}, use_bin_type=True)
+
+
+def test_delta_adverts_have_the_same_schema():
+    d = advert_delta.decode(delta_wire())
+    assert isinstance(d, advert_delta.AdvertDelta) and d.loads == {"0:0": (1, 0)}
+    for over in ({"da": "evilhost"}, {"l": {"0:0": [2**40, 0]}}, {"l": {"0:0": ["x", 0]}}, {"q": 3},
+                 {"lb": {"k": 1}}, {"i": float("nan")}, {"zz": 1}):
+        with pytest.raises(AdvertError) as e:
+            advert_delta.decode(delta_wire(**over))
+        assert e.value.reason == "malformed", over
+    with pytest.raises(AdvertError) as e:
+        advert_delta.decode(delta_wire(v=2))
+    assert e.value.reason == "version"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["v", "p", "k", "q", "b", "t", "i", "l", "lb", "da", "a", "x"]),
+                       st.deferred(lambda: values), max_size=12))
+def test_signed_arbitrary_deltas_never_raise_past_the_decoder(over):
+    try:
+        wire = delta_wire(**over)
+    except (TypeError, ValueError, OverflowError):
+        return
+    try:
+        d = advert_delta.decode(wire)
+    except AdvertError:
+        return
+    if isinstance(d, advert_delta.AdvertDelta) and d.data_addr:
+        split_hostport(d.data_addr)
 
 
 @pytest.mark.parametrize("addr,ok", [("127.0.0.1:4002", ("127.0.0.1", 4002)), ("[::1]:5", ("::1", 5)),
@@ -140,7 +177,7 @@ def _consume(ad: Advert) -> None:
             assert math.isfinite(d.mulmod_mops) and math.isfinite(d.f32_gflops)
     if ad.data_addr:
         split_hostport(ad.data_addr)
-    from scheduler.node.service import device_of
+    from scheduler.node.coordinator_io import device_of
     from worker import kinds
 
     reg = kinds.load_builtin_kinds()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -204,6 +205,11 @@ def _no_progress(fraction: float, message: str | None = None) -> None:
     pass
 
 
+@asynccontextmanager
+async def _no_idle_devices() -> AsyncIterator[list[tuple[Any, Any]]]:
+    yield []
+
+
 async def _no_checkpoint() -> None:
     await trio.lowlevel.checkpoint()
 
@@ -272,6 +278,10 @@ class RunContext:
     cl: DeviceContext | None = None  # None: the CPU reference path
     checkpoint: Callable[[], Awaitable[None]] = _no_checkpoint
     progress: ProgressFn = _no_progress
+    # `async with ctx.idle_devices() as more:` lends the job the node's other OpenCL devices that are idle
+    # (a free slot, nothing queued) until the block ends: [(Device, DeviceContext)], maybe empty. A kind that
+    # can split its work (render.frame's tiles) uses them; nothing else is admitted there meanwhile.
+    idle_devices: Callable[[], AbstractAsyncContextManager[list[tuple[Any, Any]]]] = _no_idle_devices
     cancel_scope: trio.CancelScope | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -402,6 +412,23 @@ class KindRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._kinds
+
+
+@dataclass(frozen=True)
+class KindFamily:
+    """A family of job kinds as a node offers it: the kinds, and the checks its coordinator runs on a remote
+    worker's result of some of them (`verifier(job, result, output, read_input) -> str | None`, None =
+    accept; `read_input()` reads a streamed input, None when the input was inline). The node's
+    composition root registers every family the same way."""
+
+    name: str
+    kinds: tuple[JobKind, ...]
+    verifiers: dict[str, Callable[..., str | None]] = field(default_factory=dict)
+
+    def register(self, registry: KindRegistry, verifiers: dict[str, Callable[..., str | None]]) -> None:
+        for kind in self.kinds:
+            registry.register(kind, replace=True)
+        verifiers.update(self.verifiers)
 
 
 REGISTRY = KindRegistry()

@@ -54,7 +54,10 @@ def split_hostport(addr: str) -> tuple[str, int]:
     return host, port
 
 
-class DeviceBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+class DeviceBody(msgspec.Struct, array_like=True, frozen=True):
+    """A device record: positional; an older node's shorter record takes the defaults of the newer fields,
+    a newer node's longer one has its extra fields ignored."""
+
     id: Id
     kind: Literal["gpu", "cpu", "accelerator", "reference"]
     vendor: Name
@@ -68,6 +71,12 @@ class DeviceBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, fr
     slots: Annotated[int, Meta(ge=0, le=4096)]
     free_slots: Annotated[int, Meta(ge=0, le=4096)]
     queue_depth: Count
+    max_work_group_size: Annotated[int, Meta(ge=0, le=1 << 31)] = 0
+    max_work_item_sizes: Annotated[tuple[Annotated[int, Meta(ge=0, le=1 << 40)], ...], Meta(max_length=3)] = ()
+    max_alloc_bytes: Annotated[int, Meta(ge=0, le=1 << 50)] = 0
+    local_mem_bytes: Annotated[int, Meta(ge=0, le=1 << 40)] = 0
+    opencl_version: Annotated[str, Meta(max_length=16)] = ""
+    non_uniform_work_groups: bool = False
 
     def __post_init__(self) -> None:
         if self.free_slots > self.slots:
@@ -88,11 +97,7 @@ class AdvertBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     labels: Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], Name], Meta(max_length=MAX_LABELS)] = {}
 
     def __post_init__(self) -> None:
-        if self.data_addr:
-            try:
-                split_hostport(self.data_addr)
-            except AddressError as e:
-                raise ValueError(f"data_addr: {e}") from None
+        _check_data_addr(self.data_addr)
         if len({d.id for d in self.devices}) != len(self.devices):
             raise ValueError("duplicate device ids")
 
@@ -115,5 +120,60 @@ def body_version(body: bytes) -> object:
     """The `version` field of a body that did not fit the schema (to tell 'other version' from 'malformed')."""
     try:
         return _VERSION_DECODER.decode(body).version
+    except Exception:
+        return None
+
+
+def _check_data_addr(addr: str | None) -> None:
+    if addr:
+        try:
+            split_hostport(addr)
+        except AddressError as e:
+            raise ValueError(f"data_addr: {e}") from None
+
+
+class DeltaBody(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A delta advert's body (short wire keys): what changed since the sender's last full advert."""
+
+    version: int = msgspec.field(name="v")
+    peer_id: Annotated[str, Meta(pattern=PEER_ID_PATTERN)] = msgspec.field(name="p")
+    public_key: Annotated[bytes, Meta(min_length=32, max_length=32)] = msgspec.field(name="k")
+    seq: Annotated[int, Meta(ge=0, le=2**63 - 1)] = msgspec.field(name="q")
+    base_seq: Annotated[int, Meta(ge=0, le=2**63 - 1)] = msgspec.field(name="b")
+    timestamp: Annotated[float, Meta(ge=0.0, le=1e11)] = msgspec.field(name="t")
+    interval_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = msgspec.field(name="i")
+    loads: Annotated[dict[Id, tuple[Annotated[int, Meta(ge=0, le=4096)], Count]],
+                     Meta(max_length=MAX_DEVICES)] = msgspec.field(name="l", default_factory=dict)
+    labels: Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], Name],
+                      Meta(max_length=MAX_LABELS)] | None = msgspec.field(name="lb", default=None)
+    data_addr: Annotated[str, Meta(max_length=300)] | None = msgspec.field(name="da", default=None)
+    addrs: Annotated[list[Annotated[str, Meta(max_length=512)]], Meta(max_length=MAX_ADDRS)] | None = \
+        msgspec.field(name="a", default=None)
+
+    def __post_init__(self) -> None:
+        if self.seq <= self.base_seq:
+            raise ValueError("a delta is newer than its base")
+        _check_data_addr(self.data_addr)
+
+
+class DeltaEnvelope(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    d: bytes
+    s: Annotated[bytes, Meta(max_length=128)]
+
+
+DELTA_ENVELOPE_DECODER = msgspec.msgpack.Decoder(DeltaEnvelope)
+DELTA_DECODER = msgspec.msgpack.Decoder(DeltaBody)
+
+
+class _DeltaVersionOnly(msgspec.Struct):
+    v: object = None
+
+
+_DELTA_VERSION_DECODER = msgspec.msgpack.Decoder(_DeltaVersionOnly)
+
+
+def delta_version(body: bytes) -> object:
+    try:
+        return _DELTA_VERSION_DECODER.decode(body).v
     except Exception:
         return None

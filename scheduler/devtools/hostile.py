@@ -23,8 +23,7 @@ from typing import Any
 import msgpack
 import trio
 
-from mesh import advert as advert_codec
-from mesh import gossip
+from mesh import advert_delta, gossip
 from mesh.advert import Advert, DeviceAdvert
 from mesh.bigtcp.framing import FrameType, encode_header
 from mesh.bigtcp.tls import make_contexts
@@ -133,20 +132,20 @@ class GossipMember:
         self._scope = trio.CancelScope()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        original = gossip.advert_codec.decode
         seen = self.seen
 
-        def recording_decode(data: bytes, **kw: Any) -> Advert:
-            ad = original(data)  # unchecked for age: recording only
-            seen[ad.peer_id].append(bytes(data))
-            return original(data, **kw)
+        def recording_decode(data: bytes) -> Any:
+            ad = advert_delta.decode(data)
+            if isinstance(ad, Advert):  # full adverts only: what a replay needs
+                seen[ad.peer_id].append(bytes(data))
+            return ad
 
-        gossip.advert_codec = _CodecShim(recording_decode)  # type: ignore[assignment]
+        gossip.advert_delta = _DeltaShim(recording_decode)  # type: ignore[assignment]
         try:
             with self._scope:
                 await self.service.run(task_status=task_status)
         finally:
-            gossip.advert_codec = advert_codec
+            gossip.advert_delta = advert_delta
 
     async def publish(self, data: bytes) -> None:
         await self.service.pubsub.publish(gossip.TOPIC, data)
@@ -155,7 +154,10 @@ class GossipMember:
         self._scope.cancel()
 
 
-class _CodecShim:
+class _DeltaShim:
+    """`mesh.advert_delta` with a recording `decode` (the member's own gossip service only)."""
+
     def __init__(self, decode) -> None:
         self.decode = decode
-        self.encode = advert_codec.encode
+        self.diff = advert_delta.diff
+        self.encode = advert_delta.encode

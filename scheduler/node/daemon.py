@@ -7,6 +7,7 @@ node's nursery and stops when it is cancelled (SIGINT/SIGTERM or the caller).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,21 +18,49 @@ from mesh import __version__, control, metrics, metrics_http
 from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
 from mesh.bigtcp.limits import give_back_memory
+from mesh.bigtcp.rpc import RpcServer
+from mesh.bigtcp.transport import Transport
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
+from scheduler.core.coordinator_core import CoordinatorConfig
 from scheduler.core.placement import TrackedView
+from scheduler.core.quota import Quotas
+from scheduler.node import endpoints, tenancy
+from scheduler.node.admission import Admission, local_token
+from scheduler.node.client_api import ClientAPI, describe_peers
 from scheduler.node.config import NodeSettings, has_port, parse_hostport
+from scheduler.node.coordinator_io import CoordinatorIO, Verifier
+from scheduler.node.endpoints import BindError, Endpoints, binding
 from scheduler.node.files import make_private
-from scheduler.node.service import JobService
-from worker import calibration
+from scheduler.node.jobview import JobView
+from scheduler.node.links import LoopbackLink, PeerLinks
+from scheduler.node.peer_api import PeerAPI
+from scheduler.node.tokens import TokenStore
+from scheduler.node.worker_io import WorkerIO
+from worker import calibration, kinds_basic
 from worker import devices as worker_devices
+from worker.compute import kind as compute_kind
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
+from worker.kinds import KindFamily, KindRegistry
+from worker.render import kind as render_kind
+from worker.zk import kind as zk_kind
 
 log = logging.getLogger("gpumesh.node")
 
 MEMORY_TRIM_S = 15.0
+
+# every job kind a node offers, with the verifiers its coordinator runs on remote results
+KIND_FAMILIES: tuple[KindFamily, ...] = (kinds_basic.FAMILY, compute_kind.FAMILY, zk_kind.FAMILY, render_kind.FAMILY)
+
+
+def job_kinds(families: tuple[KindFamily, ...] = KIND_FAMILIES) -> tuple[KindRegistry, dict[str, Verifier]]:
+    registry = KindRegistry()
+    verifiers: dict[str, Verifier] = {}
+    for family in families:
+        family.register(registry, verifiers)
+    return registry, verifiers
 
 
 @dataclass
@@ -50,22 +79,49 @@ class Node:
         self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
         allow = self.allow
         admit = allow.__contains__ if allow is not None else None
-        self.view = TrackedView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        # (x 1.1: a refresh may come up to its jitter later than the interval it announced)
+        s = self.settings
+        self.view = TrackedView(self.identity.peer_id_str, s.ttl_s, admit=admit, ttl_intervals=s.ttl_intervals,
+                                max_ttl_s=s.ttl_intervals * s.advert_max_interval * 1.1)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
         self.watcher: DeviceWatcher | None = None
         self.gossip: GossipService | None = None
         self.metrics_port: int | None = None
+        self.metrics_addr: str | None = None  # HOST:PORT bound, None with --metrics-listen off
+        self.control_path = ""
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
+        self.registry, verifiers = job_kinds()
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
-                                 on_change=self._capacity_changed)
+                                 registry=self.registry, on_change=self._capacity_changed)
         self.labels: dict[str, str] = {}
         self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
         self._data_host = self.data_host_port[0]
-        self.jobs = JobService(self)
-        self._event_listeners.append(self.jobs.on_membership)
+        # the data plane: one transport and RPC server; the coordinator and worker halves reach peers (and each
+        # other, through the loopback link) only over peer links
+        s, peer_id = self.settings, self.identity.peer_id_str
+        self.tokens = TokenStore(s.data_dir)
+        self.quotas = Quotas()
+        self.admission = Admission(peer_id, self.psk, self.allow, self.tokens)
+        self.rpc = RpcServer(limit_key=tenancy.call_limit_key, max_calls=s.max_client_calls)
+        self.transport = Transport(self.identity, host=self.data_host_port[0], port=self.data_host_port[1],
+                                   insecure=s.data_plane_insecure, handler=self.rpc.handle_stream,
+                                   hello_extra=self.admission.hello_extra, authorize=self.admission.authorize,
+                                   stall_timeout=s.stall_timeout)
+        self.links = PeerLinks(peer_id, self.transport, self.view)
+        self.coordinator = CoordinatorIO(peer_id, self.view, self.links, registry=self.registry, verifiers=verifiers,
+                                         quotas=self.quotas, data_dir=s.data_dir, config=CoordinatorConfig())
+        self.worker = WorkerIO(peer_id, self.view, self.links, self.executor, quotas=self.quotas, share=s.share)
+        self.links.set_loopback(LoopbackLink(peer_id, self.coordinator, self.worker))
+        PeerAPI(self.coordinator, self.worker).register(self.rpc)
+        client_api = ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
+                               peers=lambda: describe_peers(self.view, peer_id))
+        client_api.register(self.rpc)
+        # job.status / list / cancel / result / watch: for any job of the mesh, through any node
+        JobView(client_api, self.coordinator, self.links, self.view).register(self.rpc)
+        self._event_listeners.append(self.coordinator.on_membership)
 
     # ---- state that goes into the advert ---------------------------------------------------------------
     def snapshot(self) -> Advert:
@@ -78,7 +134,11 @@ class Node:
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
-                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued,
+                max_work_group_size=d.max_work_group_size if d.opencl else 0,
+                max_work_item_sizes=tuple(d.max_work_item_sizes), max_alloc_bytes=d.max_alloc_bytes,
+                local_mem_bytes=d.local_mem_bytes, opencl_version=d.opencl_version,
+                non_uniform_work_groups=d.non_uniform_work_groups))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
                       devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
 
@@ -128,22 +188,19 @@ class Node:
                 "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
                 "devices": len(self.devices), "device_problem": self.device_problem,
                 "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
-                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure}
+                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure,
+                "gossip": self.gossip.stats() if self.gossip else {},
+                "listening": self.endpoints().to_dict()}
+
+    def endpoints(self) -> Endpoints:
+        """What every listener actually bound (port 0 resolved by the kernel)."""
+        return Endpoints(pid=os.getpid(), peer_id=self.identity.peer_id_str,
+                         libp2p=list(self.gossip.addrs) if self.gossip else [],
+                         data=self.transport.address, data_addr=self.data_addr, metrics=self.metrics_addr,
+                         control=self.control_path)
 
     async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
-        now = trio.current_time()
-        out = []
-        for p in sorted(self.view.peers(), key=lambda p: p.peer_id):
-            out.append({
-                "peer_id": p.peer_id, "self": p.peer_id == self.identity.peer_id_str,
-                "addrs": list(p.advert.addrs), "data_addr": p.advert.data_addr,
-                "software": p.advert.software, "seq": p.advert.seq, "age_s": round(now - p.last_seen, 3),
-                "standing": self.view.standing(p.peer_id),
-                "free_slots": sum(d.free_slots for d in p.devices()),
-                "queue_depth": sum(d.queue_depth for d in p.devices()),
-                "devices": [d.__dict__ for d in p.devices()], "labels": dict(p.advert.labels),
-            })
-        return out
+        return describe_peers(self.view, self.identity.peer_id_str)
 
     async def _c_devices(self, _p: dict[str, Any]) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "problem": self.device_problem}
@@ -188,6 +245,20 @@ class Node:
             await trio.to_thread.run_sync(give_back_memory)
 
     # ---- run -------------------------------------------------------------------------------------------
+    async def _run_data_plane(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Journal, local token, transport, then the coordinator (resuming its journal) and worker halves."""
+        await self.coordinator.open()
+        await trio.to_thread.run_sync(local_token, self.settings.data_dir, self.tokens)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.serve)
+                await nursery.start(self.worker.run)
+                await nursery.start(self.coordinator.run)
+                task_status.started(self.transport.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose(timeout=1.0)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
@@ -199,25 +270,67 @@ class Node:
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
-                         interval_s=s.advert_interval, psk=self.psk),
+                         interval_s=s.advert_interval, max_interval_s=s.advert_max_interval, psk=self.psk),
             self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
-        async with trio.open_nursery() as nursery:
-            if s.metrics_listen != "off":
-                mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+        for addr in s.listen:  # py-libp2p shares a busy port (SO_REUSEPORT): refuse it here instead
+            host, port = _tcp_of_multiaddr(addr)
+            if host is not None:
+                endpoints.check_tcp_free(host, port, "--listen", addr)
+        endpoints.remove(s.data_dir)  # a file left by a node killed -9 must not be taken for ours
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._start_listeners(nursery)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            endpoints.remove(s.data_dir, os.getpid())
+
+    async def _start_listeners(self, nursery: trio.Nursery) -> None:
+        """Start every part; once every listener is up, write the endpoints file."""
+        s = self.settings
+        assert self.gossip is not None and self.watcher is not None
+        if s.metrics_listen != "off":
+            mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+            with binding("--metrics-listen", s.metrics_listen):
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
-            await nursery.start(self.executor.run)
-            data_port = await nursery.start(self.jobs.run)
-            if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
-                self._set_data_addr(data_port)  # known now: the first advert carries it
-            await nursery.start(self.gossip.run)
-            self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
-            self.gossip.changed()
-            await nursery.start(self.watcher.run)
-            await nursery.start(control.serve, s.data_dir, self.control_methods())
-            nursery.start_soon(self._give_back_memory)
-            log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
-                     " ".join(self.gossip.addrs), self.data_addr,
-                     f"{s.metrics_listen.rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else "off")
-            self.ready.set()
-            task_status.started(self)
-            await trio.sleep_forever()
+            self.metrics_addr = f"{mhost}:{self.metrics_port}"
+        await nursery.start(self.executor.run)
+        with binding("--data-listen", s.data_listen):
+            data_port = await nursery.start(self._run_data_plane)
+        if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
+            self._set_data_addr(data_port)  # known now: the first advert carries it
+        await nursery.start(self.gossip.run)
+        self._check_libp2p_bound()
+        self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
+        self.gossip.changed()
+        await nursery.start(self.watcher.run)
+        with binding("control socket", str(s.data_dir)):
+            self.control_path = str(await nursery.start(control.serve, s.data_dir, self.control_methods()))
+        nursery.start_soon(self._give_back_memory)
+        await trio.to_thread.run_sync(endpoints.write, s.data_dir, self.endpoints())
+        log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
+                 " ".join(self.gossip.addrs), self.data_addr, self.metrics_addr or "off")
+        self.ready.set()
+
+    def _check_libp2p_bound(self) -> None:
+        """py-libp2p logs a failed listen and carries on; a node that cannot be dialled is refused here. A port
+        shared with another process (both with SO_REUSEPORT, bound between our probe and our bind) too."""
+        assert self.gossip is not None
+        bound = [str(a) for a in self.gossip.host.get_transport_addrs()]
+        for addr in self.settings.listen:
+            host, port = _tcp_of_multiaddr(addr)
+            if host is None:
+                continue
+            mine = [b for b in bound if port == 0 or f"/tcp/{port}" in b]
+            if not mine:
+                raise BindError("--listen", addr, "py-libp2p could not listen there (see the log above)")
+            if port and endpoints.listeners_on_port(port) > len(mine):
+                raise BindError("--listen", addr, "address already in use (another process shares the port)")
+
+
+def _tcp_of_multiaddr(addr: str) -> tuple[str | None, int]:
+    """(host, port) of an /ip4|ip6/HOST/tcp/PORT multiaddr; (None, 0) for other transports."""
+    parts = addr.strip("/").split("/")
+    if len(parts) >= 4 and parts[0] in ("ip4", "ip6") and parts[2] == "tcp" and parts[3].isdigit():
+        return parts[1], int(parts[3])
+    return None, 0

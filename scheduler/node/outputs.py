@@ -72,3 +72,16 @@ def settle(p: Pending, dest: Path) -> None:
 def discard(p: Pending | None) -> None:
     if isinstance(p, Path):
         p.unlink(missing_ok=True)
+
+
+async def send_file(call: Any, path: Path, chunk: int) -> None:
+    """Stream a file's bytes on `call`, one chunk in memory per bulk slot of the connection (a caller that
+    opens many streams and reads none costs a slot's chunk, not a chunk per stream)."""
+    slot = call.stream.connection.bulk_slot()
+    async with await trio.open_file(path, "rb") as f:
+        while True:
+            async with slot:
+                data = await f.read(chunk)
+                if not data:
+                    return
+                await call.send_bytes(data)

@@ -10,12 +10,7 @@ probed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
-
-
-class _Token(Protocol):
-    name: str
-    scopes: list[str]
+from typing import Any
 
 
 def call_limit_key(stream: Any) -> str | None:
@@ -28,15 +23,22 @@ def call_limit_key(stream: Any) -> str | None:
     return f"token:{token.name}" if token is not None else f"conn:{stream.peer_id}"
 
 
-def is_admin(token: _Token | None) -> bool:
-    return token is not None and "admin" in token.scopes
+def of(principal: Any) -> dict[str, Any]:
+    """A caller as it travels between nodes (`jobview.principal_wire`): its token's name and scopes."""
+    tok = getattr(principal, "token", None)
+    return {"name": tok.name if tok else "", "scopes": list(tok.scopes) if tok else []}
 
 
-def owns(token: _Token | None, submitted_by: str) -> bool:
-    """May `token` see and touch a job submitted by the tenant `submitted_by`?"""
-    return is_admin(token) or (token is not None and token.name == submitted_by)
+def is_admin(principal: dict[str, Any]) -> bool:
+    return "admin" in principal.get("scopes", ())
 
 
-def visible(token: _Token | None, records: Iterable[Any]) -> list[Any]:
-    """The job records (anything with `.job.submitted_by`) that `token` may see."""
-    return [r for r in records if owns(token, r.job.submitted_by)]
+def owns(principal: dict[str, Any], submitted_by: str) -> bool:
+    """May the caller (`of(...)`, or a forwarded principal) see and touch a job submitted by `submitted_by`?"""
+    name = principal.get("name", "")
+    return is_admin(principal) or (bool(name) and name == submitted_by)
+
+
+def visible(principal: dict[str, Any], rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job rows (with "submitted_by") the caller may see."""
+    return [r for r in rows if owns(principal, r.get("submitted_by", ""))]
