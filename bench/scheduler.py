@@ -3,10 +3,16 @@ from one client, and placement decision time with 1,000 peers in the view (bench
 
 Three node processes on loopback; the coordinator runs with `--devices none` (a gateway that runs nothing) so
 every echo really crosses to another node, as the issue's path says.
+
+With Ray installed (`pip install -e '.[bench]'`) the same echo workload then runs on a local Ray cluster in the
+same run (bench/_ray_echo.py) and the ratios are reported: `ray_*` keys, `echo_rtt_vs_ray` (ours / Ray's, lower
+is better; issue 18's target <= 0.5) and `pipelined_vs_ray` (ours / Ray's, target >= 3). Without Ray that part
+is skipped and says so (`ray_skipped`).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from bench import pctl, placement
+from bench import _ray_echo, pctl, placement
 from scheduler.client.client import Client, local_address
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all, wait_for
 
@@ -51,6 +57,7 @@ async def _measure(addr: str, tok: str, pid: str) -> dict:
 
 
 def run() -> dict:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="gpumesh-bench-sched-") as root:
         nodes = make_nodes(Path(root), 3)
         nodes[0].extra += ["--devices", "none"]
@@ -62,7 +69,7 @@ def run() -> dict:
         finally:
             stop_all(nodes)
     p = placement.run()
-    return {
+    out = {
         "echo_rtt_p50_ms": round(statistics.median(m["rtts"]) * 1000, 3),
         "echo_rtt_p99_ms": round(pctl(m["rtts"], 0.99) * 1000, 3),
         "pipelined_jobs_per_s": round(m["jobs_per_s"], 1),
@@ -73,6 +80,24 @@ def run() -> dict:
         "pipelined_jobs": PIPELINED,
         "pipelined_concurrency": CONCURRENCY,
     }
+    if _ray_echo.available():
+        print("running the same echo workload on Ray", flush=True)
+        r = _ray_echo.measure(SEQUENTIAL, PIPELINED, CONCURRENCY)
+        out.update({
+            "ray_version": r["version"],
+            "ray_echo_rtt_p50_ms": round(statistics.median(r["rtts"]) * 1000, 3),
+            "ray_echo_rtt_p99_ms": round(pctl(r["rtts"], 0.99) * 1000, 3),
+            "ray_pipelined_jobs_per_s": round(r["jobs_per_s"], 1),
+        })
+        out["echo_rtt_vs_ray"] = round(out["echo_rtt_p50_ms"] / out["ray_echo_rtt_p50_ms"], 2)
+        out["pipelined_vs_ray"] = round(out["pipelined_jobs_per_s"] / out["ray_pipelined_jobs_per_s"], 2)
+    else:
+        msg = "Ray is not installed (pip install -e '.[bench]'): the Ray side by side is skipped"
+        print(msg, flush=True)
+        out["ray_skipped"] = msg
+    out["loadavg_1m_before"] = round(load_before, 2)
+    out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    return out
 
 
 def table(r: dict) -> list[tuple[str, str]]:
@@ -82,5 +107,18 @@ def table(r: dict) -> list[tuple[str, str]]:
         (f"pipelined echo jobs/s, one client, {r['pipelined_concurrency']} in flight",
          f"{r['pipelined_jobs_per_s']:.0f} (target >= 2,000)"),
         ("placement decision, 1,000 peers in view, p50 / p99", f"{r['placement_p50_us']} us / {r['placement_p99_us']} us (target p99 < 200 us)"),
+    ] + _ray_rows(r) + [
+        ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),
         ("anchor: Ray 2.20 published", "966 tasks/s single-client sync (~1 ms), 7,994 tasks/s async"),
+    ]
+
+
+def _ray_rows(r: dict) -> list[tuple[str, str]]:
+    if "ray_echo_rtt_p50_ms" not in r:
+        return [("Ray side by side", r.get("ray_skipped", "skipped"))]
+    return [
+        (f"Ray {r['ray_version']} echo round trip p50 / p99, same run",
+         f"{r['ray_echo_rtt_p50_ms']:.2f} ms / {r['ray_echo_rtt_p99_ms']:.2f} ms; ours / Ray = {r['echo_rtt_vs_ray']} (target <= 0.5)"),
+        (f"Ray pipelined echo tasks/s, {r['pipelined_concurrency']} in flight, same run",
+         f"{r['ray_pipelined_jobs_per_s']:.0f}; ours / Ray = {r['pipelined_vs_ray']} (target >= 3)"),
     ]
