@@ -139,6 +139,9 @@ class RemoteLink:
 
     async def send_result(self, result: Result, output: bytes) -> None:
         try:
+            if not output:  # the common small job: one message (request and end of uploads in one frame)
+                await self.client.call("peer.result", {"result": result.to_wire()}, timeout=RESULT_UPLOAD_TIMEOUT_S)
+                return
             async with self.client.open("peer.result", {"result": result.to_wire()}, uploads=True,
                                         timeout=RESULT_UPLOAD_TIMEOUT_S) as call:
                 for off in range(0, len(output), CHUNK):
