@@ -51,7 +51,17 @@ def rss(nodes):
     return [hostile.rss_bytes(nd.process.pid) for nd in nodes]
 
 
-def assert_up_and_memory_back(nodes, baseline, within=0.10, timeout=60.0):
+def start_alice(nodes, toks):
+    """Alice's job, running while the attack goes on (the other tenant: it must end untouched)."""
+    with client(nodes[0], toks["alice"]) as c:
+        return c.submit("sleep", {"seconds": 2})["id"]
+
+
+def assert_up_and_memory_back(nodes, baseline, alice=None, within=0.10, timeout=60.0):
+    if alice is not None:
+        with client(nodes[0], alice[0]) as c:
+            res = c.result(alice[1])
+            assert res.ok and res.state == "done", f"alice's job: {res.state} {res.reason}"
     for nd in nodes:
         assert nd.process.poll() is None, f"node died: {nd.log_tail()}"
         assert nd.call("status")["peer_id"] == nd.peer_id
@@ -100,6 +110,7 @@ HOSTILE_FIELDS = [
 async def test_hostile_adverts_from_a_member_crash_nothing(mesh):
     nodes, toks = mesh
     baseline = rss(nodes)
+    alice = (toks["alice"], await trio.to_thread.run_sync(start_alice, nodes, toks))
     before = metric(nodes[0], "gpumesh_adverts_rejected_total", reason="malformed")
     async with trio.open_nursery() as n:
         member = hostile.GossipMember([nodes[0].multiaddr])
@@ -127,7 +138,7 @@ async def test_hostile_adverts_from_a_member_crash_nothing(mesh):
     await trio.to_thread.run_sync(lambda: wait_for(lambda: all(member.identity.peer_id_str not in {p["peer_id"] for p in nd.call("peers")} for nd in nodes),
              30, "the member's last good advert to expire"))
     baseline[2] = max(baseline[2], hostile.rss_bytes(nodes[2].process.pid))  # restarted: its own baseline
-    await trio.to_thread.run_sync(assert_up_and_memory_back, nodes, baseline)
+    await trio.to_thread.run_sync(assert_up_and_memory_back, nodes, baseline, alice)
 
 
 async def test_replayed_adverts_change_no_standing_and_raise_no_dead(mesh, tmp_path):
@@ -174,6 +185,7 @@ async def test_replayed_adverts_change_no_standing_and_raise_no_dead(mesh, tmp_p
 def test_hello_bombs_cost_nothing(mesh):
     nodes, toks = mesh
     baseline = rss(nodes)
+    alice = (toks["alice"], start_alice(nodes, toks))
     target = nodes[0]
     import concurrent.futures
 
@@ -182,7 +194,7 @@ def test_hello_bombs_cost_nothing(mesh):
     assert answers == ["closed"] * 4
     assert hostile.rss_bytes(target.process.pid) < baseline[0] * 1.1  # never grew, not merely given back
     assert metric(target, "gpumesh_transport_handshake_failures_total", reason="hello") >= 4
-    assert_up_and_memory_back(nodes, baseline)
+    assert_up_and_memory_back(nodes, baseline, alice)
 
 
 def test_slowloris_is_capped_and_given_back(mesh):
@@ -190,6 +202,7 @@ def test_slowloris_is_capped_and_given_back(mesh):
     target = nodes[0]
     pid = target.process.pid
     baseline, fds = rss(nodes), hostile.fd_count(pid)
+    alice = (toks["alice"], start_alice(nodes, toks))
     refused = metric(target, "gpumesh_transport_connections_refused_total")
     with hostile.slowloris("127.0.0.1", target.data_port, 600) as socks:
         assert len(socks) > 100
@@ -199,7 +212,7 @@ def test_slowloris_is_capped_and_given_back(mesh):
         assert hostile.rss_bytes(pid) < baseline[0] * 1.1
         assert target.call("status")
     wait_for(lambda: hostile.fd_count(pid) <= fds + 2, 30, "sockets released")
-    assert_up_and_memory_back(nodes, baseline)
+    assert_up_and_memory_back(nodes, baseline, alice)
 
 
 # ---- a token holder ------------------------------------------------------------------------------------
@@ -211,6 +224,7 @@ async def test_credit_starvation_is_reset_and_freed(mesh):
     async with aclient(target, toks["bob"]) as c:
         job = (await c.run("echo", {}, input=os.urandom(4 * MiB))).job_id
     baseline, fds = rss(nodes), hostile.fd_count(pid)
+    alice = (toks["alice"], await trio.to_thread.run_sync(start_alice, nodes, toks))
     stalls = metric(target, "gpumesh_transport_stalled_total")
     peak = 0
     async with aclient(target, toks["bob"]) as c:
@@ -237,7 +251,7 @@ async def test_credit_starvation_is_reset_and_freed(mesh):
     # bounded while it lasts (the reported attack took +1 GB): 4 bulk slots of 1 MiB, 32 calls, TLS buffers
     assert peak - baseline[0] < 64 * MiB, f"peak {peak >> 20} MiB vs baseline {baseline[0] >> 20} MiB"
     await trio.to_thread.run_sync(lambda: wait_for(lambda: hostile.fd_count(pid) <= fds + 2, 30, "fds released"))
-    await trio.to_thread.run_sync(assert_up_and_memory_back, nodes, baseline)
+    await trio.to_thread.run_sync(assert_up_and_memory_back, nodes, baseline, alice)
 
 
 def test_tenants_see_and_touch_only_their_own_jobs(mesh):
@@ -286,13 +300,14 @@ def _local(node):
 def test_output_quota_refuses_a_tiny_spec_asking_for_a_huge_output(mesh):
     nodes, toks = mesh
     baseline = rss(nodes)
+    alice = (toks["alice"], start_alice(nodes, toks))
     spec = {"source": "kernel void k(global uchar* x){}", "kernel": "k",
             "args": [{"kind": "out", "dtype": "uint8", "count": 1 << 30}], "global_size": [1]}
     with client(nodes[0], toks["carol"]) as c:
         with pytest.raises(RpcError) as e:
             c.submit("compute.opencl", spec)
         assert e.value.code == "quota" and "output bytes" in e.value.message
-    assert_up_and_memory_back(nodes, baseline)
+    assert_up_and_memory_back(nodes, baseline, alice)
 
 
 # ---- files ---------------------------------------------------------------------------------------------
