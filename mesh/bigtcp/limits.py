@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter as _Tally
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -86,7 +87,7 @@ class ConnectionGate:
             del tally[ip]
 
 
-_libc_trim = None
+_libc_trim: Any = None
 
 
 def give_back_memory() -> bool:

@@ -274,6 +274,18 @@ class CoordinatorIO:
                                                     limiter=self._verify_limiter)
         await self._execute(self.core.on_result(worker, result, trio.current_time(), problem))
 
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """A remote worker's output, streamed to a file (never gathered in memory), bounded by what the job may
+        produce and checked against the result's size and sha256. A late or duplicate result's bytes are read
+        past, never kept (the core drops the result)."""
+        job = self.core.expects_result(worker, result)
+        if job is None:
+            async for _ in chunks:
+                pass
+            return None
+        path = self.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
+        return await outputs.receive(chunks, path, result.output_size, result.output_sha256, self.output_limit(job))
+
     async def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         rec = self.core.get(job_id)
         if rec is None or rec.peer != worker:

@@ -14,8 +14,9 @@ remote one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 
@@ -54,7 +55,11 @@ class CoordinatorInbox(Protocol):
 
     async def lease(self, worker: str, renew: LeaseRenew) -> None: ...
 
-    async def result(self, worker: str, result: Result, output: bytes) -> None: ...
+    async def result(self, worker: str, result: Result, output: bytes | Path | None) -> None: ...
+
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """Stream a result's output bytes to a file, bounded and checked (RpcError 'bad_output' otherwise)."""
+        ...
 
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""

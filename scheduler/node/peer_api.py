@@ -16,9 +16,7 @@ import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
-from scheduler.node import outputs
 from scheduler.node.admission import Principal
-from scheduler.node.coordinator_io import spool_name
 from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
 
 
@@ -62,16 +60,7 @@ class PeerAPI:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        job = self.coordinator.core.expects_result(peer, result)
-        if job is None:  # late or duplicate: its bytes are read past (never kept), the core drops it
-            async for _ in call:
-                pass
-            await self.coordinator.result(peer, result, None)
-            return {}
-        # streamed to disk (never gathered in memory), bounded by what the job may produce
-        path = self.coordinator.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
-        output = await outputs.receive(call, path, result.output_size, result.output_sha256,
-                                       self.coordinator.output_limit(job))
+        output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
         return {}
 
