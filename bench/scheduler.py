@@ -30,7 +30,13 @@ CONCURRENCY = 64
 
 
 
-async def _measure(addr: str, tok: str, pid: str) -> dict:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(addr: str, tok: str, pid: str, node_pids: list[int]) -> dict:
     async with Client.connect(addr, token=tok, peer_id=pid) as c:
         for _ in range(20):  # warm up connections and caches
             await c.run("echo", {})
@@ -48,16 +54,20 @@ async def _measure(addr: str, tok: str, pid: str) -> dict:
                 await c.run("echo", {}, max_attempts=5)
                 done += 1
 
+        cpu0 = [_cpu_s(p) for p in node_pids]
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(CONCURRENCY):
                 nursery.start_soon(worker, PIPELINED // CONCURRENCY)
         elapsed = time.perf_counter() - t0
+        # CPU per job on the gateway and on the two workers together: steadier than rates on a shared machine
+        cpu = [_cpu_s(p) - c for p, c in zip(node_pids, cpu0, strict=True)]
         t0 = time.perf_counter()  # the same jobs on one job.submit_many stream (Client.run_many)
         many = await c.run_many("echo", [{}] * PIPELINED, max_attempts=5)
         many_elapsed = time.perf_counter() - t0
         assert all(r.ok for r in many), [r.reason for r in many if not r.ok][:3]
-    return {"rtts": rtts, "workers": len(workers), "jobs_per_s": done / elapsed, "many_per_s": len(many) / many_elapsed}
+    return {"rtts": rtts, "workers": len(workers), "jobs_per_s": done / elapsed, "many_per_s": len(many) / many_elapsed,
+            "gateway_cpu_us": cpu[0] / done * 1e6, "workers_cpu_us": sum(cpu[1:]) / done * 1e6}
 
 
 def run() -> dict:
@@ -69,7 +79,7 @@ def run() -> dict:
             start_nodes(nodes)
             wait_for(lambda: sees_all(nodes), 120, "3 nodes to converge", interval=0.2)
             addr, tok, pid, _ = local_address(nodes[0].data_dir)
-            m = trio.run(_measure, addr, tok, pid)
+            m = trio.run(_measure, addr, tok, pid, [n.process.pid for n in nodes])
         finally:
             stop_all(nodes)
     p = placement.run()
@@ -79,6 +89,8 @@ def run() -> dict:
         "pipelined_jobs_per_s": round(max(m["jobs_per_s"], m["many_per_s"]), 1),
         "pipelined_run_jobs_per_s": round(m["jobs_per_s"], 1),
         "pipelined_many_jobs_per_s": round(m["many_per_s"], 1),
+        "gateway_cpu_us_per_job": round(m["gateway_cpu_us"]),
+        "workers_cpu_us_per_job": round(m["workers_cpu_us"]),
         "placement_p99_us": p["placement_p99_us"],
         "placement_p50_us": p.get("placement_p50_us"),
         "echo_workers_used": m["workers"],
@@ -112,6 +124,8 @@ def table(r: dict) -> list[tuple[str, str]]:
          f"{r['echo_rtt_p50_ms']:.2f} ms / {r['echo_rtt_p99_ms']:.2f} ms (target p50 < 2 ms)"),
         (f"pipelined echo jobs/s, one client: {r['pipelined_concurrency']} concurrent run() / one submit_many stream",
          f"{r['pipelined_run_jobs_per_s']:.0f} / {r['pipelined_many_jobs_per_s']:.0f} (pipelined_jobs_per_s: the better)"),
+        ("CPU per pipelined echo job: gateway / both workers (steadier than rates under load)",
+         f"{r['gateway_cpu_us_per_job']} us / {r['workers_cpu_us_per_job']} us"),
         ("placement decision, 1,000 peers in view, p50 / p99", f"{r['placement_p50_us']} us / {r['placement_p99_us']} us (target p99 < 200 us)"),
     ] + _ray_rows(r) + [
         ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),

@@ -28,7 +28,6 @@ from scheduler.node.links import CHUNK
 from scheduler.node.tokens import TokenError, TokenStore
 from worker import kinds as kinds_mod
 
-
 MANY_IN_FLIGHT = 256  # jobs of one job.submit_many call waited for at once
 MANY_INLINE_OUTPUT = 64 * 1024  # job.submit_many: outputs up to this travel inside the result item
 
