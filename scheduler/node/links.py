@@ -32,6 +32,7 @@ log = logging.getLogger("gpumesh.scheduler")
 CHUNK = 1 << 20
 RESULT_UPLOAD_TIMEOUT_S = 300
 INPUT_TIMEOUT_S = 3600
+MAX_RESULTS_BATCH = 256  # results without output sent together in one peer.results call
 
 
 class LinkError(Exception):
@@ -115,12 +116,26 @@ class LoopbackLink:
         await trio.lowlevel.checkpoint()
 
 
+class _Batch:
+    """One group-sent batch: set when its call ended, with the error if it failed."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: LinkError | None = None
+
+
 class RemoteLink:
     """The link to another node: the `peer.*` RPC methods over a pooled bigtcp connection."""
 
     def __init__(self, client: MeshClient, peer_id: str) -> None:
         self.client = client
         self.peer_id = peer_id
+        # results without output, group-sent: the first sender takes everything queued meanwhile
+        self._results_pending: list[dict[str, Any]] = []
+        self._results_batch = _Batch()
+        self._results_busy = False
 
     async def offer(self, offer: Offer, timeout: float) -> Accept | Reject:
         try:
@@ -143,10 +158,10 @@ class RemoteLink:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
     async def send_result(self, result: Result, output: bytes) -> None:
+        if not output:
+            await self._send_small_result(result)
+            return
         try:
-            if not output:  # the common small job: one message (request and end of uploads in one frame)
-                await self.client.call("peer.result", {"result": result.to_wire()}, timeout=RESULT_UPLOAD_TIMEOUT_S)
-                return
             async with self.client.open("peer.result", {"result": result.to_wire()}, uploads=True,
                                         timeout=RESULT_UPLOAD_TIMEOUT_S) as call:
                 for off in range(0, len(output), CHUNK):
@@ -155,6 +170,49 @@ class RemoteLink:
                 await call.result()
         except (RpcError, HandshakeError) as e:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+
+    async def _send_small_result(self, result: Result) -> None:
+        """A result without output, in one peer.results call with every other one queued meanwhile (group
+        send: while a call is under way, results queue; the task that finds none under way sends them all).
+        Returns once the call carrying it was answered; LinkError if that call failed."""
+        self._results_pending.append(result.to_wire())
+        batch = self._results_batch
+        if not self._results_busy:
+            self._results_busy = True
+            try:
+                while self._results_pending:
+                    items, self._results_pending = self._results_pending, []
+                    current, self._results_batch = self._results_batch, _Batch()
+                    try:
+                        await self._call_results(items)
+                    except (RpcError, HandshakeError) as e:
+                        current.error = LinkError(getattr(e, "code", "unavailable"), str(e))
+                    except BaseException:
+                        current.error = LinkError("unavailable", "the sender of this result batch was cancelled")
+                        raise
+                    finally:
+                        current.done.set()
+            finally:
+                self._results_busy = False
+                if self._results_pending:  # the sender was cancelled: nobody sends these, fail them
+                    left, self._results_batch = self._results_batch, _Batch()
+                    self._results_pending = []
+                    left.error = LinkError("unavailable", "the sender of this result batch was cancelled")
+                    left.done.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    async def _call_results(self, items: list[dict[str, Any]]) -> None:
+        for off in range(0, len(items), MAX_RESULTS_BATCH):
+            part = items[off:off + MAX_RESULTS_BATCH]
+            try:
+                await self.client.call("peer.results", {"results": part}, timeout=RESULT_UPLOAD_TIMEOUT_S)
+            except RpcError as e:
+                if e.code != "unknown_method":
+                    raise
+                for item in part:  # a node of an earlier version: one call per result
+                    await self.client.call("peer.result", {"result": item}, timeout=RESULT_UPLOAD_TIMEOUT_S)
 
     async def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         try:
@@ -210,5 +268,5 @@ class PeerLinks:
         self._remote.pop(peer_id, None)
 
 
-__all__ = ["CHUNK", "CoordinatorInbox", "LinkError", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLink",
+__all__ = ["CHUNK", "MAX_RESULTS_BATCH", "CoordinatorInbox", "LinkError", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLink",
            "WorkerInbox"]

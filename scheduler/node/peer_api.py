@@ -5,6 +5,7 @@ into typed messages for this node's inboxes. Only connections whose principal is
     worker --peer.input--> coordinator          (streamed input, from the spool)
     worker --peer.lease--> coordinator          (lease renewals, batched per coordinator)
     worker --peer.result--> coordinator (+ output bytes)   (one per attempt; duplicates dropped)
+    worker --peer.results--> coordinator        (results without output, several queued together in one call)
     coordinator --peer.cancel--> worker
 """
 
@@ -17,7 +18,7 @@ import trio
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
 from scheduler.node.admission import Principal
-from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
+from scheduler.node.links import MAX_RESULTS_BATCH, CoordinatorInbox, LinkError, WorkerInbox
 
 
 class PeerAPI:
@@ -27,6 +28,7 @@ class PeerAPI:
 
     def register(self, rpc: RpcServer) -> None:
         for name, fn in [("peer.offer", self._offer), ("peer.lease", self._lease), ("peer.result", self._result),
+                         ("peer.results", self._results),
                          ("peer.cancel", self._cancel), ("peer.input", self._input)]:
             rpc.register(name, fn)
 
@@ -62,6 +64,22 @@ class PeerAPI:
             raise RpcError("invalid", str(e)) from None
         output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
+        return {}
+
+    async def _results(self, call: Call) -> dict[str, Any]:
+        """Results without output bytes, batched by the worker's link (at most MAX_RESULTS_BATCH)."""
+        peer = self._peer(call)
+        items = call.body.get("results")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_RESULTS_BATCH:
+            raise RpcError("invalid", f"results: a list of 1 to {MAX_RESULTS_BATCH} results")
+        try:
+            results = [Result.from_wire(r) for r in items]
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        if any(r.output_size for r in results):
+            raise RpcError("invalid", "a result with output goes with its bytes, in peer.result")
+        for r in results:
+            await self.coordinator.result(peer, r, None)
         return {}
 
     async def _cancel(self, call: Call) -> dict[str, Any]:
