@@ -112,3 +112,35 @@ async def test_peer_results_refuses_malformed_batches(bad):
                 await c.call("peer.results", {"results": bad})
             assert e.value.code == "invalid"
         await server.aclose()
+
+
+async def test_offers_queued_during_a_call_go_together_and_each_gets_its_own_answer():
+    from scheduler.core.job import Job, Offer, Reject
+
+    calls: list[int] = []
+    first_arrived, release = trio.Event(), trio.Event()
+    rpc = RpcServer()
+
+    @rpc.method("peer.offers")
+    async def _offers(call: Call):
+        offers = call.body["offers"]
+        calls.append(len(offers))
+        first_arrived.set()
+        await release.wait()
+        return {"answers": [Reject(o["job"]["id"], o["attempt"], f"no {o['job']['id']}").to_wire() for o in offers]}
+
+    answers = {}
+
+    async def offer(i: int) -> None:
+        o = Offer(Job(kind="echo", job_id=f"job-{i}"), attempt=1, device_id="d", lease_s=6.0)
+        answers[i] = await link.offer(o, 5.0)
+
+    async with link_to(rpc) as link, trio.open_nursery() as n:
+        n.start_soon(offer, 0)
+        await first_arrived.wait()
+        for i in range(1, 4):
+            n.start_soon(offer, i)
+        await trio.testing.wait_all_tasks_blocked()
+        release.set()
+    assert calls == [1, 3]
+    assert {i: (a.job_id, a.reason) for i, a in answers.items()} == {i: (f"job-{i}", f"no job-{i}") for i in range(4)}
