@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 # Figures assumed for a device that has not been calibrated (or device=None): a modest CPU.
 DEFAULT_MULMOD_MOPS = 100.0
-DEFAULT_FMA_GFLOPS = 5.0
+DEFAULT_F32_GFLOPS = 5.0
 
 
 class SpecError(ValueError):
@@ -73,7 +73,7 @@ class Requirements:
     fp64: bool = False
     int64: bool = False
     min_mulmod_mops: float = 0.0
-    min_fma_gflops: float = 0.0
+    min_f32_gflops: float = 0.0
     opencl: bool = False  # needs a real OpenCL device (no CPU path)
     avoid_peers: tuple[str, ...] = ()  # never place on these peers (e.g. the other copy of a redundant run)
 
@@ -85,7 +85,7 @@ class Requirements:
         if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
             raise ValueError(f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
                              f"not {self.device_kind!r}")
-        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
+        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_f32_gflops < 0:
             raise ValueError("requirements must not be negative")
 
     def unmet(self, device: Device) -> str | None:
@@ -102,8 +102,8 @@ class Requirements:
             return "needs 64-bit integers"
         if self.min_mulmod_mops > 0 and (device.mulmod_mops or 0.0) < self.min_mulmod_mops:
             return f"needs {self.min_mulmod_mops:g} M mulmod/s, has {device.mulmod_mops or 0:g}"
-        if self.min_fma_gflops > 0 and (device.fma_gflops or 0.0) < self.min_fma_gflops:
-            return f"needs {self.min_fma_gflops:g} GFLOP/s, has {device.fma_gflops or 0:g}"
+        if self.min_f32_gflops > 0 and (device.f32_gflops or 0.0) < self.min_f32_gflops:
+            return f"needs {self.min_f32_gflops:g} GFLOP/s, has {device.f32_gflops or 0:g}"
         return None
 
     def satisfied_by(self, device: Device) -> bool:
@@ -121,8 +121,8 @@ class Requirements:
             parts.append("int64")
         if self.min_mulmod_mops:
             parts.append(f">= {self.min_mulmod_mops:g} M mulmod/s")
-        if self.min_fma_gflops:
-            parts.append(f">= {self.min_fma_gflops:g} GFLOP/s")
+        if self.min_f32_gflops:
+            parts.append(f">= {self.min_f32_gflops:g} GFLOP/s")
         return f"a {kind}" + (" with " + " and ".join(parts) if parts else "")
 
     def merged(self, other: Requirements) -> Requirements:
@@ -135,7 +135,7 @@ class Requirements:
             fp64=self.fp64 or other.fp64,
             int64=self.int64 or other.int64,
             min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
-            min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
+            min_f32_gflops=max(self.min_f32_gflops, other.min_f32_gflops),
             opencl=self.opencl or other.opencl,
             avoid_peers=tuple(set(self.avoid_peers) | set(other.avoid_peers)),
         )
@@ -172,7 +172,7 @@ class Requirements:
 
 _REQ_TYPES: dict[str, tuple[type, ...]] = {
     "device_kind": (str, type(None)), "min_memory_bytes": (int,), "fp64": (bool,), "int64": (bool,),
-    "min_mulmod_mops": (int, float), "min_fma_gflops": (int, float), "opencl": (bool,), "avoid_peers": (list, tuple)}
+    "min_mulmod_mops": (int, float), "min_f32_gflops": (int, float), "opencl": (bool,), "avoid_peers": (list, tuple)}
 
 
 def fmt_bytes(n: float) -> str:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler.cli import compute_cli, jobs_cli, render_cli
+from scheduler.cli import compute_cli, jobs_cli, render_cli, tables
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="gpumesh node: share this host's OpenCL devices with a peer-to-peer mesh and run jobs on it.",
         epilog="Run `mesh-node COMMAND --help` for the options of each command.")
+    from mesh import __version__
+
+    parser.add_argument("--version", action="version", version=f"mesh-node (gpumesh) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the node daemon in the foreground",
                          description="Run the node daemon in the foreground. SIGINT/SIGTERM stop it cleanly.")
@@ -276,7 +279,7 @@ def device_table(rows: list[tuple[str, dict]], title: str):
     for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
         t.add_column(col)
     for owner, d in rows:
-        f32 = d.get("fma_gflops", d.get("f32_gflops")) or 0.0
+        f32 = d.get("f32_gflops") or 0.0
         t.add_row(owner, d["id"], d["kind"], d["name"], str(d["compute_units"]), _human_bytes(d["global_mem_bytes"]),
                   "yes" if d["fp64"] else "no", f"{d.get('mulmod_mops') or 0:.0f} M/s", f"{f32:.1f} GFLOP/s")
     return t
@@ -300,7 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mesh import control
 
     st = control.call(args.data_dir, "status", timeout=5.0)
-    _print(st, args.json, lambda s: print("\n".join(f"{k}: {v}" for k, v in s.items())))
+    _print(st, args.json, lambda s: console().print(tables.status_table(s)))
     return EXIT_OK
 
 
@@ -342,9 +345,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.token_command == "list":
             rows = [{"id": r.id, "name": r.name, "scopes": r.scopes, "created": r.created, "expires": r.expires,
                      "revoked": r.revoked} for r in store.records()]
-            _print(rows, args.json, lambda rs: print("\n".join(
-                f"{r['id']}  {r['name']:<20} {','.join(r['scopes']):<16} "
-                f"{'revoked' if r['revoked'] else 'live'}" for r in rs) or "(no tokens)"))
+            _print(rows, args.json, lambda rs: console().print(tables.token_table(rs)))
         else:
             rec = store.revoke(args.token)
             _print({"revoked": rec.id, "name": rec.name}, args.json, lambda d: print(f"revoked {d['name']} ({d['revoked']})"))

@@ -401,8 +401,10 @@ class CoordinatorCore:
         acts: list[Action] = []
         rec.offer_pending = False  # (a result before its accept: it ran all the same)
         run_s = result.timings.get("run_s")
-        if run_s is not None:
-            self.placer.observe_run(run_s)
+        if run_s is not None:  # a good result also corrects the kind's cost model for that device
+            good = problem is None and result.ok
+            self.placer.observe_run(run_s, job=rec.job if good else None, peer_id=peer_id,
+                                    device_id=result.device or rec.device)
         if problem is not None:
             self.stats.verification_failures += 1
             self.view.adjust_standing(peer_id, -self.cfg.standing_penalty_bad_result)

@@ -62,7 +62,7 @@ def device_of(d: DeviceAdvert) -> Device:
     return Device(id=d.id, fingerprint="", platform="", vendor=d.vendor, name=d.name,
                   kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
                   global_mem_bytes=d.global_mem_bytes, max_work_group_size=0, fp64=d.fp64, int64=d.int64,
-                  opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None, fma_gflops=d.f32_gflops or None)
+                  opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None, f32_gflops=d.f32_gflops or None)
 
 
 def spool_name(job_id: str) -> str:
@@ -82,7 +82,8 @@ class CoordinatorIO:
         self.registry = registry
         self.verifiers = verifiers
         self.quotas = quotas
-        self.placer = Placer(view, cost_fn=self._cost)
+        # the kinds' cost models, corrected by the run times results report (realtime admission relies on them)
+        self.placer = Placer(view, cost_fn=self._cost, correct_costs=True)
         self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
         self.spool = Path(data_dir) / "spool"
         self.results_dir = Path(data_dir) / "results"

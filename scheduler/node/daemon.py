@@ -124,7 +124,7 @@ class Node:
             devs.append(DeviceAdvert(
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
-                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
+                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.f32_gflops or 0.0),
                 slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
                       devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))

@@ -37,7 +37,7 @@ from worker.compute.spec import (
 )
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -97,7 +97,7 @@ class ComputeOpenCL(JobKind):
                             int64=r.int64, opencl=True)
 
     def _rates(self, device: Device | None) -> tuple[float, float]:
-        gflops = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+        gflops = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
         bps = GPU_TRANSFER_BPS if device is not None and device.kind == "gpu" else HOST_TRANSFER_BPS
         return gflops * 1e9, bps
 

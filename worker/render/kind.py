@@ -53,7 +53,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -262,7 +262,7 @@ def device_rate(device: Device | None) -> float:
     """Effective ray-tracing rate of a device, in the units of flops_per_pixel per second."""
     if device is not None and not device.opencl:
         return REFERENCE_GFLOPS * 1e9
-    g = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+    g = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
     return g * 1e9 * EFFICIENCY
 
 
@@ -278,7 +278,7 @@ def pixel_cost_for(px_flops: float, kind: str, f32_gflops: float) -> float:
     if kind == "reference":
         rate = REFERENCE_GFLOPS * 1e9
     else:
-        rate = (f32_gflops or DEFAULT_FMA_GFLOPS) * 1e9 * EFFICIENCY
+        rate = (f32_gflops or DEFAULT_F32_GFLOPS) * 1e9 * EFFICIENCY
     bps = OUTPUT_BPS_GPU if kind == "gpu" else OUTPUT_BPS_HOST
     return px_flops / rate + OUTPUT_BYTES_PER_PIXEL / bps
 
