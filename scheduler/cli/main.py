@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler.cli import compute_cli, jobs_cli, render_cli, tables
+from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -392,12 +392,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"mesh-node: --input {args.input}: no such file", file=sys.stderr)
         return EXIT_USAGE
 
+    con = console()
+
     async def go(c):
-        ans = await c.submit(args.kind, spec, input=args.input, job_id=args.id, priority=args.priority,
-                             deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
-                             when_saturated="reject" if args.reject_when_saturated else "queue")
-        res = await c.result(ans["id"]) if (args.wait and ans["accepted"]) else None
-        return ans, res
+        with progress.JobProgress(progress.mode_for(args, con) if args.wait else "off", con, args.kind) as prog:
+            return await progress.submit_and_follow(
+                c, prog, args.kind, spec, wait=args.wait, input=args.input, job_id=args.id, priority=args.priority,
+                deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
+                when_saturated="reject" if args.reject_when_saturated else "queue")
 
     ans, res = _run_client(args, go)
     if not ans["accepted"]:
@@ -425,7 +427,13 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    res = _run_client(args, lambda c: c.result(args.id, wait=not args.no_wait))
+    con = console()
+
+    async def go(c):
+        with progress.JobProgress(progress.mode_for(args, con), con, "job") as prog:
+            return await progress.result_and_follow(c, prog, args.id, wait=not args.no_wait)
+
+    res = _run_client(args, go)
     jobs_cli.write_outcome(res, args.out, args.json)
     return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
@@ -497,7 +505,19 @@ def cmd_prove(args: argparse.Namespace) -> int:
     if args.local:
         proof, where = prove_spec(spec, "numpy"), "this machine"
     else:
-        res = _run_client(args, lambda c: c.run("zk.prove", spec, priority="interactive"))
+        con = console()
+
+        async def go(c):
+            with progress.JobProgress(progress.mode_for(args, con), con, f"prove {args.steps} steps") as prog:
+                return await progress.submit_and_follow(c, prog, "zk.prove", spec, wait=True, priority="interactive")
+
+        ans, res = _run_client(args, go)
+        if not ans["accepted"]:
+            print(f"mesh-node: proof job {ans['id']} {ans['message']}", file=sys.stderr)
+            return EXIT_REJECTED
+        if not res.ok:
+            print(f"mesh-node: proof job {res.job_id} {res.state}: {res.reason}", file=sys.stderr)
+            return EXIT_FAIL
         proof, where = res.output, res.worker
     elapsed = time.perf_counter() - t0
     args.out.write_bytes(proof)

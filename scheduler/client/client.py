@@ -11,7 +11,7 @@ request; larger ones (or files) are streamed after it, checked by size and SHA-2
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ class JobResult:
 def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
     """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
     res = final.get("result") or {}
-    return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), output,
+    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), res.get("body", {}), output,
                      res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
 
 
@@ -89,8 +89,8 @@ class Client:
     async def _submit(self, kind: str, spec: dict[str, Any] | None = None, *, wait: bool,
                       input: bytes | Path | None = None, job_id: str = "", priority: str = "batch",
                       deadline_ms: float | None = None, timeout_s: float = 3600.0, max_attempts: int = 3,
-                      requirements: dict[str, Any] | None = None,
-                      when_saturated: str = "queue") -> tuple[dict[str, Any], bytes]:
+                      requirements: dict[str, Any] | None = None, when_saturated: str = "queue",
+                      on_upload: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], bytes]:
         """(answer, output bytes). With `wait`, the coordinator answers when the job has ended, its result in
         answer["result"] and its output streamed on the same call: one round trip instead of submit + result."""
         now = trio.current_time()
@@ -120,14 +120,21 @@ class Client:
             body["wait"] = True
         chunks: list[bytes] = []
         async with self.rpc.open("job.submit", body, uploads=streamed) as call:
+            total, sent = job.input_size, 0
             if stream_bytes is not None:
                 view = memoryview(stream_bytes)
                 for off in range(0, len(view), CHUNK):
                     await call.send_bytes(view[off:off + CHUNK])
+                    sent = min(off + CHUNK, total)
+                    if on_upload is not None:
+                        on_upload(sent, total)
             elif stream_path is not None:
                 async with await trio.open_file(stream_path, "rb") as f:
                     while chunk := await f.read(CHUNK):
                         await call.send_bytes(chunk)
+                        sent += len(chunk)
+                        if on_upload is not None:
+                            on_upload(sent, total)
             if streamed:
                 await call.done_sending()
             async for item in call:
@@ -135,12 +142,19 @@ class Client:
                     chunks.append(bytes(item))
             return await call.result(), b"".join(chunks)
 
-    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobResult:
+    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None,
+                     on_download: Callable[[int], None] | None = None) -> JobResult:
+        """The job's outcome (waiting for its end unless `wait` is false), its output bytes with it;
+        `on_download(bytes so far)` as they arrive. `job_id` may be a unique prefix, of a job of any node."""
         chunks: list[bytes] = []
+        received = 0
         async with self.rpc.open("job.result", {"id": job_id, "wait": wait}, timeout=timeout) as call:
             async for item in call:
                 if isinstance(item, bytes | bytearray):
                     chunks.append(bytes(item))
+                    received += len(item)
+                    if on_download is not None:
+                        on_download(received)
             final = await call.result()
         return _job_result(job_id, final, b"".join(chunks))
 
@@ -172,9 +186,10 @@ class Client:
         return await self.rpc.call("job.cancel", {"id": job_id})
 
     @asynccontextmanager
-    async def watch(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Job state changes on this node as they happen: `async with c.watch() as events: async for e in events`."""
-        async with self.rpc.open("job.watch", {}) as call:
+    async def watch(self, *, local: bool = False) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Job state changes (and workers' progress reports) of the whole mesh as they happen (`local`: of the
+        jobs this node coordinates only): `async with c.watch() as events: async for e in events`."""
+        async with self.rpc.open("job.watch", {"local": local}) as call:
             async def items() -> AsyncIterator[dict[str, Any]]:
                 async for item in call:
                     if isinstance(item, dict):

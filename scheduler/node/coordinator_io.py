@@ -189,6 +189,9 @@ class CoordinatorIO:
     async def submit(self, job: Job) -> SubmitAnswer:
         answer, acts = self.core.submit(job, trio.current_time())
         await self._execute(acts)
+        if answer.accepted and not answer.duplicate:
+            log.info("job %s (%s, %s) submitted by %s", job.job_id, job.kind, job.priority.value,
+                     job.submitted_by or "?")
         return answer
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -354,10 +357,23 @@ class CoordinatorIO:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
                          "reason": a.reason, "final": True})
+        if rec is not None:
+            took = trio.current_time() - rec.submitted_at
+            worker = a.result.worker if a.result is not None else ""
+            log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
+                     f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
         (self.spool / spool_name(a.job_id)).unlink(missing_ok=True)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
             del self._received[k]
+
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        """A worker's progress on the attempt it holds, passed on to watchers (others are ignored)."""
+        rec = self.core.get(job_id)
+        if rec is None or rec.peer != worker or rec.attempt != attempt or rec.state.terminal:
+            return
+        self._broadcast({"id": job_id, "kind": rec.job.kind, "state": rec.state.value, "attempt": attempt,
+                         "peer": worker, "progress": round(fraction, 4), "stage": stage})
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):

@@ -55,6 +55,8 @@ class CoordinatorInbox(Protocol):
 
     async def result(self, worker: str, result: Result, output: bytes) -> None: ...
 
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
+
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
         ...
@@ -74,6 +76,8 @@ class PeerLink(Protocol):
     async def renew(self, renew: LeaseRenew) -> None: ...
 
     async def send_result(self, result: Result, output: bytes) -> None: ...
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]: ...
 
@@ -101,6 +105,10 @@ class LoopbackLink:
 
     async def send_result(self, result: Result, output: bytes) -> None:
         await self._coordinator.result(self.peer_id, result, output)
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        self._coordinator.progress(self.peer_id, job_id, attempt, fraction, stage)
+        await trio.lowlevel.checkpoint()
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         return self._coordinator.read_input(self.peer_id, job_id)
@@ -144,6 +152,13 @@ class RemoteLink:
                     await call.send_bytes(memoryview(output)[off:off + CHUNK])
                 await call.done_sending()
                 await call.result()
+        except (RpcError, HandshakeError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        try:
+            await self.client.call("peer.progress", {"id": job_id, "attempt": attempt, "fraction": fraction,
+                                                     "stage": stage}, timeout=5)
         except (RpcError, HandshakeError) as e:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 

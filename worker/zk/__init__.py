@@ -25,10 +25,10 @@ from .spec import validate_spec
 from .stark import Verdict, prove, verify
 
 
-def prove_spec(spec: dict[str, Any], backend: object = "numpy") -> bytes:
-    """Prove a zk.prove job spec (validated first)."""
+def prove_spec(spec: dict[str, Any], backend: object = "numpy", progress: Any = None) -> bytes:
+    """Prove a zk.prove job spec (validated first); `progress(fraction, stage)` as stages start."""
     s = validate_spec(spec)
-    return prove(s["air"], s["public_inputs"], s["steps"], s["blowup"], s["queries"], backend)
+    return prove(s["air"], s["public_inputs"], s["steps"], s["blowup"], s["queries"], backend, progress)
 
 
 def inspect(proof_bytes: bytes) -> dict[str, Any]:

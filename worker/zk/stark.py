@@ -18,6 +18,7 @@ The verifier uses Python ints for scalars and numpy only for batched Merkle hash
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,9 +121,12 @@ def _opening(tree: MK.MerkleTree, indices: list[int]) -> PF.Opening:
 
 
 def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int = 4, queries: int = 41,
-          backend: object = "numpy") -> bytes:
+          backend: object = "numpy", progress: Callable[[float, str], None] | None = None) -> bytes:
     """Prove the AIR's computation for `steps` rows; returns the proof bytes (docs/proof-format.md).
-    `backend`: "numpy", "opencl", a Backend, or a (pyopencl.Context, CommandQueue) pair."""
+    `backend`: "numpy", "opencl", a Backend, or a (pyopencl.Context, CommandQueue) pair. `progress(fraction,
+    stage)` is called as each stage starts: trace, LDE, commit, composition, FRI round i/n, queries."""
+    report = progress or (lambda _f, _s: None)
+    report(0.0, "trace")
     air = get(air_name)
     check_params(steps, blowup, queries)
     inputs = check_public_inputs(air_name, public_inputs)
@@ -136,11 +140,14 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     public = air.public_values(inputs, trace)
     tr = _header(prm, public)
 
+    report(0.1, "LDE")
     trace_coeffs = be.intt(trace)
     trace_lde = be.lde(trace_coeffs, blowup, SHIFT)
+    report(0.25, "commit")
     trace_tree = be.commit(trace_lde)
     tr.absorb(trace_tree.root)
 
+    report(0.35, "composition")
     alphas = [tr.challenge_ext() for _ in range(air.n_transitions + len(air.boundaries))]
     comp_vals = be.composition(air, public, trace_lde, n, blowup, alphas)
     comp_coeffs = be.coset_intt(comp_vals, SHIFT)
@@ -148,10 +155,13 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     if comp_coeffs[:, k * n :].any():
         raise ValueError("the trace does not satisfy the AIR's constraints (composition degree too high)")
     chunk_coeffs = np.ascontiguousarray(comp_coeffs[:, : k * n].reshape(2, k, n).transpose(1, 0, 2).reshape(2 * k, n))
+    report(0.45, "LDE")
     comp_lde = be.lde(chunk_coeffs, blowup, SHIFT)
+    report(0.55, "commit")
     comp_tree = be.commit(comp_lde)
     tr.absorb(comp_tree.root)
 
+    report(0.65, "out-of-domain sample")
     z = _draw_z(tr)
     with be.timed("ood"):
         zp = _ext_powers(z, n)
@@ -170,7 +180,9 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     degs = prm.fri_degrees
     shift = SHIFT
     fri_trees: list[MK.MerkleTree] = []
+    rounds = len(degs) - 1
     for layer in range(1, len(degs)):
+        report(0.7 + 0.2 * (layer - 1) / max(rounds, 1), f"FRI round {layer}/{rounds}")
         beta = tr.challenge_ext()
         values = be.fold4(values, beta, shift)
         shift = pow(shift, PF.FRI_ARITY, F.P)
@@ -184,6 +196,7 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     remainder = [(int(rem[0, i]), int(rem[1, i])) for i in range(degs[-1])]
     tr.absorb(_ext_flat(remainder))
 
+    report(0.9, "queries")
     qs = sorted(set(tr.challenge_indices(queries, m // PF.FRI_ARITY)))
     fri_open = []
     for layer, tree in enumerate(fri_trees, start=1):
@@ -201,7 +214,9 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
         comp_open=_opening(comp_tree, qs),
         fri_open=fri_open,
     )
-    return PF.encode(proof)
+    out = PF.encode(proof)
+    report(1.0, "done")
+    return out
 
 
 # ---------------------------------------------------------------- verifier
