@@ -550,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     from mesh.bigtcp.tls import HandshakeError
     from mesh.control import ControlError
     from mesh.identity import IdentityError
+    from scheduler.client.known_nodes import IdentityMismatch
     from scheduler.node.tokens import TokenError
 
     parser = build_parser()
@@ -568,6 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     except RpcError as e:
         print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
         return {"unavailable": EXIT_UNAVAILABLE, "not_found": EXIT_NOT_FOUND}.get(e.code, EXIT_USAGE)
+    except IdentityMismatch as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except HandshakeError as e:
         print(f"mesh-node: connection refused: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE

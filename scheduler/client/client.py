@@ -11,6 +11,7 @@ request; larger ones (or files) are streamed after it, checked by size and SHA-2
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from typing import Any
 import trio
 
 from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
+from scheduler.client.known_nodes import IdentityMismatch, KnownNodes, check_identity
 from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
 
 CHUNK = 1 << 20
+log = logging.getLogger("gpumesh.client")
 
 
 class JobFailed(Exception):
@@ -66,6 +69,25 @@ def _file_digest(path: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def pinned_hello(address: str, token: str | None, peer_id: str | None,
+                 known: KnownNodes | None | bool) -> Callable[[str, str | None], dict[str, Any]]:
+    """The HELLO extra of a client: the token, but only once the node's proven peer id was checked (see
+    known_nodes); raises IdentityMismatch instead."""
+    extra = {"token": token} if token else {}
+    book = KnownNodes() if known is True else (known or None)
+
+    def hello(_local: str, remote: str | None) -> dict[str, Any]:
+        if remote is None:  # --insecure: no certificate, nothing proven to check
+            return extra
+        first = check_identity(address, remote, peer_id=peer_id, known=book)
+        if first is not None and book is not None:
+            book.remember(address, first)
+            log.warning("trusting node %s at %s on first use (recorded in %s)", first, address, book.path)
+        return extra
+
+    return hello
+
+
 class Client:
     def __init__(self, rpc: MeshClient) -> None:
         self.rpc = rpc
@@ -73,10 +95,12 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
-                      insecure: bool = False) -> AsyncIterator[Client]:
-        extra = {"token": token} if token else {}
-        async with MeshClient.connect(address, peer_id=peer_id, insecure=insecure,
-                                      hello_extra=lambda _local, _remote: extra) as rpc:
+                      insecure: bool = False, known: KnownNodes | None | bool = True) -> AsyncIterator[Client]:
+        """Connect to the node at `address`. Its identity is checked before the token is sent: against
+        `peer_id`, else against the known-nodes file (`known`: True for the default file, a KnownNodes, or
+        False/None not to pin), where an address seen for the first time is recorded."""
+        async with MeshClient.connect(address, insecure=insecure,
+                                      hello_extra=pinned_hello(address, token, peer_id, known)) as rpc:
             yield cls(rpc)
 
     async def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
@@ -201,10 +225,10 @@ class SyncClient:
     """Blocking wrapper for code that does not use trio: a `Client` on the private loop of a
     `mesh.bigtcp.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
 
-    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
-        extra = {"token": token} if token else {}
-        self._rpc = SyncMeshClient(address, peer_id=peer_id, insecure=insecure,
-                                   hello_extra=lambda _local, _remote: extra)
+    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False,
+                 known: KnownNodes | None | bool = True) -> None:
+        self._rpc = SyncMeshClient(address, insecure=insecure,
+                                   hello_extra=pinned_hello(address, token, peer_id, known))
         self._client = Client(self._rpc.client)
 
     @property
@@ -254,12 +278,13 @@ def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
 
 
 def address_from_args(args: Any) -> tuple[str, str | None, str | None, bool]:
-    """(address, token, peer id, insecure) for a CLI command: --node/--token/--insecure when given, else the
-    node running with --data-dir and its own token."""
+    """(address, token, peer id, insecure) for a CLI command: --node/--token/--peer-id/--insecure when given,
+    else the node running with --data-dir and its own token."""
     if args.node:
-        return args.node, args.token, None, args.insecure
+        return args.node, args.token, getattr(args, "peer_id", None), args.insecure
     addr, tok, pid, insecure = local_address(args.data_dir)
     return addr, args.token or tok, pid, insecure or args.insecure
 
 
-__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args", "local_address"]
+__all__ = ["Client", "IdentityMismatch", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args",
+           "local_address"]
