@@ -3,7 +3,7 @@
 A kind's cost model (`cost_s(spec, input_size, device)`) is fitted once, on one machine; on another device, or
 the same one under other load, it can be several times off (a render model fitted on a quiet machine estimated
 1.3 s for frames that took 260 ms, and realtime admission refused them). Each result reports its run time;
-this keeps, per job kind and device type (the device's advertised static properties), the geometric moving
+this keeps, per job kind and class of hardware (device kind, vendor and name), the geometric moving
 average of measured / estimated, and multiplies the model's estimates by it. Pure: no clock, no I/O.
 """
 
@@ -25,7 +25,10 @@ CostFn = Callable[[Any, DeviceAdvert], float]
 
 
 def device_type(d: DeviceAdvert) -> tuple:
-    return (d.kind, d.name, d.compute_units, d.global_mem_bytes, round(d.f32_gflops, 1), round(d.mulmod_mops, 1))
+    """The class of hardware a correction applies to. Not its calibrated speeds: the model already scales with
+    those, and two equal devices calibrated a little apart must share one factor (else the one that ran first
+    would look faster, win every placement, and the other would never be measured)."""
+    return (d.kind, d.vendor, d.name)
 
 
 class CostFeedback:
