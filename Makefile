@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 B ?=
 
 # Debian packages: libgmp-dev builds fastecdsa (a libp2p dependency); prometheus, docker-compose
-# and iproute2 are used by tests, which skip with a message naming the package when it is missing.
-APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2
+# iproute2 and chromium (the live viewer runs in it headless) are used by tests and benches, which skip
+# with a message naming the package when it is missing.
+APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2 chromium
 
 .PHONY: all demo demo-busy test stress-test bench lint sim chaos docs dashboards system-deps clean
 

@@ -217,7 +217,9 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
         others = [nd for i, nd in enumerate(nodes) if i != cut]
         wait_for(lambda: all(ids[cut] not in view(nd) for nd in others), 60, "the others to expire the cut host")
         wait_for(lambda: view(nodes[cut]) == set(), 60, "the cut host to expire everyone")
-        assert all(view(nd) == set(ids) - {nd.peer_id, ids[cut]} for nd in others)
+        # on a loaded machine a live peer's advert can lapse for a moment too: wait for the steady state
+        wait_for(lambda: all(view(nd) == set(ids) - {nd.peer_id, ids[cut]} for nd in others), 60,
+                 "the others to see each other and not the cut host")
         finals = {}
         for j in jobs:
             finals[j] = wait_for(lambda j=j: (st := client("status", j))["state"] in ("done", "failed") and st,

@@ -76,7 +76,10 @@ class Node:
         self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
         allow = self.allow
         admit = allow.__contains__ if allow is not None else None
-        self.view = TrackedView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        # (x 1.1: a refresh may come up to its jitter later than the interval it announced)
+        s = self.settings
+        self.view = TrackedView(self.identity.peer_id_str, s.ttl_s, admit=admit, ttl_intervals=s.ttl_intervals,
+                                max_ttl_s=s.ttl_intervals * s.advert_max_interval * 1.1)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
         self.watcher: DeviceWatcher | None = None
@@ -128,7 +131,11 @@ class Node:
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.f32_gflops or 0.0),
-                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued,
+                max_work_group_size=d.max_work_group_size if d.opencl else 0,
+                max_work_item_sizes=tuple(d.max_work_item_sizes), max_alloc_bytes=d.max_alloc_bytes,
+                local_mem_bytes=d.local_mem_bytes, opencl_version=d.opencl_version,
+                non_uniform_work_groups=d.non_uniform_work_groups))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
                       devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
 
@@ -179,6 +186,7 @@ class Node:
                 "devices": len(self.devices), "device_problem": self.device_problem,
                 "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
                 "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure,
+                "gossip": self.gossip.stats() if self.gossip else {},
                 "listening": self.endpoints().to_dict()}
 
     def endpoints(self) -> Endpoints:
@@ -253,7 +261,7 @@ class Node:
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
-                         interval_s=s.advert_interval, psk=self.psk),
+                         interval_s=s.advert_interval, max_interval_s=s.advert_max_interval, psk=self.psk),
             self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
         for addr in s.listen:  # py-libp2p shares a busy port (SO_REUSEPORT): refuse it here instead
             host, port = _tcp_of_multiaddr(addr)
