@@ -74,6 +74,7 @@ class WatchView:
             if len(self.bars) >= MAX_BARS:  # still counted in the overall bar
                 return
             desc = f"{job_id[:24]}" + (f" {e['kind']}" if e.get("kind") else "")
-            self.bars[job_id] = self.progress.add_task(desc, total=3, completed=done, state=label)
+            self.bars[job_id] = self.progress.add_task(desc, total=3, state=label)
+            self.progress.update(self.bars[job_id], completed=done)
         else:
             self.progress.update(bar, completed=done, state=label)
