@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp = job_cmd("cancel", "cancel a job of the mesh, by id or unique prefix (reaches a running kernel at its next "
                            "chunk boundary)")
     cp.add_argument("id")
-    job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
-                     "state change otherwise or with --json (Ctrl-C stops)")
+    wp = job_cmd("watch", "follow the mesh's jobs live: a progress bar per unfinished job on a terminal (advanced "
+                          "by the workers' progress reports), a line per state change otherwise, every event as a "
+                          "JSON line with --json (Ctrl-C stops)")
+    wp.add_argument("--local", action="store_true", help="only the jobs the asked node coordinates")
 
     pv = sub.add_parser("prove", help="prove an AIR's computation (on the mesh, or --local on this machine)",
                         description="Generate a STARK proof. By default the proof is made on the mesh (any peer; the "
@@ -453,14 +455,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     live = not args.json and con.is_terminal
 
     async def go(c):
-        async with c.watch() as events:
+        async with c.watch(local=args.local) as events:
             if not live:
                 async for e in events:
-                    print(json.dumps(e), flush=True) if args.json else con.print(watch.line(e))
+                    if args.json:
+                        print(json.dumps(e), flush=True)
+                    elif "progress" not in e:  # plain lines: state changes only
+                        con.print(watch.line(e))
                 return EXIT_OK
             with watch.make_progress(con) as progress:
                 view = watch.WatchView(progress)
-                view.seed(await c.list())
+                view.seed(await c.list(local=args.local))
                 async with trio.open_nursery() as n:
                     n.start_soon(_refresh_every, progress, 0.25)
                     async for e in events:
