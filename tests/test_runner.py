@@ -138,3 +138,42 @@ async def test_memory_limit_and_network():
             pytest.skip(f"no network namespace here: {r.body['sandbox']['network_isolated']}")
         nursery.cancel_scope.cancel()
     listener.close()
+
+
+async def test_render_and_zk_run_in_runners_and_match_in_process():
+    from worker import zk
+    from worker.render.camera import Tile, orbit
+    from worker.render.kind import decode_output, make_spec
+    from worker.render.opencl import SceneOnDevice
+    from worker.render.samples import example
+    from worker.render.scene import content_hash
+
+    dev = device()
+    pool = RunnerPool(RunnerSettings(memory_bytes=1 << 30))
+    ex = executor(pool, dev)
+    scene = example("spheres", 96, 64)
+    h = content_hash(scene)
+    pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 3)[1]
+    tile = Tile(8, 4, 80, 50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ex.run)
+        out = await run_job(ex, "r-1", "render.frame", make_spec(h, pose, tile, scene=scene))
+        assert out.ok, out.error
+        assert out.result.body["path"] == "opencl"
+        lease_scenes = [r for r in pool.pools[dev.id].runners if r.state.get("scenes")]
+        assert lease_scenes and h in lease_scenes[0].state["scenes"]  # the runner holds it now
+        out2 = await run_job(ex, "r-2", "render.frame", make_spec(h, pose, tile))  # by hash: no scene resent
+        assert out2.ok, out2.error and out2.result.output == out.result.output
+        proof_out = await run_job(ex, "z-1", "zk.prove", {"air": "cubic", "steps": 256,
+                                                          "public_inputs": {"x0": 4, "c": 5}, "queries": 8})
+        assert proof_out.ok, proof_out.error
+        nursery.cancel_scope.cancel()
+    from worker.opencl import device_context
+
+    dctx = device_context(dev)
+    rgba, depth = SceneOnDevice(dctx.context, dctx.queue, scene).render(pose, tile)
+    got_rgba, got_depth = decode_output(tile, out.result.output)
+    np.testing.assert_array_equal(got_rgba, rgba)
+    np.testing.assert_array_equal(got_depth, depth)
+    v = zk.verify(proof_out.result.output, {"air": "cubic", "steps": 256, "public_inputs": {"x0": 4, "c": 5}})
+    assert v.ok, v.reason

@@ -585,7 +585,13 @@ class RenderFrame(JobKind):
         # as many bands as chunk_s promised the executor (the spec's work estimate wins, as in cost_s)
         n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
         t0 = time.perf_counter()
-        if ctx.cl is not None:
+        runner_out: bytes | None = None
+        if ctx.runner is not None:  # the node's way: the kernel runs in a runner process (worker.runner)
+            from worker.runner.render import render_tile
+
+            path = "opencl"
+            runner_out = await render_tile(ctx, entry, pose, tile, n)
+        elif ctx.cl is not None:
             from worker.opencl import run_blocking
 
             path = "opencl"
@@ -614,11 +620,14 @@ class RenderFrame(JobKind):
         RENDER_SECONDS.labels(dev_id).observe(render_s)
         TILES_RENDERED.labels(path).inc()
         if corrupting():
+            if runner_out is not None:
+                rgba, depth = decode_output(tile, runner_out)
+                runner_out = None
             rgba, depth = corrupt(rgba, depth)
         ctx.progress(1.0, None)
         body = {"scene_hash": entry.hash, "width": cam.width, "height": cam.height, "tile": tile.to_dict(),
                 "path": path, "render_s": render_s, "device": dev_id}
-        return Result(body, encode_output(rgba, depth))
+        return Result(body, runner_out if runner_out is not None else encode_output(rgba, depth))
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         rs = parse_spec(spec, len(input_bytes))

@@ -29,10 +29,12 @@ import json
 import logging
 import math
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,6 +115,77 @@ class TaskFailed(RunnerError):
         self.kind = kind
 
 
+# --- processes ----------------------------------------------------------------------------------------------
+
+
+class _Spawner:
+    """Runners are forked by one thread that lives as long as the node: a runner's PR_SET_PDEATHSIG fires when
+    the *thread* that forked it exits, and trio's worker threads exit when idle (which killed runners after 10 s)."""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._main, name="gpumesh-runner-spawner", daemon=True).start()
+
+    def _main(self) -> None:
+        while True:
+            fn, done = self._q.get()
+            try:
+                r = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting task
+                r = e
+            done(r)
+
+    async def popen(self, cmd: list[str], **kw: Any) -> subprocess.Popen:
+        token = trio.lowlevel.current_trio_token()
+        ev = trio.Event()
+        box: list[Any] = []
+        abandoned = False
+
+        def done(r: Any) -> None:
+            box.append(r)
+            if abandoned and isinstance(r, subprocess.Popen):
+                r.kill()
+                r.wait()
+                return
+            try:
+                token.run_sync_soon(ev.set)
+            except trio.RunFinishedError:
+                if isinstance(r, subprocess.Popen):
+                    r.kill()
+
+        self._q.put((lambda: subprocess.Popen(cmd, **kw), done))
+        try:
+            await ev.wait()
+        except BaseException:
+            abandoned = True
+            raise
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+_spawner: _Spawner | None = None
+
+
+def spawner() -> _Spawner:
+    global _spawner
+    if _spawner is None:
+        _spawner = _Spawner()
+    return _spawner
+
+
+async def wait_exit(proc: subprocess.Popen) -> int:
+    """Wait (without a thread, without blocking) until `proc` exits; its return code."""
+    fd = os.pidfd_open(proc.pid)
+    try:
+        while proc.poll() is None:
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+    return proc.returncode
+
+
 # --- one runner ---------------------------------------------------------------------------------------------
 
 
@@ -146,7 +219,7 @@ class Runner:
     def __init__(self, pool: DevicePool, n: int) -> None:
         self.pool = pool
         self.name = f"runner {pool.device.id}#{n}"
-        self.proc: trio.Process | None = None
+        self.proc: subprocess.Popen | None = None
         self.sock: Any = None
         self.status = StatusPage()
         self.arena: Arena | None = None
@@ -172,8 +245,8 @@ class Runner:
             cmd = [s.python, "-m", "worker.runner.child", "--sock", str(child.fileno()), "--status",
                    str(self.status.fd), "--parent", str(os.getpid()), "--device", json.dumps(self.pool.device.to_dict()),
                    "--memory", str(s.memory_bytes)] + (["--network"] if s.network else [])
-            self.proc = await trio.lowlevel.open_process(cmd, pass_fds=(child.fileno(), self.status.fd),
-                                                         start_new_session=True, stdin=subprocess.DEVNULL)
+            self.proc = await spawner().popen(cmd, pass_fds=(child.fileno(), self.status.fd),
+                                              start_new_session=True, stdin=subprocess.DEVNULL)
         finally:
             child.close()
         parent.setblocking(False)
@@ -274,7 +347,9 @@ class Runner:
     # calls
     async def call(self, task: str, args: dict[str, Any], *, arena_bytes: int = 0, on_ask: AskFn | None = None,
                    checkpoint: Callable[[], Awaitable[None]] | None = None, limit_s: float | None = None,
-                   cpu_s: float = 0.0) -> Reply:
+                   cpu_s: float = 0.0, inputs: Sequence[tuple[int, Any]] = ()) -> Reply:
+        """Run `task` with `args`; `inputs` ((offset, bytes-like) pairs) are written into an arena of at least
+        `arena_bytes` first. See the module doc for what ends a call."""
         if self.dead.is_set() or self.killed is not None:
             raise RunnerCrashed(self.death())
         self.drop_big_arena()
@@ -284,6 +359,10 @@ class Runner:
         ctl = CallControl(self, trio.current_time() + (limit_s if limit_s is not None else math.inf))
         msg: dict[str, Any] = {"t": "call", "c": c, "task": task, "args": args, "cpu_s": cpu_s,
                                **self._ensure_arena(max(arena_bytes, 1))}
+        assert self.arena is not None
+        for off, data in inputs:
+            n = len(memoryview(data).cast("B"))
+            self.arena.view[off:off + n] = memoryview(data).cast("B")
         try:
             await self._send_with_arena(msg)
             while True:
@@ -470,13 +549,13 @@ class DevicePool:
             _update_gauges()
             assert r.proc is not None or r.killed is not None
             if r.proc is not None:
-                await r.proc.wait()
+                await wait_exit(r.proc)
         finally:
             with trio.CancelScope(shield=True):
                 if r.proc is not None and r.proc.returncode is None:
                     r.proc.kill()
                     with trio.move_on_after(5):
-                        await r.proc.wait()
+                        await wait_exit(r.proc)
             r.dead.set()
             if r.killed is None and r.ready:
                 RUNNER_DEATHS.labels("crash").inc()
