@@ -40,6 +40,7 @@ from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
+    Crashed,
     Deliver,
     Finish,
     JournalAttempt,
@@ -359,6 +360,8 @@ class JobService:
                 self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
@@ -544,7 +547,8 @@ class JobService:
                         error=outcome.error or "", retryable=retryable, output_size=len(output),
                         output_sha256=hashlib.sha256(output).hexdigest() if output else "",
                         worker=self.peer_id, device=outcome.device_id,
-                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s})
+                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s},
+                        crashed=outcome.state == "crashed")
         if output:
             self._outputs[(job.job_id, attempt)] = bytes(output)
         await self._execute_worker(self.worker.finished(job.job_id, attempt, result, trio.current_time()))
