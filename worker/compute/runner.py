@@ -49,6 +49,8 @@ from worker.compute.cache import (
     ProgramEntry,
     SourceStore,
 )
+from worker.compute.params import SUPPORTED as SUPPORTED_PARAMS
+from worker.compute.params import unsupported_kind
 from worker.compute.errors import (
     BuildError,
     ComputeError,
@@ -446,6 +448,9 @@ class ComputeRunner:
             pdesc = f"kernel {info.name!r} parameter {j}" + (f" '{p.type_name} {p.name}'" if p.type_name else "")
             if p.address is None:
                 continue  # no arg info from this runtime: the set_arg trial below still checks sizes
+            what = unsupported_kind(p.type_name)
+            if what is not None:  # an image bound to a buffer is a wild pointer in the kernel
+                raise SpecError(label, f"{pdesc} is {what}: runners bind only {SUPPORTED_PARAMS}")
             if isinstance(a, BufferArg):
                 if p.address not in ("global", "constant"):
                     raise SpecError(label, f"a buffer, but {pdesc} is not a __global or __constant pointer")
