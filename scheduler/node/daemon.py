@@ -163,9 +163,13 @@ class Node:
             self.gossip.changed()
         return dict(self.labels)
 
+    async def _c_runners(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
+        """The runner processes (worker.runner): pid, device, whether leased, and what their sandbox holds."""
+        return self.runners.status()
+
     def control_methods(self) -> dict[str, Any]:
         return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
-                "label": self._c_label}
+                "label": self._c_label, "runners": self._c_runners}
 
     def _set_data_addr(self, data_port: int) -> None:
         host = self._advertised_host()
