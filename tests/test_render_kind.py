@@ -311,8 +311,7 @@ def test_service_verifier_hook_turns_spec_errors_into_rejections(honest):
     assert "cannot check" in rk.verify_result(job({"bogus": 1}, None), res, res.output)
 
 
-def test_register_puts_the_kind_and_the_verifier_on_a_service():
-    svc = SimpleNamespace(registry=KindRegistry(), verifiers={})
-    svc.register_verifier = lambda kind, fn: svc.verifiers.__setitem__(kind, fn)
-    rk.register(svc)
-    assert rk.NAME in svc.registry and svc.verifiers[rk.NAME] is rk.verify_result
+def test_the_render_family_registers_the_kind_and_its_verifier():
+    registry, verifiers = KindRegistry(), {}
+    rk.FAMILY.register(registry, verifiers)
+    assert registry.get(rk.NAME) is rk.RENDER_FRAME and verifiers == {rk.NAME: rk.verify_result}

@@ -21,9 +21,9 @@ from mesh.bigtcp.transport import (
     LocalProtocolError,
     StreamReset,
     WrongItemKind,
-    _SocketWire,
     connect_over_stream,
 )
+from mesh.bigtcp.wire import SocketWire
 from mesh.identity import Identity
 
 KiB = 1024
@@ -350,7 +350,7 @@ async def test_idle_connection_is_closed_cleanly(autojump_clock):
 async def test_cancelled_socket_send_never_cuts_a_frame():
     left, right = socket.socketpair()
     right.setblocking(False)
-    wire = _SocketWire(left)
+    wire = SocketWire(left)
     payload = bytes(range(256)) * (16 * KiB)  # 4 MiB: more than the socket buffers hold
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as n:

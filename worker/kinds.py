@@ -403,6 +403,23 @@ class KindRegistry:
         return name in self._kinds
 
 
+@dataclass(frozen=True)
+class KindFamily:
+    """A family of job kinds as a node offers it: the kinds, and the checks its coordinator runs on a remote
+    worker's result of some of them (`verifier(job, result, output, read_input) -> str | None`, None =
+    accept; `read_input()` reads a streamed input, None when the input was inline). The node's
+    composition root registers every family the same way."""
+
+    name: str
+    kinds: tuple[JobKind, ...]
+    verifiers: dict[str, Callable[..., str | None]] = field(default_factory=dict)
+
+    def register(self, registry: KindRegistry, verifiers: dict[str, Callable[..., str | None]]) -> None:
+        for kind in self.kinds:
+            registry.register(kind, replace=True)
+        verifiers.update(self.verifiers)
+
+
 REGISTRY = KindRegistry()
 
 

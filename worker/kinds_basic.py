@@ -24,6 +24,7 @@ from worker import opencl
 from worker.devices import Device
 from worker.kinds import (
     JobKind,
+    KindFamily,
     Result,
     RunContext,
     SpecError,
@@ -199,3 +200,5 @@ class Checksum(JobKind):
 ECHO = register(Echo())
 SLEEP = register(Sleep())
 CHECKSUM = register(Checksum())
+
+FAMILY = KindFamily("basic", (ECHO, SLEEP, CHECKSUM))

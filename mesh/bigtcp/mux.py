@@ -18,15 +18,34 @@ connection-level window (`conn_window`, WINDOW frames on stream 0) bounds what a
 connection may have buffered together: memory per connection is at most conn_window, not
 window x max_streams. Its default is 4 stream windows, so one stalled reader (holding at most one
 stream window) never stops the others. A sender that exceeds either credit is a peer protocol error.
+
+Events and errors live in `events`.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from mesh.bigtcp import messages as m
+from mesh.bigtcp.events import (  # re-exported: the mux's events and errors
+    ConnectionClosing,
+    ConnectionEnded,
+    ConnectionLost,
+    CreditReceived,
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    HelloReceived,
+    IdleTimeout,
+    KeepaliveTimeout,
+    MessageReceived,
+    PongReceived,
+    StreamEnded,
+    StreamOpened,
+    StreamReset,
+    StreamResetReceived,
+)
 from mesh.bigtcp.framing import (
     DEFAULT_MAX_FRAME,
     FLAG_ACK,
@@ -40,126 +59,32 @@ from mesh.bigtcp.framing import (
     encode_header,
 )
 
+__all__ = [
+    "ConnectionClosing",
+    "ConnectionEnded",
+    "ConnectionLost",
+    "CreditReceived",
+    "DataReceived",
+    "Event",
+    "GoAwayReceived",
+    "HelloReceived",
+    "IdleTimeout",
+    "KeepaliveTimeout",
+    "MessageReceived",
+    "Mux",
+    "PongReceived",
+    "StreamEnded",
+    "StreamOpened",
+    "StreamReset",
+    "StreamResetReceived",
+]
+
 DEFAULT_WINDOW = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS = 1024
 CONN_WINDOWS = 4  # default connection window, in stream windows
 _UNLIMITED = 2**62
 _SMALL = 4096  # payloads below this are joined with their header (fewer iovecs); bulk never is
 _RESET_MEMORY = 4096  # locally reset stream ids remembered to ignore frames in flight
-
-
-# ---------------------------------------------------------------------------------------------- errors
-
-
-class StreamReset(TransportError):
-    """The stream was reset (by the peer, or locally); no more data moves on it."""
-
-    def __init__(self, stream_id: int, code: int, reason: str, *, by_peer: bool) -> None:
-        who = "peer" if by_peer else "local side"
-        name = m.CODE_NAMES.get(code, str(code))
-        super().__init__(f"stream {stream_id} reset by {who} ({name})" + (f": {reason}" if reason else ""))
-        self.stream_id = stream_id
-        self.code = code
-        self.reason = reason
-        self.by_peer = by_peer
-
-
-class ConnectionLost(TransportError):
-    """The connection died (peer gone, keepalive timeout, protocol error); raised on every open stream."""
-
-
-class ConnectionClosing(TransportError):
-    """The connection is shutting down (GOAWAY sent or received): no new streams on it."""
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-
-@dataclass(slots=True)
-class HelloReceived:
-    hello: m.Hello
-
-
-@dataclass(slots=True)
-class StreamOpened:
-    stream_id: int
-    meta: dict[str, Any]
-
-
-@dataclass(slots=True)
-class DataReceived:
-    stream_id: int
-    data: bytes | bytearray
-
-
-@dataclass(slots=True)
-class MessageReceived:
-    stream_id: int
-    message: dict[str, Any]
-    size: int  # payload bytes (what `consumed` must be told once the application took it)
-
-
-@dataclass(slots=True)
-class StreamEnded:
-    stream_id: int
-
-
-@dataclass(slots=True)
-class StreamResetReceived:
-    stream_id: int
-    code: int
-    reason: str
-
-
-@dataclass(slots=True)
-class CreditReceived:
-    stream_id: int
-
-
-@dataclass(slots=True)
-class PongReceived:
-    nonce: int
-    sent_at: float
-
-
-@dataclass(slots=True)
-class GoAwayReceived:
-    last_stream_id: int
-    code: int
-    reason: str
-
-
-@dataclass(slots=True)
-class ConnectionEnded:
-    """The peer's byte stream ended. `clean`: it said GOAWAY first."""
-
-    clean: bool
-
-
-@dataclass(slots=True)
-class KeepaliveTimeout:
-    silent_for: float
-
-
-@dataclass(slots=True)
-class IdleTimeout:
-    idle_for: float
-
-
-Event = (
-    HelloReceived
-    | StreamOpened
-    | DataReceived
-    | MessageReceived
-    | StreamEnded
-    | StreamResetReceived
-    | CreditReceived
-    | PongReceived
-    | GoAwayReceived
-    | ConnectionEnded
-    | KeepaliveTimeout
-    | IdleTimeout
-)
 
 
 # ---------------------------------------------------------------------------------------------- state

@@ -226,7 +226,7 @@ class SyncClient:
 def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
     """(address, token, peer id, insecure) of the node running with `data_dir`, for the CLI."""
     from mesh import control
-    from scheduler.node.service import read_local_token
+    from scheduler.core.local import read_local_token
 
     st = control.call(data_dir, "status", timeout=5)
     return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))

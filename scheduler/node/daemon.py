@@ -16,19 +16,44 @@ import trio
 from mesh import __version__, control, metrics, metrics_http
 from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
+from mesh.bigtcp.rpc import RpcServer
+from mesh.bigtcp.transport import Transport
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
 from mesh.membership import Event
+from scheduler.core.coordinator_core import CoordinatorConfig
 from scheduler.core.placement import TrackedView
+from scheduler.core.quota import Quotas
+from scheduler.node.admission import Admission, local_token
+from scheduler.node.client_api import ClientAPI, describe_peers
 from scheduler.node.config import NodeSettings, has_port, parse_hostport
-from scheduler.node.service import JobService
-from worker import calibration
+from scheduler.node.coordinator_io import CoordinatorIO, Verifier
+from scheduler.node.links import LoopbackLink, PeerLinks
+from scheduler.node.peer_api import PeerAPI
+from scheduler.node.tokens import TokenStore
+from scheduler.node.worker_io import WorkerIO
+from worker import calibration, kinds_basic
 from worker import devices as worker_devices
+from worker.compute import kind as compute_kind
 from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
+from worker.kinds import KindFamily, KindRegistry
+from worker.render import kind as render_kind
 from worker.runner import RunnerPool, RunnerSettings
+from worker.zk import kind as zk_kind
 
 log = logging.getLogger("gpumesh.node")
+
+# every job kind a node offers, with the verifiers its coordinator runs on remote results
+KIND_FAMILIES: tuple[KindFamily, ...] = (kinds_basic.FAMILY, compute_kind.FAMILY, zk_kind.FAMILY, render_kind.FAMILY)
+
+
+def job_kinds(families: tuple[KindFamily, ...] = KIND_FAMILIES) -> tuple[KindRegistry, dict[str, Verifier]]:
+    registry = KindRegistry()
+    verifiers: dict[str, Verifier] = {}
+    for family in families:
+        family.register(registry, verifiers)
+    return registry, verifiers
 
 
 @dataclass
@@ -55,18 +80,36 @@ class Node:
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
+        self.registry, verifiers = job_kinds()
         runner_settings = RunnerSettings()
         if self.settings.runner_memory_mb:
             runner_settings.memory_bytes = self.settings.runner_memory_mb << 20
         # device code runs in runner processes (worker.runner): a crashing kernel takes down a runner, not the node
         self.runners = RunnerPool(runner_settings)
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
-                                 on_change=self._capacity_changed, runners=self.runners)
+                                 registry=self.registry, on_change=self._capacity_changed, runners=self.runners)
         self.labels: dict[str, str] = {}
         self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
         self._data_host = self.data_host_port[0]
-        self.jobs = JobService(self)
-        self._event_listeners.append(self.jobs.on_membership)
+        # the data plane: one transport and RPC server; the coordinator and worker halves reach peers (and each
+        # other, through the loopback link) only over peer links
+        s, peer_id = self.settings, self.identity.peer_id_str
+        self.tokens = TokenStore(s.data_dir)
+        self.quotas = Quotas()
+        self.admission = Admission(peer_id, self.psk, self.allow, self.tokens)
+        self.rpc = RpcServer()
+        self.transport = Transport(self.identity, host=self.data_host_port[0], port=self.data_host_port[1],
+                                   insecure=s.data_plane_insecure, handler=self.rpc.handle_stream,
+                                   hello_extra=self.admission.hello_extra, authorize=self.admission.authorize)
+        self.links = PeerLinks(peer_id, self.transport, self.view)
+        self.coordinator = CoordinatorIO(peer_id, self.view, self.links, registry=self.registry, verifiers=verifiers,
+                                         quotas=self.quotas, data_dir=s.data_dir, config=CoordinatorConfig())
+        self.worker = WorkerIO(peer_id, self.view, self.links, self.executor, quotas=self.quotas, share=s.share)
+        self.links.set_loopback(LoopbackLink(peer_id, self.coordinator, self.worker))
+        PeerAPI(self.coordinator, self.worker).register(self.rpc)
+        ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
+                  peers=lambda: describe_peers(self.view, peer_id)).register(self.rpc)
+        self._event_listeners.append(self.coordinator.on_membership)
 
     # ---- state that goes into the advert ---------------------------------------------------------------
     def snapshot(self) -> Advert:
@@ -132,19 +175,7 @@ class Node:
                 "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure}
 
     async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
-        now = trio.current_time()
-        out = []
-        for p in sorted(self.view.peers(), key=lambda p: p.peer_id):
-            out.append({
-                "peer_id": p.peer_id, "self": p.peer_id == self.identity.peer_id_str,
-                "addrs": list(p.advert.addrs), "data_addr": p.advert.data_addr,
-                "software": p.advert.software, "seq": p.advert.seq, "age_s": round(now - p.last_seen, 3),
-                "standing": self.view.standing(p.peer_id),
-                "free_slots": sum(d.free_slots for d in p.devices()),
-                "queue_depth": sum(d.queue_depth for d in p.devices()),
-                "devices": [d.__dict__ for d in p.devices()], "labels": dict(p.advert.labels),
-            })
-        return out
+        return describe_peers(self.view, self.identity.peer_id_str)
 
     async def _c_devices(self, _p: dict[str, Any]) -> dict[str, Any]:
         return {"devices": [d.to_dict() for d in self.devices], "problem": self.device_problem}
@@ -187,6 +218,20 @@ class Node:
         return (public or ips or ["127.0.0.1"])[0]
 
     # ---- run -------------------------------------------------------------------------------------------
+    async def _run_data_plane(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Journal, local token, transport, then the coordinator (resuming its journal) and worker halves."""
+        await self.coordinator.open()
+        await trio.to_thread.run_sync(local_token, self.settings.data_dir, self.tokens)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.serve)
+                await nursery.start(self.worker.run)
+                await nursery.start(self.coordinator.run)
+                task_status.started(self.transport.port)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.transport.aclose(timeout=1.0)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         initial = await trio.to_thread.run_sync(lambda: worker_devices.discover(s.devices, strict=True))
@@ -205,7 +250,7 @@ class Node:
                 mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
             await nursery.start(self.executor.run)
-            data_port = await nursery.start(self.jobs.run)
+            data_port = await nursery.start(self._run_data_plane)
             if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
                 self._set_data_addr(data_port)  # known now: the first advert carries it
             await nursery.start(self.gossip.run)

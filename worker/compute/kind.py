@@ -38,7 +38,16 @@ from worker.compute.spec import (
     parse_spec,
 )
 from worker.devices import Device
-from worker.kinds import DEFAULT_FMA_GFLOPS, JobKind, KindRegistry, Requirements, Result, RunContext, register
+from worker.kinds import (
+    DEFAULT_FMA_GFLOPS,
+    JobKind,
+    KindFamily,
+    KindRegistry,
+    Requirements,
+    Result,
+    RunContext,
+    register,
+)
 
 log = logging.getLogger("gpumesh.compute")
 
@@ -208,6 +217,7 @@ async def read_blobs(ctx: RunContext, s: ComputeSpec, into: memoryview | None = 
 
 
 COMPUTE_OPENCL = ComputeOpenCL()
+FAMILY = KindFamily("compute", (COMPUTE_OPENCL,))
 
 
 def register_kind(registry: KindRegistry | None = None) -> ComputeOpenCL:

@@ -55,6 +55,7 @@ from worker.devices import Device
 from worker.kinds import (
     DEFAULT_FMA_GFLOPS,
     JobKind,
+    KindFamily,
     KindRegistry,
     Requirements,
     Result,
@@ -774,16 +775,10 @@ def register_kind(registry: KindRegistry) -> RenderFrame:
     return RENDER_FRAME
 
 
-def register(service: Any) -> RenderFrame:
-    """Register render.frame in a JobService's registry and its spot-check as the service's verifier."""
-    kind = register_kind(service.registry)
-    service.register_verifier(NAME, verify_result)
-    if corrupting():
-        log.warning("%s=1: this node CORRUPTS every tile it renders (test-only fault hook)", CORRUPT_ENV)
-    return kind
+FAMILY = KindFamily("render", (RENDER_FRAME,), verifiers={NAME: verify_result})  # render.frame and its spot-check
 
 
 __all__ = ["CACHE", "NAME", "RENDER_FRAME", "RenderFrame", "RenderSpec", "SceneCache", "SceneNotCached",
-           "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output", "encode_scene",
-           "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles", "register",
+           "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output", "encode_scene",
+           "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
            "register_kind", "verify_result"]

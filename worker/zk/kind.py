@@ -15,7 +15,7 @@ from prometheus_client import Counter, Histogram
 
 from worker import opencl as ocl
 from worker.devices import Device
-from worker.kinds import JobKind, KindRegistry, Requirements, Result, RunContext, SpecError
+from worker.kinds import JobKind, KindFamily, KindRegistry, Requirements, Result, RunContext, SpecError
 from worker.zk import prove_spec, validate_spec, verify
 
 PROOFS = Counter("gpumesh_zk_proofs_total", "Proofs generated (by this node) or checked", ["event"])
@@ -127,7 +127,10 @@ def check_remote_proof(job, result, output: bytes, read_input=None) -> str | Non
     return f"proof rejected by the verifier: {v.reason}"
 
 
+FAMILY = KindFamily("zk", (ZkProve(), ZkVerify()), verifiers={"zk.prove": check_remote_proof})
+
+
 def register(registry: KindRegistry) -> None:
-    for k in (ZkProve(), ZkVerify()):
+    for k in FAMILY.kinds:
         if k.name not in registry:
             registry.register(k)

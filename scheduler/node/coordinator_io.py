@@ -1,0 +1,389 @@
+"""Coordinator I/O: drives the pure `CoordinatorCore` for the jobs clients submit to this node.
+
+It carries the core's actions out (offers and cancels to workers over `PeerLink`s, journal records,
+result files, watcher updates) and feeds back what happened (answers, lease renewals, results, membership
+changes, time). It is the `CoordinatorInbox` of its node: workers, remote or this node's own through the
+loopback link, report here. It never calls the worker I/O.
+
+Inputs larger than the inline limit are spooled (data_dir/spool/) so a re-placed attempt can fetch them
+again; outputs are kept (data_dir/results/) until the journal's retention passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from mesh import metrics as mesh_metrics
+from mesh.advert import DeviceAdvert
+from mesh.membership import Event, Joined, Left
+from scheduler.core.coordinator_core import (
+    CoordinatorConfig,
+    CoordinatorCore,
+    Crashed,
+    Deliver,
+    Finish,
+    JournalAttempt,
+    JournalFinish,
+    JournalJob,
+    SendCancel,
+    SendOffer,
+    StateChanged,
+    SubmitAnswer,
+)
+from scheduler.core.job import Accept, Job, JobState, LeaseRenew, Result
+from scheduler.core.placement import Placer, TrackedView
+from scheduler.core.quota import Quotas
+from scheduler.node.journal import Journal, JournalEntry
+from scheduler.node.links import CHUNK, LinkError, PeerLinks
+from worker import kinds as kinds_mod
+from worker.devices import Device
+
+log = logging.getLogger("gpumesh.scheduler")
+
+CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
+TICK_MAX_S = 0.5  # the core's timers are checked at least this often
+
+# `verifier(job, result, output, read_input) -> str | None` checks a remote worker's result (None = accept);
+# `read_input()` reads a streamed input from the spool (None when the input was inline)
+Verifier = Callable[..., str | None]
+
+
+@functools.lru_cache(maxsize=4096)
+def device_of(d: DeviceAdvert) -> Device:
+    """A peer's advertised device, as the job kinds' cost models take it."""
+    return Device(id=d.id, fingerprint="", platform="", vendor=d.vendor, name=d.name,
+                  kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
+                  global_mem_bytes=d.global_mem_bytes, max_work_group_size=0, fp64=d.fp64, int64=d.int64,
+                  opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None, fma_gflops=d.f32_gflops or None)
+
+
+def spool_name(job_id: str) -> str:
+    """A file name for a job id (ids are [A-Za-z0-9._:-]; ':' is fine on Linux, '/' cannot occur)."""
+    return hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+class CoordinatorIO:
+    """The coordinator half of one node."""
+
+    def __init__(self, peer_id: str, view: TrackedView, links: PeerLinks, *, registry: kinds_mod.KindRegistry,
+                 verifiers: dict[str, Verifier], quotas: Quotas, data_dir: Path,
+                 config: CoordinatorConfig | None = None) -> None:
+        self.peer_id = peer_id
+        self.view = view
+        self.links = links
+        self.registry = registry
+        self.verifiers = verifiers
+        self.quotas = quotas
+        self.placer = Placer(view, cost_fn=self._cost)
+        self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
+        self.spool = Path(data_dir) / "spool"
+        self.results_dir = Path(data_dir) / "results"
+        self._data_dir = Path(data_dir)
+        self.journal: Journal | None = None
+        self._verify_limiter = trio.CapacityLimiter(2)  # results verified at once (CPU-bound, in threads)
+        self._received: dict[tuple[str, int], bytes] = {}  # output awaiting the core's verdict
+        self._finished: dict[str, trio.Event] = {}
+        self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
+        self._watchers: set[trio.MemorySendChannel] = set()
+        self._nursery: trio.Nursery | None = None
+        self._journal_pending: list = []
+        self._journal_done = trio.Event()
+        self._journal_busy = False
+
+    @property
+    def _tasks(self) -> trio.Nursery:
+        assert self._nursery is not None, "CoordinatorIO.run() is not running"
+        return self._nursery
+
+    @property
+    def _journal(self) -> Journal:
+        assert self.journal is not None, "CoordinatorIO.open() has not opened the journal yet"
+        return self.journal
+
+    # ---- running ------------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the spool and results folders and open the journal (before the data plane serves)."""
+        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.results_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.journal = await trio.to_thread.run_sync(Journal.open_in, self._data_dir)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Resume the journal's jobs, then run the core's timers until cancelled."""
+        if self.journal is None:
+            await self.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                entries = await trio.to_thread.run_sync(self._journal.load, trio.current_time())
+                if entries:
+                    log.info("journal: resuming %d job(s)", len(entries))
+                await self._execute(self.core.restore(entries, trio.current_time()))
+                task_status.started()
+                while True:
+                    now = trio.current_time()
+                    wake = self.core.next_wakeup()
+                    await trio.sleep(max(0.0, min(now + TICK_MAX_S, wake if wake is not None else now + TICK_MAX_S) - now))
+                    await self._execute(self.core.tick(trio.current_time()))
+        finally:
+            self._nursery = None
+            self._journal.close()
+
+    def on_membership(self, ev: Event) -> None:
+        if isinstance(ev, Joined) and self._nursery is not None and ev.peer_id != self.peer_id:
+            # dial ahead: the first offer's round trip then measures the network, not the TLS handshake
+            self._tasks.start_soon(self._warm, ev.peer_id)
+        if isinstance(ev, Left) and self._nursery is not None:
+            now = trio.current_time()
+            if ev.reason != "expired":  # removed (not allowed any more): forget its address too
+                self.links.forget(ev.peer_id)
+            self._tasks.start_soon(self._execute, self.core.worker_expired(ev.peer_id, now) if ev.reason == "expired"
+                                   else self.core.worker_lost(ev.peer_id, now, f"peer {ev.peer_id} left ({ev.reason})"))
+
+    async def _warm(self, peer_id: str) -> None:
+        with trio.move_on_after(10):
+            try:
+                await self.links.get(peer_id).warm()
+            except Exception as e:  # the peer may not listen yet; offers will dial again
+                log.debug("pre-dial of %s failed: %s", peer_id, e)
+
+    def _cost(self, job: Job, dev: DeviceAdvert) -> float:
+        try:
+            kind = self.registry.get(job.kind)
+        except kinds_mod.UnknownKind:
+            return float("inf")
+        return kind.cost_s(job.spec, job.input_size, device_of(dev))
+
+    # ---- for the client API -------------------------------------------------------------------------------
+    async def receive_input(self, job: Job, chunks: AsyncIterable[Any]) -> None:
+        """Spool a streamed input, checking its declared size and sha256 (ValueError says what is wrong)."""
+        path = self.spool / spool_name(job.job_id)
+        tmp = path.with_suffix(".part")
+        h, n = hashlib.sha256(), 0
+        try:
+            async with await trio.open_file(tmp, "wb") as f:
+                async for item in chunks:
+                    if not isinstance(item, bytes | bytearray):
+                        continue
+                    n += len(item)
+                    if n > job.input_size:
+                        raise ValueError(f"input is longer than its declared {job.input_size} bytes")
+                    h.update(item)
+                    await f.write(item)
+            if n != job.input_size:
+                raise ValueError(f"input ended after {n} of {job.input_size} bytes")
+            if h.hexdigest() != job.input_sha256:
+                raise ValueError("input does not match its sha256")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    async def submit(self, job: Job) -> SubmitAnswer:
+        answer, acts = self.core.submit(job, trio.current_time())
+        await self._execute(acts)
+        return answer
+
+    async def cancel(self, job_id: str) -> dict[str, Any] | None:
+        """Cancel an active job: its summary, or None if there is no such active job."""
+        rec, acts = self.core.cancel(job_id, trio.current_time())
+        if rec is None:
+            return None
+        await self._execute(acts)
+        return rec.summary()
+
+    async def journal_entry(self, job_id: str) -> JournalEntry | None:
+        return await trio.to_thread.run_sync(self._journal.get, job_id, trio.current_time())
+
+    async def settled(self, job_id: str, wait: bool) -> tuple[JobState, str, Result | None] | None:
+        """(state, reason, result) of a job, waiting for its end if asked; None if this node never had it."""
+        rec = self.core.get(job_id)
+        # the core flips a job to done before its output and journal record are on disk: wait for its Finish
+        # action, which comes after both (a job restored as finished from the journal is settled already)
+        if rec is not None and wait and (not rec.state.terminal or rec.job_id in self._finishing):
+            ev = self._finished.setdefault(job_id, trio.Event())
+            await ev.wait()
+            rec = self.core.get(job_id)
+        if rec is not None:
+            return rec.state, rec.reason, rec.result
+        entry = await self.journal_entry(job_id)
+        if entry is None:
+            return None
+        return JobState(entry.state), entry.reason, entry.result
+
+    def output_path(self, job_id: str) -> Path:
+        return self.results_dir / spool_name(job_id)
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        """A channel of job updates (placed, running, done ...) while the context is open."""
+        send, recv = trio.open_memory_channel[dict[str, Any]](1024)
+        self._watchers.add(send)
+        try:
+            yield recv
+        finally:
+            self._watchers.discard(send)
+
+    # ---- the CoordinatorInbox (workers report here) -------------------------------------------------------
+    async def lease(self, worker: str, renew: LeaseRenew) -> None:
+        await self._execute(self.core.on_lease(worker, renew, trio.current_time()))
+
+    async def result(self, worker: str, result: Result, output: bytes) -> None:
+        """A worker's result (its output checked against size and sha256 by whoever carried it): verified in a
+        thread when it comes from another node (a proof check takes ~0.2 s: never on the event loop), then
+        handed with the verdict to the core."""
+        if output:
+            self._received[(result.job_id, result.attempt)] = output
+        job = self.core.expects_result(worker, result)
+        fn = self.verifiers.get(job.kind) if job is not None else None
+        problem = None
+        if job is not None and fn is not None and result.ok and worker != self.peer_id:
+            spooled = self.spool / spool_name(job.job_id)
+            read_input = spooled.read_bytes if not job.inline and job.input_size else None
+            problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, read_input,
+                                                    limiter=self._verify_limiter)
+        await self._execute(self.core.on_result(worker, result, trio.current_time(), problem))
+
+    async def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
+        rec = self.core.get(job_id)
+        if rec is None or rec.peer != worker:
+            raise LinkError("forbidden", f"job {job_id!r} is not placed on {worker}")
+        path = self.spool / spool_name(job_id)
+        if not path.exists():
+            raise LinkError("not_found", f"input of {job_id!r} is gone")
+        async with await trio.open_file(path, "rb") as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk
+
+    # ---- carrying out the core's actions ------------------------------------------------------------------
+    async def _execute(self, actions: list) -> None:
+        # a job's output is on disk before the journal says it is done: a coordinator killed in between
+        # restarts with the job unfinished (placed again), never "done" with its output lost
+        for a in actions:
+            if isinstance(a, Finish):
+                self._finishing.add(a.job_id)
+        for a in actions:
+            if isinstance(a, Deliver):
+                await self._deliver(a)
+        journal = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
+        if journal:
+            await self._journal_commit(journal)
+        for a in actions:
+            if isinstance(a, SendOffer):
+                self._tasks.start_soon(self._offer, a)
+            elif isinstance(a, SendCancel):
+                self._tasks.start_soon(self._send_cancel, a)
+            elif isinstance(a, Finish):
+                self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
+            elif isinstance(a, StateChanged):
+                rec = self.core.get(a.job_id)
+                self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                                 "attempt": a.attempt, "peer": a.peer_id})
+
+    async def _journal_commit(self, actions: list) -> None:
+        """Group commit: callers queue their journal records and wait until a transaction holding them has
+        committed; one writer thread commits everything queued since its last transaction at once."""
+        self._journal_pending.extend(actions)
+        done = self._journal_done
+        if not self._journal_busy:
+            self._journal_busy = True
+            try:
+                while self._journal_pending:
+                    batch, self._journal_pending = self._journal_pending, []
+                    batch_done, self._journal_done = self._journal_done, trio.Event()
+                    try:
+                        await trio.to_thread.run_sync(self._journal.apply, batch, trio.current_time())
+                    finally:
+                        batch_done.set()
+            finally:
+                self._journal_busy = False
+        await done.wait()
+
+    async def _offer(self, a: SendOffer) -> None:
+        try:
+            answer = await self.links.get(a.peer_id).offer(a.offer, self.core.cfg.claim_timeout_s)
+        except LinkError as e:
+            log.info("offer of %s to %s failed: %s", a.offer.job.job_id, a.peer_id, e)
+            await self._execute(self.core.worker_lost(a.peer_id, trio.current_time(), f"offer failed: {e}"))
+            return
+        now = trio.current_time()
+        if isinstance(answer, Accept):
+            await self._execute(self.core.on_accept(a.peer_id, answer, now))
+        else:
+            self._check_capacity_claim(a.peer_id, answer, now)
+            await self._execute(self.core.on_reject(a.peer_id, answer, now))
+
+    def _check_capacity_claim(self, peer_id: str, answer: Any, now: float) -> None:
+        """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its
+        capacity (to attract work, or to look big): each such refusal costs a little standing."""
+        st = self.view.get(peer_id)
+        if st is None or peer_id == self.peer_id or now - st.last_seen > st.advert.interval_s:
+            return
+        advertised = sum(d.free_slots for d in st.advert.devices)
+        actual = sum(v[0] for v in answer.load.values()) if answer.load else None
+        if advertised > 0 and actual == 0 and "share" not in answer.reason and "rate" not in answer.reason:
+            self.view.adjust_standing(peer_id, -CAPACITY_LIE_PENALTY)
+            mesh_metrics.ADVERT_LIES.labels("capacity").inc()
+
+    async def _send_cancel(self, a: SendCancel) -> None:
+        try:
+            await self.links.get(a.peer_id).cancel(a.cancel)
+        except LinkError as e:
+            log.debug("cancel to %s: %s", a.peer_id, e)
+
+    async def _deliver(self, a: Deliver) -> None:
+        output = self._received.pop((a.job_id, a.result.attempt), b"")
+        if output:
+            await trio.to_thread.run_sync(_write_atomically, self.output_path(a.job_id), output)
+
+    def _on_finish(self, a: Finish) -> None:
+        self._finishing.discard(a.job_id)
+        rec = self.core.get(a.job_id)
+        if rec is not None:
+            run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
+            self.quotas.finished(rec.job.submitted_by, a.job_id, run_s, trio.current_time())
+        ev = self._finished.pop(a.job_id, None)
+        if ev is not None:
+            ev.set()
+        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                         "reason": a.reason, "final": True})
+        (self.spool / spool_name(a.job_id)).unlink(missing_ok=True)
+        # drop outputs of attempts that were not delivered
+        for k in [k for k in self._received if k[0] == a.job_id]:
+            del self._received[k]
+
+    def _broadcast(self, item: dict[str, Any]) -> None:
+        for ch in list(self._watchers):
+            try:
+                ch.send_nowait(item)
+            except trio.WouldBlock:
+                pass  # a slow watcher misses progress; the final state is always in job.status
+            except trio.ClosedResourceError:
+                self._watchers.discard(ch)
+
+
+def _verify(fn: Verifier, job: Job, result: Result, output: bytes, read_input) -> str | None:
+    try:
+        return fn(job, result, output, read_input)
+    except Exception as e:  # a verifier crash rejects the result rather than the node
+        log.exception("verifier for %s failed", job.kind)
+        return f"verification error: {e}"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Whole or absent, never half written (a kill -9 mid-write leaves only the temporary file)."""
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+__all__ = ["CoordinatorIO", "Verifier", "device_of", "spool_name"]

@@ -1,0 +1,96 @@
+"""The `peer.*` RPC methods: the far end of a `RemoteLink`, decoding what another node of the mesh sends
+into typed messages for this node's inboxes. Only connections whose principal is a mesh peer may call.
+
+    coordinator --peer.offer--> worker          (claim: the answer is Accept/Reject)
+    worker --peer.input--> coordinator          (streamed input, from the spool)
+    worker --peer.lease--> coordinator          (lease renewals, batched per coordinator)
+    worker --peer.result--> coordinator (+ output bytes)   (one per attempt; duplicates dropped)
+    coordinator --peer.cancel--> worker
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import trio
+
+from mesh.bigtcp.rpc import Call, RpcError, RpcServer
+from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
+from scheduler.node.admission import Principal
+from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
+
+
+class PeerAPI:
+    def __init__(self, coordinator: CoordinatorInbox, worker: WorkerInbox) -> None:
+        self.coordinator = coordinator
+        self.worker = worker
+
+    def register(self, rpc: RpcServer) -> None:
+        for name, fn in [("peer.offer", self._offer), ("peer.lease", self._lease), ("peer.result", self._result),
+                         ("peer.cancel", self._cancel), ("peer.input", self._input)]:
+            rpc.register(name, fn)
+
+    def _peer(self, call: Call) -> str:
+        p: Principal | None = call.principal
+        if p is None or p.kind != "peer":
+            raise RpcError("forbidden", "peer methods are for nodes of this mesh")
+        return call.peer_id
+
+    async def _offer(self, call: Call) -> dict[str, Any]:
+        peer = self._peer(call)
+        try:
+            offer = Offer.from_wire(call.body.get("offer"), trio.current_time())
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        answer = await self.worker.offer(peer, offer)
+        return {"answer": answer.to_wire()}
+
+    async def _lease(self, call: Call) -> dict[str, Any]:
+        peer = self._peer(call)
+        try:
+            msg = LeaseRenew.from_wire(call.body.get("renew"))
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        await self.coordinator.lease(peer, msg)
+        return {}
+
+    async def _result(self, call: Call) -> dict[str, Any]:
+        peer = self._peer(call)
+        try:
+            result = Result.from_wire(call.body.get("result"))
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        chunks, n = [], 0
+        async for item in call:
+            if isinstance(item, bytes | bytearray):
+                n += len(item)
+                if n > max(result.output_size, 0):
+                    raise RpcError("bad_output", "output longer than the result declares")
+                chunks.append(bytes(item))
+        output = b"".join(chunks)
+        if len(output) != result.output_size or (output and hashlib.sha256(output).hexdigest() != result.output_sha256):
+            raise RpcError("bad_output", "output does not match the result's size and sha256")
+        await self.coordinator.result(peer, result, output)
+        return {}
+
+    async def _cancel(self, call: Call) -> dict[str, Any]:
+        peer = self._peer(call)
+        try:
+            msg = Cancel.from_wire(call.body.get("cancel"))
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        await self.worker.cancel(peer, msg)
+        return {}
+
+    async def _input(self, call: Call) -> dict[str, Any]:
+        peer = self._peer(call)
+        try:
+            async for chunk in self.coordinator.read_input(peer, str(call.body.get("id", ""))):
+                await call.send_bytes(chunk)
+        except LinkError as e:
+            raise RpcError(e.code, str(e)) from None
+        return {}
+
+
+__all__ = ["PeerAPI"]
