@@ -18,7 +18,15 @@ import numpy as np
 import pytest
 
 from scheduler.client.client import SyncClient, local_address
-from scheduler.client.compute_sdk import BufferTooLarge, ComputeFailed, ComputeRefused, InOut, Mesh, Out, make_job
+from scheduler.client.compute_sdk import (
+    BufferTooLarge,
+    ComputeFailed,
+    ComputeRefused,
+    InOut,
+    Mesh,
+    Out,
+    make_job,
+)
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from tests.opencl import requires_opencl
 

@@ -34,8 +34,8 @@ from typing import Any
 import trio
 
 from scheduler.client.client import Client, JobResult, local_address
-from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools import poison as poison_jobs
+from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5", "--runner-memory-mb", str(poison_jobs.RUNNER_MEMORY_MB)]
@@ -130,8 +130,8 @@ class Chaos:
         jid = f"chaos-{self._seq}"
         if self.poison_every and self._seq % self.poison_every == 0:  # every kind in turn, so short runs see all
             pk = poison_jobs.KINDS[(self._seq // self.poison_every - 1) % len(poison_jobs.KINDS)]
-            spec, data, check = poison_jobs.job(pk, self._seq)
-            return Submitted(jid, node, "compute.opencl", spec, data, lambda res: None, poison=check)
+            pspec, pdata, pcheck = poison_jobs.job(pk, self._seq)
+            return Submitted(jid, node, "compute.opencl", pspec, pdata, lambda res: None, poison=pcheck)
         r = self.rng.random()
         spec: dict[str, Any]
         if r < 0.45:

@@ -49,8 +49,6 @@ from worker.compute.cache import (
     ProgramEntry,
     SourceStore,
 )
-from worker.compute.params import SUPPORTED as SUPPORTED_PARAMS
-from worker.compute.params import unsupported_kind
 from worker.compute.errors import (
     BuildError,
     ComputeError,
@@ -59,6 +57,8 @@ from worker.compute.errors import (
     OutOfDeviceMemory,
     TimeLimitExceeded,
 )
+from worker.compute.params import SUPPORTED as SUPPORTED_PARAMS
+from worker.compute.params import unsupported_kind
 from worker.compute.spec import (
     BUFFER_DTYPES,
     CL_TYPE_NAMES,

@@ -89,7 +89,7 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         nb = data.nbytes
         if off + nb > out_n:
             raise ValueError(f"outputs exceed the {out_n} bytes the spec declares")
-        host.region(in_n + off, nb)[:] = memoryview(data.reshape(-1).view(np.uint8))
+        host.region(in_n + off, nb)[:] = data.reshape(-1).view(np.uint8).data
         outs.append({"index": o.index, "name": o.name, "dtype": o.dtype, "count": int(data.size), "offset": off,
                      "nbytes": nb})
         off += nb
