@@ -8,7 +8,7 @@ from scheduler.devtools.chaos import run
 
 
 def test_short_chaos_run_keeps_every_invariant(tmp_path):
-    rep = run(duration=15.0, nodes=4, seed=7, rate=4.0, root=tmp_path, poison=1 / 12)
+    rep = run(duration=15.0, nodes=4, seed=7, rate=4.0, root=tmp_path, poison=1 / 6)
     print(rep.table())
     assert rep.violations == []
     # faults come in shuffled rounds of kill, stop and two data-plane faults: any 3 include the data plane
@@ -16,5 +16,5 @@ def test_short_chaos_run_keeps_every_invariant(tmp_path):
     assert any(k.startswith("data plane") for k in rep.faults), rep.faults
     assert rep.jobs >= 20 and rep.proxied_mb > 0
     poison = sum(rep.poison.values())
-    assert poison >= 4, rep.poison  # every 12th job: each kind once in a short run
+    assert poison >= 3, rep.poison  # every 6th job, kinds in turn: the crash, the loop and the image at least
     assert rep.outcomes["done"] >= (rep.jobs - poison) * 0.9, rep.outcomes

@@ -33,11 +33,13 @@ from typing import Any
 
 import trio
 
+from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobResult, local_address
 from scheduler.devtools import poison as poison_jobs
 from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
 
+REFUSALS = {"invalid", "invalid_spec", "unknown_kind"}  # RPC errors that are a submit's final answer
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5", "--runner-memory-mb", str(poison_jobs.RUNNER_MEMORY_MB)]
 MAX_RSS_BYTES = 1536 << 20
 
@@ -157,6 +159,11 @@ class Chaos:
                     ans = await c.submit(job.kind, job.spec, input=job.input, job_id=job.job_id, max_attempts=6)
             job.accepted = bool(ans["accepted"])
             job.refusal = "" if job.accepted else str(ans.get("message", ""))
+        except RpcError as e:
+            if e.code in REFUSALS:  # refused for what the job is (a bad spec): a definite answer
+                job.accepted, job.refusal = False, f"{e.code}: {e.message}"
+            else:
+                job.accepted = None
         except Exception:
             job.accepted = None  # unknown: asked again at the end
 
