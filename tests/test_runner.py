@@ -10,7 +10,11 @@ in-process results; a runner that breaks the protocol is killed. Waits are on ev
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,3 +181,31 @@ async def test_render_and_zk_run_in_runners_and_match_in_process():
     np.testing.assert_array_equal(got_depth, depth)
     v = zk.verify(proof_out.result.output, {"air": "cubic", "steps": 256, "public_inputs": {"x0": 4, "c": 5}})
     assert v.ok, v.reason
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="drops to an unprivileged user: needs root to start from")
+def test_an_unprivileged_runner_still_gets_a_network_namespace_where_the_kernel_allows():
+    """The sandbox as an ordinary user: unshare(CLONE_NEWNET) alone is refused, a user namespace with it is not
+    (on kernels that allow unprivileged user namespaces; elsewhere the runner reports 'no: ...')."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    code = (
+        "import encodings.idna, os, socket, sys\n"
+        "from worker.runner import sandbox\n"
+        "sandbox._lib()\n"
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "how = sandbox.no_network()\n"
+        "try:\n"
+        f"    socket.create_connection(('127.0.0.1', {listener.getsockname()[1]}), timeout=2); reached = 'connected'\n"
+        "except OSError as e:\n"
+        "    reached = 'refused'\n"
+        "print(how, '|', reached, '|', os.getuid())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    listener.close()
+    how, reached, uid = (x.strip() for x in out.stdout.split("|"))
+    assert uid == "65534", out
+    if how.startswith("no"):
+        pytest.skip(f"this kernel allows no unprivileged network namespace: {how}")
+    assert how == "yes (user + network namespace)" and reached == "refused", out

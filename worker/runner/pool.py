@@ -263,7 +263,7 @@ class Runner:
         """SIGKILL (the node's decision: a time limit, a cancel that did not stop, a protocol violation)."""
         if self.killed is None and not self.dead.is_set():
             self.killed, self.kill_cause = why, cause
-            log.warning("%s (pid %d) killed: %s", self.name, self.pid, why)
+            (log.info if cause == "closed" else log.warning)("%s (pid %d) killed: %s", self.name, self.pid, why)
         if self.proc is not None and self.proc.returncode is None:
             try:
                 self.proc.kill()
@@ -606,10 +606,10 @@ class DevicePool:
         self._ensure()
         _update_gauges()
 
-    def close(self) -> None:
+    def close(self, why: str = "device went away") -> None:
         self.closed = True
         for r in list(self.runners):
-            r.kill("device went away", "closed")
+            r.kill(why, "closed")
         self._notify()
 
 
@@ -712,7 +712,7 @@ class RunnerPool:
                     await trio.sleep_forever()
                 finally:
                     for dp in self.pools.values():
-                        dp.close()  # before the nursery's tasks end: nothing is restarted
+                        dp.close("node stopping")  # before the nursery's tasks end: nothing is restarted
         finally:
             self._nursery = None
             for dp in self.pools.values():
