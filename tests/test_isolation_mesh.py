@@ -29,6 +29,7 @@ from scheduler.client.compute_sdk import (
 )
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from tests.opencl import requires_opencl
+from worker.compute.spec import SpecError
 
 pytestmark = requires_opencl
 
@@ -143,10 +144,17 @@ def test_a_100_gb_allocation_is_refused_before_anything_is_sent(nodes):
 
 
 def test_image_and_sampler_parameters_are_refused_at_submit_naming_them(nodes):
+    spec = {"v": 1, "source": IMAGE, "kernel": "blur", "global_size": [4],  # what any client could send
+            "args": [{"kind": "in", "dtype": "float32", "data": bytes(256)},
+                     {"kind": "scalar", "dtype": "uint32", "value": 0}, {"kind": "out", "dtype": "float32", "count": 16}]}
+    addr, tok, pid, insecure = local_address(nodes[2].data_dir)
+    with SyncClient(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+        with pytest.raises(RpcError) as e:
+            c.submit("compute.opencl", spec)
+        assert e.value.code == "invalid_spec", e.value
+        assert "'__read_only image2d_t picture' is an image" in e.value.message, e.value.message
+    with pytest.raises(SpecError):  # and the SDK refuses it on the client, before anything is sent
+        make_job(IMAGE, "blur", [np.zeros(64, np.float32), np.uint32(0), Out(16, np.float32)], global_size=4)
     with Mesh.local(nodes[2].data_dir) as mesh:
-        with pytest.raises(ComputeRefused) as e:
-            mesh.run(make_job(IMAGE, "blur", [np.zeros(64, np.float32), np.float32(0), Out(16, np.float32)],
-                              global_size=4))
-        assert "'__read_only image2d_t picture' is an image" in e.value.reason, e.value.reason
         honest_work(mesh, 1)
     all_alive(nodes)

@@ -27,8 +27,6 @@ from collections import OrderedDict
 from typing import Any
 
 from worker.compute.errors import ComputeError
-from worker.compute.params import describe as describe_param
-from worker.compute.params import unsupported_params
 from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
 from worker.compute.spec import (
     MAX_INLINE_BYTES,
@@ -89,10 +87,6 @@ class ComputeOpenCL(JobKind):
     def validate(self, spec: dict[str, Any], input_size: int) -> None:
         super().validate(spec, input_size)
         s = self.spec_of(spec)
-        if s.source is not None:  # images, samplers, pipes...: refused before any transfer, naming the parameter
-            bad = unsupported_params(s.source)
-            if bad:
-                raise SpecError("source", describe_param(*bad[0]))
         if input_size != s.input_size:
             raise SpecError("input", f"the streamed input must be {s.input_size} bytes (the blobs the args name by "
                                      f"sha256, concatenated), got {input_size}")

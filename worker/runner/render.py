@@ -10,22 +10,24 @@ the job's output format (`worker.render.kind.encode_output`).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.kinds import RunContext
+if TYPE_CHECKING:
+    from worker.runner.pool import RunnerLease
 
 RUNNER_SCENES = 8  # scenes a runner keeps on its device
 
 
-async def render_tile(ctx: RunContext, entry: Any, pose: Any, tile: Any, n_bands: int) -> bytes:
-    """The tile's output bytes, rendered in the job's runner. Raises RunnerError subclasses."""
+async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
+                      tile: Any, n_bands: int) -> bytes:
+    """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
+    a borrowed device). Raises RunnerError subclasses."""
     from worker.render.kind import encode_scene
     from worker.runner.pool import TaskFailed
 
-    lease = ctx.runner
-    assert lease is not None
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
@@ -37,7 +39,7 @@ async def render_tile(ctx: RunContext, entry: Any, pose: Any, tile: Any, n_bands
                 "scene": [out_n, len(scene)] if scene else None}
         try:
             reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
-                                     checkpoint=ctx.checkpoint)
+                                     checkpoint=checkpoint)
         except TaskFailed as e:
             if e.type_name == "NoScene" and attempt == 0:
                 held.discard(entry.hash)
