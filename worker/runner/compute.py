@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from worker.compute.spec import BUFFER_DTYPES, ComputeSpec
+from worker.compute.spec import ComputeSpec
 from worker.kinds import RunContext
 
 BUILD_TIMEOUT_S = 120.0  # the runner's ComputeRunner has the same build time limit
@@ -83,18 +81,8 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
     res = await runner.run(args["spec"], blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
                            verified=True)
     host.doing("writing the outputs")
-    outs, off = [], 0
-    for o in res.outputs:
-        data = np.ascontiguousarray(o.array)
-        nb = data.nbytes
-        if off + nb > out_n:
-            raise ValueError(f"outputs exceed the {out_n} bytes the spec declares")
-        host.region(in_n + off, nb)[:] = data.reshape(-1).view(np.uint8).data
-        outs.append({"index": o.index, "name": o.name, "dtype": o.dtype, "count": int(data.size), "offset": off,
-                     "nbytes": nb})
-        off += nb
-    assert all(o["dtype"] in BUFFER_DTYPES for o in outs)
-    body = {"outputs": outs, "source_sha256": res.source_sha256, "cache_hit": res.cache_hit, "build_s": res.build_s,
-            "kernel_s": res.kernel_s, "run_s": res.run_s, "launches": res.launches, "bytes_in": res.bytes_in,
-            "bytes_out": res.bytes_out, "warnings": list(res.warnings)}
-    return body, [[in_n, off]]
+    body, data = res.to_wire()  # one definition of the result body (ComputeResult)
+    if len(data) > out_n:
+        raise ValueError(f"outputs of {len(data)} bytes exceed the {out_n} bytes the spec declares")
+    host.region(in_n, len(data))[:] = data
+    return body, [[in_n, len(data)]]
