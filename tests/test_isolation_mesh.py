@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import SyncClient, local_address
 from scheduler.client.compute_sdk import (
     BufferTooLarge,
