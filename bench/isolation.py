@@ -1,7 +1,7 @@
 """Isolation cost (issue 17): device code in a runner process vs in the daemon's own process.
 
 Same process, same device, same executor code, interleaved in rounds (A/B blocks) so both see the same machine
-load: one `Executor` with a `RunnerPool` (the node's way), one without (kernels in this process, as before
+load, each job's spec a fresh map (as it arrives from the wire: no parse memo helps either side): one `Executor` with a `RunnerPool` (the node's way), one without (kernels in this process, as before
 runners).
 - `trivial_kernel_added_ms`: p50 of a one-work-item compute job (submit -> outcome through the executor) with
   runners minus the p50 without; target < 0.5 ms. With `runner_ping_ms`: a bare runner call round trip.
@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 
+import msgpack
 import numpy as np
 import trio
 
@@ -52,6 +53,7 @@ async def _measure() -> dict:
 
     async def job(ex: Executor, kind: str, spec: dict) -> float:
         seq[0] += 1
+        spec = msgpack.unpackb(msgpack.packb(spec))  # a fresh map per job, as specs arrive from the wire
         t0 = time.perf_counter()
         out = await ex.submit(JobRequest(f"b{seq[0]}", kind, spec)).wait()
         dt = time.perf_counter() - t0

@@ -5,8 +5,9 @@ grows, once the runner has checked the spec, to the streamed input followed by t
 runner), checks every argument against the kernel's declared parameters, and only then asks for the input,
 which the daemon streams from the job straight into the arena (hashed on the way); the kernels read it from
 there and the outputs are written back into the arena. Checkpoints between launches are the job's, so cancel
-and preemption reach the kernel loop as before. The daemon's clock: build time + the spec's time limit until
-the runner says the build is done, then the time limit (plus a grace for the runner's own, cleaner, verdict).
+and preemption reach the kernel loop as before. The runner enforces the time limit itself (a clean
+`TimeLimitExceeded`, and the daemon replaces it when a kernel still runs); the daemon's own clock is the backstop
+for a runner that stops answering: the build time limit + the spec's time limit + a grace, then it is killed.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], 
     async def on_ask(m: dict[str, Any], ctl: Any) -> dict[str, Any]:
         if m.get("what") == "input":
             await read_blobs(ctx, s, into=ctl.arena[:in_bytes])
-        elif m.get("t") == "note" and m.get("phase") == "run":
-            ctl.limit(s.time_limit_s + GRACE_S)
         return {}
 
     reply = await ctx.runner.call(  # the arena grows once the runner has checked the spec (validation first)
@@ -62,7 +61,6 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
     in_n, out_n = int(args["in"]), int(args["out"])
 
     async def blobs(s: ComputeSpec) -> dict[str, memoryview]:
-        await host.send({"t": "note", "c": host.call, "phase": "run"})
         names = s.kernels()
         if host.arena is None or host.arena.size < in_n + out_n:  # validated: now the shared memory
             await host.alloc(in_n + out_n)

@@ -385,10 +385,6 @@ class Runner:
                     if m.get("replace"):
                         self.kill(f"replaced after {err.type_name}: a kernel of the failed job still runs", "time_limit")
                     raise err
-                if t == "note":
-                    if on_ask is not None:
-                        await on_ask(m, ctl)
-                    continue
                 if t == "ask":
                     await self._answer(m, c, ctl, on_ask, checkpoint)
         except EOFError:
