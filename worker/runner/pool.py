@@ -548,7 +548,9 @@ class DevicePool:
                 await wait_exit(r.proc)
         finally:
             with trio.CancelScope(shield=True):
-                if r.proc is not None and r.proc.returncode is None:
+                if r.proc is not None and r.proc.returncode is None:  # the pool is stopping (cancelled)
+                    if r.killed is None:
+                        r.killed, r.kill_cause = "stopped with the node", "closed"
                     r.proc.kill()
                     with trio.move_on_after(5):
                         await wait_exit(r.proc)
