@@ -521,9 +521,10 @@ def decode_message(d: Any, now: float = 0.0) -> Message:
     """Any claim-protocol message from its wire map (an Offer's deadline is rebased on `now`)."""
     if not isinstance(d, dict):
         raise WireError("malformed", f"expected a map, got {type(d).__name__}")
-    cls = _MESSAGES.get(d.get("t"))  # type: ignore[arg-type]
+    t = d.get("t")
+    cls = _MESSAGES.get(t) if isinstance(t, str) else None
     if cls is None:
-        raise WireError("malformed", f"unknown message type {d.get('t')!r}")
+        raise WireError("malformed", f"unknown message type {t!r:.64}")
     if cls is Offer:
         return Offer.from_wire(d, now)
     return cls.from_wire(d)

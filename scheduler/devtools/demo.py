@@ -36,7 +36,7 @@ def prove(console, node) -> None:
     from scheduler.client.client import SyncClient, local_address
     from worker.zk import verify
 
-    spec = {"air": "fibonacci", "steps": 1024, "blowup": 4, "queries": 41, "public_inputs": {"a": 1, "b": 1}}
+    spec = {"air": "fibonacci", "steps": 1024, "public_inputs": {"a": 1, "b": 1}}  # default (105-bit) parameters
     addr, tok, pid, insecure = local_address(node.data_dir)
     with SyncClient(addr, token=tok, peer_id=pid, insecure=insecure) as c:
         t0 = time.perf_counter()

@@ -10,7 +10,6 @@ into typed messages for this node's inboxes. Only connections whose principal is
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import trio
@@ -61,16 +60,7 @@ class PeerAPI:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        chunks, n = [], 0
-        async for item in call:
-            if isinstance(item, bytes | bytearray):
-                n += len(item)
-                if n > max(result.output_size, 0):
-                    raise RpcError("bad_output", "output longer than the result declares")
-                chunks.append(bytes(item))
-        output = b"".join(chunks)
-        if len(output) != result.output_size or (output and hashlib.sha256(output).hexdigest() != result.output_sha256):
-            raise RpcError("bad_output", "output does not match the result's size and sha256")
+        output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
         return {}
 
