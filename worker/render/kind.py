@@ -648,7 +648,7 @@ class RenderFrame(JobKind):
         from worker.runner.render import render_tile
 
         if len(devices) == 1:
-            return await render_tile(ctx.runner, ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
+            return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
         strips = split_rows(tile, [device_rate(d) for d, _ in devices])
         used: list[str] = []
 
