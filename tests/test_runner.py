@@ -169,7 +169,7 @@ async def test_render_and_zk_run_in_runners_and_match_in_process():
         out2 = await run_job(ex, "r-2", "render.frame", make_spec(h, pose, tile))  # by hash: no scene resent
         assert out2.ok, out2.error and out2.result.output == out.result.output
         proof_out = await run_job(ex, "z-1", "zk.prove", {"air": "cubic", "steps": 256,
-                                                          "public_inputs": {"x0": 4, "c": 5}, "queries": 8})
+                                                          "public_inputs": {"x0": 4, "c": 5}})
         assert proof_out.ok, proof_out.error
         nursery.cancel_scope.cancel()
     from worker.opencl import device_context
