@@ -7,7 +7,7 @@ and the mesh still runs honest work afterwards.
   reaches the third; the runners it killed were replaced;
 - a `while(1)` kernel fails at its time limit, its runner killed and replaced (no device held until a restart);
 - a 100 GB allocation is refused before anything is sent, by the SDK and, asked directly, by the coordinator;
-  a 4 GiB one (which the devices could hold) by the worker's runner, whose memory limit is 1 GiB;
+  a 2 GiB one (which the devices could hold) by the worker's runner, whose memory limit is 1 GiB;
 - an `image2d_t` parameter (the kernel that used to kill workers) is refused at submit, naming the parameter.
 Waits are on conditions; nothing asserts on timing.
 """
@@ -24,6 +24,7 @@ from scheduler.client.compute_sdk import (
     ComputeFailed,
     ComputeRefused,
     InOut,
+    Scratch,
     Mesh,
     Out,
     make_job,
@@ -122,8 +123,8 @@ def test_a_kernel_that_never_returns_is_killed_at_its_limit_and_the_device_is_no
 
 
 def test_a_100_gb_allocation_is_refused_before_anything_is_sent(nodes):
-    huge = make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(1), Out(25 << 30, np.float32),
-                                     Out(1, np.float32)], global_size=1)
+    huge = make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(1), Scratch(25 << 30, np.float32),
+                                     Out(1, np.float32)], global_size=1)  # 100 GiB on the device, nothing back
     with Mesh.local(nodes[0].data_dir) as mesh:
         with pytest.raises(BufferTooLarge) as e:
             mesh.run(huge)
@@ -134,12 +135,12 @@ def test_a_100_gb_allocation_is_refused_before_anything_is_sent(nodes):
         assert not ans["accepted"] and ">= 100.0 GiB" in ans["message"], ans
     # within what the devices have, beyond what a runner may hold (--runner-memory-mb 1024): refused by the
     # worker's runner before any input moves, naming its limit
-    big = make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(1), Out(1 << 30, np.float32), Out(1, np.float32)],
+    big = make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(1), Scratch(1 << 29, np.float32), Out(1, np.float32)],
                    global_size=1)
     with Mesh.local(nodes[0].data_dir) as mesh:
         with pytest.raises(ComputeRefused) as e:
             mesh.run(big)
-        assert "limit" in e.value.reason and str(1 << 30) in e.value.reason, e.value.reason
+        assert "limit" in e.value.reason and str(1 << 30) in e.value.reason, e.value.reason  # the runner's 1 GiB
         honest_work(mesh, 1)
     all_alive(nodes)
 

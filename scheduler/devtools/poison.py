@@ -7,8 +7,8 @@ Each kind says what a correct outcome is (`check(state, reason, refusal)` -> why
 | `oob`   | a kernel writing through a wild pointer (SIGSEGV wherever it runs) | failed, "poison: crashed 2 runners", never more than 2 crashes |
 | `image` | a kernel with an `image2d_t` and a `sampler_t` parameter (bound to a buffer: a SIGSEGV) | refused at submit, naming the parameter |
 | `loop`  | `while (1)`, 1 s time limit | failed at its time limit, the runner replaced |
-| `huge`  | a 100 GB output buffer | refused at submit: no device that large |
-| `big`   | 1 GiB of buffers: fits the devices, not a runner (`--runner-memory-mb 512` in the chaos mesh) | failed: refused by the runner's memory limit before any transfer |
+| `huge`  | a 100 GB device buffer | refused at submit: no device that large |
+| `big`   | a 1 GiB device buffer: fits the devices, not a runner (`--runner-memory-mb 512` in the chaos mesh) | failed: refused by the runner's memory limit before any transfer |
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ Check = Callable[[str, str, str], "str | None"]
 
 def job(kind: str, salt: int) -> tuple[dict[str, Any], bytes | None, Check]:
     """(spec, input, check) of one poison job; `salt` makes each source distinct (no two share a cache entry)."""
-    from scheduler.client.compute_sdk import Out, make_job
+    from scheduler.client.compute_sdk import Out, Scratch, make_job
 
     tag = f"\n// poison {salt}\n"
     if kind == "oob":
@@ -56,11 +56,11 @@ def job(kind: str, salt: int) -> tuple[dict[str, Any], bytes | None, Check]:
         j = make_job(LOOP + tag, "forever", [Out(1, np.int32)], global_size=1, time_limit_s=1.0)
         return j.spec, j.input, _failed_with("exceeded time limit of 1 s")
     if kind == "huge":
-        j = make_job(SAXPY + tag, "saxpy", [np.uint32(1), np.float32(1), Out(25 << 30, np.float32), Out(1, np.float32)],
-                     global_size=1)
+        j = make_job(SAXPY + tag, "saxpy", [np.uint32(1), np.float32(1), Scratch(25 << 30, np.float32),
+                                             Out(1, np.float32)], global_size=1)
         return j.spec, j.input, _refused_with(">= 100.0 GiB")
     if kind == "big":
-        j = make_job(SAXPY + tag, "saxpy", [np.uint32(1), np.float32(1), Out(1 << 28, np.float32),
+        j = make_job(SAXPY + tag, "saxpy", [np.uint32(1), np.float32(1), Scratch(1 << 28, np.float32),
                                              Out(1, np.float32)], global_size=1)
         return j.spec, j.input, _failed_with("limit")
     raise ValueError(f"unknown poison kind {kind!r}; kinds: {', '.join(KINDS)}")
