@@ -8,8 +8,10 @@ A `JobKind` is a stateless object registered under its `name`:
   (`device=None`: a typical figure, for a node that has not calibrated);
 - `chunk_s(spec, input_size, device)` bounds the time between two `checkpoint()` calls (what a realtime job
   waiting behind this one may have to wait);
-- `async run(ctx)` does the work; `ctx.cl` is the device's OpenCL context/queue/program cache, or None on the
-  CPU reference pseudo-device, where the kind runs its CPU path;
+- `async run(ctx)` does the work. Device code runs in the job's runner process when `ctx.runner` is set (what
+  the node's executor gives every job on an OpenCL device: a crash there fails the job, not the node), else
+  in this process on `ctx.cl` (the device's OpenCL context/queue/program cache: library use and tests); with
+  neither (the CPU reference pseudo-device) the kind runs its CPU path;
 - `reference(spec, input_bytes)` is the plain-CPU oracle of the result (tests, verification by recomputation).
 
 `run` reads its input with `async for chunk in ctx.input` (streamed, in chunks) and calls
@@ -35,6 +37,7 @@ from worker.devices import DEVICE_KINDS, Device
 
 if TYPE_CHECKING:
     from worker.opencl import DeviceContext
+    from worker.runner.pool import RunnerLease
 
 # Figures assumed for a device that has not been calibrated (or device=None): a modest CPU.
 DEFAULT_MULMOD_MOPS = 100.0
@@ -275,7 +278,8 @@ class RunContext:
     spec: dict[str, Any]
     input: InputReader
     device: Device | None = None
-    cl: DeviceContext | None = None  # None: the CPU reference path
+    cl: DeviceContext | None = None  # an OpenCL context in this process (library use, tests)
+    runner: RunnerLease | None = None  # the node's way to run device code: a runner process (worker.runner)
     checkpoint: Callable[[], Awaitable[None]] = _no_checkpoint
     progress: ProgressFn = _no_progress
     # `async with ctx.idle_devices() as more:` lends the job the node's other OpenCL devices that are idle

@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("status", "ask the running node for its status; exit 0 when it answers (a health check)")
     client_cmd("peers", "list the peers the running node sees, with their capacity and standing")
     client_cmd("devices", "list the compute devices the running node offers")
+    client_cmd("runners", "list the runner processes that run device code, and what confines them")
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -283,6 +284,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
             print(f"note: {r['problem']}")
 
     _print(res, args.json, render)
+    return EXIT_OK
+
+
+def cmd_runners(args: argparse.Namespace) -> int:
+    from mesh import control
+
+    rows = control.call(args.data_dir, "runners", timeout=5.0)
+
+    def render(rs: list[dict]) -> None:
+        for r in rs:
+            state = "busy" if r["leased"] else "idle" if r["ready"] else "starting"
+            sb = ", ".join(f"{k}={v}" for k, v in r["sandbox"].items())
+            print(f"{r['name']}  pid {r['pid']}  {state}  {sb}")
+        if not rs:
+            print("no runners (no OpenCL device offered)")
+
+    _print(rows, args.json, render)
     return EXIT_OK
 
 
@@ -473,7 +491,7 @@ async def _refresh_every(progress, seconds: float) -> None:
         progress.refresh()
 
 
-COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices, "runners": cmd_runners}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,9 @@ class NodeSettings(BaseSettings):
     rescan_interval: float = Field(default=30.0, gt=0, description="Seconds between OpenCL device re-scans")
     slots_per_device: int = Field(default=1, ge=1, le=64, description="Jobs run at once on each device")
     max_queue: int = Field(default=64, ge=1, le=100_000, description="Queued jobs per device before 'saturated'")
+    runner_memory_mb: int = Field(default=0, ge=0, le=1 << 24,
+                                  description="Memory (MiB) a runner process may use for one job beyond its own baseline; "
+                                              "0: a quarter of RAM, between 1 and 8 GiB")
     mesh_key_file: Path | None = Field(default=None,
                                        description="Private-network key file: only nodes holding the same key can join")
     allow_peers: Path | None = Field(default=None,

@@ -28,6 +28,7 @@ from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
+    Crashed,
     Deliver,
     Finish,
     JournalAttempt,
@@ -321,6 +322,8 @@ class CoordinatorIO:
                 self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,

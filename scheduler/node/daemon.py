@@ -47,6 +47,7 @@ from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
 from worker.kinds import KindFamily, KindRegistry
 from worker.render import kind as render_kind
+from worker.runner import RunnerPool, RunnerSettings
 from worker.zk import kind as zk_kind
 
 log = logging.getLogger("gpumesh.node")
@@ -96,8 +97,13 @@ class Node:
         self.ready = trio.Event()
         self._event_listeners: list = []
         self.registry, verifiers = job_kinds()
+        runner_settings = RunnerSettings()
+        if self.settings.runner_memory_mb:
+            runner_settings.memory_bytes = self.settings.runner_memory_mb << 20
+        # device code runs in runner processes (worker.runner): a crashing kernel takes down a runner, not the node
+        self.runners = RunnerPool(runner_settings)
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
-                                 registry=self.registry, on_change=self._capacity_changed)
+                                 registry=self.registry, on_change=self._capacity_changed, runners=self.runners)
         self.labels: dict[str, str] = {}
         self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
         self._data_host = self.data_host_port[0]
@@ -222,9 +228,13 @@ class Node:
             self.gossip.changed()
         return dict(self.labels)
 
+    async def _c_runners(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
+        """The runner processes (worker.runner): pid, device, whether leased, and what their sandbox holds."""
+        return self.runners.status()
+
     def control_methods(self) -> dict[str, Any]:
         return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
-                "label": self._c_label}
+                "label": self._c_label, "runners": self._c_runners}
 
     def _set_data_addr(self, data_port: int) -> None:
         host = self._advertised_host()

@@ -177,7 +177,8 @@ class WorkerIO:
                         error=outcome.error or "", retryable=retryable, output_size=len(output),
                         output_sha256=hashlib.sha256(output).hexdigest() if output else "",
                         worker=self.peer_id, device=outcome.device_id,
-                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s})
+                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s},
+                        crashed=outcome.state == "crashed")
         if output:
             self._outputs[(job.job_id, attempt)] = bytes(output)
         await self._execute(self.core.finished(job.job_id, attempt, result, trio.current_time()))
