@@ -147,7 +147,22 @@ def cmd_prove(args: argparse.Namespace) -> int:
         proof = prove_spec(spec, backend)
         where = f"this machine, {where}"
     else:
-        res = _run_client(args, lambda c: c.run("zk.prove", spec, priority="interactive"))
+        from scheduler.cli import progress
+        from scheduler.cli.main import EXIT_FAIL, EXIT_REJECTED, console
+
+        con = console()
+
+        async def go(c):
+            with progress.JobProgress(progress.mode_for(args, con), con, f"prove {args.steps} steps") as prog:
+                return await progress.submit_and_follow(c, prog, "zk.prove", spec, wait=True, priority="interactive")
+
+        ans, res = _run_client(args, go)
+        if not ans["accepted"]:
+            print(f"mesh-node: proof job {ans['id']} {ans['message']}", file=sys.stderr)
+            return EXIT_REJECTED
+        if not res.ok:
+            print(f"mesh-node: proof job {res.job_id} {res.state}: {res.reason}", file=sys.stderr)
+            return EXIT_FAIL
         proof, where = res.output, res.worker
     elapsed = time.perf_counter() - t0
     args.out.write_bytes(proof)

@@ -28,6 +28,7 @@ from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
+    Crashed,
     Deliver,
     Finish,
     JournalAttempt,
@@ -65,7 +66,7 @@ def device_of(d: DeviceAdvert) -> Device:
                   kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
                   global_mem_bytes=d.global_mem_bytes, max_work_group_size=d.max_work_group_size, fp64=d.fp64,
                   int64=d.int64, opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None,
-                  fma_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
+                  f32_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
                   max_alloc_bytes=d.max_alloc_bytes, local_mem_bytes=d.local_mem_bytes,
                   opencl_version=d.opencl_version, non_uniform_work_groups=d.non_uniform_work_groups)
 
@@ -87,7 +88,8 @@ class CoordinatorIO:
         self.registry = registry
         self.verifiers = verifiers
         self.quotas = quotas
-        self.placer = Placer(view, cost_fn=self._cost)
+        # the kinds' cost models, corrected by the run times results report (realtime admission relies on them)
+        self.placer = Placer(view, cost_fn=self._cost, correct_costs=True)
         self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
         self.spool = Path(data_dir) / "spool"
         self.results_dir = Path(data_dir) / "results"
@@ -211,6 +213,9 @@ class CoordinatorIO:
     async def submit(self, job: Job) -> SubmitAnswer:
         answer, acts = self.core.submit(job, trio.current_time())
         await self._execute(acts)
+        if answer.accepted and not answer.duplicate:
+            log.info("job %s (%s, %s) submitted by %s", job.job_id, job.kind, job.priority.value,
+                     job.submitted_by or "?")
         return answer
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -317,6 +322,8 @@ class CoordinatorIO:
                 self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
@@ -389,10 +396,23 @@ class CoordinatorIO:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
                          "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+        if rec is not None:
+            took = trio.current_time() - rec.submitted_at
+            worker = a.result.worker if a.result is not None else ""
+            log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
+                     f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
         self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
             outputs.discard(self._received.pop(k))
+
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        """A worker's progress on the attempt it holds, passed on to watchers (others are ignored)."""
+        rec = self.core.get(job_id)
+        if rec is None or rec.peer != worker or rec.attempt != attempt or rec.state.terminal:
+            return
+        self._broadcast({"id": job_id, "kind": rec.job.kind, "state": rec.state.value, "attempt": attempt,
+                         "peer": worker, "progress": round(fraction, 4), "stage": stage})
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):

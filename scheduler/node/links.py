@@ -65,6 +65,8 @@ class CoordinatorInbox(Protocol):
         """Stream a result's output bytes to a file, bounded and checked (RpcError 'bad_output' otherwise)."""
         ...
 
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
+
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
         ...
@@ -84,6 +86,8 @@ class PeerLink(Protocol):
     async def renew(self, renew: LeaseRenew) -> None: ...
 
     async def send_result(self, result: Result, output: bytes) -> None: ...
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]: ...
 
@@ -111,6 +115,10 @@ class LoopbackLink:
 
     async def send_result(self, result: Result, output: bytes) -> None:
         await self._coordinator.result(self.peer_id, result, output)
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        self._coordinator.progress(self.peer_id, job_id, attempt, fraction, stage)
+        await trio.lowlevel.checkpoint()
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         return self._coordinator.read_input(self.peer_id, job_id)
@@ -267,6 +275,13 @@ class RemoteLink:
                 return out
         except (RpcError, HandshakeError, KeyError, TypeError) as e:
             raise LinkError(getattr(e, "code", "invalid"), str(e)) from e
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        try:
+            await self.client.call("peer.progress", {"id": job_id, "attempt": attempt, "fraction": fraction,
+                                                     "stage": stage}, timeout=5)
+        except (RpcError, HandshakeError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
     async def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         try:

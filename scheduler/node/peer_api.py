@@ -28,9 +28,10 @@ class PeerAPI:
         self.worker = worker
 
     def register(self, rpc: RpcServer) -> None:
-        for name, fn in [("peer.offer", self._offer), ("peer.offers", self._offers), ("peer.lease", self._lease), ("peer.result", self._result),
-                         ("peer.results", self._results),
-                         ("peer.cancel", self._cancel), ("peer.input", self._input)]:
+        for name, fn in [("peer.offer", self._offer), ("peer.offers", self._offers), ("peer.lease", self._lease),
+                         ("peer.result", self._result), ("peer.results", self._results),
+                         ("peer.cancel", self._cancel), ("peer.input", self._input),
+                         ("peer.progress", self._progress)]:
             rpc.register(name, fn)
 
     def _peer(self, call: Call) -> str:
@@ -68,6 +69,17 @@ class PeerAPI:
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
         await self.coordinator.lease(peer, msg)
+        return {}
+
+    async def _progress(self, call: Call) -> dict[str, Any]:
+        """A worker's progress on an attempt it holds (fraction 0..1 and a short stage name), for watchers."""
+        peer = self._peer(call)
+        b = call.body
+        job_id, attempt, fraction, stage = b.get("id"), b.get("attempt"), b.get("fraction"), b.get("stage", "")
+        if not (isinstance(job_id, str) and len(job_id) <= 256 and isinstance(attempt, int)
+                and isinstance(fraction, int | float) and isinstance(stage, str)):
+            raise RpcError("invalid", "peer.progress needs id, attempt, fraction and stage")
+        self.coordinator.progress(peer, job_id, attempt, min(max(float(fraction), 0.0), 1.0), stage[:64])
         return {}
 
     async def _result(self, call: Call) -> dict[str, Any]:

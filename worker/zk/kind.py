@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any
 
+import trio
 from prometheus_client import Counter, Histogram
 
 from worker import opencl as ocl
@@ -63,9 +64,17 @@ class ZkProve(JobKind):
 
     async def run(self, ctx: RunContext) -> Result:
         s = _spec(ctx.spec)
-        backend: Any = (ctx.context, ctx.queue) if ctx.cl is not None else "numpy"
+        def stage(fraction: float, name: str) -> None:  # called in the prover's thread
+            trio.from_thread.run_sync(ctx.progress, fraction, name)
+
         with PROVE_SECONDS.time():
-            proof = await ocl.run_blocking(prove_spec, s, backend)
+            if ctx.runner is not None:  # the node's way: the prover's kernels run in a runner process
+                from worker.runner.zk import prove
+
+                proof = await prove(ctx, s)
+            else:
+                backend: Any = (ctx.context, ctx.queue) if ctx.cl is not None else "numpy"
+                proof = await ocl.run_blocking(prove_spec, s, backend, stage)
         PROOFS.labels("generated").inc()
         if os.environ.get(TEST_CORRUPT_ENV) == "1":
             proof = _corrupt(proof)
