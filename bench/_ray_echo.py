@@ -9,6 +9,7 @@ bench/scheduler.py calls `measure`.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ def measure(sequential: int, pipelined: int, concurrency: int) -> dict[str, Any]
     """{"rtts": [s], "jobs_per_s": float, "version": str}; raises ImportError without Ray."""
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=False)
     try:
         @ray.remote
         def echo(body: dict) -> dict:
