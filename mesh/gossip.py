@@ -104,11 +104,14 @@ class GossipConfig:
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     interval_s: float = 2.0  # the shortest refresh interval (small meshes); it grows with the view
-    max_interval_s: float = 30.0  # the longest (a view bigger than refresh_budget * this belongs in shards)
+    # the longest (a view bigger than refresh_budget * this belongs in shards); None: always interval_s, for a
+    # view whose TTL is fixed rather than following the interval each peer announces
+    max_interval_s: float | None = None
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
 
     def schedule(self) -> ScheduleConfig:
-        return ScheduleConfig(min_refresh_s=self.interval_s, max_refresh_s=max(self.interval_s, self.max_interval_s))
+        return ScheduleConfig(min_refresh_s=self.interval_s,
+                              max_refresh_s=max(self.interval_s, self.max_interval_s or self.interval_s))
 
 
 class CountingPubsub(Pubsub):
