@@ -31,7 +31,7 @@ from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, wait_fo
 SIZES = (5, 10, 20, 40)
 CHANGES = 20
 IDLE_WINDOW_S = 20.0
-SETTLE_S = 30.0  # after convergence: refresh intervals grow (doubling) to their steady value
+SETTLE_S = 60.0  # after convergence: refresh intervals grow (doubling: 2, 4, .. 32, 40 s at N=40) to steady
 MISS_AFTER_S = 30.0
 
 
@@ -69,14 +69,17 @@ def _one_change(src: NodeProc, others: list[NodeProc], value: str) -> float | No
 
 @contextmanager
 def _mesh(root: Path, n: int) -> Iterator[list[NodeProc]]:
-    """n nodes started one after the other (on a loaded 2-core machine, 40 Python processes importing libp2p at
-    once take minutes), node 0 the bootstrap of the rest; every node is killed on the way out, on every path."""
+    """n nodes, node 0 the bootstrap of the rest, with long start-up deadlines (on a loaded 2-core machine, 40
+    Python processes importing libp2p at once take minutes); every node is killed on the way out, on every path."""
     nodes = make_nodes(root, n, ["--devices", "none", "--metrics-listen", "off"])
     try:
-        for i, nd in enumerate(nodes):
-            nd.start([nodes[0].multiaddr] if i else [])
-            nd.wait_up(timeout=180)
-        wait_for(lambda: sees_all(nodes), 180, f"{n} nodes to see each other", interval=0.5)
+        nodes[0].start()
+        nodes[0].wait_up(timeout=600)
+        for nd in nodes[1:]:
+            nd.start([nodes[0].multiaddr])
+        for nd in nodes:
+            nd.wait_up(timeout=600)
+        wait_for(lambda: sees_all(nodes), 600, f"{n} nodes to see each other", interval=1.0)
         yield nodes
     finally:
         for nd in nodes:

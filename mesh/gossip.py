@@ -53,14 +53,24 @@ TOPIC = "/gpumesh/capacity/1"
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 TARGET_CONNECTIONS = 8
 
-# gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md
-MESH_DEGREE = (4, 3, 6)  # D, D_low, D_high: each advert reaches a node about D times; 4 is enough for 40 nodes
-HEARTBEAT_S = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
-SEEN_TTL_S = 60  # longer than any advert takes to spread; duplicates after it would be stale adverts anyway
 
-# py-libp2p's yamux sends a window update after every read by default (one extra encrypted frame back for every
-# gossip message received); without it, credit is returned once half the window is used, as go-yamux does.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+@dataclass(frozen=True)
+class GossipTuning:
+    """gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md and
+    `make bench B=gossip_settings`. The defaults are the chosen ones; the benchmark flips them one at a time."""
+
+    degree: tuple[int, int, int] = (4, 3, 6)  # D, D_low, D_high: a node receives each advert about D times
+    heartbeat_s: int = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
+    seen_ttl_s: int = 60  # longer than any advert takes to spread; a copy after it is a stale advert anyway
+    signed: bool = False  # gossipsub's own message signature, on top of the advert's
+    # py-libp2p's yamux returns credit with a window update after every read (one more encrypted frame back for
+    # each message received); batched, credit goes back once half the window is used, as go-yamux does
+    batched_credit: bool = True
+
+
+def _yamux_credit(batched: bool) -> None:
+    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "0" if batched else "1"  # read by py-libp2p at each window update
 
 
 def message_id(msg) -> bytes:
@@ -108,6 +118,7 @@ class GossipConfig:
     # view whose TTL is fixed rather than following the interval each peer announces
     max_interval_s: float | None = None
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
+    tuning: GossipTuning = field(default_factory=GossipTuning)
 
     def schedule(self) -> ScheduleConfig:
         return ScheduleConfig(min_refresh_s=self.interval_s,
@@ -200,13 +211,15 @@ class GossipService:
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
-        d, d_lo, d_hi = MESH_DEGREE
+        tune = self.config.tuning
+        _yamux_credit(tune.batched_credit)
+        d, d_lo, d_hi = tune.degree
         router = GossipSub(
             protocols=[TProtocol(p) for p in GOSSIPSUB_PROTOCOLS],
             degree=d,
             degree_low=d_lo,
             degree_high=d_hi,
-            heartbeat_interval=HEARTBEAT_S,
+            heartbeat_interval=tune.heartbeat_s,
             heartbeat_initial_delay=0.1,
             # Adverts are few and periodic; the default 10/s/peer limit would drop relayed adverts in a big mesh.
             max_messages_per_topic_per_second=1000.0,
@@ -215,8 +228,8 @@ class GossipService:
             # Its "network health" raises the degree and gossip factor when few messages flow, i.e. when idle.
             adaptive_gossip_enabled=False,
         )
-        pubsub = CountingPubsub(host, router, strict_signing=False, msg_id_constructor=message_id,
-                                seen_ttl=SEEN_TTL_S)
+        pubsub = CountingPubsub(host, router, strict_signing=tune.signed, msg_id_constructor=message_id,
+                                seen_ttl=tune.seen_ttl_s)
         self.host, self.pubsub = host, pubsub
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen_addrs=listen))

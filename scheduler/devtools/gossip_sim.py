@@ -40,6 +40,7 @@ from mesh.membership import Joined, MembershipView
 
 KEY = b"k" * 32
 TTL_INTERVALS = 3.0
+EXPIRE_EVERY_S = 10.0  # the node checks every second; an expiry found later here is still counted
 
 
 @dataclass
@@ -81,7 +82,7 @@ class SimConfig:
     warmup_s: float = 60.0
     duration_s: float = 120.0  # measured after the warm-up
     change_every_s: float = 60.0  # mean time between load changes of one node
-    degree: int = 4  # gossipsub D (the real node's MESH_DEGREE)
+    degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
     summary_interval_s: float = 30.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -224,7 +225,7 @@ class GossipSim:
         for ev in nd.view.expire(self.now):
             self.false_expiries += 1  # nobody dies in this simulation: every expiry is a refresh that came late
             del ev
-        self.at(self.now + self.cfg.schedule.min_refresh_s, self._expire, nd)
+        self.at(self.now + EXPIRE_EVERY_S, self._expire, nd)
 
     def _publish(self, nd: _Node, kind: Publish) -> None:
         nd.seq += 1
@@ -320,7 +321,7 @@ class GossipSim:
         for nd in self.nodes:
             self._arm(nd)
             self.at(self.rng.random() * self.cfg.change_every_s, self._change, nd)
-            self.at(self.rng.random() * self.cfg.schedule.min_refresh_s, self._expire, nd)
+            self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
         for s in self.relays:
             self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
         end = self.t1 + 30.0  # changes made near the end still get time to arrive
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--duration", type=float, default=120.0, help="measured seconds of simulated time")
     ap.add_argument("--change-every", type=float, default=60.0, help="mean seconds between a node's load changes")
-    ap.add_argument("--shards", type=int, default=None, help="default: about one per %d nodes" % shard.SHARD_TARGET)
+    ap.add_argument("--shards", type=int, default=None, help=f"default: about one per {shard.SHARD_TARGET} nodes")
     a = ap.parse_args(argv)
     r = run(SimConfig(nodes=a.nodes, seed=a.seed, duration_s=a.duration, change_every_s=a.change_every,
                       shards=a.shards))
