@@ -43,10 +43,10 @@ async def _variant(tuning: GossipTuning) -> dict:
         for i in range(HOSTS):
             ident = Identity.generate()
             boot = [svcs[0].addrs[0]] if svcs else []
+            ad = Advert("", b"", 0, 0.0, data_addr=f"127.0.0.1:{5000 + i}", devices=(DEV,))
             svc = GossipService(ident, GossipConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=boot, interval_s=30.0,
                                                     tuning=tuning),
-                                MembershipView(ident.peer_id_str, 90.0),
-                                lambda i=i: Advert("", b"", 0, 0.0, data_addr=f"127.0.0.1:{5000 + i}", devices=(DEV,)))
+                                MembershipView(ident.peer_id_str, 90.0), lambda ad=ad: ad)
             await nursery.start(svc.run)
             svcs.append(svc)
         ids = {s.identity.peer_id_str for s in svcs}

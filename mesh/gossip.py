@@ -52,6 +52,9 @@ log = logging.getLogger("gpumesh.gossip")
 TOPIC = "/gpumesh/capacity/1"
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 TARGET_CONNECTIONS = 8
+# a connection without a pubsub stream after this long is dropped and dialled again: py-libp2p gives up opening
+# the stream on a negotiation error other than a closed stream (seen under load: 5 of 20 nodes left deaf and mute)
+STREAMLESS_S = 10.0
 
 
 
@@ -181,6 +184,8 @@ class GossipService:
         self._last_full: Advert | None = None  # the base of our deltas
         self._last_key: tuple | None = None  # capacity key of the last advert sent (full or delta)
         self.sent = {"full": 0, "delta": 0}
+        self._streamless: dict[Any, float] = {}  # connected peer -> since when it has no pubsub stream
+        self.redialled = 0
         self.received = 0  # adverts and deltas accepted
         self.host: Any = None  # the libp2p host (IHost) once run() has started
         self.pubsub: Any = None  # its Pubsub
@@ -197,7 +202,7 @@ class GossipService:
         return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
                 "messages_received": self.pubsub.received if self.pubsub is not None else 0,
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
-                "deltas_without_base": self.view.no_base}
+                "deltas_without_base": self.view.no_base, "redialled": self.redialled}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         kp = self.identity.key_pair
@@ -361,6 +366,21 @@ class GossipService:
             log.info("peer %s %s", ev.peer_id, name if isinstance(ev, Joined) else f"left ({ev.reason})")
         self._on_event(ev)
 
+    async def _drop_streamless(self, connected: set) -> None:
+        now = trio.current_time()
+        self._streamless = {pid: self._streamless.get(pid, now) for pid in connected if pid not in self.pubsub.peers}
+        for pid, since in list(self._streamless.items()):
+            if now - since >= STREAMLESS_S:
+                log.info("peer %s: connected %.0f s without a pubsub stream; dropping the connection to redial",
+                         pid, now - since)
+                self.redialled += 1
+                del self._streamless[pid]
+                with trio.move_on_after(5):
+                    try:
+                        await self.host.disconnect(pid)
+                    except Exception as e:
+                        log.debug("disconnect %s: %s", pid, e)
+
     async def _connect_loop(self) -> None:
         """Keep dialling bootstrap peers until connected, and peers learned from adverts up to a target."""
         backoff = 0.2
@@ -369,6 +389,7 @@ class GossipService:
             boot = [b for b in resolved if b is not None]
             connected = set(self.host.get_network().connections.keys())
             metrics.LIBP2P_CONNECTED.set(len(connected))
+            await self._drop_streamless(connected)
             targets = [b for b in boot if b.peer_id not in connected and b.peer_id != self.host.get_id()]
             if len(connected) < TARGET_CONNECTIONS:
                 for p in self.view.peers(include_self=False):

@@ -84,7 +84,7 @@ class SimConfig:
     change_every_s: float = 60.0  # mean time between load changes of one node
     degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
-    summary_interval_s: float = 30.0
+    summary_interval_s: float = 60.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     calibration: Calibration = field(default_factory=Calibration)
 
