@@ -81,6 +81,7 @@ class SimConfig:
     seed: int = 1
     warmup_s: float = 60.0
     duration_s: float = 120.0  # measured after the warm-up
+    tail_s: float = 10.0  # run on after it, so that the last changes can arrive
     change_every_s: float = 60.0  # mean time between load changes of one node
     degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
@@ -332,7 +333,7 @@ class GossipSim:
             self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
         for s in self.relays:
             self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
-        end = self.t1 + 10.0  # changes made near the end still get time to arrive
+        end = self.t1 + self.cfg.tail_s
         while self._q and self._q[0][0] <= end:
             self.now, _, fn, args = heapq.heappop(self._q)
             fn(*args)
