@@ -40,10 +40,11 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from mesh import advert as advert_codec
-from mesh import advert_delta, metrics
+from mesh import advert_delta, handshake_log, metrics
 from mesh.advert import Advert, AdvertError
 from mesh.advert_delta import AdvertDelta
 from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
+from mesh.handshake_log import describe_dial_failure
 from mesh.identity import Identity
 from mesh.membership import Event, Joined, Left, MembershipView, Updated
 
@@ -191,6 +192,7 @@ class GossipService:
         self.pubsub: Any = None  # its Pubsub
         self.addrs: list[str] = []
         self.ready = trio.Event()
+        self._dial_warned: dict[str, tuple[float, str]] = {}
 
     def changed(self) -> None:
         """Capacity changed: publish soon (debounced, within the change budget) instead of at the next refresh."""
@@ -204,7 +206,14 @@ class GossipService:
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
                 "deltas_without_base": self.view.no_base, "redialled": self.redialled}
 
+    def add_bootstrap(self, addrs: list[str]) -> None:
+        """More peers to join through (e.g. learned with --join); dialled by the connect loop."""
+        for a in addrs:
+            if a not in self.config.bootstrap:
+                self.config.bootstrap.append(a)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        handshake_log.install(private=self.config.psk is not None)
         kp = self.identity.key_pair
         noise = NoiseTransport(libp2p_keypair=kp, noise_privkey=create_x25519_key_pair().private_key)
         listen = [multiaddr.Multiaddr(a) for a in self.config.listen]
@@ -313,6 +322,8 @@ class GossipService:
             msg = await sub.get()
             try:
                 ad: Advert | AdvertDelta = advert_delta.decode(msg.data)
+                # signed issue time within the sender's TTL: a replay of a peer that is gone cannot bring it back
+                advert_codec.check_fresh(ad.peer_id, ad.timestamp, time.time(), self.view.ttl_for(ad))
             except AdvertError as e:
                 metrics.ADVERTS_REJECTED.labels(e.reason).inc()
                 log.debug("dropped advert: %s", e)
@@ -328,9 +339,7 @@ class GossipService:
             if self.view.no_base > no_base:
                 metrics.ADVERTS_REJECTED.labels("no_base").inc()
             elif self.view.stale > stale:
-                metrics.ADVERTS_REJECTED.labels("stale").inc()
-                if self.view.replays > replays:
-                    metrics.ADVERT_LIES.labels("replay").inc()
+                metrics.ADVERTS_REJECTED.labels("replay" if self.view.replays > replays else "stale").inc()
             elif self.view.refused > refused:
                 metrics.ADVERTS_REJECTED.labels("not_admitted").inc()
             else:
@@ -381,6 +390,19 @@ class GossipService:
                     except Exception as e:
                         log.debug("disconnect %s: %s", pid, e)
 
+    def _dial_failed(self, info: PeerInfo, error: Exception, *, bootstrap: bool) -> None:
+        """A failed dial: at warning for a bootstrap peer (once a minute, or when the reason changes: this node
+        cannot join without it), at debug for the others."""
+        why = describe_dial_failure(error, self.config.psk is not None)
+        key = str(info.peer_id)
+        last = self._dial_warned.get(key)
+        now = time.monotonic()
+        if bootstrap and (last is None or last[1] != why[:80] or now - last[0] >= 60.0):
+            self._dial_warned[key] = (now, why[:80])
+            log.warning("cannot join through bootstrap peer %s: %s", key, why)
+        else:
+            log.debug("dial %s failed: %s", key, why)
+
     async def _connect_loop(self) -> None:
         """Keep dialling bootstrap peers until connected, and peers learned from adverts up to a target."""
         backoff = 0.2
@@ -401,6 +423,7 @@ class GossipService:
                             continue
             failed = False
             net = self.host.get_network()
+            boot_ids = {b.peer_id for b in boot}
             for info in targets:
                 if hasattr(net, "unblock_peer"):
                     # py-libp2p blocks a peer for 60 s after a failed dial; our own backoff decides retries,
@@ -409,8 +432,9 @@ class GossipService:
                 try:
                     with trio.fail_after(5):
                         await self.host.connect(info)
+                    self._dial_warned.pop(str(info.peer_id), None)
                 except Exception as e:
                     failed = True
-                    log.debug("dial %s failed: %s", info.peer_id, e)
+                    self._dial_failed(info, e, bootstrap=info.peer_id in boot_ids)
             backoff = min(backoff * 2, self.config.interval_s * 2) if failed else 0.2
             await trio.sleep(backoff if failed else self.config.interval_s)

@@ -156,7 +156,10 @@ def test_watch_streams_every_state_of_a_job(mesh):
             job_id = c.submit("sleep", {"seconds": 1.0})["id"]  # long enough to be placed, then reported running
             read_until(lambda: any(e["id"] == job_id and e.get("final") for e in events))
         mine = [e for e in events if e["id"] == job_id]
-        assert [e["state"] for e in mine] == ["placed", "running", "done"] and all(e["kind"] == "sleep" for e in mine)
+        changes = [e for e in mine if "progress" not in e]  # the worker's progress reports come in between
+        assert [e["state"] for e in changes] == ["placed", "running", "done"] and all(e["kind"] == "sleep" for e in mine)
+        reports = [e for e in mine if "progress" in e]
+        assert all(e["state"] == "running" and 0.0 <= e["progress"] <= 1.0 for e in reports)
     finally:
         proc.kill()
         proc.wait()

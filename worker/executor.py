@@ -36,7 +36,8 @@ import bisect
 import enum
 import logging
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -47,6 +48,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from worker import kinds as kinds_mod
 from worker.devices import Device
 from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
+from worker.runner.pool import RunnerCrashed, RunnerLease, RunnerPool
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +169,11 @@ class _DeviceQueue:
     queued: list[Entry] = field(default_factory=list)  # sorted by key; includes suspended entries
     running: dict[str, Entry] = field(default_factory=dict)
     held: bool = False  # quarantined: a kernel of a failed job still runs there, no slot is given out
+    lent: dict[str, int] = field(default_factory=dict)  # slots lent to jobs running on another device
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.held else max(self.slots - len(self.running), 0)
+        return 0 if self.held else max(self.slots - len(self.running) - sum(self.lent.values()), 0)
 
     def count_admitted(self, realtime: bool) -> int:
         return sum(1 for e in self.queued if e.state == "queued" and (e.priority is Priority.REALTIME) == realtime)
@@ -240,6 +243,21 @@ class PriorityQueues:
             return False
         dq.held = held
         return True
+
+    def lend(self, device_id: str, job_id: str) -> bool:
+        """Lend one free slot of an idle device (nothing queued or suspended there) to a job running on another
+        device, which then uses both; False when the device is busy, held or unknown."""
+        dq = self._devices.get(device_id)
+        if dq is None or dq.free_slots == 0 or dq.queued:
+            return False
+        dq.lent[job_id] = dq.lent.get(job_id, 0) + 1
+        return True
+
+    def give_back(self, device_id: str, job_id: str) -> None:
+        """Return the slots a job borrowed on a device (see lend); grant() can give them out again."""
+        dq = self._devices.get(device_id)
+        if dq is not None:
+            dq.lent.pop(job_id, None)
 
     def held(self, device_id: str) -> bool:
         dq = self._devices.get(device_id)
@@ -436,7 +454,7 @@ class PriorityQueues:
     def counts(self, device_id: str) -> tuple[int, int, int]:
         """(running, waiting, free slots) of a device; cheap."""
         dq = self._devices[device_id]
-        return len(dq.running), len(dq.queued), dq.free_slots
+        return len(dq.running) + sum(dq.lent.values()), len(dq.queued), dq.free_slots
 
     def load(self, device_id: str, now: float) -> DeviceLoad:
         dq = self._devices[device_id]
@@ -494,7 +512,7 @@ class JobRequest:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    state: str  # "done" | "failed" | "cancelled"
+    state: str  # "done" | "failed" | "cancelled" | "crashed" (its runner died under it)
     result: Result | None = None
     error: str | None = None
     device_id: str = ""
@@ -611,6 +629,9 @@ class Executor:
     Run it with `await nursery.start(executor.run)`. `submit()`, `cancel()` and `capacity()` are synchronous
     (call them from trio tasks). `open_device(device)` gives the RunContext's OpenCL context (None: CPU path);
     tests pass a stub. `on_change()` is called after every capacity change (debounce it for adverts).
+    With `runners` (the node's way), jobs on an OpenCL device get a runner lease instead (`ctx.runner`): their
+    device code runs in a runner process, and a job whose runner dies under it ends "crashed"; the pool runs in
+    the executor's nursery and follows `set_devices`.
     """
 
     def __init__(
@@ -623,6 +644,7 @@ class Executor:
         open_device: OpenFn = _default_open,
         on_change: Callable[[], None] | None = None,
         input_chunk_size: int = 1 << 20,
+        runners: RunnerPool | None = None,
     ) -> None:
         self._slots_cfg = slots
         self._core = PriorityQueues(max_queued=max_queued)
@@ -632,6 +654,7 @@ class Executor:
         self._open = open_device
         self._on_change = on_change
         self._input_chunk = input_chunk_size
+        self._runners = runners
         self._devices: dict[str, Device] = {}
         self._jobs: dict[str, _Job] = {}
         self._nursery: trio.Nursery | None = None
@@ -662,6 +685,8 @@ class Executor:
         for d in devices:
             self._devices[d.id] = d
             self._core.add_device(d.id, self._slots_for(d.id))
+        if self._runners is not None:
+            self._runners.set_devices(devices, self._slots_for)
         self._changed()
 
     def _drop_device(self, dev_id: str) -> None:
@@ -695,6 +720,8 @@ class Executor:
             self._quarantine(dev_id, True)
         try:
             async with trio.open_nursery() as nursery:
+                if self._runners is not None:
+                    await nursery.start(self._runners.run)
                 self._nursery = nursery
                 self._dispatch()
                 task_status.started()
@@ -875,6 +902,33 @@ class Executor:
         self._dispatch()
         await resume.wait()
 
+    @asynccontextmanager
+    async def _idle_devices(self, job: _Job) -> AsyncIterator[list[tuple[Device, Any]]]:
+        """Lend the job a slot on each other idle OpenCL device of this node for the block (RunContext): with
+        (device, DeviceContext) pairs, or (device, RunnerLease) pairs when device code runs in runners."""
+        jid = job.req.job_id
+        taken = [d for d in self._devices.values()
+                 if d.id != job.device.id and d.opencl and self._core.lend(d.id, jid)]
+        if taken:
+            self._changed()
+        leases: list[RunnerLease] = []
+        try:
+            out: list[tuple[Device, Any]] = []
+            for d in taken:
+                if self._runners is not None:  # device code in runners: a lease on each borrowed device
+                    leases.append(self._runners.lease(d))
+                    out.append((d, leases[-1]))
+                else:
+                    out.append((d, await self._open(d)))
+            yield out
+        finally:
+            for lease in leases:
+                lease.release()
+            for d in taken:
+                self._core.give_back(d.id, jid)
+            if taken:
+                self._dispatch()
+
     def _progress(self, job: _Job, fraction: float, message: str | None = None) -> None:
         job.handle.progress = min(max(float(fraction), 0.0), 1.0)
         job.handle.progress_message = message
@@ -889,18 +943,24 @@ class Executor:
         result: Result | None = None
         error: str | None = None
         state = "failed"
+        lease: RunnerLease | None = None
         try:
             with job.scope:
                 if job.req.timeout_s is not None:
                     job.scope.deadline = trio.current_time() + job.req.timeout_s
-                dctx = await self._open(job.device)
+                if self._runners is not None and job.device.opencl:
+                    lease, dctx = self._runners.lease(job.device), None  # device code runs in a runner process
+                else:
+                    dctx = await self._open(job.device)
                 ctx = RunContext(
                     job_id=jid,
                     spec=job.req.spec,
                     input=InputReader(job.req.input, job.req.input_size or 0, self._input_chunk),
                     device=job.device,
                     cl=dctx,
+                    runner=lease,
                     checkpoint=partial(self._checkpoint, job),
+                    idle_devices=partial(self._idle_devices, job),
                     progress=partial(self._progress, job),
                     cancel_scope=job.scope,
                 )
@@ -916,10 +976,15 @@ class Executor:
                     state, error = "cancelled", job.cancel_reason
                 else:
                     state, error = "failed", f"timeout: ran longer than {job.req.timeout_s} s"
+        except RunnerCrashed as exc:  # the runner died under this job: the job's doing, not the node's
+            state, error = "crashed", str(exc)
+            log.warning("job %s (%s) crashed its runner: %s", jid, job.kind.name, error)
         except Exception as exc:
-            state, error = "failed", f"{type(exc).__name__}: {exc}"
+            state, error = "failed", f"{getattr(exc, 'type_name', type(exc).__name__)}: {exc}"
             log.info("job %s (%s) failed: %s", jid, job.kind.name, error)
         finally:
+            if lease is not None:
+                lease.release()
             now = trio.current_time()
             e = self._core.finish(jid, now)
             if state == "failed" and error is None:  # cancelled from outside (executor stopping)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler.cli import compute_cli, render_cli
+from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables, zk_cli
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="gpumesh node: share this host's OpenCL devices with a peer-to-peer mesh and run jobs on it.",
         epilog="Run `mesh-node COMMAND --help` for the options of each command.")
+    from mesh import __version__
+
+    parser.add_argument("--version", action="version", version=f"mesh-node (gpumesh) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the node daemon in the foreground",
                          description="Run the node daemon in the foreground. SIGINT/SIGTERM stop it cleanly.")
@@ -101,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("status", "ask the running node for its status; exit 0 when it answers (a health check)")
     client_cmd("peers", "list the peers the running node sees, with their capacity and standing")
     client_cmd("devices", "list the compute devices the running node offers")
+    client_cmd("runners", "list the runner processes that run device code, and what confines them")
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -119,32 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse at once when the mesh is saturated instead of queueing")
     sp.add_argument("--wait", action="store_true", help="wait for the result")
     sp.add_argument("--out", type=Path, metavar="DIR", help="with --wait: write result.json and output.bin here")
-    job_cmd("jobs", "list the jobs this node coordinates")
-    jp = job_cmd("job", "show one job")
-    jp.add_argument("id")
-    cp = job_cmd("cancel", "cancel a job (reaches a running kernel at its next chunk boundary)")
+    jobs_cli.add_parsers(job_cmd)
+    cp = job_cmd("cancel", "cancel a job of the mesh, by id or unique prefix (reaches a running kernel at its next "
+                           "chunk boundary)")
     cp.add_argument("id")
-    job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
-                     "state change otherwise or with --json (Ctrl-C stops)")
+    wp = job_cmd("watch", "follow the mesh's jobs live: a progress bar per unfinished job on a terminal (advanced "
+                          "by the workers' progress reports), a line per state change otherwise, every event as a "
+                          "JSON line with --json (Ctrl-C stops)")
+    wp.add_argument("--local", action="store_true", help="only the jobs the asked node coordinates")
 
-    pv = sub.add_parser("prove", help="prove an AIR's computation (on the mesh, or --local on this machine)",
-                        description="Generate a STARK proof. By default the proof is made on the mesh (any peer; the "
-                                    "coordinator verifies it before delivering it); --local proves here.")
-    pv.add_argument("air", help="fibonacci or cubic")
-    pv.add_argument("--steps", type=int, required=True, help="trace length (a power of two)")
-    pv.add_argument("--blowup", type=int, default=4, choices=(2, 4, 8))
-    pv.add_argument("--queries", type=int, default=41, help="FRI queries (more = more security bits)")
-    pv.add_argument("--public", action="append", default=[], metavar="NAME=INT",
-                    help="public input of the AIR (repeatable; each defaults to 1)")
-    pv.add_argument("--out", type=Path, default=Path("proof.bin"), help="where to write the proof (default proof.bin)")
-    pv.add_argument("--local", action="store_true", help="prove on this machine instead of on the mesh")
-    add_node_options(pv)
-    pv.add_argument("--json", action="store_true", help="machine-readable output")
+    zk_cli.add_parsers(sub, add_node_options)
     render_cli.add_parser(sub)
     compute_cli.add_parser(sub)
-    vf = sub.add_parser("verify", help="verify a proof file (pure Python; needs no node and no OpenCL)")
-    vf.add_argument("proof", type=Path)
-    vf.add_argument("--json", action="store_true")
 
     tok = sub.add_parser("token", help="create, list or revoke API tokens for clients",
                          description="API tokens let clients submit jobs. Stored hashed in the node's data dir; "
@@ -172,16 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     import trio
 
+    from scheduler.node import lifeline
     from scheduler.node.daemon import Node
+    from scheduler.node.endpoints import BindError, find_exception
 
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gpumesh.node")
+    parent = os.getppid()
+    if settings.exit_with_parent:
+        lifeline.set_parent_death_signal(signal.SIGTERM)
+        if not lifeline.parent_alive(parent):  # it died before the kernel was told
+            return EXIT_OK
     node = Node(settings)  # identity errors surface here, before any network I/O
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                if settings.exit_with_parent:
+                    nursery.start_soon(lifeline.watch_parent, parent, nursery.cancel_scope.cancel)
                 await nursery.start(node.run)
 
                 async def stop_on_signal() -> None:
@@ -192,15 +191,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 nursery.start_soon(stop_on_signal)
 
-    trio.run(main)
-    log.info("node stopped")
+    code = EXIT_OK
+    try:
+        trio.run(main)
+        log.info("node stopped")
+    except BaseException as e:
+        bind_error = find_exception(e, BindError)
+        if bind_error is None:
+            raise
+        print(f"mesh-node: {bind_error}", file=sys.stderr)
+        code = EXIT_USAGE
     # Everything the node owns is closed (connections, journal, sockets); skip finalizing third-party objects
     # (OpenCL contexts, libp2p) at interpreter teardown so the process ends promptly (measured: ~80 ms
     # from SIGTERM to exit).
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_OK)
+    os._exit(code)
 
 
 def console():
@@ -260,7 +267,7 @@ def device_table(rows: list[tuple[str, dict]], title: str):
     for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
         t.add_column(col)
     for owner, d in rows:
-        f32 = d.get("fma_gflops", d.get("f32_gflops")) or 0.0
+        f32 = d.get("f32_gflops") or 0.0
         t.add_row(owner, d["id"], d["kind"], d["name"], str(d["compute_units"]), _human_bytes(d["global_mem_bytes"]),
                   "yes" if d["fp64"] else "no", f"{d.get('mulmod_mops') or 0:.0f} M/s", f"{f32:.1f} GFLOP/s")
     return t
@@ -280,11 +287,28 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runners(args: argparse.Namespace) -> int:
+    from mesh import control
+
+    rows = control.call(args.data_dir, "runners", timeout=5.0)
+
+    def render(rs: list[dict]) -> None:
+        for r in rs:
+            state = "busy" if r["leased"] else "idle" if r["ready"] else "starting"
+            sb = ", ".join(f"{k}={v}" for k, v in r["sandbox"].items())
+            print(f"{r['name']}  pid {r['pid']}  {state}  {sb}")
+        if not rs:
+            print("no runners (no OpenCL device offered)")
+
+    _print(rows, args.json, render)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from mesh import control
 
     st = control.call(args.data_dir, "status", timeout=5.0)
-    _print(st, args.json, lambda s: print("\n".join(f"{k}: {v}" for k, v in s.items())))
+    _print(st, args.json, lambda s: console().print(tables.status_table(s)))
     return EXIT_OK
 
 
@@ -326,9 +350,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.token_command == "list":
             rows = [{"id": r.id, "name": r.name, "scopes": r.scopes, "created": r.created, "expires": r.expires,
                      "revoked": r.revoked} for r in store.records()]
-            _print(rows, args.json, lambda rs: print("\n".join(
-                f"{r['id']}  {r['name']:<20} {','.join(r['scopes']):<16} "
-                f"{'revoked' if r['revoked'] else 'live'}" for r in rs) or "(no tokens)"))
+            _print(rows, args.json, lambda rs: console().print(tables.token_table(rs)))
         else:
             rec = store.revoke(args.token)
             _print({"revoked": rec.id, "name": rec.name}, args.json, lambda d: print(f"revoked {d['name']} ({d['revoked']})"))
@@ -345,7 +367,7 @@ def cmd_mesh_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-EXIT_REJECTED, EXIT_CANCELLED = 4, 5
+EXIT_REJECTED, EXIT_CANCELLED, EXIT_NOT_FOUND = 4, 5, 6
 
 
 def _run_client(args: argparse.Namespace, fn) -> Any:
@@ -375,12 +397,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"mesh-node: --input {args.input}: no such file", file=sys.stderr)
         return EXIT_USAGE
 
+    con = console()
+
     async def go(c):
-        ans = await c.submit(args.kind, spec, input=args.input, job_id=args.id, priority=args.priority,
-                             deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
-                             when_saturated="reject" if args.reject_when_saturated else "queue")
-        res = await c.result(ans["id"]) if (args.wait and ans["accepted"]) else None
-        return ans, res
+        with progress.JobProgress(progress.mode_for(args, con) if args.wait else "off", con, args.kind) as prog:
+            return await progress.submit_and_follow(
+                c, prog, args.kind, spec, wait=args.wait, input=args.input, job_id=args.id, priority=args.priority,
+                deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
+                when_saturated="reject" if args.reject_when_saturated else "queue")
 
     ans, res = _run_client(args, go)
     if not ans["accepted"]:
@@ -389,41 +413,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if res is None:
         _print(ans, args.json, lambda a: print(f"job {a['id']} {a['message']}"))
         return EXIT_OK
-    out = {"id": res.job_id, "state": res.state, "reason": res.reason, "body": res.body, "worker": res.worker,
-           "attempt": res.attempt, "output_bytes": len(res.output), "timings": res.timings}
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "result.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-        if res.output:
-            (args.out / "output.bin").write_bytes(res.output)
-    _print(out, args.json, lambda o: print(f"job {o['id']} {o['state']}" + (f": {o['reason']}" if o["reason"] else "")
-                                            + f" on {o['worker'][-12:] or '?'}\n{json.dumps(o['body'], default=str)[:2000]}"))
+    jobs_cli.write_outcome(res, args.out, args.json)
     return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
 
-def _job_table(rows: list[dict]) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"{len(rows)} job(s)")
-    t.add_column("id", overflow="fold")
-    for col in ("kind", "state", "priority", "attempt", "worker", "reason"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(r["id"], r["kind"], r["state"], r.get("priority", ""), str(r.get("attempt", "")),
-                  (r.get("peer") or "")[-12:], r.get("reason", ""))
-    console().print(t)
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
-    rows = _run_client(args, lambda c: c.list())
-    _print(rows, args.json, _job_table)
+    body = jobs_cli.list_body(args)
+    rows = _run_client(args, lambda c: c.list(body.pop("limit"), **body))
+    _print(rows, args.json, lambda rs: console().print(jobs_cli.job_table(
+        rs, f"{len(rs)} job(s)" + (" on this node" if args.local else " in the mesh"))))
     return EXIT_OK
 
 
 def cmd_job(args: argparse.Namespace) -> int:
     row = _run_client(args, lambda c: c.status(args.id))
-    _print(row, args.json, lambda r: print("\n".join(f"{k}: {v}" for k, v in r.items())))
+    _print(row, args.json, lambda r: print(jobs_cli.show_job(r)))
     return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    con = console()
+
+    async def go(c):
+        with progress.JobProgress(progress.mode_for(args, con), con, "job") as prog:
+            return await progress.result_and_follow(c, prog, args.id, wait=not args.no_wait)
+
+    res = _run_client(args, go)
+    jobs_cli.write_outcome(res, args.out, args.json)
+    return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -441,14 +458,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     live = not args.json and con.is_terminal
 
     async def go(c):
-        async with c.watch() as events:
+        async with c.watch(local=args.local) as events:
             if not live:
                 async for e in events:
-                    print(json.dumps(e), flush=True) if args.json else con.print(watch.line(e))
+                    if args.json:
+                        print(json.dumps(e), flush=True)
+                    elif "progress" not in e:  # plain lines: state changes only
+                        con.print(watch.line(e))
                 return EXIT_OK
             with watch.make_progress(con) as progress:
                 view = watch.WatchView(progress)
-                view.seed(await c.list())
+                view.seed(await c.list(local=args.local))
                 async with trio.open_nursery() as n:
                     n.start_soon(_refresh_every, progress, 0.25)
                     async for e in events:
@@ -471,52 +491,7 @@ async def _refresh_every(progress, seconds: float) -> None:
         progress.refresh()
 
 
-def cmd_prove(args: argparse.Namespace) -> int:
-    spec: dict = {"air": args.air, "steps": args.steps, "blowup": args.blowup, "queries": args.queries}
-    public = {}
-    for item in args.public:
-        k, sep, v = item.partition("=")
-        if not sep:
-            print(f"mesh-node: --public {item!r} must be NAME=INT", file=sys.stderr)
-            return EXIT_USAGE
-        public[k] = int(v, 0)
-    from worker.zk import AIRS, prove_spec, validate_spec
-
-    if args.air in AIRS:
-        spec["public_inputs"] = {name: public.get(name, 1) for name in AIRS[args.air].inputs} | public
-    try:
-        spec = validate_spec(spec)
-    except ValueError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    t0 = time.perf_counter()
-    if args.local:
-        proof, where = prove_spec(spec, "numpy"), "this machine"
-    else:
-        res = _run_client(args, lambda c: c.run("zk.prove", spec, priority="interactive"))
-        proof, where = res.output, res.worker
-    elapsed = time.perf_counter() - t0
-    args.out.write_bytes(proof)
-    info = {"proof": str(args.out), "bytes": len(proof), "seconds": round(elapsed, 3), "prover": where,
-            "air": spec["air"], "steps": spec["steps"]}
-    _print(info, args.json, lambda d: print(f"proved {d['air']} ({d['steps']} steps) on {d['prover']} in "
-                                            f"{d['seconds']} s: {d['bytes']} bytes -> {d['proof']}"))
-    return EXIT_OK
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from worker.zk import verify
-
-    t0 = time.perf_counter()
-    v = verify(args.proof.read_bytes())
-    info = {"ok": v.ok, "reason": v.reason, "security_bits": v.security_bits, "air": v.air, "steps": v.steps,
-            "public": v.public, "seconds": round(time.perf_counter() - t0, 4)}
-    _print(info, args.json, lambda d: print(("VALID" if d["ok"] else "INVALID") + f": {d['reason']} "
-                                            f"({d['security_bits']} bits, {d['seconds']} s)"))
-    return EXIT_OK if v.ok else EXIT_FAIL
-
-
-COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices, "runners": cmd_runners}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -526,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     from mesh.bigtcp.tls import HandshakeError
     from mesh.control import ControlError
     from mesh.identity import IdentityError
+    from scheduler.client.known_nodes import IdentityMismatch
     from scheduler.node.tokens import TokenError
 
     parser = build_parser()
@@ -543,7 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except RpcError as e:
         print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
-        return EXIT_UNAVAILABLE if e.code == "unavailable" else EXIT_USAGE
+        return {"unavailable": EXIT_UNAVAILABLE, "not_found": EXIT_NOT_FOUND}.get(e.code, EXIT_USAGE)
+    except IdentityMismatch as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except HandshakeError as e:
         print(f"mesh-node: connection refused: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -555,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mesh-node jobs | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # as a tool killed by SIGPIPE
 
 
 if __name__ == "__main__":

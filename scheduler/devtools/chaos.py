@@ -1,8 +1,11 @@
 """Chaos run: a local mesh of node processes under a steady job load (echo, checksum, zk proofs, render
-frames) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
+frames, and poison compute jobs: out-of-bounds writes, image parameters, infinite loops, huge allocations;
+`scheduler.devtools.poison`) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
 (SIGSTOP/SIGCONT), and, through a fault-injecting proxy in front of every node's data plane
 (`scheduler.devtools.faultproxy`), delays, stalls (partitions), corrupts and resets its traffic. At the end it checks:
 
+  * no node process dies from a job (only the driver's kill -9 ends one);
+  * every poison job fails with a crash or limit outcome (or is refused at submit) within 2 crashed runners;
   * every accepted job has exactly one outcome, and it is still there when asked again later;
   * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent, a proof passes
     the verifier for its statement, a frame matches the numpy reference render);
@@ -15,6 +18,7 @@ frames) while a driver kills -9 and restarts nodes (workers and coordinators ali
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import random
@@ -30,11 +34,15 @@ from typing import Any
 
 import trio
 
+from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobResult, local_address
+from scheduler.devtools import poison as poison_jobs
 from scheduler.devtools.faultproxy import FaultProxy
-from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
+from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, stop_all, wait_for
+from scheduler.node import endpoints
 
-FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
+REFUSALS = {"invalid", "invalid_spec", "unknown_kind"}  # RPC errors that are a submit's final answer
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5", "--runner-memory-mb", str(poison_jobs.RUNNER_MEMORY_MB)]
 MAX_RSS_BYTES = 1536 << 20
 
 
@@ -46,6 +54,8 @@ class Submitted:
     spec: dict
     input: bytes | None
     check: Callable[[JobResult], str | None]  # why a "done" result is wrong, or None
+    poison: Callable[[str, str, str], str | None] | None = None  # a poison job: its outcome's check
+    refusal: str = ""  # the submit's message when it was refused
     accepted: bool | None = None  # None: the submit's answer was lost (the node died): resubmit idempotently
     outcome: tuple | None = None
     problem: str | None = None
@@ -61,6 +71,7 @@ class Report:
     max_rss_mb: float = 0.0
     jobs: int = 0
     kinds: Counter = field(default_factory=Counter)
+    poison: Counter = field(default_factory=Counter)  # poison jobs' outcomes
     duration_s: float = 0.0
     proxied_mb: float = 0.0
     corrupted_chunks: int = 0
@@ -71,12 +82,18 @@ class Report:
         rows += [(f"jobs: {k}", v) for k, v in sorted(self.kinds.items())]
         rows += [(f"fault: {k}", v) for k, v in sorted(self.faults.items())]
         rows += [(f"outcome: {k}", v) for k, v in sorted(self.outcomes.items())]
+        rows += [(f"poison outcome: {k}", v) for k, v in sorted(self.poison.items())]
         rows += [("data plane through the proxies", f"{self.proxied_mb:.0f} MB"),
                  ("chunks corrupted / connections reset", f"{self.corrupted_chunks} / {self.connections_reset}"),
                  ("retries (attempts > 1)", self.retries), ("submits answered after a node came back", self.resubmits),
                  ("max RSS of a node", f"{self.max_rss_mb:.0f} MiB"), ("invariant violations", len(self.violations))]
         w = max(len(str(k)) for k, _ in rows)
         return "\n".join(f"  {str(k):<{w}}  {v}" for k, v in rows)
+
+
+def _data_port(data_dir: Path) -> int | None:
+    ep = endpoints.read(data_dir)
+    return ep.data_port if ep is not None else None
 
 
 def _rss(pid: int) -> int:
@@ -90,35 +107,51 @@ def _rss(pid: int) -> int:
 
 
 class Chaos:
-    def __init__(self, root: Path, n: int, seed: int, rate: float) -> None:
+    def __init__(self, root: Path, n: int, seed: int, rate: float, poison: float = 0.08) -> None:
         self.rng = random.Random(seed)
         self.nodes: list[NodeProc] = make_nodes(root, n, FAST)
         self.proxies: list[FaultProxy] = []
         for i, nd in enumerate(self.nodes):  # peers and clients reach each node's data plane through its proxy
-            proxy = FaultProxy("127.0.0.1", nd.data_port, seed=seed * 100 + i)
-            proxy.port = free_port()
-            nd.extra += ["--advertise-host", proxy.address]
-            self.proxies.append(proxy)
+            # the node binds port 0 (a new port after each restart): the proxy reads it from its endpoints file
+            self.proxies.append(FaultProxy("127.0.0.1", functools.partial(_data_port, nd.data_dir),
+                                           seed=seed * 100 + i))
         self._render = _RenderJobs()
         self._net_todo: list[str] = []
         self.rate = rate
+        self.poison_every = round(1 / poison) if poison > 0 else 0
         self.jobs: list[Submitted] = []
         self.report = Report()
         self.down: set[int] = set()
         self._seq = 0
 
-    def boot(self) -> None:
-        start_nodes(self.nodes)
-        wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge", interval=0.2)
+    async def boot(self) -> None:
+        """Start the nodes, each advertising its proxy's address (bound already). Processes are started from
+        the main thread (it outlives them: their parent-death signal follows the thread that started them);
+        only the waiting happens in worker threads."""
+        for nd, proxy in zip(self.nodes, self.proxies, strict=True):
+            nd.extra += ["--advertise-host", proxy.address]
+        self.nodes[0].start()
+        await trio.to_thread.run_sync(self.nodes[0].wait_up)
+        for nd in self.nodes[1:]:
+            nd.start([self.nodes[0].multiaddr])
+        for nd in self.nodes[1:]:
+            await trio.to_thread.run_sync(nd.wait_up)
+        await trio.to_thread.run_sync(lambda: wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge",
+                                                       interval=0.2))
 
     def restart(self, i: int) -> None:
-        others = [nd.multiaddr for j, nd in enumerate(self.nodes) if j != i and j not in self.down]
+        others = [ep.libp2p[0] for j, nd in enumerate(self.nodes)
+                  if j != i and j not in self.down and (ep := nd.current_endpoints()) is not None]
         self.nodes[i].start(others)
 
     # ---- load ----------------------------------------------------------------------------------------
     def make_job(self, node: int) -> Submitted:
         self._seq += 1
         jid = f"chaos-{self._seq}"
+        if self.poison_every and self._seq % self.poison_every == 0:  # every kind in turn, so short runs see all
+            pk = poison_jobs.KINDS[(self._seq // self.poison_every - 1) % len(poison_jobs.KINDS)]
+            pspec, pdata, pcheck = poison_jobs.job(pk, self._seq)
+            return Submitted(jid, node, "compute.opencl", pspec, pdata, lambda res: None, poison=pcheck)
         r = self.rng.random()
         spec: dict[str, Any]
         if r < 0.45:
@@ -130,7 +163,7 @@ class Chaos:
             return Submitted(jid, node, "checksum", {}, data,
                              _body_is({"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}))
         if r < 0.9:
-            spec = {"air": "cubic", "steps": 64, "blowup": 2, "queries": 8,
+            spec = {"air": "cubic", "steps": 64,
                     "public_inputs": {"x0": self._seq, "c": 5}}
             return Submitted(jid, node, "zk.prove", spec, None, _proof_verifies(spec))
         spec, check = self._render.job(self.rng.randrange(8))
@@ -143,6 +176,12 @@ class Chaos:
                 async with Client.connect(addr, token=tok, peer_id=pid) as c:
                     ans = await c.submit(job.kind, job.spec, input=job.input, job_id=job.job_id, max_attempts=6)
             job.accepted = bool(ans["accepted"])
+            job.refusal = "" if job.accepted else str(ans.get("message", ""))
+        except RpcError as e:
+            if e.code in REFUSALS:  # refused for what the job is (a bad spec): a definite answer
+                job.accepted, job.refusal = False, f"{e.code}: {e.message}"
+            else:
+                job.accepted = None
         except Exception:
             job.accepted = None  # unknown: asked again at the end
 
@@ -163,6 +202,7 @@ class Chaos:
         todo: list[str] = []
         while not stop.is_set():
             await trio.sleep(self.rng.uniform(1.0, 3.0))
+            self.check_alive()
             up = [i for i in range(len(self.nodes)) if i not in self.down]
             if len(up) <= 2:
                 continue
@@ -218,6 +258,14 @@ class Chaos:
             proxy.reset_all()
 
     # ---- checks --------------------------------------------------------------------------------------
+    def check_alive(self) -> None:
+        """No node dies but by the driver's hand (a job, poison or not, must never take one down)."""
+        for i, nd in enumerate(self.nodes):
+            if i not in self.down and nd.proc is not None and nd.proc.poll() is not None:
+                self.report.violations.append(f"{nd.data_dir.name} died on its own (exit code {nd.proc.returncode}): "
+                                              f"{nd.log_tail(600)!r}")
+                self.down.add(i)  # restarted at the end, so the other checks can run
+
     async def settle(self, timeout: float) -> None:
         """Ask each job's coordinator for its outcome until every job has one (resubmitting unknown ones)."""
         deadline = trio.current_time() + timeout
@@ -289,6 +337,12 @@ class Chaos:
             if j.outcome is None:
                 continue
             state, reason, body, attempt = j.outcome
+            if j.poison is not None:
+                self.report.poison[state] += 1
+                problem = j.poison(state, reason, j.refusal)
+                if problem:
+                    self.report.violations.append(f"{j.job_id} (poison): {problem}")
+                continue
             self.report.outcomes[state] += 1
             if attempt and attempt > 1:
                 self.report.retries += 1
@@ -355,22 +409,29 @@ class _RenderJobs:
         return spec, check
 
 
-async def _run(ch: Chaos, duration: float) -> None:
+async def _run(ch: Chaos, duration: float, min_faults: int, min_jobs: int, cap_s: float) -> None:
     async with trio.open_nursery() as proxies:
         for proxy in ch.proxies:
             await proxies.start(proxy.serve)
-        await trio.to_thread.run_sync(ch.boot)
-        await _faults_and_checks(ch, duration)
+        await ch.boot()
+        await _faults_and_checks(ch, duration, min_faults, min_jobs, cap_s)
         proxies.cancel_scope.cancel()
 
 
-async def _faults_and_checks(ch: Chaos, duration: float) -> None:
+async def _faults_and_checks(ch: Chaos, duration: float, min_faults: int = 0, min_jobs: int = 0,
+                             cap_s: float = 600.0) -> None:
+    """Load and faults for `duration` seconds and, past it, until at least `min_faults` faults were injected
+    and `min_jobs` jobs submitted (a slow machine takes longer, it does not test less), `cap_s` at most."""
     stop = trio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(ch.load, stop)
         n.start_soon(ch.faults, stop)
         await trio.sleep(duration)
+        with trio.move_on_after(max(0.0, cap_s - duration)):
+            while sum(ch.report.faults.values()) < min_faults or len(ch.jobs) < min_jobs:
+                await trio.sleep(0.2)
         stop.set()
+    ch.check_alive()
     for p in ch.proxies:  # faults stop: the mesh must heal
         p.faults.delay_s, p.faults.corrupt_chunks = 0.0, 0
         p.faults.unstall()
@@ -393,16 +454,18 @@ async def _faults_and_checks(ch: Chaos, duration: float) -> None:
         ch.report.violations.append(str(e))
 
 
-def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None) -> Report:
+def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None,
+        min_faults: int = 0, min_jobs: int = 0, cap_s: float = 600.0, poison: float = 0.08) -> Report:
+    """A chaos run of at least `duration` seconds that goes on until `min_faults` faults were injected and
+    `min_jobs` jobs submitted (at most `cap_s` seconds of load); `poison`: the share of poison jobs."""
     with tempfile.TemporaryDirectory(prefix="gpumesh-chaos-") as tmp:
-        ch = Chaos(Path(root or tmp), nodes, seed, rate)
+        ch = Chaos(Path(root or tmp), nodes, seed, rate, poison)
         t0 = time.monotonic()
         try:
-            trio.run(_run, ch, duration)
+            trio.run(_run, ch, duration, min_faults, min_jobs, cap_s)
             ch.verdict()
         finally:
-            for nd in ch.nodes:
-                nd.kill()
+            stop_all(ch.nodes)
         ch.report.jobs = len(ch.jobs)
         ch.report.duration_s = time.monotonic() - t0
         return ch.report
@@ -416,12 +479,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second")
+    p.add_argument("--poison", type=float, default=0.08,
+                   help="share of the jobs that are poison (every kind of scheduler.devtools.poison in turn; 0: none)")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the nodes' data dirs and logs in DIR (default: a temporary dir, removed)")
     args = p.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    rep = run(args.duration, args.nodes, args.seed, args.rate, root=args.keep)
+    rep = run(args.duration, args.nodes, args.seed, args.rate, root=args.keep, poison=args.poison)
     print("chaos run:")
     print(rep.table())
     for v in rep.violations[:50]:

@@ -28,6 +28,7 @@ from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
+    Crashed,
     Deliver,
     Finish,
     JournalAttempt,
@@ -41,6 +42,8 @@ from scheduler.core.coordinator_core import (
 from scheduler.core.job import Accept, Job, JobState, LeaseRenew, Result
 from scheduler.core.placement import Placer, TrackedView
 from scheduler.core.quota import Quotas
+from scheduler.node import outputs
+from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal, JournalEntry
 from scheduler.node.links import CHUNK, LinkError, PeerLinks
 from worker import kinds as kinds_mod
@@ -62,8 +65,11 @@ def device_of(d: DeviceAdvert) -> Device:
     """A peer's advertised device, as the job kinds' cost models take it."""
     return Device(id=d.id, fingerprint="", platform="", vendor=d.vendor, name=d.name,
                   kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
-                  global_mem_bytes=d.global_mem_bytes, max_work_group_size=0, fp64=d.fp64, int64=d.int64,
-                  opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None, fma_gflops=d.f32_gflops or None)
+                  global_mem_bytes=d.global_mem_bytes, max_work_group_size=d.max_work_group_size, fp64=d.fp64,
+                  int64=d.int64, opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None,
+                  f32_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
+                  max_alloc_bytes=d.max_alloc_bytes, local_mem_bytes=d.local_mem_bytes,
+                  opencl_version=d.opencl_version, non_uniform_work_groups=d.non_uniform_work_groups)
 
 
 def spool_name(job_id: str) -> str:
@@ -83,14 +89,15 @@ class CoordinatorIO:
         self.registry = registry
         self.verifiers = verifiers
         self.quotas = quotas
-        self.placer = Placer(view, cost_fn=self._cost)
+        # the kinds' cost models, corrected by the run times results report (realtime admission relies on them)
+        self.placer = Placer(view, cost_fn=self._cost, correct_costs=True)
         self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
         self.spool = Path(data_dir) / "spool"
         self.results_dir = Path(data_dir) / "results"
         self._data_dir = Path(data_dir)
         self.journal: Journal | None = None
         self._verify_limiter = trio.CapacityLimiter(2)  # results verified at once (CPU-bound, in threads)
-        self._received: dict[tuple[str, int], bytes] = {}  # output awaiting the core's verdict
+        self._received: dict[tuple[str, int], outputs.Pending] = {}  # output awaiting the core's verdict
         self._finished: dict[str, trio.Event] = {}
         self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
         self._watchers: set[trio.MemorySendChannel] = set()
@@ -127,6 +134,8 @@ class CoordinatorIO:
                 if entries:
                     log.info("journal: resuming %d job(s)", len(entries))
                 await self._execute(self.core.restore(entries, trio.current_time()))
+                live = [spool_name(r.job_id) for r in self.core.jobs() if not r.state.terminal]
+                await trio.to_thread.run_sync(sweep_uploads, self.spool, self.results_dir, live)
                 task_status.started()
                 while True:
                     now = trio.current_time()
@@ -160,7 +169,23 @@ class CoordinatorIO:
             kind = self.registry.get(job.kind)
         except kinds_mod.UnknownKind:
             return float("inf")
-        return kind.cost_s(job.spec, job.input_size, device_of(dev))
+        try:
+            cost = kind.cost_s(job.spec, job.input_size, device_of(dev))
+        except (ArithmeticError, ValueError, TypeError):  # a peer's figures that no cost model can use
+            return float("inf")
+        return cost if cost == cost else float("inf")
+
+    def output_limit(self, job: Job) -> int:
+        """The most output bytes this coordinator takes for `job`: what its spec declares, within the quota."""
+        try:
+            declared = self.registry.get(job.kind).output_bytes(job.spec, job.input_size)
+        except (kinds_mod.UnknownKind, ValueError):
+            declared = None
+        return min(self.quotas.limits.max_output_bytes, declared if declared is not None else 2**62)
+
+    def drop_input(self, job_id: str) -> None:
+        """The spooled input of a job that was refused (or is over): deleted at once."""
+        (self.spool / spool_name(job_id)).unlink(missing_ok=True)
 
     # ---- for the client API -------------------------------------------------------------------------------
     async def receive_input(self, job: Job, chunks: AsyncIterable[Any]) -> None:
@@ -189,6 +214,9 @@ class CoordinatorIO:
     async def submit(self, job: Job) -> SubmitAnswer:
         answer, acts = self.core.submit(job, trio.current_time())
         await self._execute(acts)
+        if answer.accepted and not answer.duplicate:
+            log.info("job %s (%s, %s) submitted by %s", job.job_id, job.kind, job.priority.value,
+                     job.submitted_by or "?")
         return answer
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -235,11 +263,12 @@ class CoordinatorIO:
     async def lease(self, worker: str, renew: LeaseRenew) -> None:
         await self._execute(self.core.on_lease(worker, renew, trio.current_time()))
 
-    async def result(self, worker: str, result: Result, output: bytes) -> None:
+    async def result(self, worker: str, result: Result, output: outputs.Pending | None) -> None:
         """A worker's result (its output checked against size and sha256 by whoever carried it): verified in a
         thread when it comes from another node (a proof check takes ~0.2 s: never on the event loop), then
         handed with the verdict to the core."""
         if output:
+            outputs.discard(self._received.pop((result.job_id, result.attempt), None))
             self._received[(result.job_id, result.attempt)] = output
         job = self.core.expects_result(worker, result)
         fn = self.verifiers.get(job.kind) if job is not None else None
@@ -250,6 +279,18 @@ class CoordinatorIO:
             problem = await trio.to_thread.run_sync(_verify, fn, job, result, output, read_input,
                                                     limiter=self._verify_limiter)
         await self._execute(self.core.on_result(worker, result, trio.current_time(), problem))
+
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """A remote worker's output, streamed to a file (never gathered in memory), bounded by what the job may
+        produce and checked against the result's size and sha256. A late or duplicate result's bytes are read
+        past, never kept (the core drops the result)."""
+        job = self.core.expects_result(worker, result)
+        if job is None:
+            async for _ in chunks:
+                pass
+            return None
+        path = self.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
+        return await outputs.receive(chunks, path, result.output_size, result.output_sha256, self.output_limit(job))
 
     async def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         rec = self.core.get(job_id)
@@ -282,10 +323,12 @@ class CoordinatorIO:
                 self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                                 "attempt": a.attempt, "peer": a.peer_id})
+                                 "attempt": a.attempt, "peer": a.peer_id, "by": rec.job.submitted_by if rec else ""})
 
     async def _journal_commit(self, actions: list) -> None:
         """Group commit: callers queue their journal records and wait until a transaction holding them has
@@ -340,9 +383,9 @@ class CoordinatorIO:
             log.debug("cancel to %s: %s", a.peer_id, e)
 
     async def _deliver(self, a: Deliver) -> None:
-        output = self._received.pop((a.job_id, a.result.attempt), b"")
+        output = self._received.pop((a.job_id, a.result.attempt), None)
         if output:
-            await trio.to_thread.run_sync(_write_atomically, self.output_path(a.job_id), output)
+            await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
 
     def _on_finish(self, a: Finish) -> None:
         self._finishing.discard(a.job_id)
@@ -354,11 +397,24 @@ class CoordinatorIO:
         if ev is not None:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                         "reason": a.reason, "final": True})
-        (self.spool / spool_name(a.job_id)).unlink(missing_ok=True)
+                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+        if rec is not None:
+            took = trio.current_time() - rec.submitted_at
+            worker = a.result.worker if a.result is not None else ""
+            log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
+                     f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
+        self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
-            del self._received[k]
+            outputs.discard(self._received.pop(k))
+
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        """A worker's progress on the attempt it holds, passed on to watchers (others are ignored)."""
+        rec = self.core.get(job_id)
+        if rec is None or rec.peer != worker or rec.attempt != attempt or rec.state.terminal:
+            return
+        self._broadcast({"id": job_id, "kind": rec.job.kind, "state": rec.state.value, "attempt": attempt,
+                         "peer": worker, "progress": round(fraction, 4), "stage": stage})
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):
@@ -370,19 +426,13 @@ class CoordinatorIO:
                 self._watchers.discard(ch)
 
 
-def _verify(fn: Verifier, job: Job, result: Result, output: bytes, read_input) -> str | None:
+def _verify(fn: Verifier, job: Job, result: Result, output: outputs.Pending | None, read_input) -> str | None:
     try:
-        return fn(job, result, output, read_input)
+        return fn(job, result, outputs.read(output), read_input)
     except Exception as e:  # a verifier crash rejects the result rather than the node
         log.exception("verifier for %s failed", job.kind)
         return f"verification error: {e}"
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Whole or absent, never half written (a kill -9 mid-write leaves only the temporary file)."""
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = ["CoordinatorIO", "Verifier", "device_of", "spool_name"]

@@ -14,14 +14,16 @@ remote one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
 
 import trio
 
 from mesh.bigtcp.rpc import MeshClient, RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
+from mesh.wire.advert import AddressError, split_hostport
 from scheduler.core.job import Accept, Cancel, LeaseRenew, Offer, Reject, Result, WireError
 from scheduler.core.placement import TrackedView
 
@@ -53,7 +55,13 @@ class CoordinatorInbox(Protocol):
 
     async def lease(self, worker: str, renew: LeaseRenew) -> None: ...
 
-    async def result(self, worker: str, result: Result, output: bytes) -> None: ...
+    async def result(self, worker: str, result: Result, output: bytes | Path | None) -> None: ...
+
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """Stream a result's output bytes to a file, bounded and checked (RpcError 'bad_output' otherwise)."""
+        ...
+
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
@@ -74,6 +82,8 @@ class PeerLink(Protocol):
     async def renew(self, renew: LeaseRenew) -> None: ...
 
     async def send_result(self, result: Result, output: bytes) -> None: ...
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]: ...
 
@@ -101,6 +111,10 @@ class LoopbackLink:
 
     async def send_result(self, result: Result, output: bytes) -> None:
         await self._coordinator.result(self.peer_id, result, output)
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        self._coordinator.progress(self.peer_id, job_id, attempt, fraction, stage)
+        await trio.lowlevel.checkpoint()
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         return self._coordinator.read_input(self.peer_id, job_id)
@@ -147,6 +161,13 @@ class RemoteLink:
         except (RpcError, HandshakeError) as e:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        try:
+            await self.client.call("peer.progress", {"id": job_id, "attempt": attempt, "fraction": fraction,
+                                                     "stage": stage}, timeout=5)
+        except (RpcError, HandshakeError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+
     async def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         try:
             async with self.client.open("peer.input", {"id": job_id}, timeout=INPUT_TIMEOUT_S) as call:
@@ -188,9 +209,12 @@ class PeerLinks:
             return link
         if peer is None or not peer.advert.data_addr:
             raise LinkError("unavailable", f"peer {peer_id} is not in this node's view")
-        host, _, port = peer.advert.data_addr.rpartition(":")
-        if link is None or (link.client.host, link.client.port) != (host, int(port)):
-            link = self._remote[peer_id] = RemoteLink(MeshClient(self._transport, host, int(port), peer_id), peer_id)
+        try:
+            host, port = split_hostport(peer.advert.data_addr)  # checked when decoded; never trusted twice
+        except AddressError as e:
+            raise LinkError("unavailable", f"peer {peer_id}: bad data address: {e}") from None
+        if link is None or (link.client.host, link.client.port) != (host, port):
+            link = self._remote[peer_id] = RemoteLink(MeshClient(self._transport, host, port, peer_id), peer_id)
         return link
 
     def forget(self, peer_id: str) -> None:

@@ -10,7 +10,6 @@ into typed messages for this node's inboxes. Only connections whose principal is
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import trio
@@ -28,7 +27,8 @@ class PeerAPI:
 
     def register(self, rpc: RpcServer) -> None:
         for name, fn in [("peer.offer", self._offer), ("peer.lease", self._lease), ("peer.result", self._result),
-                         ("peer.cancel", self._cancel), ("peer.input", self._input)]:
+                         ("peer.cancel", self._cancel), ("peer.input", self._input),
+                         ("peer.progress", self._progress)]:
             rpc.register(name, fn)
 
     def _peer(self, call: Call) -> str:
@@ -55,22 +55,24 @@ class PeerAPI:
         await self.coordinator.lease(peer, msg)
         return {}
 
+    async def _progress(self, call: Call) -> dict[str, Any]:
+        """A worker's progress on an attempt it holds (fraction 0..1 and a short stage name), for watchers."""
+        peer = self._peer(call)
+        b = call.body
+        job_id, attempt, fraction, stage = b.get("id"), b.get("attempt"), b.get("fraction"), b.get("stage", "")
+        if not (isinstance(job_id, str) and len(job_id) <= 256 and isinstance(attempt, int)
+                and isinstance(fraction, int | float) and isinstance(stage, str)):
+            raise RpcError("invalid", "peer.progress needs id, attempt, fraction and stage")
+        self.coordinator.progress(peer, job_id, attempt, min(max(float(fraction), 0.0), 1.0), stage[:64])
+        return {}
+
     async def _result(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)
         try:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        chunks, n = [], 0
-        async for item in call:
-            if isinstance(item, bytes | bytearray):
-                n += len(item)
-                if n > max(result.output_size, 0):
-                    raise RpcError("bad_output", "output longer than the result declares")
-                chunks.append(bytes(item))
-        output = b"".join(chunks)
-        if len(output) != result.output_size or (output and hashlib.sha256(output).hexdigest() != result.output_sha256):
-            raise RpcError("bad_output", "output does not match the result's size and sha256")
+        output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
         return {}
 

@@ -23,15 +23,19 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from worker.compute import metrics
-from worker.compute.errors import BuildError
-from worker.compute.spec import SpecError, source_sha256
+from worker.compute.cltypes import FORBIDDEN_ARG_TYPES, OPAQUE_TYPES
+from worker.compute.errors import BuildError, SpecError, describe_cl_error
+from worker.compute.source import source_sha256
 
 # Always added: lets the runner check each argument against the kernel's declared parameter.
 ARG_INFO_OPTION = "-cl-kernel-arg-info"
 DEFAULT_MAX_PROGRAMS = 16
 DEFAULT_MAX_FAILURES = 32
 DEFAULT_SOURCE_BYTES = 16 << 20
+SIZEOF_PROBE = "gpumesh_sizeof_probe"
 
 # pyopencl warns "Non-empty compiler output" on any build log; the log reaches the client in the result's
 # warnings instead. Only warnings attributed to this module are silenced.
@@ -96,6 +100,7 @@ class ParamInfo:
     type_name: str | None  # e.g. "float*", "uint", "float4*", or a typedef name
     name: str | None
     const: bool = False
+    opaque: str | None = None  # "image" (an access qualifier), "sampler_t", "pipe", "queue_t", ...: not bindable
 
 
 @dataclass
@@ -106,6 +111,7 @@ class KernelInfo:
     params: list[ParamInfo]
     work_group_size: int | None  # the kernel's maximum on this device
     local_mem_bytes: int | None  # static __local memory the kernel declares
+    reqd_work_group_size: tuple[int, int, int] | None = None  # __attribute__((reqd_work_group_size(x, y, z)))
 
 
 @dataclass
@@ -116,6 +122,7 @@ class ProgramEntry:
     build_log: str
     build_s: float
     kernels: dict[str, KernelInfo] = field(default_factory=dict)
+    sizes: dict[tuple[str, ...], dict[str, int] | None] = field(default_factory=dict)  # type_sizes, memoised
 
 
 @dataclass
@@ -232,6 +239,35 @@ class ComputeProgramCache:
         names = str(prg.get_info(cl.program_info.KERNEL_NAMES))
         return ProgramEntry(key, prg, tuple(n for n in names.split(";") if n), clean_log(self._log(prg)), build_s)
 
+    def type_sizes(self, entry: ProgramEntry, source: str, types: tuple[str, ...]) -> dict[str, int] | None:
+        """`sizeof` of each type (struct and typedef names the kernels' parameters use) as this device's compiler
+        lays it out: a probe kernel appended to the source, built and run once per program and set of types.
+        None when the probe does not build or run (the checks that need it are then skipped). Blocking."""
+        with self._lock:
+            if types in entry.sizes:
+                return entry.sizes[types]
+        cl = self._cl
+        lines = "".join(f"    gpumesh_sizes_[{i}] = sizeof({t});\n" for i, t in enumerate(types))
+        probe = f"{source}\n__kernel void {SIZEOF_PROBE}(__global ulong *gpumesh_sizes_)\n{{\n{lines}}}\n"
+        sizes: dict[str, int] | None
+        try:
+            prg = cl._cl._Program(self.context, probe)
+            prg.build(" ".join(entry.key[1]).encode(), [self.device])
+            knl = cl.Kernel(prg, SIZEOF_PROBE)
+            queue = cl.CommandQueue(self.context, self.device)
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, 8 * len(types))
+            knl.set_arg(0, buf)
+            cl.enqueue_nd_range_kernel(queue, knl, (1,), None)
+            out = np.zeros(len(types), dtype=np.uint64)
+            cl.enqueue_copy(queue, out, buf)
+            queue.finish()
+            sizes = {t: int(v) for t, v in zip(types, out, strict=True)}
+        except cl.Error:
+            sizes = None
+        with self._lock:
+            entry.sizes[types] = sizes
+        return sizes
+
     def _log(self, prg: Any) -> str:
         try:
             return str(prg.get_build_info(self.device, self._cl.program_build_info.LOG) or "")
@@ -251,7 +287,7 @@ class ComputeProgramCache:
             try:
                 knl = cl.Kernel(entry.program, name)
             except cl.Error as e:
-                raise SpecError(field_name, f"cannot get kernel {name!r}: {e}") from None
+                raise SpecError(field_name, f"cannot get kernel {name!r}: {describe_cl_error(e)}") from None
             info = KernelInfo(knl, name, int(knl.num_args), self._params(knl), *self._wg_info(knl))
             entry.kernels[name] = info
             return info
@@ -267,12 +303,16 @@ class ComputeProgramCache:
                 tname = str(knl.get_arg_info(i, cl.kernel_arg_info.TYPE_NAME)).strip()
                 pname = str(knl.get_arg_info(i, cl.kernel_arg_info.NAME))
                 tq = int(knl.get_arg_info(i, cl.kernel_arg_info.TYPE_QUALIFIER))
-                out.append(ParamInfo(addr, tname, pname, bool(tq & cl.kernel_arg_type_qualifier.CONST)))
+                access = int(knl.get_arg_info(i, cl.kernel_arg_info.ACCESS_QUALIFIER))
+                opaque = ("pipe" if tq & cl.kernel_arg_type_qualifier.PIPE
+                          else f"image ({tname})" if access != cl.kernel_arg_access_qualifier.NONE
+                          else tname if tname in OPAQUE_TYPES or tname in FORBIDDEN_ARG_TYPES else None)
+                out.append(ParamInfo(addr, tname, pname, bool(tq & cl.kernel_arg_type_qualifier.CONST), opaque))
             except cl.Error:  # KERNEL_ARG_INFO_NOT_AVAILABLE: nothing to check against
                 out.append(ParamInfo(None, None, None))
         return out
 
-    def _wg_info(self, knl: Any) -> tuple[int | None, int | None]:
+    def _wg_info(self, knl: Any) -> tuple[int | None, int | None, tuple[int, int, int] | None]:
         cl = self._cl
         try:
             wg = int(knl.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device))
@@ -282,4 +322,10 @@ class ComputeProgramCache:
             lm = int(knl.get_work_group_info(cl.kernel_work_group_info.LOCAL_MEM_SIZE, self.device))
         except cl.Error:
             lm = None
-        return wg, lm
+        try:
+            c = [int(x) for x in knl.get_work_group_info(cl.kernel_work_group_info.COMPILE_WORK_GROUP_SIZE,
+                                                         self.device)]
+            reqd = (c[0], c[1], c[2]) if len(c) == 3 and any(c) else None
+        except cl.Error:
+            reqd = None
+        return wg, lm, reqd

@@ -37,7 +37,7 @@ from worker.compute.spec import (
 )
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -91,13 +91,16 @@ class ComputeOpenCL(JobKind):
             raise SpecError("input", f"the streamed input must be {s.input_size} bytes (the blobs the args name by "
                                      f"sha256, concatenated), got {input_size}")
 
+    def output_bytes(self, spec: dict[str, Any], input_size: int) -> int | None:
+        return self.spec_of(spec).bytes_out
+
     def requirements(self, spec: dict[str, Any]) -> Requirements:
         r = self.spec_of(spec).requirements()
         return Requirements(device_kind=r.device_kind, min_memory_bytes=r.min_memory_bytes, fp64=r.fp64,
                             int64=r.int64, opencl=True)
 
     def _rates(self, device: Device | None) -> tuple[float, float]:
-        gflops = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+        gflops = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
         bps = GPU_TRANSFER_BPS if device is not None and device.kind == "gpu" else HOST_TRANSFER_BPS
         return gflops * 1e9, bps
 
@@ -123,16 +126,19 @@ class ComputeOpenCL(JobKind):
         return min(self.cost_s(spec, input_size, device), longest + CHECKPOINT_INTERVAL_S)
 
     async def run(self, ctx: RunContext) -> Result:
-        if ctx.cl is None:
+        if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
+            from worker.runner.compute import run_compute
+
+            body, out = await run_compute(ctx, self.spec_of(ctx.spec))
+        elif ctx.cl is not None:  # in this process (library use, tests, benchmarks)
+            async def fetch(s: ComputeSpec) -> dict[str, Any]:
+                return await read_blobs(ctx, s)
+
+            res = await runner_for(ctx.cl).run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id,
+                                               checkpoint=ctx.checkpoint, progress=ctx.progress, verified=True)
+            body, out = res.to_wire()
+        else:
             raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
-        runner = runner_for(ctx.cl)
-
-        async def fetch(s: ComputeSpec) -> dict[str, bytearray]:
-            return await read_blobs(ctx, s)
-
-        res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
-                               progress=ctx.progress, verified=True)
-        body, out = res.to_wire()
         if out and _corrupts(self.spec_of(ctx.spec)):
             log.warning("%s: this node CORRUPTS the output of compute job %s (test-only fault hook)", CORRUPT_ENV,
                         ctx.job_id)
@@ -155,17 +161,27 @@ def _corrupts(s: ComputeSpec) -> bool:
     return bool(names & set(s.kernels()))
 
 
-async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
-    """The job's streamed input split into the spec's blobs, each checked against its SHA-256."""
+async def read_blobs(ctx: RunContext, s: ComputeSpec, into: memoryview | None = None) -> dict[str, Any]:
+    """The job's streamed input split into the spec's blobs, each checked against its SHA-256. With `into` (a
+    runner's arena), the blobs are written there one after the other instead of into new buffers."""
     layout = s.stream_layout()
-    out: dict[str, bytearray] = {}
+    out: dict[str, Any] = {}
+    at = 0
+
+    def new_buf(n: int) -> Any:
+        nonlocal at
+        if into is None:
+            return bytearray(n)
+        at += n
+        return into[at - n:at]
+
     if not layout:
         async for _ in ctx.input:
             raise SpecError("input", "this spec streams no blobs, but the job has input bytes")
         return out
     idx = 0
     sha, need = layout[0]
-    buf = bytearray(need)
+    buf = new_buf(need)
     filled = 0
     h = hashlib.sha256()
 
@@ -178,7 +194,7 @@ async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
         idx += 1
         if idx < len(layout):
             sha, need = layout[idx]
-            buf, filled, h = bytearray(need), 0, hashlib.sha256()
+            buf, filled, h = new_buf(need), 0, hashlib.sha256()
 
     async for chunk in ctx.input:
         mv = memoryview(chunk)

@@ -17,7 +17,7 @@ naming only a hash the worker does not hold fails at once with "scene not cached
 so the client resends it.
 
 Result: body `{scene_hash, width, height, tile, path, render_s, device}`; output bytes are the tile's RGBA8
-(h*w*4, row-major, sRGB, straight alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
+(h*w*4, row-major, sRGB, premultiplied alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
 nothing is hit). `decode_output` turns them back into arrays.
 
 Runs on an OpenCL device (`worker.render.opencl`) or, on a node without one, the numpy reference. A big
@@ -53,7 +53,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -262,7 +262,7 @@ def device_rate(device: Device | None) -> float:
     """Effective ray-tracing rate of a device, in the units of flops_per_pixel per second."""
     if device is not None and not device.opencl:
         return REFERENCE_GFLOPS * 1e9
-    g = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+    g = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
     return g * 1e9 * EFFICIENCY
 
 
@@ -278,7 +278,7 @@ def pixel_cost_for(px_flops: float, kind: str, f32_gflops: float) -> float:
     if kind == "reference":
         rate = REFERENCE_GFLOPS * 1e9
     else:
-        rate = (f32_gflops or DEFAULT_FMA_GFLOPS) * 1e9 * EFFICIENCY
+        rate = (f32_gflops or DEFAULT_F32_GFLOPS) * 1e9 * EFFICIENCY
     bps = OUTPUT_BPS_GPU if kind == "gpu" else OUTPUT_BPS_HOST
     return px_flops / rate + OUTPUT_BYTES_PER_PIXEL / bps
 
@@ -329,6 +329,21 @@ def plan_tiles(width: int, height: int, n_candidates: int, per_pixel_cost: float
             best_k, best_t = k, t
     cols, rows = split_count(best_k)
     return TilePlan(tuple(Tile.grid(width, height, cols, rows)), best_t, single)
+
+
+def split_rows(tile: Tile, rates: list[float]) -> list[Tile | None]:
+    """`tile` cut into horizontal strips, one per rate, with rows in proportion to the rates (None for a
+    device that gets no row: more devices than rows, or a rate of 0)."""
+    total = sum(max(r, 0.0) for r in rates)
+    if total <= 0:
+        rates, total = [1.0] * len(rates), float(len(rates))
+    ys, acc = [tile.y0], 0.0
+    for r in rates:
+        acc += max(r, 0.0)
+        ys.append(tile.y0 + round(tile.h * acc / total))
+    ys[-1] = tile.y0 + tile.h
+    return [Tile(tile.x0, ys[i], tile.w, ys[i + 1] - ys[i]) if ys[i + 1] > ys[i] else None
+            for i in range(len(rates))]
 
 
 def bands(tile: Tile, n: int) -> list[Tile]:
@@ -586,17 +601,18 @@ class RenderFrame(JobKind):
         # as many bands as chunk_s promised the executor (the spec's work estimate wins, as in cost_s)
         n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
         t0 = time.perf_counter()
-        if ctx.cl is not None:
-            from worker.opencl import run_blocking
-
+        used: list[str] = []
+        runner_out: bytes | None = None
+        if ctx.runner is not None:  # the node's way: the kernel runs in runner processes (worker.runner)
             path = "opencl"
-            for i, band in enumerate(bands(tile, n)):
-                if i:
-                    await ctx.checkpoint()
-                c, d = await run_blocking(entry.render_on, ctx.cl, pose, band)
-                y = band.y0 - tile.y0
-                rgba[y:y + band.h] = c
-                depth[y:y + band.h] = d
+            async with ctx.idle_devices() as more:  # here: (device, RunnerLease) pairs
+                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n,
+                                                                 [(ctx.device, ctx.runner), *more], rgba, depth)
+        elif ctx.cl is not None:
+            path = "opencl"
+            async with ctx.idle_devices() as more:
+                used = await self._render_on_devices(ctx, entry, pose, tile, n, [(ctx.device, ctx.cl), *more],
+                                                     rgba, depth)
         else:
             path = "reference"
             prepared = await trio.to_thread.run_sync(entry.prepared)
@@ -615,11 +631,68 @@ class RenderFrame(JobKind):
         RENDER_SECONDS.labels(dev_id).observe(render_s)
         TILES_RENDERED.labels(path).inc()
         if corrupting():
+            if runner_out is not None:
+                rgba, depth = decode_output(tile, runner_out)
+                runner_out = None
             rgba, depth = corrupt(rgba, depth)
         ctx.progress(1.0, None)
         body = {"scene_hash": entry.hash, "width": cam.width, "height": cam.height, "tile": tile.to_dict(),
-                "path": path, "render_s": render_s, "device": dev_id}
-        return Result(body, encode_output(rgba, depth))
+                "path": path, "render_s": render_s, "device": dev_id, "devices": used or [dev_id]}
+        return Result(body, runner_out if runner_out is not None else encode_output(rgba, depth))
+
+    async def _render_in_runners(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
+                                 devices: list[tuple[Any, Any]], rgba: np.ndarray,
+                                 depth: np.ndarray) -> tuple[bytes | None, list[str]]:
+        """`_render_on_devices` with runner leases: one device renders straight into its arena (the output
+        bytes, no copy here); several render their strips at once, assembled into `rgba`/`depth` (None)."""
+        from worker.runner.render import render_tile
+
+        if len(devices) == 1:
+            return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
+        strips = split_rows(tile, [device_rate(d) for d, _ in devices])
+        used: list[str] = []
+
+        async def strip(i: int, lease: Any, part: Tile) -> None:
+            out = await render_tile(lease, ctx.checkpoint if i == 0 else None, entry, pose, part,
+                                    max(1, round(n * part.h / tile.h)))
+            c, d = decode_output(part, out)
+            y = part.y0 - tile.y0
+            rgba[y:y + part.h] = c
+            depth[y:y + part.h] = d
+
+        async with trio.open_nursery() as nursery:
+            for i, ((dev, lease), part) in enumerate(zip(devices, strips, strict=False)):
+                if part is not None:
+                    used.append(str(dev.id))
+                    nursery.start_soon(strip, i, lease, part)
+        return None, used
+
+    async def _render_on_devices(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
+                                 devices: list[tuple[Any, Any]], rgba: np.ndarray, depth: np.ndarray) -> list[str]:
+        """Render `tile` in `n` bands over the devices together: each gets a strip of rows in proportion to
+        its rate and renders it in its share of the bands, all at once; checkpoints between the bands of the
+        job's own device (the first). Returns the ids of the devices that rendered rows."""
+        from worker.opencl import blocking_limiter, run_blocking
+
+        strips = split_rows(tile, [device_rate(d) for d, _ in devices])
+        limiter = blocking_limiter() if len(strips) == 1 else trio.CapacityLimiter(len(strips))
+        used: list[str] = []
+
+        async def strip(i: int, dctx: Any, part: Tile) -> None:
+            for j, band in enumerate(bands(part, max(1, round(n * part.h / tile.h)))):
+                if j and i == 0:
+                    await ctx.checkpoint()
+                c, d = await run_blocking(entry.render_on, dctx, pose, band, limiter=limiter)
+                y = band.y0 - tile.y0
+                rgba[y:y + band.h] = c
+                depth[y:y + band.h] = d
+
+        async with trio.open_nursery() as nursery:
+            for i, ((dev, dctx), part) in enumerate(zip(devices, strips, strict=False)):
+                if part is not None:
+                    used.append(str(getattr(dev, "id", None) or getattr(dctx.device, "id", "opencl")))
+                    nursery.start_soon(strip, i, dctx, part)
+        return used
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         rs = parse_spec(spec, len(input_bytes))
@@ -770,6 +843,6 @@ FAMILY = KindFamily("render", (RENDER_FRAME,), verifiers={NAME: verify_result}) 
 
 
 __all__ = ["CACHE", "NAME", "RENDER_FRAME", "RenderFrame", "RenderSpec", "SceneCache", "SceneNotCached",
-           "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output", "encode_scene",
-           "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
-           "register_kind", "verify_result"]
+           "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output",
+           "encode_scene", "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
+           "register_kind", "split_rows", "verify_result"]
