@@ -53,15 +53,28 @@ log = logging.getLogger("gpumesh.gossip")
 TOPIC = "/gpumesh/capacity/1"
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 TARGET_CONNECTIONS = 8
+# a connection without a pubsub stream after this long is dropped and dialled again: py-libp2p gives up opening
+# the stream on a negotiation error other than a closed stream (seen under load: 5 of 20 nodes left deaf and mute)
+STREAMLESS_S = 10.0
 
-# gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md
-MESH_DEGREE = (4, 3, 6)  # D, D_low, D_high: each advert reaches a node about D times; 4 is enough for 40 nodes
-HEARTBEAT_S = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
-SEEN_TTL_S = 60  # longer than any advert takes to spread; duplicates after it would be stale adverts anyway
 
-# py-libp2p's yamux sends a window update after every read by default (one extra encrypted frame back for every
-# gossip message received); without it, credit is returned once half the window is used, as go-yamux does.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+@dataclass(frozen=True)
+class GossipTuning:
+    """gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md and
+    `make bench B=gossip_settings`. The defaults are the chosen ones; the benchmark flips them one at a time."""
+
+    degree: tuple[int, int, int] = (4, 3, 6)  # D, D_low, D_high: a node receives each advert about D times
+    heartbeat_s: int = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
+    seen_ttl_s: int = 60  # longer than any advert takes to spread; a copy after it is a stale advert anyway
+    signed: bool = False  # gossipsub's own message signature, on top of the advert's
+    # py-libp2p's yamux returns credit with a window update after every read (one more encrypted frame back for
+    # each message received); batched, credit goes back once half the window is used, as go-yamux does
+    batched_credit: bool = True
+
+
+def _yamux_credit(batched: bool) -> None:
+    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "0" if batched else "1"  # read by py-libp2p at each window update
 
 
 def message_id(msg) -> bytes:
@@ -105,11 +118,15 @@ class GossipConfig:
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     interval_s: float = 2.0  # the shortest refresh interval (small meshes); it grows with the view
-    max_interval_s: float = 30.0  # the longest (a view bigger than refresh_budget * this belongs in shards)
+    # the longest (a view bigger than refresh_budget * this belongs in shards); None: always interval_s, for a
+    # view whose TTL is fixed rather than following the interval each peer announces
+    max_interval_s: float | None = None
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
+    tuning: GossipTuning = field(default_factory=GossipTuning)
 
     def schedule(self) -> ScheduleConfig:
-        return ScheduleConfig(min_refresh_s=self.interval_s, max_refresh_s=max(self.interval_s, self.max_interval_s))
+        return ScheduleConfig(min_refresh_s=self.interval_s,
+                              max_refresh_s=max(self.interval_s, self.max_interval_s or self.interval_s))
 
 
 class CountingPubsub(Pubsub):
@@ -168,6 +185,8 @@ class GossipService:
         self._last_full: Advert | None = None  # the base of our deltas
         self._last_key: tuple | None = None  # capacity key of the last advert sent (full or delta)
         self.sent = {"full": 0, "delta": 0}
+        self._streamless: dict[Any, float] = {}  # connected peer -> since when it has no pubsub stream
+        self.redialled = 0
         self.received = 0  # adverts and deltas accepted
         self.host: Any = None  # the libp2p host (IHost) once run() has started
         self.pubsub: Any = None  # its Pubsub
@@ -185,7 +204,7 @@ class GossipService:
         return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
                 "messages_received": self.pubsub.received if self.pubsub is not None else 0,
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
-                "deltas_without_base": self.view.no_base}
+                "deltas_without_base": self.view.no_base, "redialled": self.redialled}
 
     def add_bootstrap(self, addrs: list[str]) -> None:
         """More peers to join through (e.g. learned with --join); dialled by the connect loop."""
@@ -206,13 +225,15 @@ class GossipService:
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
-        d, d_lo, d_hi = MESH_DEGREE
+        tune = self.config.tuning
+        _yamux_credit(tune.batched_credit)
+        d, d_lo, d_hi = tune.degree
         router = GossipSub(
             protocols=[TProtocol(p) for p in GOSSIPSUB_PROTOCOLS],
             degree=d,
             degree_low=d_lo,
             degree_high=d_hi,
-            heartbeat_interval=HEARTBEAT_S,
+            heartbeat_interval=tune.heartbeat_s,
             heartbeat_initial_delay=0.1,
             # Adverts are few and periodic; the default 10/s/peer limit would drop relayed adverts in a big mesh.
             max_messages_per_topic_per_second=1000.0,
@@ -221,8 +242,8 @@ class GossipService:
             # Its "network health" raises the degree and gossip factor when few messages flow, i.e. when idle.
             adaptive_gossip_enabled=False,
         )
-        pubsub = CountingPubsub(host, router, strict_signing=False, msg_id_constructor=message_id,
-                                seen_ttl=SEEN_TTL_S)
+        pubsub = CountingPubsub(host, router, strict_signing=tune.signed, msg_id_constructor=message_id,
+                                seen_ttl=tune.seen_ttl_s)
         self.host, self.pubsub = host, pubsub
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen_addrs=listen))
@@ -354,6 +375,21 @@ class GossipService:
             log.info("peer %s %s", ev.peer_id, name if isinstance(ev, Joined) else f"left ({ev.reason})")
         self._on_event(ev)
 
+    async def _drop_streamless(self, connected: set) -> None:
+        now = trio.current_time()
+        self._streamless = {pid: self._streamless.get(pid, now) for pid in connected if pid not in self.pubsub.peers}
+        for pid, since in list(self._streamless.items()):
+            if now - since >= STREAMLESS_S:
+                log.info("peer %s: connected %.0f s without a pubsub stream; dropping the connection to redial",
+                         pid, now - since)
+                self.redialled += 1
+                del self._streamless[pid]
+                with trio.move_on_after(5):
+                    try:
+                        await self.host.disconnect(pid)
+                    except Exception as e:
+                        log.debug("disconnect %s: %s", pid, e)
+
     def _dial_failed(self, info: PeerInfo, error: Exception, *, bootstrap: bool) -> None:
         """A failed dial: at warning for a bootstrap peer (once a minute, or when the reason changes: this node
         cannot join without it), at debug for the others."""
@@ -375,6 +411,7 @@ class GossipService:
             boot = [b for b in resolved if b is not None]
             connected = set(self.host.get_network().connections.keys())
             metrics.LIBP2P_CONNECTED.set(len(connected))
+            await self._drop_streamless(connected)
             targets = [b for b in boot if b.peer_id not in connected and b.peer_id != self.host.get_id()]
             if len(connected) < TARGET_CONNECTIONS:
                 for p in self.view.peers(include_self=False):

@@ -75,7 +75,7 @@ class NodeSettings(BaseSettings):
     advert_interval: float = Field(default=2.0, gt=0.05, le=300,
                                    description="Shortest seconds between full capacity adverts (small meshes); the "
                                                "interval grows with the number of peers, up to --advert-max-interval")
-    advert_max_interval: float = Field(default=30.0, gt=0.05, le=3600,
+    advert_max_interval: float = Field(default=60.0, gt=0.05, le=3600,
                                        description="Longest seconds between full capacity adverts (large meshes)")
     advert_ttl: float | None = Field(default=None, gt=0,
                                      description="Seconds before a silent peer expires at the shortest interval "

@@ -52,6 +52,7 @@ from worker.devices import Device
 log = logging.getLogger("gpumesh.scheduler")
 
 CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
+FRESH_LOAD_S = 2.0  # an advert this young shows the load its sender had (changes go out within ~0.1 s)
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
 
 # `verifier(job, result, output, read_input) -> str | None` checks a remote worker's result (None = accept);
@@ -366,7 +367,8 @@ class CoordinatorIO:
         """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its
         capacity (to attract work, or to look big): each such refusal costs a little standing."""
         st = self.view.get(peer_id)
-        if st is None or peer_id == self.peer_id or now - st.last_seen > st.advert.interval_s:
+        # "fresh": newer than a change takes to go out; not the refresh interval, which grows with the mesh
+        if st is None or peer_id == self.peer_id or now - st.last_seen > min(st.advert.interval_s, FRESH_LOAD_S):
             return
         advertised = sum(d.free_slots for d in st.advert.devices)
         actual = sum(v[0] for v in answer.load.values()) if answer.load else None
