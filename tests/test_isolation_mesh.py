@@ -24,9 +24,9 @@ from scheduler.client.compute_sdk import (
     ComputeFailed,
     ComputeRefused,
     InOut,
-    Scratch,
     Mesh,
     Out,
+    Scratch,
     make_job,
 )
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for

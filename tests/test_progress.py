@@ -26,7 +26,7 @@ def test_prover_reports_every_stage_in_order():
     from worker.zk.stark import prove
 
     seen: list[tuple[float, str]] = []
-    prove("fibonacci", {"a": 1, "b": 1}, 256, 4, 8, "numpy", lambda f, s: seen.append((f, s)))
+    prove("fibonacci", {"a": 1, "b": 1}, 256, backend="numpy", progress=lambda f, s: seen.append((f, s)))
     stages = [s for _, s in seen]
     assert stages[:4] == ["trace", "LDE", "commit", "composition"]
     rounds = [s for s in stages if s.startswith("FRI round")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +166,88 @@ class Client:
                     chunks.append(bytes(item))
             return await call.result(), b"".join(chunks)
 
+    def _job(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | None = None, job_id: str = "",
+             priority: str = "batch", deadline_ms: float | None = None, timeout_s: float = 3600.0,
+             max_attempts: int = 3, requirements: dict[str, Any] | None = None,
+             when_saturated: str = "queue") -> Job:
+        """A job with its input inline (at most INLINE_INPUT_LIMIT bytes)."""
+        if input is not None and len(input) > INLINE_INPUT_LIMIT:
+            raise ValueError(f"an input of {len(input)} bytes is over the {INLINE_INPUT_LIMIT}-byte inline limit: "
+                             "submit it with submit() or run(), which stream it")
+        now = trio.current_time()
+        return Job(kind=kind, spec=spec or {}, input=bytes(input) if input is not None else None, job_id=job_id,
+                   priority=Priority(priority), deadline=now + deadline_ms / 1000 if deadline_ms is not None else None,
+                   timeout_s=timeout_s, max_attempts=max_attempts,
+                   requirements=Requirements.from_wire(requirements or {}),
+                   when_saturated=WhenSaturated(when_saturated))
+
+    @asynccontextmanager
+    async def submit_many(self, kind: str, specs: Iterable[dict[str, Any]], *,
+                          inputs: Iterable[bytes | None] | None = None,
+                          **kw: Any) -> AsyncIterator[AsyncIterator[tuple[int, JobResult]]]:
+        """Submit many jobs of one kind on one stream and get their results as they end (pipelined: no
+        round trip per job). Yields (index into `specs`, JobResult) in the order the jobs end; a job that was
+        refused or failed comes as a JobResult whose `ok` is False (state "rejected", "failed", ...), it
+        does not stop the others. Inputs (one per spec, optional) travel inline, so at most
+        INLINE_INPUT_LIMIT bytes each; outputs up to 64 KiB come back inline, larger ones are fetched.
+        Other keywords as for `submit` (the same for every job).
+
+            async with c.submit_many("echo", [{}] * 1000) as results:
+                async for i, r in results:
+                    ...
+        """
+        try:
+            async with self._many(kind, specs, inputs, kw) as results:
+                yield results
+        except BaseExceptionGroup as group:  # one error of the upload task or the caller: as itself
+            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise
+
+    @asynccontextmanager
+    async def _many(self, kind: str, specs: Iterable[dict[str, Any]], inputs: Iterable[bytes | None] | None,
+                    kw: dict[str, Any]) -> AsyncIterator[AsyncIterator[tuple[int, JobResult]]]:
+        async with self.rpc.open("job.submit_many", {}, uploads=True) as call:
+            async with trio.open_nursery() as nursery:
+                async def upload() -> None:
+                    ins = iter(inputs) if inputs is not None else None
+                    for n, spec in enumerate(specs):
+                        job = self._job(kind, spec, input=next(ins, None) if ins is not None else None, **kw)
+                        await call.send({"n": n, "job": job.to_wire(trio.current_time())})
+                    await call.done_sending()
+
+                nursery.start_soon(upload)
+
+                async def results() -> AsyncIterator[tuple[int, JobResult]]:
+                    async for item in call:
+                        if isinstance(item, dict):
+                            yield item.get("n", -1), await self._many_result(item)
+
+                yield results()
+                nursery.cancel_scope.cancel()  # the caller stopped reading: stop uploading
+
+    async def _many_result(self, item: dict[str, Any]) -> JobResult:
+        if "error" in item:
+            err = RpcError.from_wire(item["error"])
+            return JobResult("", "rejected", f"{err.code}: {err.message}")
+        ans = item.get("answer") or {}
+        if not ans.get("accepted"):
+            return JobResult(ans.get("id", ""), "rejected", ans.get("message", ""))
+        final = item.get("outcome") or {}
+        res = final.get("result") or {}
+        output = final.get("output", b"")
+        if res.get("out_size", 0) and not output:  # too large to come inline: fetch it
+            return await self.result(ans["id"])
+        return _job_result(ans["id"], final, bytes(output))
+
+    async def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
+        """`submit_many` gathered: every job's JobResult, in the order of `specs` (failed ones included)."""
+        out: dict[int, JobResult] = {}
+        async with self.submit_many(kind, specs, **kw) as results:
+            async for n, r in results:
+                out[n] = r
+        return [out[n] for n in sorted(out)]
+
     async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None,
                      on_download: Callable[[int], None] | None = None) -> JobResult:
         """The job's outcome (waiting for its end unless `wait` is false), its output bytes with it;
@@ -245,6 +327,9 @@ class SyncClient:
 
     def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
         return self._rpc.run_async(self._client.run, kind, spec, **kw)
+
+    def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
+        return self._rpc.run_async(self._client.run_many, kind, list(specs), **kw)
 
     def result(self, job_id: str, **kw: Any) -> JobResult:
         return self._rpc.run_async(self._client.result, job_id, **kw)

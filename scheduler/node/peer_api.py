@@ -2,9 +2,11 @@
 into typed messages for this node's inboxes. Only connections whose principal is a mesh peer may call.
 
     coordinator --peer.offer--> worker          (claim: the answer is Accept/Reject)
+    coordinator --peer.offers--> worker         (several offers queued together: one answer each, in order)
     worker --peer.input--> coordinator          (streamed input, from the spool)
     worker --peer.lease--> coordinator          (lease renewals, batched per coordinator)
     worker --peer.result--> coordinator (+ output bytes)   (one per attempt; duplicates dropped)
+    worker --peer.results--> coordinator        (results without output, several queued together in one call)
     coordinator --peer.cancel--> worker
 """
 
@@ -17,7 +19,7 @@ import trio
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
 from scheduler.node.admission import Principal
-from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
+from scheduler.node.links import MAX_BATCH, CoordinatorInbox, LinkError, WorkerInbox
 
 
 class PeerAPI:
@@ -26,7 +28,8 @@ class PeerAPI:
         self.worker = worker
 
     def register(self, rpc: RpcServer) -> None:
-        for name, fn in [("peer.offer", self._offer), ("peer.lease", self._lease), ("peer.result", self._result),
+        for name, fn in [("peer.offer", self._offer), ("peer.offers", self._offers), ("peer.lease", self._lease),
+                         ("peer.result", self._result), ("peer.results", self._results),
                          ("peer.cancel", self._cancel), ("peer.input", self._input),
                          ("peer.progress", self._progress)]:
             rpc.register(name, fn)
@@ -45,6 +48,19 @@ class PeerAPI:
             raise RpcError("invalid", str(e)) from None
         answer = await self.worker.offer(peer, offer)
         return {"answer": answer.to_wire()}
+
+    async def _offers(self, call: Call) -> dict[str, Any]:
+        """Offers group-sent by a coordinator's link (at most MAX_BATCH), each claimed on its own, in order."""
+        peer = self._peer(call)
+        items = call.body.get("offers")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            raise RpcError("invalid", f"offers: a list of 1 to {MAX_BATCH} offers")
+        now = trio.current_time()
+        try:
+            offers = [Offer.from_wire(o, now) for o in items]
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        return {"answers": [(await self.worker.offer(peer, offer)).to_wire() for offer in offers]}
 
     async def _lease(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)
@@ -74,6 +90,22 @@ class PeerAPI:
             raise RpcError("invalid", str(e)) from None
         output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
+        return {}
+
+    async def _results(self, call: Call) -> dict[str, Any]:
+        """Results without output bytes, batched by the worker's link (at most MAX_BATCH)."""
+        peer = self._peer(call)
+        items = call.body.get("results")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            raise RpcError("invalid", f"results: a list of 1 to {MAX_BATCH} results")
+        try:
+            results = [Result.from_wire(r) for r in items]
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        if any(r.output_size for r in results):
+            raise RpcError("invalid", "a result with output goes with its bytes, in peer.result")
+        for r in results:
+            await self.coordinator.result(peer, r, None)
         return {}
 
     async def _cancel(self, call: Call) -> dict[str, Any]:
