@@ -119,6 +119,10 @@ class _FakeStream:
         self.peer_id = "p"
         self._error = self._lost = None
 
+    @property
+    def buffered(self) -> int:  # the request is already here, as when it came with the stream's OPEN
+        return 1
+
     async def receive_msg(self):
         return self.req
 

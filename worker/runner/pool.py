@@ -176,7 +176,12 @@ def spawner() -> _Spawner:
 
 async def wait_exit(proc: subprocess.Popen) -> int:
     """Wait (without a thread, without blocking) until `proc` exits; its return code."""
-    fd = os.pidfd_open(proc.pid)
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:  # reaped already (no pid to watch): poll() sees that at once
+        while proc.poll() is None:
+            await trio.sleep(0.01)
+        return proc.returncode
     try:
         while proc.poll() is None:
             await trio.lowlevel.wait_readable(fd)
