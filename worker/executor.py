@@ -33,7 +33,6 @@ worker/ knows nothing of the network; times are trio times (`trio.current_time()
 from __future__ import annotations
 
 import bisect
-import enum
 import logging
 import math
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
@@ -47,32 +46,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from worker import kinds as kinds_mod
 from worker.devices import Device
 from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
+from worker.priority import Priority
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 64
-
-
-class Priority(enum.StrEnum):
-    REALTIME = "realtime"
-    INTERACTIVE = "interactive"
-    BATCH = "batch"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @classmethod
-    def parse(cls, value: Priority | str) -> Priority:
-        if isinstance(value, Priority):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"priority must be one of realtime, interactive, batch, not {value!r}") from None
-
-
-_RANK = {Priority.REALTIME: 0, Priority.INTERACTIVE: 1, Priority.BATCH: 2}
 
 
 # --- refusals -------------------------------------------------------------------------------------------

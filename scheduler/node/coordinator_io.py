@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,6 +44,7 @@ from scheduler.core.placement import Placer, TrackedView
 from scheduler.core.quota import Quotas
 from scheduler.node.journal import Journal, JournalEntry
 from scheduler.node.links import CHUNK, LinkError, PeerLinks
+from scheduler.node.metrics import PrometheusCoordinatorObserver
 from worker import kinds as kinds_mod
 from worker.devices import Device
 
@@ -83,7 +85,8 @@ class CoordinatorIO:
         self.verifiers = verifiers
         self.quotas = quotas
         self.placer = Placer(view, cost_fn=self._cost)
-        self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
+        self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig(),
+                                    observer=PrometheusCoordinatorObserver(), perf_clock=time.perf_counter)
         self.spool = Path(data_dir) / "spool"
         self.results_dir = Path(data_dir) / "results"
         self._data_dir = Path(data_dir)
