@@ -16,6 +16,7 @@ from typing import Any
 
 from mesh import control
 from mesh.identity import load_or_create
+from worker.faults import Faults
 
 
 def free_port() -> int:
@@ -47,6 +48,7 @@ class NodeProc:
     metrics_port: int
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to the node process's environment
+    faults: Faults | None = None  # test-only misbehaviour: run through scheduler.devtools.faulty_node
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
 
@@ -65,7 +67,8 @@ class NodeProc:
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
     def start(self, bootstrap: Sequence[str] = ()) -> NodeProc:
-        args = [sys.executable, "-m", "scheduler.cli", "run", "--data-dir", str(self.data_dir),
+        entry = ["scheduler.cli"] if self.faults is None else ["scheduler.devtools.faulty_node", self.faults.to_json()]
+        args = [sys.executable, "-m", *entry, "run", "--data-dir", str(self.data_dir),
                 "--listen", f"/ip4/127.0.0.1/tcp/{self.p2p_port}", "--data-listen", f"127.0.0.1:{self.data_port}",
                 "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra]
         for b in bootstrap:

@@ -11,10 +11,9 @@ There is no CPU reference path: an arbitrary OpenCL kernel has no numpy equivale
 and the kind requires an OpenCL device (`Requirements.opencl`). The examples in `examples/compute/` carry
 their own numpy references.
 
-Test-only fault hook: a worker process started with `GPUMESH_TEST_CORRUPT_COMPUTE=1` flips the lowest bit of
-the first byte of every compute result's output (one ulp of a float32, one bit of a byte buffer: the subtlest
-wrong answer); set to a comma-separated list of kernel names, only jobs that launch one of those kernels are
-corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
+Test-only fault hook: a worker process with `worker.faults.Faults(corrupt_compute=(...))` installed flips the
+lowest bit of the first byte of a compute result's output (one ulp of a float32, one bit of a byte buffer: the
+subtlest wrong answer) for jobs that launch one of the named kernels ("*": every job). It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
 `verify="redundant"`) catching a lying worker; it logs a warning on every corrupted result.
 """
 
@@ -22,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from typing import Any
 
+from worker import faults
 from worker.compute.errors import ComputeError
 from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
 from worker.compute.spec import (
@@ -49,7 +48,6 @@ from worker.kinds import (
 
 log = logging.getLogger("gpumesh.compute")
 
-CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_COMPUTE"  # test-only fault hook (see the module doc)
 DEFAULT_FLOPS_PER_ITEM = 32.0  # cost model when the spec gives no `flops_per_item`
 LAUNCH_OVERHEAD_S = 20e-6
 BUILD_ESTIMATE_S = 0.5  # a cold build on PoCL; a cached program costs nothing
@@ -133,26 +131,14 @@ class ComputeOpenCL(JobKind):
         res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
                                progress=ctx.progress, verified=True)
         body, out = res.to_wire()
-        if out and _corrupts(self.spec_of(ctx.spec)):
-            log.warning("%s: this node CORRUPTS the output of compute job %s (test-only fault hook)", CORRUPT_ENV,
-                        ctx.job_id)
+        if out and faults.current().corrupts_compute(self.spec_of(ctx.spec).kernels()):
+            log.warning("this node CORRUPTS the output of compute job %s (test-only fault hook)", ctx.job_id)
             out = bytes([out[0] ^ 1]) + out[1:]
         return Result(body, out or None)
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         raise NotImplementedError("compute.opencl has no CPU reference path: an arbitrary OpenCL kernel has no "
                                   "numpy equivalent (verify with a redundant run on a second device instead)")
-
-
-def _corrupts(s: ComputeSpec) -> bool:
-    """The test-only fault hook: "1" corrupts every result, else a comma-separated list of kernel names."""
-    hook = os.environ.get(CORRUPT_ENV, "")
-    if not hook:
-        return False
-    if hook == "1":
-        return True
-    names = {n.strip() for n in hook.split(",") if n.strip()}
-    return bool(names & set(s.kernels()))
 
 
 async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:

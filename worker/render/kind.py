@@ -26,18 +26,17 @@ frame renders in horizontal bands with a checkpoint between bands (cancel, preem
 Verification (coordinator side): `verify_result` re-renders a few random pixels of a remote worker's tile
 with the reference and compares them (2/255 per channel, depth 1e-4 relative): see `SpotCheck`.
 
-Test-only fault hook: a worker process started with the environment variable `GPUMESH_TEST_CORRUPT_RENDER=1`
+Test-only fault hook: a worker process with `worker.faults.Faults(corrupt_render=True)` installed
 corrupts every tile it renders (every channel XOR 0x80, depth doubled), so tests can show the spot-check
-catching a dishonest peer. Never set it in production.
+catching a dishonest peer. Production never installs it.
 
-`register(service)` registers the kind and its verifier in a node's JobService.
+`FAMILY` is the kind and its verifier, as a node's composition root registers them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -51,6 +50,7 @@ import numpy as np
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker import faults
 from worker.devices import Device
 from worker.kinds import (
     DEFAULT_FMA_GFLOPS,
@@ -80,7 +80,6 @@ from worker.render.scene import (
 log = logging.getLogger("gpumesh.render")
 
 NAME = "render.frame"
-CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_RENDER"
 NOT_CACHED = "scene not cached"
 SPEC_FIELDS = {"scene", "scene_hash", "pose", "tile", "px_flops"}
 MAX_SCENE_INPUT = 64 << 20
@@ -472,12 +471,12 @@ def tile_of_body(body: dict[str, Any]) -> Tile:
 
 
 def corrupt(rgba: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The test-only fault: every channel XOR 0x80, depth doubled (see GPUMESH_TEST_CORRUPT_RENDER)."""
+    """The test-only fault: every channel XOR 0x80, depth doubled (`worker.faults.Faults.corrupt_render`)."""
     return rgba ^ np.uint8(0x80), depth * np.float32(2.0)
 
 
 def corrupting() -> bool:
-    return os.environ.get(CORRUPT_ENV, "") == "1"
+    return faults.current().corrupt_render
 
 
 # ---- the kind --------------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ job elsewhere and lowers that peer's standing.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from worker import faults
 from worker import opencl as ocl
 from worker.devices import Device
 from worker.kinds import JobKind, KindFamily, KindRegistry, Requirements, Result, RunContext, SpecError
@@ -26,7 +26,6 @@ VERIFY_SECONDS = Histogram("gpumesh_zk_verify_seconds", "Time to verify a proof"
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 MAX_PROOF_BYTES = 64 << 20
-TEST_CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_PROOF"  # test-only fault hook: this worker returns broken proofs
 
 
 def _spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +64,7 @@ class ZkProve(JobKind):
         with PROVE_SECONDS.time():
             proof = await ocl.run_blocking(prove_spec, s, backend)
         PROOFS.labels("generated").inc()
-        if os.environ.get(TEST_CORRUPT_ENV) == "1":
+        if faults.current().corrupt_proofs:  # test-only fault hook: this worker returns broken proofs
             proof = _corrupt(proof)
         return Result({"air": s["air"], "steps": s["steps"], "bytes": len(proof)}, proof)
 
