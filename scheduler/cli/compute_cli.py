@@ -16,6 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+
+from scheduler.client.client import address_from_args
+from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
+from scheduler.node.config import add_node_options
+from worker.compute.api import In, InOut, Local, Out, Scalar, make_job
+from worker.compute.spec import BUFFER_DTYPES, SCALAR_DTYPES
+
 ARG_HELP = """--arg (repeatable, in kernel parameter order) is [NAME=]KIND:...
 
     in:DTYPE:FILE        input buffer from FILE (.npy, or raw binary read as DTYPE); FILE may be =V1,V2,...
@@ -41,8 +50,6 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from scheduler.node.config import add_node_options
-
     desc = ("Run an OpenCL C kernel on the mesh: buffers in, output buffers back as .npy files. Needs a token "
             "with the compute scope (the local node's own token has it).")
     p = sub.add_parser("compute", help="run an OpenCL kernel file on the mesh (buffers from .npy files)",
@@ -85,10 +92,6 @@ def parse_sizes(text: str, what: str) -> list[int]:
 
 
 def _dtype(text: str, where: str, scalar: bool = False) -> Any:
-    import numpy as np
-
-    from worker.compute.spec import BUFFER_DTYPES, SCALAR_DTYPES
-
     allowed = SCALAR_DTYPES if scalar else BUFFER_DTYPES
     if text not in allowed:
         raise ArgError(f"{where}: unknown dtype {text!r} (one of {', '.join(allowed)})")
@@ -96,8 +99,6 @@ def _dtype(text: str, where: str, scalar: bool = False) -> Any:
 
 
 def _load(value: str, dt: Any, where: str) -> Any:
-    import numpy as np
-
     if value.startswith("="):
         items = [v for v in value[1:].split(",") if v.strip()]
         if not items:
@@ -126,7 +127,6 @@ def _load(value: str, dt: Any, where: str) -> Any:
 
 def parse_arg(text: str, index: int) -> Any:
     """One --arg into a make_job argument (In/InOut/Out/Scalar/Local)."""
-    from worker.compute.api import In, InOut, Local, Out, Scalar
 
     where = f"--arg {index + 1} ({text!r})"
     name = ""
@@ -169,12 +169,6 @@ def parse_arg(text: str, index: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import trio
-
-    from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
-    from worker.compute.api import make_job
-
     try:
         source = args.source.read_text()
         kargs = [parse_arg(a, i) for i, a in enumerate(args.args)]
@@ -189,7 +183,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mesh-node compute: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USAGE
-    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
 

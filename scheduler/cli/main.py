@@ -10,13 +10,26 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
-from scheduler.cli import compute_cli, render_cli
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from mesh import control
+from mesh.admission import AdmissionError, generate_mesh_key
+from mesh.bigtcp.framing import TransportError
+from mesh.bigtcp.rpc import RpcError
+from mesh.bigtcp.tls import HandshakeError
+from mesh.control import ControlError
+from mesh.identity import IdentityError, load_or_create
+from scheduler.cli import compute_cli, render_cli, watch
+from scheduler.client.client import Client, address_from_args
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -24,6 +37,9 @@ from scheduler.node.config import (
     add_node_options,
     load_settings,
 )
+from scheduler.node.daemon import Node
+from scheduler.node.tokens import TokenError, TokenStore, parse_duration
+from worker.zk import AIRS, prove_spec, validate_spec, verify
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -170,10 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- commands --------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.node.daemon import Node
-
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gpumesh.node")
@@ -205,9 +217,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def console():
     """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
-    import shutil
-
-    from rich.console import Console
 
     return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))
 
@@ -228,13 +237,9 @@ def _human_bytes(n: float) -> str:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from mesh import control
-
     peers = control.call(args.data_dir, "peers")
 
     def render(rows: list[dict]) -> None:
-        from rich.table import Table
-
         t = Table(title=f"{len(rows)} node(s) in view")
         t.add_column("peer", overflow="fold", min_width=52)
         for col in ("data plane", "devices", "free slots", "queue", "standing", "advert age", "software"):
@@ -254,8 +259,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def device_table(rows: list[tuple[str, dict]], title: str):
-    from rich.table import Table
-
     t = Table(title=title)
     for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
         t.add_column(col)
@@ -267,8 +270,6 @@ def device_table(rows: list[tuple[str, dict]], title: str):
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from mesh import control
-
     res = control.call(args.data_dir, "devices")
 
     def render(r: dict) -> None:
@@ -281,24 +282,18 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mesh import control
-
     st = control.call(args.data_dir, "status", timeout=5.0)
     _print(st, args.json, lambda s: print("\n".join(f"{k}: {v}" for k, v in s.items())))
     return EXIT_OK
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    from mesh.identity import load_or_create
-
     ident, _ = load_or_create(args.data_dir)
     _print({"peer_id": ident.peer_id_str}, args.json, lambda d: print(d["peer_id"]))
     return EXIT_OK
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from mesh import control
-
     set_: dict[str, str] = {}
     unset: list[str] = []
     for item in args.labels:
@@ -313,8 +308,6 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from scheduler.node.tokens import TokenStore, parse_duration
-
     store = TokenStore(args.data_dir)
     try:
         if args.token_command == "create":
@@ -339,8 +332,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh_key(args: argparse.Namespace) -> int:
-    from mesh.admission import generate_mesh_key
-
     sys.stdout.write(generate_mesh_key())
     return EXIT_OK
 
@@ -349,10 +340,6 @@ EXIT_REJECTED, EXIT_CANCELLED = 4, 5
 
 
 def _run_client(args: argparse.Namespace, fn) -> Any:
-    import trio
-
-    from scheduler.client.client import Client, address_from_args
-
     addr, tok, pid, insecure = address_from_args(args)
 
     async def main():
@@ -402,8 +389,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _job_table(rows: list[dict]) -> None:
-    from rich.table import Table
-
     t = Table(title=f"{len(rows)} job(s)")
     t.add_column("id", overflow="fold")
     for col in ("kind", "state", "priority", "attempt", "worker", "reason"):
@@ -433,10 +418,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.cli import watch
-
     con = console()
     live = not args.json and con.is_terminal
 
@@ -464,8 +445,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 async def _refresh_every(progress, seconds: float) -> None:
-    import trio
-
     while True:
         await trio.sleep(seconds)
         progress.refresh()
@@ -480,7 +459,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
             print(f"mesh-node: --public {item!r} must be NAME=INT", file=sys.stderr)
             return EXIT_USAGE
         public[k] = int(v, 0)
-    from worker.zk import AIRS, prove_spec, validate_spec
 
     if args.air in AIRS:
         spec["public_inputs"] = {name: public.get(name, 1) for name in AIRS[args.air].inputs} | public
@@ -505,8 +483,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from worker.zk import verify
-
     t0 = time.perf_counter()
     v = verify(args.proof.read_bytes())
     info = {"ok": v.ok, "reason": v.reason, "security_bits": v.security_bits, "air": v.air, "steps": v.steps,
@@ -520,14 +496,6 @@ COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mesh.admission import AdmissionError
-    from mesh.bigtcp.framing import TransportError
-    from mesh.bigtcp.rpc import RpcError
-    from mesh.bigtcp.tls import HandshakeError
-    from mesh.control import ControlError
-    from mesh.identity import IdentityError
-    from scheduler.node.tokens import TokenError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

@@ -21,12 +21,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+
+from scheduler.client.client import Client, address_from_args
+from scheduler.client.render_client import StreamStats, render_stream
+from scheduler.node.config import add_node_options
+from worker.render import png
+from worker.render.camera import look_at, quat_to_matrix
+from worker.render.errors import SceneError
+from worker.render.samples import at_resolution
+from worker.render.scene import load_scene_file, pose_from_dict
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from scheduler.node.config import add_node_options
-
     help_ = "render a camera path of a scene on the mesh: PNG + depth frames and per-frame latency stats"
     p = subparsers.add_parser("render", help=help_, description=help_ + ". Without --poses the camera orbits the "
                               "point it looks at; with --deadline-ms a frame not back in time is dropped and counted.")
@@ -53,9 +63,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def default_orbit(scene: Any, frames: int) -> list:
     """An orbit around the point the scene's camera looks at (the point of its view axis nearest the world
     origin, at least 1 m ahead), at the camera's distance and height."""
-    import numpy as np
-
-    from worker.render.camera import look_at, quat_to_matrix
 
     cam = scene.camera
     pos = np.asarray(cam.position, np.float64)
@@ -74,8 +81,6 @@ def default_orbit(scene: Any, frames: int) -> list:
 
 
 def load_poses(path: Path) -> list:
-    from worker.render.scene import pose_from_dict
-
     text = path.read_text()
     try:
         data = json.loads(text)
@@ -100,15 +105,6 @@ def _tiles(value: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.client.client import Client
-    from scheduler.client.render_client import StreamStats, render_stream
-    from worker.render import png
-    from worker.render.errors import SceneError
-    from worker.render.samples import at_resolution
-    from worker.render.scene import load_scene_file
-
     try:
         scene = load_scene_file(args.scene)
         if (args.width is None) != (args.height is None):
@@ -126,15 +122,12 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
     stats = StreamStats()
     per_frame: list[dict[str, Any]] = []
 
     def write(i: int, rgba: Any, depth: Any) -> None:
-        import numpy as np
-
         png.write_png(args.out / f"frame_{i:04d}.png", rgba)
         np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
 

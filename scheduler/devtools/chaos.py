@@ -28,11 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from scheduler.client.client import Client, JobResult, local_address
 from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
+from worker.render import kind as rk
+from worker.render import reference
+from worker.render.camera import Tile, orbit
+from worker.render.samples import example
+from worker.render.scene import content_hash
+from worker.zk import verify
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
 MAX_RSS_BYTES = 1536 << 20
@@ -310,8 +317,6 @@ def _body_is(expected: dict) -> Callable[[JobResult], str | None]:
 
 def _proof_verifies(spec: dict) -> Callable[[JobResult], str | None]:
     def check(res: JobResult) -> str | None:
-        from worker.zk import verify
-
         v = verify(res.output, spec)
         return None if v.ok else f"the verifier rejects the proof: {v.reason}"
     return check
@@ -324,26 +329,15 @@ class _RenderJobs:
     W, H = 48, 36
 
     def __init__(self) -> None:
-        from worker.render.camera import orbit
-        from worker.render.samples import example
-        from worker.render.scene import content_hash
-
         self.scene = example("spheres", self.W, self.H)
         self.scene_hash = content_hash(self.scene)
         self.poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)
         self._refs: dict[int, Any] = {}
 
     def job(self, k: int) -> tuple[dict, Callable[[JobResult], str | None]]:
-        from worker.render import kind as rk
-
         spec = rk.make_spec(self.scene_hash, self.poses[k], scene=self.scene)
 
         def check(res: JobResult) -> str | None:
-            import numpy as np
-
-            from worker.render import reference
-            from worker.render.camera import Tile
-
             if k not in self._refs:
                 self._refs[k] = reference.render(self.scene, self.poses[k])[0]
             try:
