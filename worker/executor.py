@@ -44,8 +44,11 @@ import trio
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker import kinds as kinds_mod
+from worker import kinds_basic
+from worker.compute.runner import add_quarantine_listener, quarantined_devices
 from worker.devices import Device
 from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
+from worker.opencl import open_device
 from worker.priority import Priority
 
 log = logging.getLogger(__name__)
@@ -578,7 +581,6 @@ OpenFn = Callable[[Device], Awaitable[Any]]
 async def _default_open(device: Device) -> Any:
     if not device.opencl:
         return None
-    from worker.opencl import open_device
 
     return await open_device(device)
 
@@ -605,7 +607,7 @@ class Executor:
         self._slots_cfg = slots
         self._core = PriorityQueues(max_queued=max_queued)
         if registry is None:
-            registry = kinds_mod.load_builtin_kinds()
+            registry = kinds_basic.load_builtin_kinds()
         self.registry = registry
         self._open = open_device
         self._on_change = on_change
@@ -662,7 +664,6 @@ class Executor:
     # running
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run job tasks until cancelled; then every job still here ends as cancelled ("executor stopped")."""
-        from worker.compute.runner import add_quarantine_listener, quarantined_devices
 
         token = trio.lowlevel.current_trio_token()
         # a runaway kernel of a failed compute job holds its device: no slot there is given out (or advertised)

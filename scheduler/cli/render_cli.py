@@ -31,7 +31,7 @@ from worker.render import png
 from worker.render.camera import look_at, quat_to_matrix
 from worker.render.errors import SceneError
 from worker.render.samples import at_resolution
-from worker.render.scene import load_scene_file, pose_from_dict
+from worker.render.scene import from_dict, load_scene_file, pose_from_dict, to_dict
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -110,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         if (args.width is None) != (args.height is None):
             raise ValueError("give both --width and --height")
         if args.width is not None:
-            from worker.render.scene import from_dict, to_dict
-
             scene = from_dict(to_dict(at_resolution(scene, args.width, args.height), binary=True))  # validated
         poses = load_poses(args.poses)[:args.frames] if args.poses else default_orbit(scene, args.frames)
         tiles = _tiles(args.tiles)

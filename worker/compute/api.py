@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import trio
 
 from worker.compute.runner import ComputeResult, ComputeRunner
 from worker.compute.spec import (
@@ -245,9 +246,10 @@ _local_runner: ComputeRunner | None = None
 
 def local_runner() -> ComputeRunner:
     """A runner on the first OpenCL device of this machine (created once)."""
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
+    import pyopencl as cl
     global _local_runner
     if _local_runner is None:
-        import pyopencl as cl
 
         for p in cl.get_platforms():
             devs = p.get_devices()
@@ -268,6 +270,5 @@ async def arun_local(job: ComputeJob, runner: ComputeRunner | None = None) -> Co
 
 def run_local(job: ComputeJob, runner: ComputeRunner | None = None) -> ComputeResult:
     """Run a job on this machine's OpenCL device (blocking; starts its own trio run)."""
-    import trio
 
     return trio.run(arun_local, job, runner)

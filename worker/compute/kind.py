@@ -2,7 +2,7 @@
 
 `register_kind()` registers it in `worker.kinds.REGISTRY` (or a registry of your own); importing this module
 does not, so that the set of registered kinds stays what the composition root chose (the daemon calls it next
-to `worker.kinds.load_builtin_kinds()`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
+to `worker.kinds_basic.load_builtin_kinds()`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
 concatenation of the blobs the spec's args name by SHA-256 (`ComputeSpec.stream_layout()`), checked against
 their hashes while they are read. The result body is `ComputeResult.to_wire()`'s body (outputs with their
 offsets, timings, warnings); the result's output bytes are the output buffers concatenated in arg order.
@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import Any
 
 from worker import faults
+from worker.compute.cache import SOURCES
 from worker.compute.errors import ComputeError
 from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
 from worker.compute.spec import (
@@ -102,7 +103,6 @@ class ComputeOpenCL(JobKind):
     def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
         """Work items x flops per item at the device's calibrated float32 rate, plus transfers, launch overhead
         and a build if the source is new here; never more than the job's time limit."""
-        from worker.compute.cache import SOURCES
 
         s = self.spec_of(spec)
         flops, bps = self._rates(device)

@@ -63,6 +63,7 @@ from worker.kinds import (
     SpecError,
     reject_unknown_fields,
 )
+from worker.opencl import run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
 from worker.render.errors import SceneError
@@ -365,13 +366,14 @@ class CachedScene:
         """Render a tile on an OpenCL device (blocking: run it through run_blocking). Uploads the scene to the
         device on first use; renders of one scene on one device are serialised (SceneOnDevice is not
         thread-safe)."""
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
+        from worker.render.opencl import SceneOnDevice
         dev_id = dctx.device.id
         with self._lock:
             lock = self._device_locks.setdefault(dev_id, threading.Lock())
         with lock:
             dev = self._devices.get(dev_id)
             if dev is None:
-                from worker.render.opencl import SceneOnDevice
 
                 dev = SceneOnDevice(dctx.context, dctx.queue, self.scene)
                 self._devices[dev_id] = dev
@@ -586,7 +588,6 @@ class RenderFrame(JobKind):
         n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
         t0 = time.perf_counter()
         if ctx.cl is not None:
-            from worker.opencl import run_blocking
 
             path = "opencl"
             for i, band in enumerate(bands(tile, n)):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.render.errors import SceneError
-from worker.render.scene import MAX_TRIANGLES, MAX_VERTICES
+from worker.render.limits import MAX_TRIANGLES, MAX_VERTICES
 
 
 def parse_obj(text: str, name: str = "<obj>") -> tuple[np.ndarray, np.ndarray]:

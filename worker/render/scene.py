@@ -17,6 +17,8 @@ import numpy as np
 
 from worker.render.camera import Pose, Quat, Tile, Vec3, quat_to_matrix
 from worker.render.errors import SceneError
+from worker.render.limits import MAX_TRIANGLES, MAX_VERTICES
+from worker.render.obj import load_obj
 
 FORMAT_VERSION = 1
 
@@ -26,8 +28,6 @@ MAX_HEIGHT = 4096
 MAX_PIXELS = 3840 * 2160
 MAX_OBJECTS = 256
 MAX_LIGHTS = 16
-MAX_TRIANGLES = 262_144
-MAX_VERTICES = 3 * MAX_TRIANGLES
 MAX_MATERIALS = 256
 MAX_NAME = 128
 QUAT_TOLERANCE = 1e-3
@@ -597,7 +597,6 @@ def content_hash(scene: Scene) -> str:
 def load_scene_file(path: str | Path) -> Scene:
     """Read a scene JSON file; meshes may name an OBJ file (`"obj": "model.obj"`, relative to the JSON file),
     which is loaded and inlined here, on the client, so the scene that travels is self-contained."""
-    from worker.render.obj import load_obj
 
     path = Path(path)
     try:

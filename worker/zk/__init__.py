@@ -18,7 +18,8 @@ from typing import Any
 
 from . import proof as _proof
 from .air import AIRS
-from .backend import Backend, resolve
+from .backend import Backend
+from .clbackend import resolve
 from .proof import VERSION as PROOF_VERSION
 from .proof import ProofFormatError, security_bits
 from .spec import validate_spec

@@ -19,6 +19,7 @@ import numpy as np
 from . import field as F
 from . import poseidon as PS
 from .air import Air, get
+from .spec import check_params
 
 MAGIC = b"GMZK"
 VERSION = 1
@@ -210,7 +211,6 @@ def parse_params(body: dict) -> Params:
     except ValueError as e:
         _fail(str(e))
     steps, blowup, queries = _int(body, "steps"), _int(body, "blowup"), _int(body, "queries")
-    from .spec import check_params
 
     try:
         check_params(steps, blowup, queries)

@@ -29,7 +29,8 @@ from . import merkle as MK
 from . import ntt as NT
 from . import proof as PF
 from .air import Air, get
-from .backend import Backend, resolve
+from .backend import Backend
+from .clbackend import resolve
 from .spec import check_params, check_public_inputs
 from .transcript import Transcript
 
