@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 B ?=
 
 # Debian packages: libgmp-dev builds fastecdsa (a libp2p dependency); prometheus, docker-compose
-# and iproute2 are used by tests, which skip with a message naming the package when it is missing.
-APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2
+# iproute2 and chromium (the live viewer runs in it headless) are used by tests and benches, which skip
+# with a message naming the package when it is missing.
+APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2 chromium
 
-.PHONY: all demo test bench lint sim chaos docs dashboards system-deps clean
+.PHONY: all demo demo-busy test stress-test bench lint sim chaos docs dashboards system-deps clean
 
 all: test
 
@@ -38,6 +39,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# the whole suite while two busy loops load both cores (a slow, shared CI machine); the loops die with it
+stress-test: $(STAMP)
+	$(PY) -m scheduler.devtools.stress --busy 2 -- $(PY) -m pytest -q -p no:cacheprovider tests
+
+# the demo while two busy loops load both cores
+demo-busy: $(STAMP)
+	$(PY) -m scheduler.devtools.stress --busy 2 -- $(PY) -m scheduler.devtools.demo
 
 bench: $(STAMP)
 	$(PY) -m bench $(B)

@@ -1,8 +1,17 @@
-"""Gossip convergence: N real node processes on loopback; time from a capacity change on one node until every
-other node's view shows it (p50/p99 over 20 changes), and idle CPU per node.
+"""Gossip: N real node processes on loopback, and the 10,000-node simulation calibrated from them.
 
-The change is an advert label set through the control socket (it changes the advert like a device or load
-change would, and is published at once, debounced); every other node is polled through its control socket.
+Real processes (N = 5, 10, 20, 40, all sharing this machine's cores):
+- convergence: time from a capacity change on one node until every other node's view shows it (p50/p99 over
+  `CHANGES` changes; each made on the next node in turn, so the change budget of one node is not what is
+  measured: tests/test_advert_schedule.py checks that bound). The change is an advert label set through the
+  control socket (it changes the advert as a load change would, and goes out as a delta). A node's arrival
+  time is read back as (poll time - the peer's advert age), which a later refresh can only make later: the
+  figure errs on the slow side.
+- idle CPU per node and messages received per node per second (pubsub messages from peers, duplicates
+  included), over `IDLE_WINDOW_S` after the changes, once refresh intervals have grown to their steady value.
+
+Simulation (scheduler/devtools/gossip_sim.py): 1,000 and 10,000 nodes, sharded, its per-message costs taken from the
+N = 20 run above.
 """
 
 from __future__ import annotations
@@ -11,15 +20,18 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench import pctl
 from mesh.control import ControlError
-from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, wait_for
 
-SIZES = (5, 10, 20)
+SIZES = (5, 10, 20, 40)
 CHANGES = 20
-IDLE_WINDOW_S = 10.0
+IDLE_WINDOW_S = 20.0
+SETTLE_S = 30.0  # after convergence: refresh intervals grow (doubling) to their steady value
 MISS_AFTER_S = 30.0
 
 
@@ -28,61 +40,126 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _gossip_stats(nodes: list[NodeProc]) -> dict[str, dict]:
+    return {nd.peer_id: nd.call("status")["gossip"] for nd in nodes}
+
+
+def _one_change(src: NodeProc, others: list[NodeProc], value: str) -> float | None:
+    """Seconds until every other node shows `value` in src's labels; None if some node did not within the cap."""
+    t0 = time.time()
+    src.call("label", set={"bench": value})
+    pending = {nd.peer_id: nd for nd in others}
+    arrival: dict[str, float] = {}
+    while pending:
+        for pid, nd in list(pending.items()):
+            try:
+                peers = nd.call("peers")
+            except ControlError:  # an overloaded node answers late: ask it again
+                continue
+            t = time.time()
+            peer = next((p for p in peers if p["peer_id"] == src.peer_id), None)
+            if peer and peer["labels"].get("bench") == value:
+                arrival[pid] = max(t0, t - peer["age_s"])
+                del pending[pid]
+        if time.time() - t0 > MISS_AFTER_S:
+            return None
+        time.sleep(0.05)
+    return max(arrival.values()) - t0
+
+
+@contextmanager
+def _mesh(root: Path, n: int) -> Iterator[list[NodeProc]]:
+    """n nodes started one after the other (on a loaded 2-core machine, 40 Python processes importing libp2p at
+    once take minutes), node 0 the bootstrap of the rest; every node is killed on the way out, on every path."""
+    nodes = make_nodes(root, n, ["--devices", "none", "--metrics-listen", "off"])
+    try:
+        for i, nd in enumerate(nodes):
+            nd.start([nodes[0].multiaddr] if i else [])
+            nd.wait_up(timeout=180)
+        wait_for(lambda: sees_all(nodes), 180, f"{n} nodes to see each other", interval=0.5)
+        yield nodes
+    finally:
+        for nd in nodes:
+            nd.kill()
+
 
 def measure(n: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix=f"gpumesh-bench-gossip{n}-") as root:
-        nodes = start_mesh(Path(root), n, extra=["--devices", "none", "--metrics-listen", "off"])
-        try:
-            wait_for(lambda: sees_all(nodes), 120, f"{n} nodes to converge", interval=0.2)
-            lat, misses = [], 0
-            src, others = nodes[0], nodes[1:]
-            for i in range(CHANGES):
-                value = f"v{i}"
-                t0 = time.perf_counter()
-                src.call("label", set={"bench": value})
-                pending = {nd.data_dir for nd in others}
-                while pending:
-                    for nd in others:
-                        if nd.data_dir in pending:
-                            try:
-                                peers = nd.call("peers")
-                            except ControlError:  # an overloaded node answers late: ask it again
-                                continue
-                            peer = next((p for p in peers if p["peer_id"] == src.peer_id), None)
-                            if peer and peer["labels"].get("bench") == value:
-                                pending.discard(nd.data_dir)
-                    if time.perf_counter() - t0 > MISS_AFTER_S:
-                        misses += 1  # counted at the cap: p99 then shows it rather than the run dying
-                        break
-                lat.append(time.perf_counter() - t0)
-            before = {nd.proc.pid: _cpu_s(nd.proc.pid) for nd in nodes}
-            time.sleep(IDLE_WINDOW_S)  # a benchmark measuring idle CPU over a window, not a test
-            cpu = [(_cpu_s(pid) - c0) / IDLE_WINDOW_S * 100 for pid, c0 in before.items()]
-            return {"p50_s": statistics.median(lat), "p99_s": pctl(lat, 0.99), "idle_cpu_percent": statistics.mean(cpu),
-                    "misses": misses}
-        finally:
-            for nd in nodes:
-                nd.stop()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix=f"gpumesh-bench-gossip{n}-") as root, _mesh(Path(root), n) as nodes:
+        time.sleep(SETTLE_S)
+        lat, misses = [], 0
+        for i in range(CHANGES):
+            src = nodes[i % n]
+            took = _one_change(src, [nd for nd in nodes if nd is not src], f"v{i}")
+            if took is None:
+                misses += 1
+                took = MISS_AFTER_S  # counted at the cap: p99 then shows it rather than the run dying
+            lat.append(took)
+        time.sleep(2.0)  # the last change's traffic is over
+        stats0, t0 = _gossip_stats(nodes), time.monotonic()
+        cpu0 = {nd.process.pid: _cpu_s(nd.process.pid) for nd in nodes}
+        time.sleep(IDLE_WINDOW_S)  # a benchmark measuring idle CPU over a window, not a test
+        dt = time.monotonic() - t0
+        cpu = [(_cpu_s(pid) - c) / dt * 100 for pid, c in cpu0.items()]
+        stats1 = _gossip_stats(nodes)
+        msgs = [(stats1[p]["messages_received"] - stats0[p]["messages_received"]) / dt for p in stats0]
+        adverts = [(stats1[p]["adverts_received"] - stats0[p]["adverts_received"]) / dt for p in stats0]
+        return {"p50_s": statistics.median(lat), "p99_s": pctl(lat, 0.99), "misses": misses,
+                "idle_cpu_pct": statistics.mean(cpu), "idle_cpu_pct_max": max(cpu),
+                "msgs_per_s_per_node": statistics.mean(msgs), "adverts_per_s_per_node": statistics.mean(adverts),
+                "refresh_interval_s": statistics.median(s["refresh_interval_s"] for s in stats1.values()),
+                "deltas_sent": sum(s["adverts_sent"]["delta"] for s in stats1.values()),
+                "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
 
 
 def run() -> dict:
+    from scheduler.devtools import gossip_sim
+
     per = {str(n): measure(n) for n in SIZES}
+    calib = gossip_sim.Calibration.from_bench(per["20"])
+    sims = {str(n): gossip_sim.run(gossip_sim.SimConfig(nodes=n, calibration=calib)) for n in (1000, 10_000)}
+    r = lambda x, k=4: round(x, k)  # noqa: E731
     return {
-        "convergence_p99_s": {k: round(v["p99_s"], 4) for k, v in per.items()},
-        "convergence_p50_s": {k: round(v["p50_s"], 4) for k, v in per.items()},
-        "idle_cpu_percent_per_node": round(per[str(SIZES[-1])]["idle_cpu_percent"], 2),
-        "idle_cpu_percent_by_n": {k: round(v["idle_cpu_percent"], 2) for k, v in per.items()},
-        "changes_per_size": CHANGES,
+        "convergence_p99_s": {k: r(v["p99_s"]) for k, v in per.items()},
+        "convergence_p50_s": {k: r(v["p50_s"]) for k, v in per.items()},
         "changes_not_seen_by_all_within_30s": {k: v["misses"] for k, v in per.items()},
-        "advert_interval_s": 2.0,
+        "idle_cpu_pct": {k: r(v["idle_cpu_pct"], 2) for k, v in per.items()},
+        "idle_cpu_pct_max_node": {k: r(v["idle_cpu_pct_max"], 2) for k, v in per.items()},
+        "msgs_per_s_per_node": {k: r(v["msgs_per_s_per_node"], 3) for k, v in per.items()},
+        "adverts_per_s_per_node": {k: r(v["adverts_per_s_per_node"], 3) for k, v in per.items()},
+        "refresh_interval_s": {k: r(v["refresh_interval_s"], 2) for k, v in per.items()},
+        "load_avg_1m_before_after": {k: v["load_avg_1m"] for k, v in per.items()},
+        "changes_per_size": CHANGES,
+        "calibration": calib.as_dict(),
+        "sim_1000_p50_s": r(sims["1000"]["p50_s"]),
+        "sim_1000_p99_s": r(sims["1000"]["p99_s"]),
+        "sim_1000_msgs_per_s_per_node": r(sims["1000"]["msgs_per_s_per_node"], 3),
+        "sim_10000_p50_s": r(sims["10000"]["p50_s"]),
+        "sim_10000_p99_s": r(sims["10000"]["p99_s"]),
+        "sim_10000_msgs_per_s_per_node": r(sims["10000"]["msgs_per_s_per_node"], 3),
+        "sim_10000_msgs_per_s_max_node": r(sims["10000"]["msgs_per_s_max_node"], 3),
+        "sim_10000_summary_age_p99_s": r(sims["10000"]["summary_age_p99_s"], 2),
     }
 
 
 def table(r: dict) -> list[tuple[str, str]]:
     rows = [(f"N={n}: convergence p50 / p99", f"{r['convergence_p50_s'][n] * 1000:.0f} ms / "
              f"{r['convergence_p99_s'][n] * 1000:.0f} ms") for n in r["convergence_p99_s"]]
-    rows += [(f"N={n}: idle CPU per node", f"{v:.2f} %") for n, v in r["idle_cpu_percent_by_n"].items()]
     rows += [(f"N={n}: changes not seen by every node within 30 s", str(v))
              for n, v in r["changes_not_seen_by_all_within_30s"].items()]
-    rows.append(("target", "p99 < 1 s at N = 20 (all N processes share this machine's 2 cores)"))
+    rows += [(f"N={n}: idle CPU per node (mean / max)", f"{v:.2f} % / {r['idle_cpu_pct_max_node'][n]:.2f} %")
+             for n, v in r["idle_cpu_pct"].items()]
+    rows += [(f"N={n}: messages received per node per s (adverts accepted)",
+              f"{v:.2f} ({r['adverts_per_s_per_node'][n]:.2f}), refresh every {r['refresh_interval_s'][n]:.1f} s")
+             for n, v in r["msgs_per_s_per_node"].items()]
+    rows += [(f"N={n}: load average (1 min) before / after", " / ".join(map(str, v)))
+             for n, v in r["load_avg_1m_before_after"].items()]
+    for n in ("1000", "10000"):
+        rows.append((f"simulation, {n} nodes: convergence p50 / p99",
+                     f"{r[f'sim_{n}_p50_s'] * 1000:.0f} ms / {r[f'sim_{n}_p99_s'] * 1000:.0f} ms"))
+        rows.append((f"simulation, {n} nodes: messages received per node per s", f"{r[f'sim_{n}_msgs_per_s_per_node']:.2f}"))
+    rows.append(("simulation, 10000 nodes: busiest node msgs/s; summary age p99",
+                 f"{r['sim_10000_msgs_per_s_max_node']:.2f}; {r['sim_10000_summary_age_p99_s']:.1f} s"))
+    rows.append(("targets", "N=20: p99 < 1 s, all changes seen, idle CPU < 2 %; N=40: p99 < 2 s; "
+                            "sim 10,000: p99 < 5 s with <= 10 msgs/s/node"))
     return rows

@@ -13,6 +13,13 @@ Mesh (measured, not estimated): a 3-node loopback mesh of real `mesh-node` proce
   time of the same frame as one job (> 1: tiling is faster), interleaved, interactive priority.
 On a single machine the three nodes share its cores (and its one OpenCL device), so tiling cannot add
 compute here; the figure shows the overhead side of the trade-off that `plan_tiles` models.
+
+Viewer (issue 22): `viewer_latency_ms` {resolution: {p50, p99}}: the live viewer page in a real headless
+Chromium, orbiting by itself, pose sent by the page -> frame drawn on its canvas, as the page measures it, through
+the viewer server and a fresh 3-node loopback mesh (spheres example, tiles="auto"). One pose at a time (the page's
+`outstanding=1`, the server's max_in_flight=1), as the stream latency above: on one machine overlapping frames
+only share its cores, so the figure is a pose's latency, not queueing. The first VIEWER_WARMUP frames are left
+out.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ def mesh_part() -> dict:
 
     from scheduler.client.client import Client, local_address
     from scheduler.client.render_client import StreamStats, render_frame, render_stream, session_for
-    from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+    from scheduler.devtools.localmesh import sees_all, start_mesh, stop_all, wait_for
 
     with tempfile.TemporaryDirectory(prefix="gm-bench-render-") as root:
         nodes = start_mesh(Path(root), 3, extra=["--advert-interval", "0.5"])
@@ -142,11 +149,63 @@ def mesh_part() -> dict:
 
             return trio.run(main)
         finally:
-            for nd in nodes:
-                nd.kill()
+            stop_all(nodes)
+
+
+VIEWER_FRAMES = {(320, 240): 60, (640, 480): 30}
+VIEWER_WARMUP = 5
+
+
+def viewer_part() -> dict:
+    """viewer_latency_ms and its detail (see the module doc); needs Debian's chromium."""
+    import tempfile
+    from pathlib import Path
+
+    import trio
+
+    from bench import pctl
+    from scheduler.client.client import Client, local_address
+    from scheduler.client.viewer import Viewer
+    from scheduler.devtools import chromium
+    from scheduler.devtools.localmesh import running_mesh
+
+    if chromium.find() is None:
+        return {"skipped": f"no Chromium (apt-get install {chromium.PACKAGE})"}
+    with tempfile.TemporaryDirectory(prefix="gm-bench-viewer-") as root:
+        with running_mesh(Path(root), 3, ["--advert-interval", "0.5"], converge_s=120) as nodes:
+            addr, tok, pid, insecure = local_address(nodes[0].data_dir)
+
+            async def main() -> dict:
+                out: dict = {}
+                async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+                    for (w, h), n in VIEWER_FRAMES.items():
+                        scene = example("spheres", w, h)
+                        async with trio.open_nursery() as nursery:
+                            viewer = Viewer(c, scene, tiles="auto", max_in_flight=1)
+                            port = await nursery.start(viewer.serve, "127.0.0.1", 0)
+                            with chromium.launch(f"http://127.0.0.1:{port}/?orbit=auto&outstanding=1") as browser:
+                                async with browser.page() as page:
+                                    t0 = trio.current_time()
+                                    await page.wait_for(f"window.viewer && window.viewer.state.shown >= {n}", 600,
+                                                        f"{n} frames at {w}x{h}")
+                                    wall = trio.current_time() - t0
+                                    stats = await page.evaluate("window.viewer.stats()")
+                                    log = await page.evaluate("window.viewer.log()")
+                            nursery.cancel_scope.cancel()
+                        lat = [e["latency_ms"] for e in log[VIEWER_WARMUP:] if e["latency_ms"] is not None]
+                        out[f"{w}x{h}"] = {
+                            "p50": round(pctl(lat, 0.5), 1), "p99": round(pctl(lat, 0.99), 1),
+                            "frames": len(lat), "fps": round(stats["shown"] / wall, 1),
+                            "dropped": stats["dropped"], "skipped": stats["skipped"], "stale": stats["stale"],
+                            "mesh_ms_p50": round(pctl([e["mesh_ms"] for e in log[VIEWER_WARMUP:]], 0.5), 1),
+                            "tiles_per_frame": sorted({e["tiles"] for e in log}), "renderer": stats["renderer"]}
+                return out
+
+            return trio.run(main)
 
 
 def run() -> dict:
+    viewer = viewer_part()
     on_mesh = mesh_part()
     ctx, queue = default_queue()
     load_before = os.getloadavg()[0]
@@ -182,6 +241,8 @@ def run() -> dict:
         "tiled_vs_single_720p": on_mesh["tiled_vs_single_720p"],
         "tiled_vs_single_720p_detail": on_mesh["tiled_vs_single_720p_detail"],
         "at_target_320x240": on_mesh["at_target_320x240"],
+        "viewer_latency_ms": {k: {"p50": v["p50"], "p99": v["p99"]} for k, v in viewer.items() if isinstance(v, dict)},
+        "viewer_detail": viewer,
         "mesh_streams": on_mesh["streams"],
         "device": queue.device.name.strip(),
         "compute_units": queue.device.max_compute_units,
@@ -228,5 +289,11 @@ def table(result: dict) -> list[tuple[str, str]]:
         rows.append(("1280x720 tiled over 3 nodes vs one node", f"{result['tiled_vs_single_720p']}x ({d['tiled_ms']} ms "
                                                                 f"vs {d['single_ms']} ms; peers per tiled frame "
                                                                 f"{d['peers_per_tiled_frame']})"))
+    for res, v in result.get("viewer_detail", {}).items():
+        if isinstance(v, dict):
+            rows.append((f"viewer latency {res} (Chromium page, 3 loopback nodes)",
+                         f"p50 {v['p50']} ms, p99 {v['p99']} ms ({v['frames']} frames, {v['fps']} fps shown, "
+                         f"dropped {v['dropped']}, skipped {v['skipped']}, stale {v['stale']}; mesh p50 "
+                         f"{v['mesh_ms_p50']} ms)"))
     rows.append(("load average at start", str(result["load_average_at_start"])))
     return rows

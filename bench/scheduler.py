@@ -16,7 +16,7 @@ import trio
 
 from bench import pctl, placement
 from scheduler.client.client import Client, local_address
-from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all, wait_for
 
 SEQUENTIAL = 300
 PIPELINED = 2000
@@ -60,8 +60,7 @@ def run() -> dict:
             addr, tok, pid, _ = local_address(nodes[0].data_dir)
             m = trio.run(_measure, addr, tok, pid)
         finally:
-            for nd in nodes:
-                nd.stop()
+            stop_all(nodes)
     p = placement.run()
     return {
         "echo_rtt_p50_ms": round(statistics.median(m["rtts"]) * 1000, 3),

@@ -107,19 +107,10 @@ def scrape(url: str, timeout: float = 5.0) -> str:
 def running_nodes(n: int = 2, extra: tuple[str, ...] = ("--advert-interval", "0.5")) -> Iterator[list]:
     """Start n real nodes on loopback (scheduler.devtools.localmesh), wait until they see each other, yield them."""
     sys.path.insert(0, str(REPO))
-    from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+    from scheduler.devtools.localmesh import running_mesh
 
-    with tempfile.TemporaryDirectory(prefix="gm-ops-") as root:
-        nodes = start_mesh(Path(root), n, extra=list(extra))
-        try:
-            wait_for(lambda: sees_all(nodes), 120, f"{n} nodes to see each other")
-            yield nodes
-        finally:
-            for nd in nodes:
-                try:
-                    nd.stop()
-                except Exception:
-                    nd.kill()
+    with tempfile.TemporaryDirectory(prefix="gm-ops-") as root, running_mesh(Path(root), n, list(extra), 120) as nodes:
+        yield nodes
 
 
 @functools.cache

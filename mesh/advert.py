@@ -7,7 +7,7 @@ so a relay cannot forge or alter another node's capacity.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
 import msgpack
@@ -44,6 +44,17 @@ class DeviceAdvert:
     slots: int
     free_slots: int
     queue_depth: int
+    # OpenCL limits, so a client can check a compute job before sending it (0 / "" / (): unknown; an advert
+    # from a node that predates them decodes with these defaults)
+    max_work_group_size: int = 0
+    max_work_item_sizes: tuple[int, ...] = ()
+    max_alloc_bytes: int = 0
+    local_mem_bytes: int = 0
+    opencl_version: str = ""  # "3.0"
+    non_uniform_work_groups: bool = False
+
+
+_DEVICE_REQUIRED = sum(1 for f in DeviceAdvert.__dataclass_fields__.values() if f.default is MISSING)
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,7 @@ def decode(data: bytes) -> Advert:
         devs = d.get("devices", [])
         if len(devs) > MAX_DEVICES:
             raise ValueError(f"{len(devs)} devices exceeds {MAX_DEVICES}")
-        devices = tuple(DeviceAdvert(**dict(zip(_DEVICE_FIELDS, x, strict=True))) for x in devs)
+        devices = tuple(_device(x) for x in devs)
         ad = Advert(**{**d, "devices": devices, "addrs": tuple(d.get("addrs", ())), "labels": dict(d.get("labels", {}))})
         _check_types(ad)
         pub = public_key_from_bytes(ad.public_key)
@@ -127,6 +138,20 @@ def decode(data: bytes) -> Advert:
     return ad
 
 
+def _device(x: Any) -> DeviceAdvert:
+    """A device from its positional list: the fields this version knows; a shorter list (an older node) takes
+    the defaults of the newer fields, a longer one (a newer node) has its extra fields ignored."""
+    if not isinstance(x, list | tuple) or len(x) < _DEVICE_REQUIRED:
+        raise ValueError(f"device record needs at least {_DEVICE_REQUIRED} fields")
+    d = dict(zip(_DEVICE_FIELDS, x[:len(_DEVICE_FIELDS)], strict=False))
+    if "max_work_item_sizes" in d:
+        sizes = d["max_work_item_sizes"]
+        if not isinstance(sizes, list | tuple) or len(sizes) > 3 or not all(isinstance(v, int) for v in sizes):
+            raise TypeError("max_work_item_sizes")
+        d["max_work_item_sizes"] = tuple(sizes)
+    return DeviceAdvert(**d)
+
+
 def _check_types(ad: Advert) -> None:
     if not (isinstance(ad.peer_id, str) and isinstance(ad.public_key, bytes)):
         raise TypeError("peer_id/public_key")
@@ -136,7 +161,10 @@ def _check_types(ad: Advert) -> None:
         raise TypeError("addresses")
     for dv in ad.devices:
         if not (isinstance(dv.id, str) and isinstance(dv.slots, int) and isinstance(dv.free_slots, int)
-                and isinstance(dv.queue_depth, int) and isinstance(dv.global_mem_bytes, int)):
+                and isinstance(dv.queue_depth, int) and isinstance(dv.global_mem_bytes, int)
+                and isinstance(dv.max_work_group_size, int) and isinstance(dv.max_alloc_bytes, int)
+                and isinstance(dv.local_mem_bytes, int) and isinstance(dv.opencl_version, str)
+                and len(dv.opencl_version) <= 16 and isinstance(dv.non_uniform_work_groups, bool)):
             raise TypeError(f"device {dv.id!r}")
         if dv.free_slots < 0 or dv.queue_depth < 0 or dv.slots < 0:
             raise ValueError(f"device {dv.id!r}: negative load")

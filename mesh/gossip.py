@@ -1,13 +1,21 @@
 """The libp2p side of a node: host (noise + yamux over TCP), gossipsub capacity adverts, peer discovery.
 
-Gossip is lossy and slow (see shared/README.md): each node publishes its whole state every interval and right
-after a change (debounced); receivers keep the newest advert per peer and expire peers after a TTL. Nothing
-that must arrive travels here.
+Gossip is lossy and slow (see shared/README.md): each node publishes its whole state every refresh interval
+(which grows with the size of the view) and a delta right after a change (debounced, from a budget shared
+across the view), as mesh/advert_schedule.py decides; receivers keep the newest advert per peer and expire a
+peer after a few of its own refresh intervals. Nothing that must arrive travels here.
+
+One signature to trust: gossipsub messages go unsigned (`strict_signing=False`, message ids by content); the
+advert's own Ed25519 signature (mesh/advert.py) is what binds it to its sender. The settings of the router below
+are measured for this traffic: see docs/gossip.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -33,8 +41,10 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import get_available_interfaces
 
 from mesh import advert as advert_codec
-from mesh import metrics
+from mesh import advert_delta, metrics
 from mesh.advert import Advert, AdvertError
+from mesh.advert_delta import AdvertDelta
+from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
 from mesh.identity import Identity
 from mesh.membership import Event, Joined, Left, MembershipView, Updated
 
@@ -42,8 +52,22 @@ log = logging.getLogger("gpumesh.gossip")
 
 TOPIC = "/gpumesh/capacity/1"
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
-DEBOUNCE_S = 0.1
 TARGET_CONNECTIONS = 8
+
+# gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md
+MESH_DEGREE = (4, 3, 6)  # D, D_low, D_high: each advert reaches a node about D times; 4 is enough for 40 nodes
+HEARTBEAT_S = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
+SEEN_TTL_S = 60  # longer than any advert takes to spread; duplicates after it would be stale adverts anyway
+
+# py-libp2p's yamux sends a window update after every read by default (one extra encrypted frame back for every
+# gossip message received); without it, credit is returned once half the window is used, as go-yamux does.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+
+def message_id(msg) -> bytes:
+    """Gossipsub message id by content: unsigned messages carry no trustworthy (from, seqno), and a forged
+    message with a real one's id must not shadow it in the seen cache."""
+    return hashlib.blake2b(msg.data, digest_size=20).digest()
 
 
 def parse_bootstrap(addr: str) -> PeerInfo:
@@ -80,8 +104,25 @@ class GossipConfig:
     listen: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
-    interval_s: float = 2.0
+    interval_s: float = 2.0  # the shortest refresh interval (small meshes); it grows with the view
+    max_interval_s: float = 30.0  # the longest (a view bigger than refresh_budget * this belongs in shards)
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
+
+    def schedule(self) -> ScheduleConfig:
+        return ScheduleConfig(min_refresh_s=self.interval_s, max_refresh_s=max(self.interval_s, self.max_interval_s))
+
+
+class CountingPubsub(Pubsub):
+    """Pubsub that counts the messages peers send us, duplicates included (the seen cache drops those after
+    they have cost a decrypt and a parse): what gossip costs a node."""
+
+    received = 0
+
+    async def push_msg(self, msg_forwarder, msg) -> None:
+        if msg_forwarder != self.my_id:
+            self.received += 1
+            metrics.GOSSIP_MESSAGES_RECEIVED.inc()
+        await super().push_msg(msg_forwarder, msg)
 
 
 class _AdmissionNotifee(INotifee):
@@ -121,17 +162,29 @@ class GossipService:
         self._snapshot = snapshot  # the node's current state; seq, timestamp and addrs are filled in here
         self._on_event = on_event or (lambda _e: None)
         self._admit = admit  # allow list: peers it refuses are disconnected as soon as they connect
-        self._changed = trio.Event()
+        self._wake = trio.Event()
         self._seq = int(time.time() * 1000)  # a restarted node's adverts are newer than its old ones
-        self._last_key: tuple | None = None
+        self.schedule = AdvertSchedule(config.schedule(), now=0.0, rng=random.Random())
+        self._last_full: Advert | None = None  # the base of our deltas
+        self._last_key: tuple | None = None  # capacity key of the last advert sent (full or delta)
+        self.sent = {"full": 0, "delta": 0}
+        self.received = 0  # adverts and deltas accepted
         self.host: Any = None  # the libp2p host (IHost) once run() has started
         self.pubsub: Any = None  # its Pubsub
         self.addrs: list[str] = []
         self.ready = trio.Event()
 
     def changed(self) -> None:
-        """Capacity changed: publish soon instead of waiting for the next interval."""
-        self._changed.set()
+        """Capacity changed: publish soon (debounced, within the change budget) instead of at the next refresh."""
+        self.schedule.changed(trio.current_time())
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the control endpoint and the benchmark."""
+        return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
+                "messages_received": self.pubsub.received if self.pubsub is not None else 0,
+                "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
+                "deltas_without_base": self.view.no_base}
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         kp = self.identity.key_pair
@@ -145,19 +198,23 @@ class GossipService:
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
+        d, d_lo, d_hi = MESH_DEGREE
         router = GossipSub(
             protocols=[TProtocol(p) for p in GOSSIPSUB_PROTOCOLS],
-            degree=6,
-            degree_low=4,
-            degree_high=12,
-            heartbeat_interval=1,
+            degree=d,
+            degree_low=d_lo,
+            degree_high=d_hi,
+            heartbeat_interval=HEARTBEAT_S,
             heartbeat_initial_delay=0.1,
             # Adverts are few and periodic; the default 10/s/peer limit would drop relayed adverts in a big mesh.
             max_messages_per_topic_per_second=1000.0,
             # All peers may share one IP (loopback tests, NAT); IP diversity would refuse them a mesh.
             eclipse_protection_enabled=False,
+            # Its "network health" raises the degree and gossip factor when few messages flow, i.e. when idle.
+            adaptive_gossip_enabled=False,
         )
-        pubsub = Pubsub(host, router)
+        pubsub = CountingPubsub(host, router, strict_signing=False, msg_id_constructor=message_id,
+                                seen_ttl=SEEN_TTL_S)
         self.host, self.pubsub = host, pubsub
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen_addrs=listen))
@@ -195,39 +252,60 @@ class GossipService:
         return replace(self._snapshot(), peer_id=self.identity.peer_id_str,
                        public_key=self.identity.key_pair.public_key.to_bytes(),
                        seq=self._seq, timestamp=time.time(), addrs=tuple(self.addrs),
-                       interval_s=self.config.interval_s)
+                       interval_s=self.schedule.announced_interval_s)
 
     async def _publish_loop(self) -> None:
         while True:
-            self._seq += 1
-            ad = self.current_advert()
-            self._last_key = ad.capacity_key()
-            self._deliver(self.view.apply(ad, trio.current_time()))
-            try:
+            now = trio.current_time()
+            kind = self.schedule.poll(now, len(self.view))
+            if kind is not None:
+                await self._publish(kind)
+                continue
+            self._wake = trio.Event()
+            with trio.move_on_at(self.schedule.due(now, len(self.view))):
+                await self._wake.wait()
+
+    async def _publish(self, kind: Publish) -> None:
+        self._seq += 1
+        ad = self.current_advert()
+        if kind is Publish.CHANGE and ad.capacity_key() == self._last_key:
+            return  # the change was undone before it went out (or never reached the advert)
+        delta = advert_delta.diff(self._last_full, ad) if kind is Publish.CHANGE and self._last_full else None
+        self._last_key = ad.capacity_key()
+        self._deliver(self.view.apply(ad, trio.current_time()))
+        try:
+            if delta is not None:
+                await self.pubsub.publish(TOPIC, advert_delta.encode(delta, self.identity))
+                metrics.ADVERT_DELTAS_SENT.inc()
+            else:
                 await self.pubsub.publish(TOPIC, advert_codec.encode(ad, self.identity))
-                metrics.ADVERTS_SENT.inc()
-            except Exception as e:  # a publish failure must not stop the node; the next interval retries
-                metrics.GOSSIP_PUBLISH_ERRORS.inc()
-                log.warning("advert publish failed: %s", e)
-            with trio.move_on_after(self.config.interval_s):
-                await self._changed.wait()
-                await trio.sleep(DEBOUNCE_S)
-            self._changed = trio.Event()
+                self._last_full = ad
+            metrics.ADVERTS_SENT.inc()
+            self.sent["delta" if delta is not None else "full"] += 1
+        except Exception as e:  # a publish failure must not stop the node; the next refresh retries
+            metrics.GOSSIP_PUBLISH_ERRORS.inc()
+            log.warning("advert publish failed: %s", e)
 
     async def _receive_loop(self, sub) -> None:
         while True:
             msg = await sub.get()
             try:
-                ad = advert_codec.decode(msg.data)
+                ad: Advert | AdvertDelta = advert_delta.decode(msg.data)
             except AdvertError as e:
                 metrics.ADVERTS_REJECTED.labels(e.reason).inc()
                 log.debug("dropped advert: %s", e)
                 continue
             if ad.peer_id == self.identity.peer_id_str:
                 continue
-            stale, refused, replays = self.view.stale, self.view.refused, self.view.replays
-            ev = self.view.apply(ad, trio.current_time())
-            if self.view.stale > stale:
+            stale, refused, replays, no_base = self.view.stale, self.view.refused, self.view.replays, self.view.no_base
+            now = trio.current_time()
+            ev = self.view.apply(ad, now)
+            if isinstance(ev, Joined):
+                self.schedule.peer_joined(now)  # it needs our full state to apply our deltas
+                self._wake.set()
+            if self.view.no_base > no_base:
+                metrics.ADVERTS_REJECTED.labels("no_base").inc()
+            elif self.view.stale > stale:
                 metrics.ADVERTS_REJECTED.labels("stale").inc()
                 if self.view.replays > replays:
                     metrics.ADVERT_LIES.labels("replay").inc()
@@ -235,6 +313,7 @@ class GossipService:
                 metrics.ADVERTS_REJECTED.labels("not_admitted").inc()
             else:
                 metrics.ADVERTS_RECEIVED.inc()
+                self.received += 1
             self._deliver(ev)
 
     async def _refuse_loop(self, recv: trio.MemoryReceiveChannel) -> None:
@@ -250,7 +329,7 @@ class GossipService:
 
     async def _expire_loop(self) -> None:
         while True:
-            await trio.sleep(min(self.config.interval_s, self.view.ttl_s) / 2)
+            await trio.sleep(min(self.config.interval_s, self.view.ttl_s) / 2)  # peers' TTLs are at least ttl_s
             for ev in self.view.expire(trio.current_time()):
                 metrics.ADVERTS_EXPIRED.inc()
                 self._deliver(ev)

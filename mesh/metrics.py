@@ -15,10 +15,13 @@ BUILD.info({"version": __version__})
 
 PEERS_KNOWN = Gauge("gpumesh_peers_known", "Peers in this node's membership view (self excluded)")
 ADVERTS_SENT = Counter("gpumesh_adverts_sent_total", "Capacity adverts this node published")
+ADVERT_DELTAS_SENT = Counter("gpumesh_advert_deltas_sent_total", "Of the adverts sent, deltas (the rest are full)")
 ADVERTS_RECEIVED = Counter("gpumesh_adverts_received_total", "Capacity adverts received and accepted")
+GOSSIP_MESSAGES_RECEIVED = Counter("gpumesh_gossip_messages_received_total",
+                                   "Pubsub messages received from peers, duplicates included (each costs a decrypt)")
 ADVERTS_REJECTED = Counter(
     "gpumesh_adverts_rejected_total", "Capacity adverts dropped", ["reason"]
-)  # malformed, signature, oversized, version, stale, not_admitted
+)  # malformed, signature, oversized, version, stale, not_admitted, no_base
 ADVERTS_EXPIRED = Counter("gpumesh_adverts_expired_total", "Peers expired from the view after their TTL")
 GOSSIP_PUBLISH_ERRORS = Counter("gpumesh_gossip_publish_errors_total", "Advert publishes that raised")
 MEMBERSHIP_EVENTS = Counter("gpumesh_membership_events_total", "Join/update/leave events", ["event"])

@@ -17,6 +17,7 @@ from mesh.advert import Advert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity
 from mesh.membership import MembershipView
+from mesh.waiting import until
 
 
 def key_file(tmp_path, name="swarm.key", text=None):
@@ -67,12 +68,6 @@ async def _node(nursery, psk=None, boot=(), admit=None):
     return svc
 
 
-async def _until(pred, timeout=20):
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-
-
 async def test_same_key_joins_wrong_key_cannot(tmp_path):
     k1 = read_mesh_key(key_file(tmp_path, "k1"))
     k2 = read_mesh_key(key_file(tmp_path, "k2"))
@@ -80,10 +75,10 @@ async def test_same_key_joins_wrong_key_cannot(tmp_path):
         a = await _node(n, psk=k1)
         b = await _node(n, psk=k1, boot=[a.addrs[0]])
         outsider = await _node(n, psk=k2, boot=[a.addrs[0]])
-        await _until(lambda: b.identity.peer_id_str in a.view and a.identity.peer_id_str in b.view)
+        await until(lambda: b.identity.peer_id_str in a.view and a.identity.peer_id_str in b.view)
         # the outsider keeps dialling a; give it several adverts' time while a and b keep hearing each other
         seen_b = b.view.get(a.identity.peer_id_str).advert.seq
-        await _until(lambda: b.view.get(a.identity.peer_id_str).advert.seq >= seen_b + 5)
+        await until(lambda: b.view.get(a.identity.peer_id_str).advert.seq >= seen_b + 5)
         assert outsider.identity.peer_id_str not in a.view and outsider.identity.peer_id_str not in b.view
         assert len(outsider.view) == 1  # only itself
         n.cancel_scope.cancel()
@@ -101,9 +96,9 @@ async def test_allow_list_refuses_connection_and_adverts():
         friend = GossipService(friend_ident, GossipConfig(listen=["/ip4/127.0.0.1/tcp/0"], bootstrap=[a.addrs[0]],
                                                           interval_s=0.3), view, lambda: Advert("", b"", 0, 0.0))
         await n.start(friend.run)
-        await _until(lambda: friend_ident.peer_id_str in a.view)
+        await until(lambda: friend_ident.peer_id_str in a.view)
         seen = a.view.get(friend_ident.peer_id_str).advert.seq
-        await _until(lambda: a.view.get(friend_ident.peer_id_str).advert.seq >= seen + 5)
+        await until(lambda: a.view.get(friend_ident.peer_id_str).advert.seq >= seen + 5)
         assert stranger.identity.peer_id_str not in a.view
         from mesh import metrics
         assert metrics.PEERS_REFUSED.labels("libp2p")._value.get() >= 1

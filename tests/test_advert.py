@@ -99,3 +99,26 @@ def test_single_byte_corruption_never_accepted_silently(pos, value):
         return
     # msgpack has a few equivalent encodings (e.g. of the outer map); anything that still verifies is the original.
     assert decoded == make()
+
+
+def _signed(body: dict, ident=IDENT) -> bytes:
+    raw = msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb({"b": raw, "s": ident.sign(raw)}, use_bin_type=True)
+
+
+def test_device_opencl_limits_round_trip_and_older_or_newer_devices_decode():
+    ad = make()
+    dev = DeviceAdvert(**{**ad.devices[0].__dict__, "max_work_group_size": 256, "max_work_item_sizes": (256, 256, 64),
+                          "max_alloc_bytes": 1 << 28, "local_mem_bytes": 65536, "opencl_version": "3.0",
+                          "non_uniform_work_groups": True})
+    full = Advert(**{**ad.__dict__, "devices": (dev,)})
+    assert codec.decode(codec.encode(full, IDENT)) == full
+    body = msgpack.unpackb(codec._body(full), raw=False)
+    old = dict(body, devices=[body["devices"][0][:13]])  # a node from before the OpenCL limits
+    got = codec.decode(_signed(old)).devices[0]
+    assert got.max_work_group_size == 0 and got.opencl_version == "" and got.global_mem_bytes == 1 << 30
+    newer = dict(body, devices=[body["devices"][0] + ["a field from the future"]])
+    assert codec.decode(_signed(newer)).devices[0] == dev
+    for bad in (body["devices"][0][:12], body["devices"][0][:14] + [["x"]]):
+        with pytest.raises(AdvertError, match="malformed"):
+            codec.decode(_signed(dict(body, devices=[bad])))

@@ -116,3 +116,47 @@ def test_examples_run_as_scripts():
     assert load("matmul").main(["48"]) == 0
     assert load("chacha20").main(["1000"]) == 0
     assert load("conv2d").main([]) == 0
+
+
+@pytest.mark.parametrize("m,k,n", [(64, 48, 32), (50, 37, 61)])  # whole tiles, and ragged edges
+async def test_sgemm_pipeline_transpose_then_gemm(runner, m, k, n):
+    ex = load("sgemm")
+    rng = np.random.default_rng(k)
+    a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+    b = rng.uniform(-1, 1, (k, n)).astype(np.float32)
+    job = ex.job(a, b)
+    assert [ln["kernel"] for ln in job.spec["launches"]] == ["transpose", "gemm_nt"]
+    res = await arun_local(job, runner)
+    np.testing.assert_allclose(res["C"], ex.reference(a, b), **ex.tolerance(k))
+    assert res["C"].shape == (m, n) and res.launches == 2
+    # only A and B went to the device and only C came back: the transposed copy stayed there
+    assert res.bytes_in == a.nbytes + b.nbytes and res.bytes_out == m * n * 4
+    assert [o.name for o in res.outputs] == ["C"]
+
+
+@pytest.mark.parametrize("n", [1, 127, 100_003])
+async def test_reduction_with_local_memory(runner, n):
+    ex = load("reduction")
+    x = np.random.default_rng(n).uniform(-1, 1, n).astype(np.float32)
+    res = await arun_local(ex.job(x), runner)
+    assert res["sum"].shape == (1,) and res.bytes_out == 4 and res.launches == 2
+    assert abs(float(res["sum"][0]) - ex.reference(x)) <= 1e-5 * max(1.0, float(np.abs(x).sum()))
+
+
+@pytest.mark.parametrize("h,w,size", [(17, 23, 3), (32, 40, 5)])
+async def test_image_convolution_matches_numpy(runner, h, w, size):
+    ex = load("convolution")
+    rng = np.random.default_rng(h)
+    image = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    filt = rng.uniform(-1, 1, (size, size)).astype(np.float32)
+    gain = (1.0, 0.5, 2.0, -1.0)
+    res = await arun_local(ex.job(image, filt, gain), runner)
+    got = ex.as_float(res["out"])
+    assert got.shape == (h, w, 4)
+    np.testing.assert_allclose(got, ex.reference(image, filt, gain), rtol=1e-5, atol=1e-3)
+
+
+def test_new_examples_run_as_scripts():
+    assert load("sgemm").main(["64"]) == 0
+    assert load("reduction").main(["5000"]) == 0
+    assert load("convolution").main([]) == 0

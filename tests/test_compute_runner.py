@@ -127,12 +127,15 @@ async def test_program_cache_is_bounded():
 @pytest.mark.parametrize("args,field,match", [
     ([np.uint32(4), np.float32(1), np.ones(4, np.float32)], "args", "takes 4 arguments, the spec gives 3"),
     ([np.uint32(4), np.float64(1), np.ones(4, np.float32), InOut(np.ones(4, np.float32))], "args[1].dtype",
-     "float64 scalar, but kernel 'saxpy' parameter 1 'float a' is declared 'float' \\(use dtype float32\\)"),
+     "float64 \\(OpenCL double\\) value, but kernel 'saxpy' parameter 1 'float a' is declared 'float': pass "
+     "np.float32\\(...\\) \\(dtype float32\\)"),
+    ([np.uint16(4), np.float32(1), np.ones(4, np.float32), InOut(np.ones(4, np.float32))], "args[0].dtype",
+     "uint16 \\(OpenCL ushort\\) value, but .* declared 'uint': pass np.uint32"),
     ([np.uint32(4), np.ones(4, np.float32), np.ones(4, np.float32), InOut(np.ones(4, np.float32))], "args[1]",
      "a buffer, but kernel 'saxpy' parameter 1 .* is not a __global or __constant pointer"),
     ([np.uint32(4), np.float32(1), np.float32(1), InOut(np.ones(4, np.float32))], "args[2]", "is a pointer"),
-    ([np.uint32(4), np.float32(1), InOut(np.ones(4, np.float32)), InOut(np.ones(4, np.float32))], "args[2]",
-     "an inout buffer, but .* is read-only"),
+    ([np.uint32(4), np.float32(1), Out(4, np.float32), InOut(np.ones(4, np.float32))], "args[2]",
+     "out buffer is bound only to read-only \\(const or __constant\\) parameters: no launch writes it"),
     ([np.uint32(4), np.float32(1), Local(16), InOut(np.ones(4, np.float32))], "args[2]",
      "a local arg, but .* is not a __local pointer"),
     ([np.uint32(4), np.float32(1), np.ones(3, np.uint8), InOut(np.ones(4, np.float32))], "args[2]",

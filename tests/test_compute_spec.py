@@ -9,18 +9,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.compute.api import In, InOut, Local, Out, Scalar, make_job
+from worker.compute.limits import DeviceLimits, validate
 from worker.compute.spec import (
     MAX_ARGS,
     MAX_INLINE_BYTES,
     BufferArg,
-    DeviceLimits,
     ScalarArg,
     SpecError,
     check_source,
     kernel_names_in,
     parse_build_options,
     parse_spec,
-    validate,
 )
 from worker.devices import Device
 
@@ -69,8 +68,12 @@ def test_parse_roundtrip_and_derived_figures():
 
 
 @pytest.mark.parametrize("patch,field,match", [
-    ({"args": [{"kind": "out", "dtype": "float16", "count": 4}]}, "args[0].dtype", "unknown dtype 'float16'"),
-    ({"args": [{"kind": "scalar", "dtype": "int8", "value": 1}]}, "args[0].dtype", "unknown dtype"),
+    ({"args": [{"kind": "out", "dtype": "float128", "count": 4}]}, "args[0].dtype", "unknown dtype 'float128'"),
+    ({"args": [{"kind": "scalar", "dtype": "bool", "value": 1}]}, "args[0].dtype", "unknown dtype"),
+    ({"args": [{"kind": "scalar", "dtype": "int8", "value": 200}]}, "args[0].value", "out of range for int8"),
+    ({"args": [{"kind": "scalar", "dtype": "float16", "value": 1e5}]}, "args[0].value", "overflows float16"),
+    ({"args": [{"kind": "scalar", "dtype": "float32x4", "value": [1, 2]}]}, "args[0].value", "list of 4 numbers"),
+    ({"args": [{"kind": "scalar", "dtype": "float32x4", "value": b"abc"}]}, "args[0].value", "3 bytes for a float32x4"),
     ({"args": [{"kind": "scalar", "dtype": "uint32", "value": -1}]}, "args[0].value", "out of range for uint32"),
     ({"args": [{"kind": "scalar", "dtype": "int32", "value": 1.5}]}, "args[0].value", "needs an integer"),
     ({"args": [{"kind": "scalar", "dtype": "float32", "value": 1e39}]}, "args[0].value", "overflows float32"),
@@ -80,7 +83,6 @@ def test_parse_roundtrip_and_derived_figures():
     ({"args": [{"kind": "out", "dtype": "float32"}]}, "args[0]", "exactly one of 'count'"),
     ({"args": [{"kind": "pointer"}]}, "args[0].kind", "must be one of"),
     ({"args": [{"kind": "out", "dtype": "uint8", "count": 4, "colour": "red"}]}, "args[0].colour", "unknown field"),
-    ({"local_size": [48]}, "local_size", "local size 48 does not divide global size 256"),
     ({"local_size": [8, 8]}, "local_size", "2 dimensions but global_size has 1"),
     ({"global_size": [1, 2, 3, 4]}, "global_size", "1 to 3"),
     ({"global_size": [0]}, "global_size[0]", "at least 1"),
@@ -287,10 +289,17 @@ def test_make_job_inline_and_streamed_inputs():
                     send_source=False).spec["source_sha256"] == hashlib.sha256(SAXPY.encode()).hexdigest()
     with pytest.raises(TypeError, match="needs its OpenCL type"):
         make_job(SAXPY, "saxpy", [16, np.float32(2), x, InOut(x)], global_size=16)
-    with pytest.raises(TypeError, match="float16"):
-        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x.astype(np.float16), InOut(x)], global_size=16)
-    with pytest.raises(SpecError, match="does not divide"):
-        make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3)
+    with pytest.raises(SpecError, match="bool has no fixed size in OpenCL.*use uint8"):
+        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x > 1, InOut(x)], global_size=16)
+    with pytest.raises(SpecError, match="big-endian"):
+        make_job(SAXPY, "saxpy", [np.uint32(1), np.float32(2), x.astype(">f4"), InOut(x)], global_size=16)
+    ragged = make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3)
+    with pytest.raises(SpecError, match="does not divide global size 16.*OpenCL 1.2.*does not support"):
+        validate(ragged.spec, DeviceLimits(opencl_version="1.2", non_uniform_work_groups=False))
+    assert validate(ragged.spec, DeviceLimits(opencl_version="2.0", non_uniform_work_groups=True))
+    with pytest.raises(SpecError, match="-cl-uniform-work-group-size forbids"):
+        validate(make_job(SAXPY, "saxpy", [np.uint32(16), np.float32(2), x, InOut(x)], global_size=16, local_size=3,
+                          build_options="-cl-uniform-work-group-size").spec, DeviceLimits(non_uniform_work_groups=True))
 
 
 # --- robustness: garbage never escapes as anything but SpecError --------------------------------------

@@ -214,22 +214,22 @@ def test_entrypoint_worker_without_bootstrap_id_fails_clearly(tmp_path):
 def test_entrypoint_bootstrap_and_workers_form_a_mesh(tmp_path):
     """The compose topology as processes: the bootstrap publishes its peer id in the shared dir, workers read it
     and dial /dns4/localhost/..., all converge; `status` through the entrypoint is the healthcheck."""
-    from scheduler.devtools.localmesh import NodeProc, free_port, wait_for
+    from scheduler.devtools.localmesh import NodeProc, wait_for
 
     shared = tmp_path / "shared"
     procs: list[subprocess.Popen] = []
     nodes: list[NodeProc] = []
 
     def start(name: str, role: str, boot_port: int | None = None) -> NodeProc:
-        nd = NodeProc(tmp_path / name, free_port(), free_port(), free_port())
+        nd = NodeProc(tmp_path / name)
         nd.data_dir.mkdir(parents=True, exist_ok=True)
         extra = {"MESH_ROLE": role}
         if boot_port is not None:
             extra |= {"MESH_BOOTSTRAP_HOST": "localhost", "MESH_BOOTSTRAP_PORT": str(boot_port)}
         log = open(nd.data_dir / "node.log", "ab")
         p = subprocess.Popen(
-            [str(DEPLOY / "docker-entrypoint.sh"), "run", "--listen", f"/ip4/127.0.0.1/tcp/{nd.p2p_port}",
-             "--data-listen", f"127.0.0.1:{nd.data_port}", "--metrics-listen", f"127.0.0.1:{nd.metrics_port}"],
+            [str(DEPLOY / "docker-entrypoint.sh"), "run", "--listen", "/ip4/127.0.0.1/tcp/0",
+             "--data-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--exit-with-parent"],
             env=_entrypoint_env(nd.data_dir, shared, **extra), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         log.close()
         nd.proc, nd.log_path = p, nd.data_dir / "node.log"

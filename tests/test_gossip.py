@@ -6,6 +6,7 @@ from mesh.advert import Advert, DeviceAdvert
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity
 from mesh.membership import MembershipView
+from mesh.waiting import until
 
 
 def device(i: int) -> DeviceAdvert:
@@ -36,17 +37,11 @@ async def start(nursery, n: int, interval: float = 0.3, ttl: float = 1.2):
     return services
 
 
-async def wait_until(pred, timeout: float = 30):
-    with trio.fail_after(timeout):
-        while not pred():
-            await trio.sleep(0.02)
-
-
 async def test_three_nodes_converge_then_a_stopped_node_expires():
     async with trio.open_nursery() as nursery:
         nodes = await start(nursery, 3)
         ids = [s.identity.peer_id_str for s, _ in nodes]
-        await wait_until(lambda: all(set(ids) <= {p.peer_id for p in s.view.peers()} for s, _ in nodes))
+        await until(lambda: all(set(ids) <= {p.peer_id for p in s.view.peers()} for s, _ in nodes))
         for s, _ in nodes:
             for i, pid in enumerate(ids):
                 peer = s.view.get(pid)
@@ -54,7 +49,7 @@ async def test_three_nodes_converge_then_a_stopped_node_expires():
                 assert peer.advert.data_addr == f"127.0.0.1:{5000 + i}"
         # stop node 2: the others expire it after the TTL
         nodes[2][1].cancel()
-        await wait_until(lambda: all(ids[2] not in s.view for s, _ in nodes[:2]))
+        await until(lambda: all(ids[2] not in s.view for s, _ in nodes[:2]))
         assert all(ids[1] in nodes[0][0].view and ids[0] in nodes[1][0].view for _ in [0])
         nursery.cancel_scope.cancel()
 
@@ -63,13 +58,13 @@ async def test_capacity_change_is_published_before_the_next_interval():
     async with trio.open_nursery() as nursery:
         nodes = await start(nursery, 2, interval=30.0, ttl=90.0)
         (a, _), (b, _) = nodes
-        await wait_until(lambda: a.identity.peer_id_str in b.view)
+        await until(lambda: a.identity.peer_id_str in b.view)
         assert b.view.get(a.identity.peer_id_str).advert.devices[0].free_slots == 1
         busy = Advert("", b"", 0, 0.0, devices=(DeviceAdvert(**{**device(0).__dict__, "free_slots": 0, "queue_depth": 3}),))
         a._snapshot = lambda: busy
         a.changed()
         # interval is 30 s, so only the change-triggered publish can satisfy this within the deadline
-        await wait_until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3, timeout=20)
+        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3, timeout=20)
         nursery.cancel_scope.cancel()
 
 

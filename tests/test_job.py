@@ -145,3 +145,4 @@ def test_states():
     assert [s for s in JobState if s.terminal] == [JobState.DONE, JobState.FAILED, JobState.CANCELLED]
     assert Priority.REALTIME.rank < Priority.INTERACTIVE.rank < Priority.BATCH.rank
     assert len(Job("echo").with_id().job_id) == 32
+    assert Job("echo").with_id(lambda: "abc-1").job_id == "abc-1"

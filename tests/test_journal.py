@@ -134,3 +134,16 @@ def test_coordinator_resumes_from_the_journal_after_a_crash(tmp_path):
     ans, acts = core.submit(Job("echo", job_id="done"), 0.7)
     assert ans.duplicate and acts == []
     assert journal.get("running", 0.7).attempt == old_attempt + 1
+
+
+def test_prefix_lookup_and_recent_jobs_newest_first(tmp_path):
+    wall = Wall()
+    j = Journal.open_in(tmp_path, wall=wall)
+    for i, jid in enumerate(["ab-1", "ab-2", "cd-1", "a_bc"]):
+        j.record_job(Job("echo", job_id=jid), submitted_at=float(i), now=wall.at(float(i)))
+    assert sorted(j.ids_with_prefix("ab-", 10)) == ["ab-1", "ab-2"]
+    assert j.ids_with_prefix("a_", 10) == ["a_bc"]  # no LIKE wildcards: "_" is a plain character
+    assert len(j.ids_with_prefix("a", 1)) == 1
+    assert [e.job.job_id for e in j.recent(now=3.0, limit=3)] == ["a_bc", "cd-1", "ab-2"]
+    assert [e.job.job_id for e in j.recent(now=3.0, limit=10, since=2.0)] == ["a_bc", "cd-1"]
+    j.close()

@@ -79,13 +79,14 @@ class NsNode(NodeProc):
 
     @property
     def multiaddr(self) -> str:
-        return f"/ip4/{self.addr}/tcp/{self.p2p_port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.addr}/tcp/{P2P_PORT}/p2p/{self.peer_id}"
 
     def start(self, bootstrap: list[str] = ()) -> NsNode:
+        # fixed ports are safe here: each host is its own network namespace, nothing else binds there
         args = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "scheduler.cli", "run",
-                "--data-dir", str(self.data_dir), "--listen", f"/ip4/{self.addr}/tcp/{self.p2p_port}",
-                "--data-listen", f"{self.addr}:{self.data_port}", "--metrics-listen", f"{self.addr}:{self.metrics_port}",
-                *self.extra]
+                "--data-dir", str(self.data_dir), "--listen", f"/ip4/{self.addr}/tcp/{P2P_PORT}",
+                "--data-listen", f"{self.addr}:{DATA_PORT}", "--metrics-listen", f"{self.addr}:{METRICS_PORT}",
+                "--exit-with-parent", *self.extra]
         for b in bootstrap:
             args += ["--bootstrap", b]
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +171,7 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
     clients: list[NsClient] = []
     for i, (ns, addr) in enumerate(zip(net.hosts, net.addrs, strict=True)):
         gateway = ["--devices", "none"] if i == 0 else []  # host0 coordinates and runs nothing itself
-        nd = NsNode(tmp_path / f"host{i}", P2P_PORT, DATA_PORT, METRICS_PORT, [*ADVERT, *gateway])
+        nd = NsNode(tmp_path / f"host{i}", [*ADVERT, *gateway])
         nd.netns, nd.addr = ns, addr
         nodes.append(nd)
     try:
@@ -216,7 +217,9 @@ def test_four_hosts_converge_expire_a_cut_host_and_take_it_back(net, tmp_path):
         others = [nd for i, nd in enumerate(nodes) if i != cut]
         wait_for(lambda: all(ids[cut] not in view(nd) for nd in others), 60, "the others to expire the cut host")
         wait_for(lambda: view(nodes[cut]) == set(), 60, "the cut host to expire everyone")
-        assert all(view(nd) == set(ids) - {nd.peer_id, ids[cut]} for nd in others)
+        # on a loaded machine a live peer's advert can lapse for a moment too: wait for the steady state
+        wait_for(lambda: all(view(nd) == set(ids) - {nd.peer_id, ids[cut]} for nd in others), 60,
+                 "the others to see each other and not the cut host")
         finals = {}
         for j in jobs:
             finals[j] = wait_for(lambda j=j: (st := client("status", j))["state"] in ("done", "failed") and st,

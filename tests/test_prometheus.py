@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.devtools.localmesh import free_port, sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import listening_ports, sees_all, start_mesh, stop_all, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -74,13 +74,17 @@ def cluster(tmp_path_factory):
         job["static_configs"] = [{"targets": [f"127.0.0.1:{nd.metrics_port}" for nd in nodes]}]
         cfg["scrape_configs"] = [job]
         (root / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-        port = free_port()
         log = open(root / "prometheus.log", "wb")
         proc = subprocess.Popen(
             [prometheus, f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
+             "--web.listen-address=127.0.0.1:0", "--log.level=warn"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        prom = Prom(port)
+
+        def bound() -> list[int]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(root / 'prometheus.log').read_text()[-2000:]}")
+            return listening_ports(proc.pid)
+        prom = Prom(wait_for(bound, 60, "prometheus to listen")[0])
 
         def ready():
             if proc.poll() is not None:
@@ -96,11 +100,7 @@ def cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        for nd in nodes:
-            try:
-                nd.stop()
-            except Exception:
-                nd.kill()
+        stop_all(nodes)
 
 
 def test_all_three_targets_are_up(cluster):

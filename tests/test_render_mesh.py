@@ -205,3 +205,36 @@ def test_default_orbit_circles_the_point_the_camera_looks_at():
         centre = np.mean([p.position for p in poses], axis=0)
         radii = [np.linalg.norm(np.subtract(p.position, centre)) for p in poses]
         assert np.ptp(radii) < 1e-6 and radii[0] > 0.1
+
+
+def test_default_orbit_frame_0_is_the_scene_camera_with_its_roll():
+    """A rolled camera (30 degrees about its view axis): frame 0 is exactly its pose, and every frame of the
+    orbit keeps the roll (the angle between the image's up and the world's vertical plane)."""
+    import dataclasses
+    import math
+
+    from scheduler.cli.render_cli import default_orbit
+    from worker.render.camera import look_at, matrix_to_quat, quat_to_matrix
+
+    scene = example("spheres", 32, 24)
+    base = look_at((0.5, 1.2, 3.0), (0.0, 0.3, 0.0))
+    r = quat_to_matrix(base.orientation)
+    a = math.radians(30)
+    roll = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    rolled = matrix_to_quat(r @ roll)
+    scene = dataclasses.replace(scene, camera=dataclasses.replace(scene.camera, position=base.position,
+                                                                  orientation=rolled))
+    poses = default_orbit(scene, 12)
+    assert poses[0].position == scene.camera.position and poses[0].orientation == scene.camera.orientation
+
+    def roll_of(q):
+        m = quat_to_matrix(q)
+        right, _up, fwd = m[:, 0], m[:, 1], -m[:, 2]
+        level = np.cross(fwd, (0.0, 1.0, 0.0))  # the right vector of an unrolled camera
+        level /= np.linalg.norm(level)
+        return math.degrees(math.atan2(np.dot(np.cross(level, right), fwd), np.dot(level, right)))
+
+    assert abs(abs(roll_of(poses[0].orientation)) - 30) < 1e-6
+    for p in poses:
+        assert abs(roll_of(p.orientation) - roll_of(poses[0].orientation)) < 1e-6
+        assert abs(p.position[1] - scene.camera.position[1]) < 1e-9

@@ -270,11 +270,13 @@ def test_mesh_transform_and_box_axes():
 
 
 def test_obj_parse_triangulates_and_resolves_indices():
-    v, f = parse_obj(
+    m = parse_obj(
         "# a quad and a relative triangle\nv 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nvn 0 0 1\n"
         "g quad\nusemtl x\nf 1/1/1 2/1/1 3//1 4\nf -1 -2 -3\n"
     )
+    v, f = m.vertices, m.indices
     assert v.shape == (4, 3) and f.tolist() == [[0, 1, 2], [0, 2, 3], [3, 2, 1]]
+    assert m.normals is None and m.uvs is None  # some corners name no vt / vn: the mesh gets neither
 
 
 @pytest.mark.parametrize(

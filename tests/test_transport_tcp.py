@@ -26,6 +26,7 @@ from mesh.bigtcp.transport import (
     Transport,
 )
 from mesh.identity import Identity
+from mesh.waiting import until
 
 KiB, MiB = 1024, 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,13 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def sample(name: str, labels: dict) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:
-    """Poll a condition (for effects we cannot await directly, e.g. a metric bumped by another task)."""
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 async def echo(stream):
@@ -135,7 +129,7 @@ async def test_client_without_certificate_is_refused_and_counted():
                     pass
                 raise trio.BrokenResourceError
         await trio.aclose_forcefully(tls)
-        await wait_for(lambda: sample("gpumesh_transport_handshake_failures_total", {"reason": "missing_identity"}) == before + 1)
+        await until(lambda: sample("gpumesh_transport_handshake_failures_total", {"reason": "missing_identity"}) == before + 1)
         assert not server.connections()
 
 
@@ -317,10 +311,10 @@ async def test_slow_reader_and_reset_over_tls():
                     back += chunk
                 assert back == data
             # the slow sender is out of credit and waits; nothing more moves on that stream
-            await wait_for(lambda: sent == 4 and conn._mux.send_credit(slow.id) == 0)
+            await until(lambda: sent == 4 and conn._mux.send_credit(slow.id) == 0)
             assert sent == 4  # exactly one window (256 KiB) in flight
             srv = holders["slow"]
-            await wait_for(lambda: srv.buffered == 256 * KiB)
+            await until(lambda: srv.buffered == 256 * KiB)
             srv.reset("enough")
             assert srv.buffered == 0 and srv.connection._mux.buffered_bytes == 0
             n.cancel_scope.cancel()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
@@ -101,6 +102,12 @@ class Device:
     int64: bool
     driver_version: str = ""
     opencl: bool = True  # False only for the cpu-reference pseudo-device (no OpenCL context)
+    # OpenCL limits a compute job is checked against before transfer (0 / "" / (): unknown)
+    max_work_item_sizes: tuple[int, ...] = ()
+    max_alloc_bytes: int = 0
+    local_mem_bytes: int = 0
+    opencl_version: str = ""  # "3.0"
+    non_uniform_work_groups: bool = False
     # calibration figures, None until measured (worker.calibration)
     mulmod_mops: float | None = None
     fma_gflops: float | None = None
@@ -126,7 +133,10 @@ class Device:
         missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING]
         if missing:
             raise ValueError(f"device record lacks {', '.join(missing)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
+        vals = {k: v for k, v in d.items() if k in known}
+        if "max_work_item_sizes" in vals:
+            vals["max_work_item_sizes"] = tuple(vals["max_work_item_sizes"])
+        return cls(**vals)
 
     @classmethod
     def cpu_reference(cls) -> Device:
@@ -233,7 +243,41 @@ def describe(cl: Any, platform_idx: int, device_idx: int, platform: Any, dev: An
         fp64=fp64,
         int64=int64,
         driver_version=driver,
+        **_opencl_limits(dev),
     )
+
+
+def _opencl_limits(dev: Any) -> dict[str, Any]:
+    """The limits `worker.compute` checks a job against (what cannot be read stays unknown)."""
+    version = device_opencl_version(dev)
+    return {
+        "max_work_item_sizes": tuple(int(x) for x in _info(dev, "max_work_item_sizes", ()))[:3],
+        "max_alloc_bytes": int(_info(dev, "max_mem_alloc_size", 0)),
+        "local_mem_bytes": int(_info(dev, "local_mem_size", 0)),
+        "opencl_version": version,
+        "non_uniform_work_groups": device_non_uniform(dev, version),
+    }
+
+
+def device_opencl_version(d: Any) -> str:
+    """"3.0" from a pyopencl device's "OpenCL 3.0 PoCL ..." version string ("" if unreadable)."""
+    m = re.match(r"OpenCL (\d+)\.(\d+)", str(getattr(d, "version", "")))
+    return f"{m.group(1)}.{m.group(2)}" if m else ""
+
+
+def device_non_uniform(d: Any, version: str) -> bool:
+    """Whether kernels may run with a partial last work-group: mandatory in OpenCL 2.x (with OpenCL C 2.0),
+    optional in 3.0 (CL_DEVICE_NON_UNIFORM_WORK_GROUP_SUPPORT)."""
+    major = int(version.split(".")[0]) if version else 0
+    if major < 2:
+        return False
+    if major == 2:
+        return True
+    try:
+        return bool(d.non_uniform_work_group_support)
+    except Exception:  # noqa: BLE001 - a runtime that cannot answer: say no
+        return False
+
 
 
 def _import_opencl() -> Any:

@@ -35,7 +35,8 @@ from __future__ import annotations
 import bisect
 import logging
 import math
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -148,10 +149,11 @@ class _DeviceQueue:
     queued: list[Entry] = field(default_factory=list)  # sorted by key; includes suspended entries
     running: dict[str, Entry] = field(default_factory=dict)
     held: bool = False  # quarantined: a kernel of a failed job still runs there, no slot is given out
+    lent: dict[str, int] = field(default_factory=dict)  # slots lent to jobs running on another device
 
     @property
     def free_slots(self) -> int:
-        return 0 if self.held else max(self.slots - len(self.running), 0)
+        return 0 if self.held else max(self.slots - len(self.running) - sum(self.lent.values()), 0)
 
     def count_admitted(self, realtime: bool) -> int:
         return sum(1 for e in self.queued if e.state == "queued" and (e.priority is Priority.REALTIME) == realtime)
@@ -221,6 +223,21 @@ class PriorityQueues:
             return False
         dq.held = held
         return True
+
+    def lend(self, device_id: str, job_id: str) -> bool:
+        """Lend one free slot of an idle device (nothing queued or suspended there) to a job running on another
+        device, which then uses both; False when the device is busy, held or unknown."""
+        dq = self._devices.get(device_id)
+        if dq is None or dq.free_slots == 0 or dq.queued:
+            return False
+        dq.lent[job_id] = dq.lent.get(job_id, 0) + 1
+        return True
+
+    def give_back(self, device_id: str, job_id: str) -> None:
+        """Return the slots a job borrowed on a device (see lend); grant() can give them out again."""
+        dq = self._devices.get(device_id)
+        if dq is not None:
+            dq.lent.pop(job_id, None)
 
     def held(self, device_id: str) -> bool:
         dq = self._devices.get(device_id)
@@ -417,7 +434,7 @@ class PriorityQueues:
     def counts(self, device_id: str) -> tuple[int, int, int]:
         """(running, waiting, free slots) of a device; cheap."""
         dq = self._devices[device_id]
-        return len(dq.running), len(dq.queued), dq.free_slots
+        return len(dq.running) + sum(dq.lent.values()), len(dq.queued), dq.free_slots
 
     def load(self, device_id: str, now: float) -> DeviceLoad:
         dq = self._devices[device_id]
@@ -854,6 +871,25 @@ class Executor:
         self._dispatch()
         await resume.wait()
 
+    @asynccontextmanager
+    async def _idle_devices(self, job: _Job) -> AsyncIterator[list[tuple[Device, Any]]]:
+        """Lend the job a slot on each other idle OpenCL device of this node for the block (RunContext)."""
+        jid = job.req.job_id
+        taken = [d for d in self._devices.values()
+                 if d.id != job.device.id and d.opencl and self._core.lend(d.id, jid)]
+        if taken:
+            self._changed()
+        try:
+            out = []
+            for d in taken:
+                out.append((d, await self._open(d)))
+            yield out
+        finally:
+            for d in taken:
+                self._core.give_back(d.id, jid)
+            if taken:
+                self._dispatch()
+
     def _progress(self, job: _Job, fraction: float, message: str | None = None) -> None:
         job.handle.progress = min(max(float(fraction), 0.0), 1.0)
         job.handle.progress_message = message
@@ -880,6 +916,7 @@ class Executor:
                     device=job.device,
                     cl=dctx,
                     checkpoint=partial(self._checkpoint, job),
+                    idle_devices=partial(self._idle_devices, job),
                     progress=partial(self._progress, job),
                     cancel_scope=job.scope,
                 )

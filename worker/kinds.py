@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -204,6 +205,11 @@ def _no_progress(fraction: float, message: str | None = None) -> None:
     pass
 
 
+@asynccontextmanager
+async def _no_idle_devices() -> AsyncIterator[list[tuple[Any, Any]]]:
+    yield []
+
+
 async def _no_checkpoint() -> None:
     await trio.lowlevel.checkpoint()
 
@@ -272,6 +278,10 @@ class RunContext:
     cl: DeviceContext | None = None  # None: the CPU reference path
     checkpoint: Callable[[], Awaitable[None]] = _no_checkpoint
     progress: ProgressFn = _no_progress
+    # `async with ctx.idle_devices() as more:` lends the job the node's other OpenCL devices that are idle
+    # (a free slot, nothing queued) until the block ends: [(Device, DeviceContext)], maybe empty. A kind that
+    # can split its work (render.frame's tiles) uses them; nothing else is admitted there meanwhile.
+    idle_devices: Callable[[], AbstractAsyncContextManager[list[tuple[Any, Any]]]] = _no_idle_devices
     cancel_scope: trio.CancelScope | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -28,8 +28,9 @@ from mesh.bigtcp.rpc import RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.control import ControlError
 from mesh.identity import IdentityError, load_or_create
-from scheduler.cli import compute_cli, render_cli, watch
+from scheduler.cli import compute_cli, jobs_cli, render_cli, watch
 from scheduler.client.client import Client, address_from_args
+from scheduler.node import lifeline
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -38,6 +39,7 @@ from scheduler.node.config import (
     load_settings,
 )
 from scheduler.node.daemon import Node
+from scheduler.node.endpoints import BindError, find_exception
 from scheduler.node.tokens import TokenError, TokenStore, parse_duration
 from worker.zk import AIRS, prove_spec, validate_spec, verify
 
@@ -135,10 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="refuse at once when the mesh is saturated instead of queueing")
     sp.add_argument("--wait", action="store_true", help="wait for the result")
     sp.add_argument("--out", type=Path, metavar="DIR", help="with --wait: write result.json and output.bin here")
-    job_cmd("jobs", "list the jobs this node coordinates")
-    jp = job_cmd("job", "show one job")
-    jp.add_argument("id")
-    cp = job_cmd("cancel", "cancel a job (reaches a running kernel at its next chunk boundary)")
+    jobs_cli.add_parsers(job_cmd)
+    cp = job_cmd("cancel", "cancel a job of the mesh, by id or unique prefix (reaches a running kernel at its next "
+                           "chunk boundary)")
     cp.add_argument("id")
     job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
                      "state change otherwise or with --json (Ctrl-C stops)")
@@ -189,11 +190,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gpumesh.node")
+    parent = os.getppid()
+    if settings.exit_with_parent:
+        lifeline.set_parent_death_signal(signal.SIGTERM)
+        if not lifeline.parent_alive(parent):  # it died before the kernel was told
+            return EXIT_OK
     node = Node(settings)  # identity errors surface here, before any network I/O
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
+                if settings.exit_with_parent:
+                    nursery.start_soon(lifeline.watch_parent, parent, nursery.cancel_scope.cancel)
                 await nursery.start(node.run)
 
                 async def stop_on_signal() -> None:
@@ -204,15 +212,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
                 nursery.start_soon(stop_on_signal)
 
-    trio.run(main)
-    log.info("node stopped")
+    code = EXIT_OK
+    try:
+        trio.run(main)
+        log.info("node stopped")
+    except BaseException as e:
+        bind_error = find_exception(e, BindError)
+        if bind_error is None:
+            raise
+        print(f"mesh-node: {bind_error}", file=sys.stderr)
+        code = EXIT_USAGE
     # Everything the node owns is closed (connections, journal, sockets); skip finalizing third-party objects
     # (OpenCL contexts, libp2p) at interpreter teardown so the process ends promptly (measured: ~80 ms
     # from SIGTERM to exit).
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_OK)
+    os._exit(code)
 
 
 def console():
@@ -336,7 +352,7 @@ def cmd_mesh_key(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-EXIT_REJECTED, EXIT_CANCELLED = 4, 5
+EXIT_REJECTED, EXIT_CANCELLED, EXIT_NOT_FOUND = 4, 5, 6
 
 
 def _run_client(args: argparse.Namespace, fn) -> Any:
@@ -376,39 +392,28 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if res is None:
         _print(ans, args.json, lambda a: print(f"job {a['id']} {a['message']}"))
         return EXIT_OK
-    out = {"id": res.job_id, "state": res.state, "reason": res.reason, "body": res.body, "worker": res.worker,
-           "attempt": res.attempt, "output_bytes": len(res.output), "timings": res.timings}
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "result.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-        if res.output:
-            (args.out / "output.bin").write_bytes(res.output)
-    _print(out, args.json, lambda o: print(f"job {o['id']} {o['state']}" + (f": {o['reason']}" if o["reason"] else "")
-                                            + f" on {o['worker'][-12:] or '?'}\n{json.dumps(o['body'], default=str)[:2000]}"))
+    jobs_cli.write_outcome(res, args.out, args.json)
     return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
 
-def _job_table(rows: list[dict]) -> None:
-    t = Table(title=f"{len(rows)} job(s)")
-    t.add_column("id", overflow="fold")
-    for col in ("kind", "state", "priority", "attempt", "worker", "reason"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(r["id"], r["kind"], r["state"], r.get("priority", ""), str(r.get("attempt", "")),
-                  (r.get("peer") or "")[-12:], r.get("reason", ""))
-    console().print(t)
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
-    rows = _run_client(args, lambda c: c.list())
-    _print(rows, args.json, _job_table)
+    body = jobs_cli.list_body(args)
+    rows = _run_client(args, lambda c: c.list(body.pop("limit"), **body))
+    _print(rows, args.json, lambda rs: console().print(jobs_cli.job_table(
+        rs, f"{len(rs)} job(s)" + (" on this node" if args.local else " in the mesh"))))
     return EXIT_OK
 
 
 def cmd_job(args: argparse.Namespace) -> int:
     row = _run_client(args, lambda c: c.status(args.id))
-    _print(row, args.json, lambda r: print("\n".join(f"{k}: {v}" for k, v in r.items())))
+    _print(row, args.json, lambda r: print(jobs_cli.show_job(r)))
     return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    res = _run_client(args, lambda c: c.result(args.id, wait=not args.no_wait))
+    jobs_cli.write_outcome(res, args.out, args.json)
+    return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -492,7 +497,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if v.ok else EXIT_FAIL
 
 
-COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_UNAVAILABLE
     except RpcError as e:
         print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
-        return EXIT_UNAVAILABLE if e.code == "unavailable" else EXIT_USAGE
+        return {"unavailable": EXIT_UNAVAILABLE, "not_found": EXIT_NOT_FOUND}.get(e.code, EXIT_USAGE)
     except HandshakeError as e:
         print(f"mesh-node: connection refused: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -523,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `mesh-node jobs | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
+        return 141  # as a tool killed by SIGPIPE
 
 
 if __name__ == "__main__":

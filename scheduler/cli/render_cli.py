@@ -2,10 +2,11 @@
 
     mesh-node render examples/scenes/spheres.json --frames 30 --out frames/
     mesh-node render scene.json --poses path.json --fps 60 --deadline-ms 16 --width 320 --height 240
+    mesh-node render examples/scenes/ar.json --serve 8080      # the live viewer: http://127.0.0.1:8080/
 
 Without `--poses` the camera orbits the point it looks at. Frames go through `render_stream` (in order; with
 `--deadline-ms`, each frame is a realtime job set and a frame late for its deadline is dropped and counted).
-`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha) and `frame_NNNN_depth.npy` (float32 metres, +inf
+`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha as PNG wants it) and `frame_NNNN_depth.npy` (float32 metres, +inf
 where nothing is hit) per rendered frame, and `stats.json`.
 
 `add_parser(subparsers)` adds the command to mesh-node's parser; `run(args)` runs it (exit 0 when at least one
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,11 @@ import trio
 
 from scheduler.client.client import Client, address_from_args
 from scheduler.client.render_client import StreamStats, render_stream
+from scheduler.client.viewer import Viewer, parse_listen, url_of
 from scheduler.node.config import add_node_options
 from worker.render import png
-from worker.render.camera import look_at, quat_to_matrix
+from worker.render.camera import Pose, matrix_to_quat, quat_to_matrix
+from worker.render.compositing import straight_alpha
 from worker.render.errors import SceneError
 from worker.render.samples import at_resolution
 from worker.render.scene import from_dict, load_scene_file, pose_from_dict, to_dict
@@ -52,7 +56,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default: no deadline, every frame is rendered)")
     p.add_argument("--tiles", default="auto",
                    help="'auto' (split when the cost model says it pays), 'none', or a tile count (default auto)")
-    p.add_argument("--max-in-flight", type=int, default=4, help="frames in flight at once (default 4)")
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="frames in flight at once (default 4; 2 with --serve)")
+    p.add_argument("--serve", metavar="[HOST:]PORT",
+                   help="instead of a camera path, serve the live viewer page at http://HOST:PORT/ (default host "
+                        "127.0.0.1; PORT 0 picks one): orbit with the mouse (or WebXR), frames shown as they "
+                        "arrive with latency, fps and dropped-frame counters; runs until interrupted")
     p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
     add_node_options(p, "API token")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
@@ -62,21 +71,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def default_orbit(scene: Any, frames: int) -> list:
     """An orbit around the point the scene's camera looks at (the point of its view axis nearest the world
-    origin, at least 1 m ahead), at the camera's distance and height."""
+    origin, at least 1 m ahead): the camera's own pose turned about the vertical axis through that point, so
+    frame 0 is exactly the scene camera (roll and pitch included) and every frame keeps its height, distance
+    and roll."""
 
     cam = scene.camera
     pos = np.asarray(cam.position, np.float64)
-    fwd = -quat_to_matrix(cam.orientation)[:, 2]
-    t = max(1.0, float(-pos @ fwd))
-    target = pos + t * fwd
-    dx, dz = pos[0] - target[0], pos[2] - target[2]
-    radius = max(0.1, math.hypot(dx, dz))
-    a0 = math.atan2(dx, dz)  # start where the scene's camera is
-    tgt = (float(target[0]), float(target[1]), float(target[2]))
-    poses = []
-    for i in range(frames):
-        a = a0 + 2 * math.pi * i / frames
-        poses.append(look_at((tgt[0] + radius * math.sin(a), float(pos[1]), tgt[2] + radius * math.cos(a)), tgt))
+    rot = quat_to_matrix(cam.orientation)
+    t = max(1.0, float(-pos @ -rot[:, 2]))
+    target = pos + t * -rot[:, 2]
+    poses = [cam.pose]
+    for i in range(1, frames):
+        a = 2 * math.pi * i / frames
+        c, s = math.cos(a), math.sin(a)
+        turn = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])  # about +Y, the world's up
+        p = target + turn @ (pos - target)
+        poses.append(Pose((float(p[0]), float(p[1]), float(p[2])), matrix_to_quat(turn @ rot)))
     return poses
 
 
@@ -113,11 +123,18 @@ def run(args: argparse.Namespace) -> int:
             scene = from_dict(to_dict(at_resolution(scene, args.width, args.height), binary=True))  # validated
         poses = load_poses(args.poses)[:args.frames] if args.poses else default_orbit(scene, args.frames)
         tiles = _tiles(args.tiles)
+        if args.max_in_flight is None:
+            args.max_in_flight = 2 if args.serve else 4
         if args.fps <= 0 or args.frames < 1 or args.max_in_flight < 1:
             raise ValueError("--fps, --frames and --max-in-flight must be positive")
+        listen = None
+        if args.serve:
+            listen = parse_listen(args.serve)
     except (OSError, ValueError, SceneError) as e:
         print(f"mesh-node render: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if listen is not None:
+        return serve(args, scene, tiles, listen)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
 
@@ -126,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     per_frame: list[dict[str, Any]] = []
 
     def write(i: int, rgba: Any, depth: Any) -> None:
-        png.write_png(args.out / f"frame_{i:04d}.png", rgba)
+        png.write_png(args.out / f"frame_{i:04d}.png", straight_alpha(rgba))
         np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
 
     async def main() -> None:
@@ -165,4 +182,30 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK if stats.rendered else EXIT_FAIL
 
 
-__all__ = ["add_parser", "default_orbit", "load_poses", "run"]
+def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, int]) -> int:
+    """`--serve`: the live viewer until interrupted (exit 0), or 1 when the node cannot be reached."""
+
+    addr, tok, pid, insecure = address_from_args(args)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+                viewer = Viewer(c, scene, tiles=tiles, deadline_ms=args.deadline_ms,
+                                max_in_flight=args.max_in_flight)
+                async with trio.open_nursery() as nursery:
+                    port = await nursery.start(viewer.serve, listen[0], listen[1])
+                    print(f"viewer of {args.scene} ({scene.camera.width}x{scene.camera.height}) at "
+                          f"{url_of(listen[0], port)} (Ctrl-C to stop)", flush=True)
+                    async for _ in signals:
+                        nursery.cancel_scope.cancel()
+                        break
+
+    try:
+        trio.run(main)
+    except OSError as e:
+        print(f"mesh-node render: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
+__all__ = ["add_parser", "default_orbit", "load_poses", "run", "serve"]

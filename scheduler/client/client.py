@@ -161,8 +161,14 @@ class Client:
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self.rpc.call("job.status", {"id": job_id})
 
-    async def list(self, limit: int = 200) -> list[dict[str, Any]]:
-        return (await self.rpc.call("job.list", {"limit": limit}))["jobs"]
+    async def list(self, limit: int = 200, *, state: list[str] | str | None = None, kind: str = "",
+                   since: float = 0.0, local: bool = False) -> list[dict[str, Any]]:
+        """Jobs of the whole mesh (every node in the asked node's view; `local`: that node's only), newest
+        first. Filters: `state` (one or a list), `kind` (a kind or its family, e.g. render), `since` (wall-clock
+        time, seconds since the epoch)."""
+        states = [state] if isinstance(state, str) else list(state or [])
+        body = {"limit": limit, "state": states, "kind": kind, "since": since, "local": local}
+        return (await self.rpc.call("job.list", body))["jobs"]
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self.rpc.call("job.cancel", {"id": job_id})
@@ -209,8 +215,8 @@ class SyncClient:
     def status(self, job_id: str) -> dict[str, Any]:
         return self._rpc.run_async(self._client.status, job_id)
 
-    def list(self, limit: int = 200) -> list[dict[str, Any]]:
-        return self._rpc.run_async(self._client.list, limit)
+    def list(self, limit: int = 200, **kw: Any) -> list[dict[str, Any]]:
+        return self._rpc.run_async(self._client.list, limit, **kw)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._rpc.run_async(self._client.cancel, job_id)

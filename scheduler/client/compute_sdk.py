@@ -9,6 +9,16 @@
                         global_size=n)                # many independent launches, spread over peers, in order
         y3 = mesh.compute(..., verify="redundant")    # run on two different peers, outputs compared bit for bit
 
+**pyopencl-shaped** (a pyopencl script ports by changing a few lines; docs/compute.md ports pyopencl's demo)::
+
+        prg = mesh.program(SOURCE).build()                 # cl.Program(ctx, SOURCE).build()
+        res = prg.sum(mesh, a.shape, None, a, b, Out.like(a))  # knl(queue, gsize, lsize, a_g, b_g, res_g)
+        res = mesh.launch(SOURCE, "sum", a.shape, None, a, b, Out.like(a))   # the same in one call
+
+**Pipelines** (`worker.compute.api.Pipeline`: launches over named in/out/inout/scratch buffers) run with
+`mesh.run(pipeline.job())`; `mesh-node compute PIPELINE.yaml` runs the same from a spec file
+(`scheduler.cli.compute_spec_file`).
+
 `AsyncMesh` is the trio twin (`async with AsyncMesh.local() as mesh: await mesh.compute(...)`). Arguments are
 those of `worker.compute.api.make_job` (re-exported here: `In`, `InOut`, `Out`, `Scalar`, `Local`), in kernel
 parameter order; a prebuilt `ComputeJob` (e.g. an example's `job()`) runs with `mesh.run(job)`, which returns a
@@ -64,9 +74,12 @@ from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
 from scheduler.core.job import WireError
 from scheduler.core.local import default_data_dir
-from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Scalar, make_job
+from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Pipeline, Scalar, Scratch, make_job
+from worker.compute.cltypes import from_numpy
+from worker.compute.limits import validate
+from worker.compute.program import Program, split_call
 from worker.compute.runner import ComputeResult
-from worker.compute.spec import DEFAULT_TIME_LIMIT_S, parse_spec
+from worker.compute.spec import DEFAULT_TIME_LIMIT_S, SpecError, parse_spec
 
 PEERS_TTL_S = 5.0
 DEFAULT_MAX_IN_FLIGHT = 64
@@ -207,33 +220,66 @@ def _split_options(kw: dict[str, Any], default_priority: str) -> tuple[_Options,
     return _Options(**opts), kw
 
 
+def _elements(a: np.ndarray) -> np.ndarray:
+    """A flat array of comparable elements: vectors (pyopencl.cltypes) as their scalar lanes."""
+
+    if a.dtype.names is not None:
+        try:
+            t = from_numpy(a.dtype)
+        except ValueError:
+            return a.ravel()
+        if t.kind == "vector" and t.base is not None:
+            lanes = np.ascontiguousarray(a).view(t.base)
+            return lanes.reshape(-1, 4)[:, :3].ravel() if t.width == 3 else lanes.ravel()  # not the padding lane
+    return a.ravel()
+
+
+def _field_bytes(dt: np.dtype) -> np.ndarray:
+    """A mask of the bytes of one element that belong to a field (all of them for a non-struct)."""
+    mask = np.zeros(dt.itemsize, dtype=bool)
+    if dt.names is None or dt.fields is None:
+        mask[:] = True
+        return mask
+    for n in dt.names:
+        fdt, off = dt.fields[n][0], dt.fields[n][1]
+        mask[off:off + fdt.itemsize] = True
+    return mask
+
+
 def compare_outputs(a: ComputeResult, b: ComputeResult, rtol: float = 0.0, atol: float = 0.0) -> tuple[str, str] | None:
-    """None if the outputs agree (bit for bit, or within rtol/atol for float outputs), else (output, detail)."""
+    """None if the outputs agree (bit for bit, or within rtol/atol for float and complex outputs, vectors lane by
+    lane), else (output, detail). Structs and integers are always compared bit for bit."""
     if len(a.outputs) != len(b.outputs):
         return "(all)", f"{len(a.outputs)} outputs vs {len(b.outputs)}"
     for oa, ob in zip(a.outputs, b.outputs, strict=True):
         name = oa.name or f"arg{oa.index}"
-        x, y = oa.array.ravel(), ob.array.ravel()
-        if oa.index != ob.index or x.dtype != y.dtype or x.size != y.size:
-            return name, f"{x.dtype}[{x.size}] vs {y.dtype}[{y.size}]"
-        if np.issubdtype(x.dtype, np.floating) and (rtol or atol):
+        if oa.index != ob.index or oa.array.dtype != ob.array.dtype or oa.array.size != ob.array.size:
+            return name, f"{oa.array.dtype}[{oa.array.size}] vs {ob.array.dtype}[{ob.array.size}]"
+        x, y = _elements(oa.array), _elements(ob.array)
+        inexact = np.issubdtype(x.dtype, np.inexact)
+        if inexact and (rtol or atol):
             close = np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
             bad = np.flatnonzero(~close)
             what = f"beyond rtol={rtol:g}, atol={atol:g}"
         else:
             if x.tobytes() == y.tobytes():
                 continue
-            bad = np.flatnonzero(x.view(f"u{x.dtype.itemsize}") != y.view(f"u{y.dtype.itemsize}"))
+            keep = _field_bytes(x.dtype)  # a struct's padding holds whatever the device left there
+            xb = np.ascontiguousarray(x).view(np.uint8).reshape(x.size, -1)[:, keep]
+            yb = np.ascontiguousarray(y).view(np.uint8).reshape(y.size, -1)[:, keep]
+            bad = np.flatnonzero((xb != yb).any(axis=1))
             what = "bit for bit"
         if bad.size:
             i = int(bad[0])
             diff = ""
             if np.issubdtype(x.dtype, np.number):
                 with np.errstate(all="ignore"):
-                    d = np.abs(x[bad].astype(np.float64) - y[bad].astype(np.float64))
+                    wide = np.complex128 if np.issubdtype(x.dtype, np.complexfloating) else np.float64
+                    d = np.abs(x[bad].astype(wide) - y[bad].astype(wide))
                 diff = f", max |difference| {np.nanmax(d) if d.size and not np.all(np.isnan(d)) else math.nan:.3g}"
-            return name, (f"{bad.size} of {x.size} elements differ {what}; first at [{i}]: {x[i].item()!r} vs {y[i].item()!r}"
-                          f"{diff}")
+            show = (lambda v: v.item()) if x.dtype.names is None else (lambda v: v.tobytes().hex())
+            return name, (f"{bad.size} of {x.size} elements differ {what}; first at [{i}]: {show(x[i])!r} vs "
+                          f"{show(y[i])!r}{diff}")
     return None
 
 
@@ -275,6 +321,22 @@ class AsyncMesh:
         opts, mk = _split_options(kw, "interactive")
         job = make_job(source, kernel, args, global_size, local_size, **mk)
         return (await self._run(job, opts)).value()
+
+    async def launch(self, source: str, kernel: str, *args: Any, **kw: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """pyopencl's call shape: `launch(source, kernel, global_size, local_size, *args)` (a leading queue
+        argument is ignored); keywords as `compute`. Returns the output(s)."""
+        gsize, lsize, kargs = split_call(args)
+        return await self.compute(source, kernel, kargs, gsize, lsize, **kw)
+
+    def program(self, source: str, options: str | Sequence[str] = (), **kw: Any) -> Program:
+        """pyopencl's Program shape on the mesh: `await mesh.program(src).build().name(queue, g, l, *args)`.
+        Keywords: `make_job`'s and `run`'s, applied to every call."""
+        opts, mk = _split_options(dict(kw), "interactive")
+
+        async def execute(job: ComputeJob) -> Any:
+            return (await self._run(job, opts)).value()
+
+        return Program(source, options, execute=execute, **mk)
 
     async def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
         """Run a prebuilt job (`make_job(...)`, an example's `job()`); the outputs with worker and timings."""
@@ -440,8 +502,12 @@ class AsyncMesh:
                           verified_by=(), job_ids=(res.job_id,))
 
     async def _precheck(self, job: ComputeJob) -> None:
-        """Refuse a job whose buffers exceed every OpenCL device the mesh advertises, before any transfer."""
-        req = parse_spec(job.spec).requirements()
+        """Refuse, before any transfer, a job whose buffers exceed every OpenCL device the mesh advertises
+        (`BufferTooLarge`), or that no advertised device can launch (`ComputeRefused`, code `device_limits`:
+        work-group sizes and `reqd_work_group_size` against each device's maximum, non-uniform work-groups, local
+        memory, largest allocation, fp64; the message is the closest device's refusal, naming the field)."""
+        spec = parse_spec(job.spec)
+        req = spec.requirements()
         need = req.min_memory_bytes
         try:
             peers = await self.peers()
@@ -458,6 +524,17 @@ class AsyncMesh:
                                  f"the job's buffers need {_fmt(need)} but the largest OpenCL device on the mesh "
                                  f"has {_fmt(best)} ({len(fit)} device{'s' * (len(fit) != 1)} seen); nothing was "
                                  f"sent")
+        refusals: list[tuple[dict[str, Any], SpecError]] = []
+        for d in fit:
+            try:
+                validate(spec, d)
+                return
+            except SpecError as err:
+                refusals.append((d, err))
+        dev, why = refusals[0]
+        raise ComputeRefused("", "device_limits",
+                             f"no OpenCL device on the mesh can run this job ({len(fit)} seen); on "
+                             f"{dev.get('name') or dev.get('id')}: {why}; nothing was sent")
 
 
 def _fmt(n: float) -> str:
@@ -503,6 +580,16 @@ class Mesh:
     def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
         return self._call(self._amesh.run, job, **kw)
 
+    def launch(self, source: str, kernel: str, *args: Any, **kw: Any) -> np.ndarray | dict[str, np.ndarray]:
+        """pyopencl's call shape: `launch(source, kernel, global_size, local_size, *args)`."""
+        return self._call(self._amesh.launch, source, kernel, *args, **kw)
+
+    def program(self, source: str, options: str | Sequence[str] = (), **kw: Any) -> Program:
+        """pyopencl's Program shape: `mesh.program(src).build().name(queue, global_size, local_size, *args)`
+        (the queue argument is ignored: pass the mesh, or leave it out). Returns the output(s) of each call."""
+        opts, mk = _split_options(dict(kw), "interactive")
+        return Program(source, options, execute=lambda job: self._call(self._amesh._run, job, opts).value(), **mk)
+
     def map(self, source: str, kernel: str, arg_lists: Sequence[Sequence[Any]], global_size: Any = None,
             local_size: Any = None, **kw: Any) -> list[Any]:
         return self._call(self._amesh.map, source, kernel, arg_lists, global_size, local_size, **kw)
@@ -528,5 +615,5 @@ class Mesh:
 
 
 __all__ = ["AsyncMesh", "BufferTooLarge", "BuildFailed", "ComputeFailed", "ComputeJob", "ComputeRefused",
-           "ComputeRun", "In", "InOut", "Local", "Mesh", "Out", "RedundancyUnavailable", "Scalar",
-           "TimeLimitExceeded", "VerificationFailed", "compare_outputs", "make_job"]
+           "ComputeRun", "In", "InOut", "Local", "Mesh", "Out", "Pipeline", "Program", "RedundancyUnavailable",
+           "Scalar", "Scratch", "TimeLimitExceeded", "VerificationFailed", "compare_outputs", "make_job"]

@@ -96,7 +96,7 @@ class TileInfo:
 
 @dataclass
 class Frame:
-    """One frame: `rgba` (h, w, 4) uint8 sRGB straight alpha and `depth` (h, w) float32 metres (+inf: no hit),
+    """One frame: `rgba` (h, w, 4) uint8 sRGB premultiplied alpha and `depth` (h, w) float32 metres (+inf: no hit),
     or `dropped=True` with `reason` and no image."""
 
     index: int

@@ -575,7 +575,7 @@ class CoordinatorCore:
         if peer == self.view.self_peer_id:
             return True
         st = self.view.get(peer)
-        return st is not None and now - st.last_seen <= self.view.ttl_s
+        return st is not None and now <= st.expires_at
 
     def _fair_tag(self, submitter: str) -> int:
         """Queue order within a priority class: start-time fair queueing over submitters (API tokens), so a

@@ -22,6 +22,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -165,8 +166,8 @@ class Job:
     def inline(self) -> bool:
         return self.input is not None
 
-    def with_id(self) -> Job:
-        return self if self.job_id else replace(self, job_id=new_job_id())
+    def with_id(self, make_id: Callable[[], str] = new_job_id) -> Job:
+        return self if self.job_id else replace(self, job_id=make_id())
 
     def validate(self, inline_limit: int = INLINE_INPUT_LIMIT) -> Job:
         """Raise WireError unless the job is well-formed; returns self."""

@@ -35,6 +35,7 @@ import msgpack
 import numpy as np
 
 from mesh.advert import Advert, DeviceAdvert
+from mesh.advert_delta import AdvertDelta
 from mesh.membership import Left, MembershipView, PeerState
 from scheduler.core.job import Job, Requirements
 
@@ -114,8 +115,9 @@ class TrackedView(MembershipView):
 
     LOG_SIZE = 8192
 
-    def __init__(self, self_peer_id: str, ttl_s: float, admit: Callable[[str], bool] | None = None) -> None:
-        super().__init__(self_peer_id, ttl_s, admit)
+    def __init__(self, self_peer_id: str, ttl_s: float, admit: Callable[[str], bool] | None = None,
+                 **ttl: float | None) -> None:
+        super().__init__(self_peer_id, ttl_s, admit, **ttl)
         self.version = 0
         self._log: deque[tuple[int, str]] = deque(maxlen=self.LOG_SIZE)
 
@@ -123,11 +125,13 @@ class TrackedView(MembershipView):
         self.version += 1
         self._log.append((self.version, peer_id))
 
-    def apply(self, advert: Advert, now: float):  # type: ignore[override]
-        ev = super().apply(advert, now)
-        st = self.get(advert.peer_id)
-        if st is not None and st.advert is advert:
-            self._changed(advert.peer_id)
+    def apply(self, message: Advert | AdvertDelta, now: float):  # type: ignore[override]
+        before = self.get(message.peer_id)
+        seq = before.advert.seq if before is not None else None
+        ev = super().apply(message, now)
+        st = self.get(message.peer_id)
+        if st is not None and st.advert.seq != seq:
+            self._changed(message.peer_id)
         return ev
 
     def expire(self, now: float) -> list[Left]:
@@ -453,7 +457,7 @@ class Placer:
         elif not st.advert.data_addr:  # no data-plane address (yet): an offer could not reach it
             expires = _UNREACHABLE
         else:
-            expires = st.last_seen + self.view.ttl_s
+            expires = st.expires_at
         if e is not None:
             rows = e[2]
             if len(devs) == len(rows) and all(d.id == self._dev_id[r] for d, r in zip(devs, rows, strict=True)):

@@ -15,6 +15,7 @@ frames) while a driver kills -9 and restarts nodes (workers and coordinators ali
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import random
@@ -33,7 +34,8 @@ import trio
 
 from scheduler.client.client import Client, JobResult, local_address
 from scheduler.devtools.faultproxy import FaultProxy
-from scheduler.devtools.localmesh import NodeProc, free_port, make_nodes, sees_all, start_nodes, wait_for
+from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, stop_all, wait_for
+from scheduler.node import endpoints
 from worker.render import kind as rk
 from worker.render import reference
 from worker.render.camera import Tile, orbit
@@ -86,6 +88,11 @@ class Report:
         return "\n".join(f"  {str(k):<{w}}  {v}" for k, v in rows)
 
 
+def _data_port(data_dir: Path) -> int | None:
+    ep = endpoints.read(data_dir)
+    return ep.data_port if ep is not None else None
+
+
 def _rss(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -102,10 +109,9 @@ class Chaos:
         self.nodes: list[NodeProc] = make_nodes(root, n, FAST)
         self.proxies: list[FaultProxy] = []
         for i, nd in enumerate(self.nodes):  # peers and clients reach each node's data plane through its proxy
-            proxy = FaultProxy("127.0.0.1", nd.data_port, seed=seed * 100 + i)
-            proxy.port = free_port()
-            nd.extra += ["--advertise-host", proxy.address]
-            self.proxies.append(proxy)
+            # the node binds port 0 (a new port after each restart): the proxy reads it from its endpoints file
+            self.proxies.append(FaultProxy("127.0.0.1", functools.partial(_data_port, nd.data_dir),
+                                           seed=seed * 100 + i))
         self._render = _RenderJobs()
         self._net_todo: list[str] = []
         self.rate = rate
@@ -114,12 +120,24 @@ class Chaos:
         self.down: set[int] = set()
         self._seq = 0
 
-    def boot(self) -> None:
-        start_nodes(self.nodes)
-        wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge", interval=0.2)
+    async def boot(self) -> None:
+        """Start the nodes, each advertising its proxy's address (bound already). Processes are started from
+        the main thread (it outlives them: their parent-death signal follows the thread that started them);
+        only the waiting happens in worker threads."""
+        for nd, proxy in zip(self.nodes, self.proxies, strict=True):
+            nd.extra += ["--advertise-host", proxy.address]
+        self.nodes[0].start()
+        await trio.to_thread.run_sync(self.nodes[0].wait_up)
+        for nd in self.nodes[1:]:
+            nd.start([self.nodes[0].multiaddr])
+        for nd in self.nodes[1:]:
+            await trio.to_thread.run_sync(nd.wait_up)
+        await trio.to_thread.run_sync(lambda: wait_for(lambda: sees_all(self.nodes), 120, "the mesh to converge",
+                                                       interval=0.2))
 
     def restart(self, i: int) -> None:
-        others = [nd.multiaddr for j, nd in enumerate(self.nodes) if j != i and j not in self.down]
+        others = [ep.libp2p[0] for j, nd in enumerate(self.nodes)
+                  if j != i and j not in self.down and (ep := nd.current_endpoints()) is not None]
         self.nodes[i].start(others)
 
     # ---- load ----------------------------------------------------------------------------------------
@@ -349,21 +367,27 @@ class _RenderJobs:
         return spec, check
 
 
-async def _run(ch: Chaos, duration: float) -> None:
+async def _run(ch: Chaos, duration: float, min_faults: int, min_jobs: int, cap_s: float) -> None:
     async with trio.open_nursery() as proxies:
         for proxy in ch.proxies:
             await proxies.start(proxy.serve)
-        await trio.to_thread.run_sync(ch.boot)
-        await _faults_and_checks(ch, duration)
+        await ch.boot()
+        await _faults_and_checks(ch, duration, min_faults, min_jobs, cap_s)
         proxies.cancel_scope.cancel()
 
 
-async def _faults_and_checks(ch: Chaos, duration: float) -> None:
+async def _faults_and_checks(ch: Chaos, duration: float, min_faults: int = 0, min_jobs: int = 0,
+                             cap_s: float = 600.0) -> None:
+    """Load and faults for `duration` seconds and, past it, until at least `min_faults` faults were injected
+    and `min_jobs` jobs submitted (a slow machine takes longer, it does not test less), `cap_s` at most."""
     stop = trio.Event()
     async with trio.open_nursery() as n:
         n.start_soon(ch.load, stop)
         n.start_soon(ch.faults, stop)
         await trio.sleep(duration)
+        with trio.move_on_after(max(0.0, cap_s - duration)):
+            while sum(ch.report.faults.values()) < min_faults or len(ch.jobs) < min_jobs:
+                await trio.sleep(0.2)
         stop.set()
     for p in ch.proxies:  # faults stop: the mesh must heal
         p.faults.delay_s, p.faults.corrupt_chunks = 0.0, 0
@@ -387,16 +411,18 @@ async def _faults_and_checks(ch: Chaos, duration: float) -> None:
         ch.report.violations.append(str(e))
 
 
-def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None) -> Report:
+def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None,
+        min_faults: int = 0, min_jobs: int = 0, cap_s: float = 600.0) -> Report:
+    """A chaos run of at least `duration` seconds that goes on until `min_faults` faults were injected and
+    `min_jobs` jobs submitted (at most `cap_s` seconds of load)."""
     with tempfile.TemporaryDirectory(prefix="gpumesh-chaos-") as tmp:
         ch = Chaos(Path(root or tmp), nodes, seed, rate)
         t0 = time.monotonic()
         try:
-            trio.run(_run, ch, duration)
+            trio.run(_run, ch, duration, min_faults, min_jobs, cap_s)
             ch.verdict()
         finally:
-            for nd in ch.nodes:
-                nd.kill()
+            stop_all(ch.nodes)
         ch.report.jobs = len(ch.jobs)
         ch.report.duration_s = time.monotonic() - t0
         return ch.report

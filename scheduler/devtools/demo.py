@@ -11,7 +11,7 @@ from pathlib import Path
 from scheduler.cli.main import console as make_console
 from scheduler.cli.main import device_table
 from scheduler.client.client import SyncClient, local_address
-from scheduler.devtools.localmesh import sees_all, start_mesh, wait_for
+from scheduler.devtools.localmesh import NodeExited, make_nodes, sees_all, start_nodes, stop_all, wait_for
 from worker.zk import verify
 
 OUT = Path("demo-out")
@@ -57,9 +57,10 @@ def main() -> int:
     root = OUT / "nodes"
     console.print(f"[bold]gpumesh demo[/]: starting 3 nodes on 127.0.0.1 (data dirs under {root}/)")
     t0 = time.time()
-    nodes = start_mesh(root, 3, extra=["--advert-interval", "1.0"])
-    try:
-        wait_for(lambda: sees_all(nodes), 60, "the three nodes to see each other", interval=0.1)
+    nodes = make_nodes(root, 3, extra=["--advert-interval", "1.0"])
+    try:  # every path out (an error, Ctrl-C, a timeout) stops the nodes; they also die with this process
+        start_nodes(nodes)
+        wait_for(lambda: sees_all(nodes), 120, "the three nodes to see each other", interval=0.1)
         console.print(f"mesh converged in {time.time() - t0:.1f} s: each node sees the other two")
         peers = nodes[0].call("peers")
         rows = [(p["peer_id"][-8:] + (" (self)" if p["self"] else ""), d) for p in peers for d in p["devices"]]
@@ -68,9 +69,14 @@ def main() -> int:
             console.print(f"  node {nd.peer_id}  libp2p {nd.multiaddr}  metrics http://127.0.0.1:{nd.metrics_port}/metrics")
         render(console, nodes[0])
         prove(console, nodes[0])
+    except (NodeExited, TimeoutError) as e:
+        console.print(f"[red]demo failed[/]: {e}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
     finally:
-        for nd in nodes:
-            nd.stop()
+        stop_all(nodes)
     console.print(f"stopped the nodes cleanly; logs are in {root}/node*/node.log")
     return 0
 

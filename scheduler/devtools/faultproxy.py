@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -54,8 +55,12 @@ class ProxyStats:
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int, *, seed: int = 0) -> None:
-        self.target = (target_host, target_port)
+    """`target_port` may be a function returning the port at each new connection (None: nothing to reach
+    now), for a node that binds port 0 and gets a new port each time it restarts."""
+
+    def __init__(self, target_host: str, target_port: int | Callable[[], int | None], *, seed: int = 0) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
         self.faults = Faults()
         self.stats = ProxyStats()
         self.port = 0
@@ -85,8 +90,11 @@ class FaultProxy:
         return n
 
     async def _handle(self, client: trio.SocketStream) -> None:
+        port = self.target_port() if callable(self.target_port) else self.target_port
         try:
-            upstream = await trio.open_tcp_stream(*self.target)
+            if port is None:
+                raise OSError("target not listening")
+            upstream = await trio.open_tcp_stream(self.target_host, port)
         except OSError:
             await client.aclose()
             return

@@ -519,7 +519,7 @@ class Sim:
         target = a.peer_id
         if target != n.id:
             st = n.view.get(target)
-            if st is None or self.now - st.last_seen > n.view.ttl_s:
+            if st is None or self.now > st.expires_at:
                 r.offers_after_expiry += 1
         dead = self.nodes[target]
         if not dead.alive:

@@ -1,11 +1,15 @@
-"""The client-facing RPC methods (`job.*`, `mesh.peers`): what a client with an API token may ask of the
+"""The client-facing RPC methods (`job.submit`, `mesh.peers`): what a client with an API token may ask of the
 coordinator of this node, checked against the token's scopes and the tenant's quotas.
 
-    client --job.submit / job.result / job.status / job.list / job.cancel / job.watch--> coordinator
+    client --job.submit--> coordinator
+
+The methods about existing jobs (`job.result`, `job.status`, `job.list`, `job.cancel`, `job.watch`) answer for
+the whole mesh: scheduler/node/jobview.py.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -13,11 +17,12 @@ from typing import Any
 import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
-from scheduler.core.job import Job, JobState, WireError
+from scheduler.core.job import Job, WireError
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.node.admission import Principal
 from scheduler.node.coordinator_io import CoordinatorIO
+from scheduler.node.jobview import tagged_job_id
 from scheduler.node.links import CHUNK
 from scheduler.node.tokens import TokenError, TokenStore
 from worker import kinds as kinds_mod
@@ -50,12 +55,10 @@ class ClientAPI:
         self._peers = peers
 
     def register(self, rpc: RpcServer) -> None:
-        for name, fn in [("job.submit", self._submit), ("job.result", self._result), ("job.status", self._status),
-                         ("job.list", self._list), ("job.cancel", self._cancel), ("job.watch", self._watch),
-                         ("mesh.peers", self._mesh_peers)]:
+        for name, fn in [("job.submit", self._submit), ("mesh.peers", self._mesh_peers)]:
             rpc.register(name, fn)
 
-    def _require(self, call: Call, scope: str) -> Principal:
+    def require(self, call: Call, scope: str) -> Principal:
         p: Principal | None = call.principal
         if p is None or p.kind != "client" or p.token is None:
             raise RpcError("unauthenticated", (p.refusal if p is not None and p.refusal else
@@ -69,7 +72,9 @@ class ClientAPI:
     async def _submit(self, call: Call) -> dict[str, Any]:
         now = trio.current_time()
         try:
-            job = Job.from_wire(call.body.get("job"), now).validate().with_id()
+            # an id this node makes names it as the coordinator (see jobview): any node finds the job from it
+            job = Job.from_wire(call.body.get("job"), now).validate().with_id(
+                functools.partial(tagged_job_id, self.coordinator.peer_id))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
         try:
@@ -77,7 +82,7 @@ class ClientAPI:
         except kinds_mod.UnknownKind as e:
             raise RpcError("unknown_kind", str(e)) from None
         scope = "compute" if job.kind.startswith("compute.") else "submit"
-        p = self._require(call, scope)
+        p = self.require(call, scope)
         try:
             kind.validate(job.spec, job.input_size)
             kreq = kind.requirements(job.spec)
@@ -110,41 +115,10 @@ class ClientAPI:
                "position": answer.position, "message": answer.message(), "code": answer.code,
                "duplicate": answer.duplicate}
         if call.body.get("wait") is True and answer.accepted:  # submit and result in one round trip
-            out["outcome"] = await self._outcome(call, answer.job_id, wait=True)
+            out["outcome"] = await self.outcome(call, answer.job_id, wait=True)
         return out
 
-    async def _status(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        job_id = str(call.body.get("id", ""))
-        rec = self.coordinator.core.get(job_id)
-        if rec is not None:
-            return rec.summary()
-        entry = await self.coordinator.journal_entry(job_id)
-        if entry is None:
-            raise RpcError("not_found", f"no job {job_id!r} on this node (wrong node, or finished too long ago)")
-        return {"id": job_id, "kind": entry.job.kind, "state": JobState(entry.state).value, "reason": entry.reason,
-                "attempt": entry.attempt, "failures": entry.failures, "ok": entry.result.ok if entry.result else None}
-
-    async def _list(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        limit = int(call.body.get("limit", 200))
-        recs = sorted(self.coordinator.core.jobs(), key=lambda r: r.submitted_at, reverse=True)[:limit]
-        return {"jobs": [r.summary() for r in recs]}
-
-    async def _cancel(self, call: Call) -> dict[str, Any]:
-        self._require(call, "submit")
-        job_id = str(call.body.get("id", ""))
-        summary = await self.coordinator.cancel(job_id)
-        if summary is None:
-            raise RpcError("not_found", f"no active job {job_id!r} on this node")
-        return summary
-
-    async def _result(self, call: Call) -> dict[str, Any]:
-        """Wait (if asked) for the job's outcome; stream its output bytes, then the result as the response."""
-        self._require(call, "read")
-        return await self._outcome(call, str(call.body.get("id", "")), wait=bool(call.body.get("wait", True)))
-
-    async def _outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
+    async def outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
         """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first."""
         settled = await self.coordinator.settled(job_id, wait)
         if settled is None:
@@ -160,15 +134,8 @@ class ClientAPI:
         return {"id": job_id, "state": state.value, "reason": reason, "final": True,
                 "result": result.to_wire() if result is not None else None}
 
-    async def _watch(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
-        async with self.coordinator.watch() as updates:
-            async for item in updates:
-                await call.send(item)
-        return {}
-
     async def _mesh_peers(self, call: Call) -> dict[str, Any]:
-        self._require(call, "read")
+        self.require(call, "read")
         return {"peers": self._peers()}
 
 

@@ -66,9 +66,15 @@ class NodeSettings(BaseSettings):
     devices: str = Field(default="all",
                          description="OpenCL devices to offer: 'all', 'none' (run no jobs: a coordinator/gateway only), "
                                      "or a comma list of ids / name substrings")
-    advert_interval: float = Field(default=2.0, gt=0.05, le=300, description="Seconds between capacity adverts")
+    advert_interval: float = Field(default=2.0, gt=0.05, le=300,
+                                   description="Shortest seconds between full capacity adverts (small meshes); the "
+                                               "interval grows with the number of peers, up to --advert-max-interval")
+    advert_max_interval: float = Field(default=30.0, gt=0.05, le=3600,
+                                       description="Longest seconds between full capacity adverts (large meshes)")
     advert_ttl: float | None = Field(default=None, gt=0,
-                                     description="Seconds before a silent peer expires (default: 3 advert intervals)")
+                                     description="Seconds before a silent peer expires at the shortest interval "
+                                                 "(default: 3 intervals); peers announcing a longer interval expire "
+                                                 "after as many of their own intervals")
     rescan_interval: float = Field(default=30.0, gt=0, description="Seconds between OpenCL device re-scans")
     slots_per_device: int = Field(default=1, ge=1, le=64, description="Jobs run at once on each device")
     max_queue: int = Field(default=64, ge=1, le=100_000, description="Queued jobs per device before 'saturated'")
@@ -78,6 +84,9 @@ class NodeSettings(BaseSettings):
                                      description="File of peer ids (one per line) allowed to join; others are refused")
     share: float = Field(default=1.0, ge=0.0, le=1.0,
                          description="Share of this host's device slots the mesh may use for remote jobs (0.0..1.0)")
+    exit_with_parent: bool = Field(default=False,
+                                   description="Stop when the process that started this node exits (for harnesses "
+                                               "and supervisors that start nodes as child processes)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level")
     log_format: Literal["text", "json"] = Field(default="text", description="Log format (json: one object per line)")
 
@@ -126,7 +135,15 @@ class NodeSettings(BaseSettings):
             self.advert_ttl = 3 * self.advert_interval
         elif self.advert_ttl <= self.advert_interval:
             raise ValueError("advert-ttl must be longer than advert-interval")
+        if self.advert_max_interval < self.advert_interval:
+            raise ValueError("advert-max-interval must be at least advert-interval")
         return self
+
+    @property
+    def ttl_intervals(self) -> float:
+        """A silent peer expires after this many of the refresh intervals it announces."""
+        assert self.advert_ttl is not None
+        return self.advert_ttl / self.advert_interval
 
     @property
     def ttl_s(self) -> float:

@@ -63,8 +63,11 @@ def device_of(d: DeviceAdvert) -> Device:
     """A peer's advertised device, as the job kinds' cost models take it."""
     return Device(id=d.id, fingerprint="", platform="", vendor=d.vendor, name=d.name,
                   kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
-                  global_mem_bytes=d.global_mem_bytes, max_work_group_size=0, fp64=d.fp64, int64=d.int64,
-                  opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None, fma_gflops=d.f32_gflops or None)
+                  global_mem_bytes=d.global_mem_bytes, max_work_group_size=d.max_work_group_size, fp64=d.fp64,
+                  int64=d.int64, opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None,
+                  fma_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
+                  max_alloc_bytes=d.max_alloc_bytes, local_mem_bytes=d.local_mem_bytes,
+                  opencl_version=d.opencl_version, non_uniform_work_groups=d.non_uniform_work_groups)
 
 
 def spool_name(job_id: str) -> str:

@@ -7,6 +7,7 @@ node's nursery and stops when it is cancelled (SIGINT/SIGTERM or the caller).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +25,13 @@ from mesh.membership import Event
 from scheduler.core.coordinator_core import CoordinatorConfig
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import Quotas
+from scheduler.node import endpoints
 from scheduler.node.admission import Admission, local_token
 from scheduler.node.client_api import ClientAPI, describe_peers
 from scheduler.node.config import NodeSettings, has_port, parse_hostport
 from scheduler.node.coordinator_io import CoordinatorIO, Verifier
+from scheduler.node.endpoints import BindError, Endpoints, binding
+from scheduler.node.jobview import JobView
 from scheduler.node.links import LoopbackLink, PeerLinks
 from scheduler.node.peer_api import PeerAPI
 from scheduler.node.tokens import TokenStore
@@ -70,12 +74,17 @@ class Node:
         self.allow = read_allow_list(self.settings.allow_peers) if self.settings.allow_peers else None
         allow = self.allow
         admit = allow.__contains__ if allow is not None else None
-        self.view = TrackedView(self.identity.peer_id_str, self.settings.ttl_s, admit=admit)
+        # (x 1.1: a refresh may come up to its jitter later than the interval it announced)
+        s = self.settings
+        self.view = TrackedView(self.identity.peer_id_str, s.ttl_s, admit=admit, ttl_intervals=s.ttl_intervals,
+                                max_ttl_s=s.ttl_intervals * s.advert_max_interval * 1.1)
         self.devices: tuple[Device, ...] = ()
         self.device_problem: str | None = None
         self.watcher: DeviceWatcher | None = None
         self.gossip: GossipService | None = None
         self.metrics_port: int | None = None
+        self.metrics_addr: str | None = None  # HOST:PORT bound, None with --metrics-listen off
+        self.control_path = ""
         self.data_addr = ""
         self.ready = trio.Event()
         self._event_listeners: list = []
@@ -101,8 +110,11 @@ class Node:
         self.worker = WorkerIO(peer_id, self.view, self.links, self.executor, quotas=self.quotas, share=s.share)
         self.links.set_loopback(LoopbackLink(peer_id, self.coordinator, self.worker))
         PeerAPI(self.coordinator, self.worker).register(self.rpc)
-        ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
-                  peers=lambda: describe_peers(self.view, peer_id)).register(self.rpc)
+        client_api = ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
+                               peers=lambda: describe_peers(self.view, peer_id))
+        client_api.register(self.rpc)
+        # job.status / list / cancel / result / watch: for any job of the mesh, through any node
+        JobView(client_api, self.coordinator, self.links, self.view).register(self.rpc)
         self._event_listeners.append(self.coordinator.on_membership)
 
     # ---- state that goes into the advert ---------------------------------------------------------------
@@ -116,7 +128,11 @@ class Node:
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
                 mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
-                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued))
+                slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued,
+                max_work_group_size=d.max_work_group_size if d.opencl else 0,
+                max_work_item_sizes=tuple(d.max_work_item_sizes), max_alloc_bytes=d.max_alloc_bytes,
+                local_mem_bytes=d.local_mem_bytes, opencl_version=d.opencl_version,
+                non_uniform_work_groups=d.non_uniform_work_groups))
         return Advert(peer_id="", public_key=b"", seq=0, timestamp=0.0, data_addr=self.data_addr,
                       devices=tuple(devs), software=f"gpumesh/{__version__}", labels=dict(self.labels))
 
@@ -166,7 +182,16 @@ class Node:
                 "uptime_s": time.time() - self.started_at, "peers": len(self.view.peers(include_self=False)),
                 "devices": len(self.devices), "device_problem": self.device_problem,
                 "addrs": self.gossip.addrs if self.gossip else [], "data_addr": self.data_addr,
-                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure}
+                "metrics_port": self.metrics_port, "insecure": self.settings.data_plane_insecure,
+                "gossip": self.gossip.stats() if self.gossip else {},
+                "listening": self.endpoints().to_dict()}
+
+    def endpoints(self) -> Endpoints:
+        """What every listener actually bound (port 0 resolved by the kernel)."""
+        return Endpoints(pid=os.getpid(), peer_id=self.identity.peer_id_str,
+                         libp2p=list(self.gossip.addrs) if self.gossip else [],
+                         data=self.transport.address, data_addr=self.data_addr, metrics=self.metrics_addr,
+                         control=self.control_path)
 
     async def _c_peers(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
         return describe_peers(self.view, self.identity.peer_id_str)
@@ -233,24 +258,66 @@ class Node:
         self.gossip = GossipService(
             self.identity,
             GossipConfig(listen=list(s.listen), bootstrap=list(s.bootstrap), mdns=s.mdns,
-                         interval_s=s.advert_interval, psk=self.psk),
+                         interval_s=s.advert_interval, max_interval_s=s.advert_max_interval, psk=self.psk),
             self.view, self.snapshot, on_event=self._on_event, admit=self.view.admit)
-        async with trio.open_nursery() as nursery:
-            if s.metrics_listen != "off":
-                mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+        for addr in s.listen:  # py-libp2p shares a busy port (SO_REUSEPORT): refuse it here instead
+            host, port = _tcp_of_multiaddr(addr)
+            if host is not None:
+                endpoints.check_tcp_free(host, port, "--listen", addr)
+        endpoints.remove(s.data_dir)  # a file left by a node killed -9 must not be taken for ours
+        try:
+            async with trio.open_nursery() as nursery:
+                await self._start_listeners(nursery)
+                task_status.started(self)
+                await trio.sleep_forever()
+        finally:
+            endpoints.remove(s.data_dir, os.getpid())
+
+    async def _start_listeners(self, nursery: trio.Nursery) -> None:
+        """Start every part; once every listener is up, write the endpoints file."""
+        s = self.settings
+        assert self.gossip is not None and self.watcher is not None
+        if s.metrics_listen != "off":
+            mhost, mport = parse_hostport(s.metrics_listen, "metrics-listen")
+            with binding("--metrics-listen", s.metrics_listen):
                 self.metrics_port = await nursery.start(metrics_http.serve, mhost, mport)
-            await nursery.start(self.executor.run)
+            self.metrics_addr = f"{mhost}:{self.metrics_port}"
+        await nursery.start(self.executor.run)
+        with binding("--data-listen", s.data_listen):
             data_port = await nursery.start(self._run_data_plane)
-            if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
-                self._set_data_addr(data_port)  # known now: the first advert carries it
-            await nursery.start(self.gossip.run)
-            self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
-            self.gossip.changed()
-            await nursery.start(self.watcher.run)
-            await nursery.start(control.serve, s.data_dir, self.control_methods())
-            log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
-                     " ".join(self.gossip.addrs), self.data_addr,
-                     f"{s.metrics_listen.rsplit(':', 1)[0]}:{self.metrics_port}" if self.metrics_port else "off")
-            self.ready.set()
-            task_status.started(self)
-            await trio.sleep_forever()
+        if s.advertise_host or self._data_host not in ("0.0.0.0", "::", ""):
+            self._set_data_addr(data_port)  # known now: the first advert carries it
+        await nursery.start(self.gossip.run)
+        self._check_libp2p_bound()
+        self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
+        self.gossip.changed()
+        await nursery.start(self.watcher.run)
+        with binding("control socket", str(s.data_dir)):
+            self.control_path = str(await nursery.start(control.serve, s.data_dir, self.control_methods()))
+        await trio.to_thread.run_sync(endpoints.write, s.data_dir, self.endpoints())
+        log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
+                 " ".join(self.gossip.addrs), self.data_addr, self.metrics_addr or "off")
+        self.ready.set()
+
+    def _check_libp2p_bound(self) -> None:
+        """py-libp2p logs a failed listen and carries on; a node that cannot be dialled is refused here. A port
+        shared with another process (both with SO_REUSEPORT, bound between our probe and our bind) too."""
+        assert self.gossip is not None
+        bound = [str(a) for a in self.gossip.host.get_transport_addrs()]
+        for addr in self.settings.listen:
+            host, port = _tcp_of_multiaddr(addr)
+            if host is None:
+                continue
+            mine = [b for b in bound if port == 0 or f"/tcp/{port}" in b]
+            if not mine:
+                raise BindError("--listen", addr, "py-libp2p could not listen there (see the log above)")
+            if port and endpoints.listeners_on_port(port) > len(mine):
+                raise BindError("--listen", addr, "address already in use (another process shares the port)")
+
+
+def _tcp_of_multiaddr(addr: str) -> tuple[str | None, int]:
+    """(host, port) of an /ip4|ip6/HOST/tcp/PORT multiaddr; (None, 0) for other transports."""
+    parts = addr.strip("/").split("/")
+    if len(parts) >= 4 and parts[0] in ("ip4", "ip6") and parts[2] == "tcp" and parts[3].isdigit():
+        return parts[1], int(parts[3])
+    return None, 0

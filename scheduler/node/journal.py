@@ -183,6 +183,22 @@ class Journal:
                 (wall - self.retention_s,)).fetchall()
         return [self._entry(r, now, wall) for r in rows]
 
+    def ids_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """Ids of journaled jobs that start with `prefix` (at most `limit`)."""
+        with self._lock:
+            rows = self._db.execute("SELECT job_id FROM jobs WHERE substr(job_id, 1, ?) = ? LIMIT ?",
+                                    (len(prefix), prefix, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def recent(self, now: float, limit: int, since: float | None = None) -> list[JournalEntry]:
+        """The `limit` most recently submitted jobs (submitted at `since` or later, on the caller's clock)."""
+        wall = self.wall()
+        since_wall = wall - (now - since) if since is not None else 0.0
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLS} FROM jobs WHERE submitted_wall >= ? "
+                                    "ORDER BY submitted_wall DESC LIMIT ?", (since_wall, limit)).fetchall()
+        return [self._entry(r, now, wall) for r in rows]
+
     def purge(self, now: float) -> int:
         """Forget finished jobs older than the retention time; returns how many."""
         with self._lock:

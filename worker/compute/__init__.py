@@ -1,6 +1,7 @@
 """Generic compute jobs (`compute.opencl`): user OpenCL C kernels with their buffers and launch sizes.
 
-- `worker.compute.spec`: the spec (typed dataclasses, `parse_spec`, `validate`, `SpecError`);
+- `worker.compute.spec`: the spec (typed dataclasses, `parse_spec`, `SpecError`); `worker.compute.cltypes`: its
+  OpenCL C types; `worker.compute.limits`: `DeviceLimits`, `validate` (a spec against a device);
 - `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine), `ComputeResult`;
 - `worker.compute.api`: building specs from numpy arrays (`make_job`, `In`, `Out`, `InOut`, `Local`, `Scalar`)
   and running them on this machine (`run_local`);
@@ -17,7 +18,8 @@ from worker.compute.errors import (
     OutOfDeviceMemory,
     TimeLimitExceeded,
 )
-from worker.compute.spec import ComputeSpec, DeviceLimits, SourceNotCached, SpecError, parse_spec, validate
+from worker.compute.limits import DeviceLimits, validate
+from worker.compute.spec import ComputeSpec, SourceNotCached, SpecError, parse_spec
 
 __all__ = [
     "BuildError", "ComputeError", "ComputeSpec", "DeviceLimits", "DeviceUnavailable", "KernelFailed",

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from worker.compute import metrics
-from worker.compute.errors import BuildError
-from worker.compute.spec import SpecError, source_sha256
+from worker.compute.cltypes import FORBIDDEN_ARG_TYPES, OPAQUE_TYPES
+from worker.compute.errors import BuildError, SpecError, describe_cl_error
+from worker.compute.source import source_sha256
 
 # Always added: lets the runner check each argument against the kernel's declared parameter.
 ARG_INFO_OPTION = "-cl-kernel-arg-info"
@@ -96,6 +97,7 @@ class ParamInfo:
     type_name: str | None  # e.g. "float*", "uint", "float4*", or a typedef name
     name: str | None
     const: bool = False
+    opaque: str | None = None  # "image" (an access qualifier), "sampler_t", "pipe", "queue_t", ...: not bindable
 
 
 @dataclass
@@ -106,6 +108,7 @@ class KernelInfo:
     params: list[ParamInfo]
     work_group_size: int | None  # the kernel's maximum on this device
     local_mem_bytes: int | None  # static __local memory the kernel declares
+    reqd_work_group_size: tuple[int, int, int] | None = None  # __attribute__((reqd_work_group_size(x, y, z)))
 
 
 @dataclass
@@ -252,7 +255,7 @@ class ComputeProgramCache:
             try:
                 knl = cl.Kernel(entry.program, name)
             except cl.Error as e:
-                raise SpecError(field_name, f"cannot get kernel {name!r}: {e}") from None
+                raise SpecError(field_name, f"cannot get kernel {name!r}: {describe_cl_error(e)}") from None
             info = KernelInfo(knl, name, int(knl.num_args), self._params(knl), *self._wg_info(knl))
             entry.kernels[name] = info
             return info
@@ -268,12 +271,16 @@ class ComputeProgramCache:
                 tname = str(knl.get_arg_info(i, cl.kernel_arg_info.TYPE_NAME)).strip()
                 pname = str(knl.get_arg_info(i, cl.kernel_arg_info.NAME))
                 tq = int(knl.get_arg_info(i, cl.kernel_arg_info.TYPE_QUALIFIER))
-                out.append(ParamInfo(addr, tname, pname, bool(tq & cl.kernel_arg_type_qualifier.CONST)))
+                access = int(knl.get_arg_info(i, cl.kernel_arg_info.ACCESS_QUALIFIER))
+                opaque = ("pipe" if tq & cl.kernel_arg_type_qualifier.PIPE
+                          else f"image ({tname})" if access != cl.kernel_arg_access_qualifier.NONE
+                          else tname if tname in OPAQUE_TYPES or tname in FORBIDDEN_ARG_TYPES else None)
+                out.append(ParamInfo(addr, tname, pname, bool(tq & cl.kernel_arg_type_qualifier.CONST), opaque))
             except cl.Error:  # KERNEL_ARG_INFO_NOT_AVAILABLE: nothing to check against
                 out.append(ParamInfo(None, None, None))
         return out
 
-    def _wg_info(self, knl: Any) -> tuple[int | None, int | None]:
+    def _wg_info(self, knl: Any) -> tuple[int | None, int | None, tuple[int, int, int] | None]:
         cl = self._cl
         try:
             wg = int(knl.get_work_group_info(cl.kernel_work_group_info.WORK_GROUP_SIZE, self.device))
@@ -283,4 +290,10 @@ class ComputeProgramCache:
             lm = int(knl.get_work_group_info(cl.kernel_work_group_info.LOCAL_MEM_SIZE, self.device))
         except cl.Error:
             lm = None
-        return wg, lm
+        try:
+            c = [int(x) for x in knl.get_work_group_info(cl.kernel_work_group_info.COMPILE_WORK_GROUP_SIZE,
+                                                         self.device)]
+            reqd = (c[0], c[1], c[2]) if len(c) == 3 and any(c) else None
+        except cl.Error:
+            reqd = None
+        return wg, lm, reqd

@@ -45,10 +45,11 @@ from worker.compute.cache import (
     SOURCES,
     ComputeProgramCache,
     KernelInfo,
-    ParamInfo,
     ProgramEntry,
     SourceStore,
 )
+from worker.compute.check import BufferPlan, check_launch, plan_buffers
+from worker.compute.cltypes import parse_dtype
 from worker.compute.errors import (
     BuildError,
     ComputeError,
@@ -56,20 +57,18 @@ from worker.compute.errors import (
     KernelFailed,
     OutOfDeviceMemory,
     TimeLimitExceeded,
+    cl_status_name,
+    describe_cl_error,
 )
+from worker.compute.limits import DeviceLimits, validate
 from worker.compute.spec import (
-    BUFFER_DTYPES,
-    CL_TYPE_NAMES,
     MAX_TIME_LIMIT_S,
     BufferArg,
     ComputeSpec,
-    DeviceLimits,
     LocalArg,
     ScalarArg,
     SourceNotCached,
     SpecError,
-    resolve_launch_args,
-    validate,
 )
 
 log = logging.getLogger(__name__)
@@ -79,10 +78,6 @@ DEFAULT_BUILD_TIMEOUT_S = 120.0
 CHECKPOINT_INTERVAL_S = 0.05
 HASH_IN_THREAD_BYTES = 1 << 20
 
-_CL_SCALARS = {"char", "uchar", "short", "ushort", "int", "uint", "long", "ulong", "float", "double", "half",
-               "bool", "size_t"}
-_CL_SIZES = {"char": 1, "uchar": 1, "short": 2, "ushort": 2, "int": 4, "uint": 4, "long": 8, "ulong": 8,
-             "float": 4, "double": 8, "half": 2}
 
 _build_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("gpumesh_compute_build_limiter")
 
@@ -104,7 +99,7 @@ def build_limiter() -> trio.CapacityLimiter:
 class OutputBuffer:
     index: int  # position in the spec's args
     name: str
-    dtype: str
+    dtype: Any  # the wire dtype (a name, or a struct map)
     array: np.ndarray
 
 
@@ -151,7 +146,7 @@ class ComputeResult:
         data = memoryview(output or b"")
         outs = []
         for d in body.get("outputs", []):
-            dt = BUFFER_DTYPES[d["dtype"]]
+            dt = parse_dtype(d["dtype"], "result output dtype").dtype
             off, nb = int(d["offset"]), int(d["nbytes"])
             if off + nb > len(data) or nb != int(d["count"]) * dt.itemsize:
                 raise ValueError(f"result output {d.get('name') or d['index']} does not fit the output bytes")
@@ -173,6 +168,7 @@ class Prepared:
     cache_hit: bool
     build_s: float
     warnings: list[str]
+    plans: dict[int, BufferPlan] = field(default_factory=dict)  # buffer index -> flags from the whole sequence
 
 
 @dataclass(frozen=True)
@@ -384,7 +380,7 @@ class ComputeRunner:
             if status > cl.command_execution_status.COMPLETE:
                 return False
         if status < 0:
-            raise KernelFailed(f"{what} failed on the device (status {status})")
+            raise KernelFailed(f"{what} failed on the device: {cl_status_name(status)} ({status})")
         return True
 
     # --- prepare ----------------------------------------------------------------------------------------
@@ -401,16 +397,17 @@ class ComputeRunner:
                 raise SourceNotCached(s.source_sha256)
             source = found
         t0 = time.perf_counter()
-        entry = self.programs.lookup(s.source_sha256, s.build_options)
+        options = self.build_options_for(s)
+        entry = self.programs.lookup(s.source_sha256, options)
         hit = entry is not None
         if entry is None:
             with trio.move_on_after(self.build_timeout_s) as scope:
                 entry, hit = await trio.to_thread.run_sync(
-                    lambda: self.programs.get(source, s.build_options, s.source_sha256),
+                    lambda: self.programs.get(source, options, s.source_sha256),
                     abandon_on_cancel=True, limiter=build_limiter())  # type: ignore[call-arg]  # mypy vs TypeVarTuple
             if scope.cancelled_caught or entry is None:
                 raise BuildError(f"compilation did not finish within {self.build_timeout_s:g} s",
-                                 options=s.build_options, source_sha256=s.source_sha256,
+                                 options=options, source_sha256=s.source_sha256,
                                  note=" (build time limit)")
         build_s = 0.0 if hit else time.perf_counter() - t0
         warnings: list[str] = []
@@ -420,82 +417,19 @@ class ComputeRunner:
         for li, ln in enumerate(s.launches):
             where = "kernel" if s.single_launch else f"launches[{li}].kernel"
             info = self.programs.kernel(entry, ln.kernel, where)
-            self._check_launch(s, li, info, warnings)
+            warnings += check_launch(s, li, info, self.limits, self._cl)
             kernels.append(info)
-        return Prepared(s, entry, kernels, hit, build_s, warnings)
+        host_flags = _version_at_least(self.limits.opencl_version, (1, 2))
+        plans, more = plan_buffers(s, kernels, self._cl, host_flags)
+        return Prepared(s, entry, kernels, hit, build_s, warnings + more, plans)
 
-    def _check_launch(self, s: ComputeSpec, li: int, info: KernelInfo, warnings: list[str]) -> None:
-        ln = s.launches[li]
-        multi = not s.single_launch
-        where = f"launches[{li}]" if multi else "args"
-        resolved = resolve_launch_args(s, ln)
-        if info.num_args != len(resolved):
-            raise SpecError(f"{where}.args" if multi else "args",
-                            f"kernel {info.name!r} takes {info.num_args} arguments, the spec gives {len(resolved)}")
-        if ln.local_size is not None and info.work_group_size is not None:
-            wg = math.prod(ln.local_size)
-            if wg > info.work_group_size:
-                raise SpecError(f"{where}.local_size" if multi else "local_size",
-                                f"work-group of {wg} exceeds kernel {info.name!r}'s maximum of "
-                                f"{info.work_group_size} on this device")
-        local = sum(a.nbytes for _, a in resolved if isinstance(a, LocalArg)) + (info.local_mem_bytes or 0)
-        if self.limits.local_mem_bytes is not None and local > self.limits.local_mem_bytes:
-            raise SpecError(where, f"kernel {info.name!r} needs {local} bytes of local memory per work-group, "
-                                   f"the device has {self.limits.local_mem_bytes}")
-        n_constant = 0
-        for j, ((label, a), p) in enumerate(zip(resolved, info.params, strict=True)):
-            pdesc = f"kernel {info.name!r} parameter {j}" + (f" '{p.type_name} {p.name}'" if p.type_name else "")
-            if p.address is None:
-                continue  # no arg info from this runtime: the set_arg trial below still checks sizes
-            if isinstance(a, BufferArg):
-                if p.address not in ("global", "constant"):
-                    raise SpecError(label, f"a buffer, but {pdesc} is not a __global or __constant pointer")
-                if p.address == "constant":
-                    n_constant += 1
-                    if self.limits.max_constant_bytes is not None and a.nbytes > self.limits.max_constant_bytes:
-                        raise SpecError(label, f"{a.nbytes} bytes bound to __constant {pdesc} exceeds the device's "
-                                               f"constant buffer size of {self.limits.max_constant_bytes}")
-                if a.returned and (p.address == "constant" or p.const):
-                    raise SpecError(label, f"an {a.kind} buffer, but {pdesc} is read-only (const/__constant): "
-                                           "the kernel cannot write it")
-                self._check_pointee(label, a, p, pdesc, warnings)
-            elif isinstance(a, ScalarArg):
-                if p.address != "private":
-                    raise SpecError(label, f"a scalar, but {pdesc} is a pointer")
-                t = p.type_name or ""
-                if t in _CL_SCALARS or (t.rstrip("0123456789") in _CL_SCALARS and t != t.rstrip("0123456789")):
-                    want = CL_TYPE_NAMES[a.dtype]
-                    if t != want:
-                        hint = next((d for d, n in CL_TYPE_NAMES.items() if n == t), None)
-                        raise SpecError(f"{label}.dtype", f"{a.dtype} scalar, but {pdesc} is declared {t!r}"
-                                        + (f" (use dtype {hint})" if hint else " (not a supported scalar type)"))
-            elif isinstance(a, LocalArg):
-                if p.address != "local":
-                    raise SpecError(label, f"a local arg, but {pdesc} is not a __local pointer")
-        # Trial of the non-buffer args (catches a typedef'd scalar of the wrong size) before any transfer.
-        for j, (label, a) in enumerate(resolved):
-            if isinstance(a, BufferArg):
-                continue
-            try:
-                info.kernel.set_arg(j, a.numpy() if isinstance(a, ScalarArg) else self._cl.LocalMemory(a.nbytes))
-            except self._cl.Error as e:
-                raise SpecError(label, f"kernel {info.name!r} parameter {j} rejects it: {_cl_error(e)}") from None
-
-    @staticmethod
-    def _check_pointee(label: str, a: BufferArg, p: ParamInfo, pdesc: str, warnings: list[str]) -> None:
-        t = (p.type_name or "").rstrip("*").strip()
-        base = t.rstrip("0123456789")
-        if base not in _CL_SIZES:
-            return
-        width = int(t[len(base):] or 1)
-        if width == 3:
-            width = 4
-        elem = _CL_SIZES[base] * width
-        if a.nbytes % elem:
-            raise SpecError(label, f"{a.nbytes} bytes is not a whole number of '{t}' elements ({elem} bytes) "
-                                   f"for {pdesc}")
-        if _CL_SIZES[base] != a.itemsize or (width == 1 and CL_TYPE_NAMES[a.dtype] != base and base != "uchar"):
-            warnings.append(f"{label}: {a.dtype} data bound to {pdesc}")
+    def build_options_for(self, s: ComputeSpec) -> tuple[str, ...]:
+        """The spec's options, plus the OpenCL C standard a non-uniform launch needs (2.0 or later) when the spec
+        names none (validate has checked that the device takes non-uniform work-groups)."""
+        if s.requirements().non_uniform and not any(o.startswith("-cl-std=") for o in s.build_options):
+            std = "CL3.0" if _version_at_least(self.limits.opencl_version, (3, 0)) else "CL2.0"
+            return (*s.build_options, f"-cl-std={std}")
+        return s.build_options
 
     # --- execute ----------------------------------------------------------------------------------------
     async def execute(self, prep: Prepared, blobs: Mapping[str, Any] | None = None, *, job_id: str = "",
@@ -523,8 +457,8 @@ class ComputeRunner:
             # buffers and uploads
             try:
                 for i, a in s.buffers:
-                    flags = mf.READ_ONLY if a.kind == "in" else mf.WRITE_ONLY if a.kind == "out" else mf.READ_WRITE
-                    bufs[i] = cl.Buffer(self.context, flags, a.nbytes)
+                    plan = prep.plans.get(i)
+                    bufs[i] = cl.Buffer(self.context, plan.flags if plan is not None else mf.READ_WRITE, a.nbytes)
                 for i, a in s.buffers:
                     if a.uploads:
                         last[0] = cl.enqueue_copy(q, bufs[i], hosts[i], is_blocking=False)
@@ -532,12 +466,12 @@ class ComputeRunner:
                         last[0] = cl.enqueue_fill_buffer(q, bufs[i], np.uint8(0), 0, a.nbytes)
             except cl.MemoryError as e:
                 raise OutOfDeviceMemory(f"cannot allocate the job's {s.buffer_bytes} bytes of buffers on device "
-                                        f"{self.device_id}: {_cl_error(e)}") from None
+                                        f"{self.device_id}: {describe_cl_error(e)}") from None
             except cl.Error as e:
                 if "MEM_OBJECT_ALLOCATION_FAILURE" in str(e) or "OUT_OF_RESOURCES" in str(e):
                     raise OutOfDeviceMemory(f"cannot allocate the job's {s.buffer_bytes} bytes of buffers: "
-                                            f"{_cl_error(e)}") from None
-                raise KernelFailed(f"uploading inputs failed: {_cl_error(e)}") from None
+                                            f"{describe_cl_error(e)}") from None
+                raise KernelFailed(f"uploading inputs failed: {describe_cl_error(e)}") from None
             q.flush()
 
             # launches
@@ -567,15 +501,19 @@ class ComputeRunner:
                             inflight.popleft()
                             kernel_ns += done_one(ev0)
                             launches_done += 1
+                        j = -1
                         try:
                             for j, v in enumerate(values[li]):
                                 info.kernel.set_arg(j, v)
+                            j = -1
                             ev = cl.enqueue_nd_range_kernel(q, info.kernel, ln.global_size, ln.local_size)
                         except cl.Error as e:
-                            raise KernelFailed(f"launch {n + 1} of {total} (kernel {ln.kernel!r}, global "
+                            arg = (f", argument {j} ({info.params[j].name or '?'})" if j >= 0 and j < len(info.params)
+                                   else "")
+                            raise KernelFailed(f"launch {n + 1} of {total} (kernel {ln.kernel!r}{arg}, global "
                                                f"{list(ln.global_size)}, local "
                                                f"{list(ln.local_size) if ln.local_size else None}): "
-                                               f"{_cl_error(e)}") from None
+                                               f"{describe_cl_error(e)}") from None
                         q.flush()
                         last[0] = ev
                         inflight.append((ev, li, n))
@@ -605,7 +543,7 @@ class ComputeRunner:
             # read back (after the launches on the in-order queue)
             for i, a in s.buffers:
                 if a.returned:
-                    host = np.empty(a.count, dtype=BUFFER_DTYPES[a.dtype])
+                    host = np.empty(a.count, dtype=a.type.dtype)
                     reads.append((i, a, host))
                     last[0] = cl.enqueue_copy(q, host, bufs[i], is_blocking=False)
             q.flush()
@@ -656,7 +594,7 @@ class ComputeRunner:
                     continue
                 a = arg
             if isinstance(a, ScalarArg):
-                out.append(a.numpy())
+                out.append(a.host_value())
             else:
                 assert isinstance(a, LocalArg)
                 out.append(self._cl.LocalMemory(a.nbytes))
@@ -724,11 +662,12 @@ def _sha256(mv: memoryview) -> str:
     return hashlib.sha256(mv).hexdigest()
 
 
-def _cl_error(e: Exception) -> str:
-    code = getattr(e, "code", None)
-    what = getattr(e, "what", None)
-    msg = str(what if what is not None else e).strip()
-    return msg if code is None else f"{msg} (code {code})"
+def _version_at_least(version: str | None, want: tuple[int, int]) -> bool:
+    try:
+        major, minor = (int(x) for x in (version or "").split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= want
 
 
 # --- one runner per device context ----------------------------------------------------------------------

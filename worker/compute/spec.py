@@ -7,17 +7,19 @@ A spec is a msgpack-able dict (wire version 1)::
       "source": "<OpenCL C>",             # or "source_sha256": "<hex>" of a source the worker has cached
       "kernel": "saxpy",                  # the kernel of the single launch (and the default for launches)
       "build_options": ["-DTILE=16", "-cl-mad-enable"],   # allow-listed; a string is split on spaces
-      "args": [                           # the kernel's arguments, in order
+      "args": [                           # the kernel's arguments in order, or a pipeline's buffers
         {"kind": "scalar", "dtype": "float32", "value": 2.0},
+        {"kind": "scalar", "dtype": "float32x4", "value": [1, 2, 3, 4]},       # vectors: a list (or bytes)
         {"kind": "in", "dtype": "float32", "data": b"..."},                     # inline bytes
         {"kind": "in", "dtype": "float32", "sha256": "<hex>", "nbytes": 4096},  # streamed blob
         {"kind": "inout", "dtype": "float32", "data": b"..."},                  # uploaded and read back
         {"kind": "out", "dtype": "float32", "count": 1024},                     # zero-filled, read back
+        {"kind": "scratch", "dtype": "float32", "count": 1024, "name": "tmp"},  # zero-filled, device only
         {"kind": "local", "nbytes": 1024},                                      # __local scratch per group
       ],
       "global_size": [1024], "local_size": [64],  # 1..3 dims; local_size optional (runtime picks)
-      "launches": [                       # optional: a sequence over the same buffers
-        {"kernel": "step", "global_size": [n], "args": [0, 1, {"kind": "scalar", ...}], "repeat": 10},
+      "launches": [                       # optional: a sequence of launches over the same buffers
+        {"kernel": "step", "global_size": [n], "args": ["tmp", 1, {"kind": "scalar", ...}], "repeat": 10},
       ],
       "repeat": 1,                        # the whole launch sequence, repeated
       "time_limit_s": 10.0, "memory_limit_bytes": 1 << 28,
@@ -25,21 +27,25 @@ A spec is a msgpack-able dict (wire version 1)::
       "flops_per_item": 2.0,              # optional cost hint: work per work item per launch
     }
 
-A launch's `args`, when given, lists for each kernel parameter either an integer (the index of an entry of
-the spec's `args`: buffers are shared between launches) or an inline scalar/local arg; when omitted the
-launch uses the spec's `args` in order. Any arg may carry a `name` (used in messages and results).
+dtypes: `worker.compute.cltypes` (every OpenCL C scalar, vectors `float32x4`, `complex64`, structs as
+`{"struct": [[name, dtype, offset], ...], "itemsize": n}` with OpenCL's alignment checked).
+
+Buffer roles: `in` (uploaded, never read back), `out` (zero-filled, read back), `inout` (uploaded, read back),
+`scratch` (zero-filled, lives on the device only: never uploaded, never read back). A launch's `args`, when
+given, lists for each kernel parameter an integer (the index of an entry of the spec's `args`), a string (the
+`name` of one) or an inline scalar/local arg; when omitted the launch uses the spec's `args` in order.
 
 Streamed inputs: the job's input stream is the concatenation, in order of first appearance in `args`, of the
 distinct blobs the args name by `sha256` (`ComputeSpec.stream_layout()`); inline `data` rides in the spec.
 
-`parse_spec(d)` checks the structure and returns a frozen `ComputeSpec`; `validate(spec, device_info)` also
-checks it against a device's limits (work-group sizes, allocation size, memory) and the job's own limits.
-Both raise `SpecError` (a ValueError) naming the field, before any transfer.
+`parse_spec(d)` checks the structure (and what a scan of the source tells: images and samplers are refused,
+`reqd_work_group_size` against `local_size`) and returns a frozen `ComputeSpec`; `worker.compute.limits.validate`
+also checks it against a device's limits and the job's own. Both raise `SpecError` (a ValueError) naming the
+field, before any transfer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -48,19 +54,25 @@ from typing import Any
 
 import numpy as np
 
-try:  # the job-kind registry's error type, so the executor and scheduler treat ours like any kind's
-    from worker.kinds import SpecError as _BaseSpecError
-except ImportError:  # pragma: no cover - only while worker.kinds does not exist
-    class _BaseSpecError(ValueError):  # type: ignore[no-redef]
-        def __init__(self, field: str, message: str) -> None:
-            self.field = field
-            super().__init__(f"spec field {field!r}: {message}" if field else f"spec: {message}")
-
+from worker.compute.cltypes import CType, decode_value, encode_value, parse_dtype, type_named
+from worker.compute.errors import SpecError
+from worker.compute.source import (
+    ALLOWED_CL_STD,
+    ALLOWED_FLAGS,
+    IDENT,
+    MAX_SOURCE_BYTES,
+    check_against_source,
+    check_source,
+    kernel_names_in,
+    kernel_signatures,
+    parse_build_options,
+    source_sha256,
+    strip_comments,
+)
 
 SPEC_VERSION = 1
 
 # --- limits (worker-side caps; a spec may ask for less, never more) -------------------------------------
-MAX_SOURCE_BYTES = 512 * 1024
 MAX_ARGS = 64
 MAX_LAUNCH_ENTRIES = 256  # entries in "launches"
 MAX_TOTAL_LAUNCHES = 100_000  # after expanding repeats
@@ -70,44 +82,26 @@ MAX_WORK_ITEMS = 1 << 40  # per launch
 MAX_TIME_LIMIT_S = 3600.0
 DEFAULT_TIME_LIMIT_S = 60.0
 MAX_NAME_LEN = 64
-MAX_DEFINE_VALUE_LEN = 128
 
-BUFFER_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name)
-    for name in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64")
-}
-SCALAR_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name) for name in ("int32", "uint32", "int64", "uint64", "float32", "float64")
-}
-# OpenCL C spelling of each dtype (to check a kernel's declared parameter types where the runtime reports them)
-CL_TYPE_NAMES = {
-    "int8": "char", "uint8": "uchar", "int16": "short", "uint16": "ushort", "int32": "int", "uint32": "uint",
-    "int64": "long", "uint64": "ulong", "float32": "float", "float64": "double",
-}
-BUFFER_KINDS = ("in", "out", "inout")
+BUFFER_KINDS = ("in", "out", "inout", "scratch")
 ARG_KINDS = (*BUFFER_KINDS, "scalar", "local")
 DEVICE_KINDS = ("gpu", "cpu", "accelerator")
+NON_UNIFORM_HELP = ("round the global size up to a multiple of the local size and guard the extra work items in "
+                    "the kernel, or run on a device with non-uniform work-groups (OpenCL >= 2.0)")
 
 SPEC_FIELDS = {
     "v", "source", "source_sha256", "kernel", "build_options", "args", "global_size", "local_size", "launches",
     "repeat", "time_limit_s", "memory_limit_bytes", "device_kind", "flops_per_item",
 }
-
-# Build options: anything not listed is refused (no -I, no @file, nothing that names a path or an output).
-ALLOWED_FLAGS = frozenset({
-    "-cl-mad-enable", "-cl-fast-relaxed-math", "-cl-finite-math-only", "-cl-unsafe-math-optimizations",
-    "-cl-no-signed-zeros", "-cl-denorms-are-zero", "-cl-single-precision-constant", "-cl-opt-disable",
-    "-cl-strict-aliasing", "-cl-fp32-correctly-rounded-divide-sqrt", "-cl-uniform-work-group-size",
-    "-cl-no-subgroup-ifp", "-w", "-Werror",
-})
-ALLOWED_CL_STD = ("CL1.0", "CL1.1", "CL1.2", "CL2.0", "CL3.0")
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_DEFINE_VALUE = re.compile(r"[A-Za-z0-9_.+\-*/()<>|&^~%!]*\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_FP64_RE = re.compile(r"\bdouble(?:2|3|4|8|16)?\b|\bcl_khr_fp64\b")
+_INT64_RE = re.compile(r"\bu?long(?:2|3|4|8|16)?\b|\bcl_khr_int64")
 
-
-class SpecError(_BaseSpecError):
-    """The spec is invalid; `field` names the offending field (e.g. "args[2].dtype"), '' for the whole spec."""
+__all__ = [
+    "ALLOWED_CL_STD", "ALLOWED_FLAGS", "MAX_SOURCE_BYTES", "BufferArg", "ComputeSpec", "Launch",
+    "LocalArg", "ScalarArg", "SourceNotCached", "SpecError", "check_source", "kernel_names_in", "parse_build_options",
+    "parse_spec", "source_sha256", "strip_comments",
+]
 
 
 class SourceNotCached(SpecError):
@@ -123,18 +117,23 @@ class SourceNotCached(SpecError):
 
 @dataclass(frozen=True)
 class BufferArg:
-    """A global-memory buffer. `in`: uploaded; `out`: zero-filled, read back; `inout`: uploaded, read back."""
+    """A global-memory buffer; `kind` is its role (in, out, inout, scratch: see the module doc)."""
 
     kind: str
-    dtype: str
+    type: CType
     count: int  # elements
     data: bytes | None = field(default=None, repr=False)  # inline content (in / inout)
     sha256: str | None = None  # content address of a streamed blob (in / inout)
     name: str = ""
 
     @property
+    def dtype(self) -> Any:
+        """The wire dtype (a name, or a struct map)."""
+        return self.type.wire()
+
+    @property
     def itemsize(self) -> int:
-        return BUFFER_DTYPES[self.dtype].itemsize
+        return self.type.itemsize
 
     @property
     def nbytes(self) -> int:
@@ -151,12 +150,23 @@ class BufferArg:
 
 @dataclass(frozen=True)
 class ScalarArg:
-    dtype: str
-    value: int | float
+    """A by-value argument: `raw` holds its bytes (scalars, vectors, complex numbers and structs alike)."""
+
+    type: CType
+    raw: bytes
     name: str = ""
 
-    def numpy(self) -> np.generic:
-        return SCALAR_DTYPES[self.dtype].type(self.value)
+    @property
+    def dtype(self) -> Any:
+        return self.type.wire()
+
+    @property
+    def value(self) -> Any:
+        return decode_value(self.type, self.raw)
+
+    def host_value(self) -> np.ndarray:
+        """What `Kernel.set_arg` takes: the bytes, as an array of exactly the parameter's size."""
+        return np.frombuffer(self.raw, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,12 @@ class Launch:
     def work_items(self) -> int:
         return math.prod(self.global_size)
 
+    @property
+    def uniform(self) -> bool:
+        """Every work-group full (the local size divides the global size), as OpenCL < 2.0 requires."""
+        return self.local_size is None or all(g % x == 0 for g, x in zip(self.global_size, self.local_size,
+                                                                          strict=True))
+
 
 @dataclass(frozen=True)
 class ComputeRequirements:
@@ -193,6 +209,8 @@ class ComputeRequirements:
     int64: bool = False
     min_memory_bytes: int = 0
     device_kind: str | None = None
+    fp16: bool = False  # a `half` by value (cl_khr_fp16)
+    non_uniform: bool = False  # a launch with a partial work-group
 
 
 @dataclass(frozen=True)
@@ -260,14 +278,18 @@ class ComputeSpec:
         """Distinct kernel names, in order of first launch."""
         return list(dict.fromkeys(ln.kernel for ln in self.launches))
 
+    def launch_where(self, li: int) -> str:
+        """The spec field of launch `li` (for messages)."""
+        return "" if self.single_launch else f"launches[{li}]"
+
     def requirements(self) -> ComputeRequirements:
         src = strip_comments(self.source) if self.source is not None else ""
-        fp64 = bool(_FP64_RE.search(src)) or any(
-            (isinstance(a, ScalarArg) and a.dtype == "float64") for a in self._all_args())
-        int64 = bool(_INT64_RE.search(src)) or any(
-            (isinstance(a, ScalarArg) and a.dtype in ("int64", "uint64")) for a in self._all_args())
+        by_value = [a.type for a in self._all_args() if isinstance(a, ScalarArg)]
+        fp64 = bool(_FP64_RE.search(src)) or any(t.uses("float64") for t in by_value)
+        int64 = bool(_INT64_RE.search(src)) or any(t.uses("int64") or t.uses("uint64") for t in by_value)
         return ComputeRequirements(fp64=fp64, int64=int64, min_memory_bytes=self.buffer_bytes,
-                                   device_kind=self.device_kind)
+                                   device_kind=self.device_kind, fp16=any(t.uses("float16") for t in by_value),
+                                   non_uniform=not all(ln.uniform for ln in self.launches))
 
     def _all_args(self) -> Iterable[Arg]:
         yield from self.args
@@ -322,116 +344,12 @@ def _arg_to_dict(a: Arg) -> dict[str, Any]:
         else:
             d["count"] = a.count
     elif isinstance(a, ScalarArg):
-        d = {"kind": "scalar", "dtype": a.dtype, "value": a.value}
+        d = {"kind": "scalar", "dtype": a.dtype, "value": a.value if a.type.kind != "struct" else a.raw}
     else:
         d = {"kind": "local", "nbytes": a.nbytes}
     if a.name:
         d["name"] = a.name
     return d
-
-
-# --- source checks --------------------------------------------------------------------------------------
-
-_FP64_RE = re.compile(r"\bdouble(?:2|3|4|8|16)?\b|\bcl_khr_fp64\b")
-_INT64_RE = re.compile(r"\bu?long(?:2|3|4|8|16)?\b|\bcl_khr_int64")
-# After trigraph replacement, line splicing and comment removal: a directive that reads a file.
-_FILE_DIRECTIVE = re.compile(r"(?:#|%:)\s*(?:include|import|embed|pragma\s+include_alias)|__has_include|__has_embed")
-_KERNEL_DECL = re.compile(r"\b(?:__kernel|kernel)\b(?:\s+__attribute__\s*\(\(.*?\)\))?\s+void\s+([A-Za-z_]\w*)\s*\(",
-                          re.S)
-
-
-def _translation_phases(src: str) -> str:
-    """C translation phases 1-2: trigraphs (a conforming compiler may honour them) and line splicing."""
-    for tri, ch in (("??=", "#"), ("??/", "\\"), ("??(", "["), ("??)", "]"), ("??<", "{"), ("??>", "}"),
-                    ("??!", "|"), ("??'", "^"), ("??-", "~")):
-        src = src.replace(tri, ch)
-    return re.sub(r"\\[ \t]*\r?\n", "", src)
-
-
-_LEX = re.compile(r"""//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?|[^/"']+|/""", re.S)
-
-
-def strip_comments(src: str) -> str:
-    """The source after phases 1-3 as the preprocessor sees it: comments become one space; string and
-    character literals are kept whole (so a '/*' inside a string does not hide what follows)."""
-    s = _translation_phases(src)
-    return "".join(" " if m.startswith(("//", "/*")) else m for m in _LEX.findall(s))
-
-
-def check_source(src: Any, fieldname: str = "source") -> str:
-    if isinstance(src, bytes | bytearray):
-        try:
-            src = bytes(src).decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise SpecError(fieldname, f"not valid UTF-8 ({e})") from None
-    if not isinstance(src, str):
-        raise SpecError(fieldname, f"must be a string of OpenCL C, not {type(src).__name__}")
-    if not src.strip():
-        raise SpecError(fieldname, "is empty")
-    nbytes = len(src.encode("utf-8"))
-    if nbytes > MAX_SOURCE_BYTES:
-        raise SpecError(fieldname, f"{nbytes} bytes exceeds the limit of {MAX_SOURCE_BYTES}")
-    if "\x00" in src:
-        raise SpecError(fieldname, "contains a NUL character")
-    m = _FILE_DIRECTIVE.search(strip_comments(src))
-    if m:
-        raise SpecError(fieldname, f"{m.group(0).strip()!r} is not allowed: a program must be one self-contained "
-                                   "source (the worker's files are not readable); inline what you include")
-    return src
-
-
-def kernel_names_in(src: str) -> list[str]:
-    """Kernel functions declared in `src` (a best-effort scan; the built program is the authority)."""
-    return list(dict.fromkeys(_KERNEL_DECL.findall(strip_comments(src))))
-
-
-def source_sha256(src: str) -> str:
-    return hashlib.sha256(src.encode("utf-8")).hexdigest()
-
-
-def parse_build_options(opts: Any, fieldname: str = "build_options") -> tuple[str, ...]:
-    """Allow-listed build options as normalised tokens ("-D NAME=V" becomes "-DNAME=V")."""
-    if opts is None:
-        return ()
-    if isinstance(opts, str):
-        tokens = opts.split()
-    elif isinstance(opts, list | tuple) and all(isinstance(t, str) for t in opts):
-        tokens = [t for o in opts for t in o.split()]
-    else:
-        raise SpecError(fieldname, "must be a string or a list of strings")
-    out: list[str] = []
-    i = 0
-    while i < len(tokens):
-        t = tokens[i]
-        where = f"{fieldname}[{i}]"
-        if t == "-D":
-            if i + 1 >= len(tokens):
-                raise SpecError(where, "'-D' needs a NAME or NAME=VALUE after it")
-            i += 1
-            t = "-D" + tokens[i]
-        if t.startswith("-D"):
-            name, _, value = t[2:].partition("=")
-            if not _IDENT.match(name):
-                raise SpecError(where, f"macro name {name!r} in {t!r} is not a C identifier")
-            if len(value) > MAX_DEFINE_VALUE_LEN or not _DEFINE_VALUE.match(value):
-                raise SpecError(where, f"macro value in {t!r} may hold only letters, digits and _.+-*/()<>|&^~%! "
-                                       f"(at most {MAX_DEFINE_VALUE_LEN} characters)")
-            out.append(t)
-        elif t.startswith("-cl-std="):
-            if t[len("-cl-std="):] not in ALLOWED_CL_STD:
-                raise SpecError(where, f"{t!r}: -cl-std must be one of {', '.join(ALLOWED_CL_STD)}")
-            out.append(t)
-        elif t in ALLOWED_FLAGS:
-            out.append(t)
-        else:
-            why = ("include paths and anything that reads or writes files are not allowed"
-                   if t.startswith(("-I", "@", "-include", "-o", "-x", "-save", "-emit", "-MF", "-M", "-isystem",
-                                    "-iquote", "-idirafter", "--"))
-                   else "not an allowed option")
-            raise SpecError(where, f"{t!r}: {why} (allowed: -D NAME[=VALUE], -cl-std=CL1.x|CL2.0|CL3.0, "
-                                   f"{', '.join(sorted(ALLOWED_FLAGS))})")
-        i += 1
-    return tuple(out)
 
 
 # --- parsing --------------------------------------------------------------------------------------------
@@ -462,30 +380,6 @@ def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
                             f"unknown field (allowed: {', '.join(sorted(allowed))})")
 
 
-def _dtype(v: Any, table: Mapping[str, np.dtype], where: str) -> str:
-    if not isinstance(v, str) or v not in table:
-        raise SpecError(where, f"unknown dtype {v!r} (one of {', '.join(table)})")
-    return v
-
-
-def _scalar_value(dtype: str, v: Any, where: str) -> int | float:
-    dt = SCALAR_DTYPES[dtype]
-    if dt.kind == "f":
-        if isinstance(v, bool) or not isinstance(v, int | float | np.integer | np.floating):
-            raise SpecError(where, f"a {dtype} scalar needs a number, not {type(v).__name__}")
-        v = float(v)
-        if dtype == "float32" and math.isfinite(v) and abs(v) > float(np.finfo(np.float32).max):
-            raise SpecError(where, f"{v!r} overflows float32")
-        return v
-    if isinstance(v, bool) or not isinstance(v, int | np.integer):
-        raise SpecError(where, f"a {dtype} scalar needs an integer, not {type(v).__name__}")
-    v = int(v)
-    info = np.iinfo(dt)
-    if not info.min <= v <= info.max:
-        raise SpecError(where, f"{v} is out of range for {dtype} [{info.min}, {info.max}]")
-    return v
-
-
 def _parse_arg(d: Any, where: str, *, allow_buffers: bool = True) -> Arg:
     if not isinstance(d, Mapping):
         raise SpecError(where, f"must be a map with a 'kind' ({', '.join(ARG_KINDS)}), not {type(d).__name__}")
@@ -495,22 +389,24 @@ def _parse_arg(d: Any, where: str, *, allow_buffers: bool = True) -> Arg:
     name = _name(d, where)
     if kind == "scalar":
         _check_keys(d, {"kind", "dtype", "value", "name"}, where)
-        dt = _dtype(d.get("dtype"), SCALAR_DTYPES, f"{where}.dtype")
+        t = parse_dtype(d.get("dtype"), f"{where}.dtype")
         if "value" not in d:
             raise SpecError(f"{where}.value", "required")
-        return ScalarArg(dt, _scalar_value(dt, d["value"], f"{where}.value"), name)
+        return ScalarArg(t, encode_value(t, d["value"], f"{where}.value"), name)
     if kind == "local":
         _check_keys(d, {"kind", "nbytes", "name"}, where)
         return LocalArg(_int(d.get("nbytes"), f"{where}.nbytes", minimum=1, maximum=1 << 30), name)
     if not allow_buffers:
         raise SpecError(where, "a launch may only add scalar or local args inline; refer to buffers by their index "
-                               "in the spec's args")
-    dt = _dtype(d.get("dtype", "uint8" if kind != "out" else None), BUFFER_DTYPES, f"{where}.dtype")
-    itemsize = BUFFER_DTYPES[dt].itemsize
-    if kind == "out":
+                               "or name in the spec's args")
+    raw_dt = d.get("dtype", "uint8" if kind in ("in", "inout") else None)
+    if raw_dt is None:
+        raise SpecError(f"{where}.dtype", f"required for an {kind} buffer")
+    t = parse_dtype(raw_dt, f"{where}.dtype")
+    itemsize = t.itemsize
+    if kind in ("out", "scratch"):
         _check_keys(d, {"kind", "dtype", "count", "nbytes", "name"}, where)
-        count = _count(d, where, itemsize)
-        return BufferArg("out", dt, count, name=name)
+        return BufferArg(kind, t, _count(d, where, itemsize), name=name)
     _check_keys(d, {"kind", "dtype", "data", "sha256", "count", "nbytes", "name"}, where)
     if ("data" in d) == ("sha256" in d):
         raise SpecError(where, f"an {kind} buffer needs exactly one of 'data' (inline bytes) or 'sha256' "
@@ -523,17 +419,17 @@ def _parse_arg(d: Any, where: str, *, allow_buffers: bool = True) -> Arg:
         if len(data) == 0:
             raise SpecError(f"{where}.data", "is empty (a buffer needs at least one element)")
         if len(data) % itemsize:
-            raise SpecError(f"{where}.data", f"{len(data)} bytes is not a whole number of {dt} elements "
+            raise SpecError(f"{where}.data", f"{len(data)} bytes is not a whole number of {t.describe()} elements "
                                              f"({itemsize} bytes each)")
         if "count" in d or "nbytes" in d:
             n = _count(d, where, itemsize)
             if n * itemsize != len(data):
                 raise SpecError(where, f"declares {n} elements but 'data' holds {len(data) // itemsize}")
-        return BufferArg(kind, dt, len(data) // itemsize, data=data, name=name)
+        return BufferArg(kind, t, len(data) // itemsize, data=data, name=name)
     sha = d["sha256"]
     if not isinstance(sha, str) or not _HEX64.match(sha):
         raise SpecError(f"{where}.sha256", "must be 64 lowercase hex digits (SHA-256 of the blob)")
-    return BufferArg(kind, dt, _count(d, where, itemsize), sha256=sha, name=name)
+    return BufferArg(kind, t, _count(d, where, itemsize), sha256=sha, name=name)
 
 
 def _count(d: Mapping[str, Any], where: str, itemsize: int) -> int:
@@ -564,11 +460,6 @@ def _check_local(gsize: tuple[int, ...], lsize: tuple[int, ...] | None, where: s
     fld = f"{where}.local_size" if where else "local_size"
     if len(lsize) != len(gsize):
         raise SpecError(fld, f"has {len(lsize)} dimensions but global_size has {len(gsize)}")
-    for dim, (g, loc) in enumerate(zip(gsize, lsize, strict=True)):
-        if g % loc:
-            raise SpecError(fld, f"local size {loc} does not divide global size {g} in dimension "
-                                                   f"{dim} (round the global size up to a multiple of {loc} and "
-                                                   f"guard the extra work items in the kernel)")
 
 
 def parse_spec(d: Any) -> ComputeSpec:
@@ -598,7 +489,7 @@ def parse_spec(d: Any) -> ComputeSpec:
             raise SpecError("source_sha256", "must be 64 lowercase hex digits")
 
     kernel = d.get("kernel")
-    if not isinstance(kernel, str) or not _IDENT.match(kernel):
+    if not isinstance(kernel, str) or not IDENT.match(kernel):
         raise SpecError("kernel", f"must be the kernel's name (a C identifier), not {kernel!r}")
     options = parse_build_options(d.get("build_options"))
 
@@ -609,6 +500,12 @@ def parse_spec(d: Any) -> ComputeSpec:
     if len(raw_args) > MAX_ARGS:
         raise SpecError("args", f"{len(raw_args)} args exceeds the limit of {MAX_ARGS}")
     args = tuple(_parse_arg(a, f"args[{i}]") for i, a in enumerate(raw_args))
+    names: dict[str, int] = {}
+    for i, a in enumerate(args):
+        if a.name:
+            if a.name in names:
+                raise SpecError(f"args[{i}].name", f"{a.name!r} is also the name of args[{names[a.name]}]")
+            names[a.name] = i
     inline = sum(len(a.data) for a in args if isinstance(a, BufferArg) and a.data is not None)
     if inline > MAX_INLINE_BYTES:
         raise SpecError("args", f"{inline} bytes of inline data exceeds the limit of {MAX_INLINE_BYTES}; "
@@ -632,7 +529,7 @@ def parse_spec(d: Any) -> ComputeSpec:
             raise SpecError("launches", "must be a non-empty list")
         if len(raw_l) > MAX_LAUNCH_ENTRIES:
             raise SpecError("launches", f"{len(raw_l)} entries exceeds the limit of {MAX_LAUNCH_ENTRIES}")
-        launches = tuple(_parse_launch(ln, f"launches[{i}]", kernel, args, top_g, top_l)
+        launches = tuple(_parse_launch(ln, f"launches[{i}]", kernel, args, names, top_g, top_l)
                          for i, ln in enumerate(raw_l))
     else:
         if top_g is None:
@@ -645,7 +542,7 @@ def parse_spec(d: Any) -> ComputeSpec:
     used = {a for ln in launches for a in ln.args if isinstance(a, int)}
     for i, a in enumerate(args):
         if isinstance(a, BufferArg) and i not in used:
-            raise SpecError(f"args[{i}]", "a buffer that no launch uses")
+            raise SpecError(f"args[{i}]", f"a buffer{f' ({a.name!r})' if a.name else ''} that no launch uses")
 
     # limits and hints
     tl = d.get("time_limit_s", DEFAULT_TIME_LIMIT_S)
@@ -673,23 +570,25 @@ def parse_spec(d: Any) -> ComputeSpec:
             if k not in declared and k not in tokens:
                 raise SpecError("kernel", f"no kernel named {k!r} in the source (kernels found: "
                                           f"{', '.join(declared) or 'none'})")
+        check_against_source(spec, kernel_signatures(source, options, spec.kernels()))
     if mem is not None and spec.buffer_bytes > mem:
         raise SpecError("memory_limit_bytes", f"the buffers need {spec.buffer_bytes} bytes, more than the job's "
                                               f"memory limit of {mem}")
     return spec
 
 
-def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], top_g: tuple[int, ...] | None,
-                  top_l: tuple[int, ...] | None) -> Launch:
+def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], names: Mapping[str, int],
+                  top_g: tuple[int, ...] | None, top_l: tuple[int, ...] | None) -> Launch:
     if not isinstance(d, Mapping):
         raise SpecError(where, f"must be a map, not {type(d).__name__}")
     _check_keys(d, {"kernel", "global_size", "local_size", "args", "repeat"}, where)
     k = d.get("kernel", kernel)
-    if not isinstance(k, str) or not _IDENT.match(k):
+    if not isinstance(k, str) or not IDENT.match(k):
         raise SpecError(f"{where}.kernel", f"must be a kernel name, not {k!r}")
     if "global_size" in d:
         g = _sizes(d["global_size"], f"{where}.global_size", what="global_size")
-        lsz = _sizes(d["local_size"], f"{where}.local_size", what="local_size") if d.get("local_size") is not None else None
+        lsz = (_sizes(d["local_size"], f"{where}.local_size", what="local_size")
+               if d.get("local_size") is not None else None)
     elif top_g is not None:
         g = top_g
         lsz = (_sizes(d["local_size"], f"{where}.local_size", what="local_size")
@@ -706,7 +605,11 @@ def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], top_g:
         refs: list[int | ScalarArg | LocalArg] = []
         for j, r in enumerate(raw):
             w = f"{where}.args[{j}]"
-            if isinstance(r, int | np.integer) and not isinstance(r, bool):
+            if isinstance(r, str):
+                if r not in names:
+                    raise SpecError(w, f"no arg named {r!r} (named args: {', '.join(names) or 'none'})")
+                refs.append(names[r])
+            elif isinstance(r, int | np.integer) and not isinstance(r, bool):
                 if not 0 <= int(r) < len(args):
                     raise SpecError(w, f"refers to args[{int(r)}], but the spec has {len(args)} args")
                 refs.append(int(r))
@@ -721,125 +624,6 @@ def _parse_launch(d: Any, where: str, kernel: str, args: tuple[Arg, ...], top_g:
     return Launch(k, g, lsz, ref_t, rep)
 
 
-# --- device limits --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceLimits:
-    """What `validate` checks a spec against. Unknown figures (None) are not checked."""
-
-    global_mem_bytes: int | None = None
-    max_alloc_bytes: int | None = None
-    max_work_group_size: int | None = None
-    max_work_item_sizes: tuple[int, ...] | None = None
-    local_mem_bytes: int | None = None
-    max_constant_bytes: int | None = None
-    fp64: bool | None = None
-    int64: bool | None = None
-    kind: str | None = None
-
-    @classmethod
-    def from_device(cls, dev: Any) -> DeviceLimits:
-        """From a worker.devices.Device record (or anything with those attributes, or a dict)."""
-        if isinstance(dev, DeviceLimits):
-            return dev
-        if isinstance(dev, Mapping):
-            known = set(cls.__dataclass_fields__)
-            vals = {k: v for k, v in dev.items() if k in known}
-            if vals.get("max_work_item_sizes") is not None:
-                vals["max_work_item_sizes"] = tuple(vals["max_work_item_sizes"])
-            return cls(**vals)
-        return cls(
-            global_mem_bytes=getattr(dev, "global_mem_bytes", None),
-            max_alloc_bytes=getattr(dev, "max_alloc_bytes", None),
-            max_work_group_size=getattr(dev, "max_work_group_size", None),
-            fp64=getattr(dev, "fp64", None),
-            int64=getattr(dev, "int64", None),
-            kind=getattr(dev, "kind", None),
-        )
-
-    @classmethod
-    def from_cl_device(cls, d: Any) -> DeviceLimits:
-        """From a pyopencl Device (the authoritative figures, at run time)."""
-        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
-        import pyopencl as cl
-
-        ext = str(d.extensions)
-        return cls(
-            global_mem_bytes=int(d.global_mem_size),
-            max_alloc_bytes=int(d.max_mem_alloc_size),
-            max_work_group_size=int(d.max_work_group_size),
-            max_work_item_sizes=tuple(int(x) for x in d.max_work_item_sizes),
-            local_mem_bytes=int(d.local_mem_size),
-            max_constant_bytes=int(d.max_constant_buffer_size),
-            fp64="cl_khr_fp64" in ext or bool(getattr(d, "double_fp_config", 0)),
-            int64=str(d.profile) == "FULL_PROFILE" or "cles_khr_int64" in ext,
-            kind=("gpu" if int(d.type) & cl.device_type.GPU else
-                  "cpu" if int(d.type) & cl.device_type.CPU else "accelerator"),
-        )
-
-
-def validate(spec: ComputeSpec | Mapping[str, Any], device_info: Any = None, *,
-             max_memory_bytes: int | None = None, max_time_limit_s: float | None = None) -> ComputeSpec:
-    """Parse (if needed) and check `spec` against a device and the worker's caps. Raises SpecError.
-
-    `device_info`: a `DeviceLimits`, a `worker.devices.Device`, a dict of DeviceLimits fields, or None (only
-    the structure and the job's own limits are checked). `max_memory_bytes` / `max_time_limit_s`: the worker's
-    caps for one job.
-    """
-    s = parse_spec(spec)
-    lim = DeviceLimits.from_device(device_info) if device_info is not None else DeviceLimits()
-    if max_time_limit_s is not None and s.time_limit_s > max_time_limit_s:
-        raise SpecError("time_limit_s", f"{s.time_limit_s:g} s exceeds this worker's limit of "
-                                        f"{max_time_limit_s:g} s per job")
-    need = s.buffer_bytes
-    if max_memory_bytes is not None and need > max_memory_bytes:
-        raise SpecError("memory_limit_bytes", f"the buffers need {need} bytes, more than this worker's limit of "
-                                              f"{max_memory_bytes} bytes per job")
-    req = s.requirements()
-    if lim.fp64 is False and req.fp64:
-        raise SpecError("source", "the program uses double precision (fp64) and this device has no fp64")
-    if lim.int64 is False and req.int64:
-        raise SpecError("source", "the program uses 64-bit integers and this device has none")
-    if s.device_kind is not None and lim.kind is not None and lim.kind != s.device_kind:
-        raise SpecError("device_kind", f"needs a {s.device_kind} device, this is a {lim.kind}")
-    for i, a in s.buffers:
-        if lim.max_alloc_bytes is not None and a.nbytes > lim.max_alloc_bytes:
-            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes exceeds the device's largest allocation "
-                                          f"of {lim.max_alloc_bytes} bytes")
-        if lim.global_mem_bytes is not None and a.nbytes > lim.global_mem_bytes:
-            raise SpecError(f"args[{i}]", f"buffer of {a.nbytes} bytes is larger than the device's memory of "
-                                          f"{lim.global_mem_bytes} bytes")
-    if lim.global_mem_bytes is not None and need > lim.global_mem_bytes:
-        raise SpecError("args", f"the buffers need {need} bytes, more than the device's memory of "
-                                f"{lim.global_mem_bytes} bytes")
-    for li, ln in enumerate(s.launches):
-        where = f"launches[{li}]" if len(s.launches) > 1 or ln.kernel != s.kernel else "local_size"
-        local = sum(_local_nbytes(s, a) for a in ln.args)
-        if lim.local_mem_bytes is not None and local > lim.local_mem_bytes:
-            raise SpecError(where, f"local args need {local} bytes per work-group, the device has "
-                                   f"{lim.local_mem_bytes}")
-        if ln.local_size is None:
-            continue
-        wg = math.prod(ln.local_size)
-        if lim.max_work_group_size is not None and wg > lim.max_work_group_size:
-            raise SpecError(where, f"work-group of {wg} work items exceeds the device's maximum of "
-                                   f"{lim.max_work_group_size}")
-        if lim.max_work_item_sizes is not None:
-            for dim, (loc, mx) in enumerate(zip(ln.local_size, lim.max_work_item_sizes, strict=False)):
-                if loc > mx:
-                    raise SpecError(where, f"local size {loc} in dimension {dim} exceeds the device's maximum "
-                                           f"of {mx}")
-    return s
-
-
-def _local_nbytes(s: ComputeSpec, a: int | ScalarArg | LocalArg) -> int:
-    if isinstance(a, int):
-        a2 = s.args[a]
-        return a2.nbytes if isinstance(a2, LocalArg) else 0
-    return a.nbytes if isinstance(a, LocalArg) else 0
-
-
 def resolve_launch_args(spec: ComputeSpec, launch: Launch) -> list[tuple[str, Arg]]:
     """[(label, arg)] of one launch, labels naming where each came from (for messages)."""
     out: list[tuple[str, Arg]] = []
@@ -850,3 +634,11 @@ def resolve_launch_args(spec: ComputeSpec, launch: Launch) -> list[tuple[str, Ar
         else:
             out.append((f"launch arg {j}" + (f" ({a.name!r})" if a.name else ""), a))
     return out
+
+
+def dtype_named(name: str) -> CType:
+    """A wire dtype name as a CType (KeyError if unknown)."""
+    t = type_named(name)
+    if t is None:
+        raise KeyError(name)
+    return t

@@ -17,7 +17,7 @@ naming only a hash the worker does not hold fails at once with "scene not cached
 so the client resends it.
 
 Result: body `{scene_hash, width, height, tile, path, render_s, device}`; output bytes are the tile's RGBA8
-(h*w*4, row-major, sRGB, straight alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
+(h*w*4, row-major, sRGB, premultiplied alpha) followed by its float32 little-endian view depth (h*w*4, +inf where
 nothing is hit). `decode_output` turns them back into arrays.
 
 Runs on an OpenCL device (`worker.render.opencl`) or, on a node without one, the numpy reference. A big
@@ -63,7 +63,7 @@ from worker.kinds import (
     SpecError,
     reject_unknown_fields,
 )
-from worker.opencl import run_blocking
+from worker.opencl import blocking_limiter, run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
 from worker.render.errors import SceneError
@@ -331,6 +331,21 @@ def plan_tiles(width: int, height: int, n_candidates: int, per_pixel_cost: float
     return TilePlan(tuple(Tile.grid(width, height, cols, rows)), best_t, single)
 
 
+def split_rows(tile: Tile, rates: list[float]) -> list[Tile | None]:
+    """`tile` cut into horizontal strips, one per rate, with rows in proportion to the rates (None for a
+    device that gets no row: more devices than rows, or a rate of 0)."""
+    total = sum(max(r, 0.0) for r in rates)
+    if total <= 0:
+        rates, total = [1.0] * len(rates), float(len(rates))
+    ys, acc = [tile.y0], 0.0
+    for r in rates:
+        acc += max(r, 0.0)
+        ys.append(tile.y0 + round(tile.h * acc / total))
+    ys[-1] = tile.y0 + tile.h
+    return [Tile(tile.x0, ys[i], tile.w, ys[i + 1] - ys[i]) if ys[i + 1] > ys[i] else None
+            for i in range(len(rates))]
+
+
 def bands(tile: Tile, n: int) -> list[Tile]:
     """`tile` cut into n horizontal bands (fewer if it has fewer rows)."""
     n = max(1, min(n, tile.h))
@@ -587,16 +602,12 @@ class RenderFrame(JobKind):
         # as many bands as chunk_s promised the executor (the spec's work estimate wins, as in cost_s)
         n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
         t0 = time.perf_counter()
+        used: list[str] = []
         if ctx.cl is not None:
-
             path = "opencl"
-            for i, band in enumerate(bands(tile, n)):
-                if i:
-                    await ctx.checkpoint()
-                c, d = await run_blocking(entry.render_on, ctx.cl, pose, band)
-                y = band.y0 - tile.y0
-                rgba[y:y + band.h] = c
-                depth[y:y + band.h] = d
+            async with ctx.idle_devices() as more:
+                used = await self._render_on_devices(ctx, entry, pose, tile, n, [(ctx.device, ctx.cl), *more],
+                                                     rgba, depth)
         else:
             path = "reference"
             prepared = await trio.to_thread.run_sync(entry.prepared)
@@ -618,8 +629,33 @@ class RenderFrame(JobKind):
             rgba, depth = corrupt(rgba, depth)
         ctx.progress(1.0, None)
         body = {"scene_hash": entry.hash, "width": cam.width, "height": cam.height, "tile": tile.to_dict(),
-                "path": path, "render_s": render_s, "device": dev_id}
+                "path": path, "render_s": render_s, "device": dev_id, "devices": used or [dev_id]}
         return Result(body, encode_output(rgba, depth))
+
+    async def _render_on_devices(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
+                                 devices: list[tuple[Any, Any]], rgba: np.ndarray, depth: np.ndarray) -> list[str]:
+        """Render `tile` in `n` bands over the devices together: each gets a strip of rows in proportion to
+        its rate and renders it in its share of the bands, all at once; checkpoints between the bands of the
+        job's own device (the first). Returns the ids of the devices that rendered rows."""
+        strips = split_rows(tile, [device_rate(d) for d, _ in devices])
+        limiter = blocking_limiter() if len(strips) == 1 else trio.CapacityLimiter(len(strips))
+        used: list[str] = []
+
+        async def strip(i: int, dctx: Any, part: Tile) -> None:
+            for j, band in enumerate(bands(part, max(1, round(n * part.h / tile.h)))):
+                if j and i == 0:
+                    await ctx.checkpoint()
+                c, d = await run_blocking(entry.render_on, dctx, pose, band, limiter=limiter)
+                y = band.y0 - tile.y0
+                rgba[y:y + band.h] = c
+                depth[y:y + band.h] = d
+
+        async with trio.open_nursery() as nursery:
+            for i, ((dev, dctx), part) in enumerate(zip(devices, strips, strict=False)):
+                if part is not None:
+                    used.append(str(getattr(dev, "id", None) or getattr(dctx.device, "id", "opencl")))
+                    nursery.start_soon(strip, i, dctx, part)
+        return used
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         rs = parse_spec(spec, len(input_bytes))
@@ -770,6 +806,6 @@ FAMILY = KindFamily("render", (RENDER_FRAME,), verifiers={NAME: verify_result}) 
 
 
 __all__ = ["CACHE", "NAME", "RENDER_FRAME", "RenderFrame", "RenderSpec", "SceneCache", "SceneNotCached",
-           "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output", "encode_scene",
-           "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
-           "register_kind", "verify_result"]
+           "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output",
+           "encode_scene", "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
+           "register_kind", "split_rows", "verify_result"]

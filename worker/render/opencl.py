@@ -21,6 +21,7 @@ import pyopencl as cl
 from worker.opencl import programs_for
 from worker.render.camera import Pose, Tile, camera_frame
 from worker.render.pack import PackedScene, pack
+from worker.render.reference import srgb_to_linear
 from worker.render.scene import Scene, content_hash
 
 KERNEL_SOURCE = Path(__file__).with_name("raytrace.cl")
@@ -82,6 +83,10 @@ class SceneOnDevice:
             "e1": self._upload(p.e1),
             "e2": self._upload(p.e2),
             "tri_mat": self._upload(p.tri_mat),
+            "tri_n": self._upload(p.tri_n),
+            "tri_uv": self._upload(p.tri_uv),
+            "texels": self._upload(p.texels),
+            "srgb_lin": self._upload(srgb_to_linear_table()),
             "bmin": self._upload(_pad4(p.bvh.bmin)),
             "bmax": self._upload(_pad4(p.bvh.bmax)),
             "meta": self._upload(p.bvh.meta),
@@ -127,9 +132,11 @@ class SceneOnDevice:
             np.float32(cam.near), np.float32(cam.far),
             b["prim"], b["prim_info"], np.int32(p.prim_info.shape[0]),
             b["v0"], b["e1"], b["e2"], b["tri_mat"], np.int32(p.triangle_count),
+            b["tri_n"], b["tri_uv"],
             b["bmin"], b["bmax"], b["meta"], np.int32(p.bvh.node_count),
             np.int32(1 if bvh else 0),
             b["mat"], b["light"], np.int32(p.light.shape[0]),
+            b["texels"], b["srgb_lin"],
             p.ambient, p.miss, p.background, b["srgb8"],
         )  # fmt: skip
         lx, ly = LOCAL_SIZE
@@ -171,6 +178,12 @@ def srgb8_thresholds() -> np.ndarray:
     e = (np.arange(1, 256) - 0.5) / 255.0
     lin = np.where(e <= 0.04045, e / 12.92, ((e + 0.055) / 1.055) ** 2.4)
     return np.concatenate([[-np.inf], lin, [np.inf]]).astype(np.float32)
+
+
+def srgb_to_linear_table() -> np.ndarray:
+    """(256,) float32: the linear value of each 8-bit sRGB code (texture decoding), as reference.srgb_to_linear."""
+
+    return srgb_to_linear(np.arange(256)).astype(np.float32)
 
 
 def _pad4(a: np.ndarray) -> np.ndarray:

@@ -25,9 +25,14 @@ class PackedScene:
     e1: np.ndarray  # (M, 4) float32: v1 - v0 (computed in float64)
     e2: np.ndarray  # (M, 4) float32: v2 - v0
     tri_mat: np.ndarray  # (M,) int32
+    # (M, 3, 4) float32: unit world normal at each corner; [i, 0, 3] (w of the first) = 1 for smooth triangles
+    tri_n: np.ndarray
+    tri_uv: np.ndarray  # (M, 2, 4) float32: (u0, v0, u1, v1), (u2, v2, 0, 0)
     bvh: bvh_mod.FlatBVH
-    # (K, 3, 4) float32: [albedo, metallic], [emission, roughness], [opacity, shininess, 0, 0]
+    # (K, 4, 4) float32: [albedo, metallic], [emission, roughness], [opacity, shininess, shadow catcher 0/1, 0],
+    # [first texel, texture width, texture height, 0] (width 0: no texture)
     material: np.ndarray
+    texels: np.ndarray  # (T, 4) uint8: every texture's sRGB texels, row-major from the top row
     # (L, 2, 4) float32: [position or direction *towards* the light, type], [colour * intensity, 0]
     light: np.ndarray
     ambient: np.ndarray  # (4,) float32
@@ -50,11 +55,24 @@ def pack(scene: Scene) -> PackedScene:
     mats: list[list[list[float]]] = []
     tris: list[np.ndarray] = []
     tri_mats: list[np.ndarray] = []
+    tri_ns: list[np.ndarray] = []
+    tri_uvs: list[np.ndarray] = []
+    texels: list[np.ndarray] = []
+    tex_at: dict[int, float] = {}  # id(texture) -> first texel
+    n_texels = 0
     for o in scene.objects:
         mid = len(mats)
         m = o.material
         shin = 2.0 / max(m.roughness**4, SPEC_MIN)
-        mats.append([_f4(m.albedo, m.metallic), _f4(m.emission, m.roughness), [m.opacity, shin, 0.0, 0.0]])
+        tex_row = [0.0, 0.0, 0.0, 0.0]
+        if m.texture is not None:
+            if id(m.texture) not in tex_at:
+                tex_at[id(m.texture)] = float(n_texels)
+                texels.append(m.texture.pixels.reshape(-1, 4))
+                n_texels += m.texture.width * m.texture.height
+            tex_row = [tex_at[id(m.texture)], float(m.texture.width), float(m.texture.height), 0.0]
+        mats.append([_f4(m.albedo, m.metallic), _f4(m.emission, m.roughness),
+                     [m.opacity, shin, 1.0 if m.shadow_catcher else 0.0, 0.0], tex_row])
         if isinstance(o, Sphere):
             prims.append([_f4(o.center, o.radius), [0.0] * 4, [0.0] * 4, [0.0] * 4])
             infos.append([PRIM_SPHERE, mid, 0, 0])
@@ -70,6 +88,18 @@ def pack(scene: Scene) -> PackedScene:
             w = o.world_vertices()
             tris.append(w[o.indices])
             tri_mats.append(np.full(o.triangle_count, mid, np.int32))
+            tn = np.zeros((o.triangle_count, 3, 4))
+            wn = o.world_normals()
+            if wn is not None:
+                tn[:, :, :3] = wn[o.indices]
+                tn[:, 0, 3] = 1.0
+            tri_ns.append(tn)
+            tuv = np.zeros((o.triangle_count, 2, 4))
+            if o.uvs is not None:
+                c = o.uvs[o.indices]  # (m, 3, 2)
+                tuv[:, 0, :] = c[:, :2].reshape(-1, 4)
+                tuv[:, 1, :2] = c[:, 2]
+            tri_uvs.append(tuv)
     all_tris = np.concatenate(tris) if tris else np.zeros((0, 3, 3))
     all_mats = np.concatenate(tri_mats) if tri_mats else np.zeros(0, np.int32)
     tree = bvh_mod.build(all_tris)
@@ -96,8 +126,11 @@ def pack(scene: Scene) -> PackedScene:
         e1=col4(t[:, 1] - t[:, 0]),
         e2=col4(t[:, 2] - t[:, 0]),
         tri_mat=all_mats[tree.order].astype(np.int32),
+        tri_n=(np.concatenate(tri_ns) if tri_ns else np.zeros((0, 3, 4)))[tree.order].astype(np.float32),
+        tri_uv=(np.concatenate(tri_uvs) if tri_uvs else np.zeros((0, 2, 4)))[tree.order].astype(np.float32),
         bvh=tree,
-        material=np.asarray(mats, np.float32).reshape(-1, 3, 4),
+        material=np.asarray(mats, np.float32).reshape(-1, 4, 4),
+        texels=np.concatenate(texels) if texels else np.zeros((0, 4), np.uint8),
         light=np.asarray(lights, np.float32).reshape(-1, 2, 4),
         ambient=np.asarray(_f4(scene.ambient), np.float32),
         miss=np.asarray(_f4(scene.miss_color()), np.float32),

@@ -16,7 +16,7 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 
 def encode_png(rgba: np.ndarray, level: int = 6) -> bytes:
-    """PNG bytes of an (h, w, 4) uint8 image (straight alpha). Rows use the Up filter, which suits renders."""
+    """PNG bytes of an (h, w, 4) uint8 image (straight alpha: convert frames with compositing.straight_alpha). Rows use the Up filter, which suits renders."""
     a = np.asarray(rgba)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 4 or a.shape[0] == 0 or a.shape[1] == 0:
         raise ValueError(f"encode_png: expected a non-empty (h, w, 4) uint8 array, got {a.dtype} {a.shape}")

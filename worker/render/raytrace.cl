@@ -59,9 +59,13 @@ typedef struct {
     __global const int4 *meta;
     int nnodes;
     int use_bvh;
-    __global const float4 *mat;       // 3 per material
+    __global const float4 *tri_n;     // 3 per triangle: corner normals; tri_n[3i].w = 1 if smooth
+    __global const float4 *tri_uv;    // 2 per triangle: (u0, v0, u1, v1), (u2, v2, 0, 0)
+    __global const float4 *mat;       // 4 per material
     __global const float4 *light;     // 2 per light
     int nlights;
+    __global const uchar4 *texels;    // every texture, sRGB8, row-major from the top row
+    __global const float *srgb_lin;   // 256: sRGB code -> linear
     float3 ambient;
     float3 miss;
 } Scene;
@@ -206,7 +210,7 @@ INL int material_of(const Scene *s, Hit h) {
 }
 
 INL float opacity_of(const Scene *s, int mat) {
-    return s->mat[3 * mat + 2].x;
+    return s->mat[4 * mat + 2].x;
 }
 
 // How much of a shadow ray (0, tmax) is blocked: the largest opacity among everything it hits. Order-free
@@ -271,11 +275,70 @@ INL float schlick_pow(float x, float e) {
     return x / (e - e * x + x);
 }
 
-// Normal at the hit, turned to face the incoming ray.
-INL float3 normal_at(const Scene *s, Hit h, float3 p, float3 d) {
+// What a ray hit: point, geometric normal ng and shading normal n (both facing the ray), material, albedo.
+typedef struct {
+    float3 p;
+    float3 ng;
     float3 n;
+    int mat;
+    float3 albedo;
+} Surface;
+
+INL float3 texel(const Scene *s, int base, int w, int x, int y) {
+    uchar4 c = s->texels[base + y * w + x];
+    return (float3)(s->srgb_lin[c.x], s->srgb_lin[c.y], s->srgb_lin[c.z]);
+}
+
+// Bilinear, wrapping, in linear light; v = 0 is the image's bottom row (OBJ), texel centres at half-integers.
+INL float3 sample_texture(const Scene *s, float4 m3, float u, float v) {
+    int base = (int)m3.x, w = (int)m3.y, h = (int)m3.z;
+    float x = u * (float)w - 0.5f, y = (1.0f - v) * (float)h - 0.5f;
+    float x0 = FLOOR(x), y0 = FLOOR(y);
+    float fx = x - x0, fy = y - y0;
+    int ix0 = (int)(x0 - FLOOR(x0 / (float)w) * (float)w), iy0 = (int)(y0 - FLOOR(y0 / (float)h) * (float)h);
+    ix0 = ix0 >= w ? ix0 - w : (ix0 < 0 ? ix0 + w : ix0);
+    iy0 = iy0 >= h ? iy0 - h : (iy0 < 0 ? iy0 + h : iy0);
+    int ix1 = ix0 + 1 == w ? 0 : ix0 + 1, iy1 = iy0 + 1 == h ? 0 : iy0 + 1;
+    float3 top = texel(s, base, w, ix0, iy0) * (1.0f - fx) + texel(s, base, w, ix1, iy0) * fx;
+    float3 bottom = texel(s, base, w, ix0, iy1) * (1.0f - fx) + texel(s, base, w, ix1, iy1) * fx;
+    return top * (1.0f - fy) + bottom * fy;
+}
+
+INL Surface surface_at(const Scene *s, Hit h, float3 o, float3 d) {
+    Surface sf;
+    float3 p = o + h.t * d;
+    float3 n;
+    sf.p = p;
+    sf.mat = material_of(s, h);
+    float4 m0 = s->mat[4 * sf.mat], m3 = s->mat[4 * sf.mat + 3];
+    sf.albedo = m0.xyz;
     if (h.kind == KIND_TRI) {
-        n = unit3(cross3(s->e1[h.idx].xyz, s->e2[h.idx].xyz));
+        float3 e1 = s->e1[h.idx].xyz, e2 = s->e2[h.idx].xyz;
+        n = unit3(cross3(e1, e2));
+        float4 c0 = s->tri_n[3 * h.idx];
+        if (c0.w != 0.0f || m3.y > 0.0f) {  // smooth or textured: barycentrics of the hit
+            float3 pvec = cross3(d, e2);
+            float inv = 1.0f / dot3(e1, pvec);
+            float3 tvec = o - s->v0[h.idx].xyz;
+            float bu = dot3(tvec, pvec) * inv;
+            float bv = dot3(d, cross3(tvec, e1)) * inv;
+            float bw = 1.0f - bu - bv;
+            float flip = dot3(n, d) > 0.0f ? -1.0f : 1.0f;
+            sf.ng = flip * n;
+            sf.n = sf.ng;
+            if (c0.w != 0.0f) {
+                float3 sn = bw * c0.xyz + bu * s->tri_n[3 * h.idx + 1].xyz + bv * s->tri_n[3 * h.idx + 2].xyz;
+                float len = len3(sn);
+                if (len > 1e-12f) sf.n = flip * (sn / len);
+            }
+            if (m3.y > 0.0f) {
+                float4 uv01 = s->tri_uv[2 * h.idx], uv2 = s->tri_uv[2 * h.idx + 1];
+                float u = bw * uv01.x + bu * uv01.z + bv * uv2.x;
+                float v = bw * uv01.y + bu * uv01.w + bv * uv2.y;
+                sf.albedo *= sample_texture(s, m3, u, v);
+            }
+            return sf;
+        }
     } else {
         __global const float4 *q = s->prim + 4 * h.idx;
         int type = s->prim_info[h.idx].x;
@@ -292,36 +355,44 @@ INL float3 normal_at(const Scene *s, Hit h, float3 p, float3 d) {
             n = q[1].xyz;
         }
     }
-    return dot3(n, d) > 0.0f ? -n : n;
+    sf.ng = dot3(n, d) > 0.0f ? -n : n;
+    sf.n = sf.ng;
+    return sf;
 }
 
 INL float offset_at(float3 p) {
     return OFFSET * (1.0f + max1(max1(abs1(p.x), abs1(p.y)), abs1(p.z)));
 }
 
-INL float3 shade_direct(const Scene *s, float3 p, float3 n, float3 d, int mat) {
-    float4 m0 = s->mat[3 * mat], m1 = s->mat[3 * mat + 1], m2 = s->mat[3 * mat + 2];
-    float3 alb = m0.xyz;
+// Direction to light i from os, the radiance arriving, and the distance (INFINITY for a directional light).
+INL float3 light_dir(const Scene *s, int i, float3 os, float3 *rad, float *dist) {
+    float4 l0 = s->light[2 * i], l1 = s->light[2 * i + 1];
+    if ((int)l0.w == LIGHT_POINT) {
+        float3 lv = l0.xyz - os;
+        float dd = len3(lv);
+        if (!(dd > 0.0f)) dd = 1e-30f;
+        *dist = dd;
+        *rad = l1.xyz / (dd * dd);
+        return lv / dd;
+    }
+    *dist = INFINITY;
+    *rad = l1.xyz;
+    return l0.xyz;
+}
+
+INL float3 shade_direct(const Scene *s, const Surface *sf, float3 d) {
+    int mat = sf->mat;
+    float4 m0 = s->mat[4 * mat], m1 = s->mat[4 * mat + 1], m2 = s->mat[4 * mat + 2];
+    float3 alb = sf->albedo, n = sf->n;
     float met = m0.w;
     float3 kd = alb * (1.0f - met);
     float3 f0 = F0_DIELECTRIC * (1.0f - met) + alb * met;
     float3 c = m1.xyz + s->ambient * alb;
-    float3 os = p + n * offset_at(p);
+    float3 os = sf->p + sf->ng * offset_at(sf->p);
     for (int i = 0; i < s->nlights; ++i) {
-        float4 l0 = s->light[2 * i], l1 = s->light[2 * i + 1];
-        float3 l, rad;
+        float3 rad;
         float dist;
-        if ((int)l0.w == LIGHT_POINT) {
-            float3 lv = l0.xyz - os;
-            dist = len3(lv);
-            if (!(dist > 0.0f)) dist = 1e-30f;
-            l = lv / dist;
-            rad = l1.xyz / (dist * dist);
-        } else {
-            l = l0.xyz;
-            dist = INFINITY;
-            rad = l1.xyz;
-        }
+        float3 l = light_dir(s, i, os, &rad, &dist);
         float ndotl = dot3(n, l);
         if (!(ndotl > 0.0f)) continue;
         float trans = 1.0f - occlusion(s, os, l, dist);
@@ -334,16 +405,43 @@ INL float3 shade_direct(const Scene *s, float3 p, float3 n, float3 d, int mat) {
     return c;
 }
 
-// Direct shading of what a secondary ray hits; *alpha gets 1 on a hit, else miss_alpha.
+// A shadow catcher's shadow: 1 - lit / unblocked light (each light weighted by its mean channel times n.l),
+// times the catcher's opacity; 0 where no light reaches it at all.
+INL float shadow_of(const Scene *s, const Surface *sf) {
+    float3 os = sf->p + sf->ng * offset_at(sf->p);
+    float full = 0.0f, lit = 0.0f;
+    for (int i = 0; i < s->nlights; ++i) {
+        float3 rad;
+        float dist;
+        float3 l = light_dir(s, i, os, &rad, &dist);
+        float wgt = (rad.x + rad.y + rad.z) / 3.0f * max1(dot3(sf->n, l), 0.0f);
+        if (!(wgt > 0.0f)) continue;
+        full += wgt;
+        lit += wgt * (1.0f - occlusion(s, os, l, dist));
+    }
+    float sh = full > 0.0f ? 1.0f - lit / full : 0.0f;
+    return min1(max1(sh, 0.0f), 1.0f) * s->mat[4 * sf->mat + 2].x;
+}
+
+// Premultiplied colour of a surface with direct light only; a shadow catcher shows `behind` (premultiplied
+// colour, *alpha on entry) darkened by its shadow, anything else is opaque.
+INL float3 shade(const Scene *s, const Surface *sf, float3 d, float3 behind, float *alpha) {
+    if (s->mat[4 * sf->mat + 2].z != 0.0f) {
+        float sh = shadow_of(s, sf);
+        *alpha = *alpha + (1.0f - *alpha) * sh;
+        return behind * (1.0f - sh);
+    }
+    *alpha = 1.0f;
+    return shade_direct(s, sf, d);
+}
+
+// What a secondary ray sees, premultiplied; a miss is miss_rgb with coverage miss_alpha.
 INL float3 radiance(const Scene *s, float3 o, float3 d, float3 miss_rgb, float miss_alpha, float *alpha) {
     Hit h = closest(s, o, d, 0.0f, INFINITY);
-    if (h.kind == KIND_NONE) {
-        *alpha = miss_alpha;
-        return miss_rgb;
-    }
-    float3 p = o + h.t * d;
-    *alpha = 1.0f;
-    return shade_direct(s, p, normal_at(s, h, p, d), d, material_of(s, h));
+    *alpha = miss_alpha;
+    if (h.kind == KIND_NONE) return miss_rgb * miss_alpha;
+    Surface sf = surface_at(s, h, o, d);
+    return shade(s, &sf, d, miss_rgb * miss_alpha, alpha);
 }
 
 // sRGB-encode and quantise: Ian Taylor's three-sqrt approximation of the sRGB curve (within 0.25 of a code)
@@ -369,9 +467,11 @@ __kernel void render(
     __global const float4 *prim, __global const int4 *prim_info, int nprims,
     __global const float4 *v0, __global const float4 *e1, __global const float4 *e2,
     __global const int *tri_mat, int ntris,
+    __global const float4 *tri_n, __global const float4 *tri_uv,
     __global const float4 *bmin, __global const float4 *bmax, __global const int4 *meta, int nnodes,
     int use_bvh,
     __global const float4 *mat, __global const float4 *light, int nlights,
+    __global const uchar4 *texels, __global const float *srgb_lin,
     float4 ambient, float4 miss, float4 background, __global const float *srgb8)
 {
     int x = get_global_id(0), y = get_global_id(1);
@@ -379,8 +479,10 @@ __kernel void render(
     Scene s;
     s.prim = prim; s.prim_info = prim_info; s.nprims = nprims;
     s.v0 = v0; s.e1 = e1; s.e2 = e2; s.tri_mat = tri_mat; s.ntris = ntris;
+    s.tri_n = tri_n; s.tri_uv = tri_uv;
     s.bmin = bmin; s.bmax = bmax; s.meta = meta; s.nnodes = nnodes; s.use_bvh = use_bvh && nnodes > 0;
     s.mat = mat; s.light = light; s.nlights = nlights;
+    s.texels = texels; s.srgb_lin = srgb_lin;
     s.ambient = ambient.xyz; s.miss = miss.xyz;
 
     float sx = 2.0f * ((float)(x0 + x) + 0.5f) / (float)width - 1.0f;
@@ -389,33 +491,34 @@ __kernel void render(
     float3 d = unit3(cam_f.xyz + sx * cam_r.xyz + sy * cam_u.xyz);
     float cosv = dot3(d, cam_f.xyz);
     int transparent = background.w == 0.0f;
-    float3 bg = background.xyz;
+    float bg_alpha = transparent ? 0.0f : 1.0f;
+    float3 bg = background.xyz * bg_alpha;
 
     Hit hit = closest(&s, o, d, near / cosv, far / cosv);
-    float3 rgb = bg;
-    float alpha = transparent ? 0.0f : 1.0f;
+    float3 rgb = bg;  // premultiplied throughout
+    float alpha = bg_alpha;
     float depth = INFINITY;
     if (hit.kind != KIND_NONE) {
-        float3 p = o + hit.t * d;
-        float3 n = normal_at(&s, hit, p, d);
-        int m = material_of(&s, hit);
-        float4 m0 = s.mat[3 * m], m2 = s.mat[3 * m + 2];
-        float3 c = shade_direct(&s, p, n, d, m);
-        float met = m0.w;
-        if (met > 0.0f) {
-            float3 rd = d - 2.0f * dot3(d, n) * n;
-            float ra;
-            float3 cr = radiance(&s, p + n * offset_at(p), rd, s.miss, 1.0f, &ra);
-            c += met * m0.xyz * cr;
-        }
-        float op = m2.x;
-        float a = 1.0f;
-        if (op < 1.0f) {
-            float ab;
-            float3 cb = radiance(&s, p - n * offset_at(p), d, bg, transparent ? 0.0f : 1.0f, &ab);
-            a = op + (1.0f - op) * ab;
-            float3 prem = op * c + ((1.0f - op) * ab) * cb;
-            c = a > 0.0f ? prem / a : (float3)(0.0f);
+        Surface sf = surface_at(&s, hit, o, d);
+        float4 m0 = s.mat[4 * sf.mat], m2 = s.mat[4 * sf.mat + 2];
+        float a = bg_alpha;
+        float3 c = shade(&s, &sf, d, bg, &a);
+        if (m2.z == 0.0f) {  // not a shadow catcher: reflection and see-through
+            float3 p = sf.p, n = sf.n, ng = sf.ng;
+            float met = m0.w;
+            if (met > 0.0f) {
+                float3 rd = d - 2.0f * dot3(d, n) * n;
+                float ra;
+                float3 cr = radiance(&s, p + ng * offset_at(p), rd, s.miss, 1.0f, &ra);
+                c += met * sf.albedo * cr;
+            }
+            float op = m2.x;
+            if (op < 1.0f) {
+                float ab;
+                float3 cb = radiance(&s, p - ng * offset_at(p), d, background.xyz, bg_alpha, &ab);
+                a = op + (1.0f - op) * ab;
+                c = op * c + (1.0f - op) * cb;
+            }
         }
         rgb = c;
         alpha = a;

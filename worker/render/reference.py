@@ -32,12 +32,17 @@ class Prepared:
     e1: np.ndarray
     e2: np.ndarray
     tri_mat: np.ndarray  # (M,)
+    tri_normals: np.ndarray  # (M, 3, 3) unit world normals at the corners (smooth triangles only)
+    tri_smooth: np.ndarray  # (M,) bool
+    tri_uvs: np.ndarray  # (M, 3, 2) texture coordinates at the corners (0 without)
     mesh_ranges: tuple  # (start, end, bbox_lo, bbox_hi) per mesh
     albedo: np.ndarray  # (K, 3)
     emission: np.ndarray
     metallic: np.ndarray  # (K,)
     roughness: np.ndarray
     opacity: np.ndarray
+    catcher: np.ndarray  # (K,) bool: shadow catchers
+    textures: tuple  # per material: (h, w, 3) linear float64 texels, or None
 
 
 def prepare(scene: Scene) -> Prepared:
@@ -45,7 +50,7 @@ def prepare(scene: Scene) -> Prepared:
     mats: list = []
     prims: list = []
     prim_mat: list[int] = []
-    v0s, e1s, e2s, tmats, ranges = [], [], [], [], []
+    v0s, e1s, e2s, tmats, ranges, tnorms, tsmooth, tuvs = [], [], [], [], [], [], [], []
     start = 0
     for o in scene.objects:
         mid = len(mats)
@@ -67,6 +72,10 @@ def prepare(scene: Scene) -> Prepared:
             e1s.append(t[:, 1] - t[:, 0])
             e2s.append(t[:, 2] - t[:, 0])
             tmats.append(np.full(t.shape[0], mid))
+            wn = o.world_normals()
+            tnorms.append(wn[o.indices] if wn is not None else np.zeros(t.shape))
+            tsmooth.append(np.full(t.shape[0], wn is not None))
+            tuvs.append(o.uvs[o.indices] if o.uvs is not None else np.zeros((t.shape[0], 3, 2)))
             end = start + t.shape[0]
             if end > start:
                 ranges.append((start, end, t.min(axis=(0, 1)), t.max(axis=(0, 1))))
@@ -83,13 +92,39 @@ def prepare(scene: Scene) -> Prepared:
         e1=cat(e1s, (0, 3)),
         e2=cat(e2s, (0, 3)),
         tri_mat=cat(tmats, (0,)).astype(np.int64),
+        tri_normals=cat(tnorms, (0, 3, 3)),
+        tri_smooth=cat(tsmooth, (0,)).astype(bool),
+        tri_uvs=cat(tuvs, (0, 3, 2)),
         mesh_ranges=tuple(ranges),
         albedo=np.array([m.albedo for m in mats], np.float64).reshape(-1, 3),
         emission=np.array([m.emission for m in mats], np.float64).reshape(-1, 3),
         metallic=np.array([m.metallic for m in mats], np.float64),
         roughness=np.array([m.roughness for m in mats], np.float64),
         opacity=np.array([m.opacity for m in mats], np.float64),
+        catcher=np.array([m.shadow_catcher for m in mats], bool),
+        textures=tuple(None if m.texture is None else srgb_to_linear(m.texture.pixels[..., :3]) for m in mats),
     )
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """8-bit sRGB codes -> linear [0, 1] (float64), the exact transfer function."""
+    v = np.asarray(c, np.float64) / 255.0
+    return np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+
+
+def sample_texture(tex: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Bilinear sample (N, 3) of linear texels (h, w, 3) at uv (N, 2), wrapping around; v = 0 is the bottom
+    row of the image (OBJ convention), texel centres at half-integers."""
+    h, w = tex.shape[:2]
+    x = uv[:, 0] * w - 0.5
+    y = (1.0 - uv[:, 1]) * h - 0.5
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    ix0, iy0 = np.mod(x0, w).astype(np.int64), np.mod(y0, h).astype(np.int64)
+    ix1, iy1 = (ix0 + 1) % w, (iy0 + 1) % h
+    top = tex[iy0, ix0] * (1 - fx) + tex[iy0, ix1] * fx
+    bottom = tex[iy1, ix0] * (1 - fx) + tex[iy1, ix1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,17 +264,53 @@ def _occlusion(ps: Prepared, o, d, tmax) -> np.ndarray:
     return occ
 
 
-def _surface(ps: Prepared, o, d, t, kind, idx):
-    """Hit point, normal facing the ray, and material id for rays that hit (kind > 0)."""
+@dataclass
+class Surface:
+    """What rays hit: point, geometric normal `ng` and shading normal `n` (both facing the ray), material id
+    and albedo (the material's, times its texture at the hit)."""
+
+    p: np.ndarray
+    ng: np.ndarray
+    n: np.ndarray
+    mat: np.ndarray
+    albedo: np.ndarray
+
+
+def _barycentric(ps: Prepared, o, d, k):
+    """(u, v) of the hits of rays (o, d) on triangles k (Möller-Trumbore again for the winners)."""
+    e1, e2 = ps.e1[k], ps.e2[k]
+    pvec = np.cross(d, e2)
+    inv = 1.0 / _dot(e1, pvec)
+    tvec = o - ps.v0[k]
+    u = _dot(tvec, pvec) * inv
+    v = _dot(d, np.cross(tvec, e1)) * inv
+    return u, v
+
+
+def _surface(ps: Prepared, o, d, t, kind, idx) -> Surface:
+    """The Surface of rays that hit (kind > 0)."""
     p = o + t[:, None] * d
     n = np.zeros_like(p)
     mat = np.zeros(t.shape[0], np.int64)
     tri = kind == 2
+    smooth_rows: np.ndarray | None = None  # rows with an interpolated normal, and that normal
+    smooth_n: np.ndarray | None = None
+    uv = None
     if tri.any():
         k = idx[tri]
         nn = np.cross(ps.e1[k], ps.e2[k])
         n[tri] = nn / np.linalg.norm(nn, axis=1, keepdims=True)
         mat[tri] = ps.tri_mat[k]
+        u, v = _barycentric(ps, o[tri], d[tri], k)
+        w = np.stack([1 - u - v, u, v], axis=1)[:, :, None]
+        uv = (w * ps.tri_uvs[k]).sum(axis=1)
+        smooth = ps.tri_smooth[k]
+        if smooth.any():
+            sn = (w * ps.tri_normals[k]).sum(axis=1)
+            length = np.linalg.norm(sn, axis=1)
+            ok = smooth & (length > 1e-12)
+            smooth_rows = np.flatnonzero(tri)[ok]
+            smooth_n = sn[ok] / length[ok][:, None]
     for i, prim in enumerate(ps.prims):
         sel = (kind == 1) & (idx == i)
         if not sel.any():
@@ -256,7 +327,20 @@ def _surface(ps: Prepared, o, d, t, kind, idx):
             n[sel] = prim[2]
     flip = _dot(n, d) > 0
     n[flip] = -n[flip]
-    return p, n, mat
+    shade_n = n
+    if smooth_rows is not None and smooth_n is not None:
+        shade_n = n.copy()
+        shade_n[smooth_rows] = np.where(flip[smooth_rows, None], -smooth_n, smooth_n)
+    albedo = ps.albedo[mat].copy()
+    if uv is not None:
+        tri_rows = np.flatnonzero(tri)
+        tmat = mat[tri_rows]
+        for m in np.unique(tmat):
+            tex = ps.textures[m]
+            if tex is not None:
+                sel = tmat == m
+                albedo[tri_rows[sel]] *= sample_texture(tex, uv[sel])
+    return Surface(p, n, shade_n, mat, albedo)
 
 
 def _offset(p: np.ndarray) -> np.ndarray:
@@ -268,29 +352,51 @@ def schlick_pow(x: np.ndarray, e: np.ndarray) -> np.ndarray:
     return x / (e - e * x + x)
 
 
-def _shade_direct(ps: Prepared, p, n, d, mat):
-    """Emission + ambient + each light (Lambert diffuse + Blinn-Phong specular), dimmed by the largest opacity
-    among the occluders between the surface and the light."""
-    sc = ps.scene
-    alb, met, rough = ps.albedo[mat], ps.metallic[mat], ps.roughness[mat]
-    kd = alb * (1 - met)[:, None]
-    f0 = DF_F0 * (1 - met)[:, None] + alb * met[:, None]
-    shin = 2.0 / np.maximum(rough**4, SPEC_MIN)
-    c = ps.emission[mat] + np.asarray(sc.ambient) * alb
-    os_ = p + n * _offset(p)[:, None]
-    for light in sc.lights:
+def _lights(ps: Prepared, os_: np.ndarray):
+    """Per light: (direction to it (N, 3), radiance arriving (N, 3), distance (N,)) from points os_."""
+    for light in ps.scene.lights:
         rad = np.asarray(light.color) * light.intensity
         if isinstance(light, PointLight):
             lv = np.asarray(light.position) - os_
             dist = np.linalg.norm(lv, axis=1)
             dist = np.where(dist > 0, dist, 1e-30)
-            lv = lv / dist[:, None]
-            radiance = rad[None, :] / (dist * dist)[:, None]
+            yield lv / dist[:, None], rad[None, :] / (dist * dist)[:, None], dist
         else:
             assert isinstance(light, DirectionalLight)
-            lv = np.broadcast_to(-light.unit_direction(), p.shape)
-            dist = np.full(p.shape[0], np.inf)
-            radiance = np.broadcast_to(rad, p.shape)
+            yield (np.broadcast_to(-light.unit_direction(), os_.shape), np.broadcast_to(rad, os_.shape),
+                   np.full(os_.shape[0], np.inf))
+
+
+def _shadow(ps: Prepared, s: Surface) -> np.ndarray:
+    """How much of the light a shadow catcher would get is blocked: 1 - sum(lit) / sum(unblocked) over the
+    lights, each weighted by the mean of its radiance's channels times n.l (0 where no light reaches it at
+    all), times the catcher's opacity (the shadows' strength)."""
+    os_ = s.p + s.ng * _offset(s.p)[:, None]
+    full = np.zeros(s.p.shape[0])
+    lit = np.zeros(s.p.shape[0])
+    for lv, radiance, dist in _lights(ps, os_):
+        wgt = radiance.mean(axis=1) * np.maximum(_dot(s.n, lv), 0.0)
+        on = np.flatnonzero(wgt > 0)
+        if on.size == 0:
+            continue
+        full[on] += wgt[on]
+        lit[on] += wgt[on] * (1.0 - _occlusion(ps, os_[on], lv[on], dist[on]))
+    shadow = np.where(full > 0, 1.0 - lit / np.where(full > 0, full, 1.0), 0.0)
+    return np.clip(shadow, 0.0, 1.0) * ps.opacity[s.mat]
+
+
+def _shade_direct(ps: Prepared, s: Surface, d):
+    """Emission + ambient + each light (Lambert diffuse + Blinn-Phong specular), dimmed by the largest opacity
+    among the occluders between the surface and the light."""
+    sc = ps.scene
+    p, n, mat, alb = s.p, s.n, s.mat, s.albedo
+    met, rough = ps.metallic[mat], ps.roughness[mat]
+    kd = alb * (1 - met)[:, None]
+    f0 = DF_F0 * (1 - met)[:, None] + alb * met[:, None]
+    shin = 2.0 / np.maximum(rough**4, SPEC_MIN)
+    c = ps.emission[mat] + np.asarray(sc.ambient) * alb
+    os_ = p + s.ng * _offset(p)[:, None]
+    for lv, radiance, dist in _lights(ps, os_):
         ndotl = _dot(n, lv)
         lit = np.flatnonzero(ndotl > 0)
         if lit.size == 0:
@@ -304,16 +410,31 @@ def _shade_direct(ps: Prepared, p, n, d, mat):
     return c
 
 
+def _shade(ps: Prepared, s: Surface, d, behind_rgb, behind_alpha):
+    """Premultiplied (rgb, alpha) of surfaces seen along d, with direct light only: a shadow catcher shows
+    `behind` (premultiplied rgb, alpha) darkened by its shadow S: rgb * (1 - S), alpha + (1 - alpha) * S;
+    anything else is opaque."""
+    rgb = _shade_direct(ps, s, d)
+    alpha = np.ones(rgb.shape[0])
+    c = np.flatnonzero(ps.catcher[s.mat])
+    if c.size:
+        sub = Surface(s.p[c], s.ng[c], s.n[c], s.mat[c], s.albedo[c])
+        shadow = _shadow(ps, sub)
+        rgb[c] = behind_rgb[c] * (1.0 - shadow)[:, None]
+        alpha[c] = behind_alpha[c] + (1.0 - behind_alpha[c]) * shadow
+    return rgb, alpha
+
+
 def _radiance(ps: Prepared, o, d, miss_rgb, miss_alpha):
-    """Direct shading of the nearest hit along secondary rays, or the given miss colour/alpha."""
+    """Direct shading of the nearest hit along secondary rays, or the given miss colour/alpha (premultiplied:
+    a miss has rgb miss_rgb * miss_alpha)."""
     t, kind, idx = _closest(ps, o, d, np.zeros(o.shape[0]), np.full(o.shape[0], np.inf))
-    rgb = np.broadcast_to(np.asarray(miss_rgb, np.float64), o.shape).copy()
+    rgb = np.broadcast_to(np.asarray(miss_rgb, np.float64) * float(miss_alpha), o.shape).copy()
     alpha = np.full(o.shape[0], float(miss_alpha))
     hit = kind > 0
     if hit.any():
-        p, n, mat = _surface(ps, o[hit], d[hit], t[hit], kind[hit], idx[hit])
-        rgb[hit] = _shade_direct(ps, p, n, d[hit], mat)
-        alpha[hit] = 1.0
+        s = _surface(ps, o[hit], d[hit], t[hit], kind[hit], idx[hit])
+        rgb[hit], alpha[hit] = _shade(ps, s, d[hit], rgb[hit], alpha[hit])
     return rgb, alpha
 
 
@@ -341,25 +462,25 @@ def _render_rays(ps: Prepared, pose: Pose, px: np.ndarray, py: np.ndarray):
     hit = np.flatnonzero(kind > 0)
     if hit.size:
         dh = d[hit]
-        p, nrm, mat = _surface(ps, o[hit], dh, t[hit], kind[hit], idx[hit])
-        c = _shade_direct(ps, p, nrm, dh, mat)
+        s = _surface(ps, o[hit], dh, t[hit], kind[hit], idx[hit])
+        p, nrm, ng, mat = s.p, s.n, s.ng, s.mat
+        c, a = _shade(ps, s, dh, rgb[hit], alpha[hit])
+        solid = ~ps.catcher[mat]  # a shadow catcher neither reflects nor lets anything through
         met = ps.metallic[mat]
-        refl = np.flatnonzero(met > 0)
+        refl = np.flatnonzero((met > 0) & solid)
         if refl.size:
             rd = dh[refl] - 2 * _dot(dh[refl], nrm[refl])[:, None] * nrm[refl]
-            ro = p[refl] + nrm[refl] * _offset(p[refl])[:, None]
+            ro = p[refl] + ng[refl] * _offset(p[refl])[:, None]
             cr, _ = _radiance(ps, ro, rd, sc.miss_color(), 1.0)
-            c[refl] += (met[refl] * 1.0)[:, None] * ps.albedo[mat[refl]] * cr
+            c[refl] += (met[refl] * 1.0)[:, None] * s.albedo[refl] * cr
         op = ps.opacity[mat]
-        a = np.ones(hit.size)
-        thru = np.flatnonzero(op < 1)
+        thru = np.flatnonzero((op < 1) & solid)
         if thru.size:
-            to = p[thru] - nrm[thru] * _offset(p[thru])[:, None]
+            to = p[thru] - ng[thru] * _offset(p[thru])[:, None]
             cb, ab = _radiance(ps, to, dh[thru], bg, 0.0 if transparent else 1.0)
             o_ = op[thru]
             a[thru] = o_ + (1 - o_) * ab
-            prem = o_[:, None] * c[thru] + ((1 - o_) * ab)[:, None] * cb
-            c[thru] = np.where(a[thru][:, None] > 0, prem / np.where(a[thru] > 0, a[thru], 1.0)[:, None], 0.0)
+            c[thru] = o_[:, None] * c[thru] + (1 - o_)[:, None] * cb  # premultiplied: cb carries its alpha
         rgb[hit], alpha[hit] = c, a
         depth[hit] = t[hit] * cos[hit]
     rgba = np.empty((n, 4), np.uint8)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from worker.render.camera import Pose, Quat, Tile, Vec3, quat_to_matrix
 from worker.render.errors import SceneError
@@ -30,18 +31,54 @@ MAX_OBJECTS = 256
 MAX_LIGHTS = 16
 MAX_MATERIALS = 256
 MAX_NAME = 128
+MAX_TEXTURE_SIDE = 4096
+MAX_TEXELS = 8 << 20  # all textures of a scene together (4 bytes each on the device)
 QUAT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True, eq=False)
+class Texture:
+    """A diffuse texture: (height, width, 4) uint8 sRGB texels (alpha unused), row 0 the top of the image.
+    Sampled bilinearly in linear light with wrap-around addressing at a mesh's UVs ((0, 0) the bottom-left
+    of the image, as in OBJ `vt`); the sample multiplies the material's albedo."""
+
+    pixels: np.ndarray  # (h, w, 4) uint8, read-only
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def digest(self) -> str:
+        return hashlib.sha256(np.ascontiguousarray(self.pixels).tobytes()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Texture) and self.pixels.shape == other.pixels.shape and bool(
+            (self.pixels == other.pixels).all())
+
+    def __hash__(self) -> int:
+        return hash(self.digest())
 
 
 @dataclass(frozen=True)
 class Material:
-    """Surface response: colours are linear RGB in [0, 1]; emission is added light, unbounded above."""
+    """Surface response: colours are linear RGB in [0, 1]; emission is added light, unbounded above.
+
+    `shadow_catcher`: the surface stands for real ground in an AR frame: it shows what is behind it (the
+    background, transparent for passthrough) darkened only by the shadows it receives, which a transparent
+    frame carries in alpha; its opacity is the shadows' strength. `texture` multiplies albedo at a mesh's UVs.
+    """
 
     albedo: Vec3 = (0.8, 0.8, 0.8)
     emission: Vec3 = (0.0, 0.0, 0.0)
     metallic: float = 0.0
     roughness: float = 0.5
     opacity: float = 1.0
+    shadow_catcher: bool = False
+    texture: Texture | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +137,9 @@ class Plane:
 
 @dataclass(frozen=True, eq=False)
 class Mesh:
-    """A triangle mesh in its own frame, placed by position, rotation and uniform scale (flat-shaded)."""
+    """A triangle mesh in its own frame, placed by position, rotation and uniform scale. Flat-shaded unless it
+    has per-vertex `normals` (then smooth: the normal is interpolated across each triangle); `uvs` place a
+    texture."""
 
     vertices: np.ndarray  # (N, 3) float64, read-only
     indices: np.ndarray  # (M, 3) int64, read-only, each in [0, N)
@@ -109,10 +148,19 @@ class Mesh:
     rotation: Quat = (0.0, 0.0, 0.0, 1.0)
     scale: float = 1.0
     name: str = ""
+    normals: np.ndarray | None = None  # (N, 3) float64, read-only, non-zero (normalised on use)
+    uvs: np.ndarray | None = None  # (N, 2) float64, read-only
 
     @property
     def triangle_count(self) -> int:
         return int(self.indices.shape[0])
+
+    def world_normals(self) -> np.ndarray | None:
+        """Unit vertex normals (N, 3) in world space (rotation only: the scale is uniform), or None."""
+        if self.normals is None:
+            return None
+        n = self.normals @ quat_to_matrix(self.rotation).T
+        return n / np.linalg.norm(n, axis=1, keepdims=True)
 
     def world_vertices(self) -> np.ndarray:
         """Vertices (N, 3) float64 in world space: scale, then rotate, then translate."""
@@ -254,15 +302,41 @@ def _material(v: Any, path: str, named: dict[str, Material]) -> Material:
             known = ", ".join(sorted(named)) or "none defined"
             raise SceneError(f"{path}: unknown material {v!r} (materials: {known})")
         return named[v]
-    d = _fields(v, path, (), ("albedo", "emission", "metallic", "roughness", "opacity"))
+    d = _fields(v, path, (), ("albedo", "emission", "metallic", "roughness", "opacity", "shadow_catcher",
+                              "texture"))
     m = Material()
+    catcher = d.get("shadow_catcher", False)
+    if not isinstance(catcher, bool):
+        raise SceneError(f"{path}.shadow_catcher: expected true or false, got {catcher!r}")
     return Material(
         albedo=_vec3(d["albedo"], f"{path}.albedo", 0, 1) if "albedo" in d else m.albedo,
         emission=_vec3(d["emission"], f"{path}.emission", 0) if "emission" in d else m.emission,
         metallic=_number(d["metallic"], f"{path}.metallic", 0, 1) if "metallic" in d else m.metallic,
         roughness=_number(d["roughness"], f"{path}.roughness", 0, 1) if "roughness" in d else m.roughness,
         opacity=_number(d["opacity"], f"{path}.opacity", 0, 1) if "opacity" in d else m.opacity,
+        shadow_catcher=catcher,
+        texture=_texture(d["texture"], f"{path}.texture") if d.get("texture") is not None else None,
     )
+
+
+def _texture(v: Any, path: str) -> Texture:
+    """{"width", "height", "pixels": RGBA8 bytes, row-major from the top row} (a scene file names an image
+    file instead: load_scene_file reads it)."""
+    if isinstance(v, Texture):
+        return v
+    if isinstance(v, str):
+        raise SceneError(f"{path}: texture files are read by load_scene_file(); a scene dict needs the pixels")
+    d = _fields(v, path, ("width", "height", "pixels"), ())
+    w = _integer(d["width"], f"{path}.width", 1, MAX_TEXTURE_SIDE)
+    h = _integer(d["height"], f"{path}.height", 1, MAX_TEXTURE_SIDE)
+    px = d["pixels"]
+    if not isinstance(px, bytes | bytearray | memoryview):
+        raise SceneError(f"{path}.pixels: expected RGBA8 bytes, got {type(px).__name__}")
+    if len(px) != w * h * 4:
+        raise SceneError(f"{path}.pixels: {len(px)} bytes, a {w}x{h} RGBA8 texture has {w * h * 4}")
+    a = np.frombuffer(bytes(px), np.uint8).reshape(h, w, 4).copy()
+    a.setflags(write=False)
+    return Texture(a)
 
 
 def _camera(v: Any, path: str) -> Camera:
@@ -291,21 +365,21 @@ def _camera(v: Any, path: str) -> Camera:
     )
 
 
-def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int) -> np.ndarray:
-    """A (K, 3) array from nested lists, a numpy array, or little-endian bytes (the compact wire form)."""
+def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int, cols: int = 3) -> np.ndarray:
+    """A (K, cols) array from nested lists, a numpy array, or little-endian bytes (the compact wire form)."""
     if isinstance(v, bytes | bytearray | memoryview):
         raw = bytes(v)
-        item = np.dtype(raw_dtype).itemsize * 3
+        item = np.dtype(raw_dtype).itemsize * cols
         if len(raw) % item:
-            raise SceneError(f"{path}: {len(raw)} bytes is not a whole number of {raw_dtype} triples")
-        a = np.frombuffer(raw, dtype=raw_dtype).reshape(-1, 3)
+            raise SceneError(f"{path}: {len(raw)} bytes is not a whole number of {cols} x {raw_dtype}")
+        a = np.frombuffer(raw, dtype=raw_dtype).reshape(-1, cols)
     else:
         if not isinstance(v, list | tuple | np.ndarray):
             raise SceneError(f"{path}: expected a list of {what}, got {type(v).__name__}")
         if len(v) > limit:
             raise SceneError(f"{path}: {len(v)} entries exceeds the limit of {limit}")
         if len(v) == 0:
-            v = np.zeros((0, 3))
+            v = np.zeros((0, cols))
         try:
             parsed: np.ndarray | None = np.asarray(v)
         except (ValueError, TypeError):
@@ -313,17 +387,17 @@ def _array(v: Any, path: str, dtype: type, what: str, raw_dtype: str, limit: int
         if (
             parsed is None
             or parsed.ndim != 2
-            or (parsed.size and parsed.shape[1] != 3)
+            or (parsed.size and parsed.shape[1] != cols)
             or parsed.dtype.kind not in "iuf"
         ):
             for i, row in enumerate(v):
-                if not (isinstance(row, list | tuple | np.ndarray) and len(row) == 3):
+                if not (isinstance(row, list | tuple | np.ndarray) and len(row) == cols):
                     raise SceneError(f"{path}[{i}]: expected {what}, got {row!r}")
                 for j, c in enumerate(row):
                     if not (isinstance(c, int | float | np.number) and not isinstance(c, bool)):
                         raise SceneError(f"{path}[{i}][{j}]: expected a number, got {c!r}")
             raise SceneError(f"{path}: expected a list of {what}")
-        a = parsed.reshape(-1, 3)
+        a = parsed.reshape(-1, cols)
     if a.shape[0] > limit:
         raise SceneError(f"{path}: {a.shape[0]} entries exceeds the limit of {limit}")
     if dtype is np.int64:
@@ -350,7 +424,8 @@ def _mesh(d: dict, path: str, named: dict[str, Material], budget: int) -> Mesh:
         raise SceneError(
             f"{path}.obj: OBJ references are resolved by load_scene_file(); a scene dict needs inline vertices"
         )
-    _fields(d, path, ("type", "vertices", "indices"), ("material", "position", "rotation", "scale", "name"))
+    _fields(d, path, ("type", "vertices", "indices"),
+            ("material", "position", "rotation", "scale", "name", "normals", "uvs"))
     verts = _array(d["vertices"], f"{path}.vertices", np.float64, "[x, y, z] vertices", "<f8", MAX_VERTICES)
     idx = _array(d["indices"], f"{path}.indices", np.int64, "[i, j, k] triangles", "<u4", MAX_TRIANGLES)
     if idx.shape[0] > budget:
@@ -363,10 +438,31 @@ def _mesh(d: dict, path: str, named: dict[str, Material], budget: int) -> Mesh:
         raise SceneError(
             f"{path}.indices[{i}][{j}]: index {idx[i, j]} out of range (mesh has {verts.shape[0]} vertices)"
         )
+    normals = None
+    if d.get("normals") is not None:
+        if isinstance(d["normals"], str) and d["normals"] == "smooth":
+            normals = vertex_normals(verts, idx)
+        else:
+            normals = _array(d["normals"], f"{path}.normals", np.float64, "[x, y, z] normals", "<f8", MAX_VERTICES)
+            if normals.shape[0] != verts.shape[0]:
+                raise SceneError(f"{path}.normals: {normals.shape[0]} normals for {verts.shape[0]} vertices")
+            zero = np.flatnonzero(~(np.linalg.norm(normals, axis=1) > 0))
+            if zero.size:
+                raise SceneError(f"{path}.normals[{int(zero[0])}]: a normal must not be the zero vector")
+    uvs = None
+    if d.get("uvs") is not None:
+        uvs = _array(d["uvs"], f"{path}.uvs", np.float64, "[u, v] coordinates", "<f8", MAX_VERTICES, cols=2)
+        if uvs.shape[0] != verts.shape[0]:
+            raise SceneError(f"{path}.uvs: {uvs.shape[0]} uvs for {verts.shape[0]} vertices")
+    material = _material(d.get("material", {}), f"{path}.material", named)
+    if material.texture is not None and uvs is None:
+        raise SceneError(f"{path}.uvs: a textured material needs texture coordinates on the mesh")
     return Mesh(
         vertices=verts,
         indices=idx,
-        material=_material(d.get("material", {}), f"{path}.material", named),
+        normals=normals,
+        uvs=uvs,
+        material=material,
         position=_vec3(d.get("position", [0, 0, 0]), f"{path}.position"),
         rotation=_quat(d.get("rotation", [0, 0, 0, 1]), f"{path}.rotation"),
         scale=_positive(d.get("scale", 1.0), f"{path}.scale"),
@@ -374,7 +470,29 @@ def _mesh(d: dict, path: str, named: dict[str, Material], budget: int) -> Mesh:
     )
 
 
+def vertex_normals(vertices: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Smooth vertex normals: the area-weighted sum of the normals of the triangles around each vertex,
+    normalised; a vertex with none (unused, or only degenerate triangles) gets +Z. Read-only (N, 3) float64."""
+    t = np.asarray(vertices, np.float64)[np.asarray(indices)]
+    face = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])  # length = twice the area: the weight
+    acc = np.zeros((len(vertices), 3))
+    for k in range(3):
+        np.add.at(acc, indices[:, k], face)
+    length = np.linalg.norm(acc, axis=1)
+    out = np.where(length[:, None] > 0, acc / np.where(length > 0, length, 1.0)[:, None], (0.0, 0.0, 1.0))
+    out = out + 0.0
+    out.setflags(write=False)
+    return out
+
+
 def _object(v: Any, path: str, named: dict[str, Material], budget: int) -> Object:
+    o = _object_of(v, path, named, budget)
+    if o.material.texture is not None and not isinstance(o, Mesh):
+        raise SceneError(f"{path}.material.texture: only meshes with uvs can be textured")
+    return o
+
+
+def _object_of(v: Any, path: str, named: dict[str, Material], budget: int) -> Object:
     if not isinstance(v, dict):
         raise SceneError(f"{path}: expected an object, got {type(v).__name__}")
     kind = v.get("type")
@@ -465,6 +583,10 @@ def from_dict(d: Any) -> Scene:
         if isinstance(o, Mesh):
             budget -= o.triangle_count
         objects.append(o)
+    texels = sum(t.width * t.height for t in {id(o.material.texture): o.material.texture for o in objects
+                                              if o.material.texture is not None}.values())
+    if texels > MAX_TEXELS:
+        raise SceneError(f"objects: textures of {texels} texels in all exceed the limit of {MAX_TEXELS}")
     lights_v = d.get("lights", [])
     if not isinstance(lights_v, list | tuple):
         raise SceneError(f"lights: expected a list, got {type(lights_v).__name__}")
@@ -507,13 +629,19 @@ def tile_from_dict(d: Any, width: int, height: int, path: str = "tile") -> Tile:
 
 
 def _material_dict(m: Material) -> dict:
-    return {
+    d: dict = {
         "albedo": list(m.albedo),
         "emission": list(m.emission),
         "metallic": m.metallic,
         "roughness": m.roughness,
         "opacity": m.opacity,
     }
+    if m.shadow_catcher:  # written only when set, so scenes without the newer fields keep their hashes
+        d["shadow_catcher"] = True
+    if m.texture is not None:
+        d["texture"] = {"width": m.texture.width, "height": m.texture.height,
+                        "pixels": np.ascontiguousarray(m.texture.pixels).tobytes()}
+    return d
 
 
 def _object_dict(o: Object, binary: bool) -> dict:
@@ -537,6 +665,9 @@ def _object_dict(o: Object, binary: bool) -> dict:
             "rotation": list(o.rotation),
             "scale": o.scale,
         }
+        for key, arr in (("normals", o.normals), ("uvs", o.uvs)):
+            if arr is not None:
+                d[key] = arr.astype("<f8").tobytes() if binary else arr.tolist()
     d["material"] = _material_dict(o.material)
     d["name"] = o.name
     return d
@@ -590,27 +721,71 @@ def content_hash(scene: Scene) -> str:
         if isinstance(o, Mesh):
             od["vertices"] = "sha256:" + _digest(o.vertices, "<f8")
             od["indices"] = "sha256:" + _digest(o.indices, "<u4")
+            for key, arr in (("normals", o.normals), ("uvs", o.uvs)):
+                if arr is not None:
+                    od[key] = "sha256:" + _digest(arr, "<f8")
+        if o.material.texture is not None:
+            od["material"]["texture"]["pixels"] = "sha256:" + o.material.texture.digest()
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def load_texture(path: str | Path) -> dict:
+    """An image file (PNG, JPEG, ... anything Pillow reads) as a scene texture dict (RGBA8, top row first)."""
+
+    try:
+        with Image.open(path) as im:
+            if im.width > MAX_TEXTURE_SIDE or im.height > MAX_TEXTURE_SIDE:
+                raise SceneError(f"{path}: {im.width}x{im.height} texture exceeds {MAX_TEXTURE_SIDE} per side")
+            rgba = im.convert("RGBA")
+            return {"width": rgba.width, "height": rgba.height, "pixels": rgba.tobytes()}
+    except (OSError, UnidentifiedImageError) as e:
+        raise SceneError(f"{path}: cannot read texture image: {e}") from None
+
+
 def load_scene_file(path: str | Path) -> Scene:
-    """Read a scene JSON file; meshes may name an OBJ file (`"obj": "model.obj"`, relative to the JSON file),
-    which is loaded and inlined here, on the client, so the scene that travels is self-contained."""
+    """Read a scene JSON file; meshes may name an OBJ file (`"obj": "model.obj"`, relative to the JSON file)
+    and materials an image file (`"texture": "wood.png"`), which are loaded and inlined here, on the client,
+    so the scene that travels is self-contained. OBJ meshes are smooth-shaded: with the file's `vn` normals,
+    else normals computed from the faces (`vertex_normals`); give `"smooth": false` for flat shading."""
 
     path = Path(path)
     try:
         d = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SceneError(f"{path}: not valid JSON: {e}") from None
-    if isinstance(d, dict) and isinstance(d.get("objects"), list):
+    if not isinstance(d, dict):
+        return from_dict(d)
+    textures: dict[str, dict] = {}
+
+    def inline_texture(m: Any, where: str) -> None:
+        if isinstance(m, dict) and isinstance(m.get("texture"), str):
+            ref = m["texture"]
+            if ref not in textures:
+                textures[ref] = load_texture(path.parent / ref)
+            m["texture"] = textures[ref]
+
+    if isinstance(d.get("materials"), dict):
+        for k, m in d["materials"].items():
+            inline_texture(m, f"materials.{k}")
+    if isinstance(d.get("objects"), list):
         for i, o in enumerate(d["objects"]):
-            if isinstance(o, dict) and o.get("type") == "mesh" and "obj" in o:
+            if not isinstance(o, dict):
+                continue
+            inline_texture(o.get("material"), f"objects[{i}].material")
+            if o.get("type") == "mesh" and "obj" in o:
                 if "vertices" in o or "indices" in o:
                     raise SceneError(f"objects[{i}]: give either obj or vertices/indices, not both")
                 ref = o.pop("obj")
                 if not isinstance(ref, str):
                     raise SceneError(f"objects[{i}].obj: expected a file name, got {ref!r}")
-                verts, idx = load_obj(path.parent / ref)
-                o["vertices"], o["indices"] = verts, idx
+                smooth = o.pop("smooth", True)
+                if not isinstance(smooth, bool):
+                    raise SceneError(f"objects[{i}].smooth: expected true or false, got {smooth!r}")
+                m = load_obj(path.parent / ref)
+                o["vertices"], o["indices"] = m.vertices, m.indices
+                if smooth:
+                    o["normals"] = m.normals if m.normals is not None else vertex_normals(m.vertices, m.indices)
+                if m.uvs is not None and "uvs" not in o:
+                    o["uvs"] = m.uvs
     return from_dict(d)

@@ -1,0 +1,376 @@
+"""Gossip at 1,000 and 10,000 nodes: the real advert schedule, delta codec, membership view and shard code over a
+simulated gossipsub whose per-message costs come from the real-process benchmark (bench/gossip.py).
+
+What is real: every node runs `AdvertSchedule` (when to publish, full or delta), `advert_delta.diff` (the delta
+it sends), `MembershipView.apply`/`expire` (what a receiver keeps; TTL from the announced interval) and
+`mesh.shard` (which shard, which relays, the summaries). Adverts are the real `Advert`/`AdvertDelta` objects;
+only their signatures are skipped (their cost is in the calibrated per-message cost).
+
+What is simulated: gossipsub. Each topic's members form a random mesh of degree about D (as gossipsub's
+GRAFT/PRUNE keep it between D_low and D_high); a message travels the mesh, every node forwarding it once, on its
+first copy, to its mesh peers except the one it came from and the origin; each copy costs the receiver
+`cpu_per_msg_s` of a single CPU (a FIFO queue: a busy node delays what passes through it) and each hop takes a
+lognormal time around `hop_s`. Duplicates are counted as received messages: they cost a decrypt and a parse.
+
+Workload: each node's load changes as a Poisson process (mean `change_every_s`); a change is one device's free
+slots flipping. Convergence of a change: until every member of the node's shard (the nodes that hold it in their
+view and place work on it) has applied an advert carrying it. Other shards learn of it through the summaries:
+their age is reported separately.
+
+`python -m scheduler.devtools.gossip_sim --nodes 10000` prints a summary; `--plot DIR` writes the PNGs of docs/gossip.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mesh import advert_delta, shard
+from mesh.advert import Advert, DeviceAdvert
+from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
+from mesh.membership import Joined, MembershipView
+
+KEY = b"k" * 32
+TTL_INTERVALS = 3.0
+
+
+@dataclass
+class Calibration:
+    """Per-message costs of the real stack (py-libp2p gossipsub, noise, yamux, our codec), on one core."""
+
+    hop_s: float = 0.02  # median time of one gossipsub hop: write, noise, yamux, read, decode, forward
+    hop_sigma: float = 0.5  # lognormal spread of a hop
+    cpu_per_msg_s: float = 0.002  # CPU per message received (duplicates included)
+    loss: float = 0.0  # per copy
+    source: str = "defaults"
+
+    @classmethod
+    def from_bench(cls, r: dict, n: int = 20, degree: int = 4) -> Calibration:
+        """Fit to one real-process measurement (`bench.gossip.measure(n)`): the CPU per message is the idle CPU
+        over the messages received in the same window (an upper bound: it includes the node's timers), and
+        the hop time is the one that makes this simulation's flat mesh of n nodes give the measured p50."""
+        cpu = (r["idle_cpu_pct"] / 100) / r["msgs_per_s_per_node"] if r["msgs_per_s_per_node"] > 0 else 0.002
+        probe = []
+        for hop in (0.01, 0.04):
+            c = cls(hop_s=hop, cpu_per_msg_s=cpu)
+            probe.append((hop, run(SimConfig(nodes=n, degree=degree, calibration=c, duration_s=300,
+                                             change_every_s=20.0, seed=7))["p50_s"]))
+        (h0, p0), (h1, p1) = probe
+        slope = (p1 - p0) / (h1 - h0)
+        hop = max(0.001, h0 + (r["p50_s"] - p0) / slope) if slope > 0 else h0
+        return cls(hop_s=round(hop, 5), cpu_per_msg_s=round(cpu, 6),
+                   source=f"bench N={n}: p50 {r['p50_s']:.3f} s, idle CPU {r['idle_cpu_pct']:.2f} %, "
+                          f"{r['msgs_per_s_per_node']:.2f} msgs/s")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SimConfig:
+    nodes: int = 1000
+    seed: int = 1
+    warmup_s: float = 60.0
+    duration_s: float = 120.0  # measured after the warm-up
+    change_every_s: float = 60.0  # mean time between load changes of one node
+    degree: int = 4  # gossipsub D (the real node's MESH_DEGREE)
+    shards: int | None = None  # None: mesh.shard.shard_count(nodes)
+    summary_interval_s: float = 30.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    calibration: Calibration = field(default_factory=Calibration)
+
+
+@dataclass
+class _Change:
+    origin: int
+    at: float
+    seq: int = -1  # the advert that carries it, once published
+    waiting: int = 0  # shard members that have not applied it yet
+    last: float = 0.0  # when the last of them did
+    seen: set[int] = field(default_factory=set)
+
+
+class _Node:
+    def __init__(self, idx: int, shard_no: int, rng: random.Random) -> None:
+        self.idx = idx
+        self.peer_id = f"node{idx:05d}"
+        self.shard = shard_no
+        self.free = 1
+        self.seq = 1
+        self.busy_until = 0.0
+        self.token = 0
+        self.pending: list[_Change] = []
+        self.view: MembershipView
+        self.schedule: AdvertSchedule
+        self.last_full: Advert
+        self.world: dict[int, shard.ShardSummary] = {}
+
+    def advert(self, now: float) -> Advert:
+        dev = DeviceAdvert("0:0", "gpu", "sim", "sim", 8, 8 << 30, True, True, 300.0, 1000.0, 1, self.free,
+                           1 - self.free)
+        return Advert(self.peer_id, KEY, self.seq, now, data_addr=f"{self.peer_id}:4002", devices=(dev,),
+                      interval_s=self.schedule.announced_interval_s)
+
+
+class _Topic:
+    """A gossipsub topic: its members and their mesh links."""
+
+    def __init__(self, members: list[int], degree: int, rng: random.Random) -> None:
+        self.members = members
+        self.adj: dict[int, list[int]] = {m: [] for m in members}
+        n = len(members)
+        if n < 2:
+            return
+        d = min(degree, n - 1)
+        links: dict[int, set[int]] = {m: set() for m in members}
+        order = members[:]
+        rng.shuffle(order)
+        for u in order:
+            tries = 0
+            while len(links[u]) < d and tries < 50:
+                tries += 1
+                v = order[rng.randrange(n)]
+                if v != u and v not in links[u] and len(links[v]) < d + 2:  # D_high
+                    links[u].add(v)
+                    links[v].add(u)
+        self.adj = {m: sorted(links[m]) for m in members}
+
+
+class GossipSim:
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.now = 0.0
+        self._q: list[tuple[float, int, Callable, tuple]] = []
+        self._n = 0
+        self.t0, self.t1 = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
+        n = cfg.nodes
+        self.shards = cfg.shards or shard.shard_count(n)
+        self.nodes = [_Node(i, 0, self.rng) for i in range(n)]
+        for nd in self.nodes:
+            nd.shard = shard.shard_of(nd.peer_id, self.shards)
+        by_shard: dict[int, list[int]] = {}
+        for nd in self.nodes:
+            by_shard.setdefault(nd.shard, []).append(nd.idx)
+        self.topics = {s: _Topic(m, cfg.degree, self.rng) for s, m in sorted(by_shard.items())}
+        self.received = [0] * n  # messages received in the measured window, duplicates included
+        self.changes: list[_Change] = []
+        self.open: dict[int, list[_Change]] = {}
+        self.published = {"full": 0, "delta": 0, "summary": 0, "world": 0}
+        self.summary_ages: list[float] = []
+        self.false_expiries = 0
+        self.no_base = 0
+        self._build_views()
+        self.relays: dict[int, list[int]] = {}
+        self.summary_topic: _Topic | None = None
+        if self.shards > 1:
+            ids = {nd.peer_id: nd.idx for nd in self.nodes}
+            for s, members in self.topics.items():
+                self.relays[s] = [ids[p] for p in shard.relays(self.nodes[members.members[0]].view)]
+            self.summary_topic = _Topic(sorted(i for r in self.relays.values() for i in r), cfg.degree, self.rng)
+
+    # ---- event queue -----------------------------------------------------------------------------------------
+    def at(self, t: float, fn: Callable, *args: Any) -> None:
+        self._n += 1
+        heapq.heappush(self._q, (t, self._n, fn, args))
+
+    def _build_views(self) -> None:
+        """Start in steady state: every node holds its shard's full adverts, its schedule long running."""
+        cfg = self.cfg
+        max_ttl = TTL_INTERVALS * cfg.schedule.max_refresh_s * (1 + cfg.schedule.jitter)
+        for nd in self.nodes:
+            size = len(self.topics[nd.shard].members)
+            nd.view = MembershipView(nd.peer_id, ttl_s=TTL_INTERVALS * cfg.schedule.min_refresh_s,
+                                     ttl_intervals=TTL_INTERVALS, max_ttl_s=max_ttl)
+            nd.schedule = AdvertSchedule.steady(cfg.schedule, 0.0, size, self.rng)
+            nd.last_full = nd.advert(0.0)
+        for topic in self.topics.values():
+            for m in topic.members:
+                for o in topic.members:
+                    self.nodes[m].view.apply(self.nodes[o].last_full, 0.0)
+
+    # ---- nodes -----------------------------------------------------------------------------------------------
+    def _arm(self, nd: _Node) -> None:
+        nd.token += 1
+        self.at(max(self.now, nd.schedule.due(self.now, len(nd.view))), self._wake, nd, nd.token)
+
+    def _wake(self, nd: _Node, token: int) -> None:
+        if token != nd.token:
+            return
+        kind = nd.schedule.poll(self.now, len(nd.view))
+        if kind is not None:
+            self._publish(nd, kind)
+        self._arm(nd)
+
+    def _change(self, nd: _Node) -> None:
+        nd.free = 1 - nd.free
+        c = _Change(nd.idx, self.now)
+        nd.pending.append(c)
+        if self.t0 <= self.now < self.t1:
+            self.changes.append(c)
+        nd.schedule.changed(self.now)
+        self._arm(nd)
+        self.at(self.now + self.rng.expovariate(1 / self.cfg.change_every_s), self._change, nd)
+
+    def _expire(self, nd: _Node) -> None:
+        for ev in nd.view.expire(self.now):
+            self.false_expiries += 1  # nobody dies in this simulation: every expiry is a refresh that came late
+            del ev
+        self.at(self.now + self.cfg.schedule.min_refresh_s, self._expire, nd)
+
+    def _publish(self, nd: _Node, kind: Publish) -> None:
+        nd.seq += 1
+        ad = nd.advert(self.now)
+        delta = advert_delta.diff(nd.last_full, ad) if kind is Publish.CHANGE else None
+        msg: Advert | advert_delta.AdvertDelta
+        if delta is not None:
+            msg = delta
+            self.published["delta"] += 1
+        else:
+            msg, nd.last_full = ad, ad
+            self.published["full"] += 1
+        nd.view.apply(ad, self.now)
+        members = len(self.topics[nd.shard].members)
+        for c in nd.pending:
+            c.seq, c.waiting = nd.seq, members - 1
+            if c.waiting:
+                self.open.setdefault(nd.idx, []).append(c)
+        nd.pending = []
+        for v, t in self._spread(self.topics[nd.shard], nd.idx):
+            self._deliver(self.nodes[v], nd, msg, t)
+
+    def _deliver(self, v: _Node, origin: _Node, msg: Advert | advert_delta.AdvertDelta, t: float) -> None:
+        before = v.view.no_base
+        ev = v.view.apply(msg, t)
+        self.no_base += v.view.no_base - before
+        if isinstance(ev, Joined):
+            v.schedule.peer_joined(t)
+            self._arm(v)
+        opened = self.open.get(origin.idx)
+        if not opened:
+            return
+        st = v.view.get(origin.peer_id)
+        if st is None:
+            return
+        for c in opened:
+            if c.seq <= st.advert.seq and v.idx not in c.seen:
+                c.seen.add(v.idx)
+                c.waiting -= 1
+                c.last = max(c.last, t)
+        self.open[origin.idx] = [c for c in opened if c.waiting > 0]
+
+    # ---- the simulated pubsub ------------------------------------------------------------------------------
+    def _spread(self, topic: _Topic, origin: int) -> list[tuple[int, float]]:
+        """Arrival (after its CPU queue) of a message at every member it reaches, in the order first reached."""
+        cal, rng = self.cfg.calibration, self.rng
+        mu = math.log(cal.hop_s)
+        done: dict[int, float] = {}
+        heap = [(self.now, origin, -1)]
+        counting = self.t0 <= self.now < self.t1
+        while heap:
+            t, u, parent = heapq.heappop(heap)
+            if u in done:
+                continue
+            done[u] = t
+            for w in topic.adj[u]:
+                if w == parent or w == origin:
+                    continue
+                if counting:
+                    self.received[w] += 1
+                if cal.loss and rng.random() < cal.loss:
+                    continue
+                arrive = t + rng.lognormvariate(mu, cal.hop_sigma)
+                node = self.nodes[w]
+                start = max(arrive, node.busy_until)
+                node.busy_until = start + cal.cpu_per_msg_s
+                if w not in done:
+                    heapq.heappush(heap, (node.busy_until, w, u))
+        del done[origin]
+        return list(done.items())
+
+    # ---- shard summaries -------------------------------------------------------------------------------------
+    def _summarize(self, s: int) -> None:
+        assert self.summary_topic is not None
+        relay = self.nodes[self.relays[s][0]]
+        summary = shard.summarize(relay.view, s, relay.peer_id, self.now)
+        relay.world[s] = summary
+        self.published["summary"] += 1
+        for v, _t in self._spread(self.summary_topic, relay.idx):
+            self.nodes[v].world[s] = summary  # (applied at once: it is read only below, at the next world)
+        # the world as this relay knows it, republished on its shard's topic
+        world = dict(relay.world)
+        self.published["world"] += 1
+        for v, t in self._spread(self.topics[s], relay.idx):
+            if self.t0 <= t < self.t1 and len(world) == self.shards:
+                self.summary_ages.append(t - min(x.made_at for x in world.values()))
+            self.nodes[v].world = world
+        self.at(self.now + self.cfg.summary_interval_s, self._summarize, s)
+
+    # ---- run -------------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        wall = time.perf_counter()
+        for nd in self.nodes:
+            self._arm(nd)
+            self.at(self.rng.random() * self.cfg.change_every_s, self._change, nd)
+            self.at(self.rng.random() * self.cfg.schedule.min_refresh_s, self._expire, nd)
+        for s in self.relays:
+            self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
+        end = self.t1 + 30.0  # changes made near the end still get time to arrive
+        while self._q and self._q[0][0] <= end:
+            self.now, _, fn, args = heapq.heappop(self._q)
+            fn(*args)
+        return self._report(time.perf_counter() - wall)
+
+    def _report(self, wall: float) -> dict[str, Any]:
+        done = [c.last - c.at for c in self.changes if c.waiting == 0 and c.seq >= 0]
+        rates = [r / self.cfg.duration_s for r in self.received]
+        relays = {i for r in self.relays.values() for i in r}
+        q = statistics.quantiles(done, n=100, method="inclusive") if len(done) >= 2 else [math.nan] * 99
+        return {
+            "nodes": self.cfg.nodes, "shards": self.shards,
+            "shard_size_mean": self.cfg.nodes / self.shards,
+            "changes": len(self.changes), "changes_converged": len(done),
+            "p50_s": statistics.median(done) if done else math.nan, "p99_s": q[98],
+            "convergence_s": done,
+            "msgs_per_s_per_node": statistics.mean(rates),
+            "msgs_per_s_max_node": max(rates),
+            "msgs_per_s_relays_mean": statistics.mean(rates[i] for i in relays) if relays else None,
+            "published": dict(self.published),
+            "summary_age_p99_s": (statistics.quantiles(self.summary_ages, n=100)[98]
+                                  if len(self.summary_ages) >= 2 else math.nan),
+            "false_expiries": self.false_expiries, "deltas_without_base": self.no_base,
+            "refresh_interval_s": self.cfg.schedule.refresh_interval(round(self.cfg.nodes / self.shards)),
+            "calibration": self.cfg.calibration.as_dict(), "wall_s": wall,
+        }
+
+
+def run(cfg: SimConfig | None = None) -> dict[str, Any]:
+    return GossipSim(cfg or SimConfig()).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scheduler.devtools.gossip_sim", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--duration", type=float, default=120.0, help="measured seconds of simulated time")
+    ap.add_argument("--change-every", type=float, default=60.0, help="mean seconds between a node's load changes")
+    ap.add_argument("--shards", type=int, default=None, help=f"default: about one per {shard.SHARD_TARGET} nodes")
+    a = ap.parse_args(argv)
+    r = run(SimConfig(nodes=a.nodes, seed=a.seed, duration_s=a.duration, change_every_s=a.change_every,
+                      shards=a.shards))
+    r.pop("convergence_s")
+    for k, v in r.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
