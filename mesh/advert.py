@@ -7,16 +7,17 @@ so a relay cannot forge or alter another node's capacity.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
 import msgpack
+import msgspec
 
 from mesh.identity import Identity, peer_id_of, public_key_from_bytes
+from mesh.wire import advert as schema
 
 ADVERT_VERSION = 1
 MAX_ADVERT_BYTES = 64 * 1024
-MAX_DEVICES = 64
+MAX_DEVICES = schema.MAX_DEVICES
 
 
 class AdvertError(ValueError):
@@ -24,7 +25,7 @@ class AdvertError(ValueError):
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # short label for metrics: malformed, signature, oversized, version
+        self.reason = reason  # short label for metrics: malformed, signature, oversized, version, stale
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,6 @@ class DeviceAdvert:
     local_mem_bytes: int = 0
     opencl_version: str = ""  # "3.0"
     non_uniform_work_groups: bool = False
-
-
-_DEVICE_REQUIRED = sum(1 for f in DeviceAdvert.__dataclass_fields__.values() if f.default is MISSING)
 
 
 @dataclass(frozen=True)
@@ -96,75 +94,50 @@ def encode(ad: Advert, identity: Identity) -> bytes:
     return msgpack.packb({"b": body, "s": identity.sign(body)}, use_bin_type=True)
 
 
-_DEVICE_FIELDS = list(DeviceAdvert.__dataclass_fields__)
-_ADVERT_FIELDS = set(Advert.__dataclass_fields__)
-
-
 def decode(data: bytes) -> Advert:
-    """Parse and verify a wire advert; raises AdvertError (never anything else) for any bad input."""
+    """Parse and verify a wire advert; raises AdvertError (never anything else) for any bad input.
+
+    The body is checked against its schema (`mesh.wire.advert`: every field typed and bounded) before
+    anything else reads it. A device record from an older node (fewer fields) takes the defaults of the
+    newer fields; one from a newer node has its extra fields ignored."""
     if len(data) > MAX_ADVERT_BYTES:
         raise AdvertError("oversized", f"advert of {len(data)} bytes exceeds {MAX_ADVERT_BYTES}")
     try:
-        outer = msgpack.unpackb(data, raw=False, max_bin_len=MAX_ADVERT_BYTES, max_str_len=MAX_ADVERT_BYTES)
-        body, sig = outer["b"], outer["s"]
-        if not isinstance(body, bytes) or not isinstance(sig, bytes):
-            raise TypeError("body and signature must be bytes")
-        d: dict[str, Any] = msgpack.unpackb(body, raw=False)
-        if not isinstance(d, dict):
-            raise TypeError("body is not a map")
-    except AdvertError:
-        raise
-    except Exception as e:
+        env = schema.ENVELOPE_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise AdvertError("malformed", f"malformed advert: {e}") from None
-    if d.get("version") != ADVERT_VERSION:
-        raise AdvertError("version", f"advert version {d.get('version')!r} not supported (want {ADVERT_VERSION})")
     try:
-        unknown = set(d) - _ADVERT_FIELDS
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(unknown)}")
-        devs = d.get("devices", [])
-        if len(devs) > MAX_DEVICES:
-            raise ValueError(f"{len(devs)} devices exceeds {MAX_DEVICES}")
-        devices = tuple(_device(x) for x in devs)
-        ad = Advert(**{**d, "devices": devices, "addrs": tuple(d.get("addrs", ())), "labels": dict(d.get("labels", {}))})
-        _check_types(ad)
-        pub = public_key_from_bytes(ad.public_key)
-    except Exception as e:
+        b = schema.BODY_DECODER.decode(env.b)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        version = schema.body_version(env.b)
+        if version is not None and version != ADVERT_VERSION:
+            raise AdvertError("version", f"advert version {version!r} not supported (want {ADVERT_VERSION})") from None
         raise AdvertError("malformed", f"malformed advert: {e}") from None
-    if peer_id_of(pub) != ad.peer_id:
-        raise AdvertError("signature", f"advert key does not match its peer id {ad.peer_id}")
+    if b.version != ADVERT_VERSION:
+        raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
+    verify_signature(b.peer_id, b.public_key, env.b, env.s)
+    devices = tuple(DeviceAdvert(**{f: getattr(d, f) for f in d.__struct_fields__}) for d in b.devices)
+    return Advert(peer_id=b.peer_id, public_key=b.public_key, seq=b.seq, timestamp=float(b.timestamp),
+                  addrs=tuple(b.addrs), data_addr=b.data_addr, devices=devices, software=b.software,
+                  interval_s=float(b.interval_s), labels=dict(b.labels), version=b.version)
+
+
+def verify_signature(peer_id: str, public_key: bytes, body: bytes, sig: bytes) -> None:
+    """The body is signed by the key of the peer id it names; AdvertError otherwise."""
+    try:
+        pub = public_key_from_bytes(public_key)
+    except Exception as e:
+        raise AdvertError("malformed", f"malformed advert: public key: {e}") from None
+    if peer_id_of(pub) != peer_id:
+        raise AdvertError("signature", f"advert key does not match its peer id {peer_id}")
     if not pub.verify(body, sig):
-        raise AdvertError("signature", f"bad signature on advert from {ad.peer_id}")
-    return ad
+        raise AdvertError("signature", f"bad signature on advert from {peer_id}")
 
 
-def _device(x: Any) -> DeviceAdvert:
-    """A device from its positional list: the fields this version knows; a shorter list (an older node) takes
-    the defaults of the newer fields, a longer one (a newer node) has its extra fields ignored."""
-    if not isinstance(x, list | tuple) or len(x) < _DEVICE_REQUIRED:
-        raise ValueError(f"device record needs at least {_DEVICE_REQUIRED} fields")
-    d = dict(zip(_DEVICE_FIELDS, x[:len(_DEVICE_FIELDS)], strict=False))
-    if "max_work_item_sizes" in d:
-        sizes = d["max_work_item_sizes"]
-        if not isinstance(sizes, list | tuple) or len(sizes) > 3 or not all(isinstance(v, int) for v in sizes):
-            raise TypeError("max_work_item_sizes")
-        d["max_work_item_sizes"] = tuple(sizes)
-    return DeviceAdvert(**d)
-
-
-def _check_types(ad: Advert) -> None:
-    if not (isinstance(ad.peer_id, str) and isinstance(ad.public_key, bytes)):
-        raise TypeError("peer_id/public_key")
-    if not (isinstance(ad.seq, int) and ad.seq >= 0 and isinstance(ad.timestamp, int | float)):
-        raise TypeError("seq/timestamp")
-    if not all(isinstance(a, str) for a in ad.addrs) or not isinstance(ad.data_addr, str):
-        raise TypeError("addresses")
-    for dv in ad.devices:
-        if not (isinstance(dv.id, str) and isinstance(dv.slots, int) and isinstance(dv.free_slots, int)
-                and isinstance(dv.queue_depth, int) and isinstance(dv.global_mem_bytes, int)
-                and isinstance(dv.max_work_group_size, int) and isinstance(dv.max_alloc_bytes, int)
-                and isinstance(dv.local_mem_bytes, int) and isinstance(dv.opencl_version, str)
-                and len(dv.opencl_version) <= 16 and isinstance(dv.non_uniform_work_groups, bool)):
-            raise TypeError(f"device {dv.id!r}")
-        if dv.free_slots < 0 or dv.queue_depth < 0 or dv.slots < 0:
-            raise ValueError(f"device {dv.id!r}: negative load")
+def check_fresh(peer_id: str, timestamp: float, now_wall: float, max_age_s: float) -> None:
+    """Refuse (AdvertError 'stale') an advert or delta whose signed issue time is more than `max_age_s` (its
+    TTL) from `now_wall` (unix time), either way: a replay of a peer that is gone cannot bring it back, and
+    an advert signed for the future cannot be kept for a later replay."""
+    age = now_wall - timestamp
+    if abs(age) > max_age_s:
+        raise AdvertError("stale", f"advert from {peer_id} issued {age:.1f} s ago (accepted: within {max_age_s:g} s)")

@@ -12,19 +12,19 @@ for each other and each is checked by the same key as the peer id it names.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
+import msgspec
 
 from mesh import advert as advert_codec
-from mesh.advert import ADVERT_VERSION, MAX_ADVERT_BYTES, MAX_DEVICES, Advert, AdvertError
-from mesh.identity import Identity, peer_id_of, public_key_from_bytes
+from mesh.advert import ADVERT_VERSION, MAX_ADVERT_BYTES, Advert, AdvertError
+from mesh.identity import Identity
+from mesh.wire import advert as schema
 
-MAX_LABELS = 32
-MAX_ADDRS = 16
-MAX_STR = 1024
+MAX_LABELS = schema.MAX_LABELS
+MAX_ADDRS = schema.MAX_ADDRS
 
 
 @dataclass(frozen=True)
@@ -101,89 +101,26 @@ def encode(delta: AdvertDelta, identity: Identity) -> bytes:
 
 
 def decode(data: bytes) -> Advert | AdvertDelta:
-    """A wire message on the advert topic: a full advert or a delta, verified; AdvertError for anything bad."""
+    """A wire message on the advert topic: a full advert or a delta, checked against its schema
+    (`mesh.wire.advert`) and verified; AdvertError for anything bad."""
     if len(data) > MAX_ADVERT_BYTES:
         raise AdvertError("oversized", f"advert of {len(data)} bytes exceeds {MAX_ADVERT_BYTES}")
     try:
-        outer = msgpack.unpackb(data, raw=False, max_bin_len=MAX_ADVERT_BYTES, max_str_len=MAX_ADVERT_BYTES)
-        is_delta = isinstance(outer, dict) and "d" in outer
-    except Exception as e:
-        raise AdvertError("malformed", f"malformed advert: {e}") from None
-    if not is_delta:
-        return advert_codec.decode(data)
+        env = schema.DELTA_ENVELOPE_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return advert_codec.decode(data)  # not a delta: a full advert, or refused as one
     try:
-        body, sig = outer["d"], outer["s"]
-        if set(outer) != {"d", "s"} or not isinstance(body, bytes) or not isinstance(sig, bytes):
-            raise TypeError("a delta is {d: bytes, s: bytes}")
-        wire = msgpack.unpackb(body, raw=False, max_map_len=64, max_array_len=MAX_DEVICES * 2)
-        if not isinstance(wire, dict):
-            raise TypeError("body is not a map")
-        unknown = set(wire) - _NAMES.keys()
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(map(str, unknown))}")
-        m = {_NAMES[k]: v for k, v in wire.items()}
-    except Exception as e:
+        b = schema.DELTA_DECODER.decode(env.d)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        version = schema.delta_version(env.d)
+        if version is not None and version != ADVERT_VERSION:
+            raise AdvertError("version", f"advert version {version!r} not supported (want {ADVERT_VERSION})") from None
         raise AdvertError("malformed", f"malformed delta advert: {e}") from None
-    if m.get("version") != ADVERT_VERSION:
-        raise AdvertError("version", f"advert version {m.get('version')!r} not supported (want {ADVERT_VERSION})")
-    try:
-        delta = _typed(m)
-        pub = public_key_from_bytes(delta.public_key)
-    except Exception as e:
-        raise AdvertError("malformed", f"malformed delta advert: {e}") from None
-    if peer_id_of(pub) != delta.peer_id:
-        raise AdvertError("signature", f"delta key does not match its peer id {delta.peer_id}")
-    if not pub.verify(body, sig):
-        raise AdvertError("signature", f"bad signature on delta from {delta.peer_id}")
-    return delta
-
-
-_NAMES = {v: k for k, v in _KEYS.items()}
-
-
-def _str(v: Any, what: str) -> str:
-    if not isinstance(v, str) or len(v) > MAX_STR:
-        raise TypeError(f"{what} must be a string of at most {MAX_STR} characters")
-    return v
-
-
-def _count(v: Any, what: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not (0 <= v < 2**31):
-        raise TypeError(f"{what} must be an integer in [0, 2^31)")
-    return v
-
-
-def _typed(m: dict[str, Any]) -> AdvertDelta:
-    seq, base_seq = m["seq"], m["base_seq"]
-    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in (seq, base_seq)):
-        raise TypeError("seq/base_seq")
-    if seq <= base_seq:
-        raise ValueError("a delta is newer than its base")
-    ts, interval = m["timestamp"], m["interval_s"]
-    if not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in (ts, interval)) \
-            or not (0 < interval <= 86400):
-        raise TypeError("timestamp/interval_s")
-    raw_loads = m["loads"]
-    if not isinstance(raw_loads, dict) or len(raw_loads) > MAX_DEVICES:
-        raise TypeError(f"loads must be a map of at most {MAX_DEVICES} devices")
-    loads = {}
-    for k, v in raw_loads.items():
-        if not (isinstance(v, list) and len(v) == 2):
-            raise TypeError("a load is [free_slots, queue_depth]")
-        loads[_str(k, "device id")] = (_count(v[0], "free_slots"), _count(v[1], "queue_depth"))
-    labels = None
-    if "labels" in m:
-        if not isinstance(m["labels"], dict) or len(m["labels"]) > MAX_LABELS:
-            raise TypeError(f"labels must be a map of at most {MAX_LABELS} entries")
-        labels = {_str(k, "label key"): _str(v, "label value") for k, v in m["labels"].items()}
-    addrs = None
-    if "addrs" in m:
-        if not isinstance(m["addrs"], list) or len(m["addrs"]) > MAX_ADDRS:
-            raise TypeError(f"addrs must be a list of at most {MAX_ADDRS}")
-        addrs = tuple(_str(a, "addr") for a in m["addrs"])
-    pk = m["public_key"]
-    if not isinstance(pk, bytes):
-        raise TypeError("public_key")
-    return AdvertDelta(peer_id=_str(m["peer_id"], "peer_id"), public_key=pk, seq=seq, base_seq=base_seq,
-                       timestamp=float(ts), interval_s=float(interval), loads=loads, labels=labels,
-                       data_addr=_str(m["data_addr"], "data_addr") if "data_addr" in m else None, addrs=addrs)
+    if b.version != ADVERT_VERSION:
+        raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
+    advert_codec.verify_signature(b.peer_id, b.public_key, env.d, env.s)
+    return AdvertDelta(peer_id=b.peer_id, public_key=b.public_key, seq=b.seq, base_seq=b.base_seq,
+                       timestamp=float(b.timestamp), interval_s=float(b.interval_s),
+                       loads={k: (v[0], v[1]) for k, v in b.loads.items()},
+                       labels=dict(b.labels) if b.labels is not None else None, data_addr=b.data_addr,
+                       addrs=tuple(b.addrs) if b.addrs is not None else None)

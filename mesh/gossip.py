@@ -291,6 +291,8 @@ class GossipService:
             msg = await sub.get()
             try:
                 ad: Advert | AdvertDelta = advert_delta.decode(msg.data)
+                # signed issue time within the sender's TTL: a replay of a peer that is gone cannot bring it back
+                advert_codec.check_fresh(ad.peer_id, ad.timestamp, time.time(), self.view.ttl_for(ad))
             except AdvertError as e:
                 metrics.ADVERTS_REJECTED.labels(e.reason).inc()
                 log.debug("dropped advert: %s", e)
@@ -306,9 +308,7 @@ class GossipService:
             if self.view.no_base > no_base:
                 metrics.ADVERTS_REJECTED.labels("no_base").inc()
             elif self.view.stale > stale:
-                metrics.ADVERTS_REJECTED.labels("stale").inc()
-                if self.view.replays > replays:
-                    metrics.ADVERT_LIES.labels("replay").inc()
+                metrics.ADVERTS_REJECTED.labels("replay" if self.view.replays > replays else "stale").inc()
             elif self.view.refused > refused:
                 metrics.ADVERTS_REJECTED.labels("not_admitted").inc()
             else:

@@ -21,8 +21,6 @@ from mesh.advert_delta import AdvertDelta
 
 MAX_REMEMBERED_STANDING = 10_000
 REPLAY_WINDOW = 2  # an advert more than this many sequence numbers old is a replay, not reordering
-REPLAY_PENALTY = 0.05
-REPLAY_AGE_TTLS = 4
 
 
 @dataclass(frozen=True)
@@ -85,8 +83,10 @@ class MembershipView:
         self._peers: dict[str, PeerState] = {}
         # Standing survives expiry so that a peer cannot launder a bad record by leaving and rejoining.
         self._standing: OrderedDict[str, float] = OrderedDict()
+        # The newest sequence number seen of peers that left: a replay of their old adverts cannot bring them back.
+        self._last_seq: OrderedDict[str, int] = OrderedDict()
         self.stale = 0  # adverts older than or equal to what we hold (reordering or replay)
-        self.replays = 0  # stale adverts too old to be reordering: replays, which cost the peer standing
+        self.replays = 0  # stale adverts too old to be reordering (or of a peer that left): replays, dropped
         self.refused = 0  # adverts from peers not admitted to this mesh
         self.expired = 0
         self.no_base = 0  # deltas whose full advert we do not hold (applied again from the next full refresh)
@@ -107,7 +107,7 @@ class MembershipView:
     def peers(self, include_self: bool = True) -> list[PeerState]:
         return [p for p in self._peers.values() if include_self or p.peer_id != self.self_peer_id]
 
-    def ttl_for(self, advert: Advert) -> float:
+    def ttl_for(self, advert: Advert | AdvertDelta) -> float:
         """How long a peer stays after this advert of its own: a few of its announced refresh intervals."""
         if self.ttl_intervals is None:
             return self.ttl_s
@@ -132,17 +132,20 @@ class MembershipView:
             message = advert_delta.apply(cur.base, message)
         advert: Advert = message
         if cur is None:
+            if advert.seq <= self._last_seq.get(pid, -1):  # an old advert of a peer that left: a replay
+                self.stale += 1
+                self.replays += 1
+                return None
+            self._last_seq.pop(pid, None)
             self._peers[pid] = PeerState(advert, first_seen=now, last_seen=now, ttl_s=self.ttl_for(advert),
                                          base=advert)
             return Joined(pid)
         if advert.seq <= cur.advert.seq:
+            # delayed delivery under load is normal; an advert well behind the one we hold is a replay. Anyone
+            # can replay a peer's signed adverts, so neither costs the peer standing: dropped, counted.
             self.stale += 1
-            # delayed delivery under load is normal; an advert far older than any delay gossip can cause
-            # (several TTLs behind the one we hold, by its own signed timestamp) is a replay
-            if advert.seq < cur.advert.seq - REPLAY_WINDOW and \
-                    advert.timestamp < cur.advert.timestamp - REPLAY_AGE_TTLS * self.ttl_s:
+            if advert.seq < cur.advert.seq - REPLAY_WINDOW:
                 self.replays += 1
-                self.adjust_standing(pid, -REPLAY_PENALTY)
             return None
         changed = advert.capacity_key() != cur.advert.capacity_key()
         cur.advert, cur.last_seen, cur.load_override = advert, now, {}
@@ -155,12 +158,21 @@ class MembershipView:
         gone = [pid for pid, p in self._peers.items()
                 if pid != self.self_peer_id and now > p.expires_at]
         for pid in gone:
-            del self._peers[pid]
+            self._forget(pid)
         self.expired += len(gone)
         return [Left(pid, "expired") for pid in gone]
 
     def remove(self, peer_id: str) -> Left | None:
-        return Left(peer_id, "removed") if self._peers.pop(peer_id, None) is not None else None
+        return Left(peer_id, "removed") if self._forget(peer_id) else None
+
+    def _forget(self, peer_id: str) -> bool:
+        p = self._peers.pop(peer_id, None)
+        if p is None:
+            return False
+        self._last_seq[peer_id] = p.advert.seq
+        while len(self._last_seq) > MAX_REMEMBERED_STANDING:
+            self._last_seq.popitem(last=False)
+        return True
 
     def note_load(self, peer_id: str, device_id: str, free_slots: int, queue_depth: int) -> None:
         """Record a worker's own report of its load (from a claim answer) until its next advert."""

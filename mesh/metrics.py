@@ -21,12 +21,12 @@ GOSSIP_MESSAGES_RECEIVED = Counter("gpumesh_gossip_messages_received_total",
                                    "Pubsub messages received from peers, duplicates included (each costs a decrypt)")
 ADVERTS_REJECTED = Counter(
     "gpumesh_adverts_rejected_total", "Capacity adverts dropped", ["reason"]
-)  # malformed, signature, oversized, version, stale, not_admitted, no_base
+)  # malformed, signature, oversized, version, stale (issue time or sequence), replay, not_admitted, no_base
 ADVERTS_EXPIRED = Counter("gpumesh_adverts_expired_total", "Peers expired from the view after their TTL")
 GOSSIP_PUBLISH_ERRORS = Counter("gpumesh_gossip_publish_errors_total", "Advert publishes that raised")
 MEMBERSHIP_EVENTS = Counter("gpumesh_membership_events_total", "Join/update/leave events", ["event"])
-ADVERT_LIES = Counter("gpumesh_advert_lies_total", "Adverts caught lying, by kind (replay: a stale sequence "
-                      "replayed; capacity: free slots advertised that claims never found)", ["kind"])
+ADVERT_LIES = Counter("gpumesh_advert_lies_total", "Adverts caught lying, by kind (capacity: free slots "
+                      "advertised that claims never found)", ["kind"])
 PEERS_REFUSED = Counter("gpumesh_peers_refused_total", "Connections refused by mesh admission", ["plane"])
 LIBP2P_CONNECTED = Gauge("gpumesh_libp2p_connected_peers", "Peers with an open libp2p connection")
 

@@ -155,7 +155,7 @@ def test_without_ttl_intervals_the_ttl_is_fixed():
 
 
 def test_tracked_view_logs_a_peer_changed_by_a_delta():
-    from scheduler.placement import TrackedView
+    from scheduler.core.placement import TrackedView
     v = TrackedView("me", ttl_s=6)
     base = full()
     v.apply(base, now=0)

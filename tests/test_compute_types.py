@@ -462,3 +462,32 @@ def test_source_scan_refuses_pipes_and_reads_attributes():
     assert sigs["b"].reqd_work_group_size == (4, 4, 1) and sigs["b"].params[0].address == "local"
     with pytest.raises(SpecError, match="parameter 0 'pipe int p' is a pipe"):
         make_job(src, "a", [np.zeros(4, np.int32), np.zeros(4, cltypes.float4)], global_size=16, local_size=16)
+
+
+async def test_struct_sizes_checked_against_the_devices_sizeof(runner):
+    """A runtime may not check a by-value struct's size (PoCL does not): the kernel would read past the value.
+    The runner asks the device's compiler for sizeof of each struct/typedef parameter (a probe kernel), and
+    checks by-value structs and struct buffers against it before any transfer."""
+    src = ("typedef struct { float a; float b; float4 c; } P;\n"
+           "typedef double real;\n"
+           "__kernel void k(const P p, __global float *o, __global P *ps, const real r) "
+           "{ o[0] = p.a + p.c.w + ps[0].a + (float)r; }")
+    small = np.zeros((), np.dtype({"names": ["a", "b"], "formats": ["f4", "f4"], "offsets": [0, 4], "itemsize": 8}))
+    good_dt = np.dtype({"names": ["a", "b", "c"], "formats": ["f4", "f4", cltypes.float4], "offsets": [0, 4, 16],
+                        "itemsize": 32})
+    good = np.zeros((), good_dt)
+    await refused_before_transfer(runner, make_job(src, "k", [small, Out(1, np.float32), np.zeros(3, good_dt),
+                                                              np.float64(1)], global_size=1),
+                                  "8 bytes .*'P p' is 32 bytes \\(sizeof\\(P\\) on this device\\)", field="args[0]")
+    await refused_before_transfer(runner, make_job(src, "k", [good, Out(1, np.float32), np.zeros(5, np.float32),
+                                                              np.float64(1)], global_size=1),
+                                  "20 bytes is not a whole number of P \\(32 bytes", field="args[2]")
+    await refused_before_transfer(runner, make_job(src, "k", [good, Out(1, np.float32), np.zeros(3, good_dt),
+                                                              np.float32(1)], global_size=1),
+                                  "4 bytes .*'real r' is 8 bytes \\(sizeof\\(real\\)", field="args[3]")
+    ps = np.zeros(3, good_dt)
+    ps["a"] = 2.0
+    good["a"] = 1.0
+    good["c"] = np.array([0, 0, 0, 4], np.float32).view(cltypes.float4)[0]
+    res = await arun_local(make_job(src, "k", [good, Out(1, np.float32), ps, np.float64(0.5)], global_size=1), runner)
+    assert res.arrays[0].tolist() == [7.5]

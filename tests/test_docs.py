@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 DEPLOY = REPO / "deploy"
 # Pages other engineers own: held to the book's link rules, not to this page template.
-OTHERS = {"scene-format.md", "proof-format.md", "compute.md"}
+OTHERS = {"scene-format.md", "proof-format.md", "zk-test-vectors.md", "compute.md"}
 MERMAID_TYPES = ("flowchart", "graph", "sequenceDiagram", "stateDiagram-v2", "stateDiagram", "classDiagram",
                  "erDiagram", "gantt", "pie", "journey", "gitGraph", "mindmap", "timeline")
 REGENERATE = "regenerate with: .venv/bin/python deploy/opskit.py docs"

@@ -93,12 +93,22 @@ async def test_expiry_driven_by_trio_clock(autojump_clock):
         n.cancel_scope.cancel()
 
 
-def test_replayed_old_advert_costs_standing_but_reordering_does_not():
+def test_replayed_adverts_are_dropped_without_touching_standing():
+    # anyone can replay a peer's signed adverts: the replay is dropped and the peer's standing is untouched
     v = MembershipView("me", ttl_s=6)
     v.apply(replace(ad("a", 10), timestamp=1000.0), now=0)
-    v.apply(replace(ad("a", 9), timestamp=998.0), now=1)  # reordered by one: stale, harmless
-    v.apply(replace(ad("a", 5), timestamp=990.0), now=1)  # delivered late (under 4 TTLs): harmless
-    assert v.standing("a") == 1.0 and v.replays == 0
-    v.apply(replace(ad("a", 3), timestamp=900.0), now=2)  # a replay of an old advert
-    assert v.replays == 1 and v.standing("a") < 1.0
+    v.apply(replace(ad("a", 9), timestamp=998.0), now=1)  # reordered by one: stale, not a replay
+    assert v.replays == 0 and v.stale == 1
+    for _ in range(25):
+        assert v.apply(replace(ad("a", 3), timestamp=900.0), now=2) is None
+    assert v.replays == 25 and v.standing("a") == 1.0
     assert v.get("a").advert.seq == 10
+
+
+def test_a_peer_that_left_is_not_brought_back_by_its_old_adverts():
+    v = MembershipView("me", ttl_s=6)
+    v.apply(ad("a", 10), now=0)
+    assert v.expire(7.0) == [Left("a", "expired")]
+    assert v.apply(ad("a", 10), now=8) is None and v.apply(ad("a", 4), now=8) is None  # replays of the dead
+    assert "a" not in v and v.replays == 2
+    assert v.apply(ad("a", 11), now=9) == Joined("a")  # its own newer advert: back

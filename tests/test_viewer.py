@@ -57,10 +57,11 @@ def test_pose_messages_are_validated():
 def test_newest_pose_wins_and_old_frames_are_not_sent():
     s = ViewerState()
     p = Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0))
-    assert s.offer(PoseRequest(1, p)) and s.offer(PoseRequest(2, p))
+    assert s.offer(PoseRequest(1, p)) == (True, None)
+    assert s.offer(PoseRequest(2, p)) == (True, PoseRequest(1, p))  # 1 is skipped: the page is told
     assert s.skipped == 1 and s.take().seq == 2 and s.take() is None
-    assert not s.offer(PoseRequest(2, p))  # an old or repeated seq is ignored
-    assert s.offer(PoseRequest(5, p)) and s.take().seq == 5
+    assert s.offer(PoseRequest(2, p)) == (False, None)  # an old or repeated seq is ignored
+    assert s.offer(PoseRequest(5, p))[0] and s.take().seq == 5
     assert s.finished(5, None) == "send" and s.finished(2, None) == "stale"
     assert s.finished(6, "deadline: late") == "drop"
     assert (s.sent, s.stale, s.dropped, s.reasons) == (1, 1, 1, {"deadline": 1})
@@ -153,6 +154,8 @@ async def test_the_page_in_headless_chromium_shows_30_frames_that_match_the_refe
         nursery.cancel_scope.cancel()
     assert stats["connected"] and stats["errors"] == 0 and stats["renderer"] == "webgl", stats
     assert stats["shown"] >= FRAMES + 2 and len(log) >= FRAMES
+    # every pose the page sent got exactly one answer (or is still in flight)
+    assert stats["shown"] + stats["dropped"] + stats["skipped"] + stats["stale"] + stats["pending"] == stats["sent"]
     seqs = [e["seq"] for e in log]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)  # in order, each once
     assert all(e["latency_ms"] is not None and e["latency_ms"] > 0 for e in log)
@@ -198,3 +201,18 @@ def test_mesh_node_render_serve_prints_the_url_serves_the_page_and_stops_on_inte
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_mesh_node_render_serve_refuses_a_bad_address(capsys):
+    import argparse
+
+    from scheduler.cli import render_cli
+    from worker.render.samples import EXAMPLES
+
+    parser = argparse.ArgumentParser(prog="mesh-node")
+    render_cli.add_parser(parser.add_subparsers(dest="command"))
+    for bad in ("host:port", "127.0.0.1:70000"):
+        args = parser.parse_args(["render", str(EXAMPLES / "spheres.json"), "--serve", bad])
+        assert render_cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert "HOST:PORT" in err and "[0, 65535]" in err

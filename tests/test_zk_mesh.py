@@ -4,7 +4,8 @@ peer that returns bad proofs (test-only fault hook) caught, its jobs re-run else
 from scheduler.client.client import SyncClient, local_address
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from worker.faults import Faults
-from worker.zk import verify
+from worker.zk import membership as MB
+from worker.zk import statement, verify
 
 
 def test_batch_of_proofs_with_a_lying_peer(tmp_path):
@@ -17,14 +18,17 @@ def test_batch_of_proofs_with_a_lying_peer(tmp_path):
         addr, tok, pid, _ = local_address(nodes[0].data_dir)
         liar = nodes[2].peer_id
         with SyncClient(addr, token=tok, peer_id=pid) as c:
-            specs = [{"air": "fibonacci" if i % 2 else "cubic", "steps": 64, "blowup": 2, "queries": 8,
+            specs = [{"air": "fibonacci" if i % 2 else "cubic", "steps": 64,
                       "public_inputs": ({"a": 1, "b": i} if i % 2 else {"x0": i, "c": 5})} for i in range(6)]
+            root, wits = MB.make_tree([[i, 2, 3, 4] for i in range(4)])  # a private statement too
+            specs.append({"air": "membership", "steps": 512, "witness": wits[1],
+                          "public_inputs": {"depth": 2, **{f"root{i}": root[i] for i in range(4)}}})
             ids = [c.submit("zk.prove", s, priority="batch", max_attempts=4)["id"] for s in specs]
             results = [c.result(j, timeout=300) for j in ids]
             for spec, res in zip(specs, results, strict=True):
                 assert res.ok, res.reason
                 assert res.worker != liar
-                v = verify(res.output, spec)
+                v = verify(res.output, statement(spec))
                 assert v.ok, v.reason
             statuses = [c.status(j) for j in ids]
             assert any("proof rejected" in f for st in statuses for f in st["failures"]), \

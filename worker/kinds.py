@@ -321,6 +321,11 @@ class JobKind:
     def requirements(self, spec: dict[str, Any]) -> Requirements:
         return Requirements()
 
+    def output_bytes(self, spec: dict[str, Any], input_size: int) -> int | None:
+        """The most output bytes a job of this spec can produce, when the spec says (checked against the
+        submitting token's output quota before the job runs); None: not declared, the quota alone bounds it."""
+        return None
+
     def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
         raise NotImplementedError
 

@@ -53,6 +53,8 @@ class ConnectionConfig:
     idle_close: float | None = 300.0  # close a connection without streams after this long
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0  # graceful close: wait this long for open streams, then for the peer's EOF
+    stall_timeout: float | None = 60.0  # a send waiting this long for credit is reset (for the socket: lost)
+    bulk_senders: int = 4  # streams of one connection reading bulk data to send at once (`Connection.bulk_slot`)
 
 
 class Connection:
@@ -101,10 +103,18 @@ class Connection:
         self._blocked_s = 0.0  # time senders waited for credit (metric)
         self._m_rtt = tm.RTT.labels(peer_id)
         self._unyielded = 0  # sends and receives since the last scheduler yield
+        self.stall_timeout = config.stall_timeout
+        self._bulk = trio.Semaphore(max(1, config.bulk_senders))
         # StreamLink: the mux's own methods where a stream needs nothing more
         self.send_credit = mux.send_credit
         self.queue_message = mux.send_message
         self.queue_data = mux.send_data
+
+    def bulk_slot(self) -> trio.Semaphore:
+        """`async with conn.bulk_slot():` around reading a chunk of bulk data and sending it. At most
+        `bulk_senders` streams of this connection hold a chunk in memory at once, so a peer that opens many
+        streams and reads none of them costs one chunk per slot, not one per stream."""
+        return self._bulk
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "closing" if self._closing else "open"
@@ -290,7 +300,15 @@ class Connection:
             if not bufs and not wire.has_backlog:
                 return waited
             try:
-                waited |= await wire.send(bufs)  # synchronous unless the kernel buffer is full
+                stall = self._config.stall_timeout
+                with trio.move_on_after(stall if stall is not None else float("inf")) as stalled:
+                    waited |= await wire.send(bufs)  # synchronous unless the kernel buffer is full
+                if stalled.cancelled_caught:
+                    tm.STALLED.labels("connection").inc()
+                    err = ConnectionLost(f"{self.peer_id} read nothing of what we sent for {stall:g} s")
+                    self._fail(err)
+                    self.abort()
+                    raise err
             except trio.Cancelled:
                 self._wake_writer()  # the writer task sends the rest
                 raise

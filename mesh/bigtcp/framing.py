@@ -185,12 +185,15 @@ class FrameDecoder:
     `max_frame` bytes, allocated only after its header passed every check.
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, scratch: int = 64 * 1024, direct_min: int = 16 * 1024) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, scratch: int = 64 * 1024, direct_min: int = 16 * 1024,
+                 first_frame_max: int | None = None) -> None:
         if max_frame < 1 or max_frame > 0xFFFFFFFF:
             raise LocalProtocolError(f"max_frame {max_frame} out of range")
         if scratch < HEADER_SIZE:
             raise LocalProtocolError("scratch buffer smaller than a header")
         self.max_frame = max_frame
+        # the first frame (a HELLO, before the peer is authenticated) may be held to a smaller size
+        self.first_frame_max = max_frame if first_frame_max is None else min(first_frame_max, max_frame)
         self._buf = bytearray(scratch)
         self._view = memoryview(self._buf)
         self._start = 0  # first unparsed byte in _buf
@@ -279,8 +282,10 @@ class FrameDecoder:
             shape = _SHAPE.get(ftype)
             if magic != MAGIC or version != VERSION or t is None or reserved or flags & ~shape[0] or (sid != 0) == shape[1]:  # type: ignore[index]
                 self._header_error(magic, version, ftype, flags, reserved, sid)
-            if length > self.max_frame:
-                self._fail("oversized", f"{t.name} frame of {length} bytes exceeds max frame {self.max_frame}")  # type: ignore[union-attr]
+            limit = self.max_frame if self.frames_received else self.first_frame_max
+            if length > limit:
+                self._fail("oversized", f"{t.name} frame of {length} bytes exceeds max frame {limit}"  # type: ignore[union-attr]
+                           + ("" if self.frames_received else " (the first frame, a HELLO)"))
             avail = self._end - s - HEADER_SIZE
             if length <= avail:
                 payload = bytes(view[s + HEADER_SIZE : s + HEADER_SIZE + length])

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from mesh.bigtcp.framing import VERSION, Frame, FrameType, LocalProtocolError, PeerProtocolError
+from mesh.wire import hello as wire_hello
 
 # RESET / GOAWAY codes
 CODE_NO_ERROR = 0
@@ -144,20 +145,11 @@ def decode_control(frame: Frame) -> Control:
     """The typed control message carried by a non-DATA, non-MSG frame."""
     t = frame.type
     what = t.name
+    if t is FrameType.HELLO:
+        return _decode_hello(frame.payload)
     d = _unpack_map(frame.payload, what)
     if t is FrameType.WINDOW:
         return WindowUpdate(_uint(d, "c", what, lo=1, hi=2**32))
-    if t is FrameType.HELLO:
-        return Hello(
-            version=_uint(d, "v", what),
-            peer_id=_get(d, "id", str, what, ""),
-            max_frame=_uint(d, "mf", what, lo=1, hi=0xFFFFFFFF),
-            window=_uint(d, "w", what, lo=1, hi=2**32),
-            max_streams=_uint(d, "ms", what, lo=1, hi=2**32),
-            agent=_get(d, "a", str, what, ""),
-            extra=_get(d, "x", dict, what, {}),
-            conn_window=_uint(d, "cw", what, 0, hi=2**40),
-        )
     if t is FrameType.OPEN:
         return Open(meta=_get(d, "m", dict, what, {}))
     if t is FrameType.RESET:
@@ -171,6 +163,30 @@ def decode_control(frame: Frame) -> Control:
             reason=_get(d, "r", str, what, "")[:_MAX_REASON],
         )
     raise LocalProtocolError(f"{what} frames carry no control message")
+
+
+def _decode_hello(payload: bytes | bytearray | memoryview) -> Hello:
+    """The schema of the one message an unauthenticated peer gets decoded (limits: `mesh.wire.hello`)."""
+    what = "HELLO"
+    try:
+        d = wire_hello.unpack(payload)
+        peer_id = _get(d, "id", str, what, "")
+        agent = _get(d, "a", str, what, "")
+        if len(peer_id) > wire_hello.MAX_PEER_ID or len(agent) > wire_hello.MAX_AGENT:
+            raise PeerProtocolError("bad_payload", f"{what}: peer id or agent too long")
+        extra = wire_hello.check_extra(d.get("x", {}))
+    except wire_hello.HelloError as e:
+        raise PeerProtocolError("bad_payload", f"{what}: {e}") from None
+    return Hello(
+        version=_uint(d, "v", what, hi=255),
+        peer_id=peer_id,
+        max_frame=_uint(d, "mf", what, lo=1, hi=0xFFFFFFFF),
+        window=_uint(d, "w", what, lo=1, hi=2**32),
+        max_streams=_uint(d, "ms", what, lo=1, hi=2**32),
+        agent=agent,
+        extra=extra,
+        conn_window=_uint(d, "cw", what, 0, hi=2**40),
+    )
 
 
 def pack_message(msg: dict[str, Any]) -> bytes:

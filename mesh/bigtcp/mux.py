@@ -58,6 +58,7 @@ from mesh.bigtcp.framing import (
     TransportError,
     encode_header,
 )
+from mesh.bigtcp.limits import MAX_HELLO_BYTES
 
 __all__ = [
     "ConnectionClosing",
@@ -135,7 +136,7 @@ class Mux:
         self._conn_unacked = 0  # consumed (or dropped), not yet granted back
         self._conn_grant_at = max(1, conn_window // 4)
         self.peer_hello: m.Hello | None = None
-        self._decoder = FrameDecoder(max_frame, scratch=scratch)
+        self._decoder = FrameDecoder(max_frame, scratch=scratch, first_frame_max=MAX_HELLO_BYTES)
         self._out: list[bytes | bytearray | memoryview] = []
         self._streams: dict[int, _Stream] = {}
         self._next_id = 1 if client else 2

@@ -48,6 +48,7 @@ __all__ = ["Call", "ClientCall", "MeshClient", "RpcError", "RpcServer", "SyncCal
 
 RPC_META = {"rpc": 1}
 _MAX_MESSAGE = 2048
+_MAX_TIMEOUT = 7 * 24 * 3600.0
 
 
 class RpcError(Exception):
@@ -130,11 +131,20 @@ class Call:
 
 
 class RpcServer:
-    """Method table + stream handler. Use `server.handle_stream` as the Transport's handler."""
+    """Method table + stream handler. Use `server.handle_stream` as the Transport's handler.
 
-    def __init__(self) -> None:
+    `limit_key(stream)` names who is calling (e.g. an API token, a peer id; None: unlimited): each key may
+    have at most `max_calls` calls in progress on all its connections together; more are refused (stream
+    reset, counted as code "busy"). A stream that sends no request within `request_timeout` s is reset."""
+
+    def __init__(self, *, limit_key: Callable[[Stream], str | None] | None = None, max_calls: int = 256,
+                 request_timeout: float = 30.0) -> None:
         self._methods: dict[str, Handler] = {}
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}  # labels() is slow on the hot path
+        self._limit_key = limit_key
+        self.max_calls = max_calls
+        self.request_timeout = request_timeout
+        self._active: dict[str, int] = {}
 
     def register(self, method: str, handler: Handler) -> None:
         if method in self._methods:
@@ -155,10 +165,31 @@ class RpcServer:
         return sorted(self._methods)
 
     async def handle_stream(self, stream: Stream) -> None:
-        t0 = trio.current_time()
+        key = self._limit_key(stream) if self._limit_key is not None else None
+        if key is None:
+            await self._serve(stream)
+            return
+        if self._active.get(key, 0) >= self.max_calls:
+            stream.reset(f"more than {self.max_calls} calls in progress", m.CODE_REFUSED)
+            tm.RPC_REQUESTS.labels("-", "busy").inc()
+            return
+        self._active[key] = self._active.get(key, 0) + 1
         try:
-            req = await stream.receive_msg()
-        except (EndOfStream, LocalProtocolError):
+            await self._serve(stream)
+        finally:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+
+    async def _serve(self, stream: Stream) -> None:
+        t0 = trio.current_time()
+        req = None
+        with trio.move_on_after(self.request_timeout):
+            try:
+                req = await stream.receive_msg()
+            except (EndOfStream, LocalProtocolError):
+                pass
+        if req is None:
             stream.reset("expected an RPC request message", m.CODE_PROTOCOL_ERROR)
             tm.RPC_REQUESTS.labels("-", "bad_request").inc()
             return
@@ -166,9 +197,11 @@ class RpcServer:
         method = req.get("m")
         body = req.get("b", {})
         timeout = req.get("t")
-        if not isinstance(method, str) or not isinstance(body, dict) or not isinstance(call_id, int) or not (
-            timeout is None or isinstance(timeout, int | float) and timeout > 0
-        ):
+        if not isinstance(method, str) or len(method) > 64 or not isinstance(body, dict) \
+                or not isinstance(call_id, int) or isinstance(call_id, bool) or not 0 <= call_id < 2**63 or not (
+                    timeout is None or isinstance(timeout, int | float) and not isinstance(timeout, bool)
+                    and 0 < timeout <= _MAX_TIMEOUT):
+            call_id = call_id if isinstance(call_id, int) and 0 <= call_id < 2**63 else 0
             await self._reply_error(stream, call_id, RpcError("bad_request", "request needs m (str), b (map), id (int)"))
             tm.RPC_REQUESTS.labels("-", "bad_request").inc()
             return

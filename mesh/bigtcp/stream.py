@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import trio
 
 from mesh.bigtcp import messages as m
+from mesh.bigtcp import transport_metrics as tm
 from mesh.bigtcp.events import StreamReset
 from mesh.bigtcp.framing import LocalProtocolError, TransportError
 
@@ -33,6 +34,7 @@ class StreamLink(Protocol):
 
     peer_id: str
     principal: Any  # what the transport's `authorize` returned for this peer
+    stall_timeout: float | None  # a send waiting this long for credit is reset
 
     def send_credit(self, sid: int, /) -> int:
         """Credit available to send on stream `sid` (the smaller of the stream's and the connection's)."""
@@ -178,16 +180,22 @@ class Stream:
         if link.send_credit(self.id) < n:
             waited = True
             t0 = trio.current_time()
+            stall = link.stall_timeout
             try:
-                while True:
+                with trio.move_on_after(stall if stall is not None else float("inf")) as stalled:
+                    while True:
+                        self._check_send()
+                        blocking = link.window_blocking(self.id, n)
+                        if blocking == "stream":
+                            await self._lot.park()  # this stream's reader is behind
+                        elif blocking == "connection":
+                            await link.wait_connection_credit()  # the connection's window is full
+                        else:
+                            break
+                if stalled.cancelled_caught:  # never granted: reset, so its buffers and its task are freed
+                    tm.STALLED.labels("stream").inc()
+                    self.reset(f"no credit granted for {stall:g} s", m.CODE_FLOW_CONTROL)
                     self._check_send()
-                    blocking = link.window_blocking(self.id, n)
-                    if blocking == "stream":
-                        await self._lot.park()  # this stream's reader is behind
-                    elif blocking == "connection":
-                        await link.wait_connection_credit()  # the connection's window is full
-                    else:
-                        break
             finally:
                 link.note_blocked(trio.current_time() - t0)
         if is_msg:

@@ -66,6 +66,7 @@ from mesh.bigtcp.framing import (
     TransportError,
     encode_frame,
 )
+from mesh.bigtcp.limits import ConnectionGate, ConnectionLimits
 from mesh.bigtcp.mux import Mux
 from mesh.bigtcp.stream import EndOfStream, Stream, WrongItemKind
 from mesh.bigtcp.tls import HandshakeError, PeerIdMismatch, TlsContexts, TlsSession, make_contexts
@@ -255,13 +256,16 @@ class Transport:
         idle_close: float | None = 300.0,
         handshake_timeout: float = 10.0,
         close_timeout: float = 5.0,
+        stall_timeout: float | None = 60.0,
         handler: Callable[[Stream], Awaitable[None]] | None = None,
         listen: bool = True,
         backlog: int = 128,
         hello_extra: Callable[[str, str | None], dict[str, Any]] | None = None,
         authorize: Callable[[str, dict[str, Any], bool], Any] | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.identity = identity or Identity.generate()
+        self._gate = ConnectionGate(limits or ConnectionLimits())
         tune_allocator()
         self.host = host
         self.port = port
@@ -273,6 +277,7 @@ class Transport:
             max_frame=max_frame, window=window, conn_window=conn_window, max_streams=max_streams,
             keepalive=keepalive, dead_after=dead_after,
             idle_close=idle_close, handshake_timeout=handshake_timeout, close_timeout=close_timeout,
+            stall_timeout=stall_timeout,
         )
         self._hello_extra = hello_extra
         self._authorize = authorize
@@ -415,16 +420,27 @@ class Transport:
                 if self._closed:
                     return
                 raise
+            refusal = self._gate.admit(addr[0])
+            if refusal is not None:  # over a cap: closed before TLS allocates anything
+                sock.close()
+                log.debug("data plane: closed a connection from %s at accept (%s cap)", addr[0], refusal)
+                continue
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            self._nursery.start_soon(self._serve_inbound, sock, f"{addr[0]}:{addr[1]}")
+            self._nursery.start_soon(self._serve_inbound, sock, f"{addr[0]}:{addr[1]}", addr[0])
 
-    async def _serve_inbound(self, sock: _socket.socket, address: str) -> None:
+    async def _serve_inbound(self, sock: _socket.socket, address: str, ip: str) -> None:
+        pending = True
         try:
-            conn = await self._setup(sock, outbound=False, address=address, expected_peer_id=None)
-        except TransportError as e:
-            log.info("refused data-plane connection from %s: %s", address, e)
-            return
-        await conn.wait_closed()
+            try:
+                conn = await self._setup(sock, outbound=False, address=address, expected_peer_id=None)
+            except TransportError as e:
+                log.info("refused data-plane connection from %s: %s", address, e)
+                return
+            self._gate.established(ip)
+            pending = False
+            await conn.wait_closed()
+        finally:
+            self._gate.closed(ip, was_pending=pending)
 
     async def _setup(self, sock, *, outbound: bool, address: str, expected_peer_id: str | None) -> Connection:
         assert self._nursery is not None
@@ -455,6 +471,8 @@ class Transport:
         except BaseException:
             await self._abandon(wire)
             raise
+        if isinstance(wire, TlsWire):
+            wire.grow()
         conn = Connection(
             wire=wire, mux=mux, peer_id=peer_id, outbound=outbound, address=address, config=self.config,
             spawn=self._nursery.start_soon, handler=self.handler, on_close=self._unpool, principal=principal,

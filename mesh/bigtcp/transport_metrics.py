@@ -26,6 +26,8 @@ HANDSHAKE_FAILURES = Counter(
 )
 PROTOCOL_ERRORS = Counter("gpumesh_transport_protocol_errors_total", "Connections killed by a peer protocol error", ["kind"])
 CONNECTIONS_LOST = Counter("gpumesh_transport_connections_lost_total", "Connections that ended without a clean close", ["reason"])
+STALLED = Counter("gpumesh_transport_stalled_total", "Sends that waited past the stall timeout: a stream never "
+                  "granted credit (reset) or a connection whose peer read nothing (closed)", ["what"])
 RTT = Gauge("gpumesh_transport_rtt_seconds", "Last keepalive round-trip time to the peer", ["peer"])
 
 

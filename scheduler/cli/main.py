@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import get_args, get_origin
 
 import trio
 from rich.console import Console
@@ -28,8 +28,9 @@ from mesh.bigtcp.rpc import RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.control import ControlError
 from mesh.identity import IdentityError, load_or_create
-from scheduler.cli import compute_cli, jobs_cli, render_cli, watch
-from scheduler.client.client import Client, address_from_args
+from scheduler.cli import compute_cli, jobs_cli, render_cli, watch, zk_cli
+from scheduler.cli.common import run_client as _run_client
+from scheduler.cli.common import show as _print
 from scheduler.node import lifeline
 from scheduler.node.config import (
     ConfigError,
@@ -41,7 +42,6 @@ from scheduler.node.config import (
 from scheduler.node.daemon import Node
 from scheduler.node.endpoints import BindError, find_exception
 from scheduler.node.tokens import TokenError, TokenStore, parse_duration
-from worker.zk import AIRS, prove_spec, validate_spec, verify
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -144,24 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
                      "state change otherwise or with --json (Ctrl-C stops)")
 
-    pv = sub.add_parser("prove", help="prove an AIR's computation (on the mesh, or --local on this machine)",
-                        description="Generate a STARK proof. By default the proof is made on the mesh (any peer; the "
-                                    "coordinator verifies it before delivering it); --local proves here.")
-    pv.add_argument("air", help="fibonacci or cubic")
-    pv.add_argument("--steps", type=int, required=True, help="trace length (a power of two)")
-    pv.add_argument("--blowup", type=int, default=4, choices=(2, 4, 8))
-    pv.add_argument("--queries", type=int, default=41, help="FRI queries (more = more security bits)")
-    pv.add_argument("--public", action="append", default=[], metavar="NAME=INT",
-                    help="public input of the AIR (repeatable; each defaults to 1)")
-    pv.add_argument("--out", type=Path, default=Path("proof.bin"), help="where to write the proof (default proof.bin)")
-    pv.add_argument("--local", action="store_true", help="prove on this machine instead of on the mesh")
-    add_node_options(pv)
-    pv.add_argument("--json", action="store_true", help="machine-readable output")
+    zk_cli.add_parsers(sub, add_node_options)
     render_cli.add_parser(sub)
     compute_cli.add_parser(sub)
-    vf = sub.add_parser("verify", help="verify a proof file (pure Python; needs no node and no OpenCL)")
-    vf.add_argument("proof", type=Path)
-    vf.add_argument("--json", action="store_true")
 
     tok = sub.add_parser("token", help="create, list or revoke API tokens for clients",
                          description="API tokens let clients submit jobs. Stored hashed in the node's data dir; "
@@ -235,13 +220,6 @@ def console():
     """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
 
     return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))
-
-
-def _print(obj: Any, as_json: bool, render) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
-    else:
-        render(obj)
 
 
 def _human_bytes(n: float) -> str:
@@ -355,16 +333,6 @@ def cmd_mesh_key(args: argparse.Namespace) -> int:
 EXIT_REJECTED, EXIT_CANCELLED, EXIT_NOT_FOUND = 4, 5, 6
 
 
-def _run_client(args: argparse.Namespace, fn) -> Any:
-    addr, tok, pid, insecure = address_from_args(args)
-
-    async def main():
-        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
-            return await fn(c)
-
-    return trio.run(main)
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     spec: dict = {}
     if args.spec:
@@ -455,49 +423,7 @@ async def _refresh_every(progress, seconds: float) -> None:
         progress.refresh()
 
 
-def cmd_prove(args: argparse.Namespace) -> int:
-    spec: dict = {"air": args.air, "steps": args.steps, "blowup": args.blowup, "queries": args.queries}
-    public = {}
-    for item in args.public:
-        k, sep, v = item.partition("=")
-        if not sep:
-            print(f"mesh-node: --public {item!r} must be NAME=INT", file=sys.stderr)
-            return EXIT_USAGE
-        public[k] = int(v, 0)
-
-    if args.air in AIRS:
-        spec["public_inputs"] = {name: public.get(name, 1) for name in AIRS[args.air].inputs} | public
-    try:
-        spec = validate_spec(spec)
-    except ValueError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    t0 = time.perf_counter()
-    if args.local:
-        proof, where = prove_spec(spec, "numpy"), "this machine"
-    else:
-        res = _run_client(args, lambda c: c.run("zk.prove", spec, priority="interactive"))
-        proof, where = res.output, res.worker
-    elapsed = time.perf_counter() - t0
-    args.out.write_bytes(proof)
-    info = {"proof": str(args.out), "bytes": len(proof), "seconds": round(elapsed, 3), "prover": where,
-            "air": spec["air"], "steps": spec["steps"]}
-    _print(info, args.json, lambda d: print(f"proved {d['air']} ({d['steps']} steps) on {d['prover']} in "
-                                            f"{d['seconds']} s: {d['bytes']} bytes -> {d['proof']}"))
-    return EXIT_OK
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    v = verify(args.proof.read_bytes())
-    info = {"ok": v.ok, "reason": v.reason, "security_bits": v.security_bits, "air": v.air, "steps": v.steps,
-            "public": v.public, "seconds": round(time.perf_counter() - t0, 4)}
-    _print(info, args.json, lambda d: print(("VALID" if d["ok"] else "INVALID") + f": {d['reason']} "
-                                            f"({d['security_bits']} bits, {d['seconds']} s)"))
-    return EXIT_OK if v.ok else EXIT_FAIL
-
-
-COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": cmd_prove, "verify": cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
 
 
 def main(argv: list[str] | None = None) -> int:

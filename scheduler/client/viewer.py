@@ -17,9 +17,10 @@ WebSocket protocol (GET /ws):
 - page -> server: text `{"type": "pose", "seq": n, "position": [x, y, z], "orientation": [x, y, z, w]}`
   (seq increasing). Anything else is answered `{"type": "error", "message"}` and counted; after
   MAX_BAD_MESSAGES the connection is closed. Messages over MAX_MESSAGE bytes close it (1009).
-- server -> page: binary frame = 4-byte big-endian header length, JSON header `{"type": "frame", "seq",
-  "width", "height", "mesh_ms", "tiles", "workers", "skipped", "stale", "dropped"}`, then the frame's
-  RGBA8 (sRGB, premultiplied alpha, row 0 at the top); text `{"type": "dropped", "seq", "reason"}`.
+- server -> page, exactly one answer per accepted pose: a binary frame = 4-byte big-endian header length,
+  JSON header `{"type": "frame", "seq", "width", "height", "mesh_ms", "tiles", "workers", "skipped",
+  "stale", "dropped"}`, then the frame's RGBA8 (sRGB, premultiplied alpha, row 0 at the top); or text
+  `{"type": "dropped", "seq", "reason"}`, `{"type": "skipped", "seq"}` or `{"type": "stale", "seq"}`.
 
 The HTTP side serves only the page, its script and the WebSocket; requests are bounded (8 KiB head, 10 s).
 """
@@ -109,14 +110,16 @@ class ViewerState:
     bad: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
-    def offer(self, req: PoseRequest) -> bool:
-        """A pose from the page: it replaces the waiting one (skipped). An old seq is ignored (False)."""
+    def offer(self, req: PoseRequest) -> tuple[bool, PoseRequest | None]:
+        """A pose from the page: (accepted, the waiting pose it replaced, now skipped). An old seq is
+        ignored (not accepted)."""
         if req.seq <= self.last_seq:
-            return False
-        if self.waiting is not None:
+            return False, None
+        replaced = self.waiting
+        if replaced is not None:
             self.skipped += 1
         self.waiting, self.last_seq = req, req.seq
-        return True
+        return True, replaced
 
     def take(self) -> PoseRequest | None:
         req, self.waiting = self.waiting, None
@@ -210,7 +213,7 @@ class Viewer:
         cam = self.scene.camera
         return {"type": "hello", "width": cam.width, "height": cam.height, "fov_y": cam.fov_y, "near": cam.near,
                 "far": cam.far, "camera": cam.pose.to_dict(), "target": list(orbit_target(self.scene)),
-                "tiles": self.tiles if isinstance(self.tiles, str | int) or self.tiles is None else len(self.tiles),
+                "tiles": len(self.tiles) if isinstance(self.tiles, list | tuple) else self.tiles,
                 "deadline_ms": self.deadline_ms, "max_in_flight": self.max_in_flight}
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
@@ -245,6 +248,8 @@ class Viewer:
                     await stream.send_all(_response("404 Not Found", b"not found\n"))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+        except Exception:  # one page's failure (the node went away, a protocol error) ends that page only
+            log.exception("viewer connection failed")
 
     async def _websocket(self, stream: trio.abc.Stream) -> None:
         async with trio.open_nursery() as nursery:
@@ -283,7 +288,11 @@ class Viewer:
                         await ws.aclose(1008, "too many bad messages")
                         return
                     continue
-                if state.offer(req):
+                accepted, replaced = state.offer(req)
+                if replaced is not None:
+                    async with send_lock:
+                        await ws.send_message(json.dumps({"type": "skipped", "seq": replaced.seq}))
+                if accepted:
                     async with changed:
                         changed.notify_all()
 
@@ -302,6 +311,8 @@ class Viewer:
                         await ws.send_message(encode_frame(frame, req.seq, state))
                     elif verdict == "drop":
                         await ws.send_message(json.dumps({"type": "dropped", "seq": req.seq, "reason": frame.reason}))
+                    else:
+                        await ws.send_message(json.dumps({"type": "stale", "seq": req.seq}))
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.max_in_flight):

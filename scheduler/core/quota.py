@@ -44,6 +44,7 @@ class Limits:
     device_seconds: float = 36_000.0  # device-seconds per token per window
     window_s: float = 3600.0
     offer_rate: float = 500.0  # claims per second accepted from one coordinator peer
+    max_output_bytes: int = 256 << 20  # output of one job, per token (spec-declared sizes checked at submit)
 
 
 @dataclass
@@ -76,6 +77,16 @@ class Quotas:
                                                   f"{lim.window_s:g} s (limit {lim.device_seconds:g})")
         self._active[token].add(job_id)
         ACTIVE_BY_TOKEN.labels(token or "local").set(len(self._active[token]))
+
+    def check_output(self, token: str, declared: int | None) -> int:
+        """The output bound of a job whose spec declares `declared` bytes (None: undeclared); raises
+        QuotaExceeded when the spec asks for more than the token may receive. Applies to every token: it
+        bounds what the coordinator and the worker hold for one job."""
+        cap = self.limits.max_output_bytes
+        if declared is not None and declared > cap:
+            raise QuotaExceeded("output_bytes", f"token {token!r}: the spec asks for {declared} output bytes, "
+                                                f"more than the {cap}-byte limit per job")
+        return cap if declared is None else declared
 
     def finished(self, token: str, job_id: str, device_s: float, now: float) -> None:
         self._active[token].discard(job_id)

@@ -155,7 +155,7 @@ class Chaos:
             return Submitted(jid, node, "checksum", {}, data,
                              _body_is({"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}))
         if r < 0.9:
-            spec = {"air": "cubic", "steps": 64, "blowup": 2, "queries": 8,
+            spec = {"air": "cubic", "steps": 64,
                     "public_inputs": {"x0": self._seq, "c": 5}}
             return Submitted(jid, node, "zk.prove", spec, None, _proof_verifies(spec))
         spec, check = self._render.job(self.rng.randrange(8))

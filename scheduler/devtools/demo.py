@@ -35,7 +35,7 @@ def render(console, node) -> None:
 def prove(console, node) -> None:
     """A zk proof made on the mesh (the coordinator verifies it before delivering), verified again here."""
 
-    spec = {"air": "fibonacci", "steps": 1024, "blowup": 4, "queries": 41, "public_inputs": {"a": 1, "b": 1}}
+    spec = {"air": "fibonacci", "steps": 1024, "public_inputs": {"a": 1, "b": 1}}  # default (105-bit) parameters
     addr, tok, pid, insecure = local_address(node.data_dir)
     with SyncClient(addr, token=tok, peer_id=pid, insecure=insecure) as c:
         t0 = time.perf_counter()

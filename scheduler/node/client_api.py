@@ -20,6 +20,7 @@ from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Job, WireError
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import QuotaExceeded, Quotas
+from scheduler.node import outputs, tenancy
 from scheduler.node.admission import Principal
 from scheduler.node.coordinator_io import CoordinatorIO
 from scheduler.node.jobview import tagged_job_id
@@ -93,7 +94,13 @@ class ClientAPI:
         except ValueError as e:  # the client asked for another device kind than the job needs
             raise RpcError("invalid", f"{job.kind}: {e}") from None
         job = replace(job, requirements=req, submitted_by=p.name)
+        try:
+            self.quotas.check_output(p.name, kind.output_bytes(job.spec, job.input_size))
+        except QuotaExceeded as e:
+            raise RpcError("quota", str(e)) from None
         existing = self.coordinator.core.get(job.job_id)
+        if existing is not None and not tenancy.owns(tenancy.of(p), existing.job.submitted_by):
+            raise RpcError("conflict", f"job id {job.job_id!r} is taken; submit without an id or pick another")
         if existing is None:
             try:
                 self.quotas.admit_submit(p.name, job.job_id, now, exempt=p.token is not None and "admin" in p.token.scopes)
@@ -111,6 +118,7 @@ class ClientAPI:
         answer = await self.coordinator.submit(job)
         if not answer.accepted and existing is None:
             self.quotas.finished(p.name, job.job_id, 0.0, now)
+            self.coordinator.drop_input(job.job_id)  # a refused upload goes at once
         out = {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
                "position": answer.position, "message": answer.message(), "code": answer.code,
                "duplicate": answer.duplicate}
@@ -128,9 +136,7 @@ class ClientAPI:
             return {"id": job_id, "state": state.value, "reason": reason, "final": False}
         path = self.coordinator.output_path(job_id)
         if result is not None and result.output_size and path.exists():
-            async with await trio.open_file(path, "rb") as f:
-                while chunk := await f.read(CHUNK):
-                    await call.send_bytes(chunk)
+            await outputs.send_file(call, path, CHUNK)
         return {"id": job_id, "state": state.value, "reason": reason, "final": True,
                 "result": result.to_wire() if result is not None else None}
 

@@ -82,6 +82,11 @@ class NodeSettings(BaseSettings):
                                        description="Private-network key file: only nodes holding the same key can join")
     allow_peers: Path | None = Field(default=None,
                                      description="File of peer ids (one per line) allowed to join; others are refused")
+    max_client_calls: int = Field(default=256, ge=1, le=100_000,
+                                  description="Calls one API token may have in progress at once (all its connections)")
+    stall_timeout: float = Field(default=60.0, gt=0, le=3600,
+                                 description="Seconds a data-plane send may wait for the peer to grant credit or read "
+                                             "before the stream is reset (the connection closed)")
     share: float = Field(default=1.0, ge=0.0, le=1.0,
                          description="Share of this host's device slots the mesh may use for remote jobs (0.0..1.0)")
     exit_with_parent: bool = Field(default=False,
@@ -128,6 +133,13 @@ class NodeSettings(BaseSettings):
         if v is not None and not os.access(v, os.R_OK):
             raise ValueError(f"cannot read {v}")
         return v
+
+    @model_validator(mode="after")
+    def _insecure_alone(self) -> NodeSettings:
+        if self.data_plane_insecure and (self.mesh_key_file or self.allow_peers):
+            raise ValueError("--data-plane-insecure cannot be combined with --mesh-key-file or --allow-peers: "
+                             "without TLS a peer id is an unproven claim, so neither would keep anyone out")
+        return self
 
     @model_validator(mode="after")
     def _ttl(self) -> NodeSettings:

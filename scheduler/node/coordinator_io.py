@@ -42,6 +42,8 @@ from scheduler.core.coordinator_core import (
 from scheduler.core.job import Accept, Job, JobState, LeaseRenew, Result
 from scheduler.core.placement import Placer, TrackedView
 from scheduler.core.quota import Quotas
+from scheduler.node import outputs
+from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal, JournalEntry
 from scheduler.node.links import CHUNK, LinkError, PeerLinks
 from scheduler.node.metrics import PrometheusCoordinatorObserver
@@ -95,7 +97,7 @@ class CoordinatorIO:
         self._data_dir = Path(data_dir)
         self.journal: Journal | None = None
         self._verify_limiter = trio.CapacityLimiter(2)  # results verified at once (CPU-bound, in threads)
-        self._received: dict[tuple[str, int], bytes] = {}  # output awaiting the core's verdict
+        self._received: dict[tuple[str, int], outputs.Pending] = {}  # output awaiting the core's verdict
         self._finished: dict[str, trio.Event] = {}
         self._finishing: set[str] = set()  # jobs whose output/journal/waiters are being settled right now
         self._watchers: set[trio.MemorySendChannel] = set()
@@ -132,6 +134,8 @@ class CoordinatorIO:
                 if entries:
                     log.info("journal: resuming %d job(s)", len(entries))
                 await self._execute(self.core.restore(entries, trio.current_time()))
+                live = [spool_name(r.job_id) for r in self.core.jobs() if not r.state.terminal]
+                await trio.to_thread.run_sync(sweep_uploads, self.spool, self.results_dir, live)
                 task_status.started()
                 while True:
                     now = trio.current_time()
@@ -165,7 +169,23 @@ class CoordinatorIO:
             kind = self.registry.get(job.kind)
         except kinds_mod.UnknownKind:
             return float("inf")
-        return kind.cost_s(job.spec, job.input_size, device_of(dev))
+        try:
+            cost = kind.cost_s(job.spec, job.input_size, device_of(dev))
+        except (ArithmeticError, ValueError, TypeError):  # a peer's figures that no cost model can use
+            return float("inf")
+        return cost if cost == cost else float("inf")
+
+    def output_limit(self, job: Job) -> int:
+        """The most output bytes this coordinator takes for `job`: what its spec declares, within the quota."""
+        try:
+            declared = self.registry.get(job.kind).output_bytes(job.spec, job.input_size)
+        except (kinds_mod.UnknownKind, ValueError):
+            declared = None
+        return min(self.quotas.limits.max_output_bytes, declared if declared is not None else 2**62)
+
+    def drop_input(self, job_id: str) -> None:
+        """The spooled input of a job that was refused (or is over): deleted at once."""
+        (self.spool / spool_name(job_id)).unlink(missing_ok=True)
 
     # ---- for the client API -------------------------------------------------------------------------------
     async def receive_input(self, job: Job, chunks: AsyncIterable[Any]) -> None:
@@ -240,11 +260,18 @@ class CoordinatorIO:
     async def lease(self, worker: str, renew: LeaseRenew) -> None:
         await self._execute(self.core.on_lease(worker, renew, trio.current_time()))
 
-    async def result(self, worker: str, result: Result, output: bytes) -> None:
+    def expects_result(self, worker: str, result: Result) -> Job | None:
+        return self.core.expects_result(worker, result)
+
+    def upload_path(self, result: Result) -> Path:
+        return self.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
+
+    async def result(self, worker: str, result: Result, output: outputs.Pending | None) -> None:
         """A worker's result (its output checked against size and sha256 by whoever carried it): verified in a
         thread when it comes from another node (a proof check takes ~0.2 s: never on the event loop), then
         handed with the verdict to the core."""
         if output:
+            outputs.discard(self._received.pop((result.job_id, result.attempt), None))
             self._received[(result.job_id, result.attempt)] = output
         job = self.core.expects_result(worker, result)
         fn = self.verifiers.get(job.kind) if job is not None else None
@@ -290,7 +317,7 @@ class CoordinatorIO:
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                                 "attempt": a.attempt, "peer": a.peer_id})
+                                 "attempt": a.attempt, "peer": a.peer_id, "by": rec.job.submitted_by if rec else ""})
 
     async def _journal_commit(self, actions: list) -> None:
         """Group commit: callers queue their journal records and wait until a transaction holding them has
@@ -344,9 +371,9 @@ class CoordinatorIO:
             log.debug("cancel to %s: %s", a.peer_id, e)
 
     async def _deliver(self, a: Deliver) -> None:
-        output = self._received.pop((a.job_id, a.result.attempt), b"")
+        output = self._received.pop((a.job_id, a.result.attempt), None)
         if output:
-            await trio.to_thread.run_sync(_write_atomically, self.output_path(a.job_id), output)
+            await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
 
     def _on_finish(self, a: Finish) -> None:
         self._finishing.discard(a.job_id)
@@ -358,11 +385,11 @@ class CoordinatorIO:
         if ev is not None:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                         "reason": a.reason, "final": True})
-        (self.spool / spool_name(a.job_id)).unlink(missing_ok=True)
+                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+        self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
-            del self._received[k]
+            outputs.discard(self._received.pop(k))
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):
@@ -374,19 +401,13 @@ class CoordinatorIO:
                 self._watchers.discard(ch)
 
 
-def _verify(fn: Verifier, job: Job, result: Result, output: bytes, read_input) -> str | None:
+def _verify(fn: Verifier, job: Job, result: Result, output: outputs.Pending | None, read_input) -> str | None:
     try:
-        return fn(job, result, output, read_input)
+        return fn(job, result, outputs.read(output), read_input)
     except Exception as e:  # a verifier crash rejects the result rather than the node
         log.exception("verifier for %s failed", job.kind)
         return f"verification error: {e}"
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Whole or absent, never half written (a kill -9 mid-write leaves only the temporary file)."""
-    tmp = path.with_suffix(".part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = ["CoordinatorIO", "Verifier", "device_of", "spool_name"]

@@ -17,6 +17,7 @@ import trio
 from mesh import __version__, control, metrics, metrics_http
 from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
+from mesh.bigtcp.limits import give_back_memory
 from mesh.bigtcp.rpc import RpcServer
 from mesh.bigtcp.transport import Transport
 from mesh.gossip import GossipConfig, GossipService
@@ -25,12 +26,13 @@ from mesh.membership import Event
 from scheduler.core.coordinator_core import CoordinatorConfig
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import Quotas
-from scheduler.node import endpoints
+from scheduler.node import endpoints, tenancy
 from scheduler.node.admission import Admission, local_token
 from scheduler.node.client_api import ClientAPI, describe_peers
 from scheduler.node.config import NodeSettings, has_port, parse_hostport
 from scheduler.node.coordinator_io import CoordinatorIO, Verifier
 from scheduler.node.endpoints import BindError, Endpoints, binding
+from scheduler.node.files import make_private
 from scheduler.node.jobview import JobView
 from scheduler.node.links import LoopbackLink, PeerLinks
 from scheduler.node.peer_api import PeerAPI
@@ -46,6 +48,8 @@ from worker.render import kind as render_kind
 from worker.zk import kind as zk_kind
 
 log = logging.getLogger("gpumesh.node")
+
+MEMORY_TRIM_S = 15.0
 
 # every job kind a node offers, with the verifiers its coordinator runs on remote results
 KIND_FAMILIES: tuple[KindFamily, ...] = (kinds_basic.FAMILY, compute_kind.FAMILY, zk_kind.FAMILY, render_kind.FAMILY)
@@ -67,6 +71,7 @@ class Node:
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
+        make_private(self.settings.data_dir)
         self.identity, created = load_or_create(self.settings.data_dir)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_str, self.settings.data_dir)
@@ -100,10 +105,11 @@ class Node:
         self.tokens = TokenStore(s.data_dir)
         self.quotas = Quotas()
         self.admission = Admission(peer_id, self.psk, self.allow, self.tokens)
-        self.rpc = RpcServer()
+        self.rpc = RpcServer(limit_key=tenancy.call_limit_key, max_calls=s.max_client_calls)
         self.transport = Transport(self.identity, host=self.data_host_port[0], port=self.data_host_port[1],
                                    insecure=s.data_plane_insecure, handler=self.rpc.handle_stream,
-                                   hello_extra=self.admission.hello_extra, authorize=self.admission.authorize)
+                                   hello_extra=self.admission.hello_extra, authorize=self.admission.authorize,
+                                   stall_timeout=s.stall_timeout)
         self.links = PeerLinks(peer_id, self.transport, self.view)
         self.coordinator = CoordinatorIO(peer_id, self.view, self.links, registry=self.registry, verifiers=verifiers,
                                          quotas=self.quotas, data_dir=s.data_dir, config=CoordinatorConfig())
@@ -232,6 +238,12 @@ class Node:
         public = [ip for ip in ips if not ip.startswith("127.")]
         return (public or ips or ["127.0.0.1"])[0]
 
+    async def _give_back_memory(self) -> None:
+        """Every MEMORY_TRIM_S, hand freed heap back to the kernel (a burst does not stay with the node)."""
+        while True:
+            await trio.sleep(MEMORY_TRIM_S)
+            await trio.to_thread.run_sync(give_back_memory)
+
     # ---- run -------------------------------------------------------------------------------------------
     async def _run_data_plane(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Journal, local token, transport, then the coordinator (resuming its journal) and worker halves."""
@@ -294,6 +306,7 @@ class Node:
         await nursery.start(self.watcher.run)
         with binding("control socket", str(s.data_dir)):
             self.control_path = str(await nursery.start(control.serve, s.data_dir, self.control_methods()))
+        nursery.start_soon(self._give_back_memory)
         await trio.to_thread.run_sync(endpoints.write, s.data_dir, self.endpoints())
         log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
                  " ".join(self.gossip.addrs), self.data_addr, self.metrics_addr or "off")

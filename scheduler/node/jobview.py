@@ -25,6 +25,7 @@ import trio
 from mesh.bigtcp.rpc import Call, RpcError
 from mesh.bigtcp.tls import HandshakeError
 from scheduler.core.job import JobState
+from scheduler.node import tenancy
 from scheduler.node.links import LinkError
 
 if TYPE_CHECKING:
@@ -61,8 +62,7 @@ def frame_of(job_id: str) -> str | None:
 
 def principal_wire(p: Any) -> dict[str, Any]:
     """The caller's principal as it travels in a forwarded request (who it is and what it may do)."""
-    tok = getattr(p, "token", None)
-    return {"name": tok.name if tok else "", "scopes": list(tok.scopes) if tok else []}
+    return tenancy.of(p)
 
 
 def principal_from_wire(d: Any) -> dict[str, Any]:
@@ -150,24 +150,35 @@ class JobView:
     async def local_find(self, q: str, principal: dict[str, Any]) -> list[str]:
         """Full ids of this coordinator's jobs that are `q` or start with it (an exact match alone if any)."""
         core, journal = self.coordinator.core, self.coordinator._journal
-        if core.get(q) is not None:
-            return [q]
+        rec = core.get(q)
+        if rec is not None:
+            return [q] if tenancy.owns(principal, rec.job.submitted_by) else []
         entry = await trio.to_thread.run_sync(journal.get, q, trio.current_time())
         if entry is not None:
-            return [q]
+            return [q] if tenancy.owns(principal, entry.job.submitted_by) else []
         if len(q) < MIN_PREFIX:
             return []
-        found = {r.job_id for r in core.jobs() if r.job_id.startswith(q)}
-        found |= set(await trio.to_thread.run_sync(journal.ids_with_prefix, q, MAX_MATCHES + 1))
+        found = {r.job_id for r in core.jobs() if r.job_id.startswith(q) and tenancy.owns(principal, r.job.submitted_by)}
+        for jid in await trio.to_thread.run_sync(journal.ids_with_prefix, q, MAX_MATCHES + 1):
+            if jid not in found and await self._owns(jid, principal):
+                found.add(jid)
         return sorted(found)[: MAX_MATCHES + 1]
+
+    async def _owns(self, job_id: str, principal: dict[str, Any]) -> bool:
+        """Does the caller own `job_id` (a tenant sees only its own jobs; admin sees all)?"""
+        rec = self.coordinator.core.get(job_id)
+        if rec is not None:
+            return tenancy.owns(principal, rec.job.submitted_by)
+        entry = await self.coordinator.journal_entry(job_id)
+        return entry is not None and tenancy.owns(principal, entry.job.submitted_by)
 
     async def local_status(self, job_id: str, principal: dict[str, Any]) -> dict[str, Any]:
         walls = self._walls()
         rec = self.coordinator.core.get(job_id)
-        if rec is not None:
+        if rec is not None and tenancy.owns(principal, rec.job.submitted_by):
             return self._record_row(rec, walls)
-        entry = await self.coordinator.journal_entry(job_id)
-        if entry is None:
+        entry = None if rec is not None else await self.coordinator.journal_entry(job_id)
+        if entry is None or not tenancy.owns(principal, entry.job.submitted_by):
             raise RpcError("not_found", f"no job {job_id!r} in the mesh (or it finished too long ago)")
         return self._entry_row(entry, walls)
 
@@ -179,11 +190,12 @@ class JobView:
                                               since_mono)
         for entry in older:
             rows.setdefault(entry.job.job_id, self._entry_row(entry, walls))
-        keep = sorted((r for r in rows.values() if f.keep(r)), key=lambda r: r["submitted"] or 0.0, reverse=True)
+        keep = sorted((r for r in tenancy.visible(principal, rows.values()) if f.keep(r)),
+                      key=lambda r: r["submitted"] or 0.0, reverse=True)
         return keep[: f.limit]
 
     async def local_cancel(self, job_id: str, principal: dict[str, Any]) -> dict[str, Any]:
-        if await self.coordinator.cancel(job_id) is None:
+        if not await self._owns(job_id, principal) or await self.coordinator.cancel(job_id) is None:
             raise RpcError("not_found", f"job {job_id!r} is not active (finished already, or never was)")
         rec = self.coordinator.core.get(job_id)
         return self._record_row(rec, self._walls()) if rec is not None else await self.local_status(job_id, principal)
@@ -312,7 +324,8 @@ class JobView:
         """State changes of this coordinator's jobs, as they happen, to `send` (until cancelled)."""
         async with self.coordinator.watch() as updates:
             async for item in updates:
-                await send(item)
+                if tenancy.owns(principal, item.get("by", "")):
+                    await send({k: v for k, v in item.items() if k != "by"})
 
     async def _m_watch(self, call: Call) -> dict[str, Any]:
         """State changes of every job of the mesh: this node's, and each node's in view (relayed; a node that
@@ -369,5 +382,7 @@ class JobView:
             await self._local_events(call.send, principal)
             return {}
         if op == "result":
+            if not await self._owns(job_id, principal):
+                raise RpcError("not_found", f"no job {job_id!r} on this node")
             return await self.api.outcome(call, job_id, wait=bool(call.body.get("wait", True)))
         raise RpcError("invalid", f"unknown peer.jobs op {op!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol
 
 import trio
@@ -22,8 +23,10 @@ import trio
 from mesh.bigtcp.rpc import MeshClient, RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
-from scheduler.core.job import Accept, Cancel, LeaseRenew, Offer, Reject, Result, WireError
+from mesh.wire.advert import AddressError, split_hostport
+from scheduler.core.job import Accept, Cancel, Job, LeaseRenew, Offer, Reject, Result, WireError
 from scheduler.core.placement import TrackedView
+from scheduler.node.outputs import Pending
 
 log = logging.getLogger("gpumesh.scheduler")
 
@@ -53,7 +56,19 @@ class CoordinatorInbox(Protocol):
 
     async def lease(self, worker: str, renew: LeaseRenew) -> None: ...
 
-    async def result(self, worker: str, result: Result, output: bytes) -> None: ...
+    async def result(self, worker: str, result: Result, output: Pending | None) -> None: ...
+
+    def expects_result(self, worker: str, result: Result) -> Job | None:
+        """The job if `result` is the one its current attempt waits for (else it is late: read past it)."""
+        ...
+
+    def upload_path(self, result: Result) -> Path:
+        """Where a remote worker's output for `result` is streamed to (a partial file until settled)."""
+        ...
+
+    def output_limit(self, job: Job) -> int:
+        """The most output bytes `job` may produce."""
+        ...
 
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
@@ -188,9 +203,12 @@ class PeerLinks:
             return link
         if peer is None or not peer.advert.data_addr:
             raise LinkError("unavailable", f"peer {peer_id} is not in this node's view")
-        host, _, port = peer.advert.data_addr.rpartition(":")
-        if link is None or (link.client.host, link.client.port) != (host, int(port)):
-            link = self._remote[peer_id] = RemoteLink(MeshClient(self._transport, host, int(port), peer_id), peer_id)
+        try:
+            host, port = split_hostport(peer.advert.data_addr)  # checked when decoded; never trusted twice
+        except AddressError as e:
+            raise LinkError("unavailable", f"peer {peer_id}: bad data address: {e}") from None
+        if link is None or (link.client.host, link.client.port) != (host, port):
+            link = self._remote[peer_id] = RemoteLink(MeshClient(self._transport, host, port, peer_id), peer_id)
         return link
 
     def forget(self, peer_id: str) -> None:

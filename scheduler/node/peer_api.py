@@ -10,13 +10,13 @@ into typed messages for this node's inboxes. Only connections whose principal is
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
+from scheduler.node import outputs
 from scheduler.node.admission import Principal
 from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
 
@@ -61,16 +61,16 @@ class PeerAPI:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        chunks, n = [], 0
-        async for item in call:
-            if isinstance(item, bytes | bytearray):
-                n += len(item)
-                if n > max(result.output_size, 0):
-                    raise RpcError("bad_output", "output longer than the result declares")
-                chunks.append(bytes(item))
-        output = b"".join(chunks)
-        if len(output) != result.output_size or (output and hashlib.sha256(output).hexdigest() != result.output_sha256):
-            raise RpcError("bad_output", "output does not match the result's size and sha256")
+        job = self.coordinator.expects_result(peer, result)
+        if job is None:  # late or duplicate: its bytes are read past (never kept), the core drops it
+            async for _ in call:
+                pass
+            await self.coordinator.result(peer, result, None)
+            return {}
+        # streamed to disk (never gathered in memory), bounded by what the job may produce
+        path = self.coordinator.upload_path(result)
+        output = await outputs.receive(call, path, result.output_size, result.output_sha256,
+                                       self.coordinator.output_limit(job))
         await self.coordinator.result(peer, result, output)
         return {}
 

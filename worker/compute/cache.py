@@ -23,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from worker.compute import metrics
 from worker.compute.cltypes import FORBIDDEN_ARG_TYPES, OPAQUE_TYPES
 from worker.compute.errors import BuildError, SpecError, describe_cl_error
@@ -33,6 +35,7 @@ ARG_INFO_OPTION = "-cl-kernel-arg-info"
 DEFAULT_MAX_PROGRAMS = 16
 DEFAULT_MAX_FAILURES = 32
 DEFAULT_SOURCE_BYTES = 16 << 20
+SIZEOF_PROBE = "gpumesh_sizeof_probe"
 
 # pyopencl warns "Non-empty compiler output" on any build log; the log reaches the client in the result's
 # warnings instead. Only warnings attributed to this module are silenced.
@@ -119,6 +122,7 @@ class ProgramEntry:
     build_log: str
     build_s: float
     kernels: dict[str, KernelInfo] = field(default_factory=dict)
+    sizes: dict[tuple[str, ...], dict[str, int] | None] = field(default_factory=dict)  # type_sizes, memoised
 
 
 @dataclass
@@ -235,6 +239,35 @@ class ComputeProgramCache:
         metrics.BUILD_SECONDS.observe(build_s)
         names = str(prg.get_info(cl.program_info.KERNEL_NAMES))
         return ProgramEntry(key, prg, tuple(n for n in names.split(";") if n), clean_log(self._log(prg)), build_s)
+
+    def type_sizes(self, entry: ProgramEntry, source: str, types: tuple[str, ...]) -> dict[str, int] | None:
+        """`sizeof` of each type (struct and typedef names the kernels' parameters use) as this device's compiler
+        lays it out: a probe kernel appended to the source, built and run once per program and set of types.
+        None when the probe does not build or run (the checks that need it are then skipped). Blocking."""
+        with self._lock:
+            if types in entry.sizes:
+                return entry.sizes[types]
+        cl = self._cl
+        lines = "".join(f"    gpumesh_sizes_[{i}] = sizeof({t});\n" for i, t in enumerate(types))
+        probe = f"{source}\n__kernel void {SIZEOF_PROBE}(__global ulong *gpumesh_sizes_)\n{{\n{lines}}}\n"
+        sizes: dict[str, int] | None
+        try:
+            prg = cl._cl._Program(self.context, probe)
+            prg.build(" ".join(entry.key[1]).encode(), [self.device])
+            knl = cl.Kernel(prg, SIZEOF_PROBE)
+            queue = cl.CommandQueue(self.context, self.device)
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, 8 * len(types))
+            knl.set_arg(0, buf)
+            cl.enqueue_nd_range_kernel(queue, knl, (1,), None)
+            out = np.zeros(len(types), dtype=np.uint64)
+            cl.enqueue_copy(queue, out, buf)
+            queue.finish()
+            sizes = {t: int(v) for t, v in zip(types, out, strict=True)}
+        except cl.Error:
+            sizes = None
+        with self._lock:
+            entry.sizes[types] = sizes
+        return sizes
 
     def _log(self, prg: Any) -> str:
         try:

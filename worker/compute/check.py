@@ -18,6 +18,7 @@ host-read-only, `scratch` no host access. An `out` or `scratch` buffer that no l
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,57 @@ def _check_pointee(label: str, a: BufferArg, p: ParamInfo, pdesc: str, warnings:
     mine = a.type.base
     if a.type.kind == "struct" or (mine != t.base and not (t.base in ("uint8", "int8") and t.kind == "scalar")):
         warnings.append(f"{label}: {a.type.describe()} data bound to {pdesc}")
+
+
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?: [A-Za-z_][A-Za-z0-9_]*)?\Z")
+
+
+def sized_types(s: ComputeSpec, kernels: list[KernelInfo]) -> tuple[str, ...]:
+    """The struct and typedef names (not OpenCL builtins) that the launches' arguments are bound to: their
+    `sizeof` on the device is what `check_sizes` compares the arguments with."""
+    names: dict[str, None] = {}
+    for ln, info in zip(s.launches, kernels, strict=True):
+        for (_, a), p in zip(resolve_launch_args(s, ln), info.params, strict=False):
+            t = _named_type(a, p)
+            if t is not None:
+                names[t] = None
+    return tuple(names)
+
+
+def _named_type(a: Any, p: ParamInfo) -> str | None:
+    tname = (p.type_name or "").strip()
+    if isinstance(a, BufferArg) and p.address in ("global", "constant"):
+        base = tname.rstrip("*").strip()
+        if pointee(tname) is None and base not in ("", "void", "char", "uchar") and _TYPE_NAME.match(base):
+            return base
+    elif isinstance(a, ScalarArg) and p.address == "private":
+        if tname not in CL_SPELLINGS and _TYPE_NAME.match(tname):
+            return tname
+    return None
+
+
+def check_sizes(s: ComputeSpec, kernels: list[KernelInfo], sizes: dict[str, int]) -> None:
+    """Each argument bound to a struct or typedef parameter against that type's `sizeof` on the device: a
+    by-value struct of another size would be read past its end (runtimes do not all check), a buffer that is
+    not a whole number of elements would be indexed past its end."""
+    for ln, info in zip(s.launches, kernels, strict=True):
+        for j, ((label, a), p) in enumerate(zip(resolve_launch_args(s, ln), info.params, strict=False)):
+            t = _named_type(a, p)
+            size = sizes.get(t) if t is not None else None
+            if not size:
+                continue
+            pdesc = param_desc(info, j, p)
+            if isinstance(a, ScalarArg) and len(a.raw) != size:
+                raise SpecError(label, f"{len(a.raw)} bytes ({a.type.describe()}), but {pdesc} is {size} bytes "
+                                       f"(sizeof({t}) on this device): lay the numpy dtype out as the kernel's {t}")
+            if isinstance(a, BufferArg):
+                if a.type.kind == "struct" and a.itemsize != size:
+                    raise SpecError(label, f"elements of {a.itemsize} bytes, but {pdesc} points to {t} of {size} "
+                                           f"bytes (sizeof on this device): lay the numpy dtype out as the kernel's "
+                                           f"{t}")
+                if a.nbytes % size:
+                    raise SpecError(label, f"{a.nbytes} bytes is not a whole number of {t} ({size} bytes on this "
+                                           f"device) for {pdesc}")
 
 
 @dataclass(frozen=True)

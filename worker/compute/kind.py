@@ -90,6 +90,9 @@ class ComputeOpenCL(JobKind):
             raise SpecError("input", f"the streamed input must be {s.input_size} bytes (the blobs the args name by "
                                      f"sha256, concatenated), got {input_size}")
 
+    def output_bytes(self, spec: dict[str, Any], input_size: int) -> int | None:
+        return self.spec_of(spec).bytes_out
+
     def requirements(self, spec: dict[str, Any]) -> Requirements:
         r = self.spec_of(spec).requirements()
         return Requirements(device_kind=r.device_kind, min_memory_bytes=r.min_memory_bytes, fp64=r.fp64,

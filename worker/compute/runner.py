@@ -48,7 +48,7 @@ from worker.compute.cache import (
     ProgramEntry,
     SourceStore,
 )
-from worker.compute.check import BufferPlan, check_launch, plan_buffers
+from worker.compute.check import BufferPlan, check_launch, check_sizes, plan_buffers, sized_types
 from worker.compute.cltypes import parse_dtype
 from worker.compute.errors import (
     BuildError,
@@ -419,6 +419,14 @@ class ComputeRunner:
             info = self.programs.kernel(entry, ln.kernel, where)
             warnings += check_launch(s, li, info, self.limits, self._cl)
             kernels.append(info)
+        types = sized_types(s, kernels)
+        if types:  # struct / typedef parameters: their sizeof on this device, from a probe kernel (cached)
+            with trio.move_on_after(self.build_timeout_s):
+                sizes = await trio.to_thread.run_sync(
+                    lambda: self.programs.type_sizes(entry, source, types),
+                    abandon_on_cancel=True, limiter=build_limiter())  # type: ignore[call-arg]
+                if sizes:
+                    check_sizes(s, kernels, sizes)
         host_flags = _version_at_least(self.limits.opencl_version, (1, 2))
         plans, more = plan_buffers(s, kernels, self._cl, host_flags)
         return Prepared(s, entry, kernels, hit, build_s, warnings + more, plans)

@@ -59,29 +59,28 @@ class Backend:
         with self.timed("batch_inv"):
             return F.batch_inv_np(a)
 
-    def composition(self, air, public: dict[str, int], lde: np.ndarray, n: int, blowup: int,
+    def composition(self, air, public: dict[str, int], lde: np.ndarray, n: int, blowup: int, last: int,
                     alphas: list[F.Ext]) -> np.ndarray:
-        """The composition polynomial on the LDE domain, (2, n * blowup)."""
+        """The composition polynomial on the LDE domain, (2, n * blowup); transitions hold below row `last`."""
         with self.timed("constraints"):
-            return CP.composition_np(air, public, lde, n, blowup, alphas, self.batch_inv)
+            return CP.composition_np(air, public, lde, n, blowup, last, alphas, self.batch_inv, NT.lde)
 
     def hash_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Poseidon sponge digest of each row (the statements' hash; commitments use BLAKE2s)."""
         with self.timed("poseidon"):
             return PS.hash_rows_np(rows)
-
-    def merkle_levels(self, leaf_digests: np.ndarray) -> list[np.ndarray]:
-        with self.timed("poseidon"):
-            return MK.levels_np(leaf_digests)
 
     def permute(self, states: np.ndarray) -> np.ndarray:
         """Poseidon on (12, n) lane-major states."""
         with self.timed("poseidon"):
             return PS.permute_np(states)
 
-    def commit(self, cols: np.ndarray) -> MK.MerkleTree:
-        """Merkle tree over the rows of (c, n) columns, one leaf per arity-4 coset."""
-        rows = MK.leaf_rows(cols)
-        return MK.MerkleTree(levels=self.merkle_levels(self.hash_rows(rows)), leaves=rows)
+    def commit(self, cols: np.ndarray, salt: np.ndarray | None = None) -> MK.MerkleTree:
+        """Merkle tree over the rows of (c, n) columns, one leaf per arity-4 coset (salted: zero knowledge).
+        BLAKE2s on the host for every backend (merkle.py says why)."""
+        with self.timed("merkle"):
+            rows = MK.leaf_rows(cols, salt=salt)
+            return MK.MerkleTree(levels=MK.build_levels(MK.hash_leaves(rows)), leaves=rows)
 
     def fold4(self, values: np.ndarray, beta: F.Ext, shift: int) -> np.ndarray:
         with self.timed("fri_fold"):

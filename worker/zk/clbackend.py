@@ -12,6 +12,7 @@ from . import composition as CP
 from . import field as F
 from . import fri_math as FM
 from . import gpu
+from . import merkle as MK
 from . import ntt as NT
 from . import poseidon as PS
 from .backend import Backend
@@ -108,16 +109,19 @@ class OpenCLBackend(Backend):
 
     def lde(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
         with self.timed("lde"):
-            coeffs = gpu.u64(coeffs)
-            n = coeffs.shape[-1]
-            cols = coeffs.size // n
-            m = n * blowup
-            NT._check_size(m)
-            src, a, b = self._to_dev(coeffs, "src"), self._empty(cols * m, "in"), self._empty(cols * m, "tmp")
-            gpu.launch(self._k("scale_pad"), self.queue, m, src, self._ntt.coset_table(n, shift), a,
-                       np.uint32(n), np.uint32(m), cols=cols)
-            res = self._ntt.transform(a, b, m, cols, False)
-            return self._to_host(res, (*coeffs.shape[:-1], m))
+            return self._lde_raw(coeffs, blowup, shift)
+
+    def _lde_raw(self, coeffs: np.ndarray, blowup: int, shift: int) -> np.ndarray:
+        coeffs = gpu.u64(coeffs)
+        n = coeffs.shape[-1]
+        cols = coeffs.size // n
+        m = n * blowup
+        NT._check_size(m)
+        src, a, b = self._to_dev(coeffs, "src"), self._empty(cols * m, "in"), self._empty(cols * m, "tmp")
+        gpu.launch(self._k("scale_pad"), self.queue, m, src, self._ntt.coset_table(n, shift), a,
+                   np.uint32(n), np.uint32(m), cols=cols)
+        res = self._ntt.transform(a, b, m, cols, False)
+        return self._to_host(res, (*coeffs.shape[:-1], m))
 
     def batch_inv(self, a: np.ndarray) -> np.ndarray:
         with self.timed("batch_inv"):
@@ -143,24 +147,29 @@ class OpenCLBackend(Backend):
 
         return gpu.table(self.ctx, ("powers", start, base, n), make)
 
-    def composition(self, air, public, lde, n, blowup, alphas) -> np.ndarray:
+    def composition(self, air, public, lde, n, blowup, last, alphas) -> np.ndarray:
         with self.timed("constraints"):
             m = n * blowup
             lde = gpu.u64(lde)
             prog = gpu.build(self.ctx, gpu.source("goldilocks.cl") + CP.kernel_source(air))
             g = F.root_of_unity(n)
             xs = self._powers_dev(CP.SHIFT, F.root_of_unity(m), m)
-            rows = self._to_dev(np.array([pow(g, r % n, F.P) for r in CP.symbolic_rows(air)], dtype=np.uint64))
+            group_rows = CP.group_rows(air, public, last, n)
+            rows = self._to_dev(np.array([pow(g, r, F.P) for r in group_rows], dtype=np.uint64))
             prod = self._empty(m, "tmp")
             gpu.launch(prog.kernel(f"boundary_prod_{air.name}"), self.queue, m, xs, rows, np.uint32(m), prod)
             inv_prod = self._batch_inv_dev(prod, m)
-            pub = np.array([public[k] for k in air.public_names], dtype=np.uint64)
+            pub = np.array([public[k] for k in air.public_names] or [0], dtype=np.uint64)
             alpha = np.array([v for a in alphas for v in a], dtype=np.uint64)
-            xn_inv = np.array(CP.xn_minus_one_inverses(n, blowup), dtype=np.uint64)
+            bval = np.array(air.boundary_values(public), dtype=np.uint64)
+            per = CP.periodic_tables(air, n, blowup)
+            zt_host = CP.zt_inverse(n, blowup, last, self._lde_raw)
+            zt_inv = self._to_dev(zt_host)
             out = self._empty(2 * m, "out")
             gpu.launch(prog.kernel(f"composition_{air.name}"), self.queue, m, self._to_dev(lde, "in"), np.uint32(m),
-                       np.uint32(blowup), self._to_dev(pub), self._to_dev(alpha), xs, self._to_dev(xn_inv),
-                       np.uint64(pow(g, n - 1, F.P)), rows, inv_prod, out)
+                       np.uint32(blowup), self._to_dev(pub), self._to_dev(alpha), xs, zt_inv,
+                       self._to_dev(per if per.size else np.zeros(1, np.uint64)), np.uint32(per.shape[1]), rows,
+                       self._to_dev(bval), inv_prod, out)
             return self._to_host(out, (2, m))
 
     # ------------------------------------------------------------ Poseidon
@@ -180,21 +189,24 @@ class OpenCLBackend(Backend):
             gpu.launch(self._k("hash_rows"), self.queue, -(-n // 4), src, np.uint32(length), np.uint32(n), out)
             return self._to_host(out, (n, PS.DIGEST))
 
-    def merkle_levels(self, leaf_digests: np.ndarray) -> list[np.ndarray]:
-        with self.timed("poseidon"):
-            cur_host = gpu.u64(leaf_digests)
-            levels = [cur_host]
-            cur = self._to_dev(cur_host, "in")
-            n = cur_host.shape[0]
-            dev_levels: list[tuple[Any, int]] = []
+    # ------------------------------------------------------------ Merkle commitments (BLAKE2s)
+    def commit(self, cols: np.ndarray, salt: np.ndarray | None = None) -> MK.MerkleTree:
+        with self.timed("merkle"):
+            rows = MK.leaf_rows(cols, salt=salt)
+            n, length = rows.shape
+            leaf, node = MK.PERSON_WORDS["leaf"], MK.PERSON_WORDS["node"]
+            cur = self._empty(n * 4, "merkle0")  # n x 8 uint = n x 4 ulong
+            gpu.launch(self._k("b2s_leaves"), self.queue, n, self._to_dev(rows, "in"), np.uint32(length),
+                       np.uint32(n), np.uint32(leaf[0]), np.uint32(leaf[1]), cur)
+            bufs = [(cur, n)]
             while n > 1:
-                nxt = self._empty((n // 2) * PS.DIGEST, f"level{len(dev_levels)}")
-                gpu.launch(self._k("merkle_level"), self.queue, -(-(n // 2) // 4), cur, np.uint32(n // 2), nxt)
-                dev_levels.append((nxt, n // 2))
+                nxt = self._empty((n // 2) * 4, f"merkle{len(bufs)}")
+                gpu.launch(self._k("b2s_level"), self.queue, n // 2, cur, np.uint32(n // 2), np.uint32(node[0]),
+                           np.uint32(node[1]), nxt)
                 cur, n = nxt, n // 2
-            for buf, count in dev_levels:
-                levels.append(self._to_host(buf, (count, PS.DIGEST)))
-            return levels
+                bufs.append((cur, n))
+            levels = [self._to_host(buf, (count, 4)).tobytes() for buf, count in bufs]
+            return MK.MerkleTree(levels=levels, leaves=rows)
 
     # ------------------------------------------------------------ FRI and DEEP
     def fold4(self, values: np.ndarray, beta: F.Ext, shift: int) -> np.ndarray:

@@ -158,10 +158,32 @@ def build(ctx, source: str, options: tuple[str, ...] = ()) -> Program:
     return prog
 
 
-def zk_program(ctx) -> Program:
-    """All zk kernels in one program: field, NTT, Poseidon, FRI."""
+B2S_SIGMA = (
+    (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), (14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3),
+    (11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4), (7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8),
+    (9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13), (2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9),
+    (12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11), (13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10),
+    (6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5), (10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0),
+)  # RFC 7693
 
-    parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), ntt_cl.kernel_source()]
+
+def blake2s_source() -> str:
+    """blake2s.cl with its ten rounds written out, so every message index is a literal (PoCL keeps the
+    message words in registers instead of indexing an array through a table)."""
+    cols = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
+            (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
+    calls = []
+    for s in B2S_SIGMA:
+        for k, (a, b, c, d) in enumerate(cols):
+            calls.append(f"B2S_G({a}, {b}, {c}, {d}, m[{s[2 * k]}], m[{s[2 * k + 1]}])")
+    return source("blake2s.cl").replace("B2S_ROUNDS", " ".join(calls))
+
+
+def zk_program(ctx) -> Program:
+    """All zk kernels in one program: field, NTT, Poseidon, BLAKE2s, FRI."""
+
+    parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), blake2s_source(),
+             ntt_cl.kernel_source()]
     if (HERE / "fri.cl").exists():
         parts.append(source("fri.cl"))
     return build(ctx, "\n".join(parts))

@@ -16,7 +16,8 @@ from worker import faults
 from worker import opencl as ocl
 from worker.devices import Device
 from worker.kinds import JobKind, KindFamily, KindRegistry, Requirements, Result, RunContext, SpecError
-from worker.zk import prove_spec, validate_spec, verify
+from worker.zk import MIN_SECURITY_BITS, prove_spec, statement, validate_spec, verify
+from worker.zk.spec import validate_expect
 
 PROOFS = Counter("gpumesh_zk_proofs_total", "Proofs generated (by this node) or checked", ["event"])
 # event: generated | verified | rejected
@@ -38,7 +39,8 @@ def _spec(spec: dict[str, Any]) -> dict[str, Any]:
 def _mulmods(s: dict[str, Any]) -> float:
     """Rough size of a proof in Goldilocks mul-mods: LDE NTTs, Merkle hashing and FRI over steps*blowup rows."""
     m = s["steps"] * s["blowup"]
-    return m * (12 * math.log2(m) + 900) + s["queries"] * 5000
+    width = 40 if s["air"] == "membership" else 1  # trace columns and constraint work relative to cubic
+    return m * width * (12 * math.log2(m) + 900) + s["queries"] * 5000 + 2 ** s["grinding"] * 300
 
 
 class ZkProve(JobKind):
@@ -84,7 +86,14 @@ class ZkVerify(JobKind):
         if unknown:
             raise SpecError(sorted(unknown)[0], f"unknown zk.verify field(s) {sorted(unknown)}")
         if "expect" in spec:
-            _spec(spec["expect"])
+            try:
+                validate_expect(spec["expect"])
+            except ValueError as e:
+                raise SpecError("expect", str(e)) from None
+        floor = spec.get("min_security_bits", MIN_SECURITY_BITS)
+        if type(floor) is not int or not 0 <= floor <= 128:
+            raise SpecError("min_security_bits", "min_security_bits must be an integer in [0, 128] (proofs below "
+                            f"the {MIN_SECURITY_BITS}-bit floor are refused whatever it says)")
         if not 0 < input_size <= MAX_PROOF_BYTES:
             raise SpecError("input", f"zk.verify needs the proof as input (1..{MAX_PROOF_BYTES} bytes)")
 
@@ -96,12 +105,13 @@ class ZkVerify(JobKind):
         return self.reference(ctx.spec, proof)
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
-        expect = _spec(spec["expect"]) if "expect" in spec else None
+        expect = validate_expect(spec["expect"]) if "expect" in spec else None
         with VERIFY_SECONDS.time():
-            v = verify(input_bytes, expect, int(spec.get("min_security_bits", 0)))
+            v = verify(input_bytes, expect, spec.get("min_security_bits", MIN_SECURITY_BITS))
         PROOFS.labels("verified" if v.ok else "rejected").inc()
-        return Result({"ok": v.ok, "reason": v.reason, "security_bits": v.security_bits, "air": v.air,
-                       "steps": v.steps, "public": v.public})
+        return Result({"ok": v.ok, "reason": v.reason, "security_bits": v.security_bits,
+                       "provable_bits": v.provable_bits, "air": v.air, "steps": v.steps, "public": v.public,
+                       "statement": v.statement, "params": v.params})
 
 
 def _corrupt(proof: bytes) -> bytes:
@@ -113,7 +123,7 @@ def _corrupt(proof: bytes) -> bytes:
 def check_remote_proof(job, result, output: bytes, read_input=None) -> str | None:
     """Coordinator-side: None if `output` is a valid proof of exactly the statement the job asked for."""
     with VERIFY_SECONDS.time():
-        v = verify(output, _spec(job.spec))
+        v = verify(output, statement(_spec(job.spec)))
     if v.ok:
         PROOFS.labels("verified").inc()
         return None

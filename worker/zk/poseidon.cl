@@ -77,14 +77,3 @@ __kernel void hash_rows(__global const ulong *rows, const uint len, const uint n
     } while (start < len);
     for (uint i = 0; i < 4; i++) scatter4(out, g, 4, i, n, s[i]);
 }
-
-// One Merkle level: children 2n x 4 -> parents n x 4, parent i = compress(child 2i, child 2i + 1).
-__kernel void merkle_level(__global const ulong *children, const uint n, __global ulong *parents) {
-    size_t g = 4 * get_global_id(0);
-    if (g >= n) return;
-    ulong4 s[12];
-    for (uint i = 0; i < 8; i++) s[i] = gather4(children, g, 8, i, n);
-    for (int i = 8; i < 12; i++) s[i] = (ulong4)0UL;
-    poseidon_permute(s);
-    for (uint i = 0; i < 4; i++) scatter4(parents, g, 4, i, n, s[i]);
-}

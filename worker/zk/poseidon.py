@@ -229,3 +229,38 @@ def compress_np(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     state[:DIGEST] = left.T
     state[DIGEST : 2 * DIGEST] = right.T
     return np.ascontiguousarray(permute_np(state)[:DIGEST].T)
+
+
+@lru_cache(maxsize=1)
+def mds_rows() -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(r) for r in params().mds_matrix())
+
+
+def mds_np(state: np.ndarray) -> np.ndarray:
+    """The MDS layer alone on (12, n) lane-major states."""
+    return _np_mds(np.asarray(state, dtype=np.uint64), _np_tables()[1])
+
+
+def round_states(state: list[int] | tuple[int, ...]) -> list[list[int]]:
+    """The state before each round and after the last: rounds + 1 states, the last being permute(state).
+    (The membership AIR's trace holds one per row.)"""
+    prm = params()
+    p = F.P
+    rcs, _ = _py_tables()
+    circ, diag = prm.mds_circ, prm.mds_diag
+    half = prm.full_rounds_half
+    mul = operator.mul
+    s = [int(x) % p for x in state]
+    out = [list(s)]
+    for r, rc in enumerate(rcs):
+        s = [x + c for x, c in zip(s, rc, strict=True)]
+        if r < half or r >= half + prm.partial_rounds:
+            s = [x * x2 % p * (x2 * x2 % p) % p for x, x2 in ((x, x * x % p) for x in s)]
+        else:
+            x = s[0] % p
+            x2 = x * x % p
+            s[0] = x * x2 % p * (x2 * x2 % p) % p
+        s2 = s + s
+        s = [(sum(map(mul, circ, s2[i : i + WIDTH])) + diag[i] * s[i]) % p for i in range(WIDTH)]
+        out.append(list(s))
+    return out

@@ -139,10 +139,7 @@ const b64 = (bytes) => { let s = ""; for (let i = 0; i < bytes.length; i += 0x80
 let ws = null;
 
 function answered(seq) {
-  // every pose sent before an answered one and not answered itself was replaced by a newer pose
-  for (const s of [...state.pending.keys()]) {
-    if (s < seq) { state.pending.delete(s); state.skipped += 1; }
-  }
+  // the server answers every pose once: a frame, or dropped / skipped / stale
   const p = state.pending.get(seq);
   state.pending.delete(seq);
   state.lastAnswered = Math.max(state.lastAnswered, seq);
@@ -158,7 +155,6 @@ function onFrame(buf) {
   show(header.width, header.height, rgba);
   const now = performance.now();
   state.shown += 1;
-  state.stale = header.stale;
   state.shownTimes.push(now);
   while (state.shownTimes.length && now - state.shownTimes[0] > 1000) state.shownTimes.shift();
   const latency = sent ? now - sent.t : null;
@@ -189,6 +185,12 @@ function connect() {
     } else if (msg.type === "dropped") {
       answered(msg.seq);
       state.dropped += 1;
+    } else if (msg.type === "skipped") {
+      answered(msg.seq);
+      state.skipped += 1;
+    } else if (msg.type === "stale") {
+      answered(msg.seq);
+      state.stale += 1;
     } else if (msg.type === "error") {
       state.errors.push(msg.message);
     }
@@ -287,7 +289,8 @@ async function setupXR() {
 gl = initGL(true);
 state.renderer = gl ? "webgl" : "2d";
 window.viewer = { state, stats: () => ({ shown: state.shown, dropped: state.dropped, skipped: state.skipped,
-                                          stale: state.stale, errors: state.errors.length, renderer: state.renderer,
+                                          stale: state.stale, sent: state.seq, pending: state.pending.size,
+                                          errors: state.errors.length, renderer: state.renderer,
                                           connected: state.connected, hello: state.hello }),
                   log: () => state.log, kept: () => state.kept };
 connect();
