@@ -11,7 +11,7 @@ B ?=
 # with a message naming the package when it is missing.
 APT_PACKAGES := libgmp-dev prometheus docker-compose iproute2 chromium
 
-.PHONY: all demo demo-busy test stress-test bench lint sim chaos docs dashboards system-deps clean
+.PHONY: all demo demo-busy test stress-test bench lint sim chaos docs dashboards system-deps clean fuzz
 
 all: test
 
@@ -53,6 +53,11 @@ bench: $(STAMP)
 
 sim: $(STAMP)
 	$(PY) -m scheduler.devtools.sim
+
+# random and mutated adverts, HELLOs and RPCs at a live 3-node mesh; every node must stay up and answer
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m scheduler.devtools.fuzz --seconds $(FUZZ_SECONDS) $(FUZZ_ARGS)
 
 chaos: $(STAMP)
 	$(PY) -m scheduler.devtools.chaos $(CHAOS_ARGS)

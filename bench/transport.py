@@ -11,7 +11,8 @@ RUNS runs, timed from the first byte sent until the receiver acknowledged the la
   *_cpu_us_per_MiB / *_cpu_bound_MBps   CPU time per MiB on each side and the rate one stream would
                 reach with a core per side: steadier than wall-clock rates when the 2 cores are shared
 Round trips (TLS, 5000 sequential, after a warm-up):
-  rtt_p50_us / rtt_p99_us   a full RPC: MeshClient.call with a ~64-byte msgpack body (new stream each)
+  rtt_p50_us / rtt_p99_us   a full RPC: MeshClient.call with a ~64-byte msgpack body (new stream each);
+                            also as rpc_rtt_p50_us (issue 18's name; target < 150 us on a quiet machine)
   msg_rtt_p50_us            a 64-byte message echoed on an already open stream
   raw_rtt_p50_us            a 64-byte ping-pong on a raw trio socket (the floor on this machine)
   requests_per_s            RPCs per second with 32 concurrent callers on one connection
@@ -329,6 +330,7 @@ async def _client_main(ports: dict) -> dict:
         client = MeshClient(tls, "127.0.0.1", ports["tls"], ports["tls_id"])
         rpc_rtt = await _rpc_rtt(client)
         res["rtt_p50_us"] = round(_pct(rpc_rtt, 0.5) * 1e6, 1)
+        res["rpc_rtt_p50_us"] = res["rtt_p50_us"]  # the name issue 18 uses (target < 150 us)
         res["rtt_p99_us"] = round(_pct(rpc_rtt, 0.99) * 1e6, 1)
         res["msg_rtt_p50_us"] = round(_pct(msg_rtt, 0.5) * 1e6, 1)
         res["msg_rtt_p99_us"] = round(_pct(msg_rtt, 0.99) * 1e6, 1)

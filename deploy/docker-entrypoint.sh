@@ -1,6 +1,6 @@
 #!/bin/sh
 # Entrypoint of the gpumesh image. `docker-entrypoint.sh run [FLAGS]` starts a node; anything else is passed
-# to mesh-node (`docker compose run --rm client peers --json`, `... id`, ...).
+# to mesh-node (`docker-compose run --rm client peers --json`, `... id`, ...).
 #
 # MESH_ROLE chooses how `run` joins the mesh:
 #   bootstrap  create this node's identity once (kept in its data volume), publish its peer id in

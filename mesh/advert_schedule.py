@@ -38,10 +38,10 @@ class Publish(Enum):
 class ScheduleConfig:
     debounce_s: float = 0.1
     min_refresh_s: float = 2.0
-    max_refresh_s: float = 30.0
-    refresh_budget: float = 2.0  # refresh adverts per second a node receives from its whole view
-    change_budget: float = 4.0  # change adverts per second a node receives from its whole view, sustained
-    change_burst: float = 3.0  # changes a quiet node may publish back to back
+    max_refresh_s: float = 60.0
+    refresh_budget: float = 1.0  # refresh adverts per second a node receives from its whole view
+    change_budget: float = 2.0  # change adverts per second a node receives from its whole view, sustained
+    change_burst: float = 8.0  # changes a quiet node may publish back to back (a node with 60 peers earns one per 30 s)
     jitter: float = 0.1  # refreshes are spread over +-10 % of the interval so that nodes do not synchronise
 
     def __post_init__(self) -> None:

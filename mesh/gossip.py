@@ -41,10 +41,11 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import get_available_interfaces
 
 from mesh import advert as advert_codec
-from mesh import advert_delta, metrics
+from mesh import advert_delta, handshake_log, metrics
 from mesh.advert import Advert, AdvertError
 from mesh.advert_delta import AdvertDelta
 from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
+from mesh.handshake_log import describe_dial_failure
 from mesh.identity import Identity
 from mesh.membership import Event, Joined, Left, MembershipView, Updated
 
@@ -53,15 +54,28 @@ log = logging.getLogger("gpumesh.gossip")
 TOPIC = "/gpumesh/capacity/1"
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 TARGET_CONNECTIONS = 8
+# a connection without a pubsub stream after this long is dropped and dialled again: py-libp2p gives up opening
+# the stream on a negotiation error other than a closed stream (seen under load: 5 of 20 nodes left deaf and mute)
+STREAMLESS_S = 10.0
 
-# gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md
-MESH_DEGREE = (4, 3, 6)  # D, D_low, D_high: each advert reaches a node about D times; 4 is enough for 40 nodes
-HEARTBEAT_S = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
-SEEN_TTL_S = 60  # longer than any advert takes to spread; duplicates after it would be stale adverts anyway
 
-# py-libp2p's yamux sends a window update after every read by default (one extra encrypted frame back for every
-# gossip message received); without it, credit is returned once half the window is used, as go-yamux does.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
+@dataclass(frozen=True)
+class GossipTuning:
+    """gossipsub settings, each measured for our traffic (a few small adverts per second): docs/gossip.md and
+    `make bench B=gossip_settings`. The defaults are the chosen ones; the benchmark flips them one at a time."""
+
+    degree: tuple[int, int, int] = (4, 3, 6)  # D, D_low, D_high: a node receives each advert about D times
+    heartbeat_s: int = 2  # mesh upkeep and IHAVE gossip; an idle mesh pays for every heartbeat
+    seen_ttl_s: int = 60  # longer than any advert takes to spread; a copy after it is a stale advert anyway
+    signed: bool = False  # gossipsub's own message signature, on top of the advert's
+    # py-libp2p's yamux returns credit with a window update after every read (one more encrypted frame back for
+    # each message received); batched, credit goes back once half the window is used, as go-yamux does
+    batched_credit: bool = True
+
+
+def _yamux_credit(batched: bool) -> None:
+    os.environ["PY_YAMUX_RELEASE_ON_READ"] = "0" if batched else "1"  # read by py-libp2p at each window update
 
 
 def message_id(msg) -> bytes:
@@ -105,11 +119,15 @@ class GossipConfig:
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     interval_s: float = 2.0  # the shortest refresh interval (small meshes); it grows with the view
-    max_interval_s: float = 30.0  # the longest (a view bigger than refresh_budget * this belongs in shards)
+    # the longest (a view bigger than refresh_budget * this belongs in shards); None: always interval_s, for a
+    # view whose TTL is fixed rather than following the interval each peer announces
+    max_interval_s: float | None = None
     psk: str | None = None  # private-network key (hex), see --mesh-key-file
+    tuning: GossipTuning = field(default_factory=GossipTuning)
 
     def schedule(self) -> ScheduleConfig:
-        return ScheduleConfig(min_refresh_s=self.interval_s, max_refresh_s=max(self.interval_s, self.max_interval_s))
+        return ScheduleConfig(min_refresh_s=self.interval_s,
+                              max_refresh_s=max(self.interval_s, self.max_interval_s or self.interval_s))
 
 
 class CountingPubsub(Pubsub):
@@ -168,11 +186,14 @@ class GossipService:
         self._last_full: Advert | None = None  # the base of our deltas
         self._last_key: tuple | None = None  # capacity key of the last advert sent (full or delta)
         self.sent = {"full": 0, "delta": 0}
+        self._streamless: dict[Any, float] = {}  # connected peer -> since when it has no pubsub stream
+        self.redialled = 0
         self.received = 0  # adverts and deltas accepted
         self.host: Any = None  # the libp2p host (IHost) once run() has started
         self.pubsub: Any = None  # its Pubsub
         self.addrs: list[str] = []
         self.ready = trio.Event()
+        self._dial_warned: dict[str, tuple[float, str]] = {}
 
     def changed(self) -> None:
         """Capacity changed: publish soon (debounced, within the change budget) instead of at the next refresh."""
@@ -184,9 +205,16 @@ class GossipService:
         return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
                 "messages_received": self.pubsub.received if self.pubsub is not None else 0,
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
-                "deltas_without_base": self.view.no_base}
+                "deltas_without_base": self.view.no_base, "redialled": self.redialled}
+
+    def add_bootstrap(self, addrs: list[str]) -> None:
+        """More peers to join through (e.g. learned with --join); dialled by the connect loop."""
+        for a in addrs:
+            if a not in self.config.bootstrap:
+                self.config.bootstrap.append(a)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        handshake_log.install(private=self.config.psk is not None)
         kp = self.identity.key_pair
         noise = NoiseTransport(libp2p_keypair=kp, noise_privkey=create_x25519_key_pair().private_key)
         listen = [multiaddr.Multiaddr(a) for a in self.config.listen]
@@ -198,13 +226,15 @@ class GossipService:
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
-        d, d_lo, d_hi = MESH_DEGREE
+        tune = self.config.tuning
+        _yamux_credit(tune.batched_credit)
+        d, d_lo, d_hi = tune.degree
         router = GossipSub(
             protocols=[TProtocol(p) for p in GOSSIPSUB_PROTOCOLS],
             degree=d,
             degree_low=d_lo,
             degree_high=d_hi,
-            heartbeat_interval=HEARTBEAT_S,
+            heartbeat_interval=tune.heartbeat_s,
             heartbeat_initial_delay=0.1,
             # Adverts are few and periodic; the default 10/s/peer limit would drop relayed adverts in a big mesh.
             max_messages_per_topic_per_second=1000.0,
@@ -213,8 +243,8 @@ class GossipService:
             # Its "network health" raises the degree and gossip factor when few messages flow, i.e. when idle.
             adaptive_gossip_enabled=False,
         )
-        pubsub = CountingPubsub(host, router, strict_signing=False, msg_id_constructor=message_id,
-                                seen_ttl=SEEN_TTL_S)
+        pubsub = CountingPubsub(host, router, strict_signing=tune.signed, msg_id_constructor=message_id,
+                                seen_ttl=tune.seen_ttl_s)
         self.host, self.pubsub = host, pubsub
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run(listen_addrs=listen))
@@ -344,6 +374,34 @@ class GossipService:
             log.info("peer %s %s", ev.peer_id, name if isinstance(ev, Joined) else f"left ({ev.reason})")
         self._on_event(ev)
 
+    async def _drop_streamless(self, connected: set) -> None:
+        now = trio.current_time()
+        self._streamless = {pid: self._streamless.get(pid, now) for pid in connected if pid not in self.pubsub.peers}
+        for pid, since in list(self._streamless.items()):
+            if now - since >= STREAMLESS_S:
+                log.info("peer %s: connected %.0f s without a pubsub stream; dropping the connection to redial",
+                         pid, now - since)
+                self.redialled += 1
+                del self._streamless[pid]
+                with trio.move_on_after(5):
+                    try:
+                        await self.host.disconnect(pid)
+                    except Exception as e:
+                        log.debug("disconnect %s: %s", pid, e)
+
+    def _dial_failed(self, info: PeerInfo, error: Exception, *, bootstrap: bool) -> None:
+        """A failed dial: at warning for a bootstrap peer (once a minute, or when the reason changes: this node
+        cannot join without it), at debug for the others."""
+        why = describe_dial_failure(error, self.config.psk is not None)
+        key = str(info.peer_id)
+        last = self._dial_warned.get(key)
+        now = time.monotonic()
+        if bootstrap and (last is None or last[1] != why[:80] or now - last[0] >= 60.0):
+            self._dial_warned[key] = (now, why[:80])
+            log.warning("cannot join through bootstrap peer %s: %s", key, why)
+        else:
+            log.debug("dial %s failed: %s", key, why)
+
     async def _connect_loop(self) -> None:
         """Keep dialling bootstrap peers until connected, and peers learned from adverts up to a target."""
         backoff = 0.2
@@ -352,6 +410,7 @@ class GossipService:
             boot = [b for b in resolved if b is not None]
             connected = set(self.host.get_network().connections.keys())
             metrics.LIBP2P_CONNECTED.set(len(connected))
+            await self._drop_streamless(connected)
             targets = [b for b in boot if b.peer_id not in connected and b.peer_id != self.host.get_id()]
             if len(connected) < TARGET_CONNECTIONS:
                 for p in self.view.peers(include_self=False):
@@ -363,6 +422,7 @@ class GossipService:
                             continue
             failed = False
             net = self.host.get_network()
+            boot_ids = {b.peer_id for b in boot}
             for info in targets:
                 if hasattr(net, "unblock_peer"):
                     # py-libp2p blocks a peer for 60 s after a failed dial; our own backoff decides retries,
@@ -371,8 +431,9 @@ class GossipService:
                 try:
                     with trio.fail_after(5):
                         await self.host.connect(info)
+                    self._dial_warned.pop(str(info.peer_id), None)
                 except Exception as e:
                     failed = True
-                    log.debug("dial %s failed: %s", info.peer_id, e)
+                    self._dial_failed(info, e, bootstrap=info.peer_id in boot_ids)
             backoff = min(backoff * 2, self.config.interval_s * 2) if failed else 0.2
             await trio.sleep(backoff if failed else self.config.interval_s)

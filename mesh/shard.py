@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mesh.membership import MembershipView
 
-SHARD_TARGET = 100  # nodes per shard: the refresh budget and the max refresh interval hold up to ~120
+SHARD_TARGET = 60  # nodes per shard: the refresh budget (1/s) holds up to max_refresh_s (60 s) x 1/s = 60
 RELAYS = 2  # per shard on the summary topic: one publishes, the other takes over when it goes
 TOPIC_PREFIX = "/gpumesh/capacity/1"
 

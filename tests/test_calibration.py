@@ -91,7 +91,7 @@ def test_chain_reference_equals_iteration():
 
 def test_measure_gives_positive_checked_figures(dctx):
     cal = C.measure(dctx)
-    assert cal.mulmod_mops > 0 and cal.fma_gflops > 0
+    assert cal.mulmod_mops > 0 and cal.f32_gflops > 0
     assert cal.checked > 100
 
 
@@ -142,7 +142,7 @@ async def test_calibrate_real_device_then_cache(tmp_path):
     out = await C.calibrate([dev, Device.cpu_reference()], tmp_path)
     assert out.measured == (dev.id,) and out.failed == {}
     d, ref = out.devices
-    assert d.calibrated and d.mulmod_mops > 0 and d.fma_gflops > 0
+    assert d.calibrated and d.mulmod_mops > 0 and d.f32_gflops > 0
     assert not ref.calibrated and not ref.opencl  # passed through
     body = json.loads((tmp_path / C.CACHE_FILE).read_text())
     assert body["version"] == C.CALIBRATION_VERSION
@@ -176,7 +176,7 @@ async def test_recalibrate_option_and_corrupt_cache(tmp_path):
     assert C.load_cache(tmp_path) == {}
     out = await C.calibrate(devs[:1], tmp_path, open_fn=opened, measure_fn=fake_measure)
     assert out.measured == ("0:0",) and len(calls) == 4
-    (tmp_path / C.CACHE_FILE).write_text(json.dumps({"version": 1, "devices": {"fp0": {"mulmod_mops": -1, "fma_gflops": 1}}}))
+    (tmp_path / C.CACHE_FILE).write_text(json.dumps({"version": 1, "devices": {"fp0": {"mulmod_mops": -1, "f32_gflops": 1}}}))
     assert C.load_cache(tmp_path) == {}  # non-positive figures are not trusted
 
 

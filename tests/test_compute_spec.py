@@ -340,7 +340,7 @@ def test_kind_requirements_and_cost_from_calibration():
     k.validate(small, 0)
     with pytest.raises(SpecError, match="streamed input must be 0 bytes"):
         k.validate(small, 10)
-    slow, fast = replace(dev, fma_gflops=1.0), replace(dev, fma_gflops=1000.0)
+    slow, fast = replace(dev, f32_gflops=1.0), replace(dev, f32_gflops=1000.0)
     assert k.cost_s(big, 0, slow) > k.cost_s(big, 0, fast) > 0
     assert k.cost_s(big, 0, slow) > k.cost_s(small, 0, slow)
     assert k.cost_s(saxpy_spec(global_size=[1 << 30], local_size=None, time_limit_s=2.0), 0, slow) == 2.0

@@ -246,7 +246,7 @@ def registry():
 
 def fake_gpu(i, **kw):
     return replace(Device(f"0:{i}", f"fp{i}", "P", "V", f"gpu{i}", "gpu", 8, 8 << 30, 256, True, True,
-                          mulmod_mops=1000.0, fma_gflops=100.0), **kw)
+                          mulmod_mops=1000.0, f32_gflops=100.0), **kw)
 
 
 async def no_cl(device):

@@ -14,12 +14,12 @@ def device(i: int) -> DeviceAdvert:
                         100.0 * (i + 1), 10.0, 1, 1, 0)
 
 
-async def start(nursery, n: int, interval: float = 0.3, ttl: float = 1.2):
+async def start(nursery, n: int, interval: float = 0.3, ttl: float = 1.2, bootstrap: str | None = None):
     services = []
     for i in range(n):
         ident = Identity.generate()
         view = MembershipView(ident.peer_id_str, ttl)
-        boot = [services[0][0].addrs[0]] if services else []
+        boot = [bootstrap] if bootstrap else [services[0][0].addrs[0]] if services else []
 
         def snap(i=i):
             return Advert("", b"", 0, 0.0, data_addr=f"127.0.0.1:{5000 + i}", devices=(device(i),))
@@ -65,7 +65,45 @@ async def test_capacity_change_is_published_before_the_next_interval():
         a.changed()
         # interval is 30 s, so only the change-triggered publish can satisfy this within the deadline
         await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3, timeout=20)
+        # (that one may have gone out full, with the full advert a owed b for joining); the next is a delta
+        deltas = a.sent["delta"]
+        busier = Advert("", b"", 0, 0.0, devices=(DeviceAdvert(**{**device(0).__dict__, "free_slots": 0, "queue_depth": 7}),))
+        a._snapshot = lambda: busier
+        a.changed()
+        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 7, timeout=20)
+        assert a.sent["delta"] == deltas + 1  # a delta on the full advert b already holds
+        assert b.view.get(a.identity.peer_id_str).base.devices[0].queue_depth != 7
+        assert b.stats()["messages_received"] >= 2 and b.stats()["adverts_received"] >= 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_late_joiner_gets_full_adverts_long_before_the_next_refresh():
+    async with trio.open_nursery() as nursery:
+        nodes = await start(nursery, 2, interval=30.0, ttl=90.0)
+        ids = [s.identity.peer_id_str for s, _ in nodes]
+        await until(lambda: all(set(ids) <= {p.peer_id for p in s.view.peers()} for s, _ in nodes))
+        # the first two have published their first full adverts; the next refreshes are 30 s away
+        (late, _), = await start(nursery, 1, interval=30.0, ttl=90.0, bootstrap=nodes[0][0].addrs[0])
+        await until(lambda: set(ids) <= {p.peer_id for p in late.view.peers()}, timeout=20)
+        assert all(s.sent["full"] >= 2 for s, _ in nodes)  # the first one, and one for the newcomer
+        nursery.cancel_scope.cancel()
+
+
+async def test_gossipsub_messages_are_unsigned_and_identified_by_content():
+    from mesh.gossip import message_id
+
+    async with trio.open_nursery() as nursery:
+        (a, _), = await start(nursery, 1)
+        assert a.pubsub.strict_signing is False and a.pubsub.sign_key is None  # one signature: the advert's
+        nursery.cancel_scope.cancel()
+
+    class Msg:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.from_id, self.seqno = data, b"forged-sender", b"\x00" * 8
+
+    # a forged message reusing a real one's (from, seqno) gets another id: it cannot shadow the real one
+    assert message_id(Msg(b"real advert")) != message_id(Msg(b"forged advert"))
+    assert message_id(Msg(b"same")) == message_id(Msg(b"same"))
 
 
 async def test_dns_bootstrap_resolved_with_the_system_resolver():

@@ -105,7 +105,7 @@ def test_requirements_describe_and_merge():
     with pytest.raises(ValueError, match="conflicting"):
         r.merged(Requirements(device_kind="cpu"))
     # the kinds registry's dict form is accepted as is
-    assert Requirements.from_wire({"device_kind": "cpu", "min_fma_gflops": 2.0, "opencl": True}).opencl
+    assert Requirements.from_wire({"device_kind": "cpu", "min_f32_gflops": 2.0, "opencl": True}).opencl
 
 
 def test_messages_roundtrip_through_decode_message():

@@ -33,7 +33,7 @@ load_builtin_kinds()
 def _gpu(**kw):
     base = dict(id="0:0", fingerprint="f", platform="P", vendor="V", name="G", kind="gpu", compute_units=8,
                 global_mem_bytes=8 << 30, max_work_group_size=256, fp64=True, int64=True,
-                mulmod_mops=1000.0, fma_gflops=100.0)
+                mulmod_mops=1000.0, f32_gflops=100.0)
     base.update(kw)
     return Device(**base)
 
@@ -86,9 +86,9 @@ def test_requirements_unmet_reasons():
     assert Requirements(fp64=True).unmet(_gpu(fp64=False)) == "needs fp64"
     assert "mulmod" in Requirements(min_mulmod_mops=2000).unmet(gpu)
     assert "mulmod" in Requirements(min_mulmod_mops=1).unmet(_gpu(mulmod_mops=None))  # uncalibrated
-    assert "GFLOP" in Requirements(min_fma_gflops=101).unmet(gpu)
+    assert "GFLOP" in Requirements(min_f32_gflops=101).unmet(gpu)
     assert Requirements(device_kind="gpu", min_memory_bytes=1 << 30, fp64=True, int64=True,
-                        min_mulmod_mops=500, min_fma_gflops=50, opencl=True).satisfied_by(gpu)
+                        min_mulmod_mops=500, min_f32_gflops=50, opencl=True).satisfied_by(gpu)
 
 
 def test_requirements_merge_and_wire():
@@ -107,7 +107,7 @@ def test_requirements_merge_and_wire():
     with pytest.raises(ValueError, match="must be int, not bool"):
         Requirements.from_wire({"min_memory_bytes": True})
     with pytest.raises(ValueError, match="finite"):
-        Requirements.from_wire({"min_fma_gflops": float("nan")})
+        Requirements.from_wire({"min_f32_gflops": float("nan")})
     with pytest.raises(ValueError):
         Requirements(device_kind="tpu")
     with pytest.raises(ValueError):

@@ -44,7 +44,7 @@ def test_requirements_filter_and_reason():
     v2 = view_of([ad("a", replace(GPU, fp64=False)), ad("b", replace(CPU, kind="reference", id="ref"))])
     assert not place(v2, Job("k", requirements=Requirements(fp64=True, opencl=True)), 0.0).ok
     assert [c.peer_id for c in place(v2, Job("k", requirements=Requirements(fp64=True)), 0.0)] == ["b"]
-    assert [c.peer_id for c in place(v2, Job("k", requirements=Requirements(min_fma_gflops=1000)), 0.0)] == ["a"]
+    assert [c.peer_id for c in place(v2, Job("k", requirements=Requirements(min_f32_gflops=1000)), 0.0)] == ["a"]
 
 
 def test_ect_ordering_rtt_queue_and_cost():
@@ -293,3 +293,30 @@ def test_avoid_peers_requirement_excludes_those_peers():
     assert not none.ok
     wire = Requirements(avoid_peers=("b", "a")).to_wire()
     assert wire == {"avoid_peers": ["a", "b"]} and Requirements.from_wire(wire).avoid_peers == ("a", "b")
+
+
+def test_cost_model_is_corrected_by_measured_run_times():
+    """A model 5x pessimistic for a device (as the render model was: 1,325 ms estimated for 260 ms frames)
+    refuses a realtime deadline the device meets; the run times results report bring the estimate within
+    1.5x of what was measured, and the deadline is admitted."""
+    v = view_of([ad("w", CPU)])
+    measured = 0.26
+
+    def pessimistic(job, dev):
+        return 5.1 * measured
+
+    pl = Placer(v, pessimistic, seed=1, jitter=0.0, correct_costs=True)
+    job = Job("render.frame", {"px": 1}, job_id="f", deadline=0.4)
+    refused = pl.place(job, now=0.0)
+    assert not refused.ok and refused.code == "deadline" and "best estimate 1327" in refused.reason
+    for _ in range(3):
+        pl.observe_run(measured, job=job, peer_id="w", device_id=CPU.id)
+    (c,) = pl.place(job, now=0.0)
+    assert measured / 1.5 <= c.cost_s <= measured * 1.5
+    # other kinds and other hardware keep the model's own estimate; the same hardware calibrated a little
+    # differently shares the correction (else the device measured first would win every placement)
+    assert pl.feedback.factor("echo", CPU) == 1.0 and pl.feedback.factor("render.frame", GPU) == 1.0
+    assert pl.feedback.factor("render.frame", replace(CPU, f32_gflops=480.0)) == pl.feedback.factor("render.frame", CPU)
+    # one absurd measurement cannot make the model useless
+    pl.observe_run(1e-9, job=job, peer_id="w", device_id=CPU.id)
+    assert pl.feedback.factor("render.frame", CPU) >= 0.05 ** 0.3 * 0.2

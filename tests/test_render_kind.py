@@ -52,7 +52,7 @@ def run(kind, spec, data=b"", cl=None):
 def device(gflops, kind="gpu", opencl=True):
     return Device(id="d", fingerprint="f", platform="", vendor="", name="", kind=kind, compute_units=1,
                   global_mem_bytes=1 << 30, max_work_group_size=64, fp64=False, int64=True, opencl=opencl,
-                  fma_gflops=gflops)
+                  f32_gflops=gflops)
 
 
 # ---- spec ------------------------------------------------------------------------------------------------------

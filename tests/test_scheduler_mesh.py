@@ -156,7 +156,10 @@ def test_watch_streams_every_state_of_a_job(mesh):
             job_id = c.submit("sleep", {"seconds": 1.0})["id"]  # long enough to be placed, then reported running
             read_until(lambda: any(e["id"] == job_id and e.get("final") for e in events))
         mine = [e for e in events if e["id"] == job_id]
-        assert [e["state"] for e in mine] == ["placed", "running", "done"] and all(e["kind"] == "sleep" for e in mine)
+        changes = [e for e in mine if "progress" not in e]  # the worker's progress reports come in between
+        assert [e["state"] for e in changes] == ["placed", "running", "done"] and all(e["kind"] == "sleep" for e in mine)
+        reports = [e for e in mine if "progress" in e]
+        assert all(e["state"] == "running" and 0.0 <= e["progress"] <= 1.0 for e in reports)
     finally:
         proc.kill()
         proc.wait()
@@ -204,3 +207,33 @@ def test_oversized_inline_input_is_refused(mesh):
         job = Job(kind="echo", input=os.urandom(INLINE_INPUT_LIMIT + 1))
         with pytest.raises(RpcError, match="inline input"):
             c._rpc.call("job.submit", {"job": job.to_wire(0.0)})
+
+
+def test_submit_many_streams_every_result_on_one_call(mesh):
+    """`Client.submit_many`: 40 jobs on one job.submit_many stream, each result back with its own output
+    inline (no job.submit, no job.result per job); a refused job comes as a failed item and stops nothing; an
+    output over the inline size is fetched with job.result."""
+    inputs = [os.urandom(n) for n in range(40)]
+    specs = [{"i": n} for n in range(40)]
+    before = {m: _rpc_served(mesh[1], m) for m in ("job.submit", "job.result", "job.submit_many")}
+    with client_of(mesh[1]) as c:
+        results = c.run_async(c.client.run_many, "echo", specs, inputs=inputs)
+        mixed = c.run_async(c.client.run_many, "sleep", [{"seconds": 0.01}, {"seconds": -1}, {"seconds": 0.01}])
+        big = os.urandom(100_000)
+        fetched = c.run_async(c.client.run_many, "echo", [{"big": True}], inputs=[big])
+    assert [r.ok for r in results] == [True] * 40
+    assert [r.body["echo"] for r in results] == specs
+    assert [r.output for r in results] == inputs
+    assert [r.ok for r in mixed] == [True, False, True]
+    assert mixed[1].state == "rejected" and "seconds" in mixed[1].reason
+    assert fetched[0].ok and fetched[0].output == big
+    after = {m: _rpc_served(mesh[1], m) for m in before}
+    assert after == {"job.submit": before["job.submit"], "job.result": before["job.result"] + 1,
+                     "job.submit_many": before["job.submit_many"] + 3}
+
+
+def test_submit_many_refuses_inputs_over_the_inline_limit(mesh):
+    from scheduler.core.job import INLINE_INPUT_LIMIT
+    with client_of(mesh[0]) as c:
+        with pytest.raises(ValueError, match="inline limit"):
+            c.run_async(c.client.run_many, "echo", [{}], inputs=[b"x" * (INLINE_INPUT_LIMIT + 1)])

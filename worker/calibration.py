@@ -6,7 +6,7 @@ trio clock, mocked or not, plays no part):
   The 128-bit product comes from `a * b` and `mul_hi(a, b)`; the reduction uses 2^64 = 2^32 - 1 (mod p)
   and 2^96 = -1 (mod p). Edge-case products and a sample of the timed chains are checked against Python
   integers; a mismatch is a `CalibrationError` (a device that gets arithmetic wrong must not be offered).
-- `fma_gflops`: float32 multiply-add throughput in GFLOP/s (one multiply-add = 2 flops), written `x * a + b`
+- `f32_gflops`: float32 multiply-add throughput in GFLOP/s (one multiply-add = 2 flops), written `x * a + b`
   and built with `-cl-mad-enable` so it contracts to FMA where the hardware has it. (PoCL 3.0 lowers the
   `fma()` builtin to a scalar call, ~2 GFLOP/s on 2 cores, which would measure PoCL, not the device.)
   A sample checked against numpy.
@@ -127,7 +127,7 @@ class CalibrationError(RuntimeError):
 @dataclass(frozen=True)
 class Calibration:
     mulmod_mops: float
-    fma_gflops: float
+    f32_gflops: float
     measured_at: float = 0.0  # unix time, for humans reading the cache file
     checked: int = 0  # results compared against the host
 
@@ -304,11 +304,11 @@ def load_cache(cache_dir: Path | str) -> dict[str, Calibration]:
     out: dict[str, Calibration] = {}
     for fp, rec in raw["devices"].items():
         try:
-            cal = Calibration(float(rec["mulmod_mops"]), float(rec["fma_gflops"]),
+            cal = Calibration(float(rec["mulmod_mops"]), float(rec.get("f32_gflops", rec.get("fma_gflops"))),
                               float(rec.get("measured_at", 0.0)), int(rec.get("checked", 0)))
         except (KeyError, TypeError, ValueError):
             continue
-        if cal.mulmod_mops > 0 and cal.fma_gflops > 0 and math.isfinite(cal.mulmod_mops) and math.isfinite(cal.fma_gflops):
+        if cal.mulmod_mops > 0 and cal.f32_gflops > 0 and math.isfinite(cal.mulmod_mops) and math.isfinite(cal.f32_gflops):
             out[str(fp)] = cal
     return out
 
@@ -320,7 +320,7 @@ def save_cache(cache_dir: Path | str, entries: dict[str, Calibration], names: di
     body = {
         "version": CALIBRATION_VERSION,
         "devices": {
-            fp: {"mulmod_mops": c.mulmod_mops, "fma_gflops": c.fma_gflops, "measured_at": c.measured_at,
+            fp: {"mulmod_mops": c.mulmod_mops, "f32_gflops": c.f32_gflops, "measured_at": c.measured_at,
                  "checked": c.checked, **({"name": names[fp]} if names and fp in names else {})}
             for fp, c in sorted(entries.items())
         },
@@ -375,7 +375,7 @@ async def calibrate(
             continue
         cal = cache.get(dev.fingerprint)
         if cal is not None:
-            out.append(dev.with_calibration(cal.mulmod_mops, cal.fma_gflops))
+            out.append(dev.with_calibration(cal.mulmod_mops, cal.f32_gflops))
             cached.append(dev.id)
             continue
 
@@ -391,10 +391,10 @@ async def calibrate(
             continue
         full[dev.fingerprint] = cal
         names[dev.fingerprint] = dev.name
-        out.append(dev.with_calibration(cal.mulmod_mops, cal.fma_gflops))
+        out.append(dev.with_calibration(cal.mulmod_mops, cal.f32_gflops))
         measured.append(dev.id)
         log.info("calibrated %s %r: %.0f M mulmod/s, %.1f GFLOP/s fp32", dev.id, dev.name,
-                 cal.mulmod_mops, cal.fma_gflops)
+                 cal.mulmod_mops, cal.f32_gflops)
     if measured:
         try:
             save_cache(cache_dir, full, names)

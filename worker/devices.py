@@ -110,14 +110,14 @@ class Device:
     non_uniform_work_groups: bool = False
     # calibration figures, None until measured (worker.calibration)
     mulmod_mops: float | None = None
-    fma_gflops: float | None = None
+    f32_gflops: float | None = None
 
     @property
     def calibrated(self) -> bool:
-        return self.mulmod_mops is not None and self.fma_gflops is not None
+        return self.mulmod_mops is not None and self.f32_gflops is not None
 
-    def with_calibration(self, mulmod_mops: float, fma_gflops: float) -> Device:
-        return replace(self, mulmod_mops=float(mulmod_mops), fma_gflops=float(fma_gflops))
+    def with_calibration(self, mulmod_mops: float, f32_gflops: float) -> Device:
+        return replace(self, mulmod_mops=float(mulmod_mops), f32_gflops=float(f32_gflops))
 
     def same_hardware(self, other: Device) -> bool:
         """Same slot and same device, calibration aside."""
@@ -431,8 +431,8 @@ def publish_metrics(devices: Sequence[Device], problem: str | None = None) -> No
         DEVICE_COMPUTE_UNITS.labels(d.id).set(d.compute_units)
         if d.mulmod_mops is not None:
             DEVICE_MULMOD.labels(d.id).set(d.mulmod_mops * 1e6)
-        if d.fma_gflops is not None:
-            DEVICE_FMA.labels(d.id).set(d.fma_gflops * 1e9)
+        if d.f32_gflops is not None:
+            DEVICE_FMA.labels(d.id).set(d.f32_gflops * 1e9)
         _published[d.id] = labels
 
 

@@ -51,6 +51,7 @@ from worker.devices import Device
 from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
 from worker.opencl import open_device
 from worker.priority import Priority
+from worker.runner.pool import RunnerCrashed, RunnerLease, RunnerPool
 
 log = logging.getLogger(__name__)
 
@@ -492,7 +493,7 @@ class JobRequest:
 @dataclass(frozen=True)
 class Outcome:
     job_id: str
-    state: str  # "done" | "failed" | "cancelled"
+    state: str  # "done" | "failed" | "cancelled" | "crashed" (its runner died under it)
     result: Result | None = None
     error: str | None = None
     device_id: str = ""
@@ -608,6 +609,9 @@ class Executor:
     Run it with `await nursery.start(executor.run)`. `submit()`, `cancel()` and `capacity()` are synchronous
     (call them from trio tasks). `open_device(device)` gives the RunContext's OpenCL context (None: CPU path);
     tests pass a stub. `on_change()` is called after every capacity change (debounce it for adverts).
+    With `runners` (the node's way), jobs on an OpenCL device get a runner lease instead (`ctx.runner`): their
+    device code runs in a runner process, and a job whose runner dies under it ends "crashed"; the pool runs in
+    the executor's nursery and follows `set_devices`.
     """
 
     def __init__(
@@ -620,6 +624,7 @@ class Executor:
         open_device: OpenFn = _default_open,
         on_change: Callable[[], None] | None = None,
         input_chunk_size: int = 1 << 20,
+        runners: RunnerPool | None = None,
     ) -> None:
         self._slots_cfg = slots
         self._core = PriorityQueues(max_queued=max_queued)
@@ -629,6 +634,7 @@ class Executor:
         self._open = open_device
         self._on_change = on_change
         self._input_chunk = input_chunk_size
+        self._runners = runners
         self._devices: dict[str, Device] = {}
         self._jobs: dict[str, _Job] = {}
         self._nursery: trio.Nursery | None = None
@@ -659,6 +665,8 @@ class Executor:
         for d in devices:
             self._devices[d.id] = d
             self._core.add_device(d.id, self._slots_for(d.id))
+        if self._runners is not None:
+            self._runners.set_devices(devices, self._slots_for)
         self._changed()
 
     def _drop_device(self, dev_id: str) -> None:
@@ -691,6 +699,8 @@ class Executor:
             self._quarantine(dev_id, True)
         try:
             async with trio.open_nursery() as nursery:
+                if self._runners is not None:
+                    await nursery.start(self._runners.run)
                 self._nursery = nursery
                 self._dispatch()
                 task_status.started()
@@ -873,18 +883,26 @@ class Executor:
 
     @asynccontextmanager
     async def _idle_devices(self, job: _Job) -> AsyncIterator[list[tuple[Device, Any]]]:
-        """Lend the job a slot on each other idle OpenCL device of this node for the block (RunContext)."""
+        """Lend the job a slot on each other idle OpenCL device of this node for the block (RunContext): with
+        (device, DeviceContext) pairs, or (device, RunnerLease) pairs when device code runs in runners."""
         jid = job.req.job_id
         taken = [d for d in self._devices.values()
                  if d.id != job.device.id and d.opencl and self._core.lend(d.id, jid)]
         if taken:
             self._changed()
+        leases: list[RunnerLease] = []
         try:
-            out = []
+            out: list[tuple[Device, Any]] = []
             for d in taken:
-                out.append((d, await self._open(d)))
+                if self._runners is not None:  # device code in runners: a lease on each borrowed device
+                    leases.append(self._runners.lease(d))
+                    out.append((d, leases[-1]))
+                else:
+                    out.append((d, await self._open(d)))
             yield out
         finally:
+            for lease in leases:
+                lease.release()
             for d in taken:
                 self._core.give_back(d.id, jid)
             if taken:
@@ -904,17 +922,22 @@ class Executor:
         result: Result | None = None
         error: str | None = None
         state = "failed"
+        lease: RunnerLease | None = None
         try:
             with job.scope:
                 if job.req.timeout_s is not None:
                     job.scope.deadline = trio.current_time() + job.req.timeout_s
-                dctx = await self._open(job.device)
+                if self._runners is not None and job.device.opencl:
+                    lease, dctx = self._runners.lease(job.device), None  # device code runs in a runner process
+                else:
+                    dctx = await self._open(job.device)
                 ctx = RunContext(
                     job_id=jid,
                     spec=job.req.spec,
                     input=InputReader(job.req.input, job.req.input_size or 0, self._input_chunk),
                     device=job.device,
                     cl=dctx,
+                    runner=lease,
                     checkpoint=partial(self._checkpoint, job),
                     idle_devices=partial(self._idle_devices, job),
                     progress=partial(self._progress, job),
@@ -932,10 +955,15 @@ class Executor:
                     state, error = "cancelled", job.cancel_reason
                 else:
                     state, error = "failed", f"timeout: ran longer than {job.req.timeout_s} s"
+        except RunnerCrashed as exc:  # the runner died under this job: the job's doing, not the node's
+            state, error = "crashed", str(exc)
+            log.warning("job %s (%s) crashed its runner: %s", jid, job.kind.name, error)
         except Exception as exc:
-            state, error = "failed", f"{type(exc).__name__}: {exc}"
+            state, error = "failed", f"{getattr(exc, 'type_name', type(exc).__name__)}: {exc}"
             log.info("job %s (%s) failed: %s", jid, job.kind.name, error)
         finally:
+            if lease is not None:
+                lease.release()
             now = trio.current_time()
             e = self._core.finish(jid, now)
             if state == "failed" and error is None:  # cancelled from outside (executor stopping)

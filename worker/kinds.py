@@ -8,8 +8,10 @@ A `JobKind` is a stateless object registered under its `name`:
   (`device=None`: a typical figure, for a node that has not calibrated);
 - `chunk_s(spec, input_size, device)` bounds the time between two `checkpoint()` calls (what a realtime job
   waiting behind this one may have to wait);
-- `async run(ctx)` does the work; `ctx.cl` is the device's OpenCL context/queue/program cache, or None on the
-  CPU reference pseudo-device, where the kind runs its CPU path;
+- `async run(ctx)` does the work. Device code runs in the job's runner process when `ctx.runner` is set (what
+  the node's executor gives every job on an OpenCL device: a crash there fails the job, not the node), else
+  in this process on `ctx.cl` (the device's OpenCL context/queue/program cache: library use and tests); with
+  neither (the CPU reference pseudo-device) the kind runs its CPU path;
 - `reference(spec, input_bytes)` is the plain-CPU oracle of the result (tests, verification by recomputation).
 
 `run` reads its input with `async for chunk in ctx.input` (streamed, in chunks) and calls
@@ -35,10 +37,11 @@ from worker.devices import DEVICE_KINDS, Device
 
 if TYPE_CHECKING:
     from worker.opencl import DeviceContext
+    from worker.runner.pool import RunnerLease
 
 # Figures assumed for a device that has not been calibrated (or device=None): a modest CPU.
 DEFAULT_MULMOD_MOPS = 100.0
-DEFAULT_FMA_GFLOPS = 5.0
+DEFAULT_F32_GFLOPS = 5.0
 
 
 class SpecError(ValueError):
@@ -74,7 +77,7 @@ class Requirements:
     fp64: bool = False
     int64: bool = False
     min_mulmod_mops: float = 0.0
-    min_fma_gflops: float = 0.0
+    min_f32_gflops: float = 0.0
     opencl: bool = False  # needs a real OpenCL device (no CPU path)
     avoid_peers: tuple[str, ...] = ()  # never place on these peers (e.g. the other copy of a redundant run)
 
@@ -86,7 +89,7 @@ class Requirements:
         if self.device_kind is not None and self.device_kind not in DEVICE_KINDS:
             raise ValueError(f"requirements: device kind must be one of {', '.join(DEVICE_KINDS)}, "
                              f"not {self.device_kind!r}")
-        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_fma_gflops < 0:
+        if self.min_memory_bytes < 0 or self.min_mulmod_mops < 0 or self.min_f32_gflops < 0:
             raise ValueError("requirements must not be negative")
 
     def unmet(self, device: Device) -> str | None:
@@ -103,8 +106,8 @@ class Requirements:
             return "needs 64-bit integers"
         if self.min_mulmod_mops > 0 and (device.mulmod_mops or 0.0) < self.min_mulmod_mops:
             return f"needs {self.min_mulmod_mops:g} M mulmod/s, has {device.mulmod_mops or 0:g}"
-        if self.min_fma_gflops > 0 and (device.fma_gflops or 0.0) < self.min_fma_gflops:
-            return f"needs {self.min_fma_gflops:g} GFLOP/s, has {device.fma_gflops or 0:g}"
+        if self.min_f32_gflops > 0 and (device.f32_gflops or 0.0) < self.min_f32_gflops:
+            return f"needs {self.min_f32_gflops:g} GFLOP/s, has {device.f32_gflops or 0:g}"
         return None
 
     def satisfied_by(self, device: Device) -> bool:
@@ -122,8 +125,8 @@ class Requirements:
             parts.append("int64")
         if self.min_mulmod_mops:
             parts.append(f">= {self.min_mulmod_mops:g} M mulmod/s")
-        if self.min_fma_gflops:
-            parts.append(f">= {self.min_fma_gflops:g} GFLOP/s")
+        if self.min_f32_gflops:
+            parts.append(f">= {self.min_f32_gflops:g} GFLOP/s")
         return f"a {kind}" + (" with " + " and ".join(parts) if parts else "")
 
     def merged(self, other: Requirements) -> Requirements:
@@ -136,7 +139,7 @@ class Requirements:
             fp64=self.fp64 or other.fp64,
             int64=self.int64 or other.int64,
             min_mulmod_mops=max(self.min_mulmod_mops, other.min_mulmod_mops),
-            min_fma_gflops=max(self.min_fma_gflops, other.min_fma_gflops),
+            min_f32_gflops=max(self.min_f32_gflops, other.min_f32_gflops),
             opencl=self.opencl or other.opencl,
             avoid_peers=tuple(set(self.avoid_peers) | set(other.avoid_peers)),
         )
@@ -173,7 +176,7 @@ class Requirements:
 
 _REQ_TYPES: dict[str, tuple[type, ...]] = {
     "device_kind": (str, type(None)), "min_memory_bytes": (int,), "fp64": (bool,), "int64": (bool,),
-    "min_mulmod_mops": (int, float), "min_fma_gflops": (int, float), "opencl": (bool,), "avoid_peers": (list, tuple)}
+    "min_mulmod_mops": (int, float), "min_f32_gflops": (int, float), "opencl": (bool,), "avoid_peers": (list, tuple)}
 
 
 def fmt_bytes(n: float) -> str:
@@ -275,7 +278,8 @@ class RunContext:
     spec: dict[str, Any]
     input: InputReader
     device: Device | None = None
-    cl: DeviceContext | None = None  # None: the CPU reference path
+    cl: DeviceContext | None = None  # an OpenCL context in this process (library use, tests)
+    runner: RunnerLease | None = None  # the node's way to run device code: a runner process (worker.runner)
     checkpoint: Callable[[], Awaitable[None]] = _no_checkpoint
     progress: ProgressFn = _no_progress
     # `async with ctx.idle_devices() as more:` lends the job the node's other OpenCL devices that are idle

@@ -184,11 +184,14 @@ class RpcServer:
     async def _serve(self, stream: Stream) -> None:
         t0 = trio.current_time()
         req = None
-        with trio.move_on_after(self.request_timeout):
-            try:
+        try:
+            if stream.buffered:  # the request came with the stream's OPEN (the usual case): no timer
                 req = await stream.receive_msg()
-            except (EndOfStream, LocalProtocolError):
-                pass
+            else:
+                with trio.move_on_after(self.request_timeout):
+                    req = await stream.receive_msg()
+        except (EndOfStream, LocalProtocolError):
+            pass
         if req is None:
             stream.reset("expected an RPC request message", m.CODE_PROTOCOL_ERROR)
             tm.RPC_REQUESTS.labels("-", "bad_request").inc()

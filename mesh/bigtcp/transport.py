@@ -180,7 +180,8 @@ async def _establish(
         except Exception as e:
             refusal = HandshakeError("refused", f"peer {peer_id} at {address} is not authorized: {e}")
         if refusal is not None:
-            t, payload = m.encode_control(m.GoAway(0, m.CODE_REFUSED, "not authorized"))
+            # the reason goes to the refused peer too: it can then log why it cannot join
+            t, payload = m.encode_control(m.GoAway(0, m.CODE_REFUSED, str(refusal)[:200]))
             with trio.move_on_after(1.0):
                 try:
                     await wire.send(encode_frame(t, 0, 0, payload))

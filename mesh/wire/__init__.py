@@ -1,20 +1,12 @@
 """Wire schemas: the one place where each message that crosses a trust boundary is decoded into typed,
 bounded data (msgspec structs with lengths, ranges, enums and address syntax), or refused with a reason.
 
-    advert.py   capacity adverts (gossip): body fields, devices, data-plane address, signed issue time
-    hello.py    the data plane's HELLO extras (admission proof, API token) and size limits before auth
+    advert.py   capacity adverts and delta adverts (gossip): body fields, devices, data-plane address,
+                signed issue time
+    hello.py    the data plane's HELLO (the one message decoded before a peer is authenticated)
 
-Refusals are counted in `gpumesh_wire_refused_total{message, reason}` (see `refused`).
+Job messages (job, offer, result, lease, cancel) are checked by their `from_wire` in scheduler/core/job.py, RPC
+envelopes by `mesh.bigtcp.rpc.RpcServer`. Every refusal is counted with its reason:
+`gpumesh_adverts_rejected_total{reason}`, `gpumesh_transport_handshake_failures_total{reason}` (HELLO),
+`gpumesh_dataplane_rpc_requests_total{method, code}` (bad_request, invalid, invalid_spec, quota, busy...).
 """
-
-from __future__ import annotations
-
-from prometheus_client import Counter
-
-WIRE_REFUSED = Counter("gpumesh_wire_refused_total",
-                       "Messages refused where they were decoded, by message type and reason", ["message", "reason"])
-
-
-def refused(message: str, reason: str) -> None:
-    """Count one refused message (`message`: advert, hello, rpc, job...; `reason`: a short label)."""
-    WIRE_REFUSED.labels(message, reason).inc()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from rich.console import Console
 
 from scheduler.client.client import Client, address_from_args
 
@@ -29,3 +31,9 @@ def run_client(args: argparse.Namespace, fn: Callable[[Client], Awaitable[Any]])
             return await fn(c)
 
     return trio.run(main)
+
+
+def console():
+    """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
+
+    return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -18,19 +17,20 @@ from pathlib import Path
 from typing import get_args, get_origin
 
 import trio
-from rich.console import Console
 from rich.table import Table
 
-from mesh import control
+from mesh import __version__, control
 from mesh.admission import AdmissionError, generate_mesh_key
 from mesh.bigtcp.framing import TransportError
 from mesh.bigtcp.rpc import RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.control import ControlError
 from mesh.identity import IdentityError, load_or_create
-from scheduler.cli import compute_cli, jobs_cli, render_cli, watch, zk_cli
+from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables, watch, zk_cli
+from scheduler.cli.common import console
 from scheduler.cli.common import run_client as _run_client
 from scheduler.cli.common import show as _print
+from scheduler.client.known_nodes import IdentityMismatch
 from scheduler.node import lifeline
 from scheduler.node.config import (
     ConfigError,
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="gpumesh node: share this host's OpenCL devices with a peer-to-peer mesh and run jobs on it.",
         epilog="Run `mesh-node COMMAND --help` for the options of each command.")
+
+    parser.add_argument("--version", action="version", version=f"mesh-node (gpumesh) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="run the node daemon in the foreground",
                          description="Run the node daemon in the foreground. SIGINT/SIGTERM stop it cleanly.")
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmd("status", "ask the running node for its status; exit 0 when it answers (a health check)")
     client_cmd("peers", "list the peers the running node sees, with their capacity and standing")
     client_cmd("devices", "list the compute devices the running node offers")
+    client_cmd("runners", "list the runner processes that run device code, and what confines them")
     lab = client_cmd("label", "set or remove labels (KEY=VALUE, or KEY= to remove) carried in this node's advert")
     lab.add_argument("labels", nargs="*", metavar="KEY=VALUE")
     def job_cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -141,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp = job_cmd("cancel", "cancel a job of the mesh, by id or unique prefix (reaches a running kernel at its next "
                            "chunk boundary)")
     cp.add_argument("id")
-    job_cmd("watch", "follow the node's jobs live: a progress bar per unfinished job on a terminal, a line per "
-                     "state change otherwise or with --json (Ctrl-C stops)")
+    wp = job_cmd("watch", "follow the mesh's jobs live: a progress bar per unfinished job on a terminal (advanced "
+                          "by the workers' progress reports), a line per state change otherwise, every event as a "
+                          "JSON line with --json (Ctrl-C stops)")
+    wp.add_argument("--local", action="store_true", help="only the jobs the asked node coordinates")
 
     zk_cli.add_parsers(sub, add_node_options)
     render_cli.add_parser(sub)
@@ -216,12 +221,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def console():
-    """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
-
-    return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -257,7 +256,7 @@ def device_table(rows: list[tuple[str, dict]], title: str):
     for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
         t.add_column(col)
     for owner, d in rows:
-        f32 = d.get("fma_gflops", d.get("f32_gflops")) or 0.0
+        f32 = d.get("f32_gflops") or 0.0
         t.add_row(owner, d["id"], d["kind"], d["name"], str(d["compute_units"]), _human_bytes(d["global_mem_bytes"]),
                   "yes" if d["fp64"] else "no", f"{d.get('mulmod_mops') or 0:.0f} M/s", f"{f32:.1f} GFLOP/s")
     return t
@@ -275,9 +274,24 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runners(args: argparse.Namespace) -> int:
+    rows = control.call(args.data_dir, "runners", timeout=5.0)
+
+    def render(rs: list[dict]) -> None:
+        for r in rs:
+            state = "busy" if r["leased"] else "idle" if r["ready"] else "starting"
+            sb = ", ".join(f"{k}={v}" for k, v in r["sandbox"].items())
+            print(f"{r['name']}  pid {r['pid']}  {state}  {sb}")
+        if not rs:
+            print("no runners (no OpenCL device offered)")
+
+    _print(rows, args.json, render)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     st = control.call(args.data_dir, "status", timeout=5.0)
-    _print(st, args.json, lambda s: print("\n".join(f"{k}: {v}" for k, v in s.items())))
+    _print(st, args.json, lambda s: console().print(tables.status_table(s)))
     return EXIT_OK
 
 
@@ -313,9 +327,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         elif args.token_command == "list":
             rows = [{"id": r.id, "name": r.name, "scopes": r.scopes, "created": r.created, "expires": r.expires,
                      "revoked": r.revoked} for r in store.records()]
-            _print(rows, args.json, lambda rs: print("\n".join(
-                f"{r['id']}  {r['name']:<20} {','.join(r['scopes']):<16} "
-                f"{'revoked' if r['revoked'] else 'live'}" for r in rs) or "(no tokens)"))
+            _print(rows, args.json, lambda rs: console().print(tables.token_table(rs)))
         else:
             rec = store.revoke(args.token)
             _print({"revoked": rec.id, "name": rec.name}, args.json, lambda d: print(f"revoked {d['name']} ({d['revoked']})"))
@@ -346,12 +358,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"mesh-node: --input {args.input}: no such file", file=sys.stderr)
         return EXIT_USAGE
 
+    con = console()
+
     async def go(c):
-        ans = await c.submit(args.kind, spec, input=args.input, job_id=args.id, priority=args.priority,
-                             deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
-                             when_saturated="reject" if args.reject_when_saturated else "queue")
-        res = await c.result(ans["id"]) if (args.wait and ans["accepted"]) else None
-        return ans, res
+        with progress.JobProgress(progress.mode_for(args, con) if args.wait else "off", con, args.kind) as prog:
+            return await progress.submit_and_follow(
+                c, prog, args.kind, spec, wait=args.wait, input=args.input, job_id=args.id, priority=args.priority,
+                deadline_ms=args.deadline_ms, timeout_s=args.timeout, max_attempts=args.max_attempts,
+                when_saturated="reject" if args.reject_when_saturated else "queue")
 
     ans, res = _run_client(args, go)
     if not ans["accepted"]:
@@ -379,7 +393,13 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 
 def cmd_result(args: argparse.Namespace) -> int:
-    res = _run_client(args, lambda c: c.result(args.id, wait=not args.no_wait))
+    con = console()
+
+    async def go(c):
+        with progress.JobProgress(progress.mode_for(args, con), con, "job") as prog:
+            return await progress.result_and_follow(c, prog, args.id, wait=not args.no_wait)
+
+    res = _run_client(args, go)
     jobs_cli.write_outcome(res, args.out, args.json)
     return {"done": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(res.state, EXIT_FAIL)
 
@@ -395,14 +415,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     live = not args.json and con.is_terminal
 
     async def go(c):
-        async with c.watch() as events:
+        async with c.watch(local=args.local) as events:
             if not live:
                 async for e in events:
-                    print(json.dumps(e), flush=True) if args.json else con.print(watch.line(e))
+                    if args.json:
+                        print(json.dumps(e), flush=True)
+                    elif "progress" not in e:  # plain lines: state changes only
+                        con.print(watch.line(e))
                 return EXIT_OK
             with watch.make_progress(con) as progress:
                 view = watch.WatchView(progress)
-                view.seed(await c.list())
+                view.seed(await c.list(local=args.local))
                 async with trio.open_nursery() as n:
                     n.start_soon(_refresh_every, progress, 0.25)
                     async for e in events:
@@ -423,7 +446,7 @@ async def _refresh_every(progress, seconds: float) -> None:
         progress.refresh()
 
 
-COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices}
+COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cli.cmd_prove, "verify": zk_cli.cmd_verify, "submit": cmd_submit, "jobs": cmd_jobs, "job": cmd_job, "result": cmd_result, "cancel": cmd_cancel, "watch": cmd_watch, "mesh-key": cmd_mesh_key, "token": cmd_token, "label": cmd_label, "run": cmd_run, "id": cmd_id, "status": cmd_status, "peers": cmd_peers, "devices": cmd_devices, "runners": cmd_runners}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     except RpcError as e:
         print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
         return {"unavailable": EXIT_UNAVAILABLE, "not_found": EXIT_NOT_FOUND}.get(e.code, EXIT_USAGE)
+    except IdentityMismatch as e:
+        print(f"mesh-node: {e}", file=sys.stderr)
+        return EXIT_FAIL
     except HandshakeError as e:
         print(f"mesh-node: connection refused: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from scheduler.client.client import Client, address_from_args
 from scheduler.client.render_client import StreamStats, render_stream
@@ -146,23 +148,35 @@ def run(args: argparse.Namespace) -> int:
         png.write_png(args.out / f"frame_{i:04d}.png", straight_alpha(rgba))
         np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
 
+    con = Console(stderr=False)
+    bars = not args.quiet and not args.json and con.is_terminal  # a frames bar on a terminal, lines otherwise
+
     async def main() -> None:
         async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
             async with render_stream(c, scene, poses, fps=args.fps, deadline_ms=args.deadline_ms, tiles=tiles,
                                      max_in_flight=args.max_in_flight, stats=stats) as frames:
-                async for f in frames:
-                    row = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
-                           "latency_ms": round(f.latency_s * 1e3, 2), "tiles": len(f.tiles),
-                           "workers": sorted(f.workers)}
-                    per_frame.append(row)
-                    if not f.dropped and args.out:
-                        await trio.to_thread.run_sync(write, f.index, f.rgba, f.depth)
-                    if not args.quiet and not args.json:
-                        if f.dropped:
-                            print(f"frame {f.index:4d}: DROPPED ({f.reason})")
-                        else:
-                            print(f"frame {f.index:4d}: {row['latency_ms']:8.1f} ms, {row['tiles']} tile(s) on "
-                                  f"{len(row['workers'])} peer(s)")
+                with Progress(TextColumn("frames"), BarColumn(bar_width=30), MofNCompleteColumn(),
+                              TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=con,
+                              disable=not bars) as bar:
+                    task = bar.add_task("frames", total=len(poses), info="")
+                    async for f in frames:
+                        row = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
+                               "latency_ms": round(f.latency_s * 1e3, 2), "tiles": len(f.tiles),
+                               "workers": sorted(f.workers)}
+                        per_frame.append(row)
+                        if not f.dropped and args.out:
+                            await trio.to_thread.run_sync(write, f.index, f.rgba, f.depth)
+                        if args.json:  # one line per frame on stderr; stdout keeps the one summary
+                            print(json.dumps({"event": "frame", **row}), file=sys.stderr, flush=True)
+                        elif bars:
+                            bar.update(task, advance=1, info=f"last {row['latency_ms']:.0f} ms"
+                                       + (f", {stats.dropped} dropped" if stats.dropped else ""))
+                        elif not args.quiet:
+                            if f.dropped:
+                                print(f"frame {f.index:4d}: DROPPED ({f.reason})")
+                            else:
+                                print(f"frame {f.index:4d}: {row['latency_ms']:8.1f} ms, {row['tiles']} tile(s) on "
+                                      f"{len(row['workers'])} peer(s)")
 
     trio.run(main)
     summary = {"scene": str(args.scene), "width": scene.camera.width, "height": scene.camera.height,

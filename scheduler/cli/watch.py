@@ -1,5 +1,5 @@
 """`mesh-node watch` on a terminal: the node's job events as live rich progress bars, one per unfinished job (its
-lifecycle stage, submitted -> placed -> running -> finished, as the bar; the attempt and the worker beside it)
+lifecycle stage, submitted -> placed -> running (advanced by the worker's progress reports) -> finished, as the bar; the attempt and the worker beside it)
 under a bar of finished / seen jobs. A job that ends leaves the live area as one coloured line that stays.
 
 `WatchView` only turns events into rich state; the CLI feeds it from the `job.watch` stream (and the jobs the
@@ -67,11 +67,14 @@ class WatchView:
             self.progress.console.print(line(e))
             return
         where = f"attempt {e['attempt']} on {e['peer'][-12:]}" if e.get("peer") else ""
-        label = f"[cyan]{state}[/] {where}".rstrip()
+        stage = f" {e['stage']}" if e.get("stage") else ""
+        label = f"[cyan]{state}{stage}[/] {where}".rstrip()
+        done = STAGES.get(state, 0) + (min(max(float(e.get("progress") or 0.0), 0.0), 1.0) if state == "running" else 0.0)
         if bar is None:
             if len(self.bars) >= MAX_BARS:  # still counted in the overall bar
                 return
             desc = f"{job_id[:24]}" + (f" {e['kind']}" if e.get("kind") else "")
-            self.bars[job_id] = self.progress.add_task(desc, total=3, completed=STAGES.get(state, 0), state=label)
+            self.bars[job_id] = self.progress.add_task(desc, total=3, state=label)
+            self.progress.update(self.bars[job_id], completed=done)
         else:
-            self.progress.update(bar, completed=STAGES.get(state, 0), state=label)
+            self.progress.update(bar, completed=done, state=label)

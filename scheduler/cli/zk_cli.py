@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from scheduler.cli import progress
+from scheduler.cli.common import console
 from scheduler.cli.common import run_client as _run_client
 from scheduler.cli.common import show as _print
 from worker.zk import AIRS, MIN_SECURITY_BITS, gpu, prove_spec, statement, validate_spec, verify
 from worker.zk.spec import DEFAULTS, validate_expect
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
 PARAM_KEYS = ("air", "steps", "blowup", "queries", "grinding")
 
 
@@ -144,7 +146,20 @@ def cmd_prove(args: argparse.Namespace) -> int:
         proof = prove_spec(spec, backend)
         where = f"this machine, {where}"
     else:
-        res = _run_client(args, lambda c: c.run("zk.prove", spec, priority="interactive"))
+
+        con = console()
+
+        async def go(c):
+            with progress.JobProgress(progress.mode_for(args, con), con, f"prove {args.steps} steps") as prog:
+                return await progress.submit_and_follow(c, prog, "zk.prove", spec, wait=True, priority="interactive")
+
+        ans, res = _run_client(args, go)
+        if not ans["accepted"]:
+            print(f"mesh-node: proof job {ans['id']} {ans['message']}", file=sys.stderr)
+            return EXIT_REJECTED
+        if not res.ok:
+            print(f"mesh-node: proof job {res.job_id} {res.state}: {res.reason}", file=sys.stderr)
+            return EXIT_FAIL
         proof, where = res.output, res.worker
     elapsed = time.perf_counter() - t0
     args.out.write_bytes(proof)

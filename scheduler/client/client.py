@@ -11,7 +11,8 @@ request; larger ones (or files) are streamed after it, checked by size and SHA-2
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,12 @@ import trio
 
 from mesh import control
 from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
+from scheduler.client.known_nodes import IdentityMismatch, KnownNodes, check_identity
 from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
 from scheduler.core.local import read_local_token
 
 CHUNK = 1 << 20
+log = logging.getLogger("gpumesh.client")
 
 
 class JobFailed(Exception):
@@ -54,7 +57,7 @@ class JobResult:
 def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
     """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
     res = final.get("result") or {}
-    return JobResult(job_id, final["state"], final.get("reason", ""), res.get("body", {}), output,
+    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), res.get("body", {}), output,
                      res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
 
 
@@ -68,6 +71,25 @@ def _file_digest(path: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
+def pinned_hello(address: str, token: str | None, peer_id: str | None,
+                 known: KnownNodes | None | bool) -> Callable[[str, str | None], dict[str, Any]]:
+    """The HELLO extra of a client: the token, but only once the node's proven peer id was checked (see
+    known_nodes); raises IdentityMismatch instead."""
+    extra = {"token": token} if token else {}
+    book = KnownNodes() if known is True else (known or None)
+
+    def hello(_local: str, remote: str | None) -> dict[str, Any]:
+        if remote is None:  # --insecure: no certificate, nothing proven to check
+            return extra
+        first = check_identity(address, remote, peer_id=peer_id, known=book)
+        if first is not None and book is not None:
+            book.remember(address, first)
+            log.warning("trusting node %s at %s on first use (recorded in %s)", first, address, book.path)
+        return extra
+
+    return hello
+
+
 class Client:
     def __init__(self, rpc: MeshClient) -> None:
         self.rpc = rpc
@@ -75,10 +97,12 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
-                      insecure: bool = False) -> AsyncIterator[Client]:
-        extra = {"token": token} if token else {}
-        async with MeshClient.connect(address, peer_id=peer_id, insecure=insecure,
-                                      hello_extra=lambda _local, _remote: extra) as rpc:
+                      insecure: bool = False, known: KnownNodes | None | bool = True) -> AsyncIterator[Client]:
+        """Connect to the node at `address`. Its identity is checked before the token is sent: against
+        `peer_id`, else against the known-nodes file (`known`: True for the default file, a KnownNodes, or
+        False/None not to pin), where an address seen for the first time is recorded."""
+        async with MeshClient.connect(address, insecure=insecure,
+                                      hello_extra=pinned_hello(address, token, peer_id, known)) as rpc:
             yield cls(rpc)
 
     async def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
@@ -91,8 +115,8 @@ class Client:
     async def _submit(self, kind: str, spec: dict[str, Any] | None = None, *, wait: bool,
                       input: bytes | Path | None = None, job_id: str = "", priority: str = "batch",
                       deadline_ms: float | None = None, timeout_s: float = 3600.0, max_attempts: int = 3,
-                      requirements: dict[str, Any] | None = None,
-                      when_saturated: str = "queue") -> tuple[dict[str, Any], bytes]:
+                      requirements: dict[str, Any] | None = None, when_saturated: str = "queue",
+                      on_upload: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], bytes]:
         """(answer, output bytes). With `wait`, the coordinator answers when the job has ended, its result in
         answer["result"] and its output streamed on the same call: one round trip instead of submit + result."""
         now = trio.current_time()
@@ -122,14 +146,21 @@ class Client:
             body["wait"] = True
         chunks: list[bytes] = []
         async with self.rpc.open("job.submit", body, uploads=streamed) as call:
+            total, sent = job.input_size, 0
             if stream_bytes is not None:
                 view = memoryview(stream_bytes)
                 for off in range(0, len(view), CHUNK):
                     await call.send_bytes(view[off:off + CHUNK])
+                    sent = min(off + CHUNK, total)
+                    if on_upload is not None:
+                        on_upload(sent, total)
             elif stream_path is not None:
                 async with await trio.open_file(stream_path, "rb") as f:
                     while chunk := await f.read(CHUNK):
                         await call.send_bytes(chunk)
+                        sent += len(chunk)
+                        if on_upload is not None:
+                            on_upload(sent, total)
             if streamed:
                 await call.done_sending()
             async for item in call:
@@ -137,12 +168,101 @@ class Client:
                     chunks.append(bytes(item))
             return await call.result(), b"".join(chunks)
 
-    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None) -> JobResult:
+    def _job(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | None = None, job_id: str = "",
+             priority: str = "batch", deadline_ms: float | None = None, timeout_s: float = 3600.0,
+             max_attempts: int = 3, requirements: dict[str, Any] | None = None,
+             when_saturated: str = "queue") -> Job:
+        """A job with its input inline (at most INLINE_INPUT_LIMIT bytes)."""
+        if input is not None and len(input) > INLINE_INPUT_LIMIT:
+            raise ValueError(f"an input of {len(input)} bytes is over the {INLINE_INPUT_LIMIT}-byte inline limit: "
+                             "submit it with submit() or run(), which stream it")
+        now = trio.current_time()
+        return Job(kind=kind, spec=spec or {}, input=bytes(input) if input is not None else None, job_id=job_id,
+                   priority=Priority(priority), deadline=now + deadline_ms / 1000 if deadline_ms is not None else None,
+                   timeout_s=timeout_s, max_attempts=max_attempts,
+                   requirements=Requirements.from_wire(requirements or {}),
+                   when_saturated=WhenSaturated(when_saturated))
+
+    @asynccontextmanager
+    async def submit_many(self, kind: str, specs: Iterable[dict[str, Any]], *,
+                          inputs: Iterable[bytes | None] | None = None,
+                          **kw: Any) -> AsyncIterator[AsyncIterator[tuple[int, JobResult]]]:
+        """Submit many jobs of one kind on one stream and get their results as they end (pipelined: no
+        round trip per job). Yields (index into `specs`, JobResult) in the order the jobs end; a job that was
+        refused or failed comes as a JobResult whose `ok` is False (state "rejected", "failed", ...), it
+        does not stop the others. Inputs (one per spec, optional) travel inline, so at most
+        INLINE_INPUT_LIMIT bytes each; outputs up to 64 KiB come back inline, larger ones are fetched.
+        Other keywords as for `submit` (the same for every job).
+
+            async with c.submit_many("echo", [{}] * 1000) as results:
+                async for i, r in results:
+                    ...
+        """
+        try:
+            async with self._many(kind, specs, inputs, kw) as results:
+                yield results
+        except BaseExceptionGroup as group:  # one error of the upload task or the caller: as itself
+            if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+                raise group.exceptions[0] from group.exceptions[0].__cause__
+            raise
+
+    @asynccontextmanager
+    async def _many(self, kind: str, specs: Iterable[dict[str, Any]], inputs: Iterable[bytes | None] | None,
+                    kw: dict[str, Any]) -> AsyncIterator[AsyncIterator[tuple[int, JobResult]]]:
+        async with self.rpc.open("job.submit_many", {}, uploads=True) as call:
+            async with trio.open_nursery() as nursery:
+                async def upload() -> None:
+                    ins = iter(inputs) if inputs is not None else None
+                    for n, spec in enumerate(specs):
+                        job = self._job(kind, spec, input=next(ins, None) if ins is not None else None, **kw)
+                        await call.send({"n": n, "job": job.to_wire(trio.current_time())})
+                    await call.done_sending()
+
+                nursery.start_soon(upload)
+
+                async def results() -> AsyncIterator[tuple[int, JobResult]]:
+                    async for item in call:
+                        if isinstance(item, dict):
+                            yield item.get("n", -1), await self._many_result(item)
+
+                yield results()
+                nursery.cancel_scope.cancel()  # the caller stopped reading: stop uploading
+
+    async def _many_result(self, item: dict[str, Any]) -> JobResult:
+        if "error" in item:
+            err = RpcError.from_wire(item["error"])
+            return JobResult("", "rejected", f"{err.code}: {err.message}")
+        ans = item.get("answer") or {}
+        if not ans.get("accepted"):
+            return JobResult(ans.get("id", ""), "rejected", ans.get("message", ""))
+        final = item.get("outcome") or {}
+        res = final.get("result") or {}
+        output = final.get("output", b"")
+        if res.get("out_size", 0) and not output:  # too large to come inline: fetch it
+            return await self.result(ans["id"])
+        return _job_result(ans["id"], final, bytes(output))
+
+    async def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
+        """`submit_many` gathered: every job's JobResult, in the order of `specs` (failed ones included)."""
+        out: dict[int, JobResult] = {}
+        async with self.submit_many(kind, specs, **kw) as results:
+            async for n, r in results:
+                out[n] = r
+        return [out[n] for n in sorted(out)]
+
+    async def result(self, job_id: str, *, wait: bool = True, timeout: float | None = None,
+                     on_download: Callable[[int], None] | None = None) -> JobResult:
+        """The job's outcome (waiting for its end unless `wait` is false), its output bytes with it;
+        `on_download(bytes so far)` as they arrive. `job_id` may be a unique prefix, of a job of any node."""
         chunks: list[bytes] = []
+        received = 0
         async with self.rpc.open("job.result", {"id": job_id, "wait": wait}, timeout=timeout) as call:
             async for item in call:
                 if isinstance(item, bytes | bytearray):
                     chunks.append(bytes(item))
+                    received += len(item)
+                    if on_download is not None:
+                        on_download(received)
             final = await call.result()
         return _job_result(job_id, final, b"".join(chunks))
 
@@ -174,9 +294,10 @@ class Client:
         return await self.rpc.call("job.cancel", {"id": job_id})
 
     @asynccontextmanager
-    async def watch(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Job state changes on this node as they happen: `async with c.watch() as events: async for e in events`."""
-        async with self.rpc.open("job.watch", {}) as call:
+    async def watch(self, *, local: bool = False) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Job state changes (and workers' progress reports) of the whole mesh as they happen (`local`: of the
+        jobs this node coordinates only): `async with c.watch() as events: async for e in events`."""
+        async with self.rpc.open("job.watch", {"local": local}) as call:
             async def items() -> AsyncIterator[dict[str, Any]]:
                 async for item in call:
                     if isinstance(item, dict):
@@ -188,10 +309,10 @@ class SyncClient:
     """Blocking wrapper for code that does not use trio: a `Client` on the private loop of a
     `mesh.bigtcp.rpc.SyncMeshClient` (one thread for the client's lifetime)."""
 
-    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> None:
-        extra = {"token": token} if token else {}
-        self._rpc = SyncMeshClient(address, peer_id=peer_id, insecure=insecure,
-                                   hello_extra=lambda _local, _remote: extra)
+    def __init__(self, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False,
+                 known: KnownNodes | None | bool = True) -> None:
+        self._rpc = SyncMeshClient(address, insecure=insecure,
+                                   hello_extra=pinned_hello(address, token, peer_id, known))
         self._client = Client(self._rpc.client)
 
     @property
@@ -208,6 +329,9 @@ class SyncClient:
 
     def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
         return self._rpc.run_async(self._client.run, kind, spec, **kw)
+
+    def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
+        return self._rpc.run_async(self._client.run_many, kind, list(specs), **kw)
 
     def result(self, job_id: str, **kw: Any) -> JobResult:
         return self._rpc.run_async(self._client.result, job_id, **kw)
@@ -239,12 +363,13 @@ def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
 
 
 def address_from_args(args: Any) -> tuple[str, str | None, str | None, bool]:
-    """(address, token, peer id, insecure) for a CLI command: --node/--token/--insecure when given, else the
-    node running with --data-dir and its own token."""
+    """(address, token, peer id, insecure) for a CLI command: --node/--token/--peer-id/--insecure when given,
+    else the node running with --data-dir and its own token."""
     if args.node:
-        return args.node, args.token, None, args.insecure
+        return args.node, args.token, getattr(args, "peer_id", None), args.insecure
     addr, tok, pid, insecure = local_address(args.data_dir)
     return addr, args.token or tok, pid, insecure or args.insecure
 
 
-__all__ = ["Client", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args", "local_address"]
+__all__ = ["Client", "IdentityMismatch", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args",
+           "local_address"]

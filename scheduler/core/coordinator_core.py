@@ -19,6 +19,11 @@ on lease expiry or a lost connection the attempt is lost (an expired advert alon
 gossip runs late under load, the lease says whether the worker lives):
 the job is placed again, excluding that worker, until `max_attempts` attempts are lost ("failed on 3
 attempts: ..."). A worker's retryable failure counts the same way; a job's own failure is final.
+An attempt that crashed its runner (`Result.crashed`: the job's device code killed the process that ran it) is
+not a lost lease but the job's doing: it costs the worker no standing, the job is placed once more on another
+peer, and after `poison_crashes` crashes it fails ("poison: crashed 2 runners (...)") instead of walking
+through the mesh; each crash is a `Crashed(job_id, submitted_by, peer_id, reason)` action, which the I/O
+layer charges to the submitter's token.
 
 Attempt numbers: every offer gets the next attempt number, and every message about an attempt carries it,
 so a message about any attempt but the current one, or from any worker but the one holding it, is stale
@@ -88,6 +93,16 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class Crashed:
+    """An attempt crashed its runner: charge it to the submitter's token (`Quotas.crashed`), not the worker."""
+
+    job_id: str
+    submitted_by: str
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class StateChanged:
     job_id: str
     state: JobState
@@ -117,7 +132,8 @@ class JournalFinish:
     finished_at: float  # coordinator clock
 
 
-Action = SendOffer | SendCancel | Deliver | Finish | StateChanged | JournalJob | JournalAttempt | JournalFinish
+Action = (SendOffer | SendCancel | Deliver | Finish | StateChanged | JournalJob | JournalAttempt | JournalFinish
+          | Crashed)
 
 
 # --- configuration, answers, records --------------------------------------------------------------------
@@ -139,6 +155,7 @@ class CoordinatorConfig:
     standing_floor_lost: float = 0.5  # crashes alone never push a peer below this (they are not malice)
     standing_penalty_bad_result: float = 0.25  # result failed verification
     standing_reward: float = 0.01  # a good result
+    poison_crashes: int = 2  # a job whose attempts crashed this many runners (on different peers) fails
 
 
 @dataclass(frozen=True)
@@ -403,8 +420,10 @@ class CoordinatorCore:
         acts: list[Action] = []
         rec.offer_pending = False  # (a result before its accept: it ran all the same)
         run_s = result.timings.get("run_s")
-        if run_s is not None:
-            self.placer.observe_run(run_s)
+        if run_s is not None:  # a good result also corrects the kind's cost model for that device
+            good = problem is None and result.ok
+            self.placer.observe_run(run_s, job=rec.job if good else None, peer_id=peer_id,
+                                    device_id=result.device or rec.device)
         if problem is not None:
             self.stats.verification_failures += 1
             self.view.adjust_standing(peer_id, -self.cfg.standing_penalty_bad_result)
@@ -412,7 +431,9 @@ class CoordinatorCore:
                                "verification", acts, cancel=False)
             self._pump(now, acts)
             return acts
-        if result.ok or not result.retryable:
+        if result.crashed and not result.ok:
+            self._crashed(rec, peer_id, result, now, acts)
+        elif result.ok or not result.retryable:
             if result.ok and self.view.standing(peer_id) < 1.0:
                 self.view.adjust_standing(peer_id, self.cfg.standing_reward)
             start = rec.started_at if rec.started_at is not None else rec.placed_at or now
@@ -431,6 +452,21 @@ class CoordinatorCore:
                                "retryable_error", acts, cancel=False)
         self._pump(now, acts)
         return acts
+
+    def _crashed(self, rec: JobRecord, peer_id: str, result: Result, now: float, acts: list[Action]) -> None:
+        """The poison rule: a crash is the job's doing (no standing lost by the worker); the job is placed once
+        more on another peer, and a job that crashed `poison_crashes` runners fails instead of walking on."""
+        reason = f"{CRASH_TAG}{_short(peer_id)}: {result.error or 'runner crashed'}"
+        acts.append(Crashed(rec.job_id, rec.job.submitted_by, peer_id, result.error))
+        crashes = crash_count(rec.failures) + 1
+        if crashes >= self.cfg.poison_crashes:
+            rec.failures.append(reason)
+            rec.excluded.add(peer_id)
+            self._release(rec)
+            crashed = [f[len(CRASH_TAG):] for f in rec.failures if f.startswith(CRASH_TAG)]
+            self._finish(rec, JobState.FAILED, f"poison: crashed {crashes} runners ({'; '.join(crashed)})", now, acts)
+            return
+        self._attempt_lost(rec, now, reason, "crashed", acts, cancel=False)
 
     def worker_lost(self, peer_id: str, now: float, reason: str = "connection lost") -> list[Action]:
         """The data-plane connection to `peer_id` broke, or it expired from the view: its attempts are lost."""
@@ -773,6 +809,13 @@ class CoordinatorCore:
                 break
             fin.popitem(last=False)
             self._jobs.pop(job_id, None)
+
+
+CRASH_TAG = "crashed on "  # a failure entry of an attempt that crashed its runner (counted after a restart too)
+
+
+def crash_count(failures: list[str]) -> int:
+    return sum(1 for f in failures if f.startswith(CRASH_TAG))
 
 
 def _short(peer_id: str) -> str:

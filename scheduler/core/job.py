@@ -272,7 +272,9 @@ class Job:
 class Result:
     """The outcome of one attempt, as the worker reports it. `ok=False` with `retryable=True` means the
     worker could not run it (device lost, shutting down): the coordinator places it again; `ok=False`,
-    `retryable=False` is the job's own failure (bad input, kernel error, timed out), delivered as is."""
+    `retryable=False` is the job's own failure (bad input, kernel error, timed out), delivered as is;
+    `crashed=True`: the job's device code killed the runner that ran it (the poison rule: placed once more on
+    another peer, then failed; counted against the submitter, not the worker)."""
 
     job_id: str
     attempt: int
@@ -285,6 +287,7 @@ class Result:
     worker: str = ""  # peer id of the worker that ran it
     device: str = ""
     timings: dict[str, float] = field(default_factory=dict)  # queue_s, run_s, input_s, ... (worker clock)
+    crashed: bool = False
 
     TYPE: ClassVar[str] = "result"
 
@@ -295,6 +298,8 @@ class Result:
             d["error"] = self.error
         if self.retryable:
             d["retryable"] = True
+        if self.crashed:
+            d["crashed"] = True
         if self.output_size:
             d["out_size"] = self.output_size
             d["out_sha256"] = self.output_sha256
@@ -322,6 +327,7 @@ class Result:
             body=body,
             error=_reason(_get(d, "error", str, w, "")),
             retryable=_get(d, "retryable", bool, w, False),
+            crashed=_get(d, "crashed", bool, w, False),
             output_size=_get(d, "out_size", int, w, 0),
             output_sha256=_get(d, "out_sha256", str, w, ""),
             worker=_get(d, "worker", str, w, ""),
@@ -503,9 +509,10 @@ def decode_message(d: Any, now: float = 0.0) -> Message:
     """Any claim-protocol message from its wire map (an Offer's deadline is rebased on `now`)."""
     if not isinstance(d, dict):
         raise WireError("malformed", f"expected a map, got {type(d).__name__}")
-    cls = _MESSAGES.get(d.get("t"))  # type: ignore[arg-type]
+    t = d.get("t")
+    cls = _MESSAGES.get(t) if isinstance(t, str) else None
     if cls is None:
-        raise WireError("malformed", f"unknown message type {d.get('t')!r}")
+        raise WireError("malformed", f"unknown message type {t!r:.64}")
     if cls is Offer:
         return Offer.from_wire(d, now)
     return cls.from_wire(d)

@@ -37,6 +37,7 @@ import numpy as np
 from mesh.advert import Advert, DeviceAdvert
 from mesh.advert_delta import AdvertDelta
 from mesh.membership import Left, MembershipView, PeerState
+from scheduler.core.cost_feedback import CostFeedback
 from scheduler.core.job import Job, Requirements
 
 CostFn = Callable[[Job, DeviceAdvert], float]
@@ -189,8 +190,12 @@ class Placer:
                  seed: int | None = None, d: int = 8, slack: float = 0.25, jitter: float = 0.02,
                  max_slack: float = 1.0, max_jitter: float = 1.0, min_standing: float = 0.25,
                  default_rtt_s: float = 1e-3, typical_job_s: float = 1.0, limit: int = 8,
-                 cost_cache_keys: int = 64) -> None:
+                 cost_cache_keys: int = 64, correct_costs: bool = False) -> None:
         self.view = view
+        self.feedback: CostFeedback | None = None
+        if cost_fn is not None and correct_costs:
+            self.feedback = CostFeedback(cost_fn)
+            cost_fn = self.feedback.cost
         self.cost_fn = cost_fn
         self.work_fn = work_fn
         self.d = max(1, d)
@@ -256,10 +261,17 @@ class Placer:
         self.slack = self.base_slack + (self.max_slack - self.base_slack) * c
         self.jitter = self.base_jitter + (self.max_jitter - self.base_jitter) * c
 
-    def observe_run(self, seconds: float, alpha: float = 0.05) -> None:
-        """A job's observed run time: feeds `typical_job_s` (the time a queued job is expected to hold a slot)."""
+    def observe_run(self, seconds: float, alpha: float = 0.05, *, job: Job | None = None, peer_id: str = "",
+                    device_id: str = "") -> None:
+        """A job's observed run time: feeds `typical_job_s` (the time a queued job is expected to hold a slot)
+        and, with the job and where it ran, the cost model's correction (`feedback`, see cost_feedback)."""
         if seconds >= 0 and math.isfinite(seconds):
             self.typical_job_s = (1 - alpha) * self.typical_job_s + alpha * seconds
+        if self.feedback is not None and job is not None:
+            peer = self.view.get(peer_id)
+            dev = next((d for d in peer.devices() if d.id == device_id), None) if peer is not None else None
+            if dev is not None and self.feedback.observe(job, dev, seconds):
+                self._cost_cache.clear()  # estimates made with the old correction
 
     # --- the decision ---------------------------------------------------------------------------------------
 
@@ -540,8 +552,8 @@ class Placer:
             conds.append(self._int64)
         if req.min_mulmod_mops:
             conds.append(self._mulmod >= req.min_mulmod_mops)
-        if req.min_fma_gflops:
-            conds.append(self._f32 >= req.min_fma_gflops)
+        if req.min_f32_gflops:
+            conds.append(self._f32 >= req.min_f32_gflops)
         if self._dead:
             conds.append(self._expires > -math.inf)
         if not conds:

@@ -1,5 +1,6 @@
-"""Limits per API token and per peer: rate limits (token buckets), concurrent and queued jobs, and
-device-seconds per window. Pure: time is passed in. Every refusal names the limit and how to get under it."""
+"""Limits per API token and per peer: rate limits (token buckets), concurrent and queued jobs, device-seconds
+per window, and runners crashed per window (a token whose jobs keep crashing runners is refused: crashes count
+against the submitter, never the worker). Pure: time is passed in. Every refusal names the limit and how to get under it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from prometheus_client import Counter, Gauge
 
 REFUSALS = Counter("gpumesh_quota_refusals_total", "Requests refused by a limit", ["limit"])
 ACTIVE_BY_TOKEN = Gauge("gpumesh_token_active_jobs", "Jobs not yet finished, per API token", ["token"])
+CRASHES_BY_TOKEN = Counter("gpumesh_token_crashes_total", "Runners crashed by jobs of each API token", ["token"])
 
 
 class QuotaExceeded(Exception):
@@ -44,6 +46,8 @@ class Limits:
     device_seconds: float = 36_000.0  # device-seconds per token per window
     window_s: float = 3600.0
     offer_rate: float = 500.0  # claims per second accepted from one coordinator peer
+    max_crashes: int = 10  # runners a token's jobs may crash per window before its submits are refused
+    crash_device_s: float = 60.0  # device-seconds charged to the token per crashed runner (a restart costs)
     max_output_bytes: int = 256 << 20  # output of one job, per token (spec-declared sizes checked at submit)
 
 
@@ -55,6 +59,7 @@ class Quotas:
     _active: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     _usage: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))  # token -> (time, seconds)
     _used: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # running sum of _usage
+    _crashes: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))  # token -> crash times
 
     def admit_submit(self, token: str, job_id: str, now: float, *, exempt: bool = False) -> None:
         """Raise QuotaExceeded unless `token` may submit another job now; else count it as active.
@@ -71,6 +76,11 @@ class Quotas:
         if len(self._active[token]) >= lim.max_active:
             raise QuotaExceeded("max_active", f"token {token!r} has {lim.max_active} unfinished jobs (the limit); "
                                               "wait for some to finish")
+        crashes = self.crashes(token, now)
+        if crashes >= lim.max_crashes:
+            raise QuotaExceeded("crashes", f"token {token!r}: its jobs crashed {crashes} runners in the last "
+                                           f"{lim.window_s:g} s (limit {lim.max_crashes}); fix the failing kernels "
+                                           "before submitting more")
         used = self.device_seconds(token, now)
         if used >= lim.device_seconds:
             raise QuotaExceeded("device_seconds", f"token {token!r} used {used:.0f} device-seconds in the last "
@@ -94,6 +104,24 @@ class Quotas:
         if device_s > 0:
             self._usage[token].append((now, device_s))
             self._used[token] += device_s
+
+    def crashed(self, token: str, now: float) -> None:
+        """A job of `token` crashed a runner: counted against the token (not the worker), and charged
+        `crash_device_s` device-seconds (the runner's restart is real work)."""
+        self._crashes[token].append(now)
+        CRASHES_BY_TOKEN.labels(token or "local").inc()
+        self._usage[token].append((now, self.limits.crash_device_s))
+        self._used[token] += self.limits.crash_device_s
+
+    def crashes(self, token: str, now: float) -> int:
+        q = self._crashes[token]
+        while q and q[0] < now - self.limits.window_s:
+            q.popleft()
+        return len(q)
+
+    def standing(self, token: str, now: float) -> float:
+        """1.0 for a token whose jobs crashed no runner in the window, down to 0.0 at `max_crashes` (refused)."""
+        return max(0.0, 1.0 - self.crashes(token, now) / max(1, self.limits.max_crashes))
 
     def device_seconds(self, token: str, now: float) -> float:
         q = self._usage[token]

@@ -1,8 +1,11 @@
 """Chaos run: a local mesh of node processes under a steady job load (echo, checksum, zk proofs, render
-frames) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
+frames, and poison compute jobs: out-of-bounds writes, image parameters, infinite loops, huge allocations;
+`scheduler.devtools.poison`) while a driver kills -9 and restarts nodes (workers and coordinators alike), pauses them
 (SIGSTOP/SIGCONT), and, through a fault-injecting proxy in front of every node's data plane
 (`scheduler.devtools.faultproxy`), delays, stalls (partitions), corrupts and resets its traffic. At the end it checks:
 
+  * no node process dies from a job (only the driver's kill -9 ends one);
+  * every poison job fails with a crash or limit outcome (or is refused at submit) within 2 crashed runners;
   * every accepted job has exactly one outcome, and it is still there when asked again later;
   * every result is correct (echo returns its spec, checksum the SHA-256 of the bytes sent, a proof passes
     the verifier for its statement, a frame matches the numpy reference render);
@@ -32,7 +35,9 @@ from typing import Any
 import numpy as np
 import trio
 
+from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobResult, local_address
+from scheduler.devtools import poison as poison_jobs
 from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, stop_all, wait_for
 from scheduler.node import endpoints
@@ -43,7 +48,8 @@ from worker.render.samples import example
 from worker.render.scene import content_hash
 from worker.zk import verify
 
-FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5"]
+REFUSALS = {"invalid", "invalid_spec", "unknown_kind"}  # RPC errors that are a submit's final answer
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5", "--runner-memory-mb", str(poison_jobs.RUNNER_MEMORY_MB)]
 MAX_RSS_BYTES = 1536 << 20
 
 
@@ -55,6 +61,8 @@ class Submitted:
     spec: dict
     input: bytes | None
     check: Callable[[JobResult], str | None]  # why a "done" result is wrong, or None
+    poison: Callable[[str, str, str], str | None] | None = None  # a poison job: its outcome's check
+    refusal: str = ""  # the submit's message when it was refused
     accepted: bool | None = None  # None: the submit's answer was lost (the node died): resubmit idempotently
     outcome: tuple | None = None
     problem: str | None = None
@@ -70,6 +78,7 @@ class Report:
     max_rss_mb: float = 0.0
     jobs: int = 0
     kinds: Counter = field(default_factory=Counter)
+    poison: Counter = field(default_factory=Counter)  # poison jobs' outcomes
     duration_s: float = 0.0
     proxied_mb: float = 0.0
     corrupted_chunks: int = 0
@@ -80,6 +89,7 @@ class Report:
         rows += [(f"jobs: {k}", v) for k, v in sorted(self.kinds.items())]
         rows += [(f"fault: {k}", v) for k, v in sorted(self.faults.items())]
         rows += [(f"outcome: {k}", v) for k, v in sorted(self.outcomes.items())]
+        rows += [(f"poison outcome: {k}", v) for k, v in sorted(self.poison.items())]
         rows += [("data plane through the proxies", f"{self.proxied_mb:.0f} MB"),
                  ("chunks corrupted / connections reset", f"{self.corrupted_chunks} / {self.connections_reset}"),
                  ("retries (attempts > 1)", self.retries), ("submits answered after a node came back", self.resubmits),
@@ -104,7 +114,7 @@ def _rss(pid: int) -> int:
 
 
 class Chaos:
-    def __init__(self, root: Path, n: int, seed: int, rate: float) -> None:
+    def __init__(self, root: Path, n: int, seed: int, rate: float, poison: float = 0.08) -> None:
         self.rng = random.Random(seed)
         self.nodes: list[NodeProc] = make_nodes(root, n, FAST)
         self.proxies: list[FaultProxy] = []
@@ -115,6 +125,7 @@ class Chaos:
         self._render = _RenderJobs()
         self._net_todo: list[str] = []
         self.rate = rate
+        self.poison_every = round(1 / poison) if poison > 0 else 0
         self.jobs: list[Submitted] = []
         self.report = Report()
         self.down: set[int] = set()
@@ -144,6 +155,10 @@ class Chaos:
     def make_job(self, node: int) -> Submitted:
         self._seq += 1
         jid = f"chaos-{self._seq}"
+        if self.poison_every and self._seq % self.poison_every == 0:  # every kind in turn, so short runs see all
+            pk = poison_jobs.KINDS[(self._seq // self.poison_every - 1) % len(poison_jobs.KINDS)]
+            pspec, pdata, pcheck = poison_jobs.job(pk, self._seq)
+            return Submitted(jid, node, "compute.opencl", pspec, pdata, lambda res: None, poison=pcheck)
         r = self.rng.random()
         spec: dict[str, Any]
         if r < 0.45:
@@ -168,6 +183,12 @@ class Chaos:
                 async with Client.connect(addr, token=tok, peer_id=pid) as c:
                     ans = await c.submit(job.kind, job.spec, input=job.input, job_id=job.job_id, max_attempts=6)
             job.accepted = bool(ans["accepted"])
+            job.refusal = "" if job.accepted else str(ans.get("message", ""))
+        except RpcError as e:
+            if e.code in REFUSALS:  # refused for what the job is (a bad spec): a definite answer
+                job.accepted, job.refusal = False, f"{e.code}: {e.message}"
+            else:
+                job.accepted = None
         except Exception:
             job.accepted = None  # unknown: asked again at the end
 
@@ -188,6 +209,7 @@ class Chaos:
         todo: list[str] = []
         while not stop.is_set():
             await trio.sleep(self.rng.uniform(1.0, 3.0))
+            self.check_alive()
             up = [i for i in range(len(self.nodes)) if i not in self.down]
             if len(up) <= 2:
                 continue
@@ -243,6 +265,14 @@ class Chaos:
             proxy.reset_all()
 
     # ---- checks --------------------------------------------------------------------------------------
+    def check_alive(self) -> None:
+        """No node dies but by the driver's hand (a job, poison or not, must never take one down)."""
+        for i, nd in enumerate(self.nodes):
+            if i not in self.down and nd.proc is not None and nd.proc.poll() is not None:
+                self.report.violations.append(f"{nd.data_dir.name} died on its own (exit code {nd.proc.returncode}): "
+                                              f"{nd.log_tail(600)!r}")
+                self.down.add(i)  # restarted at the end, so the other checks can run
+
     async def settle(self, timeout: float) -> None:
         """Ask each job's coordinator for its outcome until every job has one (resubmitting unknown ones)."""
         deadline = trio.current_time() + timeout
@@ -314,6 +344,12 @@ class Chaos:
             if j.outcome is None:
                 continue
             state, reason, body, attempt = j.outcome
+            if j.poison is not None:
+                self.report.poison[state] += 1
+                problem = j.poison(state, reason, j.refusal)
+                if problem:
+                    self.report.violations.append(f"{j.job_id} (poison): {problem}")
+                continue
             self.report.outcomes[state] += 1
             if attempt and attempt > 1:
                 self.report.retries += 1
@@ -389,6 +425,7 @@ async def _faults_and_checks(ch: Chaos, duration: float, min_faults: int = 0, mi
             while sum(ch.report.faults.values()) < min_faults or len(ch.jobs) < min_jobs:
                 await trio.sleep(0.2)
         stop.set()
+    ch.check_alive()
     for p in ch.proxies:  # faults stop: the mesh must heal
         p.faults.delay_s, p.faults.corrupt_chunks = 0.0, 0
         p.faults.unstall()
@@ -412,11 +449,11 @@ async def _faults_and_checks(ch: Chaos, duration: float, min_faults: int = 0, mi
 
 
 def run(duration: float = 60.0, nodes: int = 5, seed: int = 1, rate: float = 10.0, root: Path | None = None,
-        min_faults: int = 0, min_jobs: int = 0, cap_s: float = 600.0) -> Report:
+        min_faults: int = 0, min_jobs: int = 0, cap_s: float = 600.0, poison: float = 0.08) -> Report:
     """A chaos run of at least `duration` seconds that goes on until `min_faults` faults were injected and
-    `min_jobs` jobs submitted (at most `cap_s` seconds of load)."""
+    `min_jobs` jobs submitted (at most `cap_s` seconds of load); `poison`: the share of poison jobs."""
     with tempfile.TemporaryDirectory(prefix="gpumesh-chaos-") as tmp:
-        ch = Chaos(Path(root or tmp), nodes, seed, rate)
+        ch = Chaos(Path(root or tmp), nodes, seed, rate, poison)
         t0 = time.monotonic()
         try:
             trio.run(_run, ch, duration, min_faults, min_jobs, cap_s)
@@ -436,12 +473,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=10.0, help="jobs submitted per second")
+    p.add_argument("--poison", type=float, default=0.08,
+                   help="share of the jobs that are poison (every kind of scheduler.devtools.poison in turn; 0: none)")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the nodes' data dirs and logs in DIR (default: a temporary dir, removed)")
     args = p.parse_args(argv)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-    rep = run(args.duration, args.nodes, args.seed, args.rate, root=args.keep)
+    rep = run(args.duration, args.nodes, args.seed, args.rate, root=args.keep, poison=args.poison)
     print("chaos run:")
     print(rep.table())
     for v in rep.violations[:50]:

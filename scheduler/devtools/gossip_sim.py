@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mesh import advert_delta, shard
@@ -40,6 +41,7 @@ from mesh.membership import Joined, MembershipView
 
 KEY = b"k" * 32
 TTL_INTERVALS = 3.0
+EXPIRE_EVERY_S = 10.0  # the node checks every second; an expiry found later here is still counted
 
 
 @dataclass
@@ -80,10 +82,11 @@ class SimConfig:
     seed: int = 1
     warmup_s: float = 60.0
     duration_s: float = 120.0  # measured after the warm-up
+    tail_s: float = 10.0  # run on after it, so that the last changes can arrive
     change_every_s: float = 60.0  # mean time between load changes of one node
-    degree: int = 4  # gossipsub D (the real node's MESH_DEGREE)
+    degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
-    summary_interval_s: float = 30.0
+    summary_interval_s: float = 60.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     calibration: Calibration = field(default_factory=Calibration)
 
@@ -161,7 +164,12 @@ class GossipSim:
         for nd in self.nodes:
             by_shard.setdefault(nd.shard, []).append(nd.idx)
         self.topics = {s: _Topic(m, cfg.degree, self.rng) for s, m in sorted(by_shard.items())}
+        cal = cfg.calibration
+        # hop times drawn once (a pool a few times larger than a topic's links, walked in order)
+        self._hops = [self.rng.lognormvariate(math.log(cal.hop_s), cal.hop_sigma) for _ in range(65_536)]
+        self._hop_i = 0
         self.received = [0] * n  # messages received in the measured window, duplicates included
+        self.unique = [0] * n  # of which first copies
         self.changes: list[_Change] = []
         self.open: dict[int, list[_Change]] = {}
         self.published = {"full": 0, "delta": 0, "summary": 0, "world": 0}
@@ -224,7 +232,7 @@ class GossipSim:
         for ev in nd.view.expire(self.now):
             self.false_expiries += 1  # nobody dies in this simulation: every expiry is a refresh that came late
             del ev
-        self.at(self.now + self.cfg.schedule.min_refresh_s, self._expire, nd)
+        self.at(self.now + EXPIRE_EVERY_S, self._expire, nd)
 
     def _publish(self, nd: _Node, kind: Publish) -> None:
         nd.seq += 1
@@ -270,8 +278,7 @@ class GossipSim:
     # ---- the simulated pubsub ------------------------------------------------------------------------------
     def _spread(self, topic: _Topic, origin: int) -> list[tuple[int, float]]:
         """Arrival (after its CPU queue) of a message at every member it reaches, in the order first reached."""
-        cal, rng = self.cfg.calibration, self.rng
-        mu = math.log(cal.hop_s)
+        cal, rng, hops = self.cfg.calibration, self.rng, self._hops
         done: dict[int, float] = {}
         heap = [(self.now, origin, -1)]
         counting = self.t0 <= self.now < self.t1
@@ -287,13 +294,17 @@ class GossipSim:
                     self.received[w] += 1
                 if cal.loss and rng.random() < cal.loss:
                     continue
-                arrive = t + rng.lognormvariate(mu, cal.hop_sigma)
+                self._hop_i = (self._hop_i + 1) % len(hops)
+                arrive = t + hops[self._hop_i]
                 node = self.nodes[w]
                 start = max(arrive, node.busy_until)
                 node.busy_until = start + cal.cpu_per_msg_s
                 if w not in done:
                     heapq.heappush(heap, (node.busy_until, w, u))
         del done[origin]
+        if counting:
+            for w in done:
+                self.unique[w] += 1
         return list(done.items())
 
     # ---- shard summaries -------------------------------------------------------------------------------------
@@ -320,10 +331,10 @@ class GossipSim:
         for nd in self.nodes:
             self._arm(nd)
             self.at(self.rng.random() * self.cfg.change_every_s, self._change, nd)
-            self.at(self.rng.random() * self.cfg.schedule.min_refresh_s, self._expire, nd)
+            self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
         for s in self.relays:
             self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
-        end = self.t1 + 30.0  # changes made near the end still get time to arrive
+        end = self.t1 + self.cfg.tail_s
         while self._q and self._q[0][0] <= end:
             self.now, _, fn, args = heapq.heappop(self._q)
             fn(*args)
@@ -341,6 +352,7 @@ class GossipSim:
             "p50_s": statistics.median(done) if done else math.nan, "p99_s": q[98],
             "convergence_s": done,
             "msgs_per_s_per_node": statistics.mean(rates),
+            "unique_per_s_per_node": statistics.mean(u / self.cfg.duration_s for u in self.unique),
             "msgs_per_s_max_node": max(rates),
             "msgs_per_s_relays_mean": statistics.mean(rates[i] for i in relays) if relays else None,
             "published": dict(self.published),
@@ -354,6 +366,80 @@ class GossipSim:
 
 def run(cfg: SimConfig | None = None) -> dict[str, Any]:
     return GossipSim(cfg or SimConfig()).run()
+
+
+# the measurement before adverts were scheduled (bench/results/gossip.json of 2026-12-06, the issue's figures)
+BEFORE = {"p50_s": {5: 0.1238, 10: 0.3207, 20: 27.8527}, "p99_s": {5: 0.1602, 10: 1.0027, 20: 33.7484}}
+
+
+def plot(bench: dict, sims: dict[int, dict], outdir: Any) -> list[str]:
+    """The PNGs of docs/gossip.md from a bench result (`convergence_*`, `msgs_per_s_per_node` by N) and the
+    simulation results by node count (flat small meshes and sharded large ones)."""
+    # optional: matplotlib (not a dependency of gpumesh; only this docs helper draws with it)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    # optional: matplotlib, as above
+    import matplotlib.pyplot as plt
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    real_n = sorted(int(n) for n in bench["convergence_p99_s"])
+    sim_n = sorted(sims)
+    files = []
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    bn = sorted(BEFORE["p99_s"])
+    ax.plot(bn, [BEFORE["p50_s"][n] for n in bn], "x--", color="grey", label="before: real p50")
+    ax.plot(bn, [BEFORE["p99_s"][n] for n in bn], "x-", color="black", label="before: real p99")
+    ax.plot(real_n, [bench["convergence_p50_s"][str(n)] for n in real_n], "o--", color="C0", label="after: real p50")
+    ax.plot(real_n, [bench["convergence_p99_s"][str(n)] for n in real_n], "o-", color="C0", label="after: real p99")
+    ax.plot(sim_n, [sims[n]["p50_s"] for n in sim_n], "s--", color="C1", label="simulation p50")
+    ax.plot(sim_n, [sims[n]["p99_s"] for n in sim_n], "s-", color="C1", label="simulation p99")
+    ax.axhline(5.0, color="C3", lw=0.8, ls=":", label="target at 10,000: p99 < 5 s")
+    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds until every node has a change",
+           title="Convergence of a capacity change")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gossip-convergence.png", dpi=110)
+    files.append(str(out / "gossip-convergence.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(real_n, [bench["msgs_per_s_per_node"][str(n)] for n in real_n], "o-", color="C0",
+            label="after: real, copies received")
+    ax.plot(sim_n, [sims[n]["msgs_per_s_per_node"] for n in sim_n], "s-", color="C1", label="simulation: mean")
+    ax.plot(sim_n, [sims[n]["msgs_per_s_max_node"] for n in sim_n], "s:", color="C1",
+            label="simulation: busiest node (a relay)")
+    flat = [5, 10, 20, 40, 100, 1000, 10000]
+    ax.plot(flat, [n / 2 * 3.5 for n in flat], "x--", color="black",
+            label="before (every node every 2 s, ~3.5 copies): N/2 x 3.5")
+    ax.axhline(10.0, color="C3", lw=0.8, ls=":", label="target: 10 per node per s")
+    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="messages received per node per second",
+           title="Gossip load on each node")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gossip-messages.png", dpi=110)
+    files.append(str(out / "gossip-messages.png"))
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for n in sim_n:
+        xs = sorted(sims[n].get("convergence_s") or [])
+        if n >= 1000 and xs:
+            ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=f"{n:,} nodes ({len(xs)} changes)")
+    ax.axvline(5.0, color="C3", lw=0.8, ls=":", label="5 s")
+    ax.set(xscale="log", xlabel="seconds until every shard member has the change", ylabel="fraction of changes",
+           title="Convergence in the simulation (sharded)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gossip-cdf.png", dpi=110)
+    files.append(str(out / "gossip-cdf.png"))
+    plt.close(fig)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@ API token), the principal a connection carries, and the local admin token of the
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,9 @@ from mesh import metrics as mesh_metrics
 from mesh.bigtcp.tls import HandshakeError
 from scheduler.core.local import LOCAL_TOKEN_FILE, read_local_token
 from scheduler.node.tokens import TokenError, TokenRecord, TokenStore
+
+log = logging.getLogger("gpumesh.node")
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Admission:
 
     def __init__(self, self_id: str, psk: str | None, allow: frozenset[str] | None, tokens: TokenStore) -> None:
         self.self_id, self.psk, self.allow, self.tokens = self_id, psk, allow, tokens
+        self._logged: dict[str, float] = {}
 
     def hello_extra(self, local_id: str, remote_id: str | None) -> dict[str, Any]:
         if self.psk and remote_id:
@@ -51,14 +57,23 @@ class Admission:
                 mesh_metrics.PEERS_REFUSED.labels("client").inc()
                 return Principal("client", None, str(e))
         if self.allow is not None and peer_id not in self.allow:
-            mesh_metrics.PEERS_REFUSED.labels("dataplane").inc()
-            raise HandshakeError("refused", f"peer {peer_id} is not on this mesh's allow list")
+            self._refuse(peer_id, "it is not on this mesh's allow list (--allow-peers)")
         if self.psk and not outbound:
             proof = extra.get("proof")
             if not isinstance(proof, bytes) or not adm.check_peer_proof(self.psk, peer_id, self.self_id, proof):
-                mesh_metrics.PEERS_REFUSED.labels("dataplane").inc()
-                raise HandshakeError("refused", f"peer {peer_id} did not prove it holds the mesh key")
+                self._refuse(peer_id, "it did not prove it holds this mesh's key (a different --mesh-key-file, or none)")
         return Principal("peer")
+
+    def _refuse(self, peer_id: str, why: str) -> None:
+        """Count, log (at warning, at most once a minute per peer: it may retry every few seconds) and refuse."""
+        mesh_metrics.PEERS_REFUSED.labels("dataplane").inc()
+        now = time.monotonic()
+        if now - self._logged.get(peer_id, -1e9) >= REFUSAL_LOG_INTERVAL_S:
+            self._logged[peer_id] = now
+            if len(self._logged) > 1024:
+                self._logged.clear()
+            log.warning("refused peer %s on the data plane: %s", peer_id, why)
+        raise HandshakeError("refused", f"peer {peer_id} refused: {why}")
 
 
 def local_token(data_dir: Path, store: TokenStore) -> str:

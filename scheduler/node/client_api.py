@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
-from scheduler.core.job import Job, WireError
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, WireError
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.node import outputs, tenancy
@@ -27,6 +27,9 @@ from scheduler.node.jobview import tagged_job_id
 from scheduler.node.links import CHUNK
 from scheduler.node.tokens import TokenError, TokenStore
 from worker import kinds as kinds_mod
+
+MANY_IN_FLIGHT = 256  # jobs of one job.submit_many call waited for at once
+MANY_INLINE_OUTPUT = 64 * 1024  # job.submit_many: outputs up to this travel inside the result item
 
 
 def describe_peers(view: TrackedView, self_id: str) -> list[dict[str, Any]]:
@@ -56,7 +59,8 @@ class ClientAPI:
         self._peers = peers
 
     def register(self, rpc: RpcServer) -> None:
-        for name, fn in [("job.submit", self._submit), ("mesh.peers", self._mesh_peers)]:
+        for name, fn in [("job.submit", self._submit), ("job.submit_many", self._submit_many),
+                         ("mesh.peers", self._mesh_peers)]:
             rpc.register(name, fn)
 
     def require(self, call: Call, scope: str) -> Principal:
@@ -71,10 +75,69 @@ class ClientAPI:
         return p
 
     async def _submit(self, call: Call) -> dict[str, Any]:
+        out = await self._admit(call, call.body.get("job"), uploads=call)
+        if call.body.get("wait") is True and out["accepted"]:  # submit and result in one round trip
+            out["outcome"] = await self.outcome(call, out["id"], wait=True)
+        return out
+
+    async def _submit_many(self, call: Call) -> dict[str, Any]:
+        """Pipelined submission on one stream: the client uploads items {"n": index, "job": job}, each job
+        carrying its input inline; for each the server streams back {"n", "answer"} with, once the job has
+        ended, "outcome" (the job's result, its output inline when at most MANY_INLINE_OUTPUT bytes; larger
+        outputs are fetched with job.result). Items are answered in the order jobs end. At most MANY_IN_FLIGHT
+        jobs of one call are waited for at once: the next upload is read only when one has ended, so a client
+        that uploads faster meets the stream's flow control. Refusals (invalid job, quota, ...) are per item."""
+        slots = trio.Semaphore(MANY_IN_FLIGHT)  # each job is authorized on its own (submit or compute scope)
+        count = 0
+
+        async def one(n: int, wire_job: Any) -> None:
+            try:
+                try:
+                    answer = await self._admit(call, wire_job, uploads=None)
+                except RpcError as e:
+                    await call.send({"n": n, "error": e.to_wire()})
+                    return
+                item: dict[str, Any] = {"n": n, "answer": answer}
+                if answer["accepted"]:
+                    item["outcome"] = await self._outcome_inline(answer["id"])
+                await call.send(item)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                await slots.acquire()
+                upload = await call.receive()
+                if upload is None:
+                    slots.release()
+                    break
+                if not isinstance(upload, dict) or not isinstance(upload.get("n"), int) or "job" not in upload:
+                    raise RpcError("bad_request", "job.submit_many uploads items {n: int, job: map}")
+                count += 1
+                nursery.start_soon(one, upload["n"], upload["job"])
+        return {"submitted": count}
+
+    async def _outcome_inline(self, job_id: str) -> dict[str, Any]:
+        """The job's outcome once it has ended, its output inline when small (submit_many)."""
+        settled = await self.coordinator.settled(job_id, True)
+        if settled is None:
+            return {"id": job_id, "state": "unknown", "reason": "the job is gone", "final": True, "result": None}
+        state, reason, result = settled
+        out: dict[str, Any] = {"id": job_id, "state": state.value, "reason": reason, "final": state.terminal,
+                               "result": result.to_wire() if result is not None else None}
+        if result is not None and 0 < result.output_size <= MANY_INLINE_OUTPUT:
+            path = self.coordinator.output_path(job_id)
+            if path.exists():
+                out["output"] = await trio.Path(path).read_bytes()
+        return out
+
+    async def _admit(self, call: Call, wire_job: Any, *, uploads: Call | None) -> dict[str, Any]:
+        """Validate, authorize and submit one job; its answer. A streamed input is read from `uploads`
+        (None: only inline inputs are allowed)."""
         now = trio.current_time()
         try:
             # an id this node makes names it as the coordinator (see jobview): any node finds the job from it
-            job = Job.from_wire(call.body.get("job"), now).validate().with_id(
+            job = Job.from_wire(wire_job, now).validate().with_id(
                 functools.partial(tagged_job_id, self.coordinator.peer_id))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
@@ -107,8 +170,12 @@ class ClientAPI:
             except QuotaExceeded as e:
                 raise RpcError("quota", str(e)) from None
         if not job.inline and job.input_size > 0 and existing is None:
+            if uploads is None:
+                self.quotas.finished(p.name, job.job_id, 0.0, now)
+                raise RpcError("invalid", f"job.submit_many carries inputs inline only (at most {INLINE_INPUT_LIMIT} "
+                                          "bytes); submit larger inputs with job.submit")
             try:
-                await self.coordinator.receive_input(job, call)
+                await self.coordinator.receive_input(job, uploads)
             except ValueError as e:
                 self.quotas.finished(p.name, job.job_id, 0.0, now)
                 raise RpcError("bad_input", str(e)) from None
@@ -122,8 +189,6 @@ class ClientAPI:
         out = {"id": answer.job_id, "accepted": answer.accepted, "state": answer.state.value if answer.state else "",
                "position": answer.position, "message": answer.message(), "code": answer.code,
                "duplicate": answer.duplicate}
-        if call.body.get("wait") is True and answer.accepted:  # submit and result in one round trip
-            out["outcome"] = await self.outcome(call, answer.job_id, wait=True)
         return out
 
     async def outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:

@@ -54,6 +54,9 @@ class NodeSettings(BaseSettings):
                               description="libp2p listen multiaddr (repeatable)")
     bootstrap: list[str] = Field(default=[],
                                  description="Peer to join through, as /ip4/HOST/tcp/PORT/p2p/PEER_ID (repeatable)")
+    join: list[str] = Field(default=[],
+                            description="Data-plane address HOST:PORT of a node to join through: its peer id and "
+                                        "libp2p addresses are learned from it (the mesh key still checked); repeatable")
     mdns: bool = Field(default=False, description="Discover peers on the local network with mDNS")
     data_listen: str = Field(default="0.0.0.0:4002", description="HOST:PORT of the bigtcp data plane (jobs, results, client API)")
     data_plane_insecure: bool = Field(default=False,
@@ -69,7 +72,7 @@ class NodeSettings(BaseSettings):
     advert_interval: float = Field(default=2.0, gt=0.05, le=300,
                                    description="Shortest seconds between full capacity adverts (small meshes); the "
                                                "interval grows with the number of peers, up to --advert-max-interval")
-    advert_max_interval: float = Field(default=30.0, gt=0.05, le=3600,
+    advert_max_interval: float = Field(default=60.0, gt=0.05, le=3600,
                                        description="Longest seconds between full capacity adverts (large meshes)")
     advert_ttl: float | None = Field(default=None, gt=0,
                                      description="Seconds before a silent peer expires at the shortest interval "
@@ -78,6 +81,9 @@ class NodeSettings(BaseSettings):
     rescan_interval: float = Field(default=30.0, gt=0, description="Seconds between OpenCL device re-scans")
     slots_per_device: int = Field(default=1, ge=1, le=64, description="Jobs run at once on each device")
     max_queue: int = Field(default=64, ge=1, le=100_000, description="Queued jobs per device before 'saturated'")
+    runner_memory_mb: int = Field(default=0, ge=0, le=1 << 24,
+                                  description="Memory (MiB) a runner process may use for one job beyond its own baseline; "
+                                              "0: a quarter of RAM, between 1 and 8 GiB")
     mesh_key_file: Path | None = Field(default=None,
                                        description="Private-network key file: only nodes holding the same key can join")
     allow_peers: Path | None = Field(default=None,
@@ -105,6 +111,13 @@ class NodeSettings(BaseSettings):
                 raise ValueError(f"bad multiaddr {a!r}: {e}") from None
             if info.field_name == "bootstrap" and "/p2p/" not in str(ma):
                 raise ValueError(f"bootstrap address {a!r} must end with /p2p/<peer-id> (`mesh-node id` on that host prints it)")
+        return v
+
+    @field_validator("join")
+    @classmethod
+    def _joins(cls, v: list[str]) -> list[str]:
+        for a in v:
+            parse_hostport(a, "join")
         return v
 
     @field_validator("data_listen")
@@ -225,4 +238,7 @@ def add_node_options(p: Any, token: str = "API token") -> None:
                    help="data-plane address of the node to use (default: the local node of --data-dir)")
     p.add_argument("--token", default=os.environ.get("GPUMESH_TOKEN"),
                    help=f"{token} (default: $GPUMESH_TOKEN, or the local node's own token)")
+    p.add_argument("--peer-id", default=os.environ.get("GPUMESH_PEER_ID"),
+                   help="with --node: the node's peer id (`mesh-node id` there); default: the id recorded for that "
+                        "address in the known-nodes file, trusted and recorded on first use")
     p.add_argument("--insecure", action="store_true", help="the node runs with --data-plane-insecure")

@@ -29,6 +29,7 @@ from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
     CoordinatorConfig,
     CoordinatorCore,
+    Crashed,
     Deliver,
     Finish,
     JournalAttempt,
@@ -53,6 +54,7 @@ from worker.devices import Device
 log = logging.getLogger("gpumesh.scheduler")
 
 CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
+FRESH_LOAD_S = 2.0  # an advert this young shows the load its sender had (changes go out within ~0.1 s)
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
 
 # `verifier(job, result, output, read_input) -> str | None` checks a remote worker's result (None = accept);
@@ -67,7 +69,7 @@ def device_of(d: DeviceAdvert) -> Device:
                   kind="cpu" if d.kind == "reference" else d.kind, compute_units=d.compute_units,
                   global_mem_bytes=d.global_mem_bytes, max_work_group_size=d.max_work_group_size, fp64=d.fp64,
                   int64=d.int64, opencl=d.kind != "reference", mulmod_mops=d.mulmod_mops or None,
-                  fma_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
+                  f32_gflops=d.f32_gflops or None, max_work_item_sizes=tuple(d.max_work_item_sizes),
                   max_alloc_bytes=d.max_alloc_bytes, local_mem_bytes=d.local_mem_bytes,
                   opencl_version=d.opencl_version, non_uniform_work_groups=d.non_uniform_work_groups)
 
@@ -89,7 +91,8 @@ class CoordinatorIO:
         self.registry = registry
         self.verifiers = verifiers
         self.quotas = quotas
-        self.placer = Placer(view, cost_fn=self._cost)
+        # the kinds' cost models, corrected by the run times results report (realtime admission relies on them)
+        self.placer = Placer(view, cost_fn=self._cost, correct_costs=True)
         self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig(),
                                     observer=PrometheusCoordinatorObserver(), perf_clock=time.perf_counter)
         self.spool = Path(data_dir) / "spool"
@@ -214,6 +217,9 @@ class CoordinatorIO:
     async def submit(self, job: Job) -> SubmitAnswer:
         answer, acts = self.core.submit(job, trio.current_time())
         await self._execute(acts)
+        if answer.accepted and not answer.duplicate:
+            log.info("job %s (%s, %s) submitted by %s", job.job_id, job.kind, job.priority.value,
+                     job.submitted_by or "?")
         return answer
 
     async def cancel(self, job_id: str) -> dict[str, Any] | None:
@@ -283,6 +289,18 @@ class CoordinatorIO:
                                                     limiter=self._verify_limiter)
         await self._execute(self.core.on_result(worker, result, trio.current_time(), problem))
 
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """A remote worker's output, streamed to a file (never gathered in memory), bounded by what the job may
+        produce and checked against the result's size and sha256. A late or duplicate result's bytes are read
+        past, never kept (the core drops the result)."""
+        job = self.core.expects_result(worker, result)
+        if job is None:
+            async for _ in chunks:
+                pass
+            return None
+        path = self.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
+        return await outputs.receive(chunks, path, result.output_size, result.output_sha256, self.output_limit(job))
+
     async def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         rec = self.core.get(job_id)
         if rec is None or rec.peer != worker:
@@ -314,6 +332,8 @@ class CoordinatorIO:
                 self._tasks.start_soon(self._send_cancel, a)
             elif isinstance(a, Finish):
                 self._on_finish(a)
+            elif isinstance(a, Crashed):  # the submitter's doing: its token pays, the worker does not
+                self.quotas.crashed(a.submitted_by, trio.current_time())
             elif isinstance(a, StateChanged):
                 rec = self.core.get(a.job_id)
                 self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
@@ -356,7 +376,8 @@ class CoordinatorIO:
         """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its
         capacity (to attract work, or to look big): each such refusal costs a little standing."""
         st = self.view.get(peer_id)
-        if st is None or peer_id == self.peer_id or now - st.last_seen > st.advert.interval_s:
+        # "fresh": newer than a change takes to go out; not the refresh interval, which grows with the mesh
+        if st is None or peer_id == self.peer_id or now - st.last_seen > min(st.advert.interval_s, FRESH_LOAD_S):
             return
         advertised = sum(d.free_slots for d in st.advert.devices)
         actual = sum(v[0] for v in answer.load.values()) if answer.load else None
@@ -386,10 +407,23 @@ class CoordinatorIO:
             ev.set()
         self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
                          "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+        if rec is not None:
+            took = trio.current_time() - rec.submitted_at
+            worker = a.result.worker if a.result is not None else ""
+            log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
+                     f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
         self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
             outputs.discard(self._received.pop(k))
+
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        """A worker's progress on the attempt it holds, passed on to watchers (others are ignored)."""
+        rec = self.core.get(job_id)
+        if rec is None or rec.peer != worker or rec.attempt != attempt or rec.state.terminal:
+            return
+        self._broadcast({"id": job_id, "kind": rec.job.kind, "state": rec.state.value, "attempt": attempt,
+                         "peer": worker, "progress": round(fraction, 4), "stage": stage})
 
     def _broadcast(self, item: dict[str, Any]) -> None:
         for ch in list(self._watchers):

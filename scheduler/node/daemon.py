@@ -17,8 +17,10 @@ import trio
 from mesh import __version__, control, metrics, metrics_http
 from mesh.admission import read_allow_list, read_mesh_key
 from mesh.advert import Advert, DeviceAdvert
+from mesh.bigtcp.framing import TransportError
 from mesh.bigtcp.limits import give_back_memory
-from mesh.bigtcp.rpc import RpcServer
+from mesh.bigtcp.rpc import Call, MeshClient, RpcError, RpcServer
+from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
 from mesh.gossip import GossipConfig, GossipService
 from mesh.identity import Identity, load_or_create
@@ -45,6 +47,7 @@ from worker.devices import Device, DeviceWatcher, DiscoveryResult
 from worker.executor import Executor
 from worker.kinds import KindFamily, KindRegistry
 from worker.render import kind as render_kind
+from worker.runner import RunnerPool, RunnerSettings
 from worker.zk import kind as zk_kind
 
 log = logging.getLogger("gpumesh.node")
@@ -94,8 +97,13 @@ class Node:
         self.ready = trio.Event()
         self._event_listeners: list = []
         self.registry, verifiers = job_kinds()
+        runner_settings = RunnerSettings()
+        if self.settings.runner_memory_mb:
+            runner_settings.memory_bytes = self.settings.runner_memory_mb << 20
+        # device code runs in runner processes (worker.runner): a crashing kernel takes down a runner, not the node
+        self.runners = RunnerPool(runner_settings)
         self.executor = Executor((), slots=self.settings.slots_per_device, max_queued=self.settings.max_queue,
-                                 registry=self.registry, on_change=self._capacity_changed)
+                                 registry=self.registry, on_change=self._capacity_changed, runners=self.runners)
         self.labels: dict[str, str] = {}
         self.data_host_port = parse_hostport(self.settings.data_listen, "data-listen")
         self._data_host = self.data_host_port[0]
@@ -121,6 +129,7 @@ class Node:
         client_api.register(self.rpc)
         # job.status / list / cancel / result / watch: for any job of the mesh, through any node
         JobView(client_api, self.coordinator, self.links, self.view).register(self.rpc)
+        self.rpc.register("peer.hello", self._peer_hello)
         self._event_listeners.append(self.coordinator.on_membership)
 
     # ---- state that goes into the advert ---------------------------------------------------------------
@@ -133,7 +142,7 @@ class Node:
             devs.append(DeviceAdvert(
                 id=d.id, kind="reference" if not d.opencl else d.kind, vendor=d.vendor, name=d.name,
                 compute_units=d.compute_units, global_mem_bytes=d.global_mem_bytes, fp64=d.fp64, int64=d.int64,
-                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.fma_gflops or 0.0),
+                mulmod_mops=float(d.mulmod_mops or 0.0), f32_gflops=float(d.f32_gflops or 0.0),
                 slots=c.slots, free_slots=c.free_slots, queue_depth=c.queued,
                 max_work_group_size=d.max_work_group_size if d.opencl else 0,
                 max_work_item_sizes=tuple(d.max_work_item_sizes), max_alloc_bytes=d.max_alloc_bytes,
@@ -219,9 +228,13 @@ class Node:
             self.gossip.changed()
         return dict(self.labels)
 
+    async def _c_runners(self, _p: dict[str, Any]) -> list[dict[str, Any]]:
+        """The runner processes (worker.runner): pid, device, whether leased, and what their sandbox holds."""
+        return self.runners.status()
+
     def control_methods(self) -> dict[str, Any]:
         return {"status": self._c_status, "peers": self._c_peers, "devices": self._c_devices,
-                "label": self._c_label}
+                "label": self._c_label, "runners": self._c_runners}
 
     def _set_data_addr(self, data_port: int) -> None:
         host = self._advertised_host()
@@ -303,6 +316,8 @@ class Node:
         self._check_libp2p_bound()
         self._set_data_addr(data_port)  # else derived from the libp2p addresses (peers skip us until then)
         self.gossip.changed()
+        for address in s.join:
+            nursery.start_soon(self._join, address)
         await nursery.start(self.watcher.run)
         with binding("control socket", str(s.data_dir)):
             self.control_path = str(await nursery.start(control.serve, s.data_dir, self.control_methods()))
@@ -311,6 +326,42 @@ class Node:
         log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
                  " ".join(self.gossip.addrs), self.data_addr, self.metrics_addr or "off")
         self.ready.set()
+
+    async def _peer_hello(self, call: Call) -> dict[str, Any]:
+        """For a node joining with --join: who we are and where our libp2p host listens. Peers only (the
+        connection already proved the mesh key and passed the allow list)."""
+        p = call.principal
+        if p is None or getattr(p, "kind", "") != "peer":
+            raise RpcError("forbidden", "peer.hello is for nodes of this mesh")
+        return {"peer_id": self.identity.peer_id_str, "libp2p": list(self.gossip.addrs) if self.gossip else []}
+
+    async def _join(self, address: str) -> None:
+        """--join HOST:PORT: learn that node's peer id (its TLS certificate proves it) and libp2p addresses over
+        the data plane, then let gossip dial it like a --bootstrap peer. Retried with backoff until it works;
+        a refusal (another mesh key, not on its allow list) is logged at warning with the node's reason."""
+        host, port = parse_hostport(address, "join")
+        backoff, last = 0.5, ""
+        while True:
+            try:
+                with trio.fail_after(15):
+                    client = MeshClient(self.transport, host, port, None)
+                    info = await client.call("peer.hello", {})
+                peer = client.peer_id or ""
+                addrs = [a for a in info.get("libp2p", []) if isinstance(a, str) and a.endswith(f"/p2p/{peer}")][:16]
+                if peer and addrs and self.gossip is not None:
+                    self.gossip.add_bootstrap(addrs)
+                    log.info("joining through %s: node %s at %s", address, peer, " ".join(addrs))
+                    return
+                why = f"it answered without libp2p addresses ({info!r:.200})"
+            except HandshakeError as e:
+                why = str(e)
+            except (RpcError, TransportError, OSError, trio.TooSlowError) as e:
+                why = f"not reachable ({e or type(e).__name__})"
+            if why != last:
+                log.warning("cannot join through %s: %s (retrying)", address, why)
+                last = why
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
 
     def _check_libp2p_bound(self) -> None:
         """py-libp2p logs a failed listen and carries on; a node that cannot be dialled is refused here. A port

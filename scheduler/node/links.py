@@ -14,9 +14,9 @@ remote one.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -24,15 +24,18 @@ from mesh.bigtcp.rpc import MeshClient, RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
 from mesh.wire.advert import AddressError, split_hostport
-from scheduler.core.job import Accept, Cancel, Job, LeaseRenew, Offer, Reject, Result, WireError
+from scheduler.core.job import Accept, Cancel, LeaseRenew, Offer, Reject, Result, WireError
 from scheduler.core.placement import TrackedView
-from scheduler.node.outputs import Pending
 
 log = logging.getLogger("gpumesh.scheduler")
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 CHUNK = 1 << 20
 RESULT_UPLOAD_TIMEOUT_S = 300
 INPUT_TIMEOUT_S = 3600
+MAX_BATCH = 256  # offers (peer.offers) or results without output (peer.results) sent together in one call
 
 
 class LinkError(Exception):
@@ -56,19 +59,13 @@ class CoordinatorInbox(Protocol):
 
     async def lease(self, worker: str, renew: LeaseRenew) -> None: ...
 
-    async def result(self, worker: str, result: Result, output: Pending | None) -> None: ...
+    async def result(self, worker: str, result: Result, output: bytes | Path | None) -> None: ...
 
-    def expects_result(self, worker: str, result: Result) -> Job | None:
-        """The job if `result` is the one its current attempt waits for (else it is late: read past it)."""
+    async def receive_output(self, worker: str, result: Result, chunks: AsyncIterable[Any]) -> Path | None:
+        """Stream a result's output bytes to a file, bounded and checked (RpcError 'bad_output' otherwise)."""
         ...
 
-    def upload_path(self, result: Result) -> Path:
-        """Where a remote worker's output for `result` is streamed to (a partial file until settled)."""
-        ...
-
-    def output_limit(self, job: Job) -> int:
-        """The most output bytes `job` may produce."""
-        ...
+    def progress(self, worker: str, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
@@ -89,6 +86,8 @@ class PeerLink(Protocol):
     async def renew(self, renew: LeaseRenew) -> None: ...
 
     async def send_result(self, result: Result, output: bytes) -> None: ...
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]: ...
 
@@ -117,11 +116,82 @@ class LoopbackLink:
     async def send_result(self, result: Result, output: bytes) -> None:
         await self._coordinator.result(self.peer_id, result, output)
 
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        self._coordinator.progress(self.peer_id, job_id, attempt, fraction, stage)
+        await trio.lowlevel.checkpoint()
+
     def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         return self._coordinator.read_input(self.peer_id, job_id)
 
     async def warm(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+class _Slot(Generic[A]):
+    __slots__ = ("answer", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: A | None = None
+        self.error: LinkError | None = None
+
+    def fail(self, error: LinkError) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class GroupSender(Generic[T, A]):
+    """Group sending to one peer: messages queued while a call is under way go together in the next call.
+
+    The first task that finds no call under way sends everything queued (calls of at most `max_batch`),
+    then whatever queued meanwhile, until nothing is left; the others wait for the call that carried their
+    message. Alone, a message goes at once (no timer); under load, batches grow by themselves.
+    `send_batch(items)` returns one answer per item, in order, or raises LinkError, which reaches every
+    sender of that call. A sender cancelled mid-call fails what it had taken and what was queued."""
+
+    def __init__(self, send_batch: Callable[[list[T]], Awaitable[list[A]]], *, max_batch: int) -> None:
+        self._send_batch = send_batch
+        self.max_batch = max_batch
+        self._pending: list[tuple[T, _Slot[A]]] = []
+        self._busy = False
+        self.calls = 0  # calls made (for tests and metrics: items sent / calls = the batching achieved)
+
+    async def send(self, item: T) -> A:
+        slot: _Slot[A] = _Slot()
+        self._pending.append((item, slot))
+        if not self._busy:
+            await self._send_all()
+        await slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        return slot.answer  # type: ignore[return-value]
+
+    async def _send_all(self) -> None:
+        self._busy = True
+        taken: list[tuple[T, _Slot[A]]] = []
+        try:
+            while self._pending:
+                taken, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                self.calls += 1
+                try:
+                    answers = await self._send_batch([item for item, _ in taken])
+                    if len(answers) != len(taken):
+                        raise LinkError("bad_response", f"{len(answers)} answers to {len(taken)} messages")
+                except LinkError as e:
+                    for _, slot in taken:
+                        slot.fail(e)
+                else:
+                    for (_, slot), answer in zip(taken, answers, strict=True):
+                        slot.answer = answer
+                        slot.done.set()
+                taken = []
+        finally:
+            self._busy = False
+            gone = LinkError("unavailable", "the task sending this batch was cancelled")
+            for _, slot in taken + self._pending:  # only after a cancellation or a bug: nobody sends these
+                slot.fail(gone)
+            self._pending = []
 
 
 class RemoteLink:
@@ -130,14 +200,19 @@ class RemoteLink:
     def __init__(self, client: MeshClient, peer_id: str) -> None:
         self.client = client
         self.peer_id = peer_id
+        self._offer_timeout = 2.0  # the claim timeout of the latest offer (the coordinator's, the same for all)
+        self._offers: GroupSender[dict[str, Any], dict[str, Any]] = GroupSender(self._call_offers, max_batch=MAX_BATCH)
+        self._results: GroupSender[dict[str, Any], None] = GroupSender(self._call_results, max_batch=MAX_BATCH)
 
     async def offer(self, offer: Offer, timeout: float) -> Accept | Reject:
+        """Group-sent with the other offers queued meanwhile (peer.offers); the claim is per offer."""
+        self._offer_timeout = timeout
+        answer = await self._offers.send(offer.to_wire(trio.current_time()))
         try:
-            resp = await self.client.call("peer.offer", {"offer": offer.to_wire(trio.current_time())}, timeout=timeout)
-            return Accept.from_wire(resp["answer"]) if resp["answer"].get("t") == "accept" \
-                else Reject.from_wire(resp["answer"])
-        except (RpcError, WireError, KeyError, TypeError, HandshakeError) as e:
-            raise LinkError(getattr(e, "code", "invalid"), str(e)) from e
+            return Accept.from_wire(answer) if isinstance(answer, dict) and answer.get("t") == "accept" \
+                else Reject.from_wire(answer)
+        except (WireError, KeyError, TypeError) as e:
+            raise LinkError("invalid", str(e)) from e
 
     async def cancel(self, cancel: Cancel) -> None:
         try:
@@ -152,6 +227,9 @@ class RemoteLink:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
     async def send_result(self, result: Result, output: bytes) -> None:
+        if not output:
+            await self._send_small_result(result)
+            return
         try:
             async with self.client.open("peer.result", {"result": result.to_wire()}, uploads=True,
                                         timeout=RESULT_UPLOAD_TIMEOUT_S) as call:
@@ -159,6 +237,49 @@ class RemoteLink:
                     await call.send_bytes(memoryview(output)[off:off + CHUNK])
                 await call.done_sending()
                 await call.result()
+        except (RpcError, HandshakeError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+
+    async def _send_small_result(self, result: Result) -> None:
+        """A result without output, in one peer.results call with every other one queued meanwhile."""
+        await self._results.send(result.to_wire())
+
+    async def _call_results(self, items: list[dict[str, Any]]) -> list[None]:
+        try:
+            try:
+                await self.client.call("peer.results", {"results": items}, timeout=RESULT_UPLOAD_TIMEOUT_S)
+            except RpcError as e:
+                if e.code != "unknown_method":
+                    raise
+                for item in items:  # a node of an earlier version: one call per result
+                    await self.client.call("peer.result", {"result": item}, timeout=RESULT_UPLOAD_TIMEOUT_S)
+        except (RpcError, HandshakeError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+        return [None] * len(items)
+
+    async def _call_offers(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            try:
+                resp = await self.client.call("peer.offers", {"offers": items}, timeout=self._offer_timeout)
+                answers = resp.get("answers")
+                if not isinstance(answers, list):
+                    raise LinkError("invalid", "peer.offers: no list of answers")
+                return answers
+            except RpcError as e:
+                if e.code != "unknown_method":
+                    raise
+                out = []
+                for item in items:  # a node of an earlier version: one call per offer
+                    resp = await self.client.call("peer.offer", {"offer": item}, timeout=self._offer_timeout)
+                    out.append(resp["answer"])
+                return out
+        except (RpcError, HandshakeError, KeyError, TypeError) as e:
+            raise LinkError(getattr(e, "code", "invalid"), str(e)) from e
+
+    async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None:
+        try:
+            await self.client.call("peer.progress", {"id": job_id, "attempt": attempt, "fraction": fraction,
+                                                     "stage": stage}, timeout=5)
         except (RpcError, HandshakeError) as e:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
@@ -216,5 +337,5 @@ class PeerLinks:
         self._remote.pop(peer_id, None)
 
 
-__all__ = ["CHUNK", "CoordinatorInbox", "LinkError", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLink",
+__all__ = ["CHUNK", "MAX_BATCH", "GroupSender", "CoordinatorInbox", "LinkError", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLink",
            "WorkerInbox"]

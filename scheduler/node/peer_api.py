@@ -2,9 +2,11 @@
 into typed messages for this node's inboxes. Only connections whose principal is a mesh peer may call.
 
     coordinator --peer.offer--> worker          (claim: the answer is Accept/Reject)
+    coordinator --peer.offers--> worker         (several offers queued together: one answer each, in order)
     worker --peer.input--> coordinator          (streamed input, from the spool)
     worker --peer.lease--> coordinator          (lease renewals, batched per coordinator)
     worker --peer.result--> coordinator (+ output bytes)   (one per attempt; duplicates dropped)
+    worker --peer.results--> coordinator        (results without output, several queued together in one call)
     coordinator --peer.cancel--> worker
 """
 
@@ -16,9 +18,8 @@ import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
-from scheduler.node import outputs
 from scheduler.node.admission import Principal
-from scheduler.node.links import CoordinatorInbox, LinkError, WorkerInbox
+from scheduler.node.links import MAX_BATCH, CoordinatorInbox, LinkError, WorkerInbox
 
 
 class PeerAPI:
@@ -27,8 +28,10 @@ class PeerAPI:
         self.worker = worker
 
     def register(self, rpc: RpcServer) -> None:
-        for name, fn in [("peer.offer", self._offer), ("peer.lease", self._lease), ("peer.result", self._result),
-                         ("peer.cancel", self._cancel), ("peer.input", self._input)]:
+        for name, fn in [("peer.offer", self._offer), ("peer.offers", self._offers), ("peer.lease", self._lease),
+                         ("peer.result", self._result), ("peer.results", self._results),
+                         ("peer.cancel", self._cancel), ("peer.input", self._input),
+                         ("peer.progress", self._progress)]:
             rpc.register(name, fn)
 
     def _peer(self, call: Call) -> str:
@@ -46,6 +49,19 @@ class PeerAPI:
         answer = await self.worker.offer(peer, offer)
         return {"answer": answer.to_wire()}
 
+    async def _offers(self, call: Call) -> dict[str, Any]:
+        """Offers group-sent by a coordinator's link (at most MAX_BATCH), each claimed on its own, in order."""
+        peer = self._peer(call)
+        items = call.body.get("offers")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            raise RpcError("invalid", f"offers: a list of 1 to {MAX_BATCH} offers")
+        now = trio.current_time()
+        try:
+            offers = [Offer.from_wire(o, now) for o in items]
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        return {"answers": [(await self.worker.offer(peer, offer)).to_wire() for offer in offers]}
+
     async def _lease(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)
         try:
@@ -55,23 +71,41 @@ class PeerAPI:
         await self.coordinator.lease(peer, msg)
         return {}
 
+    async def _progress(self, call: Call) -> dict[str, Any]:
+        """A worker's progress on an attempt it holds (fraction 0..1 and a short stage name), for watchers."""
+        peer = self._peer(call)
+        b = call.body
+        job_id, attempt, fraction, stage = b.get("id"), b.get("attempt"), b.get("fraction"), b.get("stage", "")
+        if not (isinstance(job_id, str) and len(job_id) <= 256 and isinstance(attempt, int)
+                and isinstance(fraction, int | float) and isinstance(stage, str)):
+            raise RpcError("invalid", "peer.progress needs id, attempt, fraction and stage")
+        self.coordinator.progress(peer, job_id, attempt, min(max(float(fraction), 0.0), 1.0), stage[:64])
+        return {}
+
     async def _result(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)
         try:
             result = Result.from_wire(call.body.get("result"))
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
-        job = self.coordinator.expects_result(peer, result)
-        if job is None:  # late or duplicate: its bytes are read past (never kept), the core drops it
-            async for _ in call:
-                pass
-            await self.coordinator.result(peer, result, None)
-            return {}
-        # streamed to disk (never gathered in memory), bounded by what the job may produce
-        path = self.coordinator.upload_path(result)
-        output = await outputs.receive(call, path, result.output_size, result.output_sha256,
-                                       self.coordinator.output_limit(job))
+        output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
+        return {}
+
+    async def _results(self, call: Call) -> dict[str, Any]:
+        """Results without output bytes, batched by the worker's link (at most MAX_BATCH)."""
+        peer = self._peer(call)
+        items = call.body.get("results")
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            raise RpcError("invalid", f"results: a list of 1 to {MAX_BATCH} results")
+        try:
+            results = [Result.from_wire(r) for r in items]
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        if any(r.output_size for r in results):
+            raise RpcError("invalid", "a result with output goes with its bytes, in peer.result")
+        for r in results:
+            await self.coordinator.result(peer, r, None)
         return {}
 
     async def _cancel(self, call: Call) -> dict[str, Any]:

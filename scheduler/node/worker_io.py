@@ -29,6 +29,27 @@ STARTED_NOTICE_S = 0.05  # a job still running after this long is reported "runn
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
 
 
+PROGRESS_INTERVAL_S = 0.2
+
+
+class ProgressMailbox:
+    """The latest (fraction, stage) a running job reported; older unsent ones are superseded."""
+
+    def __init__(self) -> None:
+        self._latest: tuple[float, str] | None = None
+        self._ready = trio.Event()
+
+    def put(self, fraction: float, stage: str | None = None) -> None:
+        self._latest = (float(fraction), stage or "")
+        self._ready.set()
+
+    async def get(self) -> tuple[float, str]:
+        await self._ready.wait()
+        self._ready = trio.Event()
+        assert self._latest is not None
+        return self._latest
+
+
 def exec_id(job_id: str, attempt: int) -> str:
     return f"{job_id}#{attempt}"
 
@@ -134,10 +155,11 @@ class WorkerIO:
         if not self.core.holds(job.job_id, attempt):
             return
         source: Any = (job.input or b"") if job.inline or job.input_size == 0 else self._input(job.job_id, a.coordinator)
+        latest = ProgressMailbox()
         try:
             req = JobRequest(job_id=exec_id(job.job_id, attempt), kind=job.kind, spec=job.spec, input=source,
                              input_size=job.input_size, priority=job.priority, deadline=job.deadline,
-                             device_id=a.device_id, timeout_s=job.timeout_s)
+                             device_id=a.device_id, timeout_s=job.timeout_s, progress=latest.put)
             handle = self.executor.submit(req)
         except (Refused, ValueError, kinds_mod.UnknownKind) as e:
             await self._execute(self.core.failed_to_start(job.job_id, attempt, str(e), now))
@@ -145,15 +167,19 @@ class WorkerIO:
         await self._execute(self.core.enqueued(job.job_id, attempt, trio.current_time()))
         async with trio.open_nursery() as n:
             n.start_soon(self._report_start, handle, job.job_id, attempt)
+            n.start_soon(self._report_progress, latest, job.job_id, attempt, a.coordinator)
             outcome = await handle.wait()
             n.cancel_scope.cancel()
+        log.info("job %s (%s) of %s %s on %s in %.2f s%s", job.job_id, job.kind, a.coordinator[-12:], outcome.state,
+                 outcome.device_id or "?", outcome.run_s or 0.0, f": {outcome.error}" if outcome.error else "")
         output = (outcome.result.output if outcome.result is not None else None) or b""
         retryable = outcome.state == "cancelled" and "device" in (outcome.error or "")
         result = Result(job.job_id, attempt, ok=outcome.ok, body=outcome.result.body if outcome.result else {},
                         error=outcome.error or "", retryable=retryable, output_size=len(output),
                         output_sha256=hashlib.sha256(output).hexdigest() if output else "",
                         worker=self.peer_id, device=outcome.device_id,
-                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s})
+                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s},
+                        crashed=outcome.state == "crashed")
         if output:
             self._outputs[(job.job_id, attempt)] = bytes(output)
         await self._execute(self.core.finished(job.job_id, attempt, result, trio.current_time()))
@@ -163,10 +189,22 @@ class WorkerIO:
         async for chunk in self.links.get(coordinator).read_input(job_id):
             yield chunk
 
+    async def _report_progress(self, latest: ProgressMailbox, job_id: str, attempt: int, coordinator: str) -> None:
+        """The job's progress to its coordinator: the latest report, at most every PROGRESS_INTERVAL_S (a lost
+        or late report costs nothing: the next one, or the result, supersedes it)."""
+        while True:
+            fraction, stage = await latest.get()
+            try:
+                await self.links.get(coordinator).progress(job_id, attempt, fraction, stage)
+            except LinkError as e:
+                log.debug("progress of %s not sent: %s", job_id, e)
+            await trio.sleep(PROGRESS_INTERVAL_S)
+
     async def _report_start(self, handle, job_id: str, attempt: int) -> None:
         """Tell the coordinator a job runs, unless it is over within STARTED_NOTICE_S: for short jobs the
         result says it (one RPC less per job; the task is cancelled when the job ends)."""
         await handle.started.wait()
+        log.info("job %s started", job_id)
         await trio.sleep(STARTED_NOTICE_S)
         await self._execute(self.core.started(job_id, attempt, trio.current_time()))
 

@@ -19,12 +19,12 @@ subtlest wrong answer) for jobs that launch one of the named kernels ("*": every
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from typing import Any
 
 from worker import faults
+from worker.compute.blobs import read_blobs
 from worker.compute.cache import SOURCES
 from worker.compute.errors import ComputeError
 from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
@@ -37,7 +37,7 @@ from worker.compute.spec import (
 )
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -46,6 +46,7 @@ from worker.kinds import (
     RunContext,
     register,
 )
+from worker.runner.compute import run_compute
 
 log = logging.getLogger("gpumesh.compute")
 
@@ -99,7 +100,7 @@ class ComputeOpenCL(JobKind):
                             int64=r.int64, opencl=True)
 
     def _rates(self, device: Device | None) -> tuple[float, float]:
-        gflops = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+        gflops = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
         bps = GPU_TRANSFER_BPS if device is not None and device.kind == "gpu" else HOST_TRANSFER_BPS
         return gflops * 1e9, bps
 
@@ -124,16 +125,18 @@ class ComputeOpenCL(JobKind):
         return min(self.cost_s(spec, input_size, device), longest + CHECKPOINT_INTERVAL_S)
 
     async def run(self, ctx: RunContext) -> Result:
-        if ctx.cl is None:
+        if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
+
+            body, out = await run_compute(ctx, self.spec_of(ctx.spec))
+        elif ctx.cl is not None:  # in this process (library use, tests, benchmarks)
+            async def fetch(s: ComputeSpec) -> dict[str, Any]:
+                return await read_blobs(ctx, s)
+
+            res = await runner_for(ctx.cl).run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id,
+                                               checkpoint=ctx.checkpoint, progress=ctx.progress, verified=True)
+            body, out = res.to_wire()
+        else:
             raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
-        runner = runner_for(ctx.cl)
-
-        async def fetch(s: ComputeSpec) -> dict[str, bytearray]:
-            return await read_blobs(ctx, s)
-
-        res = await runner.run(self.spec_of(ctx.spec), fetch, job_id=ctx.job_id, checkpoint=ctx.checkpoint,
-                               progress=ctx.progress, verified=True)
-        body, out = res.to_wire()
         if out and faults.current().corrupts_compute(self.spec_of(ctx.spec).kernels()):
             log.warning("this node CORRUPTS the output of compute job %s (test-only fault hook)", ctx.job_id)
             out = bytes([out[0] ^ 1]) + out[1:]
@@ -142,48 +145,6 @@ class ComputeOpenCL(JobKind):
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         raise NotImplementedError("compute.opencl has no CPU reference path: an arbitrary OpenCL kernel has no "
                                   "numpy equivalent (verify with a redundant run on a second device instead)")
-
-
-async def read_blobs(ctx: RunContext, s: ComputeSpec) -> dict[str, bytearray]:
-    """The job's streamed input split into the spec's blobs, each checked against its SHA-256."""
-    layout = s.stream_layout()
-    out: dict[str, bytearray] = {}
-    if not layout:
-        async for _ in ctx.input:
-            raise SpecError("input", "this spec streams no blobs, but the job has input bytes")
-        return out
-    idx = 0
-    sha, need = layout[0]
-    buf = bytearray(need)
-    filled = 0
-    h = hashlib.sha256()
-
-    def finish() -> None:
-        nonlocal idx, sha, need, buf, filled, h
-        got = h.hexdigest()
-        if got != sha:
-            raise SpecError("input", f"blob {idx} of the input hashes to {got[:16]}..., the spec names {sha[:16]}...")
-        out[sha] = buf  # no copy: the runner uploads straight from it
-        idx += 1
-        if idx < len(layout):
-            sha, need = layout[idx]
-            buf, filled, h = bytearray(need), 0, hashlib.sha256()
-
-    async for chunk in ctx.input:
-        mv = memoryview(chunk)
-        while len(mv):
-            if idx >= len(layout):
-                raise SpecError("input", "more input bytes than the blobs the spec names")
-            take = min(need - filled, len(mv))
-            buf[filled:filled + take] = mv[:take]
-            h.update(mv[:take])
-            filled += take
-            mv = mv[take:]
-            if filled == need:
-                finish()
-    if idx < len(layout):
-        raise SpecError("input", f"the input ended inside blob {idx} of {len(layout)}")
-    return out
 
 
 COMPUTE_OPENCL = ComputeOpenCL()

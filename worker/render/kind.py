@@ -41,7 +41,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from worker import faults
 from worker.devices import Device
 from worker.kinds import (
-    DEFAULT_FMA_GFLOPS,
+    DEFAULT_F32_GFLOPS,
     JobKind,
     KindFamily,
     KindRegistry,
@@ -77,6 +77,7 @@ from worker.render.scene import (
     pose_from_dict,
     to_dict,
 )
+from worker.runner.pool import RunnerLease, TaskFailed
 
 log = logging.getLogger("gpumesh.render")
 
@@ -262,7 +263,7 @@ def device_rate(device: Device | None) -> float:
     """Effective ray-tracing rate of a device, in the units of flops_per_pixel per second."""
     if device is not None and not device.opencl:
         return REFERENCE_GFLOPS * 1e9
-    g = device.fma_gflops if device is not None and device.fma_gflops else DEFAULT_FMA_GFLOPS
+    g = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
     return g * 1e9 * EFFICIENCY
 
 
@@ -278,7 +279,7 @@ def pixel_cost_for(px_flops: float, kind: str, f32_gflops: float) -> float:
     if kind == "reference":
         rate = REFERENCE_GFLOPS * 1e9
     else:
-        rate = (f32_gflops or DEFAULT_FMA_GFLOPS) * 1e9 * EFFICIENCY
+        rate = (f32_gflops or DEFAULT_F32_GFLOPS) * 1e9 * EFFICIENCY
     bps = OUTPUT_BPS_GPU if kind == "gpu" else OUTPUT_BPS_HOST
     return px_flops / rate + OUTPUT_BYTES_PER_PIXEL / bps
 
@@ -603,7 +604,13 @@ class RenderFrame(JobKind):
         n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
         t0 = time.perf_counter()
         used: list[str] = []
-        if ctx.cl is not None:
+        runner_out: bytes | None = None
+        if ctx.runner is not None:  # the node's way: the kernel runs in runner processes (worker.runner)
+            path = "opencl"
+            async with ctx.idle_devices() as more:  # here: (device, RunnerLease) pairs
+                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n,
+                                                                 [(ctx.device, ctx.runner), *more], rgba, depth)
+        elif ctx.cl is not None:
             path = "opencl"
             async with ctx.idle_devices() as more:
                 used = await self._render_on_devices(ctx, entry, pose, tile, n, [(ctx.device, ctx.cl), *more],
@@ -626,11 +633,39 @@ class RenderFrame(JobKind):
         RENDER_SECONDS.labels(dev_id).observe(render_s)
         TILES_RENDERED.labels(path).inc()
         if corrupting():
+            if runner_out is not None:
+                rgba, depth = decode_output(tile, runner_out)
+                runner_out = None
             rgba, depth = corrupt(rgba, depth)
         ctx.progress(1.0, None)
         body = {"scene_hash": entry.hash, "width": cam.width, "height": cam.height, "tile": tile.to_dict(),
                 "path": path, "render_s": render_s, "device": dev_id, "devices": used or [dev_id]}
-        return Result(body, encode_output(rgba, depth))
+        return Result(body, runner_out if runner_out is not None else encode_output(rgba, depth))
+
+    async def _render_in_runners(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
+                                 devices: list[tuple[Any, Any]], rgba: np.ndarray,
+                                 depth: np.ndarray) -> tuple[bytes | None, list[str]]:
+        """`_render_on_devices` with runner leases: one device renders straight into its arena (the output
+        bytes, no copy here); several render their strips at once, assembled into `rgba`/`depth` (None)."""
+        if len(devices) == 1:
+            return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
+        strips = split_rows(tile, [device_rate(d) for d, _ in devices])
+        used: list[str] = []
+
+        async def strip(i: int, lease: Any, part: Tile) -> None:
+            out = await render_tile(lease, ctx.checkpoint if i == 0 else None, entry, pose, part,
+                                    max(1, round(n * part.h / tile.h)))
+            c, d = decode_output(part, out)
+            y = part.y0 - tile.y0
+            rgba[y:y + part.h] = c
+            depth[y:y + part.h] = d
+
+        async with trio.open_nursery() as nursery:
+            for i, ((dev, lease), part) in enumerate(zip(devices, strips, strict=False)):
+                if part is not None:
+                    used.append(str(dev.id))
+                    nursery.start_soon(strip, i, lease, part)
+        return None, used
 
     async def _render_on_devices(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
                                  devices: list[tuple[Any, Any]], rgba: np.ndarray, depth: np.ndarray) -> list[str]:
@@ -809,3 +844,36 @@ __all__ = ["CACHE", "NAME", "RENDER_FRAME", "RenderFrame", "RenderSpec", "SceneC
            "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output",
            "encode_scene", "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
            "register_kind", "split_rows", "verify_result"]
+
+
+RUNNER_SCENES = 8  # scenes a runner keeps on its device
+
+
+async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
+                      tile: Any, n_bands: int) -> bytes:
+    """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
+    a borrowed device). Raises RunnerError subclasses."""
+    await lease.acquire()
+    held: set[str] = lease.state.setdefault("scenes", set())
+    npx = tile.w * tile.h
+    out_n = npx * 8
+    pose_d = {"position": [float(c) for c in pose.position], "orientation": [float(c) for c in pose.orientation]}
+    for attempt in range(2):
+        scene = b"" if entry.hash in held else encode_scene(entry.scene)
+        args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
+                "scene": [out_n, len(scene)] if scene else None}
+        try:
+            reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
+                                     checkpoint=checkpoint)
+        except TaskFailed as e:
+            if e.type_name == "NoScene" and attempt == 0:
+                held.discard(entry.hash)
+                continue
+            raise
+        held.add(entry.hash)
+        if len(held) > 4 * RUNNER_SCENES:
+            held.clear()  # a guess gone stale costs one NoScene round trip
+        if not reply.outs or len(reply.outs[0]) != out_n:
+            raise ValueError(f"runner returned {len(reply.outs[0]) if reply.outs else 0} bytes, the tile has {out_n}")
+        return bytes(reply.outs[0])
+    raise AssertionError("unreachable")

@@ -31,11 +31,11 @@ from .spec import statement, validate_spec
 from .stark import Verdict, prove, verify
 
 
-def prove_spec(spec: dict[str, Any], backend: object = "numpy") -> bytes:
-    """Prove a zk.prove job spec (validated first)."""
+def prove_spec(spec: dict[str, Any], backend: object = "numpy", progress: Any = None) -> bytes:
+    """Prove a zk.prove job spec (validated first); `progress(fraction, stage)` as stages start."""
     s = validate_spec(spec)
     return prove(s["air"], s["public_inputs"], s["steps"], s["blowup"], s["queries"], backend,
-                 grinding=s["grinding"], witness=s.get("witness"))
+                 grinding=s["grinding"], witness=s.get("witness"), progress=progress)
 
 
 def inspect(proof_bytes: bytes) -> dict[str, Any]:

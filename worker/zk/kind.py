@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import trio
 from prometheus_client import Counter, Histogram
 
 from worker import faults
 from worker import opencl as ocl
 from worker.devices import Device
 from worker.kinds import JobKind, KindFamily, KindRegistry, Requirements, Result, RunContext, SpecError
+from worker.runner.zk import prove
 from worker.zk import MIN_SECURITY_BITS, prove_spec, statement, validate_spec, verify
 from worker.zk.spec import validate_expect
 
@@ -62,9 +64,16 @@ class ZkProve(JobKind):
 
     async def run(self, ctx: RunContext) -> Result:
         s = _spec(ctx.spec)
-        backend: Any = (ctx.context, ctx.queue) if ctx.cl is not None else "numpy"
+        def stage(fraction: float, name: str) -> None:  # called in the prover's thread
+            trio.from_thread.run_sync(ctx.progress, fraction, name)
+
         with PROVE_SECONDS.time():
-            proof = await ocl.run_blocking(prove_spec, s, backend)
+            if ctx.runner is not None:  # the node's way: the prover's kernels run in a runner process
+
+                proof = await prove(ctx, s)
+            else:
+                backend: Any = (ctx.context, ctx.queue) if ctx.cl is not None else "numpy"
+                proof = await ocl.run_blocking(prove_spec, s, backend, stage)
         PROOFS.labels("generated").inc()
         if faults.current().corrupt_proofs:  # test-only fault hook: this worker returns broken proofs
             proof = _corrupt(proof)

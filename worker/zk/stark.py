@@ -32,6 +32,7 @@ The verifier uses Python ints for field arithmetic and hashlib for hashing: no O
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,11 +153,14 @@ def _split_composition(comp_coeffs: np.ndarray, prm: PF.Params, rng: np.random.G
 
 def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int = DEFAULTS["blowup"],
           queries: int = DEFAULTS["queries"], backend: object = "numpy", *, grinding: int = DEFAULTS["grinding"],
-          witness: object = None, seed: int | None = None) -> bytes:
+          witness: object = None, seed: int | None = None,
+          progress: Callable[[float, str], None] | None = None) -> bytes:
     """Prove the AIR's computation for `steps` rows; returns the proof bytes (docs/proof-format.md).
     `backend`: "numpy", "opencl", a Backend, or a (pyopencl.Context, CommandQueue) pair. `witness`: the
     private input of a zero-knowledge AIR. `seed` fixes the zero-knowledge randomness (tests and test
     vectors only: a real proof must use fresh randomness, the default)."""
+    report = progress or (lambda _f, _s: None)  # (fraction, stage) as each stage starts
+    report(0.0, "trace")
     air = get(air_name)
     check_params(steps, blowup, queries, grinding)
     inputs = check_public_inputs(air_name, public_inputs)
@@ -175,12 +179,15 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
         trace = np.concatenate([rows, _random(rng, (air.width, k))], axis=1) if k else rows
     tr = _header(prm, public)
 
+    report(0.1, "LDE")
     trace_coeffs = be.intt(trace)
     trace_lde = be.lde(trace_coeffs, blowup, SHIFT)
+    report(0.25, "commit")
     trace_tree = be.commit(trace_lde, salt_rows())
     tr.absorb_bytes(trace_tree.root)
 
     alphas = [tr.challenge_ext() for _ in range(_n_alphas(air))]
+    report(0.35, "composition")
     comp_vals = be.composition(air, public, trace_lde, n, blowup, prm.last_row, alphas)
     comp_coeffs = be.coset_intt(comp_vals, SHIFT)
     if comp_coeffs[:, prm.comp_bound :].any():
@@ -189,11 +196,14 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     comp_cols = _split_composition(comp_coeffs, prm, rng)
     if air.zk:
         comp_cols = np.concatenate([comp_cols, _random(rng, (2, n))])  # the FRI randomizer R
+    report(0.45, "LDE")
     comp_lde = be.lde(comp_cols, blowup, SHIFT)
+    report(0.55, "commit")
     comp_tree = be.commit(comp_lde, salt_rows())
     tr.absorb_bytes(comp_tree.root)
 
     z = _draw_z(tr)
+    report(0.65, "out-of-domain sample")
     with be.timed("ood"):
         zp = _ext_powers(z, n)
         gpow = NT.coset_powers(n, g)
@@ -213,7 +223,9 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
     degs = prm.fri_degrees
     shift = SHIFT
     fri_trees: list[MK.MerkleTree] = []
+    rounds = len(degs) - 1
     for layer in range(1, len(degs)):
+        report(0.7 + 0.2 * (layer - 1) / max(rounds, 1), f"FRI round {layer}/{rounds}")
         beta = tr.challenge_ext()
         values = be.fold4(values, beta, shift)
         shift = pow(shift, PF.FRI_ARITY, P)
@@ -226,10 +238,12 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
         raise AssertionError("FRI remainder exceeds its degree bound: prover bug")
     remainder = [(int(rem[0, i]), int(rem[1, i])) for i in range(degs[-1])]
     tr.absorb(_ext_flat(remainder))
+    report(0.88, "grinding")
     with be.timed("grinding"):
         nonce = tr.grind(grinding)
     tr.absorb([nonce])
 
+    report(0.9, "queries")
     qs = sorted(set(tr.challenge_indices(queries, m // PF.FRI_ARITY)))
     fri_open = []
     for layer, tree in enumerate(fri_trees, start=1):
@@ -248,7 +262,9 @@ def prove(air_name: str, public_inputs: dict[str, int], steps: int, blowup: int 
         comp_open=_opening(comp_tree, qs),
         fri_open=fri_open,
     )
-    return PF.encode(proof)
+    out = PF.encode(proof)
+    report(1.0, "done")
+    return out
 
 
 # ---------------------------------------------------------------- verifier

@@ -286,6 +286,10 @@ async function setupXR() {
   };
 }
 
+// any script error on the page is shown on it and counted (the tests require none)
+window.addEventListener("error", (e) => state.errors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => state.errors.push(String(e.reason)));
+
 gl = initGL(true);
 state.renderer = gl ? "webgl" : "2d";
 window.viewer = { state, stats: () => ({ shown: state.shown, dropped: state.dropped, skipped: state.skipped,

@@ -1,0 +1,156 @@
+"""Joining by address and knowing whom a client talks to: --join HOST:PORT learns the node's peer id and libp2p
+addresses over the data plane (the mesh key still checked); a refused join is a warning on both sides, with the
+reason; a remote client checks the node's proven identity (--peer-id, or trust on first use recorded in the
+known-nodes file) before its token leaves."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import trio
+
+from mesh.bigtcp.transport import Transport
+from mesh.identity import Identity
+from scheduler.client.client import Client
+from scheduler.client.known_nodes import IdentityMismatch, KnownNodes
+from scheduler.devtools.localmesh import NodeProc, sees_all, stop_all, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET = ["--devices", "none", "--advert-interval", "0.5"]
+
+
+# ---- the client's side: identity before token ------------------------------------------------------------
+async def _server(nursery, seen: list):
+    ident = Identity.generate()
+
+    def authorize(peer_id, extra, outbound):
+        seen.append(dict(extra))
+        return "client"
+
+    t = Transport(ident, host="127.0.0.1", port=0, authorize=authorize)
+    await nursery.start(t.serve)
+    return ident.peer_id_str, f"127.0.0.1:{t.port}", t
+
+
+async def test_token_is_never_sent_to_a_node_with_another_identity(tmp_path):
+    seen: list = []
+    async with trio.open_nursery() as n:
+        real_id, addr, t = await _server(n, seen)
+        impostor = Identity.generate().peer_id_str
+        known = KnownNodes(tmp_path / "known_nodes")
+        known.remember(addr, impostor)  # what the client pinned earlier: not who answers now
+        with pytest.raises(IdentityMismatch) as e:
+            async with Client.connect(addr, token="s3cret", known=known):
+                pass
+        assert seen == []  # the node never saw a HELLO, so never the token
+        msg = str(e.value)
+        assert real_id in msg and impostor in msg and str(known.path) in msg and "--peer-id" in msg
+        with pytest.raises(IdentityMismatch):
+            async with Client.connect(addr, token="s3cret", peer_id=impostor, known=False):
+                pass
+        assert seen == []
+        async with Client.connect(addr, token="s3cret", peer_id=real_id, known=False):
+            pass
+        assert seen == [{"token": "s3cret"}]
+        await t.aclose()
+
+
+async def test_trust_on_first_use_records_then_pins(tmp_path):
+    seen: list = []
+    known = KnownNodes(tmp_path / "cfg" / "known_nodes")
+    async with trio.open_nursery() as n:
+        real_id, addr, t = await _server(n, seen)
+        async with Client.connect(addr, token="tok", known=known):
+            pass
+        assert known.get(addr) == real_id and len(seen) == 1
+        async with Client.connect(addr, token="tok", known=known):  # pinned now, and it matches
+            pass
+        assert len(seen) == 2 and known.path.read_text().count(addr) == 1
+        await t.aclose()
+
+
+def test_cli_reports_a_mismatch_clearly(tmp_path):
+    nd = NodeProc(tmp_path / "n", list(QUIET))
+    try:
+        nd.start().wait_up()
+        tok = (nd.data_dir / "local.token").read_text().strip()
+        wrong = Identity.generate().peer_id_str
+        r = subprocess.run([sys.executable, "-m", "scheduler.cli", "jobs", "--node", nd.endpoints.data,
+                            "--token", tok, "--peer-id", wrong], capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert r.returncode == 1
+        assert f"is {nd.peer_id}, but --peer-id says {wrong}: refusing to send the token" in r.stderr
+        assert "Traceback" not in r.stderr
+        r = subprocess.run([sys.executable, "-m", "scheduler.cli", "jobs", "--node", nd.endpoints.data,
+                            "--token", tok, "--peer-id", nd.peer_id], capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        nd.kill()
+
+
+# ---- the node's side: --join, and refusals said out loud ----------------------------------------------------
+def _stamp(line: str) -> datetime:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _warnings(nd: NodeProc, needle: str) -> list[str]:
+    return [ln for ln in nd.log_tail(5000).splitlines() if "WARNING" in ln and needle in ln]
+
+
+@pytest.fixture
+def keys(tmp_path):
+    out = []
+    for name in ("k1", "k2"):
+        r = subprocess.run([sys.executable, "-m", "scheduler.cli", "mesh-key"], capture_output=True, text=True,
+                           cwd=REPO, timeout=60)
+        path = tmp_path / name
+        path.write_text(r.stdout)
+        path.chmod(0o600)
+        out.append(path)
+    return out
+
+
+def test_join_by_data_plane_address_and_refusals_on_both_sides(tmp_path, keys):
+    k1, k2 = keys
+    a = NodeProc(tmp_path / "a", [*QUIET, "--mesh-key-file", str(k1)])
+    b = NodeProc(tmp_path / "b", [*QUIET, "--mesh-key-file", str(k1)])
+    c = NodeProc(tmp_path / "c", [*QUIET, "--mesh-key-file", str(k2)])
+    nodes = [a, b, c]
+    try:
+        a.start().wait_up()
+        b.extra += ["--join", a.endpoints.data]  # no peer id, no libp2p address: learned over the data plane
+        c.extra += ["--join", a.endpoints.data, "--bootstrap", a.multiaddr]  # another mesh key
+        b.start()
+        c.start()
+        b.wait_up()
+        c.wait_up()
+        wait_for(lambda: sees_all([a, b]), 120, "the node that joined by address to see the other")
+        assert f"joining through {a.endpoints.data}: node {a.peer_id}" in b.log_tail(5000)
+
+        # the data plane: the refusing node says why, the refused one hears it
+        wait_for(lambda: _warnings(a, f"refused peer {c.peer_id} on the data plane") and
+                 _warnings(c, f"cannot join through {a.endpoints.data}"), 120, "the data-plane refusal on both sides")
+        (refused,) = _warnings(a, f"refused peer {c.peer_id} on the data plane")[:1]
+        heard = _warnings(c, f"cannot join through {a.endpoints.data}")[0]
+        assert "did not prove it holds this mesh's key" in refused and "did not prove it holds this mesh's key" in heard
+        assert abs((_stamp(heard) - _stamp(refused)).total_seconds()) < 1.0
+        # libp2p (--bootstrap): the same, from py-libp2p's handshake failure
+        wait_for(lambda: _warnings(a, "refused a libp2p connection from") and
+                 _warnings(c, f"cannot join through bootstrap peer {a.peer_id}"), 120, "the libp2p refusal on both sides")
+        assert "mesh's key" in _warnings(a, "refused a libp2p connection from")[0]
+        dialer = _warnings(c, "cannot join through bootstrap peer")[0]
+        assert "libp2p handshake" in dialer and "--mesh-key-file" in dialer
+        assert c.peer_id not in {p["peer_id"] for p in a.call("peers")}
+    finally:
+        stop_all(nodes)
+
+
+def test_join_option_is_validated(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "scheduler.cli", "run", "--data-dir", str(tmp_path), "--join", "nowhere"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and re.search(r"join must be HOST:PORT", r.stderr)

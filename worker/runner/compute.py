@@ -1,0 +1,86 @@
+"""compute.opencl in a runner: the daemon side (`run_compute`) and the runner side (`task`) of one job.
+
+Daemon: the spec was validated already (`ComputeOpenCL.validate`); the call carries the spec map, the arena
+grows, once the runner has checked the spec, to the streamed input followed by the outputs. Runner: `ComputeRunner.run` builds (cached per
+runner), checks every argument against the kernel's declared parameters, and only then asks for the input,
+which the daemon streams from the job straight into the arena (hashed on the way); the kernels read it from
+there and the outputs are written back into the arena. Checkpoints between launches are the job's, so cancel
+and preemption reach the kernel loop as before. The runner enforces the time limit itself (a clean
+`TimeLimitExceeded`, and the daemon replaces it when a kernel still runs); the daemon's own clock is the backstop
+for a runner that stops answering: the build time limit + the spec's time limit + a grace, then it is killed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from worker.compute.blobs import read_blobs
+from worker.compute.runner import runner_for
+from worker.compute.spec import ComputeSpec
+from worker.kinds import RunContext
+
+BUILD_TIMEOUT_S = 120.0  # the runner's ComputeRunner has the same build time limit
+GRACE_S = 2.0  # past the time limit, the runner has this long to report it before it is killed
+
+
+async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], bytes]:
+    """Run a parsed spec in the job's runner; (result body, output bytes). Raises RunnerError subclasses."""
+
+    assert ctx.runner is not None
+    in_bytes = sum(n for _, n in s.stream_layout())
+    out_bytes = s.bytes_out
+
+    async def on_ask(m: dict[str, Any], ctl: Any) -> dict[str, Any]:
+        if m.get("what") == "input":
+            await read_blobs(ctx, s, into=ctl.arena[:in_bytes])
+        return {}
+
+    reply = await ctx.runner.call(  # the arena grows once the runner has checked the spec (validation first)
+        "compute.opencl", {"spec": ctx.spec, "job_id": ctx.job_id, "in": in_bytes, "out": out_bytes},
+        on_ask=on_ask, checkpoint=ctx.checkpoint,
+        limit_s=BUILD_TIMEOUT_S + s.time_limit_s + GRACE_S, cpu_s=cpu_budget(s.time_limit_s))
+    out = bytes(reply.outs[0]) if reply.outs else b""
+    body = dict(reply.body)
+    body.pop("runner_s", None)
+    return body, out
+
+
+def cpu_budget(time_limit_s: float) -> float:
+    """CPU seconds a runner may burn on one job: its time limit on every core, plus the build."""
+
+    return (time_limit_s + BUILD_TIMEOUT_S) * (os.cpu_count() or 1)
+
+
+async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
+    """Runner side (see the module doc)."""
+
+    gm = int(getattr(dctx.device, "global_mem_bytes", 0) or 0)
+    limit = min(host.memory_limit, gm * 3 // 4) if host.memory_limit and gm else (host.memory_limit or None)
+    runner = runner_for(dctx, max_job_memory_bytes=limit)
+    in_n, out_n = int(args["in"]), int(args["out"])
+
+    async def blobs(s: ComputeSpec) -> dict[str, memoryview]:
+        names = s.kernels()
+        if host.arena is None or host.arena.size < in_n + out_n:  # validated: now the shared memory
+            await host.alloc(in_n + out_n)
+        host.doing("kernel " + ", ".join(repr(k) for k in names) if names else "kernels")
+        layout = s.stream_layout()
+        if not layout:
+            return {}
+        await host.ask("input")
+        views, off = {}, 0
+        for sha, n in layout:
+            views[sha] = host.region(off, n)
+            off += n
+        return views
+
+    host.doing("building the program")
+    res = await runner.run(args["spec"], blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
+                           verified=True)
+    host.doing("writing the outputs")
+    body, data = res.to_wire()  # one definition of the result body (ComputeResult)
+    if len(data) > out_n:
+        raise ValueError(f"outputs of {len(data)} bytes exceed the {out_n} bytes the spec declares")
+    host.region(in_n, len(data))[:] = data
+    return body, [[in_n, len(data)]]
