@@ -71,6 +71,7 @@ dashboards: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mesh scheduler worker tests bench deploy
 	$(VENV)/bin/mypy
+	$(PY) -m scheduler.devtools.layers  # imports one way (core <- node <- cli; client <- cli), no cycles
 
 clean:
 	rm -rf $(VENV) build *.egg-info

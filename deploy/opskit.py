@@ -357,7 +357,8 @@ def registry_labels() -> dict[str, list[str]]:
     for pkg in ("mesh", "scheduler", "worker"):
         for path in sorted((REPO / pkg).rglob("*.py")):
             if "prometheus_client" in path.read_text(errors="replace"):
-                importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
+                parts = path.relative_to(REPO).with_suffix("").parts
+                importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     from prometheus_client import REGISTRY
 
     out: dict[str, list[str]] = {}

@@ -38,6 +38,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.address_validation import get_available_interfaces
 
 from mesh import advert as advert_codec
 from mesh import advert_delta, handshake_log, metrics
@@ -266,8 +267,6 @@ class GossipService:
                 await trio.sleep_forever()
 
     def _dialable_addrs(self) -> list[str]:
-        from libp2p.utils.address_validation import get_available_interfaces
-
         out: list[str] = []
         suffix = f"/p2p/{self.identity.peer_id_str}"
         for a in self.host.get_transport_addrs():

@@ -2,7 +2,7 @@
 `mesh-node compute`.
 
 The mesh: node 0 is a gateway coordinator that runs nothing (`--devices none`), so every job crosses the network
-to node 1 or node 2; node 2 carries the test-only fault hook GPUMESH_TEST_CORRUPT_COMPUTE for the kernel
+to node 1 or node 2; node 2 carries the test-only fault hook Faults.corrupt_compute for the kernel
 `scale_corruptible` only (one bit of its first output byte flipped), so every other kernel is honest there.
 Checked: each example (saxpy, tiled matmul, conv2d, ChaCha20) against numpy / `cryptography`; a build failure
 returns the compiler's log; a kernel past its time limit fails with that reason and the next job on that worker
@@ -38,8 +38,8 @@ from scheduler.client.compute_sdk import (
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
 from scheduler.node.tokens import TokenStore
 from tests.opencl import requires_opencl
-from worker.compute.kind import CORRUPT_ENV
 from worker.compute.runner import ComputeResult, OutputBuffer
+from worker.faults import Faults
 
 pytestmark = requires_opencl
 
@@ -78,7 +78,7 @@ def mesh(tmp_path_factory):
     gateway, honest, corrupt = make_nodes(tmp_path_factory.mktemp("compute-mesh"), 3,
                                           ["--advert-interval", "0.5", "--advert-ttl", "5"])
     gateway.extra += ["--devices", "none"]
-    corrupt.env = {CORRUPT_ENV: "scale_corruptible"}
+    corrupt.faults = Faults(corrupt_compute=("scale_corruptible",))
     nodes = [gateway, honest, corrupt]
     try:
         start_nodes(nodes)

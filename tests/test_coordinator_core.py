@@ -2,6 +2,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
 from mesh.advert import Advert, DeviceAdvert
 from scheduler.core.coordinator_core import (
@@ -18,6 +19,7 @@ from scheduler.core.coordinator_core import (
 )
 from scheduler.core.job import Accept, Job, JobState, LeaseEntry, LeaseRenew, Reject, Requirements, Result
 from scheduler.core.placement import Placer, TrackedView
+from scheduler.node.metrics import PrometheusCoordinatorObserver
 
 GIB = 1 << 30
 GPU = DeviceAdvert("d0", "gpu", "nv", "g", 80, 8 * GIB, True, True, 5000.0, 10000.0, 1, 1, 0)
@@ -30,13 +32,13 @@ def ad(pid, seq=1, **dev):
 class H:
     """A coordinator "me" with a view of peers a..e (a best, then b, c, ...)."""
 
-    def __init__(self, peers="abcde", **cfg):
+    def __init__(self, peers="abcde", observer=None, **cfg):
         self.view = TrackedView("me", ttl_s=6.0)
         self.seqs = {}
         for i, p in enumerate(peers):
             self.advert(p, 0.0, f32_gflops=10000.0 - 1000 * i)
         self.placer = Placer(self.view, lambda job, d: 1.0 / d.f32_gflops, seed=0, d=1, jitter=0.0)
-        self.core = CoordinatorCore("me", self.view, self.placer, CoordinatorConfig(**cfg))
+        self.core = CoordinatorCore("me", self.view, self.placer, CoordinatorConfig(**cfg), observer=observer)
 
     def advert(self, pid, now, **dev):
         self.seqs[pid] = self.seqs.get(pid, 0) + 1
@@ -370,7 +372,7 @@ def test_memory_bounded_under_many_jobs():
 
 
 def test_metrics_follow_the_lifecycle():
-    from prometheus_client import REGISTRY
+    """The node's Prometheus observer, passed into the core, counts what the core reports."""
 
     def val(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -380,7 +382,7 @@ def test_metrics_follow_the_lifecycle():
               val("gpumesh_claims_total", outcome="rejected"),
               val("gpumesh_job_latency_seconds_count", priority="interactive"),
               val("gpumesh_jobs_refused_total", reason="no_match"))
-    h = H()
+    h = H(observer=PrometheusCoordinatorObserver())
     h.submit(Job("metricsjob", job_id="m1", priority="interactive"))
     h.core.on_reject("a", Reject("m1", 1, "busy"), 0.0)
     run_to_done(h, "m1", 0.1)

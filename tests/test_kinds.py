@@ -23,8 +23,8 @@ from worker.kinds import (
     SpecError,
     UnknownKind,
     get,
-    load_builtin_kinds,
 )
+from worker.kinds_basic import load_builtin_kinds
 from worker.opencl import device_context
 
 load_builtin_kinds()

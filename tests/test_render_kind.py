@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trio
 
+from worker import faults
 from worker.devices import Device
 from worker.kinds import InputReader, KindRegistry, RunContext, SpecError
 from worker.render import kind as rk
@@ -161,13 +162,15 @@ def test_bands_cover_the_tile_once():
     assert len(rk.bands(t, 100)) == 7
 
 
-def test_corrupt_hook_corrupts_only_when_set(scene, pose, cache, monkeypatch):
+def test_corrupt_hook_corrupts_only_when_installed(scene, pose, cache):
     k = rk.RenderFrame(cache)
     h = content_hash(scene)
     honest = run(k, rk.make_spec(h, pose), rk.encode_scene(scene))
-    monkeypatch.setenv(rk.CORRUPT_ENV, "1")
-    bad = run(k, rk.make_spec(h, pose))
+    with faults.installed(faults.Faults(corrupt_render=True)):
+        bad = run(k, rk.make_spec(h, pose))
+    again = run(k, rk.make_spec(h, pose))
     assert bad.output != honest.output and len(bad.output) == len(honest.output)
+    assert again.output == honest.output  # uninstalled: honest again
 
 
 def test_scene_cache_is_a_bounded_lru(scene):

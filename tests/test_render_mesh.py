@@ -1,6 +1,6 @@
 """render.frame on real node processes (a 3-node loopback mesh): a 30-frame stream arrives in order and matches
 the reference renderer, a tiled frame equals the untiled one, and a worker that corrupts its tiles (the
-test-only GPUMESH_TEST_CORRUPT_RENDER hook) is caught by the coordinator's spot-check: the frame is still
+test-only Faults.corrupt_render hook) is caught by the coordinator's spot-check: the frame is still
 right and the worker's standing drops. Small frames keep it quick; waits are on conditions, with generous
 deadlines (no timing assertions: the realtime deadlines here are far beyond any frame's cost)."""
 
@@ -16,9 +16,9 @@ import trio
 from scheduler.client.client import Client, local_address
 from scheduler.client.render_client import StreamStats, render_frame, render_stream
 from scheduler.devtools.localmesh import make_nodes, running_mesh, sees_all, start_nodes, wait_for
+from worker.faults import Faults
 from worker.render import reference
 from worker.render.camera import Tile, orbit
-from worker.render.kind import CORRUPT_ENV
 from worker.render.samples import example
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
@@ -111,7 +111,7 @@ def mesh_with_a_corrupt_worker(tmp_path):
     the corrupt hook: every frame's tiles go to the two workers, so the corrupt one gets some."""
     coord, bad, good = make_nodes(tmp_path, 3, FAST)
     coord.extra += ["--devices", "none"]
-    bad.env = {CORRUPT_ENV: "1"}
+    bad.faults = Faults(corrupt_render=True)
     try:
         start_nodes([coord, bad, good])
         wait_for(lambda: sees_all([coord, bad, good]), 90, "three nodes to see each other")

@@ -192,7 +192,7 @@ def test_cl_batch_inv(cl_backend, n):
 @pytest.mark.parametrize("air_name", ["fibonacci", "cubic", "membership"])
 @pytest.mark.parametrize("log_n,blowup,blind", [(5, 4, 0), (7, 2, 3), (8, 8, 20)])
 def test_cl_composition(cl_backend, air_name, log_n, blowup, blind):
-    from worker.zk import air as A
+    from worker.zk import airs as A
 
     air = A.get(air_name)
     n = 1 << log_n
@@ -209,7 +209,7 @@ def test_cl_composition(cl_backend, air_name, log_n, blowup, blind):
 def test_composition_at_matches_the_lde_evaluation():
     """The verifier's H(z) formula and the prover's H on the LDE domain are the same rational function: at an
     LDE point x (in the base field) composition_at(x) equals composition_np's value there."""
-    from worker.zk import air as A
+    from worker.zk import airs as A
     from worker.zk import composition as CP
 
     for air in A.AIRS.values():

@@ -3,6 +3,7 @@ peer that returns bad proofs (test-only fault hook) caught, its jobs re-run else
 
 from scheduler.client.client import SyncClient, local_address
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, wait_for
+from worker.faults import Faults
 from worker.zk import membership as MB
 from worker.zk import statement, verify
 
@@ -10,7 +11,7 @@ from worker.zk import statement, verify
 def test_batch_of_proofs_with_a_lying_peer(tmp_path):
     nodes = make_nodes(tmp_path, 3, ["--advert-interval", "0.5", "--advert-ttl", "10"])  # long ttl: loaded CI
     nodes[0].extra += ["--devices", "none"]  # the coordinator runs nothing: every proof comes from a peer
-    nodes[2].env["GPUMESH_TEST_CORRUPT_PROOF"] = "1"
+    nodes[2].faults = Faults(corrupt_proofs=True)
     try:
         start_nodes(nodes)
         wait_for(lambda: sees_all(nodes), 90, "three nodes to see each other")

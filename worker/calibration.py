@@ -171,8 +171,8 @@ def _timed(dctx: DeviceContext, knl: Any, n: int, make_args: Callable[[int], tup
 
 
 def _check_pairs(dctx: DeviceContext, rng: np.random.Generator) -> int:
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
     import pyopencl as cl
-
     a = [x for x in EDGE_VALUES for _ in EDGE_VALUES] + [int(v) for v in rng.integers(0, GOLDILOCKS_P, 256, dtype=np.uint64)]
     b = [y for _ in EDGE_VALUES for y in EDGE_VALUES] + [int(v) for v in rng.integers(0, GOLDILOCKS_P, 256, dtype=np.uint64)]
     ha, hb = np.array(a, dtype=np.uint64), np.array(b, dtype=np.uint64)
@@ -205,6 +205,7 @@ def chain_reference(x: int, y: int, iters: int) -> int:
 def measure_mulmod(dctx: DeviceContext, *, target_s: float = 0.02, repeats: int = 2,
                    seed: int = 1) -> tuple[float, int]:
     """(million Goldilocks mul-mods per second, results checked). Blocking."""
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
     import pyopencl as cl
 
     rng = np.random.default_rng(seed)
@@ -243,6 +244,7 @@ def fma_reference(a: np.ndarray, b: np.ndarray, iters: int) -> np.ndarray:
 def measure_fma(dctx: DeviceContext, *, target_s: float = 0.02, repeats: int = 2,
                 seed: int = 2) -> tuple[float, int]:
     """(float32 GFLOP/s from FMA chains, results checked). Blocking."""
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
     import pyopencl as cl
 
     rng = np.random.default_rng(seed)

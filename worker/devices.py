@@ -31,6 +31,21 @@ log = logging.getLogger(__name__)
 DEVICE_KINDS = ("gpu", "cpu", "accelerator", "reference")  # "reference": only the cpu-reference pseudo-device
 CPU_REFERENCE_ID = "cpu-reference"
 
+
+DEFAULT_BLOCKING_THREADS = 2  # the machines this runs on in CI have 2 cores
+
+_limiter_var: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("gpumesh_opencl_limiter")
+
+
+def blocking_limiter() -> trio.CapacityLimiter:
+    """The limiter for blocking OpenCL calls in the current trio run (one per run, created on first use)."""
+    try:
+        return _limiter_var.get()
+    except LookupError:
+        lim = trio.CapacityLimiter(DEFAULT_BLOCKING_THREADS)
+        _limiter_var.set(lim)
+        return lim
+
 # --- metrics (default registry, module-level) -----------------------------------------------------------
 DEVICES_GAUGE = Gauge("gpumesh_devices", "OpenCL devices this node offers (the cpu-reference pseudo-device excluded)")
 DEVICE_INFO = Gauge(
@@ -266,8 +281,8 @@ def device_non_uniform(d: Any, version: str) -> bool:
 
 
 def _import_opencl() -> Any:
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
     import pyopencl
-
     return pyopencl
 
 
@@ -468,7 +483,6 @@ class DeviceWatcher:
 
     async def rescan(self) -> bool:
         """One discovery now; True when the device set changed."""
-        from worker.opencl import blocking_limiter  # (worker.opencl imports this module)
 
         result = await trio.to_thread.run_sync(lambda: self._discover(self.selection, strict=False),
                                                limiter=blocking_limiter())

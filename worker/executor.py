@@ -33,7 +33,6 @@ worker/ knows nothing of the network; times are trio times (`trio.current_time()
 from __future__ import annotations
 
 import bisect
-import enum
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -46,35 +45,17 @@ import trio
 from prometheus_client import Counter, Gauge, Histogram
 
 from worker import kinds as kinds_mod
+from worker import kinds_basic
+from worker.compute.runner import add_quarantine_listener, quarantined_devices
 from worker.devices import Device
 from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
+from worker.opencl import open_device
+from worker.priority import Priority
 from worker.runner.pool import RunnerCrashed, RunnerLease, RunnerPool
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 64
-
-
-class Priority(enum.StrEnum):
-    REALTIME = "realtime"
-    INTERACTIVE = "interactive"
-    BATCH = "batch"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @classmethod
-    def parse(cls, value: Priority | str) -> Priority:
-        if isinstance(value, Priority):
-            return value
-        try:
-            return cls(str(value).lower())
-        except ValueError:
-            raise ValueError(f"priority must be one of realtime, interactive, batch, not {value!r}") from None
-
-
-_RANK = {Priority.REALTIME: 0, Priority.INTERACTIVE: 1, Priority.BATCH: 2}
 
 
 # --- refusals -------------------------------------------------------------------------------------------
@@ -618,7 +599,6 @@ OpenFn = Callable[[Device], Awaitable[Any]]
 async def _default_open(device: Device) -> Any:
     if not device.opencl:
         return None
-    from worker.opencl import open_device
 
     return await open_device(device)
 
@@ -649,7 +629,7 @@ class Executor:
         self._slots_cfg = slots
         self._core = PriorityQueues(max_queued=max_queued)
         if registry is None:
-            registry = kinds_mod.load_builtin_kinds()
+            registry = kinds_basic.load_builtin_kinds()
         self.registry = registry
         self._open = open_device
         self._on_change = on_change
@@ -709,7 +689,6 @@ class Executor:
     # running
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run job tasks until cancelled; then every job still here ends as cancelled ("executor stopped")."""
-        from worker.compute.runner import add_quarantine_listener, quarantined_devices
 
         token = trio.lowlevel.current_trio_token()
         # a runaway kernel of a failed compute job holds its device: no slot there is given out (or advertised)

@@ -19,7 +19,7 @@ A `JobKind` is a stateless object registered under its `name`:
 it. `ctx.progress(fraction, message)` reports progress.
 
 Kinds register with `register(kind)`; `get(name)` raises `UnknownKind` listing the known names.
-`load_builtin_kinds()` registers echo, sleep and checksum (worker.kinds_basic).
+`worker.kinds_basic.load_builtin_kinds()` registers echo, sleep and checksum.
 """
 
 from __future__ import annotations
@@ -448,10 +448,3 @@ def get(name: str) -> JobKind:
 
 def names() -> list[str]:
     return REGISTRY.names()
-
-
-def load_builtin_kinds() -> KindRegistry:
-    """Register the kinds shipped in worker/ that register themselves on import (echo, sleep, checksum)."""
-    import worker.kinds_basic  # noqa: F401
-
-    return REGISTRY

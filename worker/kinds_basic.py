@@ -23,8 +23,10 @@ import trio
 from worker import opencl
 from worker.devices import Device
 from worker.kinds import (
+    REGISTRY,
     JobKind,
     KindFamily,
+    KindRegistry,
     Result,
     RunContext,
     SpecError,
@@ -116,8 +118,8 @@ class _DeviceSummer:
     """Byte sums of chunks on an OpenCL device: enqueue (non-blocking), then collect."""
 
     def __init__(self, dctx: opencl.DeviceContext) -> None:
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         import pyopencl as cl
-
         self._cl = cl
         self.dctx = dctx
         self.workers = max(64, min(4096, dctx.device.compute_units * 256))
@@ -205,3 +207,8 @@ SLEEP = register(Sleep())
 CHECKSUM = register(Checksum())
 
 FAMILY = KindFamily("basic", (ECHO, SLEEP, CHECKSUM))
+
+
+def load_builtin_kinds() -> KindRegistry:
+    """The process-wide registry, holding the kinds of this module (registered on import: echo, sleep, checksum)."""
+    return REGISTRY

@@ -28,24 +28,18 @@ from typing import Any, TypeVar
 
 import trio
 
-from worker.devices import Device, DeviceGone, _import_opencl, enumerate_opencl
+from worker.devices import (
+    Device,
+    DeviceGone,
+    _import_opencl,
+    blocking_limiter,
+    enumerate_opencl,
+)
 
 T = TypeVar("T")
 
 DEFAULT_MAX_PROGRAMS = 32
-DEFAULT_BLOCKING_THREADS = 2  # the machines this runs on in CI have 2 cores
 
-_limiter_var: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar("gpumesh_opencl_limiter")
-
-
-def blocking_limiter() -> trio.CapacityLimiter:
-    """The limiter for blocking OpenCL calls in the current trio run (one per run, created on first use)."""
-    try:
-        return _limiter_var.get()
-    except LookupError:
-        lim = trio.CapacityLimiter(DEFAULT_BLOCKING_THREADS)
-        _limiter_var.set(lim)
-        return lim
 
 
 async def run_blocking(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:

@@ -29,6 +29,7 @@ one, the decoder is dead and re-raises it. `LocalProtocolError` is our own misus
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import struct
 from dataclasses import dataclass
@@ -160,8 +161,6 @@ def _make_alloc():
     CPython's PyByteArray_FromStringAndSize(NULL, n) does not. The decoder only hands out a payload
     buffer once every byte of it was written, so the uninitialised contents are never visible."""
     try:
-        import ctypes
-
         fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
         fn.restype = ctypes.py_object
         fn.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t]

@@ -13,6 +13,8 @@ Memory before authentication is bounded per connection (a 16 KiB TLS read buffer
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections import Counter as _Tally
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,9 +99,6 @@ def give_back_memory() -> bool:
     global _libc_trim
     if _libc_trim is None:
         try:
-            import ctypes
-            import ctypes.util
-
             _libc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
         except (OSError, AttributeError):
             _libc_trim = False

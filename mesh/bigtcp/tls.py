@@ -14,6 +14,7 @@ decoder's buffers (see the measurements at the top of transport.py).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import ssl
 import tempfile
@@ -25,6 +26,7 @@ from libp2p.security.tls.certificate import (
     generate_certificate,
     pub_key_from_cert_chain,
 )
+from libp2p.security.tls.openssl_verify import install_skip_pkix_peer_verification
 
 from mesh.bigtcp.framing import PeerProtocolError, TransportError
 from mesh.identity import Identity, peer_id_of
@@ -95,8 +97,7 @@ def _prefer_fast_suites(ctx: ssl.SSLContext) -> None:
     # Python 3.11's ssl cannot set TLS 1.3 suites; use OpenSSL directly through the same CPython
     # SSL_CTX handle py-libp2p's verify helper uses. Best effort: OpenSSL's default order otherwise.
     try:
-        import ctypes
-
+        # optional: py-libp2p's private openssl_verify helper (absent or changed in other versions: default order)
         from libp2p.security.tls import openssl_verify as ov
 
         ov._ensure_libssl()
@@ -111,7 +112,6 @@ def _prefer_fast_suites(ctx: ssl.SSLContext) -> None:
 def _skip_pkix(ctx: ssl.SSLContext) -> None:
     # Python's ssl cannot request a client certificate without PKIX-verifying it; py-libp2p ships the
     # OpenSSL verify callback that go/js-libp2p's "verify the extension instead" approach needs.
-    from libp2p.security.tls.openssl_verify import install_skip_pkix_peer_verification
 
     try:
         install_skip_pkix_peer_verification(ctx)

@@ -17,6 +17,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import trio
+
+from scheduler.client.client import address_from_args
+from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
+from scheduler.node.config import add_node_options
+from worker.compute.api import In, InOut, Local, Out, Scalar, Scratch, make_job
+from worker.compute.cltypes import from_numpy, named_types_help, type_named
+from worker.compute.pipeline_file import load_pipeline, pipeline_from_document, read_document
+
 ARG_HELP = """FILE is an OpenCL C source (one launch, described by --kernel, --global, --local and --arg) or a
 pipeline spec file (.yaml, .yml or .json: named buffers with roles in/out/inout/scratch and a sequence of
 launches; the format and its JSON Schema: docs/compute-pipeline.md). With a spec file, --kernel, --global,
@@ -50,8 +60,6 @@ class ArgError(ValueError):
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    from scheduler.node.config import add_node_options
-
     desc = ("Run an OpenCL C kernel on the mesh: buffers in, output buffers back as .npy files. Needs a token "
             "with the compute scope (the local node's own token has it).")
     p = sub.add_parser("compute", help="run an OpenCL kernel file or a pipeline spec file on the mesh",
@@ -95,8 +103,6 @@ def parse_sizes(text: str, what: str) -> list[int]:
 
 
 def _dtype(text: str, where: str) -> Any:
-    from worker.compute.cltypes import named_types_help, type_named
-
     t = type_named(text)
     if t is None:
         raise ArgError(f"{where}: unknown dtype {text!r} (one of {named_types_help()})")
@@ -104,8 +110,6 @@ def _dtype(text: str, where: str) -> Any:
 
 
 def _load(value: str, dt: Any, where: str) -> Any:
-    import numpy as np
-
     if value.startswith("="):
         items = [v for v in value[1:].split(",") if v.strip()]
         if not items:
@@ -134,10 +138,6 @@ def _load(value: str, dt: Any, where: str) -> Any:
 
 def parse_arg(text: str, index: int) -> Any:
     """One --arg into a make_job argument (In/InOut/Out/Scratch/Scalar/Local)."""
-    import numpy as np
-
-    from worker.compute.api import In, InOut, Local, Out, Scalar, Scratch
-    from worker.compute.cltypes import from_numpy
 
     where = f"--arg {index + 1} ({text!r})"
     name = ""
@@ -190,11 +190,9 @@ SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
 def build_job(args: argparse.Namespace) -> Any:
     """The job the command line describes: a spec file, or a kernel file with --kernel/--global/--arg."""
-    from worker.compute.api import make_job
 
     options = [f"-D{d}" for d in args.define] + list(args.build_option)
     if args.source.suffix in SPEC_SUFFIXES:
-        from worker.compute.pipeline_file import load_pipeline, pipeline_from_document, read_document
 
         unused = [f for f, v in (("--kernel", args.kernel), ("--global", args.global_size),
                                  ("--local", args.local_size), ("--arg", args.args)) if v]
@@ -221,11 +219,6 @@ def build_job(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import trio
-
-    from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
-
     try:
         job = build_job(args)
     except (ArgError, ValueError, TypeError) as e:  # SpecError is a ValueError: the worker's own message
@@ -234,7 +227,6 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"mesh-node compute: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USAGE
-    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
 

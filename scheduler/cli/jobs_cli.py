@@ -14,6 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
+from scheduler.node.tokens import parse_duration
+
 STATES = ("submitted", "queued", "placed", "running", "done", "failed", "cancelled")
 
 
@@ -73,8 +77,6 @@ def group_tiles(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[d
 
 
 def job_table(rows: list[dict[str, Any]], title: str):
-    from rich.table import Table
-
     t = Table(title=title)
     t.add_column("id", overflow="fold", min_width=20)
     for col in ("kind", "state", "submitted", "ended", "took", "worker", "coordinator", "reason"):
@@ -94,8 +96,6 @@ def job_table(rows: list[dict[str, Any]], title: str):
 
 
 def list_body(args: argparse.Namespace) -> dict[str, Any]:
-    from scheduler.node.tokens import parse_duration
-
     since = time.time() - parse_duration(args.since) if args.since else 0.0
     return {"limit": args.limit, "state": args.state or [], "kind": args.kind, "since": since, "local": args.local}
 

@@ -14,9 +14,24 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import get_args, get_origin
 
-from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables, zk_cli
+import trio
+from rich.table import Table
+
+from mesh import __version__, control
+from mesh.admission import AdmissionError, generate_mesh_key
+from mesh.bigtcp.framing import TransportError
+from mesh.bigtcp.rpc import RpcError
+from mesh.bigtcp.tls import HandshakeError
+from mesh.control import ControlError
+from mesh.identity import IdentityError, load_or_create
+from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables, watch, zk_cli
+from scheduler.cli.common import console
+from scheduler.cli.common import run_client as _run_client
+from scheduler.cli.common import show as _print
+from scheduler.client.known_nodes import IdentityMismatch
+from scheduler.node import lifeline
 from scheduler.node.config import (
     ConfigError,
     NodeSettings,
@@ -24,6 +39,9 @@ from scheduler.node.config import (
     add_node_options,
     load_settings,
 )
+from scheduler.node.daemon import Node
+from scheduler.node.endpoints import BindError, find_exception
+from scheduler.node.tokens import TokenError, TokenStore, parse_duration
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -82,7 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mesh-node",
         description="gpumesh node: share this host's OpenCL devices with a peer-to-peer mesh and run jobs on it.",
         epilog="Run `mesh-node COMMAND --help` for the options of each command.")
-    from mesh import __version__
 
     parser.add_argument("--version", action="version", version=f"mesh-node (gpumesh) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -160,12 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- commands --------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.node import lifeline
-    from scheduler.node.daemon import Node
-    from scheduler.node.endpoints import BindError, find_exception
-
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
     log = logging.getLogger("gpumesh.node")
@@ -210,22 +221,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(code)
 
 
-def console():
-    """A rich console at least 140 columns wide, so ids are not cut when output goes to a pipe or a file."""
-    import shutil
-
-    from rich.console import Console
-
-    return Console(width=max(140, shutil.get_terminal_size((140, 24)).columns))
-
-
-def _print(obj: Any, as_json: bool, render) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2, default=str))
-    else:
-        render(obj)
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -235,13 +230,9 @@ def _human_bytes(n: float) -> str:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from mesh import control
-
     peers = control.call(args.data_dir, "peers")
 
     def render(rows: list[dict]) -> None:
-        from rich.table import Table
-
         t = Table(title=f"{len(rows)} node(s) in view")
         t.add_column("peer", overflow="fold", min_width=52)
         for col in ("data plane", "devices", "free slots", "queue", "standing", "advert age", "software"):
@@ -261,8 +252,6 @@ def cmd_peers(args: argparse.Namespace) -> int:
 
 
 def device_table(rows: list[tuple[str, dict]], title: str):
-    from rich.table import Table
-
     t = Table(title=title)
     for col in ("node", "device", "kind", "name", "CUs", "memory", "fp64", "mul-mod", "f32"):
         t.add_column(col)
@@ -274,8 +263,6 @@ def device_table(rows: list[tuple[str, dict]], title: str):
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from mesh import control
-
     res = control.call(args.data_dir, "devices")
 
     def render(r: dict) -> None:
@@ -288,8 +275,6 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def cmd_runners(args: argparse.Namespace) -> int:
-    from mesh import control
-
     rows = control.call(args.data_dir, "runners", timeout=5.0)
 
     def render(rs: list[dict]) -> None:
@@ -305,24 +290,18 @@ def cmd_runners(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mesh import control
-
     st = control.call(args.data_dir, "status", timeout=5.0)
     _print(st, args.json, lambda s: console().print(tables.status_table(s)))
     return EXIT_OK
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    from mesh.identity import load_or_create
-
     ident, _ = load_or_create(args.data_dir)
     _print({"peer_id": ident.peer_id_str}, args.json, lambda d: print(d["peer_id"]))
     return EXIT_OK
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from mesh import control
-
     set_: dict[str, str] = {}
     unset: list[str] = []
     for item in args.labels:
@@ -337,8 +316,6 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from scheduler.node.tokens import TokenStore, parse_duration
-
     store = TokenStore(args.data_dir)
     try:
         if args.token_command == "create":
@@ -361,27 +338,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_mesh_key(args: argparse.Namespace) -> int:
-    from mesh.admission import generate_mesh_key
-
     sys.stdout.write(generate_mesh_key())
     return EXIT_OK
 
 
 EXIT_REJECTED, EXIT_CANCELLED, EXIT_NOT_FOUND = 4, 5, 6
-
-
-def _run_client(args: argparse.Namespace, fn) -> Any:
-    import trio
-
-    from scheduler.client.client import Client, address_from_args
-
-    addr, tok, pid, insecure = address_from_args(args)
-
-    async def main():
-        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
-            return await fn(c)
-
-    return trio.run(main)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -450,10 +411,6 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.cli import watch
-
     con = console()
     live = not args.json and con.is_terminal
 
@@ -484,8 +441,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 async def _refresh_every(progress, seconds: float) -> None:
-    import trio
-
     while True:
         await trio.sleep(seconds)
         progress.refresh()
@@ -495,15 +450,6 @@ COMMANDS = {"render": render_cli.run, "compute": compute_cli.run, "prove": zk_cl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mesh.admission import AdmissionError
-    from mesh.bigtcp.framing import TransportError
-    from mesh.bigtcp.rpc import RpcError
-    from mesh.bigtcp.tls import HandshakeError
-    from mesh.control import ControlError
-    from mesh.identity import IdentityError
-    from scheduler.client.known_nodes import IdentityMismatch
-    from scheduler.node.tokens import TokenError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

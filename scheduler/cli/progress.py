@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 STATE_SHARE = {"submitted": 0.0, "queued": 0.02, "placed": 0.05, "running": 0.1}
 
@@ -31,7 +32,6 @@ class JobProgress:
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
         if mode == "bars":
-            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(TextColumn("{task.description:<10}"), BarColumn(bar_width=30),
                                       TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"),

@@ -18,16 +18,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from scheduler.client.client import Client, address_from_args
+from scheduler.client.render_client import StreamStats, render_stream
+from scheduler.client.viewer import Viewer, parse_listen, url_of
+from scheduler.node.config import add_node_options
+from worker.render import png
+from worker.render.camera import Pose, matrix_to_quat, quat_to_matrix
+from worker.render.compositing import straight_alpha
+from worker.render.errors import SceneError
+from worker.render.samples import at_resolution
+from worker.render.scene import from_dict, load_scene_file, pose_from_dict, to_dict
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from scheduler.node.config import add_node_options
-
     help_ = "render a camera path of a scene on the mesh: PNG + depth frames and per-frame latency stats"
     p = subparsers.add_parser("render", help=help_, description=help_ + ". Without --poses the camera orbits the "
                               "point it looks at; with --deadline-ms a frame not back in time is dropped and counted.")
@@ -61,9 +76,6 @@ def default_orbit(scene: Any, frames: int) -> list:
     origin, at least 1 m ahead): the camera's own pose turned about the vertical axis through that point, so
     frame 0 is exactly the scene camera (roll and pitch included) and every frame keeps its height, distance
     and roll."""
-    import numpy as np
-
-    from worker.render.camera import Pose, matrix_to_quat, quat_to_matrix
 
     cam = scene.camera
     pos = np.asarray(cam.position, np.float64)
@@ -81,8 +93,6 @@ def default_orbit(scene: Any, frames: int) -> list:
 
 
 def load_poses(path: Path) -> list:
-    from worker.render.scene import pose_from_dict
-
     text = path.read_text()
     try:
         data = json.loads(text)
@@ -107,23 +117,11 @@ def _tiles(value: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
-    from scheduler.client.client import Client
-    from scheduler.client.render_client import StreamStats, render_stream
-    from worker.render import png
-    from worker.render.compositing import straight_alpha
-    from worker.render.errors import SceneError
-    from worker.render.samples import at_resolution
-    from worker.render.scene import load_scene_file
-
     try:
         scene = load_scene_file(args.scene)
         if (args.width is None) != (args.height is None):
             raise ValueError("give both --width and --height")
         if args.width is not None:
-            from worker.render.scene import from_dict, to_dict
-
             scene = from_dict(to_dict(at_resolution(scene, args.width, args.height), binary=True))  # validated
         poses = load_poses(args.poses)[:args.frames] if args.poses else default_orbit(scene, args.frames)
         tiles = _tiles(args.tiles)
@@ -133,8 +131,6 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--fps, --frames and --max-in-flight must be positive")
         listen = None
         if args.serve:
-            from scheduler.client.viewer import parse_listen
-
             listen = parse_listen(args.serve)
     except (OSError, ValueError, SceneError) as e:
         print(f"mesh-node render: {e}", file=sys.stderr)
@@ -143,20 +139,14 @@ def run(args: argparse.Namespace) -> int:
         return serve(args, scene, tiles, listen)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    from scheduler.client.client import address_from_args
 
     addr, tok, pid, insecure = address_from_args(args)
     stats = StreamStats()
     per_frame: list[dict[str, Any]] = []
 
     def write(i: int, rgba: Any, depth: Any) -> None:
-        import numpy as np
-
         png.write_png(args.out / f"frame_{i:04d}.png", straight_alpha(rgba))
         np.save(args.out / f"frame_{i:04d}_depth.npy", depth)
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     con = Console(stderr=False)
     bars = not args.quiet and not args.json and con.is_terminal  # a frames bar on a terminal, lines otherwise
@@ -208,12 +198,6 @@ def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, int]) -> int:
     """`--serve`: the live viewer until interrupted (exit 0), or 1 when the node cannot be reached."""
-    import signal
-
-    import trio
-
-    from scheduler.client.client import Client, address_from_args
-    from scheduler.client.viewer import Viewer, url_of
 
     addr, tok, pid, insecure = address_from_args(args)
 

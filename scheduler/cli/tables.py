@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.table import Table
+
 
 def duration(seconds: float) -> str:
     """Uptime-style: 42 s, 5 min 3 s, 2 h 7 min, 3 d 4 h."""
@@ -22,8 +24,6 @@ def duration(seconds: float) -> str:
 
 
 def status_table(st: dict[str, Any]):
-    from rich.table import Table
-
     t = Table(title=f"node {st.get('peer_id', '?')}", show_header=False, title_justify="left")
     t.add_column("what", style="bold")
     t.add_column("value", overflow="fold")
@@ -50,8 +50,6 @@ def _when(t: float | None) -> str:
 
 
 def token_table(rows: list[dict[str, Any]]):
-    from rich.table import Table
-
     t = Table(title=f"{len(rows)} token(s)")
     for col in ("id", "name", "scopes", "created", "expires", "state"):
         t.add_column(col, overflow="fold")

@@ -16,14 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from scheduler.cli import progress
+from scheduler.cli.common import console
+from scheduler.cli.common import run_client as _run_client
+from scheduler.cli.common import show as _print
+from worker.zk import AIRS, MIN_SECURITY_BITS, gpu, prove_spec, statement, validate_spec, verify
+from worker.zk.spec import DEFAULTS, validate_expect
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
 PARAM_KEYS = ("air", "steps", "blowup", "queries", "grinding")
 
 
 def add_parsers(sub, add_node_options) -> None:
-    from worker.zk import AIRS, MIN_SECURITY_BITS
-    from worker.zk.spec import DEFAULTS
-
     airs = ", ".join(sorted(AIRS))
     pv = sub.add_parser(
         "prove", help="prove an AIR's computation (on the mesh, or --local on this machine)",
@@ -72,7 +76,6 @@ def _int(text: str) -> int:
 
 def parse_expect(items: list[str]) -> dict[str, Any]:
     """NAME=VALUE pairs -> an expected statement (validated)."""
-    from worker.zk.spec import validate_expect
 
     out: dict[str, Any] = {}
     pub: dict[str, int] = {}
@@ -97,7 +100,6 @@ def parse_expect(items: list[str]) -> dict[str, Any]:
 def _local_backend(force_numpy: bool) -> tuple[object, str]:
     """The OpenCL prover on the first device when there is one, numpy otherwise; and a name for it."""
     if not force_numpy:
-        from worker.zk import gpu
 
         pair = gpu.default_queue()
         if pair is not None:
@@ -107,9 +109,6 @@ def _local_backend(force_numpy: bool) -> tuple[object, str]:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from scheduler.cli.main import _print, _run_client
-    from worker.zk import AIRS, prove_spec, statement, validate_spec
-
     spec: dict = {"air": args.air, "steps": args.steps, "blowup": args.blowup, "queries": args.queries,
                   "grinding": args.grinding}
     public = {}
@@ -147,8 +146,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
         proof = prove_spec(spec, backend)
         where = f"this machine, {where}"
     else:
-        from scheduler.cli import progress
-        from scheduler.cli.main import EXIT_FAIL, EXIT_REJECTED, console
 
         con = console()
 
@@ -175,9 +172,6 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from scheduler.cli.main import _print
-    from worker.zk import verify
-
     try:
         expect = parse_expect(args.expect) if args.expect else None
     except ValueError as e:

@@ -20,9 +20,11 @@ from typing import Any
 
 import trio
 
+from mesh import control
 from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
 from scheduler.client.known_nodes import IdentityMismatch, KnownNodes, check_identity
 from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+from scheduler.core.local import read_local_token
 
 CHUNK = 1 << 20
 log = logging.getLogger("gpumesh.client")
@@ -355,8 +357,6 @@ class SyncClient:
 
 def local_address(data_dir: Path) -> tuple[str, str | None, str | None, bool]:
     """(address, token, peer id, insecure) of the node running with `data_dir`, for the CLI."""
-    from mesh import control
-    from scheduler.core.local import read_local_token
 
     st = control.call(data_dir, "status", timeout=5)
     return st["data_addr"], read_local_token(data_dir), st["peer_id"], bool(st.get("insecure"))

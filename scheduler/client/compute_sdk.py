@@ -73,6 +73,7 @@ import trio
 from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
 from scheduler.core.job import WireError
+from scheduler.core.local import default_data_dir
 from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Pipeline, Scalar, Scratch, make_job
 from worker.compute.compare import compare_outputs
 from worker.compute.limits import validate
@@ -483,7 +484,6 @@ def _fmt(n: float) -> str:
 def resolve_data_dir(data_dir: Path | str | None) -> Path:
     if data_dir is not None:
         return Path(data_dir)
-    from scheduler.node.config import default_data_dir
 
     return Path(os.environ.get("GPUMESH_DATA_DIR") or default_data_dir())
 

@@ -50,6 +50,7 @@ from worker.render.kind import (
     flops_per_pixel,
     is_not_cached,
     make_spec,
+    pixel_cost_for,
     plan_tiles,
     split_count,
     tile_of_body,
@@ -234,8 +235,6 @@ class RenderSession:
         return max(1, len({d.hardware for d in await self.peers() if d.standing >= MIN_STANDING}))
 
     async def per_pixel_cost(self) -> float:
-        from worker.render.kind import pixel_cost_for
-
         devs = [d for d in await self.peers() if d.standing >= MIN_STANDING]
         if not devs:
             return pixel_cost_for(self.px_flops, "cpu", 0.0)

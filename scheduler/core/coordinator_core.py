@@ -40,10 +40,9 @@ peer can run at all, are refused at once with the reason. Memory is bounded: fin
 from __future__ import annotations
 
 import heapq
-import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +59,9 @@ from scheduler.core.job import (
     WhenSaturated,
     WireError,
 )
-from scheduler.core.placement import Candidate, Placer
-from scheduler.node import metrics as m
+from scheduler.core.lifecycle import FINISHING_EVENT, JobEvent, advance
+from scheduler.core.observer import CoordinatorObserver
+from scheduler.core.placement import Candidate, Placement, Placer
 
 # --- actions ---------------------------------------------------------------------------------------------
 
@@ -232,15 +232,19 @@ class CoordinatorStats:
     max_queued: int = 0
 
 
-_ACTIVE_STATES = (JobState.SUBMITTED, JobState.PLACED, JobState.RUNNING)
 
 
 class CoordinatorCore:
     """One node's coordinator: the jobs submitted to it, from acceptance to their one outcome."""
 
     def __init__(self, peer_id: str, view: MembershipView, placer: Placer,
-                 config: CoordinatorConfig | None = None) -> None:
+                 config: CoordinatorConfig | None = None, *, observer: CoordinatorObserver | None = None,
+                 perf_clock: Callable[[], float] | None = None) -> None:
+        """`observer` hears what happens (metrics); `perf_clock` (e.g. time.perf_counter) times placement
+        decisions for it (None: not timed). Neither changes a decision."""
         self.peer_id = peer_id
+        self.obs = observer or CoordinatorObserver()
+        self._perf = perf_clock
         self.view = view
         self.placer = placer
         self.cfg = config or CoordinatorConfig()
@@ -292,9 +296,7 @@ class CoordinatorCore:
                                     f"job id {job.job_id} is already used by a different job"), []
             return SubmitAnswer(job.job_id, True, old.state, self._position(old), old.reason, duplicate=True), []
         # a job that cannot run anywhere, or not by its deadline, is refused at once (not queued to fail later)
-        t0 = time.perf_counter()
-        placement = self.placer.place(job, now)
-        m.PLACEMENT_SECONDS.observe(time.perf_counter() - t0)
+        placement = self._timed_place(job, now)
         if not placement.ok:
             return self._refuse(job.job_id, placement.code or "no_match", placement.reason), []
         must_wait = self._in_flight >= self.cfg.max_in_flight
@@ -312,8 +314,8 @@ class CoordinatorCore:
         rec = JobRecord(job, submitted_at=now, seq=self._fair_tag(job.submitted_by))
         self._jobs[job.job_id] = rec
         self.stats.submitted += 1
-        m.JOBS_SUBMITTED.labels(m.kind_label(job.kind), job.priority.value).inc()
-        m.JOBS_ACTIVE.labels(JobState.SUBMITTED.value).inc()
+        self.obs.submitted(job.kind, job.priority)
+        self.obs.state_changed(None, JobState.SUBMITTED)
         acts: list[Action] = [JournalJob(job, now)]
         self._push_timer(now + job.timeout_s, "timeout", rec, 0)
         if job.deadline is not None:
@@ -345,10 +347,10 @@ class CoordinatorCore:
         if rec is None or rec.state.terminal or msg.attempt != rec.attempt or peer_id != rec.peer \
                 or not rec.offer_pending:
             # an answer to an offer we gave up on: whatever it took, it must not run
-            m.CLAIMS.labels("stale").inc()
+            self.obs.claim("stale")
             return [SendCancel(peer_id, Cancel(msg.job_id, msg.attempt, "offer withdrawn"))]
         self.stats.claims_accepted += 1
-        m.CLAIMS.labels("accepted").inc()
+        self.obs.claim("accepted")
         self.placer.observe_claim(True)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         for dev, (free, depth) in msg.load.items():
@@ -358,7 +360,7 @@ class CoordinatorCore:
         rec.placed_at = now
         rec.lease_expires = now + self.cfg.lease_s
         self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
-        self._set_state(rec, JobState.PLACED)
+        self._move(rec, JobEvent.ACCEPTED)
         return [StateChanged(rec.job_id, JobState.PLACED, rec.attempt, peer_id)]
 
     def on_reject(self, peer_id: str, msg: Reject, now: float) -> list[Action]:
@@ -367,10 +369,10 @@ class CoordinatorCore:
         rec = self._jobs.get(msg.job_id)
         if rec is None or rec.state.terminal or msg.attempt != rec.attempt or peer_id != rec.peer \
                 or not rec.offer_pending:
-            m.CLAIMS.labels("stale").inc()
+            self.obs.claim("stale")
             return []
         self.stats.claims_rejected += 1
-        m.CLAIMS.labels("rejected").inc()
+        self.obs.claim("rejected")
         self.placer.observe_claim(False)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         self._release(rec)
@@ -392,8 +394,8 @@ class CoordinatorCore:
             rec.lease_expires = now + self.cfg.lease_s
             if e.running and rec.state is JobState.PLACED:
                 rec.started_at = now
-                m.QUEUE_WAIT_SECONDS.labels(rec.job.priority.value).observe(now - rec.submitted_at)
-                self._set_state(rec, JobState.RUNNING)
+                self.obs.queue_wait(rec.job.priority, now - rec.submitted_at)
+                self._move(rec, JobEvent.STARTED)
                 acts.append(StateChanged(rec.job_id, JobState.RUNNING, rec.attempt, peer_id))
         return acts
 
@@ -435,9 +437,9 @@ class CoordinatorCore:
             if result.ok and self.view.standing(peer_id) < 1.0:
                 self.view.adjust_standing(peer_id, self.cfg.standing_reward)
             start = rec.started_at if rec.started_at is not None else rec.placed_at or now
-            m.RUN_SECONDS.labels(rec.job.priority.value).observe(max(0.0, now - start))
+            self.obs.run_time(rec.job.priority, max(0.0, now - start))
             if rec.started_at is None:
-                m.QUEUE_WAIT_SECONDS.labels(rec.job.priority.value).observe(max(0.0, start - rec.submitted_at))
+                self.obs.queue_wait(rec.job.priority, max(0.0, start - rec.submitted_at))
             self._release(rec)
             rec.result = result
             acts.append(Deliver(rec.job_id, result))
@@ -522,7 +524,7 @@ class CoordinatorCore:
             if kind == "claim":
                 if rec.offer_pending and rec.attempt == attempt:
                     self.stats.claims_timed_out += 1
-                    m.CLAIMS.labels("timeout").inc()
+                    self.obs.claim("timeout")
                     self._withdraw_offer(rec, "offer timed out", now, acts)
             elif kind == "lease":
                 if rec.attempt != attempt or not rec.peer or rec.offer_pending:
@@ -543,7 +545,7 @@ class CoordinatorCore:
                              now, acts)
             elif kind == "deadline":
                 self.stats.deadline_misses += 1
-                m.DEADLINE_MISSES.inc()
+                self.obs.deadline_missed()
                 self._finish(rec, JobState.FAILED, f"deadline missed ({rec.state.value})", now, acts)
         # workers whose adverts expired from our view while an offer waits for their answer
         for peer in [p for p in self._by_peer if not self._alive(p, now)]:
@@ -564,12 +566,14 @@ class CoordinatorCore:
             rec = JobRecord(e.job, submitted_at=e.submitted_at, attempt=e.attempt, failures=list(e.failures),
                             seq=self._fair_tag(e.job.submitted_by))
             self._jobs[rec.job_id] = rec
-            if JobState(e.state).terminal:
-                rec.state, rec.reason, rec.result = JobState(e.state), e.reason, e.result
+            journaled = JobState(e.state)
+            if journaled.terminal:
+                rec.state, rec.reason, rec.result = journaled, e.reason, e.result
                 rec.finished_at = e.finished_at if e.finished_at is not None else now
                 self._finished[rec.job_id] = rec.finished_at
                 continue
-            m.JOBS_ACTIVE.labels(JobState.SUBMITTED.value).inc()
+            rec.state = advance(journaled, JobEvent.RESUMED)  # placed again
+            self.obs.state_changed(None, rec.state)
             self._push_timer(rec.submitted_at + rec.job.timeout_s, "timeout", rec, 0)
             if rec.job.deadline is not None:
                 self._push_timer(rec.job.deadline, "deadline", rec, 0)
@@ -582,12 +586,12 @@ class CoordinatorCore:
 
     def _refuse(self, job_id: str, code: str, reason: str) -> SubmitAnswer:
         self.stats.refused += 1
-        m.JOBS_REFUSED.labels(code).inc()
+        self.obs.refused(code)
         return SubmitAnswer(job_id, False, None, 0, reason, code)
 
     def _drop(self, reason: str) -> list[Action]:
         self.stats.duplicates_dropped += 1
-        m.RESULTS_DROPPED.labels(reason).inc()
+        self.obs.result_dropped(reason)
         return []
 
     def _penalize_lost(self, peer: str, now: float) -> None:
@@ -626,7 +630,7 @@ class CoordinatorCore:
         rec.queued = True
         insort(self._ready, self._key(rec))
         self.stats.max_queued = max(self.stats.max_queued, self.queued)
-        m.COORDINATOR_QUEUE.inc()
+        self.obs.queued(1)
 
     def _dequeue(self, rec: JobRecord) -> None:
         if rec.queued:
@@ -635,7 +639,7 @@ class CoordinatorCore:
             if i < len(self._ready) and self._ready[i] == k:
                 del self._ready[i]
             rec.queued = False
-            m.COORDINATOR_QUEUE.dec()
+            self.obs.queued(-1)
         if rec.retry_at is not None:
             rec.retry_at = None
             self._waiting -= 1
@@ -654,14 +658,20 @@ class CoordinatorCore:
             self._timers = [t for t in self._timers if (r := live.get(t[3])) is not None and not r.state.terminal]
             heapq.heapify(self._timers)
 
-    def _set_state(self, rec: JobRecord, state: JobState) -> None:
-        if state is rec.state:
-            return
-        if rec.state in _ACTIVE_STATES:
-            m.JOBS_ACTIVE.labels(rec.state.value).dec()
-        if state in _ACTIVE_STATES:
-            m.JOBS_ACTIVE.labels(state.value).inc()
-        rec.state = state
+    def _move(self, rec: JobRecord, event: JobEvent) -> None:
+        """The one place a job changes state: through the lifecycle table (IllegalTransition otherwise)."""
+        before = rec.state
+        rec.state = advance(before, event)
+        if rec.state is not before:
+            self.obs.state_changed(before, rec.state)
+
+    def _timed_place(self, job: Job, now: float, exclude: Iterable[str] = ()) -> Placement:
+        if self._perf is None:
+            return self.placer.place(job, now, exclude)
+        t0 = self._perf()
+        placement = self.placer.place(job, now, exclude)
+        self.obs.placement_decision(self._perf() - t0)
+        return placement
 
     def _hold(self, rec: JobRecord, c: Candidate) -> None:
         if not rec.peer:
@@ -689,9 +699,7 @@ class CoordinatorCore:
             self._dispatch(rec, now, acts)
 
     def _dispatch(self, rec: JobRecord, now: float, acts: list[Action]) -> None:
-        t0 = time.perf_counter()
-        placement = self.placer.place(rec.job, now, rec.excluded)
-        m.PLACEMENT_SECONDS.observe(time.perf_counter() - t0)
+        placement = self._timed_place(rec.job, now, rec.excluded)
         if placement.ok:
             rec.no_candidate_since = None
             rec.candidates = placement.candidates
@@ -699,7 +707,7 @@ class CoordinatorCore:
             return
         if placement.code == "deadline":
             self.stats.deadline_misses += 1
-            m.DEADLINE_MISSES.inc()
+            self.obs.deadline_missed()
             self._finish(rec, JobState.FAILED, self._with_failures(rec, placement.reason), now, acts)
             return
         if rec.no_candidate_since is None:
@@ -759,8 +767,8 @@ class CoordinatorCore:
             self._finish(rec, JobState.FAILED, self._with_failures(rec, ""), now, acts)
             return
         self.stats.retries += 1
-        m.RETRIES.labels(label).inc()
-        self._set_state(rec, JobState.SUBMITTED)
+        self.obs.retry(label)
+        self._move(rec, JobEvent.LOST)
         acts.append(StateChanged(rec.job_id, JobState.SUBMITTED, attempt, ""))
         rec.backoff_s = 0.0
         self._enqueue(rec)  # keeps its original place in its priority class
@@ -777,7 +785,7 @@ class CoordinatorCore:
             acts.append(SendCancel(rec.peer, Cancel(rec.job_id, rec.attempt, reason or state.value)))
         self._release(rec)
         self._dequeue(rec)
-        self._set_state(rec, state)
+        self._move(rec, FINISHING_EVENT[state])
         rec.reason = reason
         rec.finished_at = now
         rec.candidates = []
@@ -787,8 +795,7 @@ class CoordinatorCore:
             self.stats.failed += 1
         else:
             self.stats.cancelled += 1
-        m.JOBS_FINISHED.labels(m.kind_label(rec.job.kind), state.value).inc()
-        m.LATENCY_SECONDS.labels(rec.job.priority.value).observe(max(0.0, now - rec.submitted_at))
+        self.obs.finished(rec.job.kind, state, rec.job.priority, max(0.0, now - rec.submitted_at))
         self._finished[rec.job_id] = now
         acts.append(JournalFinish(rec.job_id, state, reason, rec.result, now))
         acts.append(Finish(rec.job_id, state, reason, rec.result))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from worker.kinds import Requirements  # one definition for coordinator and worker; re-exported here
+from worker.priority import Priority  # the same: one definition for coordinator, wire and executor
 
 WIRE_VERSION = 1
 INLINE_INPUT_LIMIT = 1 << 20  # bytes; larger inputs are streamed (input_size + input_sha256)
@@ -113,19 +114,6 @@ def _requirements(d: Any) -> Requirements:
 
 
 # --- job -------------------------------------------------------------------------------------------------
-
-class Priority(enum.StrEnum):
-    REALTIME = "realtime"  # has a deadline; earliest deadline first; rejected at once if it cannot be met
-    INTERACTIVE = "interactive"
-    BATCH = "batch"
-
-    @property
-    def rank(self) -> int:
-        return _PRIORITY_RANK[self]
-
-
-_PRIORITY_RANK = {Priority.REALTIME: 0, Priority.INTERACTIVE: 1, Priority.BATCH: 2}
-
 
 class WhenSaturated(enum.StrEnum):
     QUEUE = "queue"  # wait at the coordinator (answer: "queued (position N)")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 from scheduler.core.job import Accept, Cancel, Job, LeaseEntry, LeaseRenew, Offer, Priority, Reject, Result
-from scheduler.node import metrics as m
+from scheduler.core.observer import WorkerObserver
 
 
 class DeviceLoad(NamedTuple):
@@ -92,8 +92,10 @@ class WorkerStats:
 
 
 class WorkerCore:
-    def __init__(self, peer_id: str, load: LoadFn, *, renew_fraction: float = 1 / 3) -> None:
+    def __init__(self, peer_id: str, load: LoadFn, *, renew_fraction: float = 1 / 3,
+                 observer: WorkerObserver | None = None) -> None:
         self.peer_id = peer_id
+        self.obs = observer or WorkerObserver()
         self.load = load
         self.renew_fraction = renew_fraction
         self.accepting = True  # False while draining / shutting down
@@ -159,7 +161,7 @@ class WorkerCore:
             self.stats.rejected += 1
             label = reason.split(" (")[0]
             self.stats.reject_reasons[label] = self.stats.reject_reasons.get(label, 0) + 1
-            m.WORKER_OFFERS.labels("rejected").inc()
+            self.obs.offer_answered("rejected")
             load = {d: self._effective(d, x) for d, x in snapshot.items()}
             return [Send(peer_id, Reject(job.job_id, offer.attempt, reason, load))]
         assert dl is not None
@@ -169,8 +171,8 @@ class WorkerCore:
         self._reserved[offer.device_id] = self._reserved.get(offer.device_id, 0) + 1
         self._schedule_renew(peer_id, offer.lease_s, now)
         self.stats.accepted += 1
-        m.WORKER_OFFERS.labels("accepted").inc()
-        m.WORKER_JOBS.inc()
+        self.obs.offer_answered("accepted")
+        self.obs.held(1)
         load = {d: self._effective(d, x) for d, x in snapshot.items()}
         return [Send(peer_id, Accept(job.job_id, offer.attempt, offer.device_id, position, load)),
                 StartJob(job, offer.attempt, offer.device_id, peer_id)]
@@ -272,7 +274,7 @@ class WorkerCore:
     def _cancel(self, h: Held, reason: str) -> list[WorkerAction]:
         h.cancelled = True
         self.stats.cancelled += 1
-        m.WORKER_CANCELS.inc()
+        self.obs.cancelled()
         if not h.enqueued:  # never reached the executor: nothing will call finished()
             self._forget((h.job.job_id, h.attempt))
         return [CancelJob(h.job.job_id, h.attempt, reason)]
@@ -280,7 +282,7 @@ class WorkerCore:
     def _forget(self, key: tuple[str, int]) -> Held | None:
         h = self._held.pop(key, None)
         if h is not None:
-            m.WORKER_JOBS.dec()
+            self.obs.held(-1)
             if not h.enqueued:
                 self._unreserve(h.device_id)
         return h

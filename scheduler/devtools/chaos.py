@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from mesh.bigtcp.rpc import RpcError
@@ -40,6 +41,12 @@ from scheduler.devtools import poison as poison_jobs
 from scheduler.devtools.faultproxy import FaultProxy
 from scheduler.devtools.localmesh import NodeProc, make_nodes, sees_all, stop_all, wait_for
 from scheduler.node import endpoints
+from worker.render import kind as rk
+from worker.render import reference
+from worker.render.camera import Tile, orbit
+from worker.render.samples import example
+from worker.render.scene import content_hash
+from worker.zk import verify
 
 REFUSALS = {"invalid", "invalid_spec", "unknown_kind"}  # RPC errors that are a submit's final answer
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "2.5", "--runner-memory-mb", str(poison_jobs.RUNNER_MEMORY_MB)]
@@ -364,8 +371,6 @@ def _body_is(expected: dict) -> Callable[[JobResult], str | None]:
 
 def _proof_verifies(spec: dict) -> Callable[[JobResult], str | None]:
     def check(res: JobResult) -> str | None:
-        from worker.zk import verify
-
         v = verify(res.output, spec)
         return None if v.ok else f"the verifier rejects the proof: {v.reason}"
     return check
@@ -378,26 +383,15 @@ class _RenderJobs:
     W, H = 48, 36
 
     def __init__(self) -> None:
-        from worker.render.camera import orbit
-        from worker.render.samples import example
-        from worker.render.scene import content_hash
-
         self.scene = example("spheres", self.W, self.H)
         self.scene_hash = content_hash(self.scene)
         self.poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)
         self._refs: dict[int, Any] = {}
 
     def job(self, k: int) -> tuple[dict, Callable[[JobResult], str | None]]:
-        from worker.render import kind as rk
-
         spec = rk.make_spec(self.scene_hash, self.poses[k], scene=self.scene)
 
         def check(res: JobResult) -> str | None:
-            import numpy as np
-
-            from worker.render import reference
-            from worker.render.camera import Tile
-
             if k not in self._refs:
                 self._refs[k] = reference.render(self.scene, self.poses[k])[0]
             try:

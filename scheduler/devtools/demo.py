@@ -3,21 +3,22 @@ run the demo jobs, and stop the nodes cleanly."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from scheduler.cli.main import console as make_console
 from scheduler.cli.main import device_table
+from scheduler.client.client import SyncClient, local_address
 from scheduler.devtools.localmesh import NodeExited, make_nodes, sees_all, start_nodes, stop_all, wait_for
+from worker.zk import verify
 
 OUT = Path("demo-out")
 
 
 def render(console, node) -> None:
     """A short orbit of an example scene rendered on the mesh (frames as PNG + depth .npy)."""
-    import subprocess
-    import sys
 
     out = OUT / "frames"
     cmd = [sys.executable, "-m", "scheduler.cli", "render", "examples/scenes/spheres.json", "--frames", "12",
@@ -33,8 +34,6 @@ def render(console, node) -> None:
 
 def prove(console, node) -> None:
     """A zk proof made on the mesh (the coordinator verifies it before delivering), verified again here."""
-    from scheduler.client.client import SyncClient, local_address
-    from worker.zk import verify
 
     spec = {"air": "fibonacci", "steps": 1024, "public_inputs": {"a": 1, "b": 1}}  # default (105-bit) parameters
     addr, tok, pid, insecure = local_address(node.data_dir)

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mesh import advert_delta, shard
@@ -374,11 +375,11 @@ BEFORE = {"p50_s": {5: 0.1238, 10: 0.3207, 20: 27.8527}, "p99_s": {5: 0.1602, 10
 def plot(bench: dict, sims: dict[int, dict], outdir: Any) -> list[str]:
     """The PNGs of docs/gossip.md from a bench result (`convergence_*`, `msgs_per_s_per_node` by N) and the
     simulation results by node count (flat small meshes and sharded large ones)."""
+    # optional: matplotlib (not a dependency of gpumesh; only this docs helper draws with it)
     import matplotlib
 
     matplotlib.use("Agg")
-    from pathlib import Path
-
+    # optional: matplotlib, as above
     import matplotlib.pyplot as plt
 
     out = Path(outdir)

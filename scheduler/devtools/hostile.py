@@ -12,6 +12,7 @@ hostile-mesh tests and by `make fuzz`. Nothing here is used by a node.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import time
@@ -40,8 +41,6 @@ def rss_bytes(pid: int) -> int:
 
 
 def fd_count(pid: int) -> int:
-    import os
-
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 

@@ -17,6 +17,7 @@ from mesh.identity import load_or_create
 from mesh.waiting import Abort, wait_for
 from scheduler.node import endpoints
 from scheduler.node.endpoints import Endpoints
+from worker.faults import Faults
 
 __all__ = ["NodeExited", "NodeProc", "make_nodes", "running_mesh", "sees_all", "start_mesh", "start_nodes",
            "stop_all", "wait_for", "listening_ports"]
@@ -34,6 +35,7 @@ class NodeProc:
     data_dir: Path
     extra: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # added to the node process's environment
+    faults: Faults | None = None  # test-only misbehaviour: run through scheduler.devtools.faulty_node
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     ep: Endpoints | None = None  # what the running node bound; set by wait_up
@@ -81,7 +83,8 @@ class NodeProc:
         return f"/ip4/127.0.0.1/tcp/{self.p2p_port}/p2p/{self.peer_id}"
 
     def start(self, bootstrap: Sequence[str] = ()) -> NodeProc:
-        args = [sys.executable, "-m", "scheduler.cli", "run", "--data-dir", str(self.data_dir),
+        entry = ["scheduler.cli"] if self.faults is None else ["scheduler.devtools.faulty_node", self.faults.to_json()]
+        args = [sys.executable, "-m", *entry, "run", "--data-dir", str(self.data_dir),
                 "--listen", "/ip4/127.0.0.1/tcp/0", "--data-listen", "127.0.0.1:0",
                 "--metrics-listen", "127.0.0.1:0", "--exit-with-parent", *self.extra]
         for b in bootstrap:

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from scheduler.client.compute_sdk import Out, Scratch, make_job
+
 KINDS = ("oob", "loop", "image", "huge", "big")  # in this order: a short run sees the crash and the loop first
 RUNNER_MEMORY_MB = 512  # the chaos mesh's --runner-memory-mb
 
@@ -40,7 +42,6 @@ Check = Callable[[str, str, str], "str | None"]
 
 def job(kind: str, salt: int) -> tuple[dict[str, Any], bytes | None, Check]:
     """(spec, input, check) of one poison job; `salt` makes each source distinct (no two share a cache entry)."""
-    from scheduler.client.compute_sdk import Out, Scratch, make_job
 
     tag = f"\n// poison {salt}\n"
     if kind == "oob":

@@ -20,7 +20,8 @@ Deterministic for a seed: one RNG drives everything and events are ordered by (t
 is a plain event queue (no trio): the cores take `now` as an argument, so they do not care.
 
 Checked invariants (`SimReport.violations()`): every job has exactly one outcome and at most one delivered
-result; every delivered result is the right one; no offer goes to a peer that had expired from that
+result; every state change is a move of the lifecycle table (`scheduler.core.lifecycle`); every
+delivered result is the right one; no offer goes to a peer that had expired from that
 coordinator's view, nor to a dead node after its adverts must have expired; no device queue exceeds its
 bound. `python -m scheduler.devtools.sim` runs the default scenario and prints a summary.
 """
@@ -48,8 +49,10 @@ from scheduler.core.coordinator_core import (
     Finish,
     SendCancel,
     SendOffer,
+    StateChanged,
 )
 from scheduler.core.job import Cancel, Job, JobState, Offer, Priority, Result
+from scheduler.core.lifecycle import JobEvent, advance, allowed
 from scheduler.core.placement import Placer, TrackedView, Work
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
 from scheduler.node.journal import Journal
@@ -96,6 +99,7 @@ class SimReport:
     missing: list[str] = field(default_factory=list)  # jobs without an outcome
     multiple: list[str] = field(default_factory=list)  # jobs with more than one outcome
     double_delivered: list[str] = field(default_factory=list)
+    illegal_transitions: list[str] = field(default_factory=list)  # state changes the lifecycle table refuses
     wrong_results: list[str] = field(default_factory=list)
     offers: int = 0
     offers_after_expiry: int = 0  # to a peer expired from (or absent in) that coordinator's view
@@ -130,6 +134,9 @@ class SimReport:
             v.append(f"{len(self.missing)} jobs without an outcome (e.g. {self.missing[:3]})")
         if self.multiple:
             v.append(f"{len(self.multiple)} jobs with several outcomes (e.g. {self.multiple[:3]})")
+        if self.illegal_transitions:
+            v.append(f"{len(self.illegal_transitions)} state changes outside the lifecycle table "
+                     f"(e.g. {self.illegal_transitions[:3]})")
         if self.double_delivered:
             v.append(f"{len(self.double_delivered)} jobs with two delivered results")
         if self.wrong_results:
@@ -311,6 +318,7 @@ class Sim:
         self.events = 0
         self._q: list[tuple[float, int, Callable, tuple]] = []
         self.report = SimReport(self.cfg)
+        self.states: dict[str, JobState] = {}  # each job's state as its coordinator reported it
         self.client: dict[str, _ClientJob] = {}
         self._queue_samples: list[float] = []
         self._busy_samples: list[float] = []
@@ -456,18 +464,28 @@ class Sim:
                 self._send(n, a.peer_id, self._on_offer, a.offer)
             elif t is SendCancel:
                 self._send(n, a.peer_id, self._on_cancel, a.cancel)
+            elif t is StateChanged:
+                self._check_transition(a.job_id, a.state)
             elif t is Deliver:
                 cj = self.client[a.job_id]
                 cj.delivered += 1
                 if a.result.body != expected_body(cj.job) or a.result.job_id != a.job_id:
                     self.report.wrong_results.append(a.job_id)
             elif t is Finish:
+                self._check_transition(a.job_id, a.state)
                 cj = self.client[a.job_id]
                 cj.outcomes.append(a.state.value)
                 cj.finished_at = self.now
                 if a.state is JobState.FAILED:
                     self.report.failed_reasons[_reason_class(a.reason)] += 1
                 self._maybe_done()
+
+    def _check_transition(self, job_id: str, after: JobState) -> None:
+        """Every state change a coordinator reports must be a move of the lifecycle table."""
+        before = self.states.get(job_id, JobState.SUBMITTED)
+        if not allowed(before, after):
+            self.report.illegal_transitions.append(f"{job_id}: {before.value} -> {after.value}")
+        self.states[job_id] = after
 
     def worker_acts(self, n: SimNode, acts: list) -> None:
         for a in acts:
@@ -550,6 +568,8 @@ class Sim:
         self.report.restarts += 1
         n.view.apply(n.advert(), self.now)
         entries = self.journals[n.id].load(self.now)
+        for e in entries:  # journal recovery: an unfinished job is placed again, by the table's `resumed`
+            self.states[e.job.job_id] = e.state if e.state.terminal else advance(e.state, JobEvent.RESUMED)
         acts = n.coord.restore(entries, self.now)
         self.coord_acts(n, acts)
         for e in entries:

@@ -17,14 +17,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from scheduler.core.local import default_data_dir
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used; the message is one line for the operator."""
-
-
-def default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "gpumesh"
 
 
 def parse_hostport(value: str, what: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,6 +47,7 @@ from scheduler.node import outputs
 from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal, JournalEntry
 from scheduler.node.links import CHUNK, LinkError, PeerLinks
+from scheduler.node.metrics import PrometheusCoordinatorObserver
 from worker import kinds as kinds_mod
 from worker.devices import Device
 
@@ -91,7 +93,8 @@ class CoordinatorIO:
         self.quotas = quotas
         # the kinds' cost models, corrected by the run times results report (realtime admission relies on them)
         self.placer = Placer(view, cost_fn=self._cost, correct_costs=True)
-        self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig())
+        self.core = CoordinatorCore(peer_id, view, self.placer, config or CoordinatorConfig(),
+                                    observer=PrometheusCoordinatorObserver(), perf_clock=time.perf_counter)
         self.spool = Path(data_dir) / "spool"
         self.results_dir = Path(data_dir) / "results"
         self._data_dir = Path(data_dir)
@@ -262,6 +265,12 @@ class CoordinatorIO:
     # ---- the CoordinatorInbox (workers report here) -------------------------------------------------------
     async def lease(self, worker: str, renew: LeaseRenew) -> None:
         await self._execute(self.core.on_lease(worker, renew, trio.current_time()))
+
+    def expects_result(self, worker: str, result: Result) -> Job | None:
+        return self.core.expects_result(worker, result)
+
+    def upload_path(self, result: Result) -> Path:
+        return self.results_dir / f"{spool_name(result.job_id)}.{result.attempt}"
 
     async def result(self, worker: str, result: Result, output: outputs.Pending | None) -> None:
         """A worker's result (its output checked against size and sha256 by whoever carried it): verified in a

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -49,7 +50,6 @@ def id_tag(peer_id: str) -> str:
 
 def tagged_job_id(coordinator: str) -> str:
     """A new job id that names its coordinator: `<tag>-<20 random hex digits>`."""
-    import uuid
 
     return f"{id_tag(coordinator)}-{uuid.uuid4().hex[:20]}"
 

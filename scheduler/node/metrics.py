@@ -1,7 +1,7 @@
 """Prometheus metrics of the scheduler (coordinator and worker claim cores, placement).
 
-Module-level objects on the default registry, updated by the pure cores themselves (a counter increment is
-not I/O); several cores in one process (tests, the simulation) add up into the same series. Latencies are
+Module-level objects on the default registry, updated through the observers below, which the node passes
+into the pure cores (the cores never import this module). Latencies are
 histograms in seconds, per priority class where the issue asks for it. Label values are bounded: job kinds
 are capped (`kind_label`), reasons are fixed short codes.
 """
@@ -9,6 +9,9 @@ are capped (`kind_label`), reasons are fixed short codes.
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from scheduler.core.job import JobState, Priority
+from scheduler.core.observer import CoordinatorObserver, WorkerObserver
 
 _LAT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 _DECISION_BUCKETS = (10e-6, 25e-6, 50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3)
@@ -55,3 +58,59 @@ def kind_label(kind: str) -> str:
         _kinds.add(kind)
         return kind
     return "other"
+
+
+_ACTIVE = (JobState.SUBMITTED, JobState.PLACED, JobState.RUNNING)
+
+
+class PrometheusCoordinatorObserver(CoordinatorObserver):
+    def submitted(self, kind: str, priority: Priority) -> None:
+        JOBS_SUBMITTED.labels(kind_label(kind), priority.value).inc()
+
+    def refused(self, code: str) -> None:
+        JOBS_REFUSED.labels(code).inc()
+
+    def state_changed(self, before: JobState | None, after: JobState) -> None:
+        if before in _ACTIVE:
+            JOBS_ACTIVE.labels(before.value).dec()
+        if after in _ACTIVE:
+            JOBS_ACTIVE.labels(after.value).inc()
+
+    def finished(self, kind: str, state: JobState, priority: Priority, latency_s: float) -> None:
+        JOBS_FINISHED.labels(kind_label(kind), state.value).inc()
+        LATENCY_SECONDS.labels(priority.value).observe(latency_s)
+
+    def claim(self, outcome: str) -> None:
+        CLAIMS.labels(outcome).inc()
+
+    def retry(self, reason: str) -> None:
+        RETRIES.labels(reason).inc()
+
+    def result_dropped(self, reason: str) -> None:
+        RESULTS_DROPPED.labels(reason).inc()
+
+    def deadline_missed(self) -> None:
+        DEADLINE_MISSES.inc()
+
+    def queue_wait(self, priority: Priority, seconds: float) -> None:
+        QUEUE_WAIT_SECONDS.labels(priority.value).observe(seconds)
+
+    def run_time(self, priority: Priority, seconds: float) -> None:
+        RUN_SECONDS.labels(priority.value).observe(seconds)
+
+    def placement_decision(self, seconds: float) -> None:
+        PLACEMENT_SECONDS.observe(seconds)
+
+    def queued(self, delta: int) -> None:
+        COORDINATOR_QUEUE.inc(delta)
+
+
+class PrometheusWorkerObserver(WorkerObserver):
+    def offer_answered(self, answer: str) -> None:
+        WORKER_OFFERS.labels(answer).inc()
+
+    def held(self, delta: int) -> None:
+        WORKER_JOBS.inc(delta)
+
+    def cancelled(self) -> None:
+        WORKER_CANCELS.inc()

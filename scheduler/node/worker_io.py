@@ -19,6 +19,7 @@ from scheduler.core.job import Accept, Cancel, Offer, Reject, Result
 from scheduler.core.quota import Quotas
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
 from scheduler.node.links import LinkError, PeerLinks
+from scheduler.node.metrics import PrometheusWorkerObserver
 from worker import kinds as kinds_mod
 from worker.executor import Executor, JobRequest, Refused
 
@@ -64,7 +65,7 @@ class WorkerIO:
         self.executor = executor
         self.quotas = quotas
         self.share = share  # fraction of this node's slots lent to other coordinators
-        self.core = WorkerCore(peer_id, self._load)
+        self.core = WorkerCore(peer_id, self._load, observer=PrometheusWorkerObserver())
         self._outputs: dict[tuple[str, int], bytes] = {}  # output of an attempt until sent
         self._nursery: trio.Nursery | None = None
 
@@ -157,7 +158,7 @@ class WorkerIO:
         latest = ProgressMailbox()
         try:
             req = JobRequest(job_id=exec_id(job.job_id, attempt), kind=job.kind, spec=job.spec, input=source,
-                             input_size=job.input_size, priority=job.priority.value, deadline=job.deadline,
+                             input_size=job.input_size, priority=job.priority, deadline=job.deadline,
                              device_id=a.device_id, timeout_s=job.timeout_s, progress=latest.put)
             handle = self.executor.submit(req)
         except (Refused, ValueError, kinds_mod.UnknownKind) as e:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import trio
 
 from worker.compute.cltypes import from_numpy, from_numpy_value, parse_dtype
 from worker.compute.runner import ComputeResult, ComputeRunner
@@ -405,9 +406,10 @@ _local_runner: ComputeRunner | None = None
 
 def local_runner() -> ComputeRunner:
     """A runner on the first OpenCL device of this machine (created once)."""
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
+    import pyopencl as cl
     global _local_runner
     if _local_runner is None:
-        import pyopencl as cl
 
         for p in cl.get_platforms():
             devs = p.get_devices()
@@ -428,6 +430,5 @@ async def arun_local(job: ComputeJob, runner: ComputeRunner | None = None) -> Co
 
 def run_local(job: ComputeJob, runner: ComputeRunner | None = None) -> ComputeResult:
     """Run a job on this machine's OpenCL device (blocking; starts its own trio run)."""
-    import trio
 
     return trio.run(arun_local, job, runner)

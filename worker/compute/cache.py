@@ -142,6 +142,7 @@ class ComputeProgramCache:
         if max_programs < 1:
             raise ValueError("max_programs must be at least 1")
         if cl is None:
+            # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
             import pyopencl as cl
         self._cl = cl
         self.context = context

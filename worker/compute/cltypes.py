@@ -118,6 +118,7 @@ class CType:
 
 
 def _vector_dtype(base: str, n: int) -> np.dtype:
+    # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
     from pyopencl import cltypes
 
     found = cltypes.vec_types.get((np.dtype(base), n))

@@ -8,12 +8,12 @@ import math
 
 import numpy as np
 
+from worker.compute.cltypes import from_numpy
 from worker.compute.runner import ComputeResult
 
 
 def _elements(a: np.ndarray) -> np.ndarray:
     """A flat array of comparable elements: vectors (pyopencl.cltypes) as their scalar lanes."""
-    from worker.compute.cltypes import from_numpy
 
     if a.dtype.names is not None:
         try:

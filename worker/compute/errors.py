@@ -24,6 +24,7 @@ def cl_status_name(code: int | None) -> str:
     if code is None:
         return "CL_ERROR"
     try:
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         import pyopencl as cl
 
         for name in dir(cl.status_code):

@@ -2,7 +2,7 @@
 
 `register_kind()` registers it in `worker.kinds.REGISTRY` (or a registry of your own); importing this module
 does not, so that the set of registered kinds stays what the composition root chose (the daemon calls it next
-to `worker.kinds.load_builtin_kinds()`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
+to `worker.kinds_basic.load_builtin_kinds()`). The spec is `worker.compute.spec` (see there); the job's streamed input is the
 concatenation of the blobs the spec's args name by SHA-256 (`ComputeSpec.stream_layout()`), checked against
 their hashes while they are read. The result body is `ComputeResult.to_wire()`'s body (outputs with their
 offsets, timings, warnings); the result's output bytes are the output buffers concatenated in arg order.
@@ -11,21 +11,21 @@ There is no CPU reference path: an arbitrary OpenCL kernel has no numpy equivale
 and the kind requires an OpenCL device (`Requirements.opencl`). The examples in `examples/compute/` carry
 their own numpy references.
 
-Test-only fault hook: a worker process started with `GPUMESH_TEST_CORRUPT_COMPUTE=1` flips the lowest bit of
-the first byte of every compute result's output (one ulp of a float32, one bit of a byte buffer: the subtlest
-wrong answer); set to a comma-separated list of kernel names, only jobs that launch one of those kernels are
-corrupted. It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
+Test-only fault hook: a worker process with `worker.faults.Faults(corrupt_compute=(...))` installed flips the
+lowest bit of the first byte of a compute result's output (one ulp of a float32, one bit of a byte buffer: the
+subtlest wrong answer) for jobs that launch one of the named kernels ("*": every job). It exists so that the mesh tests can show redundant verification (`scheduler.client.compute_sdk`,
 `verify="redundant"`) catching a lying worker; it logs a warning on every corrupted result.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections import OrderedDict
 from typing import Any
 
+from worker import faults
+from worker.compute.blobs import read_blobs
+from worker.compute.cache import SOURCES
 from worker.compute.errors import ComputeError
 from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
 from worker.compute.spec import (
@@ -46,10 +46,10 @@ from worker.kinds import (
     RunContext,
     register,
 )
+from worker.runner.compute import run_compute
 
 log = logging.getLogger("gpumesh.compute")
 
-CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_COMPUTE"  # test-only fault hook (see the module doc)
 DEFAULT_FLOPS_PER_ITEM = 32.0  # cost model when the spec gives no `flops_per_item`
 LAUNCH_OVERHEAD_S = 20e-6
 BUILD_ESTIMATE_S = 0.5  # a cold build on PoCL; a cached program costs nothing
@@ -107,7 +107,6 @@ class ComputeOpenCL(JobKind):
     def cost_s(self, spec: dict[str, Any], input_size: int, device: Device | None) -> float:
         """Work items x flops per item at the device's calibrated float32 rate, plus transfers, launch overhead
         and a build if the source is new here; never more than the job's time limit."""
-        from worker.compute.cache import SOURCES
 
         s = self.spec_of(spec)
         flops, bps = self._rates(device)
@@ -127,7 +126,6 @@ class ComputeOpenCL(JobKind):
 
     async def run(self, ctx: RunContext) -> Result:
         if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
-            from worker.runner.compute import run_compute
 
             body, out = await run_compute(ctx, self.spec_of(ctx.spec))
         elif ctx.cl is not None:  # in this process (library use, tests, benchmarks)
@@ -139,78 +137,14 @@ class ComputeOpenCL(JobKind):
             body, out = res.to_wire()
         else:
             raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
-        if out and _corrupts(self.spec_of(ctx.spec)):
-            log.warning("%s: this node CORRUPTS the output of compute job %s (test-only fault hook)", CORRUPT_ENV,
-                        ctx.job_id)
+        if out and faults.current().corrupts_compute(self.spec_of(ctx.spec).kernels()):
+            log.warning("this node CORRUPTS the output of compute job %s (test-only fault hook)", ctx.job_id)
             out = bytes([out[0] ^ 1]) + out[1:]
         return Result(body, out or None)
 
     def reference(self, spec: dict[str, Any], input_bytes: bytes) -> Result:
         raise NotImplementedError("compute.opencl has no CPU reference path: an arbitrary OpenCL kernel has no "
                                   "numpy equivalent (verify with a redundant run on a second device instead)")
-
-
-def _corrupts(s: ComputeSpec) -> bool:
-    """The test-only fault hook: "1" corrupts every result, else a comma-separated list of kernel names."""
-    hook = os.environ.get(CORRUPT_ENV, "")
-    if not hook:
-        return False
-    if hook == "1":
-        return True
-    names = {n.strip() for n in hook.split(",") if n.strip()}
-    return bool(names & set(s.kernels()))
-
-
-async def read_blobs(ctx: RunContext, s: ComputeSpec, into: memoryview | None = None) -> dict[str, Any]:
-    """The job's streamed input split into the spec's blobs, each checked against its SHA-256. With `into` (a
-    runner's arena), the blobs are written there one after the other instead of into new buffers."""
-    layout = s.stream_layout()
-    out: dict[str, Any] = {}
-    at = 0
-
-    def new_buf(n: int) -> Any:
-        nonlocal at
-        if into is None:
-            return bytearray(n)
-        at += n
-        return into[at - n:at]
-
-    if not layout:
-        async for _ in ctx.input:
-            raise SpecError("input", "this spec streams no blobs, but the job has input bytes")
-        return out
-    idx = 0
-    sha, need = layout[0]
-    buf = new_buf(need)
-    filled = 0
-    h = hashlib.sha256()
-
-    def finish() -> None:
-        nonlocal idx, sha, need, buf, filled, h
-        got = h.hexdigest()
-        if got != sha:
-            raise SpecError("input", f"blob {idx} of the input hashes to {got[:16]}..., the spec names {sha[:16]}...")
-        out[sha] = buf  # no copy: the runner uploads straight from it
-        idx += 1
-        if idx < len(layout):
-            sha, need = layout[idx]
-            buf, filled, h = new_buf(need), 0, hashlib.sha256()
-
-    async for chunk in ctx.input:
-        mv = memoryview(chunk)
-        while len(mv):
-            if idx >= len(layout):
-                raise SpecError("input", "more input bytes than the blobs the spec names")
-            take = min(need - filled, len(mv))
-            buf[filled:filled + take] = mv[:take]
-            h.update(mv[:take])
-            filled += take
-            mv = mv[take:]
-            if filled == need:
-                finish()
-    if idx < len(layout):
-        raise SpecError("input", f"the input ended inside blob {idx} of {len(layout)}")
-    return out
 
 
 COMPUTE_OPENCL = ComputeOpenCL()

@@ -56,6 +56,7 @@ class DeviceLimits:
     @classmethod
     def from_cl_device(cls, d: Any) -> DeviceLimits:
         """From a pyopencl Device (the authoritative figures, at run time)."""
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         import pyopencl as cl
 
         ext = str(d.extensions)

@@ -25,7 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
+import yaml
 
 from worker.compute.api import ComputeJob, Local, Pipeline, Scalar
 from worker.compute.cltypes import parse_dtype
@@ -49,7 +51,6 @@ def read_document(path: Path) -> Any:
     if len(text) > MAX_FILE_BYTES:
         raise PipelineFileError(f"{path}: {len(text)} bytes; a pipeline file is at most {MAX_FILE_BYTES}")
     if path.suffix in (".yaml", ".yml"):
-        import yaml
 
         try:
             return yaml.safe_load(text)
@@ -63,7 +64,6 @@ def read_document(path: Path) -> Any:
 
 def check_document(doc: Any, where: str = "pipeline") -> None:
     """Check `doc` against the JSON Schema; the error names the path inside the document."""
-    import jsonschema
 
     v = jsonschema.Draft202012Validator(schema())
     errors = sorted(v.iter_errors(doc), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))

@@ -247,8 +247,9 @@ class ComputeRunner:
                  max_job_memory_bytes: int | None = None, max_time_limit_s: float = MAX_TIME_LIMIT_S,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
                  quarantine_wait_s: float | None = None, sources: SourceStore | None = None) -> None:
-        import pyopencl as cl
 
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
+        import pyopencl as cl
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self._cl = cl

@@ -26,23 +26,22 @@ frame renders in horizontal bands with a checkpoint between bands (cancel, preem
 Verification (coordinator side): `verify_result` re-renders a few random pixels of a remote worker's tile
 with the reference and compares them (2/255 per channel, depth 1e-4 relative): see `SpotCheck`.
 
-Test-only fault hook: a worker process started with the environment variable `GPUMESH_TEST_CORRUPT_RENDER=1`
+Test-only fault hook: a worker process with `worker.faults.Faults(corrupt_render=True)` installed
 corrupts every tile it renders (every channel XOR 0x80, depth doubled), so tests can show the spot-check
-catching a dishonest peer. Never set it in production.
+catching a dishonest peer. Production never installs it.
 
-`register(service)` registers the kind and its verifier in a node's JobService.
+`FAMILY` is the kind and its verifier, as a node's composition root registers them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +50,7 @@ import numpy as np
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
+from worker import faults
 from worker.devices import Device
 from worker.kinds import (
     DEFAULT_F32_GFLOPS,
@@ -63,6 +63,7 @@ from worker.kinds import (
     SpecError,
     reject_unknown_fields,
 )
+from worker.opencl import blocking_limiter, run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
 from worker.render.errors import SceneError
@@ -76,11 +77,11 @@ from worker.render.scene import (
     pose_from_dict,
     to_dict,
 )
+from worker.runner.pool import RunnerLease, TaskFailed
 
 log = logging.getLogger("gpumesh.render")
 
 NAME = "render.frame"
-CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_RENDER"
 NOT_CACHED = "scene not cached"
 SPEC_FIELDS = {"scene", "scene_hash", "pose", "tile", "px_flops"}
 MAX_SCENE_INPUT = 64 << 20
@@ -381,13 +382,14 @@ class CachedScene:
         """Render a tile on an OpenCL device (blocking: run it through run_blocking). Uploads the scene to the
         device on first use; renders of one scene on one device are serialised (SceneOnDevice is not
         thread-safe)."""
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
+        from worker.render.opencl import SceneOnDevice
         dev_id = dctx.device.id
         with self._lock:
             lock = self._device_locks.setdefault(dev_id, threading.Lock())
         with lock:
             dev = self._devices.get(dev_id)
             if dev is None:
-                from worker.render.opencl import SceneOnDevice
 
                 dev = SceneOnDevice(dctx.context, dctx.queue, self.scene)
                 self._devices[dev_id] = dev
@@ -487,12 +489,12 @@ def tile_of_body(body: dict[str, Any]) -> Tile:
 
 
 def corrupt(rgba: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The test-only fault: every channel XOR 0x80, depth doubled (see GPUMESH_TEST_CORRUPT_RENDER)."""
+    """The test-only fault: every channel XOR 0x80, depth doubled (`worker.faults.Faults.corrupt_render`)."""
     return rgba ^ np.uint8(0x80), depth * np.float32(2.0)
 
 
 def corrupting() -> bool:
-    return os.environ.get(CORRUPT_ENV, "") == "1"
+    return faults.current().corrupt_render
 
 
 # ---- the kind --------------------------------------------------------------------------------------------------
@@ -645,8 +647,6 @@ class RenderFrame(JobKind):
                                  depth: np.ndarray) -> tuple[bytes | None, list[str]]:
         """`_render_on_devices` with runner leases: one device renders straight into its arena (the output
         bytes, no copy here); several render their strips at once, assembled into `rgba`/`depth` (None)."""
-        from worker.runner.render import render_tile
-
         if len(devices) == 1:
             return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
         strips = split_rows(tile, [device_rate(d) for d, _ in devices])
@@ -672,8 +672,6 @@ class RenderFrame(JobKind):
         """Render `tile` in `n` bands over the devices together: each gets a strip of rows in proportion to
         its rate and renders it in its share of the bands, all at once; checkpoints between the bands of the
         job's own device (the first). Returns the ids of the devices that rendered rows."""
-        from worker.opencl import blocking_limiter, run_blocking
-
         strips = split_rows(tile, [device_rate(d) for d, _ in devices])
         limiter = blocking_limiter() if len(strips) == 1 else trio.CapacityLimiter(len(strips))
         used: list[str] = []
@@ -846,3 +844,36 @@ __all__ = ["CACHE", "NAME", "RENDER_FRAME", "RenderFrame", "RenderSpec", "SceneC
            "FAMILY", "SpotCheck", "TilePlan", "bands", "decode_output", "decode_scene", "encode_output",
            "encode_scene", "flops_per_pixel", "is_not_cached", "make_spec", "parse_spec", "plan_tiles",
            "register_kind", "split_rows", "verify_result"]
+
+
+RUNNER_SCENES = 8  # scenes a runner keeps on its device
+
+
+async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
+                      tile: Any, n_bands: int) -> bytes:
+    """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
+    a borrowed device). Raises RunnerError subclasses."""
+    await lease.acquire()
+    held: set[str] = lease.state.setdefault("scenes", set())
+    npx = tile.w * tile.h
+    out_n = npx * 8
+    pose_d = {"position": [float(c) for c in pose.position], "orientation": [float(c) for c in pose.orientation]}
+    for attempt in range(2):
+        scene = b"" if entry.hash in held else encode_scene(entry.scene)
+        args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
+                "scene": [out_n, len(scene)] if scene else None}
+        try:
+            reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
+                                     checkpoint=checkpoint)
+        except TaskFailed as e:
+            if e.type_name == "NoScene" and attempt == 0:
+                held.discard(entry.hash)
+                continue
+            raise
+        held.add(entry.hash)
+        if len(held) > 4 * RUNNER_SCENES:
+            held.clear()  # a guess gone stale costs one NoScene round trip
+        if not reply.outs or len(reply.outs[0]) != out_n:
+            raise ValueError(f"runner returned {len(reply.outs[0]) if reply.outs else 0} bytes, the tile has {out_n}")
+        return bytes(reply.outs[0])
+    raise AssertionError("unreachable")

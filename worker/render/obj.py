@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from worker.render.errors import SceneError
-from worker.render.scene import MAX_TRIANGLES, MAX_VERTICES
+from worker.render.limits import MAX_TRIANGLES, MAX_VERTICES
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import pyopencl as cl
 from worker.opencl import programs_for
 from worker.render.camera import Pose, Tile, camera_frame
 from worker.render.pack import PackedScene, pack
+from worker.render.reference import srgb_to_linear
 from worker.render.scene import Scene, content_hash
 
 KERNEL_SOURCE = Path(__file__).with_name("raytrace.cl")
@@ -181,7 +182,6 @@ def srgb8_thresholds() -> np.ndarray:
 
 def srgb_to_linear_table() -> np.ndarray:
     """(256,) float32: the linear value of each 8-bit sRGB code (texture decoding), as reference.srgb_to_linear."""
-    from worker.render.reference import srgb_to_linear
 
     return srgb_to_linear(np.arange(256)).astype(np.float32)
 

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from worker.render.camera import Pose, Quat, Tile, Vec3, quat_to_matrix
 from worker.render.errors import SceneError
+from worker.render.limits import MAX_TRIANGLES, MAX_VERTICES
+from worker.render.obj import load_obj
 
 FORMAT_VERSION = 1
 
@@ -26,8 +29,6 @@ MAX_HEIGHT = 4096
 MAX_PIXELS = 3840 * 2160
 MAX_OBJECTS = 256
 MAX_LIGHTS = 16
-MAX_TRIANGLES = 262_144
-MAX_VERTICES = 3 * MAX_TRIANGLES
 MAX_MATERIALS = 256
 MAX_NAME = 128
 MAX_TEXTURE_SIDE = 4096
@@ -731,7 +732,6 @@ def content_hash(scene: Scene) -> str:
 
 def load_texture(path: str | Path) -> dict:
     """An image file (PNG, JPEG, ... anything Pillow reads) as a scene texture dict (RGBA8, top row first)."""
-    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
@@ -748,7 +748,6 @@ def load_scene_file(path: str | Path) -> Scene:
     and materials an image file (`"texture": "wood.png"`), which are loaded and inlined here, on the client,
     so the scene that travels is self-contained. OBJ meshes are smooth-shaded: with the file's `vn` normals,
     else normals computed from the faces (`vertex_normals`); give `"smooth": false` for flat shading."""
-    from worker.render.obj import load_obj
 
     path = Path(path)
     try:

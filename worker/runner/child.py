@@ -21,6 +21,10 @@ import time
 from collections import deque
 from typing import Any
 
+import trio
+
+from worker.devices import Device
+from worker.opencl import device_context
 from worker.runner import sandbox
 from worker.runner.arena import KEEP_ARENA, Mapped, StatusPage, write_status
 from worker.runner.wire import FrameReader, fds_from_ancillary, pack
@@ -177,10 +181,6 @@ async def run_call(host: Host, msg: dict[str, Any], dctx: Any) -> None:
 
 
 async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, report: dict[str, str]) -> None:
-    import trio
-
-    from worker.opencl import device_context
-
     raw = socket.socket(fileno=sock_fd)
     raw.setblocking(False)
     sock = trio.socket.from_stdlib_socket(raw)
@@ -212,10 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     report = sandbox.confine(a.parent, a.memory, a.network)
     logging.basicConfig(level=logging.WARNING, format="runner %(process)d: %(levelname)s %(message)s")
-    from worker.devices import Device
 
     device = Device.from_dict(json.loads(a.device)) if a.device else None
-    import trio
 
     try:
         trio.run(serve, a.sock, a.status, device, a.memory, report)

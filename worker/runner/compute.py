@@ -12,8 +12,11 @@ for a runner that stops answering: the build time limit + the spec's time limit 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from worker.compute.blobs import read_blobs
+from worker.compute.runner import runner_for
 from worker.compute.spec import ComputeSpec
 from worker.kinds import RunContext
 
@@ -23,7 +26,6 @@ GRACE_S = 2.0  # past the time limit, the runner has this long to report it befo
 
 async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], bytes]:
     """Run a parsed spec in the job's runner; (result body, output bytes). Raises RunnerError subclasses."""
-    from worker.compute.kind import read_blobs
 
     assert ctx.runner is not None
     in_bytes = sum(n for _, n in s.stream_layout())
@@ -46,14 +48,12 @@ async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], 
 
 def cpu_budget(time_limit_s: float) -> float:
     """CPU seconds a runner may burn on one job: its time limit on every core, plus the build."""
-    import os
 
     return (time_limit_s + BUILD_TIMEOUT_S) * (os.cpu_count() or 1)
 
 
 async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
     """Runner side (see the module doc)."""
-    from worker.compute.runner import runner_for
 
     gm = int(getattr(dctx.device, "global_mem_bytes", 0) or 0)
     limit = min(host.memory_limit, gm * 3 // 4) if host.memory_limit and gm else (host.memory_limit or None)

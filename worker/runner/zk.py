@@ -12,6 +12,7 @@ from typing import Any
 import trio
 
 from worker.kinds import RunContext
+from worker.zk import prove_spec
 
 MAX_STAGE_CHARS = 64
 
@@ -33,8 +34,6 @@ async def prove(ctx: RunContext, spec: dict[str, Any]) -> bytes:
 
 
 async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
-    from worker.zk import prove_spec
-
     def stage(fraction: float, name: str) -> None:  # in the prover's thread: reported through the runner's loop
         trio.from_thread.run(partial(host.ask, "progress", fraction=float(fraction), stage=str(name)))
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import proof as _proof
-from .air import AIRS
-from .backend import Backend, resolve
+from .airs import AIRS
+from .backend import Backend
+from .clbackend import resolve
 from .proof import VERSION as PROOF_VERSION
 from .proof import ProofFormatError, security_bits
 from .security import MIN_SECURITY_BITS

@@ -235,16 +235,3 @@ CUBIC = Air(
     _transition=_cubic_transition,
     _rows=_first_last,
 )
-
-# ---------------------------------------------------------------- Merkle membership (private leaf and path)
-
-from .membership import MEMBERSHIP  # noqa: E402 - it builds on the classes above
-
-AIRS: dict[str, Air] = {a.name: a for a in (FIBONACCI, CUBIC, MEMBERSHIP)}
-
-
-def get(name: str) -> Air:
-    try:
-        return AIRS[name]
-    except KeyError:
-        raise ValueError(f"unknown AIR {name!r}; known: {', '.join(sorted(AIRS))}") from None

@@ -89,24 +89,3 @@ class Backend:
     def deep(self, trace: np.ndarray, comp: np.ndarray, coeffs: FM.DeepCoeffs, shift: int) -> np.ndarray:
         with self.timed("deep"):
             return FM.deep_np(trace, comp, coeffs, shift)
-
-
-def resolve(backend) -> Backend:
-    """"numpy" | "opencl" (first OpenCL device) | a Backend | a (Context, CommandQueue) pair."""
-    if isinstance(backend, Backend):
-        return backend
-    if backend is None or backend == "numpy":
-        return Backend()
-    if backend == "opencl":
-        from . import gpu
-        from .clbackend import OpenCLBackend
-
-        pair = gpu.default_queue()
-        if pair is None:
-            raise RuntimeError("backend 'opencl' requested but no OpenCL device is available")
-        return OpenCLBackend(*pair)
-    if isinstance(backend, tuple) and len(backend) == 2:
-        from .clbackend import OpenCLBackend
-
-        return OpenCLBackend(*backend)
-    raise ValueError(f"unknown backend {backend!r}: use 'numpy', 'opencl', a Backend or (context, queue)")

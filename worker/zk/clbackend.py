@@ -242,3 +242,19 @@ class OpenCLBackend(Backend):
                             self._to_dev(comp, "in"), np.uint32(cc), self._to_dev(coef), self._to_dev(prm),
                             self._to_dev(chunk_x), np.uint64(h), np.uint32(n), out)
             return self._to_host(out, (2, n))
+
+
+def resolve(backend) -> Backend:
+    """"numpy" | "opencl" (first OpenCL device) | a Backend | a (Context, CommandQueue) pair."""
+    if isinstance(backend, Backend):
+        return backend
+    if backend is None or backend == "numpy":
+        return Backend()
+    if backend == "opencl":
+        pair = gpu.default_queue()
+        if pair is None:
+            raise RuntimeError("backend 'opencl' requested but no OpenCL device is available")
+        return OpenCLBackend(*pair)
+    if isinstance(backend, tuple) and len(backend) == 2:
+        return OpenCLBackend(*backend)
+    raise ValueError(f"unknown backend {backend!r}: use 'numpy', 'opencl', a Backend or (context, queue)")

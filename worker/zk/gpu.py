@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from . import ntt_cl
 from . import poseidon as PS
+from .tables import TABLE_CACHE, drop_tables, table  # noqa: F401  (re-exported: gpu.table)
 
 try:  # OpenCL is optional: the numpy backend and the verifier work without it
     import pyopencl as cl
@@ -180,34 +181,12 @@ def blake2s_source() -> str:
 
 def zk_program(ctx) -> Program:
     """All zk kernels in one program: field, NTT, Poseidon, BLAKE2s, FRI."""
-    from . import ntt_cl
 
     parts = [source("goldilocks.cl"), poseidon_header(), source("poseidon.cl"), blake2s_source(),
              ntt_cl.kernel_source()]
     if (HERE / "fri.cl").exists():
         parts.append(source("fri.cl"))
     return build(ctx, "\n".join(parts))
-
-
-TABLE_CACHE = 48  # read-only device tables kept per context (twiddles, domains, folding tables)
-_TABLES: dict[int, OrderedDict] = {}
-
-
-def table(ctx, key: tuple, make) -> Any:
-    """A read-only device table shared by every backend on `ctx` (so a backend per proof does not recompute
-    twiddles and domains), least recently used evicted first. `make()` builds it on a miss."""
-    cache = _TABLES.setdefault(ctx.int_ptr, OrderedDict())
-    hit = cache.get(key)
-    if hit is None:
-        hit = cache[key] = make()
-        while len(cache) > TABLE_CACHE:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
-    return hit
-
-
-def drop_tables(ctx) -> None:
-    _TABLES.pop(ctx.int_ptr, None)
 
 
 LOCAL = 64  # fixed work-group size (see ntt_cl.LOCAL)

@@ -8,15 +8,16 @@ job elsewhere and lowers that peer's standing.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import trio
 from prometheus_client import Counter, Histogram
 
+from worker import faults
 from worker import opencl as ocl
 from worker.devices import Device
 from worker.kinds import JobKind, KindFamily, KindRegistry, Requirements, Result, RunContext, SpecError
+from worker.runner.zk import prove
 from worker.zk import MIN_SECURITY_BITS, prove_spec, statement, validate_spec, verify
 from worker.zk.spec import validate_expect
 
@@ -28,7 +29,6 @@ VERIFY_SECONDS = Histogram("gpumesh_zk_verify_seconds", "Time to verify a proof"
                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 MAX_PROOF_BYTES = 64 << 20
-TEST_CORRUPT_ENV = "GPUMESH_TEST_CORRUPT_PROOF"  # test-only fault hook: this worker returns broken proofs
 
 
 def _spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,14 +69,13 @@ class ZkProve(JobKind):
 
         with PROVE_SECONDS.time():
             if ctx.runner is not None:  # the node's way: the prover's kernels run in a runner process
-                from worker.runner.zk import prove
 
                 proof = await prove(ctx, s)
             else:
                 backend: Any = (ctx.context, ctx.queue) if ctx.cl is not None else "numpy"
                 proof = await ocl.run_blocking(prove_spec, s, backend, stage)
         PROOFS.labels("generated").inc()
-        if os.environ.get(TEST_CORRUPT_ENV) == "1":
+        if faults.current().corrupt_proofs:  # test-only fault hook: this worker returns broken proofs
             proof = _corrupt(proof)
         return Result({"air": s["air"], "steps": s["steps"], "bytes": len(proof)}, proof)
 

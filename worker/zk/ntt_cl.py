@@ -18,6 +18,7 @@ import numpy as np
 
 from . import field as F
 from . import ntt as NT
+from . import tables
 
 RADICES = (2, 4, 8, 16)  # 32 measured no faster and compiles far slower
 DEFAULT_MAX_RADIX = 16
@@ -227,10 +228,8 @@ class ClNtt:
     vectorize: bool = True
 
     def _tw(self, n: int, inverse: bool):
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         import pyopencl as cl
-
-        from . import gpu
-
         def make():
             radices = plan(n, self.max_radix)
             bufs = [
@@ -239,7 +238,7 @@ class ClNtt:
             ]
             return radices, bufs
 
-        return gpu.table(self.ctx, ("twiddles", n, inverse, self.max_radix), make)
+        return tables.table(self.ctx, ("twiddles", n, inverse, self.max_radix), make)
 
     def transform(self, src, tmp, n: int, cols: int, inverse: bool):
         """Transform `cols` contiguous length-n rows of src; returns whichever of (src, tmp) holds the
@@ -262,9 +261,7 @@ class ClNtt:
         return a
 
     def coset_table(self, n: int, shift: int):
+        # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         import pyopencl as cl
-
-        from . import gpu
-
-        return gpu.table(self.ctx, ("coset", n, shift), lambda: cl.Buffer(
+        return tables.table(self.ctx, ("coset", n, shift), lambda: cl.Buffer(
             self.ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR, hostbuf=NT.coset_powers(n, shift)))

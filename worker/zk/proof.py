@@ -18,8 +18,10 @@ import numpy as np
 
 from . import field as F
 from . import security as SEC
-from .air import Air, get
+from .air import Air
+from .airs import get
 from .merkle import DIGEST_BYTES
+from .params import check_params
 
 MAGIC = b"GMZK"
 VERSION = 2
@@ -286,7 +288,6 @@ def parse_params(body: dict) -> Params:
         _fail(str(e))
     steps, blowup, queries = _int(body, "steps"), _int(body, "blowup"), _int(body, "queries")
     grinding = _int(body, "grinding")
-    from .spec import check_params
 
     try:
         check_params(steps, blowup, queries, grinding, floor=0)  # the floor is the verifier's to apply

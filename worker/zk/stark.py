@@ -44,8 +44,10 @@ from . import merkle as MK
 from . import ntt as NT
 from . import proof as PF
 from . import security as SEC
-from .air import Air, get
-from .backend import Backend, resolve
+from .air import Air
+from .airs import get
+from .backend import Backend
+from .clbackend import resolve
 from .spec import DEFAULTS, check_params, check_public_inputs
 from .transcript import Transcript
 
