@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from worker.compute.spec import ComputeSpec
-from worker.kinds import RunContext, SpecError
+from worker.compute.spec import ComputeSpec, SpecError
+from worker.kinds import RunContext
 
 
 async def read_blobs(ctx: RunContext, s: ComputeSpec, into: memoryview | None = None) -> dict[str, Any]:
