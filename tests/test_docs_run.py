@@ -80,7 +80,7 @@ def _options() -> dict[str, set[str]]:
     return out
 
 
-SKIP_WORDS = {"COMMAND", "command", "process", "processes", "and", "or", "is", "the", "run's"}
+SKIP_WORDS = {"COMMAND", "command", "commands", "process", "processes", "and", "or", "is", "the", "run's"}
 
 
 def wrong_options(name: str, text: str, opts: dict[str, set[str]]) -> list[str]:

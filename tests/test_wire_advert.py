@@ -15,6 +15,8 @@ from mesh.advert import Advert, AdvertError, DeviceAdvert
 from mesh.identity import Identity
 from mesh.membership import MembershipView
 from mesh.wire.advert import DEVICE_KINDS, AddressError, split_hostport
+from scheduler.node.coordinator_io import device_of
+from worker.kinds_basic import load_builtin_kinds
 
 IDENT = Identity.generate(b"\x05" * 32)
 
@@ -177,10 +179,7 @@ def _consume(ad: Advert) -> None:
             assert math.isfinite(d.mulmod_mops) and math.isfinite(d.f32_gflops)
     if ad.data_addr:
         split_hostport(ad.data_addr)
-    from scheduler.node.coordinator_io import device_of
-    from worker import kinds
-
-    reg = kinds.load_builtin_kinds()
+    reg = load_builtin_kinds()
     for d in ad.devices:
         dev = device_of(d)
         for name in ("echo", "checksum"):
