@@ -156,7 +156,8 @@ def mutated_bodies(draw):
         target = draw(st.sampled_from(["body", "device", "drop", "add"]))
         if target == "body":
             body[draw(st.sampled_from(sorted(body)))] = draw(values)
-        elif target == "device" and isinstance(body.get("devices"), list) and body["devices"]:
+        elif (target == "device" and isinstance(body.get("devices"), list) and body["devices"]
+              and isinstance(body["devices"][0], list | tuple) and body["devices"][0]):
             dev = list(body["devices"][0])
             dev[draw(st.integers(0, len(dev) - 1))] = draw(values)
             body["devices"] = [dev]
