@@ -8,6 +8,7 @@ so a relay cannot forge or alter another node's capacity.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import msgpack
 import msgspec
@@ -106,20 +107,27 @@ def decode(data: bytes) -> Advert:
         env = schema.ENVELOPE_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise AdvertError("malformed", f"malformed advert: {e}") from None
-    try:
-        b = schema.BODY_DECODER.decode(env.b)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        version = schema.body_version(env.b)
-        if version is not None and version != ADVERT_VERSION:
-            raise AdvertError("version", f"advert version {version!r} not supported (want {ADVERT_VERSION})") from None
-        raise AdvertError("malformed", f"malformed advert: {e}") from None
-    if b.version != ADVERT_VERSION:
-        raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
-    verify_signature(b.peer_id, b.public_key, env.b, env.s)
+    b = decode_signed_body(schema.BODY_DECODER, schema.body_version, env.b, env.s, "advert")
     devices = tuple(DeviceAdvert(**{f: getattr(d, f) for f in d.__struct_fields__}) for d in b.devices)
     return Advert(peer_id=b.peer_id, public_key=b.public_key, seq=b.seq, timestamp=float(b.timestamp),
                   addrs=tuple(b.addrs), data_addr=b.data_addr, devices=devices, software=b.software,
                   interval_s=float(b.interval_s), labels=dict(b.labels), version=b.version)
+
+
+def decode_signed_body(decoder: Any, version_of: Any, body: bytes, sig: bytes, what: str) -> Any:
+    """A signed body (of a full or a delta advert): checked against its schema, its version, then its signature.
+    A body the schema refuses is a 'version' refusal when it names another version, else 'malformed'."""
+    try:
+        b = decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        version = version_of(body)
+        if version is not None and version != ADVERT_VERSION:
+            raise AdvertError("version", f"advert version {version!r} not supported (want {ADVERT_VERSION})") from None
+        raise AdvertError("malformed", f"malformed {what}: {e}") from None
+    if b.version != ADVERT_VERSION:
+        raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
+    verify_signature(b.peer_id, b.public_key, body, sig)
+    return b
 
 
 def verify_signature(peer_id: str, public_key: bytes, body: bytes, sig: bytes) -> None:

@@ -109,16 +109,7 @@ def decode(data: bytes) -> Advert | AdvertDelta:
         env = schema.DELTA_ENVELOPE_DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return advert_codec.decode(data)  # not a delta: a full advert, or refused as one
-    try:
-        b = schema.DELTA_DECODER.decode(env.d)
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        version = schema.delta_version(env.d)
-        if version is not None and version != ADVERT_VERSION:
-            raise AdvertError("version", f"advert version {version!r} not supported (want {ADVERT_VERSION})") from None
-        raise AdvertError("malformed", f"malformed delta advert: {e}") from None
-    if b.version != ADVERT_VERSION:
-        raise AdvertError("version", f"advert version {b.version!r} not supported (want {ADVERT_VERSION})")
-    advert_codec.verify_signature(b.peer_id, b.public_key, env.d, env.s)
+    b = advert_codec.decode_signed_body(schema.DELTA_DECODER, schema.delta_version, env.d, env.s, "delta advert")
     return AdvertDelta(peer_id=b.peer_id, public_key=b.public_key, seq=b.seq, base_seq=b.base_seq,
                        timestamp=float(b.timestamp), interval_s=float(b.interval_s),
                        loads={k: (v[0], v[1]) for k, v in b.loads.items()},
