@@ -59,6 +59,7 @@ from scheduler.core.job import (
     WhenSaturated,
     WireError,
 )
+from scheduler.core.leases import Lease, LeaseConfig, LeaseTable, shape_of
 from scheduler.core.lifecycle import FINISHING_EVENT, JobEvent, advance
 from scheduler.core.observer import CoordinatorObserver
 from scheduler.core.placement import Candidate, Placement, Placer
@@ -70,6 +71,33 @@ from scheduler.core.placement import Candidate, Placement, Placer
 class SendOffer:
     peer_id: str
     offer: Offer  # offer.to_wire(now) converts the deadline for the wire
+
+
+@dataclass(frozen=True)
+class SendDirect:
+    """A job sent on a held slot lease (`leases.py`): placed already, no claim; the worker answers only with a
+    Reject if it will not run it (then `on_reject` sends it back to the normal path)."""
+
+    peer_id: str
+    lease_id: str
+    offer: Offer
+
+
+@dataclass(frozen=True)
+class OpenLease:
+    """A worker granted a slot lease: open its stream (`peer.direct`); `lease_lost` if that fails."""
+
+    peer_id: str
+    lease_id: str
+
+
+@dataclass(frozen=True)
+class ReturnLease:
+    """Give a lease back (close its stream): idle, expired, refused by the worker, or the worker lost."""
+
+    peer_id: str
+    lease_id: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -133,7 +161,7 @@ class JournalFinish:
 
 
 Action = (SendOffer | SendCancel | Deliver | Finish | StateChanged | JournalJob | JournalAttempt | JournalFinish
-          | Crashed)
+          | Crashed | SendDirect | OpenLease | ReturnLease)
 
 
 # --- configuration, answers, records --------------------------------------------------------------------
@@ -156,6 +184,7 @@ class CoordinatorConfig:
     standing_penalty_bad_result: float = 0.25  # result failed verification
     standing_reward: float = 0.01  # a good result
     poison_crashes: int = 2  # a job whose attempts crashed this many runners (on different peers) fails
+    leases: LeaseConfig = field(default_factory=LeaseConfig)  # slot leases (max_leases=0: none)
 
 
 @dataclass(frozen=True)
@@ -201,6 +230,8 @@ class JobRecord:
     retry_at: float | None = None  # waiting to try placement again
     backoff_s: float = 0.0
     no_candidate_since: float | None = None
+    lease_id: str = ""  # the current attempt went out on this slot lease ("" = through a claim)
+    asked_lease: bool = False  # the pending offer asked for a lease
 
     @property
     def job_id(self) -> str:
@@ -230,6 +261,7 @@ class CoordinatorStats:
     deadline_misses: int = 0
     verification_failures: int = 0
     max_queued: int = 0
+    placements: int = 0  # placement decisions made (a job sent on a lease needs none)
 
 
 
@@ -260,6 +292,7 @@ class CoordinatorCore:
         self._vtime = 0  # fair-queueing virtual time: the tag of the last job dispatched
         self._last_tag: dict[str, int] = {}
         self._penalized: dict[str, float] = {}  # peer -> when it last lost standing for lost jobs
+        self.leases = LeaseTable(self.cfg.leases)
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -280,7 +313,11 @@ class CoordinatorCore:
 
     def next_wakeup(self) -> float | None:
         """When `tick` next has something to do (None: nothing scheduled)."""
-        return self._timers[0][0] if self._timers else None
+        wake = self._timers[0][0] if self._timers else None
+        lease_wake = self.leases.next_wakeup()
+        if lease_wake is not None and (wake is None or lease_wake < wake):
+            return lease_wake
+        return wake
 
     # --- events --------------------------------------------------------------------------------------------
 
@@ -295,16 +332,20 @@ class CoordinatorCore:
                 return self._refuse(job.job_id, "conflict",
                                     f"job id {job.job_id} is already used by a different job"), []
             return SubmitAnswer(job.job_id, True, old.state, self._position(old), old.reason, duplicate=True), []
-        # a job that cannot run anywhere, or not by its deadline, is refused at once (not queued to fail later)
-        placement = self._timed_place(job, now)
-        if not placement.ok:
-            return self._refuse(job.job_id, placement.code or "no_match", placement.reason), []
         must_wait = self._in_flight >= self.cfg.max_in_flight
+        # a held slot lease of this job's shape takes it with no placement and no claim
+        lease = None if must_wait or self.queued else self.leases.route(shape_of(job), now)
+        placement = None
+        if lease is None:
+            # a job that cannot run anywhere, or not by its deadline, is refused at once (not queued to fail later)
+            placement = self._timed_place(job, now)
+            if not placement.ok:
+                return self._refuse(job.job_id, placement.code or "no_match", placement.reason), []
         if job.when_saturated is WhenSaturated.REJECT:
             if must_wait:
                 return self._refuse(job.job_id, "saturated", f"rejected: saturated ({self._in_flight} jobs in "
                                                              f"flight, {self.queued} queued)"), []
-            if all(c.free_slots <= 0 for c in placement.candidates):
+            if placement is not None and all(c.free_slots <= 0 for c in placement.candidates):
                 return self._refuse(job.job_id, "saturated", "rejected: saturated (no free slot on any "
                                                              "suitable device)"), []
         if must_wait:
@@ -322,7 +363,10 @@ class CoordinatorCore:
             self._push_timer(job.deadline, "deadline", rec, 0)
         if must_wait:
             self._enqueue(rec)
+        elif lease is not None:
+            self._direct(rec, lease, now, acts)
         else:
+            assert placement is not None
             rec.candidates = placement.candidates
             self._offer_next(rec, now, acts)
         return SubmitAnswer(job.job_id, True, rec.state, self._position(rec)), acts
@@ -361,12 +405,25 @@ class CoordinatorCore:
         rec.lease_expires = now + self.cfg.lease_s
         self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
         self._move(rec, JobEvent.ACCEPTED)
-        return [StateChanged(rec.job_id, JobState.PLACED, rec.attempt, peer_id)]
+        acts: list[Action] = [StateChanged(rec.job_id, JobState.PLACED, rec.attempt, peer_id)]
+        shape = shape_of(rec.job) if rec.asked_lease else None
+        rec.asked_lease = False
+        if msg.lease_id:  # a grant not taken here is never opened: the worker drops it after a while
+            lease = self.leases.granted(shape, msg.lease_id, peer_id, rec.device, now)
+            if lease is not None:
+                self.obs.lease("acquired")
+                acts.append(OpenLease(peer_id, lease.lease_id))
+        else:
+            self.leases.not_granted(shape)
+        return acts
 
     def on_reject(self, peer_id: str, msg: Reject, now: float) -> list[Action]:
         for dev, (free, depth) in msg.load.items():
             self.placer.note_load(peer_id, dev, free, depth)
         rec = self._jobs.get(msg.job_id)
+        if rec is not None and not rec.state.terminal and rec.lease_id and msg.attempt == rec.attempt \
+                and peer_id == rec.peer and not rec.offer_pending:
+            return self._direct_refused(rec, msg, now)
         if rec is None or rec.state.terminal or msg.attempt != rec.attempt or peer_id != rec.peer \
                 or not rec.offer_pending:
             self.obs.claim("stale")
@@ -375,7 +432,9 @@ class CoordinatorCore:
         self.obs.claim("rejected")
         self.placer.observe_claim(False)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
-        self._release(rec)
+        if rec.asked_lease:
+            self.leases.not_granted(shape_of(rec.job))
+        self._release(rec, now)
         acts: list[Action] = []
         self._offer_next(rec, now, acts)
         self._pump(now, acts)
@@ -440,7 +499,7 @@ class CoordinatorCore:
             self.obs.run_time(rec.job.priority, max(0.0, now - start))
             if rec.started_at is None:
                 self.obs.queue_wait(rec.job.priority, max(0.0, start - rec.submitted_at))
-            self._release(rec)
+            self._release(rec, now)
             rec.result = result
             acts.append(Deliver(rec.job_id, result))
             if result.ok:
@@ -462,7 +521,7 @@ class CoordinatorCore:
         if crashes >= self.cfg.poison_crashes:
             rec.failures.append(reason)
             rec.excluded.add(peer_id)
-            self._release(rec)
+            self._release(rec, now)
             crashed = [f[len(CRASH_TAG):] for f in rec.failures if f.startswith(CRASH_TAG)]
             self._finish(rec, JobState.FAILED, f"poison: crashed {crashes} runners ({'; '.join(crashed)})", now, acts)
             return
@@ -470,7 +529,7 @@ class CoordinatorCore:
 
     def worker_lost(self, peer_id: str, now: float, reason: str = "connection lost") -> list[Action]:
         """The data-plane connection to `peer_id` broke, or it expired from the view: its attempts are lost."""
-        acts: list[Action] = []
+        acts: list[Action] = self._revoke_leases(peer_id, "revoked")
         label = "advert_expired" if "expired" in reason else "worker_lost"
         for job_id in sorted(self._by_peer.get(peer_id, ())):
             rec = self._jobs[job_id]
@@ -486,8 +545,9 @@ class CoordinatorCore:
         """`peer_id`'s adverts stopped reaching us (gossip late or the peer gone): offers still waiting for
         its answer go to the next candidate, but jobs it accepted stay with it while it renews their
         leases. Gossip is the slower, lossier plane under load; the lease (data plane) says whether the
-        worker is alive, and a worker that died stops renewing and loses its jobs when the lease runs out."""
-        acts: list[Action] = []
+        worker is alive, and a worker that died stops renewing and loses its jobs when the lease runs out.
+        Its slot leases are given back (no new jobs go to it); the jobs on them stay, like the others."""
+        acts: list[Action] = self._revoke_leases(peer_id, "expired")
         for job_id in sorted(self._by_peer.get(peer_id, ())):
             rec = self._jobs[job_id]
             if rec.offer_pending:
@@ -500,7 +560,9 @@ class CoordinatorCore:
         not ask that peer again for this job, and offer it to the next candidate."""
         acts.append(SendCancel(rec.peer, Cancel(rec.job_id, rec.attempt, reason)))
         rec.excluded.add(rec.peer)
-        self._release(rec)
+        if rec.asked_lease:
+            self.leases.not_granted(shape_of(rec.job))
+        self._release(rec, now)
         self._offer_next(rec, now, acts)
 
     def cancel(self, job_id: str, now: float, reason: str = "cancelled by client") -> tuple[JobRecord | None, list[Action]]:
@@ -550,6 +612,9 @@ class CoordinatorCore:
         # workers whose adverts expired from our view while an offer waits for their answer
         for peer in [p for p in self._by_peer if not self._alive(p, now)]:
             acts += self.worker_expired(peer, now)
+        for back in self.leases.tick(now):
+            self.obs.lease(back.reason)
+            acts.append(ReturnLease(back.lease.peer_id, back.lease.lease_id, back.reason))
         self._pump(now, acts)
         self._forget_finished(now)
         return acts
@@ -666,6 +731,7 @@ class CoordinatorCore:
             self.obs.state_changed(before, rec.state)
 
     def _timed_place(self, job: Job, now: float, exclude: Iterable[str] = ()) -> Placement:
+        self.stats.placements += 1
         if self._perf is None:
             return self.placer.place(job, now, exclude)
         t0 = self._perf()
@@ -679,7 +745,10 @@ class CoordinatorCore:
         rec.peer, rec.device = c.peer_id, c.device_id
         self._by_peer.setdefault(c.peer_id, set()).add(rec.job_id)
 
-    def _release(self, rec: JobRecord) -> None:
+    def _release(self, rec: JobRecord, now: float) -> None:
+        if rec.lease_id:
+            self.leases.done(rec.lease_id, rec.job_id, now)
+            rec.lease_id = ""
         if rec.peer:
             self._in_flight -= 1
             held = self._by_peer.get(rec.peer)
@@ -699,6 +768,10 @@ class CoordinatorCore:
             self._dispatch(rec, now, acts)
 
     def _dispatch(self, rec: JobRecord, now: float, acts: list[Action]) -> None:
+        lease = self.leases.route(shape_of(rec.job), now, rec.excluded)
+        if lease is not None:
+            self._direct(rec, lease, now, acts)
+            return
         placement = self._timed_place(rec.job, now, rec.excluded)
         if placement.ok:
             rec.no_candidate_since = None
@@ -731,13 +804,14 @@ class CoordinatorCore:
             rec.claim_deadline = now + self.cfg.claim_timeout_s
             self._push_timer(rec.claim_deadline, "claim", rec, rec.attempt)
             self.stats.offers += 1
+            rec.asked_lease = self.leases.wants(shape_of(rec.job), now)
             acts.append(JournalAttempt(rec.job_id, rec.attempt, tuple(rec.failures)))
             # how long it may wait there: as long as it runs there, or until the next-best device would have
             # finished it (views are stale: the alternatives are likely busier than they look)
             alts = [x.estimate_s for x in rec.candidates if x.peer_id not in rec.excluded]
             max_wait = None if not alts else max(c.wait_s, c.cost_s, min(alts) - c.rtt_s - c.cost_s) * self.cfg.wait_tolerance
             acts.append(SendOffer(c.peer_id, Offer(rec.job, rec.attempt, c.device_id, self.cfg.lease_s, max_wait,
-                                                   c.cost_s, self.peer_id)))
+                                                   c.cost_s, self.peer_id, want_lease=rec.asked_lease)))
             return
         # every candidate of this round refused or vanished: the mesh is saturated for this job right now
         if rec.job.when_saturated is WhenSaturated.REJECT:
@@ -745,6 +819,66 @@ class CoordinatorCore:
                 rec, "rejected: saturated (every suitable worker refused the offer)"), now, acts)
             return
         self._wait_retry(rec, now)
+
+    def _direct(self, rec: JobRecord, lease: Lease, now: float, acts: list[Action]) -> None:
+        """Send the job on a held slot lease: placed at once (the lease was claimed), no placement, no claim.
+        Its attempt is journaled and leased like any other; the worker renews it and sends its result."""
+        if not rec.peer:
+            self._in_flight += 1
+        rec.peer, rec.device, rec.lease_id = lease.peer_id, lease.device_id, lease.lease_id
+        self._by_peer.setdefault(lease.peer_id, set()).add(rec.job_id)
+        self.leases.sent(lease, rec.job_id, now)
+        self.obs.lease("direct")
+        rec.attempt += 1
+        rec.offer_pending = False
+        rec.candidates = []
+        rec.placed_at = now
+        rec.lease_expires = now + self.cfg.lease_s
+        self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
+        self._move(rec, JobEvent.ACCEPTED)
+        acts.append(JournalAttempt(rec.job_id, rec.attempt, tuple(rec.failures)))
+        acts.append(SendDirect(lease.peer_id, lease.lease_id, Offer(rec.job, rec.attempt, lease.device_id,
+                                                                    self.cfg.lease_s, None, 0.0, self.peer_id)))
+        acts.append(StateChanged(rec.job_id, JobState.PLACED, rec.attempt, lease.peer_id))
+
+    def _direct_refused(self, rec: JobRecord, msg: Reject, now: float) -> list[Action]:
+        """The worker would not run a job sent on its lease (it lost the grant, is full, is shutting down): the
+        lease is given back and the job goes the normal way (placement and claim). It never ran there, so
+        the attempt costs the job nothing."""
+        acts: list[Action] = []
+        lease = self.leases.revoke(rec.lease_id)
+        if lease is not None:
+            self.obs.lease("refused")
+            acts.append(ReturnLease(lease.peer_id, lease.lease_id, "refused"))
+        self._release(rec, now)
+        rec.placed_at = rec.started_at = None
+        self._move(rec, JobEvent.LOST)
+        acts.append(StateChanged(rec.job_id, JobState.SUBMITTED, msg.attempt, ""))
+        self._enqueue(rec)
+        self._pump(now, acts)
+        return acts
+
+    def lease_lost(self, lease_id: str, now: float, reason: str) -> list[Action]:
+        """A lease's stream broke or could not be opened: the lease is gone, and every job in flight on it
+        goes to the normal retry path (its attempt is lost and cancelled there; a late result is stale)."""
+        lease = self.leases.revoke(lease_id)
+        if lease is None:
+            return []
+        self.obs.lease("lost")
+        acts: list[Action] = []
+        for job_id in sorted(lease.jobs):
+            rec = self._jobs.get(job_id)
+            if rec is not None and not rec.state.terminal and rec.lease_id == lease_id:
+                self._attempt_lost(rec, now, f"lease on {_short(lease.peer_id)} lost ({reason})", "lease_lost", acts)
+        self._pump(now, acts)
+        return acts
+
+    def _revoke_leases(self, peer_id: str, reason: str) -> list[Action]:
+        acts: list[Action] = []
+        for lease in self.leases.revoke_peer(peer_id):
+            self.obs.lease(reason)
+            acts.append(ReturnLease(peer_id, lease.lease_id, reason))
+        return acts
 
     def _wait_retry(self, rec: JobRecord, now: float) -> None:
         rec.backoff_s = min(self.cfg.max_retry_backoff_s, max(self.cfg.retry_backoff_s, rec.backoff_s * 2))
@@ -761,7 +895,7 @@ class CoordinatorCore:
         rec.failures.append(reason)
         if peer:
             rec.excluded.add(peer)
-        self._release(rec)
+        self._release(rec, now)
         rec.placed_at = rec.started_at = None
         if len(rec.failures) >= rec.job.max_attempts:
             self._finish(rec, JobState.FAILED, self._with_failures(rec, ""), now, acts)
@@ -783,7 +917,7 @@ class CoordinatorCore:
     def _finish(self, rec: JobRecord, state: JobState, reason: str, now: float, acts: list[Action]) -> None:
         if rec.peer:
             acts.append(SendCancel(rec.peer, Cancel(rec.job_id, rec.attempt, reason or state.value)))
-        self._release(rec)
+        self._release(rec, now)
         self._dequeue(rec)
         self._move(rec, FINISHING_EVENT[state])
         rec.reason = reason

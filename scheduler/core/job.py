@@ -100,6 +100,18 @@ def _job_id(v: Any, what: str) -> str:
     return v
 
 
+MAX_LEASE_ID_LEN = 64
+
+
+def lease_id(v: Any) -> str:
+    """A slot lease's id as a worker grants it ("" = none): at most MAX_LEASE_ID_LEN id characters."""
+    if v == "":
+        return v
+    if not isinstance(v, str) or len(v) > MAX_LEASE_ID_LEN or not _JOB_ID_RE.match(v):
+        raise WireError("invalid", f"lease id must be 1..{MAX_LEASE_ID_LEN} letters, digits, '.', '_', ':', '-'")
+    return v
+
+
 def _reason(v: str) -> str:
     return v if len(v) <= MAX_REASON_LEN else v[:MAX_REASON_LEN - 3] + "..."
 
@@ -360,6 +372,7 @@ class Offer:
     max_wait_s: float | None = None
     est_run_s: float = 0.0
     coordinator: str = ""  # peer id of the coordinator
+    want_lease: bool = False  # the coordinator asks for a slot lease with this claim (scheduler/core/leases.py)
 
     TYPE: ClassVar[str] = "offer"
 
@@ -368,6 +381,8 @@ class Offer:
              "device": self.device_id, "lease_s": self.lease_s, "est_run_s": self.est_run_s, "coord": self.coordinator}
         if self.max_wait_s is not None:
             d["max_wait_s"] = self.max_wait_s
+        if self.want_lease:
+            d["want_lease"] = True
         return d
 
     @classmethod
@@ -383,7 +398,8 @@ class Offer:
         max_wait = _num(d, "max_wait_s", w, None)
         return cls(job=job, attempt=_attempt(d, w), device_id=_get(d, "device", str, w), lease_s=lease,
                    max_wait_s=None if max_wait is None else max(0.0, float(max_wait)),
-                   est_run_s=max(0.0, float(_num(d, "est_run_s", w, 0.0))), coordinator=_get(d, "coord", str, w, ""))
+                   est_run_s=max(0.0, float(_num(d, "est_run_s", w, 0.0))), coordinator=_get(d, "coord", str, w, ""),
+                   want_lease=_get(d, "want_lease", bool, w, False))
 
 
 DeviceLoad = dict[str, tuple[int, int]]  # device id -> (free_slots, queue_depth)
@@ -411,20 +427,25 @@ class Accept:
     device_id: str
     queue_position: int = 0  # 0 = starts now; N = N jobs ahead of it on that device
     load: DeviceLoad = field(default_factory=dict)
+    lease_id: str = ""  # a slot lease granted with this claim (the offer asked for one); "" = none
 
     TYPE: ClassVar[str] = "accept"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
-                "device": self.device_id, "pos": self.queue_position,
-                "load": {k: list(v) for k, v in self.load.items()}}
+        d = {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
+             "device": self.device_id, "pos": self.queue_position,
+             "load": {k: list(v) for k, v in self.load.items()}}
+        if self.lease_id:
+            d["lease"] = self.lease_id
+        return d
 
     @classmethod
     def from_wire(cls, d: Any) -> Accept:
         _check_version(d, cls.TYPE)
         w = "accept"
         return cls(_job_id(_get(d, "id", str, w), w), _attempt(d, w), _get(d, "device", str, w),
-                   max(0, _get(d, "pos", int, w, 0)), _load_from_wire(d.get("load", {}), w))
+                   max(0, _get(d, "pos", int, w, 0)), _load_from_wire(d.get("load", {}), w),
+                   lease_id(_get(d, "lease", str, w, "")))
 
 
 @dataclass(frozen=True)

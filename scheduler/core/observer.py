@@ -47,6 +47,10 @@ class CoordinatorObserver:
     def queued(self, delta: int) -> None:
         """Jobs waiting at the coordinator for capacity went up or down by `delta`."""
 
+    def lease(self, event: str) -> None:
+        """A slot lease event: acquired, direct (a job sent on one), idle / expired (given back), refused (the
+        worker would not run a job on it), revoked (worker lost), lost (its stream broke)."""
+
 
 class WorkerObserver:
     def offer_answered(self, answer: str) -> None:

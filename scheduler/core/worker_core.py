@@ -18,6 +18,14 @@ Actions for the I/O layer, in order:
     CancelJob(job_id, attempt, reason)        cancel it in the executor (reaches the kernel at its next
                                               chunk boundary); call `finished` (result ignored) when it ends
 
+Slot leases (scheduler/core/leases.py is the coordinator's side): an offer that asks for one (`want_lease`)
+and is accepted gets a grant (`Accept.lease_id`) for that coordinator and device. The coordinator opens the
+grant's stream (`lease_opened`) and sends further jobs on it (`on_direct`): each is held and started at once,
+with no claim answer, unless the grant is unknown, for another coordinator or device, or full (then a
+Reject, and the coordinator takes the job the normal way). A grant is bounded (MAX_GRANTS in all,
+MAX_GRANTS_PER_COORDINATOR each, MAX_LEASE_DEPTH jobs held on one) and dropped when its stream closes
+(`lease_closed`), when its coordinator is lost, or UNOPENED_GRANT_S after the grant if never opened.
+
 Leases: every held job is renewed to its coordinator every lease_s/3, batched per coordinator; a job
 that starts running is reported at once. A Cancel for a job/attempt this worker holds for that
 coordinator cancels it; a lost coordinator (connection gone) cancels all its jobs here, since that
@@ -44,10 +52,26 @@ class DeviceLoad(NamedTuple):
 LoadFn = Callable[[], dict[str, DeviceLoad]]
 
 
+MAX_GRANTS = 64
+MAX_GRANTS_PER_COORDINATOR = 8
+MAX_LEASE_DEPTH = 64  # jobs held on one slot lease at once (the coordinator sends at most its depth)
+UNOPENED_GRANT_S = 10.0
+
+
 @dataclass(frozen=True)
 class Send:
     peer_id: str
     message: Accept | Reject | LeaseRenew | Result
+    lease_id: str = ""  # a Result or Reject of a job sent on this slot lease: it goes back on the lease's stream
+
+
+@dataclass
+class Grant:
+    coordinator: str
+    device_id: str
+    granted_at: float
+    opened: bool = False
+    held: int = 0  # jobs held on it now
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class Held:
     enqueued: bool = False
     running: bool = False
     cancelled: bool = False
+    lease_id: str = ""  # sent on this slot lease ("" = claimed)
 
 
 @dataclass
@@ -104,6 +129,8 @@ class WorkerCore:
         self._reserved: dict[str, int] = {}  # device -> accepted jobs not yet in the executor
         self._next_renew: dict[str, float] = {}  # coordinator -> when its renewal is due
         self._typical: dict[str, float] = {}  # device -> average observed run time
+        self._grants: dict[str, Grant] = {}  # slot leases granted, by lease id
+        self._grant_seq = 0
 
     # --- queries -------------------------------------------------------------------------------------------
 
@@ -174,8 +201,73 @@ class WorkerCore:
         self.obs.offer_answered("accepted")
         self.obs.held(1)
         load = {d: self._effective(d, x) for d, x in snapshot.items()}
-        return [Send(peer_id, Accept(job.job_id, offer.attempt, offer.device_id, position, load)),
+        lease_id = self._grant(peer_id, offer.device_id, now) if offer.want_lease else ""
+        return [Send(peer_id, Accept(job.job_id, offer.attempt, offer.device_id, position, load, lease_id)),
                 StartJob(job, offer.attempt, offer.device_id, peer_id)]
+
+    def on_direct(self, peer_id: str, lease_id: str, offer: Offer, now: float) -> list[WorkerAction]:
+        """A job sent on slot lease `lease_id`: held and started with no claim answer, or a Reject (the
+        coordinator then places it the normal way)."""
+        job, key = offer.job, (offer.job.job_id, offer.attempt)
+        h = self._held.get(key)
+        if h is not None and h.coordinator == peer_id:  # sent twice: it runs once
+            return []
+        g = self._grants.get(lease_id)
+        reason = None
+        dl = self.load().get(offer.device_id)
+        if g is None or g.coordinator != peer_id or not g.opened:
+            reason = "no such lease"
+        elif offer.device_id != g.device_id:
+            reason = "the lease is for another device"
+        elif not self.accepting:
+            reason = "shutting down"
+        elif g.held >= MAX_LEASE_DEPTH:
+            reason = f"lease full ({g.held} jobs)"
+        elif dl is None:
+            reason = f"no device {offer.device_id!r} here"
+        else:
+            free, depth = self._effective(offer.device_id, dl)
+            if free <= 0 and depth >= dl.max_queue:
+                reason = f"queue full ({depth} jobs queued on {offer.device_id})"
+        if reason is not None:
+            self.stats.rejected += 1
+            self.obs.offer_answered("rejected")
+            return [Send(peer_id, Reject(job.job_id, offer.attempt, reason, self.current_load()), lease_id)]
+        assert g is not None
+        g.held += 1
+        self._held[key] = Held(job, offer.attempt, offer.device_id, peer_id, offer.lease_s, now, lease_id=lease_id)
+        self._reserved[offer.device_id] = self._reserved.get(offer.device_id, 0) + 1
+        self._schedule_renew(peer_id, offer.lease_s, now)
+        self.stats.accepted += 1
+        self.obs.offer_answered("direct")
+        self.obs.held(1)
+        return [StartJob(job, offer.attempt, offer.device_id, peer_id)]
+
+    def lease_opened(self, peer_id: str, lease_id: str) -> bool:
+        """The coordinator opened the stream of a grant it holds (False: no such grant of `peer_id`'s)."""
+        g = self._grants.get(lease_id)
+        if g is None or g.coordinator != peer_id or g.opened:
+            return False
+        g.opened = True
+        return True
+
+    def lease_closed(self, lease_id: str) -> None:
+        """The grant's stream ended: the grant is gone (its jobs held here go on, their results the usual way)."""
+        self._grants.pop(lease_id, None)
+
+    def grants(self) -> dict[str, Grant]:
+        return dict(self._grants)
+
+    def _grant(self, peer_id: str, device_id: str, now: float) -> str:
+        for lid in [lid for lid, g in self._grants.items() if not g.opened and now - g.granted_at > UNOPENED_GRANT_S]:
+            del self._grants[lid]
+        if len(self._grants) >= MAX_GRANTS or \
+                sum(1 for g in self._grants.values() if g.coordinator == peer_id) >= MAX_GRANTS_PER_COORDINATOR:
+            return ""
+        self._grant_seq += 1
+        lease_id = f"L{self._grant_seq}"
+        self._grants[lease_id] = Grant(peer_id, device_id, now)
+        return lease_id
 
     def enqueued(self, job_id: str, attempt: int, now: float) -> list[WorkerAction]:
         """The executor has the job (its load() now counts it): the reservation ends."""
@@ -207,7 +299,7 @@ class WorkerCore:
             old = self._typical.get(h.device_id)
             self._typical[h.device_id] = run_s if old is None else 0.9 * old + 0.1 * run_s
         self.stats.results_sent += 1
-        return [Send(h.coordinator, result)]
+        return [Send(h.coordinator, result, h.lease_id)]
 
     def failed_to_start(self, job_id: str, attempt: int, reason: str, now: float) -> list[WorkerAction]:
         """Input fetch or executor refusal: the coordinator should place it elsewhere."""
@@ -224,6 +316,8 @@ class WorkerCore:
         for h in [h for h in self._held.values() if h.coordinator == peer_id and not h.cancelled]:
             acts += self._cancel(h, "coordinator lost")
         self._next_renew.pop(peer_id, None)
+        for lid in [lid for lid, g in self._grants.items() if g.coordinator == peer_id]:
+            del self._grants[lid]
         return acts
 
     def tick(self, now: float) -> list[WorkerAction]:
@@ -283,6 +377,9 @@ class WorkerCore:
         h = self._held.pop(key, None)
         if h is not None:
             self.obs.held(-1)
+            g = self._grants.get(h.lease_id) if h.lease_id else None
+            if g is not None:
+                g.held -= 1
             if not h.enqueued:
                 self._unreserve(h.device_id)
         return h

@@ -47,7 +47,10 @@ from scheduler.core.coordinator_core import (
     CoordinatorCore,
     Deliver,
     Finish,
+    OpenLease,
+    ReturnLease,
     SendCancel,
+    SendDirect,
     SendOffer,
     StateChanged,
 )
@@ -109,6 +112,9 @@ class SimReport:
     duplicates_dropped: int = 0
     claims_rejected: int = 0
     claims_timed_out: int = 0
+    leases_acquired: int = 0
+    jobs_on_leases: int = 0  # sent on a slot lease: no placement, no claim
+    leases_revoked: int = 0
     deadline_misses: int = 0
     killed: int = 0
     restarts: int = 0
@@ -171,6 +177,8 @@ class SimReport:
             ("retries (attempts lost, placed again)", f"{self.retries}"),
             ("duplicate/stale results dropped", f"{self.duplicates_dropped}"),
             ("offers / rejected / timed out", f"{self.offers} / {self.claims_rejected} / {self.claims_timed_out}"),
+            ("slot leases acquired / jobs sent on them / revoked",
+             f"{self.leases_acquired} / {self.jobs_on_leases} / {self.leases_revoked}"),
             ("deadline misses after acceptance", f"{self.deadline_misses}"),
             ("placements after expiry", f"{self.offers_after_expiry} (offers to dead nodes: {self.offers_to_dead} "
                                         f"before expiry, {self.offers_to_dead_after_expiry} after)"),
@@ -464,6 +472,12 @@ class Sim:
                 self._send(n, a.peer_id, self._on_offer, a.offer)
             elif t is SendCancel:
                 self._send(n, a.peer_id, self._on_cancel, a.cancel)
+            elif t is SendDirect:  # on the lease's stream: ordered after its OpenLease on the same connection
+                self._send(n, a.peer_id, self._on_direct, (a.lease_id, a.offer))
+            elif t is OpenLease:
+                self._send(n, a.peer_id, self._on_lease_open, a.lease_id)
+            elif t is ReturnLease:
+                self._send(n, a.peer_id, self._on_lease_close, a.lease_id)
             elif t is StateChanged:
                 self._check_transition(a.job_id, a.state)
             elif t is Deliver:
@@ -506,6 +520,19 @@ class Sim:
 
     def _on_offer(self, n: SimNode, src: str, offer: Offer) -> None:
         self.worker_acts(n, n.worker.on_offer(src, offer, self.now))
+
+    def _on_direct(self, n: SimNode, src: str, msg: tuple[str, Offer]) -> None:
+        self.worker_acts(n, n.worker.on_direct(src, msg[0], msg[1], self.now))
+
+    def _on_lease_open(self, n: SimNode, src: str, lease_id: str) -> None:
+        if not n.worker.lease_opened(src, lease_id):  # the stream is refused: its coordinator hears at once
+            self._send(n, src, self._on_lease_refused, lease_id)
+
+    def _on_lease_refused(self, n: SimNode, src: str, lease_id: str) -> None:
+        self.coord_acts(n, n.coord.lease_lost(lease_id, self.now, "no such lease"))
+
+    def _on_lease_close(self, n: SimNode, src: str, lease_id: str) -> None:
+        n.worker.lease_closed(lease_id)
 
     def _on_cancel(self, n: SimNode, src: str, cancel: Cancel) -> None:
         self.worker_acts(n, n.worker.on_cancel(src, cancel, self.now))
@@ -682,6 +709,9 @@ class Sim:
             r.claims_rejected += s.claims_rejected
             r.claims_timed_out += s.claims_timed_out
             r.deadline_misses += s.deadline_misses
+            r.leases_acquired += n.coord.leases.stats.acquired
+            r.jobs_on_leases += n.coord.leases.stats.direct
+            r.leases_revoked += n.coord.leases.stats.revoked
         per_slot = [d.jobs_run / d.advert.slots for n in self.nodes.values() for d in n.executor.devs.values()
                     if d.advert.kind == "gpu" and n.alive]
         if per_slot:

@@ -35,18 +35,21 @@ from scheduler.core.coordinator_core import (
     JournalAttempt,
     JournalFinish,
     JournalJob,
+    OpenLease,
+    ReturnLease,
     SendCancel,
+    SendDirect,
     SendOffer,
     StateChanged,
     SubmitAnswer,
 )
-from scheduler.core.job import Accept, Job, JobState, LeaseRenew, Result
+from scheduler.core.job import Accept, Job, JobState, LeaseRenew, Reject, Result
 from scheduler.core.placement import Placer, TrackedView
 from scheduler.core.quota import Quotas
 from scheduler.node import outputs
 from scheduler.node.files import sweep_uploads
 from scheduler.node.journal import Journal, JournalEntry
-from scheduler.node.links import CHUNK, LinkError, PeerLinks
+from scheduler.node.links import CHUNK, LeaseChannel, LinkError, PeerLinks
 from scheduler.node.metrics import PrometheusCoordinatorObserver
 from worker import kinds as kinds_mod
 from worker.devices import Device
@@ -108,6 +111,7 @@ class CoordinatorIO:
         self._journal_pending: list = []
         self._journal_done = trio.Event()
         self._journal_busy = False
+        self._leases: dict[str, LeaseChannel] = {}  # held slot leases' channels, by lease id
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -266,6 +270,9 @@ class CoordinatorIO:
     async def lease(self, worker: str, renew: LeaseRenew) -> None:
         await self._execute(self.core.on_lease(worker, renew, trio.current_time()))
 
+    async def refused(self, worker: str, reject: Reject) -> None:
+        await self._execute(self.core.on_reject(worker, reject, trio.current_time()))
+
     def expects_result(self, worker: str, result: Result) -> Job | None:
         return self.core.expects_result(worker, result)
 
@@ -326,7 +333,15 @@ class CoordinatorIO:
         if journal:
             await self._journal_commit(journal)
         for a in actions:
-            if isinstance(a, SendOffer):
+            if isinstance(a, SendDirect):
+                self._send_direct(a)
+            elif isinstance(a, OpenLease):
+                self._open_lease(a)
+            elif isinstance(a, ReturnLease):
+                channel = self._leases.pop(a.lease_id, None)
+                if channel is not None:
+                    channel.close()
+            elif isinstance(a, SendOffer):
                 self._tasks.start_soon(self._offer, a)
             elif isinstance(a, SendCancel):
                 self._tasks.start_soon(self._send_cancel, a)
@@ -371,6 +386,38 @@ class CoordinatorIO:
         else:
             self._check_capacity_claim(a.peer_id, answer, now)
             await self._execute(self.core.on_reject(a.peer_id, answer, now))
+
+    def _open_lease(self, a: OpenLease) -> None:
+        """Hold a granted slot lease: its channel is registered at once (jobs may be sent on it before its
+        stream is open: they wait in the channel) and run in a task until given back or broken."""
+        try:
+            channel = self.links.get(a.peer_id).lease(a.lease_id, self)
+        except LinkError as e:
+            self._tasks.start_soon(self._execute, self.core.lease_lost(a.lease_id, trio.current_time(), str(e)))
+            return
+        self._leases[a.lease_id] = channel
+        self._tasks.start_soon(self._hold_lease, a, channel)
+
+    async def _hold_lease(self, a: OpenLease, channel: LeaseChannel) -> None:
+        reason = "its stream ended"
+        try:
+            await channel.run()
+        except LinkError as e:
+            reason = str(e)
+        if self._leases.get(a.lease_id) is channel:
+            del self._leases[a.lease_id]
+        # given back meanwhile: nothing to do (the core forgot the lease); otherwise its jobs are lost
+        acts = self.core.lease_lost(a.lease_id, trio.current_time(), reason)
+        if acts:
+            log.info("lease %s on %s lost: %s", a.lease_id, a.peer_id, reason)
+        await self._execute(acts)
+
+    def _send_direct(self, a: SendDirect) -> None:
+        channel = self._leases.get(a.lease_id)
+        if channel is None:  # its stream failed a moment ago: the job goes the normal way
+            self._tasks.start_soon(self._execute, self.core.lease_lost(a.lease_id, trio.current_time(), "closed"))
+            return
+        channel.send(a.offer)
 
     def _check_capacity_claim(self, peer_id: str, answer: Any, now: float) -> None:
         """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its

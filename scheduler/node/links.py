@@ -9,18 +9,25 @@ remote one.
 
     coordinator_io --PeerLink.offer / cancel--------------> WorkerInbox (worker_io)
     worker_io ------PeerLink.renew / send_result / read_input--> CoordinatorInbox (coordinator_io)
+
+A slot lease (scheduler/core/leases.py) is a `LeaseChannel` from `PeerLink.lease`: one held stream
+(`peer.direct`) that carries the coordinator's jobs to the worker, several per frame when they queue
+together, and the worker's results (outputs up to LEASE_INLINE_OUTPUT inline) and refusals back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from mesh.bigtcp.rpc import MeshClient, RpcError
+from mesh.bigtcp.framing import TransportError
+from mesh.bigtcp.rpc import ClientCall, MeshClient, RpcError
 from mesh.bigtcp.tls import HandshakeError
 from mesh.bigtcp.transport import Transport
 from mesh.wire.advert import AddressError, split_hostport
@@ -36,6 +43,7 @@ CHUNK = 1 << 20
 RESULT_UPLOAD_TIMEOUT_S = 300
 INPUT_TIMEOUT_S = 3600
 MAX_BATCH = 256  # offers (peer.offers) or results without output (peer.results) sent together in one call
+LEASE_INLINE_OUTPUT = 64 * 1024  # a result on a lease stream carries an output up to this inline
 
 
 class LinkError(Exception):
@@ -46,12 +54,31 @@ class LinkError(Exception):
         self.code = code
 
 
+class LeaseReplies(Protocol):
+    """The worker's way back on a lease stream."""
+
+    async def send_result(self, result: Result, output: bytes) -> None: ...
+
+    async def send_reject(self, reject: Reject) -> None: ...
+
+
 class WorkerInbox(Protocol):
     """What a coordinator may ask of this node's worker (implemented by `WorkerIO`)."""
 
     async def offer(self, coordinator: str, offer: Offer) -> Accept | Reject: ...
 
     async def cancel(self, coordinator: str, cancel: Cancel) -> None: ...
+
+    async def direct(self, coordinator: str, lease_id: str, offer: Offer) -> Reject | None:
+        """A job sent on a slot lease: None when it is taken (no answer), else the Reject."""
+        ...
+
+    def open_lease(self, coordinator: str, lease_id: str, replies: LeaseReplies | None) -> bool:
+        """The coordinator opened the stream of a lease it was granted (False: no such grant). Results of its
+        jobs go back through `replies` (None: the usual link, as for this node itself)."""
+        ...
+
+    def close_lease(self, lease_id: str) -> None: ...
 
 
 class CoordinatorInbox(Protocol):
@@ -69,6 +96,27 @@ class CoordinatorInbox(Protocol):
 
     def read_input(self, worker: str, job_id: str) -> AsyncIterator[bytes]:
         """The spooled input of a job placed on `worker` (LinkError 'forbidden'/'not_found' otherwise)."""
+        ...
+
+    async def refused(self, worker: str, reject: Reject) -> None:
+        """The worker would not run a job sent on a slot lease."""
+        ...
+
+
+class LeaseChannel(Protocol):
+    """A held slot lease, as its coordinator uses it."""
+
+    def send(self, offer: Offer) -> None:
+        """Queue a job on the lease (never blocks; the coordinator core bounds how many are in flight)."""
+        ...
+
+    def close(self) -> None:
+        """Give the lease back: no more jobs; `run` returns once the worker has closed its side."""
+        ...
+
+    async def run(self) -> None:
+        """Open the lease's stream and carry jobs out and results back until closed; LinkError if the
+        stream fails (the worker died, the grant is unknown)."""
         ...
 
 
@@ -90,6 +138,10 @@ class PeerLink(Protocol):
     async def progress(self, job_id: str, attempt: int, fraction: float, stage: str) -> None: ...
 
     def read_input(self, job_id: str) -> AsyncIterator[bytes]: ...
+
+    def lease(self, lease_id: str, inbox: CoordinatorInbox) -> LeaseChannel:
+        """The channel of a slot lease this peer granted; its results and refusals reach `inbox`."""
+        ...
 
     async def warm(self) -> None:
         """Connect ahead of the first message (so it measures the network, not the handshake)."""
@@ -123,8 +175,112 @@ class LoopbackLink:
     def read_input(self, job_id: str) -> AsyncIterator[bytes]:
         return self._coordinator.read_input(self.peer_id, job_id)
 
+    def lease(self, lease_id: str, inbox: CoordinatorInbox) -> LeaseChannel:
+        return LoopbackLease(self.peer_id, lease_id, inbox, self._worker)
+
     async def warm(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+class LoopbackLease:
+    """A slot lease on this node's own worker: jobs handed over in-process, results by the loopback link."""
+
+    def __init__(self, peer_id: str, lease_id: str, inbox: CoordinatorInbox, worker: WorkerInbox) -> None:
+        self.peer_id, self.lease_id = peer_id, lease_id
+        self._inbox, self._worker = inbox, worker
+        self._send, self._receive = trio.open_memory_channel[Offer](math.inf)
+
+    def send(self, offer: Offer) -> None:
+        self._send.send_nowait(offer)
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        if not self._worker.open_lease(self.peer_id, self.lease_id, None):
+            raise LinkError("not_found", f"no lease {self.lease_id} here")
+        try:
+            async for offer in self._receive:
+                reject = await self._worker.direct(self.peer_id, self.lease_id, offer)
+                if reject is not None:
+                    await self._inbox.refused(self.peer_id, reject)
+        finally:
+            self._worker.close_lease(self.lease_id)
+
+
+class RemoteLease:
+    """A slot lease on another node: one `peer.direct` call held open. Jobs queued together go in one frame
+    ({"offers": [...]}); the worker answers with {"items": [...]}: results {"r", "out"} and refusals {"x"}."""
+
+    def __init__(self, client: MeshClient, peer_id: str, lease_id: str, inbox: CoordinatorInbox) -> None:
+        self.client, self.peer_id, self.lease_id = client, peer_id, lease_id
+        self._inbox = inbox
+        self._send, self._receive = trio.open_memory_channel[Offer](math.inf)
+
+    def send(self, offer: Offer) -> None:
+        try:
+            self._send.send_nowait(offer)
+        except trio.ClosedResourceError:
+            pass  # given back meanwhile: the core sends no job on a lease it gave back
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self) -> None:
+        try:
+            async with self.client.open("peer.direct", {"lease": self.lease_id}, uploads=True) as call:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._upload, call)
+                    async for item in call:
+                        if not isinstance(item, dict) or not isinstance(items := item.get("items"), list) \
+                                or len(items) > MAX_BATCH:
+                            raise LinkError("invalid", "peer.direct: a reply is {items: [...]}")
+                        for one in items:
+                            nursery.start_soon(self._deliver, one)
+                    await call.result()
+        except (RpcError, HandshakeError, TransportError) as e:
+            raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
+
+    async def _upload(self, call: ClientCall) -> None:
+        async with self._receive:
+            while True:
+                try:
+                    batch = [await self._receive.receive()]
+                except trio.EndOfChannel:
+                    await call.done_sending()
+                    return
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                now = trio.current_time()
+                await call.send({"offers": [o.to_wire(now) for o in batch]})
+
+    async def _deliver(self, item: Any) -> None:
+        """One reply item: a refusal, or a result with its output inline (checked like an uploaded one)."""
+        try:
+            if isinstance(item, dict) and "x" in item:
+                await self._inbox.refused(self.peer_id, Reject.from_wire(item["x"]))
+                return
+            if not isinstance(item, dict) or "r" not in item:
+                raise WireError("malformed", "a lease reply item is {r: result, out: bytes} or {x: reject}")
+            result = Result.from_wire(item["r"])
+        except WireError as e:
+            log.info("lease %s of %s: bad reply dropped: %s", self.lease_id, self.peer_id, e)
+            return
+        out = item.get("out", b"")
+        if not isinstance(out, bytes) or len(out) > LEASE_INLINE_OUTPUT or len(out) != result.output_size or \
+                (out and hashlib.sha256(out).hexdigest() != result.output_sha256):
+            log.info("lease %s of %s: result of %s dropped: its inline output does not match it", self.lease_id,
+                     self.peer_id, result.job_id)
+            return  # the attempt then runs out of lease time and is placed again
+        output = await self._inbox.receive_output(self.peer_id, result, _chunks(out)) if out else None
+        await self._inbox.result(self.peer_id, result, output)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 class _Slot(Generic[A]):
@@ -293,6 +449,9 @@ class RemoteLink:
         except (RpcError, HandshakeError) as e:
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
+    def lease(self, lease_id: str, inbox: CoordinatorInbox) -> LeaseChannel:
+        return RemoteLease(self.client, self.peer_id, lease_id, inbox)
+
     async def warm(self) -> None:
         await self.client.connection()
 
@@ -337,5 +496,6 @@ class PeerLinks:
         self._remote.pop(peer_id, None)
 
 
-__all__ = ["CHUNK", "MAX_BATCH", "GroupSender", "CoordinatorInbox", "LinkError", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLink",
-           "WorkerInbox"]
+__all__ = ["CHUNK", "LEASE_INLINE_OUTPUT", "MAX_BATCH", "CoordinatorInbox", "GroupSender", "LeaseChannel",
+           "LeaseReplies", "LinkError", "LoopbackLease", "LoopbackLink", "PeerLink", "PeerLinks", "RemoteLease",
+           "RemoteLink", "WorkerInbox"]

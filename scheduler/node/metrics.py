@@ -39,6 +39,8 @@ RESULTS_DROPPED = Counter("gpumesh_results_dropped_total", "Results not delivere
                           ["reason"])  # duplicate, stale_attempt, unknown_job
 CLAIMS = Counter("gpumesh_claims_total", "Offers answered (or not) by workers, seen by the coordinator",
                  ["outcome"])  # accepted, rejected, timeout, stale
+LEASES = Counter("gpumesh_leases_total", "Slot lease events of this coordinator: acquired, direct (a job sent on "
+                 "a lease, no placement or claim), idle/expired (given back), refused, revoked, lost", ["event"])
 DEADLINE_MISSES = Counter("gpumesh_deadline_misses_total",
                           "Realtime jobs that missed their deadline after acceptance (refused ones are not counted)")
 WORKER_OFFERS = Counter("gpumesh_worker_offers_total", "Offers received by this node as worker, by answer",
@@ -103,6 +105,9 @@ class PrometheusCoordinatorObserver(CoordinatorObserver):
 
     def queued(self, delta: int) -> None:
         COORDINATOR_QUEUE.inc(delta)
+
+    def lease(self, event: str) -> None:
+        LEASES.labels(event).inc()
 
 
 class PrometheusWorkerObserver(WorkerObserver):

@@ -8,6 +8,8 @@ into typed messages for this node's inboxes. Only connections whose principal is
     worker --peer.result--> coordinator (+ output bytes)   (one per attempt; duplicates dropped)
     worker --peer.results--> coordinator        (results without output, several queued together in one call)
     coordinator --peer.cancel--> worker
+    coordinator --peer.direct--> worker         (a slot lease's held stream: jobs in {"offers"}, results and
+                                                 refusals back in {"items"}; the stream's end gives it back)
 """
 
 from __future__ import annotations
@@ -16,10 +18,35 @@ from typing import Any
 
 import trio
 
+from mesh.bigtcp.framing import TransportError
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
-from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
+from scheduler.core.job import Cancel, LeaseRenew, Offer, Reject, Result, WireError, lease_id
 from scheduler.node.admission import Principal
-from scheduler.node.links import MAX_BATCH, CoordinatorInbox, LinkError, WorkerInbox
+from scheduler.node.links import MAX_BATCH, CoordinatorInbox, GroupSender, LinkError, WorkerInbox
+
+
+class LeaseReplies:
+    """The worker's side of a lease stream: results and refusals queued together go in one frame."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._sender: GroupSender[dict[str, Any], None] = GroupSender(self._send_batch, max_batch=MAX_BATCH)
+
+    async def send_result(self, result: Result, output: bytes) -> None:
+        item: dict[str, Any] = {"r": result.to_wire()}
+        if output:
+            item["out"] = output
+        await self._sender.send(item)
+
+    async def send_reject(self, reject: Reject) -> None:
+        await self._sender.send({"x": reject.to_wire()})
+
+    async def _send_batch(self, items: list[dict[str, Any]]) -> list[None]:
+        try:
+            await self._call.send({"items": items})
+        except (TransportError, trio.ClosedResourceError) as e:
+            raise LinkError("unavailable", f"lease stream: {e}") from e
+        return [None] * len(items)
 
 
 class PeerAPI:
@@ -31,7 +58,7 @@ class PeerAPI:
         for name, fn in [("peer.offer", self._offer), ("peer.offers", self._offers), ("peer.lease", self._lease),
                          ("peer.result", self._result), ("peer.results", self._results),
                          ("peer.cancel", self._cancel), ("peer.input", self._input),
-                         ("peer.progress", self._progress)]:
+                         ("peer.progress", self._progress), ("peer.direct", self._direct)]:
             rpc.register(name, fn)
 
     def _peer(self, call: Call) -> str:
@@ -61,6 +88,38 @@ class PeerAPI:
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
         return {"answers": [(await self.worker.offer(peer, offer)).to_wire() for offer in offers]}
+
+    async def _direct(self, call: Call) -> dict[str, Any]:
+        """A slot lease's held stream: jobs sent on it run here with no claim; the stream's end (or a
+        broken connection) gives the lease back."""
+        peer = self._peer(call)
+        try:
+            lid = lease_id(call.body.get("lease"))
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        replies = LeaseReplies(call)
+        if not lid or not self.worker.open_lease(peer, lid, replies):
+            raise RpcError("not_found", f"no lease {lid!r} granted to {peer}")
+        try:
+            while (item := await call.receive()) is not None:
+                items = item.get("offers") if isinstance(item, dict) else None
+                if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+                    raise RpcError("invalid", f"peer.direct uploads {{offers: [1 to {MAX_BATCH} offers]}}")
+                now = trio.current_time()
+                try:
+                    offers = [Offer.from_wire(o, now) for o in items]
+                except WireError as e:
+                    raise RpcError("invalid", str(e)) from None
+                for offer in offers:
+                    reject = await self.worker.direct(peer, lid, offer)
+                    if reject is not None:
+                        try:
+                            await replies.send_reject(reject)
+                        except LinkError:
+                            break  # the stream is gone: the coordinator's side sees it too
+        finally:
+            self.worker.close_lease(lid)
+        return {}
 
     async def _lease(self, call: Call) -> dict[str, Any]:
         peer = self._peer(call)

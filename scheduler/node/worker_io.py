@@ -18,7 +18,7 @@ from mesh.membership import MembershipView
 from scheduler.core.job import Accept, Cancel, Offer, Reject, Result
 from scheduler.core.quota import Quotas
 from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
-from scheduler.node.links import LinkError, PeerLinks
+from scheduler.node.links import LEASE_INLINE_OUTPUT, LeaseReplies, LinkError, PeerLinks
 from scheduler.node.metrics import PrometheusWorkerObserver
 from worker import kinds as kinds_mod
 from worker.executor import Executor, JobRequest, Refused
@@ -67,6 +67,7 @@ class WorkerIO:
         self.share = share  # fraction of this node's slots lent to other coordinators
         self.core = WorkerCore(peer_id, self._load, observer=PrometheusWorkerObserver())
         self._outputs: dict[tuple[str, int], bytes] = {}  # output of an attempt until sent
+        self._lease_replies: dict[str, LeaseReplies] = {}  # open slot lease streams, by lease id
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -111,6 +112,22 @@ class WorkerIO:
         assert answer is not None, "the worker core answers every offer"
         return answer
 
+    async def direct(self, coordinator: str, lease_id: str, offer: Offer) -> Reject | None:
+        answer = await self._execute(self.core.on_direct(coordinator, lease_id, offer, trio.current_time()),
+                                     answer_to=coordinator)
+        return answer if isinstance(answer, Reject) else None
+
+    def open_lease(self, coordinator: str, lease_id: str, replies: LeaseReplies | None) -> bool:
+        if not self.core.lease_opened(coordinator, lease_id):
+            return False
+        if replies is not None:
+            self._lease_replies[lease_id] = replies
+        return True
+
+    def close_lease(self, lease_id: str) -> None:
+        self.core.lease_closed(lease_id)
+        self._lease_replies.pop(lease_id, None)
+
     async def cancel(self, coordinator: str, cancel: Cancel) -> None:
         await self._execute(self.core.on_cancel(coordinator, cancel, trio.current_time()))
 
@@ -142,7 +159,15 @@ class WorkerIO:
         try:
             link = self.links.get(a.peer_id)
             if isinstance(msg, Result):
-                await link.send_result(msg, self._outputs.pop((msg.job_id, msg.attempt), b""))
+                output = self._outputs.pop((msg.job_id, msg.attempt), b"")
+                replies = self._lease_replies.get(a.lease_id) if a.lease_id else None
+                if replies is not None and len(output) <= LEASE_INLINE_OUTPUT:
+                    try:
+                        await replies.send_result(msg, output)  # back on the lease's stream
+                        return
+                    except LinkError:
+                        pass  # the lease stream closed meanwhile: the usual way
+                await link.send_result(msg, output)
             elif not isinstance(msg, Accept | Reject):
                 await link.renew(msg)
         except LinkError as e:
