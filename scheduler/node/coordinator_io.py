@@ -404,6 +404,9 @@ class CoordinatorIO:
             await channel.run()
         except LinkError as e:
             reason = str(e)
+        except Exception as e:  # a bug must cost the lease and its jobs' attempts, never the node
+            log.exception("lease %s on %s failed", a.lease_id, a.peer_id)
+            reason = f"{type(e).__name__}: {e}"
         if self._leases.get(a.lease_id) is channel:
             del self._leases[a.lease_id]
         # given back meanwhile: nothing to do (the core forgot the lease); otherwise its jobs are lost

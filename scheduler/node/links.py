@@ -237,8 +237,12 @@ class RemoteLease:
                             raise LinkError("invalid", "peer.direct: a reply is {items: [...]}")
                         for one in items:
                             nursery.start_soon(self._deliver, one)
-                    await call.result()
-        except (RpcError, HandshakeError, TransportError) as e:
+                    nursery.cancel_scope.cancel()  # the worker ended the call (or it broke): stop uploading
+                await call.result()
+        except* (RpcError, HandshakeError, TransportError, LinkError) as group:
+            e = group.exceptions[0]
+            while isinstance(e, BaseExceptionGroup):
+                e = e.exceptions[0]
             raise LinkError(getattr(e, "code", "unavailable"), str(e)) from e
 
     async def _upload(self, call: ClientCall) -> None:
