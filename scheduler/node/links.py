@@ -228,16 +228,19 @@ class RemoteLease:
 
     async def run(self) -> None:
         try:
-            async with self.client.open("peer.direct", {"lease": self.lease_id}, uploads=True) as call:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._upload, call)
+            # results being delivered are never cancelled (a result half-handed to the coordinator would leave
+            # its job done but unanswered): they get their own nursery, which the stream's end only waits for
+            async with trio.open_nursery() as deliveries, \
+                    self.client.open("peer.direct", {"lease": self.lease_id}, uploads=True) as call:
+                async with trio.open_nursery() as uploads:
+                    uploads.start_soon(self._upload, call)
                     async for item in call:
                         if not isinstance(item, dict) or not isinstance(items := item.get("items"), list) \
                                 or len(items) > MAX_BATCH:
                             raise LinkError("invalid", "peer.direct: a reply is {items: [...]}")
                         for one in items:
-                            nursery.start_soon(self._deliver, one)
-                    nursery.cancel_scope.cancel()  # the worker ended the call (or it broke): stop uploading
+                            deliveries.start_soon(self._deliver, one)
+                    uploads.cancel_scope.cancel()  # the worker ended the call (or it broke): stop uploading
                 await call.result()
         except* (RpcError, HandshakeError, TransportError, LinkError) as group:
             e = group.exceptions[0]

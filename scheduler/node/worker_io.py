@@ -216,7 +216,9 @@ class WorkerIO:
 
     async def _report_progress(self, latest: ProgressMailbox, job_id: str, attempt: int, coordinator: str) -> None:
         """The job's progress to its coordinator: the latest report, at most every PROGRESS_INTERVAL_S (a lost
-        or late report costs nothing: the next one, or the result, supersedes it)."""
+        or late report costs nothing: the next one, or the result, supersedes it). Like the start notice, nothing
+        before STARTED_NOTICE_S: a short job's result says it all (one RPC less per job)."""
+        await trio.sleep(STARTED_NOTICE_S)
         while True:
             fraction, stage = await latest.get()
             try:
