@@ -11,7 +11,9 @@ list of actions for the I/O layer to carry out, in order:
     StateChanged(job_id, state, attempt, peer_id)   progress, for `mesh-node watch`
     JournalJob / JournalAttempt / JournalFinish     durable records: apply them (Journal.apply) *before*
                                     the actions after them (an offer must not go out before its attempt
-                                    is journaled, nor a submit be answered before the job is)
+                                    is journaled, nor a submit be answered before the job is; the one
+                                    exception, a new job's first attempt, may go out while its JournalJob
+                                    commits, since nothing about the job survives a crash before that)
 
 Lifecycle: submitted -> placed (a worker accepted the offer) -> running (the worker said it started)
 -> done | failed | cancelled. The job holds a lease while placed or running, renewed by the worker;

@@ -55,7 +55,7 @@ def shape_of(job: Job) -> Shape | None:
 class LeaseConfig:
     idle_s: float = 1.0  # a lease without a job this long is given back
     term_s: float = 30.0  # a lease this old takes no new jobs (the next claim checks the worker's load again)
-    depth: int = 32  # jobs in flight on one lease at once (pipelined: the worker queues them)
+    depth: int = 64  # jobs in flight on one lease at once (pipelined: the worker queues them)
     max_per_shape: int = 4
     max_leases: int = 64
     ask_timeout_s: float = 2.0  # a claim that asked for a lease and was not answered: ask again after this

@@ -330,9 +330,23 @@ class CoordinatorIO:
             if isinstance(a, Deliver):
                 await self._deliver(a)
         journal = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
+        early: set[int] = set()
         if journal:
+            # a new job's first attempt goes out while its records commit: its submit is answered only after
+            # the commit, so a coordinator killed before it leaves no job to resume (the client, unanswered,
+            # submits again) and a late result of that attempt finds no job (dropped). Later attempts wait.
+            new = {a.job.job_id for a in journal if isinstance(a, JournalJob)}
+            for a in actions:
+                if new and isinstance(a, SendOffer | SendDirect) and a.offer.attempt == 1 and a.offer.job.job_id in new:
+                    early.add(id(a))
+                    if isinstance(a, SendDirect):
+                        self._send_direct(a)
+                    else:
+                        self._tasks.start_soon(self._offer, a)
             await self._journal_commit(journal)
         for a in actions:
+            if id(a) in early:
+                continue
             if isinstance(a, SendDirect):
                 self._send_direct(a)
             elif isinstance(a, OpenLease):
@@ -378,6 +392,8 @@ class CoordinatorIO:
             answer = await self.links.get(a.peer_id).offer(a.offer, self.core.cfg.claim_timeout_s)
         except LinkError as e:
             log.info("offer of %s to %s failed: %s", a.offer.job.job_id, a.peer_id, e)
+            if e.code == "deadline_exceeded":  # slow, not gone: the core's claim timer withdraws this offer
+                return
             await self._execute(self.core.worker_lost(a.peer_id, trio.current_time(), f"offer failed: {e}"))
             return
         now = trio.current_time()
