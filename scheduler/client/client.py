@@ -144,6 +144,7 @@ class Client:
             return await self.rpc.call("job.submit", body), b""
         if wait:
             body["wait"] = True
+            body["inline_output"] = True  # a small output may come inside the outcome (one message back)
         chunks: list[bytes] = []
         async with self.rpc.open("job.submit", body, uploads=streamed) as call:
             total, sent = job.input_size, 0
@@ -166,7 +167,11 @@ class Client:
             async for item in call:
                 if isinstance(item, bytes | bytearray):
                     chunks.append(bytes(item))
-            return await call.result(), b"".join(chunks)
+            answer = await call.result()
+            inline = (answer.get("outcome") or {}).pop("output", None) if wait else None
+            if isinstance(inline, bytes) and not chunks:
+                chunks.append(inline)
+            return answer, b"".join(chunks)
 
     def _job(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | None = None, job_id: str = "",
              priority: str = "batch", deadline_ms: float | None = None, timeout_s: float = 3600.0,
@@ -266,14 +271,23 @@ class Client:
             final = await call.result()
         return _job_result(job_id, final, b"".join(chunks))
 
-    async def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
-        """Submit and wait for the result (one round trip); raises JobFailed if the job does not end done."""
+    async def submit_wait(self, kind: str, spec: dict[str, Any] | None = None,
+                          **kw: Any) -> tuple[dict[str, Any], JobResult | None]:
+        """Submit and wait for the outcome in one round trip (the job and a small input in one message, the
+        result and its output back on the same stream): the coordinator's answer and, unless it refused the
+        job, its JobResult, failed or not. Keywords as for `submit`."""
         ans, output = await self._submit(kind, spec, wait=True, **kw)
         if not ans["accepted"]:
-            raise JobFailed(ans["id"], "rejected", ans["message"])
+            return ans, None
         final = ans.get("outcome")
         # a node of an earlier version answers a submit at once: ask for the result then
-        res = _job_result(ans["id"], final, output) if final is not None else await self.result(ans["id"])
+        return ans, (_job_result(ans["id"], final, output) if final is not None else await self.result(ans["id"]))
+
+    async def run(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> JobResult:
+        """Submit and wait for the result (one round trip); raises JobFailed if the job does not end done."""
+        ans, res = await self.submit_wait(kind, spec, **kw)
+        if res is None:
+            raise JobFailed(ans["id"], "rejected", ans["message"])
         if not res.ok:
             raise JobFailed(res.job_id, res.state, res.reason)
         return res

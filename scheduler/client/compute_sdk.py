@@ -397,40 +397,42 @@ class AsyncMesh:
         return first
 
     async def _submit(self, job: ComputeJob, job_id: str, opts: _Options, timeout_s: float,
-                      avoid: Sequence[str]) -> dict[str, Any]:
-        """Submit; with `avoid`, ask placement to keep off those peers (the `avoid_peers` requirement) if this
-        client and the coordinator know it, else submit plainly (the caller checks where the job ran)."""
+                      avoid: Sequence[str]) -> tuple[dict[str, Any], JobResult | None]:
+        """Submit and wait for the outcome in one round trip (`Client.submit_wait`); with `avoid`, ask
+        placement to keep off those peers (the `avoid_peers` requirement) if this client and the coordinator
+        know it, else submit plainly (the caller checks where the job ran)."""
         kw: dict[str, Any] = dict(input=job.input or None, job_id=job_id, priority=opts.priority,
                                   timeout_s=timeout_s, max_attempts=opts.max_attempts)
         if avoid and self._avoid_supported is not False:
             try:
-                ans = await self.client.submit(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
+                answer = await self.client.submit_wait(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
                 self._avoid_supported = True
-                return ans
+                return answer
             except WireError:  # this client's scheduler.core.job has no avoid_peers
                 self._avoid_supported = False
             except RpcError as e:
                 if e.code != "invalid" or "avoid_peers" not in (e.message or ""):
                     raise
                 self._avoid_supported = False  # the coordinator does not know it
-        return await self.client.submit(KIND, job.spec, **kw)
+        return await self.client.submit_wait(KIND, job.spec, **kw)
 
     async def _once(self, job: ComputeJob, job_id: str, opts: _Options, submitted: set[str] | None,
                     avoid: Sequence[str] = ()) -> ComputeRun:
         t0 = time.perf_counter()
         limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
         timeout_s = opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
+        if submitted is not None:  # the id is ours: cancellable while the call is under way
+            submitted.add(job_id)
         try:
-            ans = await self._submit(job, job_id, opts, timeout_s, avoid)
+            ans, res = await self._submit(job, job_id, opts, timeout_s, avoid)
         except RpcError as e:
             raise ComputeRefused(job_id, e.code, e.message or e.code) from None
-        if not ans.get("accepted"):
+        if res is None:
+            if submitted is not None:
+                submitted.discard(job_id)
             raise ComputeRefused(ans.get("id", job_id), ans.get("code") or "rejected", ans.get("message", ""))
         if submitted is not None:
-            submitted.add(ans["id"])
-        res = await self.client.result(ans["id"])
-        if submitted is not None:
-            submitted.discard(ans["id"])
+            submitted.discard(job_id)
         if not res.ok:
             raise _failure(res)
         decoded = job.decode(res.body, res.output)

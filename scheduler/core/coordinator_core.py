@@ -414,6 +414,8 @@ class CoordinatorCore:
             lease = self.leases.granted(shape, msg.lease_id, peer_id, rec.device, now)
             if lease is not None:
                 self.obs.lease("acquired")
+                self.leases.hold(lease, rec.job_id, now)
+                rec.lease_id = lease.lease_id
                 acts.append(OpenLease(peer_id, lease.lease_id))
         else:
             self.leases.not_granted(shape)

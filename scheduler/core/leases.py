@@ -173,6 +173,11 @@ class LeaseTable:
         if shape is not None:
             self._asking.pop(shape, None)
 
+    def hold(self, lease: Lease, job_id: str, now: float) -> None:
+        """The claimed job that acquired the lease: it uses the slot, so the lease is not idle while it runs."""
+        lease.jobs.add(job_id)
+        lease.last_used = now
+
     def sent(self, lease: Lease, job_id: str, now: float) -> None:
         lease.jobs.add(job_id)
         lease.last_used = now

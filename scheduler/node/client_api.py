@@ -77,7 +77,8 @@ class ClientAPI:
     async def _submit(self, call: Call) -> dict[str, Any]:
         out = await self._admit(call, call.body.get("job"), uploads=call)
         if call.body.get("wait") is True and out["accepted"]:  # submit and result in one round trip
-            out["outcome"] = await self.outcome(call, out["id"], wait=True)
+            out["outcome"] = await self.outcome(call, out["id"], wait=True,
+                                                inline_output=call.body.get("inline_output") is True)
         return out
 
     async def _submit_many(self, call: Call) -> dict[str, Any]:
@@ -126,9 +127,9 @@ class ClientAPI:
         out: dict[str, Any] = {"id": job_id, "state": state.value, "reason": reason, "final": state.terminal,
                                "result": result.to_wire() if result is not None else None}
         if result is not None and 0 < result.output_size <= MANY_INLINE_OUTPUT:
-            path = self.coordinator.output_path(job_id)
-            if path.exists():
-                out["output"] = await trio.Path(path).read_bytes()
+            output = await self.coordinator.small_output(job_id, result.output_size)
+            if output is not None:
+                out["output"] = output
         return out
 
     async def _admit(self, call: Call, wire_job: Any, *, uploads: Call | None) -> dict[str, Any]:
@@ -191,19 +192,27 @@ class ClientAPI:
                "duplicate": answer.duplicate}
         return out
 
-    async def outcome(self, call: Call, job_id: str, wait: bool) -> dict[str, Any]:
-        """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first."""
+    async def outcome(self, call: Call, job_id: str, wait: bool, *, inline_output: bool = False) -> dict[str, Any]:
+        """The job's outcome (waiting for it if asked), its output bytes streamed on `call` first; with
+        `inline_output` (the client said it reads it), an output up to MANY_INLINE_OUTPUT bytes rides in the
+        outcome itself ("output"): the whole job is then one message each way."""
         settled = await self.coordinator.settled(job_id, wait)
         if settled is None:
             raise RpcError("not_found", f"no job {job_id!r} on this node")
         state, reason, result = settled
         if not state.terminal:
             return {"id": job_id, "state": state.value, "reason": reason, "final": False}
-        path = self.coordinator.output_path(job_id)
-        if result is not None and result.output_size and path.exists():
-            await outputs.send_file(call, path, CHUNK)
-        return {"id": job_id, "state": state.value, "reason": reason, "final": True,
-                "result": result.to_wire() if result is not None else None}
+        out: dict[str, Any] = {"id": job_id, "state": state.value, "reason": reason, "final": True,
+                               "result": result.to_wire() if result is not None else None}
+        if result is not None and result.output_size:
+            small = await self.coordinator.small_output(job_id, result.output_size) if inline_output else None
+            if small is not None:
+                out["output"] = small
+            else:
+                path = self.coordinator.output_path(job_id)
+                if path.exists():
+                    await outputs.send_file(call, path, CHUNK)
+        return out
 
     async def _mesh_peers(self, call: Call) -> dict[str, Any]:
         self.require(call, "read")

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -59,6 +60,8 @@ log = logging.getLogger("gpumesh.scheduler")
 CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
 FRESH_LOAD_S = 2.0  # an advert this young shows the load its sender had (changes go out within ~0.1 s)
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
+SMALL_OUTPUT = 64 * 1024  # outputs up to this are also kept in memory a while, to answer with them inline
+SMALL_OUTPUTS_KEPT = 256
 
 # `verifier(job, result, output, read_input) -> str | None` checks a remote worker's result (None = accept);
 # `read_input()` reads a streamed input from the spool (None when the input was inline)
@@ -112,6 +115,7 @@ class CoordinatorIO:
         self._journal_done = trio.Event()
         self._journal_busy = False
         self._leases: dict[str, LeaseChannel] = {}  # held slot leases' channels, by lease id
+        self._small_outputs: OrderedDict[str, bytes] = OrderedDict()  # recent small outputs (the files stay)
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -283,10 +287,15 @@ class CoordinatorIO:
         """A worker's result (its output checked against size and sha256 by whoever carried it): verified in a
         thread when it comes from another node (a proof check takes ~0.2 s: never on the event loop), then
         handed with the verdict to the core."""
+        job = self.core.expects_result(worker, result)
+        if isinstance(output, bytes) and worker != self.peer_id and job is not None \
+                and len(output) > self.output_limit(job):  # inline on a lease stream: bounded like an upload
+            log.info("result of %s from %s dropped: %d output bytes, over its limit", result.job_id, worker,
+                     len(output))
+            return
         if output:
             outputs.discard(self._received.pop((result.job_id, result.attempt), None))
             self._received[(result.job_id, result.attempt)] = output
-        job = self.core.expects_result(worker, result)
         fn = self.verifiers.get(job.kind) if job is not None else None
         problem = None
         if job is not None and fn is not None and result.ok and worker != self.peer_id:
@@ -461,6 +470,25 @@ class CoordinatorIO:
         output = self._received.pop((a.job_id, a.result.attempt), None)
         if output:
             await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
+            if isinstance(output, bytes) and len(output) <= SMALL_OUTPUT:
+                self._small_outputs[a.job_id] = output
+                while len(self._small_outputs) > SMALL_OUTPUTS_KEPT:
+                    self._small_outputs.popitem(last=False)
+
+    async def small_output(self, job_id: str, size: int) -> bytes | None:
+        """A finished job's output when it is at most SMALL_OUTPUT bytes (from memory when recent); None when
+        larger or gone."""
+        if not 0 < size <= SMALL_OUTPUT:
+            return None
+        kept = self._small_outputs.get(job_id)
+        if kept is not None and len(kept) == size:
+            return kept
+        path = self.output_path(job_id)
+        try:
+            data = await trio.Path(path).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data if len(data) == size else None
 
     def _on_finish(self, a: Finish) -> None:
         self._finishing.discard(a.job_id)

@@ -282,12 +282,7 @@ class RemoteLease:
             log.info("lease %s of %s: result of %s dropped: its inline output does not match it", self.lease_id,
                      self.peer_id, result.job_id)
             return  # the attempt then runs out of lease time and is placed again
-        output = await self._inbox.receive_output(self.peer_id, result, _chunks(out)) if out else None
-        await self._inbox.result(self.peer_id, result, output)
-
-
-async def _chunks(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+        await self._inbox.result(self.peer_id, result, out or None)  # checked against the job's limit there
 
 
 class _Slot(Generic[A]):
