@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import trio
 from mesh import control
 from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
 from scheduler.client.known_nodes import IdentityMismatch, KnownNodes, check_identity
-from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, Result, WhenSaturated
 from scheduler.core.local import read_local_token
 
 CHUNK = 1 << 20
@@ -40,25 +40,47 @@ class JobFailed(Exception):
 
 @dataclass
 class JobResult:
+    """How a job ended, as its client sees it: `state` ("done", "failed", "cancelled"; "rejected" for a job
+    that was refused) and `reason`, and the worker's `result`: the same `Result` its worker reported, decoded
+    and checked (`Result.from_wire`), its `output` the bytes that came with it. `body`, `output`, `worker`,
+    `attempt` and `timings` read through to it."""
+
     job_id: str
     state: str
     reason: str
-    body: dict[str, Any] = field(default_factory=dict)
-    output: bytes = b""
-    worker: str = ""
-    attempt: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
+    result: Result = field(default_factory=Result)
 
     @property
     def ok(self) -> bool:
         return self.state == "done"
 
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.result.body
+
+    @property
+    def output(self) -> bytes:
+        return bytes(self.result.output or b"")
+
+    @property
+    def worker(self) -> str:
+        return self.result.worker
+
+    @property
+    def attempt(self) -> int:
+        return self.result.attempt
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.result.timings
+
 
 def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
-    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
-    res = final.get("result") or {}
-    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), res.get("body", {}), output,
-                     res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer); a result map
+    that does not decode raises WireError."""
+    wire = final.get("result")
+    result = replace(Result.from_wire(wire), output=output) if wire is not None else Result(output=output)
+    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), result)
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
@@ -236,11 +258,11 @@ class Client:
         if not ans.get("accepted"):
             return JobResult(ans.get("id", ""), "rejected", ans.get("message", ""))
         final = item.get("outcome") or {}
-        res = final.get("result") or {}
         output = final.get("output", b"")
-        if res.get("out_size", 0) and not output:  # too large to come inline: fetch it
+        res = _job_result(ans["id"], final, bytes(output))
+        if res.result.output_size and not output:  # too large to come inline: fetch it
             return await self.result(ans["id"])
-        return _job_result(ans["id"], final, bytes(output))
+        return res
 
     async def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
         """`submit_many` gathered: every job's JobResult, in the order of `specs` (failed ones included)."""
