@@ -140,6 +140,18 @@ async def test_examples_on_the_mesh_match_numpy_and_cryptography(mesh):
 
 # ---- failures ----------------------------------------------------------------------------------------------
 
+def _leases_held(node) -> float:
+    """Slot leases the node holds as coordinator now (acquired minus given back, refused, revoked, lost)."""
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    held = 0.0
+    for line in text.splitlines():
+        if line.startswith("gpumesh_leases_total{"):
+            event, value = line.split('"')[1], float(line.rsplit(" ", 1)[1])
+            held += value if event == "acquired" else -value if event != "direct" else 0.0
+    return held
+
+
 def test_a_program_that_fails_to_build_returns_the_compiler_log(gw):
     args, _ = saxpy_args(64, 1.0)
     broken = SAXPY.replace("y[i] = a * x[i] + y[i];", "y[i] = a * x[i] + undeclared_thing;")
@@ -162,6 +174,9 @@ def test_a_kernel_past_its_time_limit_fails_and_the_next_job_on_that_worker_runs
     args, expect = saxpy_args(4096, 3.0, seed=3)
     ran_on = []
     for _ in range(30):  # placement picks either worker: go on until a job lands on the one that timed out
+        # each job placed afresh: a slot lease would keep the stream of jobs on the worker it is on, so wait
+        # until the gateway has given its leases back (idle) before the next one
+        wait_for(lambda: _leases_held(mesh[0]) == 0, 60, "the gateway's slot leases given back")
         run = gw.run(make_job(SAXPY, "saxpy", args, global_size=4096))  # (it waits out the runaway kernel)
         np.testing.assert_allclose(run["y"], expect, rtol=1e-6, atol=1e-6)
         ran_on.append(run.worker)

@@ -149,7 +149,7 @@ class Mesh:
 
     def finish(self, worker, job_id, attempt, now):
         w = self.workers[worker]
-        self.deliver(self.worker(w, w.finished(job_id, attempt, Result(job_id, attempt, True, {"id": job_id}), now),
+        self.deliver(self.worker(w, w.finished(job_id, attempt, Result(job_id=job_id, attempt=attempt, body={"id": job_id}), now),
                                  now), now)
 
 
@@ -193,7 +193,7 @@ def test_worker_loss_revokes_the_lease_and_every_job_on_it_ends_exactly_once_els
     for w, job_id, attempt in [s for s in m.started if s[0] != "a"]:
         m.finish(w, job_id, attempt, 0.5)
     # a late result of the dead worker's attempt is stale
-    assert m.h.core.on_result("a", Result("j3", 1, True, {}), 0.6) == []
+    assert m.h.core.on_result("a", Result(job_id="j3", attempt=1), 0.6) == []
     assert all(m.h.core.get(f"j{i}").state is JobState.DONE for i in range(6))
     assert m.finished == Counter({f"j{i}": 1 for i in range(6)}) and m.delivered == m.finished
 

@@ -214,8 +214,11 @@ class LeaseTable:
         return self._remove(lease)
 
     def revoke_peer(self, peer_id: str) -> list[Lease]:
-        return [lease for lease in [self.revoke(x.lease_id) for x in list(self._leases.values())
-                                    if x.peer_id == peer_id] if lease is not None]
+        """Every lease on `peer_id`, revoked (the worker is lost or left the view)."""
+        gone = [lease for lease in self._leases.values() if lease.peer_id == peer_id]
+        for lease in gone:
+            self.revoke(lease.lease_id)
+        return gone
 
     def _remove(self, lease: Lease) -> Lease:
         self._leases.pop(lease.lease_id, None)
