@@ -327,10 +327,12 @@ class Candidate:
 
 
 def choose_devices(cands: list[Candidate], n: int, *, min_standing: float = 0.25) -> list[Candidate]:
-    """n devices with a free slot, one per peer, spread over distinct hosts first (then the fastest); fewer
-    when the mesh has fewer peers with room."""
-    ok = [c for c in cands if c.free_slots > 0 and c.standing >= min_standing]
-    ok.sort(key=lambda c: (-c.rate, -c.free_slots, c.peer_id, c.device_id))
+    """n devices, one per peer, spread over distinct hosts first; within that, devices whose advert shows a free
+    slot first, then the fastest. A device advertised with no free slot is still a candidate (after the
+    others): adverts lag, a slot released a moment ago is free, and the worker itself refuses when it has none.
+    Fewer than n when the mesh has fewer peers."""
+    ok = [c for c in cands if c.standing >= min_standing]
+    ok.sort(key=lambda c: (c.free_slots <= 0, -c.rate, -c.free_slots, c.peer_id, c.device_id))
     out: list[Candidate] = []
     hosts: set[str] = set()
     peers: set[str] = set()

@@ -365,8 +365,8 @@ class RenderSessions:
         scene = await _receive_scene(call)
         chosen = choose_devices(self._candidates(req), req.tiles)
         if len(chosen) < req.tiles:
-            raise SessionError("unavailable", f"{req.tiles} tile(s) asked for, {len(chosen)} peer(s) with a free "
-                                              "slot in this node's view")
+            raise SessionError("unavailable", f"{req.tiles} tile(s) asked for, {len(chosen)} peer(s) with a device "
+                                              "in this node's view")
         tiles = split_frame(req.width, req.height, req.tiles)
         links = [TileLink(self, i, c.peer_id, TileOpen(sid, req.scene_hash, req.width, req.height, t, req.fps,
                                                        req.deadline_ms))

@@ -81,9 +81,12 @@ class TileEncoder:
                 return EncodedTile(False, self._seq, int(raw.size), delta)
         key = lz4.block.compress(raw.tobytes(), store_size=False)
         self._key_size = len(key)
-        self._delta_won = delta is not None and len(delta) < len(key)
-        if delta is not None and self._delta_won:
-            return EncodedTile(False, self._seq, int(raw.size), delta)
+        if delta is not None:
+            self._delta_won = len(delta) < len(key)
+            if self._delta_won:
+                return EncodedTile(False, self._seq, int(raw.size), delta)
+        elif prev is None:
+            self._delta_won = True  # no evidence yet: try the next one
         return EncodedTile(True, self._seq, int(raw.size), key)
 
 
