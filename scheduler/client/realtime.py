@@ -61,6 +61,10 @@ class SessionStats:
     render_s: list[float] = field(default_factory=list)  # per delivered frame: its slowest tile's render time
     estimates_s: list[float] = field(default_factory=list)  # the workers' frame-time estimate before each frame
     frame_bytes: list[int] = field(default_factory=list)  # compressed tile bytes of each delivered frame
+    # where a tile's time went besides rendering (per tile received): queued at the worker, encoding, decoding
+    worker_wait_s: list[float] = field(default_factory=list)
+    encode_s: list[float] = field(default_factory=list)
+    decode_s: list[float] = field(default_factory=list)
 
     def record(self, frame: Frame, nbytes: int) -> None:
         self.frames += 1
@@ -82,7 +86,9 @@ class SessionStats:
                 "dropped_by_reason": dict(self.dropped_by_reason), "p50_ms": pct(self.latencies_s, 50),
                 "p99_ms": pct(self.latencies_s, 99), "render_p50_ms": pct(self.render_s, 50),
                 "render_p99_ms": pct(self.render_s, 99),
-                "bytes_per_frame": round(float(np.mean(self.frame_bytes))) if self.frame_bytes else None}
+                "bytes_per_frame": round(float(np.mean(self.frame_bytes))) if self.frame_bytes else None,
+                "worker_wait_p50_ms": pct(self.worker_wait_s, 50), "encode_p50_ms": pct(self.encode_s, 50),
+                "decode_p50_ms": pct(self.decode_s, 50)}
 
 
 @dataclass
@@ -230,7 +236,13 @@ class RealtimeSession:
             payload = item.get("p")
             if not isinstance(payload, bytes):
                 raise ValueError("tile message without its payload")
+            t0 = trio.current_time()
             rgba, depth = self._decoders[t].decode(item.get("tile"), payload, tile.w, tile.h)  # always: keeps state
+            self.stats.decode_s.append(trio.current_time() - t0)
+            for key, sink in (("wait_ms", self.stats.worker_wait_s), ("encode_ms", self.stats.encode_s)):
+                v = item.get(key)
+                if isinstance(v, int | float):
+                    sink.append(float(v) / 1000.0)
             b = self._building.get(i)
             if self._assembly.tile(i, t, now) and b is not None:
                 b.rgba[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w] = rgba

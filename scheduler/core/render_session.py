@@ -215,6 +215,7 @@ class Render:
     index: int
     pose: Pose
     deadline: float  # local time
+    arrived: float  # local time the frame arrived
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ class WorkerTile:
         if now + SAFETY * (0.0 if math.isinf(est) else est) > deadline:
             return self._drop(frame.index, "deadline",
                               f"{max(0.0, deadline - now) * 1000:.1f} ms left, frames take {est * 1000:.1f} ms")
-        return Render(frame.index, frame.pose, deadline)
+        return Render(frame.index, frame.pose, deadline, deadline - frame.budget_ms / 1000.0)
 
     def rendered(self, seconds: float) -> None:
         self.rendered_count += 1

@@ -294,17 +294,21 @@ class RenderSessions:
                     await send_drop(action)
                     continue
                 assert isinstance(action, Render)
+                waited = trio.current_time() - action.arrived
                 try:
                     rgba, depth, seconds = await render(action.pose)
                 except RunnerError as e:
                     raise SessionError("unavailable", f"{self.peer_id}: device {device.id}: {e}") from None
                 tile.rendered(seconds)
                 SESSION_FRAME_SECONDS.observe(seconds)
+                t_enc = time.perf_counter()
                 enc = encoder.encode(rgba, depth)
+                encode_s = time.perf_counter() - t_enc
                 SESSION_FRAMES.labels("rendered").inc()
                 SESSION_BYTES.inc(len(enc.payload))
                 await send({"f": action.index, "tile": enc.header(), "p": enc.payload,
-                            "render_ms": seconds * 1000, "est_ms": tile.times.estimate_s() * 1000})
+                            "render_ms": seconds * 1000, "est_ms": tile.times.estimate_s() * 1000,
+                            "wait_ms": waited * 1000, "encode_ms": encode_s * 1000})
 
         with flat_errors():
             async with trio.open_nursery() as nursery:

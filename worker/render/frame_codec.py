@@ -106,7 +106,8 @@ class TileDecoder:
         npx = w * h
         if not 0 < npx <= MAX_PIXELS or n != npx * BYTES_PER_PIXEL:
             raise CodecError(f"tile of {w}x{h} has {npx * BYTES_PER_PIXEL} raw bytes, header says {n!r}")
-        if not key and (self._prev is None or self._prev.size != n or seq != self._seq + 1):
+        prev = self._prev
+        if not key and (prev is None or prev.size != n or seq != self._seq + 1):
             raise CodecError(f"delta tile {seq} does not follow the tile held ({self._seq})")
         try:
             body = np.frombuffer(lz4.block.decompress(payload, uncompressed_size=n), np.uint8)
@@ -114,7 +115,7 @@ class TileDecoder:
             raise CodecError(f"corrupt tile payload: {e}") from None
         if body.size != n:
             raise CodecError(f"tile payload decompressed to {body.size} bytes, not {n}")
-        raw = body if key else np.bitwise_xor(body, self._prev)
+        raw = body if key or prev is None else np.bitwise_xor(body, prev)
         self._prev, self._seq = raw, seq
         rgba = raw[:npx * 4].reshape(h, w, 4)
         depth = raw[npx * 4:].view("<f2").reshape(h, w).astype(np.float32)
