@@ -4,8 +4,10 @@ counted; slots are released when the session closes and when its client dies; a 
 ends the session's frames with a reason naming it. Assertions are on events and counts: the deadlines here
 are far beyond any frame's cost, except where a frame is sent with no time left on purpose."""
 
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,12 +16,14 @@ import urllib.request
 import numpy as np
 import pytest
 import trio
+import trio_websocket
 
 from mesh.bigtcp.rpc import RpcError
 from mesh.waiting import until, wait_for
 from scheduler.client.client import Client, local_address
 from scheduler.client.realtime import SessionLost, open_session
 from scheduler.client.render_client import render_frame
+from scheduler.client.viewer import Viewer
 from scheduler.devtools.localmesh import running_mesh
 from worker.render import reference
 from worker.render.camera import orbit
@@ -167,6 +171,45 @@ async def test_refusals_name_their_reason(mesh):
             async with open_session(c, scene, fps=1e6):
                 pass
         assert e.value.code == "bad_request" and "fps" in e.value.message
+
+
+async def test_the_live_viewer_serves_a_page_through_a_session(mesh):
+    scene = example("spheres", 32, 24)
+    async with connect(mesh[0]) as c, trio.open_nursery() as nursery:
+        viewer = Viewer(c, scene, tiles=1, deadline_ms=GENEROUS_MS, max_in_flight=2, realtime=True)
+        port = await nursery.start(viewer.serve, "127.0.0.1", 0)
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+            assert json.loads(await ws.get_message())["type"] == "hello"
+            for seq in range(3):
+                await ws.send_message(json.dumps({"type": "pose", "seq": seq, **scene.camera.pose.to_dict()}))
+                data = await ws.get_message()
+                assert isinstance(data, bytes), data
+                (n,) = struct.unpack(">I", data[:4])
+                assert json.loads(data[4:4 + n])["seq"] == seq
+                got = np.frombuffer(data[4 + n:], np.uint8).reshape(24, 32, 4)
+                ref, _ = reference.render(scene)
+                assert (np.abs(got.astype(int) - ref.astype(int)).max(-1) > 2).sum() <= 1
+            sessions_open = metric(mesh[0], "gpumesh_render_sessions", 'role="gateway"')
+        assert sessions_open == 1 and viewer.states[-1].sent == 3
+        nursery.cancel_scope.cancel()
+    await until(lambda: metric(mesh[0], "gpumesh_render_sessions", 'role="gateway"') == 0, 60,
+                "the page's session to end")
+
+
+def test_mesh_node_render_realtime_runs_a_session(mesh, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "render", "examples/scenes/spheres.json", "--realtime",
+                          "--frames", "4", "--fps", "1", "--deadline-ms", "10000", "--width", "48", "--height", "36",
+                          "--tiles", "2", "--json", "--out", str(tmp_path), "--data-dir", str(mesh[0].data_dir)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["rendered"] == 4 and summary["dropped"] == 0
+    assert len(summary["session"]["workers"]) == 2 and summary["session"]["bytes_per_frame"] > 0
+    assert len(list(tmp_path.glob("frame_*.png"))) == 4
+    refused = subprocess.run([sys.executable, "-m", "scheduler.cli", "render", "examples/scenes/spheres.json",
+                              "--realtime", "--tiles", "9", "--data-dir", str(mesh[0].data_dir)],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "unavailable" in refused.stderr and "Traceback" not in refused.stderr
 
 
 @pytest.fixture

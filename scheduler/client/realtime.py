@@ -126,6 +126,7 @@ class RealtimeSession:
         self._lost: str = ""
         self._send_done, self._recv_done = trio.open_memory_channel[Frame](math.inf)
         self._changed = trio.Event()
+        self._waiters: dict[int, tuple[trio.Event, list[Frame]]] = {}
 
     # ---- sending ---------------------------------------------------------------------------------------------
     async def send(self, pose: Pose, *, budget_ms: float | None = None) -> int:
@@ -159,9 +160,19 @@ class RealtimeSession:
         except trio.EndOfChannel:
             raise SessionLost(self._lost or "the session ended") from None
 
-    async def render(self, pose: Pose) -> Frame:
-        await self.send(pose)
-        return await self.next_frame()
+    async def render(self, pose: Pose, *, budget_ms: float | None = None) -> Frame:
+        """Issue one frame and wait for it (delivered or dropped). Safe for several tasks at once (each gets its
+        own frame); frames taken this way do not appear in `frames()`."""
+        ev, box = trio.Event(), list[Frame]()
+        index = self._next
+        self._waiters[index] = (ev, box)
+        try:
+            await self.send(pose, budget_ms=budget_ms)
+        except BaseException:
+            self._waiters.pop(index, None)
+            raise
+        await ev.wait()
+        return box[0]
 
     async def stream(self, poses: Iterable[Pose] | AsyncIterable[Pose], *, max_in_flight: int = 4,
                      ) -> AsyncIterator[Frame]:
@@ -266,7 +277,12 @@ class RealtimeSession:
             else:
                 frame = Frame(done.index, b.pose, b.rgba, b.depth, latency, sorted(b.tiles, key=_key))
             self.stats.record(frame, b.nbytes)
-            self._send_done.send_nowait(frame)
+            waiter = self._waiters.pop(done.index, None)
+            if waiter is not None:
+                waiter[1].append(frame)
+                waiter[0].set()
+            else:
+                self._send_done.send_nowait(frame)
 
     async def _timer(self) -> None:
         """Drop frames whose deadline passed with tiles missing (a tile lost on the way never arrives)."""
