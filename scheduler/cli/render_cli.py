@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                               disable=not bars) as bar:
                     task = bar.add_task("frames", total=len(poses), info="")
                     async for f in frames:
-                        row = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
+                        row: dict[str, Any] = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
                                "latency_ms": round(f.latency_s * 1e3, 2), "tiles": len(f.tiles),
                                "workers": sorted(f.workers)}
                         per_frame.append(row)

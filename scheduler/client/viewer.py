@@ -47,8 +47,8 @@ import trio_websocket
 from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client
 from scheduler.client.realtime import RealtimeSession, open_session
-from scheduler.core.render_session import MAX_FPS, MIN_FPS
 from scheduler.client.render_client import Frame, session_for
+from scheduler.core.render_session import MAX_FPS, MIN_FPS
 from worker.render.camera import Pose, quat_to_matrix
 from worker.render.errors import SceneError
 from worker.render.scene import Scene, pose_from_dict
