@@ -3,8 +3,8 @@
 A render session sends the same tile of every frame down one stream, so both ends keep the last tile they
 exchanged and the next one travels as its XOR against it (unchanged pixels become zeros, which LZ4 squeezes
 to almost nothing; an AR scene's empty background never changes). A moving camera shifts every pixel and then a
-delta is larger than the tile itself: the encoder sends whichever is smaller (a key tile, no delta, also
-first and after a change of size). The colour is exact; depth is quantized to IEEE half floats (relative error
+delta is larger than the tile itself: the encoder sends whichever compresses smaller on a sample of the tile (a key
+tile, no delta, also first and after a change of size). The colour is exact; depth is quantized to IEEE half floats (relative error
 at most 2**-11, +inf stays +inf: no hit), which halves it before compression.
 
 Payload: LZ4 block of `rgba (h*w*4 bytes) || depth as <f2 (h*w*2 bytes)`, each XOR the previous tile's when
@@ -27,7 +27,15 @@ import numpy as np
 
 BYTES_PER_PIXEL = 6  # RGBA8 + float16 depth, before compression
 MAX_PIXELS = 4096 * 4096
-DELTA_PROBE = 8  # a losing delta is tried again every this many tiles
+SAMPLE_BLOCK, SAMPLE_EVERY = 4096, 8  # key or delta is decided on every 8th 4 KiB block
+
+
+def _sampled_size(data: np.ndarray) -> int:
+    n = data.size // SAMPLE_BLOCK
+    if n < SAMPLE_EVERY:
+        return len(lz4.block.compress(data.tobytes(), store_size=False))
+    blocks = data[:n * SAMPLE_BLOCK].reshape(n, SAMPLE_BLOCK)[::SAMPLE_EVERY]
+    return len(lz4.block.compress(blocks.tobytes(), store_size=False))
 
 
 class CodecError(ValueError):
@@ -64,30 +72,19 @@ class TileEncoder:
     def __init__(self) -> None:
         self._prev: np.ndarray | None = None
         self._seq = 0
-        self._delta_won = True
-        self._key_size = 0
 
     def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
-        """The tile as a key or a delta, whichever is smaller. A moving camera shifts every pixel, and then the
-        delta loses: it is tried only while it keeps winning, and every DELTA_PROBE tiles otherwise."""
+        """The tile as a delta or a key tile, whichever compresses smaller on a sample of 1 block in
+        SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
+        delta is larger than the tile itself; a still one sends almost nothing)."""
         raw = raw_bytes(rgba, depth)
         prev, self._prev = self._prev, raw
         self._seq += 1
-        delta: bytes | None = None
-        if prev is not None and prev.shape == raw.shape and (self._delta_won or self._seq % DELTA_PROBE == 0):
-            delta = lz4.block.compress(np.bitwise_xor(raw, prev).tobytes(), store_size=False)
-            if self._key_size and len(delta) < self._key_size:
-                self._delta_won = True
-                return EncodedTile(False, self._seq, int(raw.size), delta)
-        key = lz4.block.compress(raw.tobytes(), store_size=False)
-        self._key_size = len(key)
-        if delta is not None:
-            self._delta_won = len(delta) < len(key)
-            if self._delta_won:
-                return EncodedTile(False, self._seq, int(raw.size), delta)
-        elif prev is None:
-            self._delta_won = True  # no evidence yet: try the next one
-        return EncodedTile(True, self._seq, int(raw.size), key)
+        if prev is not None and prev.shape == raw.shape:
+            xor = np.bitwise_xor(raw, prev)
+            if _sampled_size(xor) < _sampled_size(raw):
+                return EncodedTile(False, self._seq, int(raw.size), lz4.block.compress(xor.tobytes(), store_size=False))
+        return EncodedTile(True, self._seq, int(raw.size), lz4.block.compress(raw.tobytes(), store_size=False))
 
 
 class TileDecoder:
