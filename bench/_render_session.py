@@ -77,7 +77,9 @@ def session_part() -> dict[str, Any]:
                         "e2e_p99_ms": round(pctl(e2e, 0.99), 2), "render_p50_ms": round(pctl(kern, 0.5), 2),
                         "render_p99_ms": round(pctl(kern, 0.99), 2),
                         "overhead_p50_ms": round(statistics.median(a - b for a, b in zip(e2e, kern, strict=True)), 2),
-                        "path": "client -> node 0 (gateway) -> node 1 (worker, runner) and back, 1 tile"}
+                        "path": "client -> node 0 (gateway) -> node 1 (worker, runner) and back, 1 tile",
+                        **{k: v for k, v in st.summary().items()
+                           if k in ("worker_wait_p50_ms", "encode_p50_ms", "decode_p50_ms")}}
                     measured = statistics.median(kern)
                     out["deadline_estimate_ratio"] = round(admitted_ms / measured, 2)
                     out["deadline_estimate_detail"] = {

@@ -262,6 +262,8 @@ class PriorityQueues:
         times = [now] * dq.free_slots
         if dq.held:  # the idle slots of a quarantined device: not before the runaway kernel ends (unknown)
             times += [math.inf] * max(dq.slots - len(dq.running), 0)
+        elif dq.lent:  # lent to a job on another device or reserved by a render session: back at an unknown time
+            times += [math.inf] * min(sum(dq.lent.values()), max(dq.slots - len(dq.running), 0))
         for r in dq.running.values():
             rem = r.remaining(now)
             if r.priority.rank > rank:  # it gives the slot up at its next checkpoint
