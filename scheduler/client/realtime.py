@@ -42,6 +42,7 @@ from worker.render.kind import encode_scene
 from worker.render.scene import Scene, content_hash
 
 CHUNK = 1 << 20
+WAY_ALPHA = 0.2
 
 
 class SessionLost(Exception):
@@ -127,11 +128,14 @@ class RealtimeSession:
         self._send_done, self._recv_done = trio.open_memory_channel[Frame](math.inf)
         self._changed = trio.Event()
         self._waiters: dict[int, tuple[trio.Event, list[Frame]]] = {}
+        self.way_s = 0.0  # measured time of a tile's way there and back, besides rendering (EWMA)
 
     # ---- sending ---------------------------------------------------------------------------------------------
     async def send(self, pose: Pose, *, budget_ms: float | None = None) -> int:
-        """Issue one frame at `pose` now (deadline: now + deadline_ms); its index. `budget_ms` (at most
-        deadline_ms) tells the workers less time is left, for a caller that already spent part of the frame."""
+        """Issue one frame at `pose` now (deadline: now + deadline_ms); its index. The workers are told the time
+        they have to finish rendering it: the deadline less the measured way there and back (`way_s`: an EWMA
+        of a tile's latency minus its render time and its wait at the worker), so a frame whose tile could not
+        come back in time is dropped before rendering. `budget_ms` overrides it (at most deadline_ms)."""
         if self._lost:
             raise SessionLost(self._lost)
         now = trio.current_time()
@@ -143,11 +147,14 @@ class RealtimeSession:
         self._wake()
         try:
             await self._call.send({"f": i, "pose": pose.to_dict(),
-                                   "budget_ms": self.deadline_ms if budget_ms is None else float(budget_ms)})
+                                   "budget_ms": self._budget_ms() if budget_ms is None else float(budget_ms)})
         except RpcError as e:
             self._fail(f"the gateway went away: {e}")
             raise SessionLost(self._lost) from None
         return i
+
+    def _budget_ms(self) -> float:
+        return max(0.0, self.deadline_ms - self.way_s * 1000.0)
 
     async def frames(self) -> AsyncIterator[Frame]:
         """Finished frames in order (delivered or dropped), as they finish; ends when the session does."""
@@ -263,6 +270,9 @@ class RealtimeSession:
                 if isinstance(est, int | float):
                     self.stats.estimates_s.append(float(est) / 1000.0)
                 b.tiles.append(TileInfo(tile, self.session_id, self.workers[t], 0, render_s, now - b.issued, False))
+                wait = item.get("wait_ms")
+                way = (now - b.issued) - render_s - (float(wait) / 1000.0 if isinstance(wait, int | float) else 0.0)
+                self.way_s = way if self.way_s == 0.0 else (1 - WAY_ALPHA) * self.way_s + WAY_ALPHA * way
                 b.nbytes += len(payload)
         self._emit()
 
