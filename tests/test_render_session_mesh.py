@@ -214,6 +214,7 @@ def test_mesh_node_render_realtime_runs_a_session(mesh, tmp_path):
 
 @pytest.fixture
 def fresh_mesh(tmp_path):
+    """A mesh whose nodes a test may kill."""
     with running_mesh(tmp_path, 3, FAST) as nodes:
         yield nodes
 
@@ -233,3 +234,19 @@ async def test_a_killed_worker_ends_the_sessions_frames_with_a_clear_reason(fres
     assert s.stats.delivered == 1
     wait_for(lambda: metric(gateway, "gpumesh_render_sessions", 'role="gateway"') == 0, 60,
              "the gateway to end the session")
+
+
+async def test_a_lost_gateway_releases_the_workers_slots(fresh_mesh):
+    gateway, worker = fresh_mesh[0], fresh_mesh[2]
+    scene = example("spheres", W, H)
+    slots = free_slots(worker)
+    async with connect(gateway) as c:
+        with pytest.raises(SessionLost):
+            async with open_session(c, scene, fps=SLOW_FPS, deadline_ms=GENEROUS_MS, peers=[worker.peer_id]) as s:
+                assert not (await s.render(scene.camera.pose)).dropped
+                assert worker_sessions(worker) == 1
+                gateway.kill()
+                for _ in range(50):
+                    await s.render(scene.camera.pose)
+    await until(lambda: worker_sessions(worker) == 0 and free_slots(worker) == slots, 60,
+                "the worker to release the lost gateway's slot")

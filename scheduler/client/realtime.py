@@ -24,8 +24,8 @@ docs/render-sessions.md has the protocol and the limits.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,20 +338,40 @@ async def open_session(client: Client, scene: Scene | dict[str, Any], *, fps: fl
             await call.result()  # raises the refusal
             raise SessionLost(f"the gateway answered {first!r:.200} instead of ready")
         session = RealtimeSession(call, sc, first["ready"], fps, deadline_ms)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session._reader)
-            nursery.start_soon(session._timer)
-            try:
-                yield session
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    if not session._lost:
-                        try:
-                            await call.done_sending()
-                        except RpcError:
-                            pass
-                        await _drain(session)
-                nursery.cancel_scope.cancel()
+        with _one_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session._reader)
+                nursery.start_soon(session._timer)
+                try:
+                    yield session
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(10):
+                        if not session._lost:
+                            try:
+                                await call.done_sending()
+                            except RpcError:
+                                pass
+                            await _drain(session)
+                    nursery.cancel_scope.cancel()
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out += _leaves(e) if isinstance(e, BaseExceptionGroup) else [e]
+    return out
+
+
+@contextmanager
+def _one_error() -> Iterator[None]:
+    """The caller's one exception (SessionLost, RpcError, its own) out of the session's nursery as itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        errors = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+        if len(errors) != 1:
+            raise
+        raise errors[0] from None
 
 
 async def _drain(session: RealtimeSession) -> None:
