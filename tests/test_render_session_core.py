@@ -236,3 +236,16 @@ def test_the_decoder_refuses_bad_payloads_and_deltas_without_their_base():
         dec.decode(first.header(), bomb, 40, 30)  # decompresses past the tile's size: refused
     with pytest.raises(CodecError):
         dec.decode("nope", first.payload, 40, 30)
+
+
+def test_the_gateway_passes_on_only_well_formed_tile_messages():
+    from scheduler.node.session_io import check_tile_item, tile_payload_bound
+
+    bound = tile_payload_bound(Tile(0, 0, 40, 30))
+    good = {"f": 3, "tile": {"key": True, "seq": 1, "n": 7200}, "p": b"x" * 100, "render_ms": 1.0, "est_ms": 2.0}
+    assert check_tile_item(good, bound) is None
+    assert check_tile_item({"f": 4, "drop": "deadline: 1 ms left"}, bound) is None
+    for bad in ({**good, "p": b"x" * (bound + 1)}, {**good, "f": -1}, {**good, "f": True}, {**good, "p": "str"},
+                {**good, "extra": 1}, {**good, "render_ms": "slow"}, {"f": 1, "drop": 5}, {"f": 1, "drop": "x" * 5000},
+                {k: v for k, v in good.items() if k != "tile"}):
+        assert check_tile_item(bad, bound) is not None, bad

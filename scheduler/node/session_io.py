@@ -61,7 +61,7 @@ from worker.kinds import SpecError
 from worker.opencl import run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
-from worker.render.frame_codec import TileEncoder
+from worker.render.frame_codec import BYTES_PER_PIXEL, TileEncoder
 from worker.render.kind import CACHE, MAX_SCENE_INPUT, CachedScene, decode_output, decode_scene, render_tile
 from worker.render.scene import content_hash
 from worker.runner.pool import RunnerError, RunnerLease
@@ -166,6 +166,33 @@ def flat_errors() -> Iterator[None]:
 
 def _rpc_error(e: SessionError) -> RpcError:
     return RpcError(e.code, e.message)
+
+
+TILE_ITEM_KEYS = {"f", "tile", "p", "render_ms", "est_ms", "wait_ms", "encode_ms", "drop"}
+
+
+def tile_payload_bound(tile: Tile) -> int:
+    """The most bytes an honest tile payload can take (LZ4's worst case on the raw tile)."""
+    raw = tile.w * tile.h * BYTES_PER_PIXEL
+    return raw + raw // 255 + 64
+
+
+def check_tile_item(item: dict[str, Any], max_payload: int) -> str | None:
+    """Why a worker's tile message is not what the protocol says (None: it is)."""
+    extra = set(item) - TILE_ITEM_KEYS
+    if extra:
+        return f"unexpected fields {sorted(extra)[:4]}"
+    f = item.get("f")
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        return "a tile message without its frame index"
+    if "drop" in item:
+        return None if isinstance(item["drop"], str) and len(item["drop"]) <= 1024 else "a malformed drop"
+    p = item.get("p")
+    if not isinstance(p, bytes) or len(p) > max_payload or not isinstance(item.get("tile"), dict):
+        return f"a tile payload that is not 0..{max_payload} bytes with its header"
+    if any(not isinstance(item.get(k, 0.0), int | float) for k in ("render_ms", "est_ms", "wait_ms", "encode_ms")):
+        return "non-numeric timings"
+    return None
 
 
 class RenderSessions:
@@ -466,10 +493,16 @@ class TileLink:
         est = first["ready"].get("estimate_ms")
         self.estimate_ms = float(est) if isinstance(est, int | float) else math.inf
         task_status.started()
+        max_payload = tile_payload_bound(self.req.tile)
         while (item := await self._next()) is not None:
             if "end" in item:
                 self.counts = item["end"] if isinstance(item["end"], dict) else {}
                 continue
+            problem = check_tile_item(item, max_payload)
+            if problem is not None:  # a worker's message goes to the client only in the shape the protocol says
+                SESSION_REFUSED.labels("bad_tile").inc()
+                self.error = SessionError("bad_response", f"{self.peer_id}: {problem}")
+                break
             item["t"] = self.index
             await client.send(item)
         if self.error is not None:
