@@ -249,3 +249,4 @@ def test_the_gateway_passes_on_only_well_formed_tile_messages():
                 {**good, "extra": 1}, {**good, "render_ms": "slow"}, {"f": 1, "drop": 5}, {"f": 1, "drop": "x" * 5000},
                 {k: v for k, v in good.items() if k != "tile"}):
         assert check_tile_item(bad, bound) is not None, bad
+

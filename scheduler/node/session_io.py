@@ -38,6 +38,7 @@ from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from mesh.wire.advert import AddressError, split_hostport
 from scheduler.core.placement import TrackedView
 from scheduler.core.render_session import (
+    MAX_AHEAD,
     MAX_SESSIONS_PER_COORDINATOR,
     MAX_SESSIONS_PER_TENANT,
     Candidate,
@@ -417,6 +418,12 @@ class RenderSessions:
                                        "estimate_ms": [lk.estimate_ms for lk in links]}})
             while (item := await call.receive()) is not None:
                 frame = parse_frame(item, req.deadline_ms)
+                if frames - min(lk.answered for lk in links) >= MAX_AHEAD:  # a flooding client costs workers nothing
+                    SESSION_REFUSED.labels("overrun").inc()
+                    for link in links:
+                        await call.send({"f": frame.index, "t": link.index,
+                                         "drop": f"overrun: {MAX_AHEAD} frames in flight at the gateway"})
+                    continue
                 frames += 1
                 msg = {"f": frame.index, "pose": frame.pose.to_dict(), "budget_ms": frame.budget_ms}
                 for link in links:
@@ -442,6 +449,7 @@ class TileLink:
         self.estimate_ms = math.inf
         self.counts: dict[str, Any] = {}
         self.error: SessionError | None = None
+        self.answered = 0  # frames the worker answered (a tile or a drop): the rest are in flight
         self._io: Any = None
 
     async def run(self, scene: bytes, client: Call, session_scope: trio.CancelScope, *,
@@ -504,6 +512,7 @@ class TileLink:
                 self.error = SessionError("bad_response", f"{self.peer_id}: {problem}")
                 break
             item["t"] = self.index
+            self.answered += 1
             await client.send(item)
         if self.error is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
