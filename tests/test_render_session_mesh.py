@@ -212,10 +212,11 @@ def test_mesh_node_render_realtime_runs_a_session(mesh, tmp_path):
     assert refused.returncode == 1 and "unavailable" in refused.stderr and "Traceback" not in refused.stderr
 
 
-@pytest.fixture
-def fresh_mesh(tmp_path):
-    """A mesh whose nodes a test may kill."""
-    with running_mesh(tmp_path, 3, FAST) as nodes:
+@pytest.fixture(scope="module")
+def fresh_mesh(tmp_path_factory):
+    """A mesh whose nodes the tests below kill: the first kills node 1 (a worker), the second node 0 (the
+    gateway), each test using only nodes the other leaves alive until it runs (one mesh start for both)."""
+    with running_mesh(tmp_path_factory.mktemp("doomed-mesh"), 3, FAST) as nodes:
         yield nodes
 
 
