@@ -208,7 +208,6 @@ class RenderSessions:
         self._require = require
         self.tenants = TenantSessions(MAX_SESSIONS_PER_TENANT)
         self.coordinators = TenantSessions(MAX_SESSIONS_PER_COORDINATOR)
-        self._nursery: trio.Nursery | None = None
 
     def register(self, rpc: RpcServer) -> None:
         rpc.register("render.session", self._client_session)
