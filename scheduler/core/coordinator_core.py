@@ -234,6 +234,7 @@ class JobRecord:
     no_candidate_since: float | None = None
     lease_id: str = ""  # the current attempt went out on this slot lease ("" = through a claim)
     asked_lease: bool = False  # the pending offer asked for a lease
+    est_run_s: float = 0.0  # the pending offer's estimate of the run time there
 
     @property
     def job_id(self) -> str:
@@ -411,7 +412,7 @@ class CoordinatorCore:
         shape = shape_of(rec.job) if rec.asked_lease else None
         rec.asked_lease = False
         if msg.lease_id:  # a grant not taken here is never opened: the worker drops it after a while
-            lease = self.leases.granted(shape, msg.lease_id, peer_id, rec.device, now)
+            lease = self.leases.granted(shape, msg.lease_id, peer_id, rec.device, now, rec.est_run_s)
             if lease is not None:
                 self.obs.lease("acquired")
                 self.leases.hold(lease, rec.job_id, now)
@@ -809,6 +810,7 @@ class CoordinatorCore:
             self._push_timer(rec.claim_deadline, "claim", rec, rec.attempt)
             self.stats.offers += 1
             rec.asked_lease = self.leases.wants(shape_of(rec.job), now)
+            rec.est_run_s = c.cost_s
             acts.append(JournalAttempt(rec.job_id, rec.attempt, tuple(rec.failures)))
             # how long it may wait there: as long as it runs there, or until the next-best device would have
             # finished it (views are stale: the alternatives are likely busier than they look)

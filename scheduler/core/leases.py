@@ -19,7 +19,9 @@ The table decides:
                              worker was lost: the lease is gone at once, with the jobs it held
 
 A lease carries at most `depth` jobs at once (pipelined on its stream; the worker queues them on the
-leased device); beyond that, jobs of the shape go the usual way, which may acquire another lease, up to
+leased device), fewer for longer jobs: about `pipeline_s` of estimated work (the claim's estimate of the job's
+run time there), at least one; so a stream of second-long jobs is spread over workers like claimed ones,
+while millisecond jobs are pipelined deep. Beyond that, jobs of the shape go the usual way, which may acquire another lease, up to
 `max_per_shape` per shape and `max_leases` in all. What happens to the jobs of a revoked lease is the
 coordinator core's business: they fall back to its normal retry path.
 """
@@ -55,7 +57,8 @@ def shape_of(job: Job) -> Shape | None:
 class LeaseConfig:
     idle_s: float = 1.0  # a lease without a job this long is given back
     term_s: float = 30.0  # a lease this old takes no new jobs (the next claim checks the worker's load again)
-    depth: int = 64  # jobs in flight on one lease at once (pipelined: the worker queues them)
+    depth: int = 64  # jobs in flight on one lease at once at most (pipelined: the worker queues them)
+    pipeline_s: float = 0.05  # estimated work a lease may carry at once: depth = this / the job's run time
     max_per_shape: int = 4
     max_leases: int = 64
     ask_timeout_s: float = 2.0  # a claim that asked for a lease and was not answered: ask again after this
@@ -70,6 +73,7 @@ class Lease:
     granted_at: float
     last_used: float
     jobs: set[str] = field(default_factory=set)  # job ids in flight on it
+    depth: int = 1  # jobs it carries at once
     expired: bool = False  # past its term: takes no new jobs
 
 
@@ -129,7 +133,7 @@ class LeaseTable:
             return None
         best: Lease | None = None
         for lease in self._by_shape.get(shape, ()):
-            if lease.expired or len(lease.jobs) >= self.cfg.depth or lease.peer_id in exclude:
+            if lease.expired or len(lease.jobs) >= lease.depth or lease.peer_id in exclude:
                 continue
             if now - lease.granted_at >= self.cfg.term_s:
                 lease.expired = True
@@ -154,15 +158,18 @@ class LeaseTable:
         self.stats.asked += 1
         return True
 
-    def granted(self, shape: Shape | None, lease_id: str, peer_id: str, device_id: str, now: float) -> Lease | None:
-        """A worker granted `lease_id` with its accept. None: not taken (not asked for, a known id, over the
-        limits); the caller gives it back so the worker does not keep it."""
+    def granted(self, shape: Shape | None, lease_id: str, peer_id: str, device_id: str, now: float,
+                est_run_s: float = 0.0) -> Lease | None:
+        """A worker granted `lease_id` with its accept (`est_run_s`: the claim's estimate of a job's run time
+        there, which sets the lease's depth). None: not taken (not asked for, a known id, over the limits); the
+        caller gives it back so the worker does not keep it."""
         asked = self._asking.pop(shape, None) if shape is not None else None
         if (shape is None or asked is None or lease_id in self._leases or len(self._leases) >= self.cfg.max_leases
                 or len(self._by_shape.get(shape, ())) >= self.cfg.max_per_shape):
             self.stats.refused += 1
             return None
-        lease = Lease(lease_id, peer_id, device_id, shape, granted_at=now, last_used=now)
+        depth = self.cfg.depth if est_run_s <= 0 else int(max(1, min(self.cfg.depth, self.cfg.pipeline_s / est_run_s)))
+        lease = Lease(lease_id, peer_id, device_id, shape, granted_at=now, last_used=now, depth=depth)
         self._leases[lease_id] = lease
         self._by_shape.setdefault(shape, []).append(lease)
         self.stats.acquired += 1
