@@ -378,10 +378,11 @@ class CachedScene:
     def on_device(self, device_id: str) -> bool:
         return device_id in self._devices
 
-    def render_on(self, dctx: Any, pose: Pose, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Render a tile on an OpenCL device (blocking: run it through run_blocking). Uploads the scene to the
-        device on first use; renders of one scene on one device are serialised (SceneOnDevice is not
-        thread-safe)."""
+    def render_on(self, dctx: Any, pose: Pose, tile: Tile,
+                  into: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Render a tile on an OpenCL device (blocking: run it through run_blocking), read back into `into`
+        (see `SceneOnDevice.enqueue`) or new arrays. Uploads the scene to the device on first use; renders of
+        one scene on one device are serialised (SceneOnDevice is not thread-safe)."""
         # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         from worker.render.opencl import SceneOnDevice
         dev_id = dctx.device.id
@@ -393,7 +394,7 @@ class CachedScene:
 
                 dev = SceneOnDevice(dctx.context, dctx.queue, self.scene)
                 self._devices[dev_id] = dev
-            return dev.render(pose, tile)
+            return dev.render(pose, tile, into=into)
 
     def release(self) -> None:
         """Free device memory (the scene left the cache). A render in progress keeps its own reference."""
@@ -680,10 +681,9 @@ class RenderFrame(JobKind):
             for j, band in enumerate(bands(part, max(1, round(n * part.h / tile.h)))):
                 if j and i == 0:
                     await ctx.checkpoint()
-                c, d = await run_blocking(entry.render_on, dctx, pose, band, limiter=limiter)
                 y = band.y0 - tile.y0
-                rgba[y:y + band.h] = c
-                depth[y:y + band.h] = d
+                await run_blocking(entry.render_on, dctx, pose, band, (rgba[y:y + band.h], depth[y:y + band.h]),
+                                   limiter=limiter)
 
         async with trio.open_nursery() as nursery:
             for i, ((dev, dctx), part) in enumerate(zip(devices, strips, strict=False)):
@@ -873,7 +873,7 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
         held.add(entry.hash)
         if len(held) > 4 * RUNNER_SCENES:
             held.clear()  # a guess gone stale costs one NoScene round trip
-        if not reply.outs or len(reply.outs[0]) != out_n:
-            raise ValueError(f"runner returned {len(reply.outs[0]) if reply.outs else 0} bytes, the tile has {out_n}")
-        return bytes(reply.outs[0])
+        if len(reply.outs) != 1 or len(reply.outs[0]) != out_n:  # the runner is not trusted
+            raise lease.refuse(f"returned {[len(o) for o in reply.outs]} bytes, the tile has {out_n}")
+        return bytes(reply.outs[0])  # the one copy out of the arena (the runner's next call reuses it)
     raise AssertionError("unreachable")

@@ -275,6 +275,12 @@ class Runner:
             except ProcessLookupError:
                 pass
 
+    def refuse(self, why: str) -> RunnerCrashed:
+        """The runner broke the protocol (a frame, or a reply its caller finds wrong): it is killed (and
+        replaced); the error for the job it held."""
+        self.kill(f"runner crashed: protocol violation ({why}) in {self.status.read()}", "protocol")
+        return RunnerCrashed(self.killed)
+
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
@@ -400,8 +406,7 @@ class Runner:
                 raise RunnerCrashed(self.killed) from None
             raise RunnerCrashed(self.death()) from None
         except ProtocolError as e:
-            self.kill(f"runner crashed: protocol violation ({e}) in {self.status.read()}", "protocol")
-            raise RunnerCrashed(self.killed) from None
+            raise self.refuse(str(e)) from None
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
                 await self._abandon(c)
@@ -658,6 +663,11 @@ class RunnerLease:
     async def call(self, task: str, args: dict[str, Any], **kw: Any) -> Reply:
         r = await self.acquire()
         return await r.call(task, args, **kw)
+
+    def refuse(self, why: str) -> RunnerCrashed:
+        """A reply of this lease's runner is wrong (`Runner.refuse`: it is killed); the error to raise."""
+        assert self._runner is not None
+        return self._runner.refuse(why)
 
     def release(self) -> None:
         if self._runner is not None:

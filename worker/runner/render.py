@@ -10,17 +10,13 @@ the job's output format (`worker.render.kind.encode_output`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from worker.render.camera import Tile
 from worker.render.kind import RUNNER_SCENES, SceneCache, bands, decode_scene
 from worker.render.scene import pose_from_dict
-
-if TYPE_CHECKING:
-    pass
-
 
 
 class NoScene(LookupError):
@@ -49,8 +45,7 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         if i:
             await host.checkpoint()
         host.doing(f"kernel 'render' (scene {h[:12]}, rows {band.y0}..{band.y0 + band.h})")
-        c, d = entry.render_on(dctx, pose, band)
         y = band.y0 - tile.y0
-        rgba[y:y + band.h] = c
-        depth[y:y + band.h] = d
+        entry.render_on(dctx, pose, band, (rgba[y:y + band.h], depth[y:y + band.h]))  # read back into the arena
+    del rgba, depth  # no view of the arena outlives the call
     return {}, [[0, npx * 8]]
