@@ -27,7 +27,7 @@ from worker.devices import Device
 from worker.opencl import device_context
 from worker.runner import sandbox
 from worker.runner.arena import KEEP_ARENA, Mapped, StatusPage, write_status
-from worker.runner.wire import FrameReader, fds_from_ancillary, pack
+from worker.runner.wire import FrameReader, pack, recv_with_fds, send_all
 
 log = logging.getLogger("gpumesh.runner")
 
@@ -60,20 +60,18 @@ class Host:
 
     # frames
     async def send(self, msg: dict[str, Any]) -> None:
-        data = memoryview(pack(msg))
-        while data:
-            n = await self.sock.send(data)
-            data = data[n:]
+        await send_all(self.sock, pack(msg))
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self, *, idle: bool = False) -> dict[str, Any] | None:
+        """The next frame from the daemon (None: it closed the connection). `idle`: between calls (see
+        `recv_with_fds`)."""
         while True:
             msg = self._reader.next()
             if msg is not None:
                 if "arena" in msg and msg.get("new"):
                     self._map(int(msg["arena"]))
                 return msg
-            data, anc, _flags, _ = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
-            self._fds.extend(fds_from_ancillary(anc))
+            data = await recv_with_fds(self.sock, self._fds, idle=idle)
             if not data:
                 return None
             self._reader.feed(data)
@@ -181,9 +179,8 @@ async def run_call(host: Host, msg: dict[str, Any], dctx: Any) -> None:
 
 
 async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, report: dict[str, str]) -> None:
-    raw = socket.socket(fileno=sock_fd)
-    raw.setblocking(False)
-    sock = trio.socket.from_stdlib_socket(raw)
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(False)
     status = mmap.mmap(status_fd, StatusPage.SIZE)
     os.close(status_fd)
     host = Host(sock, status, memory_limit)
@@ -193,7 +190,7 @@ async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, re
     host.doing("idle")
     await host.send({"t": "ready", "pid": os.getpid(), "sandbox": report})
     while True:
-        msg = await host.recv()
+        msg = await host.recv(idle=True)
         if msg is None:
             return
         if msg["t"] == "call":

@@ -44,7 +44,7 @@ from prometheus_client import Counter, Gauge
 
 from worker.devices import Device
 from worker.runner.arena import KEEP_ARENA, Arena, StatusPage
-from worker.runner.wire import FrameReader, ProtocolError, fd_ancillary, pack, want_int
+from worker.runner.wire import FrameReader, ProtocolError, pack, recv_some, send_all, want_int
 
 log = logging.getLogger("gpumesh.runner")
 
@@ -255,7 +255,7 @@ class Runner:
         finally:
             child.close()
         parent.setblocking(False)
-        self.sock = trio.socket.from_stdlib_socket(parent)
+        self.sock = parent
         with trio.fail_after(s.start_timeout_s):
             msg = await self._recv()
         if msg.get("t") != "ready":
@@ -282,7 +282,8 @@ class Runner:
         return RunnerCrashed(self.killed)
 
     def close(self) -> None:
-        if self.sock is not None:
+        if self.sock is not None and self.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
         if self.arena is not None:
             self.arena.close()
@@ -308,13 +309,7 @@ class Runner:
 
     # frames
     async def _send(self, msg: dict[str, Any], fd: int | None = None) -> None:
-        data = memoryview(pack(msg))
-        if fd is not None:
-            n = await self.sock.sendmsg([data], fd_ancillary(fd))
-            data = data[n:]
-        while data:
-            n = await self.sock.send(data)
-            data = data[n:]
+        await send_all(self.sock, pack(msg), fd)
 
     async def _recv(self) -> dict[str, Any]:
         while True:
@@ -322,7 +317,7 @@ class Runner:
             if msg is not None:
                 return msg
             try:
-                data = await self.sock.recv(1 << 16)  # plain recv: file descriptors from a runner are dropped
+                data = await recv_some(self.sock)  # plain recv: file descriptors from a runner are dropped
             except OSError:
                 data = b""
             if not data:
