@@ -34,6 +34,7 @@ log = logging.getLogger("gpumesh.runner")
 # task name -> "module:function"; every function is `async def task(host, dctx, args) -> (body, outs)`
 TASKS = {
     "ping": "worker.runner.child:ping",
+    "stats": "worker.runner.child:stats",
     "sandbox.probe": "worker.runner.child:probe",
     "compute.opencl": "worker.runner.compute:task",
     "render.tile": "worker.runner.render:task",
@@ -131,13 +132,32 @@ async def probe(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, 
     return {"connect": reached, "sandbox": host.state.get("sandbox", {})}, []
 
 
+async def stats(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
+    """What this runner keeps between jobs: its compute program cache (builds, hits) and the scenes it holds."""
+    from worker.compute.runner import runner_for
+
+    out: dict[str, Any] = {"pid": os.getpid(), "scenes": len(host.state.get("scenes", ()))}
+    if dctx is not None:
+        p = runner_for(dctx).programs
+        out["programs"] = {"cached": len(p), "builds": p.stats.misses, "hits": p.stats.hits,
+                           "evictions": p.stats.evictions, "failures": p.stats.failures}
+    return out, []
+
+
+_resolved: dict[str, Any] = {}
+
+
 def _task(name: str) -> Any:
+    fn = _resolved.get(name)
+    if fn is not None:
+        return fn
     spec = TASKS.get(name)
     if spec is None:
         raise LookupError(f"no runner task {name!r}; known: {', '.join(sorted(TASKS))}")
-    mod, _, fn = spec.partition(":")
+    mod, _, attr = spec.partition(":")
     __import__(mod)
-    return getattr(sys.modules[mod], fn)
+    fn = _resolved[name] = getattr(sys.modules[mod], attr)
+    return fn
 
 
 def describe(exc: BaseException, memory_limit: int) -> dict[str, Any]:

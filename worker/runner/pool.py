@@ -283,7 +283,7 @@ class Runner:
 
     def close(self) -> None:
         if self.sock is not None and self.sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(self.sock)
+            trio.lowlevel.notify_closing(self.sock.fileno())
             self.sock.close()
         if self.arena is not None:
             self.arena.close()

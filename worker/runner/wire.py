@@ -81,12 +81,12 @@ async def send_all(sock: socket.socket, data: bytes, fd: int | None = None) -> N
             view = view[sock.sendmsg([view], fd_ancillary(fd)):]
             fd = None
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            await trio.lowlevel.wait_writable(sock.fileno())
     while view:
         try:
             view = view[sock.send(view):]
         except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
+            await trio.lowlevel.wait_writable(sock.fileno())
 
 
 async def recv_some(sock: socket.socket) -> bytes:
@@ -95,7 +95,7 @@ async def recv_some(sock: socket.socket) -> bytes:
         try:
             return sock.recv(RECV_CHUNK)
         except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
+            await trio.lowlevel.wait_readable(sock.fileno())
 
 
 async def recv_with_fds(sock: socket.socket, fds: deque[int], *, idle: bool = False) -> bytes:
@@ -111,7 +111,7 @@ async def recv_with_fds(sock: socket.socket, fds: deque[int], *, idle: bool = Fa
                 p.register(sock, select.POLLIN)
                 p.poll()
             else:
-                await trio.lowlevel.wait_readable(sock)
+                await trio.lowlevel.wait_readable(sock.fileno())
             continue
         fds.extend(fds_from_ancillary(anc))
         return data
