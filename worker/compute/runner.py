@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 4
 DEFAULT_BUILD_TIMEOUT_S = 120.0
 CHECKPOINT_INTERVAL_S = 0.05
+# Output buffers up to this size are made zeroed (COPY_HOST_PTR from these zeros) rather than zero-filled by a
+# command on the queue: one command, and one wake-up of the runtime's worker threads, less for a small job.
+_ZEROS = np.zeros(64 << 10, np.uint8)
+_ZEROS.flags.writeable = False
 HASH_IN_THREAD_BYTES = 1 << 20
 
 
@@ -475,11 +479,15 @@ class ComputeRunner:
             try:
                 for i, a in s.buffers:
                     plan = prep.plans.get(i)
-                    bufs[i] = cl.Buffer(self.context, plan.flags if plan is not None else mf.READ_WRITE, a.nbytes)
+                    flags = plan.flags if plan is not None else mf.READ_WRITE
+                    if not a.uploads and a.nbytes <= len(_ZEROS):  # small: zeroed as it is made, no fill command
+                        bufs[i] = cl.Buffer(self.context, flags | mf.COPY_HOST_PTR, hostbuf=_ZEROS[:a.nbytes])
+                    else:
+                        bufs[i] = cl.Buffer(self.context, flags, a.nbytes)
                 for i, a in s.buffers:
                     if a.uploads:
                         last[0] = cl.enqueue_copy(q, bufs[i], hosts[i], is_blocking=False)
-                    else:
+                    elif a.nbytes > len(_ZEROS):
                         last[0] = cl.enqueue_fill_buffer(q, bufs[i], np.uint8(0), 0, a.nbytes)
             except cl.MemoryError as e:
                 raise OutOfDeviceMemory(f"cannot allocate the job's {s.buffer_bytes} bytes of buffers on device "

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(serve, a.sock, a.status, device, a.memory, report)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ConnectionError):  # a broken pipe or a reset: the daemon closed our socket
         return 0
     return 0
 

@@ -314,7 +314,10 @@ class Runner:
 
     # frames
     async def _send(self, msg: dict[str, Any], fd: int | None = None) -> None:
-        await send_all(self.sock, pack(msg), fd)
+        try:
+            await send_all(self.sock, pack(msg), fd)
+        except OSError:  # the runner is gone (a broken pipe, a reset): as when its end of the socket closes
+            raise EOFError from None
 
     async def _recv(self) -> dict[str, Any]:
         while True:
