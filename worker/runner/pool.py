@@ -253,8 +253,8 @@ class Runner:
             # A process group of its own (a Ctrl-C meant for the node's terminal does not reach it), in the
             # node's session: with autogroup scheduling (Linux's default) a session is a scheduling group, and a
             # runner in a session of its own is woken behind every other busy group on a loaded machine (a
-            # hand-off and each band of a frame pays it: measured 1.0 vs 0.33 ms added per trivial job and
-            # 0.6-0.85x vs 1.0-1.2x render throughput at load average 20, `bench isolation`).
+            # hand-off and each band of a frame pays it: two `bench isolation` runs back to back at load
+            # average 20 gave +1.02 vs +0.33 ms per trivial job, see docs/isolation.md).
             self.proc = await spawner().popen(cmd, pass_fds=(child.fileno(), self.status.fd),
                                               process_group=0, stdin=subprocess.DEVNULL)
         finally:
