@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from worker.compute.runner import runner_for
 from worker.devices import Device
 from worker.opencl import device_context
 from worker.runner import sandbox
@@ -134,8 +135,6 @@ async def probe(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, 
 
 async def stats(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
     """What this runner keeps between jobs: its compute program cache (builds, hits) and the scenes it holds."""
-    from worker.compute.runner import runner_for
-
     out: dict[str, Any] = {"pid": os.getpid(), "scenes": len(host.state.get("scenes", ()))}
     if dctx is not None:
         p = runner_for(dctx).programs
