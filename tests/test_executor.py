@@ -350,7 +350,7 @@ async def test_cancel_queued_and_running(clock):
         t_cancel = trio.current_time()
         assert ex.cancel("long", reason="client asked")
         ol = await long.wait()
-        assert ol.state == "cancelled" and ol.error == "client asked" and ol.result is None
+        assert ol.state == "cancelled" and ol.error == "client asked" and ol.result.body == {} and ol.result.output is None
         on = await nxt.wait()  # the slot went to the next job
         assert on.ok and on.queued_s == pytest.approx(t_cancel)
         assert not ex.cancel("long") and not ex.cancel("never-heard-of")
