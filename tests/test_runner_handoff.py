@@ -122,3 +122,39 @@ async def test_a_reply_pointing_outside_the_arena_is_refused_and_the_runner_repl
         assert out.state == "crashed", out
         assert "protocol violation" in out.error and "the spec returns 4000" in out.error, out.error
         nursery.cancel_scope.cancel()
+
+
+async def test_render_checkpoints_are_skipped_only_within_the_promised_stretch():
+    """A checkpoint is a round trip to the daemon: the runner makes one between bands unless the stretch since
+    the last, plus a band like the last, stays within `band_s` (what the executor was promised)."""
+    from worker.render.camera import Tile, orbit
+    from worker.render.kind import SceneCache, decode_output, render_tile
+    from worker.render.samples import example
+    from worker.render.scene import content_hash
+
+    dev = device()
+    pool = RunnerPool(RunnerSettings(memory_bytes=1 << 30))
+    pool.set_devices([dev])
+    scene = example("spheres", 64, 48)
+    entry = SceneCache().put(scene, content_hash(scene))
+    pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 3)[1]
+    tile = Tile(0, 0, 64, 48)
+    calls = []
+
+    async def checkpoint():
+        calls.append(1)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        lease = pool.lease(dev)
+        try:
+            outs = []
+            for band_s, want in ((0.0, 3), (1e-9, 3), (3600.0, 0)):  # every band / none fits / all fit
+                calls.clear()
+                outs.append(await render_tile(lease, checkpoint, entry, pose, tile, 4, band_s))
+                assert len(calls) == want, (band_s, calls)
+        finally:
+            lease.release()
+        assert outs[0] == outs[1] == outs[2]  # the same frame however often it stopped
+        decode_output(tile, outs[0])
+        nursery.cancel_scope.cancel()

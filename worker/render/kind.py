@@ -602,14 +602,16 @@ class RenderFrame(JobKind):
         rgba = np.empty((tile.h, tile.w, 4), np.uint8)
         depth = np.empty((tile.h, tile.w), np.float32)
         # as many bands as chunk_s promised the executor (the spec's work estimate wins, as in cost_s)
-        n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
+        fpp = rs.px_flops or entry.px_flops
+        n = self._band_count(tile.w * tile.h, fpp, ctx.device)
         t0 = time.perf_counter()
         used: list[str] = []
         runner_out: bytes | None = None
         if ctx.runner is not None:  # the node's way: the kernel runs in runner processes (worker.runner)
             path = "opencl"
             async with ctx.idle_devices() as more:  # here: (device, RunnerLease) pairs
-                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n,
+                band_s = tile.w * tile.h * pixel_cost_s(fpp, ctx.device) / n + LAUNCH_S  # as chunk_s promised
+                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n, band_s,
                                                                  [(ctx.device, ctx.runner), *more], rgba, depth)
         elif ctx.cl is not None:
             path = "opencl"
@@ -644,18 +646,19 @@ class RenderFrame(JobKind):
         return Result(body, runner_out if runner_out is not None else encode_output(rgba, depth))
 
     async def _render_in_runners(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
-                                 devices: list[tuple[Any, Any]], rgba: np.ndarray,
+                                 band_s: float, devices: list[tuple[Any, Any]], rgba: np.ndarray,
                                  depth: np.ndarray) -> tuple[bytes | None, list[str]]:
         """`_render_on_devices` with runner leases: one device renders straight into its arena (the output
         bytes, no copy here); several render their strips at once, assembled into `rgba`/`depth` (None)."""
         if len(devices) == 1:
-            return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
+            return (await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n, band_s),
+                    [devices[0][0].id])
         strips = split_rows(tile, [device_rate(d) for d, _ in devices])
         used: list[str] = []
 
         async def strip(i: int, lease: Any, part: Tile) -> None:
             out = await render_tile(lease, ctx.checkpoint if i == 0 else None, entry, pose, part,
-                                    max(1, round(n * part.h / tile.h)))
+                                    max(1, round(n * part.h / tile.h)), band_s)
             c, d = decode_output(part, out)
             y = part.y0 - tile.y0
             rgba[y:y + part.h] = c
@@ -850,9 +853,11 @@ RUNNER_SCENES = 8  # scenes a runner keeps on its device
 
 
 async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
-                      tile: Any, n_bands: int) -> bytes:
+                      tile: Any, n_bands: int, band_s: float = 0.0) -> bytes:
     """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
-    a borrowed device). Raises RunnerError subclasses."""
+    a borrowed device; `band_s`: the longest stretch the executor was promised between two checkpoints, which
+    lets the runner skip the round trip after bands that ran well under it; 0: after every band). Raises
+    RunnerError subclasses."""
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
@@ -861,7 +866,7 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
     for attempt in range(2):
         scene = b"" if entry.hash in held else encode_scene(entry.scene)
         args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
-                "scene": [out_n, len(scene)] if scene else None}
+                "band_s": float(band_s), "scene": [out_n, len(scene)] if scene else None}
         try:
             reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
                                      checkpoint=checkpoint)
