@@ -262,6 +262,8 @@ class PriorityQueues:
         times = [now] * dq.free_slots
         if dq.held:  # the idle slots of a quarantined device: not before the runaway kernel ends (unknown)
             times += [math.inf] * max(dq.slots - len(dq.running), 0)
+        elif dq.lent:  # lent to a job on another device or reserved by a render session: back at an unknown time
+            times += [math.inf] * min(sum(dq.lent.values()), max(dq.slots - len(dq.running), 0))
         for r in dq.running.values():
             rem = r.remaining(now)
             if r.priority.rank > rank:  # it gives the slot up at its next checkpoint
@@ -933,6 +935,32 @@ class Executor:
                 self._core.give_back(d.id, jid)
             if taken:
                 self._dispatch()
+
+    @asynccontextmanager
+    async def reserved_slot(self, owner: str, device_id: str | None = None) -> AsyncIterator[tuple[Device, Any]]:
+        """Hold one free slot of an idle device for `owner` (a real-time render session) for the block: no job
+        is given that slot (nor advertised as free) until the block ends, however it ends. Yields (device,
+        RunnerLease) when device code runs in runners, (device, DeviceContext) otherwise, (device, None) on the
+        cpu-reference pseudo-device. `Saturated` when no device (or not `device_id`) has a free slot."""
+        taken = next((d for d in self._devices.values()
+                      if (device_id is None or d.id == device_id) and self._core.lend(d.id, owner)), None)
+        if taken is None:
+            raise Saturated("no device of this node has a free slot for a real-time session")
+        self._changed()
+        lease: RunnerLease | None = None
+        try:
+            if not taken.opencl:
+                yield taken, None
+            elif self._runners is not None:
+                lease = self._runners.lease(taken)
+                yield taken, lease
+            else:
+                yield taken, await self._open(taken)
+        finally:
+            if lease is not None:
+                lease.release()
+            self._core.give_back(taken.id, owner)
+            self._dispatch()
 
     def _progress(self, job: _Job, fraction: float, message: str | None = None) -> None:
         job.handle.progress = min(max(float(fraction), 0.0), 1.0)
