@@ -98,7 +98,11 @@ class Connection:
         self._handler = handler
         self._on_close = on_close
         self._streams: dict[int, Stream] = {}
-        self._send_lock = trio.StrictFIFOLock()
+        # one task writes at a time (frames are queued in order in the mux; the writer takes them all). A
+        # flag, not a trio lock: the uncontended case is every send. Waiters queue in FIFO order and the
+        # release hands the turn straight to the first of them.
+        self._writing = False
+        self._write_turn = trio.lowlevel.ParkingLot()
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._writer_wanted = False
         self._open_lot = trio.lowlevel.ParkingLot()  # waiting for a free stream slot
@@ -291,18 +295,21 @@ class Connection:
     async def _flush_now(self) -> bool:
         """Write everything queued, in the calling task (under the FIFO send lock). True if it had to
         wait (and so passed through the scheduler)."""
-        lock = self._send_lock
         waited = False
-        if not lock.locked():
-            lock.acquire_nowait()
+        if not self._writing:
+            self._writing = True
         else:
-            await lock.acquire()
+            await self._write_turn.park()  # the releasing task hands us the turn (_writing stays True)
             waited = True
         try:
             waited |= await self._flush()
         finally:
-            lock.release()
+            self._release_write_turn()
         return waited
+
+    def _release_write_turn(self) -> None:
+        if not self._write_turn.unpark():
+            self._writing = False
 
     async def _flush(self) -> bool:
         mux, wire = self._mux, self._wire
@@ -344,18 +351,14 @@ class Connection:
     def _flush_from_reader(self) -> None:
         """Send frames the reader produced (WINDOW, PONG) without waiting: if the send lock is free and
         the kernel takes them, no task switch; otherwise the writer task finishes the job."""
-        lock = self._send_lock
-        if lock.locked() or self._wire.has_backlog:
+        if self._writing or self._wire.has_backlog:
             self._wake_writer()
             return
-        lock.acquire_nowait()
         try:
             if not self._wire.send_nowait(self._mux.data_to_send()):
                 self._wake_writer()
         except IO_ERRORS as e:
             self._fail(ConnectionLost(f"connection to {self.peer_id} lost while sending: {describe_io_error(e)}"))
-        finally:
-            lock.release()
 
     # -- internals: lifecycle
 
@@ -411,7 +414,7 @@ class Connection:
             if self._error is None:
                 self._fail(ConnectionLost(f"connection to {self.peer_id} closed"))
             with trio.CancelScope(shield=True):
-                if not self._send_lock.locked():
+                if not self._writing:
                     with trio.move_on_after(0.5):
                         try:
                             await self._flush_now()  # e.g. the GOAWAY that explains a protocol error

@@ -29,6 +29,34 @@ class WrongItemKind(LocalProtocolError):
     """`receive_msg` found a data frame next (or `receive_bytes` a message); nothing was consumed."""
 
 
+class _Waiters:
+    """The tasks parked on one stream (its reader waiting for items, a sender waiting for credit). A
+    trio ParkingLot does the same with more per-park work (breaker bookkeeping, an OrderedDict); a
+    stream has at most a task or two waiting, and every call creates a stream."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    async def park(self) -> None:
+        task = trio.lowlevel.current_task()
+        tasks = self._tasks
+        tasks.append(task)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def unpark_all(self) -> None:
+        if self._tasks:
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
+
+
 class StreamLink(Protocol):
     """What a Stream needs from its connection (implemented by `Connection`)."""
 
@@ -108,7 +136,7 @@ class Stream:
         self._error: TransportError | None = None  # reset (local or peer): fatal for both directions
         self._lost: TransportError | None = None  # connection died: buffered items still readable
         self._discard = False  # nobody reads any more: drop incoming data and grant credit
-        self._lot = trio.lowlevel.ParkingLot()  # receivers waiting for items, senders for credit
+        self._lot = _Waiters()  # receivers waiting for items, senders for credit
         self._scopes: list[trio.CancelScope] = []
 
     def __repr__(self) -> str:

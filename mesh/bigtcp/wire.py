@@ -99,6 +99,10 @@ class SocketWire(Wire):
         sock.setblocking(False)
         self.raw = sock
         self._backlog: list = []
+        # the last read returned less than asked: the socket was empty then, so the next read waits for
+        # readability first (level-triggered: returns at once if data came meanwhile) and skips a read
+        # that would fail with EAGAIN (a system call and an exception per message on a request path)
+        self._drained = False
 
     @property
     def has_backlog(self) -> bool:
@@ -156,11 +160,16 @@ class SocketWire(Wire):
 
     async def recv_into(self, view: memoryview) -> int:
         raw = self.raw
+        if self._drained:  # the last read emptied the socket: wait first instead of a read that fails
+            await trio.lowlevel.wait_readable(raw.fileno())
         while True:
             try:
-                return raw.recv_into(view)
+                n = raw.recv_into(view)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw.fileno())
+                continue
+            self._drained = n < len(view)
+            return n
 
     async def send_eof(self) -> None:
         try:
@@ -200,11 +209,16 @@ class TlsWire(SocketWire):
 
     async def _recv_raw(self) -> int:
         raw = self.raw
+        if self._drained:
+            await trio.lowlevel.wait_readable(raw.fileno())
         while True:
             try:
-                return raw.recv_into(self._rbuf)
+                n = raw.recv_into(self._rbuf)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw.fileno())
+                continue
+            self._drained = n < len(self._rbuf)
+            return n
 
     def grow(self) -> None:
         """The peer is authenticated: read in large batches from now on."""
