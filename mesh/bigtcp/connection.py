@@ -125,6 +125,8 @@ class Connection:
         self.send_credit = mux.send_credit
         self.queue_message = mux.send_message
         self.queue_data = mux.send_data
+        self.max_send_frame = mux.max_send_frame  # the peer's HELLO came before the connection was made
+        self.flush = self._flush_now
 
     def bulk_slot(self) -> trio.Semaphore:
         """`async with conn.bulk_slot():` around reading a chunk of bulk data and sending it. At most
@@ -221,10 +223,6 @@ class Connection:
 
     # -- the StreamLink interface (used by this connection's streams)
 
-    @property
-    def max_send_frame(self) -> int:
-        return self._mux.max_send_frame
-
     def window_blocking(self, sid: int, n: int) -> str | None:
         mux = self._mux
         if mux.stream_send_credit(sid) < n:
@@ -238,9 +236,6 @@ class Connection:
 
     def note_blocked(self, seconds: float) -> None:
         self._blocked_s += seconds
-
-    async def flush(self) -> bool:
-        return await self._flush_now()
 
     def yield_due(self, size: int) -> bool:
         self._unyielded += 1
@@ -324,6 +319,8 @@ class Connection:
                 # copy, hence only for small writes) and the timed send below finishes it.
                 try:
                     if wire.send_nowait(bufs):
+                        if not mux.has_output:
+                            return waited
                         continue
                 except IO_ERRORS as e:
                     err = ConnectionLost(f"connection to {self.peer_id} lost while sending: {describe_io_error(e)}")

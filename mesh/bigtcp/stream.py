@@ -200,10 +200,12 @@ class Stream:
     async def _send(self, payload: bytes | memoryview, end: bool, is_msg: bool) -> None:
         link = self._link
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_send()
+        if self._error is not None or self._lost is not None or self._send_closed:
+            self._check_send()
         n = len(payload)
-        if n > link.max_send_frame:
-            raise LocalProtocolError(f"payload of {n} bytes exceeds the peer's max frame ({link.max_send_frame}); send it in parts")
+        limit = link.max_send_frame
+        if n > limit:
+            raise LocalProtocolError(f"payload of {n} bytes exceeds the peer's max frame ({limit}); send it in parts")
         waited = False
         if link.send_credit(self.id) < n:
             waited = True
