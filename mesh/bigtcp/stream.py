@@ -161,7 +161,10 @@ class Stream:
     @property
     def buffered(self) -> int:
         """Bytes received on this stream and not yet taken by the application."""
-        return sum(size for _item, size in self._items)
+        items = self._items
+        if len(items) <= 1:
+            return items[0][1] if items else 0
+        return sum(size for _item, size in items)
 
     @property
     def closed_for_receiving(self) -> bool:
