@@ -207,12 +207,25 @@ class MeshClient:
             stream = await self._open_stream()
             try:
                 await stream.send_msg(req, end=True)
-                return await ClientCall(stream, method, call_id).result()
+                while True:  # ClientCall.result() without a ClientCall: this is the hot path
+                    item = await stream.receive()
+                    if type(item) is not dict:
+                        continue  # a streamed data frame: skipped
+                    if "ok" in item:
+                        result = item["ok"]
+                        return result if isinstance(result, dict) else {"value": result}
+                    if "err" in item:
+                        raise RpcError.from_wire(item["err"])
+                    if "i" not in item:
+                        raise RpcError("bad_response", f"unexpected message {sorted(item)}")
+            except EndOfStream:
+                raise RpcError("bad_response", "stream ended without a final response") from None
             except (StreamReset, ConnectionLost) as e:
-                raise _unavailable(e) from e
-            except RpcError as e:
-                if attempt == 1 and _refused_unseen(e):
+                err = _unavailable(e)
+                if attempt == 1 and _refused_unseen(err):
                     continue  # the server was closing and never saw the request: safe to send it again
+                raise err from e
+            except RpcError:
                 raise
             except BaseException:
                 stream.reset("call abandoned")
