@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import outcome
 import trio
 
 from mesh.bigtcp import messages as m
@@ -42,6 +43,7 @@ __all__ = ["Connection", "ConnectionConfig"]
 log = logging.getLogger("gpumesh.transport")
 
 
+_IDLE_HANDLERS = 8  # stream-handler tasks kept parked for the next stream (a wakeup is cheaper than a spawn)
 _NOWAIT_PLAIN_BYTES = 64 * 1024  # plaintext writes up to this try the kernel first (see Connection._flush)
 
 
@@ -95,6 +97,7 @@ class Connection:
         self.principal = principal  # what `authorize` returned for this peer
         self._config = config
         self._spawn = spawn
+        self._idle_handlers: list[trio.lowlevel.Task] = []  # handler tasks parked in _next_stream
         self._handler = handler
         self._on_close = on_close
         self._streams: dict[int, Stream] = {}
@@ -371,6 +374,9 @@ class Connection:
         self._idle_lot.unpark_all()
         self._ping_lot.unpark_all()
         self._conn_credit_lot.unpark_all()
+        idle, self._idle_handlers = self._idle_handlers, []
+        for task in idle:
+            trio.lowlevel.reschedule(task, outcome.Value(None))  # no more streams: the task ends
         if self._on_close:
             self._on_close(self)
         if self._nursery is not None:
@@ -508,7 +514,7 @@ class Connection:
                 if self._handler is None:
                     st.reset("this peer accepts no streams", m.CODE_REFUSED)
                 else:
-                    self._spawn(self._run_handler, st)
+                    self._start_handler(st)
             elif t is StreamEnded:
                 st = streams.get(ev.stream_id)
                 if st is not None:
@@ -549,6 +555,35 @@ class Connection:
                 self._on_close(self)
             self._mux.goaway(m.CODE_IDLE, "idle")
             await self._shutdown(self._config.close_timeout)
+
+    def _start_handler(self, st: Stream) -> None:
+        """Run the handler for a new inbound stream: in a parked handler task if one is idle, else a new one."""
+        if self._idle_handlers:
+            trio.lowlevel.reschedule(self._idle_handlers.pop(), outcome.Value(st))
+        else:
+            self._spawn(self._handler_task, st)
+
+    async def _handler_task(self, st: Stream | None) -> None:
+        """Handles `st`, then parks for the next inbound stream while fewer than _IDLE_HANDLERS wait (so a
+        burst of calls leaves a few tasks behind, not one per call). Handlers run in the transport's
+        nursery, as spawned ones did."""
+        while st is not None:
+            await self._run_handler(st)
+            st = await self._next_stream()
+
+    async def _next_stream(self) -> Stream | None:
+        if self._error is not None or self._closing or len(self._idle_handlers) >= _IDLE_HANDLERS:
+            return None
+        task = trio.lowlevel.current_task()
+        idle = self._idle_handlers
+        idle.append(task)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            if task in self._idle_handlers:
+                self._idle_handlers.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
 
     async def _run_handler(self, st: Stream) -> None:
         assert self._handler is not None
