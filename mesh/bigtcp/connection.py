@@ -35,7 +35,7 @@ from mesh.bigtcp.events import (
 )
 from mesh.bigtcp.framing import DEFAULT_MAX_FRAME, PeerProtocolError, TransportError
 from mesh.bigtcp.mux import Mux
-from mesh.bigtcp.stream import Stream
+from mesh.bigtcp.stream import ParkedTasks, Stream
 from mesh.bigtcp.wire import IO_ERRORS, Wire, describe_io_error
 
 __all__ = ["Connection", "ConnectionConfig"]
@@ -105,18 +105,18 @@ class Connection:
         # flag, not a trio lock: the uncontended case is every send. Waiters queue in FIFO order and the
         # release hands the turn straight to the first of them.
         self._writing = False
-        self._write_turn = trio.lowlevel.ParkingLot()
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._write_turn = ParkedTasks()
+        self._writer_lot = ParkedTasks()
         self._writer_wanted = False
-        self._open_lot = trio.lowlevel.ParkingLot()  # waiting for a free stream slot
-        self._conn_credit_lot = trio.lowlevel.ParkingLot()  # senders waiting for connection-level credit
-        self._idle_lot = trio.lowlevel.ParkingLot()  # waiting for no open streams
+        self._open_lot = ParkedTasks()  # waiting for a free stream slot
+        self._conn_credit_lot = ParkedTasks()  # senders waiting for connection-level credit
+        self._idle_lot = ParkedTasks()  # waiting for no open streams
         self._nursery: trio.Nursery | None = None
         self._error: TransportError | None = None
         self._closing = False
         self._clean = False  # ended by a graceful close (ours or the peer's)
         self._done = trio.Event()
-        self._ping_lot = trio.lowlevel.ParkingLot()
+        self._ping_lot = ParkedTasks()
         self.rtt: float | None = None
         self._direction = "out" if outbound else "in"
         self._blocked_s = 0.0  # time senders waited for credit (metric)
@@ -277,7 +277,7 @@ class Connection:
 
     def _wake_writer(self) -> None:
         self._writer_wanted = True
-        self._writer_lot.unpark()
+        self._writer_lot.unpark_one()
 
     def stream_counts(self) -> tuple[int, int]:
         """(open streams we opened, open streams the peer opened) — for the metrics collector."""
@@ -306,7 +306,7 @@ class Connection:
         return waited
 
     def _release_write_turn(self) -> None:
-        if not self._write_turn.unpark():
+        if not self._write_turn.unpark_one():
             self._writing = False
 
     async def _flush(self) -> bool:
