@@ -22,6 +22,7 @@ __all__ = ["IO_ERRORS", "SocketWire", "StreamWire", "TlsWire", "Wire", "describe
 
 _IOV_BATCH = 512  # buffers per sendmsg (IOV_MAX is 1024 on Linux)
 _TLS_READ = 256 * 1024
+_TLS_CHUNK = 256 * 1024  # ciphertext taken from the session per send
 _TLS_HANDSHAKE_READ = 16 * 1024  # before the peer is authenticated (grown to _TLS_READ after the handshake)
 _SMALL_JOIN = 16 * 1024  # TLS: consecutive buffers below this are joined into one record
 
@@ -239,17 +240,29 @@ class TlsWire(SocketWire):
     def _drain_nowait(self) -> bool:
         """Send pending ciphertext without blocking; True when all of it is out."""
         s, raw = self.session, self.raw
+        pending = self._pending
         while True:
-            if not self._pending:
-                if not s.output_pending:
+            if not pending:
+                data = s.take_output(_TLS_CHUNK)
+                if not data:
                     self._pending = None
                     return True
-                self._pending = memoryview(s.take_output())
+                try:
+                    n = raw.send(data)
+                except BlockingIOError:
+                    self._pending = memoryview(data)
+                    return False
+                if n == len(data) and n < _TLS_CHUNK:  # a short take emptied the session's output
+                    self._pending = None
+                    return True
+                pending = memoryview(data)[n:]
+                continue
             try:
-                n = raw.send(self._pending)
+                n = raw.send(pending)
             except BlockingIOError:
+                self._pending = pending
                 return False
-            self._pending = self._pending[n:]
+            pending = pending[n:]
 
     async def _drain(self) -> bool:
         waited = False
