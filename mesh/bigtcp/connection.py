@@ -8,6 +8,7 @@ and implements `StreamLink`, the one interface its `Stream`s use. Made by `Trans
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -566,10 +567,20 @@ class Connection:
     async def _handler_task(self, st: Stream | None) -> None:
         """Handles `st`, then parks for the next inbound stream while fewer than _IDLE_HANDLERS wait (so a
         burst of calls leaves a few tasks behind, not one per call). Handlers run in the transport's
-        nursery, as spawned ones did."""
-        while st is not None:
-            await self._run_handler(st)
-            st = await self._next_stream()
+        nursery, as spawned ones did. The task's one cancel scope is each stream's `handler_scope` in turn
+        (one scope per task, not per call); once it was cancelled (a reset, a deadline) the task ends."""
+        with trio.CancelScope() as scope:
+            while st is not None:
+                st.handler_scope = scope
+                try:
+                    await self._run_handler(st)
+                finally:
+                    st.handler_finished()
+                if scope.cancel_called:
+                    return
+                if scope.deadline != math.inf:
+                    scope.deadline = math.inf
+                st = await self._next_stream()
 
     async def _next_stream(self) -> Stream | None:
         if self._error is not None or self._closing or len(self._idle_handlers) >= _IDLE_HANDLERS:

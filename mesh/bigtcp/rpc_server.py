@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -158,36 +159,57 @@ class RpcServer:
             return
         deadline = trio.current_time() + timeout if timeout else None
         call = Call(stream, method, body, call_id, deadline)
-        code = "ok"
-        with trio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as scope:
+        scope = stream.handler_scope
+        if scope is not None:  # the connection's handler task: use its scope (no scope per call)
+            if deadline is not None:
+                scope.deadline = deadline
             stream.cancel_on_reset(scope)
             try:
-                result = await handler(call)
-                if result is None:
-                    result = {}
-                if not isinstance(result, dict):
-                    raise TypeError(f"handler returned {type(result).__name__}, not a dict")
-                await stream.send_msg({"ok": result}, end=True)
-            except RpcError as e:
-                code = e.code
-                await self._reply_error(stream, call_id, e)
-            except (StreamReset, ConnectionLost):
-                code = "cancelled"  # the client went away: nobody to answer
-            except TransportError as e:
-                code = "internal"
-                log.warning("rpc %s from %s: transport error in handler: %s", method, call.peer_id, e)
-                await self._reply_error(stream, call_id, RpcError("internal", f"{type(e).__name__}: {e}"))
-            except Exception as e:
-                code = "internal"
-                log.exception("rpc %s from %s failed", method, call.peer_id)
-                await self._reply_error(stream, call_id, RpcError("internal", f"{type(e).__name__}: {e}"))
-        if scope.cancelled_caught:
-            if deadline is not None and trio.current_time() >= deadline and stream._error is None and stream._lost is None:
-                code = "deadline_exceeded"
-                await self._reply_error(stream, call_id, RpcError("deadline_exceeded", f"{method} took longer than {timeout}s"))
-            else:
-                code = "cancelled"
+                code = await self._respond(stream, call, handler)
+            except trio.Cancelled:
+                if not scope.cancel_called:
+                    raise  # not ours (the node is shutting down)
+                with trio.CancelScope(shield=True), trio.move_on_after(self.request_timeout):
+                    code = await self._after_cancel(stream, call, timeout)
+        else:
+            with trio.CancelScope(deadline=deadline if deadline is not None else math.inf) as scope:
+                stream.cancel_on_reset(scope)
+                code = await self._respond(stream, call, handler)
+            if scope.cancelled_caught:
+                code = await self._after_cancel(stream, call, timeout)
         self._observe(method, code, time.perf_counter() - t0)
+
+    async def _respond(self, stream: Stream, call: Call, handler: Handler) -> str:
+        """Run the handler and send its final response; the result code for the metric."""
+        try:
+            result = await handler(call)
+            if result is None:
+                result = {}
+            if not isinstance(result, dict):
+                raise TypeError(f"handler returned {type(result).__name__}, not a dict")
+            await stream.send_msg({"ok": result}, end=True)
+            return "ok"
+        except RpcError as e:
+            await self._reply_error(stream, call.id, e)
+            return e.code
+        except (StreamReset, ConnectionLost):
+            return "cancelled"  # the client went away: nobody to answer
+        except TransportError as e:
+            log.warning("rpc %s from %s: transport error in handler: %s", call.method, call.peer_id, e)
+            await self._reply_error(stream, call.id, RpcError("internal", f"{type(e).__name__}: {e}"))
+            return "internal"
+        except Exception as e:
+            log.exception("rpc %s from %s failed", call.method, call.peer_id)
+            await self._reply_error(stream, call.id, RpcError("internal", f"{type(e).__name__}: {e}"))
+            return "internal"
+
+    async def _after_cancel(self, stream: Stream, call: Call, timeout: float | None) -> str:
+        """The handler was cancelled: by its deadline (answered, if the client is still there) or because
+        the client reset the stream or went away."""
+        if call.deadline is not None and trio.current_time() >= call.deadline and stream.usable:
+            await self._reply_error(stream, call.id, RpcError("deadline_exceeded", f"{call.method} took longer than {timeout}s"))
+            return "deadline_exceeded"
+        return "cancelled"
 
     def _observe(self, method: str, code: str, seconds: float) -> None:
         key = (method, code)

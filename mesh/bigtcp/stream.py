@@ -145,6 +145,9 @@ class Stream:
         self._discard = False  # nobody reads any more: drop incoming data and grant credit
         self._lot = ParkedTasks()  # receivers waiting for items, senders for credit
         self._scopes: list[trio.CancelScope] = []
+        # the cancel scope of the connection's handler task while it serves this stream (inbound streams):
+        # a handler may use it (a deadline, `cancel_on_reset`) instead of opening a scope of its own
+        self.handler_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.id} peer={self.peer_id[:16]}…>"
@@ -172,6 +175,11 @@ class Stream:
         if len(items) <= 1:
             return items[0][1] if items else 0
         return sum(size for _item, size in items)
+
+    @property
+    def usable(self) -> bool:
+        """Neither reset (by either side) nor cut off by the connection's loss."""
+        return self._error is None and self._lost is None
 
     @property
     def closed_for_receiving(self) -> bool:
@@ -362,6 +370,11 @@ class Stream:
         """An item (message dict or data buffer) of `size` credit bytes arrived."""
         self._items.append((item, size))
         self._lot.unpark_all()
+
+    def handler_finished(self) -> None:
+        """The handler task is done with this stream: a later reset must not cancel what it runs next."""
+        self.handler_scope = None
+        self._scopes.clear()
 
     def credit_granted(self) -> None:
         self._lot.unpark_all()
