@@ -292,8 +292,8 @@ class Connection:
         return mux.bytes_sent, mux.frames_sent, mux.bytes_received, mux.frames_received, self._blocked_s
 
     async def _flush_now(self) -> bool:
-        """Write everything queued, in the calling task (under the FIFO send lock). True if it had to
-        wait (and so passed through the scheduler)."""
+        """Write everything queued, in the calling task (holding the write turn). True if it had to wait
+        (and so passed through the scheduler)."""
         waited = False
         if not self._writing:
             self._writing = True
@@ -350,8 +350,8 @@ class Connection:
                 raise err from e
 
     def _flush_from_reader(self) -> None:
-        """Send frames the reader produced (WINDOW, PONG) without waiting: if the send lock is free and
-        the kernel takes them, no task switch; otherwise the writer task finishes the job."""
+        """Send frames the reader produced (WINDOW, PONG) without waiting: if no task holds the write turn
+        and the kernel takes them, no task switch; otherwise the writer task finishes the job."""
         if self._writing or self._wire.has_backlog:
             self._wake_writer()
             return
