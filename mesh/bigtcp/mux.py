@@ -24,6 +24,7 @@ Keepalive, dead-peer and idle timing is `liveness.Liveness`; events and errors l
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any
 
@@ -145,6 +146,7 @@ class Mux:
         self._last_peer_id = 0
         self._local_open = 0  # streams we opened that are still in the table
         self._reset_recent: OrderedDict[int, None] = OrderedDict()
+        self._open_payload: tuple[dict[str, Any], bytes] | None = None  # (meta, its OPEN payload) last sent
         self._grant_at = max(1, window // 4)
         self.goaway_sent: m.GoAway | None = None
         self.goaway_received: m.GoAway | None = None
@@ -269,11 +271,16 @@ class Mux:
         self._next_id += 2
         self._streams[sid] = _Stream(sid, self.peer_hello.window, self.local_hello.window)
         self._local_open += 1
-        self._queue_control(m.encode_control(m.Open(meta or {})), 0, sid)
+        meta = meta or {}
+        cached = self._open_payload
+        if cached is None or cached[0] != meta:  # most streams of a connection carry the same meta (RPC)
+            cached = self._open_payload = (copy.deepcopy(meta), m.encode_control(m.Open(meta))[1])
+        self._queue(FrameType.OPEN, 0, sid, cached[1])
         return sid
 
     def _sendable(self, sid: int, n: int) -> _Stream:
-        self._check_alive()
+        if self.error is not None or self.peer_hello is None:
+            self._check_alive()
         s = self._streams.get(sid)
         if s is None:
             raise LocalProtocolError(f"stream {sid} is not open")
