@@ -8,12 +8,10 @@ and implements `StreamLink`, the one interface its `Stream`s use. Made by `Trans
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import outcome
 import trio
 
 from mesh.bigtcp import messages as m
@@ -35,6 +33,7 @@ from mesh.bigtcp.events import (
     StreamResetReceived,
 )
 from mesh.bigtcp.framing import DEFAULT_MAX_FRAME, PeerProtocolError, TransportError
+from mesh.bigtcp.handlers import HandlerTasks
 from mesh.bigtcp.mux import Mux
 from mesh.bigtcp.stream import ParkedTasks, Stream
 from mesh.bigtcp.wire import IO_ERRORS, Wire, describe_io_error
@@ -44,7 +43,6 @@ __all__ = ["Connection", "ConnectionConfig"]
 log = logging.getLogger("gpumesh.transport")
 
 
-_IDLE_HANDLERS = 8  # stream-handler tasks kept parked for the next stream (a wakeup is cheaper than a spawn)
 _NOWAIT_PLAIN_BYTES = 64 * 1024  # plaintext writes up to this try the kernel first (see Connection._flush)
 
 
@@ -97,9 +95,7 @@ class Connection:
         self.secure = wire.secure
         self.principal = principal  # what `authorize` returned for this peer
         self._config = config
-        self._spawn = spawn
-        self._idle_handlers: list[trio.lowlevel.Task] = []  # handler tasks parked in _next_stream
-        self._handler = handler
+        self._handlers = HandlerTasks(handler, spawn, peer_id) if handler is not None else None
         self._on_close = on_close
         self._streams: dict[int, Stream] = {}
         # one task writes at a time (frames are queued in order in the mux; the writer takes them all). A
@@ -375,9 +371,8 @@ class Connection:
         self._idle_lot.unpark_all()
         self._ping_lot.unpark_all()
         self._conn_credit_lot.unpark_all()
-        idle, self._idle_handlers = self._idle_handlers, []
-        for task in idle:
-            trio.lowlevel.reschedule(task, outcome.Value(None))  # no more streams: the task ends
+        if self._handlers is not None:
+            self._handlers.close()
         if self._on_close:
             self._on_close(self)
         if self._nursery is not None:
@@ -512,10 +507,10 @@ class Connection:
             elif t is StreamOpened:
                 st = Stream(self, ev.stream_id, ev.meta, outbound=False)
                 streams[st.id] = st
-                if self._handler is None:
+                if self._handlers is None:
                     st.reset("this peer accepts no streams", m.CODE_REFUSED)
                 else:
-                    self._start_handler(st)
+                    self._handlers.start(st)
             elif t is StreamEnded:
                 st = streams.get(ev.stream_id)
                 if st is not None:
@@ -556,59 +551,3 @@ class Connection:
                 self._on_close(self)
             self._mux.goaway(m.CODE_IDLE, "idle")
             await self._shutdown(self._config.close_timeout)
-
-    def _start_handler(self, st: Stream) -> None:
-        """Run the handler for a new inbound stream: in a parked handler task if one is idle, else a new one."""
-        if self._idle_handlers:
-            trio.lowlevel.reschedule(self._idle_handlers.pop(), outcome.Value(st))
-        else:
-            self._spawn(self._handler_task, st)
-
-    async def _handler_task(self, st: Stream | None) -> None:
-        """Handles `st`, then parks for the next inbound stream while fewer than _IDLE_HANDLERS wait (so a
-        burst of calls leaves a few tasks behind, not one per call). Handlers run in the transport's
-        nursery, as spawned ones did. The task's one cancel scope is each stream's `handler_scope` in turn
-        (one scope per task, not per call); once it was cancelled (a reset, a deadline) the task ends."""
-        with trio.CancelScope() as scope:
-            while st is not None:
-                st.handler_scope = scope
-                try:
-                    await self._run_handler(st)
-                finally:
-                    st.handler_finished()
-                if scope.cancel_called:
-                    return
-                if scope.deadline != math.inf:
-                    scope.deadline = math.inf
-                st = await self._next_stream()
-
-    async def _next_stream(self) -> Stream | None:
-        if self._error is not None or self._closing or len(self._idle_handlers) >= _IDLE_HANDLERS:
-            return None
-        task = trio.lowlevel.current_task()
-        idle = self._idle_handlers
-        idle.append(task)
-
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            if task in self._idle_handlers:
-                self._idle_handlers.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)  # type: ignore[no-any-return]
-
-    async def _run_handler(self, st: Stream) -> None:
-        assert self._handler is not None
-        try:
-            await self._handler(st)
-        except TransportError as e:
-            log.debug("stream %d from %s ended with %s", st.id, self.peer_id, e)
-            st.reset(f"handler: {e}", m.CODE_INTERNAL)
-        except Exception:
-            log.exception("stream handler failed (stream %d from %s)", st.id, self.peer_id)
-            st.reset("handler failed", m.CODE_INTERNAL)
-        except trio.Cancelled:
-            st.reset("cancelled", m.CODE_CANCEL)
-            raise
-        else:
-            await st.aclose()
-
