@@ -186,6 +186,21 @@ def test_a_stream_of_one_shape_takes_one_claim_then_goes_direct_and_the_lease_re
     assert core.stats.offers == 2 and core.leases.stats.acquired == 2
 
 
+def test_a_lease_granted_with_an_accept_that_its_jobs_result_overtook_is_still_taken():
+    m = Mesh()
+    core, w = m.h.core, m.workers["a"]
+    ans, acts = core.submit(Job("echo", job_id="fast", submitted_by="alice"), 0.0)
+    offer = of(acts, SendOffer)[0].offer
+    accept = w.on_offer("me", offer, 0.0)[0].message
+    assert accept.lease_id
+    w.enqueued("fast", 1, 0.0)
+    result = w.finished("fast", 1, Result(job_id="fast", attempt=1), 0.001)[0].message
+    core.on_result("a", result, 0.002)  # the result first (another call), then the accept
+    acts = core.on_accept("a", accept, 0.003)
+    assert [type(a) for a in acts] == [OpenLease] and core.leases.stats.acquired == 1
+    assert core.get("fast").state is JobState.DONE
+
+
 def test_worker_loss_revokes_the_lease_and_every_job_on_it_ends_exactly_once_elsewhere():
     m = Mesh()
     for i in range(6):

@@ -391,6 +391,12 @@ class CoordinatorCore:
         if rec is not None and not rec.state.terminal and msg.attempt == rec.attempt and peer_id == rec.peer \
                 and not rec.offer_pending:
             return []  # a repeated accept of the current attempt (or one overtaken by its lease renewal)
+        if rec is not None and rec.state is JobState.DONE and rec.asked_lease and msg.lease_id \
+                and msg.attempt == rec.attempt and rec.result is not None and rec.result.worker == peer_id:
+            # a fast job's result overtook its accept: the job is done, and the lease its claim took is good
+            taken = self._take_lease(rec, peer_id, msg.device_id, msg.lease_id, now)
+            rec.asked_lease = False
+            return taken
         if rec is None or rec.state.terminal or msg.attempt != rec.attempt or peer_id != rec.peer \
                 or not rec.offer_pending:
             # an answer to an offer we gave up on: whatever it took, it must not run
@@ -409,18 +415,25 @@ class CoordinatorCore:
         self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
         self._move(rec, JobEvent.ACCEPTED)
         acts: list[Action] = [StateChanged(rec.job_id, JobState.PLACED, rec.attempt, peer_id)]
-        shape = shape_of(rec.job) if rec.asked_lease else None
-        rec.asked_lease = False
         if msg.lease_id:  # a grant not taken here is never opened: the worker drops it after a while
-            lease = self.leases.granted(shape, msg.lease_id, peer_id, rec.device, now, rec.est_run_s)
-            if lease is not None:
-                self.obs.lease("acquired")
-                self.leases.hold(lease, rec.job_id, now)
-                rec.lease_id = lease.lease_id
-                acts.append(OpenLease(peer_id, lease.lease_id))
+            acts += self._take_lease(rec, peer_id, rec.device, msg.lease_id, now)
         else:
-            self.leases.not_granted(shape)
+            self.leases.not_granted(shape_of(rec.job) if rec.asked_lease else None)
+        rec.asked_lease = False
         return acts
+
+    def _take_lease(self, rec: JobRecord, peer_id: str, device_id: str, lease_id: str, now: float) -> list[Action]:
+        """A worker granted a lease with its accept of `rec`'s claim: taken if that claim asked for one (and the
+        table has room), then opened."""
+        lease = self.leases.granted(shape_of(rec.job) if rec.asked_lease else None, lease_id, peer_id, device_id,
+                                    now, rec.est_run_s)
+        if lease is None:
+            return []
+        self.obs.lease("acquired")
+        if not rec.state.terminal:  # the job that took the lease holds it while it runs
+            rec.lease_id = lease.lease_id
+            self.leases.hold(lease, rec.job_id, now)
+        return [OpenLease(peer_id, lease.lease_id)]
 
     def on_reject(self, peer_id: str, msg: Reject, now: float) -> list[Action]:
         for dev, (free, depth) in msg.load.items():
