@@ -172,18 +172,30 @@ class GossipSim:
         self.unique = [0] * n  # of which first copies
         self.changes: list[_Change] = []
         self.open: dict[int, list[_Change]] = {}
-        self.published = {"full": 0, "delta": 0, "summary": 0, "world": 0}
+        self.published = {"full": 0, "delta": 0, "summary": 0, "batch": 0, "world": 0}
         self.summary_ages: list[float] = []
         self.false_expiries = 0
         self.no_base = 0
         self._build_views()
-        self.relays: dict[int, list[int]] = {}
-        self.summary_topic: _Topic | None = None
+        self.relays: dict[int, list[int]] = {}  # shard -> its relays, best standing first
+        self.groups = shard.group_count(self.shards)
+        self.group_relay: dict[int, int] = {}  # group -> the node on the top topic
+        self.group_topics: dict[int, _Topic] = {}
+        self.top_topic: _Topic | None = None
         if self.shards > 1:
             ids = {nd.peer_id: nd.idx for nd in self.nodes}
             for s, members in self.topics.items():
                 self.relays[s] = [ids[p] for p in shard.relays(self.nodes[members.members[0]].view)]
-            self.summary_topic = _Topic(sorted(i for r in self.relays.values() for i in r), cfg.degree, self.rng)
+            by_group: dict[int, list[int]] = {}
+            for s in sorted(self.relays):
+                g = shard.group_of(s, self.groups)
+                if g not in self.group_relay:  # the group's lowest-numbered shard: its second relay
+                    self.group_relay[g] = self.relays[s][min(1, len(self.relays[s]) - 1)]
+                by_group.setdefault(g, []).append(self.relays[s][0])
+            for g, members in by_group.items():
+                self.group_topics[g] = _Topic(sorted(set(members) | {self.group_relay[g]}), cfg.degree, self.rng)
+            if self.groups > 1:
+                self.top_topic = _Topic(sorted(self.group_relay.values()), cfg.degree, self.rng)
 
     # ---- event queue -----------------------------------------------------------------------------------------
     def at(self, t: float, fn: Callable, *args: Any) -> None:
@@ -307,23 +319,36 @@ class GossipSim:
                 self.unique[w] += 1
         return list(done.items())
 
-    # ---- shard summaries -------------------------------------------------------------------------------------
+    # ---- shard summaries: shard relay -> group topic -> group relay -> top topic, and the world back down ------
     def _summarize(self, s: int) -> None:
-        assert self.summary_topic is not None
+        """A shard relay's interval: its shard's summary on the group topic, the world it knows on its shard."""
         relay = self.nodes[self.relays[s][0]]
         summary = shard.summarize(relay.view, s, relay.peer_id, self.now)
-        relay.world[s] = summary
+        shard.merge(relay.world, (summary,))
         self.published["summary"] += 1
-        for v, _t in self._spread(self.summary_topic, relay.idx):
-            self.nodes[v].world[s] = summary  # (applied at once: it is read only below, at the next world)
-        # the world as this relay knows it, republished on its shard's topic
+        for v, _t in self._spread(self.group_topics[shard.group_of(s, self.groups)], relay.idx):
+            shard.merge(self.nodes[v].world, (summary,))  # applied at once: read only at the next interval
+        self._world_down(relay, self.topics[s], sample=True)
+        self.at(self.now + self.cfg.summary_interval_s, self._summarize, s)
+
+    def _group_batch(self, g: int) -> None:
+        """A group relay's interval: its group's summaries as one batch on the top topic, the world on its group."""
+        relay = self.nodes[self.group_relay[g]]
+        if self.top_topic is not None:
+            batch = tuple(w for k, w in relay.world.items() if shard.group_of(k, self.groups) == g)
+            self.published["batch"] += 1
+            for v, _t in self._spread(self.top_topic, relay.idx):
+                shard.merge(self.nodes[v].world, batch)
+        self._world_down(relay, self.group_topics[g], sample=False)
+        self.at(self.now + self.cfg.summary_interval_s, self._group_batch, g)
+
+    def _world_down(self, relay: _Node, topic: _Topic, sample: bool) -> None:
         world = dict(relay.world)
         self.published["world"] += 1
-        for v, t in self._spread(self.topics[s], relay.idx):
-            if self.t0 <= t < self.t1 and len(world) == self.shards:
+        for v, t in self._spread(topic, relay.idx):
+            if sample and self.t0 <= t < self.t1 and len(world) == self.shards:
                 self.summary_ages.append(t - min(x.made_at for x in world.values()))
-            self.nodes[v].world = world
-        self.at(self.now + self.cfg.summary_interval_s, self._summarize, s)
+            shard.merge(self.nodes[v].world, world)
 
     # ---- run -------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -334,6 +359,8 @@ class GossipSim:
             self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
         for s in self.relays:
             self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
+        for g in self.group_relay:
+            self.at(self.rng.random() * self.cfg.summary_interval_s, self._group_batch, g)
         end = self.t1 + self.cfg.tail_s
         while self._q and self._q[0][0] <= end:
             self.now, _, fn, args = heapq.heappop(self._q)
@@ -343,10 +370,10 @@ class GossipSim:
     def _report(self, wall: float) -> dict[str, Any]:
         done = [c.last - c.at for c in self.changes if c.waiting == 0 and c.seq >= 0]
         rates = [r / self.cfg.duration_s for r in self.received]
-        relays = {i for r in self.relays.values() for i in r}
+        relays = {r[0] for r in self.relays.values()} | set(self.group_relay.values())
         q = statistics.quantiles(done, n=100, method="inclusive") if len(done) >= 2 else [math.nan] * 99
         return {
-            "nodes": self.cfg.nodes, "shards": self.shards,
+            "nodes": self.cfg.nodes, "shards": self.shards, "groups": self.groups if self.shards > 1 else 0,
             "shard_size_mean": self.cfg.nodes / self.shards,
             "changes": len(self.changes), "changes_converged": len(done),
             "p50_s": statistics.median(done) if done else math.nan, "p99_s": q[98],
@@ -355,6 +382,8 @@ class GossipSim:
             "unique_per_s_per_node": statistics.mean(u / self.cfg.duration_s for u in self.unique),
             "msgs_per_s_max_node": max(rates),
             "msgs_per_s_relays_mean": statistics.mean(rates[i] for i in relays) if relays else None,
+            "msgs_per_s_relays_max": max(rates[i] for i in relays) if relays else None,
+            "msgs_per_s_non_relays_max": max(r for i, r in enumerate(rates) if i not in relays),
             "published": dict(self.published),
             "summary_age_p99_s": (statistics.quantiles(self.summary_ages, n=100)[98]
                                   if len(self.summary_ages) >= 2 else math.nan),
