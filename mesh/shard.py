@@ -7,16 +7,15 @@ are those of one shard.
 
 Summaries travel a two-level tree, so that no node receives more than a few summary messages per interval
 whatever the number of shards:
-- shards are grouped `GROUP_TARGET` to a **group** (by shard number). Each shard's first relay (best standing,
+- shards are grouped about sqrt(shards) to a **group** (by shard number). Each shard's first relay (best standing,
   ties by peer id) sits on its group's topic and publishes its `ShardSummary` (per device kind: nodes, devices,
   free slots, queued jobs, best calibrated speed) there once per summary interval;
 - each group's **group relay** (the second relay of the group's lowest-numbered shard) sits on the group topic
   and on the top summary topic: once per interval it publishes its group's summaries there as one batch
   (`GroupBatch`), and republishes every summary it knows (the world) on its group topic as one message;
 - each shard relay republishes the world on its shard topic as one message per interval.
-A relay receives its shard's adverts, ~`GROUP_TARGET` summaries per interval and, for a group relay, one
-batch per group per interval: with `GROUP_TARGET` near the square root of the shard count both terms stay
-small (docs/gossip.md has the arithmetic; scheduler/devtools/gossip_sim.py runs it at 10,000 nodes).
+A relay receives its shard's adverts, ~sqrt(shards) summaries per interval and, for a group relay, one
+batch per group per interval: both terms stay small (docs/gossip.md has the arithmetic; scheduler/devtools/gossip_sim.py runs it at 10,000 nodes).
 
 Pure: no I/O, no clock.
 """
@@ -24,14 +23,19 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
+from mesh.advert_schedule import ScheduleConfig
 from mesh.membership import MembershipView
 
-SHARD_TARGET = 60  # nodes per shard: the refresh budget (1/s) holds up to max_refresh_s (60 s) x 1/s = 60
+SHARD_TARGET = 30  # nodes per shard: its changes (one per node per minute) are then ~0.5/s
+# A sharded node's schedule: half the flat refresh budget (a 30-node shard refreshes each node every 60 s). A node
+# receives each message about once per mesh peer, up to D_high = 6: (0.5 refreshes + ~0.5 changes) x 6 leaves room
+# under 10 msgs/s for the summaries a relay carries.
+SHARD_SCHEDULE = ScheduleConfig(refresh_budget=0.5)
 RELAYS = 2  # per shard: the shard relay (on its group topic) and a second one (the group relay, in a group's
 # lowest-numbered shard; elsewhere the stand-in when the first goes)
-GROUP_TARGET = 16  # shards per group: a relay receives ~16 summaries per interval from its group topic
 TOPIC_PREFIX = "/gpumesh/capacity/1"
 
 
@@ -53,8 +57,10 @@ SUMMARY_TOPIC = f"{TOPIC_PREFIX}/summary"
 
 
 def group_count(shards: int) -> int:
-    """Groups of about GROUP_TARGET shards: 1 (the group topic is then the top topic) up to 1.5 x GROUP_TARGET."""
-    return max(1, round(shards / GROUP_TARGET)) if shards > GROUP_TARGET * 3 // 2 else 1
+    """About the square root of the shard count (a relay then receives ~sqrt(shards) summaries per interval from
+    its group and a group relay as many batches from the top topic); 1 for a few shards (the group topic is
+    then the top topic)."""
+    return max(1, round(math.sqrt(shards))) if shards > 6 else 1
 
 
 def group_of(shard: int, groups: int) -> int:

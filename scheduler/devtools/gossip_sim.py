@@ -41,6 +41,7 @@ from mesh.membership import Joined, MembershipView
 
 KEY = b"k" * 32
 TTL_INTERVALS = 3.0
+SUMMARY_LEAD = 4  # intervals: a summary passes three periodic steps (group, top, shard) to reach every node
 EXPIRE_EVERY_S = 10.0  # the node checks every second; an expiry found later here is still counted
 
 
@@ -87,7 +88,7 @@ class SimConfig:
     degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
     summary_interval_s: float = 60.0
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig | None = None  # None: ScheduleConfig() flat, mesh.shard.SHARD_SCHEDULE sharded
     calibration: Calibration = field(default_factory=Calibration)
 
 
@@ -151,12 +152,13 @@ class GossipSim:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        self.now = 0.0
+        self.now = 0.0  # the summary tree runs from a negative time (see run)
         self._q: list[tuple[float, int, Callable, tuple]] = []
         self._n = 0
         self.t0, self.t1 = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         n = cfg.nodes
         self.shards = cfg.shards or shard.shard_count(n)
+        self.schedule = cfg.schedule or (shard.SHARD_SCHEDULE if self.shards > 1 else ScheduleConfig())
         self.nodes = [_Node(i, 0, self.rng) for i in range(n)]
         for nd in self.nodes:
             nd.shard = shard.shard_of(nd.peer_id, self.shards)
@@ -205,12 +207,12 @@ class GossipSim:
     def _build_views(self) -> None:
         """Start in steady state: every node holds its shard's full adverts, its schedule long running."""
         cfg = self.cfg
-        max_ttl = TTL_INTERVALS * cfg.schedule.max_refresh_s * (1 + cfg.schedule.jitter)
+        max_ttl = TTL_INTERVALS * self.schedule.max_refresh_s * (1 + self.schedule.jitter)
         for nd in self.nodes:
             size = len(self.topics[nd.shard].members)
-            nd.view = MembershipView(nd.peer_id, ttl_s=TTL_INTERVALS * cfg.schedule.min_refresh_s,
+            nd.view = MembershipView(nd.peer_id, ttl_s=TTL_INTERVALS * self.schedule.min_refresh_s,
                                      ttl_intervals=TTL_INTERVALS, max_ttl_s=max_ttl)
-            nd.schedule = AdvertSchedule.steady(cfg.schedule, 0.0, size, self.rng)
+            nd.schedule = AdvertSchedule.steady(self.schedule, 0.0, size, self.rng)
             nd.last_full = nd.advert(0.0)
         for topic in self.topics.values():
             for m in topic.members:
@@ -355,12 +357,15 @@ class GossipSim:
         wall = time.perf_counter()
         for nd in self.nodes:
             self._arm(nd)
-            self.at(self.rng.random() * self.cfg.change_every_s, self._change, nd)
+            self.at(self.rng.expovariate(1 / self.cfg.change_every_s), self._change, nd)  # Poisson from t=0
             self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
+        # the summary tree starts SUMMARY_LEAD intervals before the adverts (t = 0), so that its worlds are in
+        # steady state when measuring starts: it reads the views (steady from t = 0) and nothing else
+        lead = -SUMMARY_LEAD * self.cfg.summary_interval_s
         for s in self.relays:
-            self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
+            self.at(lead + self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
         for g in self.group_relay:
-            self.at(self.rng.random() * self.cfg.summary_interval_s, self._group_batch, g)
+            self.at(lead + self.rng.random() * self.cfg.summary_interval_s, self._group_batch, g)
         end = self.t1 + self.cfg.tail_s
         while self._q and self._q[0][0] <= end:
             self.now, _, fn, args = heapq.heappop(self._q)
@@ -388,7 +393,7 @@ class GossipSim:
             "summary_age_p99_s": (statistics.quantiles(self.summary_ages, n=100)[98]
                                   if len(self.summary_ages) >= 2 else math.nan),
             "false_expiries": self.false_expiries, "deltas_without_base": self.no_base,
-            "refresh_interval_s": self.cfg.schedule.refresh_interval(round(self.cfg.nodes / self.shards)),
+            "refresh_interval_s": self.schedule.refresh_interval(round(self.cfg.nodes / self.shards)),
             "calibration": self.cfg.calibration.as_dict(), "wall_s": wall,
         }
 
