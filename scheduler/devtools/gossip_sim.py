@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import math
 import random
 import statistics
@@ -40,6 +41,7 @@ from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
 from mesh.membership import Joined, MembershipView
 
 KEY = b"k" * 32
+STORED = Path(__file__).resolve().parents[2] / "bench" / "results" / "gossip.json"
 TTL_INTERVALS = 3.0
 SUMMARY_LEAD = 4  # intervals: a summary passes three periodic steps (group, top, shard) to reach every node
 EXPIRE_EVERY_S = 10.0  # the node checks every second; an expiry found later here is still counted
@@ -56,25 +58,56 @@ class Calibration:
     source: str = "defaults"
 
     @classmethod
-    def from_bench(cls, r: dict, n: int = 20, degree: int = 4) -> Calibration:
-        """Fit to one real-process measurement (`bench.gossip.measure(n)`): the CPU per message is the idle CPU
-        over the messages received in the same window (an upper bound: it includes the node's timers), and
-        the hop time is the one that makes this simulation's flat mesh of n nodes give the measured p50."""
-        cpu = (r["idle_cpu_pct"] / 100) / r["msgs_per_s_per_node"] if r["msgs_per_s_per_node"] > 0 else 0.002
-        probe = []
-        for hop in (0.01, 0.04):
-            c = cls(hop_s=hop, cpu_per_msg_s=cpu)
-            probe.append((hop, run(SimConfig(nodes=n, degree=degree, calibration=c, duration_s=300,
-                                             change_every_s=20.0, seed=7))["p50_s"]))
-        (h0, p0), (h1, p1) = probe
-        slope = (p1 - p0) / (h1 - h0)
-        hop = max(0.001, h0 + (r["p50_s"] - p0) / slope) if slope > 0 else h0
+    def fit(cls, real: dict[str, dict], max_n: int = 20) -> Calibration:
+        """Fit to the real-process runs of `bench.gossip.measure` with at most `max_n` nodes and no misses:
+
+        - `cpu_per_msg_s`: every run gives two (messages received per s, CPU) pairs per node on average, an idle
+          window and a burst window; the least-squares slope of CPU over messages across all of them is the
+          CPU one message costs (the intercept is the node's timers and heartbeats). If the slope is not
+          positive (noise swamping it), the idle CPU over the idle messages, an upper bound.
+        - `hop_s`: this simulation's flat-mesh p50 at each N is close to linear in the hop time; the hop time
+          minimising the squared difference from the measured p50 over those N (two probes per N).
+        """
+        runs = {int(n): r for n, r in real.items() if int(n) <= max_n and r["misses"] == 0} or \
+            {int(n): r for n, r in real.items()}
+        pairs = [(r[m], r[c] / 100) for r in runs.values()
+                 for m, c in (("msgs_per_s_per_node", "idle_cpu_pct"), ("burst_msgs_per_s", "burst_cpu_pct"))
+                 if r.get(m) is not None]
+        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+        mx, my = statistics.mean(xs), statistics.mean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else 0.0
+        if slope > 0:
+            cpu, how = slope, f"least-squares slope over {len(xs)} windows, intercept {(my - slope * mx) * 100:.2f} %"
+        else:
+            cpu = statistics.mean(r["idle_cpu_pct"] / 100 / max(r["msgs_per_s_per_node"], 1e-9) for r in runs.values())
+            how = "idle CPU / idle messages (the slope was not positive)"
+        h0, h1 = 0.01, 0.04
+        num = den = 0.0
+        for n, r in runs.items():
+            p0, p1 = (run(flat_config(n, cls(hop_s=h, cpu_per_msg_s=cpu)))["p50_s"] for h in (h0, h1))
+            b = (p1 - p0) / (h1 - h0)
+            num += b * (r["p50_s"] - (p0 - b * h0))
+            den += b * b
+        hop = max(0.001, num / den) if den > 0 else cls.hop_s
         return cls(hop_s=round(hop, 5), cpu_per_msg_s=round(cpu, 6),
-                   source=f"bench N={n}: p50 {r['p50_s']:.3f} s, idle CPU {r['idle_cpu_pct']:.2f} %, "
-                          f"{r['msgs_per_s_per_node']:.2f} msgs/s")
+                   source=f"fit to real N={','.join(map(str, sorted(runs)))}: CPU {how}; hop from p50")
+
+    @classmethod
+    def stored(cls, path: Path = STORED) -> Calibration:
+        """The calibration `make bench B=gossip` wrote to bench/results/gossip.json; the defaults without one."""
+        try:
+            return cls(**json.loads(path.read_text())["calibration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def flat_config(n: int, calibration: Calibration) -> SimConfig:
+    """A flat mesh of n nodes as the real-process bench runs it, with enough changes for a p99."""
+    return SimConfig(nodes=n, shards=1, calibration=calibration, warmup_s=60.0, duration_s=900.0, seed=7)
 
 
 @dataclass
@@ -186,16 +219,16 @@ class GossipSim:
         self.top_topic: _Topic | None = None
         if self.shards > 1:
             ids = {nd.peer_id: nd.idx for nd in self.nodes}
-            for s, members in self.topics.items():
-                self.relays[s] = [ids[p] for p in shard.relays(self.nodes[members.members[0]].view)]
+            for s, topic in self.topics.items():
+                self.relays[s] = [ids[p] for p in shard.relays(self.nodes[topic.members[0]].view)]
             by_group: dict[int, list[int]] = {}
             for s in sorted(self.relays):
                 g = shard.group_of(s, self.groups)
                 if g not in self.group_relay:  # the group's lowest-numbered shard: its second relay
                     self.group_relay[g] = self.relays[s][min(1, len(self.relays[s]) - 1)]
                 by_group.setdefault(g, []).append(self.relays[s][0])
-            for g, members in by_group.items():
-                self.group_topics[g] = _Topic(sorted(set(members) | {self.group_relay[g]}), cfg.degree, self.rng)
+            for g, relays in by_group.items():
+                self.group_topics[g] = _Topic(sorted(set(relays) | {self.group_relay[g]}), cfg.degree, self.rng)
             if self.groups > 1:
                 self.top_topic = _Topic(sorted(self.group_relay.values()), cfg.degree, self.rng)
 
@@ -206,7 +239,6 @@ class GossipSim:
 
     def _build_views(self) -> None:
         """Start in steady state: every node holds its shard's full adverts, its schedule long running."""
-        cfg = self.cfg
         max_ttl = TTL_INTERVALS * self.schedule.max_refresh_s * (1 + self.schedule.jitter)
         for nd in self.nodes:
             size = len(self.topics[nd.shard].members)
@@ -420,59 +452,54 @@ def plot(bench: dict, sims: dict[int, dict], outdir: Any) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     real_n = sorted(int(n) for n in bench["convergence_p99_s"])
     sim_n = sorted(sims)
-    files = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    big = [n for n in sim_n if sims[n].get("shards", 1) > 1]
     bn = sorted(BEFORE["p99_s"])
-    ax.plot(bn, [BEFORE["p50_s"][n] for n in bn], "x--", color="grey", label="before: real p50")
-    ax.plot(bn, [BEFORE["p99_s"][n] for n in bn], "x-", color="black", label="before: real p99")
-    ax.plot(real_n, [bench["convergence_p50_s"][str(n)] for n in real_n], "o--", color="C0", label="after: real p50")
-    ax.plot(real_n, [bench["convergence_p99_s"][str(n)] for n in real_n], "o-", color="C0", label="after: real p99")
-    ax.plot(sim_n, [sims[n]["p50_s"] for n in sim_n], "s--", color="C1", label="simulation p50")
-    ax.plot(sim_n, [sims[n]["p99_s"] for n in sim_n], "s-", color="C1", label="simulation p99")
-    ax.axhline(5.0, color="C3", lw=0.8, ls=":", label="target at 10,000: p99 < 5 s")
-    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds until every node has a change",
-           title="Convergence of a capacity change")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-convergence.png", dpi=110)
-    files.append(str(out / "gossip-convergence.png"))
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(real_n, [bench["msgs_per_s_per_node"][str(n)] for n in real_n], "o-", color="C0",
-            label="after: real, copies received")
-    ax.plot(sim_n, [sims[n]["msgs_per_s_per_node"] for n in sim_n], "s-", color="C1", label="simulation: mean")
-    ax.plot(sim_n, [sims[n]["msgs_per_s_max_node"] for n in sim_n], "s:", color="C1",
-            label="simulation: busiest node (a relay)")
-    flat = [5, 10, 20, 40, 100, 1000, 10000]
-    ax.plot(flat, [n / 2 * 3.5 for n in flat], "x--", color="black",
-            label="before (every node every 2 s, ~3.5 copies): N/2 x 3.5")
-    ax.axhline(10.0, color="C3", lw=0.8, ls=":", label="target: 10 per node per s")
-    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="messages received per node per second",
-           title="Gossip load on each node")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-messages.png", dpi=110)
-    files.append(str(out / "gossip-messages.png"))
-    plt.close(fig)
+    def convergence(ax: Any) -> None:
+        ax.plot(bn, [BEFORE["p50_s"][n] for n in bn], "x--", color="grey", label="before: real p50")
+        ax.plot(bn, [BEFORE["p99_s"][n] for n in bn], "x-", color="black", label="before: real p99")
+        ax.plot(real_n, [bench["convergence_p50_s"][str(n)] for n in real_n], "o--", color="C0", label="real p50")
+        ax.plot(real_n, [bench["convergence_p99_s"][str(n)] for n in real_n], "o-", color="C0", label="real p99")
+        ax.plot(sim_n, [sims[n]["p50_s"] for n in sim_n], "s--", color="C1", label="calibrated simulation p50")
+        ax.plot(sim_n, [sims[n]["p99_s"] for n in sim_n], "s-", color="C1", label="calibrated simulation p99")
+        ax.axhline(5.0, color="C3", lw=0.8, ls=":", label="target at 10,000: p99 < 5 s")
+        ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds until every node has a change",
+               title="Convergence of a capacity change")
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for n in sim_n:
-        xs = sorted(sims[n].get("convergence_s") or [])
-        if n >= 1000 and xs:
+    def messages(ax: Any) -> None:
+        ax.plot(real_n, [bench["msgs_per_s_per_node"][str(n)] for n in real_n], "o-", color="C0",
+                label="real, copies received: mean")
+        ax.plot(sim_n, [sims[n]["msgs_per_s_per_node"] for n in sim_n], "s-", color="C1", label="simulation: mean")
+        ax.plot(sim_n, [sims[n]["msgs_per_s_max_node"] for n in sim_n], "s:", color="C1",
+                label="simulation: busiest node")
+        ax.plot(big, [sims[n]["msgs_per_s_relays_max"] for n in big], "^", color="C2",
+                label="simulation: busiest relay")
+        flat = [5, 10, 20, 40, 100, 1000, 10000]
+        ax.plot(flat, [n / 2 * 3.5 for n in flat], "x--", color="black",
+                label="before (every node every 2 s, ~3.5 copies): N/2 x 3.5")
+        ax.axhline(10.0, color="C3", lw=0.8, ls=":", label="target: 10 per node per s")
+        ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="messages received per node per second",
+               title="Gossip load on each node")
+
+    def cdf(ax: Any) -> None:
+        for n in big:
+            xs = sorted(sims[n].get("convergence_s") or [])
             ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=f"{n:,} nodes ({len(xs)} changes)")
-    ax.axvline(5.0, color="C3", lw=0.8, ls=":", label="5 s")
-    ax.set(xscale="log", xlabel="seconds until every shard member has the change", ylabel="fraction of changes",
-           title="Convergence in the simulation (sharded)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-cdf.png", dpi=110)
-    files.append(str(out / "gossip-cdf.png"))
-    plt.close(fig)
+        ax.axvline(5.0, color="C3", lw=0.8, ls=":", label="5 s")
+        ax.set(xscale="log", xlabel="seconds until every shard member has the change", ylabel="fraction of changes",
+               title="Convergence in the simulation (sharded)")
+
+    files = []
+    for name, draw in (("convergence", convergence), ("messages", messages), ("cdf", cdf)):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        draw(ax)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"gossip-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
     return files
 
 
@@ -483,9 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=120.0, help="measured seconds of simulated time")
     ap.add_argument("--change-every", type=float, default=60.0, help="mean seconds between a node's load changes")
     ap.add_argument("--shards", type=int, default=None, help=f"default: about one per {shard.SHARD_TARGET} nodes")
+    ap.add_argument("--default-calibration", action="store_true",
+                    help="use the built-in per-message costs instead of the fit stored in bench/results/gossip.json")
     a = ap.parse_args(argv)
+    calib = Calibration() if a.default_calibration else Calibration.stored()
     r = run(SimConfig(nodes=a.nodes, seed=a.seed, duration_s=a.duration, change_every_s=a.change_every,
-                      shards=a.shards))
+                      shards=a.shards, calibration=calib))
     r.pop("convergence_s")
     for k, v in r.items():
         print(f"{k}: {v}")
