@@ -41,8 +41,8 @@ SIZES_ENV = "GPUMESH_BENCH_GOSSIP_SIZES"  # e.g. "5,10": what `python -m bench.g
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 STAGGER = 5
 CHANGES = 20
-SETTLE_S = 20.0  # after the view formed: first adverts and mesh grafts are over
-IDLE_WINDOW_S = 15.0
+SETTLE_S = 10.0  # after the view formed: first adverts and mesh grafts are over
+IDLE_WINDOW_S = 10.0
 BURST_NODES = 5  # nodes that make changes in the burst window (N <= BURST_MAX_N only: it feeds the calibration)
 BURST_CHANGES = 4  # each, within the change budget's burst (8 tokens)
 BURST_MAX_N = 20
