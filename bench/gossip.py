@@ -41,7 +41,14 @@ SIZES_ENV = "GPUMESH_BENCH_GOSSIP_SIZES"  # e.g. "5,10": what `python -m bench.g
 DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 STAGGER = 5
 CHANGES = 20
-SETTLE_S = 10.0  # after the view formed: first adverts and mesh grafts are over
+
+
+def settle_s(n: int) -> float:
+    """After the view formed: every peer that joined cost each node an early full advert from its change budget
+    (refilled at 2/n per s); the changes below need one token (two at N=10, four at N=5) on their node."""
+    return 20.0 + n
+
+
 IDLE_WINDOW_S = 10.0
 BURST_NODES = 5  # nodes that make changes in the burst window (N <= BURST_MAX_N only: it feeds the calibration)
 BURST_CHANGES = 4  # each, within the change budget's burst (8 tokens)
@@ -169,7 +176,7 @@ def measure(n: int) -> dict:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix=f"gpumesh-bench-gossip{n}-") as root, \
             _mesh(Path(root), n) as (nodes, formed):
-        time.sleep(SETTLE_S)
+        time.sleep(settle_s(n))
         lat, misses = [], 0
         for i in range(CHANGES):
             src = nodes[i % n]
@@ -190,6 +197,8 @@ def measure(n: int) -> dict:
                 "burst_msgs_per_s": statistics.mean(burst_msgs) if burst_msgs else None,
                 "refresh_interval_s": statistics.median(s["refresh_interval_s"] for s in stats),
                 "deltas_sent": sum(s["adverts_sent"]["delta"] for s in stats),
+                "deltas_without_base": sum(s["deltas_without_base"] for s in stats),
+                "peers_expired": sum(s["expired"] for s in stats),
                 "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
                 "measured_at": _stamp()}
 

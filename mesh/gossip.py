@@ -205,7 +205,7 @@ class GossipService:
         return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
                 "messages_received": self.pubsub.received if self.pubsub is not None else 0,
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
-                "deltas_without_base": self.view.no_base, "redialled": self.redialled}
+                "deltas_without_base": self.view.no_base, "expired": self.view.expired, "redialled": self.redialled}
 
     def add_bootstrap(self, addrs: list[str]) -> None:
         """More peers to join through (e.g. learned with --join); dialled by the connect loop."""
