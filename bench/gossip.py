@@ -64,7 +64,9 @@ def view_wait_s(n: int) -> float:
 
 
 def sizes() -> tuple[int, ...]:
-    raw = os.environ.get(SIZES_ENV, "")
+    raw = os.environ.get(SIZES_ENV, "").strip()
+    if raw == "none":
+        return ()
     return tuple(int(x) for x in raw.split(",") if x.strip()) or SIZES
 
 
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         "The gossip benchmark (what `make bench B=gossip` runs), optionally on selected sizes only: the sizes "
         "not run keep their earlier measurement from bench/results/gossip.json."))
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)),
-                    help="comma-separated node counts to run as real processes (default: %(default)s)")
+                    help="comma-separated node counts to run as real processes (default: %(default)s); 'none': "
+                         "only refit the calibration and rerun the simulation from the stored real runs")
     a = ap.parse_args(argv)
     os.environ[SIZES_ENV] = a.sizes
     from bench.__main__ import main as bench_main
