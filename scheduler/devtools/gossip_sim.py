@@ -142,7 +142,7 @@ class _Node:
         self.shard = shard_no
         self.free = 1
         self.seq = 1
-        self.busy_until = 0.0
+        self.busy_until = -math.inf  # the summary tree starts before t = 0
         self.token = 0
         self.pending: list[_Change] = []
         self.view: MembershipView
