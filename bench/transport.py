@@ -15,6 +15,11 @@ Round trips (TLS, 5000 sequential, after a warm-up):
                             also as rpc_rtt_p50_us (issue 18's name; target < 150 us on a quiet machine)
   msg_rtt_p50_us            a 64-byte message echoed on an already open stream
   raw_rtt_p50_us            a 64-byte ping-pong on a raw trio socket (the floor on this machine)
+  raw_tls_rtt_p50_us        the same over a bare trio SSLStream with our TLS settings (TLS 1.3, the same
+                            suites, libp2p certificates both ways): trio's own TLS floor
+  tls_wire_rtt_p50_us       the same over our TlsWire alone (non-blocking socket + ssl.SSLObject, no frames,
+                            no streams): the floor of the transport's design; rpc_rtt minus this is the cost
+                            of framing, mux, streams and the RPC layer
   requests_per_s            RPCs per second with 32 concurrent callers on one connection
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import socket
 import statistics
 import time
 
@@ -62,10 +68,13 @@ async def _peer_main(pipe) -> None:
     from libp2p.custom_types import TProtocol
 
     from mesh.bigtcp.rpc import RpcServer
+    from mesh.bigtcp.tls import TlsSession, make_contexts
     from mesh.bigtcp.transport import Transport
+    from mesh.bigtcp.wire import TlsWire
     from mesh.identity import Identity
 
     rpc = RpcServer()
+    tls_contexts = make_contexts(Identity.generate())
 
     @rpc.method("echo")
     async def _echo(call):
@@ -104,6 +113,31 @@ async def _peer_main(pipe) -> None:
                 return
             await s.send_all(data)
 
+    async def raw_tls_echo(s: trio.SocketStream) -> None:
+        ssl_stream = trio.SSLStream(s, tls_contexts.server, server_side=True)
+        try:
+            await ssl_stream.do_handshake()
+            while data := await ssl_stream.receive_some(64):
+                await ssl_stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+
+    async def tls_wire_echo(listener: socket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(listener.fileno())
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            wire = TlsWire(sock, TlsSession(tls_contexts, server_side=True))
+            await wire.handshake()
+            wire.grow()
+            buf = memoryview(bytearray(64 * 1024))
+            while n := await wire.recv_into(buf):
+                await wire.send([buf[:n]])
+            await wire.aclose()
+
     async def lp2p_sink(stream) -> None:
         want = int.from_bytes(await _lp2p_exactly(stream, 8), "big")
         got = 0
@@ -123,11 +157,19 @@ async def _peer_main(pipe) -> None:
         await n.start(tls.serve)
         sink_l = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
         echo_l = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        tls_echo_l = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        wire_l = socket.socket()
+        wire_l.bind(("127.0.0.1", 0))
+        wire_l.listen()
+        wire_l.setblocking(False)
         n.start_soon(trio.serve_listeners, raw_sink, [sink_l])
         n.start_soon(trio.serve_listeners, raw_echo, [echo_l])
+        n.start_soon(trio.serve_listeners, raw_tls_echo, [tls_echo_l])
+        n.start_soon(tls_wire_echo, wire_l)
         pipe.send({
             "plain": plain.port, "tls": tls.port, "tls_id": tls.peer_id,
             "raw_sink": sink_l.socket.getsockname()[1], "raw_echo": echo_l.socket.getsockname()[1],
+            "raw_tls_echo": tls_echo_l.socket.getsockname()[1], "tls_wire_echo": wire_l.getsockname()[1],
             "libp2p": str(host.get_addrs()[0]),
         })
         await trio.to_thread.run_sync(pipe.recv)  # "stop"
@@ -248,6 +290,52 @@ async def _raw_rtt(port: int) -> list[float]:
     return out
 
 
+async def _raw_tls_rtt(port: int) -> list[float]:
+    """Ping-pong over a bare trio SSLStream with the transport's TLS settings."""
+    from mesh.bigtcp.tls import make_contexts
+    from mesh.identity import Identity
+
+    s = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), make_contexts(Identity.generate()).client)
+    await s.do_handshake()
+    msg = b"x" * 64
+    out = []
+    for i in range(RTT_N + 500):
+        t0 = time.perf_counter()
+        await s.send_all(msg)
+        await _recv_exactly(s, 64)
+        if i >= 500:
+            out.append(time.perf_counter() - t0)
+    await s.aclose()
+    return out
+
+
+async def _tls_wire_rtt(port: int) -> list[float]:
+    """Ping-pong over the transport's TlsWire alone (no frames, streams or RPC)."""
+    from mesh.bigtcp.tls import TlsSession, make_contexts
+    from mesh.bigtcp.wire import TlsWire, tcp_connect
+    from mesh.identity import Identity
+
+    wire = TlsWire(await tcp_connect("127.0.0.1", port), TlsSession(make_contexts(Identity.generate()), server_side=False))
+    await wire.handshake()
+    wire.grow()
+    msg = b"x" * 64
+    buf = memoryview(bytearray(64 * 1024))
+    out = []
+    for i in range(RTT_N + 500):
+        t0 = time.perf_counter()
+        await wire.send([msg])
+        got = 0
+        while got < 64:
+            n = await wire.recv_into(buf[got:])
+            if not n:
+                raise EOFError("peer closed")
+            got += n
+        if i >= 500:
+            out.append(time.perf_counter() - t0)
+    await wire.aclose()
+    return out
+
+
 async def _msg_rtt(conn) -> list[float]:
     s = await conn.open_stream({"bench": "echo"})
     msg = {"p": "x" * 56}  # 64 bytes of msgpack
@@ -326,6 +414,8 @@ async def _client_main(ports: dict) -> dict:
         res["concurrent_64x16MiB_plain_MBps"] = round(await _concurrent(pconn, payload), 1)
 
         raw_rtt = await _raw_rtt(ports["raw_echo"])
+        raw_tls_rtt = await _raw_tls_rtt(ports["raw_tls_echo"])
+        tls_wire_rtt = await _tls_wire_rtt(ports["tls_wire_echo"])
         msg_rtt = await _msg_rtt(tconn)
         client = MeshClient(tls, "127.0.0.1", ports["tls"], ports["tls_id"])
         rpc_rtt = await _rpc_rtt(client)
@@ -336,6 +426,10 @@ async def _client_main(ports: dict) -> dict:
         res["msg_rtt_p99_us"] = round(_pct(msg_rtt, 0.99) * 1e6, 1)
         res["raw_rtt_p50_us"] = round(_pct(raw_rtt, 0.5) * 1e6, 1)
         res["raw_rtt_p99_us"] = round(_pct(raw_rtt, 0.99) * 1e6, 1)
+        res["raw_tls_rtt_p50_us"] = round(_pct(raw_tls_rtt, 0.5) * 1e6, 1)
+        res["raw_tls_rtt_p99_us"] = round(_pct(raw_tls_rtt, 0.99) * 1e6, 1)
+        res["tls_wire_rtt_p50_us"] = round(_pct(tls_wire_rtt, 0.5) * 1e6, 1)
+        res["tls_wire_rtt_p99_us"] = round(_pct(tls_wire_rtt, 0.99) * 1e6, 1)
         plain_client = MeshClient(plain, "127.0.0.1", ports["plain"])
         plain_rtt = await _rpc_rtt(plain_client)
         res["plain_rtt_p50_us"] = round(_pct(plain_rtt, 0.5) * 1e6, 1)
@@ -382,10 +476,14 @@ def table(r: dict) -> list[tuple[str, str]]:
         ("CPU-bound estimate (a core per side): raw, plain, TLS", ", ".join(
             f"{r[k + '_cpu_bound_MBps']:.0f}" for k in ("raw", "plain", "tls")) + f" MB/s (plain = {r['plain_vs_raw_cpu_bound']}x raw)"),
         ("64 streams x 16 MiB, TLS / plaintext", f"{r['concurrent_64x16MiB_MBps']:.0f} / {r['concurrent_64x16MiB_plain_MBps']:.0f} MB/s"),
-        ("RPC round trip, TLS, p50 / p99", f"{r['rtt_p50_us']:.0f} / {r['rtt_p99_us']:.0f} us (target p50 < 200 us)"),
+        ("RPC round trip, TLS, p50 / p99", f"{r['rtt_p50_us']:.0f} / {r['rtt_p99_us']:.0f} us (target p50 < 150 us)"),
         ("RPC round trip, plaintext, p50", f"{r['plain_rtt_p50_us']:.0f} us"),
         ("64-byte message echo on an open TLS stream, p50 / p99", f"{r['msg_rtt_p50_us']:.0f} / {r['msg_rtt_p99_us']:.0f} us"),
         ("64-byte raw trio socket ping-pong, p50 / p99", f"{r['raw_rtt_p50_us']:.0f} / {r['raw_rtt_p99_us']:.0f} us"),
+        ("64-byte ping-pong, bare trio SSLStream (same TLS settings), p50 / p99",
+         f"{r['raw_tls_rtt_p50_us']:.0f} / {r['raw_tls_rtt_p99_us']:.0f} us"),
+        ("64-byte ping-pong, our TlsWire alone (no frames/streams), p50 / p99",
+         f"{r['tls_wire_rtt_p50_us']:.0f} / {r['tls_wire_rtt_p99_us']:.0f} us"),
         ("RPC requests/s, 32 concurrent callers, TLS", f"{r['requests_per_s']:.0f}"),
         ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),
     ]

@@ -399,3 +399,19 @@ def test_peer_exceeding_connection_window_is_a_peer_error():
 def test_window_frame_on_stream_zero_is_connection_credit():
     [f] = FrameDecoder().feed(ctl(m.WindowUpdate(5), sid=0))
     assert f.type is FrameType.WINDOW and f.stream_id == 0
+
+
+def test_open_meta_is_encoded_afresh_when_it_changed_in_place():
+    """The mux reuses the OPEN payload of the last meta it sent; a meta dict changed in place (a nested
+    value too) must still reach the peer as it is now."""
+    a, b = Mux(client=True), Mux(client=False)
+    b.receive_data(b"".join(bytes(x) for x in a.data_to_send()))
+    a.receive_data(b"".join(bytes(x) for x in b.data_to_send()))
+    meta = {"rpc": 1, "tags": {"k": 1}}
+    seen = []
+    for value in (1, 1, 2):
+        meta["tags"]["k"] = value
+        a.open_stream(meta)
+        evs = b.receive_data(b"".join(bytes(x) for x in a.data_to_send()))
+        seen += [e.meta for e in evs if isinstance(e, StreamOpened)]
+    assert seen == [{"rpc": 1, "tags": {"k": 1}}, {"rpc": 1, "tags": {"k": 1}}, {"rpc": 1, "tags": {"k": 2}}]

@@ -280,3 +280,43 @@ async def test_call_refused_by_a_closing_server_is_retried_once():
                     await client.call("echo", {"n": 1})
                 assert ei.value.code == "unavailable" and "going away" in ei.value.message
             n.cancel_scope.cancel()
+
+
+async def test_server_side_deadline_answers_and_the_next_call_still_works():
+    """The server's own deadline ("t") cancels the handler and answers deadline_exceeded while the client
+    still listens (the client here sets no timer of its own); the handler task that was cancelled ends and
+    the next calls are served (by a fresh task, then by reused ones)."""
+    async with rpc_server() as (t, ev):
+        before = count("hang", "deadline_exceeded")
+        client = Transport(Identity.generate(), listen=False)
+        async with trio.open_nursery() as n:
+            await n.start(client.serve)
+            conn = await client.connect("127.0.0.1", t.port, t.peer_id)
+            async with await conn.open_stream({"rpc": 1}) as s:
+                await s.send_msg({"id": 1, "m": "hang", "b": {}, "t": 0.2}, end=True)
+                with trio.fail_after(10):
+                    reply = await s.receive_msg()
+            assert reply["err"]["code"] == "deadline_exceeded"
+            assert ev["hang_cancelled"].is_set()
+            assert count("hang", "deadline_exceeded") == before + 1
+            c = MeshClient(client, "127.0.0.1", t.port, t.peer_id)
+            for i in range(20):
+                assert (await c.call("echo", {"i": i}))["body"] == {"i": i}
+            await client.aclose()
+
+
+async def test_a_reset_after_a_call_does_not_cancel_the_next_call_on_the_same_handler_task():
+    """Handler tasks are reused: a reset of a stream whose call already finished (its handler answered
+    while the client's side was still open) must not cancel the call the same task serves next."""
+    async with rpc_server() as (t, ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            async with c.open("echo", {"a": 1}, uploads=True) as first:  # the client's side stays open
+                assert (await first.result())["body"] == {"a": 1}
+                async with trio.open_nursery() as n:
+                    n.start_soon(c.call, "hang")  # served by the now idle handler task of "echo"
+                    with trio.fail_after(10):
+                        await ev["hang_started"].wait()
+                    first.stream.reset("late reset after the final response")
+                    assert (await c.call("echo", {"b": 2}))["body"] == {"b": 2}  # the reset was read before this
+                    assert not ev["hang_cancelled"].is_set()
+                    n.cancel_scope.cancel()

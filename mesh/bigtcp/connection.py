@@ -33,8 +33,9 @@ from mesh.bigtcp.events import (
     StreamResetReceived,
 )
 from mesh.bigtcp.framing import DEFAULT_MAX_FRAME, PeerProtocolError, TransportError
+from mesh.bigtcp.handlers import HandlerTasks
 from mesh.bigtcp.mux import Mux
-from mesh.bigtcp.stream import Stream
+from mesh.bigtcp.stream import ParkedTasks, Stream
 from mesh.bigtcp.wire import IO_ERRORS, Wire, describe_io_error
 
 __all__ = ["Connection", "ConnectionConfig"]
@@ -94,22 +95,25 @@ class Connection:
         self.secure = wire.secure
         self.principal = principal  # what `authorize` returned for this peer
         self._config = config
-        self._spawn = spawn
-        self._handler = handler
+        self._handlers = HandlerTasks(handler, spawn, peer_id) if handler is not None else None
         self._on_close = on_close
         self._streams: dict[int, Stream] = {}
-        self._send_lock = trio.StrictFIFOLock()
-        self._writer_lot = trio.lowlevel.ParkingLot()
+        # one task writes at a time (frames are queued in order in the mux; the writer takes them all). A
+        # flag, not a trio lock: the uncontended case is every send. Waiters queue in FIFO order and the
+        # release hands the turn straight to the first of them.
+        self._writing = False
+        self._write_turn = ParkedTasks()
+        self._writer_lot = ParkedTasks()
         self._writer_wanted = False
-        self._open_lot = trio.lowlevel.ParkingLot()  # waiting for a free stream slot
-        self._conn_credit_lot = trio.lowlevel.ParkingLot()  # senders waiting for connection-level credit
-        self._idle_lot = trio.lowlevel.ParkingLot()  # waiting for no open streams
+        self._open_lot = ParkedTasks()  # waiting for a free stream slot
+        self._conn_credit_lot = ParkedTasks()  # senders waiting for connection-level credit
+        self._idle_lot = ParkedTasks()  # waiting for no open streams
         self._nursery: trio.Nursery | None = None
         self._error: TransportError | None = None
         self._closing = False
         self._clean = False  # ended by a graceful close (ours or the peer's)
         self._done = trio.Event()
-        self._ping_lot = trio.lowlevel.ParkingLot()
+        self._ping_lot = ParkedTasks()
         self.rtt: float | None = None
         self._direction = "out" if outbound else "in"
         self._blocked_s = 0.0  # time senders waited for credit (metric)
@@ -121,6 +125,8 @@ class Connection:
         self.send_credit = mux.send_credit
         self.queue_message = mux.send_message
         self.queue_data = mux.send_data
+        self.max_send_frame = mux.max_send_frame  # the peer's HELLO came before the connection was made
+        self.flush = self._flush_now
 
     def bulk_slot(self) -> trio.Semaphore:
         """`async with conn.bulk_slot():` around reading a chunk of bulk data and sending it. At most
@@ -217,10 +223,6 @@ class Connection:
 
     # -- the StreamLink interface (used by this connection's streams)
 
-    @property
-    def max_send_frame(self) -> int:
-        return self._mux.max_send_frame
-
     def window_blocking(self, sid: int, n: int) -> str | None:
         mux = self._mux
         if mux.stream_send_credit(sid) < n:
@@ -234,9 +236,6 @@ class Connection:
 
     def note_blocked(self, seconds: float) -> None:
         self._blocked_s += seconds
-
-    async def flush(self) -> bool:
-        return await self._flush_now()
 
     def yield_due(self, size: int) -> bool:
         self._unyielded += 1
@@ -275,7 +274,7 @@ class Connection:
 
     def _wake_writer(self) -> None:
         self._writer_wanted = True
-        self._writer_lot.unpark()
+        self._writer_lot.unpark_one()
 
     def stream_counts(self) -> tuple[int, int]:
         """(open streams we opened, open streams the peer opened) — for the metrics collector."""
@@ -289,20 +288,23 @@ class Connection:
         return mux.bytes_sent, mux.frames_sent, mux.bytes_received, mux.frames_received, self._blocked_s
 
     async def _flush_now(self) -> bool:
-        """Write everything queued, in the calling task (under the FIFO send lock). True if it had to
-        wait (and so passed through the scheduler)."""
-        lock = self._send_lock
+        """Write everything queued, in the calling task (holding the write turn). True if it had to wait
+        (and so passed through the scheduler)."""
         waited = False
-        if not lock.locked():
-            lock.acquire_nowait()
+        if not self._writing:
+            self._writing = True
         else:
-            await lock.acquire()
+            await self._write_turn.park()  # the releasing task hands us the turn (_writing stays True)
             waited = True
         try:
             waited |= await self._flush()
         finally:
-            lock.release()
+            self._release_write_turn()
         return waited
+
+    def _release_write_turn(self) -> None:
+        if not self._write_turn.unpark_one():
+            self._writing = False
 
     async def _flush(self) -> bool:
         mux, wire = self._mux, self._wire
@@ -317,6 +319,8 @@ class Connection:
                 # copy, hence only for small writes) and the timed send below finishes it.
                 try:
                     if wire.send_nowait(bufs):
+                        if not mux.has_output:
+                            return waited
                         continue
                 except IO_ERRORS as e:
                     err = ConnectionLost(f"connection to {self.peer_id} lost while sending: {describe_io_error(e)}")
@@ -342,20 +346,16 @@ class Connection:
                 raise err from e
 
     def _flush_from_reader(self) -> None:
-        """Send frames the reader produced (WINDOW, PONG) without waiting: if the send lock is free and
-        the kernel takes them, no task switch; otherwise the writer task finishes the job."""
-        lock = self._send_lock
-        if lock.locked() or self._wire.has_backlog:
+        """Send frames the reader produced (WINDOW, PONG) without waiting: if no task holds the write turn
+        and the kernel takes them, no task switch; otherwise the writer task finishes the job."""
+        if self._writing or self._wire.has_backlog:
             self._wake_writer()
             return
-        lock.acquire_nowait()
         try:
             if not self._wire.send_nowait(self._mux.data_to_send()):
                 self._wake_writer()
         except IO_ERRORS as e:
             self._fail(ConnectionLost(f"connection to {self.peer_id} lost while sending: {describe_io_error(e)}"))
-        finally:
-            lock.release()
 
     # -- internals: lifecycle
 
@@ -371,6 +371,8 @@ class Connection:
         self._idle_lot.unpark_all()
         self._ping_lot.unpark_all()
         self._conn_credit_lot.unpark_all()
+        if self._handlers is not None:
+            self._handlers.close()
         if self._on_close:
             self._on_close(self)
         if self._nursery is not None:
@@ -411,7 +413,7 @@ class Connection:
             if self._error is None:
                 self._fail(ConnectionLost(f"connection to {self.peer_id} closed"))
             with trio.CancelScope(shield=True):
-                if not self._send_lock.locked():
+                if not self._writing:
                     with trio.move_on_after(0.5):
                         try:
                             await self._flush_now()  # e.g. the GOAWAY that explains a protocol error
@@ -505,10 +507,10 @@ class Connection:
             elif t is StreamOpened:
                 st = Stream(self, ev.stream_id, ev.meta, outbound=False)
                 streams[st.id] = st
-                if self._handler is None:
+                if self._handlers is None:
                     st.reset("this peer accepts no streams", m.CODE_REFUSED)
                 else:
-                    self._spawn(self._run_handler, st)
+                    self._handlers.start(st)
             elif t is StreamEnded:
                 st = streams.get(ev.stream_id)
                 if st is not None:
@@ -549,20 +551,3 @@ class Connection:
                 self._on_close(self)
             self._mux.goaway(m.CODE_IDLE, "idle")
             await self._shutdown(self._config.close_timeout)
-
-    async def _run_handler(self, st: Stream) -> None:
-        assert self._handler is not None
-        try:
-            await self._handler(st)
-        except TransportError as e:
-            log.debug("stream %d from %s ended with %s", st.id, self.peer_id, e)
-            st.reset(f"handler: {e}", m.CODE_INTERNAL)
-        except Exception:
-            log.exception("stream handler failed (stream %d from %s)", st.id, self.peer_id)
-            st.reset("handler failed", m.CODE_INTERNAL)
-        except trio.Cancelled:
-            st.reset("cancelled", m.CODE_CANCEL)
-            raise
-        else:
-            await st.aclose()
-

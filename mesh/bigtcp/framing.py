@@ -32,7 +32,9 @@ from __future__ import annotations
 import ctypes
 import enum
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from crc32c import crc32c
 
@@ -44,6 +46,8 @@ _pack = HEADER.pack
 _unpack_from = HEADER.unpack_from
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 MAX_STREAM_ID = 2**32 - 1
+
+T = TypeVar("T")
 
 FLAG_END = 0x01  # DATA / MSG / OPEN: the sender's half of the stream ends with this frame
 FLAG_ACK = 0x02  # PING: this is the answer
@@ -156,6 +160,21 @@ def encode_frame(
 # ---------------------------------------------------------------------------------------------- decoder
 
 
+def feed_through(get_buffer: Callable[[], memoryview], advance: Callable[[int], list[T]],
+                 data: bytes | bytearray | memoryview) -> list[T]:
+    """The copying convenience of a zero-copy receiver (`FrameDecoder`, `Mux`): copy `data` into the
+    buffers `get_buffer()` hands out, report each with `advance(n)`, return what those returned, in order."""
+    out: list[T] = []
+    mv = memoryview(data).cast("B")
+    while len(mv):
+        buf = get_buffer()
+        k = min(len(buf), len(mv))
+        buf[:k] = mv[:k]
+        mv = mv[k:]
+        out.extend(advance(k))
+    return out
+
+
 def _make_alloc():
     """bytearray(n) zero-fills n bytes that the wire is about to overwrite anyway (~40 us per MiB here);
     CPython's PyByteArray_FromStringAndSize(NULL, n) does not. The decoder only hands out a payload
@@ -256,15 +275,7 @@ class FrameDecoder:
     # -- copying convenience (tests, memory streams)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        frames: list[Frame] = []
-        mv = memoryview(data).cast("B")
-        while len(mv):
-            buf = self.get_buffer()
-            k = min(len(buf), len(mv))
-            buf[:k] = mv[:k]
-            mv = mv[k:]
-            frames.extend(self.advance(k))
-        return frames
+        return feed_through(self.get_buffer, self.advance, data)
 
     # -- internals
 

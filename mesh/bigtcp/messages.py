@@ -86,6 +86,7 @@ class GoAway:
 
 Control = Hello | Open | WindowUpdate | Reset | Ping | GoAway
 
+_NAMES = {t: t.name for t in FrameType}  # Enum.name is a descriptor call: slow on the per-frame path
 _TYPE_OF = {Hello: FrameType.HELLO, Open: FrameType.OPEN, WindowUpdate: FrameType.WINDOW, Reset: FrameType.RESET, Ping: FrameType.PING, GoAway: FrameType.GOAWAY}
 
 
@@ -144,9 +145,9 @@ def _uint(d: dict[str, Any], key: str, what: str, default: Any = ..., *, lo: int
 def decode_control(frame: Frame) -> Control:
     """The typed control message carried by a non-DATA, non-MSG frame."""
     t = frame.type
-    what = t.name
     if t is FrameType.HELLO:
         return _decode_hello(frame.payload)
+    what = _NAMES[t]
     d = _unpack_map(frame.payload, what)
     if t is FrameType.WINDOW:
         return WindowUpdate(_uint(d, "c", what, lo=1, hi=2**32))

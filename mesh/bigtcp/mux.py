@@ -19,11 +19,12 @@ connection may have buffered together: memory per connection is at most conn_win
 window x max_streams. Its default is 4 stream windows, so one stalled reader (holding at most one
 stream window) never stops the others. A sender that exceeds either credit is a peer protocol error.
 
-Events and errors live in `events`.
+Keepalive, dead-peer and idle timing is `liveness.Liveness`; events and errors live in `events`.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any
 
@@ -57,8 +58,10 @@ from mesh.bigtcp.framing import (
     PeerProtocolError,
     TransportError,
     encode_header,
+    feed_through,
 )
 from mesh.bigtcp.limits import MAX_HELLO_BYTES
+from mesh.bigtcp.liveness import Liveness
 
 __all__ = [
     "ConnectionClosing",
@@ -143,21 +146,13 @@ class Mux:
         self._last_peer_id = 0
         self._local_open = 0  # streams we opened that are still in the table
         self._reset_recent: OrderedDict[int, None] = OrderedDict()
+        self._open_payload: tuple[dict[str, Any], bytes] | None = None  # (meta, its OPEN payload) last sent
         self._grant_at = max(1, window // 4)
         self.goaway_sent: m.GoAway | None = None
         self.goaway_received: m.GoAway | None = None
         self.error: TransportError | None = None
         self.ended = False  # peer's byte stream ended
-        # timers
-        self.keepalive = keepalive
-        self.dead_after = dead_after
-        self.idle_close = idle_close
-        self._rx_mark = -1
-        self._last_rx = 0.0
-        self._ping_nonce = 0
-        self._ping_out: tuple[int, float] | None = None
-        self._idle_since: float | None = None
-        self._idle_reported = False
+        self.liveness = Liveness(keepalive, dead_after, idle_close)
         # counters for metrics
         self.frames_sent = 0
         self.bytes_sent = 0
@@ -276,11 +271,16 @@ class Mux:
         self._next_id += 2
         self._streams[sid] = _Stream(sid, self.peer_hello.window, self.local_hello.window)
         self._local_open += 1
-        self._queue_control(m.encode_control(m.Open(meta or {})), 0, sid)
+        meta = meta or {}
+        cached = self._open_payload
+        if cached is None or cached[0] != meta:  # most streams of a connection carry the same meta (RPC)
+            cached = self._open_payload = (copy.deepcopy(meta), m.encode_control(m.Open(meta))[1])
+        self._queue(FrameType.OPEN, 0, sid, cached[1])
         return sid
 
     def _sendable(self, sid: int, n: int) -> _Stream:
-        self._check_alive()
+        if self.error is not None or self.peer_hello is None:
+            self._check_alive()
         s = self._streams.get(sid)
         if s is None:
             raise LocalProtocolError(f"stream {sid} is not open")
@@ -366,10 +366,9 @@ class Mux:
         """Queue a PING; its PongReceived event carries `now` back for the round-trip time."""
         if self.error is not None:
             raise self.error
-        self._ping_nonce += 1
-        self._ping_out = (self._ping_nonce, now)
-        self._queue_control(m.encode_control(m.Ping(self._ping_nonce)), 0, 0)
-        return self._ping_nonce
+        nonce = self.liveness.ping_sent(now)
+        self._queue_control(m.encode_control(m.Ping(nonce)), 0, 0)
+        return nonce
 
     def goaway(self, code: int = m.CODE_NO_ERROR, reason: str = "") -> None:
         """No new streams from the peer; existing ones finish. Idempotent."""
@@ -408,15 +407,7 @@ class Mux:
         """Copying convenience over get_buffer/advance; b"" means end of input."""
         if not len(data):
             return self.receive_eof()
-        events: list[Event] = []
-        mv = memoryview(data).cast("B")
-        while len(mv):
-            buf = self.get_buffer()
-            k = min(len(buf), len(mv))
-            buf[:k] = mv[:k]
-            mv = mv[k:]
-            events.extend(self.advance(k))
-        return events
+        return feed_through(self.get_buffer, self.advance, data)
 
     def receive_eof(self) -> list[Event]:
         if self.error is not None:
@@ -548,9 +539,9 @@ class Mux:
         if t is FrameType.PING:
             msg = m.decode_control(f)
             if f.flags & FLAG_ACK:
-                if self._ping_out is not None and self._ping_out[0] == msg.nonce:  # type: ignore[union-attr]
-                    events.append(PongReceived(msg.nonce, self._ping_out[1]))  # type: ignore[union-attr]
-                    self._ping_out = None
+                sent_at = self.liveness.pong_received(msg.nonce)  # type: ignore[union-attr]
+                if sent_at is not None:
+                    events.append(PongReceived(msg.nonce, sent_at))  # type: ignore[union-attr]
             elif self.error is None:
                 self._queue(FrameType.PING, FLAG_ACK, 0, f.payload)
             return
@@ -584,46 +575,23 @@ class Mux:
     # ------------------------------------------------------------------ timers
 
     def handle_timers(self, now: float) -> list[Event]:
-        """Keepalive pings, dead-peer detection, idle close. Call at or after `next_deadline()`."""
+        """Keepalive pings, dead-peer detection, idle close (`Liveness`). Call at or after `next_deadline()`."""
         events: list[Event] = []
         if self.error is not None or self.ended:
             return events
-        rx = self._decoder.bytes_received
-        if rx != self._rx_mark:
-            self._rx_mark = rx
-            self._last_rx = now
-        silent = now - self._last_rx
-        if self.dead_after is not None and silent >= self.dead_after:
-            self.error = ConnectionLost(f"peer silent for {silent:.1f}s (keepalive timeout {self.dead_after}s)")
-            events.append(KeepaliveTimeout(silent))
+        due = self.liveness.check(now, self._decoder.bytes_received, bool(self._streams))
+        if due.dead_for is not None:
+            self.error = ConnectionLost(f"peer silent for {due.dead_for:.1f}s (keepalive timeout {self.liveness.dead_after}s)")
+            events.append(KeepaliveTimeout(due.dead_for))
             return events
-        if self.keepalive is not None and silent >= self.keepalive and (
-            self._ping_out is None or now - self._ping_out[1] >= self.keepalive
-        ):
+        if due.ping:
             self.ping(now)
-        if self.idle_close is not None:
-            if self._streams:
-                self._idle_since = None
-                self._idle_reported = False
-            else:
-                if self._idle_since is None:
-                    self._idle_since = now
-                if not self._idle_reported and now - self._idle_since >= self.idle_close:
-                    self._idle_reported = True
-                    events.append(IdleTimeout(now - self._idle_since))
+        if due.idle_for is not None:
+            events.append(IdleTimeout(due.idle_for))
         return events
 
     def next_deadline(self, now: float) -> float:
         """When `handle_timers` has something to do next (calling earlier is harmless)."""
         if self.error is not None or self.ended:
             return now + 3600.0
-        if self._rx_mark < 0:
-            return now
-        cands = [now + 3600.0]
-        if self.keepalive is not None:
-            cands.append((self._ping_out[1] if self._ping_out is not None else self._last_rx) + self.keepalive)
-        if self.dead_after is not None:
-            cands.append(self._last_rx + self.dead_after)
-        if self.idle_close is not None and not self._idle_reported:
-            cands.append((self._idle_since if self._idle_since is not None else now) + self.idle_close)
-        return max(now, min(cands))
+        return self.liveness.next_deadline(now)

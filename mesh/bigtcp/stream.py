@@ -18,7 +18,7 @@ from mesh.bigtcp import transport_metrics as tm
 from mesh.bigtcp.events import StreamReset
 from mesh.bigtcp.framing import LocalProtocolError, TransportError
 
-__all__ = ["EndOfStream", "Stream", "StreamLink", "WrongItemKind"]
+__all__ = ["EndOfStream", "ParkedTasks", "Stream", "StreamLink", "WrongItemKind"]
 
 
 class EndOfStream(TransportError):
@@ -27,6 +27,41 @@ class EndOfStream(TransportError):
 
 class WrongItemKind(LocalProtocolError):
     """`receive_msg` found a data frame next (or `receive_bytes` a message); nothing was consumed."""
+
+
+class ParkedTasks:
+    """Tasks parked until woken, in FIFO order: what trio's ParkingLot does, with less work per park and
+    per wakeup (no breaker bookkeeping, no OrderedDict; an empty check is a list's truth value). Used on
+    every stream (its reader waiting for items, a sender waiting for credit) and by the connection."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: list[trio.lowlevel.Task] = []
+
+    async def park(self) -> None:
+        task = trio.lowlevel.current_task()
+        tasks = self._tasks
+        tasks.append(task)
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def unpark_all(self) -> None:
+        if self._tasks:
+            tasks, self._tasks = self._tasks, []
+            for task in tasks:
+                trio.lowlevel.reschedule(task)
+
+    def unpark_one(self) -> bool:
+        """Wake the longest-parked task; False if none was parked."""
+        if not self._tasks:
+            return False
+        trio.lowlevel.reschedule(self._tasks.pop(0))
+        return True
 
 
 class StreamLink(Protocol):
@@ -108,8 +143,11 @@ class Stream:
         self._error: TransportError | None = None  # reset (local or peer): fatal for both directions
         self._lost: TransportError | None = None  # connection died: buffered items still readable
         self._discard = False  # nobody reads any more: drop incoming data and grant credit
-        self._lot = trio.lowlevel.ParkingLot()  # receivers waiting for items, senders for credit
+        self._lot = ParkedTasks()  # receivers waiting for items, senders for credit
         self._scopes: list[trio.CancelScope] = []
+        # the cancel scope of the connection's handler task while it serves this stream (inbound streams):
+        # a handler may use it (a deadline, `cancel_on_reset`) instead of opening a scope of its own
+        self.handler_scope: trio.CancelScope | None = None
 
     def __repr__(self) -> str:
         return f"<Stream {self.id} peer={self.peer_id[:16]}…>"
@@ -133,7 +171,15 @@ class Stream:
     @property
     def buffered(self) -> int:
         """Bytes received on this stream and not yet taken by the application."""
-        return sum(size for _item, size in self._items)
+        items = self._items
+        if len(items) <= 1:
+            return items[0][1] if items else 0
+        return sum(size for _item, size in items)
+
+    @property
+    def usable(self) -> bool:
+        """Neither reset (by either side) nor cut off by the connection's loss."""
+        return self._error is None and self._lost is None
 
     @property
     def closed_for_receiving(self) -> bool:
@@ -172,10 +218,12 @@ class Stream:
     async def _send(self, payload: bytes | memoryview, end: bool, is_msg: bool) -> None:
         link = self._link
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_send()
+        if self._error is not None or self._lost is not None or self._send_closed:
+            self._check_send()
         n = len(payload)
-        if n > link.max_send_frame:
-            raise LocalProtocolError(f"payload of {n} bytes exceeds the peer's max frame ({link.max_send_frame}); send it in parts")
+        limit = link.max_send_frame
+        if n > limit:
+            raise LocalProtocolError(f"payload of {n} bytes exceeds the peer's max frame ({limit}); send it in parts")
         waited = False
         if link.send_credit(self.id) < n:
             waited = True
@@ -322,6 +370,11 @@ class Stream:
         """An item (message dict or data buffer) of `size` credit bytes arrived."""
         self._items.append((item, size))
         self._lot.unpark_all()
+
+    def handler_finished(self) -> None:
+        """The handler task is done with this stream: a later reset must not cancel what it runs next."""
+        self.handler_scope = None
+        self._scopes.clear()
 
     def credit_granted(self) -> None:
         self._lot.unpark_all()

@@ -140,6 +140,9 @@ class TlsSession:
         ctx = contexts.server if server_side else contexts.client
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
         self.server_side = server_side
+        # the hot calls, bound once (one Python call less per record each way)
+        self.feed = self._in.write
+        self.write = self.obj.write  # encrypt now (the caller may reuse its buffer afterwards)
 
     def handshake_step(self) -> bool:
         """Advance the handshake; True when done (False: feed more ciphertext first). Raises HandshakeError."""
@@ -154,15 +157,8 @@ class TlsSession:
     def peer_id(self) -> str:
         return peer_id_from_certificate(self.obj.getpeercert(binary_form=True))
 
-    def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._in.write(data)
-
     def feed_eof(self) -> None:
         self._in.write_eof()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt `data` now (the caller may reuse its buffer afterwards)."""
-        self.obj.write(data)
 
     @property
     def output_pending(self) -> int:
@@ -177,8 +173,8 @@ class TlsSession:
         -1 = need more ciphertext."""
         got = 0
         n_total = len(view)
-        obj = self.obj
-        if not self._in.pending and not obj.pending():
+        obj, incoming = self.obj, self._in
+        if not incoming.pending and not obj.pending():
             return -1  # nothing buffered: skip a read that could only raise SSLWantReadError
         try:
             while got < n_total:
@@ -186,6 +182,8 @@ class TlsSession:
                 if n == 0:
                     break
                 got += n
+                if not incoming.pending and not obj.pending():
+                    break  # all buffered input decrypted: a further read would only raise SSLWantReadError
         except ssl.SSLWantReadError:
             return got if got else -1
         except ssl.SSLZeroReturnError:

@@ -22,6 +22,7 @@ __all__ = ["IO_ERRORS", "SocketWire", "StreamWire", "TlsWire", "Wire", "describe
 
 _IOV_BATCH = 512  # buffers per sendmsg (IOV_MAX is 1024 on Linux)
 _TLS_READ = 256 * 1024
+_TLS_CHUNK = 256 * 1024  # ciphertext taken from the session per send
 _TLS_HANDSHAKE_READ = 16 * 1024  # before the peer is authenticated (grown to _TLS_READ after the handshake)
 _SMALL_JOIN = 16 * 1024  # TLS: consecutive buffers below this are joined into one record
 
@@ -99,6 +100,10 @@ class SocketWire(Wire):
         sock.setblocking(False)
         self.raw = sock
         self._backlog: list = []
+        # the last read returned less than asked: the socket was empty then, so the next read waits for
+        # readability first (level-triggered: returns at once if data came meanwhile) and skips a read
+        # that would fail with EAGAIN (a system call and an exception per message on a request path)
+        self._drained = False
 
     @property
     def has_backlog(self) -> bool:
@@ -156,11 +161,16 @@ class SocketWire(Wire):
 
     async def recv_into(self, view: memoryview) -> int:
         raw = self.raw
+        if self._drained:  # the last read emptied the socket: wait first instead of a read that fails
+            await trio.lowlevel.wait_readable(raw.fileno())
         while True:
             try:
-                return raw.recv_into(view)
+                n = raw.recv_into(view)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw.fileno())
+                continue
+            self._drained = n < len(view)
+            return n
 
     async def send_eof(self) -> None:
         try:
@@ -200,11 +210,16 @@ class TlsWire(SocketWire):
 
     async def _recv_raw(self) -> int:
         raw = self.raw
+        if self._drained:
+            await trio.lowlevel.wait_readable(raw.fileno())
         while True:
             try:
-                return raw.recv_into(self._rbuf)
+                n = raw.recv_into(self._rbuf)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw.fileno())
+                continue
+            self._drained = n < len(self._rbuf)
+            return n
 
     def grow(self) -> None:
         """The peer is authenticated: read in large batches from now on."""
@@ -225,17 +240,29 @@ class TlsWire(SocketWire):
     def _drain_nowait(self) -> bool:
         """Send pending ciphertext without blocking; True when all of it is out."""
         s, raw = self.session, self.raw
+        pending = self._pending
         while True:
-            if not self._pending:
-                if not s.output_pending:
+            if not pending:
+                data = s.take_output(_TLS_CHUNK)
+                if not data:
                     self._pending = None
                     return True
-                self._pending = memoryview(s.take_output())
+                try:
+                    n = raw.send(data)
+                except BlockingIOError:
+                    self._pending = memoryview(data)
+                    return False
+                if n == len(data) and n < _TLS_CHUNK:  # a short take emptied the session's output
+                    self._pending = None
+                    return True
+                pending = memoryview(data)[n:]
+                continue
             try:
-                n = raw.send(self._pending)
+                n = raw.send(pending)
             except BlockingIOError:
+                self._pending = pending
                 return False
-            self._pending = self._pending[n:]
+            pending = pending[n:]
 
     async def _drain(self) -> bool:
         waited = False

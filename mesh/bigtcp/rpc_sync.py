@@ -1,0 +1,201 @@
+"""`SyncMeshClient`, for code that does not use trio: it runs one trio event loop in a private thread for
+the client's lifetime (one connection, reused by every call) and each method blocks the calling thread via
+`trio.from_thread.run`. `SyncCall` is the blocking view of a streaming call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import outcome
+import trio
+
+from mesh.bigtcp.rpc_client import MeshClient
+from mesh.bigtcp.rpc_protocol import RpcError
+from mesh.identity import Identity
+
+__all__ = ["SyncCall", "SyncMeshClient"]
+
+
+class SyncMeshClient:
+    """Blocking `MeshClient` for code without trio. Runs trio in a private thread (one event loop and one
+    connection for the client's lifetime); each method blocks until done. Thread-safe: calls from several
+    threads run concurrently on the same connection.
+
+        with SyncMeshClient("10.0.0.5:4002", peer_id=pid) as c:
+            print(c.call("job.status", {"id": 7}))
+            with c.open("job.results", {"id": 7}) as call:
+                for item in call:
+                    ...
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        *,
+        peer_id: str | None = None,
+        identity: Identity | None = None,
+        insecure: bool = False,
+        connect_timeout: float = 30.0,
+        **transport_options: Any,
+    ) -> None:
+        self._args = (host, port)
+        self._kw = dict(peer_id=peer_id, identity=identity, insecure=insecure, **transport_options)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._client: MeshClient | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self._thread = threading.Thread(target=self._run, name="gpumesh-sync-client", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(connect_timeout):
+            raise TimeoutError(f"could not connect to {host}:{port} within {connect_timeout}s")
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+
+    def _run(self) -> None:
+        async def main() -> None:
+            try:
+                async with MeshClient.connect(*self._args, **self._kw) as client:
+                    async with trio.open_nursery() as nursery:  # hosts the tasks of open SyncCalls
+                        self._client = client
+                        self._nursery = nursery
+                        self._token = trio.lowlevel.current_trio_token()
+                        self._stop = trio.Event()
+                        self._ready.set()
+                        await self._stop.wait()
+                        nursery.cancel_scope.cancel()
+            except BaseException as e:  # noqa: BLE001 - handed to the constructing thread
+                if not self._ready.is_set():
+                    self._startup_error = e
+                    self._ready.set()
+                else:
+                    raise
+
+        trio.run(main)
+
+    @property
+    def peer_id(self) -> str | None:
+        return self._client.peer_id if self._client else None
+
+    @property
+    def client(self) -> MeshClient:
+        """The async client on the private loop: use its methods through `run_async` only."""
+        assert self._client is not None
+        return self._client
+
+    def run_async(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
+        """Run `await fn(*args, **kw)` on the private loop and return its result (or raise its error)."""
+        if self._token is None or not self._thread.is_alive():
+            raise RuntimeError("SyncMeshClient is closed")
+
+        async def go() -> Any:
+            return await fn(*args, **kw)
+
+        return trio.from_thread.run(go, trio_token=self._token)
+
+    def call(self, method: str, body: dict[str, Any] | None = None, *, timeout: float | None = None) -> dict[str, Any]:
+        assert self._client is not None
+        return self.run_async(self._client.call, method, body, timeout=timeout)
+
+    def open(self, method: str, body: dict[str, Any] | None = None, *, timeout: float | None = None, uploads: bool = False) -> SyncCall:
+        """A streaming call: use as a context manager."""
+        assert self._client is not None
+        return SyncCall(self, self._client.open(method, body, timeout=timeout, uploads=uploads))
+
+    def close(self) -> None:
+        if self._token is not None and self._thread.is_alive() and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+        self._token = None
+
+    def __enter__(self) -> SyncMeshClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _AbortCall(Exception):
+    """Raised inside a SyncCall's task when the `with` block exited with an exception."""
+
+
+class SyncCall:
+    """Blocking view of a `ClientCall`. The call lives in its own trio task (cancel scopes and the
+    stream belong to one task); each method sends it a command and waits for the outcome."""
+
+    def __init__(self, client: SyncMeshClient, cm: Any) -> None:
+        self._client = client
+        self._cm = cm
+        self._cmd: trio.MemorySendChannel | None = None
+        self._res: trio.MemoryReceiveChannel | None = None
+
+    async def _worker(self, cmd_recv, res_send, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        try:
+            async with self._cm as call:
+                task_status.started()
+                started = True
+                async for op, args in cmd_recv:
+                    if op == "__exit__":
+                        if args:
+                            raise _AbortCall(args[0])
+                        break
+                    await res_send.send(await outcome.acapture(getattr(call, op), *args))
+        except _AbortCall:
+            await res_send.send(outcome.Value(None))
+            return
+        except BaseException as e:
+            if not started:
+                raise
+            await res_send.send(outcome.Error(e) if not isinstance(e, trio.Cancelled) else outcome.Error(RpcError("cancelled", "client closed")))
+            return
+        await res_send.send(outcome.Value(None))
+
+    async def _start(self) -> None:
+        cmd_send, cmd_recv = trio.open_memory_channel(0)
+        res_send, res_recv = trio.open_memory_channel(1)
+        assert self._client._nursery is not None
+        await self._client._nursery.start(self._worker, cmd_recv, res_send)
+        self._cmd, self._res = cmd_send, res_recv
+
+    async def _roundtrip(self, op: str, args: tuple) -> Any:
+        assert self._cmd is not None and self._res is not None
+        await self._cmd.send((op, args))
+        return (await self._res.receive()).unwrap()
+
+    def _do(self, op: str, *args: Any) -> Any:
+        return self._client.run_async(self._roundtrip, op, args)
+
+    def __enter__(self) -> SyncCall:
+        self._client.run_async(self._start)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._do("__exit__", *((repr(exc),) if exc_type is not None else ()))
+
+    def send(self, item: dict[str, Any]) -> None:
+        self._do("send", item)
+
+    def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
+        self._do("send_bytes", data)
+
+    def done_sending(self) -> None:
+        self._do("done_sending")
+
+    def receive(self) -> dict[str, Any] | bytes | bytearray | None:
+        return self._do("receive")
+
+    def __iter__(self) -> Iterator[Any]:
+        while (item := self.receive()) is not None:
+            yield item
+
+    def result(self) -> dict[str, Any]:
+        return self._do("result")
