@@ -28,6 +28,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from scheduler.cli.common import EXIT_FAIL, EXIT_OK, UsageError
 from scheduler.client.client import Client, address_from_args
 from scheduler.client.render_client import StreamStats, render_stream
 from scheduler.client.viewer import Viewer, parse_listen, url_of
@@ -38,8 +39,6 @@ from worker.render.compositing import straight_alpha
 from worker.render.errors import SceneError
 from worker.render.samples import at_resolution
 from worker.render.scene import from_dict, load_scene_file, pose_from_dict, to_dict
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -132,9 +131,8 @@ def run(args: argparse.Namespace) -> int:
         listen = None
         if args.serve:
             listen = parse_listen(args.serve)
-    except (OSError, ValueError, SceneError) as e:
-        print(f"mesh-node render: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except (OSError, ValueError, SceneError) as e:  # SceneError is a ValueError
+        raise UsageError(str(e)) from e
     if listen is not None:
         return serve(args, scene, tiles, listen)
     if args.out:
@@ -214,11 +212,7 @@ def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, i
                         nursery.cancel_scope.cancel()
                         break
 
-    try:
-        trio.run(main)
-    except OSError as e:
-        print(f"mesh-node render: {e}", file=sys.stderr)
-        return EXIT_FAIL
+    trio.run(main)  # an OSError (the node, the viewer's port): exit 1, common.ERROR_EXITS
     return EXIT_OK
 
 
