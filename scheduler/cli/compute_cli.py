@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import trio
 
-from scheduler.cli.common import EXIT_OK, UsageError
+from scheduler.cli import progress
+from scheduler.cli.common import EXIT_OK, UsageError, console
 from scheduler.client.client import address_from_args
 from scheduler.client.compute_sdk import AsyncMesh
 from scheduler.node.config import add_node_options
@@ -83,7 +84,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=("realtime", "interactive", "batch"), default="interactive",
                    help="scheduling class (default interactive)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write each output as DIR/NAME.npy")
-    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable summary on stdout, and progress (upload, job, download) as JSON lines "
+                        "on stderr (without it: progress bars on a terminal)")
     add_node_options(p, "API token with the compute scope")
     return p
 
@@ -225,10 +228,16 @@ def run(args: argparse.Namespace) -> int:
 
     addr, tok, pid, insecure = address_from_args(args)
 
+    con = console()
+
     async def go():
         async with AsyncMesh.connect(addr, token=tok, peer_id=pid, insecure=insecure) as mesh:
-            return await mesh.run(job, verify=None if args.verify == "none" else args.verify, rtol=args.rtol,
-                                  atol=args.atol, priority=args.priority)
+            title = f"compute {args.kernel or args.source.name}"
+            with progress.JobProgress(progress.mode_for(args, con), con, title) as prog:
+                async with progress.following(mesh.client, prog, local=True) as track:
+                    return await mesh.run(job, verify=None if args.verify == "none" else args.verify,
+                                          rtol=args.rtol, atol=args.atol, priority=args.priority,
+                                          observer=progress.ProgressObserver(prog, track))
 
     res = trio.run(go)  # BuildFailed, ComputeRefused, ComputeFailed: exit statuses in common.ERROR_EXITS
 
