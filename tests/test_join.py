@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -94,10 +93,6 @@ def test_cli_reports_a_mismatch_clearly(tmp_path):
 
 
 # ---- the node's side: --join, and refusals said out loud ----------------------------------------------------
-def _stamp(line: str) -> datetime:
-    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-
-
 def _warnings(nd: NodeProc, needle: str) -> list[str]:
     return [ln for ln in nd.log_tail(5000).splitlines() if "WARNING" in ln and needle in ln]
 
@@ -137,8 +132,9 @@ def test_join_by_data_plane_address_and_refusals_on_both_sides(tmp_path, keys):
                  _warnings(c, f"cannot join through {a.endpoints.data}"), 120, "the data-plane refusal on both sides")
         (refused,) = _warnings(a, f"refused peer {c.peer_id} on the data plane")[:1]
         heard = _warnings(c, f"cannot join through {a.endpoints.data}")[0]
+        # the refused side heard the refusing side's own reason (sent in the handshake's answer, so at once), not
+        # a timeout of its own: asserted on the events, not on their timestamps (a loaded machine stretches those)
         assert "did not prove it holds this mesh's key" in refused and "did not prove it holds this mesh's key" in heard
-        assert abs((_stamp(heard) - _stamp(refused)).total_seconds()) < 1.0
         # libp2p (--bootstrap): the same, from py-libp2p's handshake failure
         wait_for(lambda: _warnings(a, "refused a libp2p connection from") and
                  _warnings(c, f"cannot join through bootstrap peer {a.peer_id}"), 120, "the libp2p refusal on both sides")
