@@ -14,6 +14,11 @@ Mesh (measured, not estimated): a 3-node loopback mesh of real `mesh-node` proce
 On a single machine the three nodes share its cores (and its one OpenCL device), so tiling cannot add
 compute here; the figure shows the overhead side of the trade-off that `plan_tiles` models.
 
+Real-time render sessions (issue 18; bench/_render_session.py, keys `session_overhead_p99_ms`,
+`session_delivered_30fps`, `bytes_per_frame`, `deadline_estimate_ratio`, `deadline_estimate_ratio_jobs`):
+`RENDER_PARTS=session make bench B=render` runs only that part (about a minute) and merges its keys into the
+last results.
+
 Viewer (issue 22): `viewer_latency_ms` {resolution: {p50, p99}}: the live viewer page in a real headless
 Chromium, orbiting by itself, pose sent by the page -> frame drawn on its canvas, as the page measures it, through
 the viewer server and a fresh 3-node loopback mesh (spheres example, tiles="auto"). One pose at a time (the page's
@@ -28,6 +33,7 @@ import os
 import statistics
 import time
 
+from bench._render_session import session_part, table_rows
 from worker.render import reference
 from worker.render.camera import orbit
 from worker.render.opencl import SceneOnDevice, default_queue
@@ -204,7 +210,31 @@ def viewer_part() -> dict:
             return trio.run(main)
 
 
+SESSION_KEYS = ("session_overhead_p99_ms", "session_overhead_detail", "session_delivered_30fps", "session_30fps_detail",
+                "bytes_per_frame", "bytes_per_frame_detail", "deadline_estimate_ratio", "deadline_estimate_detail",
+                "deadline_estimate_ratio_jobs")
+
+
 def run() -> dict:
+    """Every part; with RENDER_PARTS=session only the real-time session part (about a minute), its keys merged
+    into the last bench/results/render.json."""
+    sessions = session_part()
+    if os.environ.get("RENDER_PARTS", "all") == "session":
+        import json
+        from pathlib import Path
+
+        last = Path(__file__).resolve().parent / "results" / "render.json"
+        out = json.loads(last.read_text()) if last.exists() else {}
+        out.update({k: sessions[k] for k in SESSION_KEYS if k in sessions})
+        out["session_load_average"] = [sessions["load_average_at_start"], sessions["load_average_at_end"]]
+        return out
+    result = _run_all()
+    result.update({k: sessions[k] for k in SESSION_KEYS if k in sessions})
+    result["session_load_average"] = [sessions["load_average_at_start"], sessions["load_average_at_end"]]
+    return result
+
+
+def _run_all() -> dict:
     viewer = viewer_part()
     on_mesh = mesh_part()
     ctx, queue = default_queue()
@@ -295,5 +325,8 @@ def table(result: dict) -> list[tuple[str, str]]:
                          f"p50 {v['p50']} ms, p99 {v['p99']} ms ({v['frames']} frames, {v['fps']} fps shown, "
                          f"dropped {v['dropped']}, skipped {v['skipped']}, stale {v['stale']}; mesh p50 "
                          f"{v['mesh_ms_p50']} ms)"))
-    rows.append(("load average at start", str(result["load_average_at_start"])))
+    rows += table_rows(result)
+    if "session_load_average" in result:
+        rows.append(("load average during the session part (start, end)", str(result["session_load_average"])))
+    rows.append(("load average at start", str(result.get("load_average_at_start"))))
     return rows

@@ -18,6 +18,7 @@ from scheduler.cli.main import main
 from scheduler.client.client import JobFailed
 from scheduler.client.compute_sdk import BuildFailed, ComputeFailed, ComputeRefused
 from scheduler.client.known_nodes import IdentityMismatch
+from scheduler.client.realtime import SessionLost
 from scheduler.node.config import ConfigError
 from scheduler.node.endpoints import BindError
 
@@ -26,6 +27,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 @pytest.mark.parametrize(("error", "code", "line"), [
     (common.UsageError("--arg 'x': bad"), 2, "mesh-node: --arg 'x': bad"),
+    (common.CommandFailed("unavailable: no device"), 1, "mesh-node: unavailable: no device"),
+    (SessionLost("worker lost"), 1, "mesh-node: the session ended: worker lost"),
     (ConfigError("unknown key(s) bogus"), 2, "mesh-node: unknown key(s) bogus"),
     (BindError("--data-listen", "0.0.0.0:1", "address already in use"), 2,
      "mesh-node: --data-listen 0.0.0.0:1: cannot listen: address already in use"),

@@ -60,7 +60,7 @@ def of(acts, cls):
 def run_to_done(h, job_id, now):
     rec = h.core.get(job_id)
     h.core.on_accept(rec.peer, Accept(job_id, rec.attempt, rec.device), now)
-    return h.core.on_result(rec.peer, Result(job_id, rec.attempt, True, {"v": job_id}), now)
+    return h.core.on_result(rec.peer, Result(job_id=job_id, attempt=rec.attempt, ok=True, body={"v": job_id}), now)
 
 
 def test_submit_journals_then_offers_to_the_best_peer():
@@ -125,12 +125,12 @@ def test_full_lifecycle_with_exactly_one_result():
     assert h.view.get("a").devices()[0].free_slots == 0  # the accept's load is in the view at once
     acts = h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 0.02)
     assert of(acts, StateChanged)[0].state is JobState.RUNNING
-    acts = h.core.on_result("a", Result("j1", 1, True, {"sum": 3}, timings={"run_s": 0.5}), 0.5)
+    acts = h.core.on_result("a", Result(job_id="j1", attempt=1, ok=True, body={"sum": 3}, timings={"run_s": 0.5}), 0.5)
     assert [type(a) for a in acts] == [Deliver, JournalFinish, Finish]
     assert acts[0].result.body == {"sum": 3} and acts[2].state is JobState.DONE
     # duplicates and strays are dropped and counted
-    assert h.core.on_result("a", Result("j1", 1, True, {"sum": 3}), 0.6) == []
-    assert h.core.on_result("b", Result("nope", 1, True), 0.6) == []
+    assert h.core.on_result("a", Result(job_id="j1", attempt=1, ok=True, body={"sum": 3}), 0.6) == []
+    assert h.core.on_result("b", Result(job_id="nope", attempt=1, ok=True), 0.6) == []
     assert h.core.stats.duplicates_dropped == 2 and h.core.in_flight == 0
     # a lease renewal for a finished job: the worker is told to drop it
     acts = h.core.on_lease("a", LeaseRenew((LeaseEntry("j1", 1, True),)), 0.7)
@@ -191,7 +191,7 @@ def test_results_of_an_older_attempt_are_dropped_after_replacement():
     h.core.on_accept("a", Accept("j1", 1, "d0"), 0.0)
     acts = h.core.worker_lost("a", 1.0, "connection lost")
     assert offers(acts) == [("b", 2)]
-    assert h.core.on_result("a", Result("j1", 1, True), 1.1) == []  # a's late result: stale
+    assert h.core.on_result("a", Result(job_id="j1", attempt=1, ok=True), 1.1) == []  # a's late result: stale
     assert h.core.stats.duplicates_dropped == 1
     acts = run_to_done(h, "j1", 1.2)
     assert len(of(acts, Deliver)) == 1 and h.core.get("j1").failures == ["worker a lost (connection lost)"]
@@ -244,7 +244,7 @@ def test_cancel_reaches_the_holder_and_late_results_are_dropped():
     rec, acts = h.core.cancel("j1", 0.5)
     assert rec.state is JobState.CANCELLED and of(acts, SendCancel)[0].cancel.attempt == 1
     assert of(acts, Finish)[0].reason == "cancelled by client"
-    assert h.core.on_result("a", Result("j1", 1, True), 0.6) == []
+    assert h.core.on_result("a", Result(job_id="j1", attempt=1, ok=True), 0.6) == []
     assert h.core.cancel("j1", 0.7)[1] == []  # already final
     assert h.core.in_flight == 0
 
@@ -314,24 +314,24 @@ def test_worker_failures_retryable_or_final_and_verification():
     h = H()
     h.submit(Job("echo", job_id="r"))
     h.core.on_accept("a", Accept("r", 1, "d0"), 0.0)
-    acts = h.core.on_result("a", Result("r", 1, False, error="device lost", retryable=True), 0.1)
+    acts = h.core.on_result("a", Result(job_id="r", attempt=1, ok=False, error="device lost", retryable=True), 0.1)
     assert offers(acts) == [("b", 2)] and not of(acts, Deliver)
     h.submit(Job("echo", job_id="f"))
     rec = h.core.get("f")
     h.core.on_accept(rec.peer, Accept("f", 1, "d0"), 0.0)
-    acts = h.core.on_result(rec.peer, Result("f", 1, False, error="bad spec"), 0.1)
+    acts = h.core.on_result(rec.peer, Result(job_id="f", attempt=1, ok=False, error="bad spec"), 0.1)
     assert of(acts, Deliver) and of(acts, Finish)[0].state is JobState.FAILED and h.core.get("f").reason == "bad spec"
     # verification: a wrong answer is an attempt lost, and costs standing
     h2 = H()
     h2.submit(Job("echo", job_id="v"))
     h2.core.on_accept("a", Accept("v", 1, "d0"), 0.0)
-    bad = Result("v", 1, True, {"ok": False})
+    bad = Result(job_id="v", attempt=1, ok=True, body={"ok": False})
     assert h2.core.expects_result("a", bad).job_id == "v" and h2.core.expects_result("b", bad) is None
     acts = h2.core.on_result("a", bad, 0.1, problem="wrong checksum")
     assert offers(acts) == [("b", 2)] and h2.view.standing("a") == pytest.approx(0.75)
     assert "failed verification: wrong checksum" in h2.core.get("v").failures[0]
     assert h2.core.expects_result("a", bad) is None  # stale now: not worth verifying
-    acts = h2.core.on_result("b", Result("v", 2, True, {"ok": True}), 0.2)
+    acts = h2.core.on_result("b", Result(job_id="v", attempt=2, ok=True, body={"ok": True}), 0.2)
     assert of(acts, Finish)[0].state is JobState.DONE
 
 
@@ -342,7 +342,7 @@ def test_restore_after_restart_continues_attempts_and_serves_finished():
         SimpleNamespace(job=job, state="placed", reason="", attempt=4, failures=["x"], result=None,
                         submitted_at=-1.0, finished_at=None),
         SimpleNamespace(job=Job("echo", job_id="f"), state="done", reason="", attempt=1, failures=[],
-                        result=Result("f", 1, True, {"r": 1}), submitted_at=-2.0, finished_at=-1.5),
+                        result=Result(job_id="f", attempt=1, ok=True, body={"r": 1}), submitted_at=-2.0, finished_at=-1.5),
     ]
     acts = h.core.restore(entries, 0.0)
     assert offers(acts) == [("a", 5)]
@@ -386,7 +386,7 @@ def test_metrics_follow_the_lifecycle():
     h.submit(Job("metricsjob", job_id="m1", priority="interactive"))
     h.core.on_reject("a", Reject("m1", 1, "busy"), 0.0)
     run_to_done(h, "m1", 0.1)
-    h.core.on_result("b", Result("m1", 2, True), 0.2)
+    h.core.on_result("b", Result(job_id="m1", attempt=2, ok=True), 0.2)
     h.submit(Job("metricsjob", requirements=Requirements(min_memory_bytes=1 << 50)))
     after = (val("gpumesh_jobs_finished_total", kind="metricsjob", state="done"),
              val("gpumesh_results_dropped_total", reason="duplicate"),

@@ -336,6 +336,28 @@ async def test_a_quarantined_device_gives_out_no_slot_until_its_kernel_ends(cloc
         n.cancel_scope.cancel()
 
 
+async def test_a_reserved_slot_is_given_to_no_job_until_the_session_ends(clock):
+    """A real-time render session holds a slot (Executor.reserved_slot): a job waits for it, the advert shows it
+    taken, a second reservation is refused, and the slot comes back when the block ends, however it ends."""
+    async with trio.open_nursery() as n:
+        ex = await started_executor(n)
+        with pytest.raises(RuntimeError, match="session failed"):
+            async with ex.reserved_slot("session-a") as (device, handle):
+                assert device.id == "cpu-reference" and handle is None  # the CPU path: no runner, no context
+                assert ex.capacity().free_slots == 0
+                with pytest.raises(Saturated):
+                    async with ex.reserved_slot("session-b"):
+                        pass
+                job = ex.submit(JobRequest("w", "sleep", {"seconds": 1}))
+                await trio.sleep(3)
+                assert job.state == "queued"
+                raise RuntimeError("session failed")
+        o = await job.wait()
+        assert o.ok and o.queued_s == pytest.approx(3, abs=0.1)
+        assert ex.capacity().free_slots == 1
+        n.cancel_scope.cancel()
+
+
 async def test_cancel_queued_and_running(clock):
     async with trio.open_nursery() as n:
         ex = await started_executor(n)
@@ -350,7 +372,7 @@ async def test_cancel_queued_and_running(clock):
         t_cancel = trio.current_time()
         assert ex.cancel("long", reason="client asked")
         ol = await long.wait()
-        assert ol.state == "cancelled" and ol.error == "client asked" and ol.result is None
+        assert ol.state == "cancelled" and ol.error == "client asked" and ol.result.body == {} and ol.result.output is None
         on = await nxt.wait()  # the slot went to the next job
         assert on.ok and on.queued_s == pytest.approx(t_cancel)
         assert not ex.cancel("long") and not ex.cancel("never-heard-of")

@@ -115,9 +115,9 @@ def test_messages_roundtrip_through_decode_message():
         Reject("j1", 2, "queue full", {"0:0": (0, 9), "0:1": (1, 0)}),
         LeaseRenew((LeaseEntry("j1", 2, True), LeaseEntry("j2", 1, False))),
         Cancel("j1", 2, "cancelled by client"),
-        Result("j1", 2, True, {"sum": 3}, output_size=10, output_sha256="ab" * 32, worker="peerX",
+        Result(job_id="j1", attempt=2, ok=True, body={"sum": 3}, output_size=10, output_sha256="ab" * 32, worker="peerX",
                device="0:1", timings={"run_s": 0.5}),
-        Result("j1", 3, False, error="device lost", retryable=True),
+        Result(job_id="j1", attempt=3, ok=False, error="device lost", retryable=True),
     ]
     for m in msgs:
         assert decode_message(roundtrip(m.to_wire())) == m

@@ -38,7 +38,7 @@ def test_roundtrip_and_idempotent_record(tmp_path):
     e = j.get("j1", now=11.0)
     assert e.job == job and e.state is JobState.SUBMITTED and e.attempt == 2 and e.failures == ["worker x lost"]
     assert e.submitted_at == pytest.approx(10.0)
-    res = Result("j1", 2, True, {"sum": 9}, worker="w")
+    res = Result(job_id="j1", attempt=2, ok=True, body={"sum": 9}, worker="w")
     j.record_finish("j1", JobState.DONE, "", res, finished_at=12.0, now=wall.at(12.0))
     e = j.get("j1", now=12.0)
     assert e.state is JobState.DONE and e.result == res and e.finished_at == pytest.approx(12.0)
@@ -114,7 +114,7 @@ def test_coordinator_resumes_from_the_journal_after_a_crash(tmp_path):
         journal.apply(acts, 0.0)
     rec = h.core.get("done")
     h.core.on_accept(rec.peer, Accept("done", rec.attempt, "d0"), 0.1)
-    journal.apply(h.core.on_result(rec.peer, Result("done", rec.attempt, True, {"v": 1}), 0.2), wall.at(0.2))
+    journal.apply(h.core.on_result(rec.peer, Result(job_id="done", attempt=rec.attempt, ok=True, body={"v": 1}), 0.2), wall.at(0.2))
     run = h.core.get("running")
     h.core.on_accept(run.peer, Accept("running", run.attempt, "d0"), 0.1)
     old_attempt, old_peer = run.attempt, run.peer
@@ -129,7 +129,7 @@ def test_coordinator_resumes_from_the_journal_after_a_crash(tmp_path):
     offers = [a for a in acts if isinstance(a, SendOffer)]
     assert [(o.offer.job.job_id, o.offer.attempt) for o in offers] == [("running", old_attempt + 1)]
     # the old attempt's result arriving now is stale; the finished job still answers
-    assert core.on_result(old_peer, Result("running", old_attempt, True), 0.6) == []
+    assert core.on_result(old_peer, Result(job_id="running", attempt=old_attempt, ok=True), 0.6) == []
     assert core.get("done").state is JobState.DONE and core.get("done").result.body == {"v": 1}
     ans, acts = core.submit(Job("echo", job_id="done"), 0.7)
     assert ans.duplicate and acts == []

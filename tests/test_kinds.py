@@ -3,6 +3,7 @@
 
 import hashlib
 import os
+from dataclasses import replace
 
 import pytest
 import trio
@@ -267,3 +268,15 @@ def test_result_type_checks():
         Result(["not a dict"])  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Result({}, "str output")  # type: ignore[arg-type]
+
+
+def test_result_describes_its_output_and_travels_without_it():
+    """One Result from the kind to the coordinator: the bytes are described (size, sha256) where they are
+    produced; the wire form carries the description, never the bytes, and decodes back to the same result."""
+    r = Result({"a": 1}, b"xyz")
+    assert (r.output_size, r.output_sha256) == (3, hashlib.sha256(b"xyz").hexdigest())
+    sent = replace(r, job_id="j1", attempt=2, worker="w", output=None)
+    wire = sent.to_wire()
+    assert wire["out_size"] == 3 and b"xyz" not in repr(wire).encode() and "output" not in wire
+    assert Result.from_wire(wire) == sent
+    assert Result({}, b"").output_size == 0  # empty output: nothing to describe

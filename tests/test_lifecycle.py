@@ -64,7 +64,7 @@ def test_a_forced_illegal_move_is_refused_not_applied():
     with pytest.raises(IllegalTransition):
         h.core._move(rec, JobEvent.STARTED)
     assert rec.state is S.DONE
-    assert h.core.on_result(rec.peer or "a", Result("j", rec.attempt, True), 0.2) == []  # a duplicate is dropped
+    assert h.core.on_result(rec.peer or "a", Result(job_id="j", attempt=rec.attempt, ok=True), 0.2) == []  # a duplicate is dropped
 
 
 def test_journal_recovery_places_unfinished_jobs_again_through_the_table():

@@ -29,7 +29,7 @@ async def link_to(rpc: RpcServer):
 
 
 def result(i: int) -> Result:
-    return Result(f"job-{i}", 1, ok=True, body={"i": i}, worker="w")
+    return Result(job_id=f"job-{i}", attempt=1, ok=True, body={"i": i}, worker="w")
 
 
 async def test_results_queued_during_a_call_go_together_in_the_next():

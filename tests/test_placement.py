@@ -168,6 +168,22 @@ def test_own_offers_count_as_load_until_the_worker_answers(tracked):
     assert pl.place(Job("k"), 0.0).candidates[0].peer_id == "a"
 
 
+@pytest.mark.parametrize("tracked", [True, False])
+def test_a_finished_job_gives_its_guessed_slot_back(tracked):
+    """A job placed (its slot counted as taken) and finished: the next estimate has no queue wait, before any
+    advert says so. Without it a realtime job is priced a whole typical_job_s too slow (issue 14)."""
+    v = view_of([ad("a", GPU)], tracked=tracked)
+    pl = Placer(v, gflop_cost, seed=0, d=1, jitter=0.0, typical_job_s=1.0)
+    idle = pl.place(Job("k"), 0.0).candidates[0].estimate_s
+    for _ in range(GPU.slots + 1):
+        pl.note_offer("a", "0:0")
+    assert pl.place(Job("k"), 0.0).candidates[0].estimate_s > idle + 0.5  # busy: queue wait priced
+    for _ in range(GPU.slots + 1):
+        pl.observe_run(0.1, peer_id="a", device_id="0:0")
+    assert pl.place(Job("k"), 0.0).candidates[0].estimate_s == pytest.approx(idle, rel=1e-6)
+    assert v.get("a").devices()[0].free_slots == GPU.slots  # never more than the device has
+
+
 def test_tracked_view_change_log():
     v = TrackedView("me", ttl_s=1.0)
     v.apply(ad("a", GPU), 0.0)

@@ -23,7 +23,7 @@ def crash(h, job_id, now):
     rec = h.core.get(job_id)
     peer, attempt = rec.peer, rec.attempt
     h.core.on_accept(peer, Accept(job_id, attempt, rec.device), now)
-    return peer, h.core.on_result(peer, Result(job_id, attempt, False, error=SEGV, crashed=True), now + 0.1)
+    return peer, h.core.on_result(peer, Result(job_id=job_id, attempt=attempt, ok=False, error=SEGV, crashed=True), now + 0.1)
 
 
 def test_a_crash_is_retried_once_on_another_peer_then_the_job_is_poison():
@@ -49,7 +49,7 @@ def test_an_ordinary_failure_is_still_final_and_a_crash_count_survives_a_restart
     h.submit(Job("echo", job_id="f"))
     rec = h.core.get("f")
     h.core.on_accept(rec.peer, Accept("f", 1, "d0"), 0.0)
-    acts = h.core.on_result(rec.peer, Result("f", 1, False, error="TimeLimitExceeded: exceeded time limit"), 0.1)
+    acts = h.core.on_result(rec.peer, Result(job_id="f", attempt=1, ok=False, error="TimeLimitExceeded: exceeded time limit"), 0.1)
     assert of(acts, Finish)[0].state is JobState.FAILED and not of(acts, Crashed)
     h2 = H()
     entries = [SimpleNamespace(job=Job("compute.opencl", job_id="r"), state="placed", reason="", attempt=1,
@@ -61,9 +61,9 @@ def test_an_ordinary_failure_is_still_final_and_a_crash_count_survives_a_restart
 
 
 def test_crashed_travels_on_the_wire_and_is_type_checked():
-    r = Result("j", 1, False, error=SEGV, crashed=True)
+    r = Result(job_id="j", attempt=1, ok=False, error=SEGV, crashed=True)
     assert Result.from_wire(r.to_wire()) == r
-    assert "crashed" not in Result("j", 1, True).to_wire()
+    assert "crashed" not in Result(job_id="j", attempt=1, ok=True).to_wire()
     bad = r.to_wire()
     bad["crashed"] = "yes"
     with pytest.raises(WireError):

@@ -6,6 +6,7 @@ jumps only when every task waits on it)."""
 
 import itertools
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -76,7 +77,7 @@ class FakeMesh:
         if job_id in self.drop_output_once:
             self.drop_output_once.discard(job_id)
             output = b""
-        return JobResult(job_id, "done", "", res.body, output, job.worker, 1, {})
+        return JobResult(job_id, "done", "", replace(res, output=output, worker=job.worker, attempt=1))
 
     async def cancel(self, job_id):
         self.cancelled.append(job_id)

@@ -22,7 +22,7 @@ values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=
                       max_leaves=10)
 
 JOB = Job(kind="echo", spec={"a": 1}, job_id="j1", input=b"xy").to_wire(0.0)
-RESULT = Result("j1", 1, True, {"x": 1}, output_size=3, output_sha256="a" * 64, timings={"run_s": 0.1}).to_wire()
+RESULT = Result(job_id="j1", attempt=1, ok=True, body={"x": 1}, output_size=3, output_sha256="a" * 64, timings={"run_s": 0.1}).to_wire()
 GOOD = {
     "job": (JOB, lambda d: Job.from_wire(d, 0.0)),
     "offer": (Offer(Job(kind="echo", job_id="j1"), 1, "0:0", 5.0).to_wire(0.0), lambda d: Offer.from_wire(d, 0.0)),

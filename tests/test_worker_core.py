@@ -60,7 +60,7 @@ def test_expected_wait_uses_the_run_times_observed_on_the_device():
     for i in range(30):  # jobs there take 0.1 s, whatever offers estimate
         w.on_offer("C", offer(f"x{i}"), 0.0)
         w.enqueued(f"x{i}", 1, 0.0)
-        w.finished(f"x{i}", 1, Result(f"x{i}", 1, True, timings={"run_s": 0.1}), 0.0)
+        w.finished(f"x{i}", 1, Result(job_id=f"x{i}", attempt=1, ok=True, timings={"run_s": 0.1}), 0.0)
     assert abs(w.typical_run_s("d0", 5.0) - 0.1) < 0.01
     ex.running.append("busy")
     ex.queue += ["q1", "q2"]  # 3 ahead of a new job: ~0.3 s
@@ -113,8 +113,8 @@ def test_cancel_and_finish():
     assert w.on_cancel("C", Cancel("a", 2), 0.1) == []
     assert w.on_cancel("C", Cancel("a", 1, "cancelled by client"), 0.1) == [CancelJob("a", 1, "cancelled by client")]
     assert not w.holds("a", 1)
-    assert w.finished("a", 1, Result("a", 1, False, error="cancelled"), 0.2) == []  # no result for a cancelled job
-    out = w.finished("b", 1, Result("b", 0, True, {"x": 1}), 0.3)
+    assert w.finished("a", 1, Result(job_id="a", attempt=1, ok=False, error="cancelled"), 0.2) == []  # no result for a cancelled job
+    out = w.finished("b", 1, Result(job_id="b", attempt=0, ok=True, body={"x": 1}), 0.3)
     res = sent(out, Result)[0]
     assert (res.job_id, res.attempt, res.worker, res.device, res.ok) == ("b", 1, "W", "d0", True)
     assert w.held() == [] and w.stats.results_sent == 1

@@ -37,7 +37,7 @@ import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -262,6 +262,8 @@ class PriorityQueues:
         times = [now] * dq.free_slots
         if dq.held:  # the idle slots of a quarantined device: not before the runaway kernel ends (unknown)
             times += [math.inf] * max(dq.slots - len(dq.running), 0)
+        elif dq.lent:  # lent to a job on another device or reserved by a render session: back at an unknown time
+            times += [math.inf] * min(sum(dq.lent.values()), max(dq.slots - len(dq.running), 0))
         for r in dq.running.values():
             rem = r.remaining(now)
             if r.priority.rank > rank:  # it gives the slot up at its next checkpoint
@@ -492,18 +494,44 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How a job ended here: its `state`, and its `result`: what the kind returned (an empty body when it did
+    not finish), completed with how the run went (`ok`, `error`, `crashed`, `device`, `timings`: queue_s,
+    run_s). That same Result is what the node reports to the job's coordinator."""
+
     job_id: str
     state: str  # "done" | "failed" | "cancelled" | "crashed" (its runner died under it)
-    result: Result | None = None
-    error: str | None = None
-    device_id: str = ""
-    queued_s: float = 0.0  # admission to first start
-    run_s: float = 0.0  # first start to end
+    result: Result
     late: bool = False  # realtime job that ended after its deadline
 
     @property
     def ok(self) -> bool:
         return self.state == "done"
+
+    @property
+    def error(self) -> str | None:
+        return self.result.error or None
+
+    @property
+    def device_id(self) -> str:
+        return self.result.device
+
+    @property
+    def queued_s(self) -> float:
+        """Admission to first start."""
+        return self.result.timings["queue_s"]
+
+    @property
+    def run_s(self) -> float:
+        """First start to end."""
+        return self.result.timings["run_s"]
+
+
+def _outcome(job_id: str, state: str, result: Result | None = None, error: str | None = None, device_id: str = "",
+             queued_s: float = 0.0, run_s: float = 0.0, late: bool = False) -> Outcome:
+    """The Outcome of a job that ended in `state`: the kind's `result` (if it returned one) completed."""
+    return Outcome(job_id, state, replace(result or Result(), ok=state == "done", error=error or "",
+                                          crashed=state == "crashed", device=device_id,
+                                          timings={"queue_s": queued_s, "run_s": run_s}), late)
 
 
 class JobHandle:
@@ -675,7 +703,7 @@ class Executor:
             job: _Job = e.payload
             reason = f"device {dev_id} ({dev.name}) went away"
             if e.state == "queued":
-                self._end(job, e, Outcome(job.req.job_id, "failed", error=reason, device_id=dev_id))
+                self._end(job, e, _outcome(job.req.job_id, "failed", error=reason, device_id=dev_id))
             else:
                 job.fail_reason = reason
                 job.scope.cancel()
@@ -712,8 +740,8 @@ class Executor:
             now = trio.current_time()
             for job in list(self._jobs.values()):
                 e = self._core.finish(job.req.job_id, now)
-                self._end(job, e, Outcome(job.req.job_id, "cancelled", error="executor stopped",
-                                          device_id=job.device.id))
+                self._end(job, e, _outcome(job.req.job_id, "cancelled", error="executor stopped",
+                                           device_id=job.device.id))
 
     def _quarantine(self, dev_id: str, held: bool) -> None:
         if self._core.hold(dev_id, held):
@@ -747,7 +775,7 @@ class Executor:
             for e in expired:
                 job: _Job = e.payload
                 DEADLINE_MISSES.inc()
-                self._end(job, e, Outcome(job.req.job_id, "failed", device_id=dev_id, queued_s=now - e.enqueued_at,
+                self._end(job, e, _outcome(job.req.job_id, "failed", device_id=dev_id, queued_s=now - e.enqueued_at,
                                           error="expired: can no longer finish by its deadline"))
             for e in started:
                 job = e.payload
@@ -828,7 +856,7 @@ class Executor:
         e = self._core.get(job_id)
         if e is not None and e.state == "queued":
             self._core.finish(job_id, trio.current_time())
-            self._end(job, e, Outcome(job_id, "cancelled", error=reason, device_id=job.device.id))
+            self._end(job, e, _outcome(job_id, "cancelled", error=reason, device_id=job.device.id))
             self._dispatch()
             return True
         job.cancel_reason = reason
@@ -908,6 +936,32 @@ class Executor:
             if taken:
                 self._dispatch()
 
+    @asynccontextmanager
+    async def reserved_slot(self, owner: str, device_id: str | None = None) -> AsyncIterator[tuple[Device, Any]]:
+        """Hold one free slot of an idle device for `owner` (a real-time render session) for the block: no job
+        is given that slot (nor advertised as free) until the block ends, however it ends. Yields (device,
+        RunnerLease) when device code runs in runners, (device, DeviceContext) otherwise, (device, None) on the
+        cpu-reference pseudo-device. `Saturated` when no device (or not `device_id`) has a free slot."""
+        taken = next((d for d in self._devices.values()
+                      if (device_id is None or d.id == device_id) and self._core.lend(d.id, owner)), None)
+        if taken is None:
+            raise Saturated("no device of this node has a free slot for a real-time session")
+        self._changed()
+        lease: RunnerLease | None = None
+        try:
+            if not taken.opencl:
+                yield taken, None
+            elif self._runners is not None:
+                lease = self._runners.lease(taken)
+                yield taken, lease
+            else:
+                yield taken, await self._open(taken)
+        finally:
+            if lease is not None:
+                lease.release()
+            self._core.give_back(taken.id, owner)
+            self._dispatch()
+
     def _progress(self, job: _Job, fraction: float, message: str | None = None) -> None:
         job.handle.progress = min(max(float(fraction), 0.0), 1.0)
         job.handle.progress_message = message
@@ -973,7 +1027,7 @@ class Executor:
             if late:
                 DEADLINE_MISSES.inc()
             started = e.started_at if e is not None and e.started_at is not None else now
-            self._end(job, e, Outcome(jid, state, result, error, job.device.id,
+            self._end(job, e, _outcome(jid, state, result, error, job.device.id,
                                       queued_s=(started - e.enqueued_at) if e else 0.0, run_s=now - started,
                                       late=late))
             RUN_TIME.labels(job.kind.name).observe(now - started)

@@ -34,6 +34,7 @@ import msgpack
 import trio
 
 from worker.devices import DEVICE_KINDS, Device
+from worker.result import Result  # what `run` and `reference` return; re-exported here
 
 if TYPE_CHECKING:
     from worker.opencl import DeviceContext
@@ -185,20 +186,6 @@ def fmt_bytes(n: float) -> str:
             v = n / size
             return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
     return f"{int(n)} B"
-
-
-@dataclass
-class Result:
-    """A job's result: a msgpack-able `body` and optional bulk `output` bytes."""
-
-    body: dict[str, Any]
-    output: bytes | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.body, dict):
-            raise TypeError("Result.body must be a dict")
-        if self.output is not None and not isinstance(self.output, bytes | bytearray | memoryview):
-            raise TypeError("Result.output must be bytes or None")
 
 
 ProgressFn = Callable[[float, str | None], None]

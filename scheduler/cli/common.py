@@ -23,6 +23,7 @@ from mesh.identity import IdentityError
 from scheduler.client.client import Client, JobFailed, address_from_args
 from scheduler.client.compute_sdk import BuildFailed, ComputeFailed, ComputeRefused
 from scheduler.client.known_nodes import IdentityMismatch
+from scheduler.client.realtime import SessionLost
 from scheduler.node.config import ConfigError
 from scheduler.node.endpoints import BindError
 from scheduler.node.tokens import TokenError
@@ -34,6 +35,10 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # as a shell reports SIGINT / SIG
 
 class UsageError(ValueError):
     """A bad argument or input file, found by a command before it does anything: exit 2."""
+
+
+class CommandFailed(Exception):
+    """The command's operation failed (the message says why): exit 1."""
 
 
 def _os_error(e: BaseException) -> str:
@@ -72,6 +77,8 @@ _Code = int | Callable[[BaseException], int]
 _Message = Callable[[BaseException], str]
 ERROR_EXITS: tuple[tuple[type[BaseException], _Code, _Message], ...] = (
     (UsageError, EXIT_USAGE, str),
+    (CommandFailed, EXIT_FAIL, str),
+    (SessionLost, EXIT_FAIL, lambda e: f"the session ended: {e}"),
     (ConfigError, EXIT_USAGE, str),
     (IdentityError, EXIT_USAGE, str),
     (TokenError, EXIT_USAGE, str),

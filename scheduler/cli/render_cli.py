@@ -3,10 +3,13 @@
     mesh-node render examples/scenes/spheres.json --frames 30 --out frames/
     mesh-node render scene.json --poses path.json --fps 60 --deadline-ms 16 --width 320 --height 240
     mesh-node render examples/scenes/ar.json --serve 8080      # the live viewer: http://127.0.0.1:8080/
+    mesh-node render scene.json --realtime --fps 30 --deadline-ms 33   # a real-time render session
 
 Without `--poses` the camera orbits the point it looks at. Frames go through `render_stream` (in order; with
 `--deadline-ms`, each frame is a realtime job set and a frame late for its deadline is dropped and counted).
-`--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha as PNG wants it) and `frame_NNNN_depth.npy` (float32 metres, +inf
+With `--realtime` the frames go through a real-time render session instead (`scheduler.client.realtime`: the
+scene uploaded once, slots reserved, one message per frame each way; refused with the measured frame time when
+it cannot make the deadline). `--out DIR` gets `frame_NNNN.png` (RGBA, straight alpha as PNG wants it) and `frame_NNNN_depth.npy` (float32 metres, +inf
 where nothing is hit) per rendered frame, and `stats.json`.
 
 `add_parser(subparsers)` adds the command to mesh-node's parser; `run(args)` runs it (exit 0 when at least one
@@ -20,6 +23,8 @@ import json
 import math
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +33,11 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from scheduler.cli.common import EXIT_FAIL, EXIT_OK, UsageError
+from mesh.bigtcp.rpc import RpcError
+from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CommandFailed, UsageError
 from scheduler.client.client import Client, address_from_args
-from scheduler.client.render_client import StreamStats, render_stream
+from scheduler.client.realtime import open_session
+from scheduler.client.render_client import Frame, StreamStats, render_stream
 from scheduler.client.viewer import Viewer, parse_listen, url_of
 from scheduler.node.config import add_node_options
 from worker.render import png
@@ -63,6 +70,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="instead of a camera path, serve the live viewer page at http://HOST:PORT/ (default host "
                         "127.0.0.1; PORT 0 picks one): orbit with the mouse (or WebXR), frames shown as they "
                         "arrive with latency, fps and dropped-frame counters; runs until interrupted")
+    p.add_argument("--realtime", action="store_true",
+                   help="a real-time render session: the scene is uploaded once, a realtime slot is reserved per "
+                        "tile, each frame is one message each way (--tiles N: N devices, distinct hosts first; "
+                        "auto: 1). Refused when the devices' measured frame time cannot make --deadline-ms "
+                        "(default 1000/--fps)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
     add_node_options(p, "API token")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
@@ -149,16 +161,41 @@ def run(args: argparse.Namespace) -> int:
     con = Console(stderr=False)
     bars = not args.quiet and not args.json and con.is_terminal  # a frames bar on a terminal, lines otherwise
 
-    async def main() -> None:
-        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+    session_info: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def frames_of(c: Client) -> AsyncIterator[AsyncIterator[Frame]]:
+        if not args.realtime:
             async with render_stream(c, scene, poses, fps=args.fps, deadline_ms=args.deadline_ms, tiles=tiles,
                                      max_in_flight=args.max_in_flight, stats=stats) as frames:
+                yield frames
+            return
+        deadline = args.deadline_ms if args.deadline_ms is not None else 1000.0 / args.fps
+        async with open_session(c, scene, fps=args.fps, deadline_ms=deadline,
+                                tiles=tiles if isinstance(tiles, int) else 1) as s:
+            session_info.update(workers=s.workers, devices=s.devices,
+                                estimate_ms=[round(e, 2) for e in s.estimate_ms])
+            if not args.json and not args.quiet:
+                print(f"session on {len(s.workers)} device(s), measured frame time "
+                      f"{', '.join(f'{e:.1f}' for e in s.estimate_ms)} ms, deadline {deadline:g} ms")
+
+            async def recorded() -> AsyncIterator[Frame]:
+                async for f in s.stream(poses, max_in_flight=args.max_in_flight):
+                    stats.record(f)
+                    yield f
+
+            yield recorded()
+            session_info.update(bytes_per_frame=s.stats.summary()["bytes_per_frame"], ended=s.ended)
+
+    async def main() -> None:
+        async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
+            async with frames_of(c) as frames:
                 with Progress(TextColumn("frames"), BarColumn(bar_width=30), MofNCompleteColumn(),
                               TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=con,
                               disable=not bars) as bar:
                     task = bar.add_task("frames", total=len(poses), info="")
                     async for f in frames:
-                        row = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
+                        row: dict[str, Any] = {"frame": f.index, "dropped": f.dropped, "reason": f.reason,
                                "latency_ms": round(f.latency_s * 1e3, 2), "tiles": len(f.tiles),
                                "workers": sorted(f.workers)}
                         per_frame.append(row)
@@ -176,10 +213,15 @@ def run(args: argparse.Namespace) -> int:
                                 print(f"frame {f.index:4d}: {row['latency_ms']:8.1f} ms, {row['tiles']} tile(s) on "
                                       f"{len(row['workers'])} peer(s)")
 
-    trio.run(main)
+    try:
+        trio.run(main)  # SessionLost: exit 1 (common.ERROR_EXITS)
+    except RpcError as e:  # a session refused (deadline with the measurement, no device, limit): the render failed
+        raise CommandFailed(f"{e.code}: {e.message}") from e
     summary = {"scene": str(args.scene), "width": scene.camera.width, "height": scene.camera.height,
                "fps": args.fps, "deadline_ms": args.deadline_ms, **stats.summary(),
                "out": str(args.out) if args.out else None}
+    if session_info:
+        summary["session"] = session_info
     if args.out:
         (args.out / "stats.json").write_text(json.dumps({**summary, "frames_detail": per_frame}, indent=2) + "\n")
     if args.json:
@@ -203,7 +245,7 @@ def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, i
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
                 viewer = Viewer(c, scene, tiles=tiles, deadline_ms=args.deadline_ms,
-                                max_in_flight=args.max_in_flight)
+                                max_in_flight=args.max_in_flight, realtime=args.realtime)
                 async with trio.open_nursery() as nursery:
                     port = await nursery.start(viewer.serve, listen[0], listen[1])
                     print(f"viewer of {args.scene} ({scene.camera.width}x{scene.camera.height}) at "

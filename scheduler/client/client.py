@@ -14,7 +14,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import trio
 from mesh import control
 from mesh.bigtcp.rpc import MeshClient, RpcError, SyncMeshClient
 from scheduler.client.known_nodes import IdentityMismatch, KnownNodes, check_identity
-from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, WhenSaturated
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Priority, Requirements, Result, WhenSaturated
 from scheduler.core.local import read_local_token
 
 CHUNK = 1 << 20
@@ -40,25 +40,62 @@ class JobFailed(Exception):
 
 @dataclass
 class JobResult:
+    """How a job ended, as its client sees it: `state` ("done", "failed", "cancelled"; "rejected" for a job
+    that was refused) and `reason`, and the worker's `result`: the same `Result` its worker reported, decoded
+    and checked (`Result.from_wire`), its `output` the bytes that came with it. `body`, `output`, `worker`,
+    `attempt` and `timings` read through to it."""
+
     job_id: str
     state: str
     reason: str
-    body: dict[str, Any] = field(default_factory=dict)
-    output: bytes = b""
-    worker: str = ""
-    attempt: int = 0
-    timings: dict[str, float] = field(default_factory=dict)
+    result: Result = field(default_factory=Result)
 
     @property
     def ok(self) -> bool:
         return self.state == "done"
 
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.result.body
+
+    @property
+    def output(self) -> bytes:
+        return bytes(self.result.output or b"")
+
+    @property
+    def worker(self) -> str:
+        return self.result.worker
+
+    @property
+    def attempt(self) -> int:
+        return self.result.attempt
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.result.timings
+
 
 def _job_result(job_id: str, final: dict[str, Any], output: bytes) -> JobResult:
-    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer)."""
-    res = final.get("result") or {}
-    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), res.get("body", {}), output,
-                     res.get("worker", ""), res.get("attempt", 0), res.get("timings", {}))
+    """A JobResult from a job.result answer (or the outcome in a waited-for submit's answer); a result map
+    that does not decode raises WireError."""
+    wire = final.get("result")
+    result = replace(Result.from_wire(wire), output=output) if wire is not None else Result(output=output)
+    return JobResult(str(final.get("id") or job_id), final["state"], final.get("reason", ""), result)
+
+
+def new_job(kind: str, spec: dict[str, Any] | None = None, *, input: bytes | None = None, job_id: str = "",
+            priority: str = "batch", deadline_ms: float | None = None, timeout_s: float = 3600.0,
+            max_attempts: int = 3, requirements: dict[str, Any] | None = None,
+            when_saturated: str = "queue") -> Job:
+    """The Job a client submits, from its keyword options (a deadline `deadline_ms` from now; `input` inline,
+    at most INLINE_INPUT_LIMIT bytes: `Client.submit` and `run` stream larger ones)."""
+    if input is not None and len(input) > INLINE_INPUT_LIMIT:
+        raise ValueError(f"an input of {len(input)} bytes is over the {INLINE_INPUT_LIMIT}-byte inline limit: "
+                         "submit it with submit() or run(), which stream it")
+    return Job(kind=kind, spec=spec or {}, input=bytes(input) if input is not None else None, job_id=job_id, priority=Priority(priority),
+               deadline=trio.current_time() + deadline_ms / 1000 if deadline_ms is not None else None,
+               timeout_s=timeout_s, max_attempts=max_attempts, requirements=Requirements.from_wire(requirements or {}),
+               when_saturated=WhenSaturated(when_saturated))
 
 
 def _file_digest(path: Path) -> tuple[int, str]:
@@ -113,31 +150,25 @@ class Client:
         return answer
 
     async def _submit(self, kind: str, spec: dict[str, Any] | None = None, *, wait: bool,
-                      input: bytes | Path | None = None, job_id: str = "", priority: str = "batch",
-                      deadline_ms: float | None = None, timeout_s: float = 3600.0, max_attempts: int = 3,
-                      requirements: dict[str, Any] | None = None, when_saturated: str = "queue",
-                      on_upload: Callable[[int, int], None] | None = None) -> tuple[dict[str, Any], bytes]:
+                      input: bytes | Path | None = None, on_upload: Callable[[int, int], None] | None = None,
+                      **options: Any) -> tuple[dict[str, Any], bytes]:
         """(answer, output bytes). With `wait`, the coordinator answers when the job has ended, its result in
-        answer["result"] and its output streamed on the same call: one round trip instead of submit + result."""
-        now = trio.current_time()
-        deadline = now + deadline_ms / 1000 if deadline_ms is not None else None
-        common: dict[str, Any] = dict(kind=kind, spec=spec or {}, job_id=job_id, priority=Priority(priority),
-                                      deadline=deadline, timeout_s=timeout_s, max_attempts=max_attempts,
-                                      requirements=Requirements.from_wire(requirements or {}),
-                                      when_saturated=WhenSaturated(when_saturated))
+        answer["result"] and its output streamed on the same call: one round trip instead of submit + result.
+        `options`: those of `new_job`."""
+        base = new_job(kind, spec, **options)  # before the input is read: a deadline counts from the call
         stream_path: Path | None = None
         stream_bytes: bytes | None = None
         if isinstance(input, Path):
             size, digest = await trio.to_thread.run_sync(_file_digest, input)
             if size <= INLINE_INPUT_LIMIT:
-                job = Job(input=await trio.Path(input).read_bytes(), **common)
+                job = replace(base, input=await trio.Path(input).read_bytes())
             else:
-                job, stream_path = Job(input_size=size, input_sha256=digest, **common), input
+                job, stream_path = replace(base, input_size=size, input_sha256=digest), input
         elif input is not None and len(input) > INLINE_INPUT_LIMIT:
-            job = Job(input_size=len(input), input_sha256=hashlib.sha256(input).hexdigest(), **common)
+            job = replace(base, input_size=len(input), input_sha256=hashlib.sha256(input).hexdigest())
             stream_bytes = bytes(input)
         else:
-            job = Job(input=bytes(input) if input is not None else None, **common)
+            job = replace(base, input=bytes(input) if input is not None else None)
         body: dict[str, Any] = {"job": job.to_wire(trio.current_time())}
         streamed = stream_path is not None or stream_bytes is not None
         if not streamed and not wait:
@@ -167,21 +198,6 @@ class Client:
                 if isinstance(item, bytes | bytearray):
                     chunks.append(bytes(item))
             return await call.result(), b"".join(chunks)
-
-    def _job(self, kind: str, spec: dict[str, Any] | None = None, *, input: bytes | None = None, job_id: str = "",
-             priority: str = "batch", deadline_ms: float | None = None, timeout_s: float = 3600.0,
-             max_attempts: int = 3, requirements: dict[str, Any] | None = None,
-             when_saturated: str = "queue") -> Job:
-        """A job with its input inline (at most INLINE_INPUT_LIMIT bytes)."""
-        if input is not None and len(input) > INLINE_INPUT_LIMIT:
-            raise ValueError(f"an input of {len(input)} bytes is over the {INLINE_INPUT_LIMIT}-byte inline limit: "
-                             "submit it with submit() or run(), which stream it")
-        now = trio.current_time()
-        return Job(kind=kind, spec=spec or {}, input=bytes(input) if input is not None else None, job_id=job_id,
-                   priority=Priority(priority), deadline=now + deadline_ms / 1000 if deadline_ms is not None else None,
-                   timeout_s=timeout_s, max_attempts=max_attempts,
-                   requirements=Requirements.from_wire(requirements or {}),
-                   when_saturated=WhenSaturated(when_saturated))
 
     @asynccontextmanager
     async def submit_many(self, kind: str, specs: Iterable[dict[str, Any]], *,
@@ -214,7 +230,7 @@ class Client:
                 async def upload() -> None:
                     ins = iter(inputs) if inputs is not None else None
                     for n, spec in enumerate(specs):
-                        job = self._job(kind, spec, input=next(ins, None) if ins is not None else None, **kw)
+                        job = new_job(kind, spec, input=next(ins, None) if ins is not None else None, **kw)
                         await call.send({"n": n, "job": job.to_wire(trio.current_time())})
                     await call.done_sending()
 
@@ -236,11 +252,11 @@ class Client:
         if not ans.get("accepted"):
             return JobResult(ans.get("id", ""), "rejected", ans.get("message", ""))
         final = item.get("outcome") or {}
-        res = final.get("result") or {}
         output = final.get("output", b"")
-        if res.get("out_size", 0) and not output:  # too large to come inline: fetch it
+        res = _job_result(ans["id"], final, bytes(output))
+        if res.result.output_size and not output:  # too large to come inline: fetch it
             return await self.result(ans["id"])
-        return _job_result(ans["id"], final, bytes(output))
+        return res
 
     async def run_many(self, kind: str, specs: Iterable[dict[str, Any]], **kw: Any) -> list[JobResult]:
         """`submit_many` gathered: every job's JobResult, in the order of `specs` (failed ones included)."""
@@ -372,4 +388,4 @@ def address_from_args(args: Any) -> tuple[str, str | None, str | None, bool]:
 
 
 __all__ = ["Client", "IdentityMismatch", "JobFailed", "JobResult", "RpcError", "SyncClient", "address_from_args",
-           "local_address"]
+           "local_address", "new_job"]

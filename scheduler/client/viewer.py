@@ -22,6 +22,11 @@ WebSocket protocol (GET /ws):
   "stale", "dropped"}`, then the frame's RGBA8 (sRGB, premultiplied alpha, row 0 at the top); or text
   `{"type": "dropped", "seq", "reason"}`, `{"type": "skipped", "seq"}` or `{"type": "stale", "seq"}`.
 
+With `realtime=True` (`mesh-node render --serve PORT --realtime`) each page gets its own real-time render
+session (`scheduler.client.realtime`): the scene is uploaded once and each pose is one message on a held stream;
+a session the mesh refuses (its measured frame time cannot make the deadline, no device free) is told to the
+page as an error and the connection closed.
+
 The HTTP side serves only the page, its script and the WebSocket; requests are bounded (8 KiB head, 10 s).
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -38,8 +44,11 @@ import numpy as np
 import trio
 import trio_websocket
 
+from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client
+from scheduler.client.realtime import RealtimeSession, open_session
 from scheduler.client.render_client import Frame, session_for
+from scheduler.core.render_session import MAX_FPS, MIN_FPS
 from worker.render.camera import Pose, quat_to_matrix
 from worker.render.errors import SceneError
 from worker.render.scene import Scene, pose_from_dict
@@ -51,6 +60,7 @@ HEAD_TIMEOUT_S = 10.0
 MAX_MESSAGE = 4096
 MAX_BAD_MESSAGES = 20
 MAX_VIEWERS = 8
+DEFAULT_REALTIME_DEADLINE_MS = 100.0  # a realtime page's frame deadline when none is given
 PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
               "/index.html": ("index.html", "text/html; charset=utf-8"),
               "/viewer.js": ("viewer.js", "text/javascript; charset=utf-8")}
@@ -199,11 +209,12 @@ class Viewer:
     """Serves the viewer page and renders the poses of every connected page on the mesh."""
 
     def __init__(self, client: Client, scene: Scene, *, tiles: Any = "auto", deadline_ms: float | None = None,
-                 max_in_flight: int = 2) -> None:
+                 max_in_flight: int = 2, realtime: bool = False) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.client, self.scene = client, scene
         self.tiles, self.deadline_ms, self.max_in_flight = tiles, deadline_ms, max_in_flight
+        self.realtime = realtime  # each page gets a real-time render session (scheduler.client.realtime)
         self.session = session_for(client, scene)
         self.viewers = 0
         self.states: list[ViewerState] = []  # every page's bookkeeping, for summaries and tests
@@ -219,7 +230,8 @@ class Viewer:
     async def serve(self, host: str = "127.0.0.1", port: int = 0, *,
                     task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Put the scene on the peers, listen, report the bound port, and serve until cancelled."""
-        await self.session.warm()
+        if not self.realtime:
+            await self.session.warm()
         listeners = await trio.open_tcp_listeners(port, host=host)
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self.port)
@@ -301,10 +313,13 @@ class Viewer:
                 async with changed:
                     while (req := state.take()) is None:
                         await changed.wait()
-                issued = trio.current_time()
-                deadline_at = issued + self.deadline_ms / 1000.0 if self.deadline_ms is not None else None
-                frame = await self.session.frame(req.pose, index=req.seq, tiles=self.tiles, deadline_at=deadline_at,
-                                                 issued_at=issued, background=nursery)
+                if live is not None:
+                    frame = await live.render(req.pose)
+                else:
+                    issued = trio.current_time()
+                    deadline_at = issued + self.deadline_ms / 1000.0 if self.deadline_ms is not None else None
+                    frame = await self.session.frame(req.pose, index=req.seq, tiles=self.tiles,
+                                                     deadline_at=deadline_at, issued_at=issued, background=nursery)
                 verdict = state.finished(req.seq, frame.reason if frame.dropped else None)
                 async with send_lock:
                     if verdict == "send":
@@ -314,11 +329,23 @@ class Viewer:
                     else:
                         await ws.send_message(json.dumps({"type": "stale", "seq": req.seq}))
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(self.max_in_flight):
-                nursery.start_soon(render, nursery)
-            await receive()
-            nursery.cancel_scope.cancel()
+        live: RealtimeSession | None = None
+        async with AsyncExitStack() as stack:
+            if self.realtime:  # one session per page: the scene uploaded once, one message per frame each way
+                deadline = self.deadline_ms if self.deadline_ms is not None else DEFAULT_REALTIME_DEADLINE_MS
+                try:
+                    live = await stack.enter_async_context(open_session(
+                        self.client, self.scene, fps=min(max(1000.0 / deadline, MIN_FPS), MAX_FPS), deadline_ms=deadline,
+                        tiles=self.tiles if isinstance(self.tiles, int) else 1))
+                except RpcError as e:  # refused (deadline, no device, too many sessions): the page says why
+                    await ws.send_message(json.dumps({"type": "error", "message": f"render session refused: {e}"}))
+                    await ws.aclose(1011, "render session refused")
+                    return
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.max_in_flight):
+                    nursery.start_soon(render, nursery)
+                await receive()
+                nursery.cancel_scope.cancel()
 
 
 def parse_listen(value: str) -> tuple[str, int]:

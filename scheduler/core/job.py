@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import math
 import re
 import uuid
 from collections.abc import Callable
@@ -28,80 +27,26 @@ from typing import Any, ClassVar
 
 from worker.kinds import Requirements  # one definition for coordinator and worker; re-exported here
 from worker.priority import Priority  # the same: one definition for coordinator, wire and executor
+from worker.result import Result  # the same: one result type from the job kind to the coordinator
+from worker.wire import WIRE_VERSION, WireError  # re-exported: one set of wire rules
+from worker.wire import attempt as _attempt
+from worker.wire import check_version as _check_version
+from worker.wire import get as _get
+from worker.wire import job_id as _job_id
+from worker.wire import num as _num
+from worker.wire import reason as _reason
 
-WIRE_VERSION = 1
 INLINE_INPUT_LIMIT = 1 << 20  # bytes; larger inputs are streamed (input_size + input_sha256)
-MAX_JOB_ID_LEN = 128
 MAX_KIND_LEN = 64
-MAX_REASON_LEN = 1024
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 DEFAULT_TIMEOUT_S = 3600.0
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_ATTEMPTS_LIMIT = 20
-_JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class WireError(ValueError):
-    """A message that cannot be accepted; `reason` is a short label for metrics and client errors:
-    version, malformed, invalid, input_too_large."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-# --- small checked accessors ------------------------------------------------------------------------------
-
-def _check_version(d: Any, type_: str) -> None:
-    if not isinstance(d, dict):
-        raise WireError("malformed", f"{type_}: expected a map, got {type(d).__name__}")
-    v = d.get("v")
-    if v != WIRE_VERSION:
-        raise WireError("version", f"{type_}: wire version {v!r} not supported (this node speaks {WIRE_VERSION})")
-    t = d.get("t")
-    if t != type_:
-        raise WireError("malformed", f"expected a {type_!r} message, got type {t!r}")
-
-
-def _get(d: dict, key: str, types: type | tuple[type, ...], what: str, default: Any = ...) -> Any:
-    if key not in d:
-        if default is ...:
-            raise WireError("malformed", f"{what}: missing field {key!r}")
-        return default
-    v = d[key]
-    if isinstance(v, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
-        raise WireError("malformed", f"{what}: field {key!r} must be {_tname(types)}, not bool")
-    if not isinstance(v, types):
-        raise WireError("malformed", f"{what}: field {key!r} must be {_tname(types)}, not {type(v).__name__}")
-    return v
-
-
-def _tname(types: type | tuple[type, ...]) -> str:
-    ts = types if isinstance(types, tuple) else (types,)
-    return " or ".join(t.__name__ for t in ts)
-
-
-def _num(d: dict, key: str, what: str, default: Any = ...) -> float:
-    v = _get(d, key, (int, float), what, default)
-    if v is not None and not math.isfinite(v):
-        raise WireError("invalid", f"{what}: field {key!r} must be finite")
-    return v
-
-
-def _job_id(v: Any, what: str) -> str:
-    if not isinstance(v, str) or not v or len(v) > MAX_JOB_ID_LEN or not _JOB_ID_RE.match(v):
-        raise WireError("invalid", f"{what}: job id must be 1..{MAX_JOB_ID_LEN} characters of letters, digits, "
-                                   f"'.', '_', ':', '-' (got {str(v)[:40]!r})")
-    return v
-
-
-def _reason(v: str) -> str:
-    return v if len(v) <= MAX_REASON_LEN else v[:MAX_REASON_LEN - 3] + "..."
 
 
 # --- requirements: one definition, shared with the worker (`worker.kinds.Requirements`) --------------------
@@ -264,83 +209,6 @@ class Job:
         except (TypeError, ValueError) as e:
             raise WireError("invalid", f"job: {e}") from None
         return job.validate(inline_limit)
-
-
-# --- results ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one attempt, as the worker reports it. `ok=False` with `retryable=True` means the
-    worker could not run it (device lost, shutting down): the coordinator places it again; `ok=False`,
-    `retryable=False` is the job's own failure (bad input, kernel error, timed out), delivered as is;
-    `crashed=True`: the job's device code killed the runner that ran it (the poison rule: placed once more on
-    another peer, then failed; counted against the submitter, not the worker)."""
-
-    job_id: str
-    attempt: int
-    ok: bool
-    body: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-    retryable: bool = False
-    output_size: int = 0
-    output_sha256: str = ""
-    worker: str = ""  # peer id of the worker that ran it
-    device: str = ""
-    timings: dict[str, float] = field(default_factory=dict)  # queue_s, run_s, input_s, ... (worker clock)
-    crashed: bool = False
-
-    TYPE: ClassVar[str] = "result"
-
-    def to_wire(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"v": WIRE_VERSION, "t": self.TYPE, "id": self.job_id, "attempt": self.attempt,
-                             "ok": self.ok, "body": self.body}
-        if self.error:
-            d["error"] = self.error
-        if self.retryable:
-            d["retryable"] = True
-        if self.crashed:
-            d["crashed"] = True
-        if self.output_size:
-            d["out_size"] = self.output_size
-            d["out_sha256"] = self.output_sha256
-        if self.worker:
-            d["worker"] = self.worker
-        if self.device:
-            d["device"] = self.device
-        if self.timings:
-            d["timings"] = self.timings
-        return d
-
-    @classmethod
-    def from_wire(cls, d: Any) -> Result:
-        _check_version(d, cls.TYPE)
-        w = "result"
-        timings = _get(d, "timings", dict, w, {})
-        if not all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
-                   for k, v in timings.items()):
-            raise WireError("malformed", "result: timings must map names to numbers")
-        body = _get(d, "body", dict, w, {})
-        return cls(
-            job_id=_job_id(_get(d, "id", str, w), w),
-            attempt=_attempt(d, w),
-            ok=_get(d, "ok", bool, w),
-            body=body,
-            error=_reason(_get(d, "error", str, w, "")),
-            retryable=_get(d, "retryable", bool, w, False),
-            crashed=_get(d, "crashed", bool, w, False),
-            output_size=_get(d, "out_size", int, w, 0),
-            output_sha256=_get(d, "out_sha256", str, w, ""),
-            worker=_get(d, "worker", str, w, ""),
-            device=_get(d, "device", str, w, ""),
-            timings={k: float(v) for k, v in timings.items()},
-        )
-
-
-def _attempt(d: dict, w: str) -> int:
-    a = _get(d, "attempt", int, w)
-    if a < 1:
-        raise WireError("invalid", f"{w}: attempt must be >= 1")
-    return a
 
 
 # --- claim protocol --------------------------------------------------------------------------------------

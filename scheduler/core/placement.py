@@ -241,6 +241,19 @@ class Placer:
                 self.note_load(peer_id, device_id, free - 1 if free > 0 else 0, depth if free > 0 else depth + 1)
                 return
 
+    def _slot_freed(self, peer_id: str, device_id: str) -> None:
+        """A job ended there: give back the slot `note_offer` (or the worker's claim answer) counted as taken, until
+        the next advert says. Without it a device looks busy until its next advert, and a realtime job's estimate
+        adds a whole `typical_job_s` of queue wait (a 260 ms frame was refused as "best estimate 1,325 ms")."""
+        for r in self._rows_of(peer_id):
+            if self._dev_id[r] == device_id and r < self._free.size:
+                free, depth = int(self._free[r]), int(self._depth[r])
+                if depth > 0:
+                    self.note_load(peer_id, device_id, free, depth - 1)
+                else:
+                    self.note_load(peer_id, device_id, min(free + 1, int(self._slots[r])), 0)
+                return
+
     def observe_rtt(self, peer_id: str, rtt_s: float, alpha: float = 0.2) -> None:
         if peer_id == self.view.self_peer_id or not (rtt_s >= 0 and math.isfinite(rtt_s)):
             return
@@ -267,6 +280,8 @@ class Placer:
         and, with the job and where it ran, the cost model's correction (`feedback`, see cost_feedback)."""
         if seconds >= 0 and math.isfinite(seconds):
             self.typical_job_s = (1 - alpha) * self.typical_job_s + alpha * seconds
+        if peer_id and device_id:
+            self._slot_freed(peer_id, device_id)
         if self.feedback is not None and job is not None:
             peer = self.view.get(peer_id)
             dev = next((d for d in peer.devices() if d.id == device_id), None) if peer is not None else None

@@ -211,7 +211,7 @@ class WorkerCore:
 
     def failed_to_start(self, job_id: str, attempt: int, reason: str, now: float) -> list[WorkerAction]:
         """Input fetch or executor refusal: the coordinator should place it elsewhere."""
-        return self.finished(job_id, attempt, Result(job_id, attempt, False, error=reason, retryable=True), now)
+        return self.finished(job_id, attempt, Result(ok=False, error=reason, retryable=True), now)
 
     def on_cancel(self, peer_id: str, msg: Cancel, now: float) -> list[WorkerAction]:
         h = self._held.get((msg.job_id, msg.attempt))

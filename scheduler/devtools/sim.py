@@ -261,7 +261,7 @@ class SimExecutor:
             return
         del d.running[key]
         job, dev_id = self.jobs.pop(key)
-        res = Result(key[0], key[1], True, expected_body(job), device=dev_id, timings={"run_s": run_s})
+        res = Result(expected_body(job), job_id=key[0], attempt=key[1], device=dev_id, timings={"run_s": run_s})
         self.sim.worker_acts(self.node, self.node.worker.finished(key[0], key[1], res, self.sim.now))
         self._start(d)
 

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
-from scheduler.core.job import INLINE_INPUT_LIMIT, Job, WireError
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, JobState, Result, WireError
 from scheduler.core.placement import TrackedView
 from scheduler.core.quota import QuotaExceeded, Quotas
 from scheduler.node import outputs, tenancy
@@ -123,8 +123,7 @@ class ClientAPI:
         if settled is None:
             return {"id": job_id, "state": "unknown", "reason": "the job is gone", "final": True, "result": None}
         state, reason, result = settled
-        out: dict[str, Any] = {"id": job_id, "state": state.value, "reason": reason, "final": state.terminal,
-                               "result": result.to_wire() if result is not None else None}
+        out = outcome_answer(job_id, state, reason, result)
         if result is not None and 0 < result.output_size <= MANY_INLINE_OUTPUT:
             path = self.coordinator.output_path(job_id)
             if path.exists():
@@ -202,12 +201,17 @@ class ClientAPI:
         path = self.coordinator.output_path(job_id)
         if result is not None and result.output_size and path.exists():
             await outputs.send_file(call, path, CHUNK)
-        return {"id": job_id, "state": state.value, "reason": reason, "final": True,
-                "result": result.to_wire() if result is not None else None}
+        return outcome_answer(job_id, state, reason, result)
 
     async def _mesh_peers(self, call: Call) -> dict[str, Any]:
         self.require(call, "read")
         return {"peers": self._peers()}
 
 
-__all__ = ["ClientAPI", "describe_peers"]
+def outcome_answer(job_id: str, state: JobState, reason: str, result: Result | None) -> dict[str, Any]:
+    """A job's outcome as job.result and job.submit_many answer it (the client's JobResult decodes it)."""
+    return {"id": job_id, "state": state.value, "reason": reason, "final": state.terminal,
+            "result": result.to_wire() if result is not None else None}
+
+
+__all__ = ["ClientAPI", "describe_peers", "outcome_answer"]

@@ -38,6 +38,7 @@ from scheduler.node.files import make_private
 from scheduler.node.jobview import JobView
 from scheduler.node.links import LoopbackLink, PeerLinks
 from scheduler.node.peer_api import PeerAPI
+from scheduler.node.session_io import RenderSessions
 from scheduler.node.tokens import TokenStore
 from scheduler.node.worker_io import WorkerIO
 from worker import calibration, kinds_basic
@@ -127,6 +128,8 @@ class Node:
         client_api = ClientAPI(self.coordinator, registry=self.registry, tokens=self.tokens, quotas=self.quotas,
                                peers=lambda: describe_peers(self.view, peer_id))
         client_api.register(self.rpc)
+        # render.session / peer.render_session: real-time render sessions on held streams
+        RenderSessions(peer_id, self.view, self.links, self.executor, require=client_api.require).register(self.rpc)
         # job.status / list / cancel / result / watch: for any job of the mesh, through any node
         JobView(client_api, self.coordinator, self.links, self.view).register(self.rpc)
         self.rpc.register("peer.hello", self._peer_hello)

@@ -12,7 +12,8 @@ into typed messages for this node's inboxes. Only connections whose principal is
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -20,6 +21,8 @@ from mesh.bigtcp.rpc import Call, RpcError, RpcServer
 from scheduler.core.job import Cancel, LeaseRenew, Offer, Result, WireError
 from scheduler.node.admission import Principal
 from scheduler.node.links import MAX_BATCH, CoordinatorInbox, LinkError, WorkerInbox
+
+M = TypeVar("M")
 
 
 class PeerAPI:
@@ -40,34 +43,40 @@ class PeerAPI:
             raise RpcError("forbidden", "peer methods are for nodes of this mesh")
         return call.peer_id
 
-    async def _offer(self, call: Call) -> dict[str, Any]:
+    def _parse(self, call: Call, key: str, decode: Callable[[Any], M]) -> tuple[str, M]:
+        """(the calling peer, `decode(body[key])`); RpcError('forbidden') for a caller that is not a mesh peer,
+        RpcError('invalid') naming what is wrong with a message that does not decode."""
         peer = self._peer(call)
+        return peer, self._decode(decode, call.body.get(key))
+
+    @staticmethod
+    def _decode(decode: Callable[[Any], M], value: Any) -> M:
         try:
-            offer = Offer.from_wire(call.body.get("offer"), trio.current_time())
+            return decode(value)
         except WireError as e:
             raise RpcError("invalid", str(e)) from None
+
+    def _batch(self, call: Call, key: str, decode: Callable[[Any], M]) -> tuple[str, list[M]]:
+        """(the calling peer, every item of the list `body[key]` decoded): 1 to MAX_BATCH of them."""
+        peer = self._peer(call)
+        items = call.body.get(key)
+        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
+            raise RpcError("invalid", f"{key}: a list of 1 to {MAX_BATCH} {key}")
+        return peer, [self._decode(decode, item) for item in items]
+
+    async def _offer(self, call: Call) -> dict[str, Any]:
+        peer, offer = self._parse(call, "offer", lambda d: Offer.from_wire(d, trio.current_time()))
         answer = await self.worker.offer(peer, offer)
         return {"answer": answer.to_wire()}
 
     async def _offers(self, call: Call) -> dict[str, Any]:
         """Offers group-sent by a coordinator's link (at most MAX_BATCH), each claimed on its own, in order."""
-        peer = self._peer(call)
-        items = call.body.get("offers")
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-            raise RpcError("invalid", f"offers: a list of 1 to {MAX_BATCH} offers")
         now = trio.current_time()
-        try:
-            offers = [Offer.from_wire(o, now) for o in items]
-        except WireError as e:
-            raise RpcError("invalid", str(e)) from None
+        peer, offers = self._batch(call, "offers", lambda d: Offer.from_wire(d, now))
         return {"answers": [(await self.worker.offer(peer, offer)).to_wire() for offer in offers]}
 
     async def _lease(self, call: Call) -> dict[str, Any]:
-        peer = self._peer(call)
-        try:
-            msg = LeaseRenew.from_wire(call.body.get("renew"))
-        except WireError as e:
-            raise RpcError("invalid", str(e)) from None
+        peer, msg = self._parse(call, "renew", LeaseRenew.from_wire)
         await self.coordinator.lease(peer, msg)
         return {}
 
@@ -83,25 +92,14 @@ class PeerAPI:
         return {}
 
     async def _result(self, call: Call) -> dict[str, Any]:
-        peer = self._peer(call)
-        try:
-            result = Result.from_wire(call.body.get("result"))
-        except WireError as e:
-            raise RpcError("invalid", str(e)) from None
+        peer, result = self._parse(call, "result", Result.from_wire)
         output = await self.coordinator.receive_output(peer, result, call)
         await self.coordinator.result(peer, result, output)
         return {}
 
     async def _results(self, call: Call) -> dict[str, Any]:
         """Results without output bytes, batched by the worker's link (at most MAX_BATCH)."""
-        peer = self._peer(call)
-        items = call.body.get("results")
-        if not isinstance(items, list) or not 0 < len(items) <= MAX_BATCH:
-            raise RpcError("invalid", f"results: a list of 1 to {MAX_BATCH} results")
-        try:
-            results = [Result.from_wire(r) for r in items]
-        except WireError as e:
-            raise RpcError("invalid", str(e)) from None
+        peer, results = self._batch(call, "results", Result.from_wire)
         if any(r.output_size for r in results):
             raise RpcError("invalid", "a result with output goes with its bytes, in peer.result")
         for r in results:
@@ -109,11 +107,7 @@ class PeerAPI:
         return {}
 
     async def _cancel(self, call: Call) -> dict[str, Any]:
-        peer = self._peer(call)
-        try:
-            msg = Cancel.from_wire(call.body.get("cancel"))
-        except WireError as e:
-            raise RpcError("invalid", str(e)) from None
+        peer, msg = self._parse(call, "cancel", Cancel.from_wire)
         await self.worker.cancel(peer, msg)
         return {}
 

@@ -7,9 +7,9 @@ coordinator over its `PeerLink`, jobs into the executor) and never calls the coo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -66,7 +66,6 @@ class WorkerIO:
         self.quotas = quotas
         self.share = share  # fraction of this node's slots lent to other coordinators
         self.core = WorkerCore(peer_id, self._load, observer=PrometheusWorkerObserver())
-        self._outputs: dict[tuple[str, int], bytes] = {}  # output of an attempt until sent
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -141,8 +140,8 @@ class WorkerIO:
         msg = a.message
         try:
             link = self.links.get(a.peer_id)
-            if isinstance(msg, Result):
-                await link.send_result(msg, self._outputs.pop((msg.job_id, msg.attempt), b""))
+            if isinstance(msg, Result):  # the output bytes travel after the result, not in it
+                await link.send_result(replace(msg, output=None), bytes(msg.output or b""))
             elif not isinstance(msg, Accept | Reject):
                 await link.renew(msg)
         except LinkError as e:
@@ -172,16 +171,10 @@ class WorkerIO:
             n.cancel_scope.cancel()
         log.info("job %s (%s) of %s %s on %s in %.2f s%s", job.job_id, job.kind, a.coordinator[-12:], outcome.state,
                  outcome.device_id or "?", outcome.run_s or 0.0, f": {outcome.error}" if outcome.error else "")
-        output = (outcome.result.output if outcome.result is not None else None) or b""
+        # the executor's Result, as is: the core stamps it with this attempt and worker; a job cancelled because
+        # its device went away may run elsewhere
         retryable = outcome.state == "cancelled" and "device" in (outcome.error or "")
-        result = Result(job.job_id, attempt, ok=outcome.ok, body=outcome.result.body if outcome.result else {},
-                        error=outcome.error or "", retryable=retryable, output_size=len(output),
-                        output_sha256=hashlib.sha256(output).hexdigest() if output else "",
-                        worker=self.peer_id, device=outcome.device_id,
-                        timings={"queue_s": outcome.queued_s, "run_s": outcome.run_s},
-                        crashed=outcome.state == "crashed")
-        if output:
-            self._outputs[(job.job_id, attempt)] = bytes(output)
+        result = replace(outcome.result, retryable=retryable) if retryable else outcome.result
         await self._execute(self.core.finished(job.job_id, attempt, result, trio.current_time()))
 
     async def _input(self, job_id: str, coordinator: str) -> AsyncIterator[bytes]:

@@ -76,6 +76,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_IN_FLIGHT = 4
 DEFAULT_BUILD_TIMEOUT_S = 120.0
 CHECKPOINT_INTERVAL_S = 0.05
+# Output buffers up to this size are made zeroed (COPY_HOST_PTR from these zeros) rather than zero-filled by a
+# command on the queue: one command, and one wake-up of the runtime's worker threads, less for a small job.
+_ZEROS = np.zeros(64 << 10, np.uint8)
+_ZEROS.flags.writeable = False
 HASH_IN_THREAD_BYTES = 1 << 20
 
 
@@ -129,6 +133,11 @@ class ComputeResult:
 
     def to_wire(self) -> tuple[dict[str, Any], bytes]:
         """(msgpack-able body, output bytes: the outputs concatenated in arg order)."""
+        return self.wire_body(), b"".join(np.ascontiguousarray(o.array).tobytes() for o in self.outputs)
+
+    def wire_body(self) -> dict[str, Any]:
+        """The msgpack-able body of `to_wire` alone (for outputs already laid out in arg order elsewhere, e.g.
+        read back straight into a runner's arena by `execute(..., out_buffer=...)`)."""
         outs = []
         off = 0
         for o in self.outputs:
@@ -136,10 +145,9 @@ class ComputeResult:
             outs.append({"index": o.index, "name": o.name, "dtype": o.dtype, "count": int(o.array.size),
                          "offset": off, "nbytes": nb})
             off += nb
-        body = {"outputs": outs, "source_sha256": self.source_sha256, "cache_hit": self.cache_hit,
+        return {"outputs": outs, "source_sha256": self.source_sha256, "cache_hit": self.cache_hit,
                 "build_s": self.build_s, "kernel_s": self.kernel_s, "run_s": self.run_s, "launches": self.launches,
                 "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "warnings": list(self.warnings)}
-        return body, b"".join(np.ascontiguousarray(o.array).tobytes() for o in self.outputs)
 
     @classmethod
     def from_wire(cls, body: Mapping[str, Any], output: bytes | None) -> ComputeResult:
@@ -443,10 +451,15 @@ class ComputeRunner:
     async def execute(self, prep: Prepared, blobs: Mapping[str, Any] | None = None, *, job_id: str = "",
                       checkpoint: Callable[[], Awaitable[None]] | None = None,
                       progress: Callable[[float, str | None], None] | None = None,
-                      verified: bool = False) -> ComputeResult:
+                      verified: bool = False, out_buffer: memoryview | None = None) -> ComputeResult:
         """Transfer, launch, read back. `blobs`: sha256 -> bytes-like for the streamed inputs (checked unless
-        `verified`). Raises TimeLimitExceeded, KernelFailed, OutOfDeviceMemory, DeviceUnavailable, SpecError."""
+        `verified`). `out_buffer`: writable memory of at least `spec.bytes_out` bytes that the outputs are read
+        back into, one after the other in arg order (the layout of `ComputeResult.to_wire`; the result's arrays
+        are views of it), instead of new arrays. Raises TimeLimitExceeded, KernelFailed, OutOfDeviceMemory,
+        DeviceUnavailable, SpecError."""
         s = prep.spec
+        if out_buffer is not None and len(out_buffer) < s.bytes_out:
+            raise ValueError(f"out_buffer of {len(out_buffer)} bytes; the outputs need {s.bytes_out}")
         hosts = await self._host_inputs(s, blobs or {}, verified)
         await self._acquire(self.quarantine_wait_s)
         cl = self._cl
@@ -466,11 +479,15 @@ class ComputeRunner:
             try:
                 for i, a in s.buffers:
                     plan = prep.plans.get(i)
-                    bufs[i] = cl.Buffer(self.context, plan.flags if plan is not None else mf.READ_WRITE, a.nbytes)
+                    flags = plan.flags if plan is not None else mf.READ_WRITE
+                    if not a.uploads and a.nbytes <= len(_ZEROS):  # small: zeroed as it is made, no fill command
+                        bufs[i] = cl.Buffer(self.context, flags | mf.COPY_HOST_PTR, hostbuf=_ZEROS[:a.nbytes])
+                    else:
+                        bufs[i] = cl.Buffer(self.context, flags, a.nbytes)
                 for i, a in s.buffers:
                     if a.uploads:
                         last[0] = cl.enqueue_copy(q, bufs[i], hosts[i], is_blocking=False)
-                    else:
+                    elif a.nbytes > len(_ZEROS):
                         last[0] = cl.enqueue_fill_buffer(q, bufs[i], np.uint8(0), 0, a.nbytes)
             except cl.MemoryError as e:
                 raise OutOfDeviceMemory(f"cannot allocate the job's {s.buffer_bytes} bytes of buffers on device "
@@ -549,9 +566,14 @@ class ComputeRunner:
                             last_cp = trio.current_time()
 
             # read back (after the launches on the in-order queue)
+            out_at = 0
             for i, a in s.buffers:
                 if a.returned:
-                    host = np.empty(a.count, dtype=a.type.dtype)
+                    if out_buffer is None:
+                        host = np.empty(a.count, dtype=a.type.dtype)
+                    else:
+                        host = np.frombuffer(out_buffer[out_at:out_at + a.nbytes], dtype=a.type.dtype)
+                        out_at += a.nbytes
                     reads.append((i, a, host))
                     last[0] = cl.enqueue_copy(q, host, bufs[i], is_blocking=False)
             q.flush()
@@ -636,16 +658,19 @@ class ComputeRunner:
                   blobs: Mapping[str, Any] | Callable[[ComputeSpec], Awaitable[Mapping[str, Any]]] | None = None,
                   *, job_id: str = "", checkpoint: Callable[[], Awaitable[None]] | None = None,
                   progress: Callable[[float, str | None], None] | None = None,
-                  verified: bool = False) -> ComputeResult:
+                  verified: bool = False,
+                  out_buffer: Callable[[ComputeSpec], memoryview] | None = None) -> ComputeResult:
         """prepare + execute, with the outcome counted. `blobs` may be an async function of the parsed spec,
-        called after the build and the arg checks (so a bad spec fails before the input is read)."""
+        called after the build and the arg checks (so a bad spec fails before the input is read); `out_buffer`,
+        called after `blobs`, gives `execute` the memory to read the outputs into."""
         outcome = "error"
         self.stats.jobs += 1
         try:
             prep = await self.prepare(spec)
             data = await blobs(prep.spec) if callable(blobs) else blobs
             res = await self.execute(prep, data, job_id=job_id, checkpoint=checkpoint, progress=progress,
-                                     verified=verified)
+                                     verified=verified,
+                                     out_buffer=out_buffer(prep.spec) if out_buffer is not None else None)
             outcome = "ok"
             return res
         except SpecError:

@@ -9,6 +9,7 @@ runner, which checks the built program (the authority) before reading the job's 
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -55,11 +56,31 @@ def _translation_phases(src: str) -> str:
 _LEX = re.compile(r"""//[^\n]*|/\*.*?(?:\*/|\Z)|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?|[^/"']+|/""", re.S)
 
 
+# What a scan of a source finds depends only on its text, and jobs reuse kernels: the scans below are memoised
+# per source text (a handful of sources, each at most MAX_SOURCE_BYTES), so a spec parsed twice (the daemon's
+# check, then its runner's) or a stream of jobs with one kernel scans the source once.
+SCANNED_SOURCES = 16
+
+
+@functools.lru_cache(maxsize=SCANNED_SOURCES)
 def strip_comments(src: str) -> str:
     """The source after phases 1-3 as the preprocessor sees it: comments become one space; string and
     character literals are kept whole (so a '/*' inside a string does not hide what follows)."""
     s = _translation_phases(src)
     return "".join(" " if m.startswith(("//", "/*")) else m for m in _LEX.findall(s))
+
+
+@functools.lru_cache(maxsize=SCANNED_SOURCES)
+def source_words(src: str) -> frozenset[str]:
+    """Every identifier-like word of the source outside comments (for "is this kernel name there at all")."""
+    return frozenset(re.findall(r"[A-Za-z_]\w*", strip_comments(src)))
+
+
+@functools.lru_cache(maxsize=SCANNED_SOURCES)
+def source_uses_64bit(src: str) -> tuple[bool, bool]:
+    """(uses double precision, uses 64-bit integers), from the words of the source outside comments."""
+    text = strip_comments(src)
+    return bool(_FP64_RE.search(text)), bool(_INT64_RE.search(text))
 
 
 def check_source(src: Any, fieldname: str = "source") -> str:
@@ -86,7 +107,12 @@ def check_source(src: Any, fieldname: str = "source") -> str:
 
 def kernel_names_in(src: str) -> list[str]:
     """Kernel functions declared in `src` (a best-effort scan; the built program is the authority)."""
-    return list(dict.fromkeys(_KERNEL_DECL.findall(strip_comments(src))))
+    return list(_kernel_names(src))
+
+
+@functools.lru_cache(maxsize=SCANNED_SOURCES)
+def _kernel_names(src: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_KERNEL_DECL.findall(strip_comments(src))))
 
 
 def source_sha256(src: str) -> str:
@@ -277,6 +303,11 @@ def kernel_signatures(src: str, build_options: tuple[str, ...] = (),
                       names: list[str] | None = None) -> dict[str, KernelSig]:
     """The kernels declared in `src` (only `names`, when given), with their parameters and required work-group
     size (best effort, bounded work on any input)."""
+    return dict(_signatures(src, tuple(build_options), None if names is None else tuple(names)))
+
+
+@functools.lru_cache(maxsize=SCANNED_SOURCES)
+def _signatures(src: str, build_options: tuple[str, ...], names: tuple[str, ...] | None) -> dict[str, KernelSig]:
     text = strip_comments(src)
     defines = defines_of(text, build_options)
     out: dict[str, KernelSig] = {}

@@ -67,6 +67,8 @@ from worker.compute.source import (
     kernel_signatures,
     parse_build_options,
     source_sha256,
+    source_uses_64bit,
+    source_words,
     strip_comments,
 )
 
@@ -94,8 +96,6 @@ SPEC_FIELDS = {
     "repeat", "time_limit_s", "memory_limit_bytes", "device_kind", "flops_per_item",
 }
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
-_FP64_RE = re.compile(r"\bdouble(?:2|3|4|8|16)?\b|\bcl_khr_fp64\b")
-_INT64_RE = re.compile(r"\bu?long(?:2|3|4|8|16)?\b|\bcl_khr_int64")
 
 __all__ = [
     "ALLOWED_CL_STD", "ALLOWED_FLAGS", "MAX_SOURCE_BYTES", "BufferArg", "ComputeSpec", "Launch",
@@ -283,10 +283,10 @@ class ComputeSpec:
         return "" if self.single_launch else f"launches[{li}]"
 
     def requirements(self) -> ComputeRequirements:
-        src = strip_comments(self.source) if self.source is not None else ""
+        src_fp64, src_int64 = source_uses_64bit(self.source) if self.source is not None else (False, False)
         by_value = [a.type for a in self._all_args() if isinstance(a, ScalarArg)]
-        fp64 = bool(_FP64_RE.search(src)) or any(t.uses("float64") for t in by_value)
-        int64 = bool(_INT64_RE.search(src)) or any(t.uses("int64") or t.uses("uint64") for t in by_value)
+        fp64 = src_fp64 or any(t.uses("float64") for t in by_value)
+        int64 = src_int64 or any(t.uses("int64") or t.uses("uint64") for t in by_value)
         return ComputeRequirements(fp64=fp64, int64=int64, min_memory_bytes=self.buffer_bytes,
                                    device_kind=self.device_kind, fp16=any(t.uses("float16") for t in by_value),
                                    non_uniform=not all(ln.uniform for ln in self.launches))
@@ -565,7 +565,7 @@ def parse_spec(d: Any) -> ComputeSpec:
                        None if fpi is None else float(fpi))
     if source is not None:
         declared = kernel_names_in(source)
-        tokens = set(re.findall(r"[A-Za-z_]\w*", strip_comments(source)))
+        tokens = source_words(source)
         for k in spec.kernels():
             if k not in declared and k not in tokens:
                 raise SpecError("kernel", f"no kernel named {k!r} in the source (kernels found: "

@@ -378,10 +378,11 @@ class CachedScene:
     def on_device(self, device_id: str) -> bool:
         return device_id in self._devices
 
-    def render_on(self, dctx: Any, pose: Pose, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        """Render a tile on an OpenCL device (blocking: run it through run_blocking). Uploads the scene to the
-        device on first use; renders of one scene on one device are serialised (SceneOnDevice is not
-        thread-safe)."""
+    def render_on(self, dctx: Any, pose: Pose, tile: Tile,
+                  into: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Render a tile on an OpenCL device (blocking: run it through run_blocking), read back into `into`
+        (see `SceneOnDevice.enqueue`) or new arrays. Uploads the scene to the device on first use; renders of
+        one scene on one device are serialised (SceneOnDevice is not thread-safe)."""
         # optional: pyopencl (a node without it, or without an OpenCL runtime, offers no OpenCL devices)
         from worker.render.opencl import SceneOnDevice
         dev_id = dctx.device.id
@@ -393,7 +394,7 @@ class CachedScene:
 
                 dev = SceneOnDevice(dctx.context, dctx.queue, self.scene)
                 self._devices[dev_id] = dev
-            return dev.render(pose, tile)
+            return dev.render(pose, tile, into=into)
 
     def release(self) -> None:
         """Free device memory (the scene left the cache). A render in progress keeps its own reference."""
@@ -601,14 +602,16 @@ class RenderFrame(JobKind):
         rgba = np.empty((tile.h, tile.w, 4), np.uint8)
         depth = np.empty((tile.h, tile.w), np.float32)
         # as many bands as chunk_s promised the executor (the spec's work estimate wins, as in cost_s)
-        n = self._band_count(tile.w * tile.h, rs.px_flops or entry.px_flops, ctx.device)
+        fpp = rs.px_flops or entry.px_flops
+        n = self._band_count(tile.w * tile.h, fpp, ctx.device)
         t0 = time.perf_counter()
         used: list[str] = []
         runner_out: bytes | None = None
         if ctx.runner is not None:  # the node's way: the kernel runs in runner processes (worker.runner)
             path = "opencl"
             async with ctx.idle_devices() as more:  # here: (device, RunnerLease) pairs
-                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n,
+                band_s = tile.w * tile.h * pixel_cost_s(fpp, ctx.device) / n + LAUNCH_S  # as chunk_s promised
+                runner_out, used = await self._render_in_runners(ctx, entry, pose, tile, n, band_s,
                                                                  [(ctx.device, ctx.runner), *more], rgba, depth)
         elif ctx.cl is not None:
             path = "opencl"
@@ -643,18 +646,19 @@ class RenderFrame(JobKind):
         return Result(body, runner_out if runner_out is not None else encode_output(rgba, depth))
 
     async def _render_in_runners(self, ctx: RunContext, entry: CachedScene, pose: Pose, tile: Tile, n: int,
-                                 devices: list[tuple[Any, Any]], rgba: np.ndarray,
+                                 band_s: float, devices: list[tuple[Any, Any]], rgba: np.ndarray,
                                  depth: np.ndarray) -> tuple[bytes | None, list[str]]:
         """`_render_on_devices` with runner leases: one device renders straight into its arena (the output
         bytes, no copy here); several render their strips at once, assembled into `rgba`/`depth` (None)."""
         if len(devices) == 1:
-            return await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n), [devices[0][0].id]
+            return (await render_tile(devices[0][1], ctx.checkpoint, entry, pose, tile, n, band_s),
+                    [devices[0][0].id])
         strips = split_rows(tile, [device_rate(d) for d, _ in devices])
         used: list[str] = []
 
         async def strip(i: int, lease: Any, part: Tile) -> None:
             out = await render_tile(lease, ctx.checkpoint if i == 0 else None, entry, pose, part,
-                                    max(1, round(n * part.h / tile.h)))
+                                    max(1, round(n * part.h / tile.h)), band_s)
             c, d = decode_output(part, out)
             y = part.y0 - tile.y0
             rgba[y:y + part.h] = c
@@ -680,10 +684,9 @@ class RenderFrame(JobKind):
             for j, band in enumerate(bands(part, max(1, round(n * part.h / tile.h)))):
                 if j and i == 0:
                     await ctx.checkpoint()
-                c, d = await run_blocking(entry.render_on, dctx, pose, band, limiter=limiter)
                 y = band.y0 - tile.y0
-                rgba[y:y + band.h] = c
-                depth[y:y + band.h] = d
+                await run_blocking(entry.render_on, dctx, pose, band, (rgba[y:y + band.h], depth[y:y + band.h]),
+                                   limiter=limiter)
 
         async with trio.open_nursery() as nursery:
             for i, ((dev, dctx), part) in enumerate(zip(devices, strips, strict=False)):
@@ -850,9 +853,11 @@ RUNNER_SCENES = 8  # scenes a runner keeps on its device
 
 
 async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
-                      tile: Any, n_bands: int) -> bytes:
+                      tile: Any, n_bands: int, band_s: float = 0.0) -> bytes:
     """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
-    a borrowed device). Raises RunnerError subclasses."""
+    a borrowed device; `band_s`: the longest stretch the executor was promised between two checkpoints, which
+    lets the runner skip the round trip after bands that ran well under it; 0: after every band). Raises
+    RunnerError subclasses."""
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
@@ -861,7 +866,7 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
     for attempt in range(2):
         scene = b"" if entry.hash in held else encode_scene(entry.scene)
         args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
-                "scene": [out_n, len(scene)] if scene else None}
+                "band_s": float(band_s), "scene": [out_n, len(scene)] if scene else None}
         try:
             reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
                                      checkpoint=checkpoint)
@@ -873,7 +878,7 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
         held.add(entry.hash)
         if len(held) > 4 * RUNNER_SCENES:
             held.clear()  # a guess gone stale costs one NoScene round trip
-        if not reply.outs or len(reply.outs[0]) != out_n:
-            raise ValueError(f"runner returned {len(reply.outs[0]) if reply.outs else 0} bytes, the tile has {out_n}")
-        return bytes(reply.outs[0])
+        if len(reply.outs) != 1 or len(reply.outs[0]) != out_n:  # the runner is not trusted
+            raise lease.refuse(f"returned {[len(o) for o in reply.outs]} bytes, the tile has {out_n}")
+        return bytes(reply.outs[0])  # the one copy out of the arena (the runner's next call reuses it)
     raise AssertionError("unreachable")

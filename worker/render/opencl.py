@@ -107,16 +107,20 @@ class SceneOnDevice:
         return sum(b.size for b in self._bufs.values())
 
     def render(
-        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None
+        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None,
+        into: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Render a frame or tile: (rgba (h, w, 4) uint8, depth (h, w) float32, +inf where nothing is hit)."""
-        return self.enqueue(pose, tile, use_bvh=use_bvh).wait()
+        return self.enqueue(pose, tile, use_bvh=use_bvh, into=into).wait()
 
     def enqueue(
-        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None
+        self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None,
+        into: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> PendingFrame:
         """Launch a frame or tile without waiting. Frames of one tile size share output buffers, which is
-        safe on an in-order queue (each read-back precedes the next launch)."""
+        safe on an in-order queue (each read-back precedes the next launch). `into`: C-contiguous (h, w, 4)
+        uint8 and (h, w) float32 arrays to read the tile back into (e.g. views of shared memory) instead of
+        new ones."""
         cam = self.scene.camera
         tile = tile or Tile.full(cam.width, cam.height)
         tile.check(cam.width, cam.height)
@@ -142,8 +146,15 @@ class SceneOnDevice:
         lx, ly = LOCAL_SIZE
         grid = (-(-tile.w // lx) * lx, -(-tile.h // ly) * ly)
         cl.enqueue_nd_range_kernel(self.queue, self._kernel, grid, LOCAL_SIZE)
-        rgba = np.empty((tile.h, tile.w, 4), np.uint8)
-        depth = np.empty((tile.h, tile.w), np.float32)
+        if into is None:
+            rgba = np.empty((tile.h, tile.w, 4), np.uint8)
+            depth = np.empty((tile.h, tile.w), np.float32)
+        else:
+            rgba, depth = into
+            if (rgba.shape != (tile.h, tile.w, 4) or rgba.dtype != np.uint8 or depth.shape != (tile.h, tile.w)
+                    or depth.dtype != np.float32 or not (rgba.flags.c_contiguous and depth.flags.c_contiguous)):
+                raise ValueError(f"'into' must be C-contiguous ({tile.h}, {tile.w}, 4) uint8 and "
+                                 f"({tile.h}, {tile.w}) float32 arrays")
         cl.enqueue_copy(self.queue, rgba, rgba_buf, is_blocking=False)
         done = cl.enqueue_copy(self.queue, depth, depth_buf, is_blocking=False)
         return PendingFrame(tile, rgba, depth, done)

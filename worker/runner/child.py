@@ -23,17 +23,19 @@ from typing import Any
 
 import trio
 
+from worker.compute.runner import runner_for
 from worker.devices import Device
 from worker.opencl import device_context
 from worker.runner import sandbox
 from worker.runner.arena import KEEP_ARENA, Mapped, StatusPage, write_status
-from worker.runner.wire import FrameReader, fds_from_ancillary, pack
+from worker.runner.wire import FrameReader, pack, recv_with_fds, send_all
 
 log = logging.getLogger("gpumesh.runner")
 
 # task name -> "module:function"; every function is `async def task(host, dctx, args) -> (body, outs)`
 TASKS = {
     "ping": "worker.runner.child:ping",
+    "stats": "worker.runner.child:stats",
     "sandbox.probe": "worker.runner.child:probe",
     "compute.opencl": "worker.runner.compute:task",
     "render.tile": "worker.runner.render:task",
@@ -60,20 +62,18 @@ class Host:
 
     # frames
     async def send(self, msg: dict[str, Any]) -> None:
-        data = memoryview(pack(msg))
-        while data:
-            n = await self.sock.send(data)
-            data = data[n:]
+        await send_all(self.sock, pack(msg))
 
-    async def recv(self) -> dict[str, Any] | None:
+    async def recv(self, *, idle: bool = False) -> dict[str, Any] | None:
+        """The next frame from the daemon (None: it closed the connection). `idle`: between calls (see
+        `recv_with_fds`)."""
         while True:
             msg = self._reader.next()
             if msg is not None:
                 if "arena" in msg and msg.get("new"):
                     self._map(int(msg["arena"]))
                 return msg
-            data, anc, _flags, _ = await self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 4))
-            self._fds.extend(fds_from_ancillary(anc))
+            data = await recv_with_fds(self.sock, self._fds, idle=idle)
             if not data:
                 return None
             self._reader.feed(data)
@@ -133,13 +133,30 @@ async def probe(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, 
     return {"connect": reached, "sandbox": host.state.get("sandbox", {})}, []
 
 
+async def stats(host: Host, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
+    """What this runner keeps between jobs: its compute program cache (builds, hits) and the scenes it holds."""
+    out: dict[str, Any] = {"pid": os.getpid(), "scenes": len(host.state.get("scenes", ()))}
+    if dctx is not None:
+        p = runner_for(dctx).programs
+        out["programs"] = {"cached": len(p), "builds": p.stats.misses, "hits": p.stats.hits,
+                           "evictions": p.stats.evictions, "failures": p.stats.failures}
+    return out, []
+
+
+_resolved: dict[str, Any] = {}
+
+
 def _task(name: str) -> Any:
+    fn = _resolved.get(name)
+    if fn is not None:
+        return fn
     spec = TASKS.get(name)
     if spec is None:
         raise LookupError(f"no runner task {name!r}; known: {', '.join(sorted(TASKS))}")
-    mod, _, fn = spec.partition(":")
+    mod, _, attr = spec.partition(":")
     __import__(mod)
-    return getattr(sys.modules[mod], fn)
+    fn = _resolved[name] = getattr(sys.modules[mod], attr)
+    return fn
 
 
 def describe(exc: BaseException, memory_limit: int) -> dict[str, Any]:
@@ -181,9 +198,8 @@ async def run_call(host: Host, msg: dict[str, Any], dctx: Any) -> None:
 
 
 async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, report: dict[str, str]) -> None:
-    raw = socket.socket(fileno=sock_fd)
-    raw.setblocking(False)
-    sock = trio.socket.from_stdlib_socket(raw)
+    sock = socket.socket(fileno=sock_fd)
+    sock.setblocking(False)
     status = mmap.mmap(status_fd, StatusPage.SIZE)
     os.close(status_fd)
     host = Host(sock, status, memory_limit)
@@ -193,7 +209,7 @@ async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, re
     host.doing("idle")
     await host.send({"t": "ready", "pid": os.getpid(), "sandbox": report})
     while True:
-        msg = await host.recv()
+        msg = await host.recv(idle=True)
         if msg is None:
             return
         if msg["t"] == "call":
@@ -217,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trio.run(serve, a.sock, a.status, device, a.memory, report)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, ConnectionError):  # a broken pipe or a reset: the daemon closed our socket
         return 0
     return 0
 

@@ -40,16 +40,21 @@ async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], 
         "compute.opencl", {"spec": ctx.spec, "job_id": ctx.job_id, "in": in_bytes, "out": out_bytes},
         on_ask=on_ask, checkpoint=ctx.checkpoint,
         limit_s=BUILD_TIMEOUT_S + s.time_limit_s + GRACE_S, cpu_s=cpu_budget(s.time_limit_s))
-    out = bytes(reply.outs[0]) if reply.outs else b""
+    if len(reply.outs) != 1 or len(reply.outs[0]) != out_bytes:  # the runner is not trusted
+        raise ctx.runner.refuse(f"outputs of {[len(o) for o in reply.outs]} bytes; the spec returns {out_bytes}")
+    out = bytes(reply.outs[0])  # the one copy out of the arena (it is reused by the runner's next call)
     body = dict(reply.body)
     body.pop("runner_s", None)
     return body, out
 
 
+CORES = os.cpu_count() or 1
+
+
 def cpu_budget(time_limit_s: float) -> float:
     """CPU seconds a runner may burn on one job: its time limit on every core, plus the build."""
 
-    return (time_limit_s + BUILD_TIMEOUT_S) * (os.cpu_count() or 1)
+    return (time_limit_s + BUILD_TIMEOUT_S) * CORES
 
 
 async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, Any], list[list[int]]]:
@@ -75,12 +80,15 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
             off += n
         return views
 
+    def outputs(s: ComputeSpec) -> memoryview:
+        if s.bytes_out > out_n:
+            raise ValueError(f"outputs of {s.bytes_out} bytes exceed the {out_n} bytes the daemon made room for")
+        return host.region(in_n, s.bytes_out)  # read back from the device straight into the arena
+
     host.doing("building the program")
     res = await runner.run(args["spec"], blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
-                           verified=True)
-    host.doing("writing the outputs")
-    body, data = res.to_wire()  # one definition of the result body (ComputeResult)
-    if len(data) > out_n:
-        raise ValueError(f"outputs of {len(data)} bytes exceed the {out_n} bytes the spec declares")
-    host.region(in_n, len(data))[:] = data
-    return body, [[in_n, len(data)]]
+                           verified=True, out_buffer=outputs)
+    body = res.wire_body()  # one definition of the result body (ComputeResult); the bytes are in the arena
+    n = sum(o.array.nbytes for o in res.outputs)
+    res.outputs.clear()  # the views of the arena go now (the arena may be replaced before the next call)
+    return body, [[in_n, n]]

@@ -14,12 +14,14 @@ File descriptors go one way, daemon -> runner (`SCM_RIGHTS`, with the frame that
 from __future__ import annotations
 
 import array
+import select
 import socket
 import struct
 from collections import deque
 from typing import Any
 
 import msgpack
+import trio
 
 HEADER = struct.Struct("<I")
 MAX_FRAME = 8 << 20  # a compute spec with inline source and data fits; bulk data goes through the arena
@@ -64,6 +66,55 @@ class FrameReader:
         if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
             raise ProtocolError("a frame must be a map with a string 't'")
         return msg
+
+
+# Socket I/O for both sides, on the plain non-blocking socket: the call is made at once and trio is asked to wait
+# only when it would block (no trio socket wrapper, whose checkpoints around every send and recv cost a pass of
+# the event loop each; a hand-off is a handful of these).
+
+
+async def send_all(sock: socket.socket, data: bytes, fd: int | None = None) -> None:
+    """Write all of `data` (with `fd` attached to its first bytes, SCM_RIGHTS, when given)."""
+    view = memoryview(data)
+    while fd is not None:
+        try:
+            view = view[sock.sendmsg([view], fd_ancillary(fd)):]
+            fd = None
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock.fileno())
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock.fileno())
+
+
+async def recv_some(sock: socket.socket) -> bytes:
+    """What the socket has (b"" at EOF); waits in trio until it has something. File descriptors are dropped."""
+    while True:
+        try:
+            return sock.recv(RECV_CHUNK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock.fileno())
+
+
+async def recv_with_fds(sock: socket.socket, fds: deque[int], *, idle: bool = False) -> bytes:
+    """What the socket has (b"" at EOF), with the file descriptors that came along appended to `fds`. `idle`:
+    the process has nothing else to do until this returns (a runner between calls), so it blocks in poll(2)
+    instead of going through trio's event loop: one wake-up less per call."""
+    while True:
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(RECV_CHUNK, socket.CMSG_SPACE(4 * 4))
+        except BlockingIOError:
+            if idle:
+                p = select.poll()
+                p.register(sock, select.POLLIN)
+                p.poll()
+            else:
+                await trio.lowlevel.wait_readable(sock.fileno())
+            continue
+        fds.extend(fds_from_ancillary(anc))
+        return data
 
 
 def fd_ancillary(fd: int) -> list[tuple[int, int, bytes]]:

@@ -1,0 +1,128 @@
+"""Tiles on the wire: lossless RGBA, quantized depth, each a delta against the tile's previous frame, LZ4.
+
+A render session sends the same tile of every frame down one stream, so both ends keep the last tile they
+exchanged and the next one travels as its XOR against it (unchanged pixels become zeros, which LZ4 squeezes
+to almost nothing; an AR scene's empty background never changes). A moving camera shifts every pixel and then a
+delta is larger than the tile itself: the encoder sends whichever compresses smaller on a sample of the tile (a key
+tile, no delta, also first and after a change of size). The colour is exact; depth is quantized to IEEE half floats (relative error
+at most 2**-11, +inf stays +inf: no hit), which halves it before compression.
+
+Payload: LZ4 block of `rgba (h*w*4 bytes) || depth as <f2 (h*w*2 bytes)`, each XOR the previous tile's when
+`key` is false. The header `{"key", "n"}` travels beside it (the session's frame message); `n` is the raw size,
+which the decoder checks against the tile before decompressing (`lz4.block.decompress` with a known size: a
+hostile payload cannot expand past it).
+
+Encoder and decoder are plain objects (no I/O); one per tile of a session at each end. Both must see every
+tile in the same order: a decoder that was not fed a tile (or was fed one out of order) refuses the next delta
+(`CodecError`) instead of producing a wrong image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lz4.block
+import numpy as np
+
+BYTES_PER_PIXEL = 6  # RGBA8 + float16 depth, before compression
+MAX_PIXELS = 4096 * 4096
+SAMPLE_BLOCK, SAMPLE_EVERY = 4096, 8  # key or delta is decided on every 8th 4 KiB block
+
+
+def _sampled_size(data: np.ndarray) -> int:
+    n = data.size // SAMPLE_BLOCK
+    if n < SAMPLE_EVERY:
+        return len(lz4.block.compress(data.tobytes(), store_size=False))
+    blocks = data[:n * SAMPLE_BLOCK].reshape(n, SAMPLE_BLOCK)[::SAMPLE_EVERY]
+    return len(lz4.block.compress(blocks.tobytes(), store_size=False))
+
+
+class CodecError(ValueError):
+    """A tile payload that does not decode (wrong size, corrupt, a delta without its base)."""
+
+
+@dataclass(frozen=True)
+class EncodedTile:
+    key: bool
+    seq: int  # tiles encoded so far by this encoder (the decoder checks it follows the one it holds)
+    raw_size: int
+    payload: bytes
+
+    def header(self) -> dict[str, Any]:
+        return {"key": self.key, "seq": self.seq, "n": self.raw_size}
+
+
+def quantize_depth(depth: np.ndarray) -> np.ndarray:
+    """float32 metres to IEEE half (+inf stays +inf; beyond 65504 m is +inf too)."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(depth, np.float32).astype("<f2")
+
+
+def raw_bytes(rgba: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The tile as one uint8 array: RGBA rows then half-float depth rows."""
+    c = np.ascontiguousarray(rgba, np.uint8).reshape(-1)
+    d = quantize_depth(depth).view(np.uint8).reshape(-1)
+    return np.concatenate([c, d])
+
+
+class TileEncoder:
+    """One tile's sender side."""
+
+    def __init__(self) -> None:
+        self._prev: np.ndarray | None = None
+        self._seq = 0
+
+    def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
+        """The tile as a delta or a key tile, whichever compresses smaller on a sample of 1 block in
+        SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
+        delta is larger than the tile itself; a still one sends almost nothing)."""
+        raw = raw_bytes(rgba, depth)
+        prev, self._prev = self._prev, raw
+        self._seq += 1
+        if prev is not None and prev.shape == raw.shape:
+            xor = np.bitwise_xor(raw, prev)
+            if _sampled_size(xor) < _sampled_size(raw):
+                return EncodedTile(False, self._seq, int(raw.size), lz4.block.compress(xor.tobytes(), store_size=False))
+        return EncodedTile(True, self._seq, int(raw.size), lz4.block.compress(raw.tobytes(), store_size=False))
+
+
+class TileDecoder:
+    """One tile's receiver side: `decode(header, payload, w, h)` -> (rgba uint8 (h, w, 4), depth float32 (h, w))."""
+
+    def __init__(self) -> None:
+        self._prev: np.ndarray | None = None
+        self._seq = 0
+
+    def decode(self, header: Any, payload: bytes, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(header, dict):
+            raise CodecError("tile header is not a map")
+        key, seq, n = header.get("key"), header.get("seq"), header.get("n")
+        if not isinstance(key, bool) or isinstance(seq, bool) or not isinstance(seq, int):
+            raise CodecError("tile header needs key (bool) and seq (int)")
+        npx = w * h
+        if not 0 < npx <= MAX_PIXELS or n != npx * BYTES_PER_PIXEL:
+            raise CodecError(f"tile of {w}x{h} has {npx * BYTES_PER_PIXEL} raw bytes, header says {n!r}")
+        prev = self._prev
+        if not key and (prev is None or prev.size != n or seq != self._seq + 1):
+            raise CodecError(f"delta tile {seq} does not follow the tile held ({self._seq})")
+        try:
+            body = np.frombuffer(lz4.block.decompress(payload, uncompressed_size=n), np.uint8)
+        except (lz4.block.LZ4BlockError, ValueError) as e:
+            raise CodecError(f"corrupt tile payload: {e}") from None
+        if body.size != n:
+            raise CodecError(f"tile payload decompressed to {body.size} bytes, not {n}")
+        raw = body if key or prev is None else np.bitwise_xor(body, prev)
+        self._prev, self._seq = raw, seq
+        rgba = raw[:npx * 4].reshape(h, w, 4)
+        depth = raw[npx * 4:].view("<f2").reshape(h, w).astype(np.float32)
+        return rgba, depth
+
+
+def depth_tolerance(depth: np.ndarray) -> np.ndarray:
+    """The most a decoded depth can differ from the rendered one (half-float rounding), per pixel."""
+    return np.abs(np.nan_to_num(depth, posinf=0.0)) * 2.0 ** -11
+
+
+__all__ = ["BYTES_PER_PIXEL", "CodecError", "EncodedTile", "TileDecoder", "TileEncoder", "depth_tolerance",
+           "quantize_depth"]
