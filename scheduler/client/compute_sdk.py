@@ -198,6 +198,7 @@ class _Options:
     max_attempts: int = 3
     precheck: bool = True
     redundancy_tries: int = DEFAULT_REDUNDANCY_TRIES
+    observer: Any = None  # a JobObserver: told of upload bytes, each job id as it is accepted, download bytes
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,7 +212,22 @@ class _Options:
             raise ValueError("redundancy_tries must be at least 2")
 
 
-_OPTION_NAMES = ("verify", "rtol", "atol", "priority", "timeout_s", "max_attempts", "precheck", "redundancy_tries")
+_OPTION_NAMES = ("verify", "rtol", "atol", "priority", "timeout_s", "max_attempts", "precheck", "redundancy_tries",
+                 "observer")
+
+
+class JobObserver:
+    """What `run(..., observer=...)` reports as it goes (e.g. the CLI's progress bars); every method is optional
+    to override and does nothing here."""
+
+    def upload(self, sent: int, total: int) -> None:
+        """Input bytes sent so far, of `total` (a streamed input)."""
+
+    def submitted(self, job_id: str) -> None:
+        """A job was accepted (a redundant run submits several copies)."""
+
+    def download(self, received: int) -> None:
+        """Output bytes received so far (a streamed output)."""
 
 
 def _split_options(kw: dict[str, Any], default_priority: str) -> tuple[_Options, dict[str, Any]]:
@@ -402,6 +418,8 @@ class AsyncMesh:
         client and the coordinator know it, else submit plainly (the caller checks where the job ran)."""
         kw: dict[str, Any] = dict(input=job.input or None, job_id=job_id, priority=opts.priority,
                                   timeout_s=timeout_s, max_attempts=opts.max_attempts)
+        if opts.observer is not None:
+            kw["on_upload"] = opts.observer.upload
         if avoid and self._avoid_supported is not False:
             try:
                 ans = await self.client.submit(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
@@ -428,7 +446,9 @@ class AsyncMesh:
             raise ComputeRefused(ans.get("id", job_id), ans.get("code") or "rejected", ans.get("message", ""))
         if submitted is not None:
             submitted.add(ans["id"])
-        res = await self.client.result(ans["id"])
+        if opts.observer is not None:
+            opts.observer.submitted(ans["id"])
+        res = await self.client.result(ans["id"], on_download=opts.observer.download if opts.observer else None)
         if submitted is not None:
             submitted.discard(ans["id"])
         if not res.ok:
