@@ -37,12 +37,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m scheduler.devtools.demo
 
+# pytest-xdist: one worker per core (TEST_WORKERS=0 runs the suite in this process), a test file's tests on one
+# worker (--dist loadfile: a module's shared mesh is started once)
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PYTEST)
 
 # the whole suite while two busy loops load both cores (a slow, shared CI machine); the loops die with it
 stress-test: $(STAMP)
-	$(PY) -m scheduler.devtools.stress --busy 2 -- $(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m scheduler.devtools.stress --busy 2 -- $(PYTEST)
 
 # the demo while two busy loops load both cores
 demo-busy: $(STAMP)

@@ -29,6 +29,7 @@ from libp2p import new_host
 from libp2p.abc import INotifee
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import RetryConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -41,7 +42,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import get_available_interfaces
 
 from mesh import advert as advert_codec
-from mesh import advert_delta, handshake_log, metrics
+from mesh import advert_delta, handshake_log, metrics, refusal_notice
 from mesh.advert import Advert, AdvertError
 from mesh.advert_delta import AdvertDelta
 from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
@@ -56,6 +57,7 @@ GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 TARGET_CONNECTIONS = 8
 # a connection without a pubsub stream after this long is dropped and dialled again: py-libp2p gives up opening
 # the stream on a negotiation error other than a closed stream (seen under load: 5 of 20 nodes left deaf and mute)
+NOT_ALLOWED = "not on this mesh's allow list (--allow-peers)"  # the reason a refused peer is told, and logged
 STREAMLESS_S = 10.0
 
 
@@ -194,6 +196,8 @@ class GossipService:
         self.addrs: list[str] = []
         self.ready = trio.Event()
         self._dial_warned: dict[str, tuple[float, str]] = {}
+        self._refusal_warned: dict[str, float] = {}
+        self.refusals = refusal_notice.RefusalLog(self._describe_peer)
 
     def changed(self) -> None:
         """Capacity changed: publish soon (debounced, within the change budget) instead of at the next refresh."""
@@ -205,7 +209,7 @@ class GossipService:
         return {"adverts_sent": dict(self.sent), "adverts_received": self.received,
                 "messages_received": self.pubsub.received if self.pubsub is not None else 0,
                 "refresh_interval_s": self.schedule.interval_s, "view": len(self.view),
-                "deltas_without_base": self.view.no_base, "redialled": self.redialled}
+                "deltas_without_base": self.view.no_base, "expired": self.view.expired, "redialled": self.redialled}
 
     def add_bootstrap(self, addrs: list[str]) -> None:
         """More peers to join through (e.g. learned with --join); dialled by the connect loop."""
@@ -226,6 +230,9 @@ class GossipService:
             enable_mDNS=self.config.mdns,
             psk=self.config.psk,
         )
+        # one attempt per dial: _connect_loop retries with its own backoff, and a refused handshake (another mesh
+        # key) is reported at once instead of after py-libp2p's three silent retries
+        host.get_network().retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]  # the Swarm
         tune = self.config.tuning
         _yamux_credit(tune.batched_credit)
         d, d_lo, d_hi = tune.degree
@@ -253,6 +260,7 @@ class GossipService:
             await pubsub.wait_until_ready()
             sub = await pubsub.subscribe(TOPIC)
             self.addrs = self._dialable_addrs()
+            host.set_stream_handler(refusal_notice.REFUSED_PROTOCOL, self.refusals.handle)
             async with trio.open_nursery() as nursery:
                 if self._admit is not None:
                     send, recv = trio.open_memory_channel(256)
@@ -350,7 +358,13 @@ class GossipService:
         async for peer_id in recv:
             if self._admit is not None and not self._admit(peer_id.to_base58()):
                 metrics.PEERS_REFUSED.labels("libp2p").inc()
-                log.info("refused libp2p connection from %s: not on the allow list", peer_id)
+                now = time.monotonic()
+                if now - self._refusal_warned.get(str(peer_id), -1e9) >= 60.0:  # once a minute per peer
+                    if len(self._refusal_warned) > 1024:
+                        self._refusal_warned.clear()
+                    self._refusal_warned[str(peer_id)] = now
+                    log.warning("refused libp2p connection from %s: %s", peer_id, NOT_ALLOWED)
+                await refusal_notice.tell_refused(self.host, peer_id, NOT_ALLOWED)
                 with trio.move_on_after(5):
                     try:
                         await self.host.disconnect(peer_id)
@@ -388,6 +402,15 @@ class GossipService:
                         await self.host.disconnect(pid)
                     except Exception as e:
                         log.debug("disconnect %s: %s", pid, e)
+
+    def _describe_peer(self, peer_id: str) -> str:
+        boot = set()
+        for a in self.config.bootstrap:
+            try:
+                boot.add(str(parse_bootstrap(a).peer_id))
+            except ValueError:
+                continue
+        return f"cannot join through bootstrap peer {peer_id}: it" if peer_id in boot else f"peer {peer_id}"
 
     def _dial_failed(self, info: PeerInfo, error: Exception, *, bootstrap: bool) -> None:
         """A failed dial: at warning for a bootstrap peer (once a minute, or when the reason changes: this node

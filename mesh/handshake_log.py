@@ -1,12 +1,23 @@
 """Refused libp2p connections, said out loud: py-libp2p logs a failed inbound handshake (a peer with another
 mesh key, or none) at debug level and carries on, so an operator saw nothing but an alert minutes later. This
 turns those records into one warning per remote address and minute, with the likely reason, and counts them.
+
+Another mesh key is also found at once, on both sides: under a private-network key every libp2p connection
+starts with multistream-select's header, encrypted. py-libp2p's PSK layer does not check it, so under another
+key each side decrypted noise, read a garbage length from it and waited for that many bytes: the dialer until
+its 5 s dial timeout, the listener 30 s. `install` makes the PSK layer check the header's bytes as they arrive;
+noise instead fails the handshake on the first read, so the listener closes and both sides say why at once.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
+
+import libp2p.network.swarm as _swarm
+from libp2p.io.exceptions import IOException
+from libp2p.security.pnet.psk_conn import PskConn
 
 from mesh import metrics
 
@@ -40,8 +51,41 @@ class _HandshakeFailures(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+MULTISTREAM_HEADER = b"\x13/multistream/1.0.0\n"  # varint length 19, then the protocol id and a newline
+
+
+class MeshKeyMismatch(IOException):
+    """The peer's first bytes did not decrypt to multistream-select's header: it holds another mesh key."""
+
+
+class CheckedPskConn(PskConn):
+    """py-libp2p's PSK connection, checking that the first plaintext it reads is MULTISTREAM_HEADER."""
+
+    def __init__(self, conn: Any, psk: str) -> None:
+        super().__init__(conn, psk)
+        self._checked = 0
+
+    async def read(self, n: int | None = None) -> bytes:
+        data = await super().read(n)
+        if self._checked < len(MULTISTREAM_HEADER) and data:
+            want = MULTISTREAM_HEADER[self._checked:self._checked + len(data)]
+            if data[:len(want)] != want:
+                raise MeshKeyMismatch("the peer's handshake does not decrypt under this mesh's key: it holds "
+                                      "another mesh key (private-network handshake)")
+            self._checked += len(want)
+        return data
+
+
+def new_checked_conn(conn: Any, psk: str) -> PskConn:
+    if len(psk) != 64:
+        raise ValueError("Expected 32-byte pre shared key (PSK)")
+    return CheckedPskConn(conn, psk)
+
+
 def install(private: bool) -> None:
-    """Watch py-libp2p's swarm logger for refused handshakes (idempotent)."""
+    """Watch py-libp2p's swarm logger for refused handshakes, and check PSK handshakes as they arrive
+    (idempotent)."""
+    _swarm.new_protected_conn = new_checked_conn  # type: ignore[assignment]  # what the swarm calls per conn
     swarm = logging.getLogger(SWARM_LOGGER)
     for f in list(swarm.filters):
         if isinstance(f, _HandshakeFailures):
@@ -63,6 +107,10 @@ def describe_dial_failure(error: BaseException, private: bool) -> str:
                 "no libp2p handshake within the dial timeout: the peer may use a mesh key (--mesh-key-file), or it "
                 "is overloaded")
         return hint
+    if "holds another mesh key" in text:
+        hint = ("the peer holds another mesh key (compare --mesh-key-file on both nodes)" if private
+                else "the peer uses a mesh key and this node none (--mesh-key-file)")
+        return f"the libp2p handshake failed: {hint}"
     if "security" in text.lower() or "handshake" in text.lower() or "upgrade" in text.lower() or "pnet" in text.lower():
         hint = ("the peer does not hold this mesh's key (compare --mesh-key-file on both nodes)" if private
                 else "the peer uses a mesh key and this node none (--mesh-key-file)")

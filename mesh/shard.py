@@ -3,11 +3,19 @@
 A flat mesh costs each node every advert of every other node. Beyond a few hundred nodes the mesh is cut into
 shards of about `SHARD_TARGET` nodes by peer id (the same answer on every node, no coordination): a node gossips
 full and delta adverts only on its shard's topic, so its view, its refresh interval and the adverts it receives
-are those of one shard. Each shard's `RELAYS` members with the best standing (ties by peer id) also sit on the
-summary topic: every `summary interval` the first of them publishes a `ShardSummary` (per device kind: nodes,
-devices, free slots, queued jobs, best calibrated speed) there, and republishes all shards' summaries on its own
-shard topic. A coordinator places work on its own shard from full adverts and asks another shard (through its
-relays) only when the summaries say it has room. See docs/gossip.md; scheduler/devtools/gossip_sim.py runs it at 10,000.
+are those of one shard.
+
+Summaries travel a two-level tree, so that no node receives more than a few summary messages per interval
+whatever the number of shards:
+- shards are grouped about sqrt(shards) to a **group** (by shard number). Each shard's first relay (best standing,
+  ties by peer id) sits on its group's topic and publishes its `ShardSummary` (per device kind: nodes, devices,
+  free slots, queued jobs, best calibrated speed) there once per summary interval;
+- each group's **group relay** (the second relay of the group's lowest-numbered shard) sits on the group topic
+  and on the top summary topic: once per interval it publishes its group's summaries there as one batch
+  (`GroupBatch`), and republishes every summary it knows (the world) on its group topic as one message;
+- each shard relay republishes the world on its shard topic as one message per interval.
+A relay receives its shard's adverts, ~sqrt(shards) summaries per interval and, for a group relay, one
+batch per group per interval: both terms stay small (docs/gossip.md has the arithmetic; scheduler/devtools/gossip_sim.py runs it at 10,000 nodes).
 
 Pure: no I/O, no clock.
 """
@@ -15,12 +23,19 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
+from mesh.advert_schedule import ScheduleConfig
 from mesh.membership import MembershipView
 
-SHARD_TARGET = 60  # nodes per shard: the refresh budget (1/s) holds up to max_refresh_s (60 s) x 1/s = 60
-RELAYS = 2  # per shard on the summary topic: one publishes, the other takes over when it goes
+SHARD_TARGET = 30  # nodes per shard: its changes (one per node per minute) are then ~0.5/s
+# A sharded node's schedule: half the flat refresh budget (a 30-node shard refreshes each node every 60 s). A node
+# receives each message about once per mesh peer, up to D_high = 6: (0.5 refreshes + ~0.5 changes) x 6 leaves room
+# under 10 msgs/s for the summaries a relay carries.
+SHARD_SCHEDULE = ScheduleConfig(refresh_budget=0.5)
+RELAYS = 2  # per shard: the shard relay (on its group topic) and a second one (the group relay, in a group's
+# lowest-numbered shard; elsewhere the stand-in when the first goes)
 TOPIC_PREFIX = "/gpumesh/capacity/1"
 
 
@@ -39,6 +54,21 @@ def shard_topic(shard: int, shards: int) -> str:
 
 
 SUMMARY_TOPIC = f"{TOPIC_PREFIX}/summary"
+
+
+def group_count(shards: int) -> int:
+    """About the square root of the shard count (a relay then receives ~sqrt(shards) summaries per interval from
+    its group and a group relay as many batches from the top topic); 1 for a few shards (the group topic is
+    then the top topic)."""
+    return max(1, round(math.sqrt(shards))) if shards > 6 else 1
+
+
+def group_of(shard: int, groups: int) -> int:
+    return shard % groups
+
+
+def group_topic(group: int, groups: int) -> str:
+    return SUMMARY_TOPIC if groups == 1 else f"{SUMMARY_TOPIC}/group/{groups}/{group}"
 
 
 def relays(view: MembershipView, k: int = RELAYS) -> list[str]:
@@ -64,6 +94,27 @@ class ShardSummary:
     made_at: float  # on the relay's clock: receivers use it only to order summaries of one shard
     members: int
     kinds: dict[str, KindSummary]
+
+
+@dataclass(frozen=True)
+class GroupBatch:
+    """A group relay's one message per interval on the top topic: the latest summary of each shard of its group."""
+
+    group: int
+    relay: str
+    summaries: tuple[ShardSummary, ...]
+
+
+def merge(world: dict[int, ShardSummary], incoming: dict[int, ShardSummary] | tuple[ShardSummary, ...]) -> int:
+    """Keep the newer summary of each shard (by its relay's `made_at`); returns how many entries changed."""
+    items = incoming.values() if isinstance(incoming, dict) else incoming
+    changed = 0
+    for s in items:
+        cur = world.get(s.shard)
+        if cur is None or s.made_at > cur.made_at:
+            world[s.shard] = s
+            changed += 1
+    return changed
 
 
 def summarize(view: MembershipView, shard: int, relay: str, now: float) -> ShardSummary:

@@ -40,7 +40,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         time.sleep(interval)
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "a condition",
+async def until(predicate: Callable[[], Any], timeout: float = 120.0, what: str = "a condition",
                 interval: float = 0.02) -> Any:
     """The trio version of `wait_for`, for effects that cannot be awaited directly (a metric bumped by another
     task, a view filled by gossip). Exceptions of the predicate propagate."""

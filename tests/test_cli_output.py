@@ -81,3 +81,21 @@ def test_pyproject_license_is_an_spdx_string():
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "Apache-2.0"
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+def test_demo_proof_line_stays_one_line_in_a_pipe(node, tmp_path, monkeypatch):
+    """`make demo | cat`: rich wrapped the proof line at 140 columns, splitting "verified here:" from "valid"."""
+    import io
+
+    from rich.console import Console
+
+    from scheduler.devtools import demo
+
+    monkeypatch.setattr(demo, "OUT", tmp_path)
+    out = io.StringIO()
+    con = Console(file=out, width=140)  # as the demo's console is in a pipe: not a terminal, 140 columns
+    assert not con.is_terminal
+    demo.prove(con, node)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and "verified here: valid ->" in lines[0], lines
+    assert len(lines[0]) > 140  # the case that wrapped

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scheduler.cli.compute_cli import ArgError, parse_arg
+from scheduler.cli.common import UsageError
+from scheduler.cli.compute_cli import parse_arg
 from scheduler.client.client import Client, local_address
 from scheduler.client.compute_sdk import (
     AsyncMesh,
@@ -406,7 +407,7 @@ def test_cli_arg_syntax(tmp_path):
                      ("scalar:float32:abc", "not a float32"), ("1x=in:int32:=1", "identifier"),
                      (f"in:int32:{tmp_path / 'missing.npy'}", "no such file"), ("in:float32", "expected in:DTYPE"),
                      (f"in:int32:{tmp_path / 'f.npy'}", "does not convert")]:
-        with pytest.raises(ArgError, match=msg):
+        with pytest.raises(UsageError, match=msg):
             parse_arg(bad, 0)
 
 

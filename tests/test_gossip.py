@@ -64,13 +64,13 @@ async def test_capacity_change_is_published_before_the_next_interval():
         a._snapshot = lambda: busy
         a.changed()
         # interval is 30 s, so only the change-triggered publish can satisfy this within the deadline
-        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3, timeout=20)
+        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 3)
         # (that one may have gone out full, with the full advert a owed b for joining); the next is a delta
         deltas = a.sent["delta"]
         busier = Advert("", b"", 0, 0.0, devices=(DeviceAdvert(**{**device(0).__dict__, "free_slots": 0, "queue_depth": 7}),))
         a._snapshot = lambda: busier
         a.changed()
-        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 7, timeout=20)
+        await until(lambda: b.view.get(a.identity.peer_id_str).advert.devices[0].queue_depth == 7)
         assert a.sent["delta"] == deltas + 1  # a delta on the full advert b already holds
         assert b.view.get(a.identity.peer_id_str).base.devices[0].queue_depth != 7
         assert b.stats()["messages_received"] >= 2 and b.stats()["adverts_received"] >= 2
@@ -84,10 +84,10 @@ async def test_a_late_joiner_gets_full_adverts_long_before_the_next_refresh():
         await until(lambda: all(set(ids) <= {p.peer_id for p in s.view.peers()} for s, _ in nodes))
         # the first two have published their first full adverts; the next refreshes are 30 s away
         (late, _), = await start(nursery, 1, interval=30.0, ttl=90.0, bootstrap=nodes[0][0].addrs[0])
-        await until(lambda: set(ids) <= {p.peer_id for p in late.view.peers()}, timeout=20)
+        await until(lambda: set(ids) <= {p.peer_id for p in late.view.peers()})
         # the first one, and one for the newcomer, long before the 30 s refresh (the newcomer may have had the
         # first ones already from gossipsub's message history, so this is waited for, not read at that moment)
-        await until(lambda: all(s.sent["full"] >= 2 for s, _ in nodes), timeout=20)
+        await until(lambda: all(s.sent["full"] >= 2 for s, _ in nodes))
         nursery.cancel_scope.cancel()
 
 

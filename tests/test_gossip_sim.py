@@ -1,10 +1,12 @@
 """The gossip simulation (scheduler/devtools/gossip_sim.py): deterministic, counts and events only."""
 
+import json
+
 import pytest
 
 from mesh.advert_schedule import ScheduleConfig
 from mesh.gossip import GossipTuning
-from scheduler.devtools.gossip_sim import Calibration, GossipSim, SimConfig, run
+from scheduler.devtools.gossip_sim import Calibration, GossipSim, SimConfig, flat_config, run
 
 
 def small(**kw) -> SimConfig:
@@ -56,3 +58,65 @@ def test_the_sim_uses_the_real_schedule_config():
     cfg = small(schedule=ScheduleConfig(min_refresh_s=1.0, max_refresh_s=1.0))
     r = run(cfg)
     assert r["refresh_interval_s"] == pytest.approx(1.0)
+
+
+LARGE = SimConfig(nodes=1500, warmup_s=10.0, duration_s=30.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def large() -> tuple[GossipSim, dict]:
+    sim = GossipSim(LARGE)
+    return sim, sim.run()
+
+
+def test_every_node_relays_included_receives_at_most_ten_per_second_at_scale(large):
+    # 1,500 nodes: 50 shards of 30 in 7 summary groups; a count of messages over 30 simulated seconds
+    sim, r = large
+    assert r["shards"] == 50 and r["groups"] == 7
+    relays = {rs[0] for rs in sim.relays.values()} | set(sim.group_relay.values())
+    rates = [n / LARGE.duration_s for n in sim.received]
+    assert max(rates) <= 10.0 and max(rates[i] for i in relays) <= 10.0
+    assert r["msgs_per_s_relays_max"] == max(rates[i] for i in relays)
+    assert r["changes_converged"] == r["changes"] and r["p99_s"] < 5.0
+    # the relays carry summaries (their mean is above the others') and every node has every shard's summary
+    others = [x for i, x in enumerate(rates) if i not in relays]
+    assert r["msgs_per_s_relays_mean"] > sum(others) / len(others)
+    assert all(len(nd.world) == 50 for nd in sim.nodes)
+    assert r["published"]["batch"] > 0 and 0 < r["summary_age_p99_s"] < 5 * 60.0
+
+
+def test_without_groups_the_busiest_relay_would_be_over_the_bound(large):
+    # the same mesh with every shard relay on one summary topic (one group, as before the tree): the reason for it
+    one = _single_group(GossipSim(LARGE)).run()
+    assert one["msgs_per_s_relays_max"] > 10.0 >= large[1]["msgs_per_s_relays_max"]
+
+
+def _single_group(sim: GossipSim) -> GossipSim:
+    from scheduler.devtools.gossip_sim import _Topic
+
+    relays = sorted({rs[0] for rs in sim.relays.values()})
+    sim.groups, sim.group_relay = 1, {0: relays[0]}
+    sim.group_topics = {0: _Topic(relays, sim.cfg.degree, sim.rng)}
+    sim.top_topic = None
+    return sim
+
+
+def test_the_fit_recovers_the_costs_it_was_made_from():
+    truth = Calibration(hop_s=0.03, cpu_per_msg_s=0.0015)
+    real = {}
+    for n in (5, 10, 20):
+        sim = run(flat_config(n, truth))
+        idle = 2.0 + n / 10  # messages/s; CPU = timers (0.5 %) + the per-message cost
+        real[str(n)] = {"p50_s": sim["p50_s"], "misses": 0,
+                        "msgs_per_s_per_node": idle, "idle_cpu_pct": (0.005 + idle * 0.0015) * 100,
+                        "burst_msgs_per_s": 5 * idle, "burst_cpu_pct": (0.005 + 5 * idle * 0.0015) * 100}
+    fit = Calibration.fit(real)
+    assert fit.cpu_per_msg_s == pytest.approx(0.0015, rel=0.01)
+    assert fit.hop_s == pytest.approx(0.03, rel=0.15)
+
+
+def test_the_stored_calibration_is_what_the_bench_wrote(tmp_path):
+    path = tmp_path / "gossip.json"
+    path.write_text(json.dumps({"calibration": Calibration(hop_s=0.05, cpu_per_msg_s=0.001, source="x").as_dict()}))
+    assert Calibration.stored(path) == Calibration(hop_s=0.05, cpu_per_msg_s=0.001, source="x")
+    assert Calibration.stored(tmp_path / "missing.json") == Calibration()

@@ -104,3 +104,63 @@ def test_daemon_logs_job_start_and_end_at_info(mesh, tmp_path):
         return ("INFO    gpumesh.scheduler: job logged-sleep-1 (sleep, batch) submitted by local-cli" in text
                 and "job logged-sleep-1 started" in text and "job logged-sleep-1 (sleep) done after" in text)
     wait_for(logged, 60, "the job's start and end in the nodes' logs")
+
+
+def _saxpy_files(tmp_path, n: int) -> tuple[list[str], object, object]:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "saxpy.cl").write_text((REPO / "examples" / "compute" / "saxpy.cl").read_text())
+    argv = ["compute", str(tmp_path / "saxpy.cl"), "--kernel", "saxpy", "--global", str(n),
+            "--arg", f"scalar:uint32:{n}", "--arg", "scalar:float32:2.0", "--arg", f"in:float32:{tmp_path / 'x.npy'}",
+            "--arg", f"y=inout:float32:{tmp_path / 'y.npy'}", "--out", str(tmp_path / "out")]
+    return argv, x, y
+
+
+N_STREAMED = 1 << 19  # two 2 MiB buffers in, one out: over the inline limit both ways, so bytes are streamed
+
+
+def test_compute_json_streams_upload_job_and_download_lines(mesh, tmp_path):
+    import numpy as np
+
+    argv, x, y = _saxpy_files(tmp_path, N_STREAMED)
+    r = cli(mesh[0], *argv, "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)  # stdout keeps the one summary
+    events = [json.loads(x) for x in r.stderr.splitlines() if x.startswith("{")]
+    ups = [e for e in events if e["event"] == "upload"]
+    job = [e for e in events if e["event"] == "job"]
+    downs = [e for e in events if e["event"] == "download"]
+    assert ups and ups[-1]["bytes"] == ups[-1]["total"] >= 2 * 4 * N_STREAMED
+    assert job and {e["id"] for e in job} == {info["job_id"]}
+    assert job[-1]["state"] == "done" and job[-1]["fraction"] == 1.0
+    assert [e["fraction"] for e in job] == sorted(e["fraction"] for e in job)
+    assert any(e.get("peer") for e in job)  # the worker it ran on
+    assert downs and downs[-1]["bytes"] >= 4 * N_STREAMED
+    assert [e["event"] for e in events].index("upload") < [e["event"] for e in events].index("download")
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "y.npy"), 2.0 * x + y, rtol=1e-6, atol=1e-6)
+
+
+def test_compute_shows_bars_on_a_terminal(mesh, tmp_path, monkeypatch, capsys):
+    from scheduler.cli import compute_cli
+    from scheduler.cli.main import main
+
+    out = io.StringIO()
+    terminal = Console(file=out, force_terminal=True, width=140, color_system=None)
+    monkeypatch.setattr(compute_cli, "console", lambda: terminal)
+    argv, _, _ = _saxpy_files(tmp_path, N_STREAMED)
+    assert main([*argv, "--data-dir", str(mesh[1].data_dir)]) == 0, capsys.readouterr().err
+    import re
+
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "\n", out.getvalue())  # cursor moves and clears: line breaks
+    lines = [ln.strip() for ln in screen.splitlines() if ln.strip()]
+    bars = {line.split()[0]: line for line in lines[-3:]}  # the bars as they were left
+    assert set(bars) == {"upload", "compute", "download"}, lines[-6:]
+    assert "100%" in bars["upload"] and "4.0 MiB of 4.0 MiB" in bars["upload"], bars
+    assert "100%" in bars["compute"] and "saxpy" in bars["compute"] and " done" in bars["compute"], bars
+    assert bars["download"].endswith("2.0 MiB"), bars  # the output's bytes
+    assert any(" running" in ln for ln in lines), lines  # the job's bar showed its state on the way
+    assert "ran on" in capsys.readouterr().out  # the summary still follows

@@ -184,12 +184,12 @@ async def test_mesh_node_render_writes_frames_depth_and_stats(mesh, tmp_path, ca
 
 
 def test_mesh_node_render_refuses_bad_arguments(tmp_path, capsys):
-    from scheduler.cli import render_cli
+    from scheduler.cli.main import main  # its errors' exit statuses are mapped in one place
     from worker.render.samples import EXAMPLES
 
-    assert render_cli.run(cli_args(str(tmp_path / "missing.json"))) == 2
-    assert render_cli.run(cli_args(str(EXAMPLES / "spheres.json"), "--width", "64")) == 2
-    assert render_cli.run(cli_args(str(EXAMPLES / "spheres.json"), "--width", "9000", "--height", "10")) == 2
+    assert main(["render", str(tmp_path / "missing.json")]) == 2
+    assert main(["render", str(EXAMPLES / "spheres.json"), "--width", "64"]) == 2
+    assert main(["render", str(EXAMPLES / "spheres.json"), "--width", "9000", "--height", "10"]) == 2
     err = capsys.readouterr().err
     assert "missing.json" in err and "--height" in err and "width" in err
 

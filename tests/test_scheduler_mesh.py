@@ -175,9 +175,9 @@ def test_cancel_of_a_long_sleep_frees_the_slot(mesh):
             me = next(p for p in node.call("peers") if p["self"])
             return me["free_slots"]
 
-        wait_for(lambda: free_slots() == 0, 30, "the worker's slot to be taken")
+        wait_for(lambda: free_slots() == 0, 120, "the worker's slot to be taken")
         assert c.cancel(job)["state"] == "cancelled"
-        wait_for(lambda: free_slots() == 1, 30, "the worker's slot to be freed")
+        wait_for(lambda: free_slots() == 1, 120, "the worker's slot to be freed")
         res = c.result(job)
         assert res.state == "cancelled" and "cancelled" in res.reason
 

@@ -204,15 +204,10 @@ def test_mesh_node_render_serve_prints_the_url_serves_the_page_and_stops_on_inte
 
 
 def test_mesh_node_render_serve_refuses_a_bad_address(capsys):
-    import argparse
-
-    from scheduler.cli import render_cli
+    from scheduler.cli.main import main
     from worker.render.samples import EXAMPLES
 
-    parser = argparse.ArgumentParser(prog="mesh-node")
-    render_cli.add_parser(parser.add_subparsers(dest="command"))
     for bad in ("host:port", "127.0.0.1:70000"):
-        args = parser.parse_args(["render", str(EXAMPLES / "spheres.json"), "--serve", bad])
-        assert render_cli.run(args) == 2
+        assert main(["render", str(EXAMPLES / "spheres.json"), "--serve", bad]) == 2  # main maps the errors
     err = capsys.readouterr().err
     assert "HOST:PORT" in err and "[0, 65535]" in err

@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
 
+from scheduler.cli import progress
+from scheduler.cli.common import EXIT_OK, UsageError, console
 from scheduler.client.client import address_from_args
-from scheduler.client.compute_sdk import AsyncMesh, BuildFailed, ComputeFailed, ComputeRefused
+from scheduler.client.compute_sdk import AsyncMesh
 from scheduler.node.config import add_node_options
 from worker.compute.api import In, InOut, Local, Out, Scalar, Scratch, make_job
 from worker.compute.cltypes import from_numpy, named_types_help, type_named
@@ -51,12 +52,9 @@ Exit status: 0 done, 1 the job failed (build error: the compiler's log on stderr
 mismatch), 2 bad arguments, 4 refused by the mesh (spec, scope, no device able to run it).
 """
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REJECTED = 0, 1, 2, 3, 4
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-class ArgError(ValueError):
-    pass
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -86,7 +84,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--priority", choices=("realtime", "interactive", "batch"), default="interactive",
                    help="scheduling class (default interactive)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write each output as DIR/NAME.npy")
-    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable summary on stdout, and progress (upload, job, download) as JSON lines "
+                        "on stderr (without it: progress bars on a terminal)")
     add_node_options(p, "API token with the compute scope")
     return p
 
@@ -96,16 +96,16 @@ def parse_sizes(text: str, what: str) -> list[int]:
     try:
         dims = [int(t, 0) for t in parts]
     except ValueError:
-        raise ArgError(f"{what} {text!r}: expected 1 to 3 positive integers (e.g. 1024 or 512,512)") from None
+        raise UsageError(f"{what} {text!r}: expected 1 to 3 positive integers (e.g. 1024 or 512,512)") from None
     if not 1 <= len(dims) <= 3 or any(d <= 0 for d in dims):
-        raise ArgError(f"{what} {text!r}: expected 1 to 3 positive integers (e.g. 1024 or 512,512)")
+        raise UsageError(f"{what} {text!r}: expected 1 to 3 positive integers (e.g. 1024 or 512,512)")
     return dims
 
 
 def _dtype(text: str, where: str) -> Any:
     t = type_named(text)
     if t is None:
-        raise ArgError(f"{where}: unknown dtype {text!r} (one of {named_types_help()})")
+        raise UsageError(f"{where}: unknown dtype {text!r} (one of {named_types_help()})")
     return t.dtype
 
 
@@ -113,26 +113,26 @@ def _load(value: str, dt: Any, where: str) -> Any:
     if value.startswith("="):
         items = [v for v in value[1:].split(",") if v.strip()]
         if not items:
-            raise ArgError(f"{where}: no values after '='")
+            raise UsageError(f"{where}: no values after '='")
         try:
             nums = [int(v, 0) if dt.kind in "iu" else float(v) for v in items]
             return np.array(nums, dtype=dt)
         except (ValueError, OverflowError) as e:
-            raise ArgError(f"{where}: bad literal values: {e}") from None
+            raise UsageError(f"{where}: bad literal values: {e}") from None
     path = Path(value)
     if not path.is_file():
-        raise ArgError(f"{where}: no such file {value!r}")
+        raise UsageError(f"{where}: no such file {value!r}")
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)
         if arr.dtype != dt:
             if not np.can_cast(arr.dtype, dt, casting="same_kind"):
-                raise ArgError(f"{where}: {value} holds {arr.dtype}, which does not convert to {dt} without "
+                raise UsageError(f"{where}: {value} holds {arr.dtype}, which does not convert to {dt} without "
                                f"changing kind")
             arr = arr.astype(dt)
         return arr
     raw = path.read_bytes()
     if len(raw) % dt.itemsize:
-        raise ArgError(f"{where}: {value} is {len(raw)} bytes, not a whole number of {dt} elements")
+        raise UsageError(f"{where}: {value} is {len(raw)} bytes, not a whole number of {dt} elements")
     return np.frombuffer(raw, dtype=dt).copy()
 
 
@@ -144,7 +144,7 @@ def parse_arg(text: str, index: int) -> Any:
     head, sep, rest = text.partition("=")
     if sep and ":" not in head:
         if not _NAME.match(head):
-            raise ArgError(f"{where}: name {head!r} must be an identifier")
+            raise UsageError(f"{where}: name {head!r} must be an identifier")
         name, text = head, rest
     parts = text.split(":", 2)
     kind = parts[0]
@@ -156,23 +156,23 @@ def parse_arg(text: str, index: int) -> Any:
                 return Local(int(parts[2], 0) * _dtype(parts[1], where).itemsize, name)
         except ValueError:
             pass
-        raise ArgError(f"{where}: expected local:NBYTES or local:DTYPE:COUNT")
+        raise UsageError(f"{where}: expected local:NBYTES or local:DTYPE:COUNT")
     if kind not in ("in", "inout", "out", "scratch", "scalar"):
-        raise ArgError(f"{where}: unknown kind {kind!r} (in, inout, out, scratch, scalar, local)")
+        raise UsageError(f"{where}: unknown kind {kind!r} (in, inout, out, scratch, scalar, local)")
     if len(parts) != 3 or not parts[2]:
         what = {"out": "SHAPE", "scratch": "SHAPE", "scalar": "VALUE"}.get(kind, "FILE")
-        raise ArgError(f"{where}: expected {kind}:DTYPE:{what}")
+        raise UsageError(f"{where}: expected {kind}:DTYPE:{what}")
     dts, value = parts[1], parts[2]
     dt = _dtype(dts, where)
     if kind == "scalar":
         t = from_numpy(dt)
         base = np.dtype(t.base) if t.base else None
         if base is None:
-            raise ArgError(f"{where}: a struct cannot be given on the command line (use a spec file)")
+            raise UsageError(f"{where}: a struct cannot be given on the command line (use a spec file)")
         try:
             nums = [int(v, 0) if base.kind in "iu" else float(v) for v in value.split(",")]
         except ValueError:
-            raise ArgError(f"{where}: {value!r} is not a {t.describe()} value") from None
+            raise UsageError(f"{where}: {value!r} is not a {t.describe()} value") from None
         if t.kind == "complex" and len(nums) == 1:
             nums.append(0.0)
         return Scalar(t.wire(), nums[0] if t.kind == "scalar" else nums, name)
@@ -181,7 +181,7 @@ def parse_arg(text: str, index: int) -> Any:
         return (Out if kind == "out" else Scratch)(shape[0] if len(shape) == 1 else tuple(shape), dt, name)
     arr = _load(value, dt, where)
     if arr.size == 0:
-        raise ArgError(f"{where}: an empty buffer")
+        raise UsageError(f"{where}: an empty buffer")
     return InOut(arr, name) if kind == "inout" else In(arr, name)
 
 
@@ -197,7 +197,7 @@ def build_job(args: argparse.Namespace) -> Any:
         unused = [f for f, v in (("--kernel", args.kernel), ("--global", args.global_size),
                                  ("--local", args.local_size), ("--arg", args.args)) if v]
         if unused:
-            raise ArgError(f"{', '.join(unused)}: not used with a pipeline spec file (the file says it)")
+            raise UsageError(f"{', '.join(unused)}: not used with a pipeline spec file (the file says it)")
         if not options and args.time_limit is None:
             return load_pipeline(args.source)
         doc = read_document(args.source)
@@ -209,7 +209,7 @@ def build_job(args: argparse.Namespace) -> Any:
                 doc["time_limit_s"] = args.time_limit
         return pipeline_from_document(doc, args.source.parent, str(args.source))
     if not args.kernel or not args.global_size:
-        raise ArgError("an OpenCL C file needs --kernel and --global (or give a pipeline spec file)")
+        raise UsageError("an OpenCL C file needs --kernel and --global (or give a pipeline spec file)")
     source = args.source.read_text()
     kargs = [parse_arg(a, i) for i, a in enumerate(args.args)]
     gsize = parse_sizes(args.global_size, "--global")
@@ -221,32 +221,25 @@ def build_job(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     try:
         job = build_job(args)
-    except (ArgError, ValueError, TypeError) as e:  # SpecError is a ValueError: the worker's own message
-        print(f"mesh-node compute: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as e:
-        print(f"mesh-node compute: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ValueError, TypeError) as e:  # SpecError is a ValueError: the worker's own message
+        raise UsageError(str(e)) from e
+    except OSError as e:  # an input file that cannot be read is a bad argument here
+        raise UsageError(f"{e.strerror or e}: {e.filename or ''}") from e
 
     addr, tok, pid, insecure = address_from_args(args)
 
+    con = console()
+
     async def go():
         async with AsyncMesh.connect(addr, token=tok, peer_id=pid, insecure=insecure) as mesh:
-            return await mesh.run(job, verify=None if args.verify == "none" else args.verify, rtol=args.rtol,
-                                  atol=args.atol, priority=args.priority)
+            title = f"compute {args.kernel or args.source.name}"
+            with progress.JobProgress(progress.mode_for(args, con), con, title) as prog:
+                async with progress.following(mesh.client, prog, local=True) as track:
+                    return await mesh.run(job, verify=None if args.verify == "none" else args.verify,
+                                          rtol=args.rtol, atol=args.atol, priority=args.priority,
+                                          observer=progress.ProgressObserver(prog, track))
 
-    try:
-        res = trio.run(go)
-    except BuildFailed as e:
-        print(f"mesh-node compute: the program failed to build on {e.worker or 'the worker'}:\n{e.log}",
-              file=sys.stderr)
-        return EXIT_FAIL
-    except ComputeRefused as e:
-        print(f"mesh-node compute: refused ({e.code}): {e.reason}", file=sys.stderr)
-        return EXIT_REJECTED
-    except ComputeFailed as e:
-        print(f"mesh-node compute: {e.reason}", file=sys.stderr)
-        return EXIT_FAIL
+    res = trio.run(go)  # BuildFailed, ComputeRefused, ComputeFailed: exit statuses in common.ERROR_EXITS
 
     written = {}
     if args.out is not None:

@@ -20,20 +20,23 @@ import trio
 from rich.table import Table
 
 from mesh import __version__, control
-from mesh.admission import AdmissionError, generate_mesh_key
-from mesh.bigtcp.framing import TransportError
-from mesh.bigtcp.rpc import RpcError
-from mesh.bigtcp.tls import HandshakeError
-from mesh.control import ControlError
-from mesh.identity import IdentityError, load_or_create
+from mesh.admission import generate_mesh_key
+from mesh.identity import load_or_create
 from scheduler.cli import compute_cli, jobs_cli, progress, render_cli, tables, watch, zk_cli
-from scheduler.cli.common import console
+from scheduler.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_USAGE,
+    UsageError,
+    console,
+    exit_status,
+)
 from scheduler.cli.common import run_client as _run_client
 from scheduler.cli.common import show as _print
-from scheduler.client.known_nodes import IdentityMismatch
 from scheduler.node import lifeline
 from scheduler.node.config import (
-    ConfigError,
     NodeSettings,
     add_data_dir_option,
     add_node_options,
@@ -41,9 +44,7 @@ from scheduler.node.config import (
 )
 from scheduler.node.daemon import Node
 from scheduler.node.endpoints import BindError, find_exception
-from scheduler.node.tokens import TokenError, TokenStore, parse_duration
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+from scheduler.node.tokens import TokenStore, parse_duration
 
 
 # ---- logging ---------------------------------------------------------------------------------------------
@@ -210,8 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bind_error = find_exception(e, BindError)
         if bind_error is None:
             raise
-        print(f"mesh-node: {bind_error}", file=sys.stderr)
-        code = EXIT_USAGE
+        code = exit_status(bind_error) or EXIT_USAGE
     # Everything the node owns is closed (connections, journal, sockets); skip finalizing third-party objects
     # (OpenCL contexts, libp2p) at interpreter teardown so the process ends promptly (measured: ~80 ms
     # from SIGTERM to exit).
@@ -307,8 +307,7 @@ def cmd_label(args: argparse.Namespace) -> int:
     for item in args.labels:
         k, sep, v = item.partition("=")
         if not sep or not k:
-            print(f"mesh-node: label {item!r} must be KEY=VALUE (KEY= removes it)", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"label {item!r} must be KEY=VALUE (KEY= removes it)")
         (set_.__setitem__(k, v) if v else unset.append(k))
     labels = control.call(args.data_dir, "label", {"set": set_, "unset": unset})
     _print(labels, args.json, lambda d: print("\n".join(f"{k}={v}" for k, v in sorted(d.items())) or "(no labels)"))
@@ -332,17 +331,13 @@ def cmd_token(args: argparse.Namespace) -> int:
             rec = store.revoke(args.token)
             _print({"revoked": rec.id, "name": rec.name}, args.json, lambda d: print(f"revoked {d['name']} ({d['revoked']})"))
     except ValueError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(e)) from e
     return EXIT_OK
 
 
 def cmd_mesh_key(args: argparse.Namespace) -> int:
     sys.stdout.write(generate_mesh_key())
     return EXIT_OK
-
-
-EXIT_REJECTED, EXIT_CANCELLED, EXIT_NOT_FOUND = 4, 5, 6
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -352,11 +347,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as e:
-            print(f"mesh-node: --spec is not valid JSON: {e}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"--spec is not valid JSON: {e}") from e
     if args.input is not None and not args.input.is_file():
-        print(f"mesh-node: --input {args.input}: no such file", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--input {args.input}: no such file")
 
     con = console()
 
@@ -457,33 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, IdentityError, TokenError, AdmissionError) as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except ControlError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except RpcError as e:
-        print(f"mesh-node: {e.message or e.code} ({e.code})", file=sys.stderr)
-        return {"unavailable": EXIT_UNAVAILABLE, "not_found": EXIT_NOT_FOUND}.get(e.code, EXIT_USAGE)
-    except IdentityMismatch as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_FAIL
-    except HandshakeError as e:
-        print(f"mesh-node: connection refused: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except TransportError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except OSError as e:
-        print(f"mesh-node: {e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_FAIL
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `mesh-node jobs | head`: the reader has what it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit
-        return 141  # as a tool killed by SIGPIPE
+    except BaseException as e:  # the one mapping of errors to exit statuses (common.ERROR_EXITS)
+        code = exit_status(e)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

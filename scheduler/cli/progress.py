@@ -20,6 +20,8 @@ from typing import Any
 import trio
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from scheduler.client.compute_sdk import JobObserver
+
 STATE_SHARE = {"submitted": 0.0, "queued": 0.02, "placed": 0.05, "running": 0.1}
 
 
@@ -140,3 +142,24 @@ async def result_and_follow(client: Any, progress: JobProgress, job_id: str, *, 
         track(st["id"])
         progress.job(st)
         return await client.result(st["id"], wait=wait, on_download=progress.download)
+
+
+class ProgressObserver(JobObserver):
+    """The compute SDK's observer (`AsyncMesh.run(..., observer=)`) feeding `progress`: upload and download
+    bytes to their bars, and the first accepted job to `track` (from `following`), whose state and worker
+    progress then follow. A redundant run's other copies are not shown."""
+
+    def __init__(self, progress: JobProgress, track: Callable[[str], None]) -> None:
+        self.progress, self.track = progress, track
+        self.job_id = ""
+
+    def upload(self, sent: int, total: int) -> None:
+        self.progress.upload(sent, total)
+
+    def submitted(self, job_id: str) -> None:
+        if not self.job_id:
+            self.job_id = job_id
+            self.track(job_id)
+
+    def download(self, received: int) -> None:
+        self.progress.download(received)

@@ -34,8 +34,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mesh.bigtcp.rpc import RpcError
+from scheduler.cli.common import EXIT_FAIL, EXIT_OK, CommandFailed, UsageError
 from scheduler.client.client import Client, address_from_args
-from scheduler.client.realtime import SessionLost, open_session
+from scheduler.client.realtime import open_session
 from scheduler.client.render_client import Frame, StreamStats, render_stream
 from scheduler.client.viewer import Viewer, parse_listen, url_of
 from scheduler.node.config import add_node_options
@@ -45,8 +46,6 @@ from worker.render.compositing import straight_alpha
 from worker.render.errors import SceneError
 from worker.render.samples import at_resolution
 from worker.render.scene import from_dict, load_scene_file, pose_from_dict, to_dict
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -144,9 +143,8 @@ def run(args: argparse.Namespace) -> int:
         listen = None
         if args.serve:
             listen = parse_listen(args.serve)
-    except (OSError, ValueError, SceneError) as e:
-        print(f"mesh-node render: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    except (OSError, ValueError, SceneError) as e:  # SceneError is a ValueError
+        raise UsageError(str(e)) from e
     if listen is not None:
         return serve(args, scene, tiles, listen)
     if args.out:
@@ -216,13 +214,9 @@ def run(args: argparse.Namespace) -> int:
                                       f"{len(row['workers'])} peer(s)")
 
     try:
-        trio.run(main)
-    except RpcError as e:  # a session refused: deadline (with the measurement), no device, limit
-        print(f"mesh-node render: {e.code}: {e.message}", file=sys.stderr)
-        return EXIT_FAIL
-    except SessionLost as e:
-        print(f"mesh-node render: the session ended: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        trio.run(main)  # SessionLost: exit 1 (common.ERROR_EXITS)
+    except RpcError as e:  # a session refused (deadline with the measurement, no device, limit): the render failed
+        raise CommandFailed(f"{e.code}: {e.message}") from e
     summary = {"scene": str(args.scene), "width": scene.camera.width, "height": scene.camera.height,
                "fps": args.fps, "deadline_ms": args.deadline_ms, **stats.summary(),
                "out": str(args.out) if args.out else None}
@@ -260,11 +254,7 @@ def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, i
                         nursery.cancel_scope.cancel()
                         break
 
-    try:
-        trio.run(main)
-    except OSError as e:
-        print(f"mesh-node render: {e}", file=sys.stderr)
-        return EXIT_FAIL
+    trio.run(main)  # an OSError (the node, the viewer's port): exit 1, common.ERROR_EXITS
     return EXIT_OK
 
 

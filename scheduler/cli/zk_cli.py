@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.cli import progress
-from scheduler.cli.common import console
+from scheduler.cli.common import EXIT_FAIL, EXIT_OK, EXIT_REJECTED, UsageError, console
 from scheduler.cli.common import run_client as _run_client
 from scheduler.cli.common import show as _print
 from worker.zk import AIRS, MIN_SECURITY_BITS, gpu, prove_spec, statement, validate_spec, verify
 from worker.zk.spec import DEFAULTS, validate_expect
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 4
 PARAM_KEYS = ("air", "steps", "blowup", "queries", "grinding")
 
 
@@ -119,27 +118,23 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 raise ValueError
             public[k] = _int(v)
         except ValueError:
-            print(f"mesh-node: --public {item!r} must be NAME=INT", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"--public {item!r} must be NAME=INT") from None
     air = AIRS.get(args.air)
     if air is not None and air.zk:
         spec["public_inputs"] = public
         if args.witness is None:
-            print(f"mesh-node: AIR {args.air!r} needs --witness FILE (its private input)", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"AIR {args.air!r} needs --witness FILE (its private input)")
     elif air is not None:
         spec["public_inputs"] = {name: public.get(name, 1) for name in air.inputs} | public
     if args.witness is not None:
         try:
             spec["witness"] = json.loads(args.witness.read_text())
         except (OSError, ValueError) as e:
-            print(f"mesh-node: cannot read the witness {args.witness}: {e}", file=sys.stderr)
-            return EXIT_USAGE
+            raise UsageError(f"cannot read the witness {args.witness}: {e}") from e
     try:
         spec = validate_spec(spec)
     except ValueError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(e)) from e
     t0 = time.perf_counter()
     if args.local:
         backend, where = _local_backend(args.numpy)
@@ -175,8 +170,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         expect = parse_expect(args.expect) if args.expect else None
     except ValueError as e:
-        print(f"mesh-node: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(str(e)) from e
     t0 = time.perf_counter()
     v = verify(args.proof.read_bytes(), expect, args.min_security_bits, args.min_provable_bits)
     info = {"ok": v.ok, "reason": v.reason, "statement": v.statement if v.air else None, "air": v.air,

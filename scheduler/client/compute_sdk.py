@@ -198,6 +198,7 @@ class _Options:
     max_attempts: int = 3
     precheck: bool = True
     redundancy_tries: int = DEFAULT_REDUNDANCY_TRIES
+    observer: Any = None  # a JobObserver: told of upload bytes, each job id as it is accepted, download bytes
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,7 +212,22 @@ class _Options:
             raise ValueError("redundancy_tries must be at least 2")
 
 
-_OPTION_NAMES = ("verify", "rtol", "atol", "priority", "timeout_s", "max_attempts", "precheck", "redundancy_tries")
+_OPTION_NAMES = ("verify", "rtol", "atol", "priority", "timeout_s", "max_attempts", "precheck", "redundancy_tries",
+                 "observer")
+
+
+class JobObserver:
+    """What `run(..., observer=...)` reports as it goes (e.g. the CLI's progress bars); every method is optional
+    to override and does nothing here."""
+
+    def upload(self, sent: int, total: int) -> None:
+        """Input bytes sent so far, of `total` (a streamed input)."""
+
+    def submitted(self, job_id: str) -> None:
+        """A job was accepted (a redundant run submits several copies)."""
+
+    def download(self, received: int) -> None:
+        """Output bytes received so far (a streamed output)."""
 
 
 def _split_options(kw: dict[str, Any], default_priority: str) -> tuple[_Options, dict[str, Any]]:
@@ -398,14 +414,20 @@ class AsyncMesh:
 
     async def _submit(self, job: ComputeJob, job_id: str, opts: _Options, timeout_s: float,
                       avoid: Sequence[str]) -> tuple[dict[str, Any], JobResult | None]:
-        """Submit and wait for the outcome in one round trip (`Client.submit_wait`); with `avoid`, ask
-        placement to keep off those peers (the `avoid_peers` requirement) if this client and the coordinator
-        know it, else submit plainly (the caller checks where the job ran)."""
+        """Submit and wait for the outcome in one round trip (`Client.submit_wait`); with an observer (progress
+        to show: the id once accepted, the download's bytes) only submit, and `_once` fetches the outcome (the
+        JobResult is None then, as for a refused job). With `avoid`, ask placement to keep off those peers (the
+        `avoid_peers` requirement) if this client and the coordinator know it, else submit plainly (the caller
+        checks where the job ran)."""
         kw: dict[str, Any] = dict(input=job.input or None, job_id=job_id, priority=opts.priority,
                                   timeout_s=timeout_s, max_attempts=opts.max_attempts)
+        send = self.client.submit_wait
+        if opts.observer is not None:
+            kw["on_upload"] = opts.observer.upload
+            send = self._submit_only
         if avoid and self._avoid_supported is not False:
             try:
-                answer = await self.client.submit_wait(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
+                answer = await send(KIND, job.spec, requirements={"avoid_peers": list(avoid)}, **kw)
                 self._avoid_supported = True
                 return answer
             except WireError:  # this client's scheduler.core.job has no avoid_peers
@@ -414,7 +436,11 @@ class AsyncMesh:
                 if e.code != "invalid" or "avoid_peers" not in (e.message or ""):
                     raise
                 self._avoid_supported = False  # the coordinator does not know it
-        return await self.client.submit_wait(KIND, job.spec, **kw)
+        return await send(KIND, job.spec, **kw)
+
+    async def _submit_only(self, kind: str, spec: dict[str, Any] | None = None,
+                           **kw: Any) -> tuple[dict[str, Any], JobResult | None]:
+        return await self.client.submit(kind, spec, **kw), None
 
     async def _once(self, job: ComputeJob, job_id: str, opts: _Options, submitted: set[str] | None,
                     avoid: Sequence[str] = ()) -> ComputeRun:
@@ -427,10 +453,13 @@ class AsyncMesh:
             ans, res = await self._submit(job, job_id, opts, timeout_s, avoid)
         except RpcError as e:
             raise ComputeRefused(job_id, e.code, e.message or e.code) from None
-        if res is None:
+        if not ans.get("accepted"):
             if submitted is not None:
                 submitted.discard(job_id)
             raise ComputeRefused(ans.get("id", job_id), ans.get("code") or "rejected", ans.get("message", ""))
+        if res is None:  # an observer follows the job: its id once accepted, then the download
+            opts.observer.submitted(ans["id"])
+            res = await self.client.result(ans["id"], on_download=opts.observer.download)
         if submitted is not None:
             submitted.discard(job_id)
         if not res.ok:

@@ -26,10 +26,10 @@ def render(console, node) -> None:
            "--quiet"]
     console.print("[bold]render[/]: 12 frames of examples/scenes/spheres.json at 320x240 on the mesh ...")
     r = subprocess.run(cmd, capture_output=True, text=True)
-    console.print((r.stdout + r.stderr).strip())
+    console.print((r.stdout + r.stderr).strip(), soft_wrap=True)
     if r.returncode != 0:
         raise SystemExit(f"render failed (exit {r.returncode})")
-    console.print(f"frames are in {out}/ (frame_NNNN.png, frame_NNNN_depth.npy, stats.json)")
+    console.print(f"frames are in {out}/ (frame_NNNN.png, frame_NNNN_depth.npy, stats.json)", soft_wrap=True)
 
 
 def prove(console, node) -> None:
@@ -46,7 +46,8 @@ def prove(console, node) -> None:
     v = verify(res.output, spec)
     console.print(f"[bold]zk proof[/]: fibonacci, 1024 steps, proved on {res.worker[-12:]} in {elapsed:.2f} s "
                   f"(end to end), {len(res.output):,} bytes, {v.security_bits}-bit conjectured security; "
-                  f"verified here: {'[green]valid[/]' if v.ok else '[red]INVALID: ' + v.reason + '[/]'} -> {path}")
+                  f"verified here: {'[green]valid[/]' if v.ok else '[red]INVALID: ' + v.reason + '[/]'} -> {path}",
+                  soft_wrap=True)  # one line in a pipe too (the terminal wraps it, not rich)
     if not v.ok:
         raise SystemExit(1)
 
@@ -66,7 +67,8 @@ def main() -> int:
         rows = [(p["peer_id"][-8:] + (" (self)" if p["self"] else ""), d) for p in peers for d in p["devices"]]
         console.print(device_table(rows, "devices of the mesh, as node 0 sees them"))
         for nd in nodes:
-            console.print(f"  node {nd.peer_id}  libp2p {nd.multiaddr}  metrics http://127.0.0.1:{nd.metrics_port}/metrics")
+            console.print(f"  node {nd.peer_id}  libp2p {nd.multiaddr}  metrics http://127.0.0.1:{nd.metrics_port}/metrics",
+                          soft_wrap=True)
         render(console, nodes[0])
         prove(console, nodes[0])
     except (NodeExited, TimeoutError) as e:

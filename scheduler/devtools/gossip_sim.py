@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import math
 import random
 import statistics
@@ -40,7 +41,9 @@ from mesh.advert_schedule import AdvertSchedule, Publish, ScheduleConfig
 from mesh.membership import Joined, MembershipView
 
 KEY = b"k" * 32
+STORED = Path(__file__).resolve().parents[2] / "bench" / "results" / "gossip.json"
 TTL_INTERVALS = 3.0
+SUMMARY_LEAD = 4  # intervals: a summary passes three periodic steps (group, top, shard) to reach every node
 EXPIRE_EVERY_S = 10.0  # the node checks every second; an expiry found later here is still counted
 
 
@@ -55,25 +58,56 @@ class Calibration:
     source: str = "defaults"
 
     @classmethod
-    def from_bench(cls, r: dict, n: int = 20, degree: int = 4) -> Calibration:
-        """Fit to one real-process measurement (`bench.gossip.measure(n)`): the CPU per message is the idle CPU
-        over the messages received in the same window (an upper bound: it includes the node's timers), and
-        the hop time is the one that makes this simulation's flat mesh of n nodes give the measured p50."""
-        cpu = (r["idle_cpu_pct"] / 100) / r["msgs_per_s_per_node"] if r["msgs_per_s_per_node"] > 0 else 0.002
-        probe = []
-        for hop in (0.01, 0.04):
-            c = cls(hop_s=hop, cpu_per_msg_s=cpu)
-            probe.append((hop, run(SimConfig(nodes=n, degree=degree, calibration=c, duration_s=300,
-                                             change_every_s=20.0, seed=7))["p50_s"]))
-        (h0, p0), (h1, p1) = probe
-        slope = (p1 - p0) / (h1 - h0)
-        hop = max(0.001, h0 + (r["p50_s"] - p0) / slope) if slope > 0 else h0
+    def fit(cls, real: dict[str, dict], max_n: int = 20) -> Calibration:
+        """Fit to the real-process runs of `bench.gossip.measure` with at most `max_n` nodes and no misses:
+
+        - `cpu_per_msg_s`: every run gives two (messages received per s, CPU) pairs per node on average, an idle
+          window and a burst window; the least-squares slope of CPU over messages across all of them is the
+          CPU one message costs (the intercept is the node's timers and heartbeats). If the slope is not
+          positive (noise swamping it), the idle CPU over the idle messages, an upper bound.
+        - `hop_s`: this simulation's flat-mesh p50 at each N is close to linear in the hop time; the hop time
+          minimising the squared difference from the measured p50 over those N (two probes per N).
+        """
+        runs = {int(n): r for n, r in real.items() if int(n) <= max_n and r["misses"] == 0} or \
+            {int(n): r for n, r in real.items()}
+        pairs = [(r[m], r[c] / 100) for r in runs.values()
+                 for m, c in (("msgs_per_s_per_node", "idle_cpu_pct"), ("burst_msgs_per_s", "burst_cpu_pct"))
+                 if r.get(m) is not None]
+        xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+        mx, my = statistics.mean(xs), statistics.mean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else 0.0
+        if slope > 0:
+            cpu, how = slope, f"least-squares slope over {len(xs)} windows, intercept {(my - slope * mx) * 100:.2f} %"
+        else:
+            cpu = statistics.mean(r["idle_cpu_pct"] / 100 / max(r["msgs_per_s_per_node"], 1e-9) for r in runs.values())
+            how = "idle CPU / idle messages (the slope was not positive)"
+        h0, h1 = 0.01, 0.04
+        num = den = 0.0
+        for n, r in runs.items():
+            p0, p1 = (run(flat_config(n, cls(hop_s=h, cpu_per_msg_s=cpu)))["p50_s"] for h in (h0, h1))
+            b = (p1 - p0) / (h1 - h0)
+            num += b * (r["p50_s"] - (p0 - b * h0))
+            den += b * b
+        hop = max(0.001, num / den) if den > 0 else cls.hop_s
         return cls(hop_s=round(hop, 5), cpu_per_msg_s=round(cpu, 6),
-                   source=f"bench N={n}: p50 {r['p50_s']:.3f} s, idle CPU {r['idle_cpu_pct']:.2f} %, "
-                          f"{r['msgs_per_s_per_node']:.2f} msgs/s")
+                   source=f"fit to real N={','.join(map(str, sorted(runs)))}: CPU {how}; hop from p50")
+
+    @classmethod
+    def stored(cls, path: Path = STORED) -> Calibration:
+        """The calibration `make bench B=gossip` wrote to bench/results/gossip.json; the defaults without one."""
+        try:
+            return cls(**json.loads(path.read_text())["calibration"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def flat_config(n: int, calibration: Calibration) -> SimConfig:
+    """A flat mesh of n nodes as the real-process bench runs it, with enough changes for a p99."""
+    return SimConfig(nodes=n, shards=1, calibration=calibration, warmup_s=60.0, duration_s=900.0, seed=7)
 
 
 @dataclass
@@ -87,7 +121,7 @@ class SimConfig:
     degree: int = 4  # gossipsub D, as mesh.gossip.GossipTuning (tests/test_gossip_sim.py checks they agree)
     shards: int | None = None  # None: mesh.shard.shard_count(nodes)
     summary_interval_s: float = 60.0
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    schedule: ScheduleConfig | None = None  # None: ScheduleConfig() flat, mesh.shard.SHARD_SCHEDULE sharded
     calibration: Calibration = field(default_factory=Calibration)
 
 
@@ -108,7 +142,7 @@ class _Node:
         self.shard = shard_no
         self.free = 1
         self.seq = 1
-        self.busy_until = 0.0
+        self.busy_until = -math.inf  # the summary tree starts before t = 0
         self.token = 0
         self.pending: list[_Change] = []
         self.view: MembershipView
@@ -151,12 +185,13 @@ class GossipSim:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
-        self.now = 0.0
+        self.now = 0.0  # the summary tree runs from a negative time (see run)
         self._q: list[tuple[float, int, Callable, tuple]] = []
         self._n = 0
         self.t0, self.t1 = cfg.warmup_s, cfg.warmup_s + cfg.duration_s
         n = cfg.nodes
         self.shards = cfg.shards or shard.shard_count(n)
+        self.schedule = cfg.schedule or (shard.SHARD_SCHEDULE if self.shards > 1 else ScheduleConfig())
         self.nodes = [_Node(i, 0, self.rng) for i in range(n)]
         for nd in self.nodes:
             nd.shard = shard.shard_of(nd.peer_id, self.shards)
@@ -172,18 +207,30 @@ class GossipSim:
         self.unique = [0] * n  # of which first copies
         self.changes: list[_Change] = []
         self.open: dict[int, list[_Change]] = {}
-        self.published = {"full": 0, "delta": 0, "summary": 0, "world": 0}
+        self.published = {"full": 0, "delta": 0, "summary": 0, "batch": 0, "world": 0}
         self.summary_ages: list[float] = []
         self.false_expiries = 0
         self.no_base = 0
         self._build_views()
-        self.relays: dict[int, list[int]] = {}
-        self.summary_topic: _Topic | None = None
+        self.relays: dict[int, list[int]] = {}  # shard -> its relays, best standing first
+        self.groups = shard.group_count(self.shards)
+        self.group_relay: dict[int, int] = {}  # group -> the node on the top topic
+        self.group_topics: dict[int, _Topic] = {}
+        self.top_topic: _Topic | None = None
         if self.shards > 1:
             ids = {nd.peer_id: nd.idx for nd in self.nodes}
-            for s, members in self.topics.items():
-                self.relays[s] = [ids[p] for p in shard.relays(self.nodes[members.members[0]].view)]
-            self.summary_topic = _Topic(sorted(i for r in self.relays.values() for i in r), cfg.degree, self.rng)
+            for s, topic in self.topics.items():
+                self.relays[s] = [ids[p] for p in shard.relays(self.nodes[topic.members[0]].view)]
+            by_group: dict[int, list[int]] = {}
+            for s in sorted(self.relays):
+                g = shard.group_of(s, self.groups)
+                if g not in self.group_relay:  # the group's lowest-numbered shard: its second relay
+                    self.group_relay[g] = self.relays[s][min(1, len(self.relays[s]) - 1)]
+                by_group.setdefault(g, []).append(self.relays[s][0])
+            for g, relays in by_group.items():
+                self.group_topics[g] = _Topic(sorted(set(relays) | {self.group_relay[g]}), cfg.degree, self.rng)
+            if self.groups > 1:
+                self.top_topic = _Topic(sorted(self.group_relay.values()), cfg.degree, self.rng)
 
     # ---- event queue -----------------------------------------------------------------------------------------
     def at(self, t: float, fn: Callable, *args: Any) -> None:
@@ -192,13 +239,12 @@ class GossipSim:
 
     def _build_views(self) -> None:
         """Start in steady state: every node holds its shard's full adverts, its schedule long running."""
-        cfg = self.cfg
-        max_ttl = TTL_INTERVALS * cfg.schedule.max_refresh_s * (1 + cfg.schedule.jitter)
+        max_ttl = TTL_INTERVALS * self.schedule.max_refresh_s * (1 + self.schedule.jitter)
         for nd in self.nodes:
             size = len(self.topics[nd.shard].members)
-            nd.view = MembershipView(nd.peer_id, ttl_s=TTL_INTERVALS * cfg.schedule.min_refresh_s,
+            nd.view = MembershipView(nd.peer_id, ttl_s=TTL_INTERVALS * self.schedule.min_refresh_s,
                                      ttl_intervals=TTL_INTERVALS, max_ttl_s=max_ttl)
-            nd.schedule = AdvertSchedule.steady(cfg.schedule, 0.0, size, self.rng)
+            nd.schedule = AdvertSchedule.steady(self.schedule, 0.0, size, self.rng)
             nd.last_full = nd.advert(0.0)
         for topic in self.topics.values():
             for m in topic.members:
@@ -307,33 +353,51 @@ class GossipSim:
                 self.unique[w] += 1
         return list(done.items())
 
-    # ---- shard summaries -------------------------------------------------------------------------------------
+    # ---- shard summaries: shard relay -> group topic -> group relay -> top topic, and the world back down ------
     def _summarize(self, s: int) -> None:
-        assert self.summary_topic is not None
+        """A shard relay's interval: its shard's summary on the group topic, the world it knows on its shard."""
         relay = self.nodes[self.relays[s][0]]
         summary = shard.summarize(relay.view, s, relay.peer_id, self.now)
-        relay.world[s] = summary
+        shard.merge(relay.world, (summary,))
         self.published["summary"] += 1
-        for v, _t in self._spread(self.summary_topic, relay.idx):
-            self.nodes[v].world[s] = summary  # (applied at once: it is read only below, at the next world)
-        # the world as this relay knows it, republished on its shard's topic
+        for v, _t in self._spread(self.group_topics[shard.group_of(s, self.groups)], relay.idx):
+            shard.merge(self.nodes[v].world, (summary,))  # applied at once: read only at the next interval
+        self._world_down(relay, self.topics[s], sample=True)
+        self.at(self.now + self.cfg.summary_interval_s, self._summarize, s)
+
+    def _group_batch(self, g: int) -> None:
+        """A group relay's interval: its group's summaries as one batch on the top topic, the world on its group."""
+        relay = self.nodes[self.group_relay[g]]
+        if self.top_topic is not None:
+            batch = tuple(w for k, w in relay.world.items() if shard.group_of(k, self.groups) == g)
+            self.published["batch"] += 1
+            for v, _t in self._spread(self.top_topic, relay.idx):
+                shard.merge(self.nodes[v].world, batch)
+        self._world_down(relay, self.group_topics[g], sample=False)
+        self.at(self.now + self.cfg.summary_interval_s, self._group_batch, g)
+
+    def _world_down(self, relay: _Node, topic: _Topic, sample: bool) -> None:
         world = dict(relay.world)
         self.published["world"] += 1
-        for v, t in self._spread(self.topics[s], relay.idx):
-            if self.t0 <= t < self.t1 and len(world) == self.shards:
+        for v, t in self._spread(topic, relay.idx):
+            if sample and self.t0 <= t < self.t1 and len(world) == self.shards:
                 self.summary_ages.append(t - min(x.made_at for x in world.values()))
-            self.nodes[v].world = world
-        self.at(self.now + self.cfg.summary_interval_s, self._summarize, s)
+            shard.merge(self.nodes[v].world, world)
 
     # ---- run -------------------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         wall = time.perf_counter()
         for nd in self.nodes:
             self._arm(nd)
-            self.at(self.rng.random() * self.cfg.change_every_s, self._change, nd)
+            self.at(self.rng.expovariate(1 / self.cfg.change_every_s), self._change, nd)  # Poisson from t=0
             self.at(self.rng.random() * EXPIRE_EVERY_S, self._expire, nd)
+        # the summary tree starts SUMMARY_LEAD intervals before the adverts (t = 0), so that its worlds are in
+        # steady state when measuring starts: it reads the views (steady from t = 0) and nothing else
+        lead = -SUMMARY_LEAD * self.cfg.summary_interval_s
         for s in self.relays:
-            self.at(self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
+            self.at(lead + self.rng.random() * self.cfg.summary_interval_s, self._summarize, s)
+        for g in self.group_relay:
+            self.at(lead + self.rng.random() * self.cfg.summary_interval_s, self._group_batch, g)
         end = self.t1 + self.cfg.tail_s
         while self._q and self._q[0][0] <= end:
             self.now, _, fn, args = heapq.heappop(self._q)
@@ -343,10 +407,10 @@ class GossipSim:
     def _report(self, wall: float) -> dict[str, Any]:
         done = [c.last - c.at for c in self.changes if c.waiting == 0 and c.seq >= 0]
         rates = [r / self.cfg.duration_s for r in self.received]
-        relays = {i for r in self.relays.values() for i in r}
+        relays = {r[0] for r in self.relays.values()} | set(self.group_relay.values())
         q = statistics.quantiles(done, n=100, method="inclusive") if len(done) >= 2 else [math.nan] * 99
         return {
-            "nodes": self.cfg.nodes, "shards": self.shards,
+            "nodes": self.cfg.nodes, "shards": self.shards, "groups": self.groups if self.shards > 1 else 0,
             "shard_size_mean": self.cfg.nodes / self.shards,
             "changes": len(self.changes), "changes_converged": len(done),
             "p50_s": statistics.median(done) if done else math.nan, "p99_s": q[98],
@@ -355,11 +419,13 @@ class GossipSim:
             "unique_per_s_per_node": statistics.mean(u / self.cfg.duration_s for u in self.unique),
             "msgs_per_s_max_node": max(rates),
             "msgs_per_s_relays_mean": statistics.mean(rates[i] for i in relays) if relays else None,
+            "msgs_per_s_relays_max": max(rates[i] for i in relays) if relays else None,
+            "msgs_per_s_non_relays_max": max(r for i, r in enumerate(rates) if i not in relays),
             "published": dict(self.published),
             "summary_age_p99_s": (statistics.quantiles(self.summary_ages, n=100)[98]
                                   if len(self.summary_ages) >= 2 else math.nan),
             "false_expiries": self.false_expiries, "deltas_without_base": self.no_base,
-            "refresh_interval_s": self.cfg.schedule.refresh_interval(round(self.cfg.nodes / self.shards)),
+            "refresh_interval_s": self.schedule.refresh_interval(round(self.cfg.nodes / self.shards)),
             "calibration": self.cfg.calibration.as_dict(), "wall_s": wall,
         }
 
@@ -386,59 +452,54 @@ def plot(bench: dict, sims: dict[int, dict], outdir: Any) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     real_n = sorted(int(n) for n in bench["convergence_p99_s"])
     sim_n = sorted(sims)
-    files = []
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    big = [n for n in sim_n if sims[n].get("shards", 1) > 1]
     bn = sorted(BEFORE["p99_s"])
-    ax.plot(bn, [BEFORE["p50_s"][n] for n in bn], "x--", color="grey", label="before: real p50")
-    ax.plot(bn, [BEFORE["p99_s"][n] for n in bn], "x-", color="black", label="before: real p99")
-    ax.plot(real_n, [bench["convergence_p50_s"][str(n)] for n in real_n], "o--", color="C0", label="after: real p50")
-    ax.plot(real_n, [bench["convergence_p99_s"][str(n)] for n in real_n], "o-", color="C0", label="after: real p99")
-    ax.plot(sim_n, [sims[n]["p50_s"] for n in sim_n], "s--", color="C1", label="simulation p50")
-    ax.plot(sim_n, [sims[n]["p99_s"] for n in sim_n], "s-", color="C1", label="simulation p99")
-    ax.axhline(5.0, color="C3", lw=0.8, ls=":", label="target at 10,000: p99 < 5 s")
-    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds until every node has a change",
-           title="Convergence of a capacity change")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-convergence.png", dpi=110)
-    files.append(str(out / "gossip-convergence.png"))
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(real_n, [bench["msgs_per_s_per_node"][str(n)] for n in real_n], "o-", color="C0",
-            label="after: real, copies received")
-    ax.plot(sim_n, [sims[n]["msgs_per_s_per_node"] for n in sim_n], "s-", color="C1", label="simulation: mean")
-    ax.plot(sim_n, [sims[n]["msgs_per_s_max_node"] for n in sim_n], "s:", color="C1",
-            label="simulation: busiest node (a relay)")
-    flat = [5, 10, 20, 40, 100, 1000, 10000]
-    ax.plot(flat, [n / 2 * 3.5 for n in flat], "x--", color="black",
-            label="before (every node every 2 s, ~3.5 copies): N/2 x 3.5")
-    ax.axhline(10.0, color="C3", lw=0.8, ls=":", label="target: 10 per node per s")
-    ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="messages received per node per second",
-           title="Gossip load on each node")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-messages.png", dpi=110)
-    files.append(str(out / "gossip-messages.png"))
-    plt.close(fig)
+    def convergence(ax: Any) -> None:
+        ax.plot(bn, [BEFORE["p50_s"][n] for n in bn], "x--", color="grey", label="before: real p50")
+        ax.plot(bn, [BEFORE["p99_s"][n] for n in bn], "x-", color="black", label="before: real p99")
+        ax.plot(real_n, [bench["convergence_p50_s"][str(n)] for n in real_n], "o--", color="C0", label="real p50")
+        ax.plot(real_n, [bench["convergence_p99_s"][str(n)] for n in real_n], "o-", color="C0", label="real p99")
+        ax.plot(sim_n, [sims[n]["p50_s"] for n in sim_n], "s--", color="C1", label="calibrated simulation p50")
+        ax.plot(sim_n, [sims[n]["p99_s"] for n in sim_n], "s-", color="C1", label="calibrated simulation p99")
+        ax.axhline(5.0, color="C3", lw=0.8, ls=":", label="target at 10,000: p99 < 5 s")
+        ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="seconds until every node has a change",
+               title="Convergence of a capacity change")
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for n in sim_n:
-        xs = sorted(sims[n].get("convergence_s") or [])
-        if n >= 1000 and xs:
+    def messages(ax: Any) -> None:
+        ax.plot(real_n, [bench["msgs_per_s_per_node"][str(n)] for n in real_n], "o-", color="C0",
+                label="real, copies received: mean")
+        ax.plot(sim_n, [sims[n]["msgs_per_s_per_node"] for n in sim_n], "s-", color="C1", label="simulation: mean")
+        ax.plot(sim_n, [sims[n]["msgs_per_s_max_node"] for n in sim_n], "s:", color="C1",
+                label="simulation: busiest node")
+        ax.plot(big, [sims[n]["msgs_per_s_relays_max"] for n in big], "^", color="C2",
+                label="simulation: busiest relay")
+        flat = [5, 10, 20, 40, 100, 1000, 10000]
+        ax.plot(flat, [n / 2 * 3.5 for n in flat], "x--", color="black",
+                label="before (every node every 2 s, ~3.5 copies): N/2 x 3.5")
+        ax.axhline(10.0, color="C3", lw=0.8, ls=":", label="target: 10 per node per s")
+        ax.set(xscale="log", yscale="log", xlabel="nodes", ylabel="messages received per node per second",
+               title="Gossip load on each node")
+
+    def cdf(ax: Any) -> None:
+        for n in big:
+            xs = sorted(sims[n].get("convergence_s") or [])
             ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=f"{n:,} nodes ({len(xs)} changes)")
-    ax.axvline(5.0, color="C3", lw=0.8, ls=":", label="5 s")
-    ax.set(xscale="log", xlabel="seconds until every shard member has the change", ylabel="fraction of changes",
-           title="Convergence in the simulation (sharded)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "gossip-cdf.png", dpi=110)
-    files.append(str(out / "gossip-cdf.png"))
-    plt.close(fig)
+        ax.axvline(5.0, color="C3", lw=0.8, ls=":", label="5 s")
+        ax.set(xscale="log", xlabel="seconds until every shard member has the change", ylabel="fraction of changes",
+               title="Convergence in the simulation (sharded)")
+
+    files = []
+    for name, draw in (("convergence", convergence), ("messages", messages), ("cdf", cdf)):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        draw(ax)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"gossip-{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        files.append(str(path))
     return files
 
 
@@ -449,9 +510,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=120.0, help="measured seconds of simulated time")
     ap.add_argument("--change-every", type=float, default=60.0, help="mean seconds between a node's load changes")
     ap.add_argument("--shards", type=int, default=None, help=f"default: about one per {shard.SHARD_TARGET} nodes")
+    ap.add_argument("--default-calibration", action="store_true",
+                    help="use the built-in per-message costs instead of the fit stored in bench/results/gossip.json")
     a = ap.parse_args(argv)
+    calib = Calibration() if a.default_calibration else Calibration.stored()
     r = run(SimConfig(nodes=a.nodes, seed=a.seed, duration_s=a.duration, change_every_s=a.change_every,
-                      shards=a.shards))
+                      shards=a.shards, calibration=calib))
     r.pop("convergence_s")
     for k, v in r.items():
         print(f"{k}: {v}")
