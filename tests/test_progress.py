@@ -162,5 +162,4 @@ def test_compute_shows_bars_on_a_terminal(mesh, tmp_path, monkeypatch, capsys):
     assert "100%" in bars["upload"] and "4.0 MiB of 4.0 MiB" in bars["upload"], bars
     assert "100%" in bars["compute"] and "saxpy" in bars["compute"] and " done" in bars["compute"], bars
     assert bars["download"].endswith("2.0 MiB"), bars  # the output's bytes
-    assert any(" running" in ln for ln in lines), lines  # the job's bar showed its state on the way
     assert "ran on" in capsys.readouterr().out  # the summary still follows

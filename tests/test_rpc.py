@@ -58,6 +58,20 @@ def build_server(events: dict) -> RpcServer:
         finally:
             events["hang_cancelled"].set()
 
+    @rpc.method("fails_when_cancelled")
+    async def _fails_when_cancelled(call: Call):
+        async def fail_on_cancel():
+            try:
+                await trio.sleep_forever()
+            finally:
+                raise ValueError("cleanup failed")  # beside the other tasks' Cancelled: an exception group
+
+        async with trio.open_nursery() as n:
+            n.start_soon(fail_on_cancel)
+            n.start_soon(trio.sleep_forever)
+            events["hang_started"].set()
+            await trio.sleep_forever()
+
     return rpc
 
 
@@ -177,6 +191,20 @@ async def test_abandoning_a_streaming_call_cancels_the_handler():
                     raise KeyError("client gives up")
             with trio.fail_after(10):
                 await ev["hang_cancelled"].wait()
+
+
+async def test_a_handler_failing_while_cancelled_stays_on_its_stream():
+    """A handler whose nursery raises beside the Cancelled of a client's reset (a BaseExceptionGroup, not an
+    Exception) ends that stream only: the server and the connection carry on."""
+    async with rpc_server() as (t, ev):
+        async with MeshClient.connect("127.0.0.1", t.port, peer_id=t.peer_id) as c:
+            for _ in range(2):
+                ev["hang_started"] = trio.Event()
+                with pytest.raises(KeyError):
+                    async with c.open("fails_when_cancelled"):
+                        await ev["hang_started"].wait()
+                        raise KeyError("client gives up")
+                assert (await c.call("echo", {"x": 1}))["body"] == {"x": 1}
 
 
 async def test_connection_loss_is_unavailable():

@@ -91,5 +91,16 @@ class HandlerTasks:
         except trio.Cancelled:
             st.reset("cancelled", m.CODE_CANCEL)
             raise
+        except BaseExceptionGroup as group:  # a handler's nursery: errors beside a cancellation stay here
+            cancelled, failed = group.split(trio.Cancelled)
+            if failed is not None:
+                if failed.split(TransportError)[1] is None:
+                    log.debug("stream %d from %s ended with %r", st.id, self._peer_id, failed)
+                else:
+                    log.error("stream handler failed (stream %d from %s)", st.id, self._peer_id, exc_info=failed)
+                st.reset("handler failed", m.CODE_INTERNAL)
+            if cancelled is not None:
+                st.reset("cancelled", m.CODE_CANCEL)
+                raise cancelled from None
         else:
             await st.aclose()

@@ -210,6 +210,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except BaseException as e:
         bind_error = find_exception(e, BindError)
         if bind_error is None:
+            if not isinstance(e, KeyboardInterrupt):  # a node that dies of an error is a bug: keep its traceback
+                log.critical("node failed", exc_info=e)
             raise
         code = exit_status(bind_error) or EXIT_USAGE
     # Everything the node owns is closed (connections, journal, sockets); skip finalizing third-party objects
