@@ -40,20 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from prometheus_client import Counter, Gauge
 
 from worker.devices import Device
 from worker.runner.arena import KEEP_ARENA, Arena, StatusPage
+from worker.runner.metrics import RUNNER_DEATHS, RUNNERS, count_call
 from worker.runner.wire import FrameReader, ProtocolError, pack, recv_some, send_all, want_int
 
 log = logging.getLogger("gpumesh.runner")
-
-RUNNERS = Gauge("gpumesh_runners", "Runner processes of this node, by state", ["state"])
-RUNNER_DEATHS = Counter("gpumesh_runner_deaths_total",
-                        "Runners that ended under a job or while idle, by cause: crash (signal or exit), "
-                        "time_limit (killed by the node), stopped (a cancel that did not stop), protocol, startup",
-                        ["cause"])
-RUNNER_CALLS = Counter("gpumesh_runner_calls_total", "Calls into runners, by task", ["task"])
 
 
 def _default_memory() -> int:
@@ -369,7 +362,7 @@ class Runner:
         self.drop_big_arena()
         self._seq += 1
         c = self._seq
-        RUNNER_CALLS.labels(task).inc()
+        count_call(task)
         ctl = CallControl(self, trio.current_time() + (limit_s if limit_s is not None else math.inf))
         msg: dict[str, Any] = {"t": "call", "c": c, "task": task, "args": args, "cpu_s": cpu_s,
                                **self._ensure_arena(max(arena_bytes, 1))}
@@ -555,7 +548,6 @@ class DevicePool:
                 log.info("%s up (pid %d; sandbox: %s)", r.name, r.pid, ", ".join(f"{k}={v}" for k, v in r.sandbox.items()))
             self._notify()
             self._ensure()
-            _update_gauges()
             assert r.proc is not None or r.killed is not None
             if r.proc is not None:
                 await wait_exit(r.proc)
@@ -582,7 +574,6 @@ class DevicePool:
                     self._nursery.start_soon(self._ensure_later)
                 else:
                     self._ensure()
-            _update_gauges()
 
     async def _ensure_later(self) -> None:
         await trio.sleep_until(self._backoff_until)
@@ -597,7 +588,6 @@ class DevicePool:
                 for r in self._alive():
                     if r.ready and not r.leased:
                         r.leased = True
-                        _update_gauges()
                         return r
                 if self.failures >= 3 and not any(r.ready for r in self._alive()):
                     raise RunnerUnavailable(f"runners for device {self.device.id} fail to start "
@@ -613,30 +603,16 @@ class DevicePool:
         r.drop_big_arena()
         if r.dead.is_set():
             r.close()
-        self._notify()
-        self._ensure()
-        _update_gauges()
+        if self.waiting:  # an acquire waits for a runner
+            self._notify()
+        if len(self.runners) > self.warm:  # an extra runner may retire now
+            self._ensure()
 
     def close(self, why: str = "device went away") -> None:
         self.closed = True
         for r in list(self.runners):
             r.kill(why, "closed")
         self._notify()
-
-
-_POOLS: list[RunnerPool] = []
-
-
-def _update_gauges() -> None:
-    counts = {"ready": 0, "leased": 0, "starting": 0}
-    for p in _POOLS:
-        for dp in p.pools.values():
-            for r in dp.runners:
-                if r.dead.is_set() or r.killed is not None:
-                    continue
-                counts["leased" if r.leased else "ready" if r.ready else "starting"] += 1
-    for k, v in counts.items():
-        RUNNERS.labels(k).set(v)
 
 
 # --- the node's pool ----------------------------------------------------------------------------------------
@@ -685,7 +661,7 @@ class RunnerPool:
         self.settings = settings or RunnerSettings()
         self.pools: dict[str, DevicePool] = {}
         self._nursery: trio.Nursery | None = None
-        _POOLS.append(self)
+        RUNNERS.pools.append(self)
 
     def set_devices(self, devices: Sequence[Device], slots: Callable[[str], int] | None = None) -> None:
         want = {d.id: d for d in devices if d.opencl}
@@ -735,5 +711,5 @@ class RunnerPool:
                 for r in dp.runners:
                     if r.proc is not None and r.proc.returncode is None:
                         r.proc.kill()
-            if self in _POOLS:
-                _POOLS.remove(self)
+            if self in RUNNERS.pools:
+                RUNNERS.pools.remove(self)
