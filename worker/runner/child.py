@@ -189,8 +189,7 @@ async def run_call(host: Host, msg: dict[str, Any], dctx: Any) -> None:
     except Exception as e:  # noqa: BLE001 - every failure of a task is reported, the runner carries on
         reply = {"t": "err", "c": c, **describe(e, host.memory_limit)}
     finally:
-        host.doing("idle")
-        sandbox.cpu_budget(0)
+        host.doing("idle")  # the CPU-time limit stays until the next call sets its own (an idle runner burns none)
     await host.send(reply)
     if host.arena is not None and host.arena.size > KEEP_ARENA:  # the daemon drops it too
         host.arena.close()

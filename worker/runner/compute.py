@@ -13,11 +13,14 @@ for a runner that stops answering: the build time limit + the spec's time limit 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
+
+import msgpack
 
 from worker.compute.blobs import read_blobs
 from worker.compute.runner import runner_for
-from worker.compute.spec import ComputeSpec
+from worker.compute.spec import ComputeSpec, SpecError, parse_spec
 from worker.kinds import RunContext
 
 BUILD_TIMEOUT_S = 120.0  # the runner's ComputeRunner has the same build time limit
@@ -36,8 +39,9 @@ async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], 
             await read_blobs(ctx, s, into=ctl.arena[:in_bytes])
         return {}
 
+    spec = msgpack.packb(ctx.spec, use_bin_type=True)  # as bytes: the runner parses each distinct spec once
     reply = await ctx.runner.call(  # the arena grows once the runner has checked the spec (validation first)
-        "compute.opencl", {"spec": ctx.spec, "job_id": ctx.job_id, "in": in_bytes, "out": out_bytes},
+        "compute.opencl", {"spec": spec, "job_id": ctx.job_id, "in": in_bytes, "out": out_bytes},
         on_ask=on_ask, checkpoint=ctx.checkpoint,
         limit_s=BUILD_TIMEOUT_S + s.time_limit_s + GRACE_S, cpu_s=cpu_budget(s.time_limit_s))
     if len(reply.outs) != 1 or len(reply.outs[0]) != out_bytes:  # the runner is not trusted
@@ -86,9 +90,36 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         return host.region(in_n, s.bytes_out)  # read back from the device straight into the arena
 
     host.doing("building the program")
-    res = await runner.run(args["spec"], blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
+    res = await runner.run(parsed(host, args["spec"]), blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
                            verified=True, out_buffer=outputs)
     body = res.wire_body()  # one definition of the result body (ComputeResult); the bytes are in the arena
     n = sum(o.array.nbytes for o in res.outputs)
     res.outputs.clear()  # the views of the arena go now (the arena may be replaced before the next call)
     return body, [[in_n, n]]
+
+
+MEMO_SPECS = 32
+MEMO_SPEC_BYTES = 64 << 10  # bigger specs (inline data) are parsed every time
+
+
+def parsed(host: Any, raw: Any) -> Any:
+    """The spec the daemon sent (msgpack bytes), parsed: once per distinct spec in this runner (the same bytes are
+    the same spec). Only the parse is kept: `ComputeRunner.prepare` still validates it against the device's limits
+    for every job."""
+    if not isinstance(raw, bytes):
+        return raw  # a map: parsed (and validated) by `prepare`
+    memo: OrderedDict[bytes, ComputeSpec] = host.state.setdefault("compute_specs", OrderedDict())
+    s = memo.get(raw)
+    if s is not None:
+        memo.move_to_end(raw)
+        return s
+    try:
+        d = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several types for garbage
+        raise SpecError("", f"not msgpack: {e}") from None
+    s = parse_spec(d)
+    if len(raw) <= MEMO_SPEC_BYTES:
+        memo[raw] = s
+        while len(memo) > MEMO_SPECS:
+            memo.popitem(last=False)
+    return s

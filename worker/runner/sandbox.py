@@ -6,7 +6,7 @@
   shared arena), so a huge allocation fails
   inside the runner (an allocation error, or at worst the runner's death) instead of pushing the machine into
   swap or the OOM killer;
-- CPU time: `RLIMIT_CPU` is set per task (`cpu_budget`): past it the kernel sends SIGXCPU and the runner dies,
+- CPU time: `RLIMIT_CPU` is set for each task (`cpu_budget`): past it the kernel sends SIGXCPU and the runner dies,
   even if the daemon's wall-clock limit somehow did not fire;
 - network: a network namespace of its own (`unshare(CLONE_NEWNET)`; unprivileged, inside a new user namespace
   where the kernel allows that), so a compromised runner has only a loopback interface that is down. Where
@@ -96,18 +96,25 @@ def no_core_dumps() -> None:
         pass
 
 
+_cpu: list[Any] = []  # [hard limit, the soft limit set last]: RLIMIT_CPU as this process left it
+
+
 def cpu_budget(seconds: float) -> None:
-    """Allow `seconds` more CPU time from now (SIGXCPU past it); <= 0: no limit."""
+    """Allow `seconds` more CPU time from now (SIGXCPU past it); <= 0: no limit. The limit stays until the next
+    call (an idle runner burns no CPU), so a task costs one getrusage, and a setrlimit only when the limit moves."""
     try:
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        if seconds <= 0:
-            resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-            return
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        soft = int(r.ru_utime + r.ru_stime + seconds) + 1
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        if not _cpu:
+            _cpu.extend([resource.getrlimit(resource.RLIMIT_CPU)[1], None])
+        hard = _cpu[0]
+        soft = hard
+        if seconds > 0:
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            soft = int(r.ru_utime + r.ru_stime + seconds) + 1
+            if hard != resource.RLIM_INFINITY:
+                soft = min(soft, hard)
+        if soft != _cpu[1]:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+            _cpu[1] = soft
     except (ValueError, OSError):
         pass
 

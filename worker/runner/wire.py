@@ -102,16 +102,15 @@ async def recv_with_fds(sock: socket.socket, fds: deque[int], *, idle: bool = Fa
     """What the socket has (b"" at EOF), with the file descriptors that came along appended to `fds`. `idle`:
     the process has nothing else to do until this returns (a runner between calls), so it blocks in poll(2)
     instead of going through trio's event loop: one wake-up less per call."""
+    if idle:  # the next call is rarely there yet: wait first (poll, recvmsg; not recvmsg, poll, recvmsg)
+        p = select.poll()
+        p.register(sock, select.POLLIN)
+        p.poll()
     while True:
         try:
             data, anc, _flags, _addr = sock.recvmsg(RECV_CHUNK, socket.CMSG_SPACE(4 * 4))
         except BlockingIOError:
-            if idle:
-                p = select.poll()
-                p.register(sock, select.POLLIN)
-                p.poll()
-            else:
-                await trio.lowlevel.wait_readable(sock.fileno())
+            await trio.lowlevel.wait_readable(sock.fileno())
             continue
         fds.extend(fds_from_ancillary(anc))
         return data
