@@ -251,6 +251,8 @@ class _TimedOut(Exception):
 class ComputeRunner:
     """Runs compute jobs on one device (see the module doc). Use from trio; one job at a time."""
 
+    settle: Callable[[Any], int] | None = None  # event -> its status, after a short wait of its own (runners)
+
     def __init__(self, context: Any, device: Any = None, *, device_id: str = "", max_programs: int = 16,
                  max_job_memory_bytes: int | None = None, max_time_limit_s: float = MAX_TIME_LIMIT_S,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, build_timeout_s: float = DEFAULT_BUILD_TIMEOUT_S,
@@ -371,6 +373,8 @@ class ComputeRunner:
         """Wait for `event` until `deadline` (trio time). True when complete; raises KernelFailed on error."""
         cl = self._cl
         status = event.command_execution_status
+        if status > cl.command_execution_status.COMPLETE and self.settle is not None:
+            status = self.settle(event)  # a runner's: a short poll first (see `worker.runner.compute.settle`)
         if status > cl.command_execution_status.COMPLETE:
             done = trio.Event()
             token = trio.lowlevel.current_trio_token()
