@@ -43,18 +43,6 @@ __all__ = ["Connection", "ConnectionConfig"]
 log = logging.getLogger("gpumesh.transport")
 
 
-_NOWAIT_PLAIN_BYTES = 64 * 1024  # plaintext writes up to this try the kernel first (see Connection._flush)
-
-
-def _total_below(bufs: list, limit: int) -> bool:
-    total = 0
-    for b in bufs:
-        total += len(b)
-        if total > limit:
-            return False
-    return True
-
-
 @dataclass(frozen=True)
 class ConnectionConfig:
     max_frame: int = DEFAULT_MAX_FRAME  # largest frame we accept (and announce)
@@ -313,20 +301,20 @@ class Connection:
             bufs = mux.data_to_send()
             if not bufs and not wire.has_backlog:
                 return waited
-            if bufs and not wire.has_backlog and (wire.secure or _total_below(bufs, _NOWAIT_PLAIN_BYTES)):
-                # the common case (the kernel takes it all): no stall timer, no cancel scope. What the
-                # kernel does not take stays in the wire's backlog (TLS: ciphertext it owns; plaintext: a
-                # copy, hence only for small writes) and the timed send below finishes it.
+            if bufs and not wire.has_backlog:
+                # the common case (the kernel takes it all, bulk frames included): no stall timer, no
+                # cancel scope. What the kernel does not take (plaintext: the rest of `bufs`, uncopied;
+                # TLS: ciphertext the wire owns) goes out with the timed send below.
                 try:
-                    if wire.send_nowait(bufs):
-                        if not mux.has_output:
-                            return waited
-                        continue
+                    bufs = wire.send_some(bufs)
                 except IO_ERRORS as e:
                     err = ConnectionLost(f"connection to {self.peer_id} lost while sending: {describe_io_error(e)}")
                     self._fail(err)
                     raise err from e
-                bufs = []
+                if not bufs and not wire.has_backlog:
+                    if not mux.has_output:
+                        return waited
+                    continue
             try:
                 stall = self._config.stall_timeout
                 with trio.move_on_after(stall if stall is not None else float("inf")) as stalled:
