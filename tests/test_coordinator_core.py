@@ -416,3 +416,32 @@ def test_fair_queueing_between_submitters():
         h.core.tick(now)
     assert order.index("b0") <= 2 and order.index("b1") <= 4, order
     assert sorted(order) == sorted([f"a{i}" for i in range(10)] + ["b0", "b1"])
+
+
+def test_a_refusal_explained_by_the_coordinators_own_jobs_costs_no_standing():
+    """A burst of this coordinator's jobs fills a worker before its next advert: its refusals are honest. Free
+    slots a fresh advert showed that neither this coordinator's jobs nor leases hold, and a claim finds none
+    of: a capacity lie, a small dent in standing, counted."""
+    lies = []
+    obs = SimpleNamespace(**{n: (lambda *a, **k: None) for n in dir(PrometheusCoordinatorObserver) if not n.startswith("_")})
+    obs.advert_lie = lies.append
+    h = H(peers="a", observer=obs)
+    h.advert("a", 0.0, slots=2, free_slots=2)
+    for j in ("j1", "j2", "j3"):
+        h.submit(Job("echo", job_id=j), 0.1)
+    offered = [j for j in ("j1", "j2", "j3") if h.core.get(j).peer == "a" and h.core.get(j).offer_pending]
+    assert len(offered) == 3, offered  # the worker may queue: all three go out on the advert's word
+    h.core.on_accept("a", Accept("j1", 1, "d0"), 0.2)
+    h.core.on_accept("a", Accept("j2", 1, "d0"), 0.2)
+    h.core.on_reject("a", Reject("j3", 1, "full", {"d0": (0, 2)}), 0.2)
+    assert h.view.standing("a") == 1.0 and lies == []  # two free, both taken by j1 and j2: honest
+    h2 = H(peers="a", observer=obs)
+    h2.advert("a", 0.0, slots=2, free_slots=2)
+    h2.submit(Job("echo", job_id="k1"), 0.1)
+    h2.core.on_reject("a", Reject("k1", 1, "full", {"d0": (0, 0)}), 0.2)
+    assert h2.view.standing("a") == pytest.approx(0.99) and lies == ["capacity"]  # two free, none found
+    h2.submit(Job("echo", job_id="k2"), 5.0)
+    rec = h2.core.get("k2")
+    if rec.peer == "a" and rec.offer_pending:  # the advert is 5 s old by now: its load may have changed
+        h2.core.on_reject("a", Reject("k2", rec.attempt, "full", {"d0": (0, 0)}), 5.1)
+    assert lies == ["capacity"]

@@ -185,6 +185,8 @@ class CoordinatorConfig:
     standing_floor_lost: float = 0.5  # crashes alone never push a peer below this (they are not malice)
     standing_penalty_bad_result: float = 0.25  # result failed verification
     standing_reward: float = 0.01  # a good result
+    standing_penalty_capacity_lie: float = 0.01  # a refused claim a fresh advert said had room (see _capacity_lie)
+    fresh_load_s: float = 2.0  # an advert this young shows the load its sender had (changes go out within ~0.1 s)
     poison_crashes: int = 2  # a job whose attempts crashed this many runners (on different peers) fails
     leases: LeaseConfig = field(default_factory=LeaseConfig)  # slot leases (max_leases=0: none)
 
@@ -448,6 +450,9 @@ class CoordinatorCore:
             return []
         self.stats.claims_rejected += 1
         self.obs.claim("rejected")
+        if self._capacity_lie(peer_id, msg, now):
+            self.view.adjust_standing(peer_id, -self.cfg.standing_penalty_capacity_lie)
+            self.obs.advert_lie("capacity")
         self.placer.observe_claim(False)
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         if rec.asked_lease:
@@ -457,6 +462,28 @@ class CoordinatorCore:
         self._offer_next(rec, now, acts)
         self._pump(now, acts)
         return acts
+
+    def _capacity_lie(self, peer_id: str, msg: Reject, now: float) -> bool:
+        """A worker whose fresh advert shows free slots but whose claims find none is lying about its capacity
+        (to attract work, or to look big). Not a lie: slots this coordinator's own jobs and leases hold there
+        (a burst of its jobs outruns the worker's next advert), a refusal for a share or rate limit, an advert
+        older than a change takes to go out (not the refresh interval, which grows with the mesh)."""
+        st = self.view.get(peer_id)
+        if st is None or peer_id == self.view.self_peer_id or not msg.load \
+                or now - st.last_seen > min(st.advert.interval_s, self.cfg.fresh_load_s) \
+                or "share" in msg.reason or "rate" in msg.reason:
+            return False
+        if sum(v[0] for v in msg.load.values()) != 0:
+            return False
+        advertised = sum(d.free_slots for d in st.advert.devices)
+        return advertised > self._slots_held_on(peer_id, but=msg.job_id)
+
+    def _slots_held_on(self, peer_id: str, but: str) -> int:
+        """Slots this coordinator holds on `peer_id`: one per job placed there outside a lease (`but` aside),
+        one per lease there (its jobs queue on its one slot)."""
+        leases = [lease for lease in self.leases.leases() if lease.peer_id == peer_id]
+        on_leases = set().union(*(lease.jobs for lease in leases)) if leases else set()
+        return len(self._by_peer.get(peer_id, set()) - on_leases - {but}) + len(leases)
 
     def on_lease(self, peer_id: str, msg: LeaseRenew, now: float) -> list[Action]:
         acts: list[Action] = []

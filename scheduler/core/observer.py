@@ -51,6 +51,9 @@ class CoordinatorObserver:
         """A slot lease event: acquired, direct (a job sent on one), idle / expired (given back), refused (the
         worker would not run a job on it), revoked (worker lost), lost (its stream broke)."""
 
+    def advert_lie(self, what: str) -> None:
+        """A peer's advert was caught lying (`capacity`: its claims keep finding none of the room it advertised)."""
+
 
 class WorkerObserver:
     def offer_answered(self, answer: str) -> None:

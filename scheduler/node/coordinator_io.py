@@ -24,7 +24,6 @@ from typing import Any
 
 import trio
 
-from mesh import metrics as mesh_metrics
 from mesh.advert import DeviceAdvert
 from mesh.membership import Event, Joined, Left
 from scheduler.core.coordinator_core import (
@@ -57,8 +56,6 @@ from worker.devices import Device
 
 log = logging.getLogger("gpumesh.scheduler")
 
-CAPACITY_LIE_PENALTY = 0.01  # per refused claim that a fresh advert said had room
-FRESH_LOAD_S = 2.0  # an advert this young shows the load its sender had (changes go out within ~0.1 s)
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
 SMALL_OUTPUT = 64 * 1024  # outputs up to this are also kept in memory a while, to answer with them inline
 SMALL_OUTPUTS_KEPT = 256
@@ -409,7 +406,6 @@ class CoordinatorIO:
         if isinstance(answer, Accept):
             await self._execute(self.core.on_accept(a.peer_id, answer, now))
         else:
-            self._check_capacity_claim(a.peer_id, answer, now)
             await self._execute(self.core.on_reject(a.peer_id, answer, now))
 
     def _open_lease(self, a: OpenLease) -> None:
@@ -446,19 +442,6 @@ class CoordinatorIO:
             self._tasks.start_soon(self._execute, self.core.lease_lost(a.lease_id, trio.current_time(), "closed"))
             return
         channel.send(a.offer)
-
-    def _check_capacity_claim(self, peer_id: str, answer: Any, now: float) -> None:
-        """A worker whose fresh advert shows free slots but whose claims keep finding none is lying about its
-        capacity (to attract work, or to look big): each such refusal costs a little standing."""
-        st = self.view.get(peer_id)
-        # "fresh": newer than a change takes to go out; not the refresh interval, which grows with the mesh
-        if st is None or peer_id == self.peer_id or now - st.last_seen > min(st.advert.interval_s, FRESH_LOAD_S):
-            return
-        advertised = sum(d.free_slots for d in st.advert.devices)
-        actual = sum(v[0] for v in answer.load.values()) if answer.load else None
-        if advertised > 0 and actual == 0 and "share" not in answer.reason and "rate" not in answer.reason:
-            self.view.adjust_standing(peer_id, -CAPACITY_LIE_PENALTY)
-            mesh_metrics.ADVERT_LIES.labels("capacity").inc()
 
     async def _send_cancel(self, a: SendCancel) -> None:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from mesh import metrics as mesh_metrics
 from scheduler.core.job import JobState, Priority
 from scheduler.core.observer import CoordinatorObserver, WorkerObserver
 
@@ -108,6 +109,9 @@ class PrometheusCoordinatorObserver(CoordinatorObserver):
 
     def lease(self, event: str) -> None:
         LEASES.labels(event).inc()
+
+    def advert_lie(self, what: str) -> None:
+        mesh_metrics.ADVERT_LIES.labels(what).inc()
 
 
 class PrometheusWorkerObserver(WorkerObserver):
