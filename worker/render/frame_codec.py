@@ -30,12 +30,16 @@ MAX_PIXELS = 4096 * 4096
 SAMPLE_BLOCK, SAMPLE_EVERY = 4096, 8  # key or delta is decided on every 8th 4 KiB block
 
 
-def _sampled_size(data: np.ndarray) -> int:
+def _sample(data: np.ndarray) -> np.ndarray:
+    """Every SAMPLE_EVERY-th SAMPLE_BLOCK of `data` (a strided view), or all of it when it is small."""
     n = data.size // SAMPLE_BLOCK
     if n < SAMPLE_EVERY:
-        return len(lz4.block.compress(data.tobytes(), store_size=False))
-    blocks = data[:n * SAMPLE_BLOCK].reshape(n, SAMPLE_BLOCK)[::SAMPLE_EVERY]
-    return len(lz4.block.compress(blocks.tobytes(), store_size=False))
+        return data
+    return data[:n * SAMPLE_BLOCK].reshape(n, SAMPLE_BLOCK)[::SAMPLE_EVERY]
+
+
+def _lz4_size(data: np.ndarray) -> int:
+    return len(lz4.block.compress(np.ascontiguousarray(data), store_size=False))
 
 
 class CodecError(ValueError):
@@ -67,24 +71,52 @@ def raw_bytes(rgba: np.ndarray, depth: np.ndarray) -> np.ndarray:
 
 
 class TileEncoder:
-    """One tile's sender side."""
+    """One tile's sender side. It writes each tile into one of two buffers it keeps (the other holds the previous
+    tile, the delta's base), so a tile costs no allocation beyond its payload."""
 
     def __init__(self) -> None:
         self._prev: np.ndarray | None = None
+        self._spare: np.ndarray | None = None
+        self._xor: np.ndarray | None = None
         self._seq = 0
+
+    def _raw(self, rgba: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """`raw_bytes(rgba, depth)`, written into the spare buffer."""
+        rgba = np.asarray(rgba)
+        depth = np.asarray(depth)
+        if rgba.dtype != np.uint8 or depth.dtype != np.float32 or rgba.size != 4 * depth.size:
+            return raw_bytes(rgba, depth)
+        n = rgba.size + 2 * depth.size
+        buf = self._spare if self._spare is not None and self._spare.size == n else np.empty(n, np.uint8)
+        self._spare = None
+        np.copyto(buf[:rgba.size].reshape(rgba.shape), rgba)
+        with np.errstate(over="ignore"):
+            np.copyto(buf[rgba.size:].view("<f2").reshape(depth.shape), depth, casting="same_kind")
+        return buf
 
     def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
         """The tile as a delta or a key tile, whichever compresses smaller on a sample of 1 block in
         SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
-        delta is larger than the tile itself; a still one sends almost nothing)."""
-        raw = raw_bytes(rgba, depth)
+        delta is larger than the tile itself; a still one sends almost nothing). The delta is computed in
+        full only when it is sent."""
+        raw = self._raw(rgba, depth)
         prev, self._prev = self._prev, raw
         self._seq += 1
+        payload: Any = raw
+        key = True
         if prev is not None and prev.shape == raw.shape:
-            xor = np.bitwise_xor(raw, prev)
-            if _sampled_size(xor) < _sampled_size(raw):
-                return EncodedTile(False, self._seq, int(raw.size), lz4.block.compress(xor.tobytes(), store_size=False))
-        return EncodedTile(True, self._seq, int(raw.size), lz4.block.compress(raw.tobytes(), store_size=False))
+            sample = _sample(raw)
+            xs = np.bitwise_xor(sample, _sample(prev))
+            if _lz4_size(xs) < _lz4_size(sample):
+                key = False
+                if sample is raw:  # a small tile: the sample was all of it
+                    payload = xs
+                else:
+                    if self._xor is None or self._xor.shape != raw.shape:
+                        self._xor = np.empty_like(raw)
+                    payload = np.bitwise_xor(raw, prev, out=self._xor)
+            self._spare = prev
+        return EncodedTile(key, self._seq, int(raw.size), lz4.block.compress(payload, store_size=False))
 
 
 class TileDecoder:
