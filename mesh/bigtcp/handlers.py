@@ -82,25 +82,29 @@ class HandlerTasks:
     async def _run(self, st: Stream) -> None:
         try:
             await self._handler(st)
-        except TransportError as e:
-            log.debug("stream %d from %s ended with %s", st.id, self._peer_id, e)
-            st.reset(f"handler: {e}", m.CODE_INTERNAL)
-        except Exception:
-            log.exception("stream handler failed (stream %d from %s)", st.id, self._peer_id)
-            st.reset("handler failed", m.CODE_INTERNAL)
         except trio.Cancelled:
             st.reset("cancelled", m.CODE_CANCEL)
             raise
         except BaseExceptionGroup as group:  # a handler's nursery: errors beside a cancellation stay here
             cancelled, failed = group.split(trio.Cancelled)
             if failed is not None:
-                if failed.split(TransportError)[1] is None:
-                    log.debug("stream %d from %s ended with %r", st.id, self._peer_id, failed)
-                else:
-                    log.error("stream handler failed (stream %d from %s)", st.id, self._peer_id, exc_info=failed)
-                st.reset("handler failed", m.CODE_INTERNAL)
+                self._failed(st, failed)
             if cancelled is not None:
                 st.reset("cancelled", m.CODE_CANCEL)
                 raise cancelled from None
+        except Exception as e:
+            self._failed(st, e)
         else:
             await st.aclose()
+
+    def _failed(self, st: Stream, e: BaseException) -> None:
+        """The handler failed: a transport error (the peer went, the stream broke) is routine; anything else a
+        bug, logged with its traceback. Either way only this stream ends."""
+        transport_only = isinstance(e, TransportError) or (
+            isinstance(e, BaseExceptionGroup) and e.split(TransportError)[1] is None)
+        if transport_only:
+            log.debug("stream %d from %s ended with %s", st.id, self._peer_id, e)
+            st.reset(f"handler: {e}", m.CODE_INTERNAL)
+        else:
+            log.error("stream handler failed (stream %d from %s)", st.id, self._peer_id, exc_info=e)
+            st.reset("handler failed", m.CODE_INTERNAL)

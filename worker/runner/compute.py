@@ -12,9 +12,9 @@ for a runner that stops answering: the build time limit + the spec's time limit 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-from collections import OrderedDict
 from typing import Any
 
 import msgpack
@@ -92,7 +92,7 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         return host.region(in_n, s.bytes_out)  # read back from the device straight into the arena
 
     host.doing("building the program")
-    res = await runner.run(parsed(host, args["spec"]), blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
+    res = await runner.run(parsed(args["spec"]), blobs, job_id=str(args.get("job_id", "")), checkpoint=host.checkpoint,
                            verified=True, out_buffer=outputs)
     body = res.wire_body()  # one definition of the result body (ComputeResult); the bytes are in the arena
     n = sum(o.array.nbytes for o in res.outputs)
@@ -104,27 +104,24 @@ MEMO_SPECS = 32
 MEMO_SPEC_BYTES = 64 << 10  # bigger specs (inline data) are parsed every time
 
 
-def parsed(host: Any, raw: Any) -> Any:
+def parsed(raw: Any) -> Any:
     """The spec the daemon sent (msgpack bytes), parsed: once per distinct spec in this runner (the same bytes are
-    the same spec). Only the parse is kept: `ComputeRunner.prepare` still validates it against the device's limits
-    for every job."""
+    the same spec; specs over MEMO_SPEC_BYTES, with inline data, every time). Only the parse is kept:
+    `ComputeRunner.prepare` still validates it against the device's limits for every job."""
     if not isinstance(raw, bytes):
         return raw  # a map: parsed (and validated) by `prepare`
-    memo: OrderedDict[bytes, ComputeSpec] = host.state.setdefault("compute_specs", OrderedDict())
-    s = memo.get(raw)
-    if s is not None:
-        memo.move_to_end(raw)
-        return s
+    return _parse_memo(raw) if len(raw) <= MEMO_SPEC_BYTES else _parse(raw)
+
+
+def _parse(raw: bytes) -> ComputeSpec:
     try:
         d = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as e:  # msgpack raises several types for garbage
         raise SpecError("", f"not msgpack: {e}") from None
-    s = parse_spec(d)
-    if len(raw) <= MEMO_SPEC_BYTES:
-        memo[raw] = s
-        while len(memo) > MEMO_SPECS:
-            memo.popitem(last=False)
-    return s
+    return parse_spec(d)
+
+
+_parse_memo = functools.lru_cache(maxsize=MEMO_SPECS)(_parse)  # a spec that fails to parse is not kept
 
 
 SETTLE_S = 200e-6
