@@ -63,11 +63,17 @@ def quantize_depth(depth: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(depth, np.float32).astype("<f2")
 
 
-def raw_bytes(rgba: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """The tile as one uint8 array: RGBA rows then half-float depth rows."""
+def raw_bytes(rgba: np.ndarray, depth: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The tile as one uint8 array: RGBA rows then half-float depth rows (`quantize_depth`), written into `out`
+    when it has that size (else a new array)."""
     c = np.ascontiguousarray(rgba, np.uint8).reshape(-1)
-    d = quantize_depth(depth).view(np.uint8).reshape(-1)
-    return np.concatenate([c, d])
+    d = np.ascontiguousarray(depth, np.float32).reshape(-1)
+    n = c.size + 2 * d.size
+    buf = out if out is not None and out.size == n else np.empty(n, np.uint8)
+    buf[:c.size] = c
+    with np.errstate(over="ignore"):
+        buf[c.size:].view("<f2")[:] = d  # the cast of quantize_depth, without its intermediate array
+    return buf
 
 
 class TileEncoder:
@@ -80,26 +86,12 @@ class TileEncoder:
         self._xor: np.ndarray | None = None
         self._seq = 0
 
-    def _raw(self, rgba: np.ndarray, depth: np.ndarray) -> np.ndarray:
-        """`raw_bytes(rgba, depth)`, written into the spare buffer."""
-        rgba = np.asarray(rgba)
-        depth = np.asarray(depth)
-        if rgba.dtype != np.uint8 or depth.dtype != np.float32 or rgba.size != 4 * depth.size:
-            return raw_bytes(rgba, depth)
-        n = rgba.size + 2 * depth.size
-        buf = self._spare if self._spare is not None and self._spare.size == n else np.empty(n, np.uint8)
-        self._spare = None
-        np.copyto(buf[:rgba.size].reshape(rgba.shape), rgba)
-        with np.errstate(over="ignore"):
-            np.copyto(buf[rgba.size:].view("<f2").reshape(depth.shape), depth, casting="same_kind")
-        return buf
-
     def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
         """The tile as a delta or a key tile, whichever compresses smaller on a sample of 1 block in
         SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
         delta is larger than the tile itself; a still one sends almost nothing). The delta is computed in
         full only when it is sent."""
-        raw = self._raw(rgba, depth)
+        raw, self._spare = raw_bytes(rgba, depth, out=self._spare), None
         prev, self._prev = self._prev, raw
         self._seq += 1
         payload: Any = raw
