@@ -63,7 +63,14 @@ from worker.opencl import run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
 from worker.render.frame_codec import BYTES_PER_PIXEL, TileEncoder
-from worker.render.kind import CACHE, MAX_SCENE_INPUT, CachedScene, decode_output, decode_scene, render_tile
+from worker.render.kind import (
+    CACHE,
+    MAX_SCENE_INPUT,
+    CachedScene,
+    decode_output,
+    decode_scene,
+    render_tile_view,
+)
 from worker.render.scene import content_hash
 from worker.runner.pool import RunnerError, RunnerLease
 
@@ -275,7 +282,7 @@ class RenderSessions:
 
         try:
             for i in range(WARMUP_FRAMES):  # the first builds the kernel and uploads the scene: not timed
-                *_, seconds = await render(cam_pose)
+                seconds = (await render(cam_pose))[2]  # no view of the arena kept
                 if i:
                     tile.times.observe(seconds)
         except RunnerError as e:
@@ -329,7 +336,10 @@ class RenderSessions:
                 tile.rendered(seconds)
                 SESSION_FRAME_SECONDS.observe(seconds)
                 t_enc = time.perf_counter()
-                enc = encoder.encode(rgba, depth)
+                try:
+                    enc = encoder.encode(rgba, depth)
+                finally:
+                    del rgba, depth  # views of the runner's arena (its next call reuses it)
                 encode_s = time.perf_counter() - t_enc
                 SESSION_FRAMES.labels("rendered").inc()
                 SESSION_BYTES.inc(len(enc.payload))
@@ -348,7 +358,8 @@ class RenderSessions:
     @staticmethod
     async def _render(handle: Any, entry: CachedScene, pose: Pose, tile: Tile) -> tuple[Any, Any]:
         if isinstance(handle, RunnerLease):
-            out = await render_tile(handle, None, entry, pose, tile, 1)
+            # straight from the arena: the encoder reads it before this lease's next call
+            out = await render_tile_view(handle, None, entry, pose, tile, 1)
             return decode_output(tile, out)
         if handle is None:
             return await trio.to_thread.run_sync(reference.render, entry.prepared(), pose, tile)

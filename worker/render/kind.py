@@ -472,7 +472,7 @@ def encode_output(rgba: np.ndarray, depth: np.ndarray) -> bytes:
     return np.ascontiguousarray(rgba, np.uint8).tobytes() + np.ascontiguousarray(depth, "<f4").tobytes()
 
 
-def decode_output(tile: Tile, output: bytes) -> tuple[np.ndarray, np.ndarray]:
+def decode_output(tile: Tile, output: bytes | memoryview) -> tuple[np.ndarray, np.ndarray]:
     """(rgba (h, w, 4) uint8, depth (h, w) float32) of a tile from result output bytes."""
     n = tile.w * tile.h
     if len(output) != n * OUTPUT_BYTES_PER_PIXEL:
@@ -858,6 +858,13 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
     a borrowed device; `band_s`: the longest stretch the executor was promised between two checkpoints, which
     lets the runner skip the round trip after bands that ran well under it; 0: after every band). Raises
     RunnerError subclasses."""
+    return bytes(await render_tile_view(lease, checkpoint, entry, pose, tile, n_bands, band_s))  # the one copy
+
+
+async def render_tile_view(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any,
+                           pose: Any, tile: Any, n_bands: int, band_s: float = 0.0) -> memoryview:
+    """`render_tile`'s output as the arena's own bytes, no copy: valid only until the lease's next call (which
+    reuses the arena), so the caller reads it and drops every view of it before that."""
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
@@ -880,5 +887,5 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
             held.clear()  # a guess gone stale costs one NoScene round trip
         if len(reply.outs) != 1 or len(reply.outs[0]) != out_n:  # the runner is not trusted
             raise lease.refuse(f"returned {[len(o) for o in reply.outs]} bytes, the tile has {out_n}")
-        return bytes(reply.outs[0])  # the one copy out of the arena (the runner's next call reuses it)
+        return reply.outs[0]
     raise AssertionError("unreachable")
