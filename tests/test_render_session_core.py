@@ -28,7 +28,14 @@ from scheduler.core.render_session import (
     split_frame,
 )
 from worker.render.camera import Pose, Tile
-from worker.render.frame_codec import BYTES_PER_PIXEL, CodecError, TileDecoder, TileEncoder, depth_tolerance
+from worker.render.frame_codec import (
+    BYTES_PER_PIXEL,
+    CodecError,
+    TileDecoder,
+    TileEncoder,
+    depth_tolerance,
+    quantize_depth,
+)
 
 POSE = {"position": [0.0, 1.0, 3.0], "orientation": [0.0, 0.0, 0.0, 1.0]}
 HASH = "ab" * 32
@@ -250,3 +257,17 @@ def test_the_gateway_passes_on_only_well_formed_tile_messages():
                 {k: v for k, v in good.items() if k != "tile"}):
         assert check_tile_item(bad, bound) is not None, bad
 
+
+
+def test_the_encoders_fast_half_float_conversion_matches_numpy_bit_for_bit():
+    rng = np.random.default_rng(7)
+    lo, inf = 0x38800000, 0x7F800000  # 2**-14 (the least normal half) .. +inf, as float32 bits
+    edges = [lo, inf, 0x3F800000, 0x3F801000, 0x3F803000, 0x3F800FFF, 0x477FE000, 0x477FEFFF, 0x477FF000, 0x47800000]
+    bits = np.concatenate([rng.integers(lo, inf + 1, 200_000, dtype=np.uint32), np.array(edges, np.uint32)])
+    for depth in (bits.view(np.float32), np.array([0.0, 1.0, np.nan, -2.0, 1e-6, np.inf], np.float32)):
+        w = depth.size // 2
+        rgba = rng.integers(0, 256, (1, 2 * w, 4), dtype=np.uint8)
+        d = depth[:2 * w].reshape(1, 2 * w)
+        t = TileEncoder().encode(rgba, d)  # the second case (zero, NaN, negative, tiny) goes through numpy
+        body = np.frombuffer(lz4.block.decompress(t.payload, uncompressed_size=t.raw_size), np.uint8)
+        np.testing.assert_array_equal(body[d.size * 4:].view("<u2"), quantize_depth(d).reshape(-1).view("<u2"))

@@ -63,14 +63,38 @@ def quantize_depth(depth: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(depth, np.float32).astype("<f2")
 
 
-def raw_bytes(rgba: np.ndarray, depth: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+_HALF_MIN_BITS, _INF_BITS = 0x38800000, 0x7F800000  # float32 bits of 2**-14 (the least normal half) and of +inf
+_REBIAS = np.uint32((0xFFF - (112 << 23)) & 0xFFFFFFFF)  # round-half bias, exponent 127 -> 15 (mod 2**32)
+
+
+def _half_into(depth: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> bool:
+    """`quantize_depth` written into `out` (<u2, bit-exact: round to nearest even, past 65504 and +inf -> +inf)
+    with integer arithmetic, which is faster than numpy's conversion, when every value is at least 2**-14 or
+    +inf (a depth: metres, +inf for no hit); False (nothing written) otherwise: numpy then converts."""
+    b = depth.reshape(-1).view(np.uint32)
+    if b.size == 0 or b.min() < _HALF_MIN_BITS or b.max() > _INF_BITS:  # zero, tiny, negative or NaN
+        return False
+    np.right_shift(b, 13, out=tmp)
+    np.bitwise_and(tmp, 1, out=tmp)  # round half to even: the bit that stays decides
+    np.add(tmp, b, out=tmp)
+    np.add(tmp, _REBIAS, out=tmp)
+    np.right_shift(tmp, 13, out=tmp)
+    np.minimum(tmp, 0x7C00, out=out, casting="unsafe")  # overflow and +inf -> +inf
+    return True
+
+
+def raw_bytes(rgba: np.ndarray, depth: np.ndarray, out: np.ndarray | None = None,
+              tmp: np.ndarray | None = None) -> np.ndarray:
     """The tile as one uint8 array: RGBA rows then half-float depth rows (`quantize_depth`), written into `out`
-    when it has that size (else a new array)."""
+    when it has that size (else a new array); `tmp` (uint32, one per depth value) lets the depth take the
+    integer conversion."""
     c = np.ascontiguousarray(rgba, np.uint8).reshape(-1)
     d = np.ascontiguousarray(depth, np.float32).reshape(-1)
     n = c.size + 2 * d.size
     buf = out if out is not None and out.size == n else np.empty(n, np.uint8)
     buf[:c.size] = c
+    if tmp is not None and tmp.size == d.size and _half_into(d, buf[c.size:].view("<u2"), tmp):
+        return buf
     with np.errstate(over="ignore"):
         buf[c.size:].view("<f2")[:] = d  # the cast of quantize_depth, without its intermediate array
     return buf
@@ -84,6 +108,7 @@ class TileEncoder:
         self._prev: np.ndarray | None = None
         self._spare: np.ndarray | None = None
         self._xor: np.ndarray | None = None
+        self._tmp: np.ndarray | None = None
         self._seq = 0
 
     def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
@@ -91,7 +116,9 @@ class TileEncoder:
         SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
         delta is larger than the tile itself; a still one sends almost nothing). The delta is computed in
         full only when it is sent."""
-        raw, self._spare = raw_bytes(rgba, depth, out=self._spare), None
+        if self._tmp is None or self._tmp.size != np.size(depth):
+            self._tmp = np.empty(np.size(depth), np.uint32)
+        raw, self._spare = raw_bytes(rgba, depth, out=self._spare, tmp=self._tmp), None
         prev, self._prev = self._prev, raw
         self._seq += 1
         payload: Any = raw
