@@ -30,6 +30,7 @@ from scheduler.core.render_session import (
 from worker.render.camera import Pose, Tile
 from worker.render.frame_codec import (
     BYTES_PER_PIXEL,
+    MAX_SKIP,
     CodecError,
     TileDecoder,
     TileEncoder,
@@ -271,3 +272,16 @@ def test_the_encoders_fast_half_float_conversion_matches_numpy_bit_for_bit():
         t = TileEncoder().encode(rgba, d)  # the second case (zero, NaN, negative, tiny) goes through numpy
         body = np.frombuffer(lz4.block.decompress(t.payload, uncompressed_size=t.raw_size), np.uint8)
         np.testing.assert_array_equal(body[d.size * 4:].view("<u2"), quantize_depth(d).reshape(-1).view("<u2"))
+
+
+def test_a_camera_that_stops_after_moving_sends_deltas_again_within_a_few_tiles():
+    enc, dec = TileEncoder(), TileDecoder()
+    moving = [rendered(1 + i % 2 * 98) for i in range(8)]
+    still = [rendered(99)] * (MAX_SKIP + 3)
+    keys = []
+    for rgba, depth in moving + still:
+        t = enc.encode(rgba, depth)
+        keys.append(t.key)
+        c, _ = dec.decode(t.header(), t.payload, 40, 30)
+        np.testing.assert_array_equal(c, rgba)
+    assert not all(keys[len(moving) + 1:len(moving) + MAX_SKIP + 2]), keys

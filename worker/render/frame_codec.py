@@ -28,6 +28,8 @@ import numpy as np
 BYTES_PER_PIXEL = 6  # RGBA8 + float16 depth, before compression
 MAX_PIXELS = 4096 * 4096
 SAMPLE_BLOCK, SAMPLE_EVERY = 4096, 8  # key or delta is decided on every 8th 4 KiB block
+MAX_SKIP = 3  # after the delta lost clearly, up to this many tiles go as key tiles without trying it again
+CLEAR_LOSS = 1.25  # the delta's sample compressed this much larger than the tile's: a moving camera
 
 
 def _sample(data: np.ndarray) -> np.ndarray:
@@ -110,12 +112,16 @@ class TileEncoder:
         self._xor: np.ndarray | None = None
         self._tmp: np.ndarray | None = None
         self._seq = 0
+        self._skip = 0  # tiles still to send as key tiles without trying the delta
+        self._backoff = 0  # the last skip (doubles while the delta keeps losing clearly, up to MAX_SKIP)
 
     def encode(self, rgba: np.ndarray, depth: np.ndarray) -> EncodedTile:
         """The tile as a delta or a key tile, whichever compresses smaller on a sample of 1 block in
         SAMPLE_EVERY (so one full compression per tile: a moving camera shifts every pixel and then the
         delta is larger than the tile itself; a still one sends almost nothing). The delta is computed in
-        full only when it is sent."""
+        full only when it is sent. While the camera moves (the delta's sample CLEAR_LOSS larger) the next 1,
+        2, then MAX_SKIP tiles go as key tiles without the trial: a camera that stops is sending deltas again
+        within MAX_SKIP + 1 tiles."""
         if self._tmp is None or self._tmp.size != np.size(depth):
             self._tmp = np.empty(np.size(depth), np.uint32)
         raw, self._spare = raw_bytes(rgba, depth, out=self._spare, tmp=self._tmp), None
@@ -123,10 +129,18 @@ class TileEncoder:
         self._seq += 1
         payload: Any = raw
         key = True
-        if prev is not None and prev.shape == raw.shape:
+        if prev is not None and prev.shape == raw.shape and self._skip:
+            self._skip -= 1
+            self._spare = prev
+        elif prev is not None and prev.shape == raw.shape:
             sample = _sample(raw)
             xs = np.bitwise_xor(sample, _sample(prev))
-            if _lz4_size(xs) < _lz4_size(sample):
+            delta_size, key_size = _lz4_size(xs), _lz4_size(sample)
+            if delta_size > CLEAR_LOSS * key_size:
+                self._backoff = self._skip = min(MAX_SKIP, 2 * self._backoff or 1)
+            else:
+                self._backoff = 0
+            if delta_size < key_size:
                 key = False
                 if sample is raw:  # a small tile: the sample was all of it
                     payload = xs
@@ -175,5 +189,5 @@ def depth_tolerance(depth: np.ndarray) -> np.ndarray:
     return np.abs(np.nan_to_num(depth, posinf=0.0)) * 2.0 ** -11
 
 
-__all__ = ["BYTES_PER_PIXEL", "CodecError", "EncodedTile", "TileDecoder", "TileEncoder", "depth_tolerance",
+__all__ = ["BYTES_PER_PIXEL", "MAX_SKIP", "CodecError", "EncodedTile", "TileDecoder", "TileEncoder", "depth_tolerance",
            "quantize_depth"]
