@@ -247,7 +247,7 @@ def test_the_decoder_refuses_bad_payloads_and_deltas_without_their_base():
 
 
 def test_the_gateway_passes_on_only_well_formed_tile_messages():
-    from scheduler.node.session_io import check_tile_item, tile_payload_bound
+    from scheduler.node.session_wire import check_tile_item, tile_payload_bound
 
     bound = tile_payload_bound(Tile(0, 0, 40, 30))
     good = {"f": 3, "tile": {"key": True, "seq": 1, "n": 7200}, "p": b"x" * 100, "render_ms": 1.0, "est_ms": 2.0}
@@ -285,3 +285,23 @@ def test_a_camera_that_stops_after_moving_sends_deltas_again_within_a_few_tiles(
         c, _ = dec.decode(t.header(), t.payload, 40, 30)
         np.testing.assert_array_equal(c, rgba)
     assert not all(keys[len(moving) + 1:len(moving) + MAX_SKIP + 2]), keys
+
+
+def test_a_session_ticket_opens_its_tile_once_while_it_lives_and_tickets_are_bounded():
+    from scheduler.node.session_attach import Tickets
+    tickets = Tickets(limit=2)
+    with tickets.issue("s1") as (t1, att1), tickets.issue("s2") as (t2, _):
+        assert t1 != t2 and len(tickets) == 2
+        with pytest.raises(SessionError) as e, tickets.issue("s3"):
+            pass
+        assert e.value.code == "limit"
+        name, _, secret = t1.partition(".")
+        for bad in [f"{name}.{secret[:-1]}", f"{name}.", name, t1 + "x", "", "é" * 10, b"x", None, 3, t1 * 3]:
+            with pytest.raises(SessionError):
+                tickets.redeem(bad)
+        assert tickets.redeem(t1) is att1 and att1.session == "s1"
+        with pytest.raises(SessionError):
+            tickets.redeem(t1)  # once
+    assert len(tickets) == 0 and att1.ended.is_set()
+    with pytest.raises(SessionError):
+        tickets.redeem(t2)  # its tile ended

@@ -4,9 +4,11 @@ counted; slots are released when the session closes and when its client dies; a 
 ends the session's frames with a reason naming it. Assertions are on events and counts: the deadlines here
 are far beyond any frame's cost, except where a frame is sent with no time left on purpose."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import trio_websocket
 
 from mesh.bigtcp.rpc import RpcError
 from mesh.waiting import until, wait_for
-from scheduler.client.client import Client, local_address
+from scheduler.client.client import Client, local_address, new_job
 from scheduler.client.realtime import SessionLost, open_session
 from scheduler.client.render_client import render_frame
 from scheduler.client.viewer import Viewer
@@ -65,14 +67,16 @@ def free_slots(node) -> float:
     return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("gpumesh_executor_free_slots{"))
 
 
-async def test_frames_arrive_and_equal_the_one_shot_render_and_the_reference(mesh):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "relayed"])
+async def test_frames_arrive_and_equal_the_one_shot_render_and_the_reference(mesh, direct):
     scene = example("spheres", W, H)
     prepared = reference.prepare(scene)
     poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 24)[::4]
     async with connect(mesh[0]) as c:
-        async with open_session(c, scene, fps=SLOW_FPS, deadline_ms=GENEROUS_MS, tiles=2,
+        async with open_session(c, scene, fps=SLOW_FPS, deadline_ms=GENEROUS_MS, tiles=2, direct=direct,
                                 peers=[mesh[1].peer_id, mesh[2].peer_id]) as s:
             assert sorted(s.workers) == sorted([mesh[1].peer_id, mesh[2].peer_id])
+            assert sorted(s.direct) == ([0, 1] if direct else []), "each remote tile's worker reached directly"
             assert all(0 < e < GENEROUS_MS for e in s.estimate_ms), "no measured frame time before admission"
             frames = [await s.render(p) for p in poses]
         for f in frames:
@@ -125,7 +129,7 @@ async def test_slots_are_held_during_a_session_and_released_when_it_closes(mesh)
 
 CLIENT = textwrap.dedent("""
     import sys, trio
-    from scheduler.client.client import Client, local_address
+    from scheduler.client.client import Client, local_address, new_job
     from scheduler.client.realtime import open_session
     from worker.render.samples import example
 
@@ -251,3 +255,92 @@ async def test_a_lost_gateway_releases_the_workers_slots(fresh_mesh):
                     await s.render(scene.camera.pose)
     await until(lambda: worker_sessions(worker) == 0 and free_slots(worker) == slots, 60,
                 "the worker to release the lost gateway's slot")
+
+
+async def test_a_session_mixes_a_tile_on_the_gateways_own_device_with_a_direct_one(mesh):
+    scene = example("spheres", W, H)
+    poses = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 24)[::6]
+    async with connect(mesh[0]) as c:
+        async with open_session(c, scene, fps=SLOW_FPS, deadline_ms=GENEROUS_MS, tiles=2,
+                                peers=[mesh[0].peer_id, mesh[1].peer_id]) as s:
+            mine = s.workers.index(mesh[0].peer_id)
+            assert sorted(s.direct) == [1 - mine], "the gateway's own tile is relayed, the other one direct"
+            frames = [await s.render(p) for p in poses]
+        for f in frames:
+            ref_rgba, _ = reference.render(reference.prepare(scene), f.pose)
+            assert not f.dropped, f.reason
+            assert (np.abs(f.rgba.astype(int) - ref_rgba.astype(int)).max(axis=-1) > 2).sum() <= max(1, W * H // 1000)
+    assert [t["rendered"] for t in s.ended["tiles"]] == [len(poses)] * 2
+
+
+async def _raw_session(c, scene, worker):
+    """A render.session opened by hand up to its ready answer: (call, ready)."""
+    from worker.render.kind import encode_scene
+    from worker.render.scene import content_hash
+    body = {"scene_hash": content_hash(scene), "width": W, "height": H, "tiles": 1, "fps": SLOW_FPS,
+            "deadline_ms": GENEROUS_MS, "peers": [worker.peer_id]}
+    cm = c.rpc.open("render.session", body, uploads=True)
+    call = await cm.__aenter__()
+    await call.send_bytes(encode_scene(scene))
+    await call.send({"scene": "end"})
+    first = await call.receive()
+    return cm, call, first["ready"]
+
+
+async def test_a_session_ticket_opens_its_tile_once_and_only_its_tile(mesh):
+    from mesh.bigtcp.rpc_client import MeshClient
+    worker = mesh[2]
+    scene = example("spheres", W, H)
+    refused = metric(worker, "gpumesh_render_sessions_refused_total", 'reason="ticket"')
+
+    def dial(offer):
+        return MeshClient.connect(offer["addr"], peer_id=offer["peer"], hello_extra=lambda *_: {"attach": "session"})
+
+    async with connect(mesh[0]) as c:
+        cm, call, ready = await _raw_session(c, scene, worker)
+        try:
+            offer = ready["attach"][0]
+            assert offer["peer"] == worker.peer_id and offer["addr"] == f"127.0.0.1:{worker.data_port}"
+            name, _, secret = offer["ticket"].partition(".")
+            async with dial(offer) as rpc:
+                for forged in [f"{name}.{'A' * len(secret)}", f"{'0' * len(name)}.{secret}", "x" * 5000, 7, None]:
+                    with pytest.raises(RpcError) as e:
+                        await rpc.call("render.attach", {"ticket": forged})
+                    assert e.value.code == "forbidden", forged
+                # the attach connection carries no token: every other method refuses it
+                job = {"job": new_job("echo", {"x": 1}).to_wire(trio.current_time())}
+                for method, body in [("job.list", {}), ("job.submit", job), ("mesh.peers", {}), ("peer.offer", {}),
+                                     ("peer.jobs", {}), ("render.session", {})]:
+                    with pytest.raises(RpcError) as e:
+                        await rpc.call(method, body)
+                    assert e.value.code in ("unauthenticated", "forbidden"), (method, e.value.code)
+                async with rpc.open("render.attach", {"ticket": offer["ticket"]}, uploads=True) as tile:
+                    await call.send({"attached": [0]})
+                    await tile.send({"f": 0, "pose": scene.camera.pose.to_dict(), "budget_ms": GENEROUS_MS})
+                    item = await tile.receive()
+                    assert item["f"] == 0 and isinstance(item["p"], bytes), sorted(item)
+                    with pytest.raises(RpcError) as e:  # used: the same ticket opens nothing twice
+                        await rpc.call("render.attach", {"ticket": offer["ticket"]})
+                    assert e.value.code == "forbidden"
+                    await tile.done_sending()
+                    assert await tile.receive() is None
+                    assert (await tile.result())["rendered"] == 1
+            await call.done_sending()
+            while await call.receive() is not None:
+                pass
+            assert (await call.result())["tiles"][0]["rendered"] == 1
+        finally:
+            await cm.__aexit__(None, None, None)
+    assert metric(worker, "gpumesh_render_sessions_refused_total", 'reason="ticket"') == refused + 6
+    await until(lambda: worker_sessions(worker) == 0, 60, "the tile to end")
+
+
+async def test_an_unreachable_worker_leaves_its_tile_relayed(mesh):
+    from scheduler.client import realtime
+    async with connect(mesh[0]) as c, contextlib.AsyncExitStack() as stack:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens there
+        offers = [{"addr": f"127.0.0.1:{port}", "peer": mesh[1].peer_id, "ticket": "a.b"}, None, {"addr": 3}]
+        assert await realtime._attach(stack, c, offers, 3) == {}

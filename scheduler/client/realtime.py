@@ -23,9 +23,10 @@ docs/render-sessions.md has the protocol and the limits.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ import numpy as np
 import trio
 
 from mesh.bigtcp.rpc import ClientCall, RpcError
+from mesh.bigtcp.rpc_client import MeshClient
+from mesh.bigtcp.transport import TransportError
 from scheduler.client.client import Client
 from scheduler.client.render_client import Frame, TileInfo, as_scene
 from scheduler.core.render_session import FrameAssembly, SessionError
@@ -41,8 +44,11 @@ from worker.render.frame_codec import CodecError, TileDecoder
 from worker.render.kind import encode_scene
 from worker.render.scene import Scene, content_hash
 
+log = logging.getLogger("gpumesh.render.session")
+
 CHUNK = 1 << 20
 WAY_ALPHA = 0.2
+ATTACH_TIMEOUT_S = 3.0  # to reach a tile's worker directly; past it the tile stays relayed by the gateway
 
 
 class SessionLost(Exception):
@@ -106,8 +112,10 @@ class RealtimeSession:
     """An open session (from `open_session`). `send(pose)` issues a frame now; `frames()` yields them in order;
     `render(pose)` does both for one frame; `stream(poses)` paces a sequence of poses at the session's fps."""
 
-    def __init__(self, call: ClientCall, scene: Scene, ready: dict[str, Any], fps: float, deadline_ms: float) -> None:
+    def __init__(self, call: ClientCall, scene: Scene, ready: dict[str, Any], fps: float, deadline_ms: float,
+                 direct: dict[int, ClientCall] | None = None) -> None:
         self._call = call
+        self.direct = dict(direct or {})  # tile index -> its stream to the worker itself (session_attach)
         self.scene = scene
         self.fps = fps
         self.deadline_ms = deadline_ms
@@ -129,6 +137,7 @@ class RealtimeSession:
         self._changed = trio.Event()
         self._waiters: dict[int, tuple[trio.Event, list[Frame]]] = {}
         self.way_s = 0.0  # measured time of a tile's way there and back, besides rendering (EWMA)
+        self._readers = 1 + len(self.direct)  # the gateway's stream and each direct one: frames end with the last
 
     # ---- sending ---------------------------------------------------------------------------------------------
     async def send(self, pose: Pose, *, budget_ms: float | None = None) -> int:
@@ -145,12 +154,19 @@ class RealtimeSession:
         self._building[i] = _Building(pose, now, np.zeros((h, w, 4), np.uint8), np.full((h, w), np.inf, np.float32))
         self._next += 1
         self._wake()
-        try:
-            await self._call.send({"f": i, "pose": pose.to_dict(),
-                                   "budget_ms": self._budget_ms() if budget_ms is None else float(budget_ms)})
-        except RpcError as e:
-            self._fail(f"the gateway went away: {e}")
-            raise SessionLost(self._lost) from None
+        msg = {"f": i, "pose": pose.to_dict(), "budget_ms": self._budget_ms() if budget_ms is None else float(budget_ms)}
+        for t, call in self.direct.items():
+            try:
+                await call.send(msg)
+            except RpcError as e:
+                self._fail(f"worker {self.workers[t]} went away: {e}")
+                raise SessionLost(self._lost) from None
+        if len(self.direct) < len(self.tiles):
+            try:
+                await self._call.send(msg)
+            except RpcError as e:
+                self._fail(f"the gateway went away: {e}")
+                raise SessionLost(self._lost) from None
         return i
 
     def _budget_ms(self) -> float:
@@ -234,6 +250,25 @@ class RealtimeSession:
         except (SessionError, CodecError, ValueError, KeyError, TypeError) as e:
             self._fail(f"bad message from the gateway: {e}")
         finally:
+            self._reader_done()
+
+    async def _direct_reader(self, t: int, call: ClientCall) -> None:
+        """Tile t's stream from its worker (frames sent there come back there, without a tile index)."""
+        try:
+            while (item := await call.receive()) is not None:
+                if isinstance(item, dict):
+                    self._on_item({**item, "t": t})
+            await call.result()
+        except RpcError as e:
+            self._fail(f"worker {self.workers[t]} lost: {e.code}: {e.message}")
+        except (SessionError, CodecError, ValueError, KeyError, TypeError) as e:
+            self._fail(f"bad message from worker {self.workers[t]}: {e}")
+        finally:
+            self._reader_done()
+
+    def _reader_done(self) -> None:
+        self._readers -= 1
+        if self._readers == 0:
             if not self._lost:
                 self._fail("the session ended")
             self._send_done.close()
@@ -316,13 +351,37 @@ async def _aiter(poses: Iterable[Pose] | AsyncIterable[Pose]) -> AsyncIterator[P
             yield p
 
 
+async def _attach(stack: AsyncExitStack, client: Client, offers: Any, tiles: int) -> dict[int, ClientCall]:
+    """Open render.attach on each tile's worker the gateway offered (scheduler/node/session_attach.py): a
+    connection pinned to the worker's peer id, the ticket on one stream. A worker this client cannot reach in
+    ATTACH_TIMEOUT_S, or that refuses, leaves its tile relayed by the gateway."""
+    direct: dict[int, ClientCall] = {}
+    if not isinstance(offers, list):
+        return direct
+    for t, offer in enumerate(offers[:tiles]):
+        if not isinstance(offer, dict) or not all(isinstance(offer.get(k), str) for k in ("addr", "peer", "ticket")):
+            continue
+        try:
+            rpc = await stack.enter_async_context(MeshClient.connect(
+                offer["addr"], peer_id=offer["peer"], insecure=client.rpc.transport.insecure,
+                hello_extra=lambda _local, _remote: {"attach": "session"}, handshake_timeout=ATTACH_TIMEOUT_S))
+            direct[t] = await stack.enter_async_context(rpc.open("render.attach", {"ticket": offer["ticket"]},
+                                                                 uploads=True))
+        except (OSError, TransportError, RpcError, ValueError) as e:
+            log.info("tile %d: worker %s not reached directly at %s (%s): its frames go through the gateway",
+                     t, offer["peer"], offer["addr"], e)
+    return direct
+
+
 @asynccontextmanager
 async def open_session(client: Client, scene: Scene | dict[str, Any], *, fps: float = 30.0,
                        deadline_ms: float = 33.0, tiles: int = 1, peers: list[str] | None = None,
-                       ) -> AsyncIterator[RealtimeSession]:
+                       direct: bool = True) -> AsyncIterator[RealtimeSession]:
     """Open a real-time render session (see the module doc). Raises RpcError when the gateway refuses it
     (code "deadline": the measured frame time cannot make `deadline_ms`; "unavailable": not enough devices with
-    a free slot; "limit": this token has too many sessions open)."""
+    a free slot; "limit": this token has too many sessions open). With `direct` (the default), the client
+    reaches each tile's worker itself when it can (one hop each way instead of two through the gateway);
+    `direct=False` keeps every frame on the gateway's stream."""
     sc = as_scene(scene)
     body: dict[str, Any] = {"scene_hash": content_hash(sc), "width": sc.camera.width, "height": sc.camera.height,
                             "tiles": int(tiles), "fps": float(fps), "deadline_ms": float(deadline_ms)}
@@ -337,22 +396,30 @@ async def open_session(client: Client, scene: Scene | dict[str, Any], *, fps: fl
         if not isinstance(first, dict) or not isinstance(first.get("ready"), dict):
             await call.result()  # raises the refusal
             raise SessionLost(f"the gateway answered {first!r:.200} instead of ready")
-        session = RealtimeSession(call, sc, first["ready"], fps, deadline_ms)
-        with _one_error():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(session._reader)
-                nursery.start_soon(session._timer)
-                try:
-                    yield session
-                finally:
-                    with trio.CancelScope(shield=True), trio.move_on_after(10):
-                        if not session._lost:
-                            try:
-                                await call.done_sending()
-                            except RpcError:
-                                pass
-                            await _drain(session)
-                    nursery.cancel_scope.cancel()
+        ready = first["ready"]
+        async with AsyncExitStack() as stack:  # the direct tiles' connections, closed before the session
+            attached = await _attach(stack, client, ready.get("attach"), len(ready.get("tiles", []))) if direct else {}
+            if attached:
+                await call.send({"attached": sorted(attached)})
+            session = RealtimeSession(call, sc, ready, fps, deadline_ms, attached)
+            with _one_error():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(session._reader)
+                    for t, tile_call in attached.items():
+                        nursery.start_soon(session._direct_reader, t, tile_call)
+                    nursery.start_soon(session._timer)
+                    try:
+                        yield session
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(10):
+                            if not session._lost:
+                                for tile_call in [*attached.values(), call]:  # the tiles' frames end, then the session
+                                    try:
+                                        await tile_call.done_sending()
+                                    except RpcError:
+                                        pass
+                                await _drain(session)
+                        nursery.cancel_scope.cancel()
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

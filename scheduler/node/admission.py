@@ -22,7 +22,7 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "peer" | "client"
+    kind: str  # "peer" | "client" | "session" (a render session's client attached to a tile's worker)
     token: TokenRecord | None = None
     refusal: str = ""  # a client whose token failed: every call answers with this reason
 
@@ -56,6 +56,10 @@ class Admission:
             except TokenError as e:
                 mesh_metrics.PEERS_REFUSED.labels("client").inc()
                 return Principal("client", None, str(e))
+        if extra.get("attach") == "session":
+            # a render session's client dialing a tile's worker directly (session_attach): no token here, only
+            # render.attach with the one-use ticket its gateway gave it; every other method refuses it
+            return Principal("session")
         if self.allow is not None and peer_id not in self.allow:
             self._refuse(peer_id, "it is not on this mesh's allow list (--allow-peers)")
         if self.psk and not outbound:

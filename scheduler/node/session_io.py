@@ -1,15 +1,20 @@
 """Real-time render sessions, the trio side (the pure part is scheduler/core/render_session.py).
 
-Two RPC methods, each one long call on one held stream:
+Three RPC methods, each one long call on one held stream:
 
 - `render.session` (client -> gateway, scope `submit`): the request (`SessionRequest`), then the scene's bytes
   as data frames and `{"scene": "end"}`; the gateway chooses one device per tile (distinct hosts first),
   opens `peer.render_session` on each (the node's own device through an in-process pipe, no network hop),
-  forwards the scene, and answers `{"ready": {...}}`. Then each frame is one item `{f, pose, budget_ms}` from
-  the client, forwarded to every tile's worker, and each tile comes back as one item `{f, t, tile, p, ...}`
+  forwards the scene, and answers `{"ready": {...}}`, with for each remote tile where its worker may be reached
+  directly (`attach`: address, peer id, ticket; see session_attach). Then each frame is one item
+  `{f, pose, budget_ms}` from the client, forwarded to every tile's worker the client did not attach to
+  (`{"attached": [tile, ...]}` says which it did), and each tile comes back as one item `{f, t, tile, p, ...}`
   (`p`: the `frame_codec` payload) or `{f, t, drop}`. The client ending its uploads ends the session
   (final answer: the per-tile counts); the client going away cancels it; a worker lost mid-session is told
   to the client (`{"lost": ...}`) and ends the call with `worker_lost`.
+- `render.attach` (client -> worker, with a ticket): that tile's frames `{f, pose, budget_ms}` straight from
+  the client and its tiles `{f, tile, p, ...}` or `{f, drop}` straight back, one hop each way; the answer is
+  the tile's counts. The gateway still holds the session: its end or loss ends the tile.
 - `peer.render_session` (gateway -> worker, peers only): one tile. The worker reserves a slot on one of its
   devices (`Executor.reserved_slot`: no job gets it until the session ends), keeps a runner leased with the
   scene uploaded, renders warm-up frames to measure its frame time, refuses the session when that cannot
@@ -29,7 +34,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 from prometheus_client import Counter, Gauge, Histogram
@@ -57,15 +62,24 @@ from scheduler.core.render_session import (
     split_frame,
 )
 from scheduler.node.links import LinkError, PeerLinks, RemoteLink
+from scheduler.node.session_attach import Attachment, Tickets, ticket_of
+from scheduler.node.session_wire import (
+    Duplex,
+    Pipe,
+    check_tile_item,
+    flat_errors,
+    receive_scene,
+    rpc_error,
+    tile_payload_bound,
+)
 from worker.executor import Executor, Saturated
 from worker.kinds import SpecError
 from worker.opencl import run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
-from worker.render.frame_codec import BYTES_PER_PIXEL, TileEncoder
+from worker.render.frame_codec import TileEncoder
 from worker.render.kind import (
     CACHE,
-    MAX_SCENE_INPUT,
     CachedScene,
     decode_output,
     decode_scene,
@@ -92,117 +106,6 @@ SESSION_FRAME_SECONDS = Histogram("gpumesh_render_session_frame_seconds", "Rende
                                   buckets=(0.001, 0.002, 0.005, 0.01, 0.016, 0.025, 0.033, 0.05, 0.1, 0.25, 1))
 
 
-class Duplex(Protocol):
-    async def send(self, item: dict[str, Any]) -> None: ...
-
-    async def receive(self) -> Any: ...
-
-
-class Pipe:
-    """One end of an in-process duplex (the gateway's own worker: no network hop)."""
-
-    def __init__(self, tx: trio.MemorySendChannel[Any], rx: trio.MemoryReceiveChannel[Any]) -> None:
-        self._tx, self._rx = tx, rx
-
-    @staticmethod
-    def pair(size: int = 16) -> tuple[Pipe, Pipe]:
-        a_tx, a_rx = trio.open_memory_channel[Any](size)
-        b_tx, b_rx = trio.open_memory_channel[Any](size)
-        return Pipe(a_tx, b_rx), Pipe(b_tx, a_rx)
-
-    async def send(self, item: dict[str, Any]) -> None:
-        try:
-            await self._tx.send(item)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise SessionError("unavailable", "the other end of the session went away") from None
-
-    async def receive(self) -> Any:
-        try:
-            return await self._rx.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return None
-
-    async def done_sending(self) -> None:
-        await self._tx.aclose()
-
-    def close(self) -> None:
-        self._tx.close()
-        self._rx.close()
-
-
-async def _receive_scene(io: Duplex, limit: int = MAX_SCENE_INPUT) -> bytes:
-    """Scene bytes uploaded as data frames up to `{"scene": "end"}` (bounded)."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        item = await io.receive()
-        if item is None:
-            raise SessionError("bad_request", "the session ended before its scene")
-        if isinstance(item, bytes | bytearray):
-            size += len(item)
-            if size > limit:
-                raise SessionError("bad_request", f"the scene is larger than {limit} bytes")
-            parts.append(bytes(item))
-        elif isinstance(item, dict) and item.get("scene") == "end":
-            return b"".join(parts)
-        else:
-            raise SessionError("bad_request", "expected the scene's bytes, then {scene: end}")
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException | None:
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            inner = _first_error(e)
-            if inner is not None:
-                return inner
-        elif isinstance(e, SessionError | RpcError):
-            return e
-    return None
-
-
-@contextmanager
-def flat_errors() -> Iterator[None]:
-    """A session's SessionError or RpcError out of a nursery as itself (not inside an exception group)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        first = _first_error(group)
-        if first is None:
-            raise
-        raise first from None
-
-
-def _rpc_error(e: SessionError) -> RpcError:
-    return RpcError(e.code, e.message)
-
-
-TILE_ITEM_KEYS = {"f", "tile", "p", "render_ms", "est_ms", "wait_ms", "encode_ms", "drop"}
-
-
-def tile_payload_bound(tile: Tile) -> int:
-    """The most bytes an honest tile payload can take (LZ4's worst case on the raw tile)."""
-    raw = tile.w * tile.h * BYTES_PER_PIXEL
-    return raw + raw // 255 + 64
-
-
-def check_tile_item(item: dict[str, Any], max_payload: int) -> str | None:
-    """Why a worker's tile message is not what the protocol says (None: it is)."""
-    extra = set(item) - TILE_ITEM_KEYS
-    if extra:
-        return f"unexpected fields {sorted(extra)[:4]}"
-    f = item.get("f")
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        return "a tile message without its frame index"
-    if "drop" in item:
-        return None if isinstance(item["drop"], str) and len(item["drop"]) <= 1024 else "a malformed drop"
-    p = item.get("p")
-    if not isinstance(p, bytes) or len(p) > max_payload or not isinstance(item.get("tile"), dict):
-        return f"a tile payload that is not 0..{max_payload} bytes with its header"
-    if any(not isinstance(item.get(k, 0.0), int | float) for k in ("render_ms", "est_ms", "wait_ms", "encode_ms")):
-        return "non-numeric timings"
-    return None
-
-
 class RenderSessions:
     """Both halves of render sessions on one node: the gateway (client-facing) and the worker (peer-facing)."""
 
@@ -215,10 +118,12 @@ class RenderSessions:
         self._require = require
         self.tenants = TenantSessions(MAX_SESSIONS_PER_TENANT)
         self.coordinators = TenantSessions(MAX_SESSIONS_PER_COORDINATOR)
+        self.tickets = Tickets()
 
     def register(self, rpc: RpcServer) -> None:
         rpc.register("render.session", self._client_session)
         rpc.register("peer.render_session", self._peer_tile)
+        rpc.register("render.attach", self._attach)
 
     # ================================================================ worker: one tile of a session
     async def _peer_tile(self, call: Call) -> dict[str, Any]:
@@ -228,7 +133,7 @@ class RenderSessions:
         try:
             return await self.serve_tile(call, call.peer_id, call.body)
         except SessionError as e:
-            raise _rpc_error(e) from None
+            raise rpc_error(e) from None
 
     async def serve_tile(self, io: Duplex, owner: str, body: Any) -> dict[str, Any]:
         """One tile of a session for gateway `owner`, over `io` (see the module doc). Returns the counts."""
@@ -237,7 +142,7 @@ class RenderSessions:
         SESSIONS.labels("worker").inc()
         try:
             with trio.fail_after(OPEN_TIMEOUT_S):
-                entry = await self._scene(await _receive_scene(io), req)
+                entry = await self._scene(await receive_scene(io), req)
             try:
                 async with self.executor.reserved_slot(f"session:{owner}:{req.session}") as (device, handle):
                     return await self._run_tile(io, req, entry, device, handle)
@@ -291,28 +196,66 @@ class RenderSessions:
         if why is not None:
             SESSION_REFUSED.labels("deadline").inc()
             raise SessionError("deadline", f"device {device.id}: {why}")
-        await io.send({"ready": {"device": device.id, "estimate_ms": tile.times.estimate_s() * 1000}})
+        with self._ticket(io, req) as (ticket, attachment):
+            ready = {"device": device.id, "estimate_ms": tile.times.estimate_s() * 1000}
+            if ticket is not None:
+                ready["attach"] = ticket
+            await io.send({"ready": ready})
+            counts = await self._frames(io, attachment, req, tile, encoder, render, device)
+            if attachment is not None:
+                attachment.result = counts
+        await io.send({"end": counts})
+        return counts
+
+    @contextmanager
+    def _ticket(self, io: Duplex, req: TileOpen) -> Iterator[tuple[str | None, Attachment | None]]:
+        """A direct-attach ticket for a tile a remote gateway holds (session_attach); none for this node's own
+        gateway, whose client is connected here already."""
+        if isinstance(io, Pipe):
+            yield None, None
+            return
+        with self.tickets.issue(req.session) as (ticket, attachment):
+            yield ticket, attachment
+
+    async def _frames(self, io: Duplex, attachment: Attachment | None, req: TileOpen, tile: WorkerTile,
+                      encoder: TileEncoder, render: Callable[[Pose], Any], device: Any) -> dict[str, Any]:
+        """Render the session's frames until its frames end: from the gateway (`io`), or from the client once it
+        attached (`attachment`), whose stream then takes the tiles back too. Returns the tile's counts."""
         wake = trio.Event()
         lock = trio.Lock()
         ended = False
+        out: Duplex = io  # where tiles go: the gateway, or the attached client
 
         async def send(item: dict[str, Any]) -> None:
             async with lock:
-                await io.send(item)
+                await out.send(item)
 
         async def send_drop(d: Drop) -> None:
             SESSION_FRAMES.labels(f"dropped_{d.reason}").inc()
             await send({"f": d.index, "drop": f"{d.reason}: {d.detail}"})
 
-        async def reader() -> None:
+        async def reader(source: Duplex) -> None:
             nonlocal wake, ended
-            while (item := await io.receive()) is not None:
+            while (item := await source.receive()) is not None:
+                if source is not out:  # relayed by the gateway after the client attached: the client's own wins
+                    continue
                 frame = parse_frame(item, req.deadline_ms)
                 for d in tile.arrive(frame, trio.current_time()):
                     await send_drop(d)
                 wake.set()
-            ended = True
+            ended = True  # the gateway ended the session, or the attached client its frames
             wake.set()
+
+        async def attached() -> None:
+            nonlocal out
+            assert attachment is not None
+            try:
+                client = await attachment.handoff_rx.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            async with lock:
+                out = client
+            await reader(client)
 
         async def renderer() -> None:
             nonlocal wake
@@ -349,11 +292,28 @@ class RenderSessions:
 
         with flat_errors():
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(reader)
-                nursery.start_soon(renderer)
-        counts = {"device": device.id, **tile.counts()}
-        await send({"end": counts})
-        return counts
+                nursery.start_soon(reader, io)
+                if attachment is not None:
+                    nursery.start_soon(attached)
+                await renderer()
+                nursery.cancel_scope.cancel()  # the other frame source, if any, has nothing left to say
+        return {"device": device.id, **tile.counts()}
+
+    async def _attach(self, call: Call) -> dict[str, Any]:
+        """render.attach (a session's client, dialed with {"attach": "session"} in its HELLO): the tile its ticket
+        opens takes frames from this stream and sends its tiles back on it until the tile ends (the answer:
+        its counts)."""
+        try:
+            attachment = self.tickets.redeem(call.body.get("ticket") if isinstance(call.body, dict) else None)
+        except SessionError as e:
+            SESSION_REFUSED.labels("ticket").inc()
+            raise rpc_error(e) from None
+        try:
+            attachment.handoff_tx.send_nowait(call)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RpcError("unavailable", "the session's tile has ended") from None
+        await attachment.ended.wait()
+        return attachment.result
 
     @staticmethod
     async def _render(handle: Any, entry: CachedScene, pose: Pose, tile: Tile) -> tuple[Any, Any]:
@@ -377,14 +337,14 @@ class RenderSessions:
             self.tenants.open(tenant, sid)
         except SessionError as e:
             SESSION_REFUSED.labels(e.code).inc()
-            raise _rpc_error(e) from None
+            raise rpc_error(e) from None
         SESSIONS.labels("gateway").inc()
         try:
             with flat_errors():
                 return await self._gateway(call, req, sid)
         except SessionError as e:
             SESSION_REFUSED.labels(e.code).inc()
-            raise _rpc_error(e) from None
+            raise rpc_error(e) from None
         finally:
             SESSIONS.labels("gateway").dec()
             self.tenants.close(tenant, sid)
@@ -404,7 +364,7 @@ class RenderSessions:
         return out
 
     async def _gateway(self, call: Call, req: SessionRequest, sid: str) -> dict[str, Any]:
-        scene = await _receive_scene(call)
+        scene = await receive_scene(call)
         chosen = choose_devices(self._candidates(req), req.tiles)
         if len(chosen) < req.tiles:
             raise SessionError("unavailable", f"{req.tiles} tile(s) asked for, {len(chosen)} peer(s) with a device "
@@ -425,18 +385,23 @@ class RenderSessions:
             await call.send({"ready": {"session": sid, "tiles": [t.to_dict() for t in tiles],
                                        "workers": [lk.peer_id for lk in links],
                                        "devices": [lk.device for lk in links],
-                                       "estimate_ms": [lk.estimate_ms for lk in links]}})
+                                       "estimate_ms": [lk.estimate_ms for lk in links],
+                                       "attach": [self._attach_info(lk) for lk in links]}})
+            relayed = list(links)  # tiles whose frames go through here (the client attached to none yet)
             while (item := await call.receive()) is not None:
+                if isinstance(item, dict) and "attached" in item:
+                    relayed = _still_relayed(relayed, item["attached"])
+                    continue
                 frame = parse_frame(item, req.deadline_ms)
-                if frames - min(lk.answered for lk in links) >= MAX_AHEAD:  # a flooding client costs workers nothing
+                if relayed and frames - min(lk.answered for lk in relayed) >= MAX_AHEAD:  # a flooding client costs workers nothing
                     SESSION_REFUSED.labels("overrun").inc()
-                    for link in links:
+                    for link in relayed:
                         await call.send({"f": frame.index, "t": link.index,
                                          "drop": f"overrun: {MAX_AHEAD} frames in flight at the gateway"})
                     continue
                 frames += 1
                 msg = {"f": frame.index, "pose": frame.pose.to_dict(), "budget_ms": frame.budget_ms}
-                for link in links:
+                for link in relayed:
                     await link.send(msg)
             for link in links:
                 await link.done_sending()
@@ -444,6 +409,21 @@ class RenderSessions:
             if link.error is not None:
                 raise SessionError("worker_lost", f"tile {link.index} on {link.peer_id}: {link.error.message}")
         return {"session": sid, "frames": frames, "tiles": [lk.counts for lk in links]}
+
+    def _attach_info(self, link: TileLink) -> dict[str, Any] | None:
+        """Where and how the client may reach a tile's worker directly (session_attach), or None."""
+        peer = self.view.get(link.peer_id) if link.ticket is not None else None
+        if peer is None or not peer.advert.data_addr:
+            return None
+        return {"addr": peer.advert.data_addr, "peer": link.peer_id, "ticket": link.ticket}
+
+
+def _still_relayed(relayed: list[TileLink], attached: Any) -> list[TileLink]:
+    """The client said which tiles it attached to (their frames stop going through the gateway)."""
+    if not isinstance(attached, list) or len(attached) > len(relayed) + 64 or \
+            any(isinstance(t, bool) or not isinstance(t, int) for t in attached):
+        raise SessionError("bad_request", "attached is a list of tile indexes")
+    return [lk for lk in relayed if lk.index not in attached or lk.ticket is None]
 
 
 class TileLink:
@@ -460,6 +440,7 @@ class TileLink:
         self.counts: dict[str, Any] = {}
         self.error: SessionError | None = None
         self.answered = 0  # frames the worker answered (a tile or a drop): the rest are in flight
+        self.ticket: str | None = None  # the worker's direct-attach ticket (session_attach), if it gave one
         self._io: Any = None
 
     async def run(self, scene: bytes, client: Call, session_scope: trio.CancelScope, *,
@@ -510,6 +491,7 @@ class TileLink:
         self.device = str(first["ready"].get("device", ""))
         est = first["ready"].get("estimate_ms")
         self.estimate_ms = float(est) if isinstance(est, int | float) else math.inf
+        self.ticket = None if local else ticket_of(first["ready"].get("attach"))
         task_status.started()
         max_payload = tile_payload_bound(self.req.tile)
         while (item := await self._next()) is not None:
