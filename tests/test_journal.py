@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from scheduler.core.coordinator_core import CoordinatorCore, SendOffer
+from scheduler.core.coordinator_core import CoordinatorCore, JournalFinish, SendOffer
 from scheduler.core.job import Accept, Job, JobState, Result
 from scheduler.core.placement import Placer
-from scheduler.node.journal import Journal, JournalError
+from scheduler.node.journal import Journal, JournalError, JournalOutput
 from tests.test_coordinator_core import H
 
 
@@ -80,6 +80,35 @@ def test_newer_schema_refused(tmp_path):
     db.close()
     with pytest.raises(JournalError, match="schema version 99"):
         Journal(path)
+
+
+def test_a_small_output_is_kept_with_its_finish_record(tmp_path):
+    wall = Wall()
+    j = Journal.open_in(tmp_path, wall=wall)
+    j.record_job(Job("echo", job_id="j1"), 0.0, 0.0)
+    j.record_job(Job("echo", job_id="j2"), 0.0, 0.0)
+    res = Result(job_id="j1", attempt=1, ok=True, body={}, worker="w")
+    assert j.apply([JournalFinish("j1", JobState.DONE, "", res, 1.0), JournalOutput("j1", b"\x00out")], 1.0) == 2
+    j.close()
+    j = Journal.open_in(tmp_path, wall=wall)  # reopened: the output is there, beside its finish record
+    assert j.output("j1") == b"\x00out" and j.get("j1", 1.0).state is JobState.DONE
+    assert j.output("j2") is None and j.output("nope") is None
+    j.close()
+
+
+def test_a_version_1_journal_gains_the_output_column(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("""CREATE TABLE jobs (job_id TEXT PRIMARY KEY, job BLOB NOT NULL, written_wall REAL NOT NULL,
+        submitted_wall REAL NOT NULL, state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        attempt INTEGER NOT NULL DEFAULT 0, failures BLOB, result BLOB, finished_wall REAL);
+        PRAGMA user_version=1;""")
+    db.close()
+    j = Journal(path)
+    j.record_job(Job("echo", job_id="old"), 0.0, 0.0)
+    j.apply([JournalOutput("old", b"x")], 0.0)
+    assert j.output("old") == b"x" and j.get("old", 0.0).state is JobState.SUBMITTED
+    j.close()
 
 
 def test_committed_jobs_survive_kill_9(tmp_path):

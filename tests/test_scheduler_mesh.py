@@ -14,6 +14,7 @@ import pytest
 
 from scheduler.client.client import SyncClient, local_address
 from scheduler.devtools.localmesh import make_nodes, running_mesh, sees_all, start_mesh, start_nodes, wait_for
+from scheduler.node.outputs import SMALL_OUTPUT
 
 FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]  # a long ttl: loaded CI machines deliver gossip late
 
@@ -84,10 +85,12 @@ def test_coordinator_kill_9_keeps_jobs_and_results(tmp_path):
         with client_of(coord) as c:
             done = c.run("echo", {"n": 7}, job_id="kept-result", input=b"output bytes")
             assert done.body["echo"] == {"n": 7} and done.output == b"output bytes"
-            lost = c.run("echo", {"n": 8}, job_id="file-gone", input=b"x")
+            lost = c.run("echo", {"n": 8}, job_id="file-gone", input=os.urandom(SMALL_OUTPUT + 1))
             c.submit("sleep", {"seconds": 2.0}, job_id="resumed-job")
         coord.proc.send_signal(signal.SIGKILL)
         coord.proc.wait()
+        # a small output is kept in the journal, not as a file: it is served from there after the restart
+        assert not [p for p in (coord.data_dir / "results").iterdir() if p.read_bytes() == done.output]
         # a finished job whose output file went missing (the disk, an operator) must still answer, not hang
         outputs = [p for p in (coord.data_dir / "results").iterdir() if p.read_bytes() == lost.output]
         assert len(outputs) == 1

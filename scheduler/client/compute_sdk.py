@@ -247,6 +247,7 @@ class AsyncMesh:
         self._peers: list[dict[str, Any]] | None = None
         self._peers_at = -math.inf
         self._avoid_supported: bool | None = None  # does the scheduler take the avoid_peers requirement?
+        self._prechecked: tuple[Any, Any] | None = None  # (spec, peers) of the last job that passed _precheck
 
     @classmethod
     @asynccontextmanager
@@ -473,7 +474,13 @@ class AsyncMesh:
         """Refuse, before any transfer, a job whose buffers exceed every OpenCL device the mesh advertises
         (`BufferTooLarge`), or that no advertised device can launch (`ComputeRefused`, code `device_limits`:
         work-group sizes and `reqd_work_group_size` against each device's maximum, non-uniform work-groups, local
-        memory, largest allocation, fp64; the message is the closest device's refusal, naming the field)."""
+        memory, largest allocation, fp64; the message is the closest device's refusal, naming the field).
+        A job run again (the same spec object) against the same cached peer list passed already: not checked
+        again (the check is advisory: the coordinator validates every job, also one whose spec was edited)."""
+        passed = self._prechecked
+        if passed is not None and passed[0] is job.spec and passed[1] is self._peers \
+                and trio.current_time() - self._peers_at <= PEERS_TTL_S:
+            return
         spec = parse_spec(job.spec)
         req = spec.requirements()
         need = req.min_memory_bytes
@@ -496,6 +503,7 @@ class AsyncMesh:
         for d in fit:
             try:
                 validate(spec, d)
+                self._prechecked = (job.spec, peers)
                 return
             except SpecError as err:
                 refusals.append((d, err))

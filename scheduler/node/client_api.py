@@ -203,9 +203,11 @@ class ClientAPI:
             return {"id": job_id, "state": state.value, "reason": reason, "final": False}
         out = outcome_answer(job_id, state, reason, result)
         if result is not None and result.output_size:
-            small = await self.coordinator.small_output(job_id, result.output_size) if inline_output else None
-            if small is not None:
+            small = await self.coordinator.small_output(job_id, result.output_size)
+            if small is not None and inline_output:
                 out["output"] = small
+            elif small is not None:
+                await call.send_bytes(small)
             else:
                 path = self.coordinator.output_path(job_id)
                 if path.exists():

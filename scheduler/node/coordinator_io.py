@@ -6,7 +6,8 @@ changes, time). It is the `CoordinatorInbox` of its node: workers, remote or thi
 loopback link, report here. It never calls the worker I/O.
 
 Inputs larger than the inline limit are spooled (data_dir/spool/) so a re-placed attempt can fetch them
-again; outputs are kept (data_dir/results/) until the journal's retention passes.
+again; outputs are kept until the journal's retention passes: small ones (at most outputs.SMALL_OUTPUT bytes)
+in the journal itself, committed with the job's finish record, larger ones in data_dir/results/.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from scheduler.core.coordinator_core import (
     Crashed,
     Deliver,
     Finish,
-    JournalAttempt,
-    JournalFinish,
     JournalJob,
     OpenLease,
     ReturnLease,
@@ -48,7 +47,7 @@ from scheduler.core.placement import Placer, TrackedView
 from scheduler.core.quota import Quotas
 from scheduler.node import outputs
 from scheduler.node.files import sweep_uploads
-from scheduler.node.journal import Journal, JournalEntry
+from scheduler.node.journal import RECORDS, Journal, JournalEntry, JournalOutput
 from scheduler.node.links import CHUNK, LeaseChannel, LinkError, PeerLinks
 from scheduler.node.metrics import PrometheusCoordinatorObserver
 from worker import kinds as kinds_mod
@@ -57,8 +56,7 @@ from worker.devices import Device
 log = logging.getLogger("gpumesh.scheduler")
 
 TICK_MAX_S = 0.5  # the core's timers are checked at least this often
-SMALL_OUTPUT = 64 * 1024  # outputs up to this are also kept in memory a while, to answer with them inline
-SMALL_OUTPUTS_KEPT = 256
+SMALL_OUTPUTS_KEPT = 256  # recent small outputs also kept in memory, to answer with them inline
 
 # `verifier(job, result, output, read_input) -> str | None` checks a remote worker's result (None = accept);
 # `read_input()` reads a streamed input from the spool (None when the input was inline)
@@ -112,7 +110,7 @@ class CoordinatorIO:
         self._journal_done = trio.Event()
         self._journal_busy = False
         self._leases: dict[str, LeaseChannel] = {}  # held slot leases' channels, by lease id
-        self._small_outputs: OrderedDict[str, bytes] = OrderedDict()  # recent small outputs (the files stay)
+        self._small_outputs: OrderedDict[str, bytes] = OrderedDict()  # recent small outputs (also journaled)
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -327,15 +325,16 @@ class CoordinatorIO:
 
     # ---- carrying out the core's actions ------------------------------------------------------------------
     async def _execute(self, actions: list) -> None:
-        # a job's output is on disk before the journal says it is done: a coordinator killed in between
-        # restarts with the job unfinished (placed again), never "done" with its output lost
+        # a job's output is on disk before the journal says it is done: a small one in the same transaction as
+        # its finish record, a larger file before it. A coordinator killed in between restarts with the job
+        # unfinished (placed again), never "done" with its output lost
         for a in actions:
             if isinstance(a, Finish):
                 self._finishing.add(a.job_id)
+        journal = [a for a in actions if isinstance(a, RECORDS)]
         for a in actions:
-            if isinstance(a, Deliver):
-                await self._deliver(a)
-        journal = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
+            if isinstance(a, Deliver) and (small := await self._deliver(a)) is not None:
+                journal.append(small)
         early: set[int] = set()
         if journal:
             # a new job's first attempt goes out while its records commit: its submit is answered only after
@@ -449,28 +448,34 @@ class CoordinatorIO:
         except LinkError as e:
             log.debug("cancel to %s: %s", a.peer_id, e)
 
-    async def _deliver(self, a: Deliver) -> None:
+    async def _deliver(self, a: Deliver) -> JournalOutput | None:
+        """Keep the delivered output: a small one (in memory already) is returned as the journal record that
+        commits it with the job's finish, a larger one is moved into results/ now."""
         output = self._received.pop((a.job_id, a.result.attempt), None)
-        if output:
-            await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
-            if isinstance(output, bytes) and len(output) <= SMALL_OUTPUT:
-                self._small_outputs[a.job_id] = output
-                while len(self._small_outputs) > SMALL_OUTPUTS_KEPT:
-                    self._small_outputs.popitem(last=False)
+        if not output:
+            return None
+        if isinstance(output, bytes) and len(output) <= outputs.SMALL_OUTPUT:
+            self._small_outputs[a.job_id] = output
+            while len(self._small_outputs) > SMALL_OUTPUTS_KEPT:
+                self._small_outputs.popitem(last=False)
+            return JournalOutput(a.job_id, output)
+        await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
+        return None
 
     async def small_output(self, job_id: str, size: int) -> bytes | None:
-        """A finished job's output when it is at most SMALL_OUTPUT bytes (from memory when recent); None when
-        larger or gone."""
-        if not 0 < size <= SMALL_OUTPUT:
+        """A finished job's output when it is at most SMALL_OUTPUT bytes: from memory when recent, else from
+        the journal (or from results/, where versions before the journal kept it); None when larger or gone."""
+        if not 0 < size <= outputs.SMALL_OUTPUT:
             return None
         kept = self._small_outputs.get(job_id)
         if kept is not None and len(kept) == size:
             return kept
-        path = self.output_path(job_id)
-        try:
-            data = await trio.Path(path).read_bytes()
-        except FileNotFoundError:
-            return None
+        data = await trio.to_thread.run_sync(self._journal.output, job_id)
+        if data is None:
+            try:
+                data = await trio.Path(self.output_path(job_id)).read_bytes()
+            except FileNotFoundError:
+                return None
         return data if len(data) == size else None
 
     def _on_finish(self, a: Finish) -> None:

@@ -13,6 +13,10 @@ so the trio service runs them in `trio.to_thread.run_sync`; one connection share
 Clocks: the cores use a monotonic clock that restarts with the process, so times are stored as wall-clock
 time (`wall()`, default time.time) and converted back on load: pass the core's `now` to every call.
 A realtime job's deadline is kept as a wall-clock instant too.
+
+Small outputs: an output of at most `outputs.SMALL_OUTPUT` bytes is kept in its job's row (`JournalOutput`,
+committed in the same transaction as the job's finish record, so a job is never "done" without its output)
+instead of a file in results/; `output(job_id)` reads it back.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import msgpack
 from scheduler.core.coordinator_core import JournalAttempt, JournalFinish, JournalJob
 from scheduler.core.job import Job, JobState, Result
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the output column (a version 1 journal gains it when opened)
 FILENAME = "jobs.sqlite3"
 
 _SCHEMA = """
@@ -45,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt INTEGER NOT NULL DEFAULT 0,
     failures BLOB,                 -- msgpack list of reasons of lost attempts
     result BLOB,                   -- Result.to_wire(), when the job has one
-    finished_wall REAL             -- NULL while unfinished
+    finished_wall REAL,            -- NULL while unfinished
+    output BLOB                    -- a small output (JournalOutput); NULL: none, or it is a file in results/
 );
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs(finished_wall);
 """
@@ -53,6 +58,17 @@ CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs(finished_wall);
 
 class JournalError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class JournalOutput:
+    """A finished job's small output, journaled with (in the same transaction as) its JournalFinish."""
+
+    job_id: str
+    data: bytes
+
+
+RECORDS = (JournalJob, JournalAttempt, JournalFinish, JournalOutput)  # what `Journal.apply` writes
 
 
 @dataclass
@@ -97,6 +113,8 @@ class Journal:
                 raise JournalError(f"journal {self.path} has schema version {version}, newer than this software "
                                    f"({SCHEMA_VERSION}): upgrade gpumesh or move the file away")
             self._db.executescript(_SCHEMA)
+            if "output" not in {r[1] for r in self._db.execute("PRAGMA table_info(jobs)")}:  # version 1
+                self._db.execute("ALTER TABLE jobs ADD COLUMN output BLOB")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             self._db.close()
@@ -119,9 +137,9 @@ class Journal:
     # --- writing ---------------------------------------------------------------------------------------
 
     def apply(self, actions: Iterable[Any], now: float) -> int:
-        """Carry out the Journal* actions among `actions` (others are ignored) in one transaction.
-        Returns how many were journal actions."""
-        todo = [a for a in actions if isinstance(a, JournalJob | JournalAttempt | JournalFinish)]
+        """Carry out the journal records (`RECORDS`) among `actions` (others are ignored) in one transaction.
+        Returns how many were journal records."""
+        todo = [a for a in actions if isinstance(a, RECORDS)]
         if not todo:
             return 0
         offset = self.wall() - now
@@ -134,6 +152,8 @@ class Journal:
                     elif isinstance(a, JournalAttempt):
                         self._db.execute("UPDATE jobs SET attempt = max(attempt, ?), failures = ? WHERE job_id = ?",
                                          (a.attempt, _pack(list(a.failures)), a.job_id))
+                    elif isinstance(a, JournalOutput):
+                        self._db.execute("UPDATE jobs SET output = ? WHERE job_id = ?", (a.data, a.job_id))
                     else:
                         self._finish(a, offset)
                 self._db.execute("COMMIT")
@@ -173,6 +193,12 @@ class Journal:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return self._entry(row, now) if row is not None else None
+
+    def output(self, job_id: str) -> bytes | None:
+        """A job's journaled small output (None: it has none, or its output is a file)."""
+        with self._lock:
+            row = self._db.execute("SELECT output FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def load(self, now: float) -> list[JournalEntry]:
         """Unfinished jobs and those finished within the retention time, oldest submission first."""

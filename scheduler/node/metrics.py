@@ -8,6 +8,9 @@ are capped (`kind_label`), reasons are fixed short codes.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from mesh import metrics as mesh_metrics
@@ -66,40 +69,47 @@ def kind_label(kind: str) -> str:
 _ACTIVE = (JobState.SUBMITTED, JobState.PLACED, JobState.RUNNING)
 
 
+@functools.cache
+def _child(metric: Any, *values: str) -> Any:
+    """`metric.labels(*values)`, looked up once (label values are bounded: capped kinds, fixed codes); a per-job
+    `.labels()` call costs a lock and a dict of tuples each time."""
+    return metric.labels(*values)
+
+
 class PrometheusCoordinatorObserver(CoordinatorObserver):
     def submitted(self, kind: str, priority: Priority) -> None:
-        JOBS_SUBMITTED.labels(kind_label(kind), priority.value).inc()
+        _child(JOBS_SUBMITTED, kind_label(kind), priority.value).inc()
 
     def refused(self, code: str) -> None:
-        JOBS_REFUSED.labels(code).inc()
+        _child(JOBS_REFUSED, code).inc()
 
     def state_changed(self, before: JobState | None, after: JobState) -> None:
         if before in _ACTIVE:
-            JOBS_ACTIVE.labels(before.value).dec()
+            _child(JOBS_ACTIVE, before.value).dec()
         if after in _ACTIVE:
-            JOBS_ACTIVE.labels(after.value).inc()
+            _child(JOBS_ACTIVE, after.value).inc()
 
     def finished(self, kind: str, state: JobState, priority: Priority, latency_s: float) -> None:
-        JOBS_FINISHED.labels(kind_label(kind), state.value).inc()
-        LATENCY_SECONDS.labels(priority.value).observe(latency_s)
+        _child(JOBS_FINISHED, kind_label(kind), state.value).inc()
+        _child(LATENCY_SECONDS, priority.value).observe(latency_s)
 
     def claim(self, outcome: str) -> None:
-        CLAIMS.labels(outcome).inc()
+        _child(CLAIMS, outcome).inc()
 
     def retry(self, reason: str) -> None:
-        RETRIES.labels(reason).inc()
+        _child(RETRIES, reason).inc()
 
     def result_dropped(self, reason: str) -> None:
-        RESULTS_DROPPED.labels(reason).inc()
+        _child(RESULTS_DROPPED, reason).inc()
 
     def deadline_missed(self) -> None:
         DEADLINE_MISSES.inc()
 
     def queue_wait(self, priority: Priority, seconds: float) -> None:
-        QUEUE_WAIT_SECONDS.labels(priority.value).observe(seconds)
+        _child(QUEUE_WAIT_SECONDS, priority.value).observe(seconds)
 
     def run_time(self, priority: Priority, seconds: float) -> None:
-        RUN_SECONDS.labels(priority.value).observe(seconds)
+        _child(RUN_SECONDS, priority.value).observe(seconds)
 
     def placement_decision(self, seconds: float) -> None:
         PLACEMENT_SECONDS.observe(seconds)
@@ -108,15 +118,15 @@ class PrometheusCoordinatorObserver(CoordinatorObserver):
         COORDINATOR_QUEUE.inc(delta)
 
     def lease(self, event: str) -> None:
-        LEASES.labels(event).inc()
+        _child(LEASES, event).inc()
 
     def advert_lie(self, what: str) -> None:
-        mesh_metrics.ADVERT_LIES.labels(what).inc()
+        _child(mesh_metrics.ADVERT_LIES, what).inc()
 
 
 class PrometheusWorkerObserver(WorkerObserver):
     def offer_answered(self, answer: str) -> None:
-        WORKER_OFFERS.labels(answer).inc()
+        _child(WORKER_OFFERS, answer).inc()
 
     def held(self, delta: int) -> None:
         WORKER_JOBS.inc(delta)

@@ -19,6 +19,7 @@ from mesh.bigtcp.rpc import RpcError
 from scheduler.node.files import PARTIAL_SUFFIX
 
 Pending = Path | bytes
+SMALL_OUTPUT = 64 * 1024  # outputs up to this are kept in the journal (coordinator_io), not as files
 
 
 async def receive(call: Any, path: Path, declared_size: int, declared_sha256: str, limit: int) -> Path | None:

@@ -191,8 +191,7 @@ class WorkerIO:
             return
         await self._execute(self.core.enqueued(job.job_id, attempt, trio.current_time()))
         async with trio.open_nursery() as n:
-            n.start_soon(self._report_start, handle, job.job_id, attempt)
-            n.start_soon(self._report_progress, latest, job.job_id, attempt, a.coordinator)
+            n.start_soon(self._report, handle, latest, job.job_id, attempt, a.coordinator)
             outcome = await handle.wait()
             n.cancel_scope.cancel()
         log.info("job %s (%s) of %s %s on %s in %.2f s%s", job.job_id, job.kind, a.coordinator[-12:], outcome.state,
@@ -208,11 +207,15 @@ class WorkerIO:
         async for chunk in self.links.get(coordinator).read_input(job_id):
             yield chunk
 
-    async def _report_progress(self, latest: ProgressMailbox, job_id: str, attempt: int, coordinator: str) -> None:
-        """The job's progress to its coordinator: the latest report, at most every PROGRESS_INTERVAL_S (a lost
-        or late report costs nothing: the next one, or the result, supersedes it). Like the start notice, nothing
-        before STARTED_NOTICE_S: a short job's result says it all (one RPC less per job)."""
+    async def _report(self, handle, latest: ProgressMailbox, job_id: str, attempt: int, coordinator: str) -> None:
+        """While the job runs (the task is cancelled when it ends): tell the coordinator it runs, unless it is
+        over within STARTED_NOTICE_S (for short jobs the result says it: one RPC less per job), then its progress,
+        the latest report at most every PROGRESS_INTERVAL_S (a lost or late report costs nothing: the next one,
+        or the result, supersedes it). One task per job for both."""
+        await handle.started.wait()
+        log.info("job %s started", job_id)
         await trio.sleep(STARTED_NOTICE_S)
+        await self._execute(self.core.started(job_id, attempt, trio.current_time()))
         while True:
             fraction, stage = await latest.get()
             try:
@@ -220,14 +223,6 @@ class WorkerIO:
             except LinkError as e:
                 log.debug("progress of %s not sent: %s", job_id, e)
             await trio.sleep(PROGRESS_INTERVAL_S)
-
-    async def _report_start(self, handle, job_id: str, attempt: int) -> None:
-        """Tell the coordinator a job runs, unless it is over within STARTED_NOTICE_S: for short jobs the
-        result says it (one RPC less per job; the task is cancelled when the job ends)."""
-        await handle.started.wait()
-        log.info("job %s started", job_id)
-        await trio.sleep(STARTED_NOTICE_S)
-        await self._execute(self.core.started(job_id, attempt, trio.current_time()))
 
 
 __all__ = ["WorkerIO", "exec_id"]
