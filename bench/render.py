@@ -210,7 +210,8 @@ def viewer_part() -> dict:
             return trio.run(main)
 
 
-SESSION_KEYS = ("session_overhead_p99_ms", "session_overhead_detail", "session_delivered_30fps", "session_30fps_detail",
+SESSION_KEYS = ("session_overhead_p99_ms", "session_overhead_detail", "session_overhead_relayed_p99_ms",
+                "session_overhead_relayed_detail", "session_delivered_30fps", "session_30fps_detail",
                 "bytes_per_frame", "bytes_per_frame_detail", "deadline_estimate_ratio", "deadline_estimate_detail",
                 "deadline_estimate_ratio_jobs")
 
