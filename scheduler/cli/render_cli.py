@@ -75,6 +75,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "tile, each frame is one message each way (--tiles N: N devices, distinct hosts first; "
                         "auto: 1). Refused when the devices' measured frame time cannot make --deadline-ms "
                         "(default 1000/--fps)")
+    p.add_argument("--relay", action="store_true",
+                   help="with --realtime: keep every frame on the gateway's stream instead of reaching each tile's "
+                        "worker directly (the default, one hop each way instead of two; a worker this machine "
+                        "cannot reach stays relayed anyway)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write frame_NNNN.png, frame_NNNN_depth.npy and stats.json")
     add_node_options(p, "API token")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON object at the end)")
@@ -172,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
             return
         deadline = args.deadline_ms if args.deadline_ms is not None else 1000.0 / args.fps
         async with open_session(c, scene, fps=args.fps, deadline_ms=deadline,
-                                tiles=tiles if isinstance(tiles, int) else 1) as s:
-            session_info.update(workers=s.workers, devices=s.devices,
+                                tiles=tiles if isinstance(tiles, int) else 1, direct=not args.relay) as s:
+            session_info.update(workers=s.workers, devices=s.devices, direct=sorted(s.direct),
                                 estimate_ms=[round(e, 2) for e in s.estimate_ms])
             if not args.json and not args.quiet:
                 print(f"session on {len(s.workers)} device(s), measured frame time "
@@ -245,7 +249,7 @@ def serve(args: argparse.Namespace, scene: Any, tiles: Any, listen: tuple[str, i
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with Client.connect(addr, token=tok, peer_id=pid, insecure=insecure) as c:
                 viewer = Viewer(c, scene, tiles=tiles, deadline_ms=args.deadline_ms,
-                                max_in_flight=args.max_in_flight, realtime=args.realtime)
+                                max_in_flight=args.max_in_flight, realtime=args.realtime, direct=not args.relay)
                 async with trio.open_nursery() as nursery:
                     port = await nursery.start(viewer.serve, listen[0], listen[1])
                     print(f"viewer of {args.scene} ({scene.camera.width}x{scene.camera.height}) at "

@@ -354,17 +354,19 @@ async def _aiter(poses: Iterable[Pose] | AsyncIterable[Pose]) -> AsyncIterator[P
 async def _attach(stack: AsyncExitStack, client: Client, offers: Any, tiles: int) -> dict[int, ClientCall]:
     """Open render.attach on each tile's worker the gateway offered (scheduler/node/session_attach.py): a
     connection pinned to the worker's peer id, the ticket on one stream. A worker this client cannot reach in
-    ATTACH_TIMEOUT_S, or that refuses, leaves its tile relayed by the gateway."""
+    ATTACH_TIMEOUT_S (all tiles together), or that refuses, leaves its tile relayed by the gateway."""
     direct: dict[int, ClientCall] = {}
     if not isinstance(offers, list):
         return direct
+    give_up = trio.current_time() + ATTACH_TIMEOUT_S  # for all tiles together: unreachable workers cost it once
     for t, offer in enumerate(offers[:tiles]):
         if not isinstance(offer, dict) or not all(isinstance(offer.get(k), str) for k in ("addr", "peer", "ticket")):
             continue
         try:
             rpc = await stack.enter_async_context(MeshClient.connect(
                 offer["addr"], peer_id=offer["peer"], insecure=client.rpc.transport.insecure,
-                hello_extra=lambda _local, _remote: {"attach": "session"}, handshake_timeout=ATTACH_TIMEOUT_S))
+                hello_extra=lambda _local, _remote: {"attach": "session"},
+                handshake_timeout=max(0.2, give_up - trio.current_time())))
             direct[t] = await stack.enter_async_context(rpc.open("render.attach", {"ticket": offer["ticket"]},
                                                                  uploads=True))
         except (OSError, TransportError, RpcError, ValueError) as e:

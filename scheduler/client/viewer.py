@@ -209,12 +209,13 @@ class Viewer:
     """Serves the viewer page and renders the poses of every connected page on the mesh."""
 
     def __init__(self, client: Client, scene: Scene, *, tiles: Any = "auto", deadline_ms: float | None = None,
-                 max_in_flight: int = 2, realtime: bool = False) -> None:
+                 max_in_flight: int = 2, realtime: bool = False, direct: bool = True) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         self.client, self.scene = client, scene
         self.tiles, self.deadline_ms, self.max_in_flight = tiles, deadline_ms, max_in_flight
         self.realtime = realtime  # each page gets a real-time render session (scheduler.client.realtime)
+        self.direct = direct  # its tiles' workers reached directly when they can be (open_session's `direct`)
         self.session = session_for(client, scene)
         self.viewers = 0
         self.states: list[ViewerState] = []  # every page's bookkeeping, for summaries and tests
@@ -336,7 +337,7 @@ class Viewer:
                 try:
                     live = await stack.enter_async_context(open_session(
                         self.client, self.scene, fps=min(max(1000.0 / deadline, MIN_FPS), MAX_FPS), deadline_ms=deadline,
-                        tiles=self.tiles if isinstance(self.tiles, int) else 1))
+                        tiles=self.tiles if isinstance(self.tiles, int) else 1, direct=self.direct))
                 except RpcError as e:  # refused (deadline, no device, too many sessions): the page says why
                     await ws.send_message(json.dumps({"type": "error", "message": f"render session refused: {e}"}))
                     await ws.aclose(1011, "render session refused")
