@@ -26,7 +26,7 @@ import trio
 from worker.compute.runner import runner_for
 from worker.devices import Device
 from worker.opencl import device_context
-from worker.runner import sandbox
+from worker.runner import metric_relay, sandbox
 from worker.runner.arena import KEEP_ARENA, Mapped, StatusPage, write_status
 from worker.runner.wire import FrameReader, pack, recv_with_fds, send_all
 
@@ -155,6 +155,7 @@ def _task(name: str) -> Any:
         raise LookupError(f"no runner task {name!r}; known: {', '.join(sorted(TASKS))}")
     mod, _, attr = spec.partition(":")
     __import__(mod)
+    metric_relay.record()  # the metrics of the modules the task brought in count on the node too
     fn = _resolved[name] = getattr(sys.modules[mod], attr)
     return fn
 
@@ -190,6 +191,9 @@ async def run_call(host: Host, msg: dict[str, Any], dctx: Any) -> None:
         reply = {"t": "err", "c": c, **describe(e, host.memory_limit)}
     finally:
         host.doing("idle")  # the CPU-time limit stays until the next call sets its own (an idle runner burns none)
+    counted = metric_relay.drain()
+    if counted:
+        reply["m"] = counted  # the node counts them (metric_relay)
     await host.send(reply)
     if host.arena is not None and host.arena.size > KEEP_ARENA:  # the daemon drops it too
         host.arena.close()
@@ -203,6 +207,7 @@ async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, re
     os.close(status_fd)
     host = Host(sock, status, memory_limit)
     host.state["sandbox"] = report
+    metric_relay.record()
     host.doing("opening the OpenCL device")
     dctx = device_context(device) if device is not None else None
     host.doing("idle")

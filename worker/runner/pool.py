@@ -42,6 +42,7 @@ from typing import Any
 import trio
 
 from worker.devices import Device
+from worker.runner import metric_relay
 from worker.runner.arena import KEEP_ARENA, Arena, StatusPage
 from worker.runner.metrics import RUNNER_DEATHS, RUNNERS, count_call
 from worker.runner.wire import FrameReader, ProtocolError, pack, recv_some, send_all, want_int
@@ -383,6 +384,8 @@ class Runner:
                 if m.get("c") != c:
                     continue
                 t = m["t"]
+                if t in ("res", "err"):
+                    metric_relay.apply(m.get("m"))
                 if t == "res":
                     return Reply(self._body(m.get("body")), self._outs(m.get("outs")))
                 if t == "err":
