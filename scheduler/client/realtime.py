@@ -37,7 +37,7 @@ from mesh.bigtcp.rpc import ClientCall, RpcError
 from mesh.bigtcp.rpc_client import MeshClient
 from mesh.bigtcp.transport import TransportError
 from scheduler.client.client import Client
-from scheduler.client.render_client import Frame, TileInfo, as_scene
+from scheduler.client.render_client import Frame, StreamStats, TileInfo, as_scene
 from scheduler.core.render_session import FrameAssembly, SessionError
 from worker.render.camera import Pose, Tile
 from worker.render.frame_codec import CodecError, TileDecoder
@@ -56,15 +56,10 @@ class SessionLost(Exception):
 
 
 @dataclass
-class SessionStats:
-    """What a session did: frames sent, delivered, dropped (by reason), end-to-end latencies of delivered frames,
-    the workers' render times, and compressed bytes per frame."""
+class SessionStats(StreamStats):
+    """What a session did: a stream's counts (frames sent, delivered, dropped by reason, end-to-end latencies of
+    delivered frames), and the workers' render times and compressed bytes per frame."""
 
-    frames: int = 0
-    delivered: int = 0
-    dropped: int = 0
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    latencies_s: list[float] = field(default_factory=list)
     render_s: list[float] = field(default_factory=list)  # per delivered frame: its slowest tile's render time
     estimates_s: list[float] = field(default_factory=list)  # the workers' frame-time estimate before each frame
     frame_bytes: list[int] = field(default_factory=list)  # compressed tile bytes of each delivered frame
@@ -73,15 +68,13 @@ class SessionStats:
     encode_s: list[float] = field(default_factory=list)
     decode_s: list[float] = field(default_factory=list)
 
-    def record(self, frame: Frame, nbytes: int) -> None:
-        self.frames += 1
-        if frame.dropped:
-            self.dropped += 1
-            key = frame.reason.split(":", 1)[0]
-            self.dropped_by_reason[key] = self.dropped_by_reason.get(key, 0) + 1
-        else:
-            self.delivered += 1
-            self.latencies_s.append(frame.latency_s)
+    @property
+    def delivered(self) -> int:
+        return self.rendered
+
+    def record(self, frame: Frame, nbytes: int = 0) -> None:
+        super().record(frame)
+        if not frame.dropped:
             self.render_s.append(max((t.render_s for t in frame.tiles), default=0.0))
             self.frame_bytes.append(nbytes)
 
