@@ -27,7 +27,7 @@ soon as its job would have to wait. A realtime job that no device can finish by 
 peer can run at all, are refused at once with the reason. Memory is bounded: finished jobs are kept
 `finished_retention_s` (and at most `max_finished`), after which the journal answers for them.
 
-The parts, one concern a module, each building on the one before (`CoordinatorCore` is all of them):
+The parts, one concern a module, each a class built on the parts it uses (`CoordinatorCore` inherits them all):
 `coordinator_records.py` (config, answers, per-job records, counters), `coordinator_state.py` (jobs, queue,
 timers, the shared transitions), `coordinator_dispatch.py` (placing a job and sending it out),
 `coordinator_leases.py` (slot-lease events), `coordinator_standing.py` (standing lost for lost jobs,

@@ -3,7 +3,7 @@
 `CoordinatorState` holds the jobs (`JobRecord`s, finished ones for `finished_retention_s`), the ready
 queue, the timers and who holds what; the parts of the state machine build on it:
 `coordinator_dispatch.py` (placing jobs: claims and lease sends), `coordinator_leases.py` (slot-lease events),
-`coordinator_standing.py` (standing lost or won), `coordinator_claims.py` (the claim protocol),
+`coordinator_standing.py` (standing lost, capacity lies), `coordinator_claims.py` (the claim protocol),
 `coordinator_results.py` (results, verification, the poison rule) and `coordinator_core.py` (the whole).
 
 The ready queue is sorted by (priority rank, deadline, fair tag, job id): within a priority class, start-time
