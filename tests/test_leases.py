@@ -278,7 +278,8 @@ def test_unopened_grants_expire_and_grants_are_bounded_per_coordinator():
 
 
 def test_the_simulation_with_churn_uses_leases_and_every_job_ends_exactly_once():
-    from scheduler.devtools.sim import SimConfig, run
+    from scheduler.devtools.sim import run
+    from scheduler.devtools.sim_report import SimConfig
     r = run(SimConfig(nodes=30, jobs=800, seed=3, gateways=5, kill_fraction=0.1))
     assert not r.missing and not r.multiple and not r.double_delivered and not r.illegal_transitions
     assert r.jobs_on_leases > r.jobs / 4 and r.leases_acquired > 0  # (long jobs go one per lease: many are claimed)

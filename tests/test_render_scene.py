@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from worker.render import scene as sc
+from worker.render import scene_parse
 from worker.render.camera import (
     Pose,
     Tile,
@@ -20,6 +21,7 @@ from worker.render.camera import (
     quat_to_matrix,
 )
 from worker.render.errors import SceneError
+from worker.render.limits import MAX_LIGHTS, MAX_OBJECTS
 from worker.render.obj import load_obj, parse_obj
 from worker.render.png import decode_png, encode_png, write_png
 from worker.render.samples import EXAMPLES, example, random_scene_dict
@@ -162,14 +164,14 @@ def test_limits(monkeypatch):
     with pytest.raises(SceneError, match=r"camera: resolution 4096x4096 exceeds the limit of 8294400 pixels"):
         sc.from_dict(d)
     d = base()
-    d["objects"] = [{"type": "sphere", "center": [0, 0, 0], "radius": 1}] * (sc.MAX_OBJECTS + 1)
+    d["objects"] = [{"type": "sphere", "center": [0, 0, 0], "radius": 1}] * (MAX_OBJECTS + 1)
     with pytest.raises(SceneError, match=r"objects: 257 objects exceeds the limit of 256"):
         sc.from_dict(d)
     d = base()
-    d["lights"] = [{"type": "point", "position": [0, 0, 0]}] * (sc.MAX_LIGHTS + 1)
+    d["lights"] = [{"type": "point", "position": [0, 0, 0]}] * (MAX_LIGHTS + 1)
     with pytest.raises(SceneError, match=r"lights: 17 lights exceeds the limit of 16"):
         sc.from_dict(d)
-    monkeypatch.setattr(sc, "MAX_TRIANGLES", 3)
+    monkeypatch.setattr(scene_parse, "MAX_TRIANGLES", 3)  # the limit from_dict reads
     d = base()
     d["objects"].append(copy.deepcopy(d["objects"][3]))
     d["objects"][3]["indices"] = [[0, 1, 2]] * 2

@@ -2,8 +2,9 @@
 
 import pytest
 
-from scheduler.devtools import sim as simmod
-from scheduler.devtools.sim import Sim, SimConfig
+from scheduler.devtools import sim_node
+from scheduler.devtools.sim import Sim
+from scheduler.devtools.sim_report import SimConfig
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_quiet_mesh_no_faults_no_retries():
 
 def test_the_checks_catch_a_worker_returning_wrong_results(monkeypatch):
     """Break the simulated worker for a few jobs: the report must flag it (the checks can fail)."""
-    real = simmod.expected_body
+    real = sim_node.expected_body
     calls = {"n": 0}
 
     def sometimes_wrong(job):
@@ -68,6 +69,6 @@ def test_the_checks_catch_a_worker_returning_wrong_results(monkeypatch):
         body = real(job)
         return {**body, "digest": "0" * 32} if calls["n"] % 50 == 0 else body
 
-    monkeypatch.setattr(simmod, "expected_body", sometimes_wrong)
+    monkeypatch.setattr(sim_node, "expected_body", sometimes_wrong)
     r = Sim(SimConfig(nodes=20, jobs=200, gateways=4, kill_fraction=0.0, arrival_s=2.0)).run()
     assert r.wrong_results and any("wrong results" in v for v in r.violations())

@@ -29,7 +29,8 @@ from typing import Any
 
 from worker.render.camera import Pose, Tile
 from worker.render.errors import SceneError
-from worker.render.scene import MAX_HEIGHT, MAX_WIDTH, pose_from_dict
+from worker.render.limits import MAX_HEIGHT, MAX_WIDTH
+from worker.render.scene import pose_from_dict
 
 MAX_TILES = 16
 MAX_SESSIONS_PER_TENANT = 4  # open at once through one gateway, per API token

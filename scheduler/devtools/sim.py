@@ -19,32 +19,27 @@ unchanged; only the I/O around them is simulated:
 Deterministic for a seed: one RNG drives everything and events are ordered by (time, sequence). The clock
 is a plain event queue (no trio): the cores take `now` as an argument, so they do not care.
 
-Checked invariants (`SimReport.violations()`): every job has exactly one outcome and at most one delivered
-result; every state change is a move of the lifecycle table (`scheduler.core.lifecycle`); every
-delivered result is the right one; no offer goes to a peer that had expired from that
-coordinator's view, nor to a dead node after its adverts must have expired; no device queue exceeds its
-bound. `python -m scheduler.devtools.sim` runs the default scenario and prints a summary.
+Checked invariants: `SimReport.violations()` (`sim_report.py`: exactly one outcome per job, legal state
+changes, right results, no offers to expired or dead peers, bounded queues). The simulated node and its
+executor are `sim_node.py`; here are the network, the clock, churn and the clients.
+`python -m scheduler.devtools.sim` runs the default scenario and prints a summary.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import heapq
 import math
 import random
 import statistics
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.advert import Advert, DeviceAdvert
 from scheduler.core.coordinator_core import (
-    CoordinatorConfig,
-    CoordinatorCore,
     Deliver,
     Finish,
     OpenLease,
@@ -54,257 +49,12 @@ from scheduler.core.coordinator_core import (
     SendOffer,
     StateChanged,
 )
-from scheduler.core.job import Cancel, Job, JobState, Offer, Priority, Result
+from scheduler.core.job import Cancel, Job, JobState, Offer, Priority
 from scheduler.core.lifecycle import JobEvent, advance, allowed
-from scheduler.core.placement import Placer, TrackedView, Work
-from scheduler.core.worker_core import CancelJob, DeviceLoad, Send, StartJob, WorkerCore
+from scheduler.core.worker_core import CancelJob, Send, StartJob
+from scheduler.devtools.sim_node import SimNode, expected_body
+from scheduler.devtools.sim_report import SimConfig, SimReport
 from scheduler.node.journal import Journal
-
-KEY = b"k" * 32
-
-
-@dataclass
-class SimConfig:
-    nodes: int = 200
-    jobs: int = 5000
-    seed: int = 1
-    gateways: int = 40  # nodes clients submit to (never killed); every node is a worker
-    kill_fraction: float = 0.10  # of all nodes (all are workers), killed during the run (never a gateway)
-    silent_kill_fraction: float = 0.5  # of the kills: no connection reset (found by lease expiry)
-    gossip_loss: float = 0.2
-    gossip_delay: tuple[float, float] = (0.005, 0.15)
-    msg_delay: tuple[float, float] = (0.0005, 0.004)
-    advert_interval: float = 1.0
-    ttl: float = 3.0
-    lease_s: float = 3.0
-    claim_timeout_s: float = 1.0
-    arrival_s: float = 10.0  # jobs arrive uniformly over this time
-    kill_window: tuple[float, float] = (0.2, 0.7)  # kills happen in this part of the arrival time
-    coordinator_restarts: int = 2  # gateways killed (-9) and restarted from their journal (SQLite, in memory)
-    restart_after_s: float = 2.0
-    cancel_fraction: float = 0.01
-    realtime_fraction: float = 0.05
-    interactive_fraction: float = 0.25
-    slots: int = 2  # per GPU
-    max_queue: int = 8  # per device
-    tick_s: float = 0.1
-    max_sim_s: float = 600.0
-    placer: dict[str, Any] = field(default_factory=dict)  # Placer keyword arguments (d, slack, jitter, ...)
-
-
-@dataclass
-class SimReport:
-    cfg: SimConfig
-    jobs: int = 0
-    outcomes: Counter = field(default_factory=Counter)  # final state (or "refused") per job
-    refused_reasons: Counter = field(default_factory=Counter)
-    failed_reasons: Counter = field(default_factory=Counter)
-    missing: list[str] = field(default_factory=list)  # jobs without an outcome
-    multiple: list[str] = field(default_factory=list)  # jobs with more than one outcome
-    double_delivered: list[str] = field(default_factory=list)
-    illegal_transitions: list[str] = field(default_factory=list)  # state changes the lifecycle table refuses
-    wrong_results: list[str] = field(default_factory=list)
-    offers: int = 0
-    offers_after_expiry: int = 0  # to a peer expired from (or absent in) that coordinator's view
-    offers_to_dead_after_expiry: int = 0  # to a dead node, later than its last advert could have kept it
-    offers_to_dead: int = 0  # (allowed: before the view could know)
-    retries: int = 0
-    duplicates_dropped: int = 0
-    claims_rejected: int = 0
-    claims_timed_out: int = 0
-    leases_acquired: int = 0
-    jobs_on_leases: int = 0  # sent on a slot lease: no placement, no claim
-    leases_revoked: int = 0
-    deadline_misses: int = 0
-    killed: int = 0
-    restarts: int = 0
-    restored_unfinished: int = 0  # jobs a restarted coordinator placed again from its journal
-    restored_finished: int = 0  # finished jobs it still answers for
-    lost_by_restart: list[str] = field(default_factory=list)  # resubmitted after a restart, unknown there
-    max_queue: int = 0  # deepest device queue seen (sampled, and at every enqueue)
-    mean_queue: float = 0.0  # mean device queue depth over samples (live devices)
-    mean_queue_busy: float = 0.0  # mean over samples where the mesh had any queue
-    jobs_per_slot_max: float = 0.0
-    jobs_per_slot_mean: float = 0.0
-    sim_time_s: float = 0.0
-    wall_s: float = 0.0
-    events: int = 0
-    gossip_delivered: int = 0
-    gossip_lost: int = 0
-    latency_p50_s: dict[str, float] = field(default_factory=dict)
-    latency_p99_s: dict[str, float] = field(default_factory=dict)
-
-    def violations(self) -> list[str]:
-        v = []
-        if self.missing:
-            v.append(f"{len(self.missing)} jobs without an outcome (e.g. {self.missing[:3]})")
-        if self.multiple:
-            v.append(f"{len(self.multiple)} jobs with several outcomes (e.g. {self.multiple[:3]})")
-        if self.illegal_transitions:
-            v.append(f"{len(self.illegal_transitions)} state changes outside the lifecycle table "
-                     f"(e.g. {self.illegal_transitions[:3]})")
-        if self.double_delivered:
-            v.append(f"{len(self.double_delivered)} jobs with two delivered results")
-        if self.wrong_results:
-            v.append(f"{len(self.wrong_results)} wrong results (e.g. {self.wrong_results[:3]})")
-        if self.offers_after_expiry:
-            v.append(f"{self.offers_after_expiry} offers to peers expired from the coordinator's view")
-        if self.offers_to_dead_after_expiry:
-            v.append(f"{self.offers_to_dead_after_expiry} offers to dead nodes after their expiry")
-        if self.lost_by_restart:
-            v.append(f"{len(self.lost_by_restart)} accepted jobs unknown to their restarted coordinator")
-        if self.max_queue > self.cfg.max_queue:
-            v.append(f"a device queue reached {self.max_queue} > bound {self.cfg.max_queue}")
-        return v
-
-    def summary(self) -> str:
-        c = self.cfg
-        o = self.outcomes
-        rows = [
-            ("nodes / gateways / killed", f"{c.nodes} / {c.gateways} / {self.killed} "
-                                          f"({round(self.killed * c.silent_kill_fraction)} silent)"
-                                          + (f", {self.restarts} coordinators restarted from their journal "
-                                             f"({self.restored_unfinished} jobs resumed, {self.restored_finished} "
-                                             f"finished ones still served)" if self.restarts else "")),
-            ("gossip", f"loss {c.gossip_loss:.0%}, delay {c.gossip_delay[0] * 1000:.0f}-{c.gossip_delay[1] * 1000:.0f} ms, "
-                       f"{self.gossip_delivered} adverts delivered, {self.gossip_lost} lost"),
-            ("jobs", f"{self.jobs}"),
-            ("outcomes", ", ".join(f"{k} {v}" for k, v in sorted(o.items()))),
-            ("refused (why)", ", ".join(f"{k}: {v}" for k, v in self.refused_reasons.most_common(3)) or "-"),
-            ("failed (why)", ", ".join(f"{k}: {v}" for k, v in self.failed_reasons.most_common(3)) or "-"),
-            ("jobs without / with several outcomes", f"{len(self.missing)} / {len(self.multiple)}"),
-            ("wrong results / double deliveries", f"{len(self.wrong_results)} / {len(self.double_delivered)}"),
-            ("retries (attempts lost, placed again)", f"{self.retries}"),
-            ("duplicate/stale results dropped", f"{self.duplicates_dropped}"),
-            ("offers / rejected / timed out", f"{self.offers} / {self.claims_rejected} / {self.claims_timed_out}"),
-            ("slot leases acquired / jobs sent on them / revoked",
-             f"{self.leases_acquired} / {self.jobs_on_leases} / {self.leases_revoked}"),
-            ("deadline misses after acceptance", f"{self.deadline_misses}"),
-            ("placements after expiry", f"{self.offers_after_expiry} (offers to dead nodes: {self.offers_to_dead} "
-                                        f"before expiry, {self.offers_to_dead_after_expiry} after)"),
-            ("device queue max / mean (busy mean)", f"{self.max_queue} / {self.mean_queue:.2f} ({self.mean_queue_busy:.2f}), "
-                                                    f"bound {c.max_queue}"),
-            ("jobs per slot max / mean", f"{self.jobs_per_slot_max:.1f} / {self.jobs_per_slot_mean:.1f}"),
-            ("latency p50 / p99 by class", ", ".join(
-                f"{k} {self.latency_p50_s[k] * 1000:.0f}/{self.latency_p99_s[k] * 1000:.0f} ms"
-                for k in sorted(self.latency_p50_s))),
-            ("simulated / wall time", f"{self.sim_time_s:.1f} s / {self.wall_s:.1f} s ({self.events} events)"),
-        ]
-        w = max(len(k) for k, _ in rows)
-        lines = [f"{k.ljust(w)}  {v}" for k, v in rows]
-        bad = self.violations()
-        lines.append(f"{'invariants'.ljust(w)}  " + ("OK" if not bad else "VIOLATED: " + "; ".join(bad)))
-        return "\n".join(lines)
-
-
-def expected_body(job: Job) -> dict[str, Any]:
-    """What a correct worker returns for a simulated job: a hash of its spec and its input."""
-    h = hashlib.sha256(job.job_id.encode() + b":" + str(job.spec.get("seed")).encode() + b":" + (job.input or b""))
-    return {"digest": h.hexdigest()[:32], "input_bytes": job.input_size}
-
-
-def _work(job: Job) -> Work:
-    return Work(fixed_s=0.02, gflop=float(job.spec.get("work", 0.0)))
-
-
-@dataclass
-class _Dev:
-    advert: DeviceAdvert
-    running: dict[tuple[str, int], int] = field(default_factory=dict)  # key -> completion token
-    queue: list[tuple[int, float, int, tuple[str, int]]] = field(default_factory=list)
-    jobs_run: int = 0
-
-
-class SimExecutor:
-    """Per-device slots and a priority queue; what a real executor would report through load()."""
-
-    def __init__(self, sim: Sim, node: SimNode, devices: list[DeviceAdvert]) -> None:
-        self.sim, self.node = sim, node
-        self.devs = {d.id: _Dev(d) for d in devices}
-        self.jobs: dict[tuple[str, int], tuple[Job, str]] = {}
-        self._token = 0
-
-    def load(self) -> dict[str, DeviceLoad]:
-        mq = self.sim.cfg.max_queue
-        return {i: DeviceLoad(max(0, d.advert.slots - len(d.running)), len(d.queue), mq, d.advert.slots)
-                for i, d in self.devs.items()}
-
-    def enqueue(self, job: Job, attempt: int, dev_id: str) -> None:
-        d = self.devs[dev_id]
-        key = (job.job_id, attempt)
-        self.jobs[key] = (job, dev_id)
-        self.sim.seq += 1
-        heapq.heappush(d.queue, (job.priority.rank, job.deadline or 0.0, self.sim.seq, key))
-        self.sim.note_queue(len(d.queue))
-        self._start(d)
-
-    def cancel(self, key: tuple[str, int]) -> None:
-        if key not in self.jobs:
-            return
-        _, dev_id = self.jobs.pop(key)
-        d = self.devs[dev_id]
-        if key in d.running:
-            del d.running[key]
-        else:
-            d.queue = [q for q in d.queue if q[3] != key]
-            heapq.heapify(d.queue)
-        self.sim.worker_acts(self.node, self.node.worker.finished(key[0], key[1], None, self.sim.now))
-        self._start(d)
-
-    def _start(self, d: _Dev) -> None:
-        while d.queue and len(d.running) < d.advert.slots:
-            _, _, _, key = heapq.heappop(d.queue)
-            if key not in self.jobs:
-                continue
-            job, _ = self.jobs[key]
-            self._token += 1
-            d.running[key] = self._token
-            d.jobs_run += 1
-            run_s = _work(job).cost_s(d.advert) * self.sim.rng.uniform(0.8, 1.25)
-            self.sim.after(run_s, self._complete, d, key, self._token, run_s)
-            self.sim.worker_acts(self.node, self.node.worker.started(key[0], key[1], self.sim.now))
-
-    def _complete(self, d: _Dev, key: tuple[str, int], token: int, run_s: float) -> None:
-        if not self.node.alive or self.node.executor is not self or d.running.get(key) != token:
-            return
-        del d.running[key]
-        job, dev_id = self.jobs.pop(key)
-        res = Result(expected_body(job), job_id=key[0], attempt=key[1], device=dev_id, timings={"run_s": run_s})
-        self.sim.worker_acts(self.node, self.node.worker.finished(key[0], key[1], res, self.sim.now))
-        self._start(d)
-
-
-class SimNode:
-    def __init__(self, sim: Sim, idx: int, devices: list[DeviceAdvert], placer_seed: int) -> None:
-        self.id = f"node{idx:04d}"
-        self.sim = sim
-        self.died_at: float | None = None
-        self.seq = 0  # advert sequence: survives a restart (the real one is time-based)
-        self.devices = devices
-        self.epoch = 0
-        self.start(placer_seed)
-
-    def start(self, placer_seed: int) -> None:
-        """(Re)start the process: fresh cores, view and executor; the journal (disk) is the sim's."""
-        sim, cc = self.sim, self.sim.cfg
-        self.alive = True
-        self.ticks = 0
-        self.epoch += 1
-        self.view = TrackedView(self.id, ttl_s=cc.ttl)
-        self.placer = Placer(self.view, work_fn=_work, seed=placer_seed, **cc.placer)
-        self.coord = CoordinatorCore(self.id, self.view, self.placer, CoordinatorConfig(
-            lease_s=cc.lease_s, claim_timeout_s=cc.claim_timeout_s, max_in_flight=512, max_queued=20_000,
-            retry_backoff_s=0.05, max_retry_backoff_s=1.0, no_candidate_grace_s=10.0))
-        self.executor = SimExecutor(sim, self, self.devices)
-        self.worker = WorkerCore(self.id, self.executor.load)
-
-    def advert(self) -> Advert:
-        self.seq += 1
-        load = self.worker.current_load()
-        devs = tuple(DeviceAdvert(d.id, d.kind, d.vendor, d.name, d.compute_units, d.global_mem_bytes, d.fp64,
-                                  d.int64, d.mulmod_mops, d.f32_gflops, d.slots, load[d.id][0], load[d.id][1])
-                     for d in self.devices)
-        return Advert(self.id, KEY, self.seq, 0.0, data_addr=f"{self.id}:4002", devices=devs, interval_s=1.0)
 
 
 @dataclass
@@ -759,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     rep = run(cfg)
     print(rep.summary())
     return 0 if not rep.violations() else 1
+
+
+__all__ = ["Sim", "main", "run"]
 
 
 if __name__ == "__main__":
