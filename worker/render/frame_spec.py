@@ -48,7 +48,6 @@ def _is_hash(v: Any) -> bool:
     return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
-
 def parse_tile(d: Any) -> Tile:
     """A tile {x0, y0, w, h} of a spec or a result body (each in range; `Tile.check` checks it against a frame)."""
     if not isinstance(d, dict):
