@@ -1,7 +1,8 @@
 """Generic compute jobs (`compute.opencl`): user OpenCL C kernels with their buffers and launch sizes.
 
-- `worker.compute.spec`: the spec (typed dataclasses, `parse_spec`, `SpecError`); `worker.compute.cltypes`: its
-  OpenCL C types; `worker.compute.limits`: `DeviceLimits`, `validate` (a spec against a device);
+- `worker.compute.spec`: the spec (typed dataclasses in `spec_model`, `parse_spec` in `spec_parse`, `SpecError`);
+  `worker.compute.cltypes`: its OpenCL C types; `worker.compute.limits`: `DeviceLimits`, `validate` (a spec
+  against a device);
 - `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine; its parts `device_gate`,
   `execute`), `worker.compute.result`: `ComputeResult`, `worker.compute.quarantine`: quarantined devices;
 - `worker.compute.api`: building specs from numpy arrays (`make_job`, `In`, `Out`, `InOut`, `Local`, `Scalar`)
