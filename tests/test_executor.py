@@ -316,20 +316,20 @@ async def test_a_quarantined_device_gives_out_no_slot_until_its_kernel_ends(cloc
     """A runaway kernel of a failed compute job still runs on the device (the runner's quarantine): the
     executor holds back its slots, so it neither starts queued work there nor advertises room, and gives them
     back when the runner says the kernel ended (from another thread, as OpenCL callbacks do)."""
-    from worker.compute.runner import QuarantineInfo, _set_quarantine
+    from worker.compute.quarantine import QuarantineInfo, set_quarantine
 
     async with trio.open_nursery() as n:
         ex = await started_executor(n)
         dev = ex.devices[0].id
         info = QuarantineInfo(dev, "runaway", "time_limit", 0.0)
-        await trio.to_thread.run_sync(_set_quarantine, dev, info)
+        await trio.to_thread.run_sync(set_quarantine, dev, info)
         await trio.testing.wait_all_tasks_blocked()
         cap = ex.capacity()
         assert (cap.free_slots, cap.slots) == (0, 1) and cap.to_dict()["devices"][0]["quarantined"]
         job = ex.submit(JobRequest("w", "sleep", {"seconds": 1}))
         await trio.sleep(5)
         assert job.state == "queued" and ex.position("w") == 1
-        await trio.to_thread.run_sync(_set_quarantine, dev, None, info)
+        await trio.to_thread.run_sync(set_quarantine, dev, None, info)
         o = await job.wait()
         assert o.ok and o.queued_s == pytest.approx(5, abs=0.1)
         assert ex.capacity().free_slots == 1 and not ex.capacity().devices[0].quarantined

@@ -12,6 +12,7 @@ from worker import faults
 from worker.devices import Device
 from worker.kinds import InputReader, KindRegistry, RunContext, SpecError
 from worker.render import kind as rk
+from worker.render import metrics as render_metrics
 from worker.render import reference
 from worker.render.camera import Tile, orbit
 from worker.render.samples import example
@@ -282,9 +283,9 @@ def test_verifier_tolerates_a_few_edge_pixels_but_not_more(honest, cache):
 
 def test_verifier_passes_unknown_scenes_as_unverifiable(honest):
     spec, data, res, tile = honest
-    before = rk.TILES_VERIFIED.labels("unverifiable")._value.get()
+    before = render_metrics.TILES_VERIFIED.labels("unverifiable")._value.get()
     assert rk.SpotCheck(cache=rk.SceneCache()).check(spec, None, res.body, res.output) is None
-    assert rk.TILES_VERIFIED.labels("unverifiable")._value.get() == before + 1
+    assert render_metrics.TILES_VERIFIED.labels("unverifiable")._value.get() == before + 1
 
 
 def test_a_streamed_scene_is_read_from_the_spool_only_when_not_cached(honest):

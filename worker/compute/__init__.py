@@ -1,8 +1,10 @@
 """Generic compute jobs (`compute.opencl`): user OpenCL C kernels with their buffers and launch sizes.
 
-- `worker.compute.spec`: the spec (typed dataclasses, `parse_spec`, `SpecError`); `worker.compute.cltypes`: its
-  OpenCL C types; `worker.compute.limits`: `DeviceLimits`, `validate` (a spec against a device);
-- `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine), `ComputeResult`;
+- `worker.compute.spec`: the spec (typed dataclasses in `spec_model`, `parse_spec` in `spec_parse`, `SpecError`);
+  `worker.compute.cltypes`: its OpenCL C types; `worker.compute.limits`: `DeviceLimits`, `validate` (a spec
+  against a device);
+- `worker.compute.runner`: `ComputeRunner` (build cache, time limit, quarantine; its parts `device_gate`,
+  `execute`), `worker.compute.result`: `ComputeResult`, `worker.compute.quarantine`: quarantined devices;
 - `worker.compute.api`: building specs from numpy arrays (`make_job`, `In`, `Out`, `InOut`, `Local`, `Scalar`)
   and running them on this machine (`run_local`);
 - `worker.compute.kind`: the JobKind (`register_kind()` registers `compute.opencl`).

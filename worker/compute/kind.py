@@ -27,7 +27,8 @@ from worker import faults
 from worker.compute.blobs import read_blobs
 from worker.compute.cache import SOURCES
 from worker.compute.errors import ComputeError
-from worker.compute.runner import CHECKPOINT_INTERVAL_S, runner_for
+from worker.compute.execute import CHECKPOINT_INTERVAL_S
+from worker.compute.runner import runner_for
 from worker.compute.spec import (
     MAX_INLINE_BYTES,
     MAX_SOURCE_BYTES,

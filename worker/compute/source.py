@@ -21,7 +21,7 @@ from worker.compute.errors import SpecError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from worker.compute.spec import ComputeSpec, Launch
+    from worker.compute.spec_model import ComputeSpec, Launch
 
 MAX_SOURCE_BYTES = 512 * 1024
 MAX_DEFINE_VALUE_LEN = 128

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-RELAYED = ("worker.compute.metrics", "worker.render.kind", "worker.zk.kind")
+RELAYED = ("worker.compute.metrics", "worker.render.metrics", "worker.zk.kind")
 MAX_ENTRIES = 512  # per reply; increments of one series are summed, so only observations can come near it
 MAX_LABEL = 64
 

@@ -1,4 +1,5 @@
-"""render.frame in a runner: the runner side (`task`) of one tile; the daemon side is `worker.render.kind.render_tile`.
+"""render.frame in a runner: the daemon side (`render_tile`, `render_tile_view`) and the runner side (`task`)
+of one tile.
 
 The daemon keeps the scene cache that prices and checks jobs; each runner keeps its own (`SceneCache`, by
 content hash) with the scene uploaded to its device. The daemon remembers which scenes each runner holds
@@ -6,19 +7,25 @@ content hash) with the scene uploaded to its device. The daemon remembers which 
 that evicted it answers `NoScene` and gets it once more. The tile renders in bands with a checkpoint between
 them (the job's: cancel and preemption; skipped while the bands run well under the stretch the executor was
 promised between two checkpoints), straight into the arena: RGBA8 rows, then float32 depth rows, which is
-the job's output format (`worker.render.kind.encode_output`).
+the job's output format (`worker.render.tile_output.encode_output`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from worker.render.camera import Tile
-from worker.render.kind import RUNNER_SCENES, SceneCache, bands, decode_scene
+from worker.render.frame_spec import decode_scene, encode_scene
 from worker.render.scene import pose_from_dict
+from worker.render.scene_cache import SceneCache
+from worker.render.tiling import bands
+from worker.runner.pool import RunnerLease, TaskFailed
+
+RUNNER_SCENES = 8  # scenes a runner keeps on its device
 
 
 class NoScene(LookupError):
@@ -59,3 +66,42 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         last = time.monotonic() - t0
     del rgba, depth  # no view of the arena outlives the call
     return {}, [[0, npx * 8]]
+
+
+async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
+                      tile: Any, n_bands: int, band_s: float = 0.0) -> bytes:
+    """The tile's output bytes, rendered in `lease`'s runner (`checkpoint` between bands: the job's, or None for
+    a borrowed device; `band_s`: the longest stretch the executor was promised between two checkpoints, which
+    lets the runner skip the round trip after bands that ran well under it; 0: after every band). Raises
+    RunnerError subclasses."""
+    return bytes(await render_tile_view(lease, checkpoint, entry, pose, tile, n_bands, band_s))  # the one copy
+
+
+async def render_tile_view(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any,
+                           pose: Any, tile: Any, n_bands: int, band_s: float = 0.0) -> memoryview:
+    """`render_tile`'s output as the arena's own bytes, no copy: valid only until the lease's next call (which
+    reuses the arena), so the caller reads it and drops every view of it before that."""
+    await lease.acquire()
+    held: set[str] = lease.state.setdefault("scenes", set())
+    npx = tile.w * tile.h
+    out_n = npx * 8
+    pose_d = {"position": [float(c) for c in pose.position], "orientation": [float(c) for c in pose.orientation]}
+    for attempt in range(2):
+        scene = b"" if entry.hash in held else encode_scene(entry.scene)
+        args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
+                "band_s": float(band_s), "scene": [out_n, len(scene)] if scene else None}
+        try:
+            reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
+                                     checkpoint=checkpoint)
+        except TaskFailed as e:
+            if e.type_name == "NoScene" and attempt == 0:
+                held.discard(entry.hash)
+                continue
+            raise
+        held.add(entry.hash)
+        if len(held) > 4 * RUNNER_SCENES:
+            held.clear()  # a guess gone stale costs one NoScene round trip
+        if len(reply.outs) != 1 or len(reply.outs[0]) != out_n:  # the runner is not trusted
+            raise lease.refuse(f"returned {[len(o) for o in reply.outs]} bytes, the tile has {out_n}")
+        return reply.outs[0]
+    raise AssertionError("unreachable")
