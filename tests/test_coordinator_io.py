@@ -90,13 +90,16 @@ async def test_a_done_job_is_answered_while_its_finish_record_commits(tmp_path):
             answered.append(await cio.settled(job_id, True))
 
         job = Job("echo", {}, job_id="j1", input=b"out")
-        delivered = await _run_to(cio, job, Result(job_id="j1", attempt=1, ok=True, body={}, worker="w",
-                                                   output=b"out"), b"out", nursery)
-        nursery.start_soon(wait_for_it, "j1")
-        await trio.testing.wait_all_tasks_blocked()
-        assert not delivered.is_set()  # the finish record is still committing ...
-        assert [s[0] for s in answered] == [JobState.DONE]  # ... and the job is answered, its output kept
-        assert await cio.small_output("j1", 3) == b"out"
+        async with cio.watch() as events:
+            delivered = await _run_to(cio, job, Result(job_id="j1", attempt=1, ok=True, body={}, worker="w",
+                                                       output=b"out"), b"out", nursery)
+            nursery.start_soon(wait_for_it, "j1")
+            await trio.testing.wait_all_tasks_blocked()
+            assert not delivered.is_set()  # the finish record is still committing ...
+            assert [s[0] for s in answered] == [JobState.DONE]  # ... and the job is answered, its output kept
+            assert await cio.small_output("j1", 3) == b"out"
+            seen = [events.receive_nowait() for _ in range(events.statistics().current_buffer_used)]
+            assert [e["state"] for e in seen if e.get("final")] == ["done"]  # watchers are told with it
         held.gate.set()
         with trio.fail_after(10):
             await delivered.wait()

@@ -344,7 +344,7 @@ class CoordinatorIO:
             # client has its result. Its submit was answered only after the job's own record committed, and the
             # group commit keeps order: an answer that waited for a later commit comes after this one is on disk.
             if isinstance(a, Finish) and a.state is JobState.DONE:
-                self._settle(a.job_id)
+                self._settle(a)
         early: set[int] = set()
         if journal:
             # a new job's first attempt goes out while its records commit: its submit is answered only after
@@ -486,16 +486,24 @@ class CoordinatorIO:
                 return None
         return data if len(data) == size else None
 
-    def _settle(self, job_id: str) -> None:
-        """The job's end may be answered: its waiters (settled) go on."""
-        self._finishing.discard(job_id)
-        ev = self._finished.pop(job_id, None)
+    def _settle(self, a: Finish) -> None:
+        """The job's end may be answered (once per job): its quota released, watchers told, waiters woken."""
+        if a.job_id not in self._finishing:
+            return
+        self._finishing.discard(a.job_id)
+        rec = self.core.get(a.job_id)
+        if rec is not None:
+            run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
+            self.quotas.finished(rec.job.submitted_by, a.job_id, run_s, trio.current_time())
+        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+        ev = self._finished.pop(a.job_id, None)
         if ev is not None:
             ev.set()
 
     def _on_finish(self, a: Finish) -> None:
         """The job's finish record has committed."""
-        self._settle(a.job_id)
+        self._settle(a)
         output = self._unsaved.pop(a.job_id, None)
         if output is not None:
             self._small_outputs[a.job_id] = output
@@ -503,16 +511,12 @@ class CoordinatorIO:
                 self._small_outputs.popitem(last=False)
         rec = self.core.get(a.job_id)
         if rec is not None:
-            run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
-            self.quotas.finished(rec.job.submitted_by, a.job_id, run_s, trio.current_time())
-        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
-        if rec is not None:
             took = trio.current_time() - rec.submitted_at
             worker = a.result.worker if a.result is not None else ""
             log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
                      f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
-        self.drop_input(a.job_id)
+        if rec is None or (not rec.job.inline and rec.job.input_size):  # only a streamed input is spooled
+            self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
             outputs.discard(self._received.pop(k))
