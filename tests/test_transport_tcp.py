@@ -185,39 +185,6 @@ async def test_64_concurrent_streams_over_tls():
         assert conn.stream_counts() == (0, 0)
 
 
-async def test_messages_queued_in_one_scheduler_pass_go_out_in_one_write():
-    """Replies sent by many tasks at once (a busy node) leave in one TLS record and one syscall, in order per
-    stream."""
-    async with pair() as (server, client):
-        conn = await client.connect("127.0.0.1", server.port, server.peer_id)
-        streams = [await conn.open_stream() for _ in range(20)]
-        for s in streams:  # each stream open on both sides
-            await s.send_msg({"warm": True})
-            assert await s.receive_msg() == {"warm": True}
-        wire, writes = conn._wire, []
-        send_some = wire.send_some
-        wire.send_some = lambda bufs: (writes.append(len(bufs)), send_some(bufs))[1]
-        go = trio.Event()
-
-        async def one(i, s):
-            await go.wait()
-            await s.send_msg({"i": i})
-            await s.send_msg({"i": i, "second": True})
-
-        async with trio.open_nursery() as n:
-            for i, s in enumerate(streams):
-                n.start_soon(one, i, s)
-            await trio.testing.wait_all_tasks_blocked()
-            go.set()
-        with trio.fail_after(10):
-            for i, s in enumerate(streams):
-                assert await s.receive_msg() == {"i": i} and await s.receive_msg() == {"i": i, "second": True}
-        assert len(writes) == 1 and writes[0] == 40, writes
-        wire.send_some = send_some
-        for s in streams:
-            await s.close()
-
-
 async def test_peer_killed_mid_stream_surfaces_on_every_stream():
     started = trio.Event()
     count = 0

@@ -254,9 +254,6 @@ class Connection:
         if not self._streams:
             self._idle_lot.unpark_all()
 
-    def flush_soon(self) -> None:
-        self._wake_writer()
-
     def push_pending(self) -> None:
         if self._mux.has_output:
             self._wake_writer()

@@ -102,10 +102,6 @@ class StreamLink(Protocol):
         """Write what is queued, in the calling task. True if it had to wait (passed the scheduler)."""
         ...
 
-    def flush_soon(self) -> None:
-        """Have what is queued written by the connection's writer task, after the tasks runnable now."""
-        ...
-
     def yield_due(self, size: int) -> bool:
         """Whether a send/receive of `size` bytes that did not wait should yield to the scheduler now."""
         ...
@@ -257,11 +253,7 @@ class Stream:
         if end:
             self._send_closed = True
             link.stream_done(self)
-        if is_msg:
-            # a message is bytes of its own (never the caller's buffer): it goes out with every other frame
-            # the connection's tasks queue in this scheduler pass, in one write (one TLS record, one syscall)
-            link.flush_soon()
-        elif await link.flush() or waited:
+        if await link.flush() or waited:
             return
         # Sent without waiting for anything: yield now and then so a busy sender cannot starve the
         # other tasks (bulk frames always; small messages every 16th send).
