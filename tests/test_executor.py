@@ -308,6 +308,7 @@ async def test_saturated_and_positions(clock):
         cap = ex.capacity()
         assert (cap.free_slots, cap.queue_depth, cap.slots) == (0, 2, 1)
         assert cap.to_dict()["devices"][0]["device"] == "cpu-reference"
+        assert ex.room() == {d.device_id: (d.slots, d.free_slots, d.queued, d.max_queued) for d in cap.devices}
         assert ex.handle("b").position == 1 and ex.handle("c") is not None
         n.cancel_scope.cancel()
 

@@ -439,6 +439,11 @@ class PriorityQueues:
         dq = self._devices[device_id]
         return len(dq.running) + sum(dq.lent.values()), len(dq.queued), dq.free_slots
 
+    def room(self, device_id: str) -> tuple[int, int, int, int]:
+        """(slots, free slots, waiting, most waiting) of a device: `load` without its walk of the queue."""
+        dq = self._devices[device_id]
+        return dq.slots, dq.free_slots, len(dq.queued), dq.max_queued
+
     def load(self, device_id: str, now: float) -> DeviceLoad:
         dq = self._devices[device_id]
         work = sum(e.remaining(now) for e in dq.running.values()) + sum(e.remaining(now) for e in dq.queued)
@@ -537,13 +542,11 @@ def _outcome(job_id: str, state: str, result: Result | None = None, error: str |
 class JobHandle:
     """What `submit()` returns: position, state, progress, and `await wait()` for the Outcome."""
 
-    def __init__(self, job_id: str, device_id: str, position: int, priority: Priority,
-                 estimate: Estimate | None = None) -> None:
+    def __init__(self, job_id: str, device_id: str, position: int, priority: Priority) -> None:
         self.job_id = job_id
         self.device_id = device_id
         self.position = position  # at admission: 0 = started at once, N = N-th in line (see Executor.position)
         self.priority = priority
-        self.estimate = estimate
         self.state = "queued"
         self.progress = 0.0
         self.progress_message: str | None = None
@@ -827,12 +830,13 @@ class Executor:
         for d in fits:
             cost = float(kind.cost_s(req.spec, req.input_size, d))
             chunk = float(kind.chunk_s(req.spec, req.input_size, d))
-            est = self._core.estimate(d.id, prio, cost, req.deadline, now)
-            ests.append((est.finish, d.id, d, cost, chunk, est))
+            # the earliest estimated finish first (an estimate walks the device's queue: only to choose)
+            finish = self._core.estimate(d.id, prio, cost, req.deadline, now).finish if len(fits) > 1 else 0.0
+            ests.append((finish, d.id, d, cost, chunk))
         ests.sort(key=lambda t: (t[0], t[1]))
         first_refusal: Refused | None = None
-        for _, _, d, cost, chunk, est in ests:
-            job = _Job(req, kind, d, JobHandle(req.job_id, d.id, 0, prio, est))
+        for _, _, d, cost, chunk in ests:
+            job = _Job(req, kind, d, JobHandle(req.job_id, d.id, 0, prio))
             try:
                 entry, pos = self._core.admit(req.job_id, d.id, prio, cost, chunk, req.deadline, now, payload=job)
             except Refused as e:
@@ -882,6 +886,11 @@ class Executor:
             out.append(DeviceCapacity(dev_id, self._devices[dev_id].kind, ld.slots, ld.free_slots, ld.running,
                                       ld.queued, ld.max_queued, ld.backlog_s, self._core.held(dev_id)))
         return Capacity(tuple(out))
+
+    def room(self) -> dict[str, tuple[int, int, int, int]]:
+        """{device: (slots, free slots, waiting, most waiting)}: capacity() in brief, cheap enough for every job
+        a coordinator sends."""
+        return {dev_id: self._core.room(dev_id) for dev_id in self._core.devices()}
 
     def estimate(self, kind: str, spec: dict[str, Any], input_size: int = 0,
                  priority: Priority | str = Priority.BATCH, deadline: float | None = None) -> list[Estimate]:

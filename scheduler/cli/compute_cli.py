@@ -235,9 +235,12 @@ def run(args: argparse.Namespace) -> int:
             title = f"compute {args.kernel or args.source.name}"
             with progress.JobProgress(progress.mode_for(args, con), con, title) as prog:
                 async with progress.following(mesh.client, prog, local=True) as track:
-                    return await mesh.run(job, verify=None if args.verify == "none" else args.verify,
-                                          rtol=args.rtol, atol=args.atol, priority=args.priority,
-                                          observer=progress.ProgressObserver(prog, track))
+                    observer = progress.ProgressObserver(prog, track)
+                    res = await mesh.run(job, verify=None if args.verify == "none" else args.verify,
+                                         rtol=args.rtol, atol=args.atol, priority=args.priority, observer=observer)
+                if observer.job_id:
+                    prog.ended(observer.job_id, "done")
+                return res
 
     res = trio.run(go)  # BuildFailed, ComputeRefused, ComputeFailed: exit statuses in common.ERROR_EXITS
 

@@ -33,6 +33,7 @@ class JobProgress:
         self.events: list[dict[str, Any]] = []  # every update shown (for tests and --json)
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._ended: set[str] = set()  # jobs whose final state was shown
         if mode == "bars":
 
             self._progress = Progress(TextColumn("{task.description:<10}"), BarColumn(bar_width=30),
@@ -76,6 +77,8 @@ class JobProgress:
         if state == "running" and e.get("progress") is not None:
             fraction = 0.1 + 0.9 * float(e["progress"])
         item = {"event": "job", "id": e.get("id"), "state": state, "fraction": round(fraction, 4)}
+        if e.get("final"):
+            self._ended.add(str(e.get("id")))
         for k in ("stage", "peer", "attempt", "reason"):
             if e.get(k):
                 item[k] = e[k]
@@ -83,6 +86,13 @@ class JobProgress:
         if self._progress is not None:
             info = state + (f": {e['stage']}" if e.get("stage") else "") + (f" on {e['peer'][-12:]}" if e.get("peer") else "")
             self._progress.update(self._bar("job", self.title, 1.0), completed=fraction, info=info)
+
+
+    def ended(self, job_id: str, state: str, reason: str = "") -> None:
+        """The job's end, from its result, unless its watch event showed it already (the coordinator sends both
+        at once, on different streams: the result may come first)."""
+        if job_id not in self._ended:
+            self.job({"id": job_id, "state": state, "reason": reason, "final": True})
 
 
 def _mib(n: int) -> str:
@@ -132,6 +142,8 @@ async def submit_and_follow(client: Any, progress: JobProgress, kind: str, spec:
         ans = await client.submit(kind, spec, input=input, on_upload=progress.upload, **kw)
         track(ans["id"])
         res = await client.result(ans["id"], on_download=progress.download) if wait and ans["accepted"] else None
+    if res is not None:
+        progress.ended(res.job_id, res.state, res.reason)
     return ans, res
 
 
@@ -141,7 +153,10 @@ async def result_and_follow(client: Any, progress: JobProgress, job_id: str, *, 
         st = await client.status(job_id)  # the whole id (a prefix may have been given)
         track(st["id"])
         progress.job(st)
-        return await client.result(st["id"], wait=wait, on_download=progress.download)
+        res = await client.result(st["id"], wait=wait, on_download=progress.download)
+    if res.state in ("done", "failed", "cancelled"):
+        progress.ended(res.job_id, res.state, res.reason)
+    return res
 
 
 class ProgressObserver(JobObserver):

@@ -168,7 +168,7 @@ class Client:
             job = replace(base, input_size=len(input), input_sha256=hashlib.sha256(input).hexdigest())
             stream_bytes = bytes(input)
         else:
-            job = replace(base, input=bytes(input) if input is not None else None)
+            job = replace(base, input=bytes(input)) if input is not None else base
         body: dict[str, Any] = {"job": job.to_wire(trio.current_time())}
         streamed = stream_path is not None or stream_bytes is not None
         if not streamed and not wait:

@@ -111,6 +111,7 @@ class CoordinatorIO:
         self._journal_busy = False
         self._leases: dict[str, LeaseChannel] = {}  # held slot leases' channels, by lease id
         self._small_outputs: OrderedDict[str, bytes] = OrderedDict()  # recent small outputs (also journaled)
+        self._unsaved: dict[str, bytes] = {}  # small outputs whose journal records are still committing
 
     @property
     def _tasks(self) -> trio.Nursery:
@@ -239,8 +240,9 @@ class CoordinatorIO:
     async def settled(self, job_id: str, wait: bool) -> tuple[JobState, str, Result | None] | None:
         """(state, reason, result) of a job, waiting for its end if asked; None if this node never had it."""
         rec = self.core.get(job_id)
-        # the core flips a job to done before its output and journal record are on disk: wait for its Finish
-        # action, which comes after both (a job restored as finished from the journal is settled already)
+        # the core flips a job to done before its output is kept: wait until it is (a job restored as finished
+        # from the journal is settled already). A done job is answered while its finish record commits, any
+        # other end once it has committed (see _execute)
         if rec is not None and wait and (not rec.state.terminal or rec.job_id in self._finishing):
             ev = self._finished.setdefault(job_id, trio.Event())
             await ev.wait()
@@ -335,6 +337,14 @@ class CoordinatorIO:
         for a in actions:
             if isinstance(a, Deliver) and (small := await self._deliver(a)) is not None:
                 journal.append(small)
+        for a in actions:
+            # a done job's waiters are answered now, while its finish record commits: its result is accepted
+            # and its output kept (a small one in memory until committed). A coordinator killed before the
+            # commit restarts with the job unfinished and runs it again (at least once, like any attempt); the
+            # client has its result. Its submit was answered only after the job's own record committed, and the
+            # group commit keeps order: an answer that waited for a later commit comes after this one is on disk.
+            if isinstance(a, Finish) and a.state is JobState.DONE:
+                self._settle(a)
         early: set[int] = set()
         if journal:
             # a new job's first attempt goes out while its records commit: its submit is answered only after
@@ -455,9 +465,7 @@ class CoordinatorIO:
         if not output:
             return None
         if isinstance(output, bytes) and len(output) <= outputs.SMALL_OUTPUT:
-            self._small_outputs[a.job_id] = output
-            while len(self._small_outputs) > SMALL_OUTPUTS_KEPT:
-                self._small_outputs.popitem(last=False)
+            self._unsaved[a.job_id] = output  # until its record commits (then in _small_outputs: _on_finish)
             return JournalOutput(a.job_id, output)
         await trio.to_thread.run_sync(outputs.settle, output, self.output_path(a.job_id))
         return None
@@ -467,7 +475,7 @@ class CoordinatorIO:
         the journal (or from results/, where versions before the journal kept it); None when larger or gone."""
         if not 0 < size <= outputs.SMALL_OUTPUT:
             return None
-        kept = self._small_outputs.get(job_id)
+        kept = self._unsaved.get(job_id) or self._small_outputs.get(job_id)
         if kept is not None and len(kept) == size:
             return kept
         data = await trio.to_thread.run_sync(self._journal.output, job_id)
@@ -478,23 +486,37 @@ class CoordinatorIO:
                 return None
         return data if len(data) == size else None
 
-    def _on_finish(self, a: Finish) -> None:
+    def _settle(self, a: Finish) -> None:
+        """The job's end may be answered (once per job): its quota released, watchers told, waiters woken."""
+        if a.job_id not in self._finishing:
+            return
         self._finishing.discard(a.job_id)
         rec = self.core.get(a.job_id)
         if rec is not None:
             run_s = float(a.result.timings.get("run_s", 0.0)) if a.result is not None else 0.0
             self.quotas.finished(rec.job.submitted_by, a.job_id, run_s, trio.current_time())
+        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
+                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
         ev = self._finished.pop(a.job_id, None)
         if ev is not None:
             ev.set()
-        self._broadcast({"id": a.job_id, "kind": rec.job.kind if rec else "", "state": a.state.value,
-                         "reason": a.reason, "final": True, "by": rec.job.submitted_by if rec else ""})
+
+    def _on_finish(self, a: Finish) -> None:
+        """The job's finish record has committed."""
+        self._settle(a)
+        output = self._unsaved.pop(a.job_id, None)
+        if output is not None:
+            self._small_outputs[a.job_id] = output
+            while len(self._small_outputs) > SMALL_OUTPUTS_KEPT:
+                self._small_outputs.popitem(last=False)
+        rec = self.core.get(a.job_id)
         if rec is not None:
             took = trio.current_time() - rec.submitted_at
             worker = a.result.worker if a.result is not None else ""
             log.info("job %s (%s) %s after %.2f s%s%s", a.job_id, rec.job.kind, a.state.value, took,
                      f" on {worker}" if worker else "", f": {a.reason}" if a.reason else "")
-        self.drop_input(a.job_id)
+        if rec is None or (not rec.job.inline and rec.job.input_size):  # only a streamed input is spooled
+            self.drop_input(a.job_id)
         # drop outputs of attempts that were not delivered
         for k in [k for k in self._received if k[0] == a.job_id]:
             outputs.discard(self._received.pop(k))

@@ -15,9 +15,9 @@ every local operation below takes the principal it acts for.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -51,7 +51,7 @@ def id_tag(peer_id: str) -> str:
 def tagged_job_id(coordinator: str) -> str:
     """A new job id that names its coordinator: `<tag>-<20 random hex digits>`."""
 
-    return f"{id_tag(coordinator)}-{uuid.uuid4().hex[:20]}"
+    return f"{id_tag(coordinator)}-{os.urandom(10).hex()}"
 
 
 def frame_of(job_id: str) -> str | None:

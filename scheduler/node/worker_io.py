@@ -89,10 +89,8 @@ class WorkerIO:
             self._nursery = None
 
     def _load(self) -> dict[str, DeviceLoad]:
-        out = {}
-        for c in self.executor.capacity().devices:
-            out[c.device_id] = DeviceLoad(c.free_slots, c.queued, c.max_queued, c.slots)
-        return out
+        return {dev: DeviceLoad(free, queued, max_queued, slots)
+                for dev, (slots, free, queued, max_queued) in self.executor.room().items()}
 
     # ---- the WorkerInbox (coordinators ask here) ----------------------------------------------------------
     async def offer(self, coordinator: str, offer: Offer) -> Accept | Reject:
@@ -135,7 +133,7 @@ class WorkerIO:
 
     def _remote_slots(self) -> int:
         """How many jobs of other coordinators this node runs at once: --share of its slots."""
-        slots = self.executor.capacity().slots
+        slots = sum(r[0] for r in self.executor.room().values())
         return int(slots * self.share + 1e-9) if self.share < 1.0 else slots * 1_000_000
 
     # ---- carrying out the core's actions ------------------------------------------------------------------
@@ -213,8 +211,8 @@ class WorkerIO:
         the latest report at most every PROGRESS_INTERVAL_S (a lost or late report costs nothing: the next one,
         or the result, supersedes it). One task per job for both."""
         await handle.started.wait()
-        log.info("job %s started", job_id)
         await trio.sleep(STARTED_NOTICE_S)
+        log.info("job %s started", job_id)  # as the notice: a shorter job's end line says all
         await self._execute(self.core.started(job_id, attempt, trio.current_time()))
         while True:
             fraction, stage = await latest.get()
