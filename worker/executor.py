@@ -1,14 +1,20 @@
-"""Per-device priority queues and the node's job executor.
+"""The node's job executor: `Executor`, the trio runner over the per-device priority queues.
 
-Two layers:
-- `PriorityQueues`: the pure core (no trio, no I/O; the current time is passed in). Per device: a number
-  of slots, a bounded queue ordered realtime first (earliest deadline first), then interactive, then batch
-  (FIFO within a class), admission (bounded queues, realtime deadline check), which job gets a freed slot,
-  and whether a running job should yield its slot at a checkpoint to a more urgent queued one.
-- `Executor`: the thin trio runner. `submit()` validates the job against its kind, picks a device, admits
-  it (or raises a `Refused`: `Saturated`, `DeadlineUnmeetable`, `Unsatisfiable`, `DuplicateJob`) and returns a
-  `JobHandle` with the queued position; jobs run as tasks in the executor's nursery; `cancel(job_id)`
-  removes a queued job or cancels a running one at its next chunk boundary; `capacity()` feeds the advert.
+The parts:
+- `worker.priority_queues.PriorityQueues`: the pure core (no trio, no I/O; the current time is passed in). Per
+  device: a number of slots, a bounded queue ordered realtime first (earliest deadline first), then
+  interactive, then batch (FIFO within a class), admission (bounded queues, realtime deadline check), which
+  job gets a freed slot, and whether a running job should yield its slot at a checkpoint to a more urgent
+  queued one.
+- `worker.refusals`: `Refused` and its kinds (`Saturated`, `DeadlineUnmeetable`, `Unsatisfiable`,
+  `DuplicateJob`).
+- `worker.jobs`: `JobRequest`, `JobHandle`, `Outcome`; `worker.capacity`: `Capacity` for the advert.
+- `Executor` (here): the thin trio runner. `submit()` validates the job against its kind, picks a device,
+  admits it (or raises a `Refused`) and returns a `JobHandle` with the queued position; jobs run as tasks in
+  the executor's nursery; `cancel(job_id)` removes a queued job or cancels a running one at its next chunk
+  boundary; `capacity()` feeds the advert.
+This module still exports the names its users import from it (the refusals, JobRequest, PriorityQueues,
+Priority, ...).
 
 Preemption: a running job reaches `ctx.checkpoint()` between chunks; if a job of a strictly more urgent
 class is queued on its device and no slot is free, it gives its slot up and waits (state "suspended",
@@ -32,12 +38,10 @@ worker/ knows nothing of the network; times are trio times (`trio.current_time()
 
 from __future__ import annotations
 
-import bisect
 import logging
-import math
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -46,51 +50,24 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from worker import kinds as kinds_mod
 from worker import kinds_basic
+from worker.capacity import Capacity, DeviceCapacity
 from worker.compute.runner import add_quarantine_listener, quarantined_devices
 from worker.devices import Device
-from worker.kinds import InputReader, JobKind, KindRegistry, Requirements, Result, RunContext
+from worker.jobs import JobHandle, JobRequest, Outcome, make_outcome
+from worker.kinds import InputReader, JobKind, KindRegistry, Result, RunContext
 from worker.opencl import open_device
 from worker.priority import Priority
+from worker.priority_queues import DEFAULT_MAX_QUEUED, DeviceLoad, Entry, Estimate, PriorityQueues
+from worker.refusals import DeadlineUnmeetable, DuplicateJob, Refused, Saturated, Unsatisfiable
 from worker.runner.pool import RunnerCrashed, RunnerLease, RunnerPool
 
+__all__ = [
+    "DEFAULT_MAX_QUEUED", "Capacity", "DeadlineUnmeetable", "DeviceCapacity", "DeviceLoad", "DuplicateJob",
+    "Entry", "Estimate", "Executor", "JobHandle", "JobRequest", "OpenFn", "Outcome", "Priority",
+    "PriorityQueues", "Refused", "Saturated", "Unsatisfiable",
+]
+
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_QUEUED = 64
-
-
-# --- refusals -------------------------------------------------------------------------------------------
-
-
-class Refused(Exception):
-    """A job the executor will not take; `reason` is a short code, the message says why."""
-
-    reason = "refused"
-
-
-class Saturated(Refused):
-    reason = "saturated"
-
-    def __init__(self, message: str, queued: int = 0, max_queued: int = 0) -> None:
-        super().__init__(message)
-        self.queued = queued
-        self.max_queued = max_queued
-
-
-class DeadlineUnmeetable(Refused):
-    reason = "deadline"
-
-    def __init__(self, message: str, estimated_finish: float = math.inf, deadline: float = 0.0) -> None:
-        super().__init__(message)
-        self.estimated_finish = estimated_finish
-        self.deadline = deadline
-
-
-class Unsatisfiable(Refused):
-    reason = "unsatisfiable"
-
-
-class DuplicateJob(Refused):
-    reason = "duplicate"
 
 
 # --- metrics --------------------------------------------------------------------------------------------
@@ -108,508 +85,6 @@ QUEUE_WAIT = Histogram("gpumesh_executor_queue_wait_seconds", "Time from admissi
 RUN_TIME = Histogram("gpumesh_executor_run_seconds", "Time from first start to end", ["kind"],
                      buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300, 3600))
 
-
-# --- the pure core --------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class Entry:
-    """One job in the queues. `cost_s`: estimated run time; `chunk_s`: longest stretch between checkpoints."""
-
-    job_id: str
-    device_id: str
-    priority: Priority
-    cost_s: float
-    chunk_s: float
-    deadline: float | None
-    seq: int
-    enqueued_at: float
-    state: str = "queued"  # queued | running | suspended
-    started_at: float | None = None  # first start
-    slice_started_at: float | None = None  # start of the current run slice
-    ran_s: float = 0.0  # run time in finished slices
-    payload: Any = None
-
-    @property
-    def key(self) -> tuple[int, float, int]:
-        return (self.priority.rank, self.deadline if self.priority is Priority.REALTIME and self.deadline is not None else 0.0,
-                self.seq)
-
-    def run_time(self, now: float) -> float:
-        return self.ran_s + (now - self.slice_started_at if self.slice_started_at is not None else 0.0)
-
-    def remaining(self, now: float) -> float:
-        return max(self.cost_s - self.run_time(now), 0.0)
-
-
-@dataclass
-class _DeviceQueue:
-    device_id: str
-    slots: int
-    max_queued: int
-    queued: list[Entry] = field(default_factory=list)  # sorted by key; includes suspended entries
-    running: dict[str, Entry] = field(default_factory=dict)
-    held: bool = False  # quarantined: a kernel of a failed job still runs there, no slot is given out
-    lent: dict[str, int] = field(default_factory=dict)  # slots lent to jobs running on another device
-
-    @property
-    def free_slots(self) -> int:
-        return 0 if self.held else max(self.slots - len(self.running) - sum(self.lent.values()), 0)
-
-    def count_admitted(self, realtime: bool) -> int:
-        return sum(1 for e in self.queued if e.state == "queued" and (e.priority is Priority.REALTIME) == realtime)
-
-
-@dataclass(frozen=True)
-class DeviceLoad:
-    device_id: str
-    slots: int
-    free_slots: int
-    running: int
-    queued: int  # waiting for a slot (includes suspended)
-    suspended: int
-    max_queued: int
-    backlog_s: float  # estimated seconds until the device's current work is done, per slot
-
-
-@dataclass(frozen=True)
-class Estimate:
-    device_id: str
-    start: float
-    finish: float
-    position: int  # jobs queued ahead
-
-
-class PriorityQueues:
-    """Per-device priority queues with slots. Pure: every method takes the time it needs as `now`."""
-
-    def __init__(self, devices: Mapping[str, int] | None = None, *, max_queued: int = DEFAULT_MAX_QUEUED) -> None:
-        if max_queued < 1:
-            raise ValueError("max_queued must be at least 1")
-        self.max_queued = max_queued
-        self._devices: dict[str, _DeviceQueue] = {}
-        self._entries: dict[str, Entry] = {}
-        self._seq = 0
-        for dev, slots in (devices or {}).items():
-            self.add_device(dev, slots)
-
-    # devices
-    def add_device(self, device_id: str, slots: int = 1, max_queued: int | None = None) -> None:
-        if slots < 1:
-            raise ValueError(f"device {device_id}: slots must be at least 1")
-        if device_id in self._devices:
-            dq = self._devices[device_id]
-            dq.slots = slots
-            dq.max_queued = max_queued or self.max_queued
-            return
-        self._devices[device_id] = _DeviceQueue(device_id, slots, max_queued or self.max_queued)
-
-    def remove_device(self, device_id: str) -> list[Entry]:
-        """Forget a device; returns its entries (queued, suspended and running), which are dropped."""
-        dq = self._devices.pop(device_id, None)
-        if dq is None:
-            return []
-        out = list(dq.running.values()) + dq.queued
-        for e in out:
-            self._entries.pop(e.job_id, None)
-        return out
-
-    def devices(self) -> list[str]:
-        return list(self._devices)
-
-    def hold(self, device_id: str, held: bool) -> bool:
-        """Hold back (or give back) all of a device's slots; queued jobs wait. False if the device is unknown."""
-        dq = self._devices.get(device_id)
-        if dq is None:
-            return False
-        dq.held = held
-        return True
-
-    def lend(self, device_id: str, job_id: str) -> bool:
-        """Lend one free slot of an idle device (nothing queued or suspended there) to a job running on another
-        device, which then uses both; False when the device is busy, held or unknown."""
-        dq = self._devices.get(device_id)
-        if dq is None or dq.free_slots == 0 or dq.queued:
-            return False
-        dq.lent[job_id] = dq.lent.get(job_id, 0) + 1
-        return True
-
-    def give_back(self, device_id: str, job_id: str) -> None:
-        """Return the slots a job borrowed on a device (see lend); grant() can give them out again."""
-        dq = self._devices.get(device_id)
-        if dq is not None:
-            dq.lent.pop(job_id, None)
-
-    def held(self, device_id: str) -> bool:
-        dq = self._devices.get(device_id)
-        return dq is not None and dq.held
-
-    def has_device(self, device_id: str) -> bool:
-        return device_id in self._devices
-
-    def get(self, job_id: str) -> Entry | None:
-        return self._entries.get(job_id)
-
-    def __contains__(self, job_id: object) -> bool:
-        return job_id in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    # estimates
-    def _release_times(self, dq: _DeviceQueue, rank: int, now: float) -> list[float]:
-        """When each slot becomes available to a job of `rank` (a sorted list, one per slot)."""
-        times = [now] * dq.free_slots
-        if dq.held:  # the idle slots of a quarantined device: not before the runaway kernel ends (unknown)
-            times += [math.inf] * max(dq.slots - len(dq.running), 0)
-        elif dq.lent:  # lent to a job on another device or reserved by a render session: back at an unknown time
-            times += [math.inf] * min(sum(dq.lent.values()), max(dq.slots - len(dq.running), 0))
-        for r in dq.running.values():
-            rem = r.remaining(now)
-            if r.priority.rank > rank:  # it gives the slot up at its next checkpoint
-                rem = min(rem, r.chunk_s)
-            times.append(now + rem)
-        times.sort()
-        return times
-
-    @staticmethod
-    def _place(times: list[float], cost: float) -> tuple[float, float]:
-        start = times.pop(0)
-        finish = start + cost
-        bisect.insort(times, finish)
-        return start, finish
-
-    def estimate(self, device_id: str, priority: Priority, cost_s: float, deadline: float | None,
-                 now: float) -> Estimate:
-        """Estimated start and finish of a job submitted now (without admitting it)."""
-        dq = self._devices[device_id]
-        probe = Entry("", device_id, priority, cost_s, cost_s, deadline, self._seq + 1, now)
-        times = self._release_times(dq, priority.rank, now)
-        pos = 0
-        for e in dq.queued:
-            if e.key >= probe.key:
-                break
-            self._place(times, e.remaining(now))
-            pos += 1
-        start, finish = self._place(times, cost_s)
-        return Estimate(device_id, start, finish, pos)
-
-    def _check_realtime(self, dq: _DeviceQueue, new: Entry, now: float) -> None:
-        assert new.deadline is not None
-        if new.deadline <= now:
-            raise DeadlineUnmeetable(f"deadline already passed ({now - new.deadline:.3f} s ago)", now, new.deadline)
-        times = self._release_times(dq, 0, now)
-        rts = [e for e in dq.queued if e.priority is Priority.REALTIME]
-        order = sorted(rts + [new], key=lambda e: e.key)
-        ahead = 0
-        for e in order:
-            start, finish = self._place(times, e.remaining(now) if e is not new else e.cost_s)
-            if e is new:
-                if finish > new.deadline:
-                    raise DeadlineUnmeetable(
-                        f"deadline cannot be met on device {dq.device_id}: estimated finish in {finish - now:.3f} s "
-                        f"(waits {start - now:.3f} s for a slot behind {len(dq.running)} running job(s) and "
-                        f"{ahead} earlier-deadline realtime job(s), then runs {new.cost_s:.3f} s) "
-                        f"but the deadline is in {new.deadline - now:.3f} s",
-                        finish, new.deadline)
-            else:
-                if e.key < new.key:
-                    ahead += 1
-                elif e.deadline is not None and finish > e.deadline:
-                    raise DeadlineUnmeetable(
-                        f"accepting it on device {dq.device_id} would make queued realtime job {e.job_id} miss "
-                        f"its deadline (estimated finish in {finish - now:.3f} s, deadline in {e.deadline - now:.3f} s)",
-                        finish, new.deadline)
-
-    # admission
-    def admit(self, job_id: str, device_id: str, priority: Priority, cost_s: float, chunk_s: float | None,
-              deadline: float | None, now: float, payload: Any = None) -> tuple[Entry, int]:
-        """Queue a job; returns (entry, position: jobs ahead of it). Raises Refused."""
-        if job_id in self._entries:
-            raise DuplicateJob(f"job {job_id} is already queued or running here")
-        dq = self._devices.get(device_id)
-        if dq is None:
-            raise Unsatisfiable(f"no device {device_id!r} here; devices: {', '.join(self._devices) or 'none'}")
-        if priority is Priority.REALTIME and deadline is None:
-            raise ValueError("a realtime job needs a deadline")
-        if not (cost_s >= 0 and math.isfinite(cost_s)):
-            raise ValueError(f"cost must be a finite non-negative number of seconds, not {cost_s!r}")
-        rt = priority is Priority.REALTIME
-        n = dq.count_admitted(rt)
-        if n >= dq.max_queued:
-            cls = "realtime" if rt else "interactive and batch"
-            raise Saturated(f"device {device_id} queue is full ({n} {cls} jobs queued, limit {dq.max_queued})",
-                            n, dq.max_queued)
-        self._seq += 1
-        chunk = cost_s if chunk_s is None else max(min(chunk_s, cost_s), 0.0)
-        entry = Entry(job_id, device_id, priority, cost_s, chunk, deadline, self._seq, now, payload=payload)
-        if rt:
-            self._check_realtime(dq, entry, now)
-        idx = bisect.bisect_right([e.key for e in dq.queued], entry.key)
-        dq.queued.insert(idx, entry)
-        self._entries[job_id] = entry
-        return entry, idx
-
-    # dispatch
-    def grant(self, device_id: str, now: float) -> tuple[list[Entry], list[Entry]]:
-        """Give free slots to the queue head(s). Returns (entries now running, realtime entries expired).
-
-        A granted entry with `started_at` set before this call was suspended and resumes. Expired entries
-        (realtime jobs that can no longer finish by their deadline) are removed from the queues.
-        """
-        dq = self._devices.get(device_id)
-        if dq is None:
-            return [], []
-        started: list[Entry] = []
-        expired: list[Entry] = []
-        while dq.free_slots > 0 and dq.queued:
-            e = dq.queued.pop(0)
-            if (e.priority is Priority.REALTIME and e.deadline is not None and e.state == "queued"
-                    and now + e.cost_s > e.deadline):
-                del self._entries[e.job_id]
-                expired.append(e)
-                continue
-            e.state = "running"
-            if e.started_at is None:
-                e.started_at = now
-            e.slice_started_at = now
-            dq.running[e.job_id] = e
-            started.append(e)
-        return started, expired
-
-    def should_yield(self, job_id: str) -> bool:
-        """At a checkpoint: should this running job give its slot to a more urgent queued one?"""
-        e = self._entries.get(job_id)
-        if e is None or e.state != "running":
-            return False
-        dq = self._devices[e.device_id]
-        if dq.free_slots > 0 or not dq.queued:
-            return False
-        return dq.queued[0].priority.rank < e.priority.rank
-
-    def suspend(self, job_id: str, now: float) -> Entry:
-        """The running job gives its slot up and waits in the queue (ahead of later jobs of its class)."""
-        e = self._entries[job_id]
-        if e.state != "running":
-            raise ValueError(f"job {job_id} is {e.state}, not running")
-        dq = self._devices[e.device_id]
-        del dq.running[job_id]
-        e.ran_s = e.run_time(now)
-        e.slice_started_at = None
-        e.state = "suspended"
-        idx = bisect.bisect_right([x.key for x in dq.queued], e.key)
-        dq.queued.insert(idx, e)
-        return e
-
-    def finish(self, job_id: str, now: float) -> Entry | None:
-        """Remove a job in any state (ended, cancelled, failed); frees its slot if it held one."""
-        e = self._entries.pop(job_id, None)
-        if e is None:
-            return None
-        dq = self._devices.get(e.device_id)
-        if dq is not None:
-            if e.state == "running":
-                dq.running.pop(job_id, None)
-                e.ran_s = e.run_time(now)
-                e.slice_started_at = None
-            else:
-                try:
-                    dq.queued.remove(e)
-                except ValueError:
-                    pass
-        e.state = "finished"
-        return e
-
-    # introspection
-    def position(self, job_id: str) -> int | None:
-        """Jobs ahead of a waiting job on its device; None if running or unknown."""
-        e = self._entries.get(job_id)
-        if e is None or e.state == "running":
-            return None
-        return self._devices[e.device_id].queued.index(e)
-
-    def queued(self, device_id: str) -> list[Entry]:
-        return list(self._devices[device_id].queued)
-
-    def running(self, device_id: str) -> list[Entry]:
-        return list(self._devices[device_id].running.values())
-
-    def counts(self, device_id: str) -> tuple[int, int, int]:
-        """(running, waiting, free slots) of a device; cheap."""
-        dq = self._devices[device_id]
-        return len(dq.running) + sum(dq.lent.values()), len(dq.queued), dq.free_slots
-
-    def room(self, device_id: str) -> tuple[int, int, int, int]:
-        """(slots, free slots, waiting, most waiting) of a device: `load` without its walk of the queue."""
-        dq = self._devices[device_id]
-        return dq.slots, dq.free_slots, len(dq.queued), dq.max_queued
-
-    def load(self, device_id: str, now: float) -> DeviceLoad:
-        dq = self._devices[device_id]
-        work = sum(e.remaining(now) for e in dq.running.values()) + sum(e.remaining(now) for e in dq.queued)
-        return DeviceLoad(
-            device_id=device_id,
-            slots=dq.slots,
-            free_slots=dq.free_slots,
-            running=len(dq.running),
-            queued=len(dq.queued),
-            suspended=sum(1 for e in dq.queued if e.state == "suspended"),
-            max_queued=dq.max_queued,
-            backlog_s=work / dq.slots,
-        )
-
-
-# --- the trio runner ------------------------------------------------------------------------------------
-
-
-@dataclass
-class JobRequest:
-    """A job for this node's executor. `deadline` is an absolute trio time (required for realtime)."""
-
-    job_id: str
-    kind: str
-    spec: dict[str, Any] = field(default_factory=dict)
-    input: bytes | AsyncIterable[bytes] | None = None
-    input_size: int | None = None  # required when `input` is a stream
-    priority: Priority | str = Priority.BATCH
-    deadline: float | None = None
-    requirements: Requirements | None = None  # the client's, merged with the kind's
-    device_id: str | None = None  # pin to a device (else the executor picks)
-    timeout_s: float | None = None  # run time limit from first start
-    progress: Callable[[float, str | None], None] | None = None
-
-    def __post_init__(self) -> None:
-        self.priority = Priority.parse(self.priority)
-        if self.input_size is None:
-            if self.input is None:
-                self.input_size = 0
-            elif isinstance(self.input, bytes | bytearray | memoryview):
-                self.input_size = len(self.input)
-            else:
-                raise ValueError("input_size is required with a streamed input")
-        elif isinstance(self.input, bytes | bytearray | memoryview) and len(self.input) != self.input_size:
-            raise ValueError(f"input_size {self.input_size} does not match the {len(self.input)}-byte input")
-        if self.input_size < 0:
-            raise ValueError("input_size must not be negative")
-        if self.priority is Priority.REALTIME and self.deadline is None:
-            raise ValueError("a realtime job needs a deadline")
-        if self.timeout_s is not None and not self.timeout_s > 0:
-            raise ValueError("timeout_s must be positive")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How a job ended here: its `state`, and its `result`: what the kind returned (an empty body when it did
-    not finish), completed with how the run went (`ok`, `error`, `crashed`, `device`, `timings`: queue_s,
-    run_s). That same Result is what the node reports to the job's coordinator."""
-
-    job_id: str
-    state: str  # "done" | "failed" | "cancelled" | "crashed" (its runner died under it)
-    result: Result
-    late: bool = False  # realtime job that ended after its deadline
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "done"
-
-    @property
-    def error(self) -> str | None:
-        return self.result.error or None
-
-    @property
-    def device_id(self) -> str:
-        return self.result.device
-
-    @property
-    def queued_s(self) -> float:
-        """Admission to first start."""
-        return self.result.timings["queue_s"]
-
-    @property
-    def run_s(self) -> float:
-        """First start to end."""
-        return self.result.timings["run_s"]
-
-
-def _outcome(job_id: str, state: str, result: Result | None = None, error: str | None = None, device_id: str = "",
-             queued_s: float = 0.0, run_s: float = 0.0, late: bool = False) -> Outcome:
-    """The Outcome of a job that ended in `state`: the kind's `result` (if it returned one) completed."""
-    return Outcome(job_id, state, replace(result or Result(), ok=state == "done", error=error or "",
-                                          crashed=state == "crashed", device=device_id,
-                                          timings={"queue_s": queued_s, "run_s": run_s}), late)
-
-
-class JobHandle:
-    """What `submit()` returns: position, state, progress, and `await wait()` for the Outcome."""
-
-    def __init__(self, job_id: str, device_id: str, position: int, priority: Priority) -> None:
-        self.job_id = job_id
-        self.device_id = device_id
-        self.position = position  # at admission: 0 = started at once, N = N-th in line (see Executor.position)
-        self.priority = priority
-        self.state = "queued"
-        self.progress = 0.0
-        self.progress_message: str | None = None
-        self.outcome: Outcome | None = None
-        self.started = trio.Event()  # set when the job first gets a slot
-        self._done = trio.Event()
-
-    async def wait(self) -> Outcome:
-        await self._done.wait()
-        assert self.outcome is not None
-        return self.outcome
-
-    @property
-    def done(self) -> bool:
-        return self.outcome is not None
-
-    def _finish(self, outcome: Outcome) -> None:
-        if self.outcome is None:
-            self.outcome = outcome
-            self.state = outcome.state
-            self._done.set()
-
-    def __repr__(self) -> str:
-        return f"<JobHandle {self.job_id} {self.state} on {self.device_id} pos={self.position}>"
-
-
-@dataclass(frozen=True)
-class DeviceCapacity:
-    device_id: str
-    kind: str
-    slots: int
-    free_slots: int
-    running: int
-    queued: int
-    max_queued: int
-    backlog_s: float
-    quarantined: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device_id, "kind": self.kind, "slots": self.slots, "free_slots": self.free_slots,
-                "running": self.running, "queued": self.queued, "max_queued": self.max_queued,
-                "backlog_s": self.backlog_s, "quarantined": self.quarantined}
-
-
-@dataclass(frozen=True)
-class Capacity:
-    devices: tuple[DeviceCapacity, ...]
-
-    @property
-    def free_slots(self) -> int:
-        return sum(d.free_slots for d in self.devices)
-
-    @property
-    def queue_depth(self) -> int:
-        return sum(d.queued for d in self.devices)
-
-    @property
-    def slots(self) -> int:
-        return sum(d.slots for d in self.devices)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"free_slots": self.free_slots, "queue_depth": self.queue_depth,
-                "devices": [d.to_dict() for d in self.devices]}
 
 
 @dataclass(eq=False)
@@ -706,7 +181,7 @@ class Executor:
             job: _Job = e.payload
             reason = f"device {dev_id} ({dev.name}) went away"
             if e.state == "queued":
-                self._end(job, e, _outcome(job.req.job_id, "failed", error=reason, device_id=dev_id))
+                self._end(job, e, make_outcome(job.req.job_id, "failed", error=reason, device_id=dev_id))
             else:
                 job.fail_reason = reason
                 job.scope.cancel()
@@ -743,7 +218,7 @@ class Executor:
             now = trio.current_time()
             for job in list(self._jobs.values()):
                 e = self._core.finish(job.req.job_id, now)
-                self._end(job, e, _outcome(job.req.job_id, "cancelled", error="executor stopped",
+                self._end(job, e, make_outcome(job.req.job_id, "cancelled", error="executor stopped",
                                            device_id=job.device.id))
 
     def _quarantine(self, dev_id: str, held: bool) -> None:
@@ -778,7 +253,7 @@ class Executor:
             for e in expired:
                 job: _Job = e.payload
                 DEADLINE_MISSES.inc()
-                self._end(job, e, _outcome(job.req.job_id, "failed", device_id=dev_id, queued_s=now - e.enqueued_at,
+                self._end(job, e, make_outcome(job.req.job_id, "failed", device_id=dev_id, queued_s=now - e.enqueued_at,
                                           error="expired: can no longer finish by its deadline"))
             for e in started:
                 job = e.payload
@@ -860,7 +335,7 @@ class Executor:
         e = self._core.get(job_id)
         if e is not None and e.state == "queued":
             self._core.finish(job_id, trio.current_time())
-            self._end(job, e, _outcome(job_id, "cancelled", error=reason, device_id=job.device.id))
+            self._end(job, e, make_outcome(job_id, "cancelled", error=reason, device_id=job.device.id))
             self._dispatch()
             return True
         job.cancel_reason = reason
@@ -1036,7 +511,7 @@ class Executor:
             if late:
                 DEADLINE_MISSES.inc()
             started = e.started_at if e is not None and e.started_at is not None else now
-            self._end(job, e, _outcome(jid, state, result, error, job.device.id,
+            self._end(job, e, make_outcome(jid, state, result, error, job.device.id,
                                       queued_s=(started - e.enqueued_at) if e else 0.0, run_s=now - started,
                                       late=late))
             RUN_TIME.labels(job.kind.name).observe(now - started)
