@@ -6,6 +6,7 @@ node's nursery and stops when it is cancelled (SIGINT/SIGTERM or the caller).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -328,6 +329,10 @@ class Node:
         await trio.to_thread.run_sync(endpoints.write, s.data_dir, self.endpoints())
         log.info("node %s up: libp2p %s, data plane %s, metrics %s", self.identity.peer_id_str,
                  " ".join(self.gossip.addrs), self.data_addr, self.metrics_addr or "off")
+        # everything made while starting (modules, libp2p, OpenCL, the kinds: ~136,000 objects) lives as long as
+        # the node: out of the collector's sight, so a full collection scans only what came since. Measured: a
+        # full collection of that heap stalls the event loop 34 ms (a real-time frame's whole budget), ~0 after.
+        gc.freeze()
         self.ready.set()
 
     async def _peer_hello(self, call: Call) -> dict[str, Any]:

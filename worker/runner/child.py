@@ -11,6 +11,7 @@ fit for work, e.g. a kernel of the failed job still runs on its device): the run
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import mmap
@@ -210,6 +211,7 @@ async def serve(sock_fd: int, status_fd: int, device: Any, memory_limit: int, re
     metric_relay.record()
     host.doing("opening the OpenCL device")
     dctx = device_context(device) if device is not None else None
+    gc.freeze()  # the runner's modules and device context stay: full collections scan only what jobs make
     host.doing("idle")
     await host.send({"t": "ready", "pid": os.getpid(), "sandbox": report})
     while True:
