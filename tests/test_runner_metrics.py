@@ -102,3 +102,14 @@ def test_recorders_stand_in_for_the_metrics_of_a_module_the_runner_imported(monk
     mod.G.inc()
     assert sorted(map(str, metric_relay.drain())) == sorted(map(str, [[0, "C", ["a"], "i", 2.0], [0, "H", [], "o", 0.5]]))
     assert np.isclose(reg.get_sample_value("fake_c_total", {"k": "a"}) or 0.0, 0.0)  # recorded, not counted here
+
+
+def test_runners_cannot_grow_the_nodes_metrics_without_bound(monkeypatch):
+    monkeypatch.setattr(metric_relay, "_series", {})
+    monkeypatch.setattr(metric_relay, "MAX_SERIES", 3)
+    assert metric_relay.apply([[0, "JOBS", ["ok"], "i", 1], [0, "LAUNCHES", [], "i", 1]])
+    assert metric_relay.apply([[0, "JOBS", ["made-up-1"], "i", 1]])  # the third series: still taken
+    dropped = value("gpumesh_runner_metrics_dropped_total")
+    assert metric_relay.apply([[0, "JOBS", ["made-up-2"], "i", 1]]) is False  # a fourth: refused, counted
+    assert value("gpumesh_runner_metrics_dropped_total") == dropped + 1
+    assert metric_relay.apply([[0, "JOBS", ["ok"], "i", 1]])  # known series still count

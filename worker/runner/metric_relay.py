@@ -9,8 +9,9 @@ the last one (`drain()`), and the node applies it to its own metric objects (`ap
 
 The node checks a batch against its own metrics before applying any of it: a known module and metric, the
 metric's number of labels, short label values, finite amounts, non-negative counter increments, at most
-MAX_ENTRIES entries. A batch with anything else (a runner runs tenants' kernels; its memory is not trusted) is
-dropped whole and counted (`gpumesh_runner_metrics_dropped_total`).
+MAX_ENTRIES entries, and at most MAX_SERIES distinct series from all runners together (a runner cannot grow the
+node's metrics without bound). A batch with anything else (a runner runs tenants' kernels; its memory is not
+trusted) is dropped whole and counted (`gpumesh_runner_metrics_dropped_total`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 RELAYED = ("worker.compute.metrics", "worker.render.metrics", "worker.zk.kind")
 MAX_ENTRIES = 512  # per reply; increments of one series are summed, so only observations can come near it
 MAX_LABEL = 64
+MAX_SERIES = 256  # distinct (metric, label values) the node takes from its runners
 
 DROPPED = Counter("gpumesh_runner_metrics_dropped_total",
                   "Batches of metrics a runner reported that did not match this node's metrics (dropped whole)")
@@ -102,22 +104,36 @@ def drain() -> list[list[Any]]:
     return RECORDER.drain() if RECORDER is not None else []
 
 
-def _target(entry: Any) -> tuple[Any, tuple[str, ...], str, float] | None:
+_series: dict[tuple[int, str, tuple[str, ...]], tuple[Any, str]] = {}
+
+
+def _series_of(m: int, attr: str, labels: tuple[str, ...]) -> tuple[Any, str] | None:
+    """The node's series (a metric or its labelled child) and its op ("i", "o") for what a runner named; None
+    for anything else, and for a new series once MAX_SERIES are known (runners cannot grow the node's metrics
+    without bound: honest job code counts a few dozen series)."""
+    key = (m, attr, labels)
+    got = _series.get(key)
+    if got is not None or len(_series) >= MAX_SERIES or not 0 <= m < len(RELAYED) or not attr.isidentifier():
+        return got
+    metric = getattr(importlib.import_module(RELAYED[m]), attr, None)
+    if isinstance(metric, Gauge) or not isinstance(metric, Counter | Histogram) or len(labels) != len(metric._labelnames):
+        return None
+    got = _series[key] = (metric.labels(*labels) if labels else metric, "o" if isinstance(metric, Histogram) else "i")
+    return got
+
+
+def _target(entry: Any) -> tuple[Any, str, float] | None:
     if not isinstance(entry, list) or len(entry) != 5:
         return None
     m, attr, labels, op, value = entry
-    if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < len(RELAYED) or not isinstance(attr, str) \
-            or not isinstance(labels, list) or op not in ("i", "o") or isinstance(value, bool) \
-            or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(m, bool) or not isinstance(m, int) or not isinstance(attr, str) or not isinstance(labels, list) \
+            or any(not isinstance(v, str) or len(v) > MAX_LABEL for v in labels) \
+            or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
-    metric = getattr(importlib.import_module(RELAYED[m]), attr, None) if attr.isidentifier() else None
-    if isinstance(metric, Gauge) or not isinstance(metric, Counter | Histogram) \
-            or (op == "o") != isinstance(metric, Histogram) or (op == "i" and value < 0):
+    got = _series_of(m, attr, tuple(labels))
+    if got is None or got[1] != op or (op == "i" and value < 0):
         return None
-    if len(labels) != len(metric._labelnames) or \
-            any(not isinstance(v, str) or len(v) > MAX_LABEL for v in labels):
-        return None
-    return metric, tuple(labels), op, float(value)
+    return got[0], op, float(value)
 
 
 def apply(batch: Any) -> bool:
@@ -131,8 +147,7 @@ def apply(batch: Any) -> bool:
     if any(t is None for t in targets):
         DROPPED.inc()
         return False
-    for metric, labels, op, value in targets:  # type: ignore[misc]
-        series = metric.labels(*labels) if labels else metric
+    for series, op, value in targets:  # type: ignore[misc]
         if op == "i":
             series.inc(value)
         else:
@@ -140,4 +155,4 @@ def apply(batch: Any) -> bool:
     return True
 
 
-__all__ = ["MAX_ENTRIES", "RELAYED", "Recorder", "apply", "drain", "record"]
+__all__ = ["MAX_ENTRIES", "MAX_SERIES", "RELAYED", "Recorder", "apply", "drain", "record"]
