@@ -43,12 +43,7 @@ class CoordinatorClaims(CoordinatorLeases, CoordinatorStanding):
         self.placer.observe_rtt(peer_id, now - rec.offer_sent_at)
         for dev, (free, depth) in msg.load.items():
             self.placer.note_load(peer_id, dev, free, depth)
-        rec.offer_pending = False
-        rec.candidates = []
-        rec.placed_at = now
-        rec.lease_expires = now + self.cfg.lease_s
-        self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
-        self._move(rec, JobEvent.ACCEPTED)
+        self._placed(rec, now)
         acts: list[Action] = [StateChanged(rec.job_id, JobState.PLACED, rec.attempt, peer_id)]
         if msg.lease_id:  # a grant not taken here is never opened: the worker drops it after a while
             acts += self._take_lease(rec, peer_id, rec.device, msg.lease_id, now)

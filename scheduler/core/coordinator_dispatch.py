@@ -24,7 +24,6 @@ from scheduler.core.coordinator_records import JobRecord
 from scheduler.core.coordinator_state import CoordinatorState
 from scheduler.core.job import Cancel, Job, JobState, Offer, WhenSaturated
 from scheduler.core.leases import Lease, shape_of
-from scheduler.core.lifecycle import JobEvent
 from scheduler.core.placement import Candidate, Placement
 
 
@@ -119,12 +118,7 @@ class CoordinatorDispatch(CoordinatorState):
         self.leases.sent(lease, rec.job_id, now)
         self.obs.lease("direct")
         rec.attempt += 1
-        rec.offer_pending = False
-        rec.candidates = []
-        rec.placed_at = now
-        rec.lease_expires = now + self.cfg.lease_s
-        self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
-        self._move(rec, JobEvent.ACCEPTED)
+        self._placed(rec, now)
         acts.append(JournalAttempt(rec.job_id, rec.attempt, tuple(rec.failures)))
         acts.append(SendDirect(lease.peer_id, lease.lease_id, Offer(rec.job, rec.attempt, lease.device_id,
                                                                     self.cfg.lease_s, None, 0.0, self.peer_id)))

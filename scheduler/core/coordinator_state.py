@@ -143,6 +143,15 @@ class CoordinatorState:
         if rec.state is not before:
             self.obs.state_changed(before, rec.state)
 
+    def _placed(self, rec: JobRecord, now: float) -> None:
+        """The job holds a slot on its peer now (a claim accepted, or a job sent on a lease): its lease runs."""
+        rec.offer_pending = False
+        rec.candidates = []
+        rec.placed_at = now
+        rec.lease_expires = now + self.cfg.lease_s
+        self._push_timer(rec.lease_expires, "lease", rec, rec.attempt)
+        self._move(rec, JobEvent.ACCEPTED)
+
     def _release(self, rec: JobRecord, now: float) -> None:
         if rec.lease_id:
             self.leases.done(rec.lease_id, rec.job_id, now)
