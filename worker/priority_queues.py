@@ -52,6 +52,10 @@ class Entry:
         return max(self.cost_s - self.run_time(now), 0.0)
 
 
+def _key(e: Entry) -> tuple[int, float, int]:
+    return e.key
+
+
 @dataclass
 class _DeviceQueue:
     device_id: str
@@ -255,7 +259,7 @@ class PriorityQueues:
         entry = Entry(job_id, device_id, priority, cost_s, chunk, deadline, self._seq, now, payload=payload)
         if rt:
             self._check_realtime(dq, entry, now)
-        idx = bisect.bisect_right([e.key for e in dq.queued], entry.key)
+        idx = bisect.bisect_right(dq.queued, entry.key, key=_key)
         dq.queued.insert(idx, entry)
         self._entries[job_id] = entry
         return entry, idx
@@ -307,7 +311,7 @@ class PriorityQueues:
         e.ran_s = e.run_time(now)
         e.slice_started_at = None
         e.state = "suspended"
-        idx = bisect.bisect_right([x.key for x in dq.queued], e.key)
+        idx = bisect.bisect_right(dq.queued, e.key, key=_key)
         dq.queued.insert(idx, e)
         return e
 

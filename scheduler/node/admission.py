@@ -23,6 +23,7 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 @dataclass(frozen=True)
 class Principal:
     kind: str  # "peer" | "client" | "session" (a render session's client attached to a tile's worker)
+    #          | "lease" (a client attached to the worker of its job lease: scheduler/node/job_lease.py)
     token: TokenRecord | None = None
     refusal: str = ""  # a client whose token failed: every call answers with this reason
 
@@ -60,6 +61,9 @@ class Admission:
             # a render session's client dialing a tile's worker directly (session_attach): no token here, only
             # render.attach with the one-use ticket its gateway gave it; every other method refuses it
             return Principal("session")
+        if extra.get("attach") == "lease":
+            # a client holding a job lease, dialing the leased worker (job_lease): lease.run with its ticket only
+            return Principal("lease")
         if self.allow is not None and peer_id not in self.allow:
             self._refuse(peer_id, "it is not on this mesh's allow list (--allow-peers)")
         if self.psk and not outbound:

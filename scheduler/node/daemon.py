@@ -36,6 +36,7 @@ from scheduler.node.config import NodeSettings, has_port, parse_hostport
 from scheduler.node.coordinator_io import CoordinatorIO, Verifier
 from scheduler.node.endpoints import BindError, Endpoints, binding
 from scheduler.node.files import make_private
+from scheduler.node.job_lease import LeaseGateway, LeaseWorker
 from scheduler.node.jobview import JobView
 from scheduler.node.links import LoopbackLink, PeerLinks
 from scheduler.node.peer_api import PeerAPI
@@ -133,8 +134,24 @@ class Node:
         RenderSessions(peer_id, self.view, self.links, self.executor, require=client_api.require).register(self.rpc)
         # job.status / list / cancel / result / watch: for any job of the mesh, through any node
         JobView(client_api, self.coordinator, self.links, self.view).register(self.rpc)
+        # job.lease / peer.job_lease / lease.run: a client's jobs straight to the worker slots it holds
+        self.leases = LeaseWorker(peer_id, self.executor, self.registry, may_lend=self._may_lend)
+        self.leases.register(self.rpc)
+        self.worker.leased_out = self.leases.remote_slots
+        LeaseGateway(peer_id, worker=self.leases, links=self.links, placer=self.coordinator.placer, view=self.view,
+                     registry=self.registry, quotas=self.quotas, require=client_api.require).register(self.rpc)
         self.rpc.register("peer.hello", self._peer_hello)
         self._event_listeners.append(self.coordinator.on_membership)
+
+    def _may_lend(self, gateway: str, slots: int) -> int:
+        """How many of `slots` this node leases to `gateway`'s client now: all for its own clients; for another
+        node's, what --share leaves after the jobs and leases it already lends, if the node is in the view and
+        within its offer rate (a lease is claimed as an offer is)."""
+        if gateway == self.identity.peer_id_str:
+            return slots
+        if gateway not in self.view or not self.quotas.admit_offer(gateway, trio.current_time()):
+            return 0
+        return max(0, min(slots, self.worker.lendable()))
 
     # ---- state that goes into the advert ---------------------------------------------------------------
     def snapshot(self) -> Advert:

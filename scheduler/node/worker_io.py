@@ -8,7 +8,7 @@ coordinator over its `PeerLink`, jobs into the executor) and never calls the coo
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -67,6 +67,7 @@ class WorkerIO:
         self.share = share  # fraction of this node's slots lent to other coordinators
         self.core = WorkerCore(peer_id, self._load, observer=PrometheusWorkerObserver())
         self._lease_replies: dict[str, LeaseReplies] = {}  # open slot lease streams, by lease id
+        self.leased_out: Callable[[], int] = lambda: 0  # slots leased to other nodes' clients (job_lease)
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -129,7 +130,12 @@ class WorkerIO:
         await self._execute(self.core.on_cancel(coordinator, cancel, trio.current_time()))
 
     def _remote_held(self) -> int:
-        return sum(1 for h in self.core.held() if h.coordinator != self.peer_id)
+        """Jobs of other coordinators held here, plus the slots leased to their clients."""
+        return sum(1 for h in self.core.held() if h.coordinator != self.peer_id) + self.leased_out()
+
+    def lendable(self) -> int:
+        """Slots this node may still lend to other nodes (jobs or client leases) under --share."""
+        return self._remote_slots() - self._remote_held()
 
     def _remote_slots(self) -> int:
         """How many jobs of other coordinators this node runs at once: --share of its slots."""

@@ -1,0 +1,549 @@
+"""Client job leases: a client with a stream of jobs of one kind holds slots on one worker and sends its jobs
+to that worker itself, one hop each way, with no placement, claim or journal record per job.
+
+    client --job.lease--> gateway --peer.job_lease--> worker      (held streams: the lease lives while they do)
+    client --lease.run (ticket)--> worker                         (jobs in {"jobs": [...]}, results back)
+
+The gateway admits the lease as it admits a job (the token's scope for the kind, its quotas: one active job
+of the token, its submit rate passed on for the worker to enforce per lease), places it with the same placer
+as a job of that kind and asks the worker for `slots` slots. The worker answers with a one-use ticket
+(scheduler/node/session_attach.Tickets: 128-bit name, 256-bit secret, compared in constant time); the gateway
+hands the ticket to the client with the worker's data-plane address and peer id. The client dials the worker
+pinned to that peer id with `{"attach": "lease"}` in its HELLO (principal kind "lease": every method but
+`lease.run` refuses it) and opens `lease.run` with the ticket.
+
+Each job on the stream is decoded and checked where it arrives (Job.from_wire, the lease's kind only, the
+kind's own spec check, inline input only, at most `slots` in flight, the token's rate) and run by the
+worker's executor like any other job; results, refusals and outcomes travel back in batched frames
+({"items": [{"n", ...}]}).
+
+A lease ends when any of its three streams ends: the client is done or gone, the gateway is gone, the worker
+drains, or its `ttl_s` passes (the worker then stops taking jobs, lets the running ones finish and ends the
+stream). The worker reports what the lease used (jobs, device-seconds, crashed runners) to the gateway, which
+charges the token as for journaled jobs. Jobs on a lease are not journaled: like a Ray task, a leased job is
+owned by its client. A job the client gets no answer for (its worker lost, the lease ended) is run again
+through the gateway by the client (scheduler/client/job_lease.py): at least once, as attempts are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+from prometheus_client import Counter, Gauge
+
+from mesh.bigtcp.coalesce import Coalescer
+from mesh.bigtcp.framing import TransportError
+from mesh.bigtcp.rpc import Call, RpcError, RpcServer
+from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Requirements, WireError
+from scheduler.core.quota import QuotaExceeded, Quotas, TokenBucket
+from scheduler.core.render_session import SessionError
+from scheduler.node.admission import Principal
+from scheduler.node.links import LEASE_INLINE_OUTPUT, MAX_BATCH, LinkError, PeerLinks, RemoteLink
+from scheduler.node.session_attach import Tickets
+from worker import kinds as kinds_mod
+from worker.executor import Executor, JobRequest, Refused
+
+log = logging.getLogger("gpumesh.scheduler")
+
+MAX_LEASE_SLOTS = 256  # jobs of one lease in flight at once
+DEFAULT_TTL_S = 300.0  # a lease's life; the client takes a new one when it ends
+MAX_TTL_S = 3600.0
+ATTACH_TIMEOUT_S = 10.0  # the client must open lease.run within this of the grant
+MAX_OPEN_LEASES = 1024  # leases one worker grants at once
+MAX_CRASH_CHARGES = 100  # crashed runners one lease report may charge (bounded work at the gateway)
+GRANT_TRIES = 3  # placement candidates the gateway asks in turn
+
+LEASE_JOBS = Counter("gpumesh_lease_jobs_total", "Jobs run on client leases, by how they ended "
+                     "(done, failed, cancelled, crashed, or refused: invalid, busy, rate, kind)", ["outcome"])
+LEASES = Counter("gpumesh_leases_granted_total", "Client leases, by side (gateway: admitted and handed to a "
+                 "client; worker: granted) and result (granted, refused; bad_ticket: a lease.run whose ticket "
+                 "opened nothing)", ["side", "result"])
+LEASES_OPEN = Gauge("gpumesh_leases_open", "Client leases this node holds open, by side", ["side"])
+
+
+class LeaseError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass
+class LeaseTerms:
+    """What a gateway asks a worker for (and the worker checks): a kind, slots, a life and the token's rate."""
+
+    tenant: str
+    kind: str
+    slots: int
+    ttl_s: float
+    rate: float  # jobs per second on this lease, 0: unlimited (an admin token)
+    requirements: Requirements = field(default_factory=Requirements)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "kind": self.kind, "slots": self.slots, "ttl_s": self.ttl_s,
+                "rate": self.rate, "requirements": self.requirements.to_wire()}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> LeaseTerms:
+        if not isinstance(d, dict):
+            raise LeaseError("invalid", "lease terms: a map")
+        tenant, kind, slots, ttl, rate = (d.get(k) for k in ("tenant", "kind", "slots", "ttl_s", "rate"))
+        if not (isinstance(tenant, str) and len(tenant) <= 128 and isinstance(kind, str) and 0 < len(kind) <= 64):
+            raise LeaseError("invalid", "lease terms: tenant (at most 128 chars) and kind (1 to 64) are strings")
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 0 < slots <= MAX_LEASE_SLOTS:
+            raise LeaseError("invalid", f"lease terms: slots is an integer from 1 to {MAX_LEASE_SLOTS}")
+        try:
+            req = Requirements.from_wire(d.get("requirements") or {})
+        except (WireError, ValueError) as e:
+            raise LeaseError("invalid", f"lease terms: {e}") from None
+        return cls(tenant, kind, slots, _number("ttl_s", ttl, 1.0, MAX_TTL_S), _number("rate", rate, 0.0, 1e9), req)
+
+
+def _number(name: str, v: Any, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or not lo <= v <= hi:
+        raise LeaseError("invalid", f"lease terms: {name} is a number from {lo:g} to {hi:g}")
+    return float(v)
+
+
+@dataclass
+class Grant:
+    """One lease on this worker, from its grant to its end."""
+
+    lease_id: str
+    gateway: str
+    terms: LeaseTerms
+    expires_at: float
+    attached: trio.Event = field(default_factory=trio.Event)  # the client opened lease.run
+    ended: trio.Event = field(default_factory=trio.Event)  # the client's lease.run stream is over
+    reading: trio.CancelScope = field(default_factory=trio.CancelScope)  # lease.run taking jobs
+    running: trio.CancelScope = field(default_factory=trio.CancelScope)  # lease.run's jobs
+    jobs: int = 0
+    failed: int = 0
+    crashes: int = 0
+    device_s: float = 0.0
+
+    def stop(self) -> None:
+        """No more jobs on this lease: the running ones finish and are answered, then lease.run ends."""
+        self.reading.cancel()
+
+    def revoke(self) -> None:
+        """The lease is over now: its running jobs are cancelled and lease.run ends."""
+        self.reading.cancel()
+        self.running.cancel()
+
+    def usage(self) -> dict[str, Any]:
+        return {"jobs": self.jobs, "failed": self.failed, "crashes": self.crashes, "device_s": round(self.device_s, 6)}
+
+
+class LeaseWorker:
+    """The worker's half: grants (`peer.job_lease`, or the gateway's own call when it is the worker) and the
+    client's `lease.run` stream."""
+
+    def __init__(self, peer_id: str, executor: Executor, registry: kinds_mod.KindRegistry, *,
+                 may_lend: Callable[[str, int], int]) -> None:
+        self.peer_id = peer_id
+        self.executor = executor
+        self.registry = registry
+        self.may_lend = may_lend  # (gateway, slots asked) -> slots this node lends it now (0: none)
+        self.tickets = Tickets(MAX_OPEN_LEASES)
+        self._grants: dict[str, Grant] = {}
+
+    def register(self, rpc: RpcServer) -> None:
+        rpc.register("peer.job_lease", self._peer_lease)
+        rpc.register("lease.run", self._run)
+
+    def remote_slots(self) -> int:
+        """Slots leased to other nodes' clients now (they count against --share with remote jobs)."""
+        return sum(g.terms.slots for g in self._grants.values() if g.gateway != self.peer_id)
+
+    @asynccontextmanager
+    async def grant(self, gateway: str, terms: LeaseTerms) -> AsyncIterator[tuple[str, Grant]]:
+        """A lease for `gateway`'s client: (ticket, grant) while the block lasts; LeaseError if refused."""
+        try:
+            self.registry.get(terms.kind)
+        except kinds_mod.UnknownKind as e:
+            raise LeaseError("unknown_kind", str(e)) from None
+        if not any(terms.requirements.satisfied_by(d) for d in self.executor.devices):
+            raise LeaseError("unavailable", f"no device here can run {terms.kind} as asked")
+        slots = self.may_lend(gateway, terms.slots)
+        if slots <= 0:
+            LEASES.labels("worker", "refused").inc()
+            raise LeaseError("busy", "this node lends no more slots now")
+        lid = secrets.token_hex(8)
+        try:
+            with self.tickets.issue(lid) as (ticket, _att):
+                g = Grant(lid, gateway, replace(terms, slots=slots), trio.current_time() + terms.ttl_s)
+                self._grants[lid] = g
+                LEASES.labels("worker", "granted").inc()
+                LEASES_OPEN.labels("worker").inc()
+                try:
+                    yield ticket, g
+                finally:
+                    del self._grants[lid]
+                    LEASES_OPEN.labels("worker").dec()
+                    g.revoke()
+        except SessionError as e:  # too many tickets open
+            LEASES.labels("worker", "refused").inc()
+            raise LeaseError("busy", e.message) from None
+
+    async def hold(self, g: Grant, gateway_done: trio.Event) -> None:
+        """Until the lease ends: the client attaches within ATTACH_TIMEOUT_S and runs until it is done or the
+        lease expires, or the gateway ends it (`gateway_done`); in the last two cases the running jobs
+        finish and are answered first."""
+        async with trio.open_nursery() as n:
+            async def gateway_end() -> None:
+                await gateway_done.wait()
+                g.stop()
+
+            n.start_soon(gateway_end)
+            with trio.move_on_after(ATTACH_TIMEOUT_S):
+                await g.attached.wait()
+            if g.attached.is_set():
+                await g.ended.wait()
+            n.cancel_scope.cancel()
+
+    # ---- peer.job_lease: a gateway asks for a lease for its client ----------------------------------------
+    async def _peer_lease(self, call: Call) -> dict[str, Any]:
+        p: Principal | None = call.principal
+        if p is None or p.kind != "peer":
+            raise RpcError("forbidden", "peer methods are for nodes of this mesh")
+        try:
+            terms = LeaseTerms.from_wire(call.body.get("terms"))
+            async with self.grant(call.peer_id, terms) as (ticket, g):
+                await call.send({"ticket": ticket, "lease": g.lease_id, "slots": g.terms.slots,
+                                 "ttl_s": g.terms.ttl_s})
+                done = trio.Event()
+                async with trio.open_nursery() as n:
+                    async def gateway() -> None:
+                        try:
+                            while await call.receive() is not None:
+                                pass
+                        except (TransportError, RpcError):
+                            pass
+                        done.set()
+
+                    n.start_soon(gateway)
+                    await self.hold(g, done)
+                    n.cancel_scope.cancel()
+                return g.usage()
+        except LeaseError as e:
+            raise RpcError(e.code, e.message) from None
+
+    # ---- lease.run: the client's own stream ---------------------------------------------------------------
+    async def _run(self, call: Call) -> dict[str, Any]:
+        p: Principal | None = call.principal
+        if p is None or p.kind != "lease":
+            raise RpcError("forbidden", "lease.run is for a client attached with a lease ticket")
+        try:
+            g = self._grants.get(self.tickets.redeem(call.body.get("ticket")).session)
+        except SessionError:
+            g = None
+        if g is None:
+            LEASES.labels("worker", "bad_ticket").inc()
+            raise RpcError("forbidden", "no lease open for this ticket (unknown, used or ended)")
+        if g.attached.is_set():
+            raise RpcError("forbidden", "no lease open for this ticket (unknown, used or ended)")
+        g.attached.set()
+        try:
+            return await _LeaseRun(self, g, call).serve()
+        finally:
+            g.ended.set()
+
+
+class _LeaseRun:
+    """One attached client's stream: jobs in, outcomes out (batched both ways)."""
+
+    def __init__(self, worker: LeaseWorker, g: Grant, call: Call) -> None:
+        self.w, self.g, self.call = worker, g, call
+        self.kind = worker.registry.get(g.terms.kind)
+        self.bucket = TokenBucket(g.terms.rate, max(1.0, 2 * g.terms.rate)) if g.terms.rate > 0 else None
+        self.in_flight: set[int] = set()
+        self._answers = Coalescer(self._send, max_batch=MAX_BATCH)  # answers of jobs ending together: one frame
+        self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
+
+    async def _send(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            await self.call.send({"items": batch})
+        except (TransportError, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the client is gone: its side sees the stream end
+
+    async def _answer(self, item: dict[str, Any]) -> None:
+        await self._answers.put(item)
+
+    async def serve(self) -> dict[str, Any]:
+        g = self.g
+        ended, error = "done", None
+        with g.running:
+            async with trio.open_nursery() as jobs:
+                g.reading.deadline = g.expires_at
+                with g.reading:
+                    try:
+                        while (item := await self.call.receive()) is not None:
+                            for n, wire in self._items(item):
+                                self._take(jobs, n, wire)
+                    except RpcError as e:  # a malformed frame: the stream ends with it, once its jobs are answered
+                        error = e
+                    except TransportError:
+                        ended = "lost"  # the client is gone: its running jobs are cancelled
+                        g.running.cancel()
+                if g.reading.cancelled_caught:
+                    ended = "expired"
+        if g.running.cancelled_caught and ended != "lost":
+            ended = "revoked"
+        if error is not None:
+            raise error
+        return {"ended": ended, **g.usage()}
+
+    def _items(self, item: Any) -> list[tuple[int, Any]]:
+        jobs = item.get("jobs") if isinstance(item, dict) else None
+        if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_BATCH:
+            raise RpcError("invalid", f"lease.run uploads {{jobs: [1 to {MAX_BATCH} {{n, job}}]}}")
+        out = []
+        for j in jobs:
+            n = j.get("n") if isinstance(j, dict) else None
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 1 << 53:
+                raise RpcError("invalid", "lease.run: each job is {n: a non-negative integer, job: map}")
+            out.append((n, j.get("job")))
+        return out
+
+    def _take(self, jobs: trio.Nursery, n: int, wire: Any) -> None:
+        now = trio.current_time()
+        error: tuple[str, str, str] | None = None
+        job: Job | None = None
+        try:
+            job = Job.from_wire(wire, now).validate()
+        except WireError as e:
+            error = ("invalid", str(e), "invalid")
+        if job is not None and error is None:
+            if n in self.in_flight:
+                error = ("invalid", f"job {n} is already running on this lease", "invalid")
+            elif job.kind != self.g.terms.kind:
+                error = ("forbidden", f"this lease runs {self.g.terms.kind} jobs, not {job.kind}", "kind")
+            elif not job.inline and job.input_size > 0:
+                error = ("too_large", f"a leased job carries its input inline (at most {INLINE_INPUT_LIMIT} bytes)",
+                         "invalid")
+            elif len(self.in_flight) >= self.g.terms.slots:
+                error = ("busy", f"the lease's {self.g.terms.slots} slots are all in use", "busy")
+            elif self.bucket is not None and not self.bucket.take(now):
+                error = ("quota", f"more than {self.g.terms.rate:g} jobs/s on this lease (the token's rate)", "rate")
+            else:
+                try:
+                    self.kind.validate(job.spec, job.input_size)
+                except ValueError as e:
+                    error = ("invalid_spec", f"{job.kind}: {e}", "invalid")
+        if error is not None or job is None:
+            code, message, label = error or ("invalid", "no job", "invalid")
+            LEASE_JOBS.labels(label).inc()
+            jobs.start_soon(self._answer, {"n": n, "error": {"code": code, "message": message}})
+            return
+        self.in_flight.add(n)
+        jobs.start_soon(self._one, n, job)
+
+    async def _one(self, n: int, job: Job) -> None:
+        g = self.g
+        try:
+            try:
+                handle = self.w.executor.submit(JobRequest(
+                    job_id=f"lease-{g.lease_id}-{n}", kind=job.kind, spec=job.spec, input=job.input or b"",
+                    priority=job.priority, deadline=job.deadline, requirements=self.req, timeout_s=job.timeout_s))
+            except (Refused, ValueError, kinds_mod.UnknownKind) as e:
+                LEASE_JOBS.labels("busy").inc()
+                await self._answer({"n": n, "error": {"code": "busy", "message": str(e)}})
+                return
+            outcome = await handle.wait()
+        finally:
+            self.in_flight.discard(n)
+        g.jobs += 1
+        g.device_s += max(0.0, outcome.run_s or 0.0)
+        if outcome.state == "crashed":
+            g.crashes += 1
+        if outcome.state != "done":
+            g.failed += 1
+        LEASE_JOBS.labels(outcome.state).inc()
+        output = bytes(outcome.result.output or b"")
+        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or ""}
+        if len(output) > LEASE_INLINE_OUTPUT:
+            # too large for the lease's frames: the client runs it through its gateway, which streams outputs
+            item = {"n": n, "error": {"code": "too_large", "message": f"an output of {len(output)} bytes is over "
+                                      f"the lease's {LEASE_INLINE_OUTPUT}-byte inline limit"}}
+        else:
+            item["result"] = replace(outcome.result, job_id=f"lease-{g.lease_id}-{n}", attempt=1, worker=self.w.peer_id,
+                                     output=None).to_wire()
+            if output:
+                item["out"] = output
+        await self._answer(item)
+
+
+def usage_of(d: Any) -> dict[str, Any]:
+    """A worker's usage report, bounded: what it cannot say right counts as nothing used."""
+    d = d if isinstance(d, dict) else {}
+
+    def count(k: str) -> int:
+        v = d.get(k)
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 53 else 0
+
+    s = d.get("device_s")
+    device_s = float(s) if isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) else 0.0
+    return {"jobs": count("jobs"), "failed": count("failed"), "crashes": count("crashes"),
+            "device_s": min(max(device_s, 0.0), 1e9)}
+
+
+class LeaseGateway:
+    """The gateway's half: `job.lease` from a client with an API token."""
+
+    def __init__(self, peer_id: str, *, worker: LeaseWorker, links: PeerLinks, placer: Any, view: Any,
+                 registry: kinds_mod.KindRegistry, quotas: Quotas, require: Callable[[Call, str], Principal]) -> None:
+        self.peer_id = peer_id
+        self.worker = worker
+        self.links = links
+        self.placer = placer
+        self.view = view
+        self.registry = registry
+        self.quotas = quotas
+        self.require = require
+
+    def register(self, rpc: RpcServer) -> None:
+        rpc.register("job.lease", self._lease)
+
+    def _terms(self, call: Call) -> tuple[Principal, LeaseTerms, Job]:
+        b = call.body
+        kind_name = b.get("kind")
+        if not isinstance(kind_name, str) or not 0 < len(kind_name) <= 64:
+            raise RpcError("invalid", "job.lease needs kind (a job kind's name)")
+        try:
+            kind = self.registry.get(kind_name)
+        except kinds_mod.UnknownKind as e:
+            raise RpcError("unknown_kind", str(e)) from None
+        p = self.require(call, "compute" if kind_name.startswith("compute.") else "submit")
+        exempt = p.token is not None and "admin" in p.token.scopes
+        wire = {"tenant": p.name, "kind": kind_name, "slots": b.get("slots", 16), "ttl_s": b.get("ttl_s", DEFAULT_TTL_S),
+                "rate": 0.0 if exempt else self.quotas.limits.submit_rate, "requirements": b.get("requirements")}
+        try:
+            terms = LeaseTerms.from_wire(wire)
+        except LeaseError as e:
+            raise RpcError("invalid", e.message) from None
+        # the lease is placed like its first job (`spec`): the kind's requirements may depend on the spec
+        spec = b.get("spec") or {}
+        try:
+            job = Job(kind=kind_name, spec=spec, submitted_by=p.name).validate()
+            kind.validate(spec, 0)
+            req = terms.requirements.merged(kind.requirements(spec))
+        except WireError as e:
+            raise RpcError("invalid", str(e)) from None
+        except ValueError as e:
+            raise RpcError("invalid_spec", f"{kind_name}: {e}") from None
+        return p, replace(terms, requirements=req), replace(job, requirements=req)
+
+    async def _lease(self, call: Call) -> dict[str, Any]:
+        p, terms, job = self._terms(call)
+        now = trio.current_time()
+        key = f"lease:{secrets.token_hex(8)}"
+        try:
+            self.quotas.admit_submit(p.name, key, now, exempt=p.token is not None and "admin" in p.token.scopes)
+        except QuotaExceeded as e:
+            raise RpcError("quota", str(e)) from None
+        usage: dict[str, Any] = {}
+        try:
+            tried: list[str] = []
+            last = RpcError("unavailable", f"no peer in this node's view can run {terms.kind}")
+            for c in list(self.placer.place(job, now))[:GRANT_TRIES]:
+                peer = c.peer_id
+                if peer in tried:
+                    continue
+                tried.append(peer)
+                addr = self._data_addr(peer)
+                if not addr:
+                    continue
+                try:
+                    usage = await self._hold(call, peer, addr, terms)
+                    LEASES.labels("gateway", "granted").inc()
+                    return {"ended": "done", **usage}
+                except RpcError as e:
+                    if e.code not in ("busy", "unavailable", "unknown_kind"):
+                        raise
+                    last = e
+            LEASES.labels("gateway", "refused").inc()
+            raise last
+        finally:
+            self.quotas.finished(p.name, key, float(usage.get("device_s", 0.0) or 0.0), trio.current_time())
+            for _ in range(min(MAX_CRASH_CHARGES, int(usage.get("crashes", 0) or 0))):
+                self.quotas.crashed(p.name, trio.current_time())
+
+    def _data_addr(self, peer: str) -> str:
+        st = self.view.get(peer)
+        return st.advert.data_addr if st is not None and st.advert.data_addr else ""
+
+    async def _hold(self, call: Call, peer: str, addr: str, terms: LeaseTerms) -> dict[str, Any]:
+        """Ask `peer` for the lease, hand its ticket to the client, and hold it until it ends; the usage the
+        worker reports. RpcError when the worker refuses before granting."""
+        client_done = trio.Event()
+
+        async def watch_client() -> None:
+            try:
+                while await call.receive() is not None:
+                    pass
+            except (TransportError, RpcError):
+                pass
+            client_done.set()
+
+        def offer(ticket: str, lid: str, slots: int, ttl: float) -> dict[str, Any]:
+            return {"peer": peer, "addr": addr, "ticket": ticket, "lease": lid, "slots": slots, "ttl_s": ttl,
+                    "kind": terms.kind}
+
+        LEASES_OPEN.labels("gateway").inc()
+        try:
+            if peer == self.peer_id:  # this node's own worker: no network hop to grant
+                try:
+                    async with self.worker.grant(peer, terms) as (ticket, g):
+                        await call.send(offer(ticket, g.lease_id, g.terms.slots, g.terms.ttl_s))
+                        async with trio.open_nursery() as n:
+                            n.start_soon(watch_client)
+                            await self.worker.hold(g, client_done)
+                            n.cancel_scope.cancel()
+                        return g.usage()
+                except LeaseError as e:
+                    raise RpcError(e.code, e.message) from None
+            try:
+                link = self.links.get(peer)
+            except LinkError as e:
+                raise RpcError("unavailable", str(e)) from None
+            if not isinstance(link, RemoteLink):
+                raise RpcError("unavailable", f"{peer}: no remote link")
+            try:
+                async with link.client.open("peer.job_lease", {"terms": terms.to_wire()}, uploads=True) as wc:
+                    first = None
+                    async for item in wc:
+                        first = item
+                        break
+                    if not isinstance(first, dict) or not isinstance(first.get("ticket"), str):
+                        await wc.result()  # raises the worker's refusal
+                        raise RpcError("unavailable", f"{peer} granted no lease")
+                    slots, ttl = first.get("slots"), first.get("ttl_s")
+                    if not (isinstance(slots, int) and isinstance(ttl, int | float)):
+                        raise RpcError("unavailable", f"{peer}: a malformed grant")
+                    await call.send(offer(first["ticket"], str(first.get("lease", "")), slots, float(ttl)))
+                    async with trio.open_nursery() as n:
+                        async def relay_end() -> None:
+                            await watch_client()
+                            try:
+                                await wc.done_sending()
+                            except (TransportError, trio.ClosedResourceError):
+                                pass
+
+                        n.start_soon(relay_end)
+                        usage = await wc.result()
+                        n.cancel_scope.cancel()
+                    return usage_of(usage)
+            except (TransportError, OSError) as e:
+                raise RpcError("unavailable", f"{peer}: {e}") from None
+        finally:
+            LEASES_OPEN.labels("gateway").dec()
+
+
+__all__ = ["LeaseGateway", "LeaseTerms", "LeaseWorker"]

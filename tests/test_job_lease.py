@@ -1,0 +1,253 @@
+"""Client job leases on real node processes (a 3-node loopback mesh whose gateway runs nothing): jobs go from
+the client straight to the leased worker and back, their results equal the kind's reference; what a lease
+cannot carry goes through the gateway; a ticket opens its lease once and nothing else; the attached
+connection can call nothing but lease.run; hostile job items are refused one by one; an expired lease is
+renewed and a lost worker's jobs are run again through the gateway. Assertions are on events and counts."""
+
+import math
+import urllib.request
+
+import pytest
+import trio
+
+from mesh.bigtcp.coalesce import Coalescer
+from mesh.bigtcp.rpc import RpcError
+from mesh.bigtcp.rpc_client import MeshClient
+from mesh.waiting import until, wait_for
+from scheduler.client.client import Client, local_address, new_job
+from scheduler.client.job_lease import open_lease
+from scheduler.core.job import INLINE_INPUT_LIMIT
+from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all
+from scheduler.node.job_lease import MAX_LEASE_SLOTS, LeaseError, LeaseTerms, usage_of
+from scheduler.node.tokens import TokenStore
+from worker.kinds_basic import Echo
+
+FAST = ["--advert-interval", "0.5", "--advert-ttl", "10"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    nodes = make_nodes(tmp_path_factory.mktemp("lease-mesh"), 3, FAST)
+    nodes[0].extra += ["--devices", "none"]  # a gateway that runs nothing: every lease is on another node
+    try:
+        start_nodes(nodes)
+        wait_for(lambda: sees_all(nodes), 90, "3 nodes to see each other")
+        yield nodes
+    finally:
+        stop_all(nodes)
+
+
+def connect(node, token=None):
+    addr, tok, pid, insecure = local_address(node.data_dir)
+    return Client.connect(addr, token=token or tok, peer_id=pid, insecure=insecure)
+
+
+def metric(node, name: str, labels: str = "") -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    want = f"{name}{{{labels}}} " if labels else f"{name} "
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith(want))
+
+
+def metric_sum(node, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
+    return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith((name + "{", name + " ")))
+
+
+def open_leases(nodes) -> float:
+    return sum(metric(n, "gpumesh_leases_open", 'side="worker"') for n in nodes)
+
+
+async def test_leased_jobs_run_on_the_worker_and_equal_the_reference(mesh):
+    gateway = mesh[0]
+    async with connect(gateway) as c, open_lease(c, "echo", slots=8) as lease:
+        specs = [{"i": i, "s": "x" * (i % 7)} for i in range(40)]
+        inputs = [bytes([i]) * i for i in range(40)]
+        first = await lease.run(specs[0], input=inputs[0])
+        assert lease.worker in (mesh[1].peer_id, mesh[2].peer_id)  # the gateway has no device
+        assert first.worker == lease.worker and first.ok
+        results = await lease.run_many(specs, inputs=inputs)
+        for spec, data, r in zip(specs, inputs, results, strict=True):
+            ref = Echo().reference(spec, data)
+            assert r.ok and r.body == ref.body and r.output == (ref.output or b""), (spec, r.state, r.reason)
+        assert lease.stats == {"on_lease": 41, "through_gateway": 0, "leases": 1}
+        # not journaled: the gateway's job list does not have them
+        listed = await c.list(limit=1000)
+        assert not any(j.get("id", "").startswith("lease-") for j in listed)
+    await until(lambda: open_leases(mesh) == 0, 60, "the lease to be given back when the block ends")
+
+
+async def test_what_a_lease_cannot_carry_goes_through_the_gateway(mesh):
+    big = b"\x01" * (INLINE_INPUT_LIMIT + 1)
+    async with connect(mesh[0]) as c, open_lease(c, "echo", slots=2) as lease:
+        r = await lease.run({"big": True}, input=big)
+        assert r.ok and r.output == big and r.body["input_bytes"] == len(big)
+        assert lease.stats["through_gateway"] == 1 and lease.stats["on_lease"] == 0
+        # an unknown spec key is the kind's to judge: a refused job comes back rejected, not raised by run_many
+        bad = await lease.run_many([{"ok": 1}, {"ok": 2}])
+        assert all(b.ok for b in bad)
+
+
+async def test_a_lease_refused_by_the_gateway_raises_as_the_job_would(mesh):
+    reader, _ = TokenStore(mesh[0].data_dir).create("lease-reader", ["read"])
+    async with connect(mesh[0], reader) as c, open_lease(c, "echo") as lease:
+        with pytest.raises(RpcError) as e:
+            await lease.run({})
+        assert e.value.code == "forbidden"
+    async with connect(mesh[0]) as c, open_lease(c, "no.such.kind") as lease:
+        with pytest.raises(RpcError) as e:
+            await lease.run({})
+        assert e.value.code == "unknown_kind"
+
+
+async def _raw_lease(c: Client, kind: str = "echo", slots: int = 4):
+    cm = c.rpc.open("job.lease", {"kind": kind, "slots": slots}, uploads=True)
+    call = await cm.__aenter__()
+    offer = await call.receive()
+    return cm, call, offer
+
+
+def dial(offer, attach="lease"):
+    return MeshClient.connect(offer["addr"], peer_id=offer["peer"], hello_extra=lambda *_: {"attach": attach})
+
+
+async def test_a_lease_ticket_opens_its_lease_once_and_nothing_else(mesh):
+    async with connect(mesh[0]) as c:
+        cm, call, offer = await _raw_lease(c)
+        worker = next(n for n in mesh if n.peer_id == offer["peer"])
+        refused = metric(worker, "gpumesh_leases_granted_total", 'result="bad_ticket",side="worker"')
+        try:
+            assert offer["addr"] == f"127.0.0.1:{worker.data_port}" and offer["slots"] == 4
+            name, _, secret = offer["ticket"].partition(".")
+            async with dial(offer) as rpc:
+                for forged in [f"{name}.{'A' * len(secret)}", f"{'0' * len(name)}.{secret}", "x" * 5000, 7, None]:
+                    with pytest.raises(RpcError) as e:
+                        await rpc.call("lease.run", {"ticket": forged})
+                    assert e.value.code == "forbidden", forged
+                job = {"job": new_job("echo", {"x": 1}).to_wire(trio.current_time())}
+                for method, body in [("job.list", {}), ("job.submit", job), ("job.lease", {"kind": "echo"}),
+                                     ("mesh.peers", {}), ("peer.offer", {}), ("peer.job_lease", {}),
+                                     ("peer.jobs", {}), ("render.session", {}), ("render.attach", {"ticket": "a.b"})]:
+                    with pytest.raises(RpcError) as e:
+                        await rpc.call(method, body)
+                    assert e.value.code in ("unauthenticated", "forbidden"), (method, e.value.code)
+                async with rpc.open("lease.run", {"ticket": offer["ticket"]}, uploads=True) as run:
+                    await run.send({"jobs": [{"n": 0, "job": new_job("echo", {"y": 2}).to_wire(trio.current_time())}]})
+                    (item,) = (await run.receive())["items"]
+                    assert item["n"] == 0 and item["state"] == "done" and item["result"]["body"]["echo"] == {"y": 2}
+                    with pytest.raises(RpcError) as e:  # used: the same ticket opens nothing twice
+                        await rpc.call("lease.run", {"ticket": offer["ticket"]})
+                    assert e.value.code == "forbidden"
+                    await run.done_sending()
+                    assert await run.receive() is None
+                    assert (await run.result())["jobs"] == 1
+            # a session's attach principal cannot run leased jobs either
+            async with dial(offer, attach="session") as rpc:
+                with pytest.raises(RpcError) as e:
+                    await rpc.call("lease.run", {"ticket": offer["ticket"]})
+                assert e.value.code == "forbidden"
+        finally:
+            await cm.__aexit__(None, None, None)
+    assert metric(worker, "gpumesh_leases_granted_total", 'result="bad_ticket",side="worker"') == refused + 6
+    await until(lambda: open_leases(mesh) == 0, 60, "the lease to end with its streams")
+
+
+async def test_hostile_job_items_are_refused_one_by_one(mesh):
+    now = trio.current_time()
+    async with connect(mesh[0]) as c:
+        cm, call, offer = await _raw_lease(c, slots=2)
+        try:
+            async with dial(offer) as rpc, rpc.open("lease.run", {"ticket": offer["ticket"]}, uploads=True) as run:
+                items = [
+                    {"n": 1, "job": {"v": 1, "t": "job"}},                               # does not decode
+                    {"n": 2, "job": new_job("sleep", {"seconds": 0}).to_wire(now)},    # not the lease's kind
+                    {"n": 3, "job": new_job("echo", {"x": "y" * 10}).to_wire(now)},    # fine
+                    {"n": 4, "job": "nope"},
+                ]
+                await run.send({"jobs": items})
+                got: dict[int, dict] = {}
+                while len(got) < 4:
+                    for it in (await run.receive())["items"]:
+                        got[it["n"]] = it
+                assert got[1]["error"]["code"] == "invalid" and got[4]["error"]["code"] == "invalid"
+                assert got[2]["error"]["code"] == "forbidden"
+                assert got[3]["state"] == "done"
+                # a frame that is not {jobs: [1..256 items]} ends the stream with an error
+                await run.send({"jobs": [{"n": -1, "job": {}}]})
+                with pytest.raises(RpcError) as e:
+                    while await run.receive() is not None:
+                        pass
+                    await run.result()
+                assert e.value.code == "invalid"
+        finally:
+            await cm.__aexit__(None, None, None)
+    await until(lambda: open_leases(mesh) == 0, 60, "the lease to end")
+
+
+async def test_an_expired_lease_is_renewed_and_its_jobs_never_lost(mesh):
+    async with connect(mesh[0]) as c, open_lease(c, "echo", slots=4, ttl_s=1.0) as lease:
+        assert (await lease.run({"a": 1})).ok
+        first = lease._held
+        await until(lambda: first.lost, 30, "the lease to expire")  # the worker ended it: its life is over
+        results = await lease.run_many([{"b": i} for i in range(10)])
+        assert [r.body["echo"] for r in results] == [{"b": i} for i in range(10)]
+        assert lease.stats["leases"] >= 2 and lease.stats["on_lease"] + lease.stats["through_gateway"] == 11
+
+
+async def test_a_lost_worker_s_jobs_run_again_through_the_gateway(tmp_path):
+    nodes = make_nodes(tmp_path, 3, FAST)
+    nodes[0].extra += ["--devices", "none"]
+    try:
+        start_nodes(nodes)
+        wait_for(lambda: sees_all(nodes), 90, "3 nodes to see each other")
+        async with connect(nodes[0]) as c, open_lease(c, "sleep", slots=4) as lease:
+            assert (await lease.run({"seconds": 0})).ok
+            victim = next(n for n in nodes if n.peer_id == lease.worker)
+            results: list = []
+
+            async def run_some() -> None:
+                results.extend(await lease.run_many([{"seconds": 2}] * 3, max_attempts=3))
+
+            async with trio.open_nursery() as n:
+                n.start_soon(run_some)
+                await until(lambda: metric_sum(victim, "gpumesh_executor_running_jobs") >= 1, 30, "the jobs to start")
+                victim.kill()
+            assert len(results) == 3 and all(r.ok for r in results), [(r.state, r.reason) for r in results]
+            assert lease.stats["through_gateway"] == 3 and all(r.worker != victim.peer_id for r in results)
+    finally:
+        stop_all(nodes)
+
+
+def test_lease_terms_are_checked_where_they_are_decoded():
+    good = {"tenant": "t", "kind": "echo", "slots": 4, "ttl_s": 30, "rate": 0}
+    assert LeaseTerms.from_wire(good).slots == 4
+    for bad in [None, [], {**good, "slots": 0}, {**good, "slots": MAX_LEASE_SLOTS + 1}, {**good, "slots": True},
+                {**good, "ttl_s": 0}, {**good, "ttl_s": math.inf}, {**good, "rate": -1}, {**good, "rate": "fast"},
+                {**good, "tenant": "x" * 200}, {**good, "kind": ""}, {**good, "requirements": {"device_kind": 7}}]:
+        with pytest.raises(LeaseError):
+            LeaseTerms.from_wire(bad)
+    assert usage_of({"jobs": 3, "failed": -1, "crashes": True, "device_s": math.nan}) == {
+        "jobs": 3, "failed": 0, "crashes": 0, "device_s": 0.0}
+    assert usage_of("junk")["jobs"] == 0 and usage_of({"device_s": 1e300})["device_s"] == 1e9
+
+
+async def test_items_queued_in_one_pass_go_in_one_batch():
+    sent: list[list[int]] = []
+
+    async def send(batch: list[int]) -> None:
+        sent.append(batch)
+        await trio.sleep(0)
+
+    out = Coalescer(send, max_batch=4)
+    async with trio.open_nursery() as n:
+        for i in range(10):
+            n.start_soon(out.put, i)
+    assert sorted(x for b in sent for x in b) == list(range(10))
+    assert [len(b) for b in sent] == [4, 4, 2] and out.batches == 3
+
+    async def broken(batch: list[int]) -> None:
+        raise trio.BrokenResourceError("gone")
+
+    out = Coalescer(broken, max_batch=4)
+    with pytest.raises(trio.BrokenResourceError):
+        await out.put(1)
+    assert len(out) == 0
