@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 import trio
+import trio.testing
 
 from mesh.bigtcp.coalesce import Coalescer
 from mesh.bigtcp.rpc import RpcError
@@ -238,16 +239,27 @@ async def test_items_queued_in_one_pass_go_in_one_batch():
         await trio.sleep(0)
 
     out = Coalescer(send, max_batch=4)
+
+    async def producer(i: int) -> None:
+        await trio.sleep(0)
+        out.put(i)
+
     async with trio.open_nursery() as n:
+        n.start_soon(out.run)
         for i in range(10):
-            n.start_soon(out.put, i)
-    assert sorted(x for b in sent for x in b) == list(range(10))
-    assert [len(b) for b in sent] == [4, 4, 2] and out.batches == 3
+            n.start_soon(producer, i)
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        assert sorted(x for b in sent for x in b) == list(range(10))
+        assert [len(b) for b in sent] == [4, 4, 2] and out.batches == 3  # one pass: one batch (in frames of 4)
+        out.put(10)
+        out.close()  # what is queued goes out, then run() returns
+    assert sent[-1] == [10] and len(out) == 0
 
     async def broken(batch: list[int]) -> None:
         raise trio.BrokenResourceError("gone")
 
     out = Coalescer(broken, max_batch=4)
+    out.put(1)
     with pytest.raises(trio.BrokenResourceError):
-        await out.put(1)
+        await out.run()
     assert len(out) == 0

@@ -230,14 +230,17 @@ class Executor:
             else:
                 self._changed()
 
+    def _count(self, dev_id: str, i: int) -> float:
+        return self._core.counts(dev_id)[i] if self._core.has_device(dev_id) else 0.0
+
     def _changed(self) -> None:
-        for dev_id in self._core.devices():
-            gauges = self._gauges.get(dev_id)
-            if gauges is None:
-                gauges = self._gauges[dev_id] = (RUNNING.labels(dev_id), QUEUE_DEPTH.labels(dev_id),
-                                                 FREE_SLOTS.labels(dev_id))
-            for g, v in zip(gauges, self._core.counts(dev_id), strict=True):
-                g.set(v)
+        if len(self._gauges) != len(self._devices):
+            for dev_id in self._core.devices():
+                if dev_id not in self._gauges:  # read when scraped: nothing to set per job
+                    gauges = self._gauges[dev_id] = (RUNNING.labels(dev_id), QUEUE_DEPTH.labels(dev_id),
+                                                     FREE_SLOTS.labels(dev_id))
+                    for i, g in enumerate(gauges):
+                        g.set_function(partial(self._count, dev_id, i))
         if self._on_change is not None:
             try:
                 self._on_change()

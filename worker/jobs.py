@@ -7,6 +7,7 @@ coordinator.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,6 +16,8 @@ import trio
 
 from worker.kinds import Requirements, Result
 from worker.priority import Priority
+
+log = logging.getLogger("gpumesh.worker")
 
 
 @dataclass
@@ -108,6 +111,7 @@ class JobHandle:
         self.outcome: Outcome | None = None
         self.started = trio.Event()  # set when the job first gets a slot
         self._done = trio.Event()
+        self._callbacks: list[Callable[[Outcome], None]] = []
 
     async def wait(self) -> Outcome:
         await self._done.wait()
@@ -118,11 +122,25 @@ class JobHandle:
     def done(self) -> bool:
         return self.outcome is not None
 
+    def when_done(self, fn: Callable[[Outcome], None]) -> None:
+        """Call `fn(outcome)` when the job ends (at once if it has): for a caller that keeps no task per job.
+        `fn` runs inside the executor: it must not block, and an error it raises is logged, not raised."""
+        if self.outcome is not None:
+            fn(self.outcome)
+        else:
+            self._callbacks.append(fn)
+
     def _finish(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
             self.state = outcome.state
             self._done.set()
+            for fn in self._callbacks:
+                try:
+                    fn(outcome)
+                except Exception:
+                    log.exception("a when_done callback of job %s failed", self.job_id)
+            self._callbacks.clear()
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job_id} {self.state} on {self.device_id} pos={self.position}>"

@@ -65,13 +65,20 @@ class _DeviceQueue:
     running: dict[str, Entry] = field(default_factory=dict)
     held: bool = False  # quarantined: a kernel of a failed job still runs there, no slot is given out
     lent: dict[str, int] = field(default_factory=dict)  # slots lent to jobs running on another device
+    admitted: list[int] = field(default_factory=lambda: [0, 0])  # entries in state "queued": [other, realtime]
 
     @property
     def free_slots(self) -> int:
         return 0 if self.held else max(self.slots - len(self.running) - sum(self.lent.values()), 0)
 
     def count_admitted(self, realtime: bool) -> int:
-        return sum(1 for e in self.queued if e.state == "queued" and (e.priority is Priority.REALTIME) == realtime)
+        """Queued (not suspended) entries of the realtime class, or of the others: kept, not counted."""
+        return self.admitted[realtime]
+
+    def unqueue(self, e: Entry) -> None:
+        """`e` left `queued` (granted, expired or removed): no longer counted if it was waiting for its start."""
+        if e.state == "queued":
+            self.admitted[e.priority is Priority.REALTIME] -= 1
 
 
 @dataclass(frozen=True)
@@ -261,6 +268,7 @@ class PriorityQueues:
             self._check_realtime(dq, entry, now)
         idx = bisect.bisect_right(dq.queued, entry.key, key=_key)
         dq.queued.insert(idx, entry)
+        dq.admitted[rt] += 1
         self._entries[job_id] = entry
         return entry, idx
 
@@ -278,6 +286,7 @@ class PriorityQueues:
         expired: list[Entry] = []
         while dq.free_slots > 0 and dq.queued:
             e = dq.queued.pop(0)
+            dq.unqueue(e)
             if (e.priority is Priority.REALTIME and e.deadline is not None and e.state == "queued"
                     and now + e.cost_s > e.deadline):
                 del self._entries[e.job_id]
@@ -329,6 +338,7 @@ class PriorityQueues:
             else:
                 try:
                     dq.queued.remove(e)
+                    dq.unqueue(e)
                 except ValueError:
                     pass
         e.state = "finished"

@@ -1,12 +1,14 @@
-"""Coalesced sends: items queued by many tasks of one event loop go out together, in one frame per batch.
+"""Coalesced sends: items queued by many tasks (or callbacks) of one event loop go out together, one frame per
+batch.
 
-A task that queues an item when no send is under way becomes the sender: it first lets every other runnable
-task run (until the loop has nothing left to run but waiting, or `max_wait_s` passes, whichever is first), so
-that the items those tasks queue in the same pass (the answers of jobs that ended together, the next jobs of
-a pipelined client woken by one frame of results) join its batch; then it sends everything queued, at most
-`max_batch` items per call of `send`. Tasks that queue while it sends return at once: their items go in its
-next call. Waiting for the loop to go idle is trio's `wait_all_tasks_blocked` (trio.testing: the only public
-hook at the end of a scheduler batch); it costs one pass of the loop, about 10-20 us, when nothing else runs.
+`put` only queues (no await, no task per item). The coalescer's own task (`run`, in its owner's nursery) wakes
+when something is queued and yields once to the scheduler first, so that every task already runnable in that
+pass (the other jobs that ended together, the other callers woken by one frame of results) queues its item too;
+then it sends everything queued, at most `max_batch` items per call of `send`. A wait for the whole loop to go
+idle (trio.testing.wait_all_tasks_blocked) was measured instead: it batched no better under a pipelined load
+and cost a further 35 us per message when sequential.
+
+Producers are bounded by their owners (a lease's slots), not here.
 """
 
 from __future__ import annotations
@@ -15,46 +17,50 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
-import trio.testing
 
 T = TypeVar("T")
 
-MAX_WAIT_S = 0.0005  # a busy loop (never idle) still sends within this
-
 
 class Coalescer(Generic[T]):
-    def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, max_batch: int,
-                 max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, max_batch: int) -> None:
         self._send = send
         self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
         self._outbox: list[T] = []
-        self._sending = False
+        self._ready = trio.Event()
+        self._closed = False
         self.batches = 0  # calls of `send` so far (items / batches: how well sends coalesce)
 
     def __len__(self) -> int:
         return len(self._outbox)
 
-    async def put(self, item: T) -> None:
-        """Queue `item`; the task that finds no send under way sends (an error of `send` is raised to it, and
-        what was queued is dropped: the other side sees the same broken stream)."""
+    def put(self, item: T) -> None:
+        """Queue `item` for the next batch."""
         self._outbox.append(item)
-        if self._sending:
-            return
-        self._sending = True
+        self._ready.set()
+
+    def close(self) -> None:
+        """No more items: `run` sends what is queued and returns."""
+        self._closed = True
+        self._ready.set()
+
+    async def run(self) -> None:
+        """The sending task, until `close` (then what was queued is sent first) or cancelled; an error of
+        `send` ends it, and what was queued is dropped."""
         try:
-            with trio.move_on_after(self.max_wait_s):
-                await trio.testing.wait_all_tasks_blocked()
-            while self._outbox:
-                batch = self._outbox[:self.max_batch]
-                del self._outbox[:self.max_batch]
-                self.batches += 1
-                await self._send(batch)
-        except BaseException:
-            self._outbox.clear()
-            raise
+            while True:
+                await self._ready.wait()
+                self._ready = trio.Event()
+                if not self._closed:
+                    await trio.lowlevel.checkpoint()  # the rest of this pass queues first
+                while self._outbox:
+                    batch = self._outbox[:self.max_batch]
+                    del self._outbox[:self.max_batch]
+                    self.batches += 1
+                    await self._send(batch)
+                if self._closed:
+                    return
         finally:
-            self._sending = False
+            self._outbox.clear()
 
 
 __all__ = ["Coalescer"]

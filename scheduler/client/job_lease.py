@@ -75,7 +75,7 @@ class _Held:
             n = next(self._ids)
             w = self.pending[n] = _Wait()
             self.last_used = trio.current_time()
-            await self._outbox.put({"n": n, "job": job.to_wire(self.last_used)})
+            self._outbox.put({"n": n, "job": job.to_wire(self.last_used)})
             await w.done.wait()
             self.last_used = trio.current_time()
             return w.result
@@ -228,6 +228,7 @@ class JobLease:
                         held = _Held(wcall, offer, slots)
                         task_status.started(held)
                         async with trio.open_nursery() as n:
+                            n.start_soon(held._outbox.run)
                             n.start_soon(self._idle_watch, held, wcall)
                             try:
                                 async for item in wcall:

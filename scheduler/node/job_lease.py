@@ -33,6 +33,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -49,6 +50,7 @@ from scheduler.node.links import LEASE_INLINE_OUTPUT, MAX_BATCH, LinkError, Peer
 from scheduler.node.session_attach import Tickets
 from worker import kinds as kinds_mod
 from worker.executor import Executor, JobRequest, Refused
+from worker.jobs import Outcome
 
 log = logging.getLogger("gpumesh.scheduler")
 
@@ -257,13 +259,15 @@ class LeaseWorker:
 
 
 class _LeaseRun:
-    """One attached client's stream: jobs in, outcomes out (batched both ways)."""
+    """One attached client's stream: jobs in, outcomes out (batched both ways). No task per job: each job's
+    end queues its answer (JobHandle.when_done), and the stream's coalescer sends what ended together."""
 
     def __init__(self, worker: LeaseWorker, g: Grant, call: Call) -> None:
         self.w, self.g, self.call = worker, g, call
         self.kind = worker.registry.get(g.terms.kind)
         self.bucket = TokenBucket(g.terms.rate, max(1.0, 2 * g.terms.rate)) if g.terms.rate > 0 else None
-        self.in_flight: set[int] = set()
+        self.in_flight: dict[int, str] = {}  # n -> the executor's job id
+        self._none_left = trio.Event()
         self._answers = Coalescer(self._send, max_batch=MAX_BATCH)  # answers of jobs ending together: one frame
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
 
@@ -273,27 +277,33 @@ class _LeaseRun:
         except (TransportError, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the client is gone: its side sees the stream end
 
-    async def _answer(self, item: dict[str, Any]) -> None:
-        await self._answers.put(item)
-
     async def serve(self) -> dict[str, Any]:
         g = self.g
         ended, error = "done", None
-        with g.running:
-            async with trio.open_nursery() as jobs:
-                g.reading.deadline = g.expires_at
-                with g.reading:
-                    try:
-                        while (item := await self.call.receive()) is not None:
-                            for n, wire in self._items(item):
-                                self._take(jobs, n, wire)
-                    except RpcError as e:  # a malformed frame: the stream ends with it, once its jobs are answered
-                        error = e
-                    except TransportError:
-                        ended = "lost"  # the client is gone: its running jobs are cancelled
-                        g.running.cancel()
-                if g.reading.cancelled_caught:
-                    ended = "expired"
+        try:
+            with g.running:
+                async with trio.open_nursery() as io:
+                    io.start_soon(self._answers.run)
+                    g.reading.deadline = g.expires_at
+                    with g.reading:
+                        try:
+                            while (item := await self.call.receive()) is not None:
+                                for n, wire in self._items(item):
+                                    self._take(n, wire)
+                        except RpcError as e:  # a malformed frame ends the stream, once its jobs are answered
+                            error = e
+                        except TransportError:
+                            ended = "lost"  # the client is gone: its running jobs are cancelled
+                            g.running.cancel()
+                    if g.reading.cancelled_caught:
+                        ended = "expired"
+                    if self.in_flight:
+                        self._none_left = trio.Event()
+                        await self._none_left.wait()
+                    self._answers.close()  # what is queued goes out, then the stream ends
+        finally:
+            for job_id in list(self.in_flight.values()):  # revoked or lost: nobody waits for these any more
+                self.w.executor.cancel(job_id, "the lease ended")
         if g.running.cancelled_caught and ended != "lost":
             ended = "revoked"
         if error is not None:
@@ -312,53 +322,46 @@ class _LeaseRun:
             out.append((n, j.get("job")))
         return out
 
-    def _take(self, jobs: trio.Nursery, n: int, wire: Any) -> None:
+    def _refuse(self, n: int, code: str, message: str, label: str) -> None:
+        LEASE_JOBS.labels(label).inc()
+        self._answers.put({"n": n, "error": {"code": code, "message": message}})
+
+    def _take(self, n: int, wire: Any) -> None:
         now = trio.current_time()
-        error: tuple[str, str, str] | None = None
-        job: Job | None = None
         try:
             job = Job.from_wire(wire, now).validate()
         except WireError as e:
-            error = ("invalid", str(e), "invalid")
-        if job is not None and error is None:
-            if n in self.in_flight:
-                error = ("invalid", f"job {n} is already running on this lease", "invalid")
-            elif job.kind != self.g.terms.kind:
-                error = ("forbidden", f"this lease runs {self.g.terms.kind} jobs, not {job.kind}", "kind")
-            elif not job.inline and job.input_size > 0:
-                error = ("too_large", f"a leased job carries its input inline (at most {INLINE_INPUT_LIMIT} bytes)",
-                         "invalid")
-            elif len(self.in_flight) >= self.g.terms.slots:
-                error = ("busy", f"the lease's {self.g.terms.slots} slots are all in use", "busy")
-            elif self.bucket is not None and not self.bucket.take(now):
-                error = ("quota", f"more than {self.g.terms.rate:g} jobs/s on this lease (the token's rate)", "rate")
-            else:
-                try:
-                    self.kind.validate(job.spec, job.input_size)
-                except ValueError as e:
-                    error = ("invalid_spec", f"{job.kind}: {e}", "invalid")
-        if error is not None or job is None:
-            code, message, label = error or ("invalid", "no job", "invalid")
-            LEASE_JOBS.labels(label).inc()
-            jobs.start_soon(self._answer, {"n": n, "error": {"code": code, "message": message}})
-            return
-        self.in_flight.add(n)
-        jobs.start_soon(self._one, n, job)
+            return self._refuse(n, "invalid", str(e), "invalid")
+        if n in self.in_flight:
+            return self._refuse(n, "invalid", f"job {n} is already running on this lease", "invalid")
+        if job.kind != self.g.terms.kind:
+            return self._refuse(n, "forbidden", f"this lease runs {self.g.terms.kind} jobs, not {job.kind}", "kind")
+        if not job.inline and job.input_size > 0:
+            return self._refuse(n, "too_large", f"a leased job carries its input inline (at most "
+                                                f"{INLINE_INPUT_LIMIT} bytes)", "invalid")
+        if len(self.in_flight) >= self.g.terms.slots:
+            return self._refuse(n, "busy", f"the lease's {self.g.terms.slots} slots are all in use", "busy")
+        if self.bucket is not None and not self.bucket.take(now):
+            return self._refuse(n, "quota", f"more than {self.g.terms.rate:g} jobs/s on this lease (the token's "
+                                            "rate)", "rate")
+        job_id = f"lease-{self.g.lease_id}-{n}"
+        try:  # the executor checks the spec (the kind's validate) and the devices' fit
+            handle = self.w.executor.submit(JobRequest(
+                job_id=job_id, kind=job.kind, spec=job.spec, input=job.input or b"", priority=job.priority,
+                deadline=job.deadline, requirements=self.req, timeout_s=job.timeout_s))
+        except Refused as e:
+            return self._refuse(n, "busy", str(e), "busy")
+        except (ValueError, kinds_mod.UnknownKind) as e:
+            return self._refuse(n, "invalid_spec", f"{job.kind}: {e}", "invalid")
+        self.in_flight[n] = job_id
+        handle.when_done(partial(self._done, n, job_id))
 
-    async def _one(self, n: int, job: Job) -> None:
+    def _done(self, n: int, job_id: str, outcome: Outcome) -> None:
         g = self.g
-        try:
-            try:
-                handle = self.w.executor.submit(JobRequest(
-                    job_id=f"lease-{g.lease_id}-{n}", kind=job.kind, spec=job.spec, input=job.input or b"",
-                    priority=job.priority, deadline=job.deadline, requirements=self.req, timeout_s=job.timeout_s))
-            except (Refused, ValueError, kinds_mod.UnknownKind) as e:
-                LEASE_JOBS.labels("busy").inc()
-                await self._answer({"n": n, "error": {"code": "busy", "message": str(e)}})
-                return
-            outcome = await handle.wait()
-        finally:
-            self.in_flight.discard(n)
+        if self.in_flight.pop(n, None) is None:
+            return
+        if not self.in_flight:
+            self._none_left.set()
         g.jobs += 1
         g.device_s += max(0.0, outcome.run_s or 0.0)
         if outcome.state == "crashed":
@@ -367,17 +370,17 @@ class _LeaseRun:
             g.failed += 1
         LEASE_JOBS.labels(outcome.state).inc()
         output = bytes(outcome.result.output or b"")
-        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or ""}
         if len(output) > LEASE_INLINE_OUTPUT:
             # too large for the lease's frames: the client runs it through its gateway, which streams outputs
-            item = {"n": n, "error": {"code": "too_large", "message": f"an output of {len(output)} bytes is over "
-                                      f"the lease's {LEASE_INLINE_OUTPUT}-byte inline limit"}}
-        else:
-            item["result"] = replace(outcome.result, job_id=f"lease-{g.lease_id}-{n}", attempt=1, worker=self.w.peer_id,
-                                     output=None).to_wire()
-            if output:
-                item["out"] = output
-        await self._answer(item)
+            self._answers.put({"n": n, "error": {"code": "too_large", "message": f"an output of {len(output)} "
+                                                 f"bytes is over the lease's {LEASE_INLINE_OUTPUT}-byte inline limit"}})
+            return
+        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "",
+                                "result": replace(outcome.result, job_id=job_id, attempt=1, worker=self.w.peer_id,
+                                                  output=None).to_wire()}
+        if output:
+            item["out"] = output
+        self._answers.put(item)
 
 
 def usage_of(d: Any) -> dict[str, Any]:
