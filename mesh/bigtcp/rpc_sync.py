@@ -83,6 +83,12 @@ class SyncMeshClient:
         return self._client.peer_id if self._client else None
 
     @property
+    def nursery(self) -> trio.Nursery:
+        """The private loop's nursery: tasks that live as long as the client (use from the loop only)."""
+        assert self._nursery is not None
+        return self._nursery
+
+    @property
     def client(self) -> MeshClient:
         """The async client on the private loop: use its methods through `run_async` only."""
         assert self._client is not None

@@ -350,6 +350,11 @@ class SyncClient:
         """The async `Client` on the private loop: use it through `run_async` only."""
         return self._client
 
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The private loop's nursery, for tasks that live as long as the client (async APIs built on `client`)."""
+        return self._rpc.nursery
+
     def run_async(self, fn: Any, *args: Any, **kw: Any) -> Any:
         """Run `await fn(*args, **kw)` on the private loop (for async APIs built on `client`)."""
         return self._rpc.run_async(fn, *args, **kw)

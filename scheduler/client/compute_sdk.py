@@ -72,6 +72,7 @@ import trio
 
 from mesh.bigtcp.rpc import RpcError
 from scheduler.client.client import Client, JobFailed, JobResult, SyncClient, local_address
+from scheduler.client.job_lease import CLOSE_TIMEOUT_S, JobLease, open_lease
 from scheduler.core.job import WireError
 from scheduler.core.local import default_data_dir
 from worker.compute.api import KIND, ComputeJob, In, InOut, Local, Out, Pipeline, Scalar, Scratch, make_job
@@ -83,6 +84,7 @@ from worker.compute.spec import DEFAULT_TIME_LIMIT_S, SpecError, parse_spec
 
 PEERS_TTL_S = 5.0
 DEFAULT_MAX_IN_FLIGHT = 64
+LEASE_SLOTS = 64  # jobs in flight on a compute lease (`lease=True`)
 DEFAULT_REDUNDANCY_TRIES = 6
 
 
@@ -242,8 +244,9 @@ class AsyncMesh:
     """Compute on the mesh from trio code. Make one with `AsyncMesh.connect(...)` / `AsyncMesh.local()`
     (async context managers) or around an existing `scheduler.client.client.Client`."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, *, lease: JobLease | None = None) -> None:
         self.client = client
+        self.lease = lease  # jobs without verification or an observer go on it (scheduler/client/job_lease.py)
         self._peers: list[dict[str, Any]] | None = None
         self._peers_at = -math.inf
         self._avoid_supported: bool | None = None  # does the scheduler take the avoid_peers requirement?
@@ -252,16 +255,22 @@ class AsyncMesh:
     @classmethod
     @asynccontextmanager
     async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
-                      insecure: bool = False) -> AsyncIterator[AsyncMesh]:
+                      insecure: bool = False, lease: bool = False) -> AsyncIterator[AsyncMesh]:
+        """With `lease`, jobs run on a job lease the client holds (one hop each way, no journal record per job:
+        see `lease_jobs`)."""
         async with Client.connect(address, token=token, peer_id=peer_id, insecure=insecure) as c:
-            yield cls(c)
+            if not lease:
+                yield cls(c)
+                return
+            async with open_lease(c, KIND, slots=LEASE_SLOTS) as jl:
+                yield cls(c, lease=jl)
 
     @classmethod
     @asynccontextmanager
-    async def local(cls, data_dir: Path | str | None = None) -> AsyncIterator[AsyncMesh]:
+    async def local(cls, data_dir: Path | str | None = None, *, lease: bool = False) -> AsyncIterator[AsyncMesh]:
         """The node running on this machine (its data dir: `data_dir`, $GPUMESH_DATA_DIR or the default)."""
         addr, tok, pid, insecure = await trio.to_thread.run_sync(local_address, resolve_data_dir(data_dir))
-        async with cls.connect(addr, token=tok, peer_id=pid, insecure=insecure) as m:
+        async with cls.connect(addr, token=tok, peer_id=pid, insecure=insecure, lease=lease) as m:
             yield m
 
     # -- one launch --
@@ -377,8 +386,30 @@ class AsyncMesh:
             await self._precheck(job)
         base = job_id or uuid.uuid4().hex
         if opts.verify != "redundant":
+            if self.lease is not None and opts.observer is None:
+                return await self._leased(job, opts)
             return await self._once(job, base, opts, submitted)
         return await self._redundant(job, base, opts, submitted)
+
+    async def _leased(self, job: ComputeJob, opts: _Options) -> ComputeRun:
+        """One job on the client's lease (what the lease cannot carry goes through the gateway by itself)."""
+        assert self.lease is not None
+        t0 = time.perf_counter()
+        limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+        timeout_s = opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
+        try:
+            res = await self.lease.result(job.spec, input=job.input or None, priority=opts.priority,
+                                          timeout_s=timeout_s, max_attempts=opts.max_attempts)
+        except RpcError as e:
+            raise ComputeRefused("", e.code, e.message or e.code) from None
+        if res.state == "rejected":
+            code, _, message = res.reason.partition(": ")
+            raise ComputeRefused(res.job_id, code or "rejected", message or res.reason)
+        if not res.ok:
+            raise _failure(res)
+        decoded = job.decode(res.body, res.output)
+        return ComputeRun(res.job_id, res.worker, decoded, time.perf_counter() - t0,
+                          float(res.timings.get("queue_s", 0.0)), float(res.timings.get("run_s", 0.0)))
 
     async def _redundant(self, job: ComputeJob, base: str, opts: _Options, submitted: set[str] | None) -> ComputeRun:
         t0 = time.perf_counter()
@@ -529,22 +560,36 @@ def resolve_data_dir(data_dir: Path | str | None) -> Path:
 
 # ---- the blocking SDK ----------------------------------------------------------------------------------------
 
+async def _new_lease(sync: SyncClient) -> JobLease:
+    return JobLease(sync.client, KIND, slots=LEASE_SLOTS, requirements=None, ttl_s=None, nursery=sync.nursery)
+
+
+async def _close_lease(lease: JobLease) -> None:
+    lease.close()
+    with trio.move_on_after(CLOSE_TIMEOUT_S):
+        await lease.closed()
+
+
 class Mesh:
     """Compute on the mesh from ordinary (blocking) code: the same methods as `AsyncMesh`, run on a
     `SyncClient`'s private trio thread. Use as a context manager, or call `close()`."""
 
-    def __init__(self, sync: SyncClient) -> None:
+    def __init__(self, sync: SyncClient, *, lease: bool = False) -> None:
         self._sync = sync
-        self._amesh = AsyncMesh(sync.client)
+        jl = sync.run_async(_new_lease, sync) if lease else None
+        self._amesh = AsyncMesh(sync.client, lease=jl)
 
     @classmethod
-    def connect(cls, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False) -> Mesh:
-        return cls(SyncClient(address, token=token, peer_id=peer_id, insecure=insecure))
+    def connect(cls, address: str, *, token: str | None, peer_id: str | None = None, insecure: bool = False,
+                lease: bool = False) -> Mesh:
+        """With `lease`, jobs run on a job lease the client holds (one hop each way, no journal record per
+        job; `AsyncMesh.connect`)."""
+        return cls(SyncClient(address, token=token, peer_id=peer_id, insecure=insecure), lease=lease)
 
     @classmethod
-    def local(cls, data_dir: Path | str | None = None) -> Mesh:
+    def local(cls, data_dir: Path | str | None = None, *, lease: bool = False) -> Mesh:
         addr, tok, pid, insecure = local_address(resolve_data_dir(data_dir))
-        return cls.connect(addr, token=tok, peer_id=pid, insecure=insecure)
+        return cls.connect(addr, token=tok, peer_id=pid, insecure=insecure, lease=lease)
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return self._sync.run_async(fn, *args, **kw)
@@ -581,6 +626,8 @@ class Mesh:
         return self._sync
 
     def close(self) -> None:
+        if self._amesh.lease is not None:
+            self._sync.run_async(_close_lease, self._amesh.lease)
         self._sync.close()
 
     def __enter__(self) -> Mesh:

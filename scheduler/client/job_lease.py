@@ -135,7 +135,19 @@ class JobLease:
         self._lock = trio.Lock()
         self._retry_at = float("-inf")
         self._closing = trio.Event()
+        self._holding = 0  # holder tasks running
+        self._released = trio.Event()  # set (and replaced) whenever one ends
         self.stats = {"on_lease": 0, "through_gateway": 0, "leases": 0}
+
+    def close(self) -> None:
+        """Give the lease back (its jobs in flight are answered first); jobs run after this go through the
+        gateway. `open_lease` calls it when its block ends."""
+        self._closing.set()
+
+    async def closed(self) -> None:
+        """Wait until no lease is held (after `close`)."""
+        while self._holding:
+            await self._released.wait()
 
     @property
     def worker(self) -> str | None:
@@ -209,6 +221,7 @@ class JobLease:
     async def _hold(self, spec: dict[str, Any] | None, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Take a lease (placed like the job `spec`) and hold it until it ends, is idle or the block closes."""
         held: _Held | None = None
+        self._holding += 1
         try:
             async with self.client.rpc.open("job.lease", {**self._body, "spec": spec or {}}, uploads=True) as gcall:
                 offer: Any = None
@@ -251,6 +264,9 @@ class JobLease:
         finally:
             if held is not None:
                 held.lose("closed")
+            self._holding -= 1
+            self._released.set()
+            self._released = trio.Event()
 
     async def _idle_watch(self, held: _Held, wcall: ClientCall) -> None:
         """Give the lease back once it has had no job for IDLE_RETURN_S, or when the block closes."""
@@ -282,7 +298,7 @@ async def open_lease(client: Client, kind: str, *, slots: int = 32, requirements
             try:
                 yield lease
             finally:
-                lease._closing.set()  # the lease's jobs in flight are answered, then it is given back
+                lease.close()  # the lease's jobs in flight are answered, then it is given back
                 nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_S
     except BaseExceptionGroup as group:  # the caller's own error (or a lease's) as itself
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
