@@ -23,6 +23,8 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import msgpack
+
 from worker import faults
 from worker.compute.blobs import read_blobs
 from worker.compute.cache import SOURCES
@@ -47,7 +49,7 @@ from worker.kinds import (
     RunContext,
     register,
 )
-from worker.runner.compute import run_compute
+from worker.runner.compute import MEMO_SPEC_BYTES, MEMO_SPECS, run_compute
 
 log = logging.getLogger("gpumesh.compute")
 
@@ -70,16 +72,32 @@ class ComputeOpenCL(JobKind):
 
     def __init__(self) -> None:
         self._parsed: OrderedDict[int, tuple[Any, ComputeSpec]] = OrderedDict()
+        self._by_content: OrderedDict[bytes, ComputeSpec] = OrderedDict()
 
     def spec_of(self, spec: Any) -> ComputeSpec:
-        """The parsed spec (memoised per spec object: validate, requirements, cost and run all need it)."""
+        """The parsed spec, memoised per spec object (validate, requirements, cost and run all need it) and per
+        content: a client sending the same spec again (a pipelined or leased stream of one job) has it parsed
+        once, as a runner does (`worker.runner.compute.parsed`); specs over MEMO_SPEC_BYTES (inline data) are
+        parsed every time."""
         if isinstance(spec, ComputeSpec):
             return spec
         key = id(spec)
         hit = self._parsed.get(key)
         if hit is not None and hit[0] is spec:
             return hit[1]
-        parsed = parse_spec(spec)
+        try:
+            raw: bytes | None = msgpack.packb(spec, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            raw = None  # not wire data (a caller's own objects): parsed, and refused there if wrong
+        parsed = self._by_content.get(raw) if raw is not None else None
+        if parsed is None:
+            parsed = parse_spec(spec)
+            if raw is not None and len(raw) <= MEMO_SPEC_BYTES:
+                self._by_content[raw] = parsed
+                while len(self._by_content) > MEMO_SPECS:
+                    self._by_content.popitem(last=False)
+        else:
+            self._by_content.move_to_end(raw)  # type: ignore[arg-type]  # raw is bytes when parsed was found
         self._parsed[key] = (spec, parsed)
         while len(self._parsed) > 16:
             self._parsed.popitem(last=False)
