@@ -7,6 +7,7 @@ renewed and a lost worker's jobs are run again through the gateway. Assertions a
 import math
 import urllib.request
 
+import numpy as np
 import pytest
 import trio
 import trio.testing
@@ -55,7 +56,7 @@ def metric_sum(node, name: str) -> float:
 
 
 def open_leases(nodes) -> float:
-    return sum(metric(n, "gpumesh_leases_open", 'side="worker"') for n in nodes)
+    return sum(metric(n, "gpumesh_client_leases_open", 'side="worker"') for n in nodes)
 
 
 async def test_leased_jobs_run_on_the_worker_and_equal_the_reference(mesh):
@@ -115,7 +116,7 @@ async def test_a_lease_ticket_opens_its_lease_once_and_nothing_else(mesh):
     async with connect(mesh[0]) as c:
         cm, call, offer = await _raw_lease(c)
         worker = next(n for n in mesh if n.peer_id == offer["peer"])
-        refused = metric(worker, "gpumesh_leases_granted_total", 'result="bad_ticket",side="worker"')
+        refused = metric(worker, "gpumesh_client_leases_total", 'result="bad_ticket",side="worker"')
         try:
             assert offer["addr"] == f"127.0.0.1:{worker.data_port}" and offer["slots"] == 4
             name, _, secret = offer["ticket"].partition(".")
@@ -148,7 +149,7 @@ async def test_a_lease_ticket_opens_its_lease_once_and_nothing_else(mesh):
                 assert e.value.code == "forbidden"
         finally:
             await cm.__aexit__(None, None, None)
-    assert metric(worker, "gpumesh_leases_granted_total", 'result="bad_ticket",side="worker"') == refused + 6
+    assert metric(worker, "gpumesh_client_leases_total", 'result="bad_ticket",side="worker"') == refused + 6
     await until(lambda: open_leases(mesh) == 0, 60, "the lease to end with its streams")
 
 
@@ -263,3 +264,31 @@ async def test_items_queued_in_one_pass_go_in_one_batch():
     with pytest.raises(trio.BrokenResourceError):
         await out.run()
     assert len(out) == 0
+
+
+async def test_compute_jobs_on_a_lease_equal_numpy_and_verified_ones_are_journaled(mesh):
+    from scheduler.client.compute_sdk import AsyncMesh, InOut
+    saxpy = open("examples/compute/saxpy.cl").read()
+    x = np.arange(256, dtype=np.float32)
+    y = np.ones(256, dtype=np.float32)
+    addr, tok, pid, insecure = local_address(mesh[0].data_dir)
+    async with AsyncMesh.connect(addr, token=tok, peer_id=pid, insecure=insecure, lease=True) as m:
+        for a in (2.0, 3.0):
+            out = await m.compute(saxpy, "saxpy", [np.uint32(256), np.float32(a), x, InOut(y, "y")], global_size=256)
+            np.testing.assert_allclose(out, a * x + y)
+        assert m.lease is not None and m.lease.stats["on_lease"] == 2
+        verified = await m.compute(saxpy, "saxpy", [np.uint32(256), np.float32(2.0), x, InOut(y, "y")],
+                                   global_size=256, verify="redundant")
+        np.testing.assert_allclose(verified, 2 * x + y)
+        assert m.lease.stats["on_lease"] == 2  # two copies on two workers: never on the one leased worker
+
+
+def test_a_blocking_mesh_gives_its_lease_back_on_close(mesh):
+    from scheduler.client.compute_sdk import InOut, Mesh
+    saxpy = open("examples/compute/saxpy.cl").read()
+    x = np.arange(64, dtype=np.float32)
+    with Mesh.local(mesh[0].data_dir, lease=True) as m:
+        out = m.compute(saxpy, "saxpy", [np.uint32(64), np.float32(2.0), x, InOut(x.copy(), "y")], global_size=64)
+        np.testing.assert_allclose(out, 3 * x)
+        assert open_leases(mesh) == 1
+    wait_for(lambda: open_leases(mesh) == 0, 60, "the lease to be given back when the mesh closes")

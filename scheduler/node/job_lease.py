@@ -62,12 +62,12 @@ MAX_OPEN_LEASES = 1024  # leases one worker grants at once
 MAX_CRASH_CHARGES = 100  # crashed runners one lease report may charge (bounded work at the gateway)
 GRANT_TRIES = 3  # placement candidates the gateway asks in turn
 
-LEASE_JOBS = Counter("gpumesh_lease_jobs_total", "Jobs run on client leases, by how they ended "
+LEASE_JOBS = Counter("gpumesh_client_lease_jobs_total", "Jobs run on client leases, by how they ended "
                      "(done, failed, cancelled, crashed, or refused: invalid, busy, rate, kind)", ["outcome"])
-LEASES = Counter("gpumesh_leases_granted_total", "Client leases, by side (gateway: admitted and handed to a "
+LEASES = Counter("gpumesh_client_leases_total", "Client leases, by side (gateway: admitted and handed to a "
                  "client; worker: granted) and result (granted, refused; bad_ticket: a lease.run whose ticket "
                  "opened nothing)", ["side", "result"])
-LEASES_OPEN = Gauge("gpumesh_leases_open", "Client leases this node holds open, by side", ["side"])
+LEASES_OPEN = Gauge("gpumesh_client_leases_open", "Client leases this node holds open, by side", ["side"])
 
 
 class LeaseError(Exception):
