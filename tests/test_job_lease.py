@@ -292,3 +292,30 @@ def test_a_blocking_mesh_gives_its_lease_back_on_close(mesh):
         np.testing.assert_allclose(out, 3 * x)
         assert open_leases(mesh) == 1
     wait_for(lambda: open_leases(mesh) == 0, 60, "the lease to be given back when the mesh closes")
+
+
+async def test_one_gateway_cannot_take_every_lease_of_a_worker():
+    from contextlib import AsyncExitStack
+
+    from scheduler.node.job_lease import MAX_LEASES_PER_GATEWAY, LeaseWorker
+    from worker import kinds_basic
+    from worker.devices import Device
+    from worker.executor import Executor
+
+    registry = kinds_basic.load_builtin_kinds()
+    w = LeaseWorker("me", Executor([Device.cpu_reference()], registry=registry), registry, may_lend=lambda g, n: n)
+    terms = LeaseTerms.from_wire({"tenant": "t", "kind": "echo", "slots": 4, "ttl_s": 30, "rate": 0})
+    async with AsyncExitStack() as stack:
+        tickets = {(await stack.enter_async_context(w.grant("hostile", terms)))[0]
+                   for _ in range(MAX_LEASES_PER_GATEWAY)}
+        assert len(tickets) == MAX_LEASES_PER_GATEWAY  # each its own ticket
+        with pytest.raises(LeaseError) as e:
+            await stack.enter_async_context(w.grant("hostile", terms))
+        assert e.value.code == "busy"
+        ticket, g = await stack.enter_async_context(w.grant("another", terms))  # other gateways still get theirs
+        assert g.terms.slots == 4 and w.remote_slots() == 4 * (MAX_LEASES_PER_GATEWAY + 1)
+    assert w.remote_slots() == 0 and len(w.tickets) == 0
+    with pytest.raises(LeaseError) as e:
+        async with w.grant("x", LeaseTerms.from_wire({**terms.to_wire(), "kind": "no.such"})):
+            pass
+    assert e.value.code == "unknown_kind"

@@ -59,6 +59,7 @@ DEFAULT_TTL_S = 300.0  # a lease's life; the client takes a new one when it ends
 MAX_TTL_S = 3600.0
 ATTACH_TIMEOUT_S = 10.0  # the client must open lease.run within this of the grant
 MAX_OPEN_LEASES = 1024  # leases one worker grants at once
+MAX_LEASES_PER_GATEWAY = 64  # of them for one gateway's clients (a hostile peer cannot take them all)
 MAX_CRASH_CHARGES = 100  # crashed runners one lease report may charge (bounded work at the gateway)
 GRANT_TRIES = 3  # placement candidates the gateway asks in turn
 
@@ -173,6 +174,9 @@ class LeaseWorker:
             raise LeaseError("unknown_kind", str(e)) from None
         if not any(terms.requirements.satisfied_by(d) for d in self.executor.devices):
             raise LeaseError("unavailable", f"no device here can run {terms.kind} as asked")
+        if sum(1 for g in self._grants.values() if g.gateway == gateway) >= MAX_LEASES_PER_GATEWAY:
+            LEASES.labels("worker", "refused").inc()
+            raise LeaseError("busy", f"{MAX_LEASES_PER_GATEWAY} leases of that gateway's clients are open here")
         slots = self.may_lend(gateway, terms.slots)
         if slots <= 0:
             LEASES.labels("worker", "refused").inc()
