@@ -76,8 +76,9 @@ class Result:
         return d
 
     @classmethod
-    def from_wire(cls, d: Any) -> Result:
-        """A peer's result map, checked (WireError otherwise); the output bytes are not in it."""
+    def from_wire(cls, d: Any, output: bytes | None = None) -> Result:
+        """A peer's result map, checked (WireError otherwise); the output bytes are not in it (`output`: the
+        bytes that came with it, if at hand)."""
         wire.check_version(d, cls.TYPE)
         w = "result"
         timings = wire.get(d, "timings", dict, w, {})
@@ -97,6 +98,7 @@ class Result:
             worker=wire.get(d, "worker", str, w, ""),
             device=wire.get(d, "device", str, w, ""),
             timings={k: float(v) for k, v in timings.items()},
+            output=output,
         )
 
 

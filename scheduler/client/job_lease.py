@@ -25,7 +25,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -67,15 +67,15 @@ class _Held:
         self._outbox = Coalescer(self._send, max_batch=MAX_BATCH)  # jobs queued together: one frame
         self._ids = itertools.count()
 
-    async def run(self, job: Any) -> JobResult | None:
-        """The job's result, or None when the lease could not run it."""
+    async def run(self, job: dict[str, Any]) -> JobResult | None:
+        """The job (its wire form)'s result, or None when the lease could not run it."""
         async with self.limiter:
             if self.lost:
                 return None
             n = next(self._ids)
             w = self.pending[n] = _Wait()
             self.last_used = trio.current_time()
-            self._outbox.put({"n": n, "job": job.to_wire(self.last_used)})
+            self._outbox.put({"n": n, "job": job})
             await w.done.wait()
             self.last_used = trio.current_time()
             return w.result
@@ -101,8 +101,7 @@ class _Held:
             job_id = f"lease-{self.lease_id}-{n}"
             try:
                 out = item.get("out", b"")
-                result = Result.from_wire(item.get("result"))
-                result = replace(result, output=bytes(out) if isinstance(out, bytes | bytearray) else b"")
+                result = Result.from_wire(item.get("result"), bytes(out) if isinstance(out, bytes | bytearray) else b"")
                 w.result = JobResult(job_id, str(item.get("state", "")), str(item.get("reason", "")), result)
             except (WireError, ValueError, TypeError) as e:
                 w.result = JobResult(job_id, "failed", f"the worker's answer does not decode: {e}")
@@ -132,6 +131,7 @@ class JobLease:
             self._body["ttl_s"] = ttl_s
         self._nursery = nursery
         self._held: _Held | None = None
+        self._templates: dict[Any, dict[str, Any]] = {}
         self._lock = trio.Lock()
         self._retry_at = float("-inf")
         self._closing = trio.Event()
@@ -165,7 +165,7 @@ class JobLease:
     async def result(self, spec: dict[str, Any] | None = None, *, input: bytes | None = None, **kw: Any) -> JobResult:
         """Run one job; its JobResult whether it ended done or not ("rejected" when it was refused)."""
         if input is None or len(input) <= INLINE_INPUT_LIMIT:
-            job = new_job(self.kind, spec, input=input, **kw)
+            job = self._wire(spec, input, kw)
             held = await self._lease(spec)
             if held is not None:
                 res = await held.run(job)
@@ -195,6 +195,30 @@ class JobLease:
             for _ in range(min(self.slots, len(specs))):
                 n.start_soon(worker)
         return [r for r in out if r is not None]
+
+    def _wire(self, spec: dict[str, Any] | None, input: bytes | None, kw: dict[str, Any]) -> dict[str, Any]:
+        """The job's wire form: per distinct options a template (made and checked by `new_job` once), the spec
+        and input filled in; a job with a deadline (relative to now) or unhashable options is made whole."""
+        key: Any = None
+        if kw.get("deadline_ms") is None:
+            key = tuple(sorted(kw.items()))
+            try:
+                hash(key)
+            except TypeError:
+                key = None
+        if key is None:
+            return new_job(self.kind, spec, input=input, **kw).to_wire(trio.current_time())
+        template = self._templates.get(key)
+        if template is None:
+            template = new_job(self.kind, {}, **kw).to_wire(trio.current_time())
+            if len(self._templates) >= 16:
+                self._templates.clear()
+            self._templates[key] = template
+        d = dict(template)
+        d["spec"] = spec or {}
+        if input is not None:
+            d["input"] = bytes(input)
+        return d
 
     # ---- holding the lease ----------------------------------------------------------------------------
     async def _lease(self, spec: dict[str, Any] | None) -> _Held | None:

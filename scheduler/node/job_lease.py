@@ -272,7 +272,8 @@ class _LeaseRun:
         self.bucket = TokenBucket(g.terms.rate, max(1.0, 2 * g.terms.rate)) if g.terms.rate > 0 else None
         self.in_flight: dict[int, str] = {}  # n -> the executor's job id
         self._none_left = trio.Event()
-        self._answers = Coalescer(self._send, max_batch=MAX_BATCH)  # answers of jobs ending together: one frame
+        # answers of jobs ending together go in one frame; while other jobs still run, a little longer
+        self._answers = Coalescer(self._send, max_batch=MAX_BATCH, linger=lambda: bool(self.in_flight))
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
 
     async def _send(self, batch: list[dict[str, Any]]) -> None:
@@ -379,9 +380,9 @@ class _LeaseRun:
             self._answers.put({"n": n, "error": {"code": "too_large", "message": f"an output of {len(output)} "
                                                  f"bytes is over the lease's {LEASE_INLINE_OUTPUT}-byte inline limit"}})
             return
-        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "",
-                                "result": replace(outcome.result, job_id=job_id, attempt=1, worker=self.w.peer_id,
-                                                  output=None).to_wire()}
+        result = outcome.result.to_wire()  # the output's bytes are never in it: they go in "out"
+        result.update(id=job_id, attempt=1, worker=self.w.peer_id)
+        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "", "result": result}
         if output:
             item["out"] = output
         self._answers.put(item)
