@@ -20,7 +20,8 @@ from scheduler.client.client import Client, local_address, new_job
 from scheduler.client.job_lease import open_lease
 from scheduler.core.job import INLINE_INPUT_LIMIT
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all
-from scheduler.node.job_lease import MAX_LEASE_SLOTS, LeaseError, LeaseTerms, usage_of
+from scheduler.node.job_lease import MAX_LEASE_SLOTS, LeaseError, LeaseTerms
+from scheduler.node.lease_gateway import usage_of
 from scheduler.node.tokens import TokenStore
 from worker.kinds_basic import Echo
 

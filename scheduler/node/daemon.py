@@ -36,8 +36,9 @@ from scheduler.node.config import NodeSettings, has_port, parse_hostport
 from scheduler.node.coordinator_io import CoordinatorIO, Verifier
 from scheduler.node.endpoints import BindError, Endpoints, binding
 from scheduler.node.files import make_private
-from scheduler.node.job_lease import LeaseGateway, LeaseWorker
+from scheduler.node.job_lease import LeaseWorker
 from scheduler.node.jobview import JobView
+from scheduler.node.lease_gateway import LeaseGateway
 from scheduler.node.links import LoopbackLink, PeerLinks
 from scheduler.node.peer_api import PeerAPI
 from scheduler.node.session_io import RenderSessions
