@@ -96,6 +96,9 @@ async def test_a_lease_refused_by_the_gateway_raises_as_the_job_would(mesh):
         with pytest.raises(RpcError) as e:
             await lease.run({})
         assert e.value.code == "forbidden"
+        with pytest.raises(RpcError) as e:  # every job refused: raised once, not as a group of 10
+            await lease.run_many([{}] * 10)
+        assert e.value.code == "forbidden" and lease.stats["leases"] == 0
     async with connect(mesh[0]) as c, open_lease(c, "no.such.kind") as lease:
         with pytest.raises(RpcError) as e:
             await lease.run({})

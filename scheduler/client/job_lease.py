@@ -134,6 +134,7 @@ class JobLease:
         self._templates: dict[Any, dict[str, Any]] = {}
         self._lock = trio.Lock()
         self._retry_at = float("-inf")
+        self._refused: RpcError | None = None  # the gateway's last refusal of a lease, until _retry_at
         self._closing = trio.Event()
         self._holding = 0  # holder tasks running
         self._released = trio.Event()  # set (and replaced) whenever one ends
@@ -186,14 +187,21 @@ class JobLease:
             raise ValueError(f"{len(specs)} specs but {len(ins)} inputs")
         out: list[JobResult | None] = [None] * len(specs)
         todo = iter(range(len(specs)))
+        refused: list[RpcError] = []
 
         async def worker() -> None:
-            for i in todo:
-                out[i] = await self.result(specs[i], input=ins[i], **kw)
+            try:
+                for i in todo:
+                    out[i] = await self.result(specs[i], input=ins[i], **kw)
+            except RpcError as e:  # the lease (so every job) was refused: raised once, as run() raises it
+                refused.append(e)
+                n.cancel_scope.cancel()
 
         async with trio.open_nursery() as n:
             for _ in range(min(self.slots, len(specs))):
                 n.start_soon(worker)
+        if refused:
+            raise refused[0]
         return [r for r in out if r is not None]
 
     def _wire(self, spec: dict[str, Any] | None, input: bytes | None, kw: dict[str, Any]) -> dict[str, Any]:
@@ -229,14 +237,20 @@ class JobLease:
             held = self._held
             if held is not None and not held.lost:
                 return held
+            if self._refused is not None and trio.current_time() < self._retry_at:
+                raise self._refused
             if trio.current_time() < self._retry_at or self._closing.is_set():
                 return None
             try:
                 self._held = await self._nursery.start(self._hold, spec)
                 self.stats["leases"] += 1
+                self._refused = None
             except (RpcError, TransportError, OSError, ValueError) as e:
                 if isinstance(e, RpcError) and e.code not in FALLBACK_CODES:
-                    raise  # the gateway refused the lease as it would refuse the job: forbidden, quota, unknown kind
+                    # the gateway refused the lease as it would refuse the job (forbidden, quota, unknown kind):
+                    # raised, and to the callers queued behind this one without asking again for a while
+                    self._refused, self._retry_at = e, trio.current_time() + RETRY_LEASE_S
+                    raise
                 log.info("no %s lease (%s): jobs go through the gateway for %.0f s", self.kind, e, RETRY_LEASE_S)
                 self._retry_at = trio.current_time() + RETRY_LEASE_S
                 self._held = None
