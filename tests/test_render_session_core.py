@@ -246,6 +246,31 @@ def test_the_decoder_refuses_bad_payloads_and_deltas_without_their_base():
         dec.decode("nope", first.payload, 40, 30)
 
 
+def test_the_decoders_half_to_float_conversion_is_exact_for_every_half_and_decodes_in_place():
+    from worker.render.frame_codec import half_to_float32
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    positive = every[(every.view(np.uint16) >= 0x0400) & (every.view(np.uint16) < 0x8000)]  # the integer path
+    for halves in (every, positive, np.array([np.inf, 1.0, 65504.0], np.float16)):
+        got = half_to_float32(halves, np.empty(halves.shape, np.float32))
+        want = halves.astype(np.float32)
+        same = np.isnan(want)
+        assert np.isnan(got[same]).all()
+        np.testing.assert_array_equal(got[~same].view(np.uint32), want[~same].view(np.uint32))
+    enc, dec, dec2 = TileEncoder(), TileDecoder(), TileDecoder()
+    frame_rgba = np.zeros((50, 60, 4), np.uint8)
+    frame_depth = np.zeros((50, 60), np.float32)
+    for seed in (3, 3, 4):
+        rgba, depth = rendered(seed)
+        t = enc.encode(rgba, depth)
+        c, d = dec.decode(t.header(), t.payload, 40, 30)
+        c2, d2 = dec2.decode(t.header(), t.payload, 40, 30, frame_rgba[5:35, 7:47], frame_depth[5:35, 7:47])
+        np.testing.assert_array_equal(c2, c)
+        np.testing.assert_array_equal(d2, d)
+        np.testing.assert_array_equal(frame_rgba[5:35, 7:47], rgba)  # written in the frame's own arrays
+        assert frame_rgba[:5].sum() == 0 and (frame_depth[:, :7] == 0).all()
+
+
 def test_the_gateway_passes_on_only_well_formed_tile_messages():
     from scheduler.node.session_wire import check_tile_item, tile_payload_bound
 

@@ -144,7 +144,8 @@ class RealtimeSession:
         i = self._next
         self._assembly.issue(i, now)
         w, h = self.scene.camera.width, self.scene.camera.height
-        self._building[i] = _Building(pose, now, np.zeros((h, w, 4), np.uint8), np.full((h, w), np.inf, np.float32))
+        # np.empty: a frame is delivered only once every tile has been written into it (else it is dropped)
+        self._building[i] = _Building(pose, now, np.empty((h, w, 4), np.uint8), np.empty((h, w), np.float32))
         self._next += 1
         self._wake()
         msg = {"f": i, "pose": pose.to_dict(), "budget_ms": self._budget_ms() if budget_ms is None else float(budget_ms)}
@@ -282,17 +283,24 @@ class RealtimeSession:
             payload = item.get("p")
             if not isinstance(payload, bytes):
                 raise ValueError("tile message without its payload")
+            b = self._building.get(i)
             t0 = trio.current_time()
-            rgba, depth = self._decoders[t].decode(item.get("tile"), payload, tile.w, tile.h)  # always: keeps state
+            # always decoded (the decoder keeps the tile as the next delta's base); straight into the tile's
+            # place in its frame when that frame is being built, and only then is the tile counted as arrived
+            if b is not None:
+                self._decoders[t].decode(item.get("tile"), payload, tile.w, tile.h,
+                                         b.rgba[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w],
+                                         b.depth[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w])
+            else:
+                self._decoders[t].decode(item.get("tile"), payload, tile.w, tile.h)
             self.stats.decode_s.append(trio.current_time() - t0)
+            keep = self._assembly.tile(i, t, now) and b is not None
             for key, sink in (("wait_ms", self.stats.worker_wait_s), ("encode_ms", self.stats.encode_s)):
                 v = item.get(key)
                 if isinstance(v, int | float):
                     sink.append(float(v) / 1000.0)
-            b = self._building.get(i)
-            if self._assembly.tile(i, t, now) and b is not None:
-                b.rgba[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w] = rgba
-                b.depth[tile.y0:tile.y0 + tile.h, tile.x0:tile.x0 + tile.w] = depth
+            if keep:
+                assert b is not None
                 render_s = float(item.get("render_ms", 0.0)) / 1000.0
                 est = item.get("est_ms")
                 if isinstance(est, int | float):

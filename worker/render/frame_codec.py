@@ -159,7 +159,10 @@ class TileDecoder:
         self._prev: np.ndarray | None = None
         self._seq = 0
 
-    def decode(self, header: Any, payload: bytes, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    def decode(self, header: Any, payload: bytes, w: int, h: int, rgba_out: np.ndarray | None = None,
+               depth_out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(rgba, depth) of the tile; with `rgba_out` (uint8 (h, w, 4)) and `depth_out` (float32 (h, w)), e.g.
+        the tile's place in the frame, written there (one pass each, no intermediate arrays) and returned."""
         if not isinstance(header, dict):
             raise CodecError("tile header is not a map")
         key, seq, n = header.get("key"), header.get("seq"), header.get("n")
@@ -180,8 +183,32 @@ class TileDecoder:
         raw = body if key or prev is None else np.bitwise_xor(body, prev)
         self._prev, self._seq = raw, seq
         rgba = raw[:npx * 4].reshape(h, w, 4)
-        depth = raw[npx * 4:].view("<f2").reshape(h, w).astype(np.float32)
-        return rgba, depth
+        half = raw[npx * 4:].view("<f2").reshape(h, w)
+        if rgba_out is None or depth_out is None:
+            return rgba, half_to_float32(half, np.empty((h, w), np.float32))
+        rgba_out[...] = rgba
+        return rgba_out, half_to_float32(half, depth_out)
+
+
+_HALF_NORMAL_MIN, _HALF_INF = 0x0400, 0x7C00  # the least positive normal half, and +inf, as bits
+_EXP_REBIAS = np.uint32((127 - 15) << 23)  # half exponent -> float32 exponent
+_INF_NAN_EXTRA = np.uint32((255 - 143) << 23)  # half exponent 31 (inf, NaN) -> float32 exponent 255
+
+
+def half_to_float32(half: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`half` (<f2) widened into `out` (float32, same shape), exactly; with integer arithmetic (~4x numpy's
+    conversion) when every value is a positive normal half, +inf or NaN (a decoded depth: metres, +inf for no
+    hit), else numpy converts."""
+    u = half.reshape(-1).view(np.uint16)
+    bits = out.reshape(-1).view(np.uint32) if out.flags.c_contiguous else None
+    if bits is None or u.size == 0 or u.min() < _HALF_NORMAL_MIN or u.max() >= 0x8000:  # zero, tiny or negative
+        np.copyto(out, half, casting="same_kind")
+        return out
+    np.left_shift(u, 13, out=bits, dtype=np.uint32)
+    np.add(bits, _EXP_REBIAS, out=bits)
+    if u.max() >= _HALF_INF:  # +inf (or NaN): their exponent goes to the top
+        bits += (u >= _HALF_INF).astype(np.uint32) * _INF_NAN_EXTRA
+    return out
 
 
 def depth_tolerance(depth: np.ndarray) -> np.ndarray:
