@@ -323,3 +323,48 @@ async def test_one_gateway_cannot_take_every_lease_of_a_worker():
         async with w.grant("x", LeaseTerms.from_wire({**terms.to_wire(), "kind": "no.such"})):
             pass
     assert e.value.code == "unknown_kind"
+
+
+async def test_a_producer_waits_while_its_peer_does_not_read():
+    release = trio.Event()
+    sent: list[list[int]] = []
+
+    async def send(batch: list[int]) -> None:
+        await release.wait()  # the peer reads nothing until released
+        sent.append(batch)
+
+    out = Coalescer(send, max_batch=2)
+    passed: list[int] = []
+
+    async def producer() -> None:
+        for i in range(6):
+            await out.wait_below(3)
+            out.put(i)
+            passed.append(i)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(out.run)
+        n.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert passed == [0, 1, 2, 3, 4] and len(out) == 3  # two in the stuck send, three queued: no more
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert passed == list(range(6)) and [x for b in sent for x in b] == list(range(6))
+        n.cancel_scope.cancel()
+
+
+async def test_a_token_holds_a_bounded_number_of_leases_through_a_gateway(mesh):
+    from contextlib import AsyncExitStack
+
+    from scheduler.node.lease_gateway import MAX_LEASES_PER_TOKEN
+    async with connect(mesh[0]) as c, AsyncExitStack() as stack:
+        for _ in range(MAX_LEASES_PER_TOKEN):
+            call = await stack.enter_async_context(c.rpc.open("job.lease", {"kind": "echo", "slots": 1},
+                                                               uploads=True))
+            assert "ticket" in await call.receive()
+        with pytest.raises(RpcError) as e:
+            async with c.rpc.open("job.lease", {"kind": "echo", "slots": 1}, uploads=True) as call:
+                await call.receive()
+                await call.result()
+        assert e.value.code == "quota"
+    await until(lambda: open_leases(mesh) == 0, 60, "the leases to end with their streams")

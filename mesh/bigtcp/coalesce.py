@@ -37,6 +37,7 @@ class Coalescer(Generic[T]):
         self._outbox: list[T] = []
         self._ready = trio.Event()
         self._closed = False
+        self._taken = trio.Event()  # set (and replaced) whenever a batch leaves the queue for `send`
         self.batches = 0  # calls of `send` so far (items / batches: how well sends coalesce)
 
     def __len__(self) -> int:
@@ -46,6 +47,12 @@ class Coalescer(Generic[T]):
         """Queue `item` for the next batch."""
         self._outbox.append(item)
         self._ready.set()
+
+    async def wait_below(self, n: int) -> None:
+        """Until fewer than `n` items wait to be sent (backpressure for a producer whose peer stops reading: what
+        it holds is then at most `n` waiting plus one batch in a `send` that does not return)."""
+        while len(self._outbox) >= n:
+            await self._taken.wait()
 
     async def _wait_for_more(self) -> None:
         end = trio.current_time() + self.linger_s
@@ -75,6 +82,8 @@ class Coalescer(Generic[T]):
                 while self._outbox:
                     batch = self._outbox[:self.max_batch]
                     del self._outbox[:self.max_batch]
+                    self._taken.set()
+                    self._taken = trio.Event()
                     self.batches += 1
                     await self._send(batch)
                 if self._closed:

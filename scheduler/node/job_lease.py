@@ -292,7 +292,13 @@ class _LeaseRun:
                     g.reading.deadline = g.expires_at
                     with g.reading:
                         try:
-                            while (item := await self.call.receive()) is not None:
+                            # a client that stops reading its answers stops being read: what waits to be sent
+                            # stays within the lease's slots (each answer holds at most LEASE_INLINE_OUTPUT bytes)
+                            while True:
+                                await self._answers.wait_below(g.terms.slots)
+                                item = await self.call.receive()
+                                if item is None:
+                                    break
                                 for n, wire in self._items(item):
                                     self._take(n, wire)
                         except RpcError as e:  # a malformed frame ends the stream, once its jobs are answered

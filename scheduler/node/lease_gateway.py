@@ -38,6 +38,7 @@ from scheduler.node.job_lease import (
 from scheduler.node.links import LinkError, PeerLinks, RemoteLink
 from worker import kinds as kinds_mod
 
+MAX_LEASES_PER_TOKEN = 16  # leases one API token holds through this gateway at once
 MAX_CRASH_CHARGES = 100  # crashed runners one lease report may charge (bounded work at the gateway)
 GRANT_TRIES = 3  # placement candidates the gateway asks in turn
 
@@ -69,6 +70,7 @@ class LeaseGateway:
         self.registry = registry
         self.quotas = quotas
         self.require = require
+        self._open: dict[str, int] = {}  # token name -> leases held through this gateway now
 
     def register(self, rpc: RpcServer) -> None:
         rpc.register("job.lease", self._lease)
@@ -105,6 +107,19 @@ class LeaseGateway:
     async def _lease(self, call: Call) -> dict[str, Any]:
         p, terms, job = self._terms(call)
         now = trio.current_time()
+        if self._open.get(p.name, 0) >= MAX_LEASES_PER_TOKEN:
+            LEASES.labels("gateway", "refused").inc()
+            raise RpcError("quota", f"token {p.name!r} holds {MAX_LEASES_PER_TOKEN} job leases through this node "
+                                    "(the limit); give one back first")
+        self._open[p.name] = self._open.get(p.name, 0) + 1
+        try:
+            return await self._admitted(call, p, terms, job, now)
+        finally:
+            self._open[p.name] -= 1
+            if not self._open[p.name]:
+                del self._open[p.name]
+
+    async def _admitted(self, call: Call, p: Principal, terms: LeaseTerms, job: Job, now: float) -> dict[str, Any]:
         key = f"lease:{secrets.token_hex(8)}"
         try:
             self.quotas.admit_submit(p.name, key, now, exempt=p.token is not None and "admin" in p.token.scopes)
@@ -124,7 +139,6 @@ class LeaseGateway:
                     continue
                 try:
                     usage = await self._hold(call, peer, addr, terms)
-                    LEASES.labels("gateway", "granted").inc()
                     return {"ended": "done", **usage}
                 except RpcError as e:
                     if e.code not in ("busy", "unavailable", "unknown_kind"):
@@ -157,6 +171,7 @@ class LeaseGateway:
                 try:
                     async with self.worker.grant(peer, terms) as (ticket, g):
                         await call.send(offer(ticket, g.lease_id, g.terms.slots, g.terms.ttl_s))
+                        LEASES.labels("gateway", "granted").inc()
                         async with trio.open_nursery() as n:
                             n.start_soon(watch_client)
                             await self.worker.hold(g, client_done)
@@ -183,6 +198,7 @@ class LeaseGateway:
                     if not (isinstance(slots, int) and isinstance(ttl, int | float)):
                         raise RpcError("unavailable", f"{peer}: a malformed grant")
                     await call.send(offer(first["ticket"], str(first.get("lease", "")), slots, float(ttl)))
+                    LEASES.labels("gateway", "granted").inc()
                     async with trio.open_nursery() as n:
                         async def relay_end() -> None:
                             await watch_client()
