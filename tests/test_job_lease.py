@@ -368,3 +368,16 @@ async def test_a_token_holds_a_bounded_number_of_leases_through_a_gateway(mesh):
                 await call.result()
         assert e.value.code == "quota"
     await until(lambda: open_leases(mesh) == 0, 60, "the leases to end with their streams")
+
+
+async def test_a_lease_is_given_back_when_idle_but_not_under_a_running_job(mesh, monkeypatch):
+    from scheduler.client import job_lease
+    monkeypatch.setattr(job_lease, "IDLE_RETURN_S", 0.3)
+    async with connect(mesh[0]) as c, open_lease(c, "sleep", slots=2) as lease:
+        r = await lease.run({"seconds": 1.0})  # runs past the idle time: the lease stays, the job is answered on it
+        assert r.ok and lease.stats == {"on_lease": 1, "through_gateway": 0, "leases": 1}
+        first = lease._held
+        await until(lambda: first.lost, 30, "the idle lease to be given back")
+        assert (await lease.run({"seconds": 0})).ok
+        assert lease.stats == {"on_lease": 2, "through_gateway": 0, "leases": 2}
+    await until(lambda: open_leases(mesh) == 0, 60, "the leases to end")

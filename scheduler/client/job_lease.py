@@ -308,11 +308,14 @@ class JobLease:
 
     async def _idle_watch(self, held: _Held, wcall: ClientCall) -> None:
         """Give the lease back once it has had no job for IDLE_RETURN_S, or when the block closes."""
-        while True:
-            with trio.move_on_at(held.last_used + IDLE_RETURN_S):
+        while not self._closing.is_set() and not held.lost:
+            deadline = held.last_used + IDLE_RETURN_S
+            if trio.current_time() >= deadline:
+                if not held.pending:
+                    break
+                deadline = trio.current_time() + IDLE_RETURN_S  # long jobs still running: look again later
+            with trio.move_on_at(deadline):
                 await self._closing.wait()
-            if self._closing.is_set() or (not held.pending and trio.current_time() >= held.last_used + IDLE_RETURN_S):
-                break
         held.lost = True  # no new jobs on it: the ones in flight are answered before the worker ends the stream
         try:
             await wcall.done_sending()
