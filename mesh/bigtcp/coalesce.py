@@ -8,9 +8,10 @@ then it sends everything queued, at most `max_batch` items per call of `send`. A
 idle (trio.testing.wait_all_tasks_blocked) was measured instead: it batched no better under a pipelined load
 and cost a further 35 us per message when sequential.
 
-When its owner knows more items are on their way (`linger()` is true: say, jobs still running whose answers
-will follow), the batch waits for them a little longer: until the next item, at most `linger_s` in all, or a
-full batch. A sequential caller (nothing else in flight) never waits.
+Its owner says whether more items may be on their way (`more()`: say, other jobs still in flight). When none
+are (a sequential caller), the item goes at once, without that pass. When some are, the batch may also wait
+for them a little longer (`linger_s`, 0 by default): until the next item, at most `linger_s` in all, or a full
+batch.
 
 Producers are bounded by their owners (a lease's slots), not here.
 """
@@ -24,15 +25,12 @@ import trio
 
 T = TypeVar("T")
 
-LINGER_S = 0.0005  # the longest a batch waits for more items its owner said were coming
-
-
 class Coalescer(Generic[T]):
     def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, max_batch: int,
-                 linger: Callable[[], bool] | None = None, linger_s: float = LINGER_S) -> None:
+                 more: Callable[[], bool] | None = None, linger_s: float = 0.0) -> None:
         self._send = send
         self.max_batch = max_batch
-        self._linger = linger
+        self._more = more if more is not None else (lambda: True)
         self.linger_s = linger_s
         self._outbox: list[T] = []
         self._ready = trio.Event()
@@ -56,7 +54,7 @@ class Coalescer(Generic[T]):
 
     async def _wait_for_more(self) -> None:
         end = trio.current_time() + self.linger_s
-        while not self._closed and len(self._outbox) < self.max_batch and self._linger is not None and self._linger():
+        while not self._closed and len(self._outbox) < self.max_batch and self._more():
             self._ready = trio.Event()
             with trio.move_on_at(end) as scope:
                 await self._ready.wait()
@@ -75,9 +73,9 @@ class Coalescer(Generic[T]):
             while True:
                 await self._ready.wait()
                 self._ready = trio.Event()
-                if not self._closed:
+                if not self._closed and self._more():
                     await trio.lowlevel.checkpoint()  # the rest of this pass queues first
-                    if self._linger is not None:
+                    if self.linger_s > 0:
                         await self._wait_for_more()
                 while self._outbox:
                     batch = self._outbox[:self.max_batch]

@@ -64,7 +64,8 @@ class _Held:
         self.pending: dict[int, _Wait] = {}
         self.lost = False
         self.last_used = trio.current_time()
-        self._outbox = Coalescer(self._send, max_batch=MAX_BATCH)  # jobs queued together: one frame
+        # jobs queued together go in one frame; a job alone in flight goes at once
+        self._outbox = Coalescer(self._send, max_batch=MAX_BATCH, more=lambda: len(self.pending) > 1)
         self._ids = itertools.count()
 
     async def run(self, job: dict[str, Any]) -> JobResult | None:

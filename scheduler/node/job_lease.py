@@ -59,6 +59,7 @@ DEFAULT_TTL_S = 300.0  # a lease's life; the client takes a new one when it ends
 MAX_TTL_S = 3600.0
 ATTACH_TIMEOUT_S = 10.0  # the client must open lease.run within this of the grant
 MAX_OPEN_LEASES = 1024  # leases one worker grants at once
+ANSWER_LINGER_S = 0.0005  # while other jobs of a lease run, its answers wait this long at most for company
 MAX_LEASES_PER_GATEWAY = 64  # of them for one gateway's clients (a hostile peer cannot take them all)
 
 LEASE_JOBS = Counter("gpumesh_client_lease_jobs_total", "Jobs run on client leases, by how they ended "
@@ -273,7 +274,8 @@ class _LeaseRun:
         self.in_flight: dict[int, str] = {}  # n -> the executor's job id
         self._none_left = trio.Event()
         # answers of jobs ending together go in one frame; while other jobs still run, a little longer
-        self._answers = Coalescer(self._send, max_batch=MAX_BATCH, linger=lambda: bool(self.in_flight))
+        self._answers = Coalescer(self._send, max_batch=MAX_BATCH, more=lambda: bool(self.in_flight),
+                                  linger_s=ANSWER_LINGER_S)
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
 
     async def _send(self, batch: list[dict[str, Any]]) -> None:
