@@ -381,3 +381,26 @@ async def test_a_lease_is_given_back_when_idle_but_not_under_a_running_job(mesh,
         assert (await lease.run({"seconds": 0})).ok
         assert lease.stats == {"on_lease": 2, "through_gateway": 0, "leases": 2}
     await until(lambda: open_leases(mesh) == 0, 60, "the leases to end")
+
+
+async def test_a_worker_whose_queues_are_full_grants_no_lease():
+    from scheduler.node.job_lease import LeaseWorker
+    from worker import kinds_basic
+    from worker.devices import Device
+    from worker.executor import Executor, JobRequest
+
+    registry = kinds_basic.load_builtin_kinds()
+    ex = Executor([Device.cpu_reference()], registry=registry, slots=1, max_queued=1)
+    w = LeaseWorker("me", ex, registry, may_lend=lambda g, n: n)
+    terms = LeaseTerms.from_wire({"tenant": "t", "kind": "echo", "slots": 4, "ttl_s": 30, "rate": 0})
+    async with trio.open_nursery() as n:
+        await n.start(ex.run)
+        async with w.grant("gw", terms):  # room: granted
+            pass
+        ex.submit(JobRequest("a", "sleep", {"seconds": 30}))  # takes the slot
+        ex.submit(JobRequest("b", "sleep", {"seconds": 30}))  # fills the queue
+        with pytest.raises(LeaseError) as e:
+            async with w.grant("gw", terms):
+                pass
+        assert e.value.code == "busy" and "full queue" in e.value.message
+        n.cancel_scope.cancel()

@@ -181,8 +181,14 @@ class LeaseWorker:
             self.registry.get(terms.kind)
         except kinds_mod.UnknownKind as e:
             raise LeaseError("unknown_kind", str(e)) from None
-        if not any(terms.requirements.satisfied_by(d) for d in self.executor.devices):
+        fit = [d.id for d in self.executor.devices if terms.requirements.satisfied_by(d)]
+        if not fit:
             raise LeaseError("unavailable", f"no device here can run {terms.kind} as asked")
+        room = self.executor.room()
+        if not any(free > 0 or waiting < most for _, free, waiting, most in (room[d] for d in fit if d in room)):
+            # the claim of a lease: placement read gossip, which may be stale; this is the device's real load
+            LEASES.labels("worker", "refused").inc()
+            raise LeaseError("busy", f"every device here that can run {terms.kind} has a full queue")
         if sum(1 for g in self._grants.values() if g.gateway == gateway) >= MAX_LEASES_PER_GATEWAY:
             LEASES.labels("worker", "refused").inc()
             raise LeaseError("busy", f"{MAX_LEASES_PER_GATEWAY} leases of that gateway's clients are open here")
