@@ -27,10 +27,9 @@ through the gateway by the client (scheduler/client/job_lease.py): at least once
 
 from __future__ import annotations
 
-import logging
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -51,8 +50,6 @@ from scheduler.node.session_attach import Tickets
 from worker import kinds as kinds_mod
 from worker.executor import Executor, JobRequest, Refused
 from worker.jobs import Outcome
-
-log = logging.getLogger("gpumesh.scheduler")
 
 MAX_LEASE_SLOTS = 256  # jobs of one lease in flight at once
 DEFAULT_TTL_S = 300.0  # a lease's life; the client takes a new one when it ends
@@ -143,14 +140,13 @@ class Grant:
         return {"jobs": self.jobs, "failed": self.failed, "crashes": self.crashes, "device_s": round(self.device_s, 6)}
 
 
-async def until_done_sending(call: Call, done: trio.Event) -> None:
-    """Set `done` once the caller of `call` has ended its uploads (or its connection broke)."""
+async def until_done_sending(call: Call) -> None:
+    """Return once the caller of `call` has ended its uploads (or its connection broke)."""
     try:
         while await call.receive() is not None:
             pass
     except (TransportError, RpcError):
         pass
-    done.set()
 
 
 class LeaseWorker:
@@ -174,9 +170,8 @@ class LeaseWorker:
         """Slots leased to other nodes' clients now (they count against --share with remote jobs)."""
         return sum(g.terms.slots for g in self._grants.values() if g.gateway != self.peer_id)
 
-    @asynccontextmanager
-    async def grant(self, gateway: str, terms: LeaseTerms) -> AsyncIterator[tuple[str, Grant]]:
-        """A lease for `gateway`'s client: (ticket, grant) while the block lasts; LeaseError if refused."""
+    def _slots_for(self, gateway: str, terms: LeaseTerms) -> int:
+        """The slots this node grants `gateway`'s client now; LeaseError saying why it grants none."""
         try:
             self.registry.get(terms.kind)
         except kinds_mod.UnknownKind as e:
@@ -187,64 +182,68 @@ class LeaseWorker:
         room = self.executor.room()
         if not any(free > 0 or waiting < most for _, free, waiting, most in (room[d] for d in fit if d in room)):
             # the claim of a lease: placement read gossip, which may be stale; this is the device's real load
-            LEASES.labels("worker", "refused").inc()
             raise LeaseError("busy", f"every device here that can run {terms.kind} has a full queue")
         if sum(1 for g in self._grants.values() if g.gateway == gateway) >= MAX_LEASES_PER_GATEWAY:
-            LEASES.labels("worker", "refused").inc()
             raise LeaseError("busy", f"{MAX_LEASES_PER_GATEWAY} leases of that gateway's clients are open here")
+        if len(self.tickets) >= self.tickets.limit:
+            raise LeaseError("busy", f"{len(self.tickets)} leases are open on this worker")
         slots = self.may_lend(gateway, terms.slots)
         if slots <= 0:
-            LEASES.labels("worker", "refused").inc()
             raise LeaseError("busy", "this node lends no more slots now")
-        lid = secrets.token_hex(8)
+        return slots
+
+    @asynccontextmanager
+    async def grant(self, gateway: str, terms: LeaseTerms) -> AsyncIterator[tuple[str, Grant]]:
+        """A lease for `gateway`'s client: (ticket, grant) while the block lasts; LeaseError if refused."""
         try:
-            with self.tickets.issue(lid) as (ticket, _att):
-                g = Grant(lid, gateway, replace(terms, slots=slots), trio.current_time() + terms.ttl_s)
-                self._grants[lid] = g
-                LEASES.labels("worker", "granted").inc()
-                LEASES_OPEN.labels("worker").inc()
-                try:
-                    yield ticket, g
-                finally:
-                    del self._grants[lid]
-                    LEASES_OPEN.labels("worker").dec()
-                    g.revoke()
-        except SessionError as e:  # too many tickets open
+            slots = self._slots_for(gateway, terms)
+        except LeaseError:
             LEASES.labels("worker", "refused").inc()
-            raise LeaseError("busy", e.message) from None
+            raise
+        lid = secrets.token_hex(8)
+        with self.tickets.issue(lid) as (ticket, _att):
+            g = Grant(lid, gateway, replace(terms, slots=slots), trio.current_time() + terms.ttl_s)
+            self._grants[lid] = g
+            LEASES.labels("worker", "granted").inc()
+            LEASES_OPEN.labels("worker").inc()
+            try:
+                yield ticket, g
+            finally:
+                del self._grants[lid]
+                LEASES_OPEN.labels("worker").dec()
+                g.revoke()
 
-    async def hold(self, g: Grant, gateway_done: trio.Event) -> None:
-        """Until the lease ends: the client attaches within ATTACH_TIMEOUT_S and runs until it is done or the
-        lease expires, or the gateway ends it (`gateway_done`); in the last two cases the running jobs
-        finish and are answered first."""
-        async with trio.open_nursery() as n:
-            async def gateway_end() -> None:
-                await gateway_done.wait()
-                g.stop()
+    async def lend(self, gateway: str, terms: LeaseTerms, requester: Call,
+                   announce: Callable[[str, Grant], Awaitable[None]]) -> dict[str, Any]:
+        """Grant a lease, `announce` its ticket, and hold it until it ends; what it used. It ends when the client
+        attached within ATTACH_TIMEOUT_S is done, or when the lease expires or the `requester` (the gateway's
+        stream; the client's own when the gateway is this node) ends its uploads: in those two cases the
+        running jobs finish and are answered first."""
+        async with self.grant(gateway, terms) as (ticket, g):
+            await announce(ticket, g)
+            async with trio.open_nursery() as n:
+                async def requester_end() -> None:
+                    await until_done_sending(requester)
+                    g.stop()
 
-            n.start_soon(gateway_end)
-            with trio.move_on_after(ATTACH_TIMEOUT_S):
-                await g.attached.wait()
-            if g.attached.is_set():
-                await g.ended.wait()
-            n.cancel_scope.cancel()
+                n.start_soon(requester_end)
+                with trio.move_on_after(ATTACH_TIMEOUT_S):
+                    await g.attached.wait()
+                if g.attached.is_set():
+                    await g.ended.wait()
+                n.cancel_scope.cancel()
+            return g.usage()
 
     # ---- peer.job_lease: a gateway asks for a lease for its client ----------------------------------------
     async def _peer_lease(self, call: Call) -> dict[str, Any]:
         p: Principal | None = call.principal
         if p is None or p.kind != "peer":
             raise RpcError("forbidden", "peer methods are for nodes of this mesh")
+        async def announce(ticket: str, g: Grant) -> None:
+            await call.send({"ticket": ticket, "lease": g.lease_id, "slots": g.terms.slots, "ttl_s": g.terms.ttl_s})
+
         try:
-            terms = LeaseTerms.from_wire(call.body.get("terms"))
-            async with self.grant(call.peer_id, terms) as (ticket, g):
-                await call.send({"ticket": ticket, "lease": g.lease_id, "slots": g.terms.slots,
-                                 "ttl_s": g.terms.ttl_s})
-                done = trio.Event()
-                async with trio.open_nursery() as n:
-                    n.start_soon(until_done_sending, call, done)
-                    await self.hold(g, done)
-                    n.cancel_scope.cancel()
-                return g.usage()
+            return await self.lend(call.peer_id, LeaseTerms.from_wire(call.body.get("terms")), call, announce)
         except LeaseError as e:
             raise RpcError(e.code, e.message) from None
 
@@ -267,6 +266,11 @@ class LeaseWorker:
             return await _LeaseRun(self, g, call).serve()
         finally:
             g.ended.set()
+
+
+def _error(n: int, code: str, message: str) -> dict[str, Any]:
+    """A job of the stream refused or not run here (the client runs it through the gateway for some codes)."""
+    return {"n": n, "error": {"code": code, "message": message}}
 
 
 class _LeaseRun:
@@ -343,7 +347,7 @@ class _LeaseRun:
 
     def _refuse(self, n: int, code: str, message: str, label: str) -> None:
         LEASE_JOBS.labels(label).inc()
-        self._answers.put({"n": n, "error": {"code": code, "message": message}})
+        self._answers.put(_error(n, code, message))
 
     def _take(self, n: int, wire: Any) -> None:
         now = trio.current_time()
@@ -388,17 +392,17 @@ class _LeaseRun:
         if outcome.state != "done":
             g.failed += 1
         LEASE_JOBS.labels(outcome.state).inc()
-        output = bytes(outcome.result.output or b"")
+        output = outcome.result.output or b""
         if len(output) > LEASE_INLINE_OUTPUT:
             # too large for the lease's frames: the client runs it through its gateway, which streams outputs
-            self._answers.put({"n": n, "error": {"code": "too_large", "message": f"an output of {len(output)} "
-                                                 f"bytes is over the lease's {LEASE_INLINE_OUTPUT}-byte inline limit"}})
+            self._answers.put(_error(n, "too_large", f"an output of {len(output)} bytes is over the lease's "
+                                                     f"{LEASE_INLINE_OUTPUT}-byte inline limit"))
             return
         result = outcome.result.to_wire()  # the output's bytes are never in it: they go in "out"
         result.update(id=job_id, attempt=1, worker=self.w.peer_id)
         item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "", "result": result}
         if output:
-            item["out"] = output
+            item["out"] = bytes(output)
         self._answers.put(item)
 
 

@@ -14,7 +14,6 @@ import math
 import secrets
 from collections.abc import Callable
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import trio
@@ -158,25 +157,17 @@ class LeaseGateway:
     async def _hold(self, call: Call, peer: str, addr: str, terms: LeaseTerms) -> dict[str, Any]:
         """Ask `peer` for the lease, hand its ticket to the client, and hold it until it ends; the usage the
         worker reports. RpcError when the worker refuses before granting."""
-        client_done = trio.Event()
-        watch_client = partial(until_done_sending, call, client_done)
-
-        def offer(ticket: str, lid: str, slots: int, ttl: float) -> dict[str, Any]:
-            return {"peer": peer, "addr": addr, "ticket": ticket, "lease": lid, "slots": slots, "ttl_s": ttl,
-                    "kind": terms.kind}
+        async def offer(ticket: str, lid: str, slots: int, ttl: float) -> None:
+            await call.send({"peer": peer, "addr": addr, "ticket": ticket, "lease": lid, "slots": slots,
+                             "ttl_s": ttl, "kind": terms.kind})
+            LEASES.labels("gateway", "granted").inc()
 
         LEASES_OPEN.labels("gateway").inc()
         try:
             if peer == self.peer_id:  # this node's own worker: no network hop to grant
                 try:
-                    async with self.worker.grant(peer, terms) as (ticket, g):
-                        await call.send(offer(ticket, g.lease_id, g.terms.slots, g.terms.ttl_s))
-                        LEASES.labels("gateway", "granted").inc()
-                        async with trio.open_nursery() as n:
-                            n.start_soon(watch_client)
-                            await self.worker.hold(g, client_done)
-                            n.cancel_scope.cancel()
-                        return g.usage()
+                    return await self.worker.lend(peer, terms, call, lambda ticket, g: offer(
+                        ticket, g.lease_id, g.terms.slots, g.terms.ttl_s))
                 except LeaseError as e:
                     raise RpcError(e.code, e.message) from None
             try:
@@ -197,11 +188,10 @@ class LeaseGateway:
                     slots, ttl = first.get("slots"), first.get("ttl_s")
                     if not (isinstance(slots, int) and isinstance(ttl, int | float)):
                         raise RpcError("unavailable", f"{peer}: a malformed grant")
-                    await call.send(offer(first["ticket"], str(first.get("lease", "")), slots, float(ttl)))
-                    LEASES.labels("gateway", "granted").inc()
+                    await offer(first["ticket"], str(first.get("lease", "")), slots, float(ttl))
                     async with trio.open_nursery() as n:
-                        async def relay_end() -> None:
-                            await watch_client()
+                        async def relay_end() -> None:  # the client is done: so is the lease, at the worker
+                            await until_done_sending(call)
                             try:
                                 await wc.done_sending()
                             except (TransportError, trio.ClosedResourceError):
