@@ -49,7 +49,7 @@ from worker.kinds import (
     RunContext,
     register,
 )
-from worker.runner.compute import MEMO_SPEC_BYTES, MEMO_SPECS, run_compute
+from worker.runner.compute import MEMO_SPEC_BYTES, parsed, run_compute
 
 log = logging.getLogger("gpumesh.compute")
 
@@ -71,37 +71,29 @@ class ComputeOpenCL(JobKind):
     max_spec_bytes = MAX_SOURCE_BYTES + MAX_INLINE_BYTES + (256 << 10)
 
     def __init__(self) -> None:
-        self._parsed: OrderedDict[int, tuple[Any, ComputeSpec]] = OrderedDict()
-        self._by_content: OrderedDict[bytes, ComputeSpec] = OrderedDict()
+        self._parsed: OrderedDict[int, tuple[Any, ComputeSpec, bytes | None]] = OrderedDict()
 
     def spec_of(self, spec: Any) -> ComputeSpec:
-        """The parsed spec, memoised per spec object (validate, requirements, cost and run all need it) and per
-        content: a client sending the same spec again (a pipelined or leased stream of one job) has it parsed
-        once, as a runner does (`worker.runner.compute.parsed`); specs over MEMO_SPEC_BYTES (inline data) are
-        parsed every time."""
-        if isinstance(spec, ComputeSpec):
-            return spec
+        """The parsed spec (validate, requirements, cost and run all need it): see `_memo`."""
+        return spec if isinstance(spec, ComputeSpec) else self._memo(spec)[0]
+
+    def _memo(self, spec: Any) -> tuple[ComputeSpec, bytes | None]:
+        """(parsed spec, its msgpack bytes), memoised per spec object, and parsed once per distinct content by
+        the same memo a runner uses (`worker.runner.compute.parsed`): a client sending the same spec again (a
+        pipelined or leased stream of one job) has it parsed once. The bytes are what goes to the runner."""
         key = id(spec)
         hit = self._parsed.get(key)
         if hit is not None and hit[0] is spec:
-            return hit[1]
+            return hit[1], hit[2]
         try:
             raw: bytes | None = msgpack.packb(spec, use_bin_type=True)
         except (TypeError, ValueError, OverflowError):
             raw = None  # not wire data (a caller's own objects): parsed, and refused there if wrong
-        parsed = self._by_content.get(raw) if raw is not None else None
-        if parsed is None:
-            parsed = parse_spec(spec)
-            if raw is not None and len(raw) <= MEMO_SPEC_BYTES:
-                self._by_content[raw] = parsed
-                while len(self._by_content) > MEMO_SPECS:
-                    self._by_content.popitem(last=False)
-        else:
-            self._by_content.move_to_end(raw)  # type: ignore[arg-type]  # raw is bytes when parsed was found
-        self._parsed[key] = (spec, parsed)
+        parsed_spec = parsed(raw) if raw is not None and len(raw) <= MEMO_SPEC_BYTES else parse_spec(spec)
+        self._parsed[key] = (spec, parsed_spec, raw)
         while len(self._parsed) > 16:
             self._parsed.popitem(last=False)
-        return parsed
+        return parsed_spec, raw
 
     def validate(self, spec: dict[str, Any], input_size: int) -> None:
         super().validate(spec, input_size)
@@ -146,7 +138,8 @@ class ComputeOpenCL(JobKind):
     async def run(self, ctx: RunContext) -> Result:
         if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
 
-            body, out = await run_compute(ctx, self.spec_of(ctx.spec))
+            s, raw = self._memo(ctx.spec)
+            body, out = await run_compute(ctx, s, raw)
         elif ctx.cl is not None:  # in this process (library use, tests, benchmarks)
             async def fetch(s: ComputeSpec) -> dict[str, Any]:
                 return await read_blobs(ctx, s)

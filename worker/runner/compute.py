@@ -28,8 +28,9 @@ BUILD_TIMEOUT_S = 120.0  # the runner's ComputeRunner has the same build time li
 GRACE_S = 2.0  # past the time limit, the runner has this long to report it before it is killed
 
 
-async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], bytes]:
-    """Run a parsed spec in the job's runner; (result body, output bytes). Raises RunnerError subclasses."""
+async def run_compute(ctx: RunContext, s: ComputeSpec, spec_bytes: bytes | None = None) -> tuple[dict[str, Any], bytes]:
+    """Run a parsed spec in the job's runner (`spec_bytes`: ctx.spec as msgpack, when the caller has packed it
+    already); (result body, output bytes). Raises RunnerError subclasses."""
 
     assert ctx.runner is not None
     in_bytes = sum(n for _, n in s.stream_layout())
@@ -40,7 +41,8 @@ async def run_compute(ctx: RunContext, s: ComputeSpec) -> tuple[dict[str, Any], 
             await read_blobs(ctx, s, into=ctl.arena[:in_bytes])
         return {}
 
-    spec = msgpack.packb(ctx.spec, use_bin_type=True)  # as bytes: the runner parses each distinct spec once
+    # as bytes: the runner parses each distinct spec once
+    spec = spec_bytes if spec_bytes is not None else msgpack.packb(ctx.spec, use_bin_type=True)
     reply = await ctx.runner.call(  # the arena grows once the runner has checked the spec (validation first)
         "compute.opencl", {"spec": spec, "job_id": ctx.job_id, "in": in_bytes, "out": out_bytes},
         on_ask=on_ask, checkpoint=ctx.checkpoint,
