@@ -25,6 +25,7 @@ import trio
 
 T = TypeVar("T")
 
+
 class Coalescer(Generic[T]):
     def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, max_batch: int,
                  more: Callable[[], bool] | None = None, linger_s: float = 0.0) -> None:

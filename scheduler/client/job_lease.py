@@ -35,11 +35,10 @@ from mesh.bigtcp.framing import TransportError
 from mesh.bigtcp.rpc import RpcError
 from mesh.bigtcp.rpc_client import ClientCall, MeshClient
 from scheduler.client.client import Client, JobFailed, JobResult, new_job
-from scheduler.core.job import INLINE_INPUT_LIMIT, Result, WireError
+from scheduler.core.job import INLINE_INPUT_LIMIT, LEASE_FRAME_JOBS, Result, WireError
 
 log = logging.getLogger("gpumesh.client")
 
-MAX_BATCH = 256  # jobs in one frame to the worker (the worker refuses more)
 ATTACH_TIMEOUT_S = 3.0  # to reach the leased worker; past it jobs go through the gateway
 RETRY_LEASE_S = 5.0  # after a lease could not be had, jobs go through the gateway this long before asking again
 IDLE_RETURN_S = 10.0  # a lease with no job for this long is given back
@@ -65,7 +64,7 @@ class _Held:
         self.lost = False
         self.last_used = trio.current_time()
         # jobs queued together go in one frame; a job alone in flight goes at once
-        self._outbox = Coalescer(self._send, max_batch=MAX_BATCH, more=lambda: len(self.pending) > 1)
+        self._outbox = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: len(self.pending) > 1)
         self._ids = itertools.count()
 
     async def run(self, job: dict[str, Any]) -> JobResult | None:

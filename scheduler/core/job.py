@@ -37,6 +37,7 @@ from worker.wire import num as _num
 from worker.wire import reason as _reason
 
 INLINE_INPUT_LIMIT = 1 << 20  # bytes; larger inputs are streamed (input_size + input_sha256)
+LEASE_FRAME_JOBS = 256  # jobs (or their answers) in one frame of a client job lease's stream (lease.run)
 MAX_KIND_LEN = 64
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 DEFAULT_TIMEOUT_S = 3600.0

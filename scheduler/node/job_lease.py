@@ -41,11 +41,11 @@ from prometheus_client import Counter, Gauge
 from mesh.bigtcp.coalesce import Coalescer
 from mesh.bigtcp.framing import TransportError
 from mesh.bigtcp.rpc import Call, RpcError, RpcServer
-from scheduler.core.job import INLINE_INPUT_LIMIT, Job, Requirements, WireError
+from scheduler.core.job import INLINE_INPUT_LIMIT, LEASE_FRAME_JOBS, Job, Requirements, WireError
 from scheduler.core.quota import TokenBucket
 from scheduler.core.render_session import SessionError
 from scheduler.node.admission import Principal
-from scheduler.node.links import LEASE_INLINE_OUTPUT, MAX_BATCH
+from scheduler.node.links import LEASE_INLINE_OUTPUT
 from scheduler.node.session_attach import Tickets
 from worker import kinds as kinds_mod
 from worker.executor import Executor, JobRequest, Refused
@@ -284,7 +284,7 @@ class _LeaseRun:
         self.in_flight: dict[int, str] = {}  # n -> the executor's job id
         self._none_left = trio.Event()
         # answers of jobs ending together go in one frame; while other jobs still run, a little longer
-        self._answers = Coalescer(self._send, max_batch=MAX_BATCH, more=lambda: bool(self.in_flight),
+        self._answers = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: bool(self.in_flight),
                                   linger_s=ANSWER_LINGER_S)
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
 
@@ -335,8 +335,8 @@ class _LeaseRun:
 
     def _items(self, item: Any) -> list[tuple[int, Any]]:
         jobs = item.get("jobs") if isinstance(item, dict) else None
-        if not isinstance(jobs, list) or not 0 < len(jobs) <= MAX_BATCH:
-            raise RpcError("invalid", f"lease.run uploads {{jobs: [1 to {MAX_BATCH} {{n, job}}]}}")
+        if not isinstance(jobs, list) or not 0 < len(jobs) <= LEASE_FRAME_JOBS:
+            raise RpcError("invalid", f"lease.run uploads {{jobs: [1 to {LEASE_FRAME_JOBS} {{n, job}}]}}")
         out = []
         for j in jobs:
             n = j.get("n") if isinstance(j, dict) else None
