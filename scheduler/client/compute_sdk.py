@@ -303,21 +303,15 @@ class AsyncMesh:
         """One job on the client's lease (what the lease cannot carry goes through the gateway by itself)."""
         assert self.lease is not None
         t0 = time.perf_counter()
-        limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
-        timeout_s = opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
         try:
             res = await self.lease.result(job.spec, input=job.input or None, priority=opts.priority,
-                                          timeout_s=timeout_s, max_attempts=opts.max_attempts)
+                                          timeout_s=_timeout_s(job, opts), max_attempts=opts.max_attempts)
         except RpcError as e:
             raise ComputeRefused("", e.code, e.message or e.code) from None
         if res.state == "rejected":
             code, _, message = res.reason.partition(": ")
             raise ComputeRefused(res.job_id, code or "rejected", message or res.reason)
-        if not res.ok:
-            raise _failure(res)
-        decoded = job.decode(res.body, res.output)
-        return ComputeRun(res.job_id, res.worker, decoded, time.perf_counter() - t0,
-                          float(res.timings.get("queue_s", 0.0)), float(res.timings.get("run_s", 0.0)))
+        return _completed(job, res, t0)
 
     async def _redundant(self, job: ComputeJob, base: str, opts: _Options, submitted: set[str] | None) -> ComputeRun:
         t0 = time.perf_counter()
@@ -385,8 +379,7 @@ class AsyncMesh:
     async def _once(self, job: ComputeJob, job_id: str, opts: _Options, submitted: set[str] | None,
                     avoid: Sequence[str] = ()) -> ComputeRun:
         t0 = time.perf_counter()
-        limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
-        timeout_s = opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
+        timeout_s = _timeout_s(job, opts)
         if submitted is not None:  # the id is ours: cancellable while the call is under way
             submitted.add(job_id)
         try:
@@ -402,12 +395,7 @@ class AsyncMesh:
             res = await self.client.result(ans["id"], on_download=opts.observer.download)
         if submitted is not None:
             submitted.discard(job_id)
-        if not res.ok:
-            raise _failure(res)
-        decoded = job.decode(res.body, res.output)
-        return ComputeRun(res.job_id, res.worker, decoded, time.perf_counter() - t0,
-                          float(res.timings.get("queue_s", 0.0)), float(res.timings.get("run_s", 0.0)),
-                          verified_by=(), job_ids=(res.job_id,))
+        return _completed(job, res, t0)
 
     async def _precheck(self, job: ComputeJob) -> None:
         """Refuse, before any transfer, a job whose buffers exceed every OpenCL device the mesh advertises
@@ -450,6 +438,21 @@ class AsyncMesh:
         raise ComputeRefused("", "device_limits",
                              f"no OpenCL device on the mesh can run this job ({len(fit)} seen); on "
                              f"{dev.get('name') or dev.get('id')}: {why}; nothing was sent")
+
+
+def _timeout_s(job: ComputeJob, opts: _Options) -> float:
+    """The job's time on the mesh (queue and retries included): the caller's, else generous beside its limit."""
+    limit = float(job.spec.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+    return opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
+
+
+def _completed(job: ComputeJob, res: JobResult, t0: float) -> ComputeRun:
+    """The run of one job that ended (`_failure` raised unless done), its outputs decoded."""
+    if not res.ok:
+        raise _failure(res)
+    return ComputeRun(res.job_id, res.worker, job.decode(res.body, res.output), time.perf_counter() - t0,
+                      float(res.timings.get("queue_s", 0.0)), float(res.timings.get("run_s", 0.0)),
+                      job_ids=(res.job_id,))
 
 
 def _fmt(n: float) -> str:
