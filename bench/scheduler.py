@@ -25,12 +25,13 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 
 from bench import _ray_echo, pctl, placement
-from scheduler.client.client import Client, local_address
+from scheduler.client.client import Client, JobResult, local_address
 from scheduler.client.job_lease import open_lease
 from scheduler.devtools.localmesh import make_nodes, sees_all, start_nodes, stop_all, wait_for
 
@@ -46,16 +47,24 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _sequential(run: Callable[[], Awaitable[JobResult]], workers: set[str]) -> list[float]:
+    """Round trips of SEQUENTIAL echo jobs one at a time, after 20 that warm connections and caches up; the
+    workers that ran them are added to `workers`."""
+    for _ in range(20):
+        await run()
+    rtts = []
+    for _ in range(SEQUENTIAL):
+        t0 = time.perf_counter()
+        r = await run()
+        rtts.append(time.perf_counter() - t0)
+        workers.add(r.worker)
+    return rtts
+
+
 async def _measure(addr: str, tok: str, pid: str, node_pids: list[int]) -> dict:
     async with Client.connect(addr, token=tok, peer_id=pid) as c:
-        for _ in range(20):  # warm up connections and caches
-            await c.run("echo", {})
-        rtts, workers = [], set()
-        for _ in range(SEQUENTIAL):
-            t0 = time.perf_counter()
-            r = await c.run("echo", {})
-            rtts.append(time.perf_counter() - t0)
-            workers.add(r.worker)
+        workers: set[str] = set()
+        rtts = await _sequential(lambda: c.run("echo", {}), workers)
         done = 0
 
         async def worker(n: int) -> None:
@@ -84,13 +93,7 @@ async def _measure(addr: str, tok: str, pid: str, node_pids: list[int]) -> dict:
 async def _leased(c: Client, node_pids: list[int]) -> dict:
     """The same echo workload on a job lease: sequential run(), then run_many with CONCURRENCY in flight."""
     async with open_lease(c, "echo", slots=CONCURRENCY) as lease:
-        for _ in range(20):
-            await lease.run({})
-        rtts = []
-        for _ in range(SEQUENTIAL):
-            t0 = time.perf_counter()
-            await lease.run({})
-            rtts.append(time.perf_counter() - t0)
+        rtts = await _sequential(lambda: lease.run({}), set())
         cpu0, client0 = [_cpu_s(p) for p in node_pids], time.process_time()
         t0 = time.perf_counter()
         many = await lease.run_many([{}] * PIPELINED)
