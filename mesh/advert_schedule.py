@@ -80,6 +80,11 @@ class AdvertSchedule:
         s._next_refresh = now + rng.random() * s.interval_s
         return s
 
+    @property
+    def pending(self) -> bool:
+        """A change waits to be published (more changes before then do not move its time)."""
+        return self._pending_since is not None
+
     def changed(self, now: float) -> None:
         if self._pending_since is None:
             self._pending_since = now

@@ -204,7 +204,10 @@ class GossipService:
     def changed(self) -> None:
         """Capacity changed: publish soon (debounced, within the change budget) instead of at the next refresh.
         The publish loop is woken only when that moves its next publication earlier: a busy executor changes
-        capacity with every job, and waking the loop for each cost ~40 us a job for nothing."""
+        capacity with every job, and waking the loop for each cost ~40 us a job for nothing. A change already
+        pending has had its say: later ones publish with it, at the same time."""
+        if self.schedule.pending:
+            return
         now = trio.current_time()
         self.schedule.changed(now)
         if self.schedule.due(now, len(self.view)) < self._waiting_until:

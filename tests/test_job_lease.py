@@ -270,6 +270,48 @@ async def test_items_queued_in_one_pass_go_in_one_batch():
     assert len(out) == 0
 
 
+async def test_coalescer_sends_a_lone_item_from_put_and_keeps_order_otherwise():
+    """With `send_now`, an item nobody else follows goes out from `put` itself; behind a queued or sending batch,
+    or when `send_now` cannot take it, it waits its turn in the task (nothing overtakes, nothing is lost)."""
+    sent: list[tuple[str, list[int]]] = []
+    gate = trio.Event()
+    accept = [True]
+    more = [False]
+
+    async def send(batch: list[int]) -> None:
+        sent.append(("task", batch))
+        await gate.wait()
+
+    def send_now(batch: list[int]) -> bool:
+        if accept[0]:
+            sent.append(("now", batch))
+        return accept[0]
+
+    out = Coalescer(send, max_batch=4, more=lambda: more[0], send_now=send_now)
+    out.put(1)  # alone: sent at once, before any task ran
+    assert sent == [("now", [1])] and len(out) == 0 and out.batches == 1
+    async with trio.open_nursery() as n:
+        n.start_soon(out.run)
+        accept[0] = False
+        out.put(2)  # refused by send_now: queued for the task, which blocks in send
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent[-1] == ("task", [2])
+        accept[0] = True
+        out.put(3)  # the task is still sending 2: 3 must not overtake it
+        more[0] = True
+        out.put(4)  # more on their way: batched by the task
+        assert sent[-1] == ("task", [2]) and len(out) == 2
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent[-1] == ("task", [3, 4])
+        more[0] = False
+        out.put(5)  # idle again: at once
+        assert sent[-1] == ("now", [5])
+        out.close()
+        out.put(6)  # closed: only the task sends what is left
+    assert sent[-1] == ("task", [6])
+
+
 async def test_compute_jobs_on_a_lease_equal_numpy_and_verified_ones_are_journaled(mesh):
     from scheduler.client.compute_sdk import AsyncMesh, InOut
     saxpy = open("examples/compute/saxpy.cl").read()

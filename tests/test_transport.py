@@ -77,6 +77,37 @@ async def test_messages_and_bytes_in_order():
         assert b.open_streams == 0
 
 
+async def test_send_msg_nowait_keeps_order_and_refuses_what_would_wait():
+    """A message sent without waiting arrives in order with awaited sends; when the peer's window has no room
+    for it, or the stream cannot send, nothing is queued and False says to use send_msg."""
+    cfg = ConnectionConfig(window=64 * KiB, max_frame=64 * KiB)
+    got: list = []
+    release = trio.Event()
+
+    async def slow_reader(stream):
+        await release.wait()
+        async for item in stream:
+            got.append(item)
+
+    async with memory_pair(slow_reader, config=cfg) as (a, b):
+        s = await a.open_stream()
+        await s.send_msg({"n": 0})
+        assert s.send_msg_nowait({"n": 1}) is True
+        await s.send_msg({"n": 2})
+        assert s.send_msg_nowait({"n": 3}) is True
+        big = {"blob": b"x" * (40 * KiB)}
+        await s.send_msg(big)  # most of the peer's window, unread
+        assert s.send_msg_nowait(big) is False  # no room for a second: nothing queued
+        with trio.fail_after(10):
+            release.set()
+            await s.send_msg(big)  # waits for the credit instead
+            await s.close()
+            while len(got) < 6:
+                await trio.sleep(0.01)
+        assert [g.get("n") for g in got[:4]] == [0, 1, 2, 3] and got[4:] == [big, big]
+        assert s.send_msg_nowait({"n": 4}) is False  # closed for sending: refused, not raised
+
+
 async def test_many_concurrent_streams_keep_their_data_apart():
     rng = random.Random(5)
 

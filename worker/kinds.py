@@ -301,13 +301,17 @@ class JobKind:
 
     def validate(self, spec: dict[str, Any], input_size: int) -> None:
         """Raise SpecError unless `spec` (and an input of `input_size` bytes) is acceptable."""
-        check_spec_dict(spec, self.max_spec_bytes)
+        check_spec_dict(spec, self.max_spec_bytes, self.packed(spec))
         if input_size < 0:
             raise SpecError("input", "size must not be negative")
         if input_size > self.max_input_bytes:
             if self.max_input_bytes == 0:
                 raise SpecError("input", f"kind {self.name!r} takes no input, got {input_size} bytes")
             raise SpecError("input", f"{input_size} bytes exceeds the {self.max_input_bytes}-byte limit of kind {self.name!r}")
+
+    def packed(self, spec: Any) -> bytes | None:
+        """The spec as msgpack when the kind keeps it anyway (None: `validate` packs it to measure it)."""
+        return None
 
     def requirements(self, spec: dict[str, Any]) -> Requirements:
         return Requirements()
@@ -331,16 +335,18 @@ class JobKind:
         raise NotImplementedError
 
 
-def check_spec_dict(spec: Any, max_bytes: int) -> None:
+def check_spec_dict(spec: Any, max_bytes: int, packed: bytes | None = None) -> None:
+    """A map with string keys, at most `max_bytes` as msgpack (`packed`: that msgpack, when the caller has it)."""
     if not isinstance(spec, dict):
         raise SpecError("", f"must be a map, not {type(spec).__name__}")
     for k in spec:
         if not isinstance(k, str):
             raise SpecError(repr(k), "spec keys must be strings")
-    try:
-        packed = msgpack.packb(spec, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise SpecError("", f"not msgpack-serialisable: {e}") from e
+    if packed is None:
+        try:
+            packed = msgpack.packb(spec, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise SpecError("", f"not msgpack-serialisable: {e}") from e
     if len(packed) > max_bytes:
         raise SpecError("", f"{len(packed)} bytes encoded exceeds the limit of {max_bytes}")
 

@@ -9,7 +9,9 @@ idle (trio.testing.wait_all_tasks_blocked) was measured instead: it batched no b
 and cost a further 35 us per message when sequential.
 
 Its owner says whether more items may be on their way (`more()`: say, other jobs still in flight). When none
-are (a sequential caller), the item goes at once, without that pass. When some are, the batch may also wait
+are (a sequential caller), the item goes at once, without that pass: with `send_now` (a send that never waits,
+False when it would have to), from `put` itself, in the caller's task (no task switch) when nothing is queued
+or being sent before it; else from the coalescer's task. When some are, the batch may also wait
 for them a little longer (`linger_s`, 0 by default): until the next item, at most `linger_s` in all, or a full
 batch.
 
@@ -28,8 +30,11 @@ T = TypeVar("T")
 
 class Coalescer(Generic[T]):
     def __init__(self, send: Callable[[list[T]], Awaitable[None]], *, max_batch: int,
-                 more: Callable[[], bool] | None = None, linger_s: float = 0.0) -> None:
+                 more: Callable[[], bool] | None = None, linger_s: float = 0.0,
+                 send_now: Callable[[list[T]], bool] | None = None) -> None:
         self._send = send
+        self._send_now = send_now
+        self._sending = False  # the task is in `send`: a direct send could overtake what it sends
         self.max_batch = max_batch
         self._more = more if more is not None else (lambda: True)
         self.linger_s = linger_s
@@ -43,7 +48,11 @@ class Coalescer(Generic[T]):
         return len(self._outbox)
 
     def put(self, item: T) -> None:
-        """Queue `item` for the next batch."""
+        """Queue `item` for the next batch (or send it at once: see the module doc)."""
+        if (self._send_now is not None and not self._outbox and not self._sending and not self._closed
+                and not self._more() and self._send_now([item])):
+            self.batches += 1
+            return
         self._outbox.append(item)
         self._ready.set()
 
@@ -84,7 +93,11 @@ class Coalescer(Generic[T]):
                     self._taken.set()
                     self._taken = trio.Event()
                     self.batches += 1
-                    await self._send(batch)
+                    self._sending = True
+                    try:
+                        await self._send(batch)
+                    finally:
+                        self._sending = False
                 if self._closed:
                     return
         finally:

@@ -237,7 +237,7 @@ class Connection:
         if self._error is None:
             mux.consumed(sid, size)
             if mux.has_output:
-                self._flush_from_reader()
+                self.flush_soon()
 
     def reset_stream(self, sid: int, code: int, reason: str) -> None:
         if self._mux.reset_stream(sid, code, reason):
@@ -333,9 +333,10 @@ class Connection:
                 self._fail(err)
                 raise err from e
 
-    def _flush_from_reader(self) -> None:
-        """Send frames the reader produced (WINDOW, PONG) without waiting: if no task holds the write turn
-        and the kernel takes them, no task switch; otherwise the writer task finishes the job."""
+    def flush_soon(self) -> None:
+        """Send what is queued without waiting (frames the reader produced: WINDOW, PONG; a stream's
+        `send_msg_nowait`): if no task holds the write turn and the kernel takes them, no task switch;
+        otherwise the writer task finishes the job."""
         if self._writing or self._wire.has_backlog:
             self._wake_writer()
             return
@@ -440,7 +441,7 @@ class Connection:
                 if events:
                     self._dispatch(events)
                 if mux.has_output:
-                    self._flush_from_reader()
+                    self.flush_soon()
         except PeerProtocolError as e:
             tm.PROTOCOL_ERRORS.labels(e.kind).inc()
             tm.CONNECTIONS_LOST.labels("protocol_error").inc()

@@ -54,6 +54,11 @@ class ClientCall:
         """Upload one item (the handler gets it from `call.receive()`)."""
         await self._guard(self.stream.send_msg({"i": item}))
 
+    def send_nowait(self, item: dict[str, Any]) -> bool:
+        """Upload one item without waiting (`Stream.send_msg_nowait`): False, and nothing sent, when that would
+        have to wait or the call cannot send; then use `send`."""
+        return self.stream.send_msg_nowait({"i": item})
+
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Upload one raw data frame."""
         await self._guard(self.stream.send_bytes(data))

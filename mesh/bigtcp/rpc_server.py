@@ -50,6 +50,11 @@ class Call:
         """Stream one result item to the client (before the final response)."""
         await self.stream.send_msg({"i": item})
 
+    def send_nowait(self, item: dict[str, Any]) -> bool:
+        """Stream one result item without waiting (`Stream.send_msg_nowait`): False, and nothing sent, when that
+        would have to wait or the stream cannot send; then use `send`."""
+        return self.stream.send_msg_nowait({"i": item})
+
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Stream one raw data frame to the client (at most `stream.max_frame_size` bytes)."""
         await self.stream.send_bytes(data)

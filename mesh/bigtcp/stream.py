@@ -102,6 +102,11 @@ class StreamLink(Protocol):
         """Write what is queued, in the calling task. True if it had to wait (passed the scheduler)."""
         ...
 
+    def flush_soon(self) -> None:
+        """Write what is queued without waiting: now, when no task holds the write turn and the kernel takes
+        it; else the connection's writer task finishes it."""
+        ...
+
     def yield_due(self, size: int) -> bool:
         """Whether a send/receive of `size` bytes that did not wait should yield to the scheduler now."""
         ...
@@ -190,6 +195,22 @@ class Stream:
     async def send_msg(self, msg: dict[str, Any], *, end: bool = False) -> None:
         """Send one msgpack map (a control message of the application). `end=True` also half-closes."""
         await self._send(m.pack_message(msg), end, True)
+
+    def send_msg_nowait(self, msg: dict[str, Any]) -> bool:
+        """Send one msgpack map without waiting, for code that cannot await (a callback): True once it is queued
+        in order behind what was sent before, and on its way (the connection's writer finishes what the kernel
+        does not take at once); False, and nothing queued, when it would have to wait for flow-control credit or
+        the stream cannot send (then use `send_msg`, which waits or raises)."""
+        if self._error is not None or self._lost is not None or self._send_closed:
+            return False
+        payload = m.pack_message(msg)
+        link = self._link
+        n = len(payload)
+        if n > link.max_send_frame or link.send_credit(self.id) < n:
+            return False
+        link.queue_message(self.id, payload)
+        link.flush_soon()
+        return True
 
     async def send_bytes(self, data: bytes | bytearray | memoryview, *, end: bool = False) -> None:
         """Send one raw data frame. Waits for flow-control credit; returns once the bytes were handed to

@@ -64,7 +64,8 @@ class _Held:
         self.lost = False
         self.last_used = trio.current_time()
         # jobs queued together go in one frame; a job alone in flight goes at once
-        self._outbox = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: len(self.pending) > 1)
+        self._outbox = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: len(self.pending) > 1,
+                                 send_now=self._send_now)
         self._ids = itertools.count()
 
     async def run(self, job: dict[str, Any]) -> JobResult | None:
@@ -87,6 +88,9 @@ class _Held:
             await self.call.send({"jobs": batch})
         except (TransportError, RpcError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
             self.lose(f"sending to the worker: {e}")
+
+    def _send_now(self, batch: list[dict[str, Any]]) -> bool:
+        return self.lost or self.call.send_nowait({"jobs": batch})
 
     def answer(self, item: Any) -> None:
         n = item.get("n") if isinstance(item, dict) else None

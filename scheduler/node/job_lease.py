@@ -285,7 +285,7 @@ class _LeaseRun:
         self._none_left = trio.Event()
         # answers of jobs ending together go in one frame; while other jobs still run, a little longer
         self._answers = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: bool(self.in_flight),
-                                  linger_s=ANSWER_LINGER_S)
+                                  linger_s=ANSWER_LINGER_S, send_now=self._send_now)
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
 
     async def _send(self, batch: list[dict[str, Any]]) -> None:
@@ -293,6 +293,9 @@ class _LeaseRun:
             await self.call.send({"items": batch})
         except (TransportError, trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the client is gone: its side sees the stream end
+
+    def _send_now(self, batch: list[dict[str, Any]]) -> bool:
+        return self.call.send_nowait({"items": batch})
 
     async def serve(self) -> dict[str, Any]:
         g = self.g
@@ -352,7 +355,7 @@ class _LeaseRun:
     def _take(self, n: int, wire: Any) -> None:
         now = trio.current_time()
         try:
-            job = Job.from_wire(wire, now).validate()
+            job = Job.from_wire(wire, now)  # validated there
         except WireError as e:
             return self._refuse(n, "invalid", str(e), "invalid")
         if n in self.in_flight:

@@ -71,29 +71,59 @@ class ComputeOpenCL(JobKind):
     max_spec_bytes = MAX_SOURCE_BYTES + MAX_INLINE_BYTES + (256 << 10)
 
     def __init__(self) -> None:
-        self._parsed: OrderedDict[int, tuple[Any, ComputeSpec, bytes | None]] = OrderedDict()
+        # per spec object: [the spec, its msgpack bytes (None: not wire data), its parse (None: not yet)]
+        self._specs: OrderedDict[int, list[Any]] = OrderedDict()
+        # per parsed spec (shared by every job of the same content): what placement reads of it
+        self._derived: OrderedDict[int, tuple[ComputeSpec, Requirements, tuple[float, int, int, float]]] = OrderedDict()
 
     def spec_of(self, spec: Any) -> ComputeSpec:
         """The parsed spec (validate, requirements, cost and run all need it): see `_memo`."""
         return spec if isinstance(spec, ComputeSpec) else self._memo(spec)[0]
 
-    def _memo(self, spec: Any) -> tuple[ComputeSpec, bytes | None]:
-        """(parsed spec, its msgpack bytes), memoised per spec object, and parsed once per distinct content by
-        the same memo a runner uses (`worker.runner.compute.parsed`): a client sending the same spec again (a
-        pipelined or leased stream of one job) has it parsed once. The bytes are what goes to the runner."""
+    def _entry(self, spec: Any) -> list[Any]:
         key = id(spec)
-        hit = self._parsed.get(key)
+        hit = self._specs.get(key)
         if hit is not None and hit[0] is spec:
-            return hit[1], hit[2]
+            return hit
         try:
             raw: bytes | None = msgpack.packb(spec, use_bin_type=True)
         except (TypeError, ValueError, OverflowError):
             raw = None  # not wire data (a caller's own objects): parsed, and refused there if wrong
-        parsed_spec = parsed(raw) if raw is not None and len(raw) <= MEMO_SPEC_BYTES else parse_spec(spec)
-        self._parsed[key] = (spec, parsed_spec, raw)
-        while len(self._parsed) > 16:
-            self._parsed.popitem(last=False)
-        return parsed_spec, raw
+        entry = self._specs[key] = [spec, raw, None]
+        while len(self._specs) > 16:
+            self._specs.popitem(last=False)
+        return entry
+
+    def packed(self, spec: Any) -> bytes | None:
+        """The spec's msgpack bytes, made once per spec object: `validate` measures them, the runner gets them."""
+        return self._entry(spec)[1]
+
+    def _memo(self, spec: Any) -> tuple[ComputeSpec, bytes | None]:
+        """(parsed spec, its msgpack bytes), memoised per spec object, and parsed once per distinct content by
+        the same memo a runner uses (`worker.runner.compute.parsed`): a client sending the same spec again (a
+        pipelined or leased stream of one job) has it parsed once. The bytes are what goes to the runner."""
+        entry = self._entry(spec)
+        if entry[2] is None:
+            raw = entry[1]
+            entry[2] = parsed(raw) if raw is not None and len(raw) <= MEMO_SPEC_BYTES else parse_spec(spec)
+        return entry[2], entry[1]
+
+    def _placement(self, spec: Any) -> tuple[Requirements, tuple[float, int, int, float]]:
+        """(requirements, (flops, bytes moved, launches, flops of the longest launch)), once per parsed spec."""
+        s = self.spec_of(spec)
+        hit = self._derived.get(id(s))
+        if hit is not None and hit[0] is s:
+            return hit[1], hit[2]
+        r = s.requirements()
+        req = Requirements(device_kind=r.device_kind, min_memory_bytes=r.min_memory_bytes, fp64=r.fp64,
+                           int64=r.int64, opencl=True)
+        fpi = s.flops_per_item if s.flops_per_item is not None else DEFAULT_FLOPS_PER_ITEM
+        work = (s.work_items * fpi, s.bytes_in + s.bytes_out, s.total_launches,
+                max(ln.work_items for ln in s.launches) * fpi)
+        self._derived[id(s)] = (s, req, work)
+        while len(self._derived) > 32:
+            self._derived.popitem(last=False)
+        return req, work
 
     def validate(self, spec: dict[str, Any], input_size: int) -> None:
         super().validate(spec, input_size)
@@ -106,9 +136,7 @@ class ComputeOpenCL(JobKind):
         return self.spec_of(spec).bytes_out
 
     def requirements(self, spec: dict[str, Any]) -> Requirements:
-        r = self.spec_of(spec).requirements()
-        return Requirements(device_kind=r.device_kind, min_memory_bytes=r.min_memory_bytes, fp64=r.fp64,
-                            int64=r.int64, opencl=True)
+        return self._placement(spec)[0]
 
     def _rates(self, device: Device | None) -> tuple[float, float]:
         gflops = device.f32_gflops if device is not None and device.f32_gflops else DEFAULT_F32_GFLOPS
@@ -121,8 +149,8 @@ class ComputeOpenCL(JobKind):
 
         s = self.spec_of(spec)
         flops, bps = self._rates(device)
-        fpi = s.flops_per_item if s.flops_per_item is not None else DEFAULT_FLOPS_PER_ITEM
-        t = s.work_items * fpi / flops + (s.bytes_in + s.bytes_out) / bps + s.total_launches * LAUNCH_OVERHEAD_S
+        work, moved, launches, _ = self._placement(s)[1]
+        t = work / flops + moved / bps + launches * LAUNCH_OVERHEAD_S
         if s.source_sha256 not in SOURCES:
             t += BUILD_ESTIMATE_S
         return min(t, s.time_limit_s)
@@ -131,9 +159,8 @@ class ComputeOpenCL(JobKind):
         """Checkpoints fall between launches (at most every CHECKPOINT_INTERVAL_S): the longest launch."""
         s = self.spec_of(spec)
         flops, _ = self._rates(device)
-        fpi = s.flops_per_item if s.flops_per_item is not None else DEFAULT_FLOPS_PER_ITEM
-        longest = max(ln.work_items for ln in s.launches) * fpi / flops
-        return min(self.cost_s(spec, input_size, device), longest + CHECKPOINT_INTERVAL_S)
+        longest = self._placement(s)[1][3] / flops
+        return min(self.cost_s(s, input_size, device), longest + CHECKPOINT_INTERVAL_S)
 
     async def run(self, ctx: RunContext) -> Result:
         if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
