@@ -160,7 +160,7 @@ class ComputeOpenCL(JobKind):
         s = self.spec_of(spec)
         flops, _ = self._rates(device)
         longest = self._placement(s)[1][3] / flops
-        return min(self.cost_s(s, input_size, device), longest + CHECKPOINT_INTERVAL_S)
+        return min(self.cost_s(spec, input_size, device), longest + CHECKPOINT_INTERVAL_S)
 
     async def run(self, ctx: RunContext) -> Result:
         if ctx.runner is not None:  # the node's way: kernels run in a runner process (worker.runner)
