@@ -10,7 +10,7 @@ identity or wrong mode, not a failed call.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,10 +20,11 @@ from mesh.bigtcp import messages as m
 from mesh.bigtcp.connection import Connection
 from mesh.bigtcp.events import ConnectionClosing, ConnectionLost, StreamReset
 from mesh.bigtcp.framing import TransportError
-from mesh.bigtcp.rpc_protocol import RPC_META, RpcError
+from mesh.bigtcp.rpc_protocol import RPC_META, RpcError, item_taker
 from mesh.bigtcp.stream import EndOfStream, Stream
 from mesh.bigtcp.transport import ConnectError, Transport
 from mesh.identity import Identity
+
 
 __all__ = ["ClientCall", "MeshClient", "split_address"]
 
@@ -66,6 +67,13 @@ class ClientCall:
     async def done_sending(self) -> None:
         """No more uploads (the handler's `call.receive()` then returns None)."""
         await self._guard(self.stream.close())
+
+    def on_items(self, fn: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Hand each streamed result item (a map) to `fn` as it arrives, in the connection's reader task, instead
+        of to `receive`: True when `fn` took it, False to leave it (and, to keep the order, what follows while it
+        waits) for `receive`, which also sees data frames and the final response. For a caller that answers many
+        waiters from one stream and would otherwise wake a task to read it; `fn` must not block. None: stop."""
+        self.stream.take_messages(item_taker(fn, self.method) if fn is not None else None)
 
     async def _guard(self, aw: Awaitable[Any]) -> Any:
         try:

@@ -15,7 +15,7 @@ from mesh.bigtcp import messages as m
 from mesh.bigtcp import transport_metrics as tm
 from mesh.bigtcp.events import ConnectionLost, StreamReset
 from mesh.bigtcp.framing import LocalProtocolError, TransportError
-from mesh.bigtcp.rpc_protocol import MAX_TIMEOUT, RpcError
+from mesh.bigtcp.rpc_protocol import MAX_TIMEOUT, RpcError, item_taker
 from mesh.bigtcp.stream import EndOfStream, Stream
 
 log = logging.getLogger("gpumesh.rpc")
@@ -58,6 +58,12 @@ class Call:
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
         """Stream one raw data frame to the client (at most `stream.max_frame_size` bytes)."""
         await self.stream.send_bytes(data)
+
+    def on_items(self, fn: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Hand each uploaded item (a map) to `fn` as it arrives, in the connection's reader task: True when `fn`
+        took it, False to leave it (and, to keep the order, what follows while it waits) for `receive`, which also
+        sees data frames and the end of the uploads. `fn` must not block. None: stop."""
+        self.stream.take_messages(item_taker(fn, self.method) if fn is not None else None)
 
     async def receive(self) -> dict[str, Any] | bytes | bytearray | None:
         """The client's next upload: an item (dict), a data frame (bytes-like), or None when it is done."""

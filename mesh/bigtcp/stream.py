@@ -9,6 +9,7 @@ change its insides alone.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -148,6 +149,7 @@ class Stream:
         self._error: TransportError | None = None  # reset (local or peer): fatal for both directions
         self._lost: TransportError | None = None  # connection died: buffered items still readable
         self._discard = False  # nobody reads any more: drop incoming data and grant credit
+        self._taker: Callable[[dict[str, Any]], bool] | None = None  # see `take_messages`
         self._lot = ParkedTasks()  # receivers waiting for items, senders for credit
         self._scopes: list[trio.CancelScope] = []
         # the cancel scope of the connection's handler task while it serves this stream (inbound streams):
@@ -387,8 +389,19 @@ class Stream:
         """Nobody reads this stream any more: the connection frees incoming data's credit at once."""
         return self._discard
 
+    def take_messages(self, fn: Callable[[dict[str, Any]], bool] | None) -> None:
+        """Have `fn(message)` see each message as it arrives, in the connection's reader task (no task switch to
+        a receiver): True when it took the message (its credit is freed at once), False to queue it for
+        `receive` as usual. Only while nothing is queued ahead of it (order is kept). `fn` must not block, and
+        must not raise (an error it raises ends the connection's reader). None: back to `receive` only."""
+        self._taker = fn
+
     def deliver(self, item: Any, size: int) -> None:
         """An item (message dict or data buffer) of `size` credit bytes arrived."""
+        if self._taker is not None and not self._items and type(item) is dict and self._taker(item):
+            if size:
+                self._link.consumed(self.id, size)
+            return
         self._items.append((item, size))
         self._lot.unpark_all()
 

@@ -92,6 +92,13 @@ class _Held:
     def _send_now(self, batch: list[dict[str, Any]]) -> bool:
         return self.lost or self.call.send_nowait({"jobs": batch})
 
+    def answer_frame(self, frame: dict[str, Any]) -> bool:
+        """One frame of answers from the worker: {items: [answer, ...]} (taken whatever it holds)."""
+        items = frame.get("items")
+        for it in items if isinstance(items, list) else ():
+            self.answer(it)
+        return True
+
     def answer(self, item: Any) -> None:
         n = item.get("n") if isinstance(item, dict) else None
         w = self.pending.pop(n, None) if isinstance(n, int) else None
@@ -281,16 +288,13 @@ class JobLease:
                                               handshake_timeout=ATTACH_TIMEOUT_S) as rpc:
                     async with rpc.open("lease.run", {"ticket": offer["ticket"]}, uploads=True) as wcall:
                         held = _Held(wcall, offer, slots)
+                        wcall.on_items(held.answer_frame)  # answered in the reader task: no task switch per frame
                         task_status.started(held)
                         async with trio.open_nursery() as n:
                             n.start_soon(held._outbox.run)
                             n.start_soon(self._idle_watch, held, wcall)
                             try:
-                                async for item in wcall:
-                                    items = item.get("items") if isinstance(item, dict) else None
-                                    for it in items if isinstance(items, list) else ():
-                                        held.answer(it)
-                                ended = await wcall.result()
+                                ended = await wcall.result()  # the answers went to held.answer_frame
                                 why = str(ended.get("ended", "ended")) if isinstance(ended, dict) else "ended"
                             except (TransportError, RpcError, trio.ClosedResourceError, trio.BrokenResourceError) as e:
                                 why = f"stream lost: {e}"

@@ -287,6 +287,7 @@ class _LeaseRun:
         self._answers = Coalescer(self._send, max_batch=LEASE_FRAME_JOBS, more=lambda: bool(self.in_flight),
                                   linger_s=ANSWER_LINGER_S, send_now=self._send_now)
         self.req = g.terms.requirements  # the executor merges each job's own (kind.requirements(spec))
+        self._reading = False  # jobs are being taken (serve's reading part)
 
     async def _send(self, batch: list[dict[str, Any]]) -> None:
         try:
@@ -306,6 +307,10 @@ class _LeaseRun:
                     io.start_soon(self._answers.run)
                     g.reading.deadline = g.expires_at
                     with g.reading:
+                        # frames of jobs are taken in the connection's reader task as they arrive (no task switch
+                        # per frame); what the reader leaves (see _take_frame) is read here, in order
+                        self._reading = True
+                        self.call.on_items(self._take_frame)
                         try:
                             # a client that stops reading its answers stops being read: what waits to be sent
                             # stays within the lease's slots (each answer holds at most LEASE_INLINE_OUTPUT bytes)
@@ -321,6 +326,9 @@ class _LeaseRun:
                         except TransportError:
                             ended = "lost"  # the client is gone: its running jobs are cancelled
                             g.running.cancel()
+                        finally:
+                            self._reading = False
+                            self.call.on_items(None)
                     if g.reading.cancelled_caught:
                         ended = "expired"
                     if self.in_flight:
@@ -335,6 +343,20 @@ class _LeaseRun:
         if error is not None:
             raise error
         return {"ended": ended, **g.usage()}
+
+    def _take_frame(self, item: dict[str, Any]) -> bool:
+        """A frame of jobs, in the reader task: taken, or left for `serve` to read (and so, to keep the order,
+        the frames behind it) when the answers back up (the same backpressure as `serve`'s) or it is malformed
+        (`serve` then ends the stream)."""
+        if not self._reading or len(self._answers) >= self.g.terms.slots:
+            return False
+        try:
+            jobs = self._items(item)
+        except RpcError:
+            return False
+        for n, wire in jobs:
+            self._take(n, wire)
+        return True
 
     def _items(self, item: Any) -> list[tuple[int, Any]]:
         jobs = item.get("jobs") if isinstance(item, dict) else None
