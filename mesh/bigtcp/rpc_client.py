@@ -25,7 +25,6 @@ from mesh.bigtcp.stream import EndOfStream, Stream
 from mesh.bigtcp.transport import ConnectError, Transport
 from mesh.identity import Identity
 
-
 __all__ = ["ClientCall", "MeshClient", "split_address"]
 
 
