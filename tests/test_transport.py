@@ -108,6 +108,47 @@ async def test_send_msg_nowait_keeps_order_and_refuses_what_would_wait():
         assert s.send_msg_nowait({"n": 4}) is False  # closed for sending: refused, not raised
 
 
+async def test_take_messages_in_the_reader_keeps_order_with_receive():
+    """Messages a taker accepts never reach receive(); from the first it leaves, everything queues in order
+    (later ones too, even if the taker would accept them) until receive() has drained the queue."""
+    taken: list[int] = []
+    accept = {"on": True}
+    opened: list = []
+    ready = trio.Event()
+
+    def taker(msg):
+        if accept["on"] and msg.get("n", -1) % 5 != 4:
+            taken.append(msg["n"])
+            return True
+        return False
+
+    async def handler(stream):
+        assert (await stream.receive())["n"] == 0  # it may come with the OPEN, before the taker is set
+        stream.take_messages(taker)
+        opened.append(stream)
+        ready.set()
+        await trio.sleep_forever()
+
+    async with memory_pair(handler) as (a, b):
+        s = await a.open_stream()
+        await s.send_msg({"n": 0})
+        await ready.wait()
+        for n in range(1, 10):
+            await s.send_msg({"n": n})
+        await s.send_bytes(b"raw")
+        await trio.testing.wait_all_tasks_blocked()
+        srv = opened[0]
+        assert taken == [1, 2, 3]  # 4 was left: 5..9 queue behind it, in order
+        got = [(await srv.receive())["n"] for _ in range(6)]
+        assert got == [4, 5, 6, 7, 8, 9] and await srv.receive() == b"raw"
+        await s.send_msg({"n": 10})  # the queue is empty again: the taker sees it
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken[-1] == 10
+        srv.take_messages(None)
+        await s.send_msg({"n": 11})
+        assert (await srv.receive())["n"] == 11 and taken[-1] == 10
+
+
 async def test_many_concurrent_streams_keep_their_data_apart():
     rng = random.Random(5)
 
