@@ -252,6 +252,34 @@ async def test_sync_client():
             await trio.to_thread.run_sync(blocking_user)
 
 
+async def test_sync_client_call_in_flight_when_closed_raises_instead_of_hanging():
+    """A blocking call still running on the private loop when another thread closes the client ends with a
+    RuntimeError in its caller (not a hang, not trio.Cancelled); calls from threads run concurrently."""
+    import threading
+
+    async with rpc_server() as (t, _ev):
+        def blocking_user():
+            c = SyncMeshClient(f"127.0.0.1:{t.port}", peer_id=t.peer_id)
+            errors: list[BaseException] = []
+
+            def hang():
+                try:
+                    c.call("hang")
+                except BaseException as e:  # noqa: BLE001 - what the caller sees
+                    errors.append(e)
+
+            th = threading.Thread(target=hang)
+            th.start()
+            assert c.call("echo", {"b": 2})["body"] == {"b": 2}  # meanwhile, on the same connection
+            c.close()
+            th.join(30)
+            assert not th.is_alive() and len(errors) == 1
+            assert isinstance(errors[0], RuntimeError) and "closed" in str(errors[0])
+
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(blocking_user)
+
+
 async def test_sync_client_reports_connect_errors():
     async with rpc_server() as (t, _ev):
         def wrong_id():

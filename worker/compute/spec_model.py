@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -144,45 +145,50 @@ class ComputeSpec:
     device_kind: str | None = None
     flops_per_item: float | None = None
 
-    # derived figures
-    @property
-    def buffers(self) -> list[tuple[int, BufferArg]]:
-        return [(i, a) for i, a in enumerate(self.args) if isinstance(a, BufferArg)]
+    # derived figures, computed once per spec (it is immutable; a runner and the compute kind keep one parsed spec
+    # per distinct content, so every job of a stream of one job reads them)
+    @cached_property
+    def buffers(self) -> tuple[tuple[int, BufferArg], ...]:
+        return tuple((i, a) for i, a in enumerate(self.args) if isinstance(a, BufferArg))
 
-    @property
+    @cached_property
     def buffer_bytes(self) -> int:
         """Device memory the job's buffers need (its minimum memory)."""
         return sum(a.nbytes for _, a in self.buffers)
 
-    @property
+    @cached_property
     def bytes_in(self) -> int:
         return sum(a.nbytes for _, a in self.buffers if a.uploads)
 
-    @property
+    @cached_property
     def bytes_out(self) -> int:
         return sum(a.nbytes for _, a in self.buffers if a.returned)
 
-    @property
+    @cached_property
     def total_launches(self) -> int:
         return self.repeat * sum(ln.repeat for ln in self.launches)
 
-    @property
+    @cached_property
     def work_items(self) -> int:
         """Work items over all launches (repeats included)."""
         return self.repeat * sum(ln.work_items * ln.repeat for ln in self.launches)
 
     def stream_layout(self) -> list[tuple[str, int]]:
         """[(sha256, nbytes)] of the streamed blobs, in the order the job's input stream carries them."""
+        return list(self._stream_layout)
+
+    @cached_property
+    def _stream_layout(self) -> tuple[tuple[str, int], ...]:
         seen: dict[str, int] = {}
         for _, a in self.buffers:
             if a.sha256 is not None and a.sha256 not in seen:
                 seen[a.sha256] = a.nbytes
-        return list(seen.items())
+        return tuple(seen.items())
 
-    @property
+    @cached_property
     def input_size(self) -> int:
         """Bytes of the job's streamed input."""
-        return sum(n for _, n in self.stream_layout())
+        return sum(n for _, n in self._stream_layout)
 
     @property
     def single_launch(self) -> bool:
