@@ -104,14 +104,14 @@ def drain() -> list[list[Any]]:
     return RECORDER.drain() if RECORDER is not None else []
 
 
-_series: dict[tuple[int, str, tuple[str, ...]], tuple[Any, str]] = {}
+_series: dict[tuple[Any, ...], tuple[Any, str]] = {}  # (m, attr, *labels) -> (the node's series, its op)
 
 
 def _series_of(m: int, attr: str, labels: tuple[str, ...]) -> tuple[Any, str] | None:
     """The node's series (a metric or its labelled child) and its op ("i", "o") for what a runner named; None
     for anything else, and for a new series once MAX_SERIES are known (runners cannot grow the node's metrics
     without bound: honest job code counts a few dozen series)."""
-    key = (m, attr, labels)
+    key = (m, attr, *labels)
     got = _series.get(key)
     if got is not None or len(_series) >= MAX_SERIES or not 0 <= m < len(RELAYED) or not attr.isidentifier():
         return got
@@ -123,14 +123,22 @@ def _series_of(m: int, attr: str, labels: tuple[str, ...]) -> tuple[Any, str] | 
 
 
 def _target(entry: Any) -> tuple[Any, str, float] | None:
-    if not isinstance(entry, list) or len(entry) != 5:
+    if type(entry) is not list or len(entry) != 5:
         return None
     m, attr, labels, op, value = entry
-    if isinstance(m, bool) or not isinstance(m, int) or not isinstance(attr, str) or not isinstance(labels, list) \
-            or any(not isinstance(v, str) or len(v) > MAX_LABEL for v in labels) \
-            or isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if (type(value) is not float and type(value) is not int) or not math.isfinite(value):
         return None
-    got = _series_of(m, attr, tuple(labels))
+    got = None
+    if type(m) is int and type(labels) is list:
+        try:  # a series named before (only exact ints and strs are keys: nothing else compares equal to them)
+            got = _series.get((m, attr, *labels))
+        except TypeError:  # an unhashable label: refused below
+            pass
+    if got is None:
+        if isinstance(m, bool) or not isinstance(m, int) or not isinstance(attr, str) or not isinstance(labels, list) \
+                or any(not isinstance(v, str) or len(v) > MAX_LABEL for v in labels):
+            return None
+        got = _series_of(m, attr, tuple(labels))
     if got is None or got[1] != op or (op == "i" and value < 0):
         return None
     return got[0], op, float(value)
