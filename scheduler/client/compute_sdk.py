@@ -292,10 +292,10 @@ class AsyncMesh:
                    precheck: bool | None = None) -> ComputeRun:
         if precheck if precheck is not None else opts.precheck:
             await self._precheck(job)
+        if opts.verify != "redundant" and self.lease is not None and opts.observer is None:
+            return await self._leased(job, opts)  # the lease names its jobs itself
         base = job_id or uuid.uuid4().hex
         if opts.verify != "redundant":
-            if self.lease is not None and opts.observer is None:
-                return await self._leased(job, opts)
             return await self._once(job, base, opts, submitted)
         return await self._redundant(job, base, opts, submitted)
 
