@@ -149,6 +149,40 @@ async def test_take_messages_in_the_reader_keeps_order_with_receive():
         assert (await srv.receive())["n"] == 11 and taken[-1] == 10
 
 
+async def test_a_failing_message_taker_resets_only_its_stream():
+    """An error in a stream's taker (code running in the connection's reader) resets that stream with code
+    internal; the connection and its other streams carry on."""
+    seen = trio.Event()
+
+    def broken(msg):
+        raise RuntimeError("bug in the taker")
+
+    async def handler(stream):
+        if stream.meta.get("broken"):
+            await stream.receive()  # the first may come with the OPEN, before the taker is set
+            stream.take_messages(broken)
+            seen.set()
+            await trio.sleep_forever()
+        await echo(stream)
+
+    async with memory_pair(handler) as (a, b):
+        bad = await a.open_stream({"broken": 1})
+        await bad.send_msg({"n": 0})
+        await seen.wait()
+        await bad.send_msg({"n": 1})
+        await bad.send_msg({"n": 2})
+        good = await a.open_stream()
+        await good.send_msg({"still": "fine"})
+        assert await good.receive_msg() == {"still": "fine"}
+        await trio.testing.wait_all_tasks_blocked()
+        streams = [s for s in b._streams.values() if s.meta.get("broken")]
+        assert not streams or not streams[0].usable  # reset (and dropped by the connection)
+        with pytest.raises(StreamReset):
+            with trio.fail_after(10):
+                await bad.receive()
+        assert not a.closed and not b.closed
+
+
 async def test_many_concurrent_streams_keep_their_data_apart():
     rng = random.Random(5)
 

@@ -72,7 +72,7 @@ class ClientCall:
         of to `receive`: True when `fn` took it, False to leave it (and, to keep the order, what follows while it
         waits) for `receive`, which also sees data frames and the final response. For a caller that answers many
         waiters from one stream and would otherwise wake a task to read it; `fn` must not block. None: stop."""
-        self.stream.take_messages(item_taker(fn, self.method) if fn is not None else None)
+        self.stream.take_messages(item_taker(fn) if fn is not None else None)
 
     async def _guard(self, aw: Awaitable[Any]) -> Any:
         try:

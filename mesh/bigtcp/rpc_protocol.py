@@ -19,13 +19,10 @@ exports all of them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["MAX_MESSAGE", "MAX_TIMEOUT", "RPC_META", "RpcError", "item_taker"]
-
-log = logging.getLogger("gpumesh.rpc")
 
 RPC_META = {"rpc": 1}  # the OPEN metadata of an RPC stream
 MAX_MESSAGE = 2048  # characters of an error message sent to the client
@@ -56,18 +53,13 @@ class RpcError(Exception):
         return cls(code if isinstance(code, str) else "unknown", message if isinstance(message, str) else str(message), err.get("data"))
 
 
-def item_taker(fn: Callable[[dict[str, Any]], bool], what: str) -> Callable[[dict[str, Any]], bool]:
+def item_taker(fn: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], bool]:
     """For `Stream.take_messages`: hands `fn` the item of each {"i": item} message whose item is a map (True:
-    taken; False: left for `receive`, which sees everything else too). An error `fn` raises is logged and the
-    item dropped: it must not reach the connection's reader task."""
+    taken; False: left for `receive`, which sees everything else too)."""
 
     def take(msg: dict[str, Any]) -> bool:
         if len(msg) != 1 or type(item := msg.get("i")) is not dict:
             return False
-        try:
-            return fn(item)
-        except Exception:
-            log.exception("the item callback of %s failed; the item is dropped", what)
-            return True
+        return fn(item)
 
     return take

@@ -63,7 +63,7 @@ class Call:
         """Hand each uploaded item (a map) to `fn` as it arrives, in the connection's reader task: True when `fn`
         took it, False to leave it (and, to keep the order, what follows while it waits) for `receive`, which also
         sees data frames and the end of the uploads. `fn` must not block. None: stop."""
-        self.stream.take_messages(item_taker(fn, self.method) if fn is not None else None)
+        self.stream.take_messages(item_taker(fn) if fn is not None else None)
 
     async def receive(self) -> dict[str, Any] | bytes | bytearray | None:
         """The client's next upload: an item (dict), a data frame (bytes-like), or None when it is done."""

@@ -8,6 +8,7 @@ change its insides alone.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -20,6 +21,8 @@ from mesh.bigtcp.events import StreamReset
 from mesh.bigtcp.framing import LocalProtocolError, TransportError
 
 __all__ = ["EndOfStream", "ParkedTasks", "Stream", "StreamLink", "WrongItemKind"]
+
+log = logging.getLogger("gpumesh.transport")
 
 
 class EndOfStream(TransportError):
@@ -392,16 +395,27 @@ class Stream:
     def take_messages(self, fn: Callable[[dict[str, Any]], bool] | None) -> None:
         """Have `fn(message)` see each message as it arrives, in the connection's reader task (no task switch to
         a receiver): True when it took the message (its credit is freed at once), False to queue it for
-        `receive` as usual. Only while nothing is queued ahead of it (order is kept). `fn` must not block, and
-        must not raise (an error it raises ends the connection's reader). None: back to `receive` only."""
+        `receive` as usual. Only while nothing is queued ahead of it (order is kept). `fn` must not block. An
+        error it raises resets this stream (code internal) and is logged: it reaches neither the connection's
+        reader nor its other streams. None: back to `receive` only."""
         self._taker = fn
 
     def deliver(self, item: Any, size: int) -> None:
         """An item (message dict or data buffer) of `size` credit bytes arrived."""
-        if self._taker is not None and not self._items and type(item) is dict and self._taker(item):
-            if size:
-                self._link.consumed(self.id, size)
-            return
+        if self._taker is not None and not self._items and type(item) is dict:
+            try:
+                taken = self._taker(item)
+            except Exception:
+                log.exception("the message taker of stream %d failed: the stream is reset", self.id)
+                self._taker = None
+                if size:
+                    self._link.consumed(self.id, size)
+                self.reset("the receiver failed", m.CODE_INTERNAL)
+                return
+            if taken:
+                if size:
+                    self._link.consumed(self.id, size)
+                return
         self._items.append((item, size))
         self._lot.unpark_all()
 
