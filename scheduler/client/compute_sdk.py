@@ -165,7 +165,7 @@ class AsyncMesh:
     async def connect(cls, address: str, *, token: str | None, peer_id: str | None = None,
                       insecure: bool = False, lease: bool = False) -> AsyncIterator[AsyncMesh]:
         """With `lease`, jobs run on a job lease the client holds (one hop each way, no journal record per job:
-        see `lease_jobs`)."""
+        see docs/job-leases.md)."""
         async with Client.connect(address, token=token, peer_id=peer_id, insecure=insecure) as c:
             if not lease:
                 yield cls(c)
