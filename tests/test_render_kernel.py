@@ -184,6 +184,23 @@ def test_render_pixels_matches_the_full_render(cl_queue):
         reference.render_pixels(scene, None, [(0, 0), (64, 0)])
 
 
+@pytest.mark.parametrize("name", ["spheres-96x72", "mesh-80x60", "random3-64x48"])
+def test_half_float_depth_from_the_kernel_is_the_codecs_quantization_bit_for_bit(cl_queue, name):
+    from worker.render.frame_codec import quantize_depth
+
+    dev = SceneOnDevice(*cl_queue, SCENES[name]())
+    cam = dev.scene.camera
+    for pose in [cam.pose, *orbit((0.0, 0.3, 0.0), 2.6, 1.0, 3)]:
+        rgba, depth = dev.render(pose)
+        rgba2, half = np.full_like(rgba, 7), np.full(depth.shape, np.nan, np.float16)
+        dev.render(pose, into=(rgba2, half))
+        np.testing.assert_array_equal(rgba2, rgba)
+        np.testing.assert_array_equal(half.view(np.uint16), quantize_depth(depth).view(np.uint16))
+        assert np.isinf(half).any() or np.isfinite(depth).all()
+    with pytest.raises(ValueError):
+        dev.render(into=(rgba2, np.empty(depth.shape, np.float64)))
+
+
 def test_transparent_background_and_depth_conventions(cl_queue):
     scene = example("spheres", 64, 48)
     rgba, depth = SceneOnDevice(*cl_queue, scene).render()

@@ -299,6 +299,25 @@ def test_the_encoders_fast_half_float_conversion_matches_numpy_bit_for_bit():
         np.testing.assert_array_equal(body[d.size * 4:].view("<u2"), quantize_depth(d).reshape(-1).view("<u2"))
 
 
+def test_a_tile_given_in_its_raw_layout_encodes_as_the_same_tiles_and_is_copied_not_kept():
+    from worker.render.frame_codec import raw_bytes
+
+    by_arrays, by_raw, dec = TileEncoder(), TileEncoder(), TileDecoder()
+    keys = []
+    arena = np.empty(40 * 30 * BYTES_PER_PIXEL, np.uint8)  # as a runner's arena: reused for every tile
+    for seed in (1, 1, 5, 5, 99):
+        rgba, depth = rendered(seed)
+        want = by_arrays.encode(rgba, depth)
+        arena[:] = raw_bytes(rgba, depth)
+        got = by_raw.encode_raw(memoryview(arena))
+        arena[:] = 0  # the next call overwrites the arena: the encoder must hold its own copy (the delta's base)
+        assert (got.key, got.seq, got.raw_size, got.payload) == (want.key, want.seq, want.raw_size, want.payload)
+        keys.append(got.key)
+        c, _ = dec.decode(got.header(), got.payload, 40, 30)
+        np.testing.assert_array_equal(c, rgba)
+    assert keys[0] and not all(keys), keys  # the copies served as delta bases
+
+
 def test_a_camera_that_stops_after_moving_sends_deltas_again_within_a_few_tiles():
     enc, dec = TileEncoder(), TileDecoder()
     moving = [rendered(1 + i % 2 * 98) for i in range(8)]

@@ -77,11 +77,10 @@ from worker.kinds import SpecError
 from worker.opencl import run_blocking
 from worker.render import reference
 from worker.render.camera import Pose, Tile
-from worker.render.frame_codec import TileEncoder
+from worker.render.frame_codec import TileEncoder, raw_bytes
 from worker.render.kind import (
     CACHE,
     CachedScene,
-    decode_output,
     decode_scene,
     render_tile_view,
 )
@@ -180,14 +179,14 @@ class RenderSessions:
         encoder = TileEncoder()
         cam_pose = entry.scene.camera.pose
 
-        async def render(pose: Pose) -> tuple[Any, Any, float]:
+        async def render(pose: Pose) -> tuple[Any, float]:
             t0 = time.perf_counter()
-            rgba, depth = await self._render(handle, entry, pose, req.tile)
-            return rgba, depth, time.perf_counter() - t0
+            raw = await self._render(handle, entry, pose, req.tile)
+            return raw, time.perf_counter() - t0
 
         try:
             for i in range(WARMUP_FRAMES):  # the first builds the kernel and uploads the scene: not timed
-                seconds = (await render(cam_pose))[2]  # no view of the arena kept
+                seconds = (await render(cam_pose))[1]  # no view of the arena kept
                 if i:
                     tile.times.observe(seconds)
         except RunnerError as e:
@@ -273,16 +272,16 @@ class RenderSessions:
                 assert isinstance(action, Render)
                 waited = trio.current_time() - action.arrived
                 try:
-                    rgba, depth, seconds = await render(action.pose)
+                    raw, seconds = await render(action.pose)
                 except RunnerError as e:
                     raise SessionError("unavailable", f"{self.peer_id}: device {device.id}: {e}") from None
                 tile.rendered(seconds)
                 SESSION_FRAME_SECONDS.observe(seconds)
                 t_enc = time.perf_counter()
                 try:
-                    enc = encoder.encode(rgba, depth)
+                    enc = encoder.encode_raw(raw)
                 finally:
-                    del rgba, depth  # views of the runner's arena (its next call reuses it)
+                    del raw  # a view of the runner's arena (its next call reuses it)
                 encode_s = time.perf_counter() - t_enc
                 SESSION_FRAMES.labels("rendered").inc()
                 SESSION_BYTES.inc(len(enc.payload))
@@ -316,14 +315,17 @@ class RenderSessions:
         return attachment.result
 
     @staticmethod
-    async def _render(handle: Any, entry: CachedScene, pose: Pose, tile: Tile) -> tuple[Any, Any]:
+    async def _render(handle: Any, entry: CachedScene, pose: Pose, tile: Tile) -> Any:
+        """The tile in its raw wire layout (`frame_codec.raw_bytes`: RGBA8 rows, then half-float depth rows)."""
         if isinstance(handle, RunnerLease):
-            # straight from the arena: the encoder reads it before this lease's next call
-            out = await render_tile_view(handle, None, entry, pose, tile, 1)
-            return decode_output(tile, out)
+            # the kernel writes the half-float depth; straight from the arena: the encoder copies it before
+            # this lease's next call
+            return await render_tile_view(handle, None, entry, pose, tile, 1, half_depth=True)
         if handle is None:
-            return await trio.to_thread.run_sync(reference.render, entry.prepared(), pose, tile)
-        return await run_blocking(entry.render_on, handle, pose, tile)
+            rgba, depth = await trio.to_thread.run_sync(reference.render, entry.prepared(), pose, tile)
+        else:
+            rgba, depth = await run_blocking(entry.render_on, handle, pose, tile)
+        return raw_bytes(rgba, depth)
 
     # ================================================================ gateway: the client's session
     async def _client_session(self, call: Call) -> dict[str, Any]:

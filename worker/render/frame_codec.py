@@ -125,6 +125,19 @@ class TileEncoder:
         if self._tmp is None or self._tmp.size != np.size(depth):
             self._tmp = np.empty(np.size(depth), np.uint32)
         raw, self._spare = raw_bytes(rgba, depth, out=self._spare, tmp=self._tmp), None
+        return self._encode(raw)
+
+    def encode_raw(self, tile: Any) -> EncodedTile:
+        """`encode` of a tile already in the raw layout (`raw_bytes`: RGBA8 rows, then half-float depth rows),
+        e.g. a runner's arena that the kernel wrote so (`render_tile_view(half_depth=True)`): one copy (the next
+        delta's base) instead of the conversion. `tile`: any buffer; the encoder keeps no view of it."""
+        src = np.frombuffer(tile, np.uint8)
+        raw = self._spare if self._spare is not None and self._spare.size == src.size else np.empty(src.size, np.uint8)
+        np.copyto(raw, src)
+        self._spare = None
+        return self._encode(raw)
+
+    def _encode(self, raw: np.ndarray) -> EncodedTile:
         prev, self._prev = self._prev, raw
         self._seq += 1
         payload: Any = raw

@@ -110,7 +110,8 @@ class SceneOnDevice:
         self, pose: Pose | None = None, tile: Tile | None = None, *, use_bvh: bool | None = None,
         into: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Render a frame or tile: (rgba (h, w, 4) uint8, depth (h, w) float32, +inf where nothing is hit)."""
+        """Render a frame or tile: (rgba (h, w, 4) uint8, depth (h, w) float32, +inf where nothing is hit;
+        float16 when `into` gives a float16 depth array)."""
         return self.enqueue(pose, tile, use_bvh=use_bvh, into=into).wait()
 
     def enqueue(
@@ -120,11 +121,22 @@ class SceneOnDevice:
         """Launch a frame or tile without waiting. Frames of one tile size share output buffers, which is
         safe on an in-order queue (each read-back precedes the next launch). `into`: C-contiguous (h, w, 4)
         uint8 and (h, w) float32 arrays to read the tile back into (e.g. views of shared memory) instead of
-        new ones."""
+        new ones; a float16 depth array gets the depth as IEEE half (round to nearest even, +inf stays +inf:
+        `frame_codec.quantize_depth`), converted by the kernel."""
         cam = self.scene.camera
         tile = tile or Tile.full(cam.width, cam.height)
         tile.check(cam.width, cam.height)
         frame = camera_frame(pose or cam.pose, cam.fov_y, cam.width, cam.height)
+        if into is None:
+            rgba = np.empty((tile.h, tile.w, 4), np.uint8)
+            depth = np.empty((tile.h, tile.w), np.float32)
+        else:
+            rgba, depth = into
+            if (rgba.shape != (tile.h, tile.w, 4) or rgba.dtype != np.uint8 or depth.shape != (tile.h, tile.w)
+                    or depth.dtype not in (np.float32, np.float16)
+                    or not (rgba.flags.c_contiguous and depth.flags.c_contiguous)):
+                raise ValueError(f"'into' must be C-contiguous ({tile.h}, {tile.w}, 4) uint8 and "
+                                 f"({tile.h}, {tile.w}) float32 or float16 arrays")
         rgba_buf, depth_buf = self._outputs(tile.w, tile.h)
         p, b = self.packed, self._bufs
         bvh = self.use_bvh if use_bvh is None else use_bvh
@@ -141,20 +153,11 @@ class SceneOnDevice:
             np.int32(1 if bvh else 0),
             b["mat"], b["light"], np.int32(p.light.shape[0]),
             b["texels"], b["srgb_lin"],
-            p.ambient, p.miss, p.background, b["srgb8"],
+            p.ambient, p.miss, p.background, b["srgb8"], np.int32(depth.dtype == np.float16),
         )  # fmt: skip
         lx, ly = LOCAL_SIZE
         grid = (-(-tile.w // lx) * lx, -(-tile.h // ly) * ly)
         cl.enqueue_nd_range_kernel(self.queue, self._kernel, grid, LOCAL_SIZE)
-        if into is None:
-            rgba = np.empty((tile.h, tile.w, 4), np.uint8)
-            depth = np.empty((tile.h, tile.w), np.float32)
-        else:
-            rgba, depth = into
-            if (rgba.shape != (tile.h, tile.w, 4) or rgba.dtype != np.uint8 or depth.shape != (tile.h, tile.w)
-                    or depth.dtype != np.float32 or not (rgba.flags.c_contiguous and depth.flags.c_contiguous)):
-                raise ValueError(f"'into' must be C-contiguous ({tile.h}, {tile.w}, 4) uint8 and "
-                                 f"({tile.h}, {tile.w}) float32 arrays")
         cl.enqueue_copy(self.queue, rgba, rgba_buf, is_blocking=False)
         done = cl.enqueue_copy(self.queue, depth, depth_buf, is_blocking=False)
         return PendingFrame(tile, rgba, depth, done)

@@ -4,7 +4,8 @@
 // docs/scene-format.md ("Rendering model"): primary ray clipped to [near, far] in view depth, direct lighting
 // with one shadow ray per light (attenuated by the most opaque occluder), one reflection bounce weighted
 // by metallic, one see-through step for opacity < 1, sRGB-encoded RGBA8 with alpha = coverage, view-space
-// depth in metres (+inf where nothing is hit). Buffer layouts are documented in worker/render/pack.py.
+// depth in metres (+inf where nothing is hit), as float32 or, with depth_half, as the IEEE half a session tile
+// carries on the wire (worker/render/frame_codec.py). Buffer layouts are documented in worker/render/pack.py.
 
 #define OFFSET 1e-4f
 #define F0_DIELECTRIC 0.04f
@@ -472,7 +473,7 @@ __kernel void render(
     int use_bvh,
     __global const float4 *mat, __global const float4 *light, int nlights,
     __global const uchar4 *texels, __global const float *srgb_lin,
-    float4 ambient, float4 miss, float4 background, __global const float *srgb8)
+    float4 ambient, float4 miss, float4 background, __global const float *srgb8, int depth_half)
 {
     int x = get_global_id(0), y = get_global_id(1);
     if (x >= w || y >= h) return;
@@ -527,5 +528,8 @@ __kernel void render(
     int k = y * w + x;
     out_rgba[k] = (uchar4)(encode_srgb8(rgb.x, srgb8), encode_srgb8(rgb.y, srgb8), encode_srgb8(rgb.z, srgb8),
                            (uchar)FLOOR(min1(max1(alpha, 0.0f), 1.0f) * 255.0f + 0.5f));
-    out_depth[k] = depth;
+    if (depth_half)  // a session tile's wire form: IEEE half, round to nearest even (+inf stays +inf)
+        vstore_half_rte(depth, k, (__global half *)out_depth);
+    else
+        out_depth[k] = depth;
 }

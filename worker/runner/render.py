@@ -7,7 +7,9 @@ content hash) with the scene uploaded to its device. The daemon remembers which 
 that evicted it answers `NoScene` and gets it once more. The tile renders in bands with a checkpoint between
 them (the job's: cancel and preemption; skipped while the bands run well under the stretch the executor was
 promised between two checkpoints), straight into the arena: RGBA8 rows, then float32 depth rows, which is
-the job's output format (`worker.render.tile_output.encode_output`).
+the job's output format (`worker.render.tile_output.encode_output`); or, for a render session's tile
+(`half_depth`), half-float depth rows, the tile's wire form (`worker.render.frame_codec`), converted by the
+kernel.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
     t = args["tile"]
     tile = Tile(int(t["x0"]), int(t["y0"]), int(t["w"]), int(t["h"]))
     npx = tile.w * tile.h
+    depth_type = np.float16 if args.get("half_depth") else np.float32
+    depth_n = npx * np.dtype(depth_type).itemsize
     rgba = np.frombuffer(host.region(0, npx * 4), np.uint8).reshape(tile.h, tile.w, 4)
-    depth = np.frombuffer(host.region(npx * 4, npx * 4), np.float32).reshape(tile.h, tile.w)
+    depth = np.frombuffer(host.region(npx * 4, depth_n), depth_type).reshape(tile.h, tile.w)
     band_s = float(args.get("band_s", 0.0))
     since = time.monotonic()  # the last checkpoint (the call's start is one)
     last = 0.0  # how long the last band took
@@ -65,7 +69,7 @@ async def task(host: Any, dctx: Any, args: dict[str, Any]) -> tuple[dict[str, An
         entry.render_on(dctx, pose, band, (rgba[y:y + band.h], depth[y:y + band.h]))  # read back into the arena
         last = time.monotonic() - t0
     del rgba, depth  # no view of the arena outlives the call
-    return {}, [[0, npx * 8]]
+    return {}, [[0, npx * 4 + depth_n]]
 
 
 async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any, pose: Any,
@@ -78,18 +82,20 @@ async def render_tile(lease: RunnerLease, checkpoint: Callable[[], Awaitable[Non
 
 
 async def render_tile_view(lease: RunnerLease, checkpoint: Callable[[], Awaitable[None]] | None, entry: Any,
-                           pose: Any, tile: Any, n_bands: int, band_s: float = 0.0) -> memoryview:
+                           pose: Any, tile: Any, n_bands: int, band_s: float = 0.0, *,
+                           half_depth: bool = False) -> memoryview:
     """`render_tile`'s output as the arena's own bytes, no copy: valid only until the lease's next call (which
-    reuses the arena), so the caller reads it and drops every view of it before that."""
+    reuses the arena), so the caller reads it and drops every view of it before that. `half_depth`: depth as
+    IEEE half (`frame_codec.quantize_depth`, done by the kernel), the layout of a session tile on the wire."""
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
-    out_n = npx * 8
+    out_n = npx * (6 if half_depth else 8)
     pose_d = {"position": [float(c) for c in pose.position], "orientation": [float(c) for c in pose.orientation]}
     for attempt in range(2):
         scene = b"" if entry.hash in held else encode_scene(entry.scene)
         args = {"scene_hash": entry.hash, "pose": pose_d, "tile": tile.to_dict(), "bands": n_bands,
-                "band_s": float(band_s), "scene": [out_n, len(scene)] if scene else None}
+                "band_s": float(band_s), "scene": [out_n, len(scene)] if scene else None, "half_depth": half_depth}
         try:
             reply = await lease.call("render.tile", args, arena_bytes=out_n + len(scene), inputs=[(out_n, scene)],
                                      checkpoint=checkpoint)
