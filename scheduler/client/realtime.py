@@ -247,7 +247,21 @@ class RealtimeSession:
             self._reader_done()
 
     async def _direct_reader(self, t: int, call: ClientCall) -> None:
-        """Tile t's stream from its worker (frames sent there come back there, without a tile index)."""
+        """Tile t's stream from its worker (frames sent there come back there, without a tile index). Its tiles
+        are decoded as they arrive, in the connection's reader task (no task switch per tile); this task reads
+        what that leaves: the final answer."""
+
+        def take(item: dict[str, Any]) -> bool:
+            if self._lost:
+                return True  # every frame was dropped already; nothing more to decode
+            item["t"] = t
+            try:
+                self._on_item(item)
+            except (SessionError, CodecError, ValueError, KeyError, TypeError) as e:
+                self._fail(f"bad message from worker {self.workers[t]}: {e}")
+            return True
+
+        call.on_items(take)
         try:
             while (item := await call.receive()) is not None:
                 if isinstance(item, dict):
