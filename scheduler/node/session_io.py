@@ -225,7 +225,11 @@ class RenderSessions:
         ended = False
         out: Duplex = io  # where tiles go: the gateway, or the attached client
 
+        rendered = SESSION_FRAMES.labels("rendered")
+
         async def send(item: dict[str, Any]) -> None:
+            if not lock.locked() and out.send_nowait(item):  # the common case: no task switch
+                return
             async with lock:
                 await out.send(item)
 
@@ -276,18 +280,18 @@ class RenderSessions:
                 except RunnerError as e:
                     raise SessionError("unavailable", f"{self.peer_id}: device {device.id}: {e}") from None
                 tile.rendered(seconds)
-                SESSION_FRAME_SECONDS.observe(seconds)
                 t_enc = time.perf_counter()
                 try:
                     enc = encoder.encode_raw(raw)
                 finally:
                     del raw  # a view of the runner's arena (its next call reuses it)
                 encode_s = time.perf_counter() - t_enc
-                SESSION_FRAMES.labels("rendered").inc()
-                SESSION_BYTES.inc(len(enc.payload))
                 await send({"f": action.index, "tile": enc.header(), "p": enc.payload,
                             "render_ms": seconds * 1000, "est_ms": tile.times.estimate_s() * 1000,
                             "wait_ms": waited * 1000, "encode_ms": encode_s * 1000})
+                rendered.inc()  # counted once the tile is on its way
+                SESSION_FRAME_SECONDS.observe(seconds)
+                SESSION_BYTES.inc(len(enc.payload))
 
         with flat_errors():
             async with trio.open_nursery() as nursery:

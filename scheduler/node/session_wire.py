@@ -20,6 +20,8 @@ from worker.render.kind import MAX_SCENE_INPUT
 class Duplex(Protocol):
     async def send(self, item: dict[str, Any]) -> None: ...
 
+    def send_nowait(self, item: dict[str, Any]) -> bool: ...  # False, nothing sent: it would wait (use send)
+
     async def receive(self) -> Any: ...
 
 
@@ -40,6 +42,13 @@ class Pipe:
             await self._tx.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise SessionError("unavailable", "the other end of the session went away") from None
+
+    def send_nowait(self, item: dict[str, Any]) -> bool:
+        try:
+            self._tx.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False  # `send` waits, or says why it cannot
+        return True
 
     async def receive(self) -> Any:
         try:

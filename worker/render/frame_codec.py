@@ -103,8 +103,8 @@ def raw_bytes(rgba: np.ndarray, depth: np.ndarray, out: np.ndarray | None = None
 
 
 class TileEncoder:
-    """One tile's sender side. It writes each tile into one of two buffers it keeps (the other holds the previous
-    tile, the delta's base), so a tile costs no allocation beyond its payload."""
+    """One tile's sender side. It keeps the previous tile (the delta's base) only while the next tile will try
+    the delta, in one of two buffers it reuses, so a tile costs no allocation beyond its payload."""
 
     def __init__(self) -> None:
         self._prev: np.ndarray | None = None
@@ -125,26 +125,22 @@ class TileEncoder:
         if self._tmp is None or self._tmp.size != np.size(depth):
             self._tmp = np.empty(np.size(depth), np.uint32)
         raw, self._spare = raw_bytes(rgba, depth, out=self._spare, tmp=self._tmp), None
-        return self._encode(raw)
+        return self._encode(raw, owned=True)
 
     def encode_raw(self, tile: Any) -> EncodedTile:
         """`encode` of a tile already in the raw layout (`raw_bytes`: RGBA8 rows, then half-float depth rows),
-        e.g. a runner's arena that the kernel wrote so (`render_tile_view(half_depth=True)`): one copy (the next
-        delta's base) instead of the conversion. `tile`: any buffer; the encoder keeps no view of it."""
-        src = np.frombuffer(tile, np.uint8)
-        raw = self._spare if self._spare is not None and self._spare.size == src.size else np.empty(src.size, np.uint8)
-        np.copyto(raw, src)
-        self._spare = None
-        return self._encode(raw)
+        e.g. a runner's arena that the kernel wrote so (`render_tile_view(half_depth=True)`): compressed from
+        `tile` itself, and copied only when the next tile tries the delta against it. `tile`: any buffer; the
+        encoder keeps no view of it."""
+        return self._encode(np.frombuffer(tile, np.uint8), owned=False)
 
-    def _encode(self, raw: np.ndarray) -> EncodedTile:
-        prev, self._prev = self._prev, raw
+    def _encode(self, raw: np.ndarray, *, owned: bool) -> EncodedTile:
+        prev, self._prev = self._prev, None
         self._seq += 1
         payload: Any = raw
         key = True
-        if prev is not None and prev.shape == raw.shape and self._skip:
+        if self._skip:
             self._skip -= 1
-            self._spare = prev
         elif prev is not None and prev.shape == raw.shape:
             sample = _sample(raw)
             xs = np.bitwise_xor(sample, _sample(prev))
@@ -161,8 +157,19 @@ class TileEncoder:
                     if self._xor is None or self._xor.shape != raw.shape:
                         self._xor = np.empty_like(raw)
                     payload = np.bitwise_xor(raw, prev, out=self._xor)
-            self._spare = prev
-        return EncodedTile(key, self._seq, int(raw.size), lz4.block.compress(payload, store_size=False))
+        data = lz4.block.compress(payload, store_size=False)
+        if prev is not None:
+            self._spare = prev  # free for the next tile
+        if self._skip:  # the next tile goes as a key tile without the trial: it needs no base
+            if owned:
+                self._spare = raw
+        elif owned:
+            self._prev = raw
+        else:
+            spare, self._spare = self._spare, None
+            self._prev = spare if spare is not None and spare.shape == raw.shape else np.empty_like(raw)
+            np.copyto(self._prev, raw)
+        return EncodedTile(key, self._seq, int(raw.size), data)
 
 
 class TileDecoder:
