@@ -322,8 +322,8 @@ class RenderSessions:
     async def _render(handle: Any, entry: CachedScene, pose: Pose, tile: Tile) -> Any:
         """The tile in its raw wire layout (`frame_codec.raw_bytes`: RGBA8 rows, then half-float depth rows)."""
         if isinstance(handle, RunnerLease):
-            # the kernel writes the half-float depth; straight from the arena: the encoder copies it before
-            # this lease's next call
+            # the kernel writes the half-float depth; straight from the arena: the encoder is done with it
+            # (compressed, and copied if it is the next delta's base) before this lease's next call
             return await render_tile_view(handle, None, entry, pose, tile, 1, half_depth=True)
         if handle is None:
             rgba, depth = await trio.to_thread.run_sync(reference.render, entry.prepared(), pose, tile)

@@ -8,9 +8,9 @@ tile, no delta, also first and after a change of size). The colour is exact; dep
 at most 2**-11, +inf stays +inf: no hit), which halves it before compression.
 
 Payload: LZ4 block (fast mode, `LZ4_ACCELERATION`) of `rgba (h*w*4 bytes) || depth as <f2 (h*w*2 bytes)`,
-each XOR the previous tile's when `key` is false. The header `{"key", "n"}` travels beside it (the session's frame message); `n` is the raw size,
-which the decoder checks against the tile before decompressing (`lz4.block.decompress` with a known size: a
-hostile payload cannot expand past it).
+each XOR the previous tile's when `key` is false. The header `{"key", "n"}` travels beside it (the session's
+frame message); `n` is the raw size, which the decoder checks against the tile before decompressing
+(`lz4.block.decompress` with a known size: a hostile payload cannot expand past it).
 
 Encoder and decoder are plain objects (no I/O); one per tile of a session at each end. Both must see every
 tile in the same order: a decoder that was not fed a tile (or was fed one out of order) refuses the next delta
