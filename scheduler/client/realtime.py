@@ -249,7 +249,7 @@ class RealtimeSession:
     async def _direct_reader(self, t: int, call: ClientCall) -> None:
         """Tile t's stream from its worker (frames sent there come back there, without a tile index). Its tiles
         are decoded as they arrive, in the connection's reader task (no task switch per tile); this task reads
-        what that leaves: the final answer."""
+        what that leaves (the final answer, and tiles queued before the taker was set, handled alike)."""
 
         def take(item: dict[str, Any]) -> bool:
             if self._lost:
@@ -265,12 +265,10 @@ class RealtimeSession:
         try:
             while (item := await call.receive()) is not None:
                 if isinstance(item, dict):
-                    self._on_item({**item, "t": t})
+                    take(item)
             await call.result()
         except RpcError as e:
             self._fail(f"worker {self.workers[t]} lost: {e.code}: {e.message}")
-        except (SessionError, CodecError, ValueError, KeyError, TypeError) as e:
-            self._fail(f"bad message from worker {self.workers[t]}: {e}")
         finally:
             self._reader_done()
 
