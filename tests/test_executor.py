@@ -496,3 +496,22 @@ async def test_checksum_on_the_opencl_device_with_streamed_input():
         os_ = await short.wait()
         assert os_.state == "failed" and "ended after" in os_.error
         n.cancel_scope.cancel()
+
+
+def test_make_outcome_keeps_every_field_of_the_kinds_result_but_the_runs_own():
+    """make_outcome copies the kind's Result field by field (no `dataclasses.replace`): a field added to Result
+    and forgotten there fails here."""
+    import dataclasses
+
+    from worker.jobs import make_outcome
+
+    given = Result({"k": 1}, b"out", "j-1", 3, ok=True, error="", retryable=True, worker="peer", device="elsewhere",
+                   timings={"x": 1.0}, crashed=False)
+    out = make_outcome("j-1", "crashed", given, "boom", "dev0", queued_s=0.5, run_s=2.0, late=True)
+    own = {"ok": False, "error": "boom", "crashed": True, "device": "dev0", "timings": {"queue_s": 0.5, "run_s": 2.0}}
+    for f in dataclasses.fields(Result):
+        want = own[f.name] if f.name in own else getattr(given, f.name)
+        assert getattr(out.result, f.name) == want, f.name
+    assert out.state == "crashed" and out.late and out.job_id == "j-1"
+    assert make_outcome("j-2", "failed").result == dataclasses.replace(Result(), ok=False, timings={"queue_s": 0.0,
+                                                                                                    "run_s": 0.0})

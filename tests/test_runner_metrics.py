@@ -37,6 +37,8 @@ async def test_compute_metrics_counted_in_runners_reach_the_node():
             x, job = saxpy(a)
             out = await run_job(ex, f"m-{i}", "compute.opencl", msgpack.unpackb(msgpack.packb(job.spec)), job.input)
             assert out.ok, out.error
+            # counted by the time the job's outcome is out (the reply's metrics are counted as its runner goes back)
+            assert value("gpumesh_compute_jobs_total", outcome="ok") == before["gpumesh_compute_jobs_total"] + i + 1
         nursery.cancel_scope.cancel()
     assert value("gpumesh_compute_jobs_total", outcome="ok") == before["gpumesh_compute_jobs_total"] + 3
     assert value("gpumesh_compute_kernel_seconds_count") == before["gpumesh_compute_kernel_seconds_count"] + 3

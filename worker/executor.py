@@ -503,22 +503,24 @@ class Executor:
             state, error = "failed", f"{getattr(exc, 'type_name', type(exc).__name__)}: {exc}"
             log.info("job %s (%s) failed: %s", jid, job.kind.name, error)
         finally:
-            if lease is not None:
-                lease.release()
-            now = trio.current_time()
-            e = self._core.finish(jid, now)
-            if state == "failed" and error is None:  # cancelled from outside (executor stopping)
-                state, error = "cancelled", "executor stopped"
-            late = bool(job.req.deadline is not None and job.handle.priority is Priority.REALTIME
-                        and now > job.req.deadline)
-            if late:
-                DEADLINE_MISSES.inc()
-            started = e.started_at if e is not None and e.started_at is not None else now
-            self._end(job, e, make_outcome(jid, state, result, error, job.device.id,
-                                      queued_s=(started - e.enqueued_at) if e else 0.0, run_s=now - started,
-                                      late=late))
-            RUN_TIME.labels(job.kind.name).observe(now - started)
-            self._dispatch()
+            try:
+                now = trio.current_time()
+                e = self._core.finish(jid, now)
+                if state == "failed" and error is None:  # cancelled from outside (executor stopping)
+                    state, error = "cancelled", "executor stopped"
+                late = bool(job.req.deadline is not None and job.handle.priority is Priority.REALTIME
+                            and now > job.req.deadline)
+                if late:
+                    DEADLINE_MISSES.inc()
+                started = e.started_at if e is not None and e.started_at is not None else now
+                self._end(job, e, make_outcome(jid, state, result, error, job.device.id,
+                                               queued_s=(started - e.enqueued_at) if e else 0.0,
+                                               run_s=now - started, late=late))
+                RUN_TIME.labels(job.kind.name).observe(now - started)
+                self._dispatch()
+            finally:
+                if lease is not None:  # after the outcome is out: the runner's metrics are counted here
+                    lease.release()
 
     def _end(self, job: _Job, entry: Entry | None, outcome: Outcome) -> None:
         self._jobs.pop(job.req.job_id, None)

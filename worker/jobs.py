@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -92,9 +92,11 @@ class Outcome:
 def make_outcome(job_id: str, state: str, result: Result | None = None, error: str | None = None, device_id: str = "",
              queued_s: float = 0.0, run_s: float = 0.0, late: bool = False) -> Outcome:
     """The Outcome of a job that ended in `state`: the kind's `result` (if it returned one) completed."""
-    return Outcome(job_id, state, replace(result or Result(), ok=state == "done", error=error or "",
-                                          crashed=state == "crashed", device=device_id,
-                                          timings={"queue_s": queued_s, "run_s": run_s}), late)
+    r = result or Result()
+    return Outcome(job_id, state, Result(  # every field of `r`, the run's own set here (not `replace`: ~4x slower)
+        r.body, r.output, r.job_id, r.attempt, ok=state == "done", error=error or "", retryable=r.retryable,
+        output_size=r.output_size, output_sha256=r.output_sha256, worker=r.worker, device=device_id,
+        timings={"queue_s": queued_s, "run_s": run_s}, crashed=state == "crashed"), late)
 
 
 class JobHandle:

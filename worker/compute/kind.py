@@ -176,7 +176,8 @@ class ComputeOpenCL(JobKind):
             body, out = res.to_wire()
         else:
             raise NoOpenCLDevice("compute.opencl needs an OpenCL device: arbitrary kernels have no CPU path")
-        if out and faults.current().corrupts_compute(self.spec_of(ctx.spec).kernels()):
+        fault = faults.current()
+        if out and fault.corrupt_compute and fault.corrupts_compute(self.spec_of(ctx.spec).kernels()):
             log.warning("this node CORRUPTS the output of compute job %s (test-only fault hook)", ctx.job_id)
             out = bytes([out[0] ^ 1]) + out[1:]
         return Result(body, out or None)

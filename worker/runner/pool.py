@@ -173,6 +173,7 @@ class DevicePool:
 
     def release(self, r: Runner) -> None:
         r.leased = False
+        r.count_relayed()
         r.drop_big_arena()
         if r.dead.is_set():
             r.close()

@@ -89,6 +89,7 @@ class Runner:
         self.kill_cause = ""
         self._reader = FrameReader()
         self._seq = 0
+        self._relayed: Any = None  # the metrics the last reply carried, not counted yet (`count_relayed`)
 
     @property
     def pid(self) -> int:
@@ -137,6 +138,13 @@ class Runner:
         replaced); the error for the job it held."""
         self.kill(f"runner crashed: protocol violation ({why}) in {self.status.read()}", "protocol")
         return RunnerCrashed(self.killed)
+
+    def count_relayed(self) -> None:
+        """Count the metrics the last reply carried (`metric_relay`): a call counts them once its next call is on
+        its way to the runner, the pool when the runner is released, so that no reply waits for them."""
+        batch, self._relayed = self._relayed, None
+        if batch is not None:
+            metric_relay.apply(batch)
 
     def close(self) -> None:
         if self.sock is not None and self.sock.fileno() >= 0:
@@ -231,6 +239,7 @@ class Runner:
             self.arena.view[off:off + n] = memoryview(data).cast("B")
         try:
             await self._send_with_arena(msg)
+            self.count_relayed()  # the last call's metrics, while the runner works on this one
             while True:
                 with trio.move_on_at(ctl.deadline) as scope:
                     m = await self._recv()
@@ -243,7 +252,8 @@ class Runner:
                     continue
                 t = m["t"]
                 if t in ("res", "err"):
-                    metric_relay.apply(m.get("m"))
+                    self.count_relayed()
+                    self._relayed = m.get("m")  # counted off the reply's path: by the next call or the release
                 if t == "res":
                     return Reply(self._body(m.get("body")), self._outs(m.get("outs")))
                 if t == "err":
