@@ -204,12 +204,16 @@ async def test_a_lost_worker_s_jobs_run_again_through_the_gateway(tmp_path):
             async def run_some() -> None:
                 results.extend(await lease.run_many([{"seconds": 2}] * 3, max_attempts=3))
 
+            answered: list = []
             async with trio.open_nursery() as n:
                 n.start_soon(run_some)
                 await until(lambda: metric_sum(victim, "gpumesh_executor_running_jobs") >= 1, 30, "the jobs to start")
+                # a fourth job sent without a task (the blocking SDK's way): told it did not run there, to run again
+                assert lease.result_soon({"seconds": 2}, answered.append)
                 victim.kill()
             assert len(results) == 3 and all(r.ok for r in results), [(r.state, r.reason) for r in results]
             assert lease.stats["through_gateway"] == 3 and all(r.worker != victim.peer_id for r in results)
+            await until(lambda: answered == [None], 30, "the task-less job to be told the lease is gone")
     finally:
         stop_all(nodes)
 
@@ -318,6 +322,38 @@ async def test_compute_jobs_on_a_lease_equal_numpy_and_verified_ones_are_journal
                                    global_size=256, verify="redundant")
         np.testing.assert_allclose(verified, 2 * x + y)
         assert m.lease.stats["on_lease"] == 2  # two copies on two workers: never on the one leased worker
+
+
+def test_a_blocking_mesh_runs_a_job_again_on_its_lease_without_a_task(mesh, monkeypatch):
+    """`Mesh.run` of a job already run (its precheck passed) goes on the lease from the calling thread's hand-off
+    (`JobLease.result_soon`), not through a task's `JobLease.result`; its outputs equal numpy's each time, and a
+    refusal still raises as the job's."""
+    from scheduler.client.compute_outcomes import ComputeRefused
+    from scheduler.client.compute_sdk import InOut, Mesh, make_job
+    from scheduler.client.job_lease import JobLease
+    saxpy = open("examples/compute/saxpy.cl").read()
+    x = np.arange(64, dtype=np.float32)
+    awaited: list = []
+    result = JobLease.result
+
+    async def counted(self, *a, **kw):
+        awaited.append(1)
+        return await result(self, *a, **kw)
+
+    monkeypatch.setattr(JobLease, "result", counted)
+    with Mesh.local(mesh[0].data_dir, lease=True) as m:
+        for a in (2.0, 3.0, 4.0, 5.0):
+            job = make_job(saxpy, "saxpy", [np.uint32(64), np.float32(a), x, InOut(x.copy(), "y")], global_size=64)
+            for _ in range(3):
+                np.testing.assert_allclose(m.run(job)["y"], a * x + x)
+        assert m.client is not None and m._amesh.lease is not None
+        assert len(awaited) == 4 and m._amesh.lease.stats["on_lease"] == 12  # each job's first run only
+        bad = make_job(saxpy, "saxpy", [np.uint32(64), np.float32(1.0), x, InOut(x.copy(), "y")], global_size=64)
+        m.run(bad)
+        bad.spec["kernel"] = "no_such_kernel"  # the same spec object, prechecked: straight to the lease
+        with pytest.raises(ComputeRefused):
+            m.run(bad)
+        assert len(awaited) == 5
 
 
 def test_a_blocking_mesh_gives_its_lease_back_on_close(mesh):

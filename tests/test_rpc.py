@@ -280,6 +280,54 @@ async def test_sync_client_call_in_flight_when_closed_raises_instead_of_hanging(
             await trio.to_thread.run_sync(blocking_user)
 
 
+async def test_sync_client_run_soon_is_answered_by_a_callback_on_the_loop():
+    """`run_soon(start)`: `start(done)` runs on the private loop; its later `done(value)` (here from a callback the
+    loop runs) answers the blocked caller; a start that declines gives (False, None), one that raises raises in
+    the caller; a caller whose answer never comes gets RuntimeError once another thread closes the client."""
+    import threading
+
+    async with rpc_server() as (t, _ev):
+        def blocking_user():
+            c = SyncMeshClient(f"127.0.0.1:{t.port}", peer_id=t.peer_id)
+            on_loop: list[bool] = []
+
+            def start(done):
+                on_loop.append(threading.current_thread() is c._thread)
+                trio.lowlevel.current_trio_token().run_sync_soon(done, 42)  # answered later, by the loop
+                return True
+
+            assert c.run_soon(start) == (True, 42) and on_loop == [True]
+            assert c.run_soon(lambda done: False) == (False, None)
+
+            def broken(done):
+                raise ValueError("no such thing")
+
+            with pytest.raises(ValueError, match="no such thing"):
+                c.run_soon(broken)
+            assert c.call("echo", {"c": 3})["body"] == {"c": 3}  # the loop carries on
+            errors: list[BaseException] = []
+            waiting = threading.Event()
+
+            def never_answered():
+                try:
+                    c.run_soon(lambda done: waiting.set() or True)
+                except BaseException as e:  # noqa: BLE001 - what the caller sees
+                    errors.append(e)
+
+            th = threading.Thread(target=never_answered)
+            th.start()
+            assert waiting.wait(30)  # started on the loop: its caller waits for an answer that will not come
+            c.close()
+            th.join(30)
+            assert not th.is_alive() and len(errors) == 1
+            assert isinstance(errors[0], RuntimeError) and "closed" in str(errors[0])
+            with pytest.raises(RuntimeError, match="closed"):
+                c.run_soon(start)
+
+        with trio.fail_after(60):
+            await trio.to_thread.run_sync(blocking_user)
+
+
 async def test_sync_client_reports_connect_errors():
     async with rpc_server() as (t, _ev):
         def wrong_id():

@@ -359,6 +359,10 @@ class SyncClient:
         """Run `await fn(*args, **kw)` on the private loop (for async APIs built on `client`)."""
         return self._rpc.run_async(fn, *args, **kw)
 
+    def run_soon(self, start: Any) -> tuple[bool, Any]:
+        """`SyncMeshClient.run_soon` on the private loop (a call a callback answers, without a task)."""
+        return self._rpc.run_soon(start)
+
     def submit(self, kind: str, spec: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
         return self._rpc.run_async(self._client.submit, kind, spec, **kw)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,12 @@ FALLBACK_CODES = frozenset({"busy", "too_large", "unavailable"})  # worker refus
 class _Wait:
     done: trio.Event = field(default_factory=trio.Event)
     result: JobResult | None = None  # None once done: not run on the lease (run it through the gateway)
+    then: Callable[[JobResult | None], None] | None = None  # instead of a waiting task (`_Held.run_soon`)
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.then is not None:
+            self.then(self.result)
 
 
 class _Held:
@@ -80,6 +86,29 @@ class _Held:
             await w.done.wait()
             self.last_used = trio.current_time()
             return w.result
+
+    def run_soon(self, job: dict[str, Any], then: Callable[[JobResult | None], None]) -> bool:
+        """`run` without a waiting task: False (nothing sent) when the lease is lost or its slots are all in use;
+        else the job is on its way and `then(result or None)` is called once it ends, from the task that learns
+        it (the connection's reader, or whichever ends the lease): it must not block, nor raise."""
+        if self.lost:
+            return False
+        borrower = object()
+        try:
+            self.limiter.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            return False
+
+        def ended(result: JobResult | None) -> None:
+            self.limiter.release_on_behalf_of(borrower)
+            self.last_used = trio.current_time()
+            then(result)
+
+        n = next(self._ids)
+        self.pending[n] = _Wait(then=ended)
+        self.last_used = trio.current_time()
+        self._outbox.put({"n": n, "job": job})
+        return True
 
     async def _send(self, batch: list[dict[str, Any]]) -> None:
         if self.lost:
@@ -116,7 +145,7 @@ class _Held:
                 w.result = JobResult(job_id, str(item.get("state", "")), str(item.get("reason", "")), result)
             except (WireError, ValueError, TypeError) as e:
                 w.result = JobResult(job_id, "failed", f"the worker's answer does not decode: {e}")
-        w.done.set()
+        w.finish()
 
     def lose(self, why: str) -> None:
         """The lease is over: what waits on it goes through the gateway."""
@@ -124,9 +153,10 @@ class _Held:
             log.info("lease %s on %s ended (%s): %d job(s) in flight go through the gateway", self.lease_id,
                      self.worker[-12:], why, len(self.pending))
         self.lost = True
-        for w in self.pending.values():
-            w.done.set()
+        waits = list(self.pending.values())
         self.pending.clear()
+        for w in waits:
+            w.finish()
 
 
 class JobLease:
@@ -187,6 +217,24 @@ class JobLease:
         self.stats["through_gateway"] += 1
         ans, res = await self.client.submit_wait(self.kind, spec, input=input, **kw)
         return res if res is not None else JobResult(ans.get("id", ""), "rejected", ans.get("message", ""))
+
+    def result_soon(self, spec: dict[str, Any] | None, then: Callable[[JobResult | None], None], *,
+                    input: bytes | None = None, **kw: Any) -> bool:
+        """`result` without a task, for a caller on another thread (the blocking SDK, `compute_sdk.Mesh`): when a
+        lease is held and has a free slot, the job is sent at once and True returned; `then(JobResult)` is called
+        when it ends, `then(None)` when it did not run on the lease (run it with `result`, which falls back to
+        the gateway). False: nothing was sent (no lease held now, no free slot, an input too large to ride
+        inline): use `result`. `then` runs on the event loop: it must not block, nor raise."""
+        held = self._held
+        if held is None or held.lost or (input is not None and len(input) > INLINE_INPUT_LIMIT):
+            return False
+
+        def ended(res: JobResult | None) -> None:
+            if res is not None:
+                self.stats["on_lease"] += 1
+            then(res)
+
+        return held.run_soon(self._wire(spec, input, kw), ended)
 
     async def run_many(self, specs: Iterable[dict[str, Any]], *, inputs: Iterable[bytes | None] | None = None,
                        **kw: Any) -> list[JobResult]:
