@@ -132,6 +132,10 @@ class Requirements:
 
     def merged(self, other: Requirements) -> Requirements:
         """The stricter of two (a kind's own needs and the client's)."""
+        if other == NO_REQUIREMENTS:  # the common case (a job that asks for nothing): no new object
+            return self
+        if self == NO_REQUIREMENTS:
+            return other
         if self.device_kind and other.device_kind and self.device_kind != other.device_kind:
             raise ValueError(f"conflicting device kinds {self.device_kind!r} and {other.device_kind!r}")
         return Requirements(
@@ -157,7 +161,7 @@ class Requirements:
     @classmethod
     def from_wire(cls, d: Any) -> Requirements:
         if d is None:
-            return cls()
+            return NO_REQUIREMENTS
         if not isinstance(d, dict):
             raise ValueError("requirements must be a map")
         unknown = set(d) - set(_REQ_TYPES)
@@ -174,6 +178,8 @@ class Requirements:
             kw[k] = tuple(v) if isinstance(v, list | tuple) else float(v) if isinstance(v, int | float) and float in want else v
         return cls(**kw)
 
+
+NO_REQUIREMENTS = Requirements()  # frozen: one shared instance for "no constraint"
 
 _REQ_TYPES: dict[str, tuple[type, ...]] = {
     "device_kind": (str, type(None)), "min_memory_bytes": (int,), "fp64": (bool,), "int64": (bool,),

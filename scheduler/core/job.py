@@ -118,8 +118,10 @@ class Job:
                 object.__setattr__(self, "input_size", len(self.input))
             if self.input_size != len(self.input):
                 raise WireError("invalid", f"job: input_size {self.input_size} != inline input length {len(self.input)}")
-        object.__setattr__(self, "priority", Priority(self.priority))
-        object.__setattr__(self, "when_saturated", WhenSaturated(self.when_saturated))
+        if type(self.priority) is not Priority:
+            object.__setattr__(self, "priority", Priority(self.priority))
+        if type(self.when_saturated) is not WhenSaturated:
+            object.__setattr__(self, "when_saturated", WhenSaturated(self.when_saturated))
 
     @property
     def inline(self) -> bool:

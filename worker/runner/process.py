@@ -179,13 +179,15 @@ class Runner:
         except OSError:  # the runner is gone (a broken pipe, a reset): as when its end of the socket closes
             raise EOFError from None
 
-    async def _recv(self) -> dict[str, Any]:
+    async def _recv(self, *, just_sent: bool = False) -> dict[str, Any]:
+        """The runner's next frame. `just_sent`: right after a frame it answers (its answer cannot be here yet)."""
         while True:
             msg = self._reader.next()
             if msg is not None:
                 return msg
-            try:
-                data = await recv_some(self.sock)  # plain recv: file descriptors from a runner are dropped
+            try:  # plain recv: file descriptors from a runner are dropped
+                data = await recv_some(self.sock, wait_first=just_sent)
+                just_sent = False
             except OSError:
                 data = b""
             if not data:
@@ -240,9 +242,11 @@ class Runner:
         try:
             await self._send_with_arena(msg)
             self.count_relayed()  # the last call's metrics, while the runner works on this one
+            just_sent = True
             while True:
                 with trio.move_on_at(ctl.deadline) as scope:
-                    m = await self._recv()
+                    m = await self._recv(just_sent=just_sent)
+                just_sent = False
                 if scope.cancelled_caught:
                     where = self.status.read()
                     self.kill(f"exceeded time limit of {limit_s:g} s in {where} (runner killed and replaced)",
@@ -265,6 +269,7 @@ class Runner:
                     raise err
                 if t == "ask":
                     await self._answer(m, c, ctl, on_ask, checkpoint)
+                    just_sent = True
         except EOFError:
             await self._reap()
             if self.killed is not None:

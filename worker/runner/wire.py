@@ -89,8 +89,11 @@ async def send_all(sock: socket.socket, data: bytes, fd: int | None = None) -> N
             await trio.lowlevel.wait_writable(sock.fileno())
 
 
-async def recv_some(sock: socket.socket) -> bytes:
-    """What the socket has (b"" at EOF); waits in trio until it has something. File descriptors are dropped."""
+async def recv_some(sock: socket.socket, *, wait_first: bool = False) -> bytes:
+    """What the socket has (b"" at EOF); waits in trio until it has something. File descriptors are dropped.
+    `wait_first`: nothing can be there yet (the peer answers what was just sent): no recv that would only fail."""
+    if wait_first:
+        await trio.lowlevel.wait_readable(sock.fileno())
     while True:
         try:
             return sock.recv(RECV_CHUNK)
