@@ -524,5 +524,5 @@ class Executor:
 
     def _end(self, job: _Job, entry: Entry | None, outcome: Outcome) -> None:
         self._jobs.pop(job.req.job_id, None)
+        job.handle._finish(outcome)  # first: its callbacks may send the outcome on its way
         JOBS.labels(job.kind.name, outcome.state).inc()
-        job.handle._finish(outcome)

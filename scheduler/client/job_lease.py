@@ -100,9 +100,9 @@ class _Held:
             return False
 
         def ended(result: JobResult | None) -> None:
+            then(result)  # first: the caller's thread wakes meanwhile
             self.limiter.release_on_behalf_of(borrower)
             self.last_used = trio.current_time()
-            then(result)
 
         n = next(self._ids)
         self.pending[n] = _Wait(then=ended)

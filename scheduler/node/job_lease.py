@@ -408,6 +408,19 @@ class _LeaseRun:
         g = self.g
         if self.in_flight.pop(n, None) is None:
             return
+        output = outcome.result.output or b""
+        if len(output) > LEASE_INLINE_OUTPUT:
+            # too large for the lease's frames: the client runs it through its gateway, which streams outputs
+            self._answers.put(_error(n, "too_large", f"an output of {len(output)} bytes is over the lease's "
+                                                     f"{LEASE_INLINE_OUTPUT}-byte inline limit"))
+        else:
+            result = outcome.result.to_wire()  # the output's bytes are never in it: they go in "out"
+            result.update(id=job_id, attempt=1, worker=self.w.peer_id)
+            item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "", "result": result}
+            if output:
+                item["out"] = bytes(output)
+            self._answers.put(item)
+        # the answer is on its way: the lease's accounting now
         if not self.in_flight:
             self._none_left.set()
         g.jobs += 1
@@ -417,18 +430,6 @@ class _LeaseRun:
         if outcome.state != "done":
             g.failed += 1
         LEASE_JOBS.labels(outcome.state).inc()
-        output = outcome.result.output or b""
-        if len(output) > LEASE_INLINE_OUTPUT:
-            # too large for the lease's frames: the client runs it through its gateway, which streams outputs
-            self._answers.put(_error(n, "too_large", f"an output of {len(output)} bytes is over the lease's "
-                                                     f"{LEASE_INLINE_OUTPUT}-byte inline limit"))
-            return
-        result = outcome.result.to_wire()  # the output's bytes are never in it: they go in "out"
-        result.update(id=job_id, attempt=1, worker=self.w.peer_id)
-        item: dict[str, Any] = {"n": n, "state": outcome.state, "reason": outcome.error or "", "result": result}
-        if output:
-            item["out"] = bytes(output)
-        self._answers.put(item)
 
 
 __all__ = ["LeaseError", "LeaseTerms", "LeaseWorker", "until_done_sending"]

@@ -231,7 +231,6 @@ class Runner:
         self.drop_big_arena()
         self._seq += 1
         c = self._seq
-        count_call(task)
         ctl = CallControl(self, trio.current_time() + (limit_s if limit_s is not None else math.inf))
         msg: dict[str, Any] = {"t": "call", "c": c, "task": task, "args": args, "cpu_s": cpu_s,
                                **self._ensure_arena(max(arena_bytes, 1))}
@@ -241,7 +240,8 @@ class Runner:
             self.arena.view[off:off + n] = memoryview(data).cast("B")
         try:
             await self._send_with_arena(msg)
-            self.count_relayed()  # the last call's metrics, while the runner works on this one
+            count_call(task)  # counted while the runner works
+            self.count_relayed()  # the last call's metrics, likewise
             just_sent = True
             while True:
                 with trio.move_on_at(ctl.deadline) as scope:
