@@ -154,20 +154,25 @@ async def test_hostile_job_items_are_refused_one_by_one(mesh):
         try:
             async with dial(offer, "lease") as rpc, \
                     rpc.open("lease.run", {"ticket": offer["ticket"]}, uploads=True) as run:
+                fine = new_job("echo", {"x": "y" * 10}).to_wire(now)
                 items = [
                     {"n": 1, "job": {"v": 1, "t": "job"}},                               # does not decode
                     {"n": 2, "job": new_job("sleep", {"seconds": 0}).to_wire(now)},    # not the lease's kind
-                    {"n": 3, "job": new_job("echo", {"x": "y" * 10}).to_wire(now)},    # fine
+                    {"n": 3, "job": fine},                                               # fine
                     {"n": 4, "job": "nope"},
+                    # equal in value to the fine job (True == 1, 3.0 == 3) but not well-typed: refused even so
+                    {"n": 5, "job": {**fine, "max_attempts": float(fine["max_attempts"])}},
+                    {"n": 6, "job": {**fine, "v": True}},
+                    {"n": 7, "job": dict(fine)},                                         # the same job again: fine
                 ]
                 await run.send({"jobs": items})
                 got: dict[int, dict] = {}
-                while len(got) < 4:
+                while len(got) < 7:
                     for it in (await run.receive())["items"]:
                         got[it["n"]] = it
-                assert got[1]["error"]["code"] == "invalid" and got[4]["error"]["code"] == "invalid"
+                assert [got[i]["error"]["code"] for i in (1, 4, 5, 6)] == ["invalid"] * 4
                 assert got[2]["error"]["code"] == "forbidden"
-                assert got[3]["state"] == "done"
+                assert got[3]["state"] == "done" and got[7]["state"] == "done"
                 # a frame that is not {jobs: [1..256 items]} ends the stream with an error
                 await run.send({"jobs": [{"n": -1, "job": {}}]})
                 with pytest.raises(RpcError) as e:

@@ -32,7 +32,7 @@ def check_version(d: Any, type_: str) -> None:
     if not isinstance(d, dict):
         raise WireError("malformed", f"{type_}: expected a map, got {type(d).__name__}")
     v = d.get("v")
-    if v != WIRE_VERSION:
+    if type(v) is not int or v != WIRE_VERSION:  # not True, nor 1.0
         raise WireError("version", f"{type_}: wire version {v!r} not supported (this node speaks {WIRE_VERSION})")
     t = d.get("t")
     if t != type_:
