@@ -115,6 +115,30 @@ async def test_a_frame_that_cannot_make_its_deadline_is_dropped_before_rendering
     assert metric(worker, "gpumesh_render_session_tiles_total", 'outcome="dropped_deadline"') == before + 1
 
 
+async def test_frames_sent_straight_to_a_worker_are_checked_as_they_arrive(mesh):
+    """On a client's direct stream the worker takes frames in the connection's reader: a frame whose index is not
+    after the last one is answered dropped (stale) and counted, and the session carries on; a frame that does not
+    parse ends that worker's part of the session with the reason, which the client sees."""
+    worker = mesh[1]
+    scene = example("spheres", W, H)
+    pose = orbit((0.0, 0.3, 0.0), 2.6, 1.0, 8)[2]
+    before = metric(worker, "gpumesh_render_session_tiles_total", 'outcome="dropped_stale"')
+    async with connect(mesh[0]) as c:
+        with contextlib.suppress(SessionLost):  # leaving a lost session may say so again
+            async with open_session(c, scene, fps=SLOW_FPS, deadline_ms=GENEROUS_MS, peers=[worker.peer_id]) as s:
+                assert sorted(s.direct) == [0]
+                assert not (await s.render(pose)).dropped
+                await s.direct[0].send({"f": 0, "pose": pose.to_dict()})  # index 0 again
+                await until(lambda: metric(worker, "gpumesh_render_session_tiles_total",
+                                           'outcome="dropped_stale"') == before + 1, 30, "the stale frame's drop")
+                assert not (await s.render(pose)).dropped  # frame 1: the session carries on
+                await s.direct[0].send({"f": "two", "pose": pose.to_dict()})
+                lost = await s.render(pose)
+                assert lost.dropped and "frame index must be a non-negative integer" in lost.reason, lost.reason
+                with pytest.raises(SessionLost):
+                    await s.render(pose)
+
+
 async def test_slots_are_held_during_a_session_and_released_when_it_closes(mesh):
     worker = mesh[1]
     scene = example("spheres", W, H)

@@ -32,8 +32,10 @@ import logging
 import math
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import trio
@@ -237,15 +239,44 @@ class RenderSessions:
             SESSION_FRAMES.labels(f"dropped_{d.reason}").inc()
             await send({"f": d.index, "drop": f"{d.reason}: {d.detail}"})
 
+        late_drops: deque[Drop] = deque()  # dropped as frames arrived, when their notice could not go at once
+
+        def take(source: Duplex, item: Any) -> bool:
+            """A frame, in the connection's reader task as it arrives (no task switch per frame): queued, and the
+            renderer woken. One that does not parse is left to `reader`, which raises there."""
+            if source is not out:  # relayed by the gateway after the client attached: the client's own wins
+                return True
+            try:
+                frame = parse_frame(item, req.deadline_ms)
+            except SessionError:
+                return False
+            for d in tile.arrive(frame, trio.current_time()):
+                notice = {"f": d.index, "drop": f"{d.reason}: {d.detail}"}
+                if late_drops or lock.locked() or not out.send_nowait(notice):
+                    late_drops.append(d)  # in order, by the renderer
+                else:
+                    SESSION_FRAMES.labels(f"dropped_{d.reason}").inc()
+            wake.set()
+            return True
+
         async def reader(source: Duplex) -> None:
             nonlocal wake, ended
-            while (item := await source.receive()) is not None:
-                if source is not out:  # relayed by the gateway after the client attached: the client's own wins
-                    continue
-                frame = parse_frame(item, req.deadline_ms)
-                for d in tile.arrive(frame, trio.current_time()):
-                    await send_drop(d)
-                wake.set()
+            on_items = getattr(source, "on_items", None)  # a stream's (not an in-process pipe's)
+            if on_items is not None:
+                on_items(partial(take, source))
+            try:
+                while (item := await source.receive()) is not None:  # what `take` left, and the end
+                    if source is not out:
+                        continue
+                    frame = parse_frame(item, req.deadline_ms)
+                    for d in tile.arrive(frame, trio.current_time()):
+                        late_drops.append(d)
+                    while late_drops:
+                        await send_drop(late_drops.popleft())
+                    wake.set()
+            finally:
+                if on_items is not None:
+                    on_items(None)
             ended = True  # the gateway ended the session, or the attached client its frames
             wake.set()
 
@@ -263,6 +294,8 @@ class RenderSessions:
         async def renderer() -> None:
             nonlocal wake
             while True:
+                while late_drops:
+                    await send_drop(late_drops.popleft())
                 action = tile.next(trio.current_time())
                 if action is None:
                     if ended:
