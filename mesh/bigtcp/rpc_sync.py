@@ -94,20 +94,33 @@ class SyncMeshClient:
         assert self._client is not None
         return self._client
 
+    def _hand_off(self, what: str) -> tuple[threading.Lock, list[outcome.Outcome]]:
+        """For a call from another thread: a held lock its answer releases, and the box the answer goes in."""
+        if self._token is None or not self._thread.is_alive():
+            raise RuntimeError("SyncMeshClient is closed")
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"SyncMeshClient.{what} called from its own event loop (await the call instead)")
+        done = threading.Lock()
+        done.acquire()
+        return done, []
+
+    def _on_loop(self, fn: Callable[[], None]) -> None:
+        """Have the private loop call `fn` (a plain function) as soon as it can."""
+        token = self._token
+        try:
+            if token is None:
+                raise trio.RunFinishedError
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            raise RuntimeError("SyncMeshClient is closed") from None
+
     def run_async(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
         """Run `await fn(*args, **kw)` on the private loop and return its result (or raise its error).
 
         The hand-off is a task started in the loop's nursery and a lock the caller blocks on: about 30 us less
         per call than `trio.from_thread.run` (a system task and a queue) on a 2-core machine, where a blocking
         `Mesh.run` of a small job costs well under 2 ms in all."""
-        token = self._token
-        if token is None or not self._thread.is_alive():
-            raise RuntimeError("SyncMeshClient is closed")
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("SyncMeshClient.run_async called from its own event loop (await the call instead)")
-        done = threading.Lock()
-        done.acquire()
-        box: list[outcome.Outcome] = []
+        done, box = self._hand_off("run_async")
 
         async def go() -> None:
             try:
@@ -122,10 +135,7 @@ class SyncMeshClient:
                 box.append(outcome.Error(RuntimeError("SyncMeshClient is closed")))
                 done.release()
 
-        try:
-            token.run_sync_soon(start)
-        except trio.RunFinishedError:
-            raise RuntimeError("SyncMeshClient is closed") from None
+        self._on_loop(start)
         done.acquire()
         result = box[0]
         if isinstance(result, outcome.Error) and isinstance(result.error, trio.Cancelled):
@@ -137,35 +147,21 @@ class SyncMeshClient:
         has arranged for `done(value)` to be called on the loop later (a callback of the connection's reader),
         or False to decline. Blocks until then: (True, value), or (False, None) when it declined. No task is
         started on the loop: about 80 us less than `run_async` for a call that a callback can answer."""
-        token = self._token
-        if token is None or not self._thread.is_alive():
-            raise RuntimeError("SyncMeshClient is closed")
-        if threading.current_thread() is self._thread:
-            raise RuntimeError("SyncMeshClient.run_soon called from its own event loop")
-        done = threading.Lock()
-        done.acquire()
-        box: list[Any] = []
+        done, box = self._hand_off("run_soon")
 
-        def answer(value: Any) -> None:
+        def settle(result: outcome.Outcome) -> None:  # the first answer counts
             if not box:
-                box.append(outcome.Value((True, value)))
+                box.append(result)
                 done.release()
 
         def on_loop() -> None:
             try:
-                started = start(answer)
+                if not start(lambda value: settle(outcome.Value((True, value)))):
+                    settle(outcome.Value((False, None)))
             except BaseException as e:  # noqa: BLE001 - raised in the calling thread
-                box.append(outcome.Error(e))
-                done.release()
-                return
-            if not started and not box:
-                box.append(outcome.Value((False, None)))
-                done.release()
+                settle(outcome.Error(e))
 
-        try:
-            token.run_sync_soon(on_loop)
-        except trio.RunFinishedError:
-            raise RuntimeError("SyncMeshClient is closed") from None
+        self._on_loop(on_loop)
         while not done.acquire(timeout=1.0):
             if not self._thread.is_alive():
                 raise RuntimeError("SyncMeshClient closed while the call ran")
