@@ -29,6 +29,7 @@ Inputs ride inline in the spec up to `inline_limit` bytes in all; larger ones go
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,7 +139,7 @@ class ComputeJob:
     def reshape(self, res: ComputeResult) -> ComputeResult:
         for o in res.outputs:
             shape = self.shapes.get(o.index)
-            if shape is not None and int(np.prod(shape)) == o.array.size:
+            if shape is not None and math.prod(shape) == o.array.size:
                 o.array = o.array.reshape(shape)
         return res
 
