@@ -229,17 +229,22 @@ class RenderSessions:
 
         rendered = SESSION_FRAMES.labels("rendered")
 
+        def send_now(item: dict[str, Any]) -> bool:
+            """Sent without waiting (the common case: no task switch); False, nothing sent: use `send`."""
+            return not lock.locked() and out.send_nowait(item)
+
         async def send(item: dict[str, Any]) -> None:
-            if not lock.locked() and out.send_nowait(item):  # the common case: no task switch
+            if send_now(item):
                 return
             async with lock:
                 await out.send(item)
 
-        async def send_drop(d: Drop) -> None:
+        def dropped(d: Drop) -> dict[str, Any]:
+            """A dropped frame, counted; its notice to the client."""
             SESSION_FRAMES.labels(f"dropped_{d.reason}").inc()
-            await send({"f": d.index, "drop": f"{d.reason}: {d.detail}"})
+            return {"f": d.index, "drop": f"{d.reason}: {d.detail}"}
 
-        late_drops: deque[Drop] = deque()  # dropped as frames arrived, when their notice could not go at once
+        late_drops: deque[dict[str, Any]] = deque()  # notices of drops as frames arrived that could not go at once
 
         def take(source: Duplex, item: Any) -> bool:
             """A frame, in the connection's reader task as it arrives (no task switch per frame): queued, and the
@@ -251,29 +256,23 @@ class RenderSessions:
             except SessionError:
                 return False
             for d in tile.arrive(frame, trio.current_time()):
-                notice = {"f": d.index, "drop": f"{d.reason}: {d.detail}"}
-                if late_drops or lock.locked() or not out.send_nowait(notice):
-                    late_drops.append(d)  # in order, by the renderer
-                else:
-                    SESSION_FRAMES.labels(f"dropped_{d.reason}").inc()
+                notice = dropped(d)
+                if late_drops or not send_now(notice):
+                    late_drops.append(notice)  # in order, by the renderer
             wake.set()
             return True
 
         async def reader(source: Duplex) -> None:
-            nonlocal wake, ended
+            nonlocal ended
             on_items = getattr(source, "on_items", None)  # a stream's (not an in-process pipe's)
             if on_items is not None:
                 on_items(partial(take, source))
             try:
                 while (item := await source.receive()) is not None:  # what `take` left, and the end
-                    if source is not out:
-                        continue
-                    frame = parse_frame(item, req.deadline_ms)
-                    for d in tile.arrive(frame, trio.current_time()):
-                        late_drops.append(d)
+                    if not take(source, item):
+                        parse_frame(item, req.deadline_ms)  # raises why it does not parse
                     while late_drops:
-                        await send_drop(late_drops.popleft())
-                    wake.set()
+                        await send(late_drops.popleft())
             finally:
                 if on_items is not None:
                     on_items(None)
@@ -295,7 +294,7 @@ class RenderSessions:
             nonlocal wake
             while True:
                 while late_drops:
-                    await send_drop(late_drops.popleft())
+                    await send(late_drops.popleft())
                 action = tile.next(trio.current_time())
                 if action is None:
                     if ended:
@@ -304,7 +303,7 @@ class RenderSessions:
                     wake = trio.Event()
                     continue
                 if isinstance(action, Drop):
-                    await send_drop(action)
+                    await send(dropped(action))
                     continue
                 assert isinstance(action, Render)
                 waited = trio.current_time() - action.arrived

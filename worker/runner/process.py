@@ -255,8 +255,7 @@ class Runner:
                 if m.get("c") != c:
                     continue
                 t = m["t"]
-                if t in ("res", "err"):
-                    self.count_relayed()
+                if t in ("res", "err"):  # the last call's were counted once this call was sent
                     self._relayed = m.get("m")  # counted off the reply's path: by the next call or the release
                 if t == "res":
                     return Reply(self._body(m.get("body")), self._outs(m.get("outs")))

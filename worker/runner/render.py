@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 
 from worker.render.camera import Tile
+from worker.render.frame_codec import BYTES_PER_PIXEL
 from worker.render.frame_spec import decode_scene, encode_scene
 from worker.render.scene import pose_from_dict
 from worker.render.scene_cache import SceneCache
+from worker.render.tile_output import OUTPUT_BYTES_PER_PIXEL
 from worker.render.tiling import bands
 from worker.runner.pool import RunnerLease, TaskFailed
 
@@ -90,7 +92,7 @@ async def render_tile_view(lease: RunnerLease, checkpoint: Callable[[], Awaitabl
     await lease.acquire()
     held: set[str] = lease.state.setdefault("scenes", set())
     npx = tile.w * tile.h
-    out_n = npx * (6 if half_depth else 8)
+    out_n = npx * (BYTES_PER_PIXEL if half_depth else OUTPUT_BYTES_PER_PIXEL)  # the wire's layout, or the job's
     pose_d = {"position": [float(c) for c in pose.position], "orientation": [float(c) for c in pose.orientation]}
     for attempt in range(2):
         scene = b"" if entry.hash in held else encode_scene(entry.scene)
