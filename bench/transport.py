@@ -20,6 +20,11 @@ Round trips (TLS, 5000 sequential, after a warm-up):
   tls_wire_rtt_p50_us       the same over our TlsWire alone (non-blocking socket + ssl.SSLObject, no frames,
                             no streams): the floor of the transport's design; rpc_rtt minus this is the cost
                             of framing, mux, streams and the RPC layer
+  wake_rtt_p50_us           a 1-byte ping-pong with a plain child process over a Unix socketpair, blocking calls,
+                            the processes where the scheduler puts them: two process wake-ups and nothing else
+                            (no event loop, TLS or TCP), the floor under every hop between processes
+  wake_rtt_one_cpu_p50_us   the same with both processes pinned to one CPU: a wake-up without a cross-CPU
+                            interrupt (what it costs to wake an idle CPU is wake_rtt minus this, per 2 wake-ups)
   requests_per_s            RPCs per second with 32 concurrent callers on one connection
 """
 
@@ -29,6 +34,8 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
+import subprocess
+import sys
 import time
 
 import trio
@@ -40,6 +47,7 @@ TOTAL = GiB
 RUNS = 3
 LIBP2P_BYTES = 64 * MiB
 RTT_N = 5000
+WAKE_N = 20000
 RPS_WORKERS, RPS_CALLS = 32, 300
 PROTO = "/gpumesh/bench/1.0.0"
 
@@ -439,6 +447,45 @@ async def _client_main(ports: dict) -> dict:
     return res
 
 
+_WAKE_ECHO = """
+import socket, sys
+s = socket.socket(fileno=int(sys.argv[1]))
+while (d := s.recv(64)) and d != b"q":
+    s.send(d)
+"""
+
+
+def _wake_rtt(one_cpu: bool) -> list[float]:
+    """1-byte ping-pong with a plain blocking child process over a Unix socketpair (no event loop, no TLS, no TCP):
+    each round trip is two process wake-ups. `one_cpu`: both pinned to one CPU of this process's set."""
+    a, b = socket.socketpair()
+    child = subprocess.Popen([sys.executable, "-c", _WAKE_ECHO, str(b.fileno())], pass_fds=[b.fileno()])
+    b.close()
+    saved = os.sched_getaffinity(0)
+    out = []
+    try:
+        if one_cpu:
+            cpu = {min(saved)}
+            os.sched_setaffinity(0, cpu)
+            os.sched_setaffinity(child.pid, cpu)
+        for i in range(WAKE_N + 1000):
+            t0 = time.perf_counter()
+            a.send(b"x")
+            if not a.recv(64):
+                raise EOFError("wake-up echo process ended")
+            if i >= 1000:
+                out.append(time.perf_counter() - t0)
+        a.send(b"q")
+    finally:
+        os.sched_setaffinity(0, saved)
+        a.close()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return out
+
+
 def run() -> dict:
     t_start = time.perf_counter()
     load_before = os.getloadavg()[0]
@@ -451,6 +498,10 @@ def run() -> dict:
             raise RuntimeError("benchmark peer process did not start")
         ports = parent.recv()
         res = trio.run(_client_main, ports)
+        for key, one_cpu in (("wake_rtt", False), ("wake_rtt_one_cpu", True)):
+            rtts = _wake_rtt(one_cpu)
+            res[f"{key}_p50_us"] = round(_pct(rtts, 0.5) * 1e6, 1)
+            res[f"{key}_p99_us"] = round(_pct(rtts, 0.99) * 1e6, 1)
         parent.send("stop")
         proc.join(10)
     finally:
@@ -484,6 +535,9 @@ def table(r: dict) -> list[tuple[str, str]]:
          f"{r['raw_tls_rtt_p50_us']:.0f} / {r['raw_tls_rtt_p99_us']:.0f} us"),
         ("64-byte ping-pong, our TlsWire alone (no frames/streams), p50 / p99",
          f"{r['tls_wire_rtt_p50_us']:.0f} / {r['tls_wire_rtt_p99_us']:.0f} us"),
+        ("1-byte ping-pong, two plain processes, Unix socketpair: as scheduled / on one CPU, p50",
+         f"{r['wake_rtt_p50_us']:.0f} / {r['wake_rtt_one_cpu_p50_us']:.0f} us (two process wake-ups: the floor "
+         "under every hop)"),
         ("RPC requests/s, 32 concurrent callers, TLS", f"{r['requests_per_s']:.0f}"),
         ("load average (1 min) before / after", f"{r['loadavg_1m_before']} / {r['loadavg_1m_after']} (2 shared cores)"),
     ]
