@@ -54,6 +54,21 @@ async def test_three_nodes_converge_then_a_stopped_node_expires():
         nursery.cancel_scope.cancel()
 
 
+async def test_peers_that_share_only_a_bootstrap_dial_each_other_from_adverts():
+    """Nodes 1 and 2 know only node 0; each learns the other's address from its advert and connects to it directly
+    (a mesh with fewer than TARGET_CONNECTIONS connections dials the peers it hears of)."""
+    async with trio.open_nursery() as nursery:
+        nodes = await start(nursery, 3)
+        (_, _), (b, _), (c, _) = nodes
+
+        def direct(x: GossipService, y: GossipService) -> bool:
+            return y.identity.peer_id_str in {str(pid) for pid in x.host.get_network().connections}
+
+        await until(lambda: direct(b, c) and direct(c, b))
+        assert c.identity.peer_id_str in b.view and b.identity.peer_id_str in c.view
+        nursery.cancel_scope.cancel()
+
+
 async def test_capacity_change_is_published_before_the_next_interval():
     async with trio.open_nursery() as nursery:
         nodes = await start(nursery, 2, interval=30.0, ttl=90.0)
