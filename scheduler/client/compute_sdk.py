@@ -147,6 +147,14 @@ def _split_options(kw: dict[str, Any], default_priority: str) -> tuple[_Options,
     return _Options(**opts), kw
 
 
+def _only_options(kw: dict[str, Any], default_priority: str) -> _Options:
+    """`_split_options` for a call that takes nothing else (TypeError naming what it does not take)."""
+    opts, rest = _split_options(kw, default_priority)
+    if rest:
+        raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
+    return opts
+
+
 # ---- the async SDK -------------------------------------------------------------------------------------------
 
 class AsyncMesh:
@@ -212,10 +220,7 @@ class AsyncMesh:
 
     async def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
         """Run a prebuilt job (`make_job(...)`, an example's `job()`); the outputs with worker and timings."""
-        opts, rest = _split_options(kw, "interactive")
-        if rest:
-            raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
-        return await self._run(job, opts)
+        return await self._run(job, _only_options(kw, "interactive"))
 
     # -- batches --
     async def map(self, source: str, kernel: str, arg_lists: Sequence[Sequence[Any]], global_size: Any = None,
@@ -235,10 +240,7 @@ class AsyncMesh:
 
     async def run_many(self, jobs: Sequence[ComputeJob], *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
                        **kw: Any) -> list[ComputeRun]:
-        opts, rest = _split_options(kw, "batch")
-        if rest:
-            raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
-        return await self._run_many(list(jobs), opts, max_in_flight)
+        return await self._run_many(list(jobs), _only_options(kw, "batch"), max_in_flight)
 
     async def peers(self, *, refresh: bool = False) -> list[dict[str, Any]]:
         """The mesh as the coordinator sees it (`mesh-node peers`), cached for a few seconds."""
@@ -293,20 +295,23 @@ class AsyncMesh:
                    precheck: bool | None = None) -> ComputeRun:
         if precheck if precheck is not None else opts.precheck:
             await self._precheck(job)
-        if opts.verify != "redundant" and self.lease is not None and opts.observer is None:
+        if self._lease_for(opts) is not None:
             return await self._leased(job, opts)  # the lease names its jobs itself
         base = job_id or uuid.uuid4().hex
         if opts.verify != "redundant":
             return await self._once(job, base, opts, submitted)
         return await self._redundant(job, base, opts, submitted)
 
+    def _lease_for(self, opts: _Options) -> JobLease | None:
+        """The lease a job with these options goes on, if any: not one verified redundantly, nor observed."""
+        return self.lease if opts.verify != "redundant" and opts.observer is None else None
+
     async def _leased(self, job: ComputeJob, opts: _Options) -> ComputeRun:
         """One job on the client's lease (what the lease cannot carry goes through the gateway by itself)."""
         assert self.lease is not None
         t0 = time.perf_counter()
         try:
-            res = await self.lease.result(job.spec, input=job.input or None, priority=opts.priority,
-                                          timeout_s=_timeout_s(job, opts), max_attempts=opts.max_attempts)
+            res = await self.lease.result(job.spec, **_lease_options(job, opts))
         except RpcError as e:
             raise ComputeRefused("", e.code, e.message or e.code) from None
         return _leased_run(job, res, t0)
@@ -315,11 +320,10 @@ class AsyncMesh:
         """On the loop, without a task (the blocking `Mesh.run`): `job` sent on the lease now, as `_run` would send
         it, and `then(result or None)` called when it ends (`JobLease.result_soon`); False: `_run` it instead (no
         lease held now, options a lease does not carry, a precheck still to make)."""
-        if (self.lease is None or opts.verify == "redundant" or opts.observer is not None
-                or (opts.precheck and not self._passed_precheck(job))):
+        lease = self._lease_for(opts)
+        if lease is None or (opts.precheck and not self._passed_precheck(job)):
             return False
-        return self.lease.result_soon(job.spec, then, input=job.input or None, priority=opts.priority,
-                                      timeout_s=_timeout_s(job, opts), max_attempts=opts.max_attempts)
+        return lease.result_soon(job.spec, then, **_lease_options(job, opts))
 
     async def _redundant(self, job: ComputeJob, base: str, opts: _Options, submitted: set[str] | None) -> ComputeRun:
         t0 = time.perf_counter()
@@ -458,6 +462,12 @@ def _timeout_s(job: ComputeJob, opts: _Options) -> float:
     return opts.timeout_s if opts.timeout_s is not None else max(3600.0, 2 * limit + 300.0)
 
 
+def _lease_options(job: ComputeJob, opts: _Options) -> dict[str, Any]:
+    """What a leased job carries besides its spec (`JobLease.result` and `result_soon`)."""
+    return {"input": job.input or None, "priority": opts.priority, "timeout_s": _timeout_s(job, opts),
+            "max_attempts": opts.max_attempts}
+
+
 def _leased_run(job: ComputeJob, res: JobResult, t0: float) -> ComputeRun:
     """The run of a job that went on a lease (refused there: `ComputeRefused`)."""
     if res.state == "rejected":
@@ -532,9 +542,7 @@ class Mesh:
     def run(self, job: ComputeJob, **kw: Any) -> ComputeRun:
         if self._amesh.lease is not None:  # the common case, answered without a task on the loop: ~80 us less
             t0 = time.perf_counter()
-            opts, rest = _split_options(dict(kw), "interactive")
-            if rest:
-                raise TypeError(f"unexpected keyword(s): {', '.join(rest)}")
+            opts = _only_options(dict(kw), "interactive")
             sent, res = self._sync.run_soon(partial(self._amesh._leased_soon, job, opts))
             if sent and res is not None:
                 return _leased_run(job, res, t0)
